@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "running with $(cat /app/account.txt)"

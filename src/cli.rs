@@ -1,0 +1,530 @@
+//! The driver: parses the command line (flag spelling follows `docker build`), wires the stages together
+//! and turns every failure into one rendered diagnostic and an exit code.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
+use crate::graph::BuildGraph;
+use crate::lower::{LowerOptions, NamedContext};
+use crate::progress::{self, Event};
+use crate::secret::{SecretSource, SecretStore};
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles, without leaking secrets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a Dockerfile into an image.
+    Build(BuildArgs),
+    /// Compile only and print the build graph. Never runs a step, never touches the network.
+    Graph(GraphArgs),
+}
+
+#[derive(Args)]
+struct CompileArgs {
+    /// The build context directory.
+    #[arg(default_value = ".")]
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// The stage to build (default: the last one).
+    #[arg(long)]
+    target: Option<String>,
+    /// Set a build-time variable: `KEY=VALUE` (or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// Add a named context: `NAME=DIR` or `NAME=oci-layout://DIR[:TAG]`.
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    build_contexts: Vec<String>,
+}
+
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// A secret for the build: `id=ID[,src=PATH|,env=VAR]` (also docker's `type=file|env`).
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    secrets: Vec<String>,
+    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`).
+    #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
+    outputs: Vec<String>,
+    /// A name for the image, recorded in the OCI layout's index.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// Do not use the cache; run every step.
+    #[arg(long)]
+    no_cache: bool,
+    /// Progress output: a live view on a terminal, plain lines otherwise.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressMode,
+    /// How many steps may run at once.
+    #[arg(long, default_value_t = default_jobs())]
+    jobs: usize,
+    /// The store directory (default: $KILN_STORE, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct GraphArgs {
+    #[command(flatten)]
+    compile: CompileArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: GraphFormat,
+    /// Print only the root digest(s), one `sha256:<hex>` per line.
+    #[arg(long)]
+    digest: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+    Json,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |n| n.get())
+        .max(4)
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let color = std::io::stderr().is_terminal();
+    let result = match cli.command {
+        Command::Build(args) => build(args),
+        Command::Graph(args) => graph(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(d) => {
+            eprint!("{}", crate::diag::render(&d, color));
+            d.category.exit_code()
+        }
+    }
+}
+
+/// The command line as a source text, so flag errors get a caret like file errors do.
+struct CommandLine {
+    file: Arc<SourceFile>,
+    args: Vec<(usize, String)>,
+}
+
+impl CommandLine {
+    fn capture() -> CommandLine {
+        let mut text = String::from("kiln");
+        let mut args = Vec::new();
+        for a in std::env::args().skip(1) {
+            text.push(' ');
+            args.push((text.len(), a.clone()));
+            text.push_str(&a);
+        }
+        CommandLine {
+            file: SourceFile::new("command line", text),
+            args,
+        }
+    }
+
+    /// The span of `value` where it appears as (the tail of) an argument.
+    fn span_of(&self, value: &str) -> Span {
+        self.args
+            .iter()
+            .find_map(|(start, a)| {
+                a.rfind(value)
+                    .filter(|_| a.ends_with(value))
+                    .map(|i| start + i)
+            })
+            .map_or(Span::new(0, 4), |s| Span::new(s, s + value.len()))
+    }
+
+    fn error(&self, value: &str, inner: Span, msg: impl Into<String>) -> Diagnostic {
+        let base = self.span_of(value);
+        let span = if inner.end > inner.start && inner.end <= value.len() {
+            Span::new(base.start + inner.start, base.start + inner.end)
+        } else {
+            base
+        };
+        Diagnostic::at(&self.file, span, msg)
+    }
+}
+
+struct Compiled {
+    graph: BuildGraph,
+    contexts: BTreeMap<String, NamedContext>,
+}
+
+fn compile(args: &CompileArgs, cl: &CommandLine) -> Result<Compiled> {
+    let context = &args.context;
+    if !context.is_dir() {
+        let shown = context.display().to_string();
+        return Err(cl
+            .error(
+                &shown,
+                Span::default(),
+                format!("build context `{shown}` is not a directory"),
+            )
+            .help("give the directory that holds the files the Dockerfile copies"));
+    }
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
+            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
+    })?;
+    let file = SourceFile::new(path.display().to_string(), text);
+    let df = crate::syntax::parse(file)?;
+    let mut opts = LowerOptions {
+        target: args.target.clone(),
+        ..LowerOptions::default()
+    };
+    for a in &args.build_args {
+        match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                opts.build_args.insert(k.to_string(), v.to_string());
+            }
+            None if !a.is_empty() => {
+                // docker's rule: `--build-arg KEY` takes the value from the environment, if set.
+                if let Ok(v) = std::env::var(a) {
+                    opts.build_args.insert(a.clone(), v);
+                }
+            }
+            _ => {
+                return Err(cl
+                    .error(a, Span::default(), "malformed --build-arg")
+                    .help("write `--build-arg KEY=VALUE`"));
+            }
+        }
+    }
+    opts.contexts
+        .insert("context".to_string(), NamedContext::Dir(absolute(context)));
+    for c in &args.build_contexts {
+        let Some((name, value)) = c
+            .split_once('=')
+            .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        else {
+            return Err(cl
+                .error(c, Span::default(), "malformed --build-context")
+                .help("write `--build-context NAME=DIR` or `NAME=oci-layout://DIR[:TAG]`"));
+        };
+        let ctx = if let Some(rest) = value.strip_prefix("oci-layout://") {
+            let (dir, tag) = crate::solve::split_layout_ref(rest);
+            let dir = absolute(Path::new(dir));
+            NamedContext::Image(match tag {
+                Some(t) => format!("oci-layout://{}:{t}", dir.display()),
+                None => format!("oci-layout://{}", dir.display()),
+            })
+        } else if let Some(image) = value.strip_prefix("docker-image://") {
+            NamedContext::Image(image.to_string())
+        } else if Path::new(value).is_dir() {
+            NamedContext::Dir(absolute(Path::new(value)))
+        } else {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    format!("build context `{name}`: `{value}` is not a directory"),
+                )
+                .help("give a directory, or `oci-layout://DIR[:TAG]` for an image"));
+        };
+        opts.contexts.insert(name.to_string(), ctx);
+    }
+    let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    Ok(Compiled {
+        graph: BuildGraph::new(&program),
+        contexts: opts.contexts,
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn graph(args: GraphArgs) -> Result<()> {
+    let cl = CommandLine::capture();
+    let compiled = compile(&args.compile, &cl)?;
+    let g = &compiled.graph;
+    let out = if args.digest {
+        g.render_digests()
+    } else {
+        match args.format {
+            GraphFormat::Text => g.render_text(),
+            GraphFormat::Dot => g.render_dot(),
+            GraphFormat::Json => g.render_json(),
+        }
+    };
+    print!("{out}");
+    Ok(())
+}
+
+fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)> {
+    let fields = crate::options::parse(value).map_err(|(s, m)| cl.error(value, s, m))?;
+    let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
+    for f in &fields {
+        let Some(v) = f.value.clone() else {
+            return Err(cl
+                .error(
+                    value,
+                    f.span,
+                    format!("`{}` must be a key=value pair", f.key),
+                )
+                .help("write `--secret id=ID,src=PATH` or `--secret id=ID,env=VAR`"));
+        };
+        match f.key.to_ascii_lowercase().as_str() {
+            "id" => id = Some(v),
+            "src" | "source" => src = Some(v),
+            "env" => env = Some(v),
+            "type" if v == "file" || v == "env" => kind = Some(v),
+            "type" => {
+                return Err(cl
+                    .error(
+                        value,
+                        f.value_span(),
+                        format!("unsupported secret type `{v}`"),
+                    )
+                    .help("secret types are `file` and `env`"));
+            }
+            other => {
+                let d = cl.error(value, f.span, format!("unknown key `{other}` in --secret"));
+                return Err(
+                    match suggest(other, ["id", "src", "source", "env", "type"]) {
+                        Some(s) => d.help(format!("did you mean `{s}`?")),
+                        None => d.help("--secret takes id, src (or source), env and type"),
+                    },
+                );
+            }
+        }
+    }
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return Err(cl
+            .error(value, Span::default(), "--secret needs an `id`")
+            .help("write `--secret id=ID,src=PATH`"));
+    };
+    if kind.as_deref() == Some("env") && env.is_none() {
+        env = src.take();
+    }
+    let source = match (src, env) {
+        (Some(_), Some(_)) => {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    "--secret takes either `src` or `env`, not both",
+                )
+                .help("drop one of them"));
+        }
+        (Some(path), None) => SecretSource::File(absolute(Path::new(&path))),
+        (None, Some(var)) => SecretSource::Env(var),
+        // buildx's rule: with no source, the secret comes from the environment variable named like it.
+        (None, None) => SecretSource::Env(id.clone()),
+    };
+    if let SecretSource::File(p) = &source {
+        if !p.is_file() {
+            let shown = p.display().to_string();
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    format!("secret `{id}`: file {shown} does not exist"),
+                )
+                .help("check the `src=` path; it is relative to the current directory"));
+        }
+    }
+    Ok((id, source))
+}
+
+enum OutputSpec {
+    Oci { dest: PathBuf, tar: bool },
+}
+
+fn parse_output(cl: &CommandLine, value: &str) -> Result<OutputSpec> {
+    let fields = crate::options::parse(value).map_err(|(s, m)| cl.error(value, s, m))?;
+    let get = |k: &str| fields.iter().find(|f| f.key == k);
+    let kind = get("type")
+        .and_then(|f| f.value.clone())
+        .unwrap_or_default();
+    match kind.as_str() {
+        "oci" => {
+            let Some(dest) = get("dest")
+                .and_then(|f| f.value.clone())
+                .filter(|d| !d.is_empty())
+            else {
+                return Err(cl
+                    .error(value, Span::default(), "output type `oci` needs `dest`")
+                    .help("write `-o type=oci,dest=DIR` (or `dest=FILE.tar`)"));
+            };
+            let tar = match get("tar").map(|f| crate::options::parse_bool(f.value.as_deref())) {
+                Some(Some(b)) => b,
+                Some(None) => {
+                    return Err(cl.error(value, Span::default(), "`tar` must be true or false"));
+                }
+                None => dest.ends_with(".tar"),
+            };
+            Ok(OutputSpec::Oci {
+                dest: PathBuf::from(dest),
+                tar,
+            })
+        }
+        "" => Err(cl
+            .error(value, Span::default(), "output needs a `type`")
+            .help("write `-o type=oci,dest=DIR`")),
+        other => {
+            let known = ["oci", "docker", "local", "tar", "registry", "image"];
+            let d = cl.error(
+                value,
+                Span::default(),
+                format!("output type `{other}` is not supported yet"),
+            );
+            Err(if known.contains(&other) {
+                d.help("this version of kiln writes `type=oci` (a directory, or a tar when dest ends in .tar)")
+            } else {
+                match suggest(other, known) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help("use `-o type=oci,dest=DIR`"),
+                }
+            })
+        }
+    }
+}
+
+/// The OCI layout's `ref.name`: the tag part of `-t name:tag`, `latest` by default (as docker does).
+fn layout_tag(tag: Option<&String>) -> String {
+    match tag {
+        Some(t) => match t.rsplit_once(':') {
+            Some((_, tag)) if !tag.contains('/') => tag.to_string(),
+            _ => "latest".to_string(),
+        },
+        None => "latest".to_string(),
+    }
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    let cl = CommandLine::capture();
+    let mut secrets = SecretStore::default();
+    for s in &args.secrets {
+        let (id, source) = parse_secret(&cl, s)?;
+        secrets.insert(id, source);
+    }
+    let outputs = args
+        .outputs
+        .iter()
+        .map(|o| parse_output(&cl, o))
+        .collect::<Result<Vec<_>>>()?;
+    let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
+            Diagnostic::input(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+        })?),
+        _ => None,
+    };
+    let compiled = compile(&args.compile, &cl)?;
+    let graph = Arc::new(compiled.graph);
+    crate::solve::check_secrets(&graph, &secrets)?;
+    let store = Arc::new(crate::store::Store::open(
+        &args
+            .store
+            .clone()
+            .unwrap_or_else(crate::store::Store::default_root),
+    )?);
+    let mode = match args.progress {
+        ProgressMode::Auto => progress::Mode::Auto,
+        ProgressMode::Tty => progress::Mode::Tty,
+        ProgressMode::Plain => progress::Mode::Plain,
+    };
+    let reporter: Arc<dyn progress::Reporter> = Arc::from(progress::reporter(mode));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Diagnostic::io("cannot start the scheduler", e))?;
+    let started = std::time::Instant::now();
+    let solve = crate::solve::solve(
+        graph.clone(),
+        store.clone(),
+        Arc::new(crate::exec::Namespaces::new()),
+        reporter.clone(),
+        Arc::new(secrets),
+        crate::solve::SolveOptions {
+            jobs: args.jobs,
+            no_cache: args.no_cache,
+            contexts: compiled.contexts,
+            epoch,
+        },
+    );
+    let summary = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Diagnostic::io("cannot watch for SIGTERM", e))?;
+        tokio::select! {
+            r = solve => r,
+            _ = tokio::signal::ctrl_c() => Err(Diagnostic::build("interrupted")),
+            _ = term.recv() => Err(Diagnostic::build("terminated")),
+        }
+    });
+    // Dropping the runtime cancels every running step; the executor kills what they started.
+    drop(runtime);
+    let summary = summary?;
+    reporter.event(Event::Note(format!(
+        "{} steps run, {} cached, in {:.1}s",
+        summary.executed,
+        summary.cached,
+        started.elapsed().as_secs_f64()
+    )));
+    for (name, root) in &graph.roots {
+        let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
+            continue;
+        };
+        for out in &outputs {
+            let OutputSpec::Oci { dest, tar } = out;
+            let exported = crate::export::export(
+                &store,
+                layers,
+                config,
+                &crate::export::Output::Oci {
+                    dest: dest.clone(),
+                    tar: *tar,
+                },
+                Some(&layout_tag(args.tags.first())),
+                epoch,
+            )?;
+            reporter.event(Event::Note(format!(
+                "exported {name} to {} ({} layers), manifest {}",
+                dest.display(),
+                exported.layers,
+                exported.manifest
+            )));
+            println!("{}", exported.manifest);
+        }
+    }
+    Ok(())
+}

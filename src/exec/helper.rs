@@ -1,0 +1,564 @@
+//! The executor's helper process (`kiln __exec-helper`): a fresh, single-threaded kiln that enters new
+//! namespaces, mounts the step's overlay, and runs or copies.
+//!
+//! Why a separate process: `fork` in kiln's multi-threaded runtime is unsafe, and a private mount namespace
+//! that dies with this process guarantees that no mount outlives a step, whatever happens to kiln.
+
+use std::ffi::CString;
+use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::Signal;
+use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{
+    ForkResult, Gid, Uid, chdir, fork, pivot_root, setgid, setgroups, sethostname, setuid,
+};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::rootfs;
+use crate::lower::op::CopyOp;
+
+/// The argv[1] that makes kiln act as the helper.
+pub const HELPER_ARG: &str = "__exec-helper";
+
+#[derive(Serialize, Deserialize)]
+pub struct Overlay {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// Where to mount the merged view (an empty dir).
+    pub target: PathBuf,
+    /// An empty directory, used as the bottom layer when there is none (scratch).
+    pub empty: PathBuf,
+}
+
+/// A secret mount as the helper sees it; its value follows the JSON on stdin, never inside it.
+#[derive(Serialize, Deserialize)]
+pub struct SecretSpec {
+    pub target: Option<String>,
+    pub env: Option<String>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub present: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub enum Request {
+    Run {
+        fs: Overlay,
+        args: Vec<String>,
+        env: Vec<String>,
+        cwd: String,
+        user: String,
+        network_none: bool,
+        secrets: Vec<SecretSpec>,
+        /// A private dir where the secrets tmpfs is mounted.
+        secret_dir: PathBuf,
+    },
+    Copy {
+        fs: Overlay,
+        /// A host directory, or the layers of another filesystem (mounted read-only at `source_mount`).
+        source_dir: Option<PathBuf>,
+        source_layers: Vec<PathBuf>,
+        source_mount: PathBuf,
+        op: CopyOp,
+    },
+    Mkdir {
+        fs: Overlay,
+        path: String,
+    },
+}
+
+/// The helper's last word, one JSON line on its stderr.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Status {
+    pub exit: i32,
+    pub error: Option<String>,
+    /// Paths (inside the root) created only to hold a mount, to be removed from the layer.
+    pub stubs: Vec<Stub>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Stub {
+    pub path: String,
+    pub dir: bool,
+}
+
+/// Entry point of the helper process. Never returns.
+pub fn main() -> ! {
+    let mut stubs = Vec::new();
+    let status = match read_request() {
+        Ok((req, secrets)) => match serve(req, secrets, &mut stubs) {
+            Ok(exit) => Status {
+                exit,
+                error: None,
+                stubs,
+            },
+            Err(e) => Status {
+                exit: 125,
+                error: Some(e),
+                stubs,
+            },
+        },
+        Err(e) => Status {
+            exit: 125,
+            error: Some(e),
+            stubs,
+        },
+    };
+    let line = serde_json::to_string(&status).unwrap_or_else(|_| "{\"exit\":125}".into());
+    let _ = writeln!(std::io::stderr(), "{line}");
+    std::process::exit(0)
+}
+
+fn read_request() -> Result<(Request, Vec<Zeroizing<Vec<u8>>>), String> {
+    let mut stdin = std::io::stdin().lock();
+    let len = read_len(&mut stdin)?;
+    let mut json = vec![0u8; len];
+    stdin
+        .read_exact(&mut json)
+        .map_err(|e| format!("bad request: {e}"))?;
+    let req: Request = serde_json::from_slice(&json).map_err(|e| format!("bad request: {e}"))?;
+    let mut secrets = Vec::new();
+    if let Request::Run { secrets: specs, .. } = &req {
+        for _ in specs.iter().filter(|s| s.present) {
+            let n = read_len(&mut stdin)?;
+            let mut value = Zeroizing::new(vec![0u8; n]);
+            stdin
+                .read_exact(&mut value)
+                .map_err(|e| format!("bad request: {e}"))?;
+            secrets.push(value);
+        }
+    }
+    Ok((req, secrets))
+}
+
+fn read_len(r: &mut impl std::io::Read) -> Result<usize, String> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)
+        .map_err(|e| format!("bad request: {e}"))?;
+    usize::try_from(u64::from_le_bytes(b)).map_err(|e| e.to_string())
+}
+
+fn errno(what: &str) -> impl Fn(nix::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+fn serve(
+    req: Request,
+    secrets: Vec<Zeroizing<Vec<u8>>>,
+    stubs: &mut Vec<Stub>,
+) -> Result<i32, String> {
+    let mut flags = CloneFlags::CLONE_NEWNS;
+    if let Request::Run { network_none, .. } = &req {
+        flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        if *network_none {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+    }
+    unshare(flags).map_err(errno("cannot create namespaces"))?;
+    // Nothing mounted from here on may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(errno("cannot make mounts private"))?;
+    match req {
+        Request::Mkdir { fs, path } => {
+            mount_overlay(&fs)?;
+            rootfs::mkdir_all(&fs.target, &path, None)?;
+            Ok(0)
+        }
+        Request::Copy {
+            fs,
+            source_dir,
+            source_layers,
+            source_mount,
+            op,
+        } => {
+            mount_overlay(&fs)?;
+            let src = match source_dir {
+                Some(d) => d,
+                None => {
+                    mount_readonly(&source_layers, &fs.empty, &source_mount)?;
+                    source_mount
+                }
+            };
+            rootfs::copy(&src, &fs.target, &op)?;
+            Ok(0)
+        }
+        Request::Run {
+            fs,
+            args,
+            mut env,
+            cwd,
+            user,
+            network_none,
+            secrets: specs,
+            secret_dir,
+        } => {
+            mount_overlay(&fs)?;
+            let root = fs.target.clone();
+            for dir in ["/proc", "/dev"] {
+                let (_, created) = rootfs::mkdir_all(&root, dir, None)?;
+                stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
+            }
+            setup_dev(&root)?;
+            let mut values = secrets.into_iter();
+            let mut tmpfs_ready = false;
+            for (index, spec) in specs.iter().enumerate() {
+                if !spec.present {
+                    continue;
+                }
+                let value = values
+                    .next()
+                    .ok_or("secret values missing from the request")?;
+                if let Some(var) = &spec.env {
+                    let mut entry = Zeroizing::new(Vec::with_capacity(var.len() + 1 + value.len()));
+                    entry.extend_from_slice(var.as_bytes());
+                    entry.push(b'=');
+                    entry.extend_from_slice(&value);
+                    env.push(String::from_utf8_lossy(&entry).into_owned());
+                }
+                if let Some(target) = &spec.target {
+                    if !tmpfs_ready {
+                        mount(
+                            Some("tmpfs"),
+                            &secret_dir,
+                            Some("tmpfs"),
+                            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                            Some("mode=0700,size=16m"),
+                        )
+                        .map_err(errno("cannot mount the secrets tmpfs"))?;
+                        tmpfs_ready = true;
+                    }
+                    mount_secret(
+                        &root,
+                        &secret_dir.join(format!("s{index}")),
+                        target,
+                        spec,
+                        &value,
+                        stubs,
+                    )?;
+                }
+            }
+            drop(values);
+            if !network_none {
+                for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                    bind_host_file(&root, f);
+                }
+            } else {
+                loopback_up();
+            }
+            let _ = sethostname("kiln");
+            run_pid1(&root, &args, &env, &cwd, &user)
+        }
+    }
+}
+
+fn overlay_lowerdir(lowers: &[PathBuf], empty: &Path) -> String {
+    // overlayfs wants the top layer first; an empty bottom layer allows zero or one real layers.
+    let mut dirs: Vec<String> = lowers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    dirs.push(empty.display().to_string());
+    dirs.join(":")
+}
+
+fn mount_overlay(fs: &Overlay) -> Result<(), String> {
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        overlay_lowerdir(&fs.lowers, &fs.empty),
+        fs.upper.display(),
+        fs.work.display()
+    );
+    mount(
+        Some("overlay"),
+        &fs.target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(errno("cannot mount the overlay filesystem"))
+}
+
+fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
+    let data = format!("lowerdir={}", overlay_lowerdir(lowers, empty));
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_RDONLY,
+        Some(data.as_str()),
+    )
+    .map_err(errno("cannot mount the source filesystem"))
+}
+
+/// A minimal /dev on its own tmpfs: the usual character devices, the standard links, and /dev/shm.
+fn setup_dev(root: &Path) -> Result<(), String> {
+    let dev = root.join("dev");
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=0755,size=65536k"),
+    )
+    .map_err(errno("cannot mount /dev"))?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(errno("cannot create a device node"))?;
+        // mknod honours the umask; devices must be usable by any user.
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(|e| e.to_string())?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| e.to_string())?;
+    }
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|e| e.to_string())?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(errno("cannot mount /dev/shm"))
+}
+
+/// Writes the secret into the private tmpfs and bind-mounts that one file read-only at its target.
+fn mount_secret(
+    root: &Path,
+    staged: &Path,
+    target: &str,
+    spec: &SecretSpec,
+    value: &[u8],
+    stubs: &mut Vec<Stub>,
+) -> Result<(), String> {
+    {
+        let mut f =
+            std::fs::File::create(staged).map_err(|e| format!("cannot stage a secret: {e}"))?;
+        f.write_all(value)
+            .map_err(|e| format!("cannot stage a secret: {e}"))?;
+    }
+    std::fs::set_permissions(
+        staged,
+        std::os::unix::fs::PermissionsExt::from_mode(spec.mode),
+    )
+    .map_err(|e| e.to_string())?;
+    std::os::unix::fs::lchown(staged, Some(spec.uid), Some(spec.gid)).map_err(|e| e.to_string())?;
+    let (parent, name) = match target.trim_end_matches('/').rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => ("/", target),
+    };
+    let (dir, created) = rootfs::mkdir_all(root, parent, None)?;
+    stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
+    let host = dir.join(name);
+    if std::fs::symlink_metadata(&host).is_err() {
+        std::fs::File::create(&host)
+            .map_err(|e| format!("cannot create the mount point {target}: {e}"))?;
+        stubs.push(Stub {
+            path: format!("{}/{name}", parent.trim_end_matches('/')),
+            dir: false,
+        });
+    }
+    mount(
+        Some(staged),
+        &host,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(errno("cannot mount a secret"))?;
+    mount(
+        None::<&str>,
+        &host,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(errno("cannot make a secret read-only"))
+}
+
+/// Shows the host's resolver files to the step when the image has them (no stub is ever created).
+fn bind_host_file(root: &Path, path: &str) {
+    let Ok(target) = rootfs::resolve(root, path, true) else {
+        return;
+    };
+    if target.is_file() && Path::new(path).is_file() {
+        let _ = mount(
+            Some(path),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        );
+        let _ = mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        );
+    }
+}
+
+/// A new network namespace has `lo` down; bring it up so `--network=none` steps still have localhost.
+fn loopback_up() {
+    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
+    unsafe {
+        let fd = nix::libc::socket(nix::libc::AF_INET, nix::libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return;
+        }
+        let mut req: nix::libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo\0".iter().enumerate() {
+            req.ifr_name[i] = *b as nix::libc::c_char;
+        }
+        if nix::libc::ioctl(fd, nix::libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as i16;
+            nix::libc::ioctl(fd, nix::libc::SIOCSIFFLAGS, &req);
+        }
+        nix::libc::close(fd);
+    }
+}
+
+/// Forks the step's init (pid 1 of the new pid namespace), which pivots into the root and execs the
+/// command. When it exits the kernel kills everything else in the namespace.
+fn run_pid1(
+    root: &Path,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    user: &str,
+) -> Result<i32, String> {
+    let _ = std::io::stdout().flush();
+    // SAFETY: this process is single-threaded (the helper never starts a runtime), so the child may
+    // allocate and run ordinary Rust code before exec.
+    match unsafe { fork() }.map_err(errno("cannot fork"))? {
+        ForkResult::Child => {
+            let code = match child(root, args, env, cwd, user) {
+                Ok(never) => match never {},
+                Err(e) => {
+                    let _ = writeln!(std::io::stdout(), "kiln: {e}");
+                    127
+                }
+            };
+            std::process::exit(code)
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("waiting for the step: {e}")),
+            }
+        },
+    }
+}
+
+enum Never {}
+
+fn child(
+    root: &Path,
+    args: &[String],
+    env: &[String],
+    cwd: &str,
+    user: &str,
+) -> Result<Never, String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
+    mount(
+        Some("proc"),
+        &root.join("proc"),
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(errno("cannot mount /proc"))?;
+    chdir(root).map_err(errno("chdir"))?;
+    pivot_root(".", ".").map_err(errno("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(errno("cannot detach the host root"))?;
+    chdir("/").map_err(errno("chdir"))?;
+    let (uid, gid) = if user.is_empty() {
+        (0, 0)
+    } else {
+        rootfs::owner_ids(Path::new("/"), user)?
+    };
+    let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
+    chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
+    setgroups(&[Gid::from_raw(gid)]).map_err(errno("setgroups"))?;
+    setgid(Gid::from_raw(gid)).map_err(errno("setgid"))?;
+    setuid(Uid::from_raw(uid)).map_err(errno("setuid"))?;
+    nix::unistd::dup2_stderr(std::io::stdout()).map_err(errno("dup2"))?;
+    let program = find_program(args.first().ok_or("empty command")?, env)?;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| cstring(a.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let cenv: Vec<CString> = env
+        .iter()
+        .map(|e| cstring(e.as_bytes()))
+        .collect::<Result<_, _>>()?;
+    let err =
+        nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
+    Err(format!("cannot run {}: {err}", args[0]))
+}
+
+fn cstring(b: &[u8]) -> Result<CString, String> {
+    CString::new(b).map_err(|_| "a command argument contains a NUL byte".to_string())
+}
+
+/// `execvp` searches the helper's PATH; the step's own PATH is the one that counts.
+fn find_program(name: &str, env: &[String]) -> Result<PathBuf, String> {
+    if name.contains('/') {
+        return Ok(PathBuf::from(name));
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/bin:/bin");
+    for dir in path.split(':') {
+        let candidate = Path::new(dir).join(name);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(format!("{name}: executable file not found in $PATH"))
+}

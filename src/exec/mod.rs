@@ -1,0 +1,288 @@
+//! Stage 6, execution: the Linux-namespace executor. Each step runs in a helper process (see `helper`) with
+//! its own mount, pid, uts and ipc namespaces over an overlayfs whose lower layers are the input snapshots.
+//!
+//! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
+
+pub mod helper;
+pub mod rootfs;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use zeroize::Zeroizing;
+
+use crate::diag::{Diagnostic, Result};
+use crate::lower::op::Network;
+use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep};
+use helper::{Overlay, Request, SecretSpec, Status};
+
+/// The executor that runs steps in Linux namespaces. Needs root (a later issue adds rootless mode).
+#[derive(Default)]
+pub struct Namespaces;
+
+impl Namespaces {
+    pub fn new() -> Namespaces {
+        Namespaces
+    }
+}
+
+/// Directories the helper needs beside the step's upper/work dirs (all inside the step's temp dir).
+fn overlay(fs: &Layers) -> Result<Overlay> {
+    let base = fs.upper.parent().unwrap_or(Path::new("/")).to_path_buf();
+    let target = base.join("rootfs");
+    let empty = base.join("empty");
+    for d in [&target, &empty] {
+        std::fs::create_dir_all(d).map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+    }
+    Ok(Overlay {
+        lowers: fs.lowers.clone(),
+        upper: fs.upper.clone(),
+        work: fs.work.clone(),
+        target,
+        empty,
+    })
+}
+
+impl Executor for Namespaces {
+    async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
+        let fs = overlay(&step.fs)?;
+        let upper = fs.upper.clone();
+        let secret_dir = upper.parent().unwrap_or(Path::new("/")).join("secrets");
+        std::fs::create_dir_all(&secret_dir)
+            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+        let mut values: Vec<&[u8]> = Vec::new();
+        let mut specs = Vec::new();
+        for (m, v) in &step.secrets {
+            if let Some(v) = v {
+                values.push(v.expose());
+            }
+            specs.push(SecretSpec {
+                target: m.target.clone(),
+                env: m.env.clone(),
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                present: v.is_some(),
+            });
+        }
+        let command = step.args.join(" ");
+        let req = Request::Run {
+            fs,
+            args: step.args,
+            env: step.env,
+            cwd: step.cwd,
+            user: step.user,
+            network_none: step.network == Network::None,
+            secrets: specs,
+            secret_dir,
+        };
+        let status = call_helper(&req, &values, Some(logs)).await?;
+        remove_stubs(&upper, &status);
+        if let Some(e) = status.error {
+            return Err(Diagnostic::env(format!("cannot run the step: {e}")));
+        }
+        if status.exit != 0 {
+            return Err(Diagnostic::build(format!(
+                "process `{}` did not complete successfully: exit code {}",
+                abbreviate(&command),
+                status.exit
+            )));
+        }
+        Ok(())
+    }
+
+    async fn copy(&self, step: CopyStep) -> Result<()> {
+        let fs = overlay(&step.fs)?;
+        let source_mount = fs.target.with_file_name("source");
+        std::fs::create_dir_all(&source_mount)
+            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+        let (source_dir, source_layers) = match step.source {
+            CopySource::Dir(d) => (Some(d), Vec::new()),
+            CopySource::Layers(l) => (None, l),
+        };
+        let req = Request::Copy {
+            fs,
+            source_dir,
+            source_layers,
+            source_mount,
+            op: step.op,
+        };
+        let status = call_helper(&req, &[], None).await?;
+        match status.error {
+            // COPY errors are about the user's paths (a missing source, a file where a dir must be).
+            Some(e) => Err(Diagnostic::input(format!("COPY failed: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn mkdir(&self, fs: Layers, path: String) -> Result<()> {
+        let fs = overlay(&fs)?;
+        let status = call_helper(
+            &Request::Mkdir {
+                fs,
+                path: path.clone(),
+            },
+            &[],
+            None,
+        )
+        .await?;
+        match status.error {
+            Some(e) => Err(Diagnostic::input(format!(
+                "cannot create directory {path}: {e}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
+        let reader = unpack::open_blob(blob, media_type)
+            .map_err(|e| Diagnostic::io(format!("cannot open layer {}", blob.display()), e))?;
+        unpack::unpack_layer(reader, dest)
+            .map_err(|e| Diagnostic::io(format!("cannot unpack layer {}", blob.display()), e))
+    }
+}
+
+fn abbreviate(s: &str) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() > 120 {
+        format!("{}...", one_line.chars().take(117).collect::<String>())
+    } else {
+        one_line
+    }
+}
+
+/// Spawns the helper, sends the request (and the secret values, length-prefixed after it, never in the
+/// JSON), streams the step's output to `logs`, and returns the helper's status.
+async fn call_helper(req: &Request, secrets: &[&[u8]], logs: Option<LogSink>) -> Result<Status> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Diagnostic::io("cannot find the kiln executable", e))?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg(helper::HELPER_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_clear()
+        .kill_on_drop(true);
+    // SAFETY: only an async-signal-safe prctl between fork and exec. If kiln dies, the helper dies, and
+    // the step's init (whose own death signal is tied to the helper) and its pid namespace with it.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Diagnostic::io("cannot start the executor helper", e))?;
+    let json = serde_json::to_vec(req).expect("requests serialize");
+    let mut input = Zeroizing::new(Vec::new());
+    input.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    input.extend_from_slice(&json);
+    for s in secrets {
+        input.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        input.extend_from_slice(s);
+    }
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let write = async move {
+        let r = stdin.write_all(&input).await;
+        drop(stdin);
+        r
+    };
+    let read_logs = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = stdout.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            pending.extend_from_slice(&buf[..n]);
+            // Hand over whole lines so progress never splits one.
+            if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+                if let Some(l) = &logs {
+                    l(&pending[..=end]);
+                }
+                pending.drain(..=end);
+            }
+        }
+        if let (Some(l), false) = (&logs, pending.is_empty()) {
+            l(&pending);
+        }
+    };
+    let read_status = async move {
+        let mut s = Vec::new();
+        let _ = stderr.read_to_end(&mut s).await;
+        s
+    };
+    let (written, (), status_bytes) = tokio::join!(write, read_logs, read_status);
+    let exit = child
+        .wait()
+        .await
+        .map_err(|e| Diagnostic::io("waiting for the executor helper", e))?;
+    let text = String::from_utf8_lossy(&status_bytes);
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    match serde_json::from_str::<Status>(last) {
+        Ok(status) => Ok(status),
+        Err(_) => Err(Diagnostic::env(format!(
+            "the executor helper failed ({exit}){}{}",
+            written
+                .err()
+                .map(|e| format!(", request not delivered: {e}"))
+                .unwrap_or_default(),
+            if text.trim().is_empty() {
+                String::new()
+            } else {
+                format!(": {}", text.trim())
+            }
+        ))),
+    }
+}
+
+/// Removes what was created only to hold a mount, and the directories that overlayfs copied up only to
+/// hold those stubs, so the layer keeps nothing of the mounts.
+fn remove_stubs(upper: &Path, status: &Status) {
+    let mut parents: Vec<PathBuf> = Vec::new();
+    for stub in status.stubs.iter().rev() {
+        let p = upper.join(stub.path.trim_start_matches('/'));
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let removed = if stub.dir {
+            meta.is_dir() && std::fs::remove_dir(&p).is_ok()
+        } else {
+            meta.is_file() && meta.len() == 0 && std::fs::remove_file(&p).is_ok()
+        };
+        if removed {
+            let mut parent = p.parent().map(Path::to_path_buf);
+            while let Some(dir) = parent {
+                if dir == upper || !dir.starts_with(upper) {
+                    break;
+                }
+                parents.push(dir.clone());
+                parent = dir.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    parents.sort();
+    parents.dedup();
+    for dir in parents.iter().rev() {
+        let opaque = xattr::get(dir, "trusted.overlay.opaque")
+            .ok()
+            .flatten()
+            .is_some();
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if empty && !opaque {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! File operations inside a container root seen from the host: resolving paths so that no symlink can lead
+//! out of the root, COPY's docker semantics, and user/group names from the image's /etc files.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use crate::lower::op::CopyOp;
+use crate::solve::context;
+
+/// Resolves `path` (absolute, as seen inside the container) to a host path under `root`, following
+/// symlinks the way the container would see them: an absolute link target restarts at `root`, and `..`
+/// never climbs above it. With `follow_last` false, a final symlink is returned as is.
+pub fn resolve(root: &Path, path: &str, follow_last: bool) -> Result<PathBuf, String> {
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut todo: Vec<std::ffi::OsString> = components(Path::new(path));
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            parts.pop();
+            continue;
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&c);
+        let last = todo.is_empty();
+        match fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (follow_last || !last) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("too many levels of symbolic links in `{path}`"));
+                }
+                let target = fs::read_link(&candidate).map_err(|e| e.to_string())?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                todo.extend(components(&target));
+            }
+            _ => parts.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&parts);
+    Ok(out)
+}
+
+/// Path components as a stack (last component first popped last), without `/` and `.`.
+fn components(p: &Path) -> Vec<std::ffi::OsString> {
+    p.components()
+        .rev()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Creates the directory `path` inside `root` and any missing parents. Returns the host path and the
+/// directories it created (container paths), so mount stubs can be removed afterwards.
+pub fn mkdir_all(
+    root: &Path,
+    path: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<(PathBuf, Vec<String>), String> {
+    let mut created = Vec::new();
+    let mut sofar = String::new();
+    for c in Path::new(path).components() {
+        let Component::Normal(n) = c else { continue };
+        sofar.push('/');
+        sofar.push_str(&n.to_string_lossy());
+        let host = resolve(root, &sofar, true)?;
+        match fs::symlink_metadata(&host) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("`{sofar}` exists and is not a directory")),
+            Err(_) => {
+                fs::create_dir(&host).map_err(|e| format!("cannot create `{sofar}`: {e}"))?;
+                fs::set_permissions(&host, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| e.to_string())?;
+                if let Some((u, g)) = owner {
+                    std::os::unix::fs::lchown(&host, Some(u), Some(g))
+                        .map_err(|e| e.to_string())?;
+                }
+                created.push(sofar.clone());
+            }
+        }
+    }
+    Ok((resolve(root, path, true)?, created))
+}
+
+/// Performs a COPY: `src_root` is where sources are selected from, `root` the destination filesystem.
+pub fn copy(src_root: &Path, root: &Path, op: &CopyOp) -> Result<(), String> {
+    let owner = match &op.chown {
+        Some(spec) => Some(owner_ids(root, spec)?),
+        None => Some((0, 0)),
+    };
+    let mut selected = Vec::new();
+    for pattern in &op.sources {
+        for rel in context::select(src_root, pattern)? {
+            selected.push((pattern, rel));
+        }
+    }
+    let into_dir = op.dest.ends_with('/')
+        || selected.len() > 1
+        || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
+    for (pattern, rel) in selected {
+        let src = context::resolve_source(src_root, &rel)?;
+        let meta =
+            fs::metadata(&src).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
+        if meta.is_dir() {
+            let (dest, _) = mkdir_all(root, &op.dest, owner)?;
+            copy_tree(&src, &dest, owner, op.chmod)?;
+        } else {
+            let dest_path = if into_dir {
+                let name = rel
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                format!("{}/{name}", op.dest.trim_end_matches('/'))
+            } else {
+                op.dest.clone()
+            };
+            let (parent, name) = split_parent(&dest_path);
+            let (dir, _) = mkdir_all(root, &parent, owner)?;
+            copy_entry(&src, &dir.join(name), owner, op.chmod)?;
+        }
+    }
+    Ok(())
+}
+
+fn split_parent(path: &str) -> (String, String) {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/".into() } else { p.into() }, n.into()),
+        None => ("/".into(), trimmed.into()),
+    }
+}
+
+fn copy_tree(
+    src: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+) -> Result<(), String> {
+    for entry in walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let rel = entry.path().strip_prefix(src).map_err(|e| e.to_string())?;
+        copy_entry(entry.path(), &dest.join(rel), owner, chmod)?;
+    }
+    Ok(())
+}
+
+/// Copies one file, directory or symlink (not recursing), replacing what is at `dest` unless both are dirs.
+fn copy_entry(
+    src: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+) -> Result<(), String> {
+    let meta =
+        fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    let ft = meta.file_type();
+    let existing = fs::symlink_metadata(dest).ok();
+    if let Some(m) = &existing {
+        if !(m.is_dir() && ft.is_dir()) {
+            if m.is_dir() {
+                fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
+            } else {
+                fs::remove_file(dest).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    let fail = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());
+    if ft.is_dir() {
+        if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+            fs::create_dir(dest).map_err(fail)?;
+        }
+    } else if ft.is_symlink() {
+        let target = fs::read_link(src).map_err(fail)?;
+        std::os::unix::fs::symlink(target, dest).map_err(fail)?;
+    } else if ft.is_file() {
+        fs::copy(src, dest).map_err(fail)?;
+    } else {
+        return Err(format!(
+            "cannot copy {}: not a file, directory or symlink",
+            src.display()
+        ));
+    }
+    if let Some((u, g)) = owner {
+        std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
+    }
+    if !ft.is_symlink() {
+        let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;
+        let mtime = filetime_of(&meta);
+        set_mtime(dest, mtime).map_err(fail)?;
+    }
+    Ok(())
+}
+
+fn filetime_of(meta: &fs::Metadata) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH
+        + std::time::Duration::new(meta.mtime().max(0) as u64, meta.mtime_nsec() as u32)
+}
+
+fn set_mtime(path: &Path, t: std::time::SystemTime) -> std::io::Result<()> {
+    let f = fs::File::options().read(true).open(path)?;
+    f.set_modified(t)
+}
+
+/// `user[:group]` as names or ids, resolved through the image's /etc/passwd and /etc/group.
+/// A user given without a group takes that user's primary group.
+pub fn owner_ids(root: &Path, spec: &str) -> Result<(u32, u32), String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_db(root, "/etc/passwd");
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (
+            uid,
+            passwd
+                .iter()
+                .find(|f| f.get(2).and_then(|s| s.parse().ok()) == Some(uid))
+                .and_then(|f| f.get(3).and_then(|s| s.parse().ok()))
+                .unwrap_or(uid),
+        ),
+        Err(_) => {
+            let entry = passwd
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(user))
+                .ok_or_else(|| format!("unknown user `{user}` (not in the image's /etc/passwd)"))?;
+            let uid = entry
+                .get(2)
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad /etc/passwd entry")?;
+            let gid = entry
+                .get(3)
+                .and_then(|s| s.parse().ok())
+                .ok_or("bad /etc/passwd entry")?;
+            (uid, gid)
+        }
+    };
+    let gid = match group {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_db(root, "/etc/group")
+                .iter()
+                .find(|f| f.first().map(String::as_str) == Some(g))
+                .and_then(|f| f.get(2).and_then(|s| s.parse().ok()))
+                .ok_or_else(|| format!("unknown group `{g}` (not in the image's /etc/group)"))?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+fn read_db(root: &Path, path: &str) -> Vec<Vec<String>> {
+    let Ok(host) = resolve(root, path, true) else {
+        return vec![];
+    };
+    fs::read_to_string(host)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(':').map(String::from).collect())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_cannot_escape_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir(r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/", r.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../", r.join("etc/up")).unwrap();
+        assert_eq!(resolve(r, "/abs/etc", true).unwrap(), r.join("etc"));
+        assert_eq!(resolve(r, "/etc/up/tmp", true).unwrap(), r.join("tmp"));
+        assert_eq!(resolve(r, "/../../x", true).unwrap(), r.join("x"));
+        assert_eq!(resolve(r, "/abs", false).unwrap(), r.join("abs"));
+    }
+
+    #[test]
+    fn owners_resolve_through_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        fs::write(
+            root.path().join("etc/passwd"),
+            "app:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(root.path().join("etc/group"), "staff:x:50:\n").unwrap();
+        assert_eq!(owner_ids(root.path(), "app").unwrap(), (1000, 1001));
+        assert_eq!(owner_ids(root.path(), "app:staff").unwrap(), (1000, 50));
+        assert_eq!(owner_ids(root.path(), "5:6").unwrap(), (5, 6));
+        assert!(owner_ids(root.path(), "nobody").is_err());
+    }
+}

@@ -1,0 +1,272 @@
+//! Stage 4, the graph: a lowered `Program` becomes a content-addressed DAG in petgraph, every node named by
+//! the SHA-256 of its operation and its inputs' digests, identical nodes merged into one.
+//!
+//! Source spans and names ride beside the graph as node metadata and are never hashed, so editing a comment
+//! or moving a line does not change any digest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+
+use petgraph::Direction;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::{EdgeRef, IntoEdgeReferences};
+use serde::Serialize;
+
+use crate::diag::Located;
+use crate::digest::{Digest, Encoder};
+use crate::lower::{Op, Program};
+
+/// Bump when the meaning of an encoded field changes: every definition digest changes with it.
+pub const DEF_DOMAIN: &str = "kiln/def/v1";
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub digest: Digest,
+    pub name: String,
+    pub at: Option<Located>,
+}
+
+/// The build graph. Edges point from an input to the node that consumes it; the edge weight is the input's
+/// position, because inputs are ordered (`Copy` has `[rootfs, source]`).
+pub struct BuildGraph {
+    pub dag: StableDiGraph<Node, usize>,
+    /// The selected outputs, in the order selected: (name, node).
+    pub roots: Vec<(String, NodeIndex)>,
+}
+
+/// A secret a root needs, with the first place that mounts it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretNeed {
+    pub id: String,
+    pub required: bool,
+    pub at: Option<String>,
+}
+
+impl BuildGraph {
+    /// Builds the DAG of everything the program's roots need. Unreachable stages are left out.
+    pub fn new(program: &Program) -> BuildGraph {
+        let mut needed = vec![false; program.nodes.len()];
+        let mut stack: Vec<usize> = program.roots.iter().map(|r| r.node).collect();
+        while let Some(n) = stack.pop() {
+            if !std::mem::replace(&mut needed[n], true) {
+                stack.extend(&program.nodes[n].inputs);
+            }
+        }
+        let mut dag = StableDiGraph::new();
+        let mut by_digest: HashMap<Digest, NodeIndex> = HashMap::new();
+        let mut index_of: Vec<Option<NodeIndex>> = vec![None; program.nodes.len()];
+        for (i, node) in program.nodes.iter().enumerate() {
+            if !needed[i] {
+                continue;
+            }
+            let inputs: Vec<NodeIndex> = node
+                .inputs
+                .iter()
+                .map(|&j| index_of[j].expect("inputs precede their consumers"))
+                .collect();
+            let mut enc = Encoder::new(DEF_DOMAIN);
+            node.op.encode(&mut enc);
+            enc.list(inputs.len());
+            for &input in &inputs {
+                let d: &Node = &dag[input];
+                enc.digest(&d.digest);
+            }
+            let digest = enc.finish();
+            let idx = *by_digest.entry(digest.clone()).or_insert_with(|| {
+                let idx = dag.add_node(Node {
+                    op: node.op.clone(),
+                    digest,
+                    name: node.name.clone(),
+                    at: node.at.clone(),
+                });
+                for (pos, &input) in inputs.iter().enumerate() {
+                    dag.add_edge(input, idx, pos);
+                }
+                idx
+            });
+            index_of[i] = Some(idx);
+        }
+        let roots = program
+            .roots
+            .iter()
+            .map(|r| (r.name.clone(), index_of[r.node].expect("roots are needed")))
+            .collect();
+        BuildGraph { dag, roots }
+    }
+
+    /// A node's inputs in order.
+    pub fn inputs(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        let mut edges: Vec<(usize, NodeIndex)> = self
+            .dag
+            .edges_directed(n, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        edges.sort();
+        edges.into_iter().map(|(_, s)| s).collect()
+    }
+
+    pub fn consumers(&self, n: NodeIndex) -> Vec<NodeIndex> {
+        self.dag
+            .neighbors_directed(n, Direction::Outgoing)
+            .collect()
+    }
+
+    /// Nodes in a dependency order (inputs first), stable across runs.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        petgraph::algo::toposort(&self.dag, None)
+            .expect("the lowered program is acyclic by construction")
+    }
+
+    /// Every secret mounted by any node that `root` depends on, in first-use order.
+    pub fn secrets_of(&self, root: NodeIndex) -> Vec<SecretNeed> {
+        let mut needs: BTreeMap<String, SecretNeed> = BTreeMap::new();
+        let mut order = Vec::new();
+        let mut dfs = petgraph::visit::Dfs::new(petgraph::visit::Reversed(&self.dag), root);
+        let mut seen = Vec::new();
+        while let Some(n) = dfs.next(petgraph::visit::Reversed(&self.dag)) {
+            seen.push(n);
+        }
+        for n in self.topo_order().into_iter().filter(|n| seen.contains(n)) {
+            if let Op::Run(r) = &self.dag[n].op {
+                for s in &r.secrets {
+                    let entry = needs.entry(s.id.clone()).or_insert_with(|| {
+                        order.push(s.id.clone());
+                        SecretNeed {
+                            id: s.id.clone(),
+                            required: false,
+                            at: self.dag[n].at.as_ref().map(|a| a.to_string()),
+                        }
+                    });
+                    if s.required && !entry.required {
+                        entry.required = true;
+                        entry.at = self.dag[n].at.as_ref().map(|a| a.to_string());
+                    }
+                }
+            }
+        }
+        order
+            .into_iter()
+            .filter_map(|id| needs.remove(&id))
+            .collect()
+    }
+
+    /// One line per node: digest prefix, operation, inputs, name and source location.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for n in self.topo_order() {
+            let node = &self.dag[n];
+            let inputs: Vec<&str> = self
+                .inputs(n)
+                .iter()
+                .map(|&i| self.dag[i].digest.short())
+                .collect();
+            let _ = write!(
+                out,
+                "{}  {:<7} {}",
+                node.digest.short(),
+                node.op.kind(),
+                node.name
+            );
+            if !inputs.is_empty() {
+                let _ = write!(out, "  <- {}", inputs.join(", "));
+            }
+            if let Some(at) = &node.at {
+                let _ = write!(out, "  ({at})");
+            }
+            out.push('\n');
+        }
+        for (name, root) in &self.roots {
+            let _ = writeln!(out, "root {name}: {}", self.dag[*root].digest);
+        }
+        out
+    }
+
+    pub fn render_dot(&self) -> String {
+        let mut out = String::from(
+            "digraph kiln {\n  rankdir=LR;\n  node [shape=box, fontname=monospace];\n",
+        );
+        for n in self.topo_order() {
+            let node = &self.dag[n];
+            let label = format!("{}\\n{}", node.digest.short(), escape_dot(&node.name));
+            let _ = writeln!(out, "  \"{}\" [label=\"{label}\"];", node.digest.short());
+        }
+        for e in (&self.dag).edge_references() {
+            let _ = writeln!(
+                out,
+                "  \"{}\" -> \"{}\" [label=\"{}\"];",
+                self.dag[e.source()].digest.short(),
+                self.dag[e.target()].digest.short(),
+                e.weight()
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// The stable machine schema (`schema: 1`): nodes in dependency order, roots with their secret needs.
+    pub fn render_json(&self) -> String {
+        #[derive(Serialize)]
+        struct JsonNode<'a> {
+            digest: &'a Digest,
+            op: &'a Op,
+            inputs: Vec<&'a Digest>,
+            name: &'a str,
+            at: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct JsonRoot<'a> {
+            name: &'a str,
+            digest: &'a Digest,
+            secrets: Vec<SecretNeed>,
+        }
+        #[derive(Serialize)]
+        struct JsonGraph<'a> {
+            schema: u32,
+            roots: Vec<JsonRoot<'a>>,
+            nodes: Vec<JsonNode<'a>>,
+        }
+        let g = JsonGraph {
+            schema: 1,
+            roots: self
+                .roots
+                .iter()
+                .map(|(name, n)| JsonRoot {
+                    name,
+                    digest: &self.dag[*n].digest,
+                    secrets: self.secrets_of(*n),
+                })
+                .collect(),
+            nodes: self
+                .topo_order()
+                .into_iter()
+                .map(|n| JsonNode {
+                    digest: &self.dag[n].digest,
+                    op: &self.dag[n].op,
+                    inputs: self
+                        .inputs(n)
+                        .iter()
+                        .map(|&i| &self.dag[i].digest)
+                        .collect(),
+                    name: &self.dag[n].name,
+                    at: self.dag[n].at.as_ref().map(|a| a.to_string()),
+                })
+                .collect(),
+        };
+        let mut s = serde_json::to_string_pretty(&g).expect("graph JSON serializes");
+        s.push('\n');
+        s
+    }
+
+    /// `sha256:<hex>` of each root, one per line, in the order selected.
+    pub fn render_digests(&self) -> String {
+        self.roots
+            .iter()
+            .map(|(_, n)| format!("{}\n", self.dag[*n].digest))
+            .collect()
+    }
+}
+
+fn escape_dot(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}

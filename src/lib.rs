@@ -1,0 +1,23 @@
+//! kiln: a build-graph compiler and container-image builder in which secrets cannot leak.
+//!
+//! The pipeline, one module per stage, each depending only on earlier ones:
+//! `syntax` → `check` → `lower` → `graph` → `solve` → `exec` → `export`.
+//! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
+//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts) and `progress`.
+//! `cli` is the driver that wires the stages together.
+
+pub mod check;
+pub mod cli;
+pub mod diag;
+pub mod digest;
+pub mod exec;
+pub mod export;
+pub mod graph;
+pub mod lower;
+pub mod oci;
+pub mod options;
+pub mod progress;
+pub mod secret;
+pub mod solve;
+pub mod store;
+pub mod syntax;

@@ -1,0 +1,858 @@
+//! Dockerfile → `Program`: ARG/ENV scoping and expansion as BuildKit does it, stages, `COPY --from`,
+//! `RUN --mount=type=secret`, and the image config each stage ends with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::op::{ConfigOp, CopyOp, HistoryEntry, Inherit, Network, Op, RunOp, SecretMount};
+use super::{LowerOptions, NamedContext, NodeId, Program, Root};
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::options;
+use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
+use crate::syntax::shell;
+
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+const SECRET_OPTIONS: [&str; 9] = [
+    "type",
+    "id",
+    "target",
+    "dst",
+    "destination",
+    "env",
+    "required",
+    "mode",
+    "uid",
+];
+const MOUNT_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];
+
+/// The image-config and variable state of a stage while its instructions are lowered.
+#[derive(Clone)]
+struct Stage {
+    name: String,
+    alias: Option<String>,
+    fs: NodeId,
+    /// ENV set in this stage (or inherited from a parent stage), in order of first setting.
+    env: Vec<(String, String)>,
+    /// ARGs declared in this stage: name → value (None: declared without any value).
+    args: Vec<(String, Option<String>)>,
+    cwd: Option<String>,
+    user: Option<String>,
+    config: ConfigOp,
+    step: usize,
+    steps: usize,
+}
+
+impl Stage {
+    fn lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    /// Variables a RUN sees beyond the image env: ENV, then ARGs with a value that ENV does not shadow.
+    fn run_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env.clone();
+        for (k, v) in &self.args {
+            if let Some(v) = v {
+                if !env.iter().any(|(ek, _)| ek == k) {
+                    set(&mut env, k, v);
+                }
+            }
+        }
+        env
+    }
+
+    fn arg_values(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect()
+    }
+}
+
+fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
+    match list.iter_mut().find(|(k, _)| k == key) {
+        Some(entry) => entry.1 = value.to_string(),
+        None => list.push((key.to_string(), value.to_string())),
+    }
+}
+
+/// A completed stage: its final state (for `FROM stage` and `COPY --from`) and its image config node.
+struct Finished {
+    state: Stage,
+    config: NodeId,
+}
+
+struct Lowerer<'a> {
+    df: &'a Dockerfile,
+    opts: &'a LowerOptions,
+    program: Program,
+    /// Pre-FROM ARGs: name → value after `--build-arg` overrides.
+    meta_args: Vec<(String, Option<String>)>,
+    stages: Vec<Finished>,
+    /// Leaves shared across stages: one node per image reference or named context.
+    leaves: BTreeMap<String, NodeId>,
+}
+
+/// Lowers a parsed Dockerfile. The program's single root is the `--target` stage, or the last stage.
+pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
+    crate::check::dockerfile(df)?;
+    let mut l = Lowerer {
+        df,
+        opts,
+        program: Program::default(),
+        meta_args: Vec::new(),
+        stages: Vec::new(),
+        leaves: BTreeMap::new(),
+    };
+    let mut current: Option<Stage> = None;
+    for ins in &df.instructions {
+        match (&ins.kind, current.as_mut()) {
+            (InstructionKind::From { image, alias }, _) => {
+                if let Some(done) = current.take() {
+                    l.finish_stage(done);
+                }
+                current = Some(l.from(ins, image, alias.as_ref())?);
+            }
+            (InstructionKind::Arg(decls), None) => {
+                for d in decls {
+                    let value = l.arg_value(d, &|name| l.meta_lookup(name))?;
+                    l.meta_args.retain(|(k, _)| *k != d.key.text);
+                    l.meta_args.push((d.key.text.clone(), value));
+                }
+            }
+            (_, None) => unreachable!("check::dockerfile puts FROM first"),
+            (_, Some(stage)) => l.instruction(stage, ins)?,
+        }
+    }
+    let last = current.expect("check::dockerfile requires a FROM");
+    l.finish_stage(last);
+    let target = match &opts.target {
+        Some(t) => l
+            .stages
+            .iter()
+            .find(|s| s.state.alias.as_deref() == Some(t.to_ascii_lowercase().as_str()))
+            .ok_or_else(|| {
+                let names: Vec<&str> = l
+                    .stages
+                    .iter()
+                    .filter_map(|s| s.state.alias.as_deref())
+                    .collect();
+                let mut d =
+                    Diagnostic::input(format!("target stage `{t}` not found in {}", df.file.name));
+                if let Some(s) = suggest(t, names.iter().copied()) {
+                    d = d.help(format!("did you mean `{s}`?"));
+                } else if !names.is_empty() {
+                    d = d.help(format!("the stages are: {}", names.join(", ")));
+                }
+                d
+            })?,
+        None => l.stages.last().expect("at least one stage"),
+    };
+    let root = Root {
+        name: target.state.name.clone(),
+        node: target.config,
+    };
+    l.program.roots.push(root);
+    Ok(l.program)
+}
+
+impl Lowerer<'_> {
+    fn file(&self) -> &Arc<SourceFile> {
+        &self.df.file
+    }
+
+    fn error(&self, span: Span, msg: impl Into<String>) -> Diagnostic {
+        Diagnostic::at(self.file(), span, msg)
+    }
+
+    fn at(&self, span: Span) -> Option<Located> {
+        Some(Located::new(self.file(), span))
+    }
+
+    fn meta_lookup(&self, name: &str) -> Option<String> {
+        self.meta_args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    fn expand(&self, word: &Word, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+        shell::expand_word(&word.text, self.df.escape, lookup)
+            .map_err(|e| self.error(word.span, format!("cannot expand `{}`: {e}", word.text)))
+    }
+
+    fn expand_flag(&self, flag: &Flag, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+        let raw = flag.value.clone().unwrap_or_default();
+        shell::expand_word(&raw, self.df.escape, lookup)
+            .map_err(|e| self.error(flag.value_span, format!("cannot expand `{raw}`: {e}")))
+    }
+
+    /// An ARG's value: a `--build-arg` wins over the default; a bare `ARG x` in a stage takes the global.
+    fn arg_value(
+        &self,
+        d: &KeyValue,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>> {
+        if let Some(v) = self.opts.build_args.get(&d.key.text) {
+            return Ok(Some(v.clone()));
+        }
+        match &d.value {
+            Some(w) => Ok(Some(self.expand(w, lookup)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn reject_flags(&self, ins: &Instruction, allowed: &[&str]) -> Result<()> {
+        for f in &ins.flags {
+            if !allowed.contains(&f.name.as_str()) {
+                let mut d = self.error(
+                    f.span,
+                    format!("unknown flag `--{}` for {}", f.name, ins.kind.name()),
+                );
+                d = match suggest(&f.name, allowed.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `--{s}`?")),
+                    None if allowed.is_empty() => {
+                        d.help(format!("{} takes no flags", ins.kind.name()))
+                    }
+                    None => d.help(format!(
+                        "{} accepts: {}",
+                        ins.kind.name(),
+                        allowed
+                            .iter()
+                            .map(|a| format!("--{a}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                };
+                return Err(d);
+            }
+        }
+        Ok(())
+    }
+
+    fn stage_by_name(&self, name: &str) -> Option<&Finished> {
+        let lower = name.to_ascii_lowercase();
+        self.stages
+            .iter()
+            .find(|s| s.state.alias.as_deref() == Some(lower.as_str()))
+    }
+
+    /// A leaf node for an image reference (or `scratch`), shared by every use.
+    fn image_leaf(&mut self, reference: &str, at: Span) -> NodeId {
+        let key = format!("image:{reference}");
+        if let Some(&id) = self.leaves.get(&key) {
+            return id;
+        }
+        let (op, name) = if reference == "scratch" {
+            (Op::Scratch, "scratch".to_string())
+        } else {
+            (
+                Op::Image {
+                    reference: reference.to_string(),
+                },
+                format!("FROM {reference}"),
+            )
+        };
+        let at = self.at(at);
+        let id = self.program.push(op, vec![], name, at);
+        self.leaves.insert(key, id);
+        id
+    }
+
+    fn context_leaf(&mut self, name: &str) -> NodeId {
+        let key = format!("context:{name}");
+        if let Some(&id) = self.leaves.get(&key) {
+            return id;
+        }
+        let id = self.program.push(
+            Op::Context {
+                name: name.to_string(),
+            },
+            vec![],
+            format!("context {name}"),
+            None,
+        );
+        self.leaves.insert(key, id);
+        id
+    }
+
+    fn from(&mut self, ins: &Instruction, image: &Word, alias: Option<&Word>) -> Result<Stage> {
+        self.reject_flags(ins, &["platform"])?;
+        let reference = self.expand(image, &|n| self.meta_lookup(n))?;
+        if reference.is_empty() {
+            return Err(self.error(image.span, "FROM names an empty image").help(
+                "a build argument used here may be unset; give it a default or pass --build-arg",
+            ));
+        }
+        let index = self.stages.len();
+        let alias = alias.map(|a| a.text.to_ascii_lowercase());
+        let name = alias.clone().unwrap_or_else(|| format!("stage-{index}"));
+        let steps = 1 + self.steps_after(ins);
+        let mut stage = if let Some(parent) = self.stage_by_name(&reference) {
+            // FROM an earlier stage continues from its filesystem and config.
+            let mut s = parent.state.clone();
+            s.args.clear();
+            s.config.history.clear();
+            s
+        } else {
+            let leaf = match self.opts.contexts.get(&reference) {
+                Some(NamedContext::Image(r)) => {
+                    let r = r.clone();
+                    self.image_leaf(&r, image.span)
+                }
+                Some(NamedContext::Dir(_)) => {
+                    return Err(self
+                        .error(
+                            image.span,
+                            format!("build context `{reference}` is a directory, not an image"),
+                        )
+                        .help("use `--build-context NAME=oci-layout://DIR` for a base image"));
+                }
+                None => self.image_leaf(&reference, image.span),
+            };
+            Stage {
+                name: String::new(),
+                alias: None,
+                fs: leaf,
+                env: Vec::new(),
+                args: Vec::new(),
+                cwd: None,
+                user: None,
+                config: ConfigOp::default(),
+                step: 0,
+                steps: 0,
+            }
+        };
+        stage.name = name;
+        stage.alias = alias;
+        stage.step = 1;
+        stage.steps = steps;
+        Ok(stage)
+    }
+
+    /// How many instructions of this stage follow its FROM (for `[stage k/n]` names).
+    fn steps_after(&self, from: &Instruction) -> usize {
+        self.df
+            .instructions
+            .iter()
+            .skip_while(|i| !std::ptr::eq(*i, from))
+            .skip(1)
+            .take_while(|i| !matches!(i.kind, InstructionKind::From { .. }))
+            .filter(|i| {
+                matches!(
+                    i.kind,
+                    InstructionKind::Run(_)
+                        | InstructionKind::Copy { .. }
+                        | InstructionKind::Workdir(_)
+                )
+            })
+            .count()
+    }
+
+    fn finish_stage(&mut self, stage: Stage) {
+        let mut config = stage.config.clone();
+        config.env = stage.env.clone();
+        config.cwd = stage.cwd.clone();
+        config.user = stage.user.clone();
+        let name = format!("[{}] image config", stage.name);
+        let config = self
+            .program
+            .push(Op::Config(config), vec![stage.fs], name, None);
+        self.stages.push(Finished {
+            state: stage,
+            config,
+        });
+    }
+
+    fn step_name(&self, stage: &mut Stage, ins: &Instruction) -> String {
+        stage.step += 1;
+        let text = instruction_text(self.file(), ins);
+        format!("[{} {}/{}] {}", stage.name, stage.step, stage.steps, text)
+    }
+
+    fn push_fs(
+        &mut self,
+        stage: &mut Stage,
+        ins: &Instruction,
+        op: Op,
+        extra_inputs: Vec<NodeId>,
+        created_by: String,
+    ) {
+        let name = self.step_name(stage, ins);
+        let mut inputs = vec![stage.fs];
+        inputs.extend(extra_inputs);
+        let at = self.at(ins.span);
+        stage.fs = self.program.push(op, inputs, name, at);
+        stage.config.history.push(HistoryEntry {
+            created_by,
+            layer: true,
+        });
+    }
+
+    fn config_history(stage: &mut Stage, created_by: String) {
+        stage.config.history.push(HistoryEntry {
+            created_by,
+            layer: false,
+        });
+    }
+
+    fn instruction(&mut self, stage: &mut Stage, ins: &Instruction) -> Result<()> {
+        match &ins.kind {
+            InstructionKind::From { .. } => unreachable!("FROM handled by the caller"),
+            InstructionKind::Arg(decls) => {
+                self.reject_flags(ins, &[])?;
+                for d in decls {
+                    let value = match self.arg_value(d, &|n| stage.lookup(n))? {
+                        Some(v) => Some(v),
+                        // A bare `ARG x` in a stage brings the pre-FROM value into scope.
+                        None => self.meta_lookup(&d.key.text),
+                    };
+                    stage.args.retain(|(k, _)| *k != d.key.text);
+                    stage.args.push((d.key.text.clone(), value));
+                }
+                let text = instruction_text(self.file(), ins);
+                Self::config_history(stage, text);
+            }
+            InstructionKind::Env(pairs) => {
+                self.reject_flags(ins, &[])?;
+                let mut shown = Vec::new();
+                for kv in pairs {
+                    let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
+                    let value = match &kv.value {
+                        Some(v) => self.expand(v, &|n| stage.lookup(n))?,
+                        None => String::new(),
+                    };
+                    shown.push(format!("{key}={value}"));
+                    set(&mut stage.env, &key, &value);
+                }
+                Self::config_history(stage, format!("ENV {}", shown.join(" ")));
+            }
+            InstructionKind::Label(pairs) => {
+                self.reject_flags(ins, &[])?;
+                let mut shown = Vec::new();
+                for kv in pairs {
+                    let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
+                    let value = match &kv.value {
+                        Some(v) => self.expand(v, &|n| stage.lookup(n))?,
+                        None => String::new(),
+                    };
+                    shown.push(format!("{key}={value}"));
+                    set(&mut stage.config.labels, &key, &value);
+                }
+                Self::config_history(stage, format!("LABEL {}", shown.join(" ")));
+            }
+            InstructionKind::Workdir(w) => {
+                self.reject_flags(ins, &[])?;
+                let dir = self.expand(w, &|n| stage.lookup(n))?;
+                let path = join_path(stage.cwd.as_deref().unwrap_or("/"), &dir);
+                stage.cwd = Some(path.clone());
+                self.push_fs(
+                    stage,
+                    ins,
+                    Op::Mkdir { path: path.clone() },
+                    vec![],
+                    format!("WORKDIR {path}"),
+                );
+            }
+            InstructionKind::User(w) => {
+                self.reject_flags(ins, &[])?;
+                let user = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("USER {user}"));
+                stage.user = Some(user);
+            }
+            InstructionKind::Cmd(c) => {
+                self.reject_flags(ins, &[])?;
+                let args = command_args(c);
+                Self::config_history(stage, format!("CMD {}", json_list(&args)));
+                stage.config.cmd = Inherit::Set(args);
+            }
+            InstructionKind::Entrypoint(c) => {
+                self.reject_flags(ins, &[])?;
+                let args = command_args(c);
+                Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
+                stage.config.entrypoint = Inherit::Set(args);
+                // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
+                if stage.config.cmd == Inherit::Base {
+                    stage.config.cmd = Inherit::Clear;
+                }
+            }
+            InstructionKind::Run(c) => self.run(stage, ins, c)?,
+            InstructionKind::Copy { sources, dest } => self.copy(stage, ins, sources, dest)?,
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, stage: &mut Stage, ins: &Instruction, cmd: &Command) -> Result<()> {
+        self.reject_flags(ins, &["mount", "network"])?;
+        let mut secrets = Vec::new();
+        let mut network = Network::Default;
+        let mut mount_texts = Vec::new();
+        for f in &ins.flags {
+            match f.name.as_str() {
+                "mount" => {
+                    let m = self.secret_mount(f, stage)?;
+                    mount_texts.push(format!("--mount={}", f.value.as_deref().unwrap_or("")));
+                    if let Some(dup) = secrets
+                        .iter()
+                        .find(|s: &&SecretMount| s.target.is_some() && s.target == m.target)
+                    {
+                        return Err(self.error(
+                            f.value_span,
+                            format!(
+                                "secret `{}` is mounted at the same target as secret `{}`",
+                                m.id, dup.id
+                            ),
+                        ));
+                    }
+                    secrets.push(m);
+                }
+                "network" => {
+                    let v = self.expand_flag(f, &|n| stage.lookup(n))?;
+                    network = Network::parse(&v).ok_or_else(|| {
+                        let d = self.error(f.value_span, format!("unknown network mode `{v}`"));
+                        match suggest(&v, ["default", "none", "host"]) {
+                            Some(s) => d.help(format!("did you mean `{s}`?")),
+                            None => d.help("network modes are: default, none, host"),
+                        }
+                    })?;
+                    mount_texts.push(format!("--network={v}"));
+                }
+                _ => unreachable!("flags were checked"),
+            }
+        }
+        let args = command_args(cmd);
+        let env = stage.run_env();
+        // History shows build args the way BuildKit does (`|N K=V`): they are part of the build's
+        // definition, and a secret can never be among them because secrets are not variables.
+        let arg_values = stage.arg_values();
+        let mut created_by = String::from("RUN ");
+        for m in &mount_texts {
+            created_by.push_str(m);
+            created_by.push(' ');
+        }
+        if !arg_values.is_empty() {
+            created_by.push_str(&format!("|{} ", arg_values.len()));
+            for (k, v) in &arg_values {
+                created_by.push_str(&format!("{k}={v} "));
+            }
+        }
+        created_by.push_str(&args.join(" "));
+        created_by.push_str(" # buildkit");
+        let op = Op::Run(RunOp {
+            args,
+            env,
+            cwd: stage.cwd.clone(),
+            user: stage.user.clone(),
+            network,
+            secrets,
+        });
+        self.push_fs(stage, ins, op, vec![], created_by);
+        Ok(())
+    }
+
+    fn secret_mount(&self, flag: &Flag, stage: &Stage) -> Result<SecretMount> {
+        let text = self.expand_flag(flag, &|n| stage.lookup(n))?;
+        let base = flag.value_span.start;
+        // Spans inside the expanded text are only exact when expansion changed nothing.
+        let exact = flag.value.as_deref() == Some(text.as_str());
+        let span_of = |s: Span| {
+            if exact {
+                Span::new(base + s.start, base + s.end)
+            } else {
+                flag.value_span
+            }
+        };
+        let fields = options::parse(&text).map_err(|(s, msg)| self.error(span_of(s), msg))?;
+        let kind = fields
+            .iter()
+            .find(|f| f.key == "type")
+            .map(|f| (f.value.clone().unwrap_or_default(), f.span))
+            .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
+        if kind.0 != "secret" {
+            let d = if MOUNT_TYPES.contains(&kind.0.as_str()) {
+                self.error(
+                    span_of(kind.1),
+                    format!("mount type `{}` is not supported yet", kind.0),
+                )
+                .help("this version of kiln supports `--mount=type=secret`")
+            } else {
+                let d = self.error(span_of(kind.1), format!("unknown mount type `{}`", kind.0));
+                match suggest(&kind.0, MOUNT_TYPES) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("mount types are: {}", MOUNT_TYPES.join(", "))),
+                }
+            };
+            return Err(d);
+        }
+        let mut m = SecretMount {
+            id: String::new(),
+            target: None,
+            env: None,
+            required: false,
+            mode: 0o400,
+            uid: 0,
+            gid: 0,
+        };
+        let mut known: Vec<&str> = SECRET_OPTIONS.to_vec();
+        known.push("gid");
+        for f in &fields {
+            let value = f.value.clone().unwrap_or_default();
+            let bad = |what: &str| {
+                self.error(
+                    span_of(f.value_span()),
+                    format!("invalid {what} `{value}` in secret mount"),
+                )
+            };
+            match f.key.as_str() {
+                "type" => {}
+                "id" => m.id = value,
+                "target" | "dst" | "destination" => m.target = Some(value),
+                "env" => m.env = Some(value),
+                "required" => {
+                    m.required = options::parse_bool(f.value.as_deref()).ok_or_else(|| {
+                        bad("value for `required`").help("use `required=true` or `required=false`")
+                    })?
+                }
+                "mode" => {
+                    m.mode = u32::from_str_radix(&value, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| bad("mode").help("give an octal mode such as `0400`"))?
+                }
+                "uid" => {
+                    m.uid = value
+                        .parse()
+                        .map_err(|_| bad("uid").help("give a numeric user id"))?
+                }
+                "gid" => {
+                    m.gid = value
+                        .parse()
+                        .map_err(|_| bad("gid").help("give a numeric group id"))?
+                }
+                other => {
+                    let d = self.error(
+                        span_of(f.span),
+                        format!("unknown secret mount option `{other}`"),
+                    );
+                    return Err(match suggest(other, known.iter().copied()) {
+                        Some(s) => d.help(format!("did you mean `{s}`?")),
+                        None => d.help(format!("secret mounts take: {}", known[1..].join(", "))),
+                    });
+                }
+            }
+        }
+        if m.id.is_empty() {
+            // BuildKit's rule: the id defaults to the target's file name.
+            m.id = m
+                .target
+                .as_deref()
+                .and_then(|t| t.rsplit('/').find(|s| !s.is_empty()))
+                .unwrap_or_default()
+                .to_string();
+        }
+        if m.id.is_empty() {
+            return Err(self
+                .error(flag.value_span, "secret mount needs an `id`")
+                .help("write `--mount=type=secret,id=NAME` and build with `--secret id=NAME,src=FILE`"));
+        }
+        if m.target.is_none() && m.env.is_none() {
+            m.target = Some(format!("/run/secrets/{}", m.id));
+        }
+        if let Some(t) = &m.target {
+            m.target = Some(join_path(stage.cwd.as_deref().unwrap_or("/"), t));
+        }
+        Ok(m)
+    }
+
+    fn copy(
+        &mut self,
+        stage: &mut Stage,
+        ins: &Instruction,
+        sources: &[Word],
+        dest: &Word,
+    ) -> Result<()> {
+        self.reject_flags(ins, &["from", "chown", "chmod"])?;
+        let lookup = |n: &str| stage.lookup(n);
+        let mut srcs = Vec::new();
+        for s in sources {
+            let v = self.expand(s, &lookup)?;
+            if v.is_empty() {
+                return Err(self.error(s.span, "COPY source is empty after expansion"));
+            }
+            srcs.push(v);
+        }
+        let raw_dest = self.expand(dest, &lookup)?;
+        let mut dest_path = join_path(stage.cwd.as_deref().unwrap_or("/"), &raw_dest);
+        if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
+            && !dest_path.ends_with('/')
+        {
+            dest_path.push('/');
+        }
+        if srcs.len() > 1 && !dest_path.ends_with('/') {
+            return Err(self
+                .error(
+                    dest.span,
+                    "when copying several sources, the destination must be a directory",
+                )
+                .help(format!("end it with a slash: `{raw_dest}/`")));
+        }
+        let mut chown = None;
+        let mut chmod = None;
+        let mut from_text = None;
+        let mut source_node = None;
+        for f in &ins.flags {
+            let v = self.expand_flag(f, &lookup)?;
+            match f.name.as_str() {
+                "chown" => chown = Some(v),
+                "chmod" => {
+                    chmod = Some(
+                        u32::from_str_radix(&v, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o7777)
+                            .ok_or_else(|| {
+                                self.error(f.value_span, format!("invalid --chmod value `{v}`"))
+                                    .help("give an octal mode such as `644` or `0755`")
+                            })?,
+                    )
+                }
+                "from" => {
+                    source_node = Some(self.copy_from(f, &v)?);
+                    from_text = Some(v);
+                }
+                _ => unreachable!("flags were checked"),
+            }
+        }
+        let source = match source_node {
+            Some(n) => n,
+            None => self.context_leaf("context"),
+        };
+        let mut created_by = String::from("COPY ");
+        if let Some(f) = &from_text {
+            created_by.push_str(&format!("--from={f} "));
+        }
+        created_by.push_str(&format!("{} {dest_path} # buildkit", srcs.join(" ")));
+        let op = Op::Copy(CopyOp {
+            sources: srcs,
+            dest: dest_path,
+            chown,
+            chmod,
+        });
+        self.push_fs(stage, ins, op, vec![source], created_by);
+        Ok(())
+    }
+
+    /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
+    fn copy_from(&mut self, flag: &Flag, value: &str) -> Result<NodeId> {
+        if let Some(s) = self.stage_by_name(value) {
+            return Ok(s.state.fs);
+        }
+        if let Ok(index) = value.parse::<usize>() {
+            return match self.stages.get(index) {
+                Some(s) => Ok(s.state.fs),
+                None => Err(self
+                    .error(
+                        flag.value_span,
+                        format!("stage index {index} does not exist before this instruction"),
+                    )
+                    .help(format!(
+                        "{} stage(s) are complete here; stages are numbered from 0",
+                        self.stages.len()
+                    ))),
+            };
+        }
+        match self.opts.contexts.get(value).cloned() {
+            Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
+            Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, flag.value_span)),
+            None => {}
+        }
+        if value.contains(['/', ':', '@']) {
+            let r = value.to_string();
+            return Ok(self.image_leaf(&r, flag.value_span));
+        }
+        let names: Vec<&str> = self
+            .stages
+            .iter()
+            .filter_map(|s| s.state.alias.as_deref())
+            .collect();
+        let d = self.error(
+            flag.value_span,
+            format!("no stage named `{value}` before this instruction"),
+        );
+        Err(match suggest(value, names.iter().copied()) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None if names.is_empty() => d.help(
+                "name a stage with `FROM image AS name`, or write a full image reference such as `busybox:latest`",
+            ),
+            None => d.help(format!(
+                "the stages before it are: {}; for an image write its full reference such as `busybox:latest`",
+                names.join(", ")
+            )),
+        })
+    }
+}
+
+fn command_args(c: &Command) -> Vec<String> {
+    match c {
+        Command::Shell(w) => {
+            let mut v: Vec<String> = DEFAULT_SHELL.iter().map(|s| s.to_string()).collect();
+            v.push(w.text.clone());
+            v
+        }
+        Command::Exec { args, .. } => args.clone(),
+    }
+}
+
+fn json_list(args: &[String]) -> String {
+    serde_json::to_string(args).unwrap_or_default()
+}
+
+/// The instruction's source text on one line, for step names and history.
+fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
+    let text = file.text.get(ins.span.start..ins.span.end).unwrap_or("");
+    let one_line: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim().trim_end_matches('\\').trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    one_line.join(" ")
+}
+
+/// Joins `path` onto the absolute directory `base` and normalises `.`/`..` (never above `/`).
+pub fn join_path(base: &str, path: &str) -> String {
+    let full = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in full.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_path_normalises() {
+        assert_eq!(join_path("/app", "src"), "/app/src");
+        assert_eq!(join_path("/app", "/x/../y"), "/y");
+        assert_eq!(join_path("/", "../../etc"), "/etc");
+        assert_eq!(join_path("/a", "."), "/a");
+    }
+}

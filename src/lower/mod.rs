@@ -1,0 +1,75 @@
+//! Stage 3, lowering: front-end syntax trees become a `Program`, a list of operations wired to their inputs.
+//!
+//! Lowering resolves everything that is known at compile time (variable expansion, stage references,
+//! mount options) and nothing that is not: no file contents, no image metadata, no network.
+
+pub mod dockerfile;
+pub mod op;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::diag::Located;
+pub use op::Op;
+
+/// Index of a node in `Program::nodes`; inputs always point at earlier nodes, so the list is topological.
+pub type NodeId = usize;
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+    /// A human name for progress and listings, e.g. `[build 2/4] RUN make`.
+    pub name: String,
+    /// The source location that created the node.
+    pub at: Option<Located>,
+}
+
+/// A selected output of the program: a stage of a Dockerfile, a target of a .build file.
+#[derive(Clone, Debug)]
+pub struct Root {
+    pub name: String,
+    pub node: NodeId,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Program {
+    pub nodes: Vec<Node>,
+    pub roots: Vec<Root>,
+}
+
+impl Program {
+    pub fn push(
+        &mut self,
+        op: Op,
+        inputs: Vec<NodeId>,
+        name: String,
+        at: Option<Located>,
+    ) -> NodeId {
+        debug_assert!(inputs.iter().all(|&i| i < self.nodes.len()));
+        self.nodes.push(Node {
+            op,
+            inputs,
+            name,
+            at,
+        });
+        self.nodes.len() - 1
+    }
+}
+
+/// A `--build-context NAME=...` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory.
+    Dir(PathBuf),
+    /// An image reference such as `oci-layout:///abs/dir:tag`.
+    Image(String),
+}
+
+/// What the command line contributes to lowering.
+#[derive(Clone, Debug, Default)]
+pub struct LowerOptions {
+    pub build_args: BTreeMap<String, String>,
+    pub contexts: BTreeMap<String, NamedContext>,
+    pub target: Option<String>,
+}

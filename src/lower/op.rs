@@ -1,0 +1,197 @@
+//! The operations every front end lowers to: what a graph node does, with its parameters, and their
+//! canonical encoding (the part of a node digest that is not its inputs).
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Encoder;
+
+/// What a node does. Inputs are not part of the op: the graph keeps them as ordered edges.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Op {
+    /// The empty filesystem. No inputs.
+    Scratch,
+    /// A base image by reference, as written (`busybox:1.36`, `oci-layout://dir:tag`). No inputs.
+    /// Compiling never resolves it; building pins it to a manifest digest.
+    Image { reference: String },
+    /// A local directory given to the build (`context` for the main one, or a `--build-context` name).
+    /// Its contents are never read at compile time; only the files a step selects enter that step's key.
+    Context { name: String },
+    /// A command over the rootfs input. Inputs: `[rootfs]`.
+    Run(RunOp),
+    /// Copy paths from a source into the rootfs. Inputs: `[rootfs, source]`.
+    Copy(CopyOp),
+    /// Create a directory (WORKDIR). Inputs: `[rootfs]`.
+    Mkdir { path: String },
+    /// The finished image of a stage: its rootfs plus image config. Inputs: `[rootfs]`.
+    Config(ConfigOp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    Default,
+    None,
+    Host,
+}
+
+impl Network {
+    pub fn parse(s: &str) -> Option<Network> {
+        match s {
+            "default" => Some(Network::Default),
+            "none" => Some(Network::None),
+            "host" => Some(Network::Host),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Network::Default => "default",
+            Network::None => "none",
+            Network::Host => "host",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunOp {
+    pub args: Vec<String>,
+    /// Variables set on top of the base image's environment (ENV, then build args in scope).
+    pub env: Vec<(String, String)>,
+    /// `None`: the base image's working directory.
+    pub cwd: Option<String>,
+    /// `None`: the base image's user.
+    pub user: Option<String>,
+    pub network: Network,
+    pub secrets: Vec<SecretMount>,
+}
+
+/// How a secret is mounted: everything about it except its value, which never enters a digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretMount {
+    pub id: String,
+    /// A file at this path (`None` when only `env` was asked for).
+    pub target: Option<String>,
+    pub env: Option<String>,
+    pub required: bool,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyOp {
+    /// Paths (wildcards allowed) relative to the source's root.
+    pub sources: Vec<String>,
+    /// Absolute destination; a trailing `/` means "into this directory".
+    pub dest: String,
+    /// `user[:group]` as written (names are resolved in the destination's /etc/passwd at build time).
+    pub chown: Option<String>,
+    pub chmod: Option<u32>,
+}
+
+/// The image config a stage sets on top of its base image's config.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigOp {
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub user: Option<String>,
+    pub cmd: Inherit<Vec<String>>,
+    pub entrypoint: Inherit<Vec<String>>,
+    pub labels: Vec<(String, String)>,
+    /// One entry per instruction after FROM, in order; `layer` says whether it made a filesystem node.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A config field that is either taken from the base image, cleared, or set by this stage.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inherit<T> {
+    #[default]
+    Base,
+    Clear,
+    Set(T),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub created_by: String,
+    pub layer: bool,
+}
+
+impl Op {
+    /// The short name shown in graph listings.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Scratch => "scratch",
+            Op::Image { .. } => "image",
+            Op::Context { .. } => "context",
+            Op::Run(_) => "run",
+            Op::Copy(_) => "copy",
+            Op::Mkdir { .. } => "mkdir",
+            Op::Config(_) => "config",
+        }
+    }
+
+    /// Feeds the op's parameters into a canonical encoder. Adding a field means adding it here, in order;
+    /// changing the meaning of an existing one means bumping the domain version in `graph`.
+    pub fn encode(&self, e: &mut Encoder) {
+        e.str(self.kind());
+        match self {
+            Op::Scratch => {}
+            Op::Image { reference } => {
+                e.str(reference);
+            }
+            Op::Context { name } => {
+                e.str(name);
+            }
+            Op::Run(r) => {
+                e.strs(&r.args).pairs(&r.env);
+                e.opt_str(r.cwd.as_deref()).opt_str(r.user.as_deref());
+                e.str(r.network.as_str());
+                e.list(r.secrets.len());
+                for s in &r.secrets {
+                    e.str(&s.id)
+                        .opt_str(s.target.as_deref())
+                        .opt_str(s.env.as_deref())
+                        .bool(s.required)
+                        .u64(s.mode.into())
+                        .u64(s.uid.into())
+                        .u64(s.gid.into());
+                }
+            }
+            Op::Copy(c) => {
+                e.strs(&c.sources).str(&c.dest).opt_str(c.chown.as_deref());
+                match c.chmod {
+                    Some(m) => e.bool(true).u64(m.into()),
+                    None => e.bool(false),
+                };
+            }
+            Op::Mkdir { path } => {
+                e.str(path);
+            }
+            Op::Config(c) => {
+                e.pairs(&c.env)
+                    .opt_str(c.cwd.as_deref())
+                    .opt_str(c.user.as_deref());
+                for field in [&c.cmd, &c.entrypoint] {
+                    match field {
+                        Inherit::Base => e.str("base"),
+                        Inherit::Clear => e.str("clear"),
+                        Inherit::Set(v) => e.str("set").strs(v),
+                    };
+                }
+                e.pairs(&c.labels);
+                e.list(c.history.len());
+                for h in &c.history {
+                    e.str(&h.created_by).bool(h.layer);
+                }
+            }
+        }
+    }
+
+    /// Whether the node produces a filesystem layer of its own when it runs.
+    pub fn makes_layer(&self) -> bool {
+        matches!(self, Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. })
+    }
+}

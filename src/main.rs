@@ -1,0 +1,12 @@
+//! The `kiln` command.
+
+fn main() {
+    // The executor re-executes kiln as its helper; that path must not start any threads first.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == kiln::exec::helper::HELPER_ARG)
+    {
+        kiln::exec::helper::main();
+    }
+    std::process::exit(kiln::cli::main());
+}

@@ -1,0 +1,250 @@
+//! Selecting files from a source tree for COPY: Go-style wildcard matching, confinement to the tree, and
+//! the content digest of a selection (what a COPY's cache key mixes in, instead of the whole context).
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+
+/// One COPY source pattern resolved to the paths it names, relative to the tree root.
+/// Errors are plain text; the caller knows which instruction to point at.
+pub fn select(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let rel = clean_relative(pattern)?;
+    let comps: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if comps.is_empty() {
+        return Ok(vec![PathBuf::new()]);
+    }
+    let mut found = vec![PathBuf::new()];
+    for comp in &comps {
+        let mut next = Vec::new();
+        for base in &found {
+            if !has_wildcard(comp) {
+                let p = base.join(comp);
+                if root.join(&p).symlink_metadata().is_ok() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(entries) = fs::read_dir(root.join(base)) else {
+                continue;
+            };
+            let mut names: Vec<String> = entries
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| wildcard_match(comp, n))
+                .collect();
+            names.sort();
+            next.extend(names.into_iter().map(|n| base.join(n)));
+        }
+        found = next;
+    }
+    if found.is_empty() {
+        return Err(if has_wildcard(pattern) {
+            format!("no source files match `{pattern}`")
+        } else {
+            format!("`{pattern}` does not exist")
+        });
+    }
+    Ok(found)
+}
+
+/// Strips leading `/` and `./`, and refuses a path that climbs out of the tree with `..`.
+pub fn clean_relative(pattern: &str) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in Path::new(pattern).components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    return Err(format!("`{pattern}` points outside the source"));
+                }
+            }
+            Component::Normal(n) => out.push(n),
+        }
+    }
+    Ok(out)
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Go's `filepath.Match` for one path component: `*`, `?`, `[...]` classes with ranges and `^`/`!`.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|i| go(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && go(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(c) = n.first() else { return false };
+                let Some(close) = p.iter().skip(1).position(|&x| x == ']').map(|i| i + 1) else {
+                    return false;
+                };
+                let mut class = &p[1..close];
+                let negate = matches!(class.first(), Some('^') | Some('!'));
+                if negate {
+                    class = &class[1..];
+                }
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == '-' {
+                        hit |= class[i] <= *c && *c <= class[i + 2];
+                        i += 3;
+                    } else {
+                        hit |= class[i] == *c;
+                        i += 1;
+                    }
+                }
+                hit != negate && go(&p[close + 1..], &n[1..])
+            }
+            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && go(&p[2..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    go(&p, &n)
+}
+
+/// Digest of what a COPY would take from `root`: every selected path with its type, permission bits, size
+/// and content (or link target). Owners and times are left out, as COPY resets owners and BuildKit's
+/// content checksums ignore times: touching a file does not invalidate the step.
+pub fn selection_digest(root: &Path, patterns: &[String]) -> Result<String, String> {
+    let mut h = Sha256::new();
+    for pattern in patterns {
+        h.update(pattern.as_bytes());
+        h.update([0]);
+        for rel in select(root, pattern)? {
+            let top = root.join(&rel);
+            // A source that is a symlink is followed (inside the tree), as docker does for COPY sources.
+            let start = resolve_source(root, &rel)?;
+            let walker = walkdir::WalkDir::new(&start)
+                .sort_by_file_name()
+                .follow_links(false);
+            for entry in walker {
+                let entry = entry.map_err(|e| format!("cannot read {}: {e}", top.display()))?;
+                let meta = entry
+                    .path()
+                    .symlink_metadata()
+                    .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                let name = entry.path().strip_prefix(&start).unwrap_or(entry.path());
+                h.update(name.as_os_str().as_encoded_bytes());
+                h.update([0]);
+                h.update(meta.permissions().mode().to_le_bytes());
+                let ft = meta.file_type();
+                if ft.is_file() {
+                    h.update(b"f");
+                    h.update(meta.size().to_le_bytes());
+                    let mut f = fs::File::open(entry.path())
+                        .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = f
+                            .read(&mut buf)
+                            .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                } else if ft.is_symlink() {
+                    h.update(b"l");
+                    let target = fs::read_link(entry.path()).unwrap_or_default();
+                    h.update(target.as_os_str().as_encoded_bytes());
+                } else if ft.is_dir() {
+                    h.update(b"d");
+                } else {
+                    h.update(b"o");
+                }
+                h.update([0]);
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Follows symlinks of a selected path without leaving `root`: an absolute link target means `root`.
+pub fn resolve_source(root: &Path, rel: &Path) -> Result<PathBuf, String> {
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut todo: Vec<std::ffi::OsString> = rel
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().to_owned())
+        .collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.to_str() {
+            Some(".") | Some("") => continue,
+            Some("..") => {
+                parts.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut candidate: PathBuf = root.to_path_buf();
+        candidate.extend(&parts);
+        candidate.push(&c);
+        match fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(format!("too many symbolic links under `{}`", rel.display()));
+                }
+                let target = fs::read_link(&candidate).map_err(|e| e.to_string())?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                todo.extend(target.components().rev().filter_map(|t| match t {
+                    Component::RootDir => None,
+                    other => Some(other.as_os_str().to_owned()),
+                }));
+            }
+            _ => parts.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&parts);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_follow_go_rules() {
+        assert!(wildcard_match("*.txt", "a.txt"));
+        assert!(!wildcard_match("*.txt", "a.txt.bak"));
+        assert!(wildcard_match("f?o", "foo"));
+        assert!(wildcard_match("[a-c]x", "bx"));
+        assert!(!wildcard_match("[^a-c]x", "bx"));
+    }
+
+    #[test]
+    fn parent_escapes_are_refused() {
+        assert!(clean_relative("../etc/passwd").is_err());
+        assert_eq!(clean_relative("/a/./b/../c").unwrap(), PathBuf::from("a/c"));
+    }
+
+    #[test]
+    fn symlinks_stay_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", dir.path().join("up")).unwrap();
+        assert_eq!(
+            resolve_source(dir.path(), Path::new("abs")).unwrap(),
+            dir.path().join("etc")
+        );
+        assert_eq!(
+            resolve_source(dir.path(), Path::new("up/x")).unwrap(),
+            dir.path().join("x")
+        );
+    }
+}

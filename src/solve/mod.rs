@@ -1,0 +1,718 @@
+//! Stage 5, solving: runs a `BuildGraph` with a tokio scheduler. Each node gets a cache key (its definition
+//! with the resolved content of its sources mixed in, never a secret's value); a key found in the store is a
+//! cache hit and runs nothing; otherwise the node is handed to an `Executor` and its result committed.
+//!
+//! The solver knows nothing about namespaces or mounts: it talks to the executor through the trait below,
+//! which the `exec` stage implements and the driver plugs in.
+
+pub mod context;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use petgraph::stable_graph::NodeIndex;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::diag::{Diagnostic, Located, Result};
+use crate::digest::{Digest, Encoder};
+use crate::graph::BuildGraph;
+use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunOp, SecretMount};
+use crate::lower::{NamedContext, Op};
+use crate::progress::{Event, Reporter};
+use crate::secret::{SecretStore, SecretValue};
+use crate::store::{CacheRecord, LayerBlob, Store};
+
+/// Bump when what a cache key covers changes: every cached result is then rebuilt.
+pub const CACHE_DOMAIN: &str = "kiln/cache/v1";
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A filesystem to work on: read-only lower snapshots (bottom first) and a fresh upper dir for the changes.
+#[derive(Clone, Debug)]
+pub struct Layers {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    /// Scratch space on the same filesystem as `upper` (overlayfs needs one).
+    pub work: PathBuf,
+}
+
+pub struct RunStep {
+    pub fs: Layers,
+    pub args: Vec<String>,
+    /// The full environment of the process.
+    pub env: Vec<String>,
+    pub cwd: String,
+    /// `user[:group]` or numeric ids; empty means root.
+    pub user: String,
+    pub network: Network,
+    /// Each secret mount with its value (`None` when an optional secret was not given).
+    pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
+}
+
+/// Where COPY reads from.
+#[derive(Clone, Debug)]
+pub enum CopySource {
+    /// A directory on the host (a build context).
+    Dir(PathBuf),
+    /// Another node's layers, bottom first (a stage or an image).
+    Layers(Vec<PathBuf>),
+}
+
+#[derive(Clone, Debug)]
+pub struct CopyStep {
+    pub fs: Layers,
+    pub source: CopySource,
+    pub op: CopyOp,
+}
+
+pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// What the solver needs from an executor. Implementations must leave no mount and no process behind,
+/// whatever the outcome, and must write nothing outside `upper`/`work`.
+pub trait Executor: Send + Sync + 'static {
+    /// Runs a command; a non-zero exit is an `Err` of category `Build`.
+    fn run(&self, step: RunStep, logs: LogSink) -> impl Future<Output = Result<()>> + Send;
+    fn copy(&self, step: CopyStep) -> impl Future<Output = Result<()>> + Send;
+    /// Creates a directory (and its parents) inside the filesystem.
+    fn mkdir(&self, fs: Layers, path: String) -> impl Future<Output = Result<()>> + Send;
+    /// Unpacks a (possibly compressed) layer blob into an empty snapshot directory.
+    fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()>;
+}
+
+/// What a node produced.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// A filesystem: layers bottom-up and the config of the image it started from.
+    Fs(CacheRecord),
+    /// A host directory (a build context).
+    Dir(PathBuf),
+    /// A finished image: layers plus the full OCI image config JSON (without `rootfs`).
+    Image { layers: Vec<String>, config: Value },
+}
+
+pub struct SolveOptions {
+    pub jobs: usize,
+    pub no_cache: bool,
+    /// The main context directory and the named ones from `--build-context`.
+    pub contexts: BTreeMap<String, NamedContext>,
+    /// `SOURCE_DATE_EPOCH`, used for `created` times.
+    pub epoch: Option<i64>,
+}
+
+pub struct Summary {
+    pub outputs: HashMap<NodeIndex, Output>,
+    pub executed: usize,
+    pub cached: usize,
+}
+
+struct Shared<E> {
+    graph: Arc<BuildGraph>,
+    store: Arc<Store>,
+    exec: Arc<E>,
+    reporter: Arc<dyn Reporter>,
+    secrets: Arc<SecretStore>,
+    opts: SolveOptions,
+    step_ids: std::sync::atomic::AtomicUsize,
+}
+
+/// Checks, before anything runs, that every required secret of the selected roots was given.
+pub fn check_secrets(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
+    for n in graph.topo_order() {
+        let Op::Run(r) = &graph.dag[n].op else {
+            continue;
+        };
+        for s in r
+            .secrets
+            .iter()
+            .filter(|s| s.required && !secrets.contains(&s.id))
+        {
+            let mut d =
+                Diagnostic::input(format!("secret `{}` is required but was not given", s.id)).help(
+                    format!(
+                        "pass it with `--secret id={},src=FILE` (or `env=VAR`)",
+                        s.id
+                    ),
+                );
+            if let Some(at) = &graph.dag[n].at {
+                d = d.label(at.clone(), "this step mounts it with required=true");
+            }
+            return Err(d);
+        }
+    }
+    Ok(())
+}
+
+/// Runs the graph: independent nodes in parallel (at most `jobs` steps at once), each digest once.
+pub async fn solve<E: Executor>(
+    graph: Arc<BuildGraph>,
+    store: Arc<Store>,
+    exec: Arc<E>,
+    reporter: Arc<dyn Reporter>,
+    secrets: Arc<SecretStore>,
+    opts: SolveOptions,
+) -> Result<Summary> {
+    check_secrets(&graph, &secrets)?;
+    let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let shared = Arc::new(Shared {
+        graph: graph.clone(),
+        store,
+        exec,
+        reporter,
+        secrets,
+        opts,
+        step_ids: std::sync::atomic::AtomicUsize::new(1),
+    });
+    let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
+    let mut ready = Vec::new();
+    for n in graph.topo_order() {
+        let deps = graph
+            .inputs(n)
+            .into_iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len();
+        if deps == 0 {
+            ready.push(n);
+        } else {
+            waiting.insert(n, deps);
+        }
+    }
+    let mut outputs: HashMap<NodeIndex, (Digest, Output)> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let (mut executed, mut cached) = (0, 0);
+    loop {
+        for n in ready.drain(..) {
+            let inputs: Vec<(Digest, Output)> =
+                graph.inputs(n).iter().map(|i| outputs[i].clone()).collect();
+            let shared = shared.clone();
+            let jobs = jobs.clone();
+            tasks.spawn(async move {
+                let r = shared.node(n, inputs, jobs).await;
+                (n, r)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (n, result) =
+            joined.map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))?;
+        let (key, output, ran) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // Dropping the set aborts the siblings; their executors kill what they started.
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return Err(e);
+            }
+        };
+        match ran {
+            Some(true) => executed += 1,
+            Some(false) => cached += 1,
+            None => {}
+        }
+        outputs.insert(n, (key, output));
+        for c in graph.consumers(n) {
+            if let Some(w) = waiting.get_mut(&c) {
+                *w -= 1;
+                if *w == 0 {
+                    waiting.remove(&c);
+                    ready.push(c);
+                }
+            }
+        }
+        // A node can consume the same input twice; consumers() repeats it, so guard against double release.
+        ready.sort();
+        ready.dedup();
+    }
+    Ok(Summary {
+        outputs: outputs.into_iter().map(|(n, (_, o))| (n, o)).collect(),
+        executed,
+        cached,
+    })
+}
+
+impl<E: Executor> Shared<E> {
+    fn next_id(&self) -> usize {
+        self.step_ids
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn at(&self, n: NodeIndex) -> Option<Located> {
+        self.graph.dag[n].at.clone()
+    }
+
+    fn located(&self, n: NodeIndex, d: Diagnostic) -> Diagnostic {
+        match (d.location().is_none(), self.at(n)) {
+            (true, Some(at)) => d.label(at, ""),
+            _ => d,
+        }
+    }
+
+    /// Solves one node. Returns its cache key, its output, and whether it ran (`Some(true)`), came from the
+    /// store (`Some(false)`), or is not a step at all (`None`).
+    async fn node(
+        &self,
+        n: NodeIndex,
+        inputs: Vec<(Digest, Output)>,
+        jobs: Arc<Semaphore>,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        let node = &self.graph.dag[n];
+        let mut key = Encoder::new(CACHE_DOMAIN);
+        node.op.encode(&mut key);
+        key.list(inputs.len());
+        for (k, _) in &inputs {
+            key.digest(k);
+        }
+        match &node.op {
+            Op::Scratch => {
+                let key = key.finish();
+                let base = json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
+                Ok((
+                    key.clone(),
+                    Output::Fs(CacheRecord {
+                        key,
+                        layers: vec![],
+                        base,
+                    }),
+                    None,
+                ))
+            }
+            Op::Context { name } => {
+                let dir = match self.opts.contexts.get(name) {
+                    Some(NamedContext::Dir(d)) => d.clone(),
+                    _ => {
+                        return Err(Diagnostic::input(format!(
+                            "build context `{name}` was not given"
+                        )));
+                    }
+                };
+                Ok((key.finish(), Output::Dir(dir), None))
+            }
+            Op::Image { reference } => {
+                let store = self.store.clone();
+                let exec = self.exec.clone();
+                let reference = reference.clone();
+                let id = self.next_id();
+                let name = node.name.clone();
+                let started = Instant::now();
+                let reporter = self.reporter.clone();
+                let _permit = jobs.acquire().await.expect("semaphore open");
+                let (rec, fresh) =
+                    tokio::task::spawn_blocking(move || import_image(&store, &*exec, &reference))
+                        .await
+                        .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
+                        .map_err(|d| self.located(n, d))?;
+                if fresh {
+                    reporter.event(Event::Started { id, name });
+                    reporter.event(Event::Done {
+                        id,
+                        elapsed: started.elapsed(),
+                    });
+                } else {
+                    reporter.event(Event::Cached { id, name });
+                }
+                Ok((rec.key.clone(), Output::Fs(rec), None))
+            }
+            Op::Config(c) => {
+                let key = key.finish();
+                let Output::Fs(rec) = &inputs[0].1 else {
+                    unreachable!("config consumes a filesystem")
+                };
+                let config = image_config(&rec.base, c, self.opts.epoch);
+                Ok((
+                    key,
+                    Output::Image {
+                        layers: rec.layers.clone(),
+                        config,
+                    },
+                    None,
+                ))
+            }
+            Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. } => self.step(n, key, inputs, jobs).await,
+        }
+    }
+
+    async fn step(
+        &self,
+        n: NodeIndex,
+        mut key: Encoder,
+        inputs: Vec<(Digest, Output)>,
+        jobs: Arc<Semaphore>,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        let node = &self.graph.dag[n];
+        let Output::Fs(base) = &inputs[0].1 else {
+            unreachable!("steps run over a filesystem")
+        };
+        // COPY from a host directory: only the selected files' content enters the key.
+        if let (Op::Copy(c), Some((_, Output::Dir(dir)))) = (&node.op, inputs.get(1)) {
+            let dir = dir.clone();
+            let sources = c.sources.clone();
+            let digest =
+                tokio::task::spawn_blocking(move || context::selection_digest(&dir, &sources))
+                    .await
+                    .map_err(|e| Diagnostic::env(format!("context hashing failed: {e}")))?
+                    .map_err(|e| {
+                        self.located(
+                            n,
+                            Diagnostic::input(format!("COPY failed: {e} in the build context"))
+                                .help(
+                                    "check the path; it is relative to the build context directory",
+                                ),
+                        )
+                    })?;
+            key.str(&digest);
+        }
+        let key = key.finish();
+        let id = self.next_id();
+        if !self.opts.no_cache {
+            if let Some(rec) = self.store.cache_get(&key) {
+                self.reporter.event(Event::Cached {
+                    id,
+                    name: node.name.clone(),
+                });
+                return Ok((key, Output::Fs(rec), Some(false)));
+            }
+        }
+        let _permit = jobs.acquire().await.expect("semaphore open");
+        let started = Instant::now();
+        self.reporter.event(Event::Started {
+            id,
+            name: node.name.clone(),
+        });
+        let work = self.store.temp_dir("step-")?;
+        let upper = work.path().join("upper");
+        let scratch = work.path().join("work");
+        for d in [&upper, &scratch] {
+            std::fs::create_dir(d)
+                .map_err(|e| Diagnostic::io("cannot create a step directory", e))?;
+        }
+        let fs = Layers {
+            lowers: base
+                .layers
+                .iter()
+                .map(|l| self.store.snapshot_path(l))
+                .collect(),
+            upper: upper.clone(),
+            work: scratch,
+        };
+        let result = match &node.op {
+            Op::Run(r) => {
+                let step = self.run_step(r, base, fs)?;
+                let reporter = self.reporter.clone();
+                let sink: LogSink = Arc::new(move |chunk: &[u8]| {
+                    reporter.event(Event::Log {
+                        id,
+                        text: String::from_utf8_lossy(chunk).into_owned(),
+                    })
+                });
+                self.exec.run(step, sink).await
+            }
+            Op::Copy(c) => {
+                let source = match &inputs[1].1 {
+                    Output::Dir(d) => CopySource::Dir(d.clone()),
+                    Output::Fs(rec) => CopySource::Layers(
+                        rec.layers
+                            .iter()
+                            .map(|l| self.store.snapshot_path(l))
+                            .collect(),
+                    ),
+                    Output::Image { .. } => unreachable!("COPY reads filesystems"),
+                };
+                self.exec
+                    .copy(CopyStep {
+                        fs,
+                        source,
+                        op: c.clone(),
+                    })
+                    .await
+            }
+            Op::Mkdir { path } => self.exec.mkdir(fs, path.clone()).await,
+            _ => unreachable!("only steps reach here"),
+        };
+        if let Err(e) = result {
+            self.reporter.event(Event::Failed {
+                id,
+                elapsed: started.elapsed(),
+                message: e.message.clone(),
+            });
+            return Err(self.located(n, e));
+        }
+        let snapshot = format!("step-{}", key.hex());
+        self.store.commit_snapshot(&upper, &snapshot)?;
+        let mut layers = base.layers.clone();
+        layers.push(snapshot);
+        let rec = CacheRecord {
+            key: key.clone(),
+            layers,
+            base: base.base.clone(),
+        };
+        self.store.cache_put(&rec)?;
+        self.reporter.event(Event::Done {
+            id,
+            elapsed: started.elapsed(),
+        });
+        Ok((key, Output::Fs(rec), Some(true)))
+    }
+
+    fn run_step(&self, r: &RunOp, base: &CacheRecord, fs: Layers) -> Result<RunStep> {
+        let cfg = &base.base["config"];
+        let mut env: Vec<String> = cfg["Env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (k, v) in &r.env {
+            set_env(&mut env, k, v);
+        }
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            env.insert(0, DEFAULT_PATH.to_string());
+        }
+        let mut secrets = Vec::new();
+        for m in &r.secrets {
+            let value = self.secrets.load(&m.id).map_err(Diagnostic::input)?;
+            if value.is_none() && m.required {
+                return Err(Diagnostic::input(format!(
+                    "secret `{}` is required but was not given",
+                    m.id
+                )));
+            }
+            if let (Some(var), Some(_)) = (&m.env, &value) {
+                // The value is injected by the executor into the process only; the name is reserved here.
+                env.retain(|e| !e.starts_with(&format!("{var}=")));
+            }
+            secrets.push((m.clone(), value));
+        }
+        let cwd = r
+            .cwd
+            .clone()
+            .or_else(|| {
+                cfg["WorkingDir"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| "/".to_string());
+        let user = r
+            .user
+            .clone()
+            .or_else(|| cfg["User"].as_str().map(String::from))
+            .unwrap_or_default();
+        Ok(RunStep {
+            fs,
+            args: r.args.clone(),
+            env,
+            cwd,
+            user,
+            network: r.network,
+            secrets,
+        })
+    }
+}
+
+fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let entry = format!("{key}={value}");
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key))
+    {
+        Some(e) => *e = entry,
+        None => env.push(entry),
+    }
+}
+
+/// Resolves an image reference to a local OCI layout and imports its layers as snapshots.
+/// Returns the record and whether anything had to be unpacked.
+fn import_image<E: Executor>(
+    store: &Store,
+    exec: &E,
+    reference: &str,
+) -> Result<(CacheRecord, bool)> {
+    let Some(rest) = reference.strip_prefix("oci-layout://") else {
+        return Err(Diagnostic::input(format!("cannot pull `{reference}`: registry images are not supported yet"))
+            .help("build from a local OCI layout: `FROM oci-layout:///path/to/layout[:tag]`, or `--build-context NAME=oci-layout://DIR` with `FROM NAME`"));
+    };
+    let (dir, tag) = split_layout_ref(rest);
+    let image = crate::oci::read_image(Path::new(dir), tag)
+        .map_err(|e| Diagnostic::input(format!("cannot read base image `{reference}`: {e}")))?;
+    let manifest = Digest::parse(&image.manifest_digest)
+        .ok_or_else(|| Diagnostic::env(format!("bad manifest digest in {dir}")))?;
+    let mut key = Encoder::new(CACHE_DOMAIN);
+    key.str("image").digest(&manifest);
+    let key = key.finish();
+    if let Some(rec) = store.cache_get(&key) {
+        return Ok((rec, false));
+    }
+    let base = serde_json::to_value(&image.config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    let diff_ids: Vec<String> = image.config.rootfs().diff_ids().clone();
+    if diff_ids.len() != image.manifest.layers().len() {
+        return Err(Diagnostic::input(format!(
+            "base image `{reference}` is inconsistent: {} layers but {} diff ids",
+            image.manifest.layers().len(),
+            diff_ids.len()
+        )));
+    }
+    let mut layers = Vec::new();
+    for (desc, diff_id) in image.manifest.layers().iter().zip(&diff_ids) {
+        let diff = Digest::parse(diff_id)
+            .ok_or_else(|| Diagnostic::input(format!("bad diff id `{diff_id}`")))?;
+        let snapshot = format!("layer-{}", diff.hex());
+        // Verified before use: a layout on disk is input, not something kiln wrote.
+        let blob =
+            crate::oci::verify_blob(Path::new(dir), desc.digest().as_ref(), Some(desc.size()))
+                .map_err(|e| Diagnostic::input(format!("base image `{reference}`: {e}")))?;
+        let media_type = desc.media_type().to_string();
+        if !store.snapshot_path(&snapshot).is_dir() {
+            let tmp = store.temp_dir("unpack-")?;
+            let dest = tmp.path().join("layer");
+            std::fs::create_dir(&dest)
+                .map_err(|e| Diagnostic::io("cannot create a snapshot", e))?;
+            exec.unpack(&blob, &media_type, &dest)?;
+            store.commit_snapshot(&dest, &snapshot)?;
+        }
+        let digest = Digest::parse(desc.digest().as_ref())
+            .ok_or_else(|| Diagnostic::input(format!("bad layer digest `{}`", desc.digest())))?;
+        if store.layer_blob(&snapshot).is_none() {
+            // Keep the original blob so exports reuse it byte for byte.
+            store.import_blob(&blob, &digest)?;
+            store.put_layer_blob(
+                &snapshot,
+                &LayerBlob {
+                    diff_id: diff,
+                    digest,
+                    size: desc.size(),
+                    media_type,
+                },
+            )?;
+        }
+        layers.push(snapshot);
+    }
+    let rec = CacheRecord { key, layers, base };
+    store.cache_put(&rec)?;
+    Ok((rec, true))
+}
+
+/// `DIR[:TAG]`: a tag is the text after the last `:` when it holds no `/`.
+pub fn split_layout_ref(rest: &str) -> (&str, Option<&str>) {
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, Some(tag)),
+        _ => (rest, None),
+    }
+}
+
+/// The image config of a finished stage: the base image's config with the stage's settings on top, and the
+/// base history followed by the stage's. `rootfs` is filled in by the exporter, which knows the diff ids.
+fn image_config(base: &Value, op: &ConfigOp, epoch: Option<i64>) -> Value {
+    let created = timestamp(epoch);
+    let mut cfg = base["config"].as_object().cloned().unwrap_or_default();
+    let mut env: Vec<String> = cfg
+        .get("Env")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in &op.env {
+        set_env(&mut env, k, v);
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    cfg.insert("Env".into(), json!(env));
+    if let Some(cwd) = &op.cwd {
+        cfg.insert("WorkingDir".into(), json!(cwd));
+    }
+    if let Some(user) = &op.user {
+        cfg.insert("User".into(), json!(user));
+    }
+    for (field, value) in [("Cmd", &op.cmd), ("Entrypoint", &op.entrypoint)] {
+        match value {
+            Inherit::Base => {}
+            Inherit::Clear => {
+                cfg.remove(field);
+            }
+            Inherit::Set(v) => {
+                cfg.insert(field.into(), json!(v));
+            }
+        }
+    }
+    if !op.labels.is_empty() {
+        let mut labels = cfg
+            .get("Labels")
+            .and_then(|l| l.as_object())
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in &op.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        cfg.insert("Labels".into(), Value::Object(labels));
+    }
+    let mut history: Vec<Value> = base["history"].as_array().cloned().unwrap_or_default();
+    for h in &op.history {
+        let mut entry = json!({"created": created, "created_by": h.created_by, "comment": "kiln"});
+        if !h.layer {
+            entry["empty_layer"] = json!(true);
+        }
+        history.push(entry);
+    }
+    json!({
+        "created": created,
+        "architecture": base["architecture"].as_str().unwrap_or("amd64"),
+        "os": base["os"].as_str().unwrap_or("linux"),
+        "config": Value::Object(cfg),
+        "history": history,
+    })
+}
+
+/// RFC 3339 UTC time: `SOURCE_DATE_EPOCH` when set, else now.
+fn timestamp(epoch: Option<i64>) -> String {
+    let secs = epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    });
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(timestamp(Some(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(Some(1_700_000_000)), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn layout_refs_split_tags() {
+        assert_eq!(split_layout_ref("/a/b:latest"), ("/a/b", Some("latest")));
+        assert_eq!(split_layout_ref("/a/b"), ("/a/b", None));
+        assert_eq!(split_layout_ref("./x:1/y"), ("./x:1/y", None));
+    }
+}

@@ -1,0 +1,202 @@
+//! The persistent local store: content-addressed blobs, layer snapshots, and the cache index from a node's
+//! cache key to its result.
+//!
+//! Layout under the store root:
+//! - `blobs/sha256/<hex>`: compressed layers, image configs and manifests, named by their digest;
+//! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
+//! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
+//! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
+//! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
+//!   garbage in `tmp/`, never a half-written entry.
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The result of a filesystem node: its layers bottom-up, and the config of the image it started from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CacheRecord {
+    /// The cache key this record answers, checked on read so a misplaced file is never trusted.
+    pub key: Digest,
+    pub layers: Vec<String>,
+    /// The base image's OCI config (`ImageConfiguration` JSON): env, user, workdir, history.
+    pub base: serde_json::Value,
+}
+
+/// A snapshot's exported layer blob.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerBlob {
+    pub diff_id: Digest,
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store> {
+        for sub in ["blobs/sha256", "snapshots", "layers", "cache", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(|e| {
+                Diagnostic::io(
+                    format!("cannot create store directory {}", dir.display()),
+                    e,
+                )
+            })?;
+        }
+        let root = root
+            .canonicalize()
+            .map_err(|e| Diagnostic::io(format!("cannot open store {}", root.display()), e))?;
+        Ok(Store { root })
+    }
+
+    /// `$KILN_STORE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+    pub fn default_root() -> PathBuf {
+        if let Some(s) = std::env::var_os("KILN_STORE") {
+            return PathBuf::from(s);
+        }
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
+            return PathBuf::from(x).join("kiln");
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+        home.join(".cache/kiln")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A fresh private directory under `tmp/`, removed when dropped.
+    pub fn temp_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(self.root.join("tmp"))
+            .map_err(|e| Diagnostic::io("cannot create a work directory in the store", e))
+    }
+
+    pub fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.root.join("snapshots").join(id)
+    }
+
+    /// Moves a finished snapshot into place. If another build committed the same id first, ours is dropped.
+    pub fn commit_snapshot(&self, from: &Path, id: &str) -> Result<PathBuf> {
+        let to = self.snapshot_path(id);
+        if to.exists() {
+            let _ = fs::remove_dir_all(from);
+            return Ok(to);
+        }
+        fs::rename(from, &to)
+            .map_err(|e| Diagnostic::io(format!("cannot commit snapshot {id}"), e))?;
+        sync_dir(&self.root.join("snapshots"));
+        Ok(to)
+    }
+
+    fn cache_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("cache").join(format!("{}.json", key.hex()))
+    }
+
+    /// The record for `key`, if present, intact, and all its snapshots exist.
+    pub fn cache_get(&self, key: &Digest) -> Option<CacheRecord> {
+        let bytes = fs::read(self.cache_path(key)).ok()?;
+        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        (rec.key == *key && rec.layers.iter().all(|l| self.snapshot_path(l).is_dir()))
+            .then_some(rec)
+    }
+
+    pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {
+        let bytes = serde_json::to_vec(rec).expect("cache records serialize");
+        atomic_write(&self.cache_path(&rec.key), &bytes)
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Stores `bytes` as a blob and returns its digest.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<Digest> {
+        let digest = Digest::of(bytes);
+        let path = self.blob_path(&digest);
+        if !path.exists() {
+            atomic_write(&path, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// Moves a file whose digest the caller computed while writing it into the blob store.
+    pub fn adopt_blob(&self, file: &Path, digest: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(digest);
+        if let Ok(f) = fs::File::open(file) {
+            let _ = f.sync_all();
+        }
+        fs::rename(file, &path)
+            .map_err(|e| Diagnostic::io(format!("cannot store blob {digest}"), e))?;
+        Ok(path)
+    }
+
+    /// Copies a blob whose digest the caller has verified into the store (a no-op when present).
+    pub fn import_blob(&self, file: &Path, digest: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(digest);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let tmp = self.temp_dir("blob-")?;
+        let staged = tmp.path().join("blob");
+        fs::copy(file, &staged)
+            .map_err(|e| Diagnostic::io(format!("cannot copy {}", file.display()), e))?;
+        self.adopt_blob(&staged, digest)
+    }
+
+    /// Reads a blob and checks it against its digest before handing it out.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let bytes = fs::read(self.blob_path(digest))
+            .map_err(|e| Diagnostic::io(format!("cannot read blob {digest} from the store"), e))?;
+        if Digest::of(&bytes) != *digest {
+            return Err(Diagnostic::env(format!(
+                "store blob {digest} is corrupt (its content does not match its digest); remove it and rebuild"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    pub fn layer_blob(&self, snapshot: &str) -> Option<LayerBlob> {
+        let bytes = fs::read(self.root.join("layers").join(format!("{snapshot}.json"))).ok()?;
+        let info: LayerBlob = serde_json::from_slice(&bytes).ok()?;
+        self.blob_path(&info.digest).is_file().then_some(info)
+    }
+
+    pub fn put_layer_blob(&self, snapshot: &str, info: &LayerBlob) -> Result<()> {
+        let bytes = serde_json::to_vec(info).expect("layer records serialize");
+        atomic_write(
+            &self.root.join("layers").join(format!("{snapshot}.json")),
+            &bytes,
+        )
+    }
+}
+
+/// Writes a file so that readers see either the old content or the new, never a mix: temp file in the same
+/// directory, fsync, rename, fsync the directory.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let fail = |e| Diagnostic::io(format!("cannot write {}", path.display()), e);
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail)?;
+    tmp.write_all(bytes).map_err(fail)?;
+    tmp.as_file().sync_all().map_err(fail)?;
+    tmp.persist(path).map_err(|e| fail(e.error))?;
+    sync_dir(dir);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
