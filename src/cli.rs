@@ -349,17 +349,17 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
         // buildx's rule: with no source, the secret comes from the environment variable named like it.
         (None, None) => SecretSource::Env(id.clone()),
     };
-    if let SecretSource::File(p) = &source {
-        if !p.is_file() {
-            let shown = p.display().to_string();
-            return Err(cl
-                .error(
-                    value,
-                    Span::default(),
-                    format!("secret `{id}`: file {shown} does not exist"),
-                )
-                .help("check the `src=` path; it is relative to the current directory"));
-        }
+    if let SecretSource::File(p) = &source
+        && !p.is_file()
+    {
+        let shown = p.display().to_string();
+        return Err(cl
+            .error(
+                value,
+                Span::default(),
+                format!("secret `{id}`: file {shown} does not exist"),
+            )
+            .help("check the `src=` path; it is relative to the current directory"));
     }
     Ok((id, source))
 }

@@ -151,10 +151,10 @@ impl Reporter for Live {
                 let _ = self.multi.println(format!("=> #{id} {name}  CACHED"));
             }
             Event::Log { id, text } => {
-                if let Some((bar, _)) = bars.get(&id) {
-                    if let Some(last) = text.lines().last() {
-                        bar.set_message(last.to_string());
-                    }
+                if let Some((bar, _)) = bars.get(&id)
+                    && let Some(last) = text.lines().last()
+                {
+                    bar.set_message(last.to_string());
                 }
             }
             Event::Done { id, elapsed } => {

@@ -1,1 +1,173 @@
+//! Keeps the architecture honest (see ARCHITECTURE.md): stages depend only on earlier stages, foundations on
+//! no stage, `unsafe` and process/mount syscalls live only in the executor, every module says what it is.
+//!
+//! Test code (from `#[cfg(test)]` on) is exempt: tests may cross layers to check round trips.
 
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The pipeline, in order. A stage may use the ones before it, never the ones after.
+const STAGES: [&str; 7] = [
+    "syntax", "check", "lower", "graph", "solve", "exec", "export",
+];
+/// Shared foundations: usable by every stage, and using no stage themselves.
+const FOUNDATIONS: [&str; 7] = [
+    "diag", "digest", "options", "secret", "store", "oci", "progress",
+];
+/// The driver wires stages together and may use all of them.
+const DRIVER: [&str; 3] = ["cli", "lib", "main"];
+/// What counts as a process or mount syscall.
+const SYSCALLS: [&str; 10] = [
+    "std::process::Command",
+    "tokio::process",
+    "nix::mount",
+    "nix::sched",
+    "fork(",
+    "pivot_root",
+    "unshare(",
+    "execve",
+    "pre_exec",
+    "setuid(",
+];
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// `src/solve/context.rs` → `solve`; `src/store.rs` → `store`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The product code of a file: everything before its test module, without comment lines.
+fn product_code(text: &str) -> String {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn sources() -> Vec<(String, PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            (
+                module_of(&src, &f),
+                f.clone(),
+                fs::read_to_string(&f).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_module_starts_with_a_doc_line() {
+    let bad: Vec<String> = sources()
+        .into_iter()
+        .filter(|(_, _, text)| !text.starts_with("//!"))
+        .map(|(_, f, _)| f.display().to_string())
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "files without a leading `//!` doc line: {bad:?}"
+    );
+}
+
+#[test]
+fn stages_only_use_earlier_stages() {
+    let mut bad = Vec::new();
+    for (module, file, text) in sources() {
+        let code = product_code(&text);
+        let allowed: Vec<&str> = if let Some(pos) = STAGES.iter().position(|s| *s == module) {
+            STAGES[..=pos]
+                .iter()
+                .chain(FOUNDATIONS.iter())
+                .copied()
+                .collect()
+        } else if FOUNDATIONS.contains(&module.as_str()) {
+            FOUNDATIONS.to_vec()
+        } else if DRIVER.contains(&module.as_str()) {
+            continue;
+        } else {
+            panic!(
+                "{}: module `{module}` is in no layer; add it to tests/tidy.rs and ARCHITECTURE.md",
+                file.display()
+            );
+        };
+        for used in code.split("crate::").skip(1) {
+            let name: String = used
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if !allowed.contains(&name.as_str()) {
+                bad.push(format!(
+                    "{} (`{module}`) uses `crate::{name}`",
+                    file.display()
+                ));
+            }
+        }
+        if code.contains("kiln::") && !DRIVER.contains(&module.as_str()) {
+            bad.push(format!("{} refers to the crate by name", file.display()));
+        }
+    }
+    bad.sort();
+    bad.dedup();
+    assert!(bad.is_empty(), "layering violations:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn unsafe_and_syscalls_only_in_the_executor() {
+    let mut bad = Vec::new();
+    for (module, file, text) in sources() {
+        if module == "exec" {
+            continue;
+        }
+        let code = product_code(&text);
+        if code.contains("unsafe ") || code.contains("unsafe{") {
+            bad.push(format!("{}: `unsafe` outside src/exec", file.display()));
+        }
+        for call in SYSCALLS {
+            if code.contains(call) {
+                bad.push(format!("{}: `{call}` outside src/exec", file.display()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn architecture_md_names_every_module() {
+    let arch =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md")).unwrap();
+    let mut missing: Vec<String> = sources()
+        .into_iter()
+        .map(|(m, _, _)| m)
+        .filter(|m| !["lib", "main"].contains(&m.as_str()))
+        .filter(|m| !arch.contains(&format!("`src/{m}")))
+        .collect();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md does not describe: {missing:?}"
+    );
+}

@@ -117,7 +117,10 @@ pub fn main() -> ! {
     std::process::exit(0)
 }
 
-fn read_request() -> Result<(Request, Vec<Zeroizing<Vec<u8>>>), String> {
+/// Secret values in request order, each wiped when dropped.
+type SecretValues = Vec<Zeroizing<Vec<u8>>>;
+
+fn read_request() -> Result<(Request, SecretValues), String> {
     let mut stdin = std::io::stdin().lock();
     let len = read_len(&mut stdin)?;
     let mut json = vec![0u8; len];
@@ -150,11 +153,7 @@ fn errno(what: &str) -> impl Fn(nix::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-fn serve(
-    req: Request,
-    secrets: Vec<Zeroizing<Vec<u8>>>,
-    stubs: &mut Vec<Stub>,
-) -> Result<i32, String> {
+fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i32, String> {
     let mut flags = CloneFlags::CLONE_NEWNS;
     if let Request::Run { network_none, .. } = &req {
         flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;

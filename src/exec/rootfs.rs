@@ -161,13 +161,13 @@ fn copy_entry(
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     let ft = meta.file_type();
     let existing = fs::symlink_metadata(dest).ok();
-    if let Some(m) = &existing {
-        if !(m.is_dir() && ft.is_dir()) {
-            if m.is_dir() {
-                fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
-            } else {
-                fs::remove_file(dest).map_err(|e| e.to_string())?;
-            }
+    if let Some(m) = &existing
+        && !(m.is_dir() && ft.is_dir())
+    {
+        if m.is_dir() {
+            fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
+        } else {
+            fs::remove_file(dest).map_err(|e| e.to_string())?;
         }
     }
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());

@@ -58,10 +58,10 @@ impl Stage {
     fn run_env(&self) -> Vec<(String, String)> {
         let mut env = self.env.clone();
         for (k, v) in &self.args {
-            if let Some(v) = v {
-                if !env.iter().any(|(ek, _)| ek == k) {
-                    set(&mut env, k, v);
-                }
+            if let Some(v) = v
+                && !env.iter().any(|(ek, _)| ek == k)
+            {
+                set(&mut env, k, v);
             }
         }
         env

@@ -121,29 +121,27 @@ struct Shared<E> {
 
 /// Checks, before anything runs, that every required secret of the selected roots was given.
 pub fn check_secrets(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
-    for n in graph.topo_order() {
-        let Op::Run(r) = &graph.dag[n].op else {
-            continue;
-        };
-        for s in r
-            .secrets
-            .iter()
-            .filter(|s| s.required && !secrets.contains(&s.id))
-        {
-            let mut d =
-                Diagnostic::input(format!("secret `{}` is required but was not given", s.id)).help(
-                    format!(
-                        "pass it with `--secret id={},src=FILE` (or `env=VAR`)",
-                        s.id
-                    ),
-                );
-            if let Some(at) = &graph.dag[n].at {
-                d = d.label(at.clone(), "this step mounts it with required=true");
-            }
-            return Err(d);
-        }
+    let missing = graph
+        .topo_order()
+        .into_iter()
+        .find_map(|n| match &graph.dag[n].op {
+            Op::Run(r) => r
+                .secrets
+                .iter()
+                .find(|s| s.required && !secrets.contains(&s.id))
+                .map(|s| (n, s.id.clone())),
+            _ => None,
+        });
+    let Some((n, id)) = missing else {
+        return Ok(());
+    };
+    let mut d = Diagnostic::input(format!("secret `{id}` is required but was not given")).help(
+        format!("pass it with `--secret id={id},src=FILE` (or `env=VAR`)"),
+    );
+    if let Some(at) = &graph.dag[n].at {
+        d = d.label(at.clone(), "this step mounts it with required=true");
     }
-    Ok(())
+    Err(d)
 }
 
 /// Runs the graph: independent nodes in parallel (at most `jobs` steps at once), each digest once.
@@ -367,14 +365,14 @@ impl<E: Executor> Shared<E> {
         }
         let key = key.finish();
         let id = self.next_id();
-        if !self.opts.no_cache {
-            if let Some(rec) = self.store.cache_get(&key) {
-                self.reporter.event(Event::Cached {
-                    id,
-                    name: node.name.clone(),
-                });
-                return Ok((key, Output::Fs(rec), Some(false)));
-            }
+        if !self.opts.no_cache
+            && let Some(rec) = self.store.cache_get(&key)
+        {
+            self.reporter.event(Event::Cached {
+                id,
+                name: node.name.clone(),
+            });
+            return Ok((key, Output::Fs(rec), Some(false)));
         }
         let _permit = jobs.acquire().await.expect("semaphore open");
         let started = Instant::now();

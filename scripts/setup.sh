@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what kiln's demo and tests need on a Debian machine, idempotently: Debian packages (only the
+# missing ones; `apt-get update` only when something is missing) and kiln's Rust dependencies.
+# Sourced by demo.sh and test.sh.
+set -euo pipefail
+
+kiln_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# busybox-static: the offline base image; skopeo, umoci: independent judges of kiln's OCI output;
+# python3: writes the base image fixture; tar, procps: used by tests.
+packages=(busybox-static skopeo umoci python3 tar procps ca-certificates)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "kiln builds with Linux namespaces and overlayfs and needs root (rootless mode is not there yet)." >&2
+  exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is not on PATH; install the Rust toolchain (https://rustup.rs) first" >&2
+  exit 1
+fi
+cd "$kiln_root"

@@ -1,0 +1,554 @@
+//! The harness every integration test uses: runs the real `kiln` binary, makes contexts and the base image,
+//! and reads what kiln wrote with independent tools (umoci, skopeo) or by hand (flate2, tar).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use tempfile::TempDir;
+
+/// The repository root, for the example and the fixtures.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The password inside `examples/secrets/secrets.json`: the bytes no build output may contain.
+pub const EXAMPLE_PASSWORD: &str = "s3cr3t-Pa55w0rd-k1ln-demo";
+
+/// One invocation of `kiln`, re-runnable: `run` builds a fresh `Command` each time, so a test can run the
+/// same build twice against the same store (the cache tests do).
+#[derive(Clone)]
+pub struct Kiln {
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    cwd: Option<PathBuf>,
+    /// Keeps the private store alive as long as any clone of this invocation.
+    store: Option<Arc<TempDir>>,
+}
+
+impl Kiln {
+    /// `kiln build --store <fresh temp dir> --progress plain`: a build isolated from every other test.
+    pub fn new() -> Kiln {
+        let store = Arc::new(tempdir("store-"));
+        let mut k = Kiln::build_in(store.path());
+        k.store = Some(store);
+        k
+    }
+
+    /// `kiln build --store STORE --progress plain`, for tests that share a store between builds.
+    pub fn build_in(store: &Path) -> Kiln {
+        Kiln::bare()
+            .args(["build", "--store"])
+            .arg(store)
+            .args(["--progress", "plain"])
+    }
+
+    /// `kiln graph`: compiles only, so it gets no store.
+    pub fn graph() -> Kiln {
+        Kiln::bare().arg("graph")
+    }
+
+    /// `kiln` with no arguments yet.
+    pub fn bare() -> Kiln {
+        Kiln {
+            args: Vec::new(),
+            envs: Vec::new(),
+            cwd: None,
+            store: None,
+        }
+    }
+
+    /// The private store made by `Kiln::new`.
+    pub fn store(&self) -> &Path {
+        self.store
+            .as_ref()
+            .expect("only Kiln::new makes its own store")
+            .path()
+    }
+
+    pub fn arg(mut self, a: impl Into<OsString>) -> Kiln {
+        self.args.push(a.into());
+        self
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Kiln {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Kiln {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Kiln {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// `--build-context base=oci-layout://<the fixture base image>`: what every Dockerfile here builds FROM.
+    pub fn with_base(self) -> Kiln {
+        self.arg("--build-context")
+            .arg(format!("base=oci-layout://{}", base_image().display()))
+    }
+
+    pub fn run(&self) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.args(&self.args);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        let out = cmd.output().expect("cannot start the kiln binary");
+        Output {
+            command: format!("kiln {}", shown(&self.args)),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+fn shown(args: &[OsString]) -> String {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How a step ended, from its `#N` lines in the plain progress output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepState {
+    Cached,
+    Done,
+    Error,
+    /// Started, never finished (a build that was cut short).
+    Started,
+}
+
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub name: String,
+    pub state: StepState,
+}
+
+pub struct Output {
+    pub command: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Panics, showing everything kiln said, unless kiln exited 0.
+    #[track_caller]
+    pub fn success(&self) -> &Output {
+        self.expect_code(0)
+    }
+
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Output {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "`{}` exited {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.command,
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// The steps in the order they were first reported, with how each ended.
+    pub fn steps(&self) -> Vec<Step> {
+        let mut order: Vec<usize> = Vec::new();
+        let mut steps: BTreeMap<usize, Step> = BTreeMap::new();
+        for line in self.stderr.lines() {
+            let Some(rest) = line.strip_prefix('#') else {
+                continue;
+            };
+            let Some((n, tail)) = rest.split_once(' ') else {
+                continue;
+            };
+            let Ok(n) = n.parse::<usize>() else {
+                continue;
+            };
+            match steps.get_mut(&n) {
+                None => {
+                    order.push(n);
+                    steps.insert(
+                        n,
+                        Step {
+                            name: tail.to_string(),
+                            state: StepState::Started,
+                        },
+                    );
+                }
+                Some(step) => {
+                    let word = tail.split(' ').next().unwrap_or("");
+                    // Log lines start with a timestamp; only the markers change the state.
+                    step.state = match word {
+                        "CACHED" => StepState::Cached,
+                        "DONE" => StepState::Done,
+                        "ERROR" => StepState::Error,
+                        _ => step.state,
+                    };
+                }
+            }
+        }
+        order.into_iter().filter_map(|n| steps.remove(&n)).collect()
+    }
+
+    /// The step whose name contains `needle`; panics when there is not exactly one.
+    #[track_caller]
+    pub fn step(&self, needle: &str) -> Step {
+        let found: Vec<Step> = self
+            .steps()
+            .into_iter()
+            .filter(|s| s.name.contains(needle))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "expected one step named like `{needle}`, found {found:?}\n--- stderr\n{}",
+            self.stderr
+        );
+        found.into_iter().next().expect("one step")
+    }
+
+    /// `(run, cached)` from the final `N steps run, M cached, in Xs` line.
+    #[track_caller]
+    pub fn summary(&self) -> (usize, usize) {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.contains(" steps run, "))
+            .unwrap_or_else(|| panic!("no summary line in\n{}", self.stderr));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [run, "steps", "run,", cached, "cached,", ..] => (
+                run.parse().expect("a count"),
+                cached.parse().expect("a count"),
+            ),
+            _ => panic!("malformed summary line: {line}"),
+        }
+    }
+}
+
+/// A fresh temporary directory under the target dir (not /tmp, which may be a small tmpfs).
+pub fn tempdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("cannot make a temp dir")
+}
+
+/// A build context holding `files` (`path`, `contents`); parent directories are made as needed.
+pub fn context(files: &[(&str, &str)]) -> TempDir {
+    let dir = tempdir("ctx-");
+    for (path, contents) in files {
+        write(&dir.path().join(path), contents);
+    }
+    dir
+}
+
+pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("cannot make a directory");
+    }
+    std::fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// A copy of `src` (a flat directory, like the example) in a fresh temp dir, for tests that edit it.
+pub fn copy_dir(src: &Path) -> TempDir {
+    let dir = tempdir("ctx-");
+    for entry in walkdir::WalkDir::new(src).min_depth(1) {
+        let entry = entry.expect("readable source tree");
+        let to = dir.path().join(entry.path().strip_prefix(src).expect("under src"));
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).expect("cannot make a directory");
+        } else {
+            std::fs::copy(entry.path(), &to).expect("cannot copy a file");
+        }
+    }
+    dir
+}
+
+/// The offline busybox base image (an OCI layout tagged `latest`), made once per test process by the fixture
+/// script, so kiln's image import is checked against a producer that is not kiln.
+pub fn base_image() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        assert!(
+            Path::new("/bin/busybox").is_file(),
+            "/bin/busybox is missing: the tests need Debian's busybox-static \
+             (`apt-get install busybox-static`) to make their base image"
+        );
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        remove_stale_base_images(root);
+        // Named by pid so a later test process can tell that this one is gone and remove it.
+        let dest = root.join(format!("base-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dest);
+        let out = Command::new("bash")
+            .arg(repo().join("tests/fixtures/make-base-image.sh"))
+            .arg(&dest)
+            .output()
+            .expect("cannot run bash");
+        assert!(
+            out.status.success(),
+            "tests/fixtures/make-base-image.sh failed (is busybox-static installed?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dest
+    })
+}
+
+/// Statics are never dropped, so each process's base image outlives it; the next process cleans up.
+fn remove_stale_base_images(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix("base-image-") {
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The example's command line, run from the repository root exactly as the README shows it.
+pub fn build_example(kiln: Kiln, dest: &Path) -> Output {
+    kiln.current_dir(repo())
+        .with_base()
+        .args([
+            "--secret",
+            "id=mysecret,src=examples/secrets/secrets.json",
+            "-o",
+        ])
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg("examples/secrets")
+        .run()
+}
+
+/// An unpacked image: `rootfs` lives as long as this value.
+pub struct Unpacked {
+    _dir: TempDir,
+    pub rootfs: PathBuf,
+}
+
+/// Unpacks `layout:latest` with umoci, an independent OCI implementation.
+pub fn unpack(layout: &Path) -> Unpacked {
+    let dir = tempdir("unpack-");
+    let bundle = dir.path().join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle)
+        .output()
+        .expect("cannot run umoci");
+    assert!(
+        out.status.success(),
+        "umoci unpack failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Unpacked {
+        _dir: dir,
+        rootfs: bundle.join("rootfs"),
+    }
+}
+
+/// Runs a judge tool; panics with its stderr unless it succeeds; returns its stdout.
+#[track_caller]
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An OCI image layout on disk, read by hand.
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let path = self.dir.join("blobs/sha256").join(hex);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+    }
+
+    pub fn json(&self, digest: &str) -> serde_json::Value {
+        serde_json::from_slice(&self.blob(digest)).expect("a JSON blob")
+    }
+
+    pub fn index(&self) -> serde_json::Value {
+        let text = std::fs::read(self.dir.join("index.json")).expect("index.json");
+        serde_json::from_slice(&text).expect("index.json is JSON")
+    }
+
+    /// The manifest of the first image in the index.
+    pub fn manifest(&self) -> serde_json::Value {
+        let digest = self.index()["manifests"][0]["digest"]
+            .as_str()
+            .expect("a manifest digest")
+            .to_string();
+        self.json(&digest)
+    }
+
+    pub fn config(&self) -> serde_json::Value {
+        let digest = self.manifest()["config"]["digest"]
+            .as_str()
+            .expect("a config digest")
+            .to_string();
+        self.json(&digest)
+    }
+
+    /// Every layer of the image, decompressed: uncompressed tar bytes, base layer first.
+    pub fn layer_tars(&self) -> Vec<Vec<u8>> {
+        self.manifest()["layers"]
+            .as_array()
+            .expect("a layer list")
+            .iter()
+            .map(|l| {
+                let digest = l["digest"].as_str().expect("a layer digest");
+                maybe_gunzip(self.blob(digest))
+            })
+            .collect()
+    }
+
+    /// Every file of the layout (index, oci-layout, every blob), gzip blobs decompressed.
+    pub fn all_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        files_under(&self.dir)
+    }
+}
+
+/// Every regular file under `dir` with its bytes, gzip streams decompressed (symlinks are not followed).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .map(|e| e.expect("a readable tree"))
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).expect("a readable file");
+            (e.path().to_path_buf(), maybe_gunzip(bytes))
+        })
+        .collect()
+}
+
+/// Gunzips `bytes` if they are a gzip stream; returns them as they are otherwise.
+pub fn maybe_gunzip(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return bytes;
+    }
+    let mut out = Vec::new();
+    match flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut out) {
+        Ok(_) => out,
+        // Not gzip after all (a file that happens to start with the magic bytes).
+        Err(_) => bytes,
+    }
+}
+
+/// The entry paths of a tar, without a leading `./` or `/`.
+pub fn tar_paths(tar: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(tar);
+    archive
+        .entries()
+        .expect("a tar")
+        .map(|e| {
+            let e = e.expect("a tar entry");
+            let p = e.path().expect("a tar path").to_string_lossy().into_owned();
+            p.trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string()
+        })
+        .collect()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The ways a secret's bytes can sit in a file: raw, hex (either case) and base64 at each of the three
+/// alignments a substring can have inside a larger encoded stream (only the whole 3-byte groups, whose
+/// encoding does not depend on the neighbours).
+pub fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![
+        ("raw".to_string(), secret.to_vec()),
+        ("hex".to_string(), hex::encode(secret).into_bytes()),
+        ("HEX".to_string(), hex::encode_upper(secret).into_bytes()),
+    ];
+    for skip in 0..3 {
+        let rest = &secret[skip..];
+        let whole = &rest[..rest.len() / 3 * 3];
+        out.push((format!("base64+{skip}"), base64(whole).into_bytes()));
+    }
+    out
+}
+
+/// Plain RFC 4648 base64 (no padding needed: callers pass whole 3-byte groups).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    bytes
+        .chunks(3)
+        .flat_map(|c| {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            let chars = c.len() + 1;
+            (0..4).map(move |i| {
+                if i < chars {
+                    ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char
+                } else {
+                    '='
+                }
+            })
+        })
+        .collect()
+}
+
+/// Names every file among `files` holding `secret` in any encoding, as `path (encoding)`.
+pub fn leaks(files: &[(PathBuf, Vec<u8>)], secret: &[u8]) -> Vec<String> {
+    let encoded = encodings(secret);
+    files
+        .iter()
+        .flat_map(|(path, bytes)| {
+            encoded
+                .iter()
+                .filter(|(_, e)| contains(bytes, e))
+                .map(move |(how, _)| format!("{} ({how})", path.display()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+    }
+}
