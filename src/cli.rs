@@ -207,6 +207,10 @@ fn compile(args: &CompileArgs, cl: &CommandLine) -> Result<Compiled> {
     let df = crate::syntax::parse(file)?;
     let mut opts = LowerOptions {
         target: args.target.clone(),
+        target_at: args
+            .target
+            .as_ref()
+            .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t))),
         ..LowerOptions::default()
     };
     for a in &args.build_args {
@@ -289,7 +293,8 @@ fn graph(args: GraphArgs) -> Result<()> {
 }
 
 fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)> {
-    let fields = crate::options::parse(value).map_err(|(s, m)| cl.error(value, s, m))?;
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
     let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
     for f in &fields {
         let Some(v) = f.value.clone() else {
@@ -369,7 +374,8 @@ enum OutputSpec {
 }
 
 fn parse_output(cl: &CommandLine, value: &str) -> Result<OutputSpec> {
-    let fields = crate::options::parse(value).map_err(|(s, m)| cl.error(value, s, m))?;
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
     let get = |k: &str| fields.iter().find(|f| f.key == k);
     let kind = get("type")
         .and_then(|f| f.value.clone())
@@ -451,7 +457,7 @@ fn build(args: BuildArgs) -> Result<()> {
     };
     let compiled = compile(&args.compile, &cl)?;
     let graph = Arc::new(compiled.graph);
-    crate::solve::check_secrets(&graph, &secrets)?;
+    crate::solve::preflight(&graph, &secrets)?;
     let store = Arc::new(crate::store::Store::open(
         &args
             .store

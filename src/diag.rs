@@ -177,10 +177,7 @@ impl fmt::Debug for MietteView<'_> {
 }
 impl fmt::Display for MietteView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.location() {
-            Some(at) => write!(f, "{}\n  at {at}", self.0.message),
-            None => f.write_str(&self.0.message),
-        }
+        f.write_str(&self.0.message)
     }
 }
 impl std::error::Error for MietteView<'_> {}
@@ -204,10 +201,17 @@ impl miette::Diagnostic for MietteView<'_> {
             .labels
             .iter()
             .filter(|l| Arc::ptr_eq(&l.at.file, &first.file))
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let len = l.at.span.end.saturating_sub(l.at.span.start).max(1);
                 let text = (!l.text.is_empty()).then(|| l.text.clone());
-                miette::LabeledSpan::new(text, l.at.span.start, len)
+                // The first label is where the error is: the header's file:line:col must name it even
+                // when a secondary label (say, a first definition) comes earlier in the file.
+                if i == 0 {
+                    miette::LabeledSpan::new_primary_with_span(text, (l.at.span.start, len))
+                } else {
+                    miette::LabeledSpan::new(text, l.at.span.start, len)
+                }
             });
         Some(Box::new(labels))
     }
@@ -238,22 +242,22 @@ impl miette::SourceCode for SourceFile {
 pub fn render(diag: &Diagnostic, color: bool) -> String {
     let mut out = String::new();
     if diag.location().is_none() {
-        out.push_str(&format!("error: {}\n", diag.message));
+        out.push_str(&format!("  error: {}\n", diag.message));
         if let Some(help) = &diag.help {
             out.push_str(&format!("  help: {help}\n"));
         }
         return out;
     }
-    let theme = if color {
+    let mut theme = if color {
         miette::GraphicalTheme::unicode()
     } else {
         miette::GraphicalTheme::none()
     };
+    theme.characters.error = "error:".into();
     let handler = miette::GraphicalReportHandler::new_themed(theme)
         .with_links(false)
         .with_context_lines(1)
         .with_width(100);
-    out.push_str("error: ");
     if handler.render_report(&mut out, &MietteView(diag)).is_err() {
         out.push_str(&diag.to_string());
     }

@@ -27,17 +27,26 @@ impl Field {
     }
 }
 
-/// Splits an option list into fields. The error gives the offending span and what was expected.
-pub fn parse(text: &str) -> Result<Vec<Field>, (Span, String)> {
+/// Why an option list could not be read, with the offending span (relative to the list text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub span: Span,
+    pub message: String,
+    pub help: &'static str,
+}
+
+/// Splits an option list into fields.
+pub fn parse(text: &str) -> Result<Vec<Field>, Error> {
     let pairs = OptionsParser::parse(Rule::list, text).map_err(|e| {
         let pos = match e.location {
             pest::error::InputLocation::Pos(p) => p,
             pest::error::InputLocation::Span((s, _)) => s,
         };
-        (
-            Span::new(pos, text.len().max(pos + 1)),
-            "unterminated quote in option list".to_string(),
-        )
+        Error {
+            span: Span::new(pos, text.len().max(pos + 1)),
+            message: "unterminated quote in option list".to_string(),
+            help: "close the quote; a quoted field looks like `\"src=a,b\"`",
+        }
     })?;
     let mut fields = Vec::new();
     for pair in pairs.flatten().filter(|p| p.as_rule() == Rule::field) {
@@ -56,7 +65,11 @@ pub fn parse(text: &str) -> Result<Vec<Field>, (Span, String)> {
             if text.trim().is_empty() {
                 continue;
             }
-            return Err((span, "empty field in option list".to_string()));
+            return Err(Error {
+                span,
+                message: "empty field in option list".to_string(),
+                help: "remove the extra comma",
+            });
         }
         let (key, value) = match raw.split_once('=') {
             Some((k, v)) => (k.trim().to_string(), Some(v.to_string())),
@@ -101,7 +114,7 @@ mod tests {
 
     #[test]
     fn rejects_bad_lists() {
-        assert!(parse(r#"id=a,"src=b"#).is_err());
+        assert_eq!(parse(r#"id=a,"src=b"#).unwrap_err().span.start, 5);
         assert!(parse("id=a,,src=b").is_err());
     }
 }

@@ -28,6 +28,10 @@ pub struct CacheRecord {
     /// The cache key this record answers, checked on read so a misplaced file is never trusted.
     pub key: Digest,
     pub layers: Vec<String>,
+    /// When each layer was first built (Unix seconds; 0 for layers of an imported image). History takes
+    /// its times from here, so rebuilding from cache yields the very same image digest.
+    #[serde(default)]
+    pub times: Vec<i64>,
     /// The base image's OCI config (`ImageConfiguration` JSON): env, user, workdir, history.
     pub base: serde_json::Value,
 }

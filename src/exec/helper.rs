@@ -198,13 +198,18 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
         Request::Run {
             fs,
             args,
-            mut env,
+            env,
             cwd,
             user,
             network_none,
             secrets: specs,
             secret_dir,
         } => {
+            // The environment as bytes that are wiped when dropped: secret env values join it below.
+            let mut env: Vec<Zeroizing<Vec<u8>>> = env
+                .into_iter()
+                .map(|e| Zeroizing::new(e.into_bytes()))
+                .collect();
             mount_overlay(&fs)?;
             let root = fs.target.clone();
             for dir in ["/proc", "/dev"] {
@@ -226,7 +231,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                     entry.extend_from_slice(var.as_bytes());
                     entry.push(b'=');
                     entry.extend_from_slice(&value);
-                    env.push(String::from_utf8_lossy(&entry).into_owned());
+                    env.push(entry);
                 }
                 if let Some(target) = &spec.target {
                     if !tmpfs_ready {
@@ -462,7 +467,7 @@ fn loopback_up() {
 fn run_pid1(
     root: &Path,
     args: &[String],
-    env: &[String],
+    env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
 ) -> Result<i32, String> {
@@ -497,7 +502,7 @@ enum Never {}
 fn child(
     root: &Path,
     args: &[String],
-    env: &[String],
+    env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
 ) -> Result<Never, String> {
@@ -530,10 +535,7 @@ fn child(
         .iter()
         .map(|a| cstring(a.as_bytes()))
         .collect::<Result<_, _>>()?;
-    let cenv: Vec<CString> = env
-        .iter()
-        .map(|e| cstring(e.as_bytes()))
-        .collect::<Result<_, _>>()?;
+    let cenv: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
     let err =
         nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
     Err(format!("cannot run {}: {err}", args[0]))
@@ -544,15 +546,15 @@ fn cstring(b: &[u8]) -> Result<CString, String> {
 }
 
 /// `execvp` searches the helper's PATH; the step's own PATH is the one that counts.
-fn find_program(name: &str, env: &[String]) -> Result<PathBuf, String> {
+fn find_program(name: &str, env: &[Zeroizing<Vec<u8>>]) -> Result<PathBuf, String> {
     if name.contains('/') {
         return Ok(PathBuf::from(name));
     }
     let path = env
         .iter()
         .rev()
-        .find_map(|e| e.strip_prefix("PATH="))
-        .unwrap_or("/usr/bin:/bin");
+        .find_map(|e| e.strip_prefix(b"PATH="))
+        .map_or_else(|| "/usr/bin:/bin".into(), String::from_utf8_lossy);
     for dir in path.split(':') {
         let candidate = Path::new(dir).join(name);
         if candidate.is_file() {

@@ -70,7 +70,15 @@ impl Stage {
     fn arg_values(&self) -> Vec<(String, String)> {
         self.args
             .iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .map(|(k, v)| {
+                let value = self
+                    .env
+                    .iter()
+                    .rev()
+                    .find(|(ek, _)| ek == k)
+                    .map(|(_, v)| v);
+                (k.clone(), value.or(v.as_ref()).cloned().unwrap_or_default())
+            })
             .collect()
     }
 }
@@ -145,6 +153,9 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
                     .collect();
                 let mut d =
                     Diagnostic::input(format!("target stage `{t}` not found in {}", df.file.name));
+                if let Some(at) = &opts.target_at {
+                    d = d.label(at.clone(), "");
+                }
                 if let Some(s) = suggest(t, names.iter().copied()) {
                     d = d.help(format!("did you mean `{s}`?"));
                 } else if !names.is_empty() {
@@ -493,12 +504,10 @@ impl Lowerer<'_> {
         self.reject_flags(ins, &["mount", "network"])?;
         let mut secrets = Vec::new();
         let mut network = Network::Default;
-        let mut mount_texts = Vec::new();
         for f in &ins.flags {
             match f.name.as_str() {
                 "mount" => {
                     let m = self.secret_mount(f, stage)?;
-                    mount_texts.push(format!("--mount={}", f.value.as_deref().unwrap_or("")));
                     if let Some(dup) = secrets
                         .iter()
                         .find(|s: &&SecretMount| s.target.is_some() && s.target == m.target)
@@ -522,21 +531,17 @@ impl Lowerer<'_> {
                             None => d.help("network modes are: default, none, host"),
                         }
                     })?;
-                    mount_texts.push(format!("--network={v}"));
                 }
                 _ => unreachable!("flags were checked"),
             }
         }
         let args = command_args(cmd);
         let env = stage.run_env();
-        // History shows build args the way BuildKit does (`|N K=V`): they are part of the build's
-        // definition, and a secret can never be among them because secrets are not variables.
+        // History reads as BuildKit's: `RUN |N K=V ... cmd # buildkit`, with every build arg of the stage
+        // (an ENV of the same name wins) and without the mount flags. A secret can never appear here:
+        // secrets are not variables, and their values never reach lowering.
         let arg_values = stage.arg_values();
         let mut created_by = String::from("RUN ");
-        for m in &mount_texts {
-            created_by.push_str(m);
-            created_by.push(' ');
-        }
         if !arg_values.is_empty() {
             created_by.push_str(&format!("|{} ", arg_values.len()));
             for (k, v) in &arg_values {
@@ -569,7 +574,8 @@ impl Lowerer<'_> {
                 flag.value_span
             }
         };
-        let fields = options::parse(&text).map_err(|(s, msg)| self.error(span_of(s), msg))?;
+        let fields = options::parse(&text)
+            .map_err(|e| self.error(span_of(e.span), e.message).help(e.help))?;
         let kind = fields
             .iter()
             .find(|f| f.key == "type")

@@ -72,4 +72,6 @@ pub struct LowerOptions {
     pub build_args: BTreeMap<String, String>,
     pub contexts: BTreeMap<String, NamedContext>,
     pub target: Option<String>,
+    /// Where `--target` was given, for errors about it.
+    pub target_at: Option<Located>,
 }

@@ -24,7 +24,7 @@ use crate::graph::BuildGraph;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunOp, SecretMount};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter};
-use crate::secret::{SecretStore, SecretValue};
+use crate::secret::{Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Store};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
@@ -119,8 +119,23 @@ struct Shared<E> {
     step_ids: std::sync::atomic::AtomicUsize,
 }
 
-/// Checks, before anything runs, that every required secret of the selected roots was given.
-pub fn check_secrets(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
+/// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
+/// read, and every required secret must have been given.
+pub fn preflight(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
+    for n in graph.topo_order() {
+        if let Op::Image { reference } = &graph.dag[n].op
+            && !reference.starts_with("oci-layout://")
+        {
+            let mut d = Diagnostic::input(format!(
+                "cannot pull `{reference}`: registry images are not supported yet"
+            ))
+            .help("build from a local OCI layout: `FROM oci-layout:///path/to/layout[:tag]`, or `--build-context NAME=oci-layout://DIR` with `FROM NAME`");
+            if let Some(at) = &graph.dag[n].at {
+                d = d.label(at.clone(), "this image would have to be pulled");
+            }
+            return Err(d);
+        }
+    }
     let missing = graph
         .topo_order()
         .into_iter()
@@ -153,7 +168,7 @@ pub async fn solve<E: Executor>(
     secrets: Arc<SecretStore>,
     opts: SolveOptions,
 ) -> Result<Summary> {
-    check_secrets(&graph, &secrets)?;
+    preflight(&graph, &secrets)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let shared = Arc::new(Shared {
         graph: graph.clone(),
@@ -273,6 +288,7 @@ impl<E: Executor> Shared<E> {
                     Output::Fs(CacheRecord {
                         key,
                         layers: vec![],
+                        times: vec![],
                         base,
                     }),
                     None,
@@ -292,17 +308,19 @@ impl<E: Executor> Shared<E> {
             Op::Image { reference } => {
                 let store = self.store.clone();
                 let exec = self.exec.clone();
+                let no_cache = self.opts.no_cache;
                 let reference = reference.clone();
                 let id = self.next_id();
                 let name = node.name.clone();
                 let started = Instant::now();
                 let reporter = self.reporter.clone();
                 let _permit = jobs.acquire().await.expect("semaphore open");
-                let (rec, fresh) =
-                    tokio::task::spawn_blocking(move || import_image(&store, &*exec, &reference))
-                        .await
-                        .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
-                        .map_err(|d| self.located(n, d))?;
+                let (rec, fresh) = tokio::task::spawn_blocking(move || {
+                    import_image(&store, &*exec, &reference, no_cache)
+                })
+                .await
+                .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
+                .map_err(|d| self.located(n, d))?;
                 if fresh {
                     reporter.event(Event::Started { id, name });
                     reporter.event(Event::Done {
@@ -312,14 +330,14 @@ impl<E: Executor> Shared<E> {
                 } else {
                     reporter.event(Event::Cached { id, name });
                 }
-                Ok((rec.key.clone(), Output::Fs(rec), None))
+                Ok((rec.key.clone(), Output::Fs(rec), Some(fresh)))
             }
             Op::Config(c) => {
                 let key = key.finish();
                 let Output::Fs(rec) = &inputs[0].1 else {
                     unreachable!("config consumes a filesystem")
                 };
-                let config = image_config(&rec.base, c, self.opts.epoch);
+                let config = image_config(rec, c, self.opts.epoch);
                 Ok((
                     key,
                     Output::Image {
@@ -399,11 +417,12 @@ impl<E: Executor> Shared<E> {
         let result = match &node.op {
             Op::Run(r) => {
                 let step = self.run_step(r, base, fs)?;
+                let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
                 let reporter = self.reporter.clone();
                 let sink: LogSink = Arc::new(move |chunk: &[u8]| {
                     reporter.event(Event::Log {
                         id,
-                        text: String::from_utf8_lossy(chunk).into_owned(),
+                        text: String::from_utf8_lossy(&scrubber.scrub(chunk)).into_owned(),
                     })
                 });
                 self.exec.run(step, sink).await
@@ -442,9 +461,13 @@ impl<E: Executor> Shared<E> {
         self.store.commit_snapshot(&upper, &snapshot)?;
         let mut layers = base.layers.clone();
         layers.push(snapshot);
+        let mut times = base.times.clone();
+        times.resize(base.layers.len(), 0);
+        times.push(unix_now());
         let rec = CacheRecord {
             key: key.clone(),
             layers,
+            times,
             base: base.base.clone(),
         };
         self.store.cache_put(&rec)?;
@@ -530,10 +553,12 @@ fn import_image<E: Executor>(
     store: &Store,
     exec: &E,
     reference: &str,
+    no_cache: bool,
 ) -> Result<(CacheRecord, bool)> {
     let Some(rest) = reference.strip_prefix("oci-layout://") else {
-        return Err(Diagnostic::input(format!("cannot pull `{reference}`: registry images are not supported yet"))
-            .help("build from a local OCI layout: `FROM oci-layout:///path/to/layout[:tag]`, or `--build-context NAME=oci-layout://DIR` with `FROM NAME`"));
+        return Err(Diagnostic::input(format!(
+            "cannot pull `{reference}`: registry images are not supported yet"
+        )));
     };
     let (dir, tag) = split_layout_ref(rest);
     let image = crate::oci::read_image(Path::new(dir), tag)
@@ -543,7 +568,8 @@ fn import_image<E: Executor>(
     let mut key = Encoder::new(CACHE_DOMAIN);
     key.str("image").digest(&manifest);
     let key = key.finish();
-    if let Some(rec) = store.cache_get(&key) {
+    // `--no-cache` re-reads the image; layers stay shared by diff id, so nothing is unpacked twice.
+    if !no_cache && let Some(rec) = store.cache_get(&key) {
         return Ok((rec, false));
     }
     let base = serde_json::to_value(&image.config).map_err(|e| Diagnostic::env(e.to_string()))?;
@@ -590,7 +616,12 @@ fn import_image<E: Executor>(
         }
         layers.push(snapshot);
     }
-    let rec = CacheRecord { key, layers, base };
+    let rec = CacheRecord {
+        key,
+        times: vec![0; layers.len()],
+        layers,
+        base,
+    };
     store.cache_put(&rec)?;
     Ok((rec, true))
 }
@@ -605,8 +636,23 @@ pub fn split_layout_ref(rest: &str) -> (&str, Option<&str>) {
 
 /// The image config of a finished stage: the base image's config with the stage's settings on top, and the
 /// base history followed by the stage's. `rootfs` is filled in by the exporter, which knows the diff ids.
-fn image_config(base: &Value, op: &ConfigOp, epoch: Option<i64>) -> Value {
-    let created = timestamp(epoch);
+///
+/// Times come from the records (when each layer was built) or `SOURCE_DATE_EPOCH`, never from "now", so
+/// the same cached result always gives the same config digest.
+fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>) -> Value {
+    let base = &rec.base;
+    let own = op.history.iter().filter(|h| h.layer).count();
+    let first_own = rec.layers.len().saturating_sub(own);
+    let layer_times: Vec<String> = (first_own..rec.layers.len())
+        .map(|i| timestamp(epoch.or(rec.times.get(i).copied()).unwrap_or(0)))
+        .collect();
+    let base_created = match epoch {
+        Some(e) => timestamp(e),
+        None => base["created"]
+            .as_str()
+            .map_or_else(|| timestamp(0), String::from),
+    };
+    let mut created = layer_times.first().cloned().unwrap_or(base_created);
     let mut cfg = base["config"].as_object().cloned().unwrap_or_default();
     let mut env: Vec<String> = cfg
         .get("Env")
@@ -653,7 +699,14 @@ fn image_config(base: &Value, op: &ConfigOp, epoch: Option<i64>) -> Value {
         cfg.insert("Labels".into(), Value::Object(labels));
     }
     let mut history: Vec<Value> = base["history"].as_array().cloned().unwrap_or_default();
+    let mut next = 0;
     for h in &op.history {
+        if h.layer {
+            if let Some(t) = layer_times.get(next) {
+                created = t.clone();
+            }
+            next += 1;
+        }
         let mut entry = json!({"created": created, "created_by": h.created_by, "comment": "kiln"});
         if !h.layer {
             entry["empty_layer"] = json!(true);
@@ -669,13 +722,14 @@ fn image_config(base: &Value, op: &ConfigOp, epoch: Option<i64>) -> Value {
     })
 }
 
-/// RFC 3339 UTC time: `SOURCE_DATE_EPOCH` when set, else now.
-fn timestamp(epoch: Option<i64>) -> String {
-    let secs = epoch.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64)
-    });
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// RFC 3339 UTC time of Unix seconds.
+fn timestamp(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
@@ -703,8 +757,8 @@ mod tests {
 
     #[test]
     fn timestamps_are_rfc3339() {
-        assert_eq!(timestamp(Some(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(timestamp(Some(1_700_000_000)), "2023-11-14T22:13:20Z");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(1_700_000_000), "2023-11-14T22:13:20Z");
     }
 
     #[test]

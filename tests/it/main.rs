@@ -1,1 +1,13 @@
+//! kiln's integration tests: every test runs the real binary on real Dockerfiles and judges the result with
+//! independent tools (umoci, skopeo, tar, gzip readers). One module per theme; `support` is the harness.
 
+mod support;
+
+mod bad_secret;
+mod cache;
+mod cleanup;
+mod errors;
+mod example;
+mod graph;
+mod parallel;
+mod secrets;

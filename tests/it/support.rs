@@ -25,6 +25,8 @@ pub struct Kiln {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
+    /// A command that runs kiln (`unshare -n`), or empty to run it directly.
+    wrapper: Vec<OsString>,
     /// Keeps the private store alive as long as any clone of this invocation.
     store: Option<Arc<TempDir>>,
 }
@@ -57,6 +59,7 @@ impl Kiln {
             args: Vec::new(),
             envs: Vec::new(),
             cwd: None,
+            wrapper: Vec::new(),
             store: None,
         }
     }
@@ -89,6 +92,12 @@ impl Kiln {
         self
     }
 
+    /// Runs kiln under `command` (e.g. `["unshare", "-n"]`), which gets kiln's path and arguments.
+    pub fn wrapped(mut self, command: &[&str]) -> Kiln {
+        self.wrapper = command.iter().map(OsString::from).collect();
+        self
+    }
+
     /// `--build-context base=oci-layout://<the fixture base image>`: what every Dockerfile here builds FROM.
     pub fn with_base(self) -> Kiln {
         self.arg("--build-context")
@@ -96,7 +105,15 @@ impl Kiln {
     }
 
     pub fn run(&self) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        let kiln = env!("CARGO_BIN_EXE_kiln");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(kiln);
+                c
+            }
+            None => Command::new(kiln),
+        };
         cmd.args(&self.args);
         for (k, v) in &self.envs {
             cmd.env(k, v);
@@ -262,7 +279,8 @@ pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("cannot make a directory");
     }
-    std::fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    std::fs::write(path, contents)
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
 /// A copy of `src` (a flat directory, like the example) in a fresh temp dir, for tests that edit it.
@@ -270,7 +288,9 @@ pub fn copy_dir(src: &Path) -> TempDir {
     let dir = tempdir("ctx-");
     for entry in walkdir::WalkDir::new(src).min_depth(1) {
         let entry = entry.expect("readable source tree");
-        let to = dir.path().join(entry.path().strip_prefix(src).expect("under src"));
+        let to = dir
+            .path()
+            .join(entry.path().strip_prefix(src).expect("under src"));
         if entry.file_type().is_dir() {
             std::fs::create_dir_all(&to).expect("cannot make a directory");
         } else {
@@ -316,10 +336,11 @@ fn remove_stale_base_images(root: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix("base-image-") {
-            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
+        if let Some(pid) = name.strip_prefix("base-image-")
+            && pid.parse::<u32>().is_ok()
+            && !Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -437,11 +458,6 @@ impl Layout {
             })
             .collect()
     }
-
-    /// Every file of the layout (index, oci-layout, every blob), gzip blobs decompressed.
-    pub fn all_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        files_under(&self.dir)
-    }
 }
 
 /// Every regular file under `dir` with its bytes, gzip streams decompressed (symlinks are not followed).
@@ -486,8 +502,22 @@ pub fn tar_paths(tar: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Whether `needle` occurs in `haystack`.
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+    if needle.is_empty() {
+        return false;
+    }
+    match std::str::from_utf8(needle) {
+        Ok(n) if n.is_ascii() => ascii_view(haystack).contains(n),
+        _ => haystack.windows(needle.len()).any(|w| w == needle),
+    }
+}
+
+/// `bytes` as text for std's fast substring search (test code runs unoptimized; std does not). Invalid
+/// UTF-8 becomes U+FFFD, which never joins ASCII bytes together, so an ASCII needle matches here exactly
+/// where it matches in the bytes.
+fn ascii_view(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(bytes)
 }
 
 /// The ways a secret's bytes can sit in a file: raw, hex (either case) and base64 at each of the three
@@ -509,8 +539,7 @@ pub fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
 
 /// Plain RFC 4648 base64 (no padding needed: callers pass whole 3-byte groups).
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     bytes
         .chunks(3)
         .flat_map(|c| {
@@ -533,15 +562,20 @@ fn base64(bytes: &[u8]) -> String {
 /// Names every file among `files` holding `secret` in any encoding, as `path (encoding)`.
 pub fn leaks(files: &[(PathBuf, Vec<u8>)], secret: &[u8]) -> Vec<String> {
     let encoded = encodings(secret);
-    files
-        .iter()
-        .flat_map(|(path, bytes)| {
-            encoded
-                .iter()
-                .filter(|(_, e)| contains(bytes, e))
-                .map(move |(how, _)| format!("{} ({how})", path.display()))
-        })
-        .collect()
+    let mut found = Vec::new();
+    for (path, bytes) in files {
+        let text = ascii_view(bytes);
+        for (how, e) in &encoded {
+            let hit = match std::str::from_utf8(e) {
+                Ok(e) if e.is_ascii() => text.contains(e),
+                _ => contains(bytes, e),
+            };
+            if hit {
+                found.push(format!("{} ({how})", path.display()));
+            }
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -550,5 +584,22 @@ mod tests {
     fn base64_matches_the_rfc_vectors() {
         assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(super::base64(b"fo"), "Zm8=");
+    }
+
+    #[test]
+    fn leaks_finds_every_encoding_at_every_alignment() {
+        let secret = b"hunter2-hunter2";
+        for prefix in ["", "a", "ab"] {
+            let mut data = prefix.as_bytes().to_vec();
+            data.extend_from_slice(secret);
+            data.push(0xff);
+            let files = [
+                ("raw".into(), data.clone()),
+                ("base64".into(), super::base64(&data).into_bytes()),
+                ("hex".into(), hex::encode(&data).into_bytes()),
+            ];
+            let found = super::leaks(&files, secret);
+            assert_eq!(found.len(), 3, "prefix {prefix:?}: {found:?}");
+        }
     }
 }

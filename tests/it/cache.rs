@@ -1,0 +1,143 @@
+//! The cache: a rebuild runs nothing; rotating a secret's value rebuilds nothing (SPEC §3.2); editing a RUN
+//! reruns exactly that step and what depends on it; `--no-cache` runs everything.
+
+use std::path::Path;
+
+use crate::support::{EXAMPLE_PASSWORD, Kiln, Output, StepState, copy_dir, repo, tempdir, write};
+
+/// The example's build, with the context and the secret file given, into `store`.
+fn build(store: &Path, ctx: &Path, secret: &Path) -> Output {
+    let out = Kiln::build_in(store)
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=mysecret,src={}", secret.display()))
+        .arg(ctx)
+        .run();
+    out.success();
+    out
+}
+
+/// `(run, cached)` counted from the per-step markers, for comparing with the summary line. The `FROM` of an
+/// image is shown as a step but counted in neither number, so it is left out here too.
+fn counted(out: &Output) -> (usize, usize) {
+    let steps = out.steps();
+    let count = |state| steps.iter().filter(|s| s.state == state).count();
+    (count(StepState::Done), count(StepState::Cached))
+}
+
+#[track_caller]
+fn assert_all(out: &Output, state: StepState) {
+    let steps = out.steps();
+    assert!(!steps.is_empty(), "no steps reported:\n{}", out.stderr);
+    let wrong: Vec<_> = steps.iter().filter(|s| s.state != state).collect();
+    assert!(
+        wrong.is_empty(),
+        "not {state:?}: {wrong:#?}\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn second_build_runs_nothing() {
+    let store = tempdir("store-");
+    let example = repo().join("examples/secrets");
+    let secret = example.join("secrets.json");
+    let first = build(store.path(), &example, &secret);
+    let (ran, cached) = first.summary();
+    assert!(
+        ran > 0 && cached == 0,
+        "a fresh store runs every step:\n{}",
+        first.stderr
+    );
+
+    assert_eq!(first.summary(), counted(&first), "{}", first.stderr);
+
+    let second = build(store.path(), &example, &secret);
+    assert_eq!(second.summary(), (0, ran), "{}", second.stderr);
+    assert_all(&second, StepState::Cached);
+}
+
+#[test]
+fn rotating_the_secret_does_not_rebuild() {
+    let store = tempdir("store-");
+    let example = repo().join("examples/secrets");
+    let first = build(store.path(), &example, &example.join("secrets.json"));
+
+    let rotated = tempdir("secret-");
+    let original = std::fs::read_to_string(example.join("secrets.json")).expect("secrets.json");
+    let new = original.replace(EXAMPLE_PASSWORD, "an-entirely-new-password-42");
+    assert_ne!(new, original);
+    let path = rotated.path().join("secrets.json");
+    write(&path, new);
+
+    let second = build(store.path(), &example, &path);
+    assert_eq!(
+        second.summary(),
+        (0, first.summary().0),
+        "{}",
+        second.stderr
+    );
+    assert_all(&second, StepState::Cached);
+}
+
+#[test]
+fn editing_a_run_reruns_it_and_its_dependents_only() {
+    let store = tempdir("store-");
+    let ctx = copy_dir(&repo().join("examples/secrets"));
+    let secret = ctx.path().join("secrets.json");
+    build(store.path(), ctx.path(), &secret);
+
+    let dockerfile = ctx.path().join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
+    // Changes the RUN's text and its output, so dependents rerun whether keys follow definitions or content.
+    let edited = text.replace(r#"echo "user=$user""#, r#"echo "account=$user""#);
+    assert_ne!(
+        edited, text,
+        "the example's RUN has the text this test edits"
+    );
+    write(&dockerfile, edited);
+
+    let out = build(store.path(), ctx.path(), &secret);
+    for (needle, state) in [
+        ("FROM ", StepState::Cached),
+        ("WORKDIR /work", StepState::Cached),
+        // The final stage's WORKDIR does not depend on the fetch stage.
+        ("WORKDIR /app", StepState::Cached),
+        ("RUN --mount=type=secret", StepState::Done),
+        ("COPY --from=fetch", StepState::Done),
+        ("COPY app.sh", StepState::Done),
+        ("RUN chmod", StepState::Done),
+    ] {
+        assert_eq!(
+            out.step(needle).state,
+            state,
+            "step `{needle}`:\n{}",
+            out.stderr
+        );
+    }
+    assert_eq!(out.summary(), counted(&out), "{}", out.stderr);
+}
+
+#[test]
+fn no_cache_runs_everything() {
+    let store = tempdir("store-");
+    let example = repo().join("examples/secrets");
+    let secret = example.join("secrets.json");
+    let first = build(store.path(), &example, &secret);
+
+    let out = Kiln::build_in(store.path())
+        .with_base()
+        .arg("--no-cache")
+        .arg("--secret")
+        .arg(format!("id=mysecret,src={}", secret.display()))
+        .arg(&example)
+        .run();
+    out.success();
+    assert_eq!(out.summary(), first.summary(), "{}", out.stderr);
+    let cached: Vec<_> = out
+        .steps()
+        .into_iter()
+        .filter(|s| s.state != StepState::Done)
+        .collect();
+    assert!(cached.is_empty(), "not run: {cached:#?}\n{}", out.stderr);
+}

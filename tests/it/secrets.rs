@@ -1,0 +1,285 @@
+//! The secret invariants (SPEC §3): a secret's value reaches the one RUN that mounts it and nothing else —
+//! not a layer, the config, the history, the store or the progress output — and mounts leave no trace.
+
+use crate::support::{
+    EXAMPLE_PASSWORD, Kiln, Layout, build_example, contains, context, files_under, leaks, repo,
+    tar_paths, tempdir, unpack,
+};
+
+/// The value the hand-written Dockerfiles below mount as secret `tok`.
+const TOKEN: &str = "tok-value-5f1c9a";
+
+/// Builds `dockerfile` (with the base image and secret `tok`) into a fresh OCI layout.
+fn build(dockerfile: &str) -> (crate::support::Output, tempfile::TempDir) {
+    let ctx = context(&[("Dockerfile", dockerfile), ("tok.txt", TOKEN)]);
+    let out_dir = tempdir("out-");
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!(
+            "id=tok,src={}",
+            ctx.path().join("tok.txt").display()
+        ))
+        .arg("-o")
+        .arg(format!(
+            "type=oci,dest={}",
+            out_dir.path().join("image").display()
+        ))
+        .arg(ctx.path())
+        .run();
+    (out, out_dir)
+}
+
+#[test]
+fn example_leaves_no_trace_of_the_secret() {
+    let kiln = Kiln::new();
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let out = build_example(kiln.clone(), &dest);
+    out.success();
+    let whole = std::fs::read(repo().join("examples/secrets/secrets.json")).expect("secrets.json");
+    assert!(
+        contains(&whole, EXAMPLE_PASSWORD.as_bytes()),
+        "the fixture holds the password"
+    );
+
+    let image = unpack(&dest);
+    let mut found = Vec::new();
+    for (what, files) in [
+        ("the OCI layout", files_under(&dest)),
+        ("the unpacked rootfs", files_under(&image.rootfs)),
+        ("the store", files_under(kiln.store())),
+    ] {
+        for hit in leaks(&files, EXAMPLE_PASSWORD.as_bytes()) {
+            found.push(format!("{what}: password in {hit}"));
+        }
+        for (path, bytes) in &files {
+            if contains(bytes, &whole) {
+                found.push(format!("{what}: secrets.json in {}", path.display()));
+            }
+        }
+    }
+    for (stream, text) in [("stderr", &out.stderr), ("stdout", &out.stdout)] {
+        if text.contains(EXAMPLE_PASSWORD) {
+            found.push(format!("the progress output ({stream})"));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "the secret leaked into:\n{}",
+        found.join("\n")
+    );
+}
+
+#[test]
+fn secret_file_is_0400_read_only_and_on_tmpfs() {
+    let (out, _dir) = build(&format!(
+        "FROM base
+RUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = {TOKEN}
+RUN --mount=type=secret,id=tok test \"$(stat -c %a /run/secrets/tok)\" = 400
+# Root ignores file modes, so only a read-only mount stops this write.
+RUN --mount=type=secret,id=tok if echo x > /run/secrets/tok; then echo writable; exit 1; fi
+RUN --mount=type=secret,id=tok awk '$2 == \"/run/secrets/tok\" {{ print $3, $4 }}' /proc/mounts | grep -q '^tmpfs ro'
+"
+    ));
+    out.success();
+}
+
+#[test]
+fn secret_mount_target_env_and_ownership() {
+    let (out, _dir) = build(&format!(
+        "FROM base
+RUN --mount=type=secret,id=tok,target=/custom/path test \"$(cat /custom/path)\" = {TOKEN} && test ! -e /run/secrets/tok
+RUN --mount=type=secret,id=tok,env=MY_VAR test \"$MY_VAR\" = {TOKEN}
+RUN --mount=type=secret,id=tok,mode=0440,uid=1000,gid=1000 test \"$(stat -c '%a %u %g' /run/secrets/tok)\" = '440 1000 1000'
+"
+    ));
+    out.success();
+}
+
+#[test]
+fn secret_is_gone_after_its_run() {
+    let (out, _dir) = build(
+        "FROM base
+RUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null
+RUN --mount=type=secret,id=tok,env=MY_VAR test -n \"$MY_VAR\"
+RUN test ! -e /run/secrets/tok && test ! -e /run/secrets && test -z \"$MY_VAR\"
+",
+    );
+    out.success();
+}
+
+#[test]
+fn mount_points_do_not_remain_in_the_image() {
+    let (out, dir) = build(
+        "FROM base
+RUN --mount=type=secret,id=tok echo one > /made-by-run-1
+RUN --mount=type=secret,id=tok,target=/custom/path echo two > /made-by-run-2
+",
+    );
+    out.success();
+    let layout = dir.path().join("image");
+    let image = unpack(&layout);
+    assert!(
+        image.rootfs.join("made-by-run-2").is_file(),
+        "the RUNs' own files are kept"
+    );
+    for stub in ["run/secrets", "custom"] {
+        assert!(
+            !image.rootfs.join(stub).exists(),
+            "/{stub} was made only for a mount, yet it is in the image"
+        );
+    }
+    // umoci could hide a whiteout or an odd entry; the layer tars themselves must not name the stubs.
+    let tars = Layout::new(&layout).layer_tars();
+    for (i, tar) in tars.iter().enumerate().skip(1) {
+        for path in tar_paths(tar) {
+            assert!(
+                !path.starts_with("run/secrets") && !path.starts_with("custom"),
+                "layer {i} holds the mount stub `{path}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn missing_required_secret_fails_before_any_step_runs() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base
+RUN echo first
+RUN --mount=type=secret,id=apitoken,required=true cat /run/secrets/apitoken
+",
+    )]);
+    let out = Kiln::new().with_base().arg(ctx.path()).run();
+    out.expect_code(2);
+    let started: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with('#')).collect();
+    assert!(
+        started.is_empty(),
+        "steps ran before the check: {started:?}"
+    );
+    assert!(
+        out.stderr.contains("`apitoken`"),
+        "the message names the id:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("Dockerfile:3:"),
+        "and the line that needs it:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn missing_optional_secret_leaves_no_file() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base
+RUN --mount=type=secret,id=opt test ! -e /run/secrets/opt
+",
+    )]);
+    Kiln::new().with_base().arg(ctx.path()).run().success();
+}
+
+#[test]
+fn history_shows_the_command_but_never_the_value() {
+    let (out, dir) = build(
+        "FROM base
+RUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null && echo read-it > /read
+",
+    );
+    out.success();
+    let layout = Layout::new(&dir.path().join("image"));
+    let config = layout.config();
+    let created_by: Vec<&str> = config["history"]
+        .as_array()
+        .expect("a history")
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        created_by
+            .iter()
+            .any(|c| c.contains("cat /run/secrets/tok > /dev/null")),
+        "the RUN is in the history: {created_by:?}"
+    );
+    let config_text = serde_json::to_string(&config).expect("JSON");
+    assert!(
+        !config_text.contains(TOKEN),
+        "the config holds the value: {config_text}"
+    );
+}
+
+#[test]
+fn secrets_from_the_environment() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base
+RUN --mount=type=secret,id=a test \"$(cat /run/secrets/a)\" = value-of-a
+RUN --mount=type=secret,id=b test \"$(cat /run/secrets/b)\" = value-of-b
+RUN --mount=type=secret,id=KILN_IT_C test \"$(cat /run/secrets/KILN_IT_C)\" = value-of-c
+",
+    )]);
+    Kiln::new()
+        .with_base()
+        .args(["--secret", "id=a,env=KILN_IT_A"])
+        // docker's spelling: `type=env` with the variable in `src`.
+        .args(["--secret", "id=b,type=env,src=KILN_IT_B"])
+        // buildx's rule: with no source, the variable named like the id.
+        .args(["--secret", "id=KILN_IT_C"])
+        .env("KILN_IT_A", "value-of-a")
+        .env("KILN_IT_B", "value-of-b")
+        .env("KILN_IT_C", "value-of-c")
+        .arg(ctx.path())
+        .run()
+        .success();
+}
+
+/// SPEC §3.6: a step that prints its secret shows `***` in the progress output, never the value.
+#[test]
+fn step_output_is_scrubbed() {
+    let (out, _dir) = build(
+        "FROM base
+RUN --mount=type=secret,id=tok echo \"token is $(cat /run/secrets/tok)\"
+",
+    );
+    out.success();
+    assert!(
+        !out.stderr.contains(TOKEN),
+        "the secret's value is in the progress output:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("token is ***"),
+        "shown as ***:\n{}",
+        out.stderr
+    );
+}
+
+/// SPEC §3.6's leak guard: a step that writes its secret into its filesystem fails the build, naming the
+/// secret and the file but never the value. Not built yet; run with `--ignored` to see where it stands.
+#[test]
+#[ignore = "the leak guard (SPEC §3.6) is not implemented yet"]
+fn leak_guard_fails_a_step_that_keeps_its_secret() {
+    let (out, _dir) = build(
+        "FROM base
+RUN --mount=type=secret,id=tok base64 /run/secrets/tok > /kept
+",
+    );
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("`tok`"),
+        "names the secret:\n{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("/kept"),
+        "names the file:\n{}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(TOKEN),
+        "never the value:\n{}",
+        out.stderr
+    );
+}
