@@ -12,7 +12,7 @@ use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
 use crate::lower::{LowerOptions, NamedContext};
 use crate::progress::{self, Event};
-use crate::secret::{SecretSource, SecretStore};
+use crate::secret::{LeakScanner, SecretSource, SecretStore};
 
 #[derive(Parser)]
 #[command(
@@ -424,6 +424,48 @@ fn parse_output(cl: &CommandLine, value: &str) -> Result<OutputSpec> {
     }
 }
 
+/// Names where the export guard found a secret: the file and the step that wrote it, or the config.
+fn leak_error(
+    graph: &BuildGraph,
+    summary: &crate::solve::Summary,
+    found: crate::export::Found,
+) -> Diagnostic {
+    let help = "a secret must only ever be mounted (`RUN --mount=type=secret`); never COPY it, pass it as a build arg or write it to a file";
+    match found {
+        crate::export::Found::Config(leak) => Diagnostic::build(format!(
+            "secret `{}` is in the image config or history ({}); nothing was exported",
+            leak.id,
+            leak.encoding.as_str()
+        ))
+        .help(help),
+        crate::export::Found::Layer {
+            leak,
+            snapshot,
+            path,
+        } => {
+            let step = summary.outputs.iter().find_map(|(n, o)| match o {
+                crate::solve::Output::Fs(rec)
+                    if graph.dag[*n].op.makes_layer() && rec.layers.last() == Some(&snapshot) =>
+                {
+                    Some(&graph.dag[*n])
+                }
+                _ => None,
+            });
+            let mut d = Diagnostic::build(format!(
+                "secret `{}` is in the image ({}) at /{}; nothing was exported",
+                leak.id,
+                leak.encoding.as_str(),
+                path.display()
+            ))
+            .help(help);
+            if let Some(at) = step.and_then(|s| s.at.clone()) {
+                d = d.label(at, "this step put it there");
+            }
+            d
+        }
+    }
+}
+
 /// The OCI layout's `ref.name`: the tag part of `-t name:tag`, `latest` by default (as docker does).
 fn layout_tag(tag: Option<&String>) -> String {
     match tag {
@@ -455,6 +497,7 @@ fn build(args: BuildArgs) -> Result<()> {
         })?),
         _ => None,
     };
+    let secrets = Arc::new(secrets);
     let compiled = compile(&args.compile, &cl)?;
     let graph = Arc::new(compiled.graph);
     crate::solve::preflight(&graph, &secrets)?;
@@ -480,7 +523,7 @@ fn build(args: BuildArgs) -> Result<()> {
         store.clone(),
         Arc::new(crate::exec::Namespaces::new()),
         reporter.clone(),
-        Arc::new(secrets),
+        secrets.clone(),
         crate::solve::SolveOptions {
             jobs: args.jobs,
             no_cache: args.no_cache,
@@ -506,10 +549,28 @@ fn build(args: BuildArgs) -> Result<()> {
         summary.cached,
         started.elapsed().as_secs_f64()
     )));
+    let scanner_values = secrets
+        .ids()
+        .map(|id| {
+            Ok(secrets
+                .load(id)
+                .map_err(Diagnostic::input)?
+                .map(|v| (id.to_string(), v)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scanner = LeakScanner::new(
+        scanner_values
+            .iter()
+            .flatten()
+            .map(|(id, v)| (id.as_str(), v)),
+    );
     for (name, root) in &graph.roots {
         let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
             continue;
         };
+        if let Some(found) = crate::export::guard(&store, layers, config, &scanner)? {
+            return Err(leak_error(&graph, &summary, found));
+        }
         for out in &outputs {
             let OutputSpec::Oci { dest, tar } = out;
             let exported = crate::export::export(

@@ -133,6 +133,177 @@ impl Scrubber {
     }
 }
 
+/// One way a secret can appear in bytes: as itself, or encoded so that a naive search would miss it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Raw,
+    Base64,
+    Hex,
+}
+
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Raw => "raw",
+            Encoding::Base64 => "base64-encoded",
+            Encoding::Hex => "hex-encoded",
+        }
+    }
+}
+
+/// Where a secret was found; carries the id and the place, never the value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leak {
+    pub id: String,
+    pub encoding: Encoding,
+}
+
+/// Searches bytes for secret values, raw and base64/hex encoded: the leak guard of `SPEC.md` §3.6.
+///
+/// Values shorter than `MIN_LEN` bytes are not searched: they would match everywhere and prove nothing.
+pub struct LeakScanner {
+    needles: Vec<(String, Encoding, Zeroizing<Vec<u8>>)>,
+    longest: usize,
+}
+
+impl LeakScanner {
+    pub const MIN_LEN: usize = 4;
+
+    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a SecretValue)>) -> LeakScanner {
+        use base64::Engine as _;
+        let mut needles = Vec::new();
+        for (id, value) in secrets {
+            let raw = value.expose().trim_ascii();
+            if raw.len() < Self::MIN_LEN {
+                continue;
+            }
+            needles.push((id.to_string(), Encoding::Raw, Zeroizing::new(raw.to_vec())));
+            needles.push((
+                id.to_string(),
+                Encoding::Hex,
+                Zeroizing::new(hex::encode(raw).into_bytes()),
+            ));
+            needles.push((
+                id.to_string(),
+                Encoding::Hex,
+                Zeroizing::new(hex::encode_upper(raw).into_bytes()),
+            ));
+            // In a longer base64 stream the value starts at one of three byte offsets; encode it at each and
+            // keep only the characters that depend on the value alone.
+            for shift in 0..3usize {
+                let mut padded = Zeroizing::new(vec![0u8; shift]);
+                padded.extend_from_slice(raw);
+                let encoded = Zeroizing::new(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&*padded)
+                        .into_bytes(),
+                );
+                let skip = if shift == 0 {
+                    0
+                } else {
+                    (shift * 8).div_ceil(6)
+                };
+                let full = (padded.len() / 3) * 4;
+                if full > skip + 4 {
+                    needles.push((
+                        id.to_string(),
+                        Encoding::Base64,
+                        Zeroizing::new(encoded[skip..full].to_vec()),
+                    ));
+                }
+            }
+        }
+        let longest = needles.iter().map(|(_, _, n)| n.len()).max().unwrap_or(0);
+        LeakScanner { needles, longest }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.needles.is_empty()
+    }
+
+    /// The first secret found in `bytes`.
+    pub fn scan(&self, bytes: &[u8]) -> Option<Leak> {
+        self.needles.iter().find_map(|(id, encoding, needle)| {
+            memchr::memmem::find(bytes, needle).map(|_| Leak {
+                id: id.clone(),
+                encoding: *encoding,
+            })
+        })
+    }
+
+    /// Scans a stream in chunks, overlapping by the longest needle so no match straddles a boundary.
+    pub fn scan_reader(&self, mut r: impl std::io::Read) -> std::io::Result<Option<Leak>> {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut kept = 0;
+        loop {
+            let n = r.read(&mut buf[kept..])?;
+            if n == 0 {
+                return Ok(None);
+            }
+            let end = kept + n;
+            if let Some(leak) = self.scan(&buf[..end]) {
+                return Ok(Some(leak));
+            }
+            kept = self.longest.saturating_sub(1).min(end);
+            buf.copy_within(end - kept..end, 0);
+        }
+    }
+
+    /// The path with every component that holds a secret replaced by `***`, so it can be shown.
+    pub fn redact(&self, path: &std::path::Path) -> PathBuf {
+        path.components()
+            .map(|c| {
+                let name = c.as_os_str();
+                if self.scan(name.as_encoded_bytes()).is_some() {
+                    std::ffi::OsStr::new("***")
+                } else {
+                    name
+                }
+            })
+            .collect()
+    }
+
+    /// Scans a directory tree: file contents, file names, symlink targets and extended attributes.
+    /// Returns the leak and the path (relative to `root`) where it was found.
+    pub fn scan_tree(&self, root: &std::path::Path) -> std::io::Result<Option<(Leak, PathBuf)>> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+            let entry = entry.map_err(std::io::Error::other)?;
+            let rel = self.redact(entry.path().strip_prefix(root).unwrap_or(entry.path()));
+            let hit = |leak: Option<Leak>| leak.map(|l| (l, rel.clone()));
+            if let Some(found) = hit(self.scan(entry.file_name().as_encoded_bytes())) {
+                return Ok(Some(found));
+            }
+            let ft = entry.file_type();
+            if ft.is_file() {
+                let f = std::fs::File::open(entry.path())?;
+                if let Some(found) = hit(self.scan_reader(f)?) {
+                    return Ok(Some(found));
+                }
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(entry.path())?;
+                if let Some(found) = hit(self.scan(target.as_os_str().as_encoded_bytes())) {
+                    return Ok(Some(found));
+                }
+            }
+            if let Ok(names) = xattr::list(entry.path()) {
+                for name in names {
+                    let value = xattr::get(entry.path(), &name)
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                    if let Some(found) = hit(self.scan(&value)) {
+                        return Ok(Some(found));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +319,43 @@ mod tests {
         let s = Scrubber::new([&a, &b]);
         let out = s.scrub(b"token=hunter2 and \"password\": \"pw-123456\" end");
         assert_eq!(String::from_utf8(out).unwrap(), "token=*** and *** end");
+    }
+
+    #[test]
+    fn leaks_are_found_raw_and_encoded_at_any_alignment() {
+        use base64::Engine as _;
+        let v = value("s3cr3t-Pa55w0rd");
+        let scanner = LeakScanner::new([("pw", &v)]);
+        for prefix in ["", "x", "xy", "xyz"] {
+            let text = format!("{prefix}s3cr3t-Pa55w0rd-tail");
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+            let leak = scanner.scan(b64.as_bytes()).expect("base64 found");
+            assert_eq!(
+                leak,
+                Leak {
+                    id: "pw".into(),
+                    encoding: Encoding::Base64
+                }
+            );
+        }
+        let hexed = hex::encode(b"..s3cr3t-Pa55w0rd..");
+        assert_eq!(
+            scanner.scan(hexed.as_bytes()).unwrap().encoding,
+            Encoding::Hex
+        );
+        assert_eq!(
+            scanner.scan(b"a s3cr3t-Pa55w0rd b").unwrap().encoding,
+            Encoding::Raw
+        );
+        assert!(scanner.scan(b"nothing to see").is_none());
+    }
+
+    #[test]
+    fn streams_are_scanned_across_chunk_boundaries() {
+        let v = value("boundary-secret");
+        let scanner = LeakScanner::new([("b", &v)]);
+        let mut data = vec![b'.'; (1 << 20) - 5];
+        data.extend_from_slice(b"boundary-secret");
+        assert!(scanner.scan_reader(&data[..]).unwrap().is_some());
     }
 }

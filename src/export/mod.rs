@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
+use crate::secret::{Leak, LeakScanner};
 use crate::store::{LayerBlob, Store};
 
 /// `-o type=...,dest=...`
@@ -113,6 +114,49 @@ pub fn export(
         manifest: manifest_digest,
         layers: blobs.len(),
     })
+}
+
+/// Where the guard found a secret in a finished image.
+pub enum Found {
+    /// In the image config (env, labels, history...).
+    Config(Leak),
+    /// In the layer of `snapshot`, at `path` (inside the image, already redacted).
+    Layer {
+        leak: Leak,
+        snapshot: String,
+        path: PathBuf,
+    },
+}
+
+/// The last check before anything leaves kiln: every layer this build made and the config are searched
+/// for the values of every secret given to the build. Layers imported from a base image are not this
+/// build's doing and are skipped.
+pub fn guard(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    scanner: &LeakScanner,
+) -> Result<Option<Found>> {
+    if scanner.is_empty() {
+        return Ok(None);
+    }
+    let bytes = serde_json::to_vec(config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    if let Some(leak) = scanner.scan(&bytes) {
+        return Ok(Some(Found::Config(leak)));
+    }
+    for snapshot in layers.iter().filter(|l| !l.starts_with("layer-")) {
+        let found = scanner
+            .scan_tree(&store.snapshot_path(snapshot))
+            .map_err(|e| Diagnostic::io(format!("cannot scan snapshot {snapshot}"), e))?;
+        if let Some((leak, path)) = found {
+            return Ok(Some(Found::Layer {
+                leak,
+                snapshot: snapshot.clone(),
+                path,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// The blob of one snapshot: from the store if computed before (or kept from an imported image), else made

@@ -24,7 +24,7 @@ use crate::graph::BuildGraph;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunOp, SecretMount};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter};
-use crate::secret::{Scrubber, SecretStore, SecretValue};
+use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Store};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
@@ -414,10 +414,17 @@ impl<E: Executor> Shared<E> {
             upper: upper.clone(),
             work: scratch,
         };
+        // Checks the step's changes for the values of the secrets it mounted (SPEC §3.6).
+        let mut guard = LeakScanner::new([]);
         let result = match &node.op {
             Op::Run(r) => {
                 let step = self.run_step(r, base, fs)?;
                 let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
+                guard = LeakScanner::new(
+                    step.secrets
+                        .iter()
+                        .filter_map(|(m, v)| v.as_ref().map(|v| (m.id.as_str(), v))),
+                );
                 let reporter = self.reporter.clone();
                 let sink: LogSink = Arc::new(move |chunk: &[u8]| {
                     reporter.event(Event::Log {
@@ -456,6 +463,32 @@ impl<E: Executor> Shared<E> {
                 message: e.message.clone(),
             });
             return Err(self.located(n, e));
+        }
+        let scan_dir = upper.clone();
+        let leak = tokio::task::spawn_blocking(move || guard.scan_tree(&scan_dir))
+            .await
+            .map_err(|e| Diagnostic::env(format!("leak scan failed: {e}")))?
+            .map_err(|e| Diagnostic::io("cannot scan the step's changes for secrets", e))?;
+        if let Some((leak, path)) = leak {
+            let message = format!(
+                "secret `{}` leaked into the image: this step wrote it ({}) into /{}",
+                leak.id,
+                leak.encoding.as_str(),
+                path.display()
+            );
+            self.reporter.event(Event::Failed {
+                id,
+                elapsed: started.elapsed(),
+                message: message.clone(),
+            });
+            // The step's changes are dropped with its work dir: the secret never reaches the store.
+            let mut d = Diagnostic::build(message).help(
+                "use the secret only inside the RUN that mounts it; write nothing derived from it to disk, or delete it in the same RUN",
+            );
+            if let Some(at) = self.at(n) {
+                d = d.label(at, "this step mounted the secret");
+            }
+            return Err(d);
         }
         let snapshot = format!("step-{}", key.hex());
         self.store.commit_snapshot(&upper, &snapshot)?;

@@ -1,6 +1,6 @@
 //! The classic anti-pattern: COPY a secret in, use it, `rm` it. The build succeeds and the secret stays in
-//! the COPY's layer for anyone who pulls the image. This test proves that it does, so that the leak guard
-//! kiln is to grow (SPEC §3.6) has a known-bad case to catch.
+//! the COPY's layer for anyone who pulls the image. The first test proves that it does when kiln is not
+//! told the file is a secret; the second, that once it is (`--secret`), the export guard refuses the image.
 
 use crate::support::{Kiln, Layout, contains, context, tempdir, unpack};
 
@@ -44,4 +44,51 @@ RUN cat /app/secrets.txt > /dev/null && rm /app/secrets.txt
         "expected the COPY's layer to hold the secret; no layer of {} does",
         tars.len()
     );
+}
+
+/// Told that the file is a secret, kiln's export guard finds it in the COPY's layer and exports nothing.
+#[test]
+fn export_guard_refuses_an_image_holding_a_given_secret() {
+    let ctx = context(&[
+        ("secrets.txt", SECRET),
+        (
+            "Dockerfile",
+            "FROM base
+COPY secrets.txt /app/
+RUN cat /app/secrets.txt > /dev/null && rm /app/secrets.txt
+",
+        ),
+    ]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!(
+            "id=creds,src={}",
+            ctx.path().join("secrets.txt").display()
+        ))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run();
+    out.expect_code(1);
+    for needle in [
+        "secret `creds` is in the image",
+        "/app/secrets.txt",
+        "Dockerfile:2:1",
+        "nothing was exported",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "stderr names {needle}:\n{}",
+            out.stderr
+        );
+    }
+    assert!(
+        !out.stderr.contains(SECRET),
+        "never the value:\n{}",
+        out.stderr
+    );
+    assert!(!dest.exists(), "nothing may be written to the output");
 }

@@ -9,6 +9,14 @@ use crate::support::{
 /// The value the hand-written Dockerfiles below mount as secret `tok`.
 const TOKEN: &str = "tok-value-5f1c9a";
 
+/// A shell expression comparing a value with the expected one by digest: a Dockerfile that spelled the
+/// value out would itself put the secret into the history, which the export guard rightly refuses.
+fn is_secret(expr: &str, value: &str) -> String {
+    use sha2::Digest as _;
+    let want = hex::encode(sha2::Sha256::digest(value.as_bytes()));
+    format!("test \"$(printf %s \"{expr}\" | sha256sum | cut -d' ' -f1)\" = {want}")
+}
+
 /// Builds `dockerfile` (with the base image and secret `tok`) into a fresh OCI layout.
 fn build(dockerfile: &str) -> (crate::support::Output, tempfile::TempDir) {
     let ctx = context(&[("Dockerfile", dockerfile), ("tok.txt", TOKEN)]);
@@ -75,12 +83,13 @@ fn example_leaves_no_trace_of_the_secret() {
 fn secret_file_is_0400_read_only_and_on_tmpfs() {
     let (out, _dir) = build(&format!(
         "FROM base
-RUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = {TOKEN}
+RUN --mount=type=secret,id=tok {}
 RUN --mount=type=secret,id=tok test \"$(stat -c %a /run/secrets/tok)\" = 400
 # Root ignores file modes, so only a read-only mount stops this write.
 RUN --mount=type=secret,id=tok if echo x > /run/secrets/tok; then echo writable; exit 1; fi
 RUN --mount=type=secret,id=tok awk '$2 == \"/run/secrets/tok\" {{ print $3, $4 }}' /proc/mounts | grep -q '^tmpfs ro'
-"
+",
+        is_secret("$(cat /run/secrets/tok)", TOKEN)
     ));
     out.success();
 }
@@ -89,10 +98,12 @@ RUN --mount=type=secret,id=tok awk '$2 == \"/run/secrets/tok\" {{ print $3, $4 }
 fn secret_mount_target_env_and_ownership() {
     let (out, _dir) = build(&format!(
         "FROM base
-RUN --mount=type=secret,id=tok,target=/custom/path test \"$(cat /custom/path)\" = {TOKEN} && test ! -e /run/secrets/tok
-RUN --mount=type=secret,id=tok,env=MY_VAR test \"$MY_VAR\" = {TOKEN}
+RUN --mount=type=secret,id=tok,target=/custom/path {} && test ! -e /run/secrets/tok
+RUN --mount=type=secret,id=tok,env=MY_VAR {}
 RUN --mount=type=secret,id=tok,mode=0440,uid=1000,gid=1000 test \"$(stat -c '%a %u %g' /run/secrets/tok)\" = '440 1000 1000'
-"
+",
+        is_secret("$(cat /custom/path)", TOKEN),
+        is_secret("$MY_VAR", TOKEN)
     ));
     out.success();
 }
@@ -212,14 +223,13 @@ RUN --mount=type=secret,id=tok cat /run/secrets/tok > /dev/null && echo read-it 
 
 #[test]
 fn secrets_from_the_environment() {
-    let ctx = context(&[(
-        "Dockerfile",
-        "FROM base
-RUN --mount=type=secret,id=a test \"$(cat /run/secrets/a)\" = value-of-a
-RUN --mount=type=secret,id=b test \"$(cat /run/secrets/b)\" = value-of-b
-RUN --mount=type=secret,id=KILN_IT_C test \"$(cat /run/secrets/KILN_IT_C)\" = value-of-c
-",
-    )]);
+    let dockerfile = format!(
+        "FROM base\nRUN --mount=type=secret,id=a {}\nRUN --mount=type=secret,id=b {}\nRUN --mount=type=secret,id=KILN_IT_C {}\n",
+        is_secret("$(cat /run/secrets/a)", "value-of-a"),
+        is_secret("$(cat /run/secrets/b)", "value-of-b"),
+        is_secret("$(cat /run/secrets/KILN_IT_C)", "value-of-c"),
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
     Kiln::new()
         .with_base()
         .args(["--secret", "id=a,env=KILN_IT_A"])
@@ -256,30 +266,92 @@ RUN --mount=type=secret,id=tok echo \"token is $(cat /run/secrets/tok)\"
     );
 }
 
-/// SPEC §3.6's leak guard: a step that writes its secret into its filesystem fails the build, naming the
-/// secret and the file but never the value. Not built yet; run with `--ignored` to see where it stands.
+/// SPEC §3.6's leak guard: a step that writes its secret into its filesystem (raw, encoded, as a file
+/// name or a link target) fails the build, naming the secret, the step and the file but never the value,
+/// and nothing of the step reaches the store.
 #[test]
-#[ignore = "the leak guard (SPEC §3.6) is not implemented yet"]
 fn leak_guard_fails_a_step_that_keeps_its_secret() {
-    let (out, _dir) = build(
-        "FROM base
-RUN --mount=type=secret,id=tok base64 /run/secrets/tok > /kept
-",
-    );
+    let cases = [
+        ("cp /run/secrets/tok /kept", "/kept"),
+        ("base64 /run/secrets/tok > /kept", "/kept"),
+        (
+            "od -An -tx1 /run/secrets/tok | tr -d ' \\n' > /kept",
+            "/kept",
+        ),
+        ("mkdir -p /d && touch \"/d/$(cat /run/secrets/tok)\"", "/d/"),
+        ("ln -s \"/x/$(cat /run/secrets/tok)\" /kept", "/kept"),
+    ];
+    for (run, file) in cases {
+        let store = tempdir("store-");
+        let ctx = context(&[
+            (
+                "Dockerfile",
+                &format!("FROM base\nRUN --mount=type=secret,id=tok {run}\n"),
+            ),
+            ("tok.txt", TOKEN),
+        ]);
+        let out = Kiln::build_in(store.path())
+            .with_base()
+            .arg("--secret")
+            .arg(format!(
+                "id=tok,src={}",
+                ctx.path().join("tok.txt").display()
+            ))
+            .arg(ctx.path())
+            .run();
+        out.expect_code(1);
+        for needle in ["secret `tok` leaked", file, "Dockerfile:2:1"] {
+            assert!(
+                out.stderr.contains(needle),
+                "`{run}`: stderr names {needle}:\n{}",
+                out.stderr
+            );
+        }
+        assert!(
+            !out.stderr.contains(TOKEN),
+            "`{run}`: never the value:\n{}",
+            out.stderr
+        );
+        let stored = leaks(&files_under(store.path()), TOKEN.as_bytes());
+        assert!(
+            stored.is_empty(),
+            "`{run}`: the store holds the secret: {stored:?}"
+        );
+    }
+}
+
+/// A secret's value passed the wrong way, as a build arg, lands in the history; the export guard notices
+/// because the same value was also given as a secret, and exports nothing.
+#[test]
+fn export_guard_refuses_a_secret_in_the_history() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\nARG TOKEN\nRUN test -n \"$TOKEN\"\n",
+        ),
+        ("tok.txt", TOKEN),
+    ]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let out = Kiln::new()
+        .with_base()
+        .arg("--build-arg")
+        .arg(format!("TOKEN={TOKEN}"))
+        .arg("--secret")
+        .arg(format!(
+            "id=tok,src={}",
+            ctx.path().join("tok.txt").display()
+        ))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run();
     out.expect_code(1);
     assert!(
-        out.stderr.contains("`tok`"),
-        "names the secret:\n{}",
+        out.stderr
+            .contains("secret `tok` is in the image config or history"),
+        "{}",
         out.stderr
     );
-    assert!(
-        out.stderr.contains("/kept"),
-        "names the file:\n{}",
-        out.stderr
-    );
-    assert!(
-        !out.stderr.contains(TOKEN),
-        "never the value:\n{}",
-        out.stderr
-    );
+    assert!(!dest.exists(), "nothing may be written to the output");
 }
