@@ -6,6 +6,7 @@
 //! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
 //! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
 //! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
+//! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
 
@@ -36,6 +37,17 @@ pub struct CacheRecord {
     pub base: serde_json::Value,
 }
 
+/// How a step claims a cache mount directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    /// Use it alongside anyone else.
+    No,
+    /// Wait until nobody else holds it.
+    Wait,
+    /// Take it if free, else a sibling directory of one's own.
+    OrSibling,
+}
+
 /// A snapshot's exported layer blob.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerBlob {
@@ -48,7 +60,14 @@ pub struct LayerBlob {
 impl Store {
     /// Opens (creating when missing) the store at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["blobs/sha256", "snapshots", "layers", "cache", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "snapshots",
+            "layers",
+            "cache",
+            "caches",
+            "tmp",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|e| {
                 Diagnostic::io(
@@ -102,6 +121,67 @@ impl Store {
             .map_err(|e| Diagnostic::io(format!("cannot commit snapshot {id}"), e))?;
         sync_dir(&self.root.join("snapshots"));
         Ok(to)
+    }
+
+    /// The directory of a cache mount and, unless `reserve` is `No`, the open lock file that reserves it
+    /// until dropped. Created (with `mode`, `uid`, `gid`) on first use. Blocks while a locked cache is busy.
+    pub fn cache_mount(
+        &self,
+        id: &str,
+        reserve: Reserve,
+        owner: (u32, u32, u32),
+    ) -> Result<(PathBuf, Option<fs::File>)> {
+        let base = Digest::of(id.as_bytes());
+        let caches = self.root.join("caches");
+        let lock_file = |name: &str| {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(caches.join(format!("{name}.lock")))
+                .map_err(|e| Diagnostic::io(format!("cannot lock cache mount `{id}`"), e))
+        };
+        let (name, lock) = match reserve {
+            Reserve::No => (base.hex().to_string(), None),
+            Reserve::Wait => {
+                let f = lock_file(base.hex())?;
+                f.lock()
+                    .map_err(|e| Diagnostic::io(format!("cannot lock cache mount `{id}`"), e))?;
+                (base.hex().to_string(), Some(f))
+            }
+            Reserve::OrSibling => {
+                // The first instance nobody holds; a busy cache gets a sibling of its own.
+                let mut n = 0;
+                loop {
+                    let name = if n == 0 {
+                        base.hex().to_string()
+                    } else {
+                        format!("{}-{n}", base.hex())
+                    };
+                    let f = lock_file(&name)?;
+                    if f.try_lock().is_ok() {
+                        break (name, Some(f));
+                    }
+                    n += 1;
+                }
+            }
+        };
+        let dir = caches.join(&name);
+        if !dir.is_dir() {
+            let tmp = self.temp_dir("cache-")?;
+            let fresh = tmp.path().join("dir");
+            let fail = |e| Diagnostic::io(format!("cannot create cache mount `{id}`"), e);
+            fs::create_dir(&fresh).map_err(fail)?;
+            fs::set_permissions(
+                &fresh,
+                std::os::unix::fs::PermissionsExt::from_mode(owner.0),
+            )
+            .map_err(fail)?;
+            std::os::unix::fs::chown(&fresh, Some(owner.1), Some(owner.2)).map_err(fail)?;
+            // Another build may have created it meanwhile; either directory is as good.
+            let _ = fs::rename(&fresh, &dir);
+        }
+        Ok((dir, lock))
     }
 
     fn cache_path(&self, key: &Digest) -> PathBuf {

@@ -60,6 +60,9 @@ pub enum Request {
         secrets: Vec<SecretSpec>,
         /// A private dir where the secrets tmpfs is mounted.
         secret_dir: PathBuf,
+        mounts: Vec<Mount>,
+        /// A private dir for bind sources and their writable overlays.
+        mount_dir: PathBuf,
     },
     Copy {
         fs: Overlay,
@@ -73,6 +76,38 @@ pub enum Request {
         fs: Overlay,
         path: String,
     },
+}
+
+/// A cache, bind or tmpfs mount, with host paths.
+#[derive(Serialize, Deserialize)]
+pub enum Mount {
+    Cache {
+        target: String,
+        dir: PathBuf,
+        readonly: bool,
+    },
+    Bind {
+        target: String,
+        /// A host directory, or layers to mount read-only first.
+        source_dir: Option<PathBuf>,
+        source_layers: Vec<PathBuf>,
+        source: String,
+        readwrite: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+}
+
+impl Mount {
+    fn target(&self) -> &str {
+        match self {
+            Mount::Cache { target, .. }
+            | Mount::Bind { target, .. }
+            | Mount::Tmpfs { target, .. } => target,
+        }
+    }
 }
 
 /// The helper's last word, one JSON line on its stderr.
@@ -204,6 +239,8 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             network_none,
             secrets: specs,
             secret_dir,
+            mut mounts,
+            mount_dir,
         } => {
             // The environment as bytes that are wiped when dropped: secret env values join it below.
             let mut env: Vec<Zeroizing<Vec<u8>>> = env
@@ -217,6 +254,11 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
             }
             setup_dev(&root)?;
+            // Parents before children, so a mount inside another mount lands on top of it.
+            mounts.sort_by(|a, b| a.target().cmp(b.target()));
+            for (i, m) in mounts.iter().enumerate() {
+                setup_mount(&root, &mount_dir.join(i.to_string()), &fs.empty, m, stubs)?;
+            }
             let mut values = secrets.into_iter();
             let mut tmpfs_ready = false;
             for (index, spec) in specs.iter().enumerate() {
@@ -358,6 +400,153 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         Some("mode=1777,size=65536k"),
     )
     .map_err(errno("cannot mount /dev/shm"))
+}
+
+/// Makes the mount point (a stub, recorded for removal, when missing) for a source that is a dir or not.
+fn mount_point(
+    root: &Path,
+    target: &str,
+    dir: bool,
+    stubs: &mut Vec<Stub>,
+) -> Result<PathBuf, String> {
+    if dir {
+        let (host, created) = rootfs::mkdir_all(root, target, None)?;
+        stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
+        return Ok(host);
+    }
+    let (parent, name) = match target.trim_end_matches('/').rsplit_once('/') {
+        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
+        None => ("/", target),
+    };
+    let (dir_host, created) = rootfs::mkdir_all(root, parent, None)?;
+    stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
+    let host = dir_host.join(name);
+    if std::fs::symlink_metadata(&host).is_err() {
+        std::fs::File::create(&host)
+            .map_err(|e| format!("cannot create the mount point {target}: {e}"))?;
+        stubs.push(Stub {
+            path: format!("{}/{name}", parent.trim_end_matches('/')),
+            dir: false,
+        });
+    }
+    Ok(host)
+}
+
+fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(errno("cannot bind-mount"))?;
+    if readonly {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(errno("cannot make a mount read-only"))?;
+    }
+    Ok(())
+}
+
+/// Sets up one cache, bind or tmpfs mount. `scratch` is a private dir for this mount's helpers.
+fn setup_mount(
+    root: &Path,
+    scratch: &Path,
+    empty: &Path,
+    m: &Mount,
+    stubs: &mut Vec<Stub>,
+) -> Result<(), String> {
+    match m {
+        Mount::Tmpfs { target, size } => {
+            let host = mount_point(root, target, true, stubs)?;
+            let data = match size {
+                Some(s) => format!("mode=1777,size={s}"),
+                None => "mode=1777".to_string(),
+            };
+            mount(
+                Some("tmpfs"),
+                &host,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(errno("cannot mount tmpfs"))
+        }
+        Mount::Cache {
+            target,
+            dir,
+            readonly,
+        } => {
+            let host = mount_point(root, target, true, stubs)?;
+            bind(dir, &host, *readonly)
+        }
+        Mount::Bind {
+            target,
+            source_dir,
+            source_layers,
+            source,
+            readwrite,
+        } => {
+            std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+            let src_root = match source_dir {
+                Some(d) => d.clone(),
+                None => {
+                    let view = scratch.join("view");
+                    std::fs::create_dir_all(&view).map_err(|e| e.to_string())?;
+                    mount_readonly(source_layers, empty, &view)?;
+                    view
+                }
+            };
+            // The source is confined to its tree: `..` and absolute links cannot reach the host.
+            let src = crate::solve::context::resolve_source(
+                &src_root,
+                &crate::solve::context::clean_relative(source)?,
+            )?;
+            let meta =
+                std::fs::metadata(&src).map_err(|e| format!("bind source `{source}`: {e}"))?;
+            let src = if *readwrite && meta.is_dir() {
+                // Writes go to a throw-away upper dir, as BuildKit discards them.
+                let (upper, work, merged) = (
+                    scratch.join("upper"),
+                    scratch.join("work"),
+                    scratch.join("merged"),
+                );
+                for d in [&upper, &work, &merged] {
+                    std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+                }
+                let data = format!(
+                    "lowerdir={}:{},upperdir={},workdir={}",
+                    src.display(),
+                    empty.display(),
+                    upper.display(),
+                    work.display()
+                );
+                mount(
+                    Some("overlay"),
+                    &merged,
+                    Some("overlay"),
+                    MsFlags::empty(),
+                    Some(data.as_str()),
+                )
+                .map_err(errno("cannot mount a writable bind"))?;
+                merged
+            } else if *readwrite {
+                let copy = scratch.join("file");
+                std::fs::copy(&src, &copy).map_err(|e| e.to_string())?;
+                copy
+            } else {
+                src
+            };
+            let host = mount_point(root, target, meta.is_dir(), stubs)?;
+            bind(&src, &host, !*readwrite)
+        }
+    }
 }
 
 /// Writes the secret into the private tmpfs and bind-mounts that one file read-only at its target.

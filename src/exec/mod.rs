@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::diag::{Diagnostic, Result};
 use crate::lower::op::Network;
-use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep};
+use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep, StepMount};
 use helper::{Overlay, Request, SecretSpec, Status};
 
 /// The executor that runs steps in Linux namespaces. Needs root (a later issue adds rootless mode).
@@ -68,6 +68,41 @@ impl Executor for Namespaces {
             });
         }
         let command = step.args.join(" ");
+        let mount_dir = upper.parent().unwrap_or(Path::new("/")).join("mounts");
+        let mounts = step
+            .mounts
+            .into_iter()
+            .map(|m| match m {
+                StepMount::Cache {
+                    target,
+                    dir,
+                    readonly,
+                } => helper::Mount::Cache {
+                    target,
+                    dir,
+                    readonly,
+                },
+                StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
+                StepMount::Bind {
+                    target,
+                    from,
+                    source,
+                    readwrite,
+                } => {
+                    let (source_dir, source_layers) = match from {
+                        CopySource::Dir(d) => (Some(d), Vec::new()),
+                        CopySource::Layers(l) => (None, l),
+                    };
+                    helper::Mount::Bind {
+                        target,
+                        source_dir,
+                        source_layers,
+                        source,
+                        readwrite,
+                    }
+                }
+            })
+            .collect();
         let req = Request::Run {
             fs,
             args: step.args,
@@ -77,6 +112,8 @@ impl Executor for Namespaces {
             network_none: step.network == Network::None,
             secrets: specs,
             secret_dir,
+            mounts,
+            mount_dir,
         };
         let status = call_helper(&req, &values, Some(logs)).await?;
         remove_stubs(&upper, &status);

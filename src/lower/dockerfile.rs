@@ -4,27 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::op::{ConfigOp, CopyOp, HistoryEntry, Inherit, Network, Op, RunOp, SecretMount};
+use super::mount::{self, Parsed};
+use super::op::{
+    ConfigOp, CopyOp, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+};
 use super::{LowerOptions, NamedContext, NodeId, Program, Root};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
-use crate::options;
 use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
 use crate::syntax::shell;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
-const SECRET_OPTIONS: [&str; 9] = [
-    "type",
-    "id",
-    "target",
-    "dst",
-    "destination",
-    "env",
-    "required",
-    "mode",
-    "uid",
-];
-const MOUNT_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];
-
 /// The image-config and variable state of a stage while its instructions are lowered.
 #[derive(Clone)]
 struct Stage {
@@ -503,11 +492,20 @@ impl Lowerer<'_> {
     fn run(&mut self, stage: &mut Stage, ins: &Instruction, cmd: &Command) -> Result<()> {
         self.reject_flags(ins, &["mount", "network"])?;
         let mut secrets = Vec::new();
+        let mut mounts: Vec<RunMount> = Vec::new();
+        let mut extra_inputs = Vec::new();
         let mut network = Network::Default;
         for f in &ins.flags {
             match f.name.as_str() {
                 "mount" => {
-                    let m = self.secret_mount(f, stage)?;
+                    let m = match self.mount(f, stage, &mut extra_inputs)? {
+                        Parsed::Secret(m) => m,
+                        Parsed::Other(m) => {
+                            mounts.push(m);
+                            continue;
+                        }
+                        Parsed::Bind { .. } => unreachable!("binds are resolved by mount()"),
+                    };
                     if let Some(dup) = secrets
                         .iter()
                         .find(|s: &&SecretMount| s.target.is_some() && s.target == m.target)
@@ -557,12 +555,14 @@ impl Lowerer<'_> {
             user: stage.user.clone(),
             network,
             secrets,
+            mounts,
         });
-        self.push_fs(stage, ins, op, vec![], created_by);
+        self.push_fs(stage, ins, op, extra_inputs, created_by);
         Ok(())
     }
 
-    fn secret_mount(&self, flag: &Flag, stage: &Stage) -> Result<SecretMount> {
+    /// One `--mount`: parsed by `mount::parse`, with `from=` resolved to an input of the Run node.
+    fn mount(&mut self, flag: &Flag, stage: &Stage, inputs: &mut Vec<NodeId>) -> Result<Parsed> {
         let text = self.expand_flag(flag, &|n| stage.lookup(n))?;
         let base = flag.value_span.start;
         // Spans inside the expanded text are only exact when expansion changed nothing.
@@ -574,107 +574,36 @@ impl Lowerer<'_> {
                 flag.value_span
             }
         };
-        let fields = options::parse(&text)
+        let parsed = mount::parse(&text, stage.cwd.as_deref().unwrap_or("/"))
             .map_err(|e| self.error(span_of(e.span), e.message).help(e.help))?;
-        let kind = fields
-            .iter()
-            .find(|f| f.key == "type")
-            .map(|f| (f.value.clone().unwrap_or_default(), f.span))
-            .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
-        if kind.0 != "secret" {
-            let d = if MOUNT_TYPES.contains(&kind.0.as_str()) {
-                self.error(
-                    span_of(kind.1),
-                    format!("mount type `{}` is not supported yet", kind.0),
-                )
-                .help("this version of kiln supports `--mount=type=secret`")
-            } else {
-                let d = self.error(span_of(kind.1), format!("unknown mount type `{}`", kind.0));
-                match suggest(&kind.0, MOUNT_TYPES) {
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => d.help(format!("mount types are: {}", MOUNT_TYPES.join(", "))),
-                }
-            };
-            return Err(d);
-        }
-        let mut m = SecretMount {
-            id: String::new(),
-            target: None,
-            env: None,
-            required: false,
-            mode: 0o400,
-            uid: 0,
-            gid: 0,
-        };
-        let mut known: Vec<&str> = SECRET_OPTIONS.to_vec();
-        known.push("gid");
-        for f in &fields {
-            let value = f.value.clone().unwrap_or_default();
-            let bad = |what: &str| {
-                self.error(
-                    span_of(f.value_span()),
-                    format!("invalid {what} `{value}` in secret mount"),
-                )
-            };
-            match f.key.as_str() {
-                "type" => {}
-                "id" => m.id = value,
-                "target" | "dst" | "destination" => m.target = Some(value),
-                "env" => m.env = Some(value),
-                "required" => {
-                    m.required = options::parse_bool(f.value.as_deref()).ok_or_else(|| {
-                        bad("value for `required`").help("use `required=true` or `required=false`")
-                    })?
-                }
-                "mode" => {
-                    m.mode = u32::from_str_radix(&value, 8)
-                        .ok()
-                        .filter(|m| *m <= 0o7777)
-                        .ok_or_else(|| bad("mode").help("give an octal mode such as `0400`"))?
-                }
-                "uid" => {
-                    m.uid = value
-                        .parse()
-                        .map_err(|_| bad("uid").help("give a numeric user id"))?
-                }
-                "gid" => {
-                    m.gid = value
-                        .parse()
-                        .map_err(|_| bad("gid").help("give a numeric group id"))?
-                }
-                other => {
-                    let d = self.error(
-                        span_of(f.span),
-                        format!("unknown secret mount option `{other}`"),
-                    );
-                    return Err(match suggest(other, known.iter().copied()) {
-                        Some(s) => d.help(format!("did you mean `{s}`?")),
-                        None => d.help(format!("secret mounts take: {}", known[1..].join(", "))),
-                    });
-                }
+        Ok(match parsed {
+            Parsed::Bind {
+                target,
+                source,
+                from,
+                readwrite,
+            } => {
+                let node = match &from {
+                    Some((name, span)) => self.copy_from(span_of(*span), name)?,
+                    None => self.context_leaf("context"),
+                };
+                // Inputs: 0 is the rootfs; each distinct source is added once.
+                let input = match inputs.iter().position(|&i| i == node) {
+                    Some(p) => p + 1,
+                    None => {
+                        inputs.push(node);
+                        inputs.len()
+                    }
+                };
+                Parsed::Other(RunMount::Bind {
+                    target,
+                    input,
+                    source,
+                    readwrite,
+                })
             }
-        }
-        if m.id.is_empty() {
-            // BuildKit's rule: the id defaults to the target's file name.
-            m.id = m
-                .target
-                .as_deref()
-                .and_then(|t| t.rsplit('/').find(|s| !s.is_empty()))
-                .unwrap_or_default()
-                .to_string();
-        }
-        if m.id.is_empty() {
-            return Err(self
-                .error(flag.value_span, "secret mount needs an `id`")
-                .help("write `--mount=type=secret,id=NAME` and build with `--secret id=NAME,src=FILE`"));
-        }
-        if m.target.is_none() && m.env.is_none() {
-            m.target = Some(format!("/run/secrets/{}", m.id));
-        }
-        if let Some(t) = &m.target {
-            m.target = Some(join_path(stage.cwd.as_deref().unwrap_or("/"), t));
-        }
-        Ok(m)
+            other => other,
+        })
     }
 
     fn copy(
@@ -729,7 +658,7 @@ impl Lowerer<'_> {
                     )
                 }
                 "from" => {
-                    source_node = Some(self.copy_from(f, &v)?);
+                    source_node = Some(self.copy_from(f.value_span, &v)?);
                     from_text = Some(v);
                 }
                 _ => unreachable!("flags were checked"),
@@ -755,7 +684,7 @@ impl Lowerer<'_> {
     }
 
     /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
-    fn copy_from(&mut self, flag: &Flag, value: &str) -> Result<NodeId> {
+    fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
         if let Some(s) = self.stage_by_name(value) {
             return Ok(s.state.fs);
         }
@@ -764,7 +693,7 @@ impl Lowerer<'_> {
                 Some(s) => Ok(s.state.fs),
                 None => Err(self
                     .error(
-                        flag.value_span,
+                        span,
                         format!("stage index {index} does not exist before this instruction"),
                     )
                     .help(format!(
@@ -775,12 +704,12 @@ impl Lowerer<'_> {
         }
         match self.opts.contexts.get(value).cloned() {
             Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
-            Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, flag.value_span)),
+            Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
             None => {}
         }
         if value.contains(['/', ':', '@']) {
             let r = value.to_string();
-            return Ok(self.image_leaf(&r, flag.value_span));
+            return Ok(self.image_leaf(&r, span));
         }
         let names: Vec<&str> = self
             .stages
@@ -788,7 +717,7 @@ impl Lowerer<'_> {
             .filter_map(|s| s.state.alias.as_deref())
             .collect();
         let d = self.error(
-            flag.value_span,
+            span,
             format!("no stage named `{value}` before this instruction"),
         );
         Err(match suggest(value, names.iter().copied()) {

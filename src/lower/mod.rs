@@ -4,6 +4,7 @@
 //! mount options) and nothing that is not: no file contents, no image metadata, no network.
 
 pub mod dockerfile;
+pub mod mount;
 pub mod op;
 
 use std::collections::BTreeMap;

@@ -64,6 +64,75 @@ pub struct RunOp {
     pub user: Option<String>,
     pub network: Network,
     pub secrets: Vec<SecretMount>,
+    /// Cache, bind and tmpfs mounts, in the order written.
+    pub mounts: Vec<RunMount>,
+}
+
+/// `RUN --mount` kinds other than secrets. `input` fields index the Run node's inputs (0 is the rootfs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RunMount {
+    /// A directory kept in the store across builds; its contents never enter a cache key.
+    Cache {
+        target: String,
+        id: String,
+        sharing: Sharing,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        readonly: bool,
+    },
+    /// A path of another filesystem (a stage, an image or a context); writes are discarded.
+    Bind {
+        target: String,
+        input: usize,
+        source: String,
+        readwrite: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+}
+
+impl RunMount {
+    pub fn target(&self) -> &str {
+        match self {
+            RunMount::Cache { target, .. }
+            | RunMount::Bind { target, .. }
+            | RunMount::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
+/// How concurrent steps share a cache mount (BuildKit's `sharing=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sharing {
+    /// Everyone uses the same directory at once.
+    Shared,
+    /// A step that finds the cache in use gets a directory of its own.
+    Private,
+    /// Steps take turns.
+    Locked,
+}
+
+impl Sharing {
+    pub fn parse(s: &str) -> Option<Sharing> {
+        match s {
+            "shared" => Some(Sharing::Shared),
+            "private" => Some(Sharing::Private),
+            "locked" => Some(Sharing::Locked),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Shared => "shared",
+            Sharing::Private => "private",
+            Sharing::Locked => "locked",
+        }
+    }
 }
 
 /// How a secret is mounted: everything about it except its value, which never enters a digest.
@@ -158,6 +227,41 @@ impl Op {
                         .u64(s.mode.into())
                         .u64(s.uid.into())
                         .u64(s.gid.into());
+                }
+                e.list(r.mounts.len());
+                for m in &r.mounts {
+                    match m {
+                        RunMount::Cache {
+                            target,
+                            id,
+                            sharing,
+                            mode,
+                            uid,
+                            gid,
+                            readonly,
+                        } => {
+                            e.str("cache").str(target).str(id).str(sharing.as_str());
+                            e.u64((*mode).into())
+                                .u64((*uid).into())
+                                .u64((*gid).into())
+                                .bool(*readonly);
+                        }
+                        RunMount::Bind {
+                            target,
+                            input,
+                            source,
+                            readwrite,
+                        } => {
+                            e.str("bind")
+                                .str(target)
+                                .u64(*input as u64)
+                                .str(source)
+                                .bool(*readwrite);
+                        }
+                        RunMount::Tmpfs { target, size } => {
+                            e.str("tmpfs").str(target).u64(size.unwrap_or(0));
+                        }
+                    };
                 }
             }
             Op::Copy(c) => {

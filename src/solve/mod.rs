@@ -21,11 +21,11 @@ use tokio::task::JoinSet;
 use crate::diag::{Diagnostic, Located, Result};
 use crate::digest::{Digest, Encoder};
 use crate::graph::BuildGraph;
-use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunOp, SecretMount};
+use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter};
 use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
-use crate::store::{CacheRecord, LayerBlob, Store};
+use crate::store::{CacheRecord, LayerBlob, Reserve, Store};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
 pub const CACHE_DOMAIN: &str = "kiln/cache/v1";
@@ -51,6 +51,28 @@ pub struct RunStep {
     pub network: Network,
     /// Each secret mount with its value (`None` when an optional secret was not given).
     pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
+    pub mounts: Vec<StepMount>,
+}
+
+/// A cache, bind or tmpfs mount of a step, with host paths.
+#[derive(Clone, Debug)]
+pub enum StepMount {
+    Cache {
+        target: String,
+        dir: PathBuf,
+        readonly: bool,
+    },
+    Bind {
+        target: String,
+        from: CopySource,
+        /// The path inside `from` to mount.
+        source: String,
+        readwrite: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
 }
 
 /// Where COPY reads from.
@@ -363,9 +385,29 @@ impl<E: Executor> Shared<E> {
             unreachable!("steps run over a filesystem")
         };
         // COPY from a host directory: only the selected files' content enters the key.
-        if let (Op::Copy(c), Some((_, Output::Dir(dir)))) = (&node.op, inputs.get(1)) {
-            let dir = dir.clone();
-            let sources = c.sources.clone();
+        // Files taken from a host directory (COPY sources, bind mount sources): only the selected files'
+        // content enters the key, never the whole context.
+        let selections: Vec<(PathBuf, Vec<String>, &str)> = match &node.op {
+            Op::Copy(c) => match inputs.get(1) {
+                Some((_, Output::Dir(dir))) => vec![(dir.clone(), c.sources.clone(), "COPY")],
+                _ => vec![],
+            },
+            Op::Run(r) => r
+                .mounts
+                .iter()
+                .filter_map(|m| match m {
+                    RunMount::Bind { input, source, .. } => match inputs.get(*input) {
+                        Some((_, Output::Dir(dir))) => {
+                            Some((dir.clone(), vec![source.clone()], "bind mount"))
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect(),
+            _ => vec![],
+        };
+        for (dir, sources, what) in selections {
             let digest =
                 tokio::task::spawn_blocking(move || context::selection_digest(&dir, &sources))
                     .await
@@ -373,7 +415,7 @@ impl<E: Executor> Shared<E> {
                     .map_err(|e| {
                         self.located(
                             n,
-                            Diagnostic::input(format!("COPY failed: {e} in the build context"))
+                            Diagnostic::input(format!("{what} failed: {e} in the build context"))
                                 .help(
                                     "check the path; it is relative to the build context directory",
                                 ),
@@ -416,9 +458,27 @@ impl<E: Executor> Shared<E> {
         };
         // Checks the step's changes for the values of the secrets it mounted (SPEC §3.6).
         let mut guard = LeakScanner::new([]);
+        // Cache mounts this step holds (lock files) until it is done.
+        let mut _reserved: Vec<std::fs::File> = Vec::new();
+        // Writable cache mounts: they outlive the step, so the leak guard must look there too.
+        let mut caches: Vec<(String, PathBuf)> = Vec::new();
         let result = match &node.op {
             Op::Run(r) => {
-                let step = self.run_step(r, base, fs)?;
+                let mut step = self.run_step(r, base, fs)?;
+                let (mounts, held) = self.step_mounts(r, &inputs).await?;
+                caches = mounts
+                    .iter()
+                    .filter_map(|m| match m {
+                        StepMount::Cache {
+                            target,
+                            dir,
+                            readonly: false,
+                        } => Some((target.clone(), dir.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                step.mounts = mounts;
+                _reserved = held;
                 let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
                 guard = LeakScanner::new(
                     step.secrets
@@ -465,16 +525,40 @@ impl<E: Executor> Shared<E> {
             return Err(self.located(n, e));
         }
         let scan_dir = upper.clone();
-        let leak = tokio::task::spawn_blocking(move || guard.scan_tree(&scan_dir))
-            .await
-            .map_err(|e| Diagnostic::env(format!("leak scan failed: {e}")))?
-            .map_err(|e| Diagnostic::io("cannot scan the step's changes for secrets", e))?;
-        if let Some((leak, path)) = leak {
+        let leak = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            if guard.is_empty() {
+                return Ok(None);
+            }
+            if let Some((leak, path)) = guard.scan_tree(&scan_dir)? {
+                return Ok(Some((
+                    leak,
+                    format!("into the image at /{}", path.display()),
+                )));
+            }
+            for (target, dir) in &caches {
+                if let Some((leak, path)) = guard.scan_tree(dir)? {
+                    // A cache outlives the step: drop it whole rather than keep a secret in the store.
+                    let _ = std::fs::remove_dir_all(dir);
+                    let at = Path::new(target).join(path);
+                    return Ok(Some((
+                        leak,
+                        format!(
+                            "into cache mount {target} at {} (the cache was deleted)",
+                            at.display()
+                        ),
+                    )));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .map_err(|e| Diagnostic::env(format!("leak scan failed: {e}")))?
+        .map_err(|e| Diagnostic::io("cannot scan the step's changes for secrets", e))?;
+        if let Some((leak, place)) = leak {
             let message = format!(
-                "secret `{}` leaked into the image: this step wrote it ({}) into /{}",
+                "secret `{}` leaked: this step wrote it ({}) {place}",
                 leak.id,
                 leak.encoding.as_str(),
-                path.display()
             );
             self.reporter.event(Event::Failed {
                 id,
@@ -565,7 +649,79 @@ impl<E: Executor> Shared<E> {
             user,
             network: r.network,
             secrets,
+            mounts: Vec::new(),
         })
+    }
+
+    /// Cache, bind and tmpfs mounts of a RUN, resolved to host paths. Returns the lock files that reserve
+    /// its cache mounts; they must live until the step ends.
+    async fn step_mounts(
+        &self,
+        r: &RunOp,
+        inputs: &[(Digest, Output)],
+    ) -> Result<(Vec<StepMount>, Vec<std::fs::File>)> {
+        let mut mounts = Vec::new();
+        let mut held = Vec::new();
+        for m in &r.mounts {
+            mounts.push(match m {
+                RunMount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                    readonly,
+                } => {
+                    let reserve = match sharing {
+                        Sharing::Shared => Reserve::No,
+                        Sharing::Locked => Reserve::Wait,
+                        Sharing::Private => Reserve::OrSibling,
+                    };
+                    let (store, id, owner) = (self.store.clone(), id.clone(), (*mode, *uid, *gid));
+                    let (dir, lock) =
+                        tokio::task::spawn_blocking(move || store.cache_mount(&id, reserve, owner))
+                            .await
+                            .map_err(|e| {
+                                Diagnostic::env(format!("cache mount task failed: {e}"))
+                            })??;
+                    held.extend(lock);
+                    StepMount::Cache {
+                        target: target.clone(),
+                        dir,
+                        readonly: *readonly,
+                    }
+                }
+                RunMount::Bind {
+                    target,
+                    input,
+                    source,
+                    readwrite,
+                } => {
+                    let from = match &inputs.get(*input).map(|(_, o)| o) {
+                        Some(Output::Dir(d)) => CopySource::Dir(d.clone()),
+                        Some(Output::Fs(rec)) => CopySource::Layers(
+                            rec.layers
+                                .iter()
+                                .map(|l| self.store.snapshot_path(l))
+                                .collect(),
+                        ),
+                        _ => unreachable!("bind sources are filesystems or directories"),
+                    };
+                    StepMount::Bind {
+                        target: target.clone(),
+                        from,
+                        source: source.clone(),
+                        readwrite: *readwrite,
+                    }
+                }
+                RunMount::Tmpfs { target, size } => StepMount::Tmpfs {
+                    target: target.clone(),
+                    size: *size,
+                },
+            });
+        }
+        Ok((mounts, held))
     }
 }
 

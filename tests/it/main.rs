@@ -9,5 +9,6 @@ mod cleanup;
 mod errors;
 mod example;
 mod graph;
+mod mounts;
 mod parallel;
 mod secrets;

@@ -1,0 +1,384 @@
+//! `RUN --mount=...` option lists: every mount type and option of BuildKit, checked and turned into
+//! operation parameters. Pure: the caller maps spans to the source and resolves `from=` references.
+
+use super::dockerfile::join_path;
+use super::op::{RunMount, SecretMount, Sharing};
+use crate::diag::{Span, suggest};
+use crate::options::{self, Field};
+
+pub const MOUNT_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];
+
+/// A mount as written, before `from=` is resolved to a graph input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Secret(SecretMount),
+    /// A bind mount; `from` is `None` for the build context.
+    Bind {
+        target: String,
+        source: String,
+        from: Option<(String, Span)>,
+        readwrite: bool,
+    },
+    /// Cache and tmpfs mounts need nothing resolved.
+    Other(RunMount),
+}
+
+/// A problem in a mount option list; `span` is relative to the list text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub span: Span,
+    pub message: String,
+    pub help: String,
+}
+
+fn err(span: Span, message: impl Into<String>, help: impl Into<String>) -> Error {
+    Error {
+        span,
+        message: message.into(),
+        help: help.into(),
+    }
+}
+
+/// The options each type takes (aliases included), for unknown-option errors.
+fn options_of(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "secret" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "env",
+            "required",
+            "mode",
+            "uid",
+            "gid",
+        ],
+        "cache" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "sharing",
+            "from",
+            "source",
+            "src",
+            "mode",
+            "uid",
+            "gid",
+            "readonly",
+            "ro",
+            "rw",
+            "readwrite",
+        ],
+        "bind" => &[
+            "type",
+            "target",
+            "dst",
+            "destination",
+            "source",
+            "src",
+            "from",
+            "readonly",
+            "ro",
+            "rw",
+            "readwrite",
+        ],
+        "tmpfs" => &["type", "target", "dst", "destination", "size"],
+        _ => &["type"],
+    }
+}
+
+/// Parses one `--mount` value. `cwd` makes relative targets absolute, as BuildKit does.
+pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
+    let fields = options::parse(text).map_err(|e| err(e.span, e.message, e.help))?;
+    let (kind, kind_span) = fields
+        .iter()
+        .find(|f| f.key == "type")
+        .map(|f| (f.value.clone().unwrap_or_default(), f.span))
+        .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
+    match kind.as_str() {
+        "secret" | "cache" | "bind" | "tmpfs" => {}
+        "ssh" => {
+            return Err(err(
+                kind_span,
+                "mount type `ssh` is not supported yet",
+                "forward an agent with a secret-free design for now, or wait for `--ssh` support",
+            ));
+        }
+        other => {
+            let help = match suggest(other, MOUNT_TYPES) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("mount types are: {}", MOUNT_TYPES.join(", ")),
+            };
+            return Err(err(
+                kind_span,
+                format!("unknown mount type `{other}`"),
+                help,
+            ));
+        }
+    }
+    let known = options_of(&kind);
+    for f in &fields {
+        if !known.contains(&f.key.as_str()) {
+            let help = match suggest(&f.key, known.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!("{kind} mounts take: {}", known[1..].join(", ")),
+            };
+            return Err(err(
+                f.span,
+                format!("unknown {kind} mount option `{}`", f.key),
+                help,
+            ));
+        }
+    }
+    let get = |keys: &[&str]| fields.iter().rev().find(|f| keys.contains(&f.key.as_str()));
+    let target = get(&["target", "dst", "destination"])
+        .map(|f| join_path(cwd, f.value.as_deref().unwrap_or("")));
+    let flag = |keys: &[&str]| -> Result<Option<bool>, Error> {
+        match get(keys) {
+            None => Ok(None),
+            Some(f) => options::parse_bool(f.value.as_deref())
+                .map(Some)
+                .ok_or_else(|| {
+                    err(
+                        f.value_span(),
+                        format!("invalid value for `{}`", f.key),
+                        "use `true` or `false`",
+                    )
+                }),
+        }
+    };
+    let number = |key: &str, default: u32, radix: u32| -> Result<u32, Error> {
+        match get(&[key]) {
+            None => Ok(default),
+            Some(f) => {
+                let v = f.value.clone().unwrap_or_default();
+                u32::from_str_radix(&v, radix)
+                    .ok()
+                    .filter(|n| radix != 8 || *n <= 0o7777)
+                    .ok_or_else(|| {
+                        let help = if radix == 8 {
+                            "give an octal mode such as `0755`"
+                        } else {
+                            "give a number"
+                        };
+                        err(
+                            f.value_span(),
+                            format!("invalid {key} `{v}` in {kind} mount"),
+                            help,
+                        )
+                    })
+            }
+        }
+    };
+    let readonly = match (flag(&["readonly", "ro"])?, flag(&["rw", "readwrite"])?) {
+        (Some(ro), _) => ro,
+        (None, Some(rw)) => !rw,
+        (None, None) => kind == "bind",
+    };
+    let need_target = |target: Option<String>| {
+        target.filter(|t| t != "/").ok_or_else(|| {
+            err(
+                Span::new(0, text.len()),
+                format!("{kind} mount needs a `target`"),
+                format!("add `target=/path`, e.g. `--mount=type={kind},target=/path`"),
+            )
+        })
+    };
+    match kind.as_str() {
+        "secret" => secret(
+            &fields,
+            target,
+            cwd,
+            text,
+            flag(&["required"])?.unwrap_or(false),
+            &number,
+        ),
+        "cache" => {
+            let target = need_target(target)?;
+            if let Some(f) = get(&["from", "source", "src"]) {
+                return Err(err(
+                    f.span,
+                    format!("cache mount option `{}` is not supported yet", f.key),
+                    "the cache starts empty and keeps what steps write into it",
+                ));
+            }
+            let sharing = match get(&["sharing"]) {
+                None => Sharing::Shared,
+                Some(f) => {
+                    let v = f.value.clone().unwrap_or_default();
+                    Sharing::parse(&v).ok_or_else(|| {
+                        let help = match suggest(&v, ["shared", "private", "locked"]) {
+                            Some(s) => format!("did you mean `{s}`?"),
+                            None => "sharing is one of: shared, private, locked".to_string(),
+                        };
+                        err(f.value_span(), format!("invalid sharing mode `{v}`"), help)
+                    })?
+                }
+            };
+            let id = get(&["id"])
+                .and_then(|f| f.value.clone())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| target.clone());
+            Ok(Parsed::Other(RunMount::Cache {
+                target,
+                id,
+                sharing,
+                mode: number("mode", 0o755, 8)?,
+                uid: number("uid", 0, 10)?,
+                gid: number("gid", 0, 10)?,
+                readonly,
+            }))
+        }
+        "bind" => {
+            let target = need_target(target)?;
+            let source = get(&["source", "src"])
+                .and_then(|f| f.value.clone())
+                .unwrap_or_else(|| "/".to_string());
+            let from =
+                get(&["from"]).map(|f| (f.value.clone().unwrap_or_default(), f.value_span()));
+            Ok(Parsed::Bind {
+                target,
+                source,
+                from,
+                readwrite: !readonly,
+            })
+        }
+        _ => {
+            let target = need_target(target)?;
+            let size = match get(&["size"]) {
+                None => None,
+                Some(f) => Some(parse_size(f.value.as_deref().unwrap_or("")).ok_or_else(|| {
+                    err(
+                        f.value_span(),
+                        "invalid tmpfs size",
+                        "give bytes, or a size such as `64m` or `1g`",
+                    )
+                })?),
+            };
+            Ok(Parsed::Other(RunMount::Tmpfs { target, size }))
+        }
+    }
+}
+
+fn secret(
+    fields: &[Field],
+    target: Option<String>,
+    cwd: &str,
+    text: &str,
+    required: bool,
+    number: &dyn Fn(&str, u32, u32) -> Result<u32, Error>,
+) -> Result<Parsed, Error> {
+    let get = |key: &str| {
+        fields
+            .iter()
+            .rev()
+            .find(|f| f.key == key)
+            .and_then(|f| f.value.clone())
+    };
+    let mut m = SecretMount {
+        id: get("id").unwrap_or_default(),
+        target,
+        env: get("env").filter(|e| !e.is_empty()),
+        required,
+        mode: number("mode", 0o400, 8)?,
+        uid: number("uid", 0, 10)?,
+        gid: number("gid", 0, 10)?,
+    };
+    if m.id.is_empty() {
+        // BuildKit's rule: the id defaults to the target's file name.
+        m.id = m
+            .target
+            .as_deref()
+            .and_then(|t| t.rsplit('/').find(|s| !s.is_empty()))
+            .unwrap_or_default()
+            .to_string();
+    }
+    if m.id.is_empty() {
+        return Err(err(
+            Span::new(0, text.len()),
+            "secret mount needs an `id`",
+            "write `--mount=type=secret,id=NAME` and build with `--secret id=NAME,src=FILE`",
+        ));
+    }
+    if m.target.is_none() && m.env.is_none() {
+        m.target = Some(join_path(cwd, &format!("/run/secrets/{}", m.id)));
+    }
+    Ok(Parsed::Secret(m))
+}
+
+/// `1024`, `64k`, `64m`, `1g` (also with a trailing `b`), as docker's `units.RAMInBytes` reads them.
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_defaults_follow_buildkit() {
+        let Parsed::Other(RunMount::Cache {
+            id,
+            sharing,
+            mode,
+            readonly,
+            ..
+        }) = parse("type=cache,target=/root/.cache", "/").unwrap()
+        else {
+            panic!("a cache mount")
+        };
+        assert_eq!(
+            (id.as_str(), sharing, mode, readonly),
+            ("/root/.cache", Sharing::Shared, 0o755, false)
+        );
+    }
+
+    #[test]
+    fn bind_defaults_to_read_only_from_the_context() {
+        let p = parse("type=bind,source=src,target=app", "/work").unwrap();
+        assert_eq!(
+            p,
+            Parsed::Bind {
+                target: "/work/app".into(),
+                source: "src".into(),
+                from: None,
+                readwrite: false
+            }
+        );
+        assert!(matches!(
+            parse("target=/x,rw", "/").unwrap(),
+            Parsed::Bind {
+                readwrite: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errors_point_at_the_option() {
+        let e = parse("type=cache,target=/c,sharing=lockd", "/").unwrap_err();
+        assert_eq!(e.help, "did you mean `locked`?");
+        assert_eq!(
+            &"type=cache,target=/c,sharing=lockd"[e.span.start..e.span.end],
+            "lockd"
+        );
+        assert!(
+            parse("type=tmpfs", "/")
+                .unwrap_err()
+                .message
+                .contains("needs a `target`")
+        );
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+    }
+}
