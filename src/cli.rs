@@ -59,6 +59,9 @@ struct BuildArgs {
     /// A secret for the build: `id=ID[,src=PATH|,env=VAR]` (also docker's `type=file|env`).
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     secrets: Vec<String>,
+    /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    ssh: Vec<String>,
     /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`).
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
     outputs: Vec<String>,
@@ -369,6 +372,45 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
     Ok((id, source))
 }
 
+/// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET`: which agent socket serves which id.
+fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, PathBuf)> {
+    let (id, paths) = match value.split_once('=') {
+        Some((id, paths)) => (id, Some(paths)),
+        None => (value, None),
+    };
+    if id.is_empty() {
+        return Err(cl
+            .error(value, Span::default(), "--ssh needs an id")
+            .help("write `--ssh default` or `--ssh ID=SOCKET`"));
+    }
+    let socket = match paths {
+        Some(p) if p.contains(',') => {
+            return Err(cl
+                .error(value, Span::default(), "several key files for one --ssh id are not supported yet")
+                .help("load the keys into an agent (`ssh-add KEY...`) and pass `--ssh ID=$SSH_AUTH_SOCK`"));
+        }
+        Some(p) => PathBuf::from(p),
+        None => match std::env::var_os("SSH_AUTH_SOCK") {
+            Some(s) => PathBuf::from(s),
+            None => {
+                return Err(cl
+                    .error(value, Span::default(), "SSH_AUTH_SOCK is not set, so there is no agent to forward")
+                    .help("start an agent (`eval $(ssh-agent)`, `ssh-add`), or pass `--ssh ID=SOCKET`"));
+            }
+        },
+    };
+    use std::os::unix::fs::FileTypeExt as _;
+    match std::fs::metadata(&socket) {
+        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), absolute(&socket))),
+        Ok(_) => Err(cl
+            .error(value, Span::default(), format!("{} is not an agent socket", socket.display()))
+            .help("key files are not supported yet: load the key with `ssh-add` and forward the agent's socket")),
+        Err(e) => Err(cl
+            .error(value, Span::default(), format!("cannot use agent socket {}: {e}", socket.display()))
+            .help("is the agent running? check $SSH_AUTH_SOCK")),
+    }
+}
+
 enum OutputSpec {
     Oci { dest: PathBuf, tar: bool },
 }
@@ -500,7 +542,12 @@ fn build(args: BuildArgs) -> Result<()> {
     let secrets = Arc::new(secrets);
     let compiled = compile(&args.compile, &cl)?;
     let graph = Arc::new(compiled.graph);
-    crate::solve::preflight(&graph, &secrets)?;
+    let mut ssh = BTreeMap::new();
+    for s in &args.ssh {
+        let (id, socket) = parse_ssh(&cl, s)?;
+        ssh.insert(id, socket);
+    }
+    crate::solve::preflight(&graph, &secrets, &ssh)?;
     let store = Arc::new(crate::store::Store::open(
         &args
             .store
@@ -529,6 +576,7 @@ fn build(args: BuildArgs) -> Result<()> {
             no_cache: args.no_cache,
             contexts: compiled.contexts,
             epoch,
+            ssh,
         },
     );
     let summary = runtime.block_on(async {

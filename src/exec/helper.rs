@@ -98,6 +98,11 @@ pub enum Mount {
         target: String,
         size: Option<u64>,
     },
+    /// A unix socket on the host (an ssh agent proxy), bound to a file at `target`.
+    Socket {
+        target: String,
+        path: PathBuf,
+    },
 }
 
 impl Mount {
@@ -105,7 +110,8 @@ impl Mount {
         match self {
             Mount::Cache { target, .. }
             | Mount::Bind { target, .. }
-            | Mount::Tmpfs { target, .. } => target,
+            | Mount::Tmpfs { target, .. }
+            | Mount::Socket { target, .. } => target,
         }
     }
 }
@@ -477,6 +483,10 @@ fn setup_mount(
                 Some(data.as_str()),
             )
             .map_err(errno("cannot mount tmpfs"))
+        }
+        Mount::Socket { target, path } => {
+            let host = mount_point(root, target, false, stubs)?;
+            bind(path, &host, false)
         }
         Mount::Cache {
             target,

@@ -5,6 +5,7 @@
 
 pub mod helper;
 pub mod rootfs;
+pub mod ssh;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};
@@ -69,39 +70,66 @@ impl Executor for Namespaces {
         }
         let command = step.args.join(" ");
         let mount_dir = upper.parent().unwrap_or(Path::new("/")).join("mounts");
+        // Agent proxies live as long as this call: dropping them stops forwarding.
+        let mut proxies = Vec::new();
+        let mut sockets = Vec::new();
+        for (n, m) in step.mounts.iter().enumerate() {
+            if let StepMount::Ssh {
+                target,
+                agent,
+                mode,
+                uid,
+                gid,
+            } = m
+            {
+                let path = upper
+                    .parent()
+                    .unwrap_or(Path::new("/"))
+                    .join(format!("ssh-{n}.sock"));
+                proxies.push(ssh::Proxy::start(&path, agent, *mode, (*uid, *gid))?);
+                sockets.push(helper::Mount::Socket {
+                    target: target.clone(),
+                    path,
+                });
+            }
+        }
         let mounts = step
             .mounts
             .into_iter()
-            .map(|m| match m {
-                StepMount::Cache {
-                    target,
-                    dir,
-                    readonly,
-                } => helper::Mount::Cache {
-                    target,
-                    dir,
-                    readonly,
-                },
-                StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
-                StepMount::Bind {
-                    target,
-                    from,
-                    source,
-                    readwrite,
-                } => {
-                    let (source_dir, source_layers) = match from {
-                        CopySource::Dir(d) => (Some(d), Vec::new()),
-                        CopySource::Layers(l) => (None, l),
-                    };
-                    helper::Mount::Bind {
+            .filter_map(|m| {
+                Some(match m {
+                    StepMount::Ssh { .. } => return None,
+                    StepMount::Cache {
                         target,
-                        source_dir,
-                        source_layers,
+                        dir,
+                        readonly,
+                    } => helper::Mount::Cache {
+                        target,
+                        dir,
+                        readonly,
+                    },
+                    StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
+                    StepMount::Bind {
+                        target,
+                        from,
                         source,
                         readwrite,
+                    } => {
+                        let (source_dir, source_layers) = match from {
+                            CopySource::Dir(d) => (Some(d), Vec::new()),
+                            CopySource::Layers(l) => (None, l),
+                        };
+                        helper::Mount::Bind {
+                            target,
+                            source_dir,
+                            source_layers,
+                            source,
+                            readwrite,
+                        }
                     }
-                }
+                })
             })
+            .chain(sockets)
             .collect();
         let req = Request::Run {
             fs,
@@ -116,6 +144,7 @@ impl Executor for Namespaces {
             mount_dir,
         };
         let status = call_helper(&req, &values, Some(logs)).await?;
+        drop(proxies);
         remove_stubs(&upper, &status);
         if let Some(e) = status.error {
             return Err(Diagnostic::env(format!("cannot run the step: {e}")));

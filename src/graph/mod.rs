@@ -4,7 +4,7 @@
 //! Source spans and names ride beside the graph as node metadata and are never hashed, so editing a comment
 //! or moving a line does not change any digest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use petgraph::Direction;
@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::diag::Located;
 use crate::digest::{Digest, Encoder};
+use crate::lower::op::RunMount;
 use crate::lower::{Op, Program};
 
 /// Bump when the meaning of an encoded field changes: every definition digest changes with it.
@@ -118,37 +119,50 @@ impl BuildGraph {
             .expect("the lowered program is acyclic by construction")
     }
 
-    /// Every secret mounted by any node that `root` depends on, in first-use order.
-    pub fn secrets_of(&self, root: NodeIndex) -> Vec<SecretNeed> {
-        let mut needs: BTreeMap<String, SecretNeed> = BTreeMap::new();
-        let mut order = Vec::new();
+    /// Every secret (`ssh: false`) or ssh agent (`ssh: true`) mounted by a node that `root` depends on, in
+    /// first-use order; `required` if any use requires it, `at` the first place that does (or uses it).
+    pub fn needs_of(&self, root: NodeIndex, ssh: bool) -> Vec<SecretNeed> {
+        let mut seen = std::collections::HashSet::new();
         let mut dfs = petgraph::visit::Dfs::new(petgraph::visit::Reversed(&self.dag), root);
-        let mut seen = Vec::new();
         while let Some(n) = dfs.next(petgraph::visit::Reversed(&self.dag)) {
-            seen.push(n);
+            seen.insert(n);
         }
+        let mut needs: Vec<SecretNeed> = Vec::new();
         for n in self.topo_order().into_iter().filter(|n| seen.contains(n)) {
-            if let Op::Run(r) = &self.dag[n].op {
-                for s in &r.secrets {
-                    let entry = needs.entry(s.id.clone()).or_insert_with(|| {
-                        order.push(s.id.clone());
-                        SecretNeed {
-                            id: s.id.clone(),
-                            required: false,
-                            at: self.dag[n].at.as_ref().map(|a| a.to_string()),
-                        }
-                    });
-                    if s.required && !entry.required {
-                        entry.required = true;
-                        entry.at = self.dag[n].at.as_ref().map(|a| a.to_string());
+            let Op::Run(r) = &self.dag[n].op else {
+                continue;
+            };
+            let uses: Vec<(&str, bool)> = if ssh {
+                r.mounts
+                    .iter()
+                    .filter_map(|m| match m {
+                        RunMount::Ssh { id, required, .. } => Some((id.as_str(), *required)),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                r.secrets
+                    .iter()
+                    .map(|s| (s.id.as_str(), s.required))
+                    .collect()
+            };
+            let at = self.dag[n].at.as_ref().map(|a| a.to_string());
+            for (id, required) in uses {
+                match needs.iter_mut().find(|e| e.id == id) {
+                    None => needs.push(SecretNeed {
+                        id: id.to_string(),
+                        required,
+                        at: at.clone(),
+                    }),
+                    Some(e) if required && !e.required => {
+                        e.required = true;
+                        e.at = at.clone();
                     }
+                    Some(_) => {}
                 }
             }
         }
-        order
-            .into_iter()
-            .filter_map(|id| needs.remove(&id))
-            .collect()
+        needs
     }
 
     /// One line per node: digest prefix, operation, inputs, name and source location.
@@ -219,6 +233,7 @@ impl BuildGraph {
             name: &'a str,
             digest: &'a Digest,
             secrets: Vec<SecretNeed>,
+            ssh: Vec<SecretNeed>,
         }
         #[derive(Serialize)]
         struct JsonGraph<'a> {
@@ -234,7 +249,8 @@ impl BuildGraph {
                 .map(|(name, n)| JsonRoot {
                     name,
                     digest: &self.dag[*n].digest,
-                    secrets: self.secrets_of(*n),
+                    secrets: self.needs_of(*n, false),
+                    ssh: self.needs_of(*n, true),
                 })
                 .collect(),
             nodes: self

@@ -86,6 +86,17 @@ fn options_of(kind: &str) -> &'static [&'static str] {
             "readwrite",
         ],
         "tmpfs" => &["type", "target", "dst", "destination", "size"],
+        "ssh" => &[
+            "type",
+            "id",
+            "target",
+            "dst",
+            "destination",
+            "required",
+            "mode",
+            "uid",
+            "gid",
+        ],
         _ => &["type"],
     }
 }
@@ -99,14 +110,7 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
         .map(|f| (f.value.clone().unwrap_or_default(), f.span))
         .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
     match kind.as_str() {
-        "secret" | "cache" | "bind" | "tmpfs" => {}
-        "ssh" => {
-            return Err(err(
-                kind_span,
-                "mount type `ssh` is not supported yet",
-                "forward an agent with a secret-free design for now, or wait for `--ssh` support",
-            ));
-        }
+        "secret" | "cache" | "bind" | "tmpfs" | "ssh" => {}
         other => {
             let help = match suggest(other, MOUNT_TYPES) {
                 Some(s) => format!("did you mean `{s}`?"),
@@ -196,6 +200,17 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
             flag(&["required"])?.unwrap_or(false),
             &number,
         ),
+        "ssh" => Ok(Parsed::Other(RunMount::Ssh {
+            id: get(&["id"])
+                .and_then(|f| f.value.clone())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "default".to_string()),
+            target,
+            required: flag(&["required"])?.unwrap_or(false),
+            mode: number("mode", 0o600, 8)?,
+            uid: number("uid", 0, 10)?,
+            gid: number("gid", 0, 10)?,
+        })),
         "cache" => {
             let target = need_target(target)?;
             if let Some(f) = get(&["from", "source", "src"]) {

@@ -93,6 +93,16 @@ pub enum RunMount {
         target: String,
         size: Option<u64>,
     },
+    /// An SSH agent socket (`--ssh ID=...`); only the socket enters the step, never a key.
+    /// `target: None` means BuildKit's default, `/run/buildkit/ssh_agent.N`.
+    Ssh {
+        id: String,
+        target: Option<String>,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 impl RunMount {
@@ -101,6 +111,7 @@ impl RunMount {
             RunMount::Cache { target, .. }
             | RunMount::Bind { target, .. }
             | RunMount::Tmpfs { target, .. } => target,
+            RunMount::Ssh { target, .. } => target.as_deref().unwrap_or("/run/buildkit/ssh_agent"),
         }
     }
 }
@@ -260,6 +271,20 @@ impl Op {
                         }
                         RunMount::Tmpfs { target, size } => {
                             e.str("tmpfs").str(target).u64(size.unwrap_or(0));
+                        }
+                        RunMount::Ssh {
+                            id,
+                            target,
+                            required,
+                            mode,
+                            uid,
+                            gid,
+                        } => {
+                            e.str("ssh")
+                                .str(id)
+                                .opt_str(target.as_deref())
+                                .bool(*required);
+                            e.u64((*mode).into()).u64((*uid).into()).u64((*gid).into());
                         }
                     };
                 }

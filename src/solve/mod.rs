@@ -73,6 +73,14 @@ pub enum StepMount {
         target: String,
         size: Option<u64>,
     },
+    /// An agent socket on the host, served to the step through a socket of its own at `target`.
+    Ssh {
+        target: String,
+        agent: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
 }
 
 /// Where COPY reads from.
@@ -123,6 +131,8 @@ pub struct SolveOptions {
     pub contexts: BTreeMap<String, NamedContext>,
     /// `SOURCE_DATE_EPOCH`, used for `created` times.
     pub epoch: Option<i64>,
+    /// `--ssh ID=SOCKET`: the agent socket for each ssh id.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 pub struct Summary {
@@ -143,7 +153,11 @@ struct Shared<E> {
 
 /// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
 /// read, and every required secret must have been given.
-pub fn preflight(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
+pub fn preflight(
+    graph: &BuildGraph,
+    secrets: &SecretStore,
+    ssh: &BTreeMap<String, PathBuf>,
+) -> Result<()> {
     for n in graph.topo_order() {
         if let Op::Image { reference } = &graph.dag[n].op
             && !reference.starts_with("oci-layout://")
@@ -158,27 +172,51 @@ pub fn preflight(graph: &BuildGraph, secrets: &SecretStore) -> Result<()> {
             return Err(d);
         }
     }
-    let missing = graph
-        .topo_order()
-        .into_iter()
-        .find_map(|n| match &graph.dag[n].op {
-            Op::Run(r) => r
-                .secrets
-                .iter()
-                .find(|s| s.required && !secrets.contains(&s.id))
-                .map(|s| (n, s.id.clone())),
+    // Required secrets and ssh agents, checked before the first step rather than when it is reached.
+    for n in graph.topo_order() {
+        let Op::Run(r) = &graph.dag[n].op else {
+            continue;
+        };
+        let missing_secret = r
+            .secrets
+            .iter()
+            .find(|s| s.required && !secrets.contains(&s.id));
+        let missing_ssh = r.mounts.iter().find_map(|m| match m {
+            RunMount::Ssh {
+                id, required: true, ..
+            } if !ssh.contains_key(id) => Some(id),
             _ => None,
         });
-    let Some((n, id)) = missing else {
-        return Ok(());
-    };
-    let mut d = Diagnostic::input(format!("secret `{id}` is required but was not given")).help(
-        format!("pass it with `--secret id={id},src=FILE` (or `env=VAR`)"),
-    );
-    if let Some(at) = &graph.dag[n].at {
-        d = d.label(at.clone(), "this step mounts it with required=true");
+        let (mut d, what) =
+            match (missing_secret, missing_ssh) {
+                (Some(s), _) => (
+                    Diagnostic::input(format!("secret `{}` is required but was not given", s.id))
+                        .help(format!(
+                            "pass it with `--secret id={},src=FILE` (or `env=VAR`)",
+                            s.id
+                        )),
+                    "secret",
+                ),
+                (None, Some(id)) => (
+                    Diagnostic::input(format!("ssh agent `{id}` is required but was not given"))
+                        .help(if id == "default" {
+                            "pass `--ssh default` to forward $SSH_AUTH_SOCK".to_string()
+                        } else {
+                            format!("pass `--ssh {id}=SOCKET` with an agent socket")
+                        }),
+                    "ssh agent",
+                ),
+                (None, None) => continue,
+            };
+        if let Some(at) = &graph.dag[n].at {
+            d = d.label(
+                at.clone(),
+                format!("this step mounts the {what} with required=true"),
+            );
+        }
+        return Err(d);
     }
-    Err(d)
+    Ok(())
 }
 
 /// Runs the graph: independent nodes in parallel (at most `jobs` steps at once), each digest once.
@@ -190,7 +228,7 @@ pub async fn solve<E: Executor>(
     secrets: Arc<SecretStore>,
     opts: SolveOptions,
 ) -> Result<Summary> {
-    preflight(&graph, &secrets)?;
+    preflight(&graph, &secrets, &opts.ssh)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let shared = Arc::new(Shared {
         graph: graph.clone(),
@@ -466,6 +504,13 @@ impl<E: Executor> Shared<E> {
             Op::Run(r) => {
                 let mut step = self.run_step(r, base, fs)?;
                 let (mounts, held) = self.step_mounts(r, &inputs).await?;
+                // As BuildKit does: the step's ssh client finds the (first) forwarded agent by itself.
+                if let Some(StepMount::Ssh { target, .. }) =
+                    mounts.iter().find(|m| matches!(m, StepMount::Ssh { .. }))
+                {
+                    step.env.retain(|e| !e.starts_with("SSH_AUTH_SOCK="));
+                    step.env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
                 caches = mounts
                     .iter()
                     .filter_map(|m| match m {
@@ -719,6 +764,32 @@ impl<E: Executor> Shared<E> {
                     target: target.clone(),
                     size: *size,
                 },
+                RunMount::Ssh {
+                    id,
+                    target,
+                    mode,
+                    uid,
+                    gid,
+                    ..
+                } => {
+                    let n = mounts
+                        .iter()
+                        .filter(|m| matches!(m, StepMount::Ssh { .. }))
+                        .count();
+                    let Some(agent) = self.opts.ssh.get(id) else {
+                        // Optional and not given: the step runs without it (required ones fail preflight).
+                        continue;
+                    };
+                    StepMount::Ssh {
+                        target: target
+                            .clone()
+                            .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}")),
+                        agent: agent.clone(),
+                        mode: *mode,
+                        uid: *uid,
+                        gid: *gid,
+                    }
+                }
             });
         }
         Ok((mounts, held))

@@ -12,3 +12,4 @@ mod graph;
 mod mounts;
 mod parallel;
 mod secrets;
+mod ssh;
