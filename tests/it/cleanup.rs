@@ -94,3 +94,101 @@ RUN sleep 313 & echo started; exit 3
         "`{marker}` outlived the build: pids {alive:?}"
     );
 }
+
+/// Waits up to 2 s for every process holding `marker` to end; kills and reports any that do not.
+fn assert_gone(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut alive = processes_with(marker);
+    while !alive.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        alive = processes_with(marker);
+    }
+    for pid in &alive {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).expect("a pid"));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert!(
+        alive.is_empty(),
+        "`{marker}` outlived the build: pids {alive:?}"
+    );
+}
+
+/// SIGTERM to kiln while a step runs: kiln stops, and the step's processes and mounts go with it.
+#[test]
+fn sigterm_kills_running_steps() {
+    use std::io::{BufRead as _, BufReader};
+    let ctx = context(&[("Dockerfile", "FROM base\nRUN echo started && sleep 314\n")]);
+    let store = crate::support::tempdir("store-");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "--progress", "plain", "--store"])
+        .arg(store.path())
+        .arg("--build-context")
+        .arg(format!(
+            "base=oci-layout://{}",
+            crate::support::base_image().display()
+        ))
+        .arg(ctx.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln starts");
+    let stderr = child.stderr.take().expect("piped");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.expect("utf-8");
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.ends_with(" started") {
+            break;
+        }
+    }
+    assert!(seen.contains("started"), "the step never started:\n{seen}");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("signal kiln");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().expect("kiln exits");
+    assert!(!status.success(), "kiln must report the interruption");
+    assert!(
+        rest.join("\n").contains("terminated"),
+        "{}",
+        rest.join("\n")
+    );
+    assert_gone("sleep 314");
+    let left = mounts_under(store.path());
+    assert!(
+        left.is_empty(),
+        "mounts outlived the build:\n{}",
+        left.join("\n")
+    );
+}
+
+/// A failing step cancels its running siblings: their processes end with the build.
+#[test]
+fn a_failing_sibling_cancels_the_others() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base AS slow
+RUN sleep 315
+
+FROM base AS broken
+RUN sleep 0.3; exit 4
+
+FROM base
+COPY --from=slow /etc/passwd /a
+COPY --from=broken /etc/passwd /b
+",
+    )]);
+    let started = Instant::now();
+    let out = Kiln::new()
+        .with_base()
+        .args(["--jobs", "4"])
+        .arg(ctx.path())
+        .run();
+    out.expect_code(1);
+    assert!(out.stderr.contains("exit code 4"), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the build waited for the slow sibling"
+    );
+    assert_gone("sleep 315");
+}
