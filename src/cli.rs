@@ -267,11 +267,49 @@ fn compile(args: &CompileArgs, cl: &CommandLine) -> Result<Compiled> {
         };
         opts.contexts.insert(name.to_string(), ctx);
     }
+    opts.excludes = dockerignore(context, &path)?;
     let program = crate::lower::dockerfile::lower(&df, &opts)?;
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts: opts.contexts,
     })
+}
+
+/// The `.dockerignore` patterns that apply (`<Dockerfile>.dockerignore` first, then the context's), cleaned.
+fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
+    match crate::solve::dockerignore::load(context, dockerfile) {
+        Ok((patterns, _)) => Ok(patterns.canonical()),
+        Err(e) => {
+            // A bad pattern: point at its line in the ignore file.
+            let file = [
+                PathBuf::from(format!("{}.dockerignore", dockerfile.display())),
+                context.join(".dockerignore"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file());
+            let inner = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<crate::solve::dockerignore::PatternError>());
+            match (file, inner) {
+                (Some(f), Some(pe)) => {
+                    let text = std::fs::read_to_string(&f).unwrap_or_default();
+                    let source = SourceFile::new(f.display().to_string(), text.clone());
+                    let start: usize = text
+                        .lines()
+                        .take(pe.line.saturating_sub(1))
+                        .map(|l| l.len() + 1)
+                        .sum();
+                    let len = text
+                        .lines()
+                        .nth(pe.line.saturating_sub(1))
+                        .map_or(1, str::len);
+                    Err(Diagnostic::at(&source, Span::new(start, start + len), pe.message.clone())
+                        .help("patterns follow Docker's .dockerignore rules: `*`, `?`, `[...]`, `**`, and `!` to re-include"))
+                }
+                _ => Err(Diagnostic::input(format!("cannot read .dockerignore: {e}"))),
+            }
+        }
+    }
 }
 
 fn absolute(p: &Path) -> PathBuf {

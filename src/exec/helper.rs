@@ -67,7 +67,7 @@ pub enum Request {
     Copy {
         fs: Overlay,
         /// A host directory, or the layers of another filesystem (mounted read-only at `source_mount`).
-        source_dir: Option<PathBuf>,
+        source_dir: Option<crate::solve::context::HostDir>,
         source_layers: Vec<PathBuf>,
         source_mount: PathBuf,
         op: CopyOp,
@@ -89,7 +89,7 @@ pub enum Mount {
     Bind {
         target: String,
         /// A host directory, or layers to mount read-only first.
-        source_dir: Option<PathBuf>,
+        source_dir: Option<crate::solve::context::HostDir>,
         source_layers: Vec<PathBuf>,
         source: String,
         readwrite: bool,
@@ -227,10 +227,10 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
         } => {
             mount_overlay(&fs)?;
             let src = match source_dir {
-                Some(d) => d,
+                Some(d) => d.tree()?,
                 None => {
                     mount_readonly(&source_layers, &fs.empty, &source_mount)?;
-                    source_mount
+                    crate::solve::context::Tree::whole(&source_mount)
                 }
             };
             rootfs::copy(&src, &fs.target, &op)?;
@@ -505,7 +505,15 @@ fn setup_mount(
         } => {
             std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
             let src_root = match source_dir {
-                Some(d) => d.clone(),
+                Some(d) if d.excludes.is_empty() => d.path.clone(),
+                Some(d) => {
+                    // The context as the build sees it: what .dockerignore excludes is not there.
+                    let filtered = scratch.join("filtered");
+                    std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
+                    let tree = d.tree()?;
+                    rootfs::copy_tree(&tree, &d.path, &filtered, None, None)?;
+                    filtered
+                }
                 None => {
                     let view = scratch.join("view");
                     std::fs::create_dir_all(&view).map_err(|e| e.to_string())?;

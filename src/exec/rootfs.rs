@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use crate::lower::op::CopyOp;
-use crate::solve::context;
+use crate::solve::context::{self, Tree};
 
 /// Resolves `path` (absolute, as seen inside the container) to a host path under `root`, following
 /// symlinks the way the container would see them: an absolute link target restarts at `root`, and `..`
@@ -88,15 +88,16 @@ pub fn mkdir_all(
     Ok((resolve(root, path, true)?, created))
 }
 
-/// Performs a COPY: `src_root` is where sources are selected from, `root` the destination filesystem.
-pub fn copy(src_root: &Path, root: &Path, op: &CopyOp) -> Result<(), String> {
+/// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
+pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
+    let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
         None => Some((0, 0)),
     };
     let mut selected = Vec::new();
     for pattern in &op.sources {
-        for rel in context::select(src_root, pattern)? {
+        for rel in src.select(pattern)? {
             selected.push((pattern, rel));
         }
     }
@@ -104,12 +105,12 @@ pub fn copy(src_root: &Path, root: &Path, op: &CopyOp) -> Result<(), String> {
         || selected.len() > 1
         || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
     for (pattern, rel) in selected {
-        let src = context::resolve_source(src_root, &rel)?;
+        let from = context::resolve_source(src_root, &rel)?;
         let meta =
-            fs::metadata(&src).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
+            fs::metadata(&from).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
         if meta.is_dir() {
             let (dest, _) = mkdir_all(root, &op.dest, owner)?;
-            copy_tree(&src, &dest, owner, op.chmod)?;
+            copy_tree(src, &from, &dest, owner, op.chmod)?;
         } else {
             let dest_path = if into_dir {
                 let name = rel
@@ -122,7 +123,7 @@ pub fn copy(src_root: &Path, root: &Path, op: &CopyOp) -> Result<(), String> {
             };
             let (parent, name) = split_parent(&dest_path);
             let (dir, _) = mkdir_all(root, &parent, owner)?;
-            copy_entry(&src, &dir.join(name), owner, op.chmod)?;
+            copy_entry(&from, &dir.join(name), owner, op.chmod)?;
         }
     }
     Ok(())
@@ -136,15 +137,22 @@ fn split_parent(path: &str) -> (String, String) {
     }
 }
 
-fn copy_tree(
-    src: &Path,
+/// Copies the contents of `from` (a directory of `tree`) into `dest`, leaving out what the tree excludes.
+pub fn copy_tree(
+    tree: &Tree,
+    from: &Path,
     dest: &Path,
     owner: Option<(u32, u32)>,
     chmod: Option<u32>,
 ) -> Result<(), String> {
-    for entry in walkdir::WalkDir::new(src).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let rel = entry.path().strip_prefix(src).map_err(|e| e.to_string())?;
+    for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
+        let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
+        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // A directory entered only for re-included children is made here, without its other files.
+            if !dest.join(parent).exists() {
+                fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
+            }
+        }
         copy_entry(entry.path(), &dest.join(rel), owner, chmod)?;
     }
     Ok(())

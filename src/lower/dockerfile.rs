@@ -274,6 +274,11 @@ impl Lowerer<'_> {
         let id = self.program.push(
             Op::Context {
                 name: name.to_string(),
+                excludes: if name == "context" {
+                    self.opts.excludes.clone()
+                } else {
+                    Vec::new()
+                },
             },
             vec![],
             format!("context {name}"),

@@ -73,6 +73,8 @@ pub struct LowerOptions {
     pub build_args: BTreeMap<String, String>,
     pub contexts: BTreeMap<String, NamedContext>,
     pub target: Option<String>,
+    /// The main context's `.dockerignore` patterns.
+    pub excludes: Vec<String>,
     /// Where `--target` was given, for errors about it.
     pub target_at: Option<Located>,
 }

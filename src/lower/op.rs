@@ -16,7 +16,11 @@ pub enum Op {
     Image { reference: String },
     /// A local directory given to the build (`context` for the main one, or a `--build-context` name).
     /// Its contents are never read at compile time; only the files a step selects enter that step's key.
-    Context { name: String },
+    Context {
+        name: String,
+        /// `.dockerignore` patterns (cleaned, in file order): which files the context offers at all.
+        excludes: Vec<String>,
+    },
     /// A command over the rootfs input. Inputs: `[rootfs]`.
     Run(RunOp),
     /// Copy paths from a source into the rootfs. Inputs: `[rootfs, source]`.
@@ -222,8 +226,8 @@ impl Op {
             Op::Image { reference } => {
                 e.str(reference);
             }
-            Op::Context { name } => {
-                e.str(name);
+            Op::Context { name, excludes } => {
+                e.str(name).strs(excludes);
             }
             Op::Run(r) => {
                 e.strs(&r.args).pairs(&r.env);

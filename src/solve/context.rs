@@ -1,12 +1,98 @@
-//! Selecting files from a source tree for COPY: Go-style wildcard matching, confinement to the tree, and
-//! the content digest of a selection (what a COPY's cache key mixes in, instead of the whole context).
+//! Selecting files from a source tree for COPY: Go-style wildcard matching, `.dockerignore` exclusions,
+//! confinement to the tree, and the content digest of a selection (what a COPY's cache key mixes in,
+//! instead of the whole context).
 
 use std::fs;
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+use super::dockerignore::Patterns;
+
+/// A directory on the host offered to the build, with the `.dockerignore` patterns that hide parts of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDir {
+    pub path: PathBuf,
+    pub excludes: Vec<String>,
+}
+
+impl HostDir {
+    pub fn tree(&self) -> Result<Tree, String> {
+        let refs: Vec<&str> = self.excludes.iter().map(String::as_str).collect();
+        let ignore = Patterns::from_patterns(&refs).map_err(|e| e.to_string())?;
+        Ok(Tree {
+            root: self.path.clone(),
+            ignore,
+        })
+    }
+}
+
+/// A source tree as COPY sees it: a root, minus what `.dockerignore` excludes.
+pub struct Tree {
+    pub root: PathBuf,
+    ignore: Patterns,
+}
+
+impl Tree {
+    /// A tree with nothing excluded (another stage's filesystem).
+    pub fn whole(root: &Path) -> Tree {
+        Tree {
+            root: root.to_path_buf(),
+            ignore: Patterns::from_patterns(&[]).expect("no patterns parse"),
+        }
+    }
+
+    fn hidden(&self, rel: &Path, is_dir: bool) -> bool {
+        let rel = rel.to_string_lossy();
+        !rel.is_empty()
+            && self.ignore.excluded(&rel)
+            && !(is_dir && self.ignore.may_reinclude_under(&rel))
+    }
+
+    /// The paths one COPY source pattern names, relative to the root; excluded ones are not there.
+    pub fn select(&self, pattern: &str) -> Result<Vec<PathBuf>, String> {
+        let found = select(&self.root, pattern)?;
+        let kept: Vec<PathBuf> = found
+            .into_iter()
+            .filter(|rel| !self.hidden(rel, self.root.join(rel).is_dir()))
+            .collect();
+        if kept.is_empty() {
+            return Err(format!("`{pattern}` is excluded by .dockerignore"));
+        }
+        Ok(kept)
+    }
+
+    /// Every entry at or under `start` (an absolute path inside the root) that is not excluded, sorted;
+    /// directories excluded as a whole are not entered unless a pattern re-includes something in them.
+    pub fn entries(&self, start: &Path) -> Result<Vec<walkdir::DirEntry>, String> {
+        let root = self.root.clone();
+        let mut out = Vec::new();
+        let walker = walkdir::WalkDir::new(start)
+            .sort_by_file_name()
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| {
+                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                !self.hidden(rel, e.file_type().is_dir())
+            });
+        for entry in walker {
+            let entry = entry.map_err(|e| format!("cannot read {}: {e}", start.display()))?;
+            let rel = entry
+                .path()
+                .strip_prefix(&self.root)
+                .unwrap_or(entry.path());
+            // A directory entered only for its re-included children is not itself copied.
+            if entry.depth() > 0 && self.ignore.excluded(&rel.to_string_lossy()) {
+                continue;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+}
 
 /// One COPY source pattern resolved to the paths it names, relative to the tree root.
 /// Errors are plain text; the caller knows which instruction to point at.
@@ -116,20 +202,20 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
 /// Digest of what a COPY would take from `root`: every selected path with its type, permission bits, size
 /// and content (or link target). Owners and times are left out, as COPY resets owners and BuildKit's
 /// content checksums ignore times: touching a file does not invalidate the step.
-pub fn selection_digest(root: &Path, patterns: &[String]) -> Result<String, String> {
+pub fn selection_digest(tree: &Tree, patterns: &[String]) -> Result<String, String> {
+    let root = &tree.root;
     let mut h = Sha256::new();
     for pattern in patterns {
         h.update(pattern.as_bytes());
         h.update([0]);
-        for rel in select(root, pattern)? {
+        for rel in tree.select(pattern)? {
             let top = root.join(&rel);
             // A source that is a symlink is followed (inside the tree), as docker does for COPY sources.
             let start = resolve_source(root, &rel)?;
-            let walker = walkdir::WalkDir::new(&start)
-                .sort_by_file_name()
-                .follow_links(false);
-            for entry in walker {
-                let entry = entry.map_err(|e| format!("cannot read {}: {e}", top.display()))?;
+            for entry in tree
+                .entries(&start)
+                .map_err(|e| format!("{e} (under {})", top.display()))?
+            {
                 let meta = entry
                     .path()
                     .symlink_metadata()

@@ -6,6 +6,8 @@
 //! which the `exec` stage implements and the driver plugs in.
 
 pub mod context;
+use context::HostDir;
+pub mod dockerignore;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -87,7 +89,7 @@ pub enum StepMount {
 #[derive(Clone, Debug)]
 pub enum CopySource {
     /// A directory on the host (a build context).
-    Dir(PathBuf),
+    Dir(HostDir),
     /// Another node's layers, bottom first (a stage or an image).
     Layers(Vec<PathBuf>),
 }
@@ -119,7 +121,7 @@ pub enum Output {
     /// A filesystem: layers bottom-up and the config of the image it started from.
     Fs(CacheRecord),
     /// A host directory (a build context).
-    Dir(PathBuf),
+    Dir(HostDir),
     /// A finished image: layers plus the full OCI image config JSON (without `rootfs`).
     Image { layers: Vec<String>, config: Value },
 }
@@ -354,9 +356,12 @@ impl<E: Executor> Shared<E> {
                     None,
                 ))
             }
-            Op::Context { name } => {
+            Op::Context { name, excludes } => {
                 let dir = match self.opts.contexts.get(name) {
-                    Some(NamedContext::Dir(d)) => d.clone(),
+                    Some(NamedContext::Dir(d)) => HostDir {
+                        path: d.clone(),
+                        excludes: excludes.clone(),
+                    },
                     _ => {
                         return Err(Diagnostic::input(format!(
                             "build context `{name}` was not given"
@@ -422,10 +427,9 @@ impl<E: Executor> Shared<E> {
         let Output::Fs(base) = &inputs[0].1 else {
             unreachable!("steps run over a filesystem")
         };
-        // COPY from a host directory: only the selected files' content enters the key.
         // Files taken from a host directory (COPY sources, bind mount sources): only the selected files'
         // content enters the key, never the whole context.
-        let selections: Vec<(PathBuf, Vec<String>, &str)> = match &node.op {
+        let selections: Vec<(HostDir, Vec<String>, &str)> = match &node.op {
             Op::Copy(c) => match inputs.get(1) {
                 Some((_, Output::Dir(dir))) => vec![(dir.clone(), c.sources.clone(), "COPY")],
                 _ => vec![],
@@ -446,19 +450,18 @@ impl<E: Executor> Shared<E> {
             _ => vec![],
         };
         for (dir, sources, what) in selections {
-            let digest =
-                tokio::task::spawn_blocking(move || context::selection_digest(&dir, &sources))
-                    .await
-                    .map_err(|e| Diagnostic::env(format!("context hashing failed: {e}")))?
-                    .map_err(|e| {
-                        self.located(
-                            n,
-                            Diagnostic::input(format!("{what} failed: {e} in the build context"))
-                                .help(
-                                    "check the path; it is relative to the build context directory",
-                                ),
-                        )
-                    })?;
+            let digest = tokio::task::spawn_blocking(move || {
+                context::selection_digest(&dir.tree()?, &sources)
+            })
+            .await
+            .map_err(|e| Diagnostic::env(format!("context hashing failed: {e}")))?
+            .map_err(|e| {
+                self.located(
+                    n,
+                    Diagnostic::input(format!("{what} failed: {e} in the build context"))
+                        .help("check the path; it is relative to the build context directory"),
+                )
+            })?;
             key.str(&digest);
         }
         let key = key.finish();

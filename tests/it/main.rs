@@ -6,6 +6,7 @@ mod support;
 mod bad_secret;
 mod cache;
 mod cleanup;
+mod dockerignore;
 mod errors;
 mod example;
 mod graph;
