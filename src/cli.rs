@@ -449,59 +449,75 @@ fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, PathBuf)> {
     }
 }
 
-enum OutputSpec {
-    Oci { dest: PathBuf, tar: bool },
-}
-
-fn parse_output(cl: &CommandLine, value: &str) -> Result<OutputSpec> {
+/// `-o type=TYPE,dest=PATH` (docker's spelling); a bare `-o PATH` means `type=local,dest=PATH`.
+fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::export::Output> {
+    use crate::export::Output;
+    if !value.contains('=') {
+        if value == "-" {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    "writing an output to stdout is not supported yet",
+                )
+                .help("give a file: `-o type=tar,dest=rootfs.tar`"));
+        }
+        return Ok(Output::Local {
+            dest: PathBuf::from(value),
+        });
+    }
     let fields = crate::options::parse(value)
         .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
     let get = |k: &str| fields.iter().find(|f| f.key == k);
     let kind = get("type")
         .and_then(|f| f.value.clone())
         .unwrap_or_default();
-    match kind.as_str() {
+    let known = ["oci", "docker", "local", "tar", "registry", "image"];
+    if !["oci", "docker", "local", "tar"].contains(&kind.as_str()) {
+        let d = match kind.as_str() {
+            "" => cl.error(value, Span::default(), "output needs a `type`"),
+            k if known.contains(&k) => cl.error(
+                value,
+                Span::default(),
+                format!("output type `{k}` is not supported yet"),
+            ),
+            k => cl.error(value, Span::default(), format!("unknown output type `{k}`")),
+        };
+        return Err(match suggest(&kind, known).filter(|s| *s != kind) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help(
+                "output types are `oci`, `docker`, `local` and `tar`, e.g. `-o type=oci,dest=DIR`",
+            ),
+        });
+    }
+    let Some(dest) = get("dest")
+        .and_then(|f| f.value.clone())
+        .filter(|d| !d.is_empty())
+    else {
+        return Err(cl
+            .error(
+                value,
+                Span::default(),
+                format!("output type `{kind}` needs `dest`"),
+            )
+            .help(format!("write `-o type={kind},dest=PATH`")));
+    };
+    let dest = PathBuf::from(dest);
+    Ok(match kind.as_str() {
         "oci" => {
-            let Some(dest) = get("dest")
-                .and_then(|f| f.value.clone())
-                .filter(|d| !d.is_empty())
-            else {
-                return Err(cl
-                    .error(value, Span::default(), "output type `oci` needs `dest`")
-                    .help("write `-o type=oci,dest=DIR` (or `dest=FILE.tar`)"));
-            };
             let tar = match get("tar").map(|f| crate::options::parse_bool(f.value.as_deref())) {
                 Some(Some(b)) => b,
                 Some(None) => {
                     return Err(cl.error(value, Span::default(), "`tar` must be true or false"));
                 }
-                None => dest.ends_with(".tar"),
+                None => dest.extension().is_some_and(|e| e == "tar"),
             };
-            Ok(OutputSpec::Oci {
-                dest: PathBuf::from(dest),
-                tar,
-            })
+            Output::Oci { dest, tar }
         }
-        "" => Err(cl
-            .error(value, Span::default(), "output needs a `type`")
-            .help("write `-o type=oci,dest=DIR`")),
-        other => {
-            let known = ["oci", "docker", "local", "tar", "registry", "image"];
-            let d = cl.error(
-                value,
-                Span::default(),
-                format!("output type `{other}` is not supported yet"),
-            );
-            Err(if known.contains(&other) {
-                d.help("this version of kiln writes `type=oci` (a directory, or a tar when dest ends in .tar)")
-            } else {
-                match suggest(other, known) {
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => d.help("use `-o type=oci,dest=DIR`"),
-                }
-            })
-        }
-    }
+        "docker" => Output::Docker { dest },
+        "local" => Output::Local { dest },
+        _ => Output::Tar { dest },
+    })
 }
 
 /// Names where the export guard found a secret: the file and the step that wrote it, or the config.
@@ -543,17 +559,6 @@ fn leak_error(
             }
             d
         }
-    }
-}
-
-/// The OCI layout's `ref.name`: the tag part of `-t name:tag`, `latest` by default (as docker does).
-fn layout_tag(tag: Option<&String>) -> String {
-    match tag {
-        Some(t) => match t.rsplit_once(':') {
-            Some((_, tag)) if !tag.contains('/') => tag.to_string(),
-            _ => "latest".to_string(),
-        },
-        None => "latest".to_string(),
     }
 }
 
@@ -658,25 +663,32 @@ fn build(args: BuildArgs) -> Result<()> {
             return Err(leak_error(&graph, &summary, found));
         }
         for out in &outputs {
-            let OutputSpec::Oci { dest, tar } = out;
             let exported = crate::export::export(
                 &store,
                 layers,
                 config,
-                &crate::export::Output::Oci {
-                    dest: dest.clone(),
-                    tar: *tar,
-                },
-                Some(&layout_tag(args.tags.first())),
+                out,
+                args.tags.first().map(String::as_str),
                 epoch,
             )?;
-            reporter.event(Event::Note(format!(
-                "exported {name} to {} ({} layers), manifest {}",
-                dest.display(),
-                exported.layers,
-                exported.manifest
-            )));
-            println!("{}", exported.manifest);
+            let dest = match out {
+                crate::export::Output::Oci { dest, .. }
+                | crate::export::Output::Docker { dest }
+                | crate::export::Output::Local { dest }
+                | crate::export::Output::Tar { dest } => dest,
+            };
+            let note = match &exported.manifest {
+                Some(m) => format!(
+                    "exported {name} to {} ({} layers), manifest {m}",
+                    dest.display(),
+                    exported.layers
+                ),
+                None => format!("exported the filesystem of {name} to {}", dest.display()),
+            };
+            reporter.event(Event::Note(note));
+            if let Some(m) = exported.manifest {
+                println!("{m}");
+            }
         }
     }
     Ok(())

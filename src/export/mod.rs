@@ -1,7 +1,10 @@
 //! Stage 7, export: a solved image (snapshots plus config) becomes OCI blobs (layer tars, config, manifest)
-//! and is written out as an OCI image layout directory or tar.
+//! and is written out as an OCI image layout (directory or tar), a docker-archive, or as its final
+//! filesystem (a directory or a tar).
 
+pub mod docker;
 pub mod layer;
+pub mod local;
 
 use std::path::{Path, PathBuf};
 
@@ -20,24 +23,118 @@ use crate::store::{LayerBlob, Store};
 pub enum Output {
     /// An OCI image layout; a tar of one when `tar` is set (dest ends in `.tar`).
     Oci { dest: PathBuf, tar: bool },
+    /// A docker-archive tar (`docker save` format), loadable by `docker load` and `podman load`.
+    Docker { dest: PathBuf },
+    /// The final filesystem, as a directory.
+    Local { dest: PathBuf },
+    /// The final filesystem, as a tar file.
+    Tar { dest: PathBuf },
 }
 
-/// What was exported: the manifest digest and its size, for the summary line.
+/// What was exported: the manifest digest (for image outputs) and the number of layers, for the summary.
 pub struct Exported {
-    pub manifest: Digest,
+    pub manifest: Option<Digest>,
     pub layers: usize,
 }
 
-/// Builds the image's blobs in the store (reusing any computed before) and writes the requested output.
+/// Writes the requested output. Image outputs build their blobs in the store (reusing any computed before);
+/// filesystem outputs apply the snapshots and never compress anything.
 pub fn export(
     store: &Store,
     layers: &[String],
     config: &Value,
     output: &Output,
-    tag: Option<&str>,
+    name: Option<&str>,
     epoch: Option<i64>,
 ) -> Result<Exported> {
+    let tag = name;
+    match output {
+        Output::Local { dest } => {
+            local::write_dir(store, layers, dest)?;
+            return Ok(Exported {
+                manifest: None,
+                layers: layers.len(),
+            });
+        }
+        Output::Tar { dest } => {
+            let tmp = store.temp_dir("export-")?;
+            let dir = tmp.path().join("rootfs");
+            local::write_dir(store, layers, &dir)?;
+            write_atomically(dest, |f| local::write_tar(&dir, f, epoch))?;
+            return Ok(Exported {
+                manifest: None,
+                layers: layers.len(),
+            });
+        }
+        Output::Oci { .. } | Output::Docker { .. } => {}
+    }
+    let image = build_image(store, layers, config, epoch)?;
+    match output {
+        Output::Docker { dest } => {
+            write_atomically(dest, |f| {
+                docker::write_archive(store, &image, tag, epoch, f)
+            })?;
+        }
+        Output::Oci { dest, tar } => {
+            let mut files: Vec<(String, PathBuf)> = image
+                .blobs
+                .iter()
+                .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
+                .collect();
+            files.push((
+                image.config_digest.to_string(),
+                store.blob_path(&image.config_digest),
+            ));
+            let layout_tag = Some(tag_of(tag));
+            if *tar {
+                let tmp = store.temp_dir("export-")?;
+                let dir = tmp.path().join("layout");
+                crate::oci::write_layout(&dir, &image.manifest, layout_tag.as_deref(), &files)
+                    .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
+                write_atomically(dest, |f| crate::oci::write_layout_tar(&dir, f))?;
+            } else {
+                crate::oci::write_layout(dest, &image.manifest, layout_tag.as_deref(), &files)
+                    .map_err(|e| {
+                        Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e)
+                    })?;
+            }
+        }
+        Output::Local { .. } | Output::Tar { .. } => unreachable!("handled above"),
+    }
+    Ok(Exported {
+        manifest: Some(Digest::of(&image.manifest)),
+        layers: image.blobs.len(),
+    })
+}
+
+/// The OCI layout's `ref.name` for an image name: `name:tag` → `tag`; no tag (or no name) → `latest`,
+/// as docker does.
+pub fn tag_of(name: Option<&str>) -> String {
+    name.and_then(|n| n.rsplit('/').next())
+        .and_then(|last| last.split_once(':'))
+        .map(|(_, t)| t.to_string())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "latest".to_string())
+}
+
+/// An image's blobs, all in the store: non-empty layers, config and manifest.
+pub struct Image {
+    /// The layers that hold something, bottom first, with the snapshots they came from.
+    pub blobs: Vec<LayerBlob>,
+    pub snapshots: Vec<String>,
+    pub config: Vec<u8>,
+    pub config_digest: Digest,
+    pub manifest: Vec<u8>,
+}
+
+fn build_image(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    epoch: Option<i64>,
+) -> Result<Image> {
     let mut blobs: Vec<LayerBlob> = Vec::new();
+    let mut snapshots = Vec::new();
     let mut empty = Vec::new();
     for snapshot in layers {
         let path = store.snapshot_path(snapshot);
@@ -48,6 +145,7 @@ pub fn export(
         empty.push(is_empty);
         if !is_empty {
             blobs.push(layer_blob(store, snapshot, epoch)?);
+            snapshots.push(snapshot.clone());
         }
     }
     let config = finish_config(config, &blobs, &empty)?;
@@ -82,38 +180,37 @@ pub fn export(
         .layers(layer_descs)
         .build()
         .map_err(|e| Diagnostic::env(format!("cannot build the manifest: {e}")))?;
-    let manifest_bytes = canonical_json(&manifest)?;
-    let manifest_digest = Digest::of(&manifest_bytes);
-    let mut files: Vec<(String, PathBuf)> = blobs
-        .iter()
-        .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
-        .collect();
-    files.push((config_digest.to_string(), store.blob_path(&config_digest)));
-    match output {
-        Output::Oci { dest, tar: false } => {
-            crate::oci::write_layout(dest, &manifest_bytes, tag, &files).map_err(|e| {
-                Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e)
-            })?;
-        }
-        Output::Oci { dest, tar: true } => {
-            let tmp = store.temp_dir("export-")?;
-            let dir = tmp.path().join("layout");
-            crate::oci::write_layout(&dir, &manifest_bytes, tag, &files)
-                .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
-            let parent = dest
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let fail = |e| Diagnostic::io(format!("cannot write {}", dest.display()), e);
-            let mut file = tempfile::NamedTempFile::new_in(parent).map_err(fail)?;
-            crate::oci::write_layout_tar(&dir, &mut file).map_err(fail)?;
-            file.persist(dest).map_err(|e| fail(e.error))?;
-        }
-    }
-    Ok(Exported {
-        manifest: manifest_digest,
-        layers: blobs.len(),
+    let manifest = canonical_json(&manifest)?;
+    store.put_blob(&manifest)?;
+    Ok(Image {
+        blobs,
+        snapshots,
+        config: config_bytes,
+        config_digest,
+        manifest,
     })
+}
+
+/// Writes a file through a temp file beside it, so `dest` holds either nothing or the whole output.
+fn write_atomically(
+    dest: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let fail = |e| Diagnostic::io(format!("cannot write {}", dest.display()), e);
+    std::fs::create_dir_all(parent).map_err(fail)?;
+    let mut file = tempfile::NamedTempFile::new_in(parent).map_err(fail)?;
+    {
+        let mut buffered = std::io::BufWriter::new(file.as_file_mut());
+        write(&mut buffered).map_err(fail)?;
+        std::io::Write::flush(&mut buffered).map_err(fail)?;
+    }
+    file.as_file().sync_all().map_err(fail)?;
+    file.persist(dest).map_err(|e| fail(e.error))?;
+    Ok(())
 }
 
 /// Where the guard found a secret in a finished image.

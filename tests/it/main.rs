@@ -11,6 +11,7 @@ mod errors;
 mod example;
 mod graph;
 mod mounts;
+mod outputs;
 mod parallel;
 mod secrets;
 mod ssh;

@@ -1,0 +1,120 @@
+//! Every output type, judged by independent tools: docker-archive (skopeo reads it back), the final
+//! filesystem as a directory and as a tar (files, modes, symlinks, deletions), and reproducible digests
+//! with `SOURCE_DATE_EPOCH`.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use crate::support::{Kiln, context, tempdir, tool};
+
+const DOCKERFILE: &str = "FROM base
+RUN rm /etc/group && mkdir -p /app && echo hi > /app/hello && chmod 0750 /app/hello && ln -s /app/hello /app/link
+LABEL org.example.kind=outputs
+CMD [\"/app/hello\"]
+";
+
+fn build(outputs: &[String], env: Option<(&str, &str)>) -> crate::support::Output {
+    let ctx = context(&[("Dockerfile", DOCKERFILE)]);
+    let mut k = Kiln::new().with_base().args(["-t", "kiln/outputs:1.0"]);
+    for o in outputs {
+        k = k.arg("-o").arg(o);
+    }
+    if let Some((key, value)) = env {
+        k = k.env(key, value);
+    }
+    let out = k.arg(ctx.path()).run();
+    out.success();
+    out
+}
+
+#[test]
+fn docker_archive_local_dir_and_tar() {
+    let dir = tempdir("out-");
+    let archive = dir.path().join("image.tar");
+    let rootfs = dir.path().join("rootfs");
+    let fs_tar = dir.path().join("rootfs.tar");
+    build(
+        &[
+            format!("type=docker,dest={}", archive.display()),
+            format!("type=local,dest={}", rootfs.display()),
+            format!("type=tar,dest={}", fs_tar.display()),
+        ],
+        None,
+    );
+
+    // skopeo reads the docker-archive and copies it into an OCI layout: config and layers are consistent.
+    let inspect = tool(
+        "skopeo",
+        &["inspect", &format!("docker-archive:{}", archive.display())],
+    );
+    let json: serde_json::Value = serde_json::from_str(&inspect).expect("skopeo JSON");
+    assert_eq!(json["Labels"]["org.example.kind"], "outputs", "{inspect}");
+    let copied = dir.path().join("copied");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("docker-archive:{}", archive.display()),
+            &format!("oci:{}:x", copied.display()),
+        ],
+    );
+    let manifest = tool("tar", &["-xOf", archive.to_str().unwrap(), "manifest.json"]);
+    assert!(
+        manifest.contains("kiln/outputs:1.0"),
+        "RepoTags: {manifest}"
+    );
+
+    // The final filesystem: the RUN's files with their modes and link, the deleted file gone.
+    let hello = rootfs.join("app/hello");
+    assert_eq!(std::fs::read_to_string(&hello).unwrap(), "hi\n");
+    assert_eq!(
+        std::fs::metadata(&hello).unwrap().permissions().mode() & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::read_link(rootfs.join("app/link"))
+            .unwrap()
+            .to_str(),
+        Some("/app/hello")
+    );
+    assert_eq!(
+        std::fs::read_link(rootfs.join("bin/sh")).unwrap().to_str(),
+        Some("/bin/busybox")
+    );
+    assert!(rootfs.join("etc/passwd").is_file());
+    assert!(
+        !rootfs.join("etc/group").exists(),
+        "a file the RUN deleted must be gone"
+    );
+    assert!(!rootfs.join(".wh.group").exists() && !rootfs.join("etc/.wh.group").exists());
+
+    // The same as a tar, listed by GNU tar.
+    let listing = tool("tar", &["-tvf", fs_tar.to_str().unwrap()]);
+    assert!(listing.contains("app/hello"), "{listing}");
+    assert!(listing.contains("app/link -> /app/hello"), "{listing}");
+    assert!(!listing.contains("etc/group"), "{listing}");
+    assert!(!listing.contains(".wh."), "{listing}");
+}
+
+#[test]
+fn source_date_epoch_makes_builds_reproducible() {
+    let digests: Vec<String> = (0..2)
+        .map(|_| {
+            let dir = tempdir("out-");
+            let out = build(
+                &[format!(
+                    "type=oci,dest={}",
+                    dir.path().join("image").display()
+                )],
+                Some(("SOURCE_DATE_EPOCH", "1700000000")),
+            );
+            // The builds run at different moments in different stores; only the epoch is shared.
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            out.stdout.trim().to_string()
+        })
+        .collect();
+    assert!(digests[0].starts_with("sha256:"), "{digests:?}");
+    assert_eq!(
+        digests[0], digests[1],
+        "two builds from empty stores differ"
+    );
+}
