@@ -71,8 +71,9 @@ struct BuildArgs {
     /// Do not use the cache; run every step.
     #[arg(long)]
     no_cache: bool,
-    /// Progress output: a live view on a terminal, plain lines otherwise.
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Progress output: `auto` (a live view on a terminal, plain lines otherwise), `tty`, `plain`, `json`
+    /// (one event per line) or `quiet`.
+    #[arg(long, value_enum, default_value = "auto", overrides_with = "progress")]
     progress: ProgressMode,
     /// How many steps may run at once.
     #[arg(long, default_value_t = default_jobs())]
@@ -99,6 +100,8 @@ enum ProgressMode {
     Auto,
     Tty,
     Plain,
+    Json,
+    Quiet,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -601,6 +604,8 @@ fn build(args: BuildArgs) -> Result<()> {
         ProgressMode::Auto => progress::Mode::Auto,
         ProgressMode::Tty => progress::Mode::Tty,
         ProgressMode::Plain => progress::Mode::Plain,
+        ProgressMode::Json => progress::Mode::Json,
+        ProgressMode::Quiet => progress::Mode::Quiet,
     };
     let reporter: Arc<dyn progress::Reporter> = Arc::from(progress::reporter(mode));
     let runtime = tokio::runtime::Builder::new_multi_thread()

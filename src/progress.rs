@@ -7,19 +7,26 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+
+/// A step as progress shows it. `id` numbers steps in the order they are first reported.
+#[derive(Clone, Debug, Serialize)]
+pub struct Vertex {
+    pub id: usize,
+    pub name: String,
+    /// The node's definition digest.
+    pub digest: String,
+    /// `file:line:col` of the instruction that made it.
+    pub at: Option<String>,
+}
 
 #[derive(Clone, Debug)]
 pub enum Event {
-    /// A step starts running. `id` numbers steps in the order they are first reported.
-    Started {
-        id: usize,
-        name: String,
-    },
+    /// A step starts running.
+    Started(Vertex),
     /// A step's result came from the store; it did not run.
-    Cached {
-        id: usize,
-        name: String,
-    },
+    Cached(Vertex),
     /// Output of a running step (already scrubbed of secret values by the caller).
     Log {
         id: usize,
@@ -47,18 +54,69 @@ pub enum Mode {
     Auto,
     Tty,
     Plain,
+    Json,
+    Quiet,
 }
 
 pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
-    let tty = match mode {
-        Mode::Tty => true,
-        Mode::Plain => false,
-        Mode::Auto => std::io::stderr().is_terminal(),
-    };
-    if tty {
-        Box::new(Live::new())
-    } else {
-        Box::new(Plain::new())
+    match mode {
+        Mode::Tty => Box::new(Live::new()),
+        Mode::Auto if std::io::stderr().is_terminal() => Box::new(Live::new()),
+        Mode::Auto | Mode::Plain => Box::new(Plain::new()),
+        Mode::Json => Box::new(Json::new()),
+        Mode::Quiet => Box::new(Quiet),
+    }
+}
+
+/// `--progress quiet`: nothing but errors (which the driver prints).
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn event(&self, _: Event) {}
+}
+
+/// `--progress json`: one JSON object per line on stderr, for machines.
+pub struct Json {
+    start: Instant,
+    out: Mutex<std::io::Stderr>,
+}
+
+impl Json {
+    pub fn new() -> Json {
+        Json {
+            start: Instant::now(),
+            out: Mutex::new(std::io::stderr()),
+        }
+    }
+}
+
+impl Default for Json {
+    fn default() -> Self {
+        Json::new()
+    }
+}
+
+impl Reporter for Json {
+    fn event(&self, e: Event) {
+        let t = self.start.elapsed().as_secs_f64();
+        let line = match e {
+            Event::Started(v) => json!({"event": "started", "time": t, "step": v}),
+            Event::Cached(v) => json!({"event": "cached", "time": t, "step": v}),
+            Event::Log { id, text } => json!({"event": "log", "time": t, "id": id, "text": text}),
+            Event::Done { id, elapsed } => {
+                json!({"event": "finished", "time": t, "id": id, "seconds": elapsed.as_secs_f64()})
+            }
+            Event::Failed {
+                id,
+                elapsed,
+                message,
+            } => json!({
+                "event": "failed", "time": t, "id": id, "seconds": elapsed.as_secs_f64(), "error": message
+            }),
+            Event::Note(text) => json!({"event": "note", "time": t, "text": text}),
+        };
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{line}");
     }
 }
 
@@ -87,8 +145,8 @@ impl Reporter for Plain {
     fn event(&self, e: Event) {
         let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
         let _ = match e {
-            Event::Started { id, name } => writeln!(out, "#{id} {name}"),
-            Event::Cached { id, name } => writeln!(out, "#{id} {name}\n#{id} CACHED"),
+            Event::Started(v) => writeln!(out, "#{} {}", v.id, v.name),
+            Event::Cached(v) => writeln!(out, "#{} {}\n#{} CACHED", v.id, v.name, v.id),
             Event::Log { id, text } => {
                 let t = self.start.elapsed().as_secs_f64();
                 text.lines()
@@ -135,7 +193,7 @@ impl Reporter for Live {
     fn event(&self, e: Event) {
         let mut bars = self.bars.lock().unwrap_or_else(|p| p.into_inner());
         match e {
-            Event::Started { id, name } => {
+            Event::Started(Vertex { id, name, .. }) => {
                 let bar = self.multi.add(ProgressBar::new_spinner());
                 bar.set_style(
                     ProgressStyle::with_template(
@@ -147,7 +205,7 @@ impl Reporter for Live {
                 bar.enable_steady_tick(Duration::from_millis(100));
                 bars.insert(id, (bar, name));
             }
-            Event::Cached { id, name } => {
+            Event::Cached(Vertex { id, name, .. }) => {
                 let _ = self.multi.println(format!("=> #{id} {name}  CACHED"));
             }
             Event::Log { id, text } => {

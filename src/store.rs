@@ -117,8 +117,15 @@ impl Store {
             let _ = fs::remove_dir_all(from);
             return Ok(to);
         }
-        fs::rename(from, &to)
-            .map_err(|e| Diagnostic::io(format!("cannot commit snapshot {id}"), e))?;
+        if let Err(e) = fs::rename(from, &to) {
+            // Another kiln committed the same snapshot between our check and our rename: same key, same
+            // content, so theirs serves us.
+            if to.is_dir() {
+                let _ = fs::remove_dir_all(from);
+                return Ok(to);
+            }
+            return Err(Diagnostic::io(format!("cannot commit snapshot {id}"), e));
+        }
         sync_dir(&self.root.join("snapshots"));
         Ok(to)
     }

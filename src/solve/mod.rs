@@ -25,7 +25,7 @@ use crate::digest::{Digest, Encoder};
 use crate::graph::BuildGraph;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
 use crate::lower::{NamedContext, Op};
-use crate::progress::{Event, Reporter};
+use crate::progress::{Event, Reporter, Vertex};
 use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Reserve, Store};
 
@@ -386,14 +386,20 @@ impl<E: Executor> Shared<E> {
                 .await
                 .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
                 .map_err(|d| self.located(n, d))?;
+                let vertex = Vertex {
+                    id,
+                    name,
+                    digest: self.graph.dag[n].digest.to_string(),
+                    at: self.at(n).map(|a| a.to_string()),
+                };
                 if fresh {
-                    reporter.event(Event::Started { id, name });
+                    reporter.event(Event::Started(vertex));
                     reporter.event(Event::Done {
                         id,
                         elapsed: started.elapsed(),
                     });
                 } else {
-                    reporter.event(Event::Cached { id, name });
+                    reporter.event(Event::Cached(vertex));
                 }
                 Ok((rec.key.clone(), Output::Fs(rec), Some(fresh)))
             }
@@ -466,21 +472,21 @@ impl<E: Executor> Shared<E> {
         }
         let key = key.finish();
         let id = self.next_id();
+        let vertex = Vertex {
+            id,
+            name: node.name.clone(),
+            digest: node.digest.to_string(),
+            at: node.at.as_ref().map(|a| a.to_string()),
+        };
         if !self.opts.no_cache
             && let Some(rec) = self.store.cache_get(&key)
         {
-            self.reporter.event(Event::Cached {
-                id,
-                name: node.name.clone(),
-            });
+            self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
         let _permit = jobs.acquire().await.expect("semaphore open");
         let started = Instant::now();
-        self.reporter.event(Event::Started {
-            id,
-            name: node.name.clone(),
-        });
+        self.reporter.event(Event::Started(vertex));
         let work = self.store.temp_dir("step-")?;
         let upper = work.path().join("upper");
         let scratch = work.path().join("work");

@@ -13,5 +13,6 @@ mod graph;
 mod mounts;
 mod outputs;
 mod parallel;
+mod progress;
 mod secrets;
 mod ssh;

@@ -1,0 +1,87 @@
+//! `--progress json`: every line is a JSON event, every step is covered from start to finish (or cached),
+//! each with its digest and source location, and a secret printed by a step shows as `***`.
+
+use std::collections::BTreeSet;
+
+use crate::support::{Kiln, context};
+
+#[test]
+fn json_progress_covers_every_step_and_scrubs_secrets() {
+    let value = "json-progress-secret-9d1e";
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\nRUN --mount=type=secret,id=tok cat /run/secrets/tok; echo\nRUN echo second\n",
+        ),
+        ("tok.txt", value),
+    ]);
+    let kiln = Kiln::new();
+    let run = || {
+        kiln.clone()
+            .with_base()
+            .args(["--progress", "json", "--secret"])
+            .arg(format!(
+                "id=tok,src={}",
+                ctx.path().join("tok.txt").display()
+            ))
+            .arg(ctx.path())
+            .run()
+    };
+    // `Kiln` passes `--progress plain` first; the later flag wins.
+    let out = run();
+    out.success();
+    assert!(
+        !out.stderr.contains(value),
+        "the secret is in the progress:\n{}",
+        out.stderr
+    );
+    let events: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ids = |kind: &str| -> BTreeSet<u64> {
+        events
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .map(|e| {
+                e["id"]
+                    .as_u64()
+                    .or_else(|| e["step"]["id"].as_u64())
+                    .expect("an id")
+            })
+            .collect()
+    };
+    let started = ids("started");
+    assert_eq!(started.len(), 3, "FROM and two RUNs: {events:#?}");
+    assert_eq!(started, ids("finished"), "every started step finishes");
+    for e in events.iter().filter(|e| e["event"] == "started") {
+        assert!(
+            e["step"]["digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{e}"
+        );
+        assert!(
+            e["step"]["at"]
+                .as_str()
+                .is_some_and(|a| a.contains("Dockerfile:")),
+            "{e}"
+        );
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "log" && e["text"].as_str().is_some_and(|t| t.contains("***"))),
+        "the step's output shows the secret as ***: {events:#?}"
+    );
+
+    let again = run();
+    again.success();
+    let cached = again
+        .stderr
+        .lines()
+        .filter(|l| l.contains("\"event\":\"cached\""))
+        .count();
+    assert_eq!(cached, 3, "{}", again.stderr);
+}
