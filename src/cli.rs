@@ -31,6 +31,26 @@ enum Command {
     Build(BuildArgs),
     /// Compile only and print the build graph. Never runs a step, never touches the network.
     Graph(GraphArgs),
+    /// Show how much space the store uses.
+    Du(StoreArgs),
+    /// Free space in the store: least recently used results first, never anything a build is using.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct StoreArgs {
+    /// The store directory (default: $KILN_STORE, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long)]
+    store: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Keep at most this much (`500MB`, `10GB`); without it, everything is removed.
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
 }
 
 #[derive(Args)]
@@ -130,6 +150,8 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Build(args) => build(args),
         Command::Graph(args) => graph(args),
+        Command::Du(args) => du(args),
+        Command::Prune(args) => prune(args),
     };
     match result {
         Ok(()) => 0,
@@ -333,6 +355,63 @@ fn graph(args: GraphArgs) -> Result<()> {
         }
     };
     print!("{out}");
+    Ok(())
+}
+
+fn store_root(args: &StoreArgs) -> PathBuf {
+    args.store
+        .clone()
+        .unwrap_or_else(crate::store::Store::default_root)
+}
+
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn du(args: StoreArgs) -> Result<()> {
+    let store = crate::store::Store::open(&store_root(&args), crate::store::Access::Shared)?;
+    let u = store.usage();
+    println!(
+        "{:<22}{:>12}",
+        "layer snapshots",
+        format!("{} ({})", human(u.snapshots), u.snapshot_count)
+    );
+    println!("{:<22}{:>12}", "blobs", human(u.blobs));
+    println!("{:<22}{:>12}", "cache mounts", human(u.caches));
+    println!("{:<22}{:>12}", "work in progress", human(u.tmp));
+    println!("{:<22}{:>12}", "cached results", u.records);
+    println!("{:<22}{:>12}", "total", human(u.total()));
+    Ok(())
+}
+
+fn prune(args: PruneArgs) -> Result<()> {
+    let cl = CommandLine::capture();
+    let keep = match &args.keep_storage {
+        None => 0,
+        Some(s) => crate::options::parse_size(s).ok_or_else(|| {
+            cl.error(s, Span::default(), format!("`{s}` is not a size"))
+                .help("write a size such as `500MB` or `10GB`")
+        })?,
+    };
+    let store =
+        crate::store::Store::open(&store_root(&args.store), crate::store::Access::Exclusive)?;
+    let freed = store.prune(keep)?;
+    println!(
+        "freed {}, {} left",
+        human(freed),
+        human(store.usage().total())
+    );
     Ok(())
 }
 
@@ -599,6 +678,7 @@ fn build(args: BuildArgs) -> Result<()> {
             .store
             .clone()
             .unwrap_or_else(crate::store::Store::default_root),
+        crate::store::Access::Shared,
     )?);
     let mode = match args.progress {
         ProgressMode::Auto => progress::Mode::Auto,

@@ -89,6 +89,20 @@ pub fn parse_bool(value: Option<&str>) -> Option<bool> {
     }
 }
 
+/// `1024`, `64k`, `64m`, `1g`, `2GB` (case-insensitive, trailing `b` optional), as docker's
+/// `units.RAMInBytes` reads sizes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('b').unwrap_or(&s);
+    let (digits, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1u64 << 10),
+        'm' => (&s[..s.len() - 1], 1 << 20),
+        'g' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

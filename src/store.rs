@@ -21,6 +21,33 @@ use crate::digest::Digest;
 
 pub struct Store {
     root: PathBuf,
+    /// Held (shared by builds, exclusive by prune) for as long as the store is open, so that pruning never
+    /// deletes what a running build uses.
+    _lock: fs::File,
+}
+
+/// How the store is opened: by a build (alongside other builds) or for pruning (alone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Shared,
+    Exclusive,
+}
+
+/// What `kiln du` reports, in bytes.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    pub blobs: u64,
+    pub snapshots: u64,
+    pub snapshot_count: usize,
+    pub caches: u64,
+    pub records: usize,
+    pub tmp: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.blobs + self.snapshots + self.caches + self.tmp
+    }
 }
 
 /// The result of a filesystem node: its layers bottom-up, and the config of the image it started from.
@@ -59,7 +86,7 @@ pub struct LayerBlob {
 
 impl Store {
     /// Opens (creating when missing) the store at `root`.
-    pub fn open(root: &Path) -> Result<Store> {
+    pub fn open(root: &Path, access: Access) -> Result<Store> {
         for sub in [
             "blobs/sha256",
             "snapshots",
@@ -79,7 +106,140 @@ impl Store {
         let root = root
             .canonicalize()
             .map_err(|e| Diagnostic::io(format!("cannot open store {}", root.display()), e))?;
-        Ok(Store { root })
+        let fail = |e| Diagnostic::io(format!("cannot lock store {}", root.display()), e);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(fail)?;
+        match access {
+            Access::Shared => lock.lock_shared().map_err(fail)?,
+            Access::Exclusive => lock.try_lock().map_err(|_| {
+                Diagnostic::input(format!(
+                    "the store {} is in use by a running build",
+                    root.display()
+                ))
+                .help("try again when the build has finished")
+            })?,
+        }
+        Ok(Store { root, _lock: lock })
+    }
+
+    /// Sizes of everything in the store.
+    pub fn usage(&self) -> Usage {
+        let count = |sub: &str| fs::read_dir(self.root.join(sub)).map_or(0, |d| d.count());
+        Usage {
+            blobs: du(&self.root.join("blobs")),
+            snapshots: du(&self.root.join("snapshots")),
+            snapshot_count: count("snapshots"),
+            caches: du(&self.root.join("caches")),
+            records: count("cache"),
+            tmp: du(&self.root.join("tmp")),
+        }
+    }
+
+    /// Deletes least recently used results (and cache mounts) until the store holds at most `keep`
+    /// bytes, then everything nothing refers to any more. Needs the store opened `Exclusive`.
+    /// Returns the bytes freed.
+    pub fn prune(&self, keep: u64) -> Result<u64> {
+        let before = self.usage().total();
+        let _ = fs::remove_dir_all(self.root.join("tmp"));
+        let _ = fs::create_dir_all(self.root.join("tmp"));
+        // Oldest first: cache records by last use, cache mounts by last write.
+        let mut entries: Vec<(std::time::SystemTime, PathBuf)> = ["cache", "caches"]
+            .iter()
+            .flat_map(|sub| {
+                fs::read_dir(self.root.join(sub))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter(|e| e.path().extension().is_none_or(|x| x != "lock"))
+            .map(|e| {
+                (
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH),
+                    e.path(),
+                )
+            })
+            .collect();
+        entries.sort();
+        let mut entries = entries.into_iter();
+        loop {
+            self.collect_garbage()?;
+            if self.usage().total() <= keep {
+                break;
+            }
+            let Some((_, path)) = entries.next() else {
+                break;
+            };
+            let removed = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| Diagnostic::io(format!("cannot remove {}", path.display()), e))?;
+        }
+        Ok(before.saturating_sub(self.usage().total()))
+    }
+
+    /// Removes snapshots no cache record uses, layer records of removed snapshots, and blobs no layer
+    /// record names (configs and manifests are rebuilt from the records on the next export).
+    fn collect_garbage(&self) -> Result<()> {
+        let records: Vec<CacheRecord> = fs::read_dir(self.root.join("cache"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+            .collect();
+        let live: std::collections::HashSet<&str> = records
+            .iter()
+            .flat_map(|r| r.layers.iter().map(String::as_str))
+            .collect();
+        for e in fs::read_dir(self.root.join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !live.contains(e.file_name().to_string_lossy().as_ref()) {
+                fs::remove_dir_all(e.path()).map_err(|err| {
+                    Diagnostic::io(format!("cannot remove {}", e.path().display()), err)
+                })?;
+            }
+        }
+        let mut blobs = std::collections::HashSet::new();
+        for e in fs::read_dir(self.root.join("layers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".json")
+                .to_string();
+            let snapshot = name.split('@').next().unwrap_or_default().to_string();
+            if !live.contains(snapshot.as_str()) {
+                let _ = fs::remove_file(e.path());
+            } else if let Some(info) = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LayerBlob>(&b).ok())
+            {
+                blobs.insert(info.digest.hex().to_string());
+            }
+        }
+        for e in fs::read_dir(self.root.join("blobs/sha256"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if !blobs.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        Ok(())
     }
 
     /// `$KILN_STORE`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
@@ -197,10 +357,16 @@ impl Store {
 
     /// The record for `key`, if present, intact, and all its snapshots exist.
     pub fn cache_get(&self, key: &Digest) -> Option<CacheRecord> {
-        let bytes = fs::read(self.cache_path(key)).ok()?;
+        let path = self.cache_path(key);
+        let bytes = fs::read(&path).ok()?;
         let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
-        (rec.key == *key && rec.layers.iter().all(|l| self.snapshot_path(l).is_dir()))
-            .then_some(rec)
+        let usable = rec.key == *key && rec.layers.iter().all(|l| self.snapshot_path(l).is_dir());
+        if usable {
+            // The record's time is its last use: prune removes the least recently used first.
+            let _ =
+                fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        }
+        usable.then_some(rec)
     }
 
     pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {
@@ -284,6 +450,17 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path).map_err(|e| fail(e.error))?;
     sync_dir(dir);
     Ok(())
+}
+
+/// Bytes used by a tree (files' lengths; directories themselves not counted).
+fn du(path: &Path) -> u64 {
+    walkdir::WalkDir::new(path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.path().symlink_metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 fn sync_dir(dir: &Path) {

@@ -14,6 +14,8 @@ use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind
 use crate::syntax::shell;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+/// The instructions lowering handles today (the parser knows all of BuildKit's).
+const SUPPORTED: &str = "FROM, ARG, ENV, LABEL, WORKDIR, USER, RUN, CMD, ENTRYPOINT and COPY";
 /// The image-config and variable state of a stage while its instructions are lowered.
 #[derive(Clone)]
 struct Stage {
@@ -490,12 +492,41 @@ impl Lowerer<'_> {
             }
             InstructionKind::Run(c) => self.run(stage, ins, c)?,
             InstructionKind::Copy { sources, dest } => self.copy(stage, ins, sources, dest)?,
+            InstructionKind::Add { .. }
+            | InstructionKind::Onbuild(_)
+            | InstructionKind::Healthcheck(_)
+            | InstructionKind::Shell { .. }
+            | InstructionKind::StopSignal(_)
+            | InstructionKind::Expose(_)
+            | InstructionKind::Volume(_)
+            | InstructionKind::Maintainer(_) => {
+                return Err(self
+                    .error(
+                        ins.keyword.span,
+                        format!("instruction `{}` is not supported yet", ins.kind.name()),
+                    )
+                    .help(format!("instructions kiln supports: {SUPPORTED}")));
+            }
         }
         Ok(())
     }
 
+    /// Heredocs parse, but RUN and COPY do not lower them yet.
+    fn reject_heredocs(&self, ins: &Instruction) -> Result<()> {
+        match ins.heredocs.first() {
+            Some(h) => Err(self
+                .error(
+                    h.name.span,
+                    format!("heredocs in {} are not supported yet", ins.kind.name()),
+                )
+                .help("write the content to a file in the build context and COPY it, or use `RUN sh -c '...'`")),
+            None => Ok(()),
+        }
+    }
+
     fn run(&mut self, stage: &mut Stage, ins: &Instruction, cmd: &Command) -> Result<()> {
         self.reject_flags(ins, &["mount", "network"])?;
+        self.reject_heredocs(ins)?;
         let mut secrets = Vec::new();
         let mut mounts: Vec<RunMount> = Vec::new();
         let mut extra_inputs = Vec::new();
@@ -619,6 +650,7 @@ impl Lowerer<'_> {
         dest: &Word,
     ) -> Result<()> {
         self.reject_flags(ins, &["from", "chown", "chmod"])?;
+        self.reject_heredocs(ins)?;
         let lookup = |n: &str| stage.lookup(n);
         let mut srcs = Vec::new();
         for s in sources {

@@ -265,13 +265,15 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
             let target = need_target(target)?;
             let size = match get(&["size"]) {
                 None => None,
-                Some(f) => Some(parse_size(f.value.as_deref().unwrap_or("")).ok_or_else(|| {
-                    err(
-                        f.value_span(),
-                        "invalid tmpfs size",
-                        "give bytes, or a size such as `64m` or `1g`",
-                    )
-                })?),
+                Some(f) => Some(
+                    options::parse_size(f.value.as_deref().unwrap_or("")).ok_or_else(|| {
+                        err(
+                            f.value_span(),
+                            "invalid tmpfs size",
+                            "give bytes, or a size such as `64m` or `1g`",
+                        )
+                    })?,
+                ),
             };
             Ok(Parsed::Other(RunMount::Tmpfs { target, size }))
         }
@@ -322,19 +324,6 @@ fn secret(
         m.target = Some(join_path(cwd, &format!("/run/secrets/{}", m.id)));
     }
     Ok(Parsed::Secret(m))
-}
-
-/// `1024`, `64k`, `64m`, `1g` (also with a trailing `b`), as docker's `units.RAMInBytes` reads them.
-fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim().to_ascii_lowercase();
-    let s = s.strip_suffix('b').unwrap_or(&s);
-    let (digits, mult) = match s.chars().last()? {
-        'k' => (&s[..s.len() - 1], 1u64 << 10),
-        'm' => (&s[..s.len() - 1], 1 << 20),
-        'g' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 #[cfg(test)]
@@ -394,6 +383,6 @@ mod tests {
                 .message
                 .contains("needs a `target`")
         );
-        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(options::parse_size("64m"), Some(64 << 20));
     }
 }

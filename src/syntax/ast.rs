@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::raw;
 use crate::diag::{SourceFile, Span};
 
 /// A parsed Dockerfile. Words are kept raw (quotes and `$VAR` intact) because expansion depends on
@@ -14,17 +15,51 @@ pub struct Dockerfile {
     /// The escape character in effect (`\` unless `# escape=` says otherwise).
     pub escape: char,
     pub instructions: Vec<Instruction>,
+    /// Non-fatal findings of the parser (empty continuation lines).
+    pub warnings: Vec<raw::Warning>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instruction {
-    /// From the first character of the keyword to the end of the last continuation line (no newline).
+    /// From the first character of the keyword to the end of the instruction's last line (no
+    /// newline): continuation lines, comment and blank lines inside them, and heredoc bodies with
+    /// their terminator line are included.
     pub span: Span,
     /// The keyword as written (its case preserved) and where it is.
     pub keyword: Word,
     /// `--name[=value]` flags in the order written, before the arguments.
     pub flags: Vec<Flag>,
     pub kind: InstructionKind,
+    /// Here-documents this instruction opens (`RUN <<EOF`, `COPY <<A <<B /dst/`), in order. Their
+    /// `<<` words stay in the arguments as written; for ONBUILD they sit on the nested instruction.
+    pub heredocs: Vec<Heredoc>,
+}
+
+/// A here-document: `<<[-]NAME` in the instruction line, then body lines up to a line holding only
+/// `NAME` (after leading tabs, with `<<-`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heredoc {
+    /// The delimiter with quotes removed, and the span of the `<<NAME` word.
+    pub name: Word,
+    /// The file descriptor written before `<<` (`3<<EOF`); 0 when absent.
+    pub fd: u64,
+    /// False when the delimiter was (partly) quoted (`<<'EOF'`, `<<"EOF"`): the body is literal.
+    pub expand: bool,
+    /// `<<-`: leading tabs are stripped from each body line when the body is used.
+    pub chomp: bool,
+    /// The raw body (leading tabs kept even with `<<-`; see [`Heredoc::text`]) and its span.
+    pub body: Word,
+}
+
+impl Heredoc {
+    /// The body as it is used: with `<<-`, leading tabs removed from every line.
+    pub fn text(&self) -> String {
+        if self.chomp {
+            super::heredoc::chomp(&self.body.text)
+        } else {
+            self.body.text.clone()
+        }
+    }
 }
 
 /// A raw word: its text exactly as in the source (after line continuations are joined), and its span.
@@ -90,7 +125,47 @@ pub enum InstructionKind {
         sources: Vec<Word>,
         dest: Word,
     },
+    /// `ADD src... dest`, the same shape as COPY (its extra flags are in `Instruction::flags`).
+    Add {
+        sources: Vec<Word>,
+        dest: Word,
+    },
+    /// `ONBUILD <instruction>`: the trigger, parsed like a top-level instruction (never FROM,
+    /// MAINTAINER or ONBUILD).
+    Onbuild(Box<Instruction>),
+    /// `HEALTHCHECK NONE` or `HEALTHCHECK [--interval=...] CMD ...`.
+    Healthcheck(Healthcheck),
+    /// `SHELL ["executable", "arg", ...]` (JSON form only).
+    Shell {
+        args: Vec<String>,
+        span: Span,
+    },
+    StopSignal(Word),
+    /// `EXPOSE 80/tcp 443` (each word raw; ports are checked after expansion).
+    Expose(Vec<Word>),
+    /// `VOLUME ["/a", "/b"]` or `VOLUME /a /b`.
+    Volume(Vec<Word>),
+    Maintainer(Word),
 }
+
+/// What a HEALTHCHECK does. Its flags (`--interval`, `--timeout`, `--start-period`,
+/// `--start-interval`, `--retries`) stay in `Instruction::flags`, raw, for lowering to check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Healthcheck {
+    /// `HEALTHCHECK NONE`: disable any inherited check. The span is the `NONE` word.
+    None(Span),
+    /// `HEALTHCHECK CMD ...`: the check command (shell or exec form).
+    Cmd(Command),
+}
+
+/// The flags HEALTHCHECK accepts.
+pub const HEALTHCHECK_FLAGS: [&str; 5] = [
+    "interval",
+    "timeout",
+    "start-period",
+    "start-interval",
+    "retries",
+];
 
 impl InstructionKind {
     /// The canonical upper-case name, as BuildKit prints it.
@@ -106,6 +181,14 @@ impl InstructionKind {
             InstructionKind::Cmd(_) => "CMD",
             InstructionKind::Entrypoint(_) => "ENTRYPOINT",
             InstructionKind::Copy { .. } => "COPY",
+            InstructionKind::Add { .. } => "ADD",
+            InstructionKind::Onbuild(_) => "ONBUILD",
+            InstructionKind::Healthcheck(_) => "HEALTHCHECK",
+            InstructionKind::Shell { .. } => "SHELL",
+            InstructionKind::StopSignal(_) => "STOPSIGNAL",
+            InstructionKind::Expose(_) => "EXPOSE",
+            InstructionKind::Volume(_) => "VOLUME",
+            InstructionKind::Maintainer(_) => "MAINTAINER",
         }
     }
 }

@@ -1,14 +1,19 @@
-//! The Dockerfile parser: source text to the raw AST, following BuildKit's parser (directives,
-//! comments, line continuations, flags, per-instruction argument rules), with spans into the original text.
+//! The typed Dockerfile parser: BuildKit's raw tree (`raw.rs`) turned into instructions with their
+//! arguments checked (per-instruction argument rules, as BuildKit's instruction step has them) and
+//! byte spans into the original text.
 //!
-//! Physical lines are joined into logical lines exactly as BuildKit does it (the escape character and
-//! the blanks after it are dropped, the next line is appended as is, comment and blank lines inside a
-//! continuation are skipped). Every joined line keeps a map back to the original byte offsets, so a
-//! word that crosses a continuation gets a span from its first to its last byte in the file.
+//! Every logical line keeps a map back to the original byte offsets, so a word that crosses a
+//! continuation gets a span from its first to its last byte in the file. Nothing is expanded here:
+//! words keep their quotes and `$VAR`s; flags are kept raw and checked in lowering.
 
 use std::sync::Arc;
 
-use super::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
+use super::ast::{
+    Command, Dockerfile, Flag, Healthcheck, Heredoc, Instruction, InstructionKind, KeyValue, Word,
+};
+use super::heredoc::parse_heredoc;
+use super::json::{Json, json_array};
+use super::raw::{self, Joined, is_ascii_blank, parse_words, split_blank};
 use crate::diag::{Diagnostic, SourceFile, Span, suggest};
 
 /// Every instruction BuildKit knows, for "did you mean" hints.
@@ -33,210 +38,35 @@ const ALL_INSTRUCTIONS: [&str; 18] = [
     "WORKDIR",
 ];
 
-/// The parser directives BuildKit recognises in the leading comment block.
-const DIRECTIVES: [&str; 3] = ["syntax", "escape", "check"];
-
-const SUPPORTED: &str = "FROM, ARG, ENV, LABEL, WORKDIR, USER, RUN, CMD, ENTRYPOINT and COPY";
-
 /// Parses a Dockerfile. Words stay raw (quotes and `$VAR` intact); only the syntax is checked here.
-/// An empty file parses to zero instructions; a missing `FROM` is for later stages to report.
+/// Like BuildKit, a file without any instruction is an error; a missing `FROM` is for `check`.
 pub fn parse(file: Arc<SourceFile>) -> Result<Dockerfile, Diagnostic> {
-    let text: &str = &file.text;
-    let lines = physical_lines(text);
-
-    let mut directives: Vec<(String, String)> = Vec::new();
-    let mut escape = '\\';
-    let mut idx = 0;
-    while let Some(line) = lines.get(idx) {
-        let raw = &text[line.start..line.end];
-        let Some((key, value)) = parse_directive(raw.trim_start()) else {
-            break;
-        };
-        let key = key.to_ascii_lowercase();
-        if !DIRECTIVES.contains(&key.as_str()) {
-            break;
-        }
-        let span = Span::new(line.start, line.end);
-        if directives.iter().any(|(k, _)| *k == key) {
-            return Err(Diagnostic::at(
-                &file,
-                span,
-                format!("only one {key} parser directive can be used"),
-            )
-            .help("remove the repeated directive"));
-        }
-        if key == "escape" {
-            escape = match value.as_str() {
-                "\\" => '\\',
-                "`" => '`',
-                _ => {
-                    return Err(Diagnostic::at(
-                        &file,
-                        span,
-                        format!("invalid escape token `{value}`: it must be ` or \\"),
-                    )
-                    .help("write `# escape=\\` (the default) or `# escape=``"));
-                }
-            };
-        }
-        directives.push((key, value));
-        idx += 1;
-    }
-
-    let mut instructions = Vec::new();
-    let mut after_heredoc = false;
-    while idx < lines.len() {
-        let line = lines[idx];
-        idx += 1;
-        let raw = &text[line.start..line.end];
-        let trimmed = raw.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        // The first physical line loses its leading whitespace; continuation lines keep theirs.
-        let first_start = line.end - trimmed.len();
-        let mut joined = Joined::default();
-        let (content, mut continued) = trim_continuation(trimmed, escape);
-        joined.push(first_start, content);
-        let mut last_end = line.end;
-        while continued && idx < lines.len() {
-            let next = lines[idx];
-            idx += 1;
-            let raw = &text[next.start..next.end];
-            let t = raw.trim_start();
-            if t.starts_with('#') || t.is_empty() {
-                continue;
-            }
-            let (content, more) = trim_continuation(raw, escape);
-            joined.push(next.start, content);
-            continued = more;
-            last_end = next.end;
-        }
-        let span = Span::new(first_start, last_end);
-        let ins = instruction(&file, &joined, span, escape, after_heredoc)?;
-        after_heredoc = joined.text.contains("<<");
-        instructions.push(ins);
-    }
-
+    let ast = raw::parse(file.clone())?;
+    let instructions = ast
+        .children
+        .iter()
+        .map(|node| instruction(&file, node, node.span, &node.heredocs))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Dockerfile {
-        file: file.clone(),
-        directives,
-        escape,
+        file,
+        directives: ast
+            .directives
+            .iter()
+            .map(|d| (d.name.clone(), d.value.clone()))
+            .collect(),
+        escape: ast.escape,
         instructions,
+        warnings: ast.warnings,
     })
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Line {
-    start: usize,
-    /// End of the content: before `\n` and a `\r` preceding it.
-    end: usize,
-}
-
-/// Splits into lines like Go's `bufio.ScanLines` (a final `\r` is dropped, no empty last line),
-/// skipping a UTF-8 byte-order mark at the very start.
-fn physical_lines(text: &str) -> Vec<Line> {
-    let mut out = Vec::new();
-    let mut start = if text.starts_with('\u{feff}') { 3 } else { 0 };
-    while start < text.len() {
-        let rest = &text[start..];
-        let (len, next) = match rest.find('\n') {
-            Some(i) => (i, start + i + 1),
-            None => (rest.len(), text.len()),
-        };
-        let mut end = start + len;
-        if text[start..end].ends_with('\r') {
-            end -= 1;
-        }
-        out.push(Line { start, end });
-        start = next;
-    }
-    out
-}
-
-fn is_regex_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c')
-}
-
-/// `#\s*name\s*=\s*value\s*` as BuildKit matches it. Returns the name and the value.
-fn parse_directive(line: &str) -> Option<(String, String)> {
-    let rest = line.strip_prefix('#')?.trim_start_matches(is_regex_space);
-    let name_len = rest
-        .char_indices()
-        .find(|&(i, c)| !(c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
-        .map_or(rest.len(), |(i, _)| i);
-    if name_len == 0 {
-        return None;
-    }
-    let name = &rest[..name_len];
-    let after = rest[name_len..]
-        .trim_start_matches(is_regex_space)
-        .strip_prefix('=')?;
-    let value = after.trim_matches(is_regex_space);
-    if !value.is_empty() {
-        return Some((name.to_string(), value.to_string()));
-    }
-    // `(.+?)` needs one character: with only blanks after `=`, the regex takes the last blank.
-    after
-        .chars()
-        .last()
-        .map(|c| (name.to_string(), c.to_string()))
-}
-
-/// Strips a trailing escape character (and the spaces/tabs after it); says whether the line continues.
-/// Like BuildKit, an escape preceded by another escape (`\\` at the end) does not continue the line.
-fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
-    let t = line.trim_end_matches([' ', '\t']);
-    match t.strip_suffix(escape) {
-        Some(content) if !content.ends_with(escape) => (content, true),
-        _ => (line, false),
-    }
-}
-
-/// A logical line: the joined text and where each piece came from in the file.
-#[derive(Default)]
-struct Joined {
-    text: String,
-    /// (offset in `text`, offset in the file) for each non-empty piece, in order.
-    segs: Vec<(usize, usize)>,
-}
-
-impl Joined {
-    fn push(&mut self, file_offset: usize, piece: &str) {
-        if !piece.is_empty() {
-            self.segs.push((self.text.len(), file_offset));
-            self.text.push_str(piece);
-        }
-    }
-
-    /// File offset of the byte at `j` in the joined text.
-    fn map(&self, j: usize) -> usize {
-        let i = self.segs.partition_point(|&(js, _)| js <= j);
-        match i.checked_sub(1).and_then(|i| self.segs.get(i)) {
-            Some(&(js, fo)) => fo + (j - js),
-            None => 0,
-        }
-    }
-
-    /// The file span of the joined range `a..b`, first byte to last byte.
-    fn span(&self, a: usize, b: usize) -> Span {
-        if b > a {
-            Span::new(self.map(a), self.map(b - 1) + 1)
-        } else if a > 0 {
-            let at = self.map(a - 1) + 1;
-            Span::new(at, at)
-        } else {
-            let at = self.map(0);
-            Span::new(at, at)
-        }
-    }
-
-    fn word(&self, a: usize, b: usize) -> Word {
-        Word {
-            text: self.text.get(a..b).unwrap_or_default().to_string(),
-            span: self.span(a, b),
-        }
-    }
+/// Converts one node of BuildKit's raw tree on its own (as BuildKit's instruction step does per
+/// node); [`parse`] does this for every node of a file.
+pub fn instruction_from_node(
+    file: &Arc<SourceFile>,
+    node: &raw::Node,
+) -> Result<Instruction, Diagnostic> {
+    instruction(file, node, node.span, &node.heredocs)
 }
 
 /// An instruction that `word` (upper-cased) spells with two adjacent letters swapped (`FORM`).
@@ -252,98 +82,6 @@ fn transposed(word: &str) -> Option<&'static str> {
     })
 }
 
-/// BuildKit splits keywords and FROM/COPY arguments on this set only.
-fn is_ascii_blank(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\x0b' | '\x0c' | '\r')
-}
-
-/// Byte ranges of the runs of non-blank characters in `s` (quotes are not special).
-fn split_blank(s: &str) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start = None;
-    for (i, c) in s.char_indices() {
-        match (is_ascii_blank(c), start) {
-            (true, Some(st)) => {
-                out.push((st, i));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
-        }
-    }
-    if let Some(st) = start {
-        out.push((st, s.len()));
-    }
-    out
-}
-
-/// Byte ranges of whitespace-separated words, where quotes and the escape character keep
-/// whitespace inside a word (BuildKit's `parseWords`). The words keep their quotes.
-fn split_words(s: &str, escape: char) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut start: Option<usize> = None;
-    let mut quote: Option<char> = None;
-    let mut it = s.char_indices().peekable();
-    while let Some((i, c)) = it.next() {
-        match quote {
-            Some(q) => {
-                if c == q {
-                    quote = None;
-                } else if c == escape && q != '\'' {
-                    it.next();
-                }
-            }
-            None => {
-                if c.is_whitespace() {
-                    if let Some(st) = start.take() {
-                        out.push((st, i));
-                    }
-                    continue;
-                }
-                start.get_or_insert(i);
-                if c == '"' || c == '\'' {
-                    quote = Some(c);
-                } else if c == escape {
-                    it.next();
-                }
-            }
-        }
-    }
-    if let Some(st) = start {
-        out.push((st, s.len()));
-    }
-    out
-}
-
-/// The end of the `--flag` word starting at `pos`. Like BuildKit's flag extraction, quotes and `\`
-/// escapes keep whitespace inside the word; the text itself is kept raw.
-fn flag_word_end(s: &str, pos: usize) -> usize {
-    let mut quote: Option<char> = None;
-    let mut it = s[pos..].char_indices();
-    while let Some((i, c)) = it.next() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            None if c.is_whitespace() => return pos + i,
-            None if c == '"' || c == '\'' => quote = Some(c),
-            _ if c == '\\' => {
-                it.next();
-            }
-            _ => {}
-        }
-    }
-    s.len()
-}
-
-fn skip_space(s: &str, mut pos: usize) -> usize {
-    while let Some(c) = s.get(pos..).and_then(|r| r.chars().next()) {
-        if !c.is_whitespace() {
-            break;
-        }
-        pos += c.len_utf8();
-    }
-    pos
-}
-
 fn usage(name: &str) -> &'static str {
     match name {
         "FROM" => "usage: FROM [--platform=<platform>] <image> [AS <name>]",
@@ -356,91 +94,126 @@ fn usage(name: &str) -> &'static str {
         "CMD" => "usage: CMD <command> or CMD [\"executable\", \"arg\", ...]",
         "ENTRYPOINT" => "usage: ENTRYPOINT <command> or ENTRYPOINT [\"executable\", \"arg\", ...]",
         "COPY" => "usage: COPY [--from=<stage>] [--chown=<user>] [--chmod=<mode>] <src>... <dest>",
+        "ADD" => {
+            "usage: ADD [--chown=<user>] [--chmod=<mode>] [--checksum=<digest>] <src>... <dest>"
+        }
+        "ONBUILD" => "usage: ONBUILD <instruction>",
+        "HEALTHCHECK" => {
+            "usage: HEALTHCHECK NONE or HEALTHCHECK [--interval=<d>] [--timeout=<d>] [--start-period=<d>] [--start-interval=<d>] [--retries=<n>] CMD <command>"
+        }
+        "SHELL" => "usage: SHELL [\"executable\", \"parameters\"]",
+        "STOPSIGNAL" => "usage: STOPSIGNAL <signal>",
+        "EXPOSE" => "usage: EXPOSE <port>[/<protocol>] ...",
+        "VOLUME" => "usage: VOLUME <path> ... or VOLUME [\"<path>\", ...]",
+        "MAINTAINER" => "usage: MAINTAINER <name> (deprecated: use LABEL maintainer=<name>)",
         _ => "",
     }
 }
 
-/// Builds one instruction from its joined logical line.
+/// Moves `at` forward to a character boundary (BuildKit's byte-wise flag scanner can stop inside
+/// a character).
+fn boundary(s: &str, mut at: usize) -> usize {
+    at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
+/// Converts one raw node. `span` is the instruction's span; `heredocs` the bodies it owns.
 fn instruction(
     file: &Arc<SourceFile>,
-    joined: &Joined,
+    node: &raw::Node,
     span: Span,
-    escape: char,
-    after_heredoc: bool,
+    heredocs: &[raw::Heredoc],
 ) -> Result<Instruction, Diagnostic> {
+    let joined: &Joined = &node.pos.line;
     let s = joined.text.as_str();
-    let body_end = s.trim_end().len();
-    let kw_end = s[..body_end].find(is_ascii_blank).unwrap_or(body_end);
-    let keyword = joined.word(0, kw_end);
+    let word = |a: usize, b: usize| Word {
+        text: s.get(a..b).unwrap_or_default().to_string(),
+        span: joined.span(a, b),
+    };
+    let (kw_start, kw_end) = node.pos.keyword;
+    let keyword = word(kw_start, kw_end);
     let upper = keyword.text.to_ascii_uppercase();
-
     let err = |a: usize, b: usize, msg: String| Diagnostic::at(file, joined.span(a, b), msg);
     let kw_err = |msg: String| Diagnostic::at(file, keyword.span, msg);
 
-    if !ALL_INSTRUCTIONS.contains(&upper.as_str()) {
-        let mut d = kw_err(format!("unknown instruction `{}`", keyword.text));
-        d = match suggest(&keyword.text, ALL_INSTRUCTIONS).or_else(|| transposed(&upper)) {
-            Some(s) => d.help(format!("did you mean `{s}`?")),
-            None if after_heredoc => d.help(
-                "heredocs (`<<EOF`) are not supported yet, so their body is read as instructions",
-            ),
-            None => d.help(format!("instructions kiln supports: {SUPPORTED}")),
-        };
-        return Err(d);
-    }
-
-    // Leading `--name[=value]` words; a lone `--` ends them and is dropped.
-    let mut flags = Vec::new();
-    let mut pos = kw_end;
-    loop {
-        pos = skip_space(s, pos);
-        if pos >= body_end || !s[pos..body_end].starts_with("--") {
-            break;
-        }
-        let end = flag_word_end(&s[..body_end], pos);
-        let raw = &s[pos..end];
-        if raw == "--" {
-            pos = end;
-            break;
-        }
-        let body = raw.strip_prefix("--").unwrap_or(raw);
-        let (name, value) = match body.split_once('=') {
-            Some((n, v)) => (n.to_string(), Some(v.to_string())),
-            None => (body.to_string(), None),
-        };
-        let value_span = match s[pos..end].find('=') {
-            Some(eq) => joined.span(pos + eq + 1, end),
-            None => joined.span(end, end),
-        };
-        flags.push(Flag {
-            name,
-            value,
-            span: joined.span(pos, end),
-            value_span,
-        });
-        pos = end;
-    }
-    let args_start = skip_space(s, pos).min(body_end);
-    let rest = &s[args_start..body_end];
-    let name: &'static str = ALL_INSTRUCTIONS
-        .iter()
-        .copied()
-        .find(|n| *n == upper)
-        .unwrap_or("");
-    let need_args = || {
-        let what = match name {
-            "WORKDIR" | "USER" => "exactly one argument",
-            _ => "at least one argument",
-        };
-        kw_err(format!("{name} requires {what}")).help(usage(name))
+    let Some(name) = ALL_INSTRUCTIONS.iter().copied().find(|n| *n == upper) else {
+        let d = kw_err(format!("unknown instruction `{}`", keyword.text));
+        return Err(
+            match suggest(&keyword.text, ALL_INSTRUCTIONS).or_else(|| transposed(&upper)) {
+                Some(s) => d.help(format!("did you mean `{s}`?")),
+                None => d.help(format!(
+                    "Dockerfile instructions are: {}",
+                    ALL_INSTRUCTIONS.join(", ")
+                )),
+            },
+        );
     };
-    let word_at = |(a, b): (usize, usize)| joined.word(args_start + a, args_start + b);
+
+    let flags: Vec<Flag> = node
+        .pos
+        .flags
+        .iter()
+        .map(|&(a, b)| {
+            let (a, b) = (boundary(s, a), boundary(s, b));
+            let raw = &s[a..b];
+            let body = raw.strip_prefix("--").unwrap_or(raw);
+            let (name, value) = match body.split_once('=') {
+                Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                None => (body.to_string(), None),
+            };
+            let value_span = match raw.find('=') {
+                Some(eq) => joined.span(a + eq + 1, b),
+                None => joined.span(b, b),
+            };
+            Flag {
+                name,
+                value,
+                span: joined.span(a, b),
+                value_span,
+            }
+        })
+        .collect();
+
+    let (args_start, body_end) = (boundary(s, node.pos.args.0), boundary(s, node.pos.args.1));
+    let rest = &s[args_start..body_end.max(args_start)];
+    let need_args = |what: &str| kw_err(format!("{name} requires {what}")).help(usage(name));
+    let word_at = |(a, b): (usize, usize)| word(args_start + a, args_start + b);
+    // JSON arrays of strings (COPY, ADD, VOLUME), else whitespace-separated words.
+    let list = || -> Result<Vec<Word>, Diagnostic> {
+        Ok(match json_array(rest) {
+            Json::Array(items) => items
+                .into_iter()
+                .map(|(text, (a, b))| Word {
+                    text,
+                    span: joined.span(args_start + a, args_start + b),
+                })
+                .collect(),
+            Json::Mixed(bad) => return Err(non_string(file, joined, args_start, bad)),
+            Json::Text => split_blank(rest).into_iter().map(word_at).collect(),
+        })
+    };
+    let command = |text: &str, base: usize| -> Result<Command, Diagnostic> {
+        Ok(match json_array(text) {
+            Json::Array(items) => {
+                let open = text.len() - text.trim_start().len();
+                Command::Exec {
+                    args: items.into_iter().map(|(s, _)| s).collect(),
+                    span: joined.span(base + open, base + text.len()),
+                }
+            }
+            Json::Mixed(bad) => return Err(non_string(file, joined, base, bad)),
+            Json::Text => Command::Shell(word(base, base + text.len())),
+        })
+    };
 
     let kind = match name {
         "FROM" => {
             let fields: Vec<Word> = split_blank(rest).into_iter().map(word_at).collect();
             match fields.as_slice() {
-                [] => return Err(need_args()),
+                [] => return Err(need_args("at least one argument")),
                 [image] => InstructionKind::From {
                     image: image.clone(),
                     alias: None,
@@ -483,29 +256,32 @@ fn instruction(
                     )
                     .help(usage(name)));
                 }
-                _ => return Err(need_args()),
+                _ => return Err(need_args("at least one argument")),
             }
         }
         "ARG" => {
-            let words = split_words(rest, escape);
+            let words = parse_words(rest, node_escape(node));
             if words.is_empty() {
-                return Err(need_args());
+                return Err(need_args("at least one argument"));
             }
             let mut pairs = Vec::new();
-            for (a, b) in words {
-                let w = &rest[a..b];
+            for (w, (a, b)) in words {
                 let (a, b) = (args_start + a, args_start + b);
                 match w.find('=') {
                     Some(0) => {
                         return Err(err(a, b, "ARG names can not be blank".into())
                             .help("write `ARG <name>` or `ARG <name>=<default>`"));
                     }
-                    Some(eq) => pairs.push(KeyValue {
-                        key: joined.word(a, a + eq),
-                        value: Some(joined.word(a + eq + 1, b)),
-                    }),
+                    Some(_) => {
+                        // Offsets in the raw text: the word's text is the source text here.
+                        let eq = s[a..b].find('=').unwrap_or(b - a);
+                        pairs.push(KeyValue {
+                            key: word(a, a + eq),
+                            value: Some(word(a + eq + 1, b)),
+                        })
+                    }
                     None => pairs.push(KeyValue {
-                        key: joined.word(a, b),
+                        key: word(a, b),
                         value: None,
                     }),
                 }
@@ -513,21 +289,14 @@ fn instruction(
             InstructionKind::Arg(pairs)
         }
         "ENV" | "LABEL" => {
-            let words = split_words(rest, escape);
-            let Some(&(fa, fb)) = words.first() else {
-                return Err(need_args());
+            let words = parse_words(rest, node_escape(node));
+            let Some((first, _)) = words.first() else {
+                return Err(need_args("at least one argument"));
             };
             let mut pairs = Vec::new();
-            if !rest[fa..fb].contains('=') {
-                // Legacy form: `ENV key rest of the line`.
-                let Some(ws) = rest.find(is_ascii_blank) else {
-                    return Err(err(
-                        args_start,
-                        body_end,
-                        format!("{name} `{rest}` has no value"),
-                    )
-                    .help(format!("write `{name} {rest}=<value>`")));
-                };
+            if !first.contains('=') {
+                // Legacy form: `ENV key rest of the line` (the raw layer checked there is a value).
+                let ws = rest.find(is_ascii_blank).unwrap_or(rest.len());
                 let vstart = ws
                     + rest[ws..]
                         .find(|c: char| !is_ascii_blank(c))
@@ -537,27 +306,16 @@ fn instruction(
                     value: Some(word_at((vstart, rest.len()))),
                 });
             } else {
-                for (a, b) in words {
-                    let w = &rest[a..b];
+                for (_, (a, b)) in words {
                     let (a, b) = (args_start + a, args_start + b);
-                    match w.find('=') {
-                        None => {
-                            return Err(err(
-                                a,
-                                b,
-                                format!("missing `=` in `{w}`: {name} expects <key>=<value> pairs"),
-                            )
-                            .help(format!(
-                                "quote a value that contains spaces, e.g. {name} key=\"a b\""
-                            )));
-                        }
-                        Some(0) => {
+                    match s[a..b].find('=') {
+                        Some(0) | None => {
                             return Err(err(a, b, format!("{name} names can not be blank"))
                                 .help(usage(name)));
                         }
                         Some(eq) => pairs.push(KeyValue {
-                            key: joined.word(a, a + eq),
-                            value: Some(joined.word(a + eq + 1, b)),
+                            key: word(a, a + eq),
+                            value: Some(word(a + eq + 1, b)),
                         }),
                     }
                 }
@@ -568,80 +326,220 @@ fn instruction(
                 InstructionKind::Label(pairs)
             }
         }
-        "WORKDIR" | "USER" => {
+        "WORKDIR" | "USER" | "STOPSIGNAL" | "MAINTAINER" => {
             if rest.is_empty() {
-                return Err(need_args());
+                return Err(need_args("exactly one argument"));
             }
             let w = word_at((0, rest.len()));
-            if name == "WORKDIR" {
-                InstructionKind::Workdir(w)
-            } else {
-                InstructionKind::User(w)
+            match name {
+                "WORKDIR" => InstructionKind::Workdir(w),
+                "USER" => InstructionKind::User(w),
+                "STOPSIGNAL" => InstructionKind::StopSignal(w),
+                _ => InstructionKind::Maintainer(w),
             }
         }
         "RUN" | "CMD" | "ENTRYPOINT" => {
             if rest.is_empty() {
-                return Err(need_args());
+                return Err(need_args("at least one argument"));
             }
-            let cmd = match json_array(rest) {
-                Json::Array(items) => {
-                    let open = rest.len() - rest.trim_start().len();
-                    Command::Exec {
-                        args: items.into_iter().map(|(s, _)| s).collect(),
-                        span: joined.span(args_start + open, body_end),
-                    }
-                }
-                Json::Mixed(bad) => return Err(non_string(file, joined, args_start, bad)),
-                Json::Text => Command::Shell(word_at((0, rest.len()))),
-            };
+            let cmd = command(rest, args_start)?;
             match name {
                 "RUN" => InstructionKind::Run(cmd),
                 "CMD" => InstructionKind::Cmd(cmd),
                 _ => InstructionKind::Entrypoint(cmd),
             }
         }
-        "COPY" => {
-            let mut args: Vec<Word> = match json_array(rest) {
-                Json::Array(items) => items
-                    .into_iter()
-                    .map(|(text, (a, b))| Word {
-                        text,
-                        span: joined.span(args_start + a, args_start + b),
-                    })
-                    .collect(),
-                Json::Mixed(bad) => return Err(non_string(file, joined, args_start, bad)),
-                Json::Text => split_blank(rest).into_iter().map(word_at).collect(),
-            };
+        "COPY" | "ADD" => {
+            let mut args = list()?;
             match args.len() {
-                0 => return Err(need_args()),
+                0 => return Err(need_args("at least one argument")),
                 1 => {
                     return Err(Diagnostic::at(
                         file,
                         args[0].span,
-                        "COPY requires at least two arguments (sources and a destination), but only one was provided",
+                        format!("{name} requires at least two arguments (sources and a destination), but only one was provided"),
                     )
                     .help(usage(name)));
                 }
                 _ => {}
             }
             let dest = args.pop().unwrap_or_else(|| word_at((0, 0)));
-            InstructionKind::Copy {
-                sources: args,
-                dest,
+            if let Ok(Some(_)) = parse_heredoc(&dest.text) {
+                return Err(Diagnostic::at(
+                    file,
+                    dest.span,
+                    format!("{name} cannot accept a heredoc as a destination"),
+                )
+                .help("put the heredoc before the destination: `COPY <<EOF /dest`"));
+            }
+            if name == "COPY" {
+                InstructionKind::Copy {
+                    sources: args,
+                    dest,
+                }
+            } else {
+                InstructionKind::Add {
+                    sources: args,
+                    dest,
+                }
             }
         }
-        _ => {
-            return Err(kw_err(format!("instruction `{name}` is not supported yet"))
-                .help(format!("instructions kiln supports: {SUPPORTED}")));
+        "EXPOSE" => {
+            let ports: Vec<Word> = split_blank(rest).into_iter().map(word_at).collect();
+            if ports.is_empty() {
+                return Err(need_args("at least one argument"));
+            }
+            InstructionKind::Expose(ports)
         }
+        "VOLUME" => {
+            let paths = list()?;
+            if paths.is_empty() {
+                return Err(need_args("at least one argument"));
+            }
+            if let Some(blank) = paths.iter().find(|p| p.text.trim().is_empty()) {
+                return Err(Diagnostic::at(
+                    file,
+                    blank.span,
+                    "VOLUME specified can not be an empty string",
+                )
+                .help(usage(name)));
+            }
+            InstructionKind::Volume(paths)
+        }
+        "SHELL" => match json_array(rest) {
+            Json::Array(items) if !items.is_empty() => {
+                let open = rest.len() - rest.trim_start().len();
+                InstructionKind::Shell {
+                    args: items.into_iter().map(|(s, _)| s).collect(),
+                    span: joined.span(args_start + open, body_end),
+                }
+            }
+            Json::Mixed(bad) => return Err(non_string(file, joined, args_start, bad)),
+            _ if rest.is_empty() || rest.trim() == "[]" => {
+                return Err(need_args("at least one argument"));
+            }
+            _ => {
+                return Err(err(
+                    args_start,
+                    body_end,
+                    "SHELL requires the arguments to be in JSON form".into(),
+                )
+                .help("write e.g. SHELL [\"/bin/bash\", \"-c\"]"));
+            }
+        },
+        "HEALTHCHECK" => {
+            let typ_len = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            if typ_len == 0 {
+                return Err(need_args("at least one argument"));
+            }
+            let typ = word_at((0, typ_len));
+            let after = typ_len
+                + rest[typ_len..]
+                    .find(|c: char| !c.is_whitespace())
+                    .unwrap_or(rest.len() - typ_len);
+            let remainder = &rest[after..];
+            match typ.text.to_ascii_uppercase().as_str() {
+                "NONE" => {
+                    if !remainder.is_empty() {
+                        return Err(err(
+                            args_start + after,
+                            body_end,
+                            "HEALTHCHECK NONE takes no arguments".into(),
+                        )
+                        .help(usage(name)));
+                    }
+                    InstructionKind::Healthcheck(Healthcheck::None(typ.span))
+                }
+                "CMD" => {
+                    let cmd = command(remainder, args_start + after)?;
+                    if remainder.is_empty()
+                        || matches!(&cmd, Command::Exec { args, .. } if args.is_empty())
+                    {
+                        return Err(Diagnostic::at(
+                            file,
+                            typ.span,
+                            "Missing command after HEALTHCHECK CMD",
+                        )
+                        .help(usage(name)));
+                    }
+                    InstructionKind::Healthcheck(Healthcheck::Cmd(cmd))
+                }
+                _ => {
+                    return Err(Diagnostic::at(
+                        file,
+                        typ.span,
+                        format!(
+                            "Unknown type {:?} in HEALTHCHECK (try CMD)",
+                            typ.text.to_ascii_uppercase()
+                        ),
+                    )
+                    .help(usage(name)));
+                }
+            }
+        }
+        "ONBUILD" => {
+            let Some(nested) = node.nested() else {
+                return Err(need_args("at least one argument"));
+            };
+            let trigger = nested.value.to_ascii_uppercase();
+            let (a, b) = nested.pos.keyword;
+            match trigger.as_str() {
+                "ONBUILD" => {
+                    return Err(err(
+                        a,
+                        b,
+                        "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into(),
+                    ));
+                }
+                "FROM" | "MAINTAINER" => {
+                    return Err(err(
+                        a,
+                        b,
+                        format!("{trigger} isn't allowed as an ONBUILD trigger"),
+                    ));
+                }
+                _ => {}
+            }
+            let inner_span = Span::new(joined.map(a), span.end);
+            let inner = instruction(file, nested, inner_span, heredocs)?;
+            InstructionKind::Onbuild(Box::new(inner))
+        }
+        _ => unreachable!("every name in ALL_INSTRUCTIONS has a rule"),
     };
 
+    // ONBUILD hands its heredocs to the nested instruction, where they are used.
+    let heredocs = if name == "ONBUILD" {
+        Vec::new()
+    } else {
+        heredocs
+            .iter()
+            .map(|h| Heredoc {
+                name: Word {
+                    text: h.name.clone(),
+                    span: h.marker,
+                },
+                fd: h.fd,
+                expand: h.expand,
+                chomp: h.chomp,
+                body: Word {
+                    text: h.content.clone(),
+                    span: h.body,
+                },
+            })
+            .collect()
+    };
     Ok(Instruction {
         span,
         keyword,
         flags,
         kind,
+        heredocs,
     })
+}
+
+/// The escape character the node was parsed with (only `\` and `` ` `` exist).
+fn node_escape(node: &raw::Node) -> char {
+    node.escape
 }
 
 fn non_string(
@@ -656,253 +554,6 @@ fn non_string(
         "when using JSON array syntax, arrays must be comprised of strings only",
     )
     .help("quote every element, e.g. [\"echo\", \"1\"]; or drop the brackets for the shell form")
-}
-
-/// What `rest` is as a JSON array (BuildKit's exec form test).
-#[derive(Debug, PartialEq)]
-enum Json {
-    /// A valid array of strings: each decoded string with the byte range of its literal.
-    Array(Vec<(String, (usize, usize))>),
-    /// A valid JSON array with a non-string element (its byte range): an error in BuildKit.
-    Mixed((usize, usize)),
-    /// Not a JSON array: the shell form.
-    Text,
-}
-
-fn json_array(s: &str) -> Json {
-    let start = s.len() - s.trim_start().len();
-    if !s[start..].starts_with('[') {
-        return Json::Text;
-    }
-    let mut p = JsonParser {
-        b: s.as_bytes(),
-        s,
-        pos: start + 1,
-    };
-    let mut items = Vec::new();
-    let mut bad = None;
-    p.ws();
-    if p.peek() == Some(b']') {
-        p.pos += 1;
-    } else {
-        loop {
-            p.ws();
-            let at = p.pos;
-            if p.peek() == Some(b'"') {
-                match p.string() {
-                    Some(v) => items.push((v, (at, p.pos))),
-                    None => return Json::Text,
-                }
-            } else {
-                if !p.value(0) {
-                    return Json::Text;
-                }
-                bad.get_or_insert((at, p.pos));
-            }
-            p.ws();
-            match p.peek() {
-                Some(b',') => p.pos += 1,
-                Some(b']') => {
-                    p.pos += 1;
-                    break;
-                }
-                _ => return Json::Text,
-            }
-        }
-    }
-    p.ws();
-    if p.pos != s.len() {
-        return Json::Text;
-    }
-    match bad {
-        Some(r) => Json::Mixed(r),
-        None => Json::Array(items),
-    }
-}
-
-/// A small JSON validator/decoder: enough to tell an exec-form array from shell text.
-struct JsonParser<'a> {
-    b: &'a [u8],
-    s: &'a str,
-    pos: usize,
-}
-
-impl JsonParser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.pos).copied()
-    }
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-    fn eat(&mut self, lit: &str) -> bool {
-        if self.s.get(self.pos..).is_some_and(|r| r.starts_with(lit)) {
-            self.pos += lit.len();
-            true
-        } else {
-            false
-        }
-    }
-    fn digits(&mut self) -> usize {
-        let st = self.pos;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
-            self.pos += 1;
-        }
-        self.pos - st
-    }
-    /// Skips one JSON value; false if it is not valid JSON.
-    fn value(&mut self, depth: usize) -> bool {
-        if depth > 512 {
-            return false;
-        }
-        self.ws();
-        match self.peek() {
-            Some(b'"') => self.string().is_some(),
-            Some(b't') => self.eat("true"),
-            Some(b'f') => self.eat("false"),
-            Some(b'n') => self.eat("null"),
-            Some(b'[') => {
-                self.pos += 1;
-                self.ws();
-                if self.peek() == Some(b']') {
-                    self.pos += 1;
-                    return true;
-                }
-                loop {
-                    if !self.value(depth + 1) {
-                        return false;
-                    }
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b']') => {
-                            self.pos += 1;
-                            return true;
-                        }
-                        _ => return false,
-                    }
-                }
-            }
-            Some(b'{') => {
-                self.pos += 1;
-                self.ws();
-                if self.peek() == Some(b'}') {
-                    self.pos += 1;
-                    return true;
-                }
-                loop {
-                    self.ws();
-                    if self.peek() != Some(b'"') || self.string().is_none() {
-                        return false;
-                    }
-                    self.ws();
-                    if self.peek() != Some(b':') {
-                        return false;
-                    }
-                    self.pos += 1;
-                    if !self.value(depth + 1) {
-                        return false;
-                    }
-                    self.ws();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(b'}') => {
-                            self.pos += 1;
-                            return true;
-                        }
-                        _ => return false,
-                    }
-                }
-            }
-            Some(b'-' | b'0'..=b'9') => {
-                if self.peek() == Some(b'-') {
-                    self.pos += 1;
-                }
-                match self.peek() {
-                    Some(b'0') => self.pos += 1,
-                    Some(b'1'..=b'9') => {
-                        self.digits();
-                    }
-                    _ => return false,
-                }
-                if self.peek() == Some(b'.') {
-                    self.pos += 1;
-                    if self.digits() == 0 {
-                        return false;
-                    }
-                }
-                if matches!(self.peek(), Some(b'e' | b'E')) {
-                    self.pos += 1;
-                    if matches!(self.peek(), Some(b'+' | b'-')) {
-                        self.pos += 1;
-                    }
-                    if self.digits() == 0 {
-                        return false;
-                    }
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-    fn hex4(&mut self) -> Option<u32> {
-        let h = self.s.get(self.pos..self.pos + 4)?;
-        let v = u32::from_str_radix(h, 16).ok()?;
-        if !h.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return None;
-        }
-        self.pos += 4;
-        Some(v)
-    }
-    /// Decodes a string literal at `pos` (on the opening quote). Lone surrogates become U+FFFD.
-    fn string(&mut self) -> Option<String> {
-        self.pos += 1;
-        let mut out = String::new();
-        loop {
-            let c = self.s.get(self.pos..)?.chars().next()?;
-            self.pos += c.len_utf8();
-            match c {
-                '"' => return Some(out),
-                '\\' => {
-                    let e = self.peek()?;
-                    self.pos += 1;
-                    match e {
-                        b'"' => out.push('"'),
-                        b'\\' => out.push('\\'),
-                        b'/' => out.push('/'),
-                        b'b' => out.push('\u{8}'),
-                        b'f' => out.push('\u{c}'),
-                        b'n' => out.push('\n'),
-                        b'r' => out.push('\r'),
-                        b't' => out.push('\t'),
-                        b'u' => {
-                            let hi = self.hex4()?;
-                            let ch = if (0xD800..0xDC00).contains(&hi) {
-                                let save = self.pos;
-                                let lo = if self.eat("\\u") { self.hex4() } else { None };
-                                match lo {
-                                    Some(lo) if (0xDC00..0xE000).contains(&lo) => char::from_u32(
-                                        0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00),
-                                    ),
-                                    _ => {
-                                        self.pos = save;
-                                        None
-                                    }
-                                }
-                            } else {
-                                char::from_u32(hi)
-                            };
-                            out.push(ch.unwrap_or('\u{fffd}'));
-                        }
-                        _ => return None,
-                    }
-                }
-                c if (c as u32) < 0x20 => return None,
-                c => out.push(c),
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -1168,8 +819,10 @@ CMD echo \"hi\"
 
     #[test]
     fn empty_and_comment_only_files() {
+        // Like BuildKit: a file without instructions is an error.
         for text in ["", "\n\n", "# just a comment\n", "\u{feff}", "   \n\t\n"] {
-            assert!(parse_str(text).unwrap().instructions.is_empty(), "{text:?}");
+            let d = parse_str(text).expect_err(text);
+            assert!(d.message.contains("file with no instructions"), "{text:?}");
         }
         let df = parse_str("FROM a\nRUN something \\").unwrap();
         assert_eq!(df.instructions.len(), 2);
@@ -1228,11 +881,30 @@ CMD echo \"hi\"
         let out = err_at("FROM scratch\nFORM x\n", "2:1");
         assert!(out.contains("unknown instruction `FORM`"), "{out}");
         assert!(out.contains("did you mean `FROM`?"), "{out}");
-        let out = err_at("FROM a\nADD x /y\n", "2:1");
+        let out = err_at("FROM a\nADD x\n", "2:5");
+        assert!(out.contains("ADD requires at least two arguments"), "{out}");
+        let out = err_at("FROM a\nCOPY /foo <<EOF\nEOF\n", "2:11");
+        assert!(out.contains("heredoc as a destination"), "{out}");
+        let out = err_at("FROM a\nRUN <<EOF\nnever ends\n", "2:5");
+        assert!(out.contains("unterminated heredoc"), "{out}");
+        let out = err_at("FROM a\nONBUILD ONBUILD RUN x\n", "2:9");
+        assert!(out.contains("Chaining ONBUILD"), "{out}");
+        let out = err_at("FROM a\nONBUILD from x\n", "2:9");
         assert!(
-            out.contains("instruction `ADD` is not supported yet"),
+            out.contains("FROM isn't allowed as an ONBUILD trigger"),
             "{out}"
         );
+        let out = err_at("FROM a\nHEALTHCHECK CONNECT x\n", "2:13");
+        assert!(out.contains("Unknown type \"CONNECT\""), "{out}");
+        err_at("FROM a\nHEALTHCHECK NONE x\n", "2:18");
+        err_at("FROM a\nHEALTHCHECK CMD\n", "2:13");
+        err_at("FROM a\nHEALTHCHECK CMD []\n", "2:13");
+        let out = err_at("FROM a\nSHELL /bin/sh -c\n", "2:7");
+        assert!(out.contains("JSON form"), "{out}");
+        err_at("FROM a\nSHELL []\n", "2:1");
+        err_at("FROM a\nVOLUME [\" \"]\n", "2:9");
+        err_at("FROM a\nSTOPSIGNAL\n", "2:1");
+        err_at("FROM a\nEXPOSE\n", "2:1");
         let out = err_at("FROM a\n  RUN\n", "2:3");
         assert!(out.contains("RUN requires at least one argument"), "{out}");
         err_at("FROM\n", "1:1");
@@ -1253,8 +925,6 @@ CMD echo \"hi\"
         err_at("FROM a\nLABEL\n", "2:1");
         err_at("ARG =x\n", "1:5");
         err_at("FROM a\nWORKDIR\n", "2:1");
-        let out = err_at("FROM a\nRUN <<EOF\napt-get update\nEOF\n", "3:1");
-        assert!(out.contains("heredoc"), "{out}");
     }
 
     #[test]
@@ -1283,8 +953,12 @@ CMD echo \"hi\"
         for input in inputs {
             let _ = parse_str(input);
         }
-        let deep = format!("RUN {}", "[".repeat(100_000));
+        let deep = format!("RUN {}", "[".repeat(60_000));
         assert!(parse_str(&deep).is_ok());
+        // Go's line scanner stops at 64 KiB, and BuildKit fails.
+        let long = format!("FROM a\nRUN {}\n", "x".repeat(70_000));
+        let d = parse_str(&long).unwrap_err();
+        assert!(d.message.contains("max allowed size"), "{}", d.message);
     }
 
     /// Deterministic pseudo-random Dockerfiles built from tricky pieces: nothing may panic.
@@ -1353,120 +1027,112 @@ CMD echo \"hi\"
         }
     }
 
-    fn conformance_dir() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance")
+    #[test]
+    fn every_instruction_kind() {
+        let text = "FROM a\nADD --chmod=644 x y /d/\nONBUILD RUN echo hi\nHEALTHCHECK --interval=5s CMD curl -f x\nHEALTHCHECK none\nSHELL [\"/bin/bash\", \"-c\"]\nSTOPSIGNAL SIGTERM\nEXPOSE 80/tcp 443\nVOLUME [\"/a\", \"/b\"]\nVOLUME /c\nMAINTAINER me <me@x>\n";
+        let df = parse_str(text).unwrap();
+        let ins = &df.instructions;
+        let InstructionKind::Add { sources, dest } = &ins[1].kind else {
+            panic!()
+        };
+        assert_eq!((sources.len(), dest.text.as_str()), (2, "/d/"));
+        assert_eq!(ins[1].flag("chmod").unwrap().value.as_deref(), Some("644"));
+        let InstructionKind::Onbuild(inner) = &ins[2].kind else {
+            panic!()
+        };
+        assert!(
+            matches!(&inner.kind, InstructionKind::Run(Command::Shell(w)) if w.text == "echo hi")
+        );
+        assert_eq!(at(&df, inner.keyword.span), (3, 9));
+        let InstructionKind::Healthcheck(Healthcheck::Cmd(Command::Shell(w))) = &ins[3].kind else {
+            panic!()
+        };
+        assert_eq!(w.text, "curl -f x");
+        assert_eq!(
+            ins[3].flag("interval").unwrap().value.as_deref(),
+            Some("5s")
+        );
+        assert!(matches!(
+            ins[4].kind,
+            InstructionKind::Healthcheck(Healthcheck::None(_))
+        ));
+        let InstructionKind::Shell { args, .. } = &ins[5].kind else {
+            panic!()
+        };
+        assert_eq!(args, &["/bin/bash", "-c"]);
+        assert!(matches!(&ins[6].kind, InstructionKind::StopSignal(w) if w.text == "SIGTERM"));
+        let InstructionKind::Expose(ports) = &ins[7].kind else {
+            panic!()
+        };
+        assert_eq!(
+            ports.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(),
+            ["80/tcp", "443"]
+        );
+        let InstructionKind::Volume(v) = &ins[8].kind else {
+            panic!()
+        };
+        assert_eq!(src(&df, v[1].span), "\"/b\"");
+        assert!(matches!(&ins[9].kind, InstructionKind::Volume(v) if v[0].text == "/c"));
+        assert!(matches!(&ins[10].kind, InstructionKind::Maintainer(w) if w.text == "me <me@x>"));
     }
 
-    /// BuildKit's parser test files and real-world Dockerfiles, where they stay within the
-    /// instructions this parser supports: each must parse, with the same instructions on the same
-    /// lines as BuildKit's dump. Files using other instructions or heredocs are skipped.
     #[test]
-    fn buildkit_conformance() {
-        let dir = conformance_dir();
-        if !dir.is_dir() {
-            eprintln!(
-                "note: {} absent, skipping parser conformance",
-                dir.display()
-            );
-            return;
-        }
-        let mut cases: Vec<(std::path::PathBuf, std::path::PathBuf)> = Vec::new();
-        if let Ok(rd) = std::fs::read_dir(dir.join("buildkit/parser/testfiles")) {
-            for e in rd.flatten() {
-                cases.push((e.path().join("Dockerfile"), e.path().join("result")));
-            }
-        }
-        if let Ok(rd) = std::fs::read_dir(dir.join("realworld")) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "Dockerfile") {
-                    let name = p
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .to_string();
-                    cases.push((
-                        p,
-                        dir.join("realworld/expected")
-                            .join(format!("{name}.result")),
-                    ));
-                }
-            }
-        }
-        cases.sort();
-        let supported = [
-            "from",
-            "arg",
-            "env",
-            "label",
-            "workdir",
-            "user",
-            "run",
-            "cmd",
-            "entrypoint",
-            "copy",
-        ];
-        let (mut pass, mut skip, mut total) = (0, 0, 0);
-        let mut failures = Vec::new();
-        for (df_path, result_path) in cases {
-            let (Ok(bytes), Ok(result)) = (
-                std::fs::read(&df_path),
-                std::fs::read_to_string(&result_path),
-            ) else {
-                continue;
-            };
-            let Ok(text) = String::from_utf8(bytes) else {
-                skip += 1;
-                continue;
-            };
-            let keywords: Vec<String> = result
-                .lines()
-                .map(|l| {
-                    l.trim_start_matches('(')
-                        .split([' ', ')'])
-                        .next()
-                        .unwrap_or_default()
-                        .to_string()
-                })
-                .collect();
-            if keywords.iter().any(|k| !supported.contains(&k.as_str())) || text.contains("<<") {
-                skip += 1;
-                continue;
-            }
-            total += 1;
-            let name = df_path.display().to_string();
-            match parse(SourceFile::new(name.clone(), text)) {
-                Ok(df) => {
-                    let got: Vec<String> = df
-                        .instructions
-                        .iter()
-                        .map(|i| i.keyword.text.to_ascii_lowercase())
-                        .collect();
-                    if got == keywords {
-                        pass += 1;
-                    } else {
-                        failures.push(format!("{name}: got {got:?}, want {keywords:?}"));
-                    }
-                }
-                Err(d) => failures.push(format!("{name}: {}", render(&d, false))),
-            }
-        }
-        // Negative cases: BuildKit rejects all four; two of them (empty file, only comments) are
-        // "file with no instructions", which is deliberately left to a later stage here.
-        for case in ["env_no_value", "shykes-nested-json"] {
-            let p = dir
-                .join("buildkit/parser/testfiles-negative")
-                .join(case)
-                .join("Dockerfile");
-            if let Ok(text) = std::fs::read_to_string(&p)
-                && parse_str(&text).is_ok()
-            {
-                failures.push(format!("{case}: parsed, but BuildKit rejects it"));
-            }
-        }
-        eprintln!(
-            "parser conformance: {pass}/{total} pass, {skip} skipped (unsupported instructions or heredocs)"
+    fn heredocs_in_the_ast() {
+        let text = "FROM a\nCOPY <<one <<-'two' /dst/\nfirst\none\n\tsecond $X\n\ttwo\nRUN <<EOF python3\nprint(1)\nEOF\nONBUILD RUN <<X\nx\nX\n";
+        let df = parse_str(text).unwrap();
+        let copy = &df.instructions[1];
+        assert_eq!(copy.heredocs.len(), 2);
+        let (one, two) = (&copy.heredocs[0], &copy.heredocs[1]);
+        assert_eq!(
+            (one.name.text.as_str(), one.expand, one.chomp),
+            ("one", true, false)
         );
-        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(src(&df, one.name.span), "<<one");
+        assert_eq!(one.body.text, "first\n");
+        assert_eq!(
+            (two.name.text.as_str(), two.expand, two.chomp),
+            ("two", false, true)
+        );
+        assert_eq!(src(&df, two.name.span), "<<-'two'");
+        assert_eq!(two.body.text, "\tsecond $X\n");
+        assert_eq!(two.text(), "second $X\n");
+        assert_eq!(src(&df, two.body.span), "\tsecond $X\n");
+        // The instruction span runs to the end of the last terminator line.
+        assert_eq!(df.file.line_col(copy.span.end), (6, 5));
+        let run = &df.instructions[2];
+        assert!(
+            matches!(&run.kind, InstructionKind::Run(Command::Shell(w)) if w.text == "<<EOF python3")
+        );
+        assert_eq!(run.heredocs[0].body.text, "print(1)\n");
+        let InstructionKind::Onbuild(inner) = &df.instructions[3].kind else {
+            panic!()
+        };
+        assert_eq!(inner.heredocs[0].body.text, "x\n");
+        assert!(df.instructions[3].heredocs.is_empty());
+        // The JSON form never has heredocs.
+        let df = parse_str("RUN [\"<<EOF\"]\n").unwrap();
+        assert!(df.instructions[0].heredocs.is_empty());
+    }
+
+    #[test]
+    fn raw_dump_and_warnings() {
+        let ast = raw::parse(SourceFile::new(
+            "Dockerfile",
+            "FROM a\nRUN a \\\n\n b\nONBUILD COPY [\"x\", \"y\"]\nfoo bar\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            raw::dump(&ast),
+            "(from \"a\")\n(run \"a  b\")\n(onbuild (copy \"x\" \"y\"))\n(foo \"\")\n"
+        );
+        assert_eq!(ast.warnings.len(), 1);
+        assert_eq!(
+            ast.warnings[0].message,
+            "Empty continuation line found in: RUN a  b"
+        );
+        assert_eq!(
+            (ast.children[1].start_line, ast.children[1].end_line),
+            (2, 4)
+        );
     }
 }

@@ -16,6 +16,28 @@ pub fn expand_word(
     Lexer::new(word, escape, lookup).run(word).map(|(s, _)| s)
 }
 
+/// The switches of BuildKit's lexer that its heredoc detection uses (`RawQuotes`, `RawEscapes`,
+/// `SkipUnsetEnv`); all off is the ordinary behaviour of [`expand_word`] and [`expand_words`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LexOptions {
+    /// Keep quote characters in the output (quoted text is still not split or expanded).
+    pub raw_quotes: bool,
+    /// Keep escape characters in the output.
+    pub raw_escapes: bool,
+    /// Leave references to unset variables as written (`$X`, `${X:-y}`) instead of expanding them.
+    pub skip_unset: bool,
+}
+
+/// Splits `word` into fields like [`expand_words`] with the given switches and no variables set.
+pub fn split_words_with(word: &str, escape: char, opts: LexOptions) -> Result<Vec<String>, String> {
+    let none = |_: &str| None;
+    let mut lexer = Lexer::new(word, escape, &none);
+    lexer.raw_quotes = opts.raw_quotes;
+    lexer.raw_escapes = opts.raw_escapes;
+    lexer.skip_unset = opts.skip_unset;
+    lexer.run(word).map(|(_, w)| w)
+}
+
 /// Expands a word like [`expand_word`], then splits the result into fields on whitespace that is
 /// neither quoted nor escaped (whitespace produced by an unquoted expansion splits too).
 pub fn expand_words(
@@ -72,6 +94,8 @@ struct Lexer<'a> {
     pos: usize,
     escape: char,
     raw_escapes: bool,
+    raw_quotes: bool,
+    skip_unset: bool,
     /// How many `${` are open; bounded so hostile input cannot exhaust the stack.
     depth: usize,
     lookup: &'a dyn Fn(&str) -> Option<String>,
@@ -87,6 +111,8 @@ impl<'a> Lexer<'a> {
             pos: 0,
             escape,
             raw_escapes: false,
+            raw_quotes: false,
+            skip_unset: false,
             depth: 0,
             lookup,
         }
@@ -109,7 +135,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn run(&mut self, source: &str) -> Result<(String, Vec<String>), String> {
-        self.process_until(None, false)
+        self.process_until(None, self.raw_escapes)
             .map_err(|e| format!("failed to process {source:?}: {e}"))
     }
 
@@ -151,6 +177,13 @@ impl<'a> Lexer<'a> {
                     result.push_str(&value);
                     fields.add_raw_string(&value);
                 }
+                '<' => {
+                    // BuildKit keeps `<<` and the blanks after it in one field, so that
+                    // `<<  EOF` stays a single heredoc word.
+                    let value = self.process_possible_heredoc();
+                    result.push_str(&value);
+                    fields.add_raw_string(&value);
+                }
                 _ => {
                     self.pos += 1;
                     if ch == self.escape {
@@ -177,10 +210,28 @@ impl<'a> Lexer<'a> {
         Ok((result, fields.finish()))
     }
 
+    /// `<` or `<<` followed by any spaces, tabs and carriage returns.
+    fn process_possible_heredoc(&mut self) -> String {
+        self.pos += 1;
+        if self.peek() != Some('<') {
+            return "<".into();
+        }
+        self.pos += 1;
+        let mut out = String::from("<<");
+        while let Some(c @ (' ' | '\t' | '\r')) = self.peek() {
+            out.push(c);
+            self.pos += 1;
+        }
+        out
+    }
+
     /// `'...'`: everything literal, no escapes at all.
     fn process_single_quote(&mut self) -> Result<String, String> {
         self.pos += 1;
         let mut result = String::new();
+        if self.raw_quotes {
+            result.push('\'');
+        }
         loop {
             match self.next() {
                 None => {
@@ -189,7 +240,12 @@ impl<'a> Lexer<'a> {
                             .into(),
                     );
                 }
-                Some('\'') => return Ok(result),
+                Some('\'') => {
+                    if self.raw_quotes {
+                        result.push('\'');
+                    }
+                    return Ok(result);
+                }
                 Some(ch) => result.push(ch),
             }
         }
@@ -199,6 +255,9 @@ impl<'a> Lexer<'a> {
     fn process_double_quote(&mut self) -> Result<String, String> {
         self.pos += 1;
         let mut result = String::new();
+        if self.raw_quotes {
+            result.push('"');
+        }
         loop {
             match self.peek() {
                 None => {
@@ -209,6 +268,9 @@ impl<'a> Lexer<'a> {
                 }
                 Some('"') => {
                     self.pos += 1;
+                    if self.raw_quotes {
+                        result.push('"');
+                    }
                     return Ok(result);
                 }
                 Some('$') => {
@@ -258,7 +320,11 @@ impl<'a> Lexer<'a> {
             if name.is_empty() {
                 return Ok("$".into());
             }
-            return Ok(self.get_env(&name).unwrap_or_default());
+            return Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.skip_unset => format!("${name}"),
+                None => String::new(),
+            });
         }
         self.pos += 1;
         match self.peek() {
@@ -271,7 +337,11 @@ impl<'a> Lexer<'a> {
             return Err("syntax error: missing '}'".into());
         };
         match first {
-            '}' => Ok(self.get_env(&name).unwrap_or_default()),
+            '}' => Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.skip_unset => format!("${{{name}}}"),
+                None => String::new(),
+            }),
             ':' | '+' | '-' | '?' | '#' | '%' => {
                 let null_is_unset = first == ':';
                 let op = if null_is_unset {
@@ -288,12 +358,18 @@ impl<'a> Lexer<'a> {
                     op.to_string()
                 };
                 let raw = op == '#' || op == '%';
+                if null_is_unset && raw {
+                    return Err(format!("unsupported modifier ({modifier}) in substitution"));
+                }
                 let word = match self.process_until(Some('}'), raw) {
                     Ok((word, _)) => word,
                     Err(_) if self.at_eof() => return Err("syntax error: missing '}'".into()),
                     Err(e) => return Err(e),
                 };
                 let value = self.get_env(&name);
+                if value.is_none() && self.skip_unset {
+                    return Ok(format!("${{{name}{modifier}{word}}}"));
+                }
                 match (op, null_is_unset) {
                     ('-', _) => match value {
                         Some(v) if !(null_is_unset && v.is_empty()) => Ok(v),
@@ -357,7 +433,12 @@ impl<'a> Lexer<'a> {
                     Err(_) if self.at_eof() => return Err("syntax error: missing '}'".into()),
                     Err(e) => return Err(e),
                 };
-                let value = self.get_env(&name).unwrap_or_default();
+                let Some(value) = self
+                    .get_env(&name)
+                    .or_else(|| (!self.skip_unset).then(String::new))
+                else {
+                    return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
+                };
                 let glob = Glob::compile(&pattern)
                     .map_err(|e| format!("invalid pattern ({pattern}) in substitution: {e}"))?;
                 Ok(glob.replace(&value, &replacement, replace_all))

@@ -16,3 +16,4 @@ mod parallel;
 mod progress;
 mod secrets;
 mod ssh;
+mod store;
