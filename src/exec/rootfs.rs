@@ -111,6 +111,10 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
         if meta.is_dir() {
             let (dest, _) = mkdir_all(root, &op.dest, owner)?;
             copy_tree(src, &from, &dest, owner, op.chmod)?;
+        } else if op.extract && archive_kind(&from)?.is_some() {
+            // ADD unpacks local archives into the destination directory, as docker does.
+            let (dest, _) = mkdir_all(root, &op.dest, owner)?;
+            extract(&from, &dest, op.chown.as_ref().and(owner))?;
         } else {
             let dest_path = if into_dir {
                 let name = rel
@@ -127,6 +131,72 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `Some(true)` for a gzip-compressed tar, `Some(false)` for a plain tar, `None` for anything else.
+fn archive_kind(path: &Path) -> Result<Option<bool>, String> {
+    use std::io::Read as _;
+    let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let mut head = Vec::new();
+    fs::File::open(path)
+        .map_err(fail)?
+        .take(2)
+        .read_to_end(&mut head)
+        .map_err(fail)?;
+    let gz = head == [0x1f, 0x8b];
+    let mut block = vec![0u8; 512];
+    let mut reader: Box<dyn std::io::Read> = Box::new(fs::File::open(path).map_err(fail)?);
+    if gz {
+        reader = Box::new(flate2::read::GzDecoder::new(reader));
+    }
+    let n = reader.read(&mut block).unwrap_or(0);
+    let mut filled = n;
+    while filled < 512 {
+        match reader.read(&mut block[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => filled += k,
+        }
+    }
+    Ok((filled >= 262 && &block[257..262] == b"ustar").then_some(gz))
+}
+
+/// Unpacks an archive into `dest`. The tar crate refuses entries that would land outside `dest` (`..`,
+/// absolute names, or through a symlink the archive itself created).
+fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("cannot unpack {}: {e}", path.display());
+    let file = fs::File::open(path).map_err(fail)?;
+    let reader: Box<dyn std::io::Read> = if archive_kind(path)? == Some(true) {
+        Box::new(flate2::read::GzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(owner.is_none());
+    archive.set_overwrite(true);
+    for entry in archive.entries().map_err(fail)? {
+        let mut entry = entry.map_err(fail)?;
+        let name = entry.path().map_err(fail)?.into_owned();
+        if !entry.unpack_in(dest).map_err(fail)? {
+            return Err(format!(
+                "cannot unpack {}: entry `{}` points outside the destination",
+                path.display(),
+                name.display()
+            ));
+        }
+        if let Some((u, g)) = owner {
+            let target = dest.join(clean(&name));
+            std::os::unix::fs::lchown(&target, Some(u), Some(g)).map_err(fail)?;
+        }
+    }
+    Ok(())
+}
+
+/// An archive entry's name made relative (what `unpack_in` does with it).
+fn clean(name: &Path) -> PathBuf {
+    name.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
 }
 
 fn split_parent(path: &str) -> (String, String) {

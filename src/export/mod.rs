@@ -312,9 +312,11 @@ fn finish_config(config: &Value, blobs: &[LayerBlob], empty: &[bool]) -> Result<
             layer += 1;
         }
     }
-    let typed: ImageConfiguration = serde_json::from_value(config.clone())
+    // Checked against the OCI schema, but written as built: Docker's extensions that BuildKit also
+    // writes (`Healthcheck`, `OnBuild`, `Shell`) are not in oci-spec's types and must survive.
+    let _: ImageConfiguration = serde_json::from_value(config.clone())
         .map_err(|e| Diagnostic::env(format!("the image config is not valid OCI: {e}")))?;
-    serde_json::to_value(&typed).map_err(|e| Diagnostic::env(e.to_string()))
+    Ok(config)
 }
 
 /// JSON with sorted keys (serde_json's map is ordered), so equal content gives equal digests.

@@ -6,16 +6,15 @@ use std::sync::Arc;
 
 use super::mount::{self, Parsed};
 use super::op::{
-    ConfigOp, CopyOp, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+    ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
 };
 use super::{LowerOptions, NamedContext, NodeId, Program, Root};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
+use crate::syntax::ast::{HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc};
 use crate::syntax::shell;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
-/// The instructions lowering handles today (the parser knows all of BuildKit's).
-const SUPPORTED: &str = "FROM, ARG, ENV, LABEL, WORKDIR, USER, RUN, CMD, ENTRYPOINT and COPY";
 /// The image-config and variable state of a stage while its instructions are lowered.
 #[derive(Clone)]
 struct Stage {
@@ -28,6 +27,8 @@ struct Stage {
     args: Vec<(String, Option<String>)>,
     cwd: Option<String>,
     user: Option<String>,
+    /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
+    shell: Option<Vec<String>>,
     config: ConfigOp,
     step: usize,
     steps: usize,
@@ -332,6 +333,7 @@ impl Lowerer<'_> {
                 args: Vec::new(),
                 cwd: None,
                 user: None,
+                shell: None,
                 config: ConfigOp::default(),
                 step: 0,
                 steps: 0,
@@ -371,7 +373,7 @@ impl Lowerer<'_> {
         let name = format!("[{}] image config", stage.name);
         let config = self
             .program
-            .push(Op::Config(config), vec![stage.fs], name, None);
+            .push(Op::Config(Box::new(config)), vec![stage.fs], name, None);
         self.stages.push(Finished {
             state: stage,
             config,
@@ -476,13 +478,13 @@ impl Lowerer<'_> {
             }
             InstructionKind::Cmd(c) => {
                 self.reject_flags(ins, &[])?;
-                let args = command_args(c);
+                let args = command_args(c, stage.shell.as_deref());
                 Self::config_history(stage, format!("CMD {}", json_list(&args)));
                 stage.config.cmd = Inherit::Set(args);
             }
             InstructionKind::Entrypoint(c) => {
                 self.reject_flags(ins, &[])?;
-                let args = command_args(c);
+                let args = command_args(c, stage.shell.as_deref());
                 Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
                 stage.config.entrypoint = Inherit::Set(args);
                 // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
@@ -491,42 +493,195 @@ impl Lowerer<'_> {
                 }
             }
             InstructionKind::Run(c) => self.run(stage, ins, c)?,
-            InstructionKind::Copy { sources, dest } => self.copy(stage, ins, sources, dest)?,
-            InstructionKind::Add { .. }
-            | InstructionKind::Onbuild(_)
-            | InstructionKind::Healthcheck(_)
-            | InstructionKind::Shell { .. }
-            | InstructionKind::StopSignal(_)
-            | InstructionKind::Expose(_)
-            | InstructionKind::Volume(_)
-            | InstructionKind::Maintainer(_) => {
-                return Err(self
-                    .error(
-                        ins.keyword.span,
-                        format!("instruction `{}` is not supported yet", ins.kind.name()),
-                    )
-                    .help(format!("instructions kiln supports: {SUPPORTED}")));
+            InstructionKind::Copy { sources, dest } => {
+                self.copy(stage, ins, sources, dest, false)?
+            }
+            InstructionKind::Add { sources, dest } => self.copy(stage, ins, sources, dest, true)?,
+            InstructionKind::Onbuild(trigger) => {
+                self.reject_flags(ins, &[])?;
+                let text = instruction_text(self.file(), trigger);
+                Self::config_history(stage, format!("ONBUILD {text}"));
+                stage.config.onbuild.push(text);
+            }
+            InstructionKind::Healthcheck(h) => self.healthcheck(stage, ins, h)?,
+            InstructionKind::Shell { args, span } => {
+                self.reject_flags(ins, &[])?;
+                if args.is_empty() {
+                    return Err(self
+                        .error(*span, "SHELL needs at least the shell program")
+                        .help("write `SHELL [\"/bin/bash\", \"-c\"]`"));
+                }
+                Self::config_history(stage, format!("SHELL {}", json_list(args)));
+                stage.shell = Some(args.clone());
+                stage.config.shell = Some(args.clone());
+            }
+            InstructionKind::StopSignal(w) => {
+                self.reject_flags(ins, &[])?;
+                let sig = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("STOPSIGNAL {sig}"));
+                stage.config.stop_signal = Some(sig);
+            }
+            InstructionKind::Expose(words) => {
+                self.reject_flags(ins, &[])?;
+                let mut ports = Vec::new();
+                for w in words {
+                    for p in shell::expand_words(&w.text, self.df.escape, &|n| stage.lookup(n))
+                        .map_err(|e| {
+                            self.error(w.span, format!("cannot expand `{}`: {e}", w.text))
+                        })?
+                    {
+                        ports.extend(expose_ports(&p).ok_or_else(|| {
+                            self.error(w.span, format!("invalid port `{p}`"))
+                                .help("write a port or range with an optional protocol: `80`, `53/udp`, `8000-8010/tcp`")
+                        })?);
+                    }
+                }
+                Self::config_history(stage, format!("EXPOSE {}", ports.join(" ")));
+                for p in ports {
+                    if !stage.config.exposed.contains(&p) {
+                        stage.config.exposed.push(p);
+                    }
+                }
+            }
+            InstructionKind::Volume(words) => {
+                self.reject_flags(ins, &[])?;
+                let mut vols = Vec::new();
+                for w in words {
+                    let v = self.expand(w, &|n| stage.lookup(n))?;
+                    if v.trim().is_empty() {
+                        return Err(self.error(w.span, "VOLUME names an empty path"));
+                    }
+                    vols.push(v);
+                }
+                Self::config_history(stage, format!("VOLUME {}", json_list(&vols)));
+                for v in vols {
+                    if !stage.config.volumes.contains(&v) {
+                        stage.config.volumes.push(v);
+                    }
+                }
+            }
+            InstructionKind::Maintainer(w) => {
+                self.reject_flags(ins, &[])?;
+                let who = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("MAINTAINER {who}"));
+                stage.config.author = Some(who);
             }
         }
         Ok(())
     }
 
-    /// Heredocs parse, but RUN and COPY do not lower them yet.
-    fn reject_heredocs(&self, ins: &Instruction) -> Result<()> {
-        match ins.heredocs.first() {
-            Some(h) => Err(self
-                .error(
-                    h.name.span,
-                    format!("heredocs in {} are not supported yet", ins.kind.name()),
-                )
-                .help("write the content to a file in the build context and COPY it, or use `RUN sh -c '...'`")),
-            None => Ok(()),
+    /// A RUN's argv. Shell form runs through the stage's shell; heredocs follow BuildKit: a RUN that is
+    /// only `<<EOF` runs the heredoc's body as the script, otherwise the bodies are appended to the command
+    /// text for the shell to read.
+    fn run_args(&self, stage: &Stage, ins: &Instruction, cmd: &Command) -> Vec<String> {
+        let Command::Shell(w) = cmd else {
+            return command_args(cmd, stage.shell.as_deref());
+        };
+        if ins.heredocs.is_empty() {
+            return command_args(cmd, stage.shell.as_deref());
         }
+        let mut shell: Vec<String> = stage
+            .shell
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect());
+        let line = w.text.trim();
+        let only = ins.heredocs.len() == 1
+            && line.starts_with("<<")
+            && !line.contains(char::is_whitespace);
+        if only {
+            shell.push(ins.heredocs[0].text());
+        } else {
+            let mut text = w.text.clone();
+            for h in &ins.heredocs {
+                text.push('\n');
+                text.push_str(&h.body.text);
+                text.push_str(&h.name.text);
+            }
+            shell.push(text);
+        }
+        shell
+    }
+
+    fn healthcheck(
+        &mut self,
+        stage: &mut Stage,
+        ins: &Instruction,
+        h: &SyntaxHealthcheck,
+    ) -> Result<()> {
+        self.reject_flags(ins, &HEALTHCHECK_FLAGS)?;
+        let check = match h {
+            SyntaxHealthcheck::None(_) => {
+                if let Some(f) = ins.flags.first() {
+                    return Err(self.error(f.span, "HEALTHCHECK NONE takes no flags"));
+                }
+                Self::config_history(stage, "HEALTHCHECK NONE".into());
+                stage.config.healthcheck = Inherit::Set(Healthcheck {
+                    test: vec!["NONE".into()],
+                    ..Healthcheck::default()
+                });
+                return Ok(());
+            }
+            SyntaxHealthcheck::Cmd(c) => {
+                let test = match c {
+                    Command::Shell(w) => vec!["CMD-SHELL".to_string(), w.text.clone()],
+                    Command::Exec { args, .. } => {
+                        let mut t = vec!["CMD".to_string()];
+                        t.extend(args.iter().cloned());
+                        t
+                    }
+                };
+                let mut check = Healthcheck {
+                    test,
+                    ..Healthcheck::default()
+                };
+                for f in &ins.flags {
+                    let v = self.expand_flag(f, &|n| stage.lookup(n))?;
+                    let bad = |what: &str| {
+                        self.error(
+                            f.value_span,
+                            format!("invalid {what} `{v}` for --{}", f.name),
+                        )
+                    };
+                    match f.name.as_str() {
+                        "retries" => {
+                            check.retries = v
+                                .parse()
+                                .map_err(|_| bad("number").help("give a whole number"))?
+                        }
+                        name => {
+                            let d = parse_duration(&v).ok_or_else(|| {
+                                bad("duration")
+                                    .help("write a duration such as `30s`, `1m30s` or `500ms`")
+                            })?;
+                            // Docker's rule: durations, when given, must be at least 1ms.
+                            if d != 0 && d < 1_000_000 {
+                                return Err(bad("duration").help("durations must be at least 1ms"));
+                            }
+                            match name {
+                                "interval" => check.interval = d,
+                                "timeout" => check.timeout = d,
+                                "start-period" => check.start_period = d,
+                                _ => check.start_interval = d,
+                            }
+                        }
+                    }
+                }
+                check
+            }
+        };
+        let text = instruction_text(self.file(), ins);
+        Self::config_history(stage, text);
+        stage.config.healthcheck = Inherit::Set(check);
+        Ok(())
     }
 
     fn run(&mut self, stage: &mut Stage, ins: &Instruction, cmd: &Command) -> Result<()> {
-        self.reject_flags(ins, &["mount", "network"])?;
-        self.reject_heredocs(ins)?;
+        self.reject_flags(ins, &["mount", "network", "security"])?;
+        if let Some(f) = ins.flag("security") {
+            return Err(self
+                .error(f.span, "RUN --security is not supported yet")
+                .help("steps run unprivileged by design; drop the flag"));
+        }
         let mut secrets = Vec::new();
         let mut mounts: Vec<RunMount> = Vec::new();
         let mut extra_inputs = Vec::new();
@@ -569,7 +724,7 @@ impl Lowerer<'_> {
                 _ => unreachable!("flags were checked"),
             }
         }
-        let args = command_args(cmd);
+        let args = self.run_args(stage, ins, cmd);
         let env = stage.run_env();
         // History reads as BuildKit's: `RUN |N K=V ... cmd # buildkit`, with every build arg of the stage
         // (an ENV of the same name wins) and without the mount flags. A secret can never appear here:
@@ -648,17 +803,90 @@ impl Lowerer<'_> {
         ins: &Instruction,
         sources: &[Word],
         dest: &Word,
+        add: bool,
     ) -> Result<()> {
-        self.reject_flags(ins, &["from", "chown", "chmod"])?;
-        self.reject_heredocs(ins)?;
+        let what = if add { "ADD" } else { "COPY" };
+        let flags: &[&str] = if add {
+            &[
+                "from",
+                "chown",
+                "chmod",
+                "link",
+                "checksum",
+                "keep-git-dir",
+                "parents",
+                "exclude",
+            ]
+        } else {
+            &["from", "chown", "chmod", "link", "parents", "exclude"]
+        };
+        self.reject_flags(ins, flags)?;
+        for f in &ins.flags {
+            if matches!(
+                f.name.as_str(),
+                "parents" | "exclude" | "checksum" | "keep-git-dir"
+            ) {
+                return Err(self
+                    .error(f.span, format!("{what} --{} is not supported yet", f.name))
+                    .help(
+                        "copy the paths one by one, or prepare them in a stage and COPY --from it",
+                    ));
+            }
+        }
         let lookup = |n: &str| stage.lookup(n);
+        let heredocs: Vec<&Heredoc> = sources
+            .iter()
+            .filter_map(|s| {
+                ins.heredocs.iter().find(|h| {
+                    s.text
+                        .trim_start_matches('<')
+                        .trim_start_matches('-')
+                        .trim_matches(['"', '\''])
+                        == h.name.text
+                        && s.text.starts_with("<<")
+                })
+            })
+            .collect();
+        if !heredocs.is_empty() && heredocs.len() != sources.len() {
+            return Err(self
+                .error(
+                    ins.keyword.span,
+                    format!("{what} mixing heredocs and files is not supported yet"),
+                )
+                .help("split it into one instruction for the heredocs and one for the files"));
+        }
         let mut srcs = Vec::new();
         for s in sources {
+            if s.text.starts_with("<<") && !heredocs.is_empty() {
+                continue;
+            }
             let v = self.expand(s, &lookup)?;
             if v.is_empty() {
-                return Err(self.error(s.span, "COPY source is empty after expansion"));
+                return Err(self.error(s.span, format!("{what} source is empty after expansion")));
+            }
+            if add && (v.contains("://") || v.starts_with("git@")) {
+                return Err(self
+                    .error(
+                        s.span,
+                        format!("ADD from a URL or git repository (`{v}`) is not supported yet"),
+                    )
+                    .help(
+                        "download it in a stage with RUN, or put the file in the build context",
+                    ));
             }
             srcs.push(v);
+        }
+        let mut inline = Vec::new();
+        for h in &heredocs {
+            let content = if h.expand {
+                shell::expand_raw(&h.text(), self.df.escape, &lookup).map_err(|e| {
+                    self.error(h.body.span, format!("cannot expand the heredoc: {e}"))
+                })?
+            } else {
+                h.text()
+            };
+            srcs.push(h.name.text.clone());
+            inline.push((h.name.text.clone(), content));
         }
         let raw_dest = self.expand(dest, &lookup)?;
         let mut dest_path = join_path(stage.cwd.as_deref().unwrap_or("/"), &raw_dest);
@@ -698,14 +926,33 @@ impl Lowerer<'_> {
                     source_node = Some(self.copy_from(f.value_span, &v)?);
                     from_text = Some(v);
                 }
-                _ => unreachable!("flags were checked"),
+                // Every kiln layer is already independent of what lies below it in the cache.
+                "link" => {}
+                _ => unreachable!("flags were checked or refused"),
             }
         }
         let source = match source_node {
+            Some(_) if !inline.is_empty() => {
+                return Err(self
+                    .error(
+                        ins.keyword.span,
+                        format!("{what} --from cannot be used with heredocs"),
+                    )
+                    .help("heredocs are the source; drop --from"));
+            }
             Some(n) => n,
+            None if !inline.is_empty() => {
+                let at = self.at(ins.span);
+                self.program.push(
+                    Op::Inline { files: inline },
+                    vec![],
+                    "heredoc files".into(),
+                    at,
+                )
+            }
             None => self.context_leaf("context"),
         };
-        let mut created_by = String::from("COPY ");
+        let mut created_by = format!("{what} ");
         if let Some(f) = &from_text {
             created_by.push_str(&format!("--from={f} "));
         }
@@ -715,6 +962,7 @@ impl Lowerer<'_> {
             dest: dest_path,
             chown,
             chmod,
+            extract: add,
         });
         self.push_fs(stage, ins, op, vec![source], created_by);
         Ok(())
@@ -770,15 +1018,70 @@ impl Lowerer<'_> {
     }
 }
 
-fn command_args(c: &Command) -> Vec<String> {
+/// Shell form runs through `shell` (the stage's `SHELL`, else `/bin/sh -c`); exec form as written.
+fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
     match c {
         Command::Shell(w) => {
-            let mut v: Vec<String> = DEFAULT_SHELL.iter().map(|s| s.to_string()).collect();
+            let mut v: Vec<String> = match shell {
+                Some(s) => s.to_vec(),
+                None => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+            };
             v.push(w.text.clone());
             v
         }
         Command::Exec { args, .. } => args.clone(),
     }
+}
+
+/// `EXPOSE` words as config keys: `80` → `80/tcp`, `53/UDP` → `53/udp`, `8000-8002` → each port.
+fn expose_ports(word: &str) -> Option<Vec<String>> {
+    let (ports, proto) = match word.split_once('/') {
+        Some((p, proto)) => (p, proto.to_ascii_lowercase()),
+        None => (word, "tcp".to_string()),
+    };
+    if !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?),
+        None => {
+            let p = ports.parse::<u16>().ok()?;
+            (p, p)
+        }
+    };
+    (lo <= hi).then(|| (lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
+/// A Go duration (`1h2m3s`, `1.5s`, `300ms`, `10us`, `0`) in nanoseconds.
+fn parse_duration(s: &str) -> Option<u64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(total as u64)
 }
 
 fn json_list(args: &[String]) -> String {

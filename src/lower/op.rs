@@ -21,6 +21,8 @@ pub enum Op {
         /// `.dockerignore` patterns (cleaned, in file order): which files the context offers at all.
         excludes: Vec<String>,
     },
+    /// Files written in the build definition itself (a `COPY <<EOF` heredoc): name → content. No inputs.
+    Inline { files: Vec<(String, String)> },
     /// A command over the rootfs input. Inputs: `[rootfs]`.
     Run(RunOp),
     /// Copy paths from a source into the rootfs. Inputs: `[rootfs, source]`.
@@ -28,7 +30,7 @@ pub enum Op {
     /// Create a directory (WORKDIR). Inputs: `[rootfs]`.
     Mkdir { path: String },
     /// The finished image of a stage: its rootfs plus image config. Inputs: `[rootfs]`.
-    Config(ConfigOp),
+    Config(Box<ConfigOp>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +174,9 @@ pub struct CopyOp {
     /// `user[:group]` as written (names are resolved in the destination's /etc/passwd at build time).
     pub chown: Option<String>,
     pub chmod: Option<u32>,
+    /// ADD: a local tar archive (plain or gzip) is unpacked into the destination instead of copied.
+    #[serde(default)]
+    pub extract: bool,
 }
 
 /// The image config a stage sets on top of its base image's config.
@@ -183,8 +188,31 @@ pub struct ConfigOp {
     pub cmd: Inherit<Vec<String>>,
     pub entrypoint: Inherit<Vec<String>>,
     pub labels: Vec<(String, String)>,
+    /// `EXPOSE`: `port/proto` keys added to the base image's.
+    pub exposed: Vec<String>,
+    pub volumes: Vec<String>,
+    pub stop_signal: Option<String>,
+    pub healthcheck: Inherit<Healthcheck>,
+    /// `SHELL`: the default shell recorded in the config.
+    pub shell: Option<Vec<String>>,
+    /// `ONBUILD` triggers, as written.
+    pub onbuild: Vec<String>,
+    /// `MAINTAINER`: the config's `author`.
+    pub author: Option<String>,
     /// One entry per instruction after FROM, in order; `layer` says whether it made a filesystem node.
     pub history: Vec<HistoryEntry>,
+}
+
+/// `HEALTHCHECK CMD ...`: the OCI/Docker `Healthcheck` config. Durations in nanoseconds, 0 = default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    /// `["CMD", args...]`, `["CMD-SHELL", command]` or `["NONE"]`.
+    pub test: Vec<String>,
+    pub interval: u64,
+    pub timeout: u64,
+    pub start_period: u64,
+    pub start_interval: u64,
+    pub retries: u64,
 }
 
 /// A config field that is either taken from the base image, cleared, or set by this stage.
@@ -210,6 +238,7 @@ impl Op {
             Op::Scratch => "scratch",
             Op::Image { .. } => "image",
             Op::Context { .. } => "context",
+            Op::Inline { .. } => "inline",
             Op::Run(_) => "run",
             Op::Copy(_) => "copy",
             Op::Mkdir { .. } => "mkdir",
@@ -228,6 +257,9 @@ impl Op {
             }
             Op::Context { name, excludes } => {
                 e.str(name).strs(excludes);
+            }
+            Op::Inline { files } => {
+                e.pairs(files);
             }
             Op::Run(r) => {
                 e.strs(&r.args).pairs(&r.env);
@@ -294,7 +326,10 @@ impl Op {
                 }
             }
             Op::Copy(c) => {
-                e.strs(&c.sources).str(&c.dest).opt_str(c.chown.as_deref());
+                e.strs(&c.sources)
+                    .str(&c.dest)
+                    .opt_str(c.chown.as_deref())
+                    .bool(c.extract);
                 match c.chmod {
                     Some(m) => e.bool(true).u64(m.into()),
                     None => e.bool(false),
@@ -314,7 +349,25 @@ impl Op {
                         Inherit::Set(v) => e.str("set").strs(v),
                     };
                 }
-                e.pairs(&c.labels);
+                e.pairs(&c.labels).strs(&c.exposed).strs(&c.volumes);
+                e.opt_str(c.stop_signal.as_deref());
+                match &c.healthcheck {
+                    Inherit::Base => e.str("base"),
+                    Inherit::Clear => e.str("clear"),
+                    Inherit::Set(h) => e
+                        .str("set")
+                        .strs(&h.test)
+                        .u64(h.interval)
+                        .u64(h.timeout)
+                        .u64(h.start_period)
+                        .u64(h.start_interval)
+                        .u64(h.retries),
+                };
+                match &c.shell {
+                    Some(s) => e.bool(true).strs(s),
+                    None => e.bool(false),
+                };
+                e.strs(&c.onbuild).opt_str(c.author.as_deref());
                 e.list(c.history.len());
                 for h in &c.history {
                     e.str(&h.created_by).bool(h.layer);

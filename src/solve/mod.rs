@@ -356,6 +356,47 @@ impl<E: Executor> Shared<E> {
                     None,
                 ))
             }
+            Op::Inline { files } => {
+                let key = key.finish();
+                // Written afresh on each build (it is small); the name keeps concurrent builds apart.
+                let dir = self
+                    .store
+                    .root()
+                    .join("tmp")
+                    .join(format!("inline-{}", node.digest.hex()));
+                let write = || -> std::io::Result<()> {
+                    let staging = tempfile::Builder::new()
+                        .prefix("inline-")
+                        .tempdir_in(self.store.root().join("tmp"))?;
+                    for (name, content) in files {
+                        let path = staging
+                            .path()
+                            .join(context::clean_relative(name).map_err(std::io::Error::other)?);
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent)?;
+                        }
+                        std::fs::write(&path, content)?;
+                        std::fs::set_permissions(
+                            &path,
+                            std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                        )?;
+                    }
+                    let staging = staging.keep();
+                    if std::fs::rename(&staging, &dir).is_err() {
+                        let _ = std::fs::remove_dir_all(&staging);
+                    }
+                    Ok(())
+                };
+                write().map_err(|e| Diagnostic::io("cannot write a heredoc file", e))?;
+                Ok((
+                    key,
+                    Output::Dir(HostDir {
+                        path: dir,
+                        excludes: Vec::new(),
+                    }),
+                    None,
+                ))
+            }
             Op::Context { name, excludes } => {
                 let dir = match self.opts.contexts.get(name) {
                     Some(NamedContext::Dir(d)) => HostDir {
@@ -408,6 +449,20 @@ impl<E: Executor> Shared<E> {
                 let Output::Fs(rec) = &inputs[0].1 else {
                     unreachable!("config consumes a filesystem")
                 };
+                // Docker runs a base image's ONBUILD triggers in the child's build; kiln cannot yet, and
+                // building without them would quietly give a different image.
+                if let Some(triggers) = rec.base["config"]["OnBuild"]
+                    .as_array()
+                    .filter(|t| !t.is_empty())
+                {
+                    let list: Vec<&str> = triggers.iter().filter_map(|t| t.as_str()).collect();
+                    return Err(Diagnostic::input(format!(
+                        "the base image of stage `{}` has ONBUILD triggers ({}), which kiln does not run yet",
+                        self.graph.dag[n].name.trim_start_matches('[').split(']').next().unwrap_or(""),
+                        list.join("; ")
+                    ))
+                    .help("build from a base image without ONBUILD triggers, or write the triggers out in the Dockerfile"));
+                }
                 let config = image_config(rec, c, self.opts.epoch);
                 Ok((
                     key,
@@ -841,7 +896,12 @@ fn import_image<E: Executor>(
     if !no_cache && let Some(rec) = store.cache_get(&key) {
         return Ok((rec, false));
     }
-    let base = serde_json::to_value(&image.config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    // The raw config, not oci-spec's typed one: Docker's extensions (`Healthcheck`, `OnBuild`, `Shell`)
+    // are inherited by the stage and would be lost in the round trip. `read_image` verified its digest.
+    let base: Value = crate::oci::blob_path(Path::new(dir), &image.config_digest)
+        .and_then(std::fs::read)
+        .and_then(|b| serde_json::from_slice(&b).map_err(std::io::Error::other))
+        .map_err(|e| Diagnostic::input(format!("cannot read the config of `{reference}`: {e}")))?;
     let diff_ids: Vec<String> = image.config.rootfs().diff_ids().clone();
     if diff_ids.len() != image.manifest.layers().len() {
         return Err(Diagnostic::input(format!(
@@ -956,6 +1016,55 @@ fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>) -> Value {
             }
         }
     }
+    let mut add_keys = |field: &str, keys: &[String]| {
+        if keys.is_empty() {
+            return;
+        }
+        let mut set = cfg
+            .get(field)
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default();
+        for k in keys {
+            set.insert(k.clone(), json!({}));
+        }
+        cfg.insert(field.into(), Value::Object(set));
+    };
+    add_keys("ExposedPorts", &op.exposed);
+    add_keys("Volumes", &op.volumes);
+    if let Some(s) = &op.stop_signal {
+        cfg.insert("StopSignal".into(), json!(s));
+    }
+    if let Some(s) = &op.shell {
+        cfg.insert("Shell".into(), json!(s));
+    }
+    match &op.healthcheck {
+        Inherit::Base => {}
+        Inherit::Clear => {
+            cfg.remove("Healthcheck");
+        }
+        Inherit::Set(h) => {
+            let mut hc = serde_json::Map::new();
+            hc.insert("Test".into(), json!(h.test));
+            for (k, v) in [
+                ("Interval", h.interval),
+                ("Timeout", h.timeout),
+                ("StartPeriod", h.start_period),
+                ("StartInterval", h.start_interval),
+                ("Retries", h.retries),
+            ] {
+                if v != 0 {
+                    hc.insert(k.into(), json!(v));
+                }
+            }
+            cfg.insert("Healthcheck".into(), Value::Object(hc));
+        }
+    }
+    // A base image's triggers belong to the stage built FROM it, never to this image.
+    cfg.remove("OnBuild");
+    if !op.onbuild.is_empty() {
+        cfg.insert("OnBuild".into(), json!(op.onbuild));
+    }
     if !op.labels.is_empty() {
         let mut labels = cfg
             .get("Labels")
@@ -982,13 +1091,19 @@ fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>) -> Value {
         }
         history.push(entry);
     }
-    json!({
+    let mut image = json!({
         "created": created,
         "architecture": base["architecture"].as_str().unwrap_or("amd64"),
         "os": base["os"].as_str().unwrap_or("linux"),
         "config": Value::Object(cfg),
         "history": history,
-    })
+    });
+    match (&op.author, base["author"].as_str()) {
+        (Some(a), _) => image["author"] = json!(a),
+        (None, Some(a)) => image["author"] = json!(a),
+        (None, None) => {}
+    }
+    image
 }
 
 fn unix_now() -> i64 {

@@ -16,6 +16,19 @@ pub fn expand_word(
     Lexer::new(word, escape, lookup).run(word).map(|(s, _)| s)
 }
 
+/// Expands variables but keeps quotes and escapes as written: how BuildKit expands the body of a COPY
+/// heredoc, which is file content, not a shell word.
+pub fn expand_raw(
+    word: &str,
+    escape: char,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    let mut lexer = Lexer::new(word, escape, lookup);
+    lexer.raw_quotes = true;
+    lexer.raw_escapes = true;
+    lexer.run(word).map(|(s, _)| s)
+}
+
 /// The switches of BuildKit's lexer that its heredoc detection uses (`RawQuotes`, `RawEscapes`,
 /// `SkipUnsetEnv`); all off is the ordinary behaviour of [`expand_word`] and [`expand_words`].
 #[derive(Clone, Copy, Debug, Default)]

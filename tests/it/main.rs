@@ -10,6 +10,7 @@ mod dockerignore;
 mod errors;
 mod example;
 mod graph;
+mod instructions;
 mod mounts;
 mod outputs;
 mod parallel;

@@ -1,0 +1,138 @@
+//! The instructions beyond the basics, end to end: ADD (local files, archives unpacked), heredocs in RUN
+//! and COPY (expanded or literal), SHELL, and the config-only ones (EXPOSE, VOLUME, STOPSIGNAL,
+//! HEALTHCHECK, ONBUILD, MAINTAINER), each checked in the built image.
+
+use crate::support::{Kiln, Layout, context, tempdir, tool, unpack, write};
+
+const DOCKERFILE: &str = r#"FROM base
+MAINTAINER someone@example.com
+ARG NAME=world
+SHELL ["/bin/sh", "-ec"]
+ADD pkg.tar.gz /opt/
+ADD --chmod=0600 notes.txt /opt/plain.txt
+COPY <<EOF /etc/greeting
+hello ${NAME}
+EOF
+COPY <<-'RAW' /etc/raw
+	keep $NAME literal
+	RAW
+RUN <<SCRIPT
+test "$(cat /etc/greeting)" = "hello world"
+test "$(cat /etc/raw)" = 'keep $NAME literal'
+echo "script ran for $NAME" > /opt/script.txt
+SCRIPT
+RUN cat <<A > /opt/from-heredoc
+line from a heredoc
+A
+EXPOSE 80 53/UDP 8000-8001
+VOLUME ["/data"]
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD wget -q -O- http://localhost/ || exit 1
+ONBUILD RUN echo triggered
+"#;
+
+#[test]
+fn every_instruction_lands_in_the_image() {
+    let ctx = context(&[
+        ("Dockerfile", DOCKERFILE),
+        ("notes.txt", "notes\n"),
+        ("pkg/a.txt", "from the archive\n"),
+    ]);
+    let root = ctx.path().to_str().unwrap();
+    tool(
+        "tar",
+        &["-czf", &format!("{root}/pkg.tar.gz"), "-C", root, "pkg"],
+    );
+    std::fs::remove_dir_all(ctx.path().join("pkg")).unwrap();
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+
+    let image = unpack(&dest);
+    let read = |p: &str| {
+        std::fs::read_to_string(image.rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    assert_eq!(
+        read("opt/pkg/a.txt"),
+        "from the archive\n",
+        "ADD unpacks archives"
+    );
+    assert_eq!(read("opt/plain.txt"), "notes\n");
+    assert_eq!(
+        read("etc/greeting"),
+        "hello world\n",
+        "an unquoted heredoc expands"
+    );
+    assert_eq!(
+        read("etc/raw"),
+        "keep $NAME literal\n",
+        "a quoted one does not"
+    );
+    assert_eq!(read("opt/script.txt"), "script ran for world\n");
+    assert_eq!(read("opt/from-heredoc"), "line from a heredoc\n");
+
+    let config = Layout::new(&dest).config();
+    let c = &config["config"];
+    for port in ["80/tcp", "53/udp", "8000/tcp", "8001/tcp"] {
+        assert!(c["ExposedPorts"][port].is_object(), "{port}: {c}");
+    }
+    assert!(c["Volumes"]["/data"].is_object(), "{c}");
+    assert_eq!(c["StopSignal"], "SIGQUIT");
+    assert_eq!(c["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    assert_eq!(c["OnBuild"], serde_json::json!(["RUN echo triggered"]));
+    assert_eq!(c["Healthcheck"]["Test"][0], "CMD-SHELL");
+    assert_eq!(c["Healthcheck"]["Interval"], 30_000_000_000u64);
+    assert_eq!(c["Healthcheck"]["Retries"], 3);
+    assert_eq!(config["author"], "someone@example.com");
+
+    // A child of an image with ONBUILD triggers: kiln refuses rather than silently skip them.
+    let child = context(&[("Dockerfile", "FROM parent\nRUN true\n")]);
+    let refused = Kiln::new()
+        .arg("--build-context")
+        .arg(format!("parent=oci-layout://{}", dest.display()))
+        .arg(child.path())
+        .run();
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("ONBUILD triggers (RUN echo triggered)"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn unsupported_forms_are_clear_errors() {
+    for (dockerfile, expected) in [
+        (
+            "FROM base\nADD https://example.com/x.tgz /x\n",
+            "ADD from a URL or git repository",
+        ),
+        (
+            "FROM base\nCOPY --parents a/b /x/\n",
+            "COPY --parents is not supported yet",
+        ),
+        ("FROM base\nEXPOSE 80/tcpx\n", "invalid port `80/tcpx`"),
+        (
+            "FROM base\nHEALTHCHECK --interval=soon CMD true\n",
+            "invalid duration `soon`",
+        ),
+    ] {
+        let ctx = context(&[("Dockerfile", dockerfile)]);
+        write(&ctx.path().join("a/b"), "b");
+        let out = Kiln::graph().arg(ctx.path()).run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains(expected) && out.stderr.contains("Dockerfile:2:"),
+            "{dockerfile:?}: expected `{expected}` with a location:\n{}",
+            out.stderr
+        );
+    }
+}
