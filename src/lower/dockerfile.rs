@@ -94,7 +94,13 @@ struct Lowerer<'a> {
     program: Program,
     /// Pre-FROM ARGs: name → value after `--build-arg` overrides.
     meta_args: Vec<(String, Option<String>)>,
-    stages: Vec<Finished>,
+    /// Every stage in file order: its FROM, the instructions after it, and its name (lower-cased).
+    decls: Vec<(&'a Instruction, Vec<&'a Instruction>, Option<String>)>,
+    /// Lowered stages, in file order. A stage is lowered when first needed, so `COPY --from` may name a
+    /// stage defined further down, as in BuildKit.
+    stages: Vec<Option<Finished>>,
+    /// Stages being lowered right now, to report a cycle instead of recursing forever.
+    busy: Vec<bool>,
     /// Leaves shared across stages: one node per image reference or named context.
     leaves: BTreeMap<String, NodeId>,
 }
@@ -107,59 +113,68 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
         opts,
         program: Program::default(),
         meta_args: Vec::new(),
+        decls: Vec::new(),
         stages: Vec::new(),
+        busy: Vec::new(),
         leaves: BTreeMap::new(),
     };
-    let mut current: Option<Stage> = None;
     for ins in &df.instructions {
-        match (&ins.kind, current.as_mut()) {
-            (InstructionKind::From { image, alias }, _) => {
-                if let Some(done) = current.take() {
-                    l.finish_stage(done);
-                }
-                current = Some(l.from(ins, image, alias.as_ref())?);
+        match &ins.kind {
+            InstructionKind::From { alias, .. } => {
+                let alias = alias.as_ref().map(|a| a.text.to_ascii_lowercase());
+                l.decls.push((ins, Vec::new(), alias));
             }
-            (InstructionKind::Arg(decls), None) => {
+            InstructionKind::Arg(decls) if l.decls.is_empty() => {
                 for d in decls {
                     let value = l.arg_value(d, &|name| l.meta_lookup(name))?;
                     l.meta_args.retain(|(k, _)| *k != d.key.text);
                     l.meta_args.push((d.key.text.clone(), value));
                 }
             }
-            (_, None) => unreachable!("check::dockerfile puts FROM first"),
-            (_, Some(stage)) => l.instruction(stage, ins)?,
+            _ => match l.decls.last_mut() {
+                Some((_, body, _)) => body.push(ins),
+                None => unreachable!("check::dockerfile puts FROM first"),
+            },
         }
     }
-    let last = current.expect("check::dockerfile requires a FROM");
-    l.finish_stage(last);
+    l.stages = l.decls.iter().map(|_| None).collect();
+    l.busy = vec![false; l.decls.len()];
+    let names: Vec<&str> = l
+        .decls
+        .iter()
+        .filter_map(|(_, _, a)| a.as_deref())
+        .collect();
     let target = match &opts.target {
-        Some(t) => l
-            .stages
-            .iter()
-            .find(|s| s.state.alias.as_deref() == Some(t.to_ascii_lowercase().as_str()))
-            .ok_or_else(|| {
-                let names: Vec<&str> = l
-                    .stages
-                    .iter()
-                    .filter_map(|s| s.state.alias.as_deref())
-                    .collect();
-                let mut d =
-                    Diagnostic::input(format!("target stage `{t}` not found in {}", df.file.name));
-                if let Some(at) = &opts.target_at {
-                    d = d.label(at.clone(), "");
-                }
-                if let Some(s) = suggest(t, names.iter().copied()) {
-                    d = d.help(format!("did you mean `{s}`?"));
-                } else if !names.is_empty() {
-                    d = d.help(format!("the stages are: {}", names.join(", ")));
-                }
-                d
-            })?,
-        None => l.stages.last().expect("at least one stage"),
+        Some(t) => {
+            let wanted = t.to_ascii_lowercase();
+            l.decls
+                .iter()
+                .position(|(_, _, a)| a.as_deref() == Some(wanted.as_str()))
+                .ok_or_else(|| {
+                    let mut d = Diagnostic::input(format!(
+                        "target stage `{t}` not found in {}",
+                        df.file.name
+                    ));
+                    if let Some(at) = &opts.target_at {
+                        d = d.label(at.clone(), "");
+                    }
+                    if let Some(s) = suggest(t, names.iter().copied()) {
+                        d = d.help(format!("did you mean `{s}`?"));
+                    } else if !names.is_empty() {
+                        d = d.help(format!("the stages are: {}", names.join(", ")));
+                    }
+                    d
+                })?
+        }
+        None => l.decls.len() - 1,
     };
+    // As in BuildKit, only the target and what it needs are lowered: a stage nothing uses cannot fail the
+    // build (its syntax was checked when parsing).
+    l.lower_stage(target)?;
+    let finished = l.stages[target].as_ref().expect("just lowered");
     let root = Root {
-        name: target.state.name.clone(),
-        node: target.config,
+        name: finished.state.name.clone(),
+        node: finished.config,
     };
     l.program.roots.push(root);
     Ok(l.program)
@@ -178,12 +193,21 @@ impl Lowerer<'_> {
         Some(Located::new(self.file(), span))
     }
 
+    /// A global (pre-FROM) ARG, or one of BuildKit's automatic platform args, which are global without
+    /// being declared. kiln builds for linux/amd64 on linux/amd64.
     fn meta_lookup(&self, name: &str) -> Option<String> {
-        self.meta_args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+        if let Some((_, v)) = self.meta_args.iter().rev().find(|(k, _)| k == name) {
+            return v.clone();
+        }
+        if let Some(v) = self
+            .opts
+            .build_args
+            .get(name)
+            .filter(|_| builtin_arg(name).is_some())
+        {
+            return Some(v.clone());
+        }
+        builtin_arg(name).map(String::from)
     }
 
     fn expand(&self, word: &Word, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
@@ -240,11 +264,43 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    fn stage_by_name(&self, name: &str) -> Option<&Finished> {
+    /// Lowers stage `i` (its FROM and instructions) unless that is done already.
+    fn lower_stage(&mut self, i: usize) -> Result<()> {
+        if self.stages[i].is_some() {
+            return Ok(());
+        }
+        let (from, body, _) = self.decls[i].clone();
+        if std::mem::replace(&mut self.busy[i], true) {
+            return Err(self
+                .error(from.keyword.span, "this stage depends on itself")
+                .help("a stage cannot use (through FROM or --from) a stage that uses it"));
+        }
+        let InstructionKind::From { image, alias } = &from.kind else {
+            unreachable!("declarations start with FROM")
+        };
+        let mut stage = self.from(i, from, image, alias.as_ref())?;
+        for ins in body {
+            self.instruction(&mut stage, ins)?;
+        }
+        self.finish_stage(i, stage);
+        self.busy[i] = false;
+        Ok(())
+    }
+
+    /// The stage called `name` (or with index `name`), lowered if it was not yet.
+    fn stage_by_name(&mut self, name: &str) -> Result<Option<&Finished>> {
         let lower = name.to_ascii_lowercase();
-        self.stages
+        let found = self
+            .decls
             .iter()
-            .find(|s| s.state.alias.as_deref() == Some(lower.as_str()))
+            .position(|(_, _, alias)| alias.as_deref() == Some(lower.as_str()));
+        match found {
+            Some(i) => {
+                self.lower_stage(i)?;
+                Ok(self.stages[i].as_ref())
+            }
+            None => Ok(None),
+        }
     }
 
     /// A leaf node for an image reference (or `scratch`), shared by every use.
@@ -291,7 +347,13 @@ impl Lowerer<'_> {
         id
     }
 
-    fn from(&mut self, ins: &Instruction, image: &Word, alias: Option<&Word>) -> Result<Stage> {
+    fn from(
+        &mut self,
+        index: usize,
+        ins: &Instruction,
+        image: &Word,
+        alias: Option<&Word>,
+    ) -> Result<Stage> {
         self.reject_flags(ins, &["platform"])?;
         let reference = self.expand(image, &|n| self.meta_lookup(n))?;
         if reference.is_empty() {
@@ -299,11 +361,10 @@ impl Lowerer<'_> {
                 "a build argument used here may be unset; give it a default or pass --build-arg",
             ));
         }
-        let index = self.stages.len();
         let alias = alias.map(|a| a.text.to_ascii_lowercase());
         let name = alias.clone().unwrap_or_else(|| format!("stage-{index}"));
         let steps = 1 + self.steps_after(ins);
-        let mut stage = if let Some(parent) = self.stage_by_name(&reference) {
+        let mut stage = if let Some(parent) = self.stage_by_name(&reference)? {
             // FROM an earlier stage continues from its filesystem and config.
             let mut s = parent.state.clone();
             s.args.clear();
@@ -365,7 +426,7 @@ impl Lowerer<'_> {
             .count()
     }
 
-    fn finish_stage(&mut self, stage: Stage) {
+    fn finish_stage(&mut self, index: usize, stage: Stage) {
         let mut config = stage.config.clone();
         config.env = stage.env.clone();
         config.cwd = stage.cwd.clone();
@@ -374,7 +435,7 @@ impl Lowerer<'_> {
         let config = self
             .program
             .push(Op::Config(Box::new(config)), vec![stage.fs], name, None);
-        self.stages.push(Finished {
+        self.stages[index] = Some(Finished {
             state: stage,
             config,
         });
@@ -822,10 +883,7 @@ impl Lowerer<'_> {
         };
         self.reject_flags(ins, flags)?;
         for f in &ins.flags {
-            if matches!(
-                f.name.as_str(),
-                "parents" | "exclude" | "checksum" | "keep-git-dir"
-            ) {
+            if matches!(f.name.as_str(), "parents" | "exclude") {
                 return Err(self
                     .error(f.span, format!("{what} --{} is not supported yet", f.name))
                     .help(
@@ -856,6 +914,7 @@ impl Lowerer<'_> {
                 .help("split it into one instruction for the heredocs and one for the files"));
         }
         let mut srcs = Vec::new();
+        let mut remote: Vec<(String, Span)> = Vec::new();
         for s in sources {
             if s.text.starts_with("<<") && !heredocs.is_empty() {
                 continue;
@@ -865,16 +924,15 @@ impl Lowerer<'_> {
                 return Err(self.error(s.span, format!("{what} source is empty after expansion")));
             }
             if add && (v.contains("://") || v.starts_with("git@")) {
-                return Err(self
-                    .error(
-                        s.span,
-                        format!("ADD from a URL or git repository (`{v}`) is not supported yet"),
-                    )
-                    .help(
-                        "download it in a stage with RUN, or put the file in the build context",
-                    ));
+                remote.push((v, s.span));
+                continue;
             }
             srcs.push(v);
+        }
+        if !remote.is_empty() && (sources.len() != 1) {
+            return Err(self
+                .error(remote[0].1, "ADD of a URL takes exactly one source")
+                .help("use one ADD per URL"));
         }
         let mut inline = Vec::new();
         for h in &heredocs {
@@ -905,6 +963,8 @@ impl Lowerer<'_> {
         }
         let mut chown = None;
         let mut chmod = None;
+        let mut checksum = None;
+        let mut keep_git_dir = false;
         let mut from_text = None;
         let mut source_node = None;
         for f in &ins.flags {
@@ -928,10 +988,32 @@ impl Lowerer<'_> {
                 }
                 // Every kiln layer is already independent of what lies below it in the cache.
                 "link" => {}
+                "checksum" => checksum = Some(v),
+                "keep-git-dir" => {
+                    keep_git_dir = crate::options::parse_bool(Some(&v)).unwrap_or(true)
+                }
                 _ => unreachable!("flags were checked or refused"),
             }
         }
         let source = match source_node {
+            _ if !remote.is_empty() => {
+                let (url, span) = remote.remove(0);
+                // The fetched file is the single entry of its source tree, named like the URL's end.
+                let name = url
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("download")
+                    .to_string();
+                srcs.push(name);
+                let at = self.at(span);
+                let op = Op::Remote {
+                    url: url.clone(),
+                    checksum: checksum.clone(),
+                    keep_git_dir,
+                };
+                self.program.push(op, vec![], format!("ADD {url}"), at)
+            }
             Some(_) if !inline.is_empty() => {
                 return Err(self
                     .error(
@@ -970,22 +1052,20 @@ impl Lowerer<'_> {
 
     /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
     fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
-        if let Some(s) = self.stage_by_name(value) {
+        if let Some(s) = self.stage_by_name(value)? {
             return Ok(s.state.fs);
         }
         if let Ok(index) = value.parse::<usize>() {
-            return match self.stages.get(index) {
-                Some(s) => Ok(s.state.fs),
-                None => Err(self
-                    .error(
-                        span,
-                        format!("stage index {index} does not exist before this instruction"),
-                    )
+            if index >= self.decls.len() {
+                return Err(self
+                    .error(span, format!("stage index {index} does not exist"))
                     .help(format!(
-                        "{} stage(s) are complete here; stages are numbered from 0",
-                        self.stages.len()
-                    ))),
-            };
+                        "the Dockerfile has {} stage(s), numbered from 0",
+                        self.decls.len()
+                    )));
+            }
+            self.lower_stage(index)?;
+            return Ok(self.stages[index].as_ref().expect("just lowered").state.fs);
         }
         match self.opts.contexts.get(value).cloned() {
             Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
@@ -997,25 +1077,33 @@ impl Lowerer<'_> {
             return Ok(self.image_leaf(&r, span));
         }
         let names: Vec<&str> = self
-            .stages
+            .decls
             .iter()
-            .filter_map(|s| s.state.alias.as_deref())
+            .filter_map(|(_, _, a)| a.as_deref())
             .collect();
-        let d = self.error(
-            span,
-            format!("no stage named `{value}` before this instruction"),
-        );
+        let d = self.error(span, format!("no stage named `{value}`"));
         Err(match suggest(value, names.iter().copied()) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None if names.is_empty() => d.help(
                 "name a stage with `FROM image AS name`, or write a full image reference such as `busybox:latest`",
             ),
             None => d.help(format!(
-                "the stages before it are: {}; for an image write its full reference such as `busybox:latest`",
+                "the stages are: {}; for an image write its full reference such as `busybox:latest`",
                 names.join(", ")
             )),
         })
     }
+}
+
+/// BuildKit's automatic platform args (TARGETPLATFORM and friends) for linux/amd64.
+fn builtin_arg(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "TARGETPLATFORM" | "BUILDPLATFORM" => "linux/amd64",
+        "TARGETOS" | "BUILDOS" => "linux",
+        "TARGETARCH" | "BUILDARCH" => "amd64",
+        "TARGETVARIANT" | "BUILDVARIANT" => "",
+        _ => return None,
+    })
 }
 
 /// Shell form runs through `shell` (the stage's `SHELL`, else `/bin/sh -c`); exec form as written.

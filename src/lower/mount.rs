@@ -138,8 +138,10 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
         }
     }
     let get = |keys: &[&str]| fields.iter().rev().find(|f| keys.contains(&f.key.as_str()));
+    // An empty target is missing; `.` and relative paths are relative to the working directory.
     let target = get(&["target", "dst", "destination"])
-        .map(|f| join_path(cwd, f.value.as_deref().unwrap_or("")));
+        .and_then(|f| f.value.as_deref().filter(|v| !v.is_empty()))
+        .map(|v| join_path(cwd, v));
     let flag = |keys: &[&str]| -> Result<Option<bool>, Error> {
         match get(keys) {
             None => Ok(None),
@@ -183,7 +185,7 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
         (None, None) => kind == "bind",
     };
     let need_target = |target: Option<String>| {
-        target.filter(|t| t != "/").ok_or_else(|| {
+        target.ok_or_else(|| {
             err(
                 Span::new(0, text.len()),
                 format!("{kind} mount needs a `target`"),
@@ -248,7 +250,8 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
             }))
         }
         "bind" => {
-            let target = need_target(target)?;
+            // BuildKit mounts a bind without a target at the working directory.
+            let target = target.unwrap_or_else(|| join_path(cwd, "."));
             let source = get(&["source", "src"])
                 .and_then(|f| f.value.clone())
                 .unwrap_or_else(|| "/".to_string());

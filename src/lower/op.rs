@@ -21,6 +21,13 @@ pub enum Op {
         /// `.dockerignore` patterns (cleaned, in file order): which files the context offers at all.
         excludes: Vec<String>,
     },
+    /// A file or git repository fetched from the network (`ADD URL`), pinned by `checksum` when given.
+    /// No inputs. Compiling never fetches it.
+    Remote {
+        url: String,
+        checksum: Option<String>,
+        keep_git_dir: bool,
+    },
     /// Files written in the build definition itself (a `COPY <<EOF` heredoc): name → content. No inputs.
     Inline { files: Vec<(String, String)> },
     /// A command over the rootfs input. Inputs: `[rootfs]`.
@@ -239,6 +246,7 @@ impl Op {
             Op::Image { .. } => "image",
             Op::Context { .. } => "context",
             Op::Inline { .. } => "inline",
+            Op::Remote { .. } => "remote",
             Op::Run(_) => "run",
             Op::Copy(_) => "copy",
             Op::Mkdir { .. } => "mkdir",
@@ -260,6 +268,13 @@ impl Op {
             }
             Op::Inline { files } => {
                 e.pairs(files);
+            }
+            Op::Remote {
+                url,
+                checksum,
+                keep_git_dir,
+            } => {
+                e.str(url).opt_str(checksum.as_deref()).bool(*keep_git_dir);
             }
             Op::Run(r) => {
                 e.strs(&r.args).pairs(&r.env);

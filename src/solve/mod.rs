@@ -161,6 +161,13 @@ pub fn preflight(
     ssh: &BTreeMap<String, PathBuf>,
 ) -> Result<()> {
     for n in graph.topo_order() {
+        if let Op::Remote { url, .. } = &graph.dag[n].op {
+            let mut d = remote_unsupported(url);
+            if let Some(at) = &graph.dag[n].at {
+                d = d.label(at.clone(), "");
+            }
+            return Err(d);
+        }
         if let Op::Image { reference } = &graph.dag[n].op
             && !reference.starts_with("oci-layout://")
         {
@@ -219,6 +226,11 @@ pub fn preflight(
         return Err(d);
     }
     Ok(())
+}
+
+fn remote_unsupported(url: &str) -> Diagnostic {
+    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln does not fetch URLs or git repositories"))
+        .help("fetch it in a RUN step of an earlier stage and COPY --from that stage, or put it in the build context")
 }
 
 /// Runs the graph: independent nodes in parallel (at most `jobs` steps at once), each digest once.
@@ -356,6 +368,7 @@ impl<E: Executor> Shared<E> {
                     None,
                 ))
             }
+            Op::Remote { url, .. } => Err(self.located(n, remote_unsupported(url))),
             Op::Inline { files } => {
                 let key = key.finish();
                 // Written afresh on each build (it is small); the name keeps concurrent builds apart.
