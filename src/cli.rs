@@ -211,7 +211,7 @@ struct Compiled {
     contexts: BTreeMap<String, NamedContext>,
 }
 
-fn compile(args: &CompileArgs, cl: &CommandLine) -> Result<Compiled> {
+fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
     let context = &args.context;
     if !context.is_dir() {
         let shown = context.display().to_string();
@@ -234,6 +234,7 @@ fn compile(args: &CompileArgs, cl: &CommandLine) -> Result<Compiled> {
     let file = SourceFile::new(path.display().to_string(), text);
     let df = crate::syntax::parse(file)?;
     let mut opts = LowerOptions {
+        lenient,
         target: args.target.clone(),
         target_at: args
             .target
@@ -343,7 +344,7 @@ fn absolute(p: &Path) -> PathBuf {
 
 fn graph(args: GraphArgs) -> Result<()> {
     let cl = CommandLine::capture();
-    let compiled = compile(&args.compile, &cl)?;
+    let compiled = compile(&args.compile, &cl, true)?;
     let g = &compiled.graph;
     let out = if args.digest {
         g.render_digests()
@@ -665,7 +666,7 @@ fn build(args: BuildArgs) -> Result<()> {
         _ => None,
     };
     let secrets = Arc::new(secrets);
-    let compiled = compile(&args.compile, &cl)?;
+    let compiled = compile(&args.compile, &cl, false)?;
     let graph = Arc::new(compiled.graph);
     let mut ssh = BTreeMap::new();
     for s in &args.ssh {

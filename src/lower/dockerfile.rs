@@ -355,7 +355,11 @@ impl Lowerer<'_> {
         alias: Option<&Word>,
     ) -> Result<Stage> {
         self.reject_flags(ins, &["platform"])?;
-        let reference = self.expand(image, &|n| self.meta_lookup(n))?;
+        let mut reference = self.expand(image, &|n| self.meta_lookup(n))?;
+        if reference.is_empty() && self.opts.lenient {
+            // Compile-only: the reference stays as written, an unresolved leaf like any image.
+            reference = image.text.clone();
+        }
         if reference.is_empty() {
             return Err(self.error(image.span, "FROM names an empty image").help(
                 "a build argument used here may be unset; give it a default or pass --build-arg",
@@ -919,7 +923,10 @@ impl Lowerer<'_> {
             if s.text.starts_with("<<") && !heredocs.is_empty() {
                 continue;
             }
-            let v = self.expand(s, &lookup)?;
+            let mut v = self.expand(s, &lookup)?;
+            if v.is_empty() && self.opts.lenient {
+                v = s.text.clone();
+            }
             if v.is_empty() {
                 return Err(self.error(s.span, format!("{what} source is empty after expansion")));
             }
@@ -929,7 +936,9 @@ impl Lowerer<'_> {
             }
             srcs.push(v);
         }
-        if !remote.is_empty() && (sources.len() != 1) {
+        // Mixing URLs and files needs a source tree per origin; a build would refuse the URL anyway, so
+        // compile-only mode keeps the first URL as the graph leaf.
+        if !remote.is_empty() && sources.len() != 1 && !self.opts.lenient {
             return Err(self
                 .error(remote[0].1, "ADD of a URL takes exactly one source")
                 .help("use one ADD per URL"));
@@ -953,7 +962,7 @@ impl Lowerer<'_> {
         {
             dest_path.push('/');
         }
-        if srcs.len() > 1 && !dest_path.ends_with('/') {
+        if srcs.len() > 1 && !dest_path.ends_with('/') && !self.opts.lenient {
             return Err(self
                 .error(
                     dest.span,

@@ -75,6 +75,9 @@ pub struct LowerOptions {
     pub target: Option<String>,
     /// The main context's `.dockerignore` patterns.
     pub excludes: Vec<String>,
+    /// Compile-only (`kiln graph`): what only build-time input could settle (a base image given by an
+    /// unset build arg, an empty COPY source) stays as written instead of failing. Builds never set it.
+    pub lenient: bool,
     /// Where `--target` was given, for errors about it.
     pub target_at: Option<Located>,
 }
