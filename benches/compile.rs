@@ -1,0 +1,68 @@
+//! Compile throughput: parse + lower + graph of real Dockerfiles (BuildKit's real-world corpus in
+//! `../shared/conformance/realworld` when present, else kiln's examples), counted in Dockerfiles and bytes.
+//! Run with `cargo bench --bench compile`.
+
+use std::path::Path;
+
+use divan::counter::{BytesCount, ItemsCount};
+
+fn main() {
+    divan::main();
+}
+
+fn corpus() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/conformance/realworld");
+    let dir = if shared.is_dir() { shared } else { root.join("examples/secrets") };
+    let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "Dockerfile") || p.ends_with("Dockerfile"))
+        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).expect("utf-8")))
+        .collect();
+    files.sort();
+    files
+}
+
+fn compile(name: &str, text: &str) -> usize {
+    let opts = kiln::lower::LowerOptions {
+        lenient: true,
+        ..Default::default()
+    };
+    let df = kiln::syntax::parse(kiln::diag::SourceFile::new(name, text)).expect("parses");
+    let program = kiln::lower::dockerfile::lower(&df, &opts).expect("lowers");
+    kiln::graph::BuildGraph::new(&program).dag.node_count()
+}
+
+/// The whole corpus per iteration: Dockerfiles/s and MB/s of parse + lower + digest.
+#[divan::bench]
+fn parse_lower_graph(bencher: divan::Bencher) {
+    let files = corpus();
+    let bytes: usize = files.iter().map(|(_, t)| t.len()).sum();
+    bencher
+        .counter(ItemsCount::new(files.len()))
+        .counter(BytesCount::new(bytes))
+        .bench(|| {
+            files
+                .iter()
+                .map(|(n, t)| compile(divan::black_box(n), divan::black_box(t)))
+                .sum::<usize>()
+        });
+}
+
+/// Parsing alone (raw tree and typed AST).
+#[divan::bench]
+fn parse_only(bencher: divan::Bencher) {
+    let files = corpus();
+    let bytes: usize = files.iter().map(|(_, t)| t.len()).sum();
+    bencher
+        .counter(ItemsCount::new(files.len()))
+        .counter(BytesCount::new(bytes))
+        .bench(|| {
+            files
+                .iter()
+                .filter_map(|(n, t)| kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok())
+                .count()
+        });
+}

@@ -1,0 +1,25 @@
+//! Any bytes as a Dockerfile: parsing (raw and typed), the AST dump and compile-only lowering must
+//! return a value or a `Diagnostic`, never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let file = kiln::diag::SourceFile::new("Dockerfile", text);
+    if let Ok(raw) = kiln::syntax::raw::parse(file.clone()) {
+        let _ = kiln::syntax::dump(&raw);
+    }
+    if let Ok(df) = kiln::syntax::parse(file) {
+        let opts = kiln::lower::LowerOptions {
+            lenient: true,
+            ..Default::default()
+        };
+        if let Ok(program) = kiln::lower::dockerfile::lower(&df, &opts) {
+            let graph = kiln::graph::BuildGraph::new(&program);
+            let _ = graph.render_json();
+        }
+    }
+});

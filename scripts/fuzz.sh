@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Fuzzes the Dockerfile parser and the shell-word lexer with cargo-fuzz (nightly), seeded from BuildKit's
+# conformance data and the real-world corpus in ../shared/conformance (when present) and kiln's examples.
+# Usage: scripts/fuzz.sh [SECONDS per target, default 60]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-60}
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+
+seed() { # target, then files to copy into its corpus
+  local dir=fuzz/corpus/$1; shift
+  mkdir -p "$dir"
+  for f in "$@"; do [ -f "$f" ] && cp "$f" "$dir/$(sha256sum "$f" | cut -c1-16)"; done
+  return 0
+}
+shopt -s nullglob
+shared=../shared/conformance
+seed parse examples/*/Dockerfile tests/cases/*/*/Dockerfile \
+  $shared/buildkit/parser/testfiles/*/Dockerfile $shared/buildkit/parser/testfiles-negative/*/Dockerfile \
+  $shared/realworld/*.Dockerfile
+seed shell $shared/buildkit/shell/envVarTest $shared/buildkit/shell/wordsTest
+
+for target in parse shell; do
+  echo "== fuzzing $target for ${seconds}s"
+  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+done
+echo "no crash found"
