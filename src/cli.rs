@@ -486,7 +486,11 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
             .error(
                 value,
                 Span::default(),
-                format!("secret `{id}`: file {shown} does not exist"),
+                if p.is_dir() {
+                    format!("secret `{id}`: {shown} is a directory, not a file")
+                } else {
+                    format!("secret `{id}`: file {shown} does not exist")
+                },
             )
             .help("check the `src=` path; it is relative to the current directory"));
     }

@@ -178,6 +178,14 @@ impl LeakScanner {
                 continue;
             }
             needles.push((id.to_string(), Encoding::Raw, Zeroizing::new(raw.to_vec())));
+            // A step may keep one line of a multi-line secret (`grep password creds.json > f`): each line
+            // long enough to mean something is a secret of its own.
+            for line in raw.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
+                let meaningful = line.iter().filter(|b| b.is_ascii_alphanumeric()).count() >= 6;
+                if line.len() >= 8 && line.len() < raw.len() && meaningful {
+                    needles.push((id.to_string(), Encoding::Raw, Zeroizing::new(line.to_vec())));
+                }
+            }
             needles.push((
                 id.to_string(),
                 Encoding::Hex,
@@ -232,9 +240,13 @@ impl LeakScanner {
     }
 
     /// Scans a stream in chunks, overlapping by the longest needle so no match straddles a boundary.
+    /// The stream is also scanned with all whitespace removed, since `base64` and `xxd -p` wrap their
+    /// output in lines.
     pub fn scan_reader(&self, mut r: impl std::io::Read) -> std::io::Result<Option<Leak>> {
         let mut buf = vec![0u8; 1 << 20];
         let mut kept = 0;
+        let mut squeezed: Vec<u8> = Vec::new();
+        let overlap = self.longest.saturating_sub(1);
         loop {
             let n = r.read(&mut buf[kept..])?;
             if n == 0 {
@@ -244,7 +256,13 @@ impl LeakScanner {
             if let Some(leak) = self.scan(&buf[..end]) {
                 return Ok(Some(leak));
             }
-            kept = self.longest.saturating_sub(1).min(end);
+            squeezed.extend(buf[kept..end].iter().filter(|b| !b.is_ascii_whitespace()));
+            if let Some(leak) = self.scan(&squeezed).filter(|l| l.encoding != Encoding::Raw) {
+                return Ok(Some(leak));
+            }
+            let keep = overlap.min(squeezed.len());
+            squeezed.drain(..squeezed.len() - keep);
+            kept = overlap.min(end);
             buf.copy_within(end - kept..end, 0);
         }
     }
@@ -290,6 +308,9 @@ impl LeakScanner {
             }
             if let Ok(names) = xattr::list(entry.path()) {
                 for name in names {
+                    if let Some(found) = hit(self.scan(name.as_encoded_bytes())) {
+                        return Ok(Some(found));
+                    }
                     let value = xattr::get(entry.path(), &name)
                         .ok()
                         .flatten()
@@ -357,5 +378,44 @@ mod tests {
         let mut data = vec![b'.'; (1 << 20) - 5];
         data.extend_from_slice(b"boundary-secret");
         assert!(scanner.scan_reader(&data[..]).unwrap().is_some());
+    }
+
+    #[test]
+    fn wrapped_encodings_and_single_lines_are_found() {
+        use base64::Engine as _;
+        let long = value("a-long-secret-value-that-base64-will-wrap-over-two-lines-of-output-x");
+        let scanner = LeakScanner::new([("l", &long)]);
+        let b64 = base64::engine::general_purpose::STANDARD.encode(long.expose());
+        let wrapped: Vec<u8> = b64
+            .as_bytes()
+            .chunks(76)
+            .flat_map(|c| c.iter().copied().chain(std::iter::once(b'\n')))
+            .collect();
+        assert_eq!(
+            scanner.scan_reader(&wrapped[..]).unwrap().unwrap().encoding,
+            Encoding::Base64
+        );
+        let hexed = hex::encode(long.expose());
+        let wrapped: Vec<u8> = hexed
+            .as_bytes()
+            .chunks(60)
+            .flat_map(|c| c.iter().copied().chain(std::iter::once(b'\n')))
+            .collect();
+        assert_eq!(
+            scanner.scan_reader(&wrapped[..]).unwrap().unwrap().encoding,
+            Encoding::Hex
+        );
+
+        let json = value("{\n  \"user\": \"bot\",\n  \"password\": \"hunter2-long-pass\"\n}\n");
+        let scanner = LeakScanner::new([("j", &json)]);
+        assert!(
+            scanner
+                .scan(b"x \"password\": \"hunter2-long-pass\" y")
+                .is_some()
+        );
+        assert!(
+            scanner.scan(b"{\n}").is_none(),
+            "punctuation lines are not secrets"
+        );
     }
 }

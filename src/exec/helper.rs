@@ -420,18 +420,19 @@ fn mount_point(
         stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
         return Ok(host);
     }
-    let (parent, name) = match target.trim_end_matches('/').rsplit_once('/') {
-        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
-        None => ("/", target),
+    let parent = match target.trim_end_matches('/').rsplit_once('/') {
+        Some((p, _)) if !p.is_empty() => p,
+        _ => "/",
     };
-    let (dir_host, created) = rootfs::mkdir_all(root, parent, None)?;
+    let (_, created) = rootfs::mkdir_all(root, parent, None)?;
     stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
-    let host = dir_host.join(name);
+    // Resolved inside the root: a final component that is a symlink must not lead the mount elsewhere.
+    let host = rootfs::resolve(root, target, true)?;
     if std::fs::symlink_metadata(&host).is_err() {
         std::fs::File::create(&host)
             .map_err(|e| format!("cannot create the mount point {target}: {e}"))?;
         stubs.push(Stub {
-            path: format!("{}/{name}", parent.trim_end_matches('/')),
+            path: rootfs::inside(root, &host),
             dir: false,
         });
     }
@@ -588,18 +589,19 @@ fn mount_secret(
     )
     .map_err(|e| e.to_string())?;
     std::os::unix::fs::lchown(staged, Some(spec.uid), Some(spec.gid)).map_err(|e| e.to_string())?;
-    let (parent, name) = match target.trim_end_matches('/').rsplit_once('/') {
-        Some((p, n)) => (if p.is_empty() { "/" } else { p }, n),
-        None => ("/", target),
+    let parent = match target.trim_end_matches('/').rsplit_once('/') {
+        Some((p, _)) if !p.is_empty() => p,
+        _ => "/",
     };
-    let (dir, created) = rootfs::mkdir_all(root, parent, None)?;
+    let (_, created) = rootfs::mkdir_all(root, parent, None)?;
     stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
-    let host = dir.join(name);
+    // Resolved inside the root: a final component that is a symlink must not lead the mount elsewhere.
+    let host = rootfs::resolve(root, target, true)?;
     if std::fs::symlink_metadata(&host).is_err() {
         std::fs::File::create(&host)
             .map_err(|e| format!("cannot create the mount point {target}: {e}"))?;
         stubs.push(Stub {
-            path: format!("{}/{name}", parent.trim_end_matches('/')),
+            path: rootfs::inside(root, &host),
             dir: false,
         });
     }

@@ -57,7 +57,8 @@ fn components(p: &Path) -> Vec<std::ffi::OsString> {
 }
 
 /// Creates the directory `path` inside `root` and any missing parents. Returns the host path and the
-/// directories it created (container paths), so mount stubs can be removed afterwards.
+/// directories it created, as their real paths inside the root (symlinks resolved), so mount stubs can be
+/// found and removed afterwards.
 pub fn mkdir_all(
     root: &Path,
     path: &str,
@@ -81,11 +82,16 @@ pub fn mkdir_all(
                     std::os::unix::fs::lchown(&host, Some(u), Some(g))
                         .map_err(|e| e.to_string())?;
                 }
-                created.push(sofar.clone());
+                created.push(inside(root, &host));
             }
         }
     }
     Ok((resolve(root, path, true)?, created))
+}
+
+/// `host` (a path under `root`) as an absolute path inside the root.
+pub fn inside(root: &Path, host: &Path) -> String {
+    format!("/{}", host.strip_prefix(root).unwrap_or(host).display())
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.

@@ -1,0 +1,1132 @@
+//! The leak matrix: every way this suite knows for a secret's value to leave the one RUN that mounts it,
+//! listed in `MATRIX` (what is checked and how), each expected to find nothing — or kiln refusing the build
+//! with a leak-guard error that names the secret's id and never its value.
+//!
+//! Secrets are long and distinctive so a hit is never a coincidence; every search looks for the raw bytes,
+//! hex in either case and base64 at all three alignments, also with line breaks removed (the `base64` and
+//! `xxd` tools wrap their output).
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use crate::support::{
+    Kiln, Layout, Output, base_image, context, files_under, leaks, tempdir, unpack,
+};
+
+/// One row: a place or a way a secret could leak, and how this suite checks it.
+struct Row {
+    name: &'static str,
+    how: &'static str,
+}
+
+const MATRIX: &[Row] = &[
+    Row {
+        name: "layer-raw",
+        how: "every layer of the clean build, decompressed: no raw value",
+    },
+    Row {
+        name: "layer-base64",
+        how: "every layer: no base64 of any value at any alignment",
+    },
+    Row {
+        name: "layer-hex",
+        how: "every layer: no lower- or upper-case hex of any value",
+    },
+    Row {
+        name: "file-name",
+        how: "every entry path of every layer tar",
+    },
+    Row {
+        name: "symlink-target",
+        how: "every link name of every layer tar",
+    },
+    Row {
+        name: "xattr-in-layer",
+        how: "every PAX record (SCHILY.xattr.*) of every layer tar",
+    },
+    Row {
+        name: "config-env",
+        how: "config Env: no value and no `env=` variable name",
+    },
+    Row {
+        name: "config-label",
+        how: "config Labels",
+    },
+    Row {
+        name: "config-history",
+        how: "config history (created_by of every RUN that mounted a secret)",
+    },
+    Row {
+        name: "manifest-index",
+        how: "manifest and index.json",
+    },
+    Row {
+        name: "oci-layout",
+        how: "every file of the OCI layout, gzip decompressed",
+    },
+    Row {
+        name: "docker-archive",
+        how: "every entry of the docker-archive tar",
+    },
+    Row {
+        name: "local-output",
+        how: "every file, name and link target of `-o type=local`",
+    },
+    Row {
+        name: "tar-output",
+        how: "the `-o type=tar` filesystem tar",
+    },
+    Row {
+        name: "unpacked-rootfs",
+        how: "every file of the image as umoci unpacks it",
+    },
+    Row {
+        name: "store-files",
+        how: "every file in the store, gzip decompressed",
+    },
+    Row {
+        name: "store-names",
+        how: "every path and link target in the store",
+    },
+    Row {
+        name: "progress-plain",
+        how: "stderr of `--progress plain`: values and JSON lines shown as `***`",
+    },
+    Row {
+        name: "stdout",
+        how: "stdout of the build",
+    },
+    Row {
+        name: "mount-stub",
+        how: "no /run/secrets and no `target=` stub in the image",
+    },
+    Row {
+        name: "env-secret-not-in-image-env",
+        how: "an `env=` secret is in no later step's env, nor the config",
+    },
+    Row {
+        name: "host-env-not-in-steps",
+        how: "kiln's own environment (holding an env secret) is not a step's env",
+    },
+    Row {
+        name: "multi-line-json",
+        how: "a JSON secret: the whole value and its password line, everywhere above",
+    },
+    Row {
+        name: "env-sourced-secret",
+        how: "a secret given by `--secret id=..,env=VAR`, everywhere above",
+    },
+    Row {
+        name: "cache-key",
+        how: "after rotating every value: same image digest, every step CACHED",
+    },
+    Row {
+        name: "no-cache",
+        how: "after `--no-cache`: the store and the outputs again",
+    },
+    Row {
+        name: "graph-output",
+        how: "`kiln graph` text, json, dot and --digest with the values in the env",
+    },
+    Row {
+        name: "error-message",
+        how: "a failing step that echoes the value then exits 1: stderr scrubbed",
+    },
+    Row {
+        name: "host-cmdline",
+        how: "no host process's command line holds a value while a step runs",
+    },
+    Row {
+        name: "guard-arg-history",
+        how: "a build arg used by a RUN lands in history: the export guard refuses",
+    },
+    Row {
+        name: "guard-arg-label",
+        how: "a build arg in a LABEL: the export guard refuses",
+    },
+    Row {
+        name: "guard-arg-env",
+        how: "a build arg in an ENV: the export guard refuses",
+    },
+    Row {
+        name: "guard-arg-workdir",
+        how: "a build arg in WORKDIR: the export guard refuses",
+    },
+    Row {
+        name: "guard-copy",
+        how: "a context file holding the value COPY'd in: the export guard refuses",
+    },
+    Row {
+        name: "guard-raw",
+        how: "a step copies its secret into a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-base64",
+        how: "a step writes base64 of its secret: the leak guard refuses",
+    },
+    Row {
+        name: "guard-hex",
+        how: "a step writes hex of its secret: the leak guard refuses",
+    },
+    Row {
+        name: "guard-file-name",
+        how: "a step names a file after its secret: the leak guard refuses",
+    },
+    Row {
+        name: "guard-symlink",
+        how: "a step puts its secret in a link target: the leak guard refuses",
+    },
+    Row {
+        name: "guard-xattr-value",
+        how: "a step puts its secret in an xattr value: the leak guard refuses",
+    },
+    Row {
+        name: "guard-env-secret",
+        how: "a step writes its `env=` secret to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-other-stage",
+        how: "a leak in a stage that is not exported is refused too",
+    },
+    Row {
+        name: "guard-cache-mount",
+        how: "a step writes its secret into a cache mount: refused, the cache deleted",
+    },
+    Row {
+        name: "guard-xattr-name",
+        how: "a step names an xattr after its secret: must be refused (kiln bug)",
+    },
+    Row {
+        name: "guard-long-base64",
+        how: "wrapped base64 of a long secret: must be refused (kiln bug)",
+    },
+    Row {
+        name: "guard-long-hex",
+        how: "`xxd -p` (wrapped hex) of a long secret: must be refused (kiln bug)",
+    },
+    Row {
+        name: "guard-json-line",
+        how: "one line of a multi-line secret: must be refused (kiln bug)",
+    },
+];
+
+/// The row called `name`; panics when the table lacks it, so code and table cannot drift apart.
+fn row(name: &str) -> &'static str {
+    MATRIX
+        .iter()
+        .find(|r| r.name == name)
+        .unwrap_or_else(|| panic!("`{name}` is not in MATRIX"))
+        .name
+}
+
+/// Given by file (`src=`).
+const FILE_SECRET: &str = "kiln-leak-FILE-7f3a9c2e-d41b-4b8e-a6f0-9b1c3e5d";
+/// Given by environment variable (`env=`), mounted as a file and as an env var.
+const ENV_SECRET: &str = "kiln-leak-ENV-c0ffee5e-1f4d-2a9b-77a1-b2c3d4e5";
+/// The password line of the multi-line JSON secret, distinctive on its own.
+const JSON_PASSWORD: &str = "kiln-leak-JSON-pw-88d1e2f3a4b5c6d7e8f9";
+/// Longer than the 57 bytes `base64` puts on one line and the 30 `xxd -p` does.
+const LONG_SECRET: &str =
+    "kiln-leak-LONG-0123456789abcdef-0123456789abcdef-0123456789abcdef-0123456789abcdef-end";
+const ENV_VAR: &str = "KILN_LEAK_MATRIX_ENV";
+
+fn json_secret(password: &str) -> String {
+    format!("{{\n  \"user\": \"kiln-matrix-user\",\n  \"password\": \"{password}\"\n}}\n")
+}
+
+/// Every needle this suite searches for after a build that used `file`, `env` and `json`.
+fn needles(file: &str, env: &str, password: &str) -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("file secret", file.as_bytes().to_vec()),
+        ("env secret", env.as_bytes().to_vec()),
+        ("json secret", json_secret(password).into_bytes()),
+        ("json password line", password.as_bytes().to_vec()),
+    ]
+}
+
+/// Where `needles` occur in `files`, in any encoding of `support::encodings`, also with line breaks removed
+/// so wrapped base64/hex is found; as `what in path (encoding)`. Files that are byte for byte part of the
+/// fixture base image are skipped: they cannot hold a secret, and they are most of the bytes.
+fn find(files: &[(PathBuf, Vec<u8>)], needles: &[(&str, Vec<u8>)]) -> Vec<String> {
+    let encoded: Vec<(&str, String, String)> = needles
+        .iter()
+        .flat_map(|(what, n)| {
+            crate::support::encodings(n)
+                .into_iter()
+                .map(move |(how, e)| {
+                    (
+                        *what,
+                        how,
+                        String::from_utf8(e).expect("ASCII needles and encodings"),
+                    )
+                })
+        })
+        .collect();
+    let mut found = Vec::new();
+    for (path, bytes) in files {
+        if fixture_digests().contains(&sha256(bytes)) {
+            continue;
+        }
+        // Invalid UTF-8 becomes U+FFFD, which never joins ASCII bytes, so an ASCII needle matches here
+        // exactly where it matches in the bytes; std's substring search is fast even in a debug build.
+        let text = String::from_utf8_lossy(bytes);
+        let flat: String = text.split(['\n', '\r']).collect();
+        for (what, how, e) in &encoded {
+            if text.contains(e.as_str()) || flat.contains(e.as_str()) {
+                let hit = format!("{what} in {} ({how})", path.display());
+                if !found.contains(&hit) {
+                    found.push(hit);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The digests of every file of the fixture base image (its blobs, decompressed too), of its layer's
+/// entries, and of busybox itself.
+fn fixture_digests() -> &'static std::collections::HashSet<[u8; 32]> {
+    static DIGESTS: OnceLock<std::collections::HashSet<[u8; 32]>> = OnceLock::new();
+    DIGESTS.get_or_init(|| {
+        let mut set = std::collections::HashSet::new();
+        for (_, bytes) in files_under(base_image()) {
+            set.insert(sha256(&bytes));
+        }
+        for tar in Layout::new(base_image()).layer_tars() {
+            set.insert(sha256(&tar));
+            for (_, bytes) in tar_views("base", &tar) {
+                set.insert(sha256(&bytes));
+            }
+        }
+        set.insert(sha256(
+            &std::fs::read("/bin/busybox").expect("/bin/busybox"),
+        ));
+        set
+    })
+}
+
+/// Names, link targets and contents of a directory tree, as "files" for `find`.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = files_under(dir);
+    for e in walkdir::WalkDir::new(dir).into_iter().flatten() {
+        let name = e.path().to_string_lossy().into_owned().into_bytes();
+        out.push((
+            PathBuf::from(format!("name of {}", e.path().display())),
+            name,
+        ));
+        if e.file_type().is_symlink()
+            && let Ok(t) = std::fs::read_link(e.path())
+        {
+            let target = t.to_string_lossy().into_owned().into_bytes();
+            out.push((
+                PathBuf::from(format!("link {}", e.path().display())),
+                target,
+            ));
+        }
+    }
+    out
+}
+
+/// One view of a tar: its entries' paths, link names and PAX records, and their contents.
+fn tar_views(label: &str, tar: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().expect("a tar") {
+        let mut entry = entry.expect("a tar entry");
+        let path = entry.path_bytes().into_owned();
+        let at = |what: &str| {
+            PathBuf::from(format!(
+                "{label}: {what} of {}",
+                String::from_utf8_lossy(&path)
+            ))
+        };
+        out.push((at("path"), path.clone()));
+        if let Some(link) = entry.link_name_bytes() {
+            out.push((at("link name"), link.into_owned()));
+        }
+        if let Ok(Some(pax)) = entry.pax_extensions() {
+            for ext in pax.flatten() {
+                let mut rec = ext.key_bytes().to_vec();
+                rec.push(b'=');
+                rec.extend_from_slice(ext.value_bytes());
+                out.push((at("pax record"), rec));
+            }
+        }
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).expect("tar data");
+        out.push((at("contents"), crate::support::maybe_gunzip(data)));
+    }
+    out
+}
+
+/// A kiln invocation with the three secrets of this suite (values given).
+fn with_secrets(kiln: Kiln, dir: &Path, file: &str, env: &str, password: &str) -> Kiln {
+    let file_path = dir.join("file-secret.txt");
+    let json_path = dir.join("json-secret.json");
+    crate::support::write(&file_path, file);
+    crate::support::write(&json_path, json_secret(password));
+    kiln.arg("--secret")
+        .arg(format!("id=file,src={}", file_path.display()))
+        .arg("--secret")
+        .arg(format!("id=envsec,env={ENV_VAR}"))
+        .arg("--secret")
+        .arg(format!("id=json,src={}", json_path.display()))
+        .env(ENV_VAR, env)
+}
+
+/// Every legitimate way to use a secret, and a few ways to try to keep it that kiln must make harmless.
+const CLEAN: &str = r#"FROM base
+ARG PLAIN=not-a-secret
+LABEL org.example.plain=$PLAIN
+ENV APP_MODE=prod
+RUN --mount=type=secret,id=file echo "file secret is $(cat /run/secrets/file)"
+RUN --mount=type=secret,id=file,target=/opt/creds/file.txt test -s /opt/creds/file.txt && echo made > /made
+RUN --mount=type=secret,id=envsec,env=API_TOKEN test -n "$API_TOKEN" && echo "token=$API_TOKEN"
+RUN --mount=type=secret,id=envsec cat /run/secrets/envsec; echo
+RUN --mount=type=secret,id=json cat /run/secrets/json && grep password /run/secrets/json
+RUN --mount=type=secret,id=file cp /run/secrets/file /tmp/gone && rm /tmp/gone
+RUN test -z "$API_TOKEN" && env > /envdump && mkdir -p /app && ln -s /app /app/self
+CMD ["/bin/sh"]
+"#;
+
+/// The outputs of one build of `CLEAN`.
+struct Outputs {
+    _dir: tempfile::TempDir,
+    layout: PathBuf,
+    docker: PathBuf,
+    local: PathBuf,
+    fs_tar: PathBuf,
+}
+
+fn outputs() -> Outputs {
+    let dir = tempdir("out-");
+    Outputs {
+        layout: dir.path().join("image"),
+        docker: dir.path().join("docker.tar"),
+        local: dir.path().join("local"),
+        fs_tar: dir.path().join("fs.tar"),
+        _dir: dir,
+    }
+}
+
+/// Records a row's hits.
+fn check(wrong: &mut Vec<String>, name: &str, hits: Vec<String>) {
+    let name = row(name);
+    for h in hits {
+        wrong.push(format!("[{name}] {h}"));
+    }
+}
+
+/// Every place an image build leaves behind, searched for `needles`.
+fn search_outputs(
+    wrong: &mut Vec<String>,
+    o: &Outputs,
+    store: &Path,
+    needles: &[(&str, Vec<u8>)],
+    prefix: &str,
+) {
+    let layout = Layout::new(&o.layout);
+    let mut layer_views = Vec::new();
+    for (i, tar) in layout.layer_tars().iter().enumerate() {
+        layer_views.extend(tar_views(&format!("layer {i}"), tar));
+    }
+    let only = |what: &str| -> Vec<(PathBuf, Vec<u8>)> {
+        layer_views
+            .iter()
+            .filter(|(p, _)| p.to_string_lossy().contains(what))
+            .cloned()
+            .collect()
+    };
+    let in_contents = find(&only(": contents of "), needles);
+    let by_encoding = |enc: &str| -> Vec<String> {
+        in_contents
+            .iter()
+            .filter(|h| h.contains(&format!("({enc}")))
+            .map(|h| format!("{prefix}{h}"))
+            .collect()
+    };
+    let pre = |hits: Vec<String>| hits.into_iter().map(|h| format!("{prefix}{h}")).collect();
+    check(wrong, "layer-raw", by_encoding("raw"));
+    check(wrong, "layer-base64", by_encoding("base64"));
+    let mut hex = by_encoding("hex");
+    hex.extend(by_encoding("HEX"));
+    check(wrong, "layer-hex", hex);
+    check(wrong, "file-name", pre(find(&only(": path of "), needles)));
+    check(
+        wrong,
+        "symlink-target",
+        pre(find(&only(": link name of "), needles)),
+    );
+    check(
+        wrong,
+        "xattr-in-layer",
+        pre(find(&only(": pax record of "), needles)),
+    );
+
+    let config = layout.config();
+    let env = serde_json::to_vec(&config["config"]["Env"]).expect("JSON");
+    let mut env_hits = find(&[("config Env".into(), env.clone())], needles);
+    if String::from_utf8_lossy(&env).contains("API_TOKEN") {
+        env_hits.push("API_TOKEN is in the config's Env".to_string());
+    }
+    check(wrong, "config-env", pre(env_hits));
+    let labels = serde_json::to_vec(&config["config"]["Labels"]).expect("JSON");
+    check(
+        wrong,
+        "config-label",
+        pre(find(&[("config Labels".into(), labels)], needles)),
+    );
+    let history = serde_json::to_vec(&config["history"]).expect("JSON");
+    check(
+        wrong,
+        "config-history",
+        pre(find(&[("history".into(), history)], needles)),
+    );
+    let manifest = serde_json::to_vec(&layout.manifest()).expect("JSON");
+    let index = std::fs::read(o.layout.join("index.json")).expect("index.json");
+    check(
+        wrong,
+        "manifest-index",
+        pre(find(
+            &[("manifest".into(), manifest), ("index.json".into(), index)],
+            needles,
+        )),
+    );
+    check(wrong, "oci-layout", pre(find(&tree(&o.layout), needles)));
+    let docker = std::fs::read(&o.docker).expect("the docker archive");
+    check(
+        wrong,
+        "docker-archive",
+        pre(find(&tar_views("docker-archive", &docker), needles)),
+    );
+    check(wrong, "local-output", pre(find(&tree(&o.local), needles)));
+    let fs_tar = std::fs::read(&o.fs_tar).expect("the filesystem tar");
+    check(
+        wrong,
+        "tar-output",
+        pre(find(&tar_views("fs.tar", &fs_tar), needles)),
+    );
+    let image = unpack(&o.layout);
+    check(
+        wrong,
+        "unpacked-rootfs",
+        pre(find(&files_under(&image.rootfs), needles)),
+    );
+    check(
+        wrong,
+        "store-files",
+        pre(find(&files_under(store), needles)),
+    );
+    // `tree` labels names and link targets with relative "paths"; the absolute ones are file contents,
+    // searched just above.
+    let names: Vec<(PathBuf, Vec<u8>)> = tree(store)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("/"))
+        .collect();
+    check(wrong, "store-names", pre(find(&names, needles)));
+}
+
+#[test]
+fn a_clean_build_leaks_nothing_anywhere() {
+    let store = tempdir("store-");
+    let ctx = context(&[("Dockerfile", CLEAN)]);
+    let secrets_dir = tempdir("secrets-");
+    let o = outputs();
+    let vals = (FILE_SECRET, ENV_SECRET, JSON_PASSWORD);
+    let out = with_ctx(store.path(), ctx.path(), secrets_dir.path(), &o, vals, &[]);
+    out.success();
+    let needles = needles(FILE_SECRET, ENV_SECRET, JSON_PASSWORD);
+    let mut wrong = Vec::new();
+    search_outputs(&mut wrong, &o, store.path(), &needles, "");
+
+    // What the build printed: scrubbed, with the stars where the values were.
+    let stderr = vec![(PathBuf::from("stderr"), out.stderr.clone().into_bytes())];
+    let mut printed = find(&stderr, &needles);
+    for shown in ["file secret is ***", "token=***"] {
+        if !out.stderr.contains(shown) {
+            printed.push(format!("`{shown}` is not in stderr"));
+        }
+    }
+    check(&mut wrong, "progress-plain", printed);
+    check(
+        &mut wrong,
+        "stdout",
+        find(
+            &[(PathBuf::from("stdout"), out.stdout.clone().into_bytes())],
+            &needles,
+        ),
+    );
+
+    let image = unpack(&o.layout);
+    let stubs: Vec<String> = ["run/secrets", "opt/creds", "opt"]
+        .iter()
+        .filter(|s| image.rootfs.join(s).exists())
+        .map(|s| format!("/{s} is in the image"))
+        .collect();
+    check(&mut wrong, "mount-stub", stubs);
+    let envdump = std::fs::read_to_string(image.rootfs.join("envdump")).expect("/envdump");
+    let mut env_hits = Vec::new();
+    if envdump.contains("API_TOKEN") {
+        env_hits.push(format!("a later step saw API_TOKEN:\n{envdump}"));
+    }
+    check(&mut wrong, "env-secret-not-in-image-env", env_hits);
+    let mut host_env = Vec::new();
+    if envdump.contains(ENV_VAR) {
+        host_env.push(format!("a step saw kiln's {ENV_VAR}:\n{envdump}"));
+    }
+    check(&mut wrong, "host-env-not-in-steps", host_env);
+    // The two secrets given in less common ways, searched once more on their own over everything at once.
+    let mut everything = tree(&o.layout);
+    everything.extend(tree(&o.local));
+    everything.extend(tree(store.path()));
+    everything.extend(tar_views(
+        "docker-archive",
+        &std::fs::read(&o.docker).expect("archive"),
+    ));
+    everything.extend(stderr.iter().cloned());
+    let json = json_secret(JSON_PASSWORD);
+    let json_needles = [
+        ("json secret", json.into_bytes()),
+        ("json password", JSON_PASSWORD.into()),
+    ];
+    check(
+        &mut wrong,
+        "multi-line-json",
+        find(&everything, &json_needles),
+    );
+    if !out.stderr.contains("***") || out.stderr.contains("\"password\"") {
+        wrong.push(format!(
+            "[multi-line-json] the JSON's lines are not all scrubbed:\n{}",
+            out.stderr
+        ));
+    }
+    let env_needles = [("env secret", ENV_SECRET.as_bytes().to_vec())];
+    check(
+        &mut wrong,
+        "env-sourced-secret",
+        find(&everything, &env_needles),
+    );
+
+    // Rotate every value: nothing runs, the image is the same, nothing of either set of values is stored.
+    let o2 = outputs();
+    let rotated = (
+        "kiln-leak-FILE-rotated-00112233445566778899aabb",
+        "kiln-leak-ENV-rotated-ffeeddccbbaa99887766",
+        "kiln-leak-JSON-pw-rotated-5566778899",
+    );
+    let again = with_ctx(
+        store.path(),
+        ctx.path(),
+        secrets_dir.path(),
+        &o2,
+        rotated,
+        &[],
+    );
+    again.success();
+    let mut key = Vec::new();
+    let (ran, _) = again.summary();
+    if ran != 0 {
+        key.push(format!(
+            "{ran} steps ran after rotating the values:\n{}",
+            again.stderr
+        ));
+    }
+    if again.stdout.trim() != out.stdout.trim() {
+        key.push(format!(
+            "the image changed: {} then {}",
+            out.stdout.trim(),
+            again.stdout.trim()
+        ));
+    }
+    check(&mut wrong, "cache-key", key);
+
+    // --no-cache runs everything again with the rotated values: search everything once more, for both.
+    let o3 = outputs();
+    let fresh = with_ctx(
+        store.path(),
+        ctx.path(),
+        secrets_dir.path(),
+        &o3,
+        rotated,
+        &["--no-cache"],
+    );
+    fresh.success();
+    let mut both = needles.clone();
+    both.extend(self::needles(rotated.0, rotated.1, rotated.2));
+    let mut after = Vec::new();
+    search_outputs(&mut after, &o3, store.path(), &both, "after --no-cache: ");
+    check(&mut wrong, "no-cache", after);
+
+    assert!(wrong.is_empty(), "secrets leaked:\n{}", wrong.join("\n"));
+}
+
+/// Builds `ctx` with this suite's secrets (files written into `secrets`) and all four outputs.
+fn with_ctx(
+    store: &Path,
+    ctx: &Path,
+    secrets: &Path,
+    o: &Outputs,
+    vals: (&str, &str, &str),
+    extra: &[&str],
+) -> Output {
+    with_secrets(
+        Kiln::build_in(store).with_base(),
+        secrets,
+        vals.0,
+        vals.1,
+        vals.2,
+    )
+    .args(extra.iter().copied())
+    .arg("-o")
+    .arg(format!("type=oci,dest={}", o.layout.display()))
+    .arg("-o")
+    .arg(format!("type=docker,dest={}", o.docker.display()))
+    .arg("-o")
+    .arg(format!("type=local,dest={}", o.local.display()))
+    .arg("-o")
+    .arg(format!("type=tar,dest={}", o.fs_tar.display()))
+    .arg(ctx)
+    .run()
+}
+
+/// A build kiln must refuse because secret `s` would leave its step.
+struct Guard {
+    row: &'static str,
+    dockerfile: &'static str,
+    /// The value of secret `s` (given by file).
+    secret: &'static str,
+    /// Also passed as `--build-arg TOKEN=<value>` (the wrong way to pass a secret).
+    as_build_arg: bool,
+    /// Refused by the step's leak guard, so the store must not hold the value either (the export guard
+    /// runs after the steps are stored; it only keeps the value out of the outputs).
+    by_step: bool,
+}
+
+const GUARDS: &[Guard] = &[
+    Guard {
+        row: "guard-arg-history",
+        dockerfile: "FROM base\nARG TOKEN\nRUN test -n \"$TOKEN\"\n",
+        secret: FILE_SECRET,
+        as_build_arg: true,
+        by_step: false,
+    },
+    Guard {
+        row: "guard-arg-label",
+        dockerfile: "FROM base\nARG TOKEN\nLABEL tok=$TOKEN\n",
+        secret: FILE_SECRET,
+        as_build_arg: true,
+        by_step: false,
+    },
+    Guard {
+        row: "guard-arg-env",
+        dockerfile: "FROM base\nARG TOKEN\nENV TOK=$TOKEN\n",
+        secret: FILE_SECRET,
+        as_build_arg: true,
+        by_step: false,
+    },
+    Guard {
+        row: "guard-arg-workdir",
+        dockerfile: "FROM base\nARG TOKEN\nWORKDIR /w/$TOKEN\n",
+        secret: FILE_SECRET,
+        as_build_arg: true,
+        by_step: false,
+    },
+    Guard {
+        row: "guard-copy",
+        dockerfile: "FROM base\nCOPY secret.txt /app/\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: false,
+    },
+    Guard {
+        row: "guard-raw",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s cp /run/secrets/s /kept\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-base64",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s base64 /run/secrets/s > /kept\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-hex",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s od -An -tx1 /run/secrets/s | tr -d ' \\n' > /kept\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-file-name",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s touch \"/$(cat /run/secrets/s)\"\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-symlink",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s ln -s \"/x/$(cat /run/secrets/s)\" /kept\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-xattr-value",
+        dockerfile: "FROM base\nCOPY setx /bin/setx\nRUN --mount=type=secret,id=s touch /v && setx /v user.note \"$(cat /run/secrets/s)\"\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-env-secret",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s,env=T sh -c 'echo \"$T\" > /kept'\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-other-stage",
+        dockerfile: "FROM base AS leaky\nRUN --mount=type=secret,id=s cp /run/secrets/s /kept\nFROM base\nCOPY --from=leaky /etc/passwd /p\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+];
+
+/// Refusals this suite first found missing (xattr names, wrapped encodings, single lines of a
+/// multi-line secret), kept apart so their history is visible.
+const GUARD_BUGS: &[Guard] = &[
+    Guard {
+        row: "guard-xattr-name",
+        dockerfile: "FROM base\nCOPY setx /bin/setx\nRUN --mount=type=secret,id=s touch /n && setx /n \"user.$(cat /run/secrets/s)\" 1\n",
+        secret: FILE_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-long-base64",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s base64 /run/secrets/s > /kept\n",
+        secret: LONG_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-long-hex",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s xxd -p /run/secrets/s > /kept\n",
+        secret: LONG_SECRET,
+        as_build_arg: false,
+        by_step: true,
+    },
+    Guard {
+        row: "guard-json-line",
+        dockerfile: "FROM base\nRUN --mount=type=secret,id=s grep password /run/secrets/s > /kept\n",
+        secret: "",
+        as_build_arg: false,
+        by_step: true,
+    },
+];
+
+/// A static `setx PATH NAME VALUE` (setxattr(2)); busybox has no setfattr. Built once with the C compiler
+/// every Rust toolchain on Linux already needs as its linker.
+fn setx() -> &'static Path {
+    static SETX: OnceLock<PathBuf> = OnceLock::new();
+    SETX.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("setx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a dir");
+        let src = dir.join("setx.c");
+        crate::support::write(
+            &src,
+            "#include <string.h>\n#include <sys/xattr.h>\nint main(int c, char **v) {\n  if (c != 4) return 2;\n  return setxattr(v[1], v[2], v[3], strlen(v[3]), 0) ? 1 : 0;\n}\n",
+        );
+        let bin = dir.join("setx");
+        crate::support::tool(
+            "cc",
+            &["-static", "-O2", "-o", bin.to_str().expect("utf-8"), src.to_str().expect("utf-8")],
+        );
+        bin
+    })
+}
+
+/// Runs one refusal case; returns what went wrong.
+fn run_guard(g: &Guard) -> Vec<String> {
+    let json = json_secret(JSON_PASSWORD);
+    let secret = if g.secret.is_empty() {
+        json.as_str()
+    } else {
+        g.secret
+    };
+    let ctx = context(&[("Dockerfile", g.dockerfile), ("secret.txt", secret)]);
+    if g.dockerfile.contains("setx") {
+        let to = ctx.path().join("setx");
+        std::fs::copy(setx(), &to).expect("copy setx");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let secret_file = tempdir("secret-");
+    let secret_path = secret_file.path().join("s");
+    crate::support::write(&secret_path, secret);
+    let dest = tempdir("out-");
+    let layout = dest.path().join("image");
+    let kiln = Kiln::new().with_base();
+    let mut k = kiln
+        .clone()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", secret_path.display()));
+    if g.as_build_arg {
+        k = k.arg("--build-arg").arg(format!("TOKEN={secret}"));
+    }
+    let out = k
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(ctx.path())
+        .run();
+    let mut wrong = Vec::new();
+    if out.code != Some(1) || !out.stderr.contains("secret `s`") {
+        wrong.push(format!(
+            "not refused by a leak guard naming `s` (exit {:?}):\n{}",
+            out.code, out.stderr
+        ));
+    }
+    let mut values = vec![("value", secret.as_bytes().to_vec())];
+    if g.secret.is_empty() {
+        values.push(("password line", JSON_PASSWORD.as_bytes().to_vec()));
+    }
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("stdout"), out.stdout.clone().into_bytes()),
+    ];
+    for hit in leaks(&said, secret.as_bytes()) {
+        wrong.push(format!("the message shows the value: {hit}"));
+    }
+    if layout.exists() {
+        wrong.push("an output was written".to_string());
+    }
+    if g.by_step {
+        for hit in find(&files_under(kiln.store()), &values) {
+            wrong.push(format!("the store holds it: {hit}"));
+        }
+    }
+    wrong
+}
+
+fn run_guards(cases: &[Guard]) {
+    let results: Vec<(&str, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases
+            .iter()
+            .map(|g| (row(g.row), s.spawn(move || run_guard(g))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| {
+                (
+                    name,
+                    h.join()
+                        .unwrap_or_else(|_| vec!["the harness panicked".into()]),
+                )
+            })
+            .collect()
+    });
+    let wrong: Vec<String> = results
+        .iter()
+        .flat_map(|(name, w)| w.iter().map(move |w| format!("[{name}] {w}")))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_guards_refuse_every_leak_without_showing_the_value() {
+    run_guards(GUARDS);
+}
+
+#[test]
+fn the_guards_refuse_wrapped_and_partial_leaks() {
+    run_guards(GUARD_BUGS);
+}
+
+/// A step that writes its secret into a cache mount fails, and the cache is gone for the next build.
+#[test]
+fn a_secret_written_to_a_cache_mount_fails_and_deletes_the_cache() {
+    let name = row("guard-cache-mount");
+    let store = tempdir("store-");
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, FILE_SECRET);
+    let leaky = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --mount=type=secret,id=s --mount=type=cache,target=/c,id=leaky sh -c 'echo keep > /c/other; cp /run/secrets/s /c/kept'\n",
+    )]);
+    let out = Kiln::build_in(store.path())
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(leaky.path())
+        .run();
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("secret `s`") && out.stderr.contains("/c/kept"),
+        "[{name}] {}",
+        out.stderr
+    );
+    assert!(
+        !out.stderr.contains(FILE_SECRET),
+        "[{name}] the value is shown:\n{}",
+        out.stderr
+    );
+    let stored = leaks(&files_under(store.path()), FILE_SECRET.as_bytes());
+    assert!(
+        stored.is_empty(),
+        "[{name}] the store holds the value: {stored:?}"
+    );
+    let reader = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --mount=type=cache,target=/c,id=leaky echo \"entries=$(ls -A /c | wc -l)\"\n",
+    )]);
+    let next = Kiln::build_in(store.path())
+        .with_base()
+        .arg(reader.path())
+        .run();
+    next.success();
+    assert!(
+        next.stderr.contains("entries=0"),
+        "[{name}] the cache survived:\n{}",
+        next.stderr
+    );
+}
+
+/// `kiln graph` never sees a value: it takes no `--secret`, and values in its environment stay there.
+#[test]
+fn graph_output_holds_no_value() {
+    let name = row("graph-output");
+    let ctx = context(&[("Dockerfile", CLEAN)]);
+    for extra in [
+        &[][..],
+        &["--format", "json"],
+        &["--format", "dot"],
+        &["--digest"],
+    ] {
+        let out = Kiln::graph()
+            .arg("--build-context")
+            .arg(format!("base=oci-layout://{}", base_image().display()))
+            .args(extra.iter().copied())
+            .env(ENV_VAR, ENV_SECRET)
+            .env("file", FILE_SECRET)
+            .arg(ctx.path())
+            .run();
+        out.success();
+        let said = [(
+            PathBuf::from("graph"),
+            format!("{}{}", out.stdout, out.stderr).into_bytes(),
+        )];
+        let hits = find(&said, &needles(FILE_SECRET, ENV_SECRET, JSON_PASSWORD));
+        assert!(hits.is_empty(), "[{name}] {extra:?}: {hits:?}");
+    }
+}
+
+/// A failing step that prints its secret on both streams: the error and the log show `***`.
+#[test]
+fn a_failing_step_shows_no_value() {
+    let name = row("error-message");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --mount=type=secret,id=s sh -c 'echo \"failing with $(cat /run/secrets/s)\"; cat /run/secrets/s >&2; exit 1'\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, FILE_SECRET);
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("failing with ***"),
+        "[{name}] {}",
+        out.stderr
+    );
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("stdout"), out.stdout.clone().into_bytes()),
+    ];
+    let hits = leaks(&said, FILE_SECRET.as_bytes());
+    assert!(hits.is_empty(), "[{name}] {hits:?}\n{}", out.stderr);
+}
+
+/// While a step has its secret mounted, no host process carries the value in its command line (kiln hands
+/// it to the helper over a pipe).
+#[test]
+fn no_host_command_line_holds_a_value() {
+    let name = row("host-cmdline");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --mount=type=secret,id=s --mount=type=secret,id=e,env=E sleep 1\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, FILE_SECRET);
+    let kiln = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .args(["--secret", &format!("id=e,env={ENV_VAR}")])
+        .env(ENV_VAR, ENV_SECRET)
+        .arg(ctx.path());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let hits = std::thread::scope(|s| {
+        let build = s.spawn(|| {
+            let out = kiln.run();
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            out
+        });
+        let mut hits = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                    continue;
+                };
+                for value in [FILE_SECRET, ENV_SECRET] {
+                    if crate::support::contains(&cmdline, value.as_bytes()) {
+                        hits.push(format!(
+                            "{}: {}",
+                            e.path().display(),
+                            String::from_utf8_lossy(&cmdline)
+                        ));
+                    }
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        build.join().expect("the build thread").success();
+        hits
+    });
+    assert!(hits.is_empty(), "[{name}] {hits:?}");
+}
+
+/// The matrix is what this file checks: at least 25 rows, each named once, described, and used by a test.
+#[test]
+fn the_matrix_is_complete() {
+    let source = include_str!("leak_matrix.rs");
+    assert!(MATRIX.len() >= 25, "only {} rows", MATRIX.len());
+    for (i, r) in MATRIX.iter().enumerate() {
+        assert!(!r.how.is_empty(), "`{}` says not how it is checked", r.name);
+        assert!(
+            MATRIX[..i].iter().all(|o| o.name != r.name),
+            "`{}` is listed twice",
+            r.name
+        );
+        assert!(
+            source.matches(&format!("\"{}\"", r.name)).count() >= 2,
+            "`{}` is in the matrix but no test checks it",
+            r.name
+        );
+    }
+}
