@@ -13,13 +13,22 @@ fn main() {
 fn corpus() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let shared = root.join("../shared/conformance/realworld");
-    let dir = if shared.is_dir() { shared } else { root.join("examples/secrets") };
+    let dir = if shared.is_dir() {
+        shared
+    } else {
+        root.join("examples/secrets")
+    };
     let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
         .expect("corpus dir")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "Dockerfile") || p.ends_with("Dockerfile"))
-        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).expect("utf-8")))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).expect("utf-8"),
+            )
+        })
         .collect();
     files.sort();
     files
@@ -62,7 +71,9 @@ fn parse_only(bencher: divan::Bencher) {
         .bench(|| {
             files
                 .iter()
-                .filter_map(|(n, t)| kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok())
+                .filter_map(|(n, t)| {
+                    kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok()
+                })
                 .count()
         });
 }
