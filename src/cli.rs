@@ -31,6 +31,8 @@ enum Command {
     Build(BuildArgs),
     /// Compile only and print the build graph. Never runs a step, never touches the network.
     Graph(GraphArgs),
+    /// Lint a Dockerfile: BuildKit's build checks and kiln's secret checks. Never builds anything.
+    Check(CheckArgs),
     /// Show how much space the store uses.
     Du(StoreArgs),
     /// Free space in the store: least recently used results first, never anything a build is using.
@@ -115,6 +117,31 @@ struct GraphArgs {
     digest: bool,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// The build context directory (for `.dockerignore`).
+    #[arg(default_value = ".")]
+    context: PathBuf,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Set a build-time variable: `KEY=VALUE` (or `KEY` to take it from the environment).
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    build_args: Vec<String>,
+    /// Check only the stages this stage needs (default: every stage).
+    #[arg(long)]
+    target: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: CheckFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CheckFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum ProgressMode {
     Auto,
@@ -150,6 +177,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Build(args) => build(args),
         Command::Graph(args) => graph(args),
+        Command::Check(args) => check(args),
         Command::Du(args) => du(args),
         Command::Prune(args) => prune(args),
     };
@@ -357,6 +385,82 @@ fn graph(args: GraphArgs) -> Result<()> {
     };
     print!("{out}");
     Ok(())
+}
+
+/// `kiln check`: parse, then run the lints; exit 1 when a finding is an error.
+fn check(args: CheckArgs) -> Result<()> {
+    let cl = CommandLine::capture();
+    let context = &args.context;
+    if !context.is_dir() {
+        let shown = context.display().to_string();
+        return Err(cl.error(
+            &shown,
+            Span::default(),
+            format!("build context `{shown}` is not a directory"),
+        ));
+    }
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| context.join("Dockerfile"));
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
+            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
+    })?;
+    let df = crate::syntax::parse(SourceFile::new(path.display().to_string(), text))?;
+    let mut build_args = Vec::new();
+    for a in &args.build_args {
+        let (key, value) = match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
+            None if !a.is_empty() => match std::env::var(a) {
+                Ok(v) => (a.clone(), v),
+                Err(_) => continue,
+            },
+            _ => {
+                return Err(cl
+                    .error(a, Span::default(), "malformed --build-arg")
+                    .help("write `--build-arg KEY=VALUE`"));
+            }
+        };
+        let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
+        build_args.push(crate::check::lints::BuildArg { key, value, at });
+    }
+    let patterns = dockerignore(context, &path)?;
+    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let matcher = crate::solve::dockerignore::Patterns::from_patterns(&refs)
+        .map_err(|e| Diagnostic::input(format!("cannot read .dockerignore: {e}")))?;
+    let root_ignored = patterns
+        .iter()
+        .any(|p| matches!(p.as_str(), "*" | "**" | "**/*"));
+    let ignored = move |p: &str| {
+        if p == "." {
+            root_ignored
+        } else {
+            matcher.matches_or_parent_matches(p)
+        }
+    };
+    let use_ignore = !patterns.is_empty() && !patterns.iter().any(|p| p.starts_with('!'));
+    let opts = crate::check::lints::Options {
+        build_args,
+        target: args.target.clone(),
+        target_at: args
+            .target
+            .as_ref()
+            .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t))),
+        ignored: use_ignore.then_some(&ignored as &dyn Fn(&str) -> bool),
+    };
+    let report = crate::check::lints::run(&df, &opts)?;
+    match args.format {
+        CheckFormat::Text => print!("{}", report.render_text()),
+        CheckFormat::Json => print!("{}", report.render_json()),
+    }
+    match report.errors() {
+        0 => Ok(()),
+        n => Err(Diagnostic::build(format!(
+            "check failed: {n} error{}",
+            if n == 1 { "" } else { "s" }
+        ))),
+    }
 }
 
 fn store_root(args: &StoreArgs) -> PathBuf {

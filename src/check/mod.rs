@@ -4,8 +4,16 @@
 use crate::diag::{Diagnostic, Result};
 use crate::syntax::ast::{Dockerfile, InstructionKind};
 
+pub mod lints;
+
 /// Checks a parsed Dockerfile; the first problem found is returned with its location.
 pub fn dockerfile(df: &Dockerfile) -> Result<()> {
+    structure(df, true)
+}
+
+/// The structural rules; `duplicates` makes a repeated stage name an error (the linter reports it as
+/// BuildKit's `DuplicateStageName` warning instead).
+fn structure(df: &Dockerfile, duplicates: bool) -> Result<()> {
     let mut seen_from = false;
     let mut names: Vec<(String, crate::diag::Span)> = Vec::new();
     for ins in &df.instructions {
@@ -18,7 +26,9 @@ pub fn dockerfile(df: &Dockerfile) -> Result<()> {
                     return Err(Diagnostic::at(&df.file, a.span, format!("invalid stage name `{}`", a.text))
                         .help("stage names start with a letter and contain letters, digits, `-`, `_` and `.`"));
                 }
-                if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                if let Some((_, first)) = names.iter().find(|(n, _)| *n == name)
+                    && duplicates
+                {
                     return Err(Diagnostic::at(
                         &df.file,
                         a.span,

@@ -1,0 +1,512 @@
+//! `kiln check`: BuildKit's Dockerfile build checks (same names, messages and configuration) and kiln's
+//! own secret checks, run over the parsed file without building anything.
+//!
+//! Configuration follows BuildKit: `# check=skip=A,B|all;error=true;experimental=C|all` as a parser
+//! directive, replaced entirely by the `BUILDKIT_DOCKERFILE_CHECK` build argument when that is given,
+//! and merged with a `# check=` comment directly above an instruction for that instruction only (skip
+//! and experimental parts; `error=` is file-wide, and an unreadable comment is ignored, as in BuildKit).
+
+mod buildkit;
+mod secrets;
+mod words;
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span};
+use crate::syntax::ast::Dockerfile;
+use crate::syntax::quote::go_quote;
+use crate::syntax::raw;
+
+/// How serious a finding is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Warning,
+    Error,
+}
+
+/// One rule: its name, the slug of its BuildKit docs page, and how it is enabled.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub name: &'static str,
+    /// `https://docs.docker.com/go/dockerfile/rule/<slug>/`; `None` for kiln's own rules.
+    pub slug: Option<&'static str>,
+    /// Off unless enabled with `experimental=`.
+    pub experimental: bool,
+    /// An error even without `error=true` (kiln's checks that show a secret leaking).
+    pub error: bool,
+}
+
+const fn bk(name: &'static str, slug: &'static str) -> Rule {
+    Rule {
+        name,
+        slug: Some(slug),
+        experimental: false,
+        error: false,
+    }
+}
+
+const fn kiln(name: &'static str, error: bool) -> Rule {
+    Rule {
+        name,
+        slug: None,
+        experimental: false,
+        error,
+    }
+}
+
+/// Every rule `kiln check` runs, BuildKit's first (in the order of its ruleset), then kiln's.
+pub const RULES: [Rule; 25] = [
+    bk("StageNameCasing", "stage-name-casing"),
+    bk("FromAsCasing", "from-as-casing"),
+    bk("NoEmptyContinuation", "no-empty-continuation"),
+    bk(
+        "ConsistentInstructionCasing",
+        "consistent-instruction-casing",
+    ),
+    bk("DuplicateStageName", "duplicate-stage-name"),
+    bk("ReservedStageName", "reserved-stage-name"),
+    bk("JSONArgsRecommended", "json-args-recommended"),
+    bk("MaintainerDeprecated", "maintainer-deprecated"),
+    bk("UndefinedArgInFrom", "undefined-arg-in-from"),
+    bk("WorkdirRelativePath", "workdir-relative-path"),
+    bk("UndefinedVar", "undefined-var"),
+    bk(
+        "MultipleInstructionsDisallowed",
+        "multiple-instructions-disallowed",
+    ),
+    bk("LegacyKeyValueFormat", "legacy-key-value-format"),
+    bk("RedundantTargetPlatform", "redundant-target-platform"),
+    bk("SecretsUsedInArgOrEnv", "secrets-used-in-arg-or-env"),
+    bk("InvalidDefaultArgInFrom", "invalid-default-arg-in-from"),
+    bk(
+        "FromPlatformFlagConstDisallowed",
+        "from-platform-flag-const-disallowed",
+    ),
+    bk("CopyIgnoredFile", "copy-ignored-file"),
+    Rule {
+        experimental: true,
+        ..bk(
+            "InvalidDefinitionDescription",
+            "invalid-definition-description",
+        )
+    },
+    bk("ExposeProtoCasing", "expose-proto-casing"),
+    bk("ExposeInvalidFormat", "expose-invalid-format"),
+    kiln("SecretFileCopied", true),
+    kiln("SecretReadWithoutMount", false),
+    kiln("SecretCopiedToFile", true),
+    kiln("SecretInBuildArg", false),
+];
+
+/// BuildKit checks `kiln check` cannot run: they need the base image's metadata.
+pub const NOT_APPLICABLE: [&str; 1] = ["InvalidBaseImagePlatform"];
+
+fn rule(name: &str) -> &'static Rule {
+    RULES
+        .iter()
+        .find(|r| r.name == name)
+        .expect("every emitted rule is in RULES")
+}
+
+/// One problem found, with where it is.
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub level: Level,
+    pub message: String,
+    pub url: Option<String>,
+    pub at: Located,
+}
+
+/// A `--build-arg` as given on the command line, and where (for pointing at it).
+#[derive(Clone, Debug)]
+pub struct BuildArg {
+    pub key: String,
+    pub value: String,
+    pub at: Option<Located>,
+}
+
+/// What the driver knows beyond the Dockerfile.
+#[derive(Default)]
+pub struct Options<'a> {
+    pub build_args: Vec<BuildArg>,
+    /// `--target`: only the stages it needs are checked at dispatch level (all stages without it,
+    /// as BuildKit's lint does).
+    pub target: Option<String>,
+    pub target_at: Option<Located>,
+    /// The `.dockerignore` verdict for a cleaned context path (`.` is the context root): `None` when
+    /// there is no ignore file or it re-includes anything (BuildKit then skips `CopyIgnoredFile`).
+    pub ignored: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+/// The parsed `check` options (BuildKit's `linter.Config`).
+#[derive(Clone, Debug, Default)]
+struct Config {
+    skip_all: bool,
+    skip: BTreeSet<String>,
+    experimental_all: bool,
+    experimental: BTreeSet<String>,
+    error: bool,
+}
+
+impl Config {
+    /// BuildKit's `ParseLintOptions`.
+    fn parse(text: &str) -> std::result::Result<Config, String> {
+        let text = text.trim();
+        let mut c = Config::default();
+        if text.is_empty() {
+            return Ok(c);
+        }
+        for part in text.splitn(3, ';') {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!(
+                    "invalid check option {}",
+                    go_quote(part.as_bytes())
+                ));
+            };
+            let list = |v: &str| -> (bool, BTreeSet<String>) {
+                let v = v.trim();
+                if v == "all" {
+                    (true, BTreeSet::new())
+                } else {
+                    (false, v.split(',').map(|r| r.trim().to_string()).collect())
+                }
+            };
+            match k.trim() {
+                "skip" => (c.skip_all, c.skip) = list(v),
+                "experimental" => (c.experimental_all, c.experimental) = list(v),
+                "error" => {
+                    c.error = match v.trim() {
+                        "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+                        "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
+                        other => {
+                            return Err(format!(
+                                "failed to parse check option {}: strconv.ParseBool: parsing {}: invalid syntax",
+                                go_quote(part.as_bytes()),
+                                go_quote(other.as_bytes())
+                            ));
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "invalid check option {}",
+                        go_quote(other.as_bytes())
+                    ));
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// BuildKit's `WithMergedConfig`: skip and experimental sets grow; `error` stays.
+    fn merged(&self, other: &Config) -> Config {
+        let mut c = self.clone();
+        c.skip_all |= other.skip_all;
+        c.experimental_all |= other.experimental_all;
+        c.skip.extend(other.skip.iter().cloned());
+        c.experimental.extend(other.experimental.iter().cloned());
+        c
+    }
+
+    fn enabled(&self, rule: &Rule) -> bool {
+        if rule.experimental {
+            self.experimental_all || self.experimental.contains(rule.name)
+        } else {
+            !(self.skip_all || self.skip.contains(rule.name))
+        }
+    }
+
+    /// The config a `# check=` comment above an instruction gives it (BuildKit's
+    /// `WithMergedConfigFromComments`: the first `check` comment counts; a bad one is ignored).
+    fn with_comments(&self, comments: &[String]) -> Config {
+        for c in comments {
+            let Some((name, value)) = c.split_once('=') else {
+                continue;
+            };
+            let name = name.trim();
+            let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric());
+            if !valid || !name.eq_ignore_ascii_case("check") {
+                continue;
+            }
+            let value = value.trim();
+            let value = value.split(' ').next().unwrap_or("");
+            return match Config::parse(value) {
+                Ok(other) => self.merged(&other),
+                Err(_) => self.clone(),
+            };
+        }
+        self.clone()
+    }
+}
+
+/// Collects findings under the configuration in effect.
+struct Linter {
+    file: Arc<SourceFile>,
+    base: Config,
+    /// Per instruction (index into `Dockerfile::instructions`): the config with its comments merged.
+    per_instruction: Vec<Config>,
+    findings: Vec<Finding>,
+    /// ARG/ENV names `SecretsUsedInArgOrEnv` looked at and found secret-like (whether or not skipped),
+    /// so `SecretInBuildArg` does not report the same name again.
+    secret_keys: BTreeSet<String>,
+}
+
+impl Linter {
+    /// Records a finding of `name` at `span`, under the config of instruction `ins` (or the file's).
+    fn emit(&mut self, name: &str, ins: Option<usize>, span: Span, message: String) -> bool {
+        let at = Located::new(&self.file, span);
+        self.emit_at(name, ins, at, message)
+    }
+
+    fn emit_at(&mut self, name: &str, ins: Option<usize>, at: Located, message: String) -> bool {
+        let r = rule(name);
+        let config = ins
+            .and_then(|i| self.per_instruction.get(i))
+            .unwrap_or(&self.base);
+        if !config.enabled(r) {
+            return false;
+        }
+        let level = if r.error || self.base.error {
+            Level::Error
+        } else {
+            Level::Warning
+        };
+        self.findings.push(Finding {
+            rule: r.name,
+            level,
+            message,
+            url: r
+                .slug
+                .map(|s| format!("https://docs.docker.com/go/dockerfile/rule/{s}/")),
+            at,
+        });
+        true
+    }
+}
+
+/// The result of a check.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+/// Runs every check over a parsed Dockerfile. Errors are input errors: a file BuildKit would refuse
+/// (no FROM, an instruction before it, a bad stage name, an unknown target) or bad check options.
+pub fn run(df: &Dockerfile, opts: &Options) -> Result<Report> {
+    super::structure(df, false)?;
+    let ast = raw::parse(df.file.clone())?;
+    let base = match opts
+        .build_args
+        .iter()
+        .rev()
+        .find(|a| a.key == "BUILDKIT_DOCKERFILE_CHECK")
+    {
+        Some(a) => Config::parse(&a.value).map_err(|e| {
+            let mut d =
+                Diagnostic::input(format!("failed to parse BUILDKIT_DOCKERFILE_CHECK: {e}"));
+            if let Some(at) = &a.at {
+                d = d.label(at.clone(), "");
+            }
+            d.help(HELP_OPTIONS)
+        })?,
+        None => match ast.directives.iter().find(|d| d.name == "check") {
+            Some(d) => Config::parse(&d.value).map_err(|e| {
+                Diagnostic::at(
+                    &df.file,
+                    d.span,
+                    format!("failed to parse check options: {e}"),
+                )
+                .help(HELP_OPTIONS)
+            })?,
+            None => Config::default(),
+        },
+    };
+    let per_instruction = ast
+        .children
+        .iter()
+        .map(|n| base.with_comments(&n.prev_comment))
+        .collect();
+    let mut lint = Linter {
+        file: df.file.clone(),
+        base,
+        per_instruction,
+        findings: Vec::new(),
+        secret_keys: BTreeSet::new(),
+    };
+    let comments: Vec<Vec<String>> = ast
+        .children
+        .iter()
+        .map(|n| n.prev_comment.clone())
+        .collect();
+    buildkit::run(&mut lint, df, &comments, opts)?;
+    secrets::build_args(&mut lint, opts);
+    let mut findings = lint.findings;
+    // File order; command-line findings (another file) last; emission order within one place.
+    findings.sort_by_key(|f| (!Arc::ptr_eq(&f.at.file, &df.file), f.at.span.start));
+    Ok(Report { findings })
+}
+
+const HELP_OPTIONS: &str = "write `check=skip=Rule1,Rule2` (or `skip=all`), `error=true|false`, `experimental=Rule|all`, separated by `;`";
+
+/// The JSON shape of `kiln check --format json`.
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    findings: Vec<JsonFinding<'a>>,
+    errors: usize,
+    warnings: usize,
+}
+
+#[derive(serde::Serialize)]
+struct JsonFinding<'a> {
+    rule: &'a str,
+    level: Level,
+    message: &'a str,
+    url: Option<&'a str>,
+    location: JsonLocation<'a>,
+}
+
+/// 1-based; the end is exclusive (the column just after the last character).
+#[derive(serde::Serialize)]
+struct JsonLocation<'a> {
+    file: &'a str,
+    line: usize,
+    column: usize,
+    end_line: usize,
+    end_column: usize,
+}
+
+impl Report {
+    pub fn errors(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .count()
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.findings.len() - self.errors()
+    }
+
+    /// The stable JSON form, pretty-printed, with a final newline.
+    pub fn render_json(&self) -> String {
+        let findings = self
+            .findings
+            .iter()
+            .map(|f| {
+                let (line, column) = f.at.file.line_col(f.at.span.start);
+                let (end_line, end_column) = f.at.file.line_col(f.at.span.end);
+                JsonFinding {
+                    rule: f.rule,
+                    level: f.level,
+                    message: &f.message,
+                    url: f.url.as_deref(),
+                    location: JsonLocation {
+                        file: &f.at.file.name,
+                        line,
+                        column,
+                        end_line,
+                        end_column,
+                    },
+                }
+            })
+            .collect();
+        let report = JsonReport {
+            findings,
+            errors: self.errors(),
+            warnings: self.warnings(),
+        };
+        let mut s = serde_json::to_string_pretty(&report).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+
+    /// One block per finding, like kiln's error diagnostics: the rule and message, `file:line:col`,
+    /// the source line with carets under the finding, and the docs URL; then a summary line.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for f in &self.findings {
+            let level = match f.level {
+                Level::Warning => "warning",
+                Level::Error => "error",
+            };
+            let _ = writeln!(out, "{level}: {}: {}", f.rule, f.message);
+            out.push_str(&snippet(&f.at, f.url.as_deref()));
+            out.push('\n');
+        }
+        let (e, w) = (self.errors(), self.warnings());
+        if e + w == 0 {
+            out.push_str("no problems found\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "{e} error{}, {w} warning{}",
+                if e == 1 { "" } else { "s" },
+                if w == 1 { "" } else { "s" }
+            );
+        }
+        out
+    }
+}
+
+/// `  --> file:line:col`, the first line of the span, carets under it, and the docs URL.
+fn snippet(at: &Located, url: Option<&str>) -> String {
+    let text: &str = &at.file.text;
+    let start = at.span.start.min(text.len());
+    let (line, col) = at.file.line_col(start);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let source = text[line_start..line_end].trim_end_matches('\r');
+    let end = at.span.end.clamp(start, line_start + source.len());
+    let width = line.to_string().len();
+    let pad = " ".repeat(width);
+    let lead: String = text[line_start..start]
+        .chars()
+        .map(|c| if c == '\t' { '\t' } else { ' ' })
+        .collect();
+    let carets = "^".repeat(text[start..end].chars().count().max(1));
+    let mut out = format!(
+        "{pad}--> {}:{line}:{col}\n{pad} |\n{line} | {source}\n{pad} | {lead}{carets}\n",
+        at.file.name
+    );
+    if let Some(url) = url {
+        let _ = writeln!(out, "{pad} = see {url}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_like_buildkit() {
+        let c = Config::parse("skip=A, B;error=true").unwrap();
+        assert!(c.error && c.skip.contains("A") && c.skip.contains("B"));
+        assert!(Config::parse("skip=all").unwrap().skip_all);
+        assert!(Config::parse("experimental=all").unwrap().experimental_all);
+        assert_eq!(
+            Config::parse("foo=bar").unwrap_err(),
+            "invalid check option \"foo\""
+        );
+        assert_eq!(
+            Config::parse("skip").unwrap_err(),
+            "invalid check option \"skip\""
+        );
+        assert!(Config::parse("error=maybe").is_err());
+        assert!(!Config::parse("").unwrap().error);
+    }
+
+    #[test]
+    fn comments_merge_skips_but_not_error() {
+        let base = Config::parse("error=true").unwrap();
+        let c = base.with_comments(&["check=skip=A;error=false".to_string()]);
+        assert!(c.error && c.skip.contains("A"));
+        let bad = base.with_comments(&["check=nonsense".to_string()]);
+        assert!(bad.skip.is_empty());
+    }
+}
