@@ -232,7 +232,8 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                     mount_readonly(&source_layers, &fs.empty, &source_mount)?;
                     crate::solve::context::Tree::whole(&source_mount)
                 }
-            };
+            }
+            .excluding(&op.excludes)?;
             rootfs::copy(&src, &fs.target, &op)?;
             Ok(0)
         }

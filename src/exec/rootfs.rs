@@ -114,6 +114,20 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
         let from = context::resolve_source(src_root, &rel)?;
         let meta =
             fs::metadata(&from).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
+        if op.parents {
+            // `--parents`: the source keeps its path (below a `/./` pivot) under the destination.
+            let keep = kept_path(pattern, &rel);
+            let target = format!("{}/{}", op.dest.trim_end_matches('/'), keep.display());
+            if meta.is_dir() {
+                let (dest, _) = mkdir_all(root, &target, owner)?;
+                copy_tree(src, &from, &dest, owner, op.chmod)?;
+            } else {
+                let (parent, name) = split_parent(&target);
+                let (dir, _) = mkdir_all(root, &parent, owner)?;
+                copy_entry(&from, &dir.join(name), owner, op.chmod)?;
+            }
+            continue;
+        }
         if meta.is_dir() {
             let (dest, _) = mkdir_all(root, &op.dest, owner)?;
             copy_tree(src, &from, &dest, owner, op.chmod)?;
@@ -203,6 +217,19 @@ fn clean(name: &Path) -> PathBuf {
     name.components()
         .filter(|c| matches!(c, Component::Normal(_)))
         .collect()
+}
+
+/// The part of a selected path that `--parents` keeps: everything, or what follows a `/./` pivot in the
+/// pattern (`a/./b/c` keeps `b/c`).
+fn kept_path(pattern: &str, rel: &Path) -> PathBuf {
+    let Some((before, _)) = pattern.split_once("/./") else {
+        return rel.to_path_buf();
+    };
+    let skip = Path::new(before.trim_start_matches("./").trim_start_matches('/'))
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .count();
+    rel.components().skip(skip).collect()
 }
 
 fn split_parent(path: &str) -> (String, String) {

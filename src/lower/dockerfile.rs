@@ -886,15 +886,6 @@ impl Lowerer<'_> {
             &["from", "chown", "chmod", "link", "parents", "exclude"]
         };
         self.reject_flags(ins, flags)?;
-        for f in &ins.flags {
-            if matches!(f.name.as_str(), "parents" | "exclude") {
-                return Err(self
-                    .error(f.span, format!("{what} --{} is not supported yet", f.name))
-                    .help(
-                        "copy the paths one by one, or prepare them in a stage and COPY --from it",
-                    ));
-            }
-        }
         let lookup = |n: &str| stage.lookup(n);
         let heredocs: Vec<&Heredoc> = sources
             .iter()
@@ -974,6 +965,8 @@ impl Lowerer<'_> {
         let mut chmod = None;
         let mut checksum = None;
         let mut keep_git_dir = false;
+        let mut excludes = Vec::new();
+        let mut parents = false;
         let mut from_text = None;
         let mut source_node = None;
         for f in &ins.flags {
@@ -1000,6 +993,18 @@ impl Lowerer<'_> {
                 "checksum" => checksum = Some(v),
                 "keep-git-dir" => {
                     keep_git_dir = crate::options::parse_bool(Some(&v)).unwrap_or(true)
+                }
+                "exclude" => {
+                    if v.is_empty() {
+                        return Err(self.error(f.span, "--exclude needs a pattern"));
+                    }
+                    excludes.push(v)
+                }
+                "parents" => {
+                    parents = crate::options::parse_bool(
+                        Some(&v).filter(|v| !v.is_empty()).map(|v| v.as_str()),
+                    )
+                    .ok_or_else(|| self.error(f.value_span, "--parents takes true or false"))?
                 }
                 _ => unreachable!("flags were checked or refused"),
             }
@@ -1054,6 +1059,8 @@ impl Lowerer<'_> {
             chown,
             chmod,
             extract: add,
+            excludes,
+            parents,
         });
         self.push_fs(stage, ins, op, vec![source], created_by);
         Ok(())

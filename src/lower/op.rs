@@ -184,6 +184,12 @@ pub struct CopyOp {
     /// ADD: a local tar archive (plain or gzip) is unpacked into the destination instead of copied.
     #[serde(default)]
     pub extract: bool,
+    /// `--exclude`: patterns (`.dockerignore` rules, relative to the source root) left out of the copy.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// `--parents`: keep each source's path (below a `/./` pivot, if any) under the destination.
+    #[serde(default)]
+    pub parents: bool,
 }
 
 /// The image config a stage sets on top of its base image's config.
@@ -344,7 +350,9 @@ impl Op {
                 e.strs(&c.sources)
                     .str(&c.dest)
                     .opt_str(c.chown.as_deref())
-                    .bool(c.extract);
+                    .bool(c.extract)
+                    .strs(&c.excludes)
+                    .bool(c.parents);
                 match c.chmod {
                     Some(m) => e.bool(true).u64(m.into()),
                     None => e.bool(false),

@@ -26,6 +26,7 @@ impl HostDir {
         Ok(Tree {
             root: self.path.clone(),
             ignore,
+            exclude: Patterns::default(),
         })
     }
 }
@@ -34,6 +35,8 @@ impl HostDir {
 pub struct Tree {
     pub root: PathBuf,
     ignore: Patterns,
+    /// `COPY --exclude` patterns, matched against paths relative to each copied source.
+    exclude: Patterns,
 }
 
 impl Tree {
@@ -41,8 +44,24 @@ impl Tree {
     pub fn whole(root: &Path) -> Tree {
         Tree {
             root: root.to_path_buf(),
-            ignore: Patterns::from_patterns(&[]).expect("no patterns parse"),
+            ignore: Patterns::default(),
+            exclude: Patterns::default(),
         }
+    }
+
+    /// The same tree with `COPY --exclude` patterns applied.
+    pub fn excluding(mut self, patterns: &[String]) -> Result<Tree, String> {
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        self.exclude = Patterns::from_patterns(&refs).map_err(|e| e.to_string())?;
+        Ok(self)
+    }
+
+    /// Whether `rel` (relative to the copied source) is left out by `--exclude`.
+    fn excluded_by_copy(&self, rel: &Path, is_dir: bool) -> bool {
+        let rel = rel.to_string_lossy();
+        !rel.is_empty()
+            && self.exclude.excluded(&rel)
+            && !(is_dir && self.exclude.may_reinclude_under(&rel))
     }
 
     fn hidden(&self, rel: &Path, is_dir: bool) -> bool {
@@ -58,6 +77,10 @@ impl Tree {
         let kept: Vec<PathBuf> = found
             .into_iter()
             .filter(|rel| !self.hidden(rel, self.root.join(rel).is_dir()))
+            .filter(|rel| {
+                let name = Path::new(rel.file_name().unwrap_or_default());
+                !self.excluded_by_copy(name, self.root.join(rel).is_dir())
+            })
             .collect();
         if kept.is_empty() {
             return Err(format!("`{pattern}` is excluded by .dockerignore"));
@@ -76,7 +99,9 @@ impl Tree {
             .into_iter()
             .filter_entry(|e| {
                 let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                let below = e.path().strip_prefix(start).unwrap_or(e.path());
                 !self.hidden(rel, e.file_type().is_dir())
+                    && !self.excluded_by_copy(below, e.file_type().is_dir())
             });
         for entry in walker {
             let entry = entry.map_err(|e| format!("cannot read {}: {e}", start.display()))?;
@@ -85,7 +110,11 @@ impl Tree {
                 .strip_prefix(&self.root)
                 .unwrap_or(entry.path());
             // A directory entered only for its re-included children is not itself copied.
-            if entry.depth() > 0 && self.ignore.excluded(&rel.to_string_lossy()) {
+            let below = entry.path().strip_prefix(start).unwrap_or(entry.path());
+            if entry.depth() > 0
+                && (self.ignore.excluded(&rel.to_string_lossy())
+                    || self.exclude.excluded(&below.to_string_lossy()))
+            {
                 continue;
             }
             out.push(entry);

@@ -503,9 +503,11 @@ impl<E: Executor> Shared<E> {
         };
         // Files taken from a host directory (COPY sources, bind mount sources): only the selected files'
         // content enters the key, never the whole context.
-        let selections: Vec<(HostDir, Vec<String>, &str)> = match &node.op {
+        let selections: Vec<(HostDir, Vec<String>, Vec<String>, &str)> = match &node.op {
             Op::Copy(c) => match inputs.get(1) {
-                Some((_, Output::Dir(dir))) => vec![(dir.clone(), c.sources.clone(), "COPY")],
+                Some((_, Output::Dir(dir))) => {
+                    vec![(dir.clone(), c.sources.clone(), c.excludes.clone(), "COPY")]
+                }
                 _ => vec![],
             },
             Op::Run(r) => r
@@ -514,7 +516,7 @@ impl<E: Executor> Shared<E> {
                 .filter_map(|m| match m {
                     RunMount::Bind { input, source, .. } => match inputs.get(*input) {
                         Some((_, Output::Dir(dir))) => {
-                            Some((dir.clone(), vec![source.clone()], "bind mount"))
+                            Some((dir.clone(), vec![source.clone()], Vec::new(), "bind mount"))
                         }
                         _ => None,
                     },
@@ -523,9 +525,9 @@ impl<E: Executor> Shared<E> {
                 .collect(),
             _ => vec![],
         };
-        for (dir, sources, what) in selections {
+        for (dir, sources, excludes, what) in selections {
             let digest = tokio::task::spawn_blocking(move || {
-                context::selection_digest(&dir.tree()?, &sources)
+                context::selection_digest(&dir.tree()?.excluding(&excludes)?, &sources)
             })
             .await
             .map_err(|e| Diagnostic::env(format!("context hashing failed: {e}")))?

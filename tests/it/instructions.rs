@@ -111,10 +111,6 @@ fn every_instruction_lands_in_the_image() {
 #[test]
 fn unsupported_forms_are_clear_errors() {
     for (dockerfile, expected) in [
-        (
-            "FROM base\nCOPY --parents a/b /x/\n",
-            "COPY --parents is not supported yet",
-        ),
         ("FROM base\nEXPOSE 80/tcpx\n", "invalid port `80/tcpx`"),
         (
             "FROM base\nHEALTHCHECK --interval=soon CMD true\n",
@@ -153,5 +149,64 @@ fn add_from_a_url_compiles_and_is_refused_at_build_time() {
             && build.stderr.contains("Dockerfile:2:"),
         "{}",
         build.stderr
+    );
+}
+
+/// `COPY --exclude` leaves matching files out (and out of the cache key); `--parents` keeps source paths,
+/// below a `/./` pivot when there is one.
+#[test]
+fn copy_exclude_and_parents() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base
+COPY --exclude=*.log --exclude=secret* src/ /excluded/
+COPY --parents src/a/one.txt src/./b/two.txt /kept/
+",
+        ),
+        ("src/keep.txt", "keep"),
+        ("src/debug.log", "noise"),
+        ("src/secret.env", "s"),
+        ("src/a/one.txt", "1"),
+        ("src/b/two.txt", "2"),
+    ]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let store = tempdir("store-");
+    let build = || {
+        Kiln::build_in(store.path())
+            .with_base()
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", dest.display()))
+            .arg(ctx.path())
+            .run()
+    };
+    build().success();
+    let image = unpack(&dest);
+    let root = &image.rootfs;
+    assert!(root.join("excluded/keep.txt").is_file());
+    assert!(root.join("excluded/a/one.txt").is_file());
+    assert!(!root.join("excluded/debug.log").exists(), "--exclude=*.log");
+    assert!(
+        !root.join("excluded/secret.env").exists(),
+        "--exclude=secret*"
+    );
+    assert!(
+        root.join("kept/src/a/one.txt").is_file(),
+        "--parents keeps the path"
+    );
+    assert!(
+        root.join("kept/b/two.txt").is_file(),
+        "a /./ pivot cuts the path"
+    );
+    // An excluded file is not part of the step's cache key.
+    write(&ctx.path().join("src/debug.log"), "more noise");
+    let again = build();
+    again.success();
+    assert_eq!(
+        again.step("--exclude").state,
+        crate::support::StepState::Cached,
+        "{}",
+        again.stderr
     );
 }
