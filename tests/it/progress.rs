@@ -85,3 +85,74 @@ fn json_progress_covers_every_step_and_scrubs_secrets() {
         .count();
     assert_eq!(cached, 3, "{}", again.stderr);
 }
+
+/// `--progress plain` is stable enough to snapshot: with times blanked out, a linear build prints exactly
+/// this, first fresh, then cached.
+#[test]
+fn plain_progress_snapshot() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\nWORKDIR /app\nCOPY hello.txt .\nRUN cat hello.txt\n",
+        ),
+        ("hello.txt", "hello"),
+    ]);
+    let kiln = Kiln::new();
+    let run = || {
+        let out = kiln.clone().with_base().arg(ctx.path()).run();
+        out.success();
+        normalize(&out.stderr)
+    };
+    assert_eq!(
+        run(),
+        "#1 FROM oci-layout://BASE
+#1 DONE Ts
+#2 [stage-0 2/4] WORKDIR /app
+#2 DONE Ts
+#3 [stage-0 3/4] COPY hello.txt .
+#3 DONE Ts
+#4 [stage-0 4/4] RUN cat hello.txt
+#4 T hello
+#4 DONE Ts
+4 steps run, 0 cached, in Ts
+"
+    );
+    assert_eq!(
+        run(),
+        "#1 FROM oci-layout://BASE
+#1 CACHED
+#2 [stage-0 2/4] WORKDIR /app
+#2 CACHED
+#3 [stage-0 3/4] COPY hello.txt .
+#3 CACHED
+#4 [stage-0 4/4] RUN cat hello.txt
+#4 CACHED
+0 steps run, 4 cached, in Ts
+"
+    );
+}
+
+/// Times become `T`, the base image's path `BASE`.
+fn normalize(stderr: &str) -> String {
+    let base = crate::support::base_image().display().to_string();
+    stderr
+        .replace(&base, "BASE")
+        .split_inclusive('\n')
+        .map(|line| {
+            line.split(' ')
+                .map(|w| {
+                    let digits = w.trim_end_matches(['s', '\n']);
+                    let is_time = digits.chars().any(|c| c.is_ascii_digit())
+                        && digits.contains('.')
+                        && digits.chars().all(|c| c.is_ascii_digit() || c == '.');
+                    if is_time {
+                        w.replacen(digits, "T", 1)
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
