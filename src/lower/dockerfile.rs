@@ -742,11 +742,18 @@ impl Lowerer<'_> {
 
     fn run(&mut self, stage: &mut Stage, ins: &Instruction, cmd: &Command) -> Result<()> {
         self.reject_flags(ins, &["mount", "network", "security"])?;
-        if let Some(f) = ins.flag("security") {
-            return Err(self
-                .error(f.span, "RUN --security is not supported yet")
-                .help("steps run unprivileged by design; drop the flag"));
-        }
+        let insecure = match ins.flag("security") {
+            None => false,
+            Some(f) => match self.expand_flag(f, &|n| stage.lookup(n))?.as_str() {
+                "sandbox" => false,
+                "insecure" => true,
+                other => {
+                    return Err(self
+                        .error(f.value_span, format!("unknown security mode `{other}`"))
+                        .help("security modes are `sandbox` (the default) and `insecure`"));
+                }
+            },
+        };
         let mut secrets = Vec::new();
         let mut mounts: Vec<RunMount> = Vec::new();
         let mut extra_inputs = Vec::new();
@@ -786,6 +793,8 @@ impl Lowerer<'_> {
                         }
                     })?;
                 }
+                // Read above, before the mounts.
+                "security" => {}
                 _ => unreachable!("flags were checked"),
             }
         }
@@ -810,6 +819,7 @@ impl Lowerer<'_> {
             cwd: stage.cwd.clone(),
             user: stage.user.clone(),
             network,
+            insecure,
             secrets,
             mounts,
         });

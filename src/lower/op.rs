@@ -76,6 +76,9 @@ pub struct RunOp {
     /// `None`: the base image's user.
     pub user: Option<String>,
     pub network: Network,
+    /// `--security=insecure` asks for a privileged step; kiln refuses it when building.
+    #[serde(default)]
+    pub insecure: bool,
     pub secrets: Vec<SecretMount>,
     /// Cache, bind and tmpfs mounts, in the order written.
     pub mounts: Vec<RunMount>,
@@ -285,7 +288,7 @@ impl Op {
             Op::Run(r) => {
                 e.strs(&r.args).pairs(&r.env);
                 e.opt_str(r.cwd.as_deref()).opt_str(r.user.as_deref());
-                e.str(r.network.as_str());
+                e.str(r.network.as_str()).bool(r.insecure);
                 e.list(r.secrets.len());
                 for s in &r.secrets {
                     e.str(&s.id)

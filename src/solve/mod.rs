@@ -161,6 +161,16 @@ pub fn preflight(
     ssh: &BTreeMap<String, PathBuf>,
 ) -> Result<()> {
     for n in graph.topo_order() {
+        if let Op::Run(r) = &graph.dag[n].op
+            && r.insecure
+        {
+            let mut d = Diagnostic::input("RUN --security=insecure is not supported: kiln never runs privileged steps")
+                .help("do the privileged work outside the build, or drop the flag if the step does not need it");
+            if let Some(at) = &graph.dag[n].at {
+                d = d.label(at.clone(), "");
+            }
+            return Err(d);
+        }
         if let Op::Remote { url, .. } = &graph.dag[n].op {
             let mut d = remote_unsupported(url);
             if let Some(at) = &graph.dag[n].at {

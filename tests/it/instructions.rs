@@ -129,6 +129,24 @@ fn unsupported_forms_are_clear_errors() {
     }
 }
 
+/// `RUN --security=insecure` compiles (it is valid Dockerfile) but is never run: kiln refuses privileged
+/// steps before anything runs.
+#[test]
+fn insecure_steps_compile_and_are_refused() {
+    let ctx = context(&[("Dockerfile", "FROM base\nRUN --security=insecure true\n")]);
+    Kiln::graph().arg(ctx.path()).run().success();
+    let build = Kiln::new().with_base().arg(ctx.path()).run();
+    build.expect_code(2);
+    assert!(
+        build
+            .stderr
+            .contains("--security=insecure is not supported")
+            && build.stderr.contains("Dockerfile:2:"),
+        "{}",
+        build.stderr
+    );
+}
+
 /// `kiln graph` works on any Dockerfile offline: an ADD of a URL is a leaf of the graph. Building it is
 /// refused before anything runs, since kiln does not fetch URLs yet.
 #[test]
