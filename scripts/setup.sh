@@ -7,8 +7,9 @@ set -euo pipefail
 kiln_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # busybox-static: the offline base image; skopeo, umoci: independent judges of kiln's OCI output;
 # python3: writes the base image fixture; tar, procps: used by tests; openssh-client: a real ssh-agent
-# (and ssh-add inside test images) for the SSH forwarding tests.
-packages=(busybox-static skopeo umoci python3 tar procps ca-certificates openssh-client)
+# (and ssh-add inside test images) for the SSH forwarding tests; docker-registry, apache2-utils: real
+# registries (one with htpasswd auth) on loopback for the push/pull tests.
+packages=(busybox-static skopeo umoci python3 tar procps ca-certificates openssh-client docker-registry apache2-utils)
 
 if [ "$(id -u)" != 0 ]; then
   echo "kiln builds with Linux namespaces and overlayfs and needs root (rootless mode is not there yet)." >&2

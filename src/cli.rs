@@ -84,12 +84,19 @@ struct BuildArgs {
     /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
     #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
     ssh: Vec<String>,
-    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`).
+    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), or
+    /// `type=registry,name=HOST/NAME:TAG` to push it.
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
     outputs: Vec<String>,
-    /// A name for the image, recorded in the OCI layout's index.
+    /// A name for the image, recorded in the OCI layout's index (and pushed to with `--push`).
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
+    /// Push the image to the registry of every `-t` name (like `-o type=registry`).
+    #[arg(long)]
+    push: bool,
+    /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    insecure_registries: Vec<String>,
     /// Do not use the cache; run every step.
     #[arg(long)]
     no_cache: bool,
@@ -677,7 +684,7 @@ fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::export::Output> 
         return Err(match suggest(&kind, known).filter(|s| *s != kind) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
             None => d.help(
-                "output types are `oci`, `docker`, `local` and `tar`, e.g. `-o type=oci,dest=DIR`",
+                "output types are `oci`, `docker`, `local`, `tar` and `registry`, e.g. `-o type=oci,dest=DIR`",
             ),
         });
     }
@@ -760,11 +767,34 @@ fn build(args: BuildArgs) -> Result<()> {
         let (id, source) = parse_secret(&cl, s)?;
         secrets.insert(id, source);
     }
-    let outputs = args
-        .outputs
-        .iter()
-        .map(|o| parse_output(&cl, o))
-        .collect::<Result<Vec<_>>>()?;
+    // Registry outputs are pushes, not files: they are collected apart from the exported outputs.
+    let mut outputs = Vec::new();
+    let mut pushes = Vec::new();
+    for o in &args.outputs {
+        match parse_registry_output(&cl, o, &args.tags)? {
+            Some(names) => pushes.extend(names),
+            None => outputs.push(parse_output(&cl, o)?),
+        }
+    }
+    if args.push {
+        if args.tags.is_empty() {
+            return Err(Diagnostic::input("--push needs a name to push to")
+                .help("name the image: `--push -t HOST/NAME:TAG`"));
+        }
+        pushes.extend(args.tags.iter().cloned());
+    }
+    pushes.sort();
+    pushes.dedup();
+    for p in &pushes {
+        crate::registry::ImageName::parse(p).map_err(|d| {
+            cl.error(p, Span::default(), d.message)
+                .help(d.help.unwrap_or_default())
+        })?;
+    }
+    let registry = crate::registry::Options {
+        insecure: args.insecure_registries.clone(),
+        docker_config: None,
+    };
     let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
             Diagnostic::input(format!(
@@ -814,6 +844,7 @@ fn build(args: BuildArgs) -> Result<()> {
             contexts: compiled.contexts,
             epoch,
             ssh,
+            registry: registry.clone(),
         },
     );
     let summary = runtime.block_on(async {
@@ -884,6 +915,87 @@ fn build(args: BuildArgs) -> Result<()> {
                 println!("{m}");
             }
         }
+        if !pushes.is_empty() {
+            push(
+                &store, layers, config, &pushes, &registry, epoch, &*reporter, name,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `-o type=registry,name=HOST/NAME:TAG` (docker's spelling): the names to push to, or `None` for any
+/// other output. Without `name`, the `-t` names are used, as buildx does.
+fn parse_registry_output(
+    cl: &CommandLine,
+    value: &str,
+    tags: &[String],
+) -> Result<Option<Vec<String>>> {
+    if !value.contains('=') {
+        return Ok(None);
+    }
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    if !fields
+        .iter()
+        .any(|f| f.key == "type" && f.value.as_deref() == Some("registry"))
+    {
+        return Ok(None);
+    }
+    let mut names = Vec::new();
+    for f in &fields {
+        match (f.key.as_str(), &f.value) {
+            ("type", _) => {}
+            ("name", Some(n)) if !n.is_empty() => names.push(n.clone()),
+            // buildx's `push=true` is implied by the type.
+            ("push", v) if crate::options::parse_bool(v.as_deref()) == Some(true) => {}
+            (k, _) => {
+                return Err(cl
+                    .error(
+                        value,
+                        f.span,
+                        format!("unsupported key `{k}` in a registry output"),
+                    )
+                    .help("write `-o type=registry,name=HOST/NAME:TAG`"));
+            }
+        }
+    }
+    if names.is_empty() {
+        names = tags.to_vec();
+    }
+    if names.is_empty() {
+        return Err(cl
+            .error(value, Span::default(), "a registry output needs a name")
+            .help("write `-o type=registry,name=HOST/NAME:TAG` (or give `-t HOST/NAME:TAG`)"));
+    }
+    Ok(Some(names))
+}
+
+/// Pushes one built image to every name: written once as an OCI layout in the store, then uploaded.
+#[allow(clippy::too_many_arguments)]
+fn push(
+    store: &crate::store::Store,
+    layers: &[String],
+    config: &serde_json::Value,
+    names: &[String],
+    registry: &crate::registry::Options,
+    epoch: Option<i64>,
+    reporter: &dyn progress::Reporter,
+    stage: &str,
+) -> Result<()> {
+    let tmp = store.temp_dir("push-")?;
+    let dir = tmp.path().join("layout");
+    let out = crate::export::Output::Oci {
+        dest: dir.clone(),
+        tar: false,
+    };
+    crate::export::export(store, layers, config, &out, None, epoch)?;
+    for name in names {
+        let digest = crate::registry::push(&dir, Some("latest"), name, registry)?;
+        reporter.event(Event::Note(format!(
+            "pushed {stage} to {name}, manifest {digest}"
+        )));
+        println!("{digest}");
     }
     Ok(())
 }

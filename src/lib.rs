@@ -3,7 +3,8 @@
 //! The pipeline, one module per stage, each depending only on earlier ones:
 //! `syntax` → `check` → `lower` → `graph` → `solve` → `exec` → `export`.
 //! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
-//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts) and `progress`.
+//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts), `registry` (pull and push)
+//! and `progress`.
 //! `cli` is the driver that wires the stages together.
 
 pub mod check;
@@ -17,6 +18,7 @@ pub mod lower;
 pub mod oci;
 pub mod options;
 pub mod progress;
+pub mod registry;
 pub mod secret;
 pub mod solve;
 pub mod store;

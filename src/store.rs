@@ -146,6 +146,8 @@ impl Store {
         let before = self.usage().total();
         let _ = fs::remove_dir_all(self.root.join("tmp"));
         let _ = fs::create_dir_all(self.root.join("tmp"));
+        // Pulled image layouts hard-link store blobs; a later pull rebuilds them from the registry.
+        let _ = fs::remove_dir_all(self.root.join("images"));
         // Oldest first: cache records by last use, cache mounts by last write.
         let mut entries: Vec<(std::time::SystemTime, PathBuf)> = ["cache", "caches"]
             .iter()

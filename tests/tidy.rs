@@ -11,8 +11,8 @@ const STAGES: [&str; 7] = [
     "syntax", "check", "lower", "graph", "solve", "exec", "export",
 ];
 /// Shared foundations: usable by every stage, and using no stage themselves.
-const FOUNDATIONS: [&str; 7] = [
-    "diag", "digest", "options", "secret", "store", "oci", "progress",
+const FOUNDATIONS: [&str; 8] = [
+    "diag", "digest", "options", "secret", "store", "oci", "registry", "progress",
 ];
 /// The driver wires stages together and may use all of them.
 const DRIVER: [&str; 3] = ["cli", "lib", "main"];

@@ -135,6 +135,8 @@ pub struct SolveOptions {
     pub epoch: Option<i64>,
     /// `--ssh ID=SOCKET`: the agent socket for each ssh id.
     pub ssh: BTreeMap<String, PathBuf>,
+    /// How to reach registries for `FROM` images that are not local layouts.
+    pub registry: crate::registry::Options,
 }
 
 pub struct Summary {
@@ -178,15 +180,13 @@ pub fn preflight(
             }
             return Err(d);
         }
+        // Registry images are pulled when solved; here only their names are checked, without the network.
         if let Op::Image { reference } = &graph.dag[n].op
             && !reference.starts_with("oci-layout://")
+            && let Err(mut d) = crate::registry::ImageName::parse(reference)
         {
-            let mut d = Diagnostic::input(format!(
-                "cannot pull `{reference}`: registry images are not supported yet"
-            ))
-            .help("build from a local OCI layout: `FROM oci-layout:///path/to/layout[:tag]`, or `--build-context NAME=oci-layout://DIR` with `FROM NAME`");
             if let Some(at) = &graph.dag[n].at {
-                d = d.label(at.clone(), "this image would have to be pulled");
+                d = d.label(at.clone(), "this image");
             }
             return Err(d);
         }
@@ -438,6 +438,7 @@ impl<E: Executor> Shared<E> {
                 let store = self.store.clone();
                 let exec = self.exec.clone();
                 let no_cache = self.opts.no_cache;
+                let registry = self.opts.registry.clone();
                 let reference = reference.clone();
                 let id = self.next_id();
                 let name = node.name.clone();
@@ -445,7 +446,7 @@ impl<E: Executor> Shared<E> {
                 let reporter = self.reporter.clone();
                 let _permit = jobs.acquire().await.expect("semaphore open");
                 let (rec, fresh) = tokio::task::spawn_blocking(move || {
-                    import_image(&store, &*exec, &reference, no_cache)
+                    import_image(&store, &*exec, &reference, no_cache, &registry)
                 })
                 .await
                 .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
@@ -896,24 +897,29 @@ fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
     }
 }
 
-/// Resolves an image reference to a local OCI layout and imports its layers as snapshots.
+/// Resolves an image reference to a local OCI layout (pulling registry images into the store) and imports
+/// its layers as snapshots.
 /// Returns the record and whether anything had to be unpacked.
 fn import_image<E: Executor>(
     store: &Store,
     exec: &E,
     reference: &str,
     no_cache: bool,
+    registry: &crate::registry::Options,
 ) -> Result<(CacheRecord, bool)> {
-    let Some(rest) = reference.strip_prefix("oci-layout://") else {
-        return Err(Diagnostic::input(format!(
-            "cannot pull `{reference}`: registry images are not supported yet"
-        )));
+    // A registry image is pulled into a layout in the store first; from there on both kinds are alike.
+    let (dir, tag) = match reference.strip_prefix("oci-layout://") {
+        Some(rest) => {
+            let (dir, tag) = split_layout_ref(rest);
+            (PathBuf::from(dir), tag)
+        }
+        None => (crate::registry::pull(store, reference, registry)?, None),
     };
-    let (dir, tag) = split_layout_ref(rest);
-    let image = crate::oci::read_image(Path::new(dir), tag)
+    let dir = dir.as_path();
+    let image = crate::oci::read_image(dir, tag)
         .map_err(|e| Diagnostic::input(format!("cannot read base image `{reference}`: {e}")))?;
     let manifest = Digest::parse(&image.manifest_digest)
-        .ok_or_else(|| Diagnostic::env(format!("bad manifest digest in {dir}")))?;
+        .ok_or_else(|| Diagnostic::env(format!("bad manifest digest in {}", dir.display())))?;
     let mut key = Encoder::new(CACHE_DOMAIN);
     key.str("image").digest(&manifest);
     let key = key.finish();
@@ -941,9 +947,8 @@ fn import_image<E: Executor>(
             .ok_or_else(|| Diagnostic::input(format!("bad diff id `{diff_id}`")))?;
         let snapshot = format!("layer-{}", diff.hex());
         // Verified before use: a layout on disk is input, not something kiln wrote.
-        let blob =
-            crate::oci::verify_blob(Path::new(dir), desc.digest().as_ref(), Some(desc.size()))
-                .map_err(|e| Diagnostic::input(format!("base image `{reference}`: {e}")))?;
+        let blob = crate::oci::verify_blob(dir, desc.digest().as_ref(), Some(desc.size()))
+            .map_err(|e| Diagnostic::input(format!("base image `{reference}`: {e}")))?;
         let media_type = desc.media_type().to_string();
         if !store.snapshot_path(&snapshot).is_dir() {
             let tmp = store.temp_dir("unpack-")?;

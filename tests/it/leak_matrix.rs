@@ -1066,19 +1066,25 @@ fn a_failing_step_shows_no_value() {
 #[test]
 fn no_host_command_line_holds_a_value() {
     let name = row("host-cmdline");
+    // Values of its own: other tests pass the shared ones on purpose (as build args the guards must catch),
+    // and their command lines are visible in /proc while this test looks.
+    let (file_secret, env_secret) = (
+        "kiln-cmdline-only-file-3c1d9e77a2",
+        "kiln-cmdline-only-env-6b0f1a52c4",
+    );
     let ctx = context(&[(
         "Dockerfile",
         "FROM base\nRUN --mount=type=secret,id=s --mount=type=secret,id=e,env=E sleep 1\n",
     )]);
     let secrets = tempdir("secrets-");
     let path = secrets.path().join("s");
-    crate::support::write(&path, FILE_SECRET);
+    crate::support::write(&path, file_secret);
     let kiln = Kiln::new()
         .with_base()
         .arg("--secret")
         .arg(format!("id=s,src={}", path.display()))
         .args(["--secret", &format!("id=e,env={ENV_VAR}")])
-        .env(ENV_VAR, ENV_SECRET)
+        .env(ENV_VAR, env_secret)
         .arg(ctx.path());
     let done = std::sync::atomic::AtomicBool::new(false);
     let hits = std::thread::scope(|s| {
@@ -1093,7 +1099,7 @@ fn no_host_command_line_holds_a_value() {
                 let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
                     continue;
                 };
-                for value in [FILE_SECRET, ENV_SECRET] {
+                for value in [file_secret, env_secret] {
                     if crate::support::contains(&cmdline, value.as_bytes()) {
                         hits.push(format!(
                             "{}: {}",

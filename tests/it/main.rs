@@ -18,6 +18,7 @@ mod outputs;
 mod parallel;
 mod path_escape;
 mod progress;
+mod registry;
 mod secrets;
 mod ssh;
 mod store;
