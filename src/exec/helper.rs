@@ -590,22 +590,7 @@ fn mount_secret(
     )
     .map_err(|e| e.to_string())?;
     std::os::unix::fs::lchown(staged, Some(spec.uid), Some(spec.gid)).map_err(|e| e.to_string())?;
-    let parent = match target.trim_end_matches('/').rsplit_once('/') {
-        Some((p, _)) if !p.is_empty() => p,
-        _ => "/",
-    };
-    let (_, created) = rootfs::mkdir_all(root, parent, None)?;
-    stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
-    // Resolved inside the root: a final component that is a symlink must not lead the mount elsewhere.
-    let host = rootfs::resolve(root, target, true)?;
-    if std::fs::symlink_metadata(&host).is_err() {
-        std::fs::File::create(&host)
-            .map_err(|e| format!("cannot create the mount point {target}: {e}"))?;
-        stubs.push(Stub {
-            path: rootfs::inside(root, &host),
-            dir: false,
-        });
-    }
+    let host = mount_point(root, target, false, stubs)?;
     mount(
         Some(staged),
         &host,
