@@ -269,6 +269,7 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
     let file = SourceFile::new(path.display().to_string(), text);
     let df = crate::syntax::parse(file)?;
     let mut opts = LowerOptions {
+        image_env: local_image_env(),
         lenient,
         target: args.target.clone(),
         target_at: args
@@ -371,6 +372,25 @@ fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
             }
         }
     }
+}
+
+/// Base image environments from local OCI layouts (a file read, never the network), so `$PATH` in a
+/// Dockerfile means the image's PATH. Registry images are not consulted while compiling.
+fn local_image_env() -> crate::lower::ImageEnv {
+    crate::lower::ImageEnv::new(|reference| {
+        let rest = reference.strip_prefix("oci-layout://")?;
+        let (dir, tag) = crate::solve::split_layout_ref(rest);
+        let image = crate::oci::read_image(Path::new(dir), tag).ok()?;
+        let env = image.config.config().as_ref()?.env().clone()?;
+        Some(
+            env.iter()
+                .filter_map(|e| {
+                    e.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect(),
+        )
+    })
 }
 
 fn absolute(p: &Path) -> PathBuf {

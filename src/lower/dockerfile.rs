@@ -23,6 +23,8 @@ struct Stage {
     fs: NodeId,
     /// ENV set in this stage (or inherited from a parent stage), in order of first setting.
     env: Vec<(String, String)>,
+    /// The base image's environment, when it could be resolved: what `$VAR` falls back to after ENV.
+    base_env: Vec<(String, String)>,
     /// ARGs declared in this stage: name → value (None: declared without any value).
     args: Vec<(String, Option<String>)>,
     cwd: Option<String>,
@@ -37,6 +39,10 @@ struct Stage {
 impl Stage {
     fn lookup(&self, name: &str) -> Option<String> {
         if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        // The image's ENV is ENV too, and ENV wins over ARG.
+        if let Some((_, v)) = self.base_env.iter().find(|(k, _)| k == name) {
             return Some(v.clone());
         }
         self.args
@@ -375,6 +381,10 @@ impl Lowerer<'_> {
             s.config.history.clear();
             s
         } else {
+            let resolved = match self.opts.contexts.get(&reference) {
+                Some(NamedContext::Image(r)) => r.clone(),
+                _ => reference.clone(),
+            };
             let leaf = match self.opts.contexts.get(&reference) {
                 Some(NamedContext::Image(r)) => {
                     let r = r.clone();
@@ -395,6 +405,7 @@ impl Lowerer<'_> {
                 alias: None,
                 fs: leaf,
                 env: Vec::new(),
+                base_env: self.opts.image_env.get(&resolved),
                 args: Vec::new(),
                 cwd: None,
                 user: None,

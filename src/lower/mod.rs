@@ -67,6 +67,38 @@ pub enum NamedContext {
     Image(String),
 }
 
+/// Resolves a base image's environment, so `$PATH` in `ENV PATH=/x:$PATH` means the image's PATH, as in
+/// BuildKit (which resolves image config while converting). Given an expanded image reference; `None`
+/// when the image cannot be looked at now (compile-only, or no local copy).
+#[derive(Clone, Default)]
+pub struct ImageEnv(Option<std::sync::Arc<ImageEnvFn>>);
+
+type ImageEnvFn = dyn Fn(&str) -> Option<Vec<(String, String)>> + Send + Sync;
+
+impl ImageEnv {
+    pub fn new(
+        f: impl Fn(&str) -> Option<Vec<(String, String)>> + Send + Sync + 'static,
+    ) -> ImageEnv {
+        ImageEnv(Some(std::sync::Arc::new(f)))
+    }
+    pub fn get(&self, reference: &str) -> Vec<(String, String)> {
+        self.0
+            .as_ref()
+            .and_then(|f| f(reference))
+            .unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for ImageEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ImageEnv(resolver)"
+        } else {
+            "ImageEnv(none)"
+        })
+    }
+}
+
 /// What the command line contributes to lowering.
 #[derive(Clone, Debug, Default)]
 pub struct LowerOptions {
@@ -80,4 +112,5 @@ pub struct LowerOptions {
     pub lenient: bool,
     /// Where `--target` was given, for errors about it.
     pub target_at: Option<Located>,
+    pub image_env: ImageEnv,
 }

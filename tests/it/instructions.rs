@@ -228,3 +228,31 @@ COPY --parents src/a/one.txt src/./b/two.txt /kept/
         again.stderr
     );
 }
+
+/// `$VAR` in ENV sees the base image's environment, as in BuildKit: `ENV PATH=/opt/bin:$PATH` extends the
+/// image's PATH instead of replacing it with `/opt/bin:`.
+#[test]
+fn env_expands_the_base_images_variables() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nENV PATH=/opt/bin:$PATH\nRUN test \"$PATH\" = /opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin && ls / >/dev/null\n",
+    )]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let env = Layout::new(&dest).config()["config"]["Env"].clone();
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e
+                == "PATH=/opt/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{env}"
+    );
+}
