@@ -97,6 +97,9 @@ struct BuildArgs {
     /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
+    /// How image layers are compressed.
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: CompressionArg,
     /// Do not use the cache; run every step.
     #[arg(long)]
     no_cache: bool,
@@ -147,6 +150,12 @@ struct CheckArgs {
 enum CheckFormat {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompressionArg {
+    Gzip,
+    Zstd,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -824,6 +833,13 @@ fn build(args: BuildArgs) -> Result<()> {
         _ => None,
     };
     let secrets = Arc::new(secrets);
+    let settings = crate::export::Settings {
+        epoch,
+        codec: match args.compression {
+            CompressionArg::Gzip => crate::export::layer::Codec::Gzip,
+            CompressionArg::Zstd => crate::export::layer::Codec::Zstd,
+        },
+    };
     let compiled = compile(&args.compile, &cl, false)?;
     let graph = Arc::new(compiled.graph);
     let mut ssh = BTreeMap::new();
@@ -914,7 +930,7 @@ fn build(args: BuildArgs) -> Result<()> {
                 config,
                 out,
                 args.tags.first().map(String::as_str),
-                epoch,
+                &settings,
             )?;
             let dest = match out {
                 crate::export::Output::Oci { dest, .. }
@@ -937,7 +953,7 @@ fn build(args: BuildArgs) -> Result<()> {
         }
         if !pushes.is_empty() {
             push(
-                &store, layers, config, &pushes, &registry, epoch, &*reporter, name,
+                &store, layers, config, &pushes, &registry, &settings, &*reporter, name,
             )?;
         }
     }
@@ -999,7 +1015,7 @@ fn push(
     config: &serde_json::Value,
     names: &[String],
     registry: &crate::registry::Options,
-    epoch: Option<i64>,
+    settings: &crate::export::Settings,
     reporter: &dyn progress::Reporter,
     stage: &str,
 ) -> Result<()> {
@@ -1009,7 +1025,7 @@ fn push(
         dest: dir.clone(),
         tar: false,
     };
-    crate::export::export(store, layers, config, &out, None, epoch)?;
+    crate::export::export(store, layers, config, &out, None, settings)?;
     for name in names {
         let digest = crate::registry::push(&dir, Some("latest"), name, registry)?;
         reporter.event(Event::Note(format!(

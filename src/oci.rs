@@ -507,9 +507,13 @@ mod tests {
         fs::create_dir_all(&snap).unwrap();
         fs::write(snap.join("hello"), content).unwrap();
         let layer_path = work.join(format!("layer-{}", sha256_hex(content)));
-        let info =
-            crate::export::layer::layer_digests(&snap, Some(0), File::create(&layer_path).unwrap())
-                .unwrap();
+        let info = crate::export::layer::layer_digests(
+            &snap,
+            Some(0),
+            crate::export::layer::Codec::Gzip,
+            File::create(&layer_path).unwrap(),
+        )
+        .unwrap();
         let config = json!({
             "architecture": "amd64",
             "os": "linux",

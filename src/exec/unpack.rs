@@ -24,11 +24,9 @@ const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Opens a layer blob as a stream of uncompressed tar bytes, chosen by its media type.
 pub fn open_blob(path: &Path, media_type: &str) -> io::Result<Box<dyn Read>> {
-    if media_type.contains("zstd") {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("zstd layers are not supported yet ({media_type})"),
-        ));
+    if media_type.ends_with("+zstd") {
+        let file = std::fs::File::open(path)?;
+        return Ok(Box::new(zstd::stream::read::Decoder::new(file)?));
     }
     let gzip = media_type.ends_with("+gzip") || media_type.ends_with(".gzip");
     let plain = media_type.ends_with(".tar") || media_type.ends_with("+tar");
@@ -670,13 +668,14 @@ mod tests {
             open_blob(path, mt).unwrap().read_to_end(&mut out).unwrap();
             assert_eq!(out, tar, "{mt}");
         }
-        let err = open_blob(&gz, "application/vnd.oci.image.layer.v1.tar+zstd")
-            .err()
+        let zst = tmp.path().join("layer.tar.zst");
+        std::fs::write(&zst, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+        let mut out = Vec::new();
+        open_blob(&zst, "application/vnd.oci.image.layer.v1.tar+zstd")
+            .unwrap()
+            .read_to_end(&mut out)
             .unwrap();
-        assert!(
-            err.to_string()
-                .contains("zstd layers are not supported yet")
-        );
+        assert_eq!(out, tar, "zstd");
         assert!(open_blob(&gz, "application/json").is_err());
     }
 }

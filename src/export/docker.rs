@@ -43,11 +43,9 @@ pub fn write_archive(
         let mut spool = scratch.try_clone()?;
         spool.set_len(0)?;
         spool.rewind()?;
-        let gz = std::fs::File::open(store.blob_path(&blob.digest))?;
-        let size = std::io::copy(
-            &mut flate2::read::GzDecoder::new(std::io::BufReader::new(gz)),
-            &mut spool,
-        )?;
+        let mut layer =
+            crate::exec::unpack::open_blob(&store.blob_path(&blob.digest), &blob.media_type)?;
+        let size = std::io::copy(&mut layer, &mut spool)?;
         spool.rewind()?;
         append(&path, size, &mut spool)?;
         layer_names.push(path);

@@ -66,20 +66,47 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
 
 /// Streams the layer once, returning its diff_id plus the digest and size of the gzip blob
 /// written to `gzip_out`.
+/// How layer blobs are compressed (`--compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Codec::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
 pub fn layer_digests(
     snapshot: &Path,
     epoch: Option<i64>,
-    gzip_out: impl Write,
+    codec: Codec,
+    out: impl Write,
 ) -> io::Result<LayerInfo> {
-    let compressed = HashingWriter::new(gzip_out);
-    // A fixed mtime and no file name keep the gzip header identical across runs.
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .write(compressed, Compression::new(6));
-    let uncompressed = HashingWriter::new(gz);
-    let uncompressed = write_layer(snapshot, uncompressed, epoch)?;
-    let (diff_id, _, gz) = uncompressed.finish();
-    let mut compressed = gz.finish()?;
+    let compressed = HashingWriter::new(out);
+    let (diff_id, mut compressed) = match codec {
+        Codec::Gzip => {
+            // A fixed mtime and no file name keep the gzip header identical across runs.
+            let gz = GzBuilder::new()
+                .mtime(0)
+                .write(compressed, Compression::new(6));
+            let uncompressed = write_layer(snapshot, HashingWriter::new(gz), epoch)?;
+            let (diff_id, _, gz) = uncompressed.finish();
+            (diff_id, gz.finish()?)
+        }
+        Codec::Zstd => {
+            let zst = zstd::stream::write::Encoder::new(compressed, 3)?;
+            let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
+            let (diff_id, _, zst) = uncompressed.finish();
+            (diff_id, zst.finish()?)
+        }
+    };
     compressed.inner.flush()?;
     let (digest, size, _) = compressed.finish();
     Ok(LayerInfo {
@@ -761,9 +788,9 @@ mod tests {
         set_time(&old, 100);
 
         let mut gz1 = Vec::new();
-        let info1 = layer_digests(&snap, None, &mut gz1).unwrap();
+        let info1 = layer_digests(&snap, None, Codec::Gzip, &mut gz1).unwrap();
         let mut gz2 = Vec::new();
-        let info2 = layer_digests(&snap, None, &mut gz2).unwrap();
+        let info2 = layer_digests(&snap, None, Codec::Gzip, &mut gz2).unwrap();
         assert_eq!(info1, info2);
         assert_eq!(gz1, gz2);
         assert_eq!(info1.size, gz1.len() as u64);
@@ -795,12 +822,12 @@ mod tests {
                 _ => assert!(e.mtime <= epoch as u64, "{name} not clamped"),
             }
         }
-        let info3 = layer_digests(&snap, Some(epoch), io::sink()).unwrap();
+        let info3 = layer_digests(&snap, Some(epoch), Codec::Gzip, io::sink()).unwrap();
         assert_ne!(info3.diff_id, info1.diff_id);
         // Touching files after the epoch no longer changes the layer.
         set_time(&snap.join("bin/tool"), T + 5000);
         assert_eq!(
-            layer_digests(&snap, Some(epoch), io::sink()).unwrap(),
+            layer_digests(&snap, Some(epoch), Codec::Gzip, io::sink()).unwrap(),
             info3
         );
     }

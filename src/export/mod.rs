@@ -31,6 +31,13 @@ pub enum Output {
     Tar { dest: PathBuf },
 }
 
+/// How image outputs are made: `SOURCE_DATE_EPOCH` and the layer codec.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    pub epoch: Option<i64>,
+    pub codec: layer::Codec,
+}
+
 /// What was exported: the manifest digest (for image outputs) and the number of layers, for the summary.
 pub struct Exported {
     pub manifest: Option<Digest>,
@@ -45,8 +52,9 @@ pub fn export(
     config: &Value,
     output: &Output,
     name: Option<&str>,
-    epoch: Option<i64>,
+    settings: &Settings,
 ) -> Result<Exported> {
+    let epoch = settings.epoch;
     let tag = name;
     match output {
         Output::Local { dest } => {
@@ -68,7 +76,7 @@ pub fn export(
         }
         Output::Oci { .. } | Output::Docker { .. } => {}
     }
-    let image = build_image(store, layers, config, epoch)?;
+    let image = build_image(store, layers, config, settings)?;
     match output {
         Output::Docker { dest } => {
             write_atomically(dest, |f| {
@@ -131,7 +139,7 @@ fn build_image(
     store: &Store,
     layers: &[String],
     config: &Value,
-    epoch: Option<i64>,
+    settings: &Settings,
 ) -> Result<Image> {
     let mut blobs: Vec<LayerBlob> = Vec::new();
     let mut snapshots = Vec::new();
@@ -144,7 +152,7 @@ fn build_image(
             .is_none();
         empty.push(is_empty);
         if !is_empty {
-            blobs.push(layer_blob(store, snapshot, epoch)?);
+            blobs.push(layer_blob(store, snapshot, settings)?);
             snapshots.push(snapshot.clone());
         }
     }
@@ -258,15 +266,18 @@ pub fn guard(
 
 /// The blob of one snapshot: from the store if computed before (or kept from an imported image), else made
 /// now by streaming the snapshot through tar, SHA-256 and gzip once.
-fn layer_blob(store: &Store, snapshot: &str, epoch: Option<i64>) -> Result<LayerBlob> {
+fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<LayerBlob> {
     if let Some(b) = store.layer_blob(snapshot) {
         return Ok(b);
     }
-    // Clamped times change the bytes, so an epoch gets blobs of its own.
-    let key = match epoch {
+    // Clamped times and another codec change the bytes, so each gets blobs of its own.
+    let mut key = match settings.epoch {
         Some(t) => format!("{snapshot}@{t}"),
         None => snapshot.to_string(),
     };
+    if settings.codec == layer::Codec::Zstd {
+        key.push_str("+zstd");
+    }
     if let Some(b) = store.layer_blob(&key) {
         return Ok(b);
     }
@@ -276,7 +287,8 @@ fn layer_blob(store: &Store, snapshot: &str, epoch: Option<i64>) -> Result<Layer
         std::fs::File::create(&gz).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
     let info = layer::layer_digests(
         &store.snapshot_path(snapshot),
-        epoch,
+        settings.epoch,
+        settings.codec,
         std::io::BufWriter::new(file),
     )
     .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
@@ -285,7 +297,7 @@ fn layer_blob(store: &Store, snapshot: &str, epoch: Option<i64>) -> Result<Layer
         diff_id: Digest::parse(&info.diff_id).ok_or_else(|| bad(&info.diff_id))?,
         digest: Digest::parse(&info.digest).ok_or_else(|| bad(&info.digest))?,
         size: info.size,
-        media_type: MediaType::ImageLayerGzip.to_string(),
+        media_type: settings.codec.media_type().to_string(),
     };
     store.adopt_blob(&gz, &blob.digest)?;
     store.put_layer_blob(&key, &blob)?;

@@ -118,3 +118,55 @@ fn source_date_epoch_makes_builds_reproducible() {
         "two builds from empty stores differ"
     );
 }
+
+/// `--compression zstd`: new layers are zstd blobs (the base image's own blob is kept as it came),
+/// skopeo reads the image, and kiln builds FROM it again.
+#[test]
+fn zstd_layers() {
+    let dir = tempdir("out-");
+    let image = dir.path().join("image");
+    let ctx = context(&[("Dockerfile", DOCKERFILE)]);
+    Kiln::new()
+        .with_base()
+        .args(["--compression", "zstd", "-o"])
+        .arg(format!("type=oci,dest={}", image.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", image.display()),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types.last(),
+        Some(&"application/vnd.oci.image.layer.v1.tar+zstd"),
+        "{types:?}"
+    );
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci:{}:latest", image.display()),
+            &format!("dir:{}", dir.path().join("copy").display()),
+        ],
+    );
+    let child = context(&[("Dockerfile", "FROM parent\nRUN cat /app/hello\n")]);
+    let out = Kiln::new()
+        .arg("--build-context")
+        .arg(format!("parent=oci-layout://{}", image.display()))
+        .arg(child.path())
+        .run();
+    out.success();
+    assert!(out.stderr.contains(" hi"), "{}", out.stderr);
+}
