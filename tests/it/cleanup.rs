@@ -78,24 +78,11 @@ RUN sleep 313 & echo started; exit 3
         left.join("\n")
     );
 
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut alive = processes_with(marker);
-    while !alive.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        alive = processes_with(marker);
-    }
-    for pid in &alive {
-        // Ours (started by the build under test): end it so it does not outlive the test run either.
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).expect("a pid"));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    assert!(
-        alive.is_empty(),
-        "`{marker}` outlived the build: pids {alive:?}"
-    );
+    assert_gone(marker);
 }
 
-/// Waits up to 2 s for every process holding `marker` to end; kills and reports any that do not.
+/// Waits up to 2 s for every process holding `marker` to end; kills (so they do not outlive the test run)
+/// and reports any that do not.
 fn assert_gone(marker: &str) {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut alive = processes_with(marker);
