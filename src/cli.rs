@@ -833,6 +833,7 @@ fn build(args: BuildArgs) -> Result<()> {
         _ => None,
     };
     let secrets = Arc::new(secrets);
+    crate::exec::require_privileges()?;
     let settings = crate::export::Settings {
         epoch,
         codec: match args.compression {

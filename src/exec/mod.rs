@@ -29,6 +29,16 @@ impl Namespaces {
     }
 }
 
+/// The executor needs root: it creates namespaces, mounts overlayfs and chowns files to image owners.
+/// Checked before anything runs, so an unprivileged user gets one clear message instead of a failed step.
+pub fn require_privileges() -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    Err(Diagnostic::input("kiln build must run as root")
+        .help("kiln runs each step in Linux namespaces over overlayfs; rootless mode is not there yet (`kiln graph` and `kiln check` need no privileges)"))
+}
+
 /// Directories the helper needs beside the step's upper/work dirs (all inside the step's temp dir).
 fn overlay(fs: &Layers) -> Result<Overlay> {
     let base = fs.upper.parent().unwrap_or(Path::new("/")).to_path_buf();
