@@ -12,7 +12,7 @@ use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
 use crate::lower::{LowerOptions, NamedContext};
 use crate::progress::{self, Event};
-use crate::secret::{LeakScanner, SecretSource, SecretStore};
+use crate::secret::{LeakScanner, SecretSource, SecretStore, SshSource};
 
 #[derive(Parser)]
 #[command(
@@ -82,7 +82,7 @@ struct BuildArgs {
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     secrets: Vec<String>,
     /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
-    #[arg(long = "ssh", value_name = "default|ID=SOCKET")]
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE")]
     ssh: Vec<String>,
     /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), or
     /// `type=registry,name=HOST/NAME:TAG` to push it.
@@ -637,8 +637,9 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
     Ok((id, source))
 }
 
-/// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET`: which agent socket serves which id.
-fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, PathBuf)> {
+/// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET` (an agent to forward), `--ssh ID=KEYFILE[,KEYFILE]`
+/// (keys kiln serves itself from an in-process agent).
+fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, SshSource)> {
     let (id, paths) = match value.split_once('=') {
         Some((id, paths)) => (id, Some(paths)),
         None => (value, None),
@@ -646,34 +647,44 @@ fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, PathBuf)> {
     if id.is_empty() {
         return Err(cl
             .error(value, Span::default(), "--ssh needs an id")
-            .help("write `--ssh default` or `--ssh ID=SOCKET`"));
+            .help("write `--ssh default`, `--ssh ID=SOCKET` or `--ssh ID=KEYFILE`"));
     }
-    let socket = match paths {
-        Some(p) if p.contains(',') => {
-            return Err(cl
-                .error(value, Span::default(), "several key files for one --ssh id are not supported yet")
-                .help("load the keys into an agent (`ssh-add KEY...`) and pass `--ssh ID=$SSH_AUTH_SOCK`"));
-        }
-        Some(p) => PathBuf::from(p),
+    let paths: Vec<PathBuf> = match paths {
+        Some(p) => p.split(',').map(PathBuf::from).collect(),
         None => match std::env::var_os("SSH_AUTH_SOCK") {
-            Some(s) => PathBuf::from(s),
+            Some(s) => vec![PathBuf::from(s)],
             None => {
                 return Err(cl
                     .error(value, Span::default(), "SSH_AUTH_SOCK is not set, so there is no agent to forward")
-                    .help("start an agent (`eval $(ssh-agent)`, `ssh-add`), or pass `--ssh ID=SOCKET`"));
+                    .help("start an agent (`eval $(ssh-agent)`, `ssh-add`), or pass `--ssh ID=SOCKET` or `--ssh ID=KEYFILE`"));
             }
         },
     };
     use std::os::unix::fs::FileTypeExt as _;
-    match std::fs::metadata(&socket) {
-        Ok(m) if m.file_type().is_socket() => Ok((id.to_string(), absolute(&socket))),
-        Ok(_) => Err(cl
-            .error(value, Span::default(), format!("{} is not an agent socket", socket.display()))
-            .help("key files are not supported yet: load the key with `ssh-add` and forward the agent's socket")),
-        Err(e) => Err(cl
-            .error(value, Span::default(), format!("cannot use agent socket {}: {e}", socket.display()))
-            .help("is the agent running? check $SSH_AUTH_SOCK")),
+    if let [socket] = paths.as_slice()
+        && std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+    {
+        return Ok((id.to_string(), SshSource::Socket(absolute(socket))));
     }
+    let mut keys = Vec::new();
+    for path in &paths {
+        let shown = path.display().to_string();
+        let key = ssh_key::PrivateKey::read_openssh_file(path).map_err(|e| {
+            cl.error(value, Span::default(), format!("cannot use `{shown}` as an ssh agent socket or key file: {e}"))
+                .help("give an agent socket, or an OpenSSH private key file (ed25519, without a passphrase)")
+        })?;
+        if key.is_encrypted() {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    format!("the ssh key `{shown}` is protected by a passphrase"),
+                )
+                .help("load it into an agent with `ssh-add` and pass `--ssh ID=$SSH_AUTH_SOCK`"));
+        }
+        keys.push(key);
+    }
+    Ok((id.to_string(), SshSource::Keys(Arc::new(keys))))
 }
 
 /// `-o type=TYPE,dest=PATH` (docker's spelling); a bare `-o PATH` means `type=local,dest=PATH`.

@@ -133,6 +133,24 @@ impl Scrubber {
     }
 }
 
+/// Where an `--ssh` id is served from: an agent already running on the host, or private keys that kiln
+/// serves itself. Keys stay in kiln's memory (ssh-key wipes them when dropped); the step only ever gets
+/// an agent socket.
+#[derive(Clone)]
+pub enum SshSource {
+    Socket(PathBuf),
+    Keys(std::sync::Arc<Vec<ssh_key::PrivateKey>>),
+}
+
+impl std::fmt::Debug for SshSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SshSource::Socket(p) => write!(f, "Socket({})", p.display()),
+            SshSource::Keys(k) => write!(f, "Keys({} keys)", k.len()),
+        }
+    }
+}
+
 /// One way a secret can appear in bytes: as itself, or encoded so that a naive search would miss it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {

@@ -78,7 +78,7 @@ pub enum StepMount {
     /// An agent socket on the host, served to the step through a socket of its own at `target`.
     Ssh {
         target: String,
-        agent: PathBuf,
+        agent: crate::secret::SshSource,
         mode: u32,
         uid: u32,
         gid: u32,
@@ -134,7 +134,7 @@ pub struct SolveOptions {
     /// `SOURCE_DATE_EPOCH`, used for `created` times.
     pub epoch: Option<i64>,
     /// `--ssh ID=SOCKET`: the agent socket for each ssh id.
-    pub ssh: BTreeMap<String, PathBuf>,
+    pub ssh: BTreeMap<String, crate::secret::SshSource>,
     /// How to reach registries for `FROM` images that are not local layouts.
     pub registry: crate::registry::Options,
 }
@@ -160,7 +160,7 @@ struct Shared<E> {
 pub fn preflight(
     graph: &BuildGraph,
     secrets: &SecretStore,
-    ssh: &BTreeMap<String, PathBuf>,
+    ssh: &BTreeMap<String, crate::secret::SshSource>,
 ) -> Result<()> {
     for n in graph.topo_order() {
         if let Op::Run(r) = &graph.dag[n].op

@@ -165,3 +165,58 @@ fn a_required_agent_must_be_given_before_anything_runs() {
         out.stderr
     );
 }
+
+/// `--ssh ID=KEYFILE`: kiln serves the key from an in-process agent; the step lists it through its
+/// socket, and the key's bytes are in no layer, no output and no store file.
+#[test]
+fn key_files_are_served_by_kiln_and_never_enter_the_image() {
+    let dir = tempdir("key-");
+    let key = dir.path().join("id_ed25519");
+    tool(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "kiln-keyfile",
+            "-f",
+            key.to_str().unwrap(),
+        ],
+    );
+    let fingerprint = tool("ssh-keygen", &["-lf", key.to_str().unwrap()]);
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    let private_key = std::fs::read(&key).unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nCOPY tools/ /\nRUN --mount=type=ssh,id=deploy ssh-add -l\n",
+    )]);
+    ssh_add_tree(ctx.path());
+    let store = tempdir("store-");
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let out = Kiln::build_in(store.path())
+        .with_base()
+        .arg("--ssh")
+        .arg(format!("deploy={}", key.display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    assert!(
+        out.stderr.contains(&fingerprint),
+        "the key is listed in the step:\n{}",
+        out.stderr
+    );
+    for place in [&dest, &store.path().to_path_buf()] {
+        let found = leaks(&files_under(place), &private_key[40..100]);
+        assert!(
+            found.is_empty(),
+            "key material in {}: {found:?}",
+            place.display()
+        );
+    }
+}
