@@ -44,36 +44,39 @@ fn compile(name: &str, text: &str) -> usize {
     kiln::graph::BuildGraph::new(&program).dag.node_count()
 }
 
-/// The whole corpus per iteration: Dockerfiles/s and MB/s of parse + lower + digest.
-#[divan::bench]
-fn parse_lower_graph(bencher: divan::Bencher) {
-    let files = corpus();
+/// A bencher that reports Dockerfiles/s and bytes/s for one pass over `files`.
+fn counted<'a, 'b>(
+    bencher: divan::Bencher<'a, 'b>,
+    files: &[(String, String)],
+) -> divan::Bencher<'a, 'b> {
     let bytes: usize = files.iter().map(|(_, t)| t.len()).sum();
     bencher
         .counter(ItemsCount::new(files.len()))
         .counter(BytesCount::new(bytes))
-        .bench(|| {
-            files
-                .iter()
-                .map(|(n, t)| compile(divan::black_box(n), divan::black_box(t)))
-                .sum::<usize>()
-        });
+}
+
+/// The whole corpus per iteration: Dockerfiles/s and MB/s of parse + lower + digest.
+#[divan::bench]
+fn parse_lower_graph(bencher: divan::Bencher) {
+    let files = corpus();
+    counted(bencher, &files).bench(|| {
+        files
+            .iter()
+            .map(|(n, t)| compile(divan::black_box(n), divan::black_box(t)))
+            .sum::<usize>()
+    });
 }
 
 /// Parsing alone (raw tree and typed AST).
 #[divan::bench]
 fn parse_only(bencher: divan::Bencher) {
     let files = corpus();
-    let bytes: usize = files.iter().map(|(_, t)| t.len()).sum();
-    bencher
-        .counter(ItemsCount::new(files.len()))
-        .counter(BytesCount::new(bytes))
-        .bench(|| {
-            files
-                .iter()
-                .filter_map(|(n, t)| {
-                    kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok()
-                })
-                .count()
-        });
+    counted(bencher, &files).bench(|| {
+        files
+            .iter()
+            .filter_map(|(n, t)| {
+                kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok()
+            })
+            .count()
+    });
 }

@@ -15,6 +15,22 @@ struct Agent {
     _dir: tempfile::TempDir,
 }
 
+/// A fresh ed25519 key without passphrase at `path`: its fingerprint and the private key file's bytes.
+fn new_key(path: &Path, comment: &str) -> (String, Vec<u8>) {
+    let file = path.to_str().unwrap();
+    tool(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", file],
+    );
+    let fingerprint = tool("ssh-keygen", &["-lf", file]);
+    let fingerprint = fingerprint
+        .split_whitespace()
+        .nth(1)
+        .expect("a fingerprint")
+        .to_string();
+    (fingerprint, std::fs::read(path).unwrap())
+}
+
 impl Agent {
     fn start() -> Agent {
         let dir = tempdir("agent-");
@@ -33,20 +49,7 @@ impl Agent {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let key = dir.path().join("id_ed25519");
-        tool(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                "kiln-test",
-                "-f",
-                key.to_str().unwrap(),
-            ],
-        );
+        let (fingerprint, private_key) = new_key(&key, "kiln-test");
         let added = Command::new("ssh-add")
             .arg(&key)
             .env("SSH_AUTH_SOCK", &socket)
@@ -57,13 +60,6 @@ impl Agent {
             "ssh-add: {}",
             String::from_utf8_lossy(&added.stderr)
         );
-        let fingerprint = tool("ssh-keygen", &["-lf", key.to_str().unwrap()]);
-        let fingerprint = fingerprint
-            .split_whitespace()
-            .nth(1)
-            .expect("a fingerprint")
-            .to_string();
-        let private_key = std::fs::read(&key).unwrap();
         Agent {
             child,
             socket,
@@ -172,23 +168,7 @@ fn a_required_agent_must_be_given_before_anything_runs() {
 fn key_files_are_served_by_kiln_and_never_enter_the_image() {
     let dir = tempdir("key-");
     let key = dir.path().join("id_ed25519");
-    tool(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "kiln-keyfile",
-            "-f",
-            key.to_str().unwrap(),
-        ],
-    );
-    let fingerprint = tool("ssh-keygen", &["-lf", key.to_str().unwrap()]);
-    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
-    let private_key = std::fs::read(&key).unwrap();
+    let (fingerprint, private_key) = new_key(&key, "kiln-keyfile");
     let ctx = context(&[(
         "Dockerfile",
         "FROM base\nCOPY tools/ /\nRUN --mount=type=ssh,id=deploy ssh-add -l\n",

@@ -161,7 +161,7 @@ pub fn valid_reference(s: &str) -> bool {
     {
         return false;
     }
-    !path.is_empty() && path.split('/').all(valid_path_component)
+    !path.is_empty() && path.split('/').all(crate::registry::valid_component)
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -184,32 +184,6 @@ fn valid_domain(d: &str) -> bool {
                 && !c.starts_with('-')
                 && !c.ends_with('-')
         })
-}
-
-/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-fn valid_path_component(c: &str) -> bool {
-    let b = c.as_bytes();
-    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &c[start..i];
-        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|x| x == b'-');
-        if !ok {
-            return false;
-        }
-    }
-    true
 }
 
 const KNOWN_OS: [&str; 17] = [
