@@ -33,10 +33,67 @@ enum Command {
     Graph(GraphArgs),
     /// Lint a Dockerfile: BuildKit's build checks and kiln's secret checks. Never builds anything.
     Check(CheckArgs),
+    /// Format `.build` files in place (or check that they are formatted).
+    Fmt(FmtArgs),
+    /// Translate a Dockerfile into `.build` source that compiles to the same graph.
+    Convert(ConvertArgs),
+    /// Monorepo queries: `deps LABEL...` (what the targets are built from) or `rdeps LABEL...` (what
+    /// is built from them).
+    Query(QueryArgs),
+    /// The monorepo targets whose inputs changed since a git revision, or that read the given files.
+    Affected(AffectedArgs),
     /// Show how much space the store uses.
     Du(StoreArgs),
     /// Free space in the store: least recently used results first, never anything a build is using.
     Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct FmtArgs {
+    /// The files to format (directories: every `.build` file below them).
+    #[arg(default_value = ".")]
+    paths: Vec<PathBuf>,
+    /// Change nothing; exit 1 and list the files that are not formatted.
+    #[arg(long)]
+    check: bool,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The Dockerfile.
+    #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
+    file: PathBuf,
+    /// Where to write the `.build` source (default: standard output).
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum QueryKind {
+    Deps,
+    Rdeps,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    kind: QueryKind,
+    /// Targets: `//path/pkg:target`, `//path/...`, `:target`.
+    #[arg(required = true)]
+    labels: Vec<String>,
+    /// Set a `.build` param: `NAME=VALUE`.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct AffectedArgs {
+    /// A git revision: targets whose inputs differ between it and the working tree.
+    #[arg(long, value_name = "GITREV")]
+    since: Option<String>,
+    /// Changed files: targets that read one of them.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -57,15 +114,19 @@ struct PruneArgs {
 
 #[derive(Args)]
 struct CompileArgs {
-    /// The build context directory.
-    #[arg(default_value = ".")]
-    context: PathBuf,
-    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    /// The build context directory, or monorepo labels (`//path/pkg:target`, `//path/...`, `//...`,
+    /// `:target`).
+    #[arg(value_name = "CONTEXT | LABEL...")]
+    inputs: Vec<String>,
+    /// The Dockerfile or `.build` file (default: CONTEXT/Dockerfile).
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
-    /// The stage to build (default: the last one).
+    /// The stage or target to build (default: the last one); for a `.build` file, a comma-separated list.
     #[arg(long)]
     target: Option<String>,
+    /// Set a `.build` param: `NAME=VALUE` (`--build-arg` sets params too).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
     /// Set a build-time variable: `KEY=VALUE` (or `KEY` to take it from the environment).
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     build_args: Vec<String>,
@@ -194,6 +255,10 @@ pub fn main() -> i32 {
         Command::Build(args) => build(args),
         Command::Graph(args) => graph(args),
         Command::Check(args) => check(args),
+        Command::Fmt(args) => fmt(args),
+        Command::Convert(args) => convert(args),
+        Command::Query(args) => query(args),
+        Command::Affected(args) => affected(args),
         Command::Du(args) => du(args),
         Command::Prune(args) => prune(args),
     };
@@ -256,7 +321,33 @@ struct Compiled {
 }
 
 fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
-    let context = &args.context;
+    if args
+        .inputs
+        .iter()
+        .any(|i| i.starts_with("//") || i.starts_with(':'))
+    {
+        return compile_labels(args, cl, lenient);
+    }
+    if args.inputs.len() > 1 {
+        return Err(cl
+            .error(
+                &args.inputs[1],
+                Span::default(),
+                "more than one build context",
+            )
+            .help("give one context directory, or monorepo labels such as //services/api:image"));
+    }
+    let context = &args
+        .inputs
+        .first()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    if args
+        .file
+        .as_ref()
+        .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
+    {
+        return compile_build_file(args, cl, lenient, context);
+    }
     if !context.is_dir() {
         let shown = context.display().to_string();
         return Err(cl
@@ -277,6 +368,22 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
     })?;
     let file = SourceFile::new(path.display().to_string(), text);
     let df = crate::syntax::parse(file)?;
+    let mut opts = lower_options(args, cl, lenient, context)?;
+    opts.excludes = dockerignore(context, &path)?;
+    let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    Ok(Compiled {
+        graph: BuildGraph::new(&program),
+        contexts: opts.contexts,
+    })
+}
+
+/// What every front end takes from the command line: build args, named contexts, the target.
+fn lower_options(
+    args: &CompileArgs,
+    cl: &CommandLine,
+    lenient: bool,
+    context: &Path,
+) -> Result<LowerOptions> {
     let mut opts = LowerOptions {
         image_env: local_image_env(),
         lenient,
@@ -338,12 +445,215 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
         };
         opts.contexts.insert(name.to_string(), ctx);
     }
-    opts.excludes = dockerignore(context, &path)?;
-    let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    Ok(opts)
+}
+
+fn build_options(
+    args: &CompileArgs,
+    cl: &CommandLine,
+    lenient: bool,
+    context: &Path,
+) -> Result<crate::lower::build::BuildOptions> {
+    let lower = lower_options(args, cl, lenient, context)?;
+    let mut params = BTreeMap::new();
+    for p in &args.params {
+        match p.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                params.insert(k.to_string(), v.to_string());
+            }
+            _ => {
+                return Err(cl
+                    .error(p, Span::default(), "malformed --param")
+                    .help("write `--param NAME=VALUE`"));
+            }
+        }
+    }
+    Ok(crate::lower::build::BuildOptions { lower, params })
+}
+
+/// `-f app.build [CONTEXT]`: one `.build` file (with its imports); `--target a,b` selects targets.
+fn compile_build_file(
+    args: &CompileArgs,
+    cl: &CommandLine,
+    lenient: bool,
+    context: &Path,
+) -> Result<Compiled> {
+    if !context.is_dir() {
+        let shown = context.display().to_string();
+        return Err(cl
+            .error(
+                &shown,
+                Span::default(),
+                format!("build context `{shown}` is not a directory"),
+            )
+            .help("give the directory that `context(\".\")` stands for"));
+    }
+    let path = args.file.clone().expect("a .build file was given");
+    let mut opts = build_options(args, cl, lenient, context)?;
+    opts.lower.target = None;
+    opts.lower.excludes = dockerignore(context, &path)?;
+    let targets: Option<Vec<String>> = args.target.as_ref().map(|t| {
+        t.split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    });
+    let root = crate::lower::build::Session::find_root(path.parent().unwrap_or(Path::new(".")));
+    let mut session = crate::lower::build::Session::new(root);
+    let target_at = args
+        .target
+        .as_ref()
+        .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t)));
+    let (program, packages) =
+        crate::lower::build::lower_file(&mut session, &path, targets.as_deref(), &opts, target_at)?;
+    let mut contexts = opts.lower.contexts;
+    for (name, dir) in packages {
+        contexts.insert(name, NamedContext::Dir(dir));
+    }
     Ok(Compiled {
         graph: BuildGraph::new(&program),
-        contexts: opts.contexts,
+        contexts,
     })
+}
+
+/// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
+fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
+    let root = monorepo_root()?;
+    let opts = build_options(args, cl, lenient, &root)?;
+    let mut session = crate::lower::build::Session::new(Some(root.clone()));
+    let selected = crate::monorepo::expand_labels(&mut session, &cwd, &args.inputs)?;
+    let lowered = crate::monorepo::lower_selected(&mut session, &selected, &opts)?;
+    let program = lowered.program;
+    let mut contexts = opts.lower.contexts;
+    for (name, dir) in lowered.contexts {
+        contexts.insert(name, NamedContext::Dir(dir));
+    }
+    Ok(Compiled {
+        graph: BuildGraph::new(&program),
+        contexts,
+    })
+}
+
+fn monorepo_root() -> Result<PathBuf> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
+    crate::lower::build::Session::find_root(&cwd).ok_or_else(|| {
+        Diagnostic::input("not in a monorepo: no kiln.toml in this directory or above")
+            .help("create an empty kiln.toml at the repository's root")
+    })
+}
+
+fn query(args: QueryArgs) -> Result<()> {
+    let root = monorepo_root()?;
+    let mut opts = crate::lower::build::BuildOptions {
+        lower: LowerOptions {
+            lenient: true,
+            ..LowerOptions::default()
+        },
+        params: BTreeMap::new(),
+    };
+    for p in &args.params {
+        if let Some((k, v)) = p.split_once('=') {
+            opts.params.insert(k.to_string(), v.to_string());
+        }
+    }
+    let kind = match args.kind {
+        QueryKind::Deps => "deps",
+        QueryKind::Rdeps => "rdeps",
+    };
+    for l in crate::monorepo::query(&root, kind, &args.labels, &opts)? {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+fn affected(args: AffectedArgs) -> Result<()> {
+    let root = monorepo_root()?;
+    let opts = crate::lower::build::BuildOptions {
+        lower: LowerOptions {
+            lenient: true,
+            ..LowerOptions::default()
+        },
+        params: BTreeMap::new(),
+    };
+    let labels = match &args.since {
+        Some(rev) => crate::monorepo::affected_since(&root, rev, &opts)?,
+        None => crate::monorepo::affected_by_files(&root, &args.files, &opts)?,
+    };
+    for l in labels {
+        println!("{l}");
+    }
+    Ok(())
+}
+
+/// `kiln fmt`: rewrites `.build` files in the canonical layout.
+fn fmt(args: FmtArgs) -> Result<()> {
+    let mut files = Vec::new();
+    for p in &args.paths {
+        if p.is_dir() {
+            for entry in walkdir::WalkDir::new(p)
+                .sort_by_file_name()
+                .into_iter()
+                .filter_entry(|e| {
+                    !e.file_name().to_string_lossy().starts_with('.') || e.depth() == 0
+                })
+            {
+                let entry = entry
+                    .map_err(|e| Diagnostic::input(format!("cannot list {}: {e}", p.display())))?;
+                if entry.file_type().is_file()
+                    && entry.path().extension().is_some_and(|e| e == "build")
+                {
+                    files.push(entry.path().to_path_buf());
+                }
+            }
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let mut unformatted = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)
+            .map_err(|e| Diagnostic::input(format!("cannot read {}: {e}", f.display())))?;
+        let module =
+            crate::syntax::build::parse(&SourceFile::new(f.display().to_string(), text.as_str()))?;
+        let formatted = crate::syntax::build::fmt::module(&module);
+        if formatted != text {
+            if args.check {
+                println!("{}", f.display());
+            } else {
+                crate::store::atomic_write(f, formatted.as_bytes())?;
+            }
+            unformatted.push(f);
+        }
+    }
+    if args.check && !unformatted.is_empty() {
+        return Err(Diagnostic::build(format!(
+            "{} file(s) not formatted; run `kiln fmt`",
+            unformatted.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `kiln convert`: a Dockerfile as `.build` source.
+fn convert(args: ConvertArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+        Diagnostic::input(format!(
+            "cannot read Dockerfile {}: {e}",
+            args.file.display()
+        ))
+        .help("name it with `-f PATH`")
+    })?;
+    let df = crate::syntax::parse(SourceFile::new(args.file.display().to_string(), text))?;
+    crate::check::dockerfile(&df)?;
+    let source = crate::syntax::convert::dockerfile(&df)?;
+    match &args.output {
+        Some(out) => crate::store::atomic_write(out, source.as_bytes())?,
+        None => print!("{source}"),
+    }
+    Ok(())
 }
 
 /// The `.dockerignore` patterns that apply (`<Dockerfile>.dockerignore` first, then the context's), cleaned.

@@ -15,6 +15,7 @@ pub mod exec;
 pub mod export;
 pub mod graph;
 pub mod lower;
+pub mod monorepo;
 pub mod oci;
 pub mod options;
 pub mod progress;

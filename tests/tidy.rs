@@ -15,7 +15,7 @@ const FOUNDATIONS: [&str; 8] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress",
 ];
 /// The driver wires stages together and may use all of them.
-const DRIVER: [&str; 3] = ["cli", "lib", "main"];
+const DRIVER: [&str; 4] = ["cli", "monorepo", "lib", "main"];
 /// What counts as a process or mount syscall.
 const SYSCALLS: [&str; 10] = [
     "std::process::Command",

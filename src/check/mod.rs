@@ -4,6 +4,7 @@
 use crate::diag::{Diagnostic, Result};
 use crate::syntax::ast::{Dockerfile, InstructionKind};
 
+pub mod build;
 pub mod lints;
 
 /// Checks a parsed Dockerfile; the first problem found is returned with its location.

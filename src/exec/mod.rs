@@ -3,10 +3,13 @@
 //!
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 
+pub mod git;
 pub mod helper;
 pub mod rootfs;
 pub mod ssh;
 pub mod unpack;
+
+pub use git::{git_checkout, git_toplevel};
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

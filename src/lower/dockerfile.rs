@@ -376,9 +376,9 @@ impl Lowerer<'_> {
         let steps = 1 + self.steps_after(ins);
         let mut stage = if let Some(parent) = self.stage_by_name(&reference)? {
             // FROM an earlier stage continues from its filesystem and config.
+            // Its history stays: the parent's layers are in this image, and each needs its entry.
             let mut s = parent.state.clone();
             s.args.clear();
-            s.config.history.clear();
             s
         } else {
             let resolved = match self.opts.contexts.get(&reference) {
@@ -493,6 +493,7 @@ impl Lowerer<'_> {
             InstructionKind::From { .. } => unreachable!("FROM handled by the caller"),
             InstructionKind::Arg(decls) => {
                 self.reject_flags(ins, &[])?;
+                let mut shown = Vec::new();
                 for d in decls {
                     let value = match self.arg_value(d, &|n| stage.lookup(n))? {
                         Some(v) => Some(v),
@@ -500,10 +501,10 @@ impl Lowerer<'_> {
                         None => self.meta_lookup(&d.key.text),
                     };
                     stage.args.retain(|(k, _)| *k != d.key.text);
-                    stage.args.push((d.key.text.clone(), value));
+                    stage.args.push((d.key.text.clone(), value.clone()));
+                    shown.push((d.key.text.clone(), value));
                 }
-                let text = instruction_text(self.file(), ins);
-                Self::config_history(stage, text);
+                Self::config_history(stage, arg_history(&shown));
             }
             InstructionKind::Env(pairs) => {
                 self.reject_flags(ins, &[])?;
@@ -690,11 +691,12 @@ impl Lowerer<'_> {
                 if let Some(f) = ins.flags.first() {
                     return Err(self.error(f.span, "HEALTHCHECK NONE takes no flags"));
                 }
-                Self::config_history(stage, "HEALTHCHECK NONE".into());
-                stage.config.healthcheck = Inherit::Set(Healthcheck {
+                let none = Healthcheck {
                     test: vec!["NONE".into()],
                     ..Healthcheck::default()
-                });
+                };
+                Self::config_history(stage, healthcheck_history(&none));
+                stage.config.healthcheck = Inherit::Set(none);
                 return Ok(());
             }
             SyntaxHealthcheck::Cmd(c) => {
@@ -745,8 +747,7 @@ impl Lowerer<'_> {
                 check
             }
         };
-        let text = instruction_text(self.file(), ins);
-        Self::config_history(stage, text);
+        Self::config_history(stage, healthcheck_history(&check));
         stage.config.healthcheck = Inherit::Set(check);
         Ok(())
     }
@@ -814,16 +815,7 @@ impl Lowerer<'_> {
         // History reads as BuildKit's: `RUN |N K=V ... cmd # buildkit`, with every build arg of the stage
         // (an ENV of the same name wins) and without the mount flags. A secret can never appear here:
         // secrets are not variables, and their values never reach lowering.
-        let arg_values = stage.arg_values();
-        let mut created_by = String::from("RUN ");
-        if !arg_values.is_empty() {
-            created_by.push_str(&format!("|{} ", arg_values.len()));
-            for (k, v) in &arg_values {
-                created_by.push_str(&format!("{k}={v} "));
-            }
-        }
-        created_by.push_str(&args.join(" "));
-        created_by.push_str(" # buildkit");
+        let created_by = run_history(&stage.arg_values(), &args);
         let op = Op::Run(RunOp {
             args,
             env,
@@ -988,7 +980,6 @@ impl Lowerer<'_> {
         let mut keep_git_dir = false;
         let mut excludes = Vec::new();
         let mut parents = false;
-        let mut from_text = None;
         let mut source_node = None;
         for f in &ins.flags {
             let v = self.expand_flag(f, &lookup)?;
@@ -1005,10 +996,7 @@ impl Lowerer<'_> {
                             })?,
                     )
                 }
-                "from" => {
-                    source_node = Some(self.copy_from(f.value_span, &v)?);
-                    from_text = Some(v);
-                }
+                "from" => source_node = Some(self.copy_from(f.value_span, &v)?),
                 // Every kiln layer is already independent of what lies below it in the cache.
                 "link" => {}
                 "checksum" => checksum = Some(v),
@@ -1069,11 +1057,7 @@ impl Lowerer<'_> {
             }
             None => self.context_leaf("context"),
         };
-        let mut created_by = format!("{what} ");
-        if let Some(f) = &from_text {
-            created_by.push_str(&format!("--from={f} "));
-        }
-        created_by.push_str(&format!("{} {dest_path} # buildkit", srcs.join(" ")));
+        let created_by = copy_history(add, &srcs, &dest_path);
         let op = Op::Copy(CopyOp {
             sources: srcs,
             dest: dest_path,
@@ -1132,16 +1116,7 @@ impl Lowerer<'_> {
     }
 }
 
-/// BuildKit's automatic platform args (TARGETPLATFORM and friends) for linux/amd64.
-fn builtin_arg(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "TARGETPLATFORM" | "BUILDPLATFORM" => "linux/amd64",
-        "TARGETOS" | "BUILDOS" => "linux",
-        "TARGETARCH" | "BUILDARCH" => "amd64",
-        "TARGETVARIANT" | "BUILDVARIANT" => "",
-        _ => return None,
-    })
-}
+pub use crate::syntax::ast::builtin_arg;
 
 /// Shell form runs through `shell` (the stage's `SHELL`, else `/bin/sh -c`); exec form as written.
 fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
@@ -1159,7 +1134,7 @@ fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
 }
 
 /// `EXPOSE` words as config keys: `80` → `80/tcp`, `53/UDP` → `53/udp`, `8000-8002` → each port.
-fn expose_ports(word: &str) -> Option<Vec<String>> {
+pub fn expose_ports(word: &str) -> Option<Vec<String>> {
     let (ports, proto) = match word.split_once('/') {
         Some((p, proto)) => (p, proto.to_ascii_lowercase()),
         None => (word, "tcp".to_string()),
@@ -1178,7 +1153,7 @@ fn expose_ports(word: &str) -> Option<Vec<String>> {
 }
 
 /// A Go duration (`1h2m3s`, `1.5s`, `300ms`, `10us`, `0`) in nanoseconds.
-fn parse_duration(s: &str) -> Option<u64> {
+pub fn parse_duration(s: &str) -> Option<u64> {
     if s == "0" {
         return Some(0);
     }
@@ -1209,19 +1184,56 @@ fn parse_duration(s: &str) -> Option<u64> {
     Some(total as u64)
 }
 
-fn json_list(args: &[String]) -> String {
+pub fn json_list(args: &[String]) -> String {
     serde_json::to_string(args).unwrap_or_default()
+}
+
+// History entries are made from what an instruction means, never from how it was spelled, so that a
+// `.build` file that means the same (`kiln convert`'s output) gives the same node digests.
+
+/// `RUN |N K=V ... cmd # buildkit`, as BuildKit writes it, without the mount flags. A secret can never
+/// appear here: secrets are not variables, and their values never reach lowering.
+pub fn run_history(arg_values: &[(String, String)], args: &[String]) -> String {
+    let mut created_by = String::from("RUN ");
+    if !arg_values.is_empty() {
+        created_by.push_str(&format!("|{} ", arg_values.len()));
+        for (k, v) in arg_values {
+            created_by.push_str(&format!("{k}={v} "));
+        }
+    }
+    created_by.push_str(&args.join(" "));
+    created_by.push_str(" # buildkit");
+    created_by
+}
+
+/// `COPY src... dest # buildkit` (BuildKit leaves `--from` and the other flags out too).
+pub fn copy_history(add: bool, sources: &[String], dest: &str) -> String {
+    let what = if add { "ADD" } else { "COPY" };
+    format!("{what} {} {dest} # buildkit", sources.join(" "))
+}
+
+/// `ARG K=V K2`: each declared name with the value it took.
+pub fn arg_history(decls: &[(String, Option<String>)]) -> String {
+    let shown: Vec<String> = decls
+        .iter()
+        .map(|(k, v)| match v {
+            Some(v) => format!("{k}={v}"),
+            None => k.clone(),
+        })
+        .collect();
+    format!("ARG {}", shown.join(" "))
+}
+
+pub fn healthcheck_history(h: &Healthcheck) -> String {
+    match h.test.first().map(String::as_str) {
+        Some("NONE") => "HEALTHCHECK NONE".to_string(),
+        _ => format!("HEALTHCHECK {}", json_list(&h.test)),
+    }
 }
 
 /// The instruction's source text on one line, for step names and history.
 fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
-    let text = file.text.get(ins.span.start..ins.span.end).unwrap_or("");
-    let one_line: Vec<&str> = text
-        .lines()
-        .map(|l| l.trim().trim_end_matches('\\').trim())
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
-    one_line.join(" ")
+    ins.text(file)
 }
 
 /// Joins `path` onto the absolute directory `base` and normalises `.`/`..` (never above `/`).

@@ -3,6 +3,7 @@
 //! Lowering resolves everything that is known at compile time (variable expansion, stage references,
 //! mount options) and nothing that is not: no file contents, no image metadata, no network.
 
+pub mod build;
 pub mod dockerfile;
 pub mod mount;
 pub mod op;

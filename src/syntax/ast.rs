@@ -197,4 +197,27 @@ impl Instruction {
     pub fn flag(&self, name: &str) -> Option<&Flag> {
         self.flags.iter().find(|f| f.name == name)
     }
+
+    /// The instruction's source text on one line (continuations joined, comments dropped).
+    pub fn text(&self, file: &SourceFile) -> String {
+        let text = file.text.get(self.span.start..self.span.end).unwrap_or("");
+        let one_line: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim().trim_end_matches('\\').trim())
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        one_line.join(" ")
+    }
+}
+
+/// BuildKit's automatic platform args (TARGETPLATFORM and friends) for linux/amd64: kiln builds for
+/// linux/amd64 on linux/amd64.
+pub fn builtin_arg(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "TARGETPLATFORM" | "BUILDPLATFORM" => "linux/amd64",
+        "TARGETOS" | "BUILDOS" => "linux",
+        "TARGETARCH" | "BUILDARCH" => "amd64",
+        "TARGETVARIANT" | "BUILDVARIANT" => "",
+        _ => return None,
+    })
 }

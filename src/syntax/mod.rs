@@ -2,6 +2,8 @@
 //! directives, heredocs, exec-form JSON, Go-style quoting, and the shell-word lexer.
 
 pub mod ast;
+pub mod build;
+pub mod convert;
 pub mod directive;
 pub mod heredoc;
 pub mod json;

@@ -1,0 +1,377 @@
+//! Monorepos: `.build` packages under a root marked by `kiln.toml`, targets addressed by labels
+//! (`//path/pkg:target`), label patterns (`//...`, `//path/...`, `:target`), `kiln query deps|rdeps`
+//! and `kiln affected`.
+//!
+//! Like `cli`, this is a driver: it may use every stage. Which targets a change affects is decided from
+//! content digests: a target's digest covers its graph's root digest (so any change to the `.build`
+//! source that changes what is built) and the digests of the context files its steps select.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Diagnostic, Result};
+use crate::graph::BuildGraph;
+use crate::lower::build::{BuildOptions, Evaluator, PACKAGE_FILE, PackageContexts, Session};
+use crate::lower::op::RunMount;
+use crate::lower::{Op, Program};
+
+/// A selected target: its module and name.
+pub type Selected = Vec<(usize, String)>;
+
+/// Every package directory at or below `dir` (directories holding a BUILD.build), sorted. Hidden
+/// directories and the usual build-output folders are skipped.
+pub fn packages_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| {
+            let name = e.file_name().to_string_lossy();
+            e.depth() == 0 || !(name.starts_with('.') || name == "target" || name == "node_modules")
+        })
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file() && e.file_name() == PACKAGE_FILE)
+        .filter_map(|e| e.path().parent().map(Path::to_path_buf))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Resolves label patterns to targets, loading the packages they name.
+pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Result<Selected> {
+    let root = session.root.clone().expect("labels need a root");
+    let mut selected: Selected = Vec::new();
+    let push = |s: &mut Selected, m: usize, t: String| {
+        if !s.iter().any(|(om, ot)| *om == m && *ot == t) {
+            s.push((m, t));
+        }
+    };
+    for input in inputs {
+        let bad = || {
+            Diagnostic::input(format!("`{input}` is not a label"))
+                .help("labels are //path/pkg:target, //path/pkg:all, //path/... or :target")
+        };
+        let (package, target) = if let Some(rest) = input.strip_prefix(':') {
+            let rel = std::fs::canonicalize(cwd)
+                .ok()
+                .and_then(|c| c.strip_prefix(&root).ok().map(Path::to_path_buf))
+                .ok_or_else(bad)?;
+            (format!("//{}", rel.to_string_lossy()), rest.to_string())
+        } else if let Some(dir) = input
+            .strip_suffix("/...")
+            .or_else(|| (input == "//...").then_some("//"))
+        {
+            let base = root.join(dir.trim_start_matches("//"));
+            let found = packages_under(&base);
+            if found.is_empty() {
+                return Err(Diagnostic::input(format!("no packages under `{input}`"))
+                    .help(format!("a package is a directory with a {PACKAGE_FILE}")));
+            }
+            for p in found {
+                let m = session.load(&p.join(PACKAGE_FILE), None)?;
+                for t in target_names(session, m) {
+                    push(&mut selected, m, t);
+                }
+            }
+            continue;
+        } else {
+            match input.rsplit_once(':') {
+                Some((p, t)) if p.starts_with("//") => (p.to_string(), t.to_string()),
+                // Bazel's rule: `//a/b` means `//a/b:b`.
+                _ if input.starts_with("//") => {
+                    let last = input.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+                    (input.trim_end_matches('/').to_string(), last.to_string())
+                }
+                _ => return Err(bad()),
+            }
+        };
+        let m = session.load_package(&package, None)?;
+        if target == "all" {
+            for t in target_names(session, m) {
+                push(&mut selected, m, t);
+            }
+        } else {
+            push(&mut selected, m, target);
+        }
+    }
+    Ok(selected)
+}
+
+fn target_names(session: &Session, module: usize) -> Vec<String> {
+    session.modules[module]
+        .module
+        .items
+        .iter()
+        .filter_map(|i| match &i.kind {
+            crate::syntax::build::ItemKind::Target { name, .. } => Some(name.name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The result of evaluating selected targets: the program, the package directories its contexts name,
+/// and which target was built from which.
+pub struct Lowered {
+    pub program: Program,
+    pub contexts: PackageContexts,
+    pub deps: BTreeMap<String, BTreeSet<String>>,
+}
+
+pub fn lower_selected(
+    session: &mut Session,
+    selected: &Selected,
+    opts: &BuildOptions,
+) -> Result<Lowered> {
+    let mut ev = Evaluator::new(session, opts);
+    for (m, t) in selected {
+        let label = ev.label(*m, t);
+        ev.add_root(*m, t, label)?;
+    }
+    Ok(Lowered {
+        program: ev.program,
+        contexts: ev.contexts,
+        deps: ev.deps,
+    })
+}
+
+/// Everything `labels` depend on (transitively), or everything that depends on them.
+pub fn query(
+    root: &Path,
+    kind: &str,
+    labels: &[String],
+    opts: &BuildOptions,
+) -> Result<Vec<String>> {
+    let mut session = Session::new(Some(root.to_path_buf()));
+    let all = expand_labels(&mut session, root, &["//...".to_string()])?;
+    let lowered = lower_selected(&mut session, &all, opts)?;
+    let wanted = expand_labels(&mut session, root, labels)?;
+    let mut ev_labels = Vec::new();
+    for (m, t) in &wanted {
+        let label = match &session.modules[*m].package {
+            Some(p) => format!("{p}:{t}"),
+            None => t.clone(),
+        };
+        ev_labels.push(label);
+    }
+    let edges: BTreeMap<String, BTreeSet<String>> = if kind == "rdeps" {
+        let mut inv: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (from, tos) in &lowered.deps {
+            for to in tos {
+                inv.entry(to.clone()).or_default().insert(from.clone());
+            }
+        }
+        inv
+    } else {
+        lowered.deps
+    };
+    let mut seen = BTreeSet::new();
+    let mut stack = ev_labels.clone();
+    while let Some(l) = stack.pop() {
+        for next in edges.get(&l).into_iter().flatten() {
+            if seen.insert(next.clone()) {
+                stack.push(next.clone());
+            }
+        }
+    }
+    for l in &ev_labels {
+        seen.remove(l);
+    }
+    Ok(seen.into_iter().collect())
+}
+
+/// Each target of the monorepo at `root` with the digest of everything it is built from.
+pub fn target_digests(root: &Path, opts: &BuildOptions) -> Result<BTreeMap<String, String>> {
+    let mut session = Session::new(Some(root.to_path_buf()));
+    let all = expand_labels(&mut session, root, &["//...".to_string()])?;
+    let lowered = lower_selected(&mut session, &all, opts)?;
+    let graph = BuildGraph::new(&lowered.program);
+    let mut out = BTreeMap::new();
+    for (label, node) in &graph.roots {
+        let mut h = crate::digest::Encoder::new("kiln/affected/v1");
+        h.digest(&graph.dag[*node].digest);
+        for (dir, excludes, patterns) in context_reads(&graph, *node, &lowered.contexts, opts) {
+            let tree = crate::solve::context::HostDir {
+                path: dir.clone(),
+                excludes: Vec::new(),
+            }
+            .tree()
+            .and_then(|t| t.excluding(&excludes))
+            .map_err(|e| Diagnostic::input(format!("{}: {e}", dir.display())))?;
+            let d = crate::solve::context::selection_digest(&tree, &patterns)
+                .map_err(|e| Diagnostic::input(format!("{}: {e}", dir.display())))?;
+            h.str(&d);
+        }
+        out.insert(label.clone(), h.finish().to_string());
+    }
+    Ok(out)
+}
+
+/// The context files a root's steps read: (directory, copy excludes, source patterns), in graph order.
+fn context_reads(
+    graph: &BuildGraph,
+    root: petgraph::stable_graph::NodeIndex,
+    contexts: &PackageContexts,
+    opts: &BuildOptions,
+) -> Vec<(PathBuf, Vec<String>, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root];
+    let dir_of = |n: petgraph::stable_graph::NodeIndex| -> Option<PathBuf> {
+        let Op::Context { name, .. } = &graph.dag[n].op else {
+            return None;
+        };
+        contexts
+            .get(name)
+            .cloned()
+            .or_else(|| match opts.lower.contexts.get(name) {
+                Some(crate::lower::NamedContext::Dir(d)) => Some(d.clone()),
+                _ => None,
+            })
+    };
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        let inputs = graph.inputs(n);
+        match &graph.dag[n].op {
+            Op::Copy(c) => {
+                if let Some(dir) = inputs.get(1).and_then(|&i| dir_of(i)) {
+                    out.push((dir, c.excludes.clone(), c.sources.clone()));
+                }
+            }
+            Op::Run(r) => {
+                for m in &r.mounts {
+                    if let RunMount::Bind { input, source, .. } = m
+                        && let Some(dir) = inputs.get(*input).and_then(|&i| dir_of(i))
+                    {
+                        out.push((dir, Vec::new(), vec![source.clone()]));
+                    }
+                }
+            }
+            _ => {}
+        }
+        stack.extend(inputs);
+    }
+    out.sort();
+    out
+}
+
+/// Whether `file` (absolute) is one of the files a root reads from its contexts.
+fn reads_file(
+    graph: &BuildGraph,
+    root: petgraph::stable_graph::NodeIndex,
+    contexts: &PackageContexts,
+    opts: &BuildOptions,
+    file: &Path,
+) -> bool {
+    for (dir, excludes, patterns) in context_reads(graph, root, contexts, opts) {
+        let Ok(rel) = file.strip_prefix(&dir) else {
+            continue;
+        };
+        let Ok(tree) = crate::solve::context::HostDir {
+            path: dir.clone(),
+            excludes: Vec::new(),
+        }
+        .tree()
+        .and_then(|t| t.excluding(&excludes)) else {
+            continue;
+        };
+        for p in &patterns {
+            // A file that no longer exists still counts when a pattern names it or a directory above it.
+            let named = crate::solve::context::clean_relative(p)
+                .is_ok_and(|c| c.as_os_str().is_empty() || rel.starts_with(&c));
+            let selected = tree.select(p).unwrap_or_default();
+            if named || selected.iter().any(|s| rel.starts_with(s)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// The targets a set of changed files affects: those reading one of the files through a context, and
+/// those whose `.build` sources (their package file, its imports, the packages they build from) changed.
+pub fn affected_by_files(
+    root: &Path,
+    files: &[PathBuf],
+    opts: &BuildOptions,
+) -> Result<Vec<String>> {
+    let mut session = Session::new(Some(root.to_path_buf()));
+    let all = expand_labels(&mut session, root, &["//...".to_string()])?;
+    let lowered = lower_selected(&mut session, &all, opts)?;
+    let graph = BuildGraph::new(&lowered.program);
+    let files: Vec<PathBuf> = files
+        .iter()
+        .map(|f| {
+            let abs = if f.is_absolute() {
+                f.clone()
+            } else {
+                root.join(f)
+            };
+            std::path::absolute(&abs).unwrap_or(abs)
+        })
+        .collect();
+    let changed_modules: BTreeSet<usize> = (0..session.modules.len())
+        .filter(|&m| {
+            files
+                .iter()
+                .any(|f| Some(f.as_path()) == session.path_of(m))
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    for (label, node) in &graph.roots {
+        if files
+            .iter()
+            .any(|f| reads_file(&graph, *node, &lowered.contexts, opts, f))
+        {
+            out.insert(label.clone());
+        }
+    }
+    // A changed module affects the targets of every package that uses it, and whatever builds on them.
+    for (m, t) in &all {
+        let uses: BTreeSet<usize> = session.closure(*m);
+        if uses.iter().any(|u| changed_modules.contains(u)) {
+            let label = match &session.modules[*m].package {
+                Some(p) => format!("{p}:{t}"),
+                None => t.clone(),
+            };
+            out.insert(label);
+        }
+    }
+    let mut inv: BTreeMap<&String, Vec<&String>> = BTreeMap::new();
+    for (from, tos) in &lowered.deps {
+        for to in tos {
+            inv.entry(to).or_default().push(from);
+        }
+    }
+    let mut stack: Vec<String> = out.iter().cloned().collect();
+    while let Some(l) = stack.pop() {
+        for up in inv.get(&l).into_iter().flatten() {
+            if out.insert((*up).clone()) {
+                stack.push((*up).clone());
+            }
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// The targets whose digest differs between git revision `rev` and the working tree (new targets
+/// count as affected).
+pub fn affected_since(root: &Path, rev: &str, opts: &BuildOptions) -> Result<Vec<String>> {
+    let old = crate::exec::git_checkout(root, rev)?;
+    let before = target_digests(&old.path().join(&old_prefix(root)?), opts).unwrap_or_default();
+    let now = target_digests(root, opts)?;
+    Ok(now
+        .iter()
+        .filter(|(label, d)| before.get(*label) != Some(d))
+        .map(|(l, _)| l.clone())
+        .collect())
+}
+
+/// Where the monorepo root sits inside its git work tree.
+fn old_prefix(root: &Path) -> Result<PathBuf> {
+    let top = crate::exec::git_toplevel(root)?;
+    Ok(root
+        .strip_prefix(&top)
+        .unwrap_or(Path::new(""))
+        .to_path_buf())
+}
