@@ -831,6 +831,8 @@ fn human(bytes: u64) -> String {
 }
 
 fn du(args: StoreArgs) -> Result<()> {
+    // Rootless stores hold files owned by subordinate ids, readable only inside the namespace.
+    crate::exec::userns::enter()?;
     let store = crate::store::Store::open(&store_root(&args), crate::store::Access::Shared)?;
     let u = store.usage();
     println!(
@@ -847,6 +849,8 @@ fn du(args: StoreArgs) -> Result<()> {
 }
 
 fn prune(args: PruneArgs) -> Result<()> {
+    // Rootless stores hold files owned by subordinate ids, removable only inside the namespace.
+    crate::exec::userns::enter()?;
     let cl = CommandLine::capture();
     let keep = match &args.keep_storage {
         None => 0,
@@ -1154,7 +1158,8 @@ fn build(args: BuildArgs) -> Result<()> {
         _ => None,
     };
     let secrets = Arc::new(secrets);
-    crate::exec::require_privileges()?;
+    // Before any thread starts: an unprivileged kiln becomes root of its own user namespace here.
+    crate::exec::userns::enter()?;
     let settings = crate::export::Settings {
         epoch,
         codec: match args.compression {
@@ -1185,6 +1190,9 @@ fn build(args: BuildArgs) -> Result<()> {
         ProgressMode::Quiet => progress::Mode::Quiet,
     };
     let reporter: Arc<dyn progress::Reporter> = Arc::from(progress::reporter(mode));
+    if let Some(note) = crate::exec::userns::note() {
+        reporter.event(Event::Note(note.to_string()));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

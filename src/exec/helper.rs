@@ -329,12 +329,23 @@ fn overlay_lowerdir(lowers: &[PathBuf], empty: &Path) -> String {
     dirs.join(":")
 }
 
+/// Extra overlay options: in a user namespace overlayfs cannot use `trusted.*` xattrs and must be told to
+/// keep its bookkeeping (opaque dirs) in `user.overlay.*` instead.
+fn overlay_options() -> &'static str {
+    if super::userns::rootless() {
+        ",userxattr"
+    } else {
+        ""
+    }
+}
+
 fn mount_overlay(fs: &Overlay) -> Result<(), String> {
     let data = format!(
-        "lowerdir={},upperdir={},workdir={}",
+        "lowerdir={},upperdir={},workdir={}{}",
         overlay_lowerdir(&fs.lowers, &fs.empty),
         fs.upper.display(),
-        fs.work.display()
+        fs.work.display(),
+        overlay_options()
     );
     mount(
         Some("overlay"),
@@ -347,7 +358,11 @@ fn mount_overlay(fs: &Overlay) -> Result<(), String> {
 }
 
 fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
-    let data = format!("lowerdir={}", overlay_lowerdir(lowers, empty));
+    let data = format!(
+        "lowerdir={}{}",
+        overlay_lowerdir(lowers, empty),
+        overlay_options()
+    );
     mount(
         Some("overlay"),
         target,
@@ -369,6 +384,7 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         Some("mode=0755,size=65536k"),
     )
     .map_err(errno("cannot mount /dev"))?;
+    let rootless = super::userns::rootless();
     for (name, major, minor) in [
         ("null", 1, 3),
         ("zero", 1, 5),
@@ -378,6 +394,12 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         ("tty", 5, 0),
     ] {
         let p = dev.join(name);
+        if rootless {
+            // A user namespace may not create device nodes; the host's own ones, bound in, work the same.
+            std::fs::File::create(&p).map_err(|e| format!("cannot create /dev/{name}: {e}"))?;
+            bind(&Path::new("/dev").join(name), &p, false)?;
+            continue;
+        }
         mknod(
             &p,
             SFlag::S_IFCHR,
@@ -450,16 +472,31 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     )
     .map_err(errno("cannot bind-mount"))?;
     if readonly {
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .map_err(errno("cannot make a mount read-only"))?;
+        remount_readonly(target, MsFlags::empty())
+            .map_err(errno("cannot make a mount read-only"))?;
     }
     Ok(())
+}
+
+/// Remounts a bind mount read-only, adding `extra`. The flags the mount already has (nosuid, nodev, ...)
+/// are kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
+fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    use nix::sys::statvfs::FsFlags;
+    let current = nix::sys::statvfs::statvfs(target)?.flags();
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    for (have, keep) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if current.contains(have) {
+            flags |= keep;
+        }
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
 /// Sets up one cache, bind or tmpfs mount. `scratch` is a private dir for this mount's helpers.
@@ -541,11 +578,12 @@ fn setup_mount(
                     std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
                 }
                 let data = format!(
-                    "lowerdir={}:{},upperdir={},workdir={}",
+                    "lowerdir={}:{},upperdir={},workdir={}{}",
                     src.display(),
                     empty.display(),
                     upper.display(),
-                    work.display()
+                    work.display(),
+                    overlay_options()
                 );
                 mount(
                     Some("overlay"),
@@ -599,17 +637,9 @@ fn mount_secret(
         None::<&str>,
     )
     .map_err(errno("cannot mount a secret"))?;
-    mount(
-        None::<&str>,
+    remount_readonly(
         &host,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
     .map_err(errno("cannot make a secret read-only"))
 }
@@ -627,13 +657,7 @@ fn bind_host_file(root: &Path, path: &str) {
             MsFlags::MS_BIND,
             None::<&str>,
         );
-        let _ = mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-            None::<&str>,
-        );
+        let _ = remount_readonly(&target, MsFlags::empty());
     }
 }
 
@@ -721,9 +745,25 @@ fn child(
     };
     let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
     chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
-    setgroups(&[Gid::from_raw(gid)]).map_err(errno("setgroups"))?;
-    setgid(Gid::from_raw(gid)).map_err(errno("setgid"))?;
-    setuid(Uid::from_raw(uid)).map_err(errno("setuid"))?;
+    match setgroups(&[Gid::from_raw(gid)]) {
+        // A single-id user namespace had to deny setgroups; the step keeps the one group it has.
+        Err(nix::Error::EPERM) if setgroups_denied() => {}
+        other => other.map_err(errno("setgroups"))?,
+    }
+    let unmapped = |what: &'static str, id: u32| {
+        move |e: nix::Error| {
+            if e == nix::Error::EINVAL {
+                format!(
+                    "cannot run as {what} {id} (user `{user}`): kiln's user namespace does not map it; \
+                     give the user running kiln a range in /etc/subuid and /etc/subgid"
+                )
+            } else {
+                format!("{}: {e}", if what == "uid" { "setuid" } else { "setgid" })
+            }
+        }
+    };
+    setgid(Gid::from_raw(gid)).map_err(unmapped("gid", gid))?;
+    setuid(Uid::from_raw(uid)).map_err(unmapped("uid", uid))?;
     nix::unistd::dup2_stderr(std::io::stdout()).map_err(errno("dup2"))?;
     let program = find_program(args.first().ok_or("empty command")?, env)?;
     let cargs: Vec<CString> = args
@@ -734,6 +774,10 @@ fn child(
     let err =
         nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
     Err(format!("cannot run {}: {err}", args[0]))
+}
+
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
 }
 
 fn cstring(b: &[u8]) -> Result<CString, String> {

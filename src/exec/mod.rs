@@ -8,6 +8,7 @@ pub mod helper;
 pub mod rootfs;
 pub mod ssh;
 pub mod unpack;
+pub mod userns;
 
 pub use git::{git_checkout, git_toplevel};
 
@@ -22,7 +23,7 @@ use crate::lower::op::Network;
 use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep, StepMount};
 use helper::{Overlay, Request, SecretSpec, Status};
 
-/// The executor that runs steps in Linux namespaces. Needs root (a later issue adds rootless mode).
+/// The executor that runs steps in Linux namespaces. Needs root, real or of a user namespace (`userns`).
 #[derive(Default)]
 pub struct Namespaces;
 
@@ -30,16 +31,6 @@ impl Namespaces {
     pub fn new() -> Namespaces {
         Namespaces
     }
-}
-
-/// The executor needs root: it creates namespaces, mounts overlayfs and chowns files to image owners.
-/// Checked before anything runs, so an unprivileged user gets one clear message instead of a failed step.
-pub fn require_privileges() -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    Err(Diagnostic::input("kiln build must run as root")
-        .help("kiln runs each step in Linux namespaces over overlayfs; rootless mode is not there yet (`kiln graph` and `kiln check` need no privileges)"))
 }
 
 /// Directories the helper needs beside the step's upper/work dirs (all inside the step's temp dir).
@@ -218,8 +209,20 @@ impl Executor for Namespaces {
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
         let reader = unpack::open_blob(blob, media_type)
             .map_err(|e| Diagnostic::io(format!("cannot open layer {}", blob.display()), e))?;
-        unpack::unpack_layer(reader, dest)
-            .map_err(|e| Diagnostic::io(format!("cannot unpack layer {}", blob.display()), e))
+        unpack::unpack_layer(reader, dest).map_err(|e| {
+            let unmapped = e.kind() == std::io::ErrorKind::InvalidInput && userns::rootless();
+            let d = Diagnostic::io(format!("cannot unpack layer {}", blob.display()), e);
+            if unmapped {
+                d.help(
+                    "rootless kiln can only give files to ids its user namespace maps: add a range for \
+                     the user running kiln to /etc/subuid and /etc/subgid (e.g. `usermod --add-subuids \
+                     100000-165535 --add-subgids 100000-165535 USER`, with the `uidmap` package \
+                     installed), or build as root",
+                )
+            } else {
+                d
+            }
+        })
     }
 }
 
@@ -353,10 +356,10 @@ fn remove_stubs(upper: &Path, status: &Status) {
     parents.sort();
     parents.dedup();
     for dir in parents.iter().rev() {
-        let opaque = xattr::get(dir, "trusted.overlay.opaque")
-            .ok()
-            .flatten()
-            .is_some();
+        // Root mode's overlay marks opaque dirs with trusted.*, rootless mode's (userxattr) with user.*.
+        let opaque = ["trusted.overlay.opaque", "user.overlay.opaque"]
+            .iter()
+            .any(|name| xattr::get(dir, name).ok().flatten().is_some());
         let empty = std::fs::read_dir(dir)
             .map(|mut d| d.next().is_none())
             .unwrap_or(false);

@@ -3,7 +3,8 @@
 //! Layers come from registries and other people's builds, so every name is treated as
 //! hostile: nothing may land outside `dest`, and no symlink is ever followed while
 //! creating parents or hardlinks. `.wh.` entries become the overlay's own encoding of
-//! deletions (0/0 char devices and `trusted.overlay.opaque=y`).
+//! deletions (0/0 char devices and `trusted.overlay.opaque=y`, or `user.overlay.opaque=y` in rootless
+//! mode, where overlayfs is mounted with `userxattr` and `trusted.*` xattrs cannot be written).
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -16,8 +17,11 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use tar::{Archive, EntryType};
 
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// overlayfs's own xattrs, in root mode and in a user namespace: never taken from a layer, where they
+/// would let an image forge opaque dirs or redirects on this host.
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
@@ -95,7 +99,12 @@ fn unpack_entry<R: Read>(
     let parent = ensure_parents(dest, parents)?;
 
     if last.as_slice() == OPAQUE_MARKER {
-        return xattr::set(&parent, OPAQUE_XATTR, b"y")
+        let name = if super::userns::rootless() {
+            USER_OPAQUE_XATTR
+        } else {
+            OPAQUE_XATTR
+        };
+        return xattr::set(&parent, name, b"y")
             .map_err(|e| io::Error::new(e.kind(), format!("cannot mark opaque: {e}")));
     }
     if let Some(hidden) = last.strip_prefix(WHITEOUT_PREFIX) {
@@ -152,6 +161,18 @@ fn unpack_entry<R: Read>(
             // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
             fs::hard_link(&source, &path)?;
         }
+        EntryType::Char | EntryType::Block if super::userns::rootless() => {
+            let dev = shown(dest, &path);
+            // Every step gets a fresh /dev, and exports reuse the original layer blob, so a device node
+            // under dev/ changes nothing the build can see; anywhere else it would, so it is refused.
+            if !(dev == "dev" || dev.starts_with("dev/")) {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "device nodes outside /dev cannot be created in rootless mode (a user namespace may \
+                     not make them); build this image as root",
+                ));
+            }
+        }
         EntryType::Char | EntryType::Block | EntryType::Fifo => {
             let (sflag, dev) = match kind {
                 EntryType::Fifo => (SFlag::S_IFIFO, 0),
@@ -205,7 +226,7 @@ impl Meta {
                         mtime = t;
                     }
                 } else if let Some(name) = key.strip_prefix(XATTR_PAX_PREFIX)
-                    && !name.starts_with(OVERLAY_XATTR_PREFIX)
+                    && !OVERLAY_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
                     && !name.is_empty()
                 {
                     xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
@@ -223,8 +244,23 @@ impl Meta {
 
     /// chown clears setuid bits and capabilities, so it goes first, then mode, then xattrs.
     fn apply(&self, path: &Path, is_symlink: bool) -> io::Result<()> {
-        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
-            .map_err(|e| io::Error::new(e.kind(), format!("chown: {e}")))?;
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::EINVAL) && super::userns::rootless() {
+                // The kind tells the executor to add the /etc/subuid hint (see `Namespaces::unpack`).
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "owner uid {} gid {} is not mapped in kiln's user namespace (it maps only \
+                         ids 0 to {})",
+                        self.uid,
+                        self.gid,
+                        super::userns::mapped_ids().saturating_sub(1)
+                    ),
+                )
+            } else {
+                io::Error::new(e.kind(), format!("chown: {e}"))
+            }
+        })?;
         if !is_symlink {
             fs::set_permissions(path, fs::Permissions::from_mode(self.mode))?;
         }
@@ -614,6 +650,7 @@ mod tests {
                 ("mtime", "1234.5"),
                 ("SCHILY.xattr.user.kept", "v"),
                 ("SCHILY.xattr.trusted.overlay.opaque", "y"),
+                ("SCHILY.xattr.user.overlay.opaque", "y"),
                 ("uid", "3000000"),
             ])
             .entry("dir", EntryType::Directory, None, b"")
@@ -631,6 +668,7 @@ mod tests {
             Some(&b"v"[..])
         );
         assert_eq!(xattr::get(&dir, OPAQUE_XATTR).unwrap(), None);
+        assert_eq!(xattr::get(&dir, USER_OPAQUE_XATTR).unwrap(), None);
     }
 
     #[test]

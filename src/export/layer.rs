@@ -1,7 +1,8 @@
 //! Turns a snapshot directory (overlayfs upperdir format) into a reproducible OCI layer tar.
 //!
 //! The upperdir encodes deletions as 0/0 character devices and opaque directories as
-//! `trusted.overlay.opaque=y`; OCI layers encode the same facts as `.wh.` files, so this
+//! `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when rootless kiln mounted it with `userxattr`,
+//! inside a user namespace); OCI layers encode the same facts as `.wh.` files, so this
 //! module translates one into the other while writing POSIX (ustar + PAX) headers by hand:
 //! every header field is chosen here, so two runs over the same tree give the same bytes.
 
@@ -19,9 +20,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
-/// Every xattr under this prefix is overlayfs bookkeeping, meaningless outside this host.
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// Every xattr under these prefixes is overlayfs bookkeeping (root mode's and rootless mode's),
+/// meaningless outside this host.
+const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// Whether overlayfs marked `dir` opaque, in either of its xattr namespaces.
+pub fn is_opaque(dir: &Path) -> io::Result<bool> {
+    for name in [OPAQUE_XATTR, USER_OPAQUE_XATTR] {
+        if xattr::get(dir, name)?.as_deref() == Some(b"y") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
@@ -205,11 +218,7 @@ impl<W: Write> Walker<W> {
             let mut header = self.base_header(&meta, EntryType::Directory);
             let pax = self.xattr_records(path)?;
             self.append(&mut header, &dir_name, None, pax, 0, io::empty())?;
-            if xattr::get(path, OPAQUE_XATTR)
-                .map_err(|e| annotate(e, "cannot read xattrs of", path))?
-                .as_deref()
-                == Some(b"y")
-            {
+            if is_opaque(path).map_err(|e| annotate(e, "cannot read xattrs of", path))? {
                 let mut marker = dir_name.clone();
                 marker.extend_from_slice(OPAQUE_MARKER);
                 self.marker(&marker)?;
@@ -308,7 +317,10 @@ impl<W: Write> Walker<W> {
         names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         let mut records = Vec::new();
         for name in names {
-            if name.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+            if OVERLAY_XATTR_PREFIXES
+                .iter()
+                .any(|p| name.as_bytes().starts_with(p))
+            {
                 continue;
             }
             // A racing removal leaves None; skipping it is the same as not having listed it.
@@ -830,6 +842,29 @@ mod tests {
             layer_digests(&snap, Some(epoch), Codec::Gzip, io::sink()).unwrap(),
             info3
         );
+    }
+
+    /// Rootless kiln mounts overlayfs with `userxattr`: opaque dirs come as `user.overlay.opaque`, and
+    /// the rest of overlay's `user.overlay.*` bookkeeping stays on this host too.
+    #[test]
+    fn userxattr_opaque_dirs_export_like_trusted_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir(root.join("uop")).unwrap();
+        write(&root.join("uop/keep"), b"k", 0o644);
+        xattr::set(root.join("uop"), USER_OPAQUE_XATTR, b"y").unwrap();
+        xattr::set(root.join("uop"), "user.overlay.impure", b"y").unwrap();
+        xattr::set(root.join("uop/keep"), "user.note", b"kept").unwrap();
+        let bytes = write_layer(root, Vec::new(), None).unwrap();
+        let entries = list_tar(&bytes);
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["uop/", "uop/.wh..wh..opq", "uop/keep"]);
+        assert!(entries[0].1.xattrs.is_empty(), "{:?}", entries[0].1.xattrs);
+        assert_eq!(
+            entries[2].1.xattrs,
+            [("user.note".into(), b"kept".to_vec())]
+        );
+        assert!(!bytes.windows(12).any(|w| w == b"user.overlay"));
     }
 
     #[test]

@@ -63,10 +63,7 @@ fn apply(snapshot: &Path, dest: &Path) -> std::io::Result<()> {
         let existing = fs::symlink_metadata(&target).ok();
         let ft = meta.file_type();
         if ft.is_dir() {
-            let opaque = xattr::get(entry.path(), "trusted.overlay.opaque")
-                .ok()
-                .flatten()
-                .is_some_and(|v| v == b"y");
+            let opaque = super::layer::is_opaque(entry.path()).unwrap_or(false);
             match existing {
                 Some(m) if m.is_dir() => {
                     if opaque {

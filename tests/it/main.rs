@@ -19,6 +19,7 @@ mod parallel;
 mod path_escape;
 mod progress;
 mod registry;
+mod rootless;
 mod secrets;
 mod ssh;
 mod store;

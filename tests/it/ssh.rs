@@ -16,7 +16,7 @@ struct Agent {
 }
 
 /// A fresh ed25519 key without passphrase at `path`: its fingerprint and the private key file's bytes.
-fn new_key(path: &Path, comment: &str) -> (String, Vec<u8>) {
+pub(crate) fn new_key(path: &Path, comment: &str) -> (String, Vec<u8>) {
     let file = path.to_str().unwrap();
     tool(
         "ssh-keygen",
@@ -78,7 +78,7 @@ impl Drop for Agent {
 }
 
 /// The host's `ssh-add` and the libraries it links, laid out as a root filesystem under `tools/`.
-fn ssh_add_tree(ctx: &Path) {
+pub(crate) fn ssh_add_tree(ctx: &Path) {
     let binary = Path::new("/usr/bin/ssh-add");
     let mut files = vec![binary.to_path_buf()];
     let ldd = tool("ldd", &[binary.to_str().unwrap()]);

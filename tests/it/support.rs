@@ -27,6 +27,8 @@ pub struct Kiln {
     cwd: Option<PathBuf>,
     /// A command that runs kiln (`unshare -n`), or empty to run it directly.
     wrapper: Vec<OsString>,
+    /// The kiln binary to run, when not cargo's (a copy another user can execute).
+    program: Option<PathBuf>,
     /// Keeps the private store alive as long as any clone of this invocation.
     store: Option<Arc<TempDir>>,
 }
@@ -60,6 +62,7 @@ impl Kiln {
             envs: Vec::new(),
             cwd: None,
             wrapper: Vec::new(),
+            program: None,
             store: None,
         }
     }
@@ -98,6 +101,12 @@ impl Kiln {
         self
     }
 
+    /// Runs this kiln binary instead of cargo's.
+    pub fn program(mut self, path: impl Into<PathBuf>) -> Kiln {
+        self.program = Some(path.into());
+        self
+    }
+
     /// `--build-context base=oci-layout://<the fixture base image>`: what every Dockerfile here builds FROM.
     pub fn with_base(self) -> Kiln {
         self.arg("--build-context")
@@ -105,11 +114,14 @@ impl Kiln {
     }
 
     pub fn run(&self) -> Output {
-        let kiln = env!("CARGO_BIN_EXE_kiln");
+        let kiln = self
+            .program
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kiln")));
         let mut cmd = match self.wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
-                c.args(rest).arg(kiln);
+                c.args(rest).arg(&kiln);
                 c
             }
             None => Command::new(kiln),
