@@ -11,8 +11,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
 use crate::support::{
-    Kiln, Layout, Output, base_image, context, copy_dir, files_under, leaks, tempdir, tool, unpack,
-    write,
+    Kiln, Layout, Output, base_image, context, files_under, leaks, tool, unpack, write,
 };
 
 /// A user with a subordinate id range: kiln maps 65536 ids.
@@ -130,8 +129,11 @@ impl User {
         }
         static COPY: OnceLock<PathBuf> = OnceLock::new();
         COPY.get_or_init(|| {
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rootless-bin");
-            std::fs::create_dir_all(&dir).unwrap();
+            // Not under the target dir, whose parents (a checkout under /root, say) may be closed.
+            let dir = Path::new("/var/tmp/kiln-rootless-it");
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
             let copy = dir.join("kiln");
             let tmp = dir.join(format!("kiln.{}", std::process::id()));
             std::fs::copy(&cargo, &tmp).unwrap();
@@ -175,18 +177,20 @@ struct Workspace {
 
 impl Workspace {
     fn new(user: &User) -> Workspace {
-        let dir = tempdir("rootless-");
+        // In the user's home: the target dir's parents need not be traversable by other users.
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-it-")
+            .tempdir_in(user.home())
+            .unwrap();
         let base = dir.path().join("base");
-        let copied = copy_dir(base_image());
-        std::fs::rename(copied.path(), &base).unwrap();
+        copy_tree(base_image(), &base);
         let store = dir.path().join("store");
         std::fs::create_dir(&store).unwrap();
         std::fs::create_dir(dir.path().join("out")).unwrap();
         user.own(dir.path());
-        // tempdir's parents must be traversable; the target dir is not always.
         assert!(
             user.can(&["-r", base.join("index.json").to_str().unwrap()]),
-            "{} cannot read {}: the test workspace must be traversable by other users",
+            "{} cannot read {} in its own home",
             user.name,
             base.display()
         );
@@ -201,14 +205,26 @@ impl Workspace {
 
     fn adopt(&self, user: &User, from: &Path, name: &str) -> PathBuf {
         let to = self.dir.path().join(name);
-        let copied = copy_dir(from);
-        std::fs::rename(copied.path(), &to).unwrap();
+        copy_tree(from, &to);
         user.own(&to);
         to
     }
 
     fn out(&self) -> PathBuf {
         self.dir.path().join("out/image")
+    }
+}
+
+/// Copies a tree of directories and regular files (contexts, an image layout) to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    for e in walkdir::WalkDir::new(from) {
+        let e = e.unwrap();
+        let dest = to.join(e.path().strip_prefix(from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
     }
 }
 
