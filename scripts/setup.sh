@@ -11,6 +11,9 @@ kiln_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # registries (one with htpasswd auth) on loopback for the push/pull tests; uidmap: the setuid
 # newuidmap/newgidmap that give rootless kiln its /etc/subuid ranges (and the rootless tests their user).
 packages=(busybox-static skopeo umoci python3 tar procps ca-certificates openssh-client docker-registry apache2-utils uidmap)
+# The SSH clone tests: openssh-server (a real sshd on loopback), git (the repository it serves),
+# debootstrap and debian-archive-keyring (their Debian base image with git and ssh, made from the Debian mirror).
+packages+=(openssh-server git debootstrap debian-archive-keyring)
 
 missing=()
 for p in "${packages[@]}"; do

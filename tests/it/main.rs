@@ -22,4 +22,5 @@ mod registry;
 mod rootless;
 mod secrets;
 mod ssh;
+mod ssh_clone;
 mod store;

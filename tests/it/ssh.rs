@@ -6,12 +6,14 @@ use std::process::{Child, Command};
 
 use crate::support::{Kiln, context, files_under, leaks, tempdir, tool, unpack};
 
-/// A real ssh-agent on a private socket, killed when dropped.
-struct Agent {
+/// A real ssh-agent on a private socket, holding one fresh ed25519 key, killed when dropped.
+pub(crate) struct Agent {
     child: Child,
-    socket: std::path::PathBuf,
+    pub(crate) socket: std::path::PathBuf,
     fingerprint: String,
-    private_key: Vec<u8>,
+    pub(crate) private_key: Vec<u8>,
+    /// The key's public half, as an `authorized_keys` line.
+    pub(crate) public_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -32,7 +34,7 @@ pub(crate) fn new_key(path: &Path, comment: &str) -> (String, Vec<u8>) {
 }
 
 impl Agent {
-    fn start() -> Agent {
+    pub(crate) fn start() -> Agent {
         let dir = tempdir("agent-");
         let socket = dir.path().join("agent.sock");
         let child = Command::new("ssh-agent")
@@ -60,11 +62,14 @@ impl Agent {
             "ssh-add: {}",
             String::from_utf8_lossy(&added.stderr)
         );
+        let public_key =
+            std::fs::read_to_string(key.with_extension("pub")).expect("the public key");
         Agent {
             child,
             socket,
             fingerprint,
             private_key,
+            public_key,
             _dir: dir,
         }
     }
