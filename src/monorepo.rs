@@ -56,11 +56,13 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
                 .and_then(|c| c.strip_prefix(&root).ok().map(Path::to_path_buf))
                 .ok_or_else(bad)?;
             (format!("//{}", rel.to_string_lossy()), rest.to_string())
-        } else if let Some(dir) = input
-            .strip_suffix("/...")
-            .or_else(|| (input == "//...").then_some("//"))
-        {
-            let base = root.join(dir.trim_start_matches("//"));
+        } else if let Some(dir) = input.strip_suffix("...") {
+            // `//...` is everything; `//a/b/...` everything at or below a/b. Never a path outside the root.
+            let rel = dir.strip_prefix("//").ok_or_else(bad)?.trim_matches('/');
+            if rel.split('/').any(|c| c == "..") || (!rel.is_empty() && !dir.ends_with('/')) {
+                return Err(bad());
+            }
+            let base = root.join(rel);
             let found = packages_under(&base);
             if found.is_empty() {
                 return Err(Diagnostic::input(format!("no packages under `{input}`"))
@@ -196,13 +198,63 @@ pub fn target_digests(root: &Path, opts: &BuildOptions) -> Result<BTreeMap<Strin
             .tree()
             .and_then(|t| t.excluding(&excludes))
             .map_err(|e| Diagnostic::input(format!("{}: {e}", dir.display())))?;
-            let d = crate::solve::context::selection_digest(&tree, &patterns)
+            let d = content_digest(&tree, &patterns)
                 .map_err(|e| Diagnostic::input(format!("{}: {e}", dir.display())))?;
             h.str(&d);
         }
         out.insert(label.clone(), h.finish().to_string());
     }
     Ok(out)
+}
+
+/// What version control sees of a selection: each path, its kind, whether it is executable, and its
+/// content or link target. (A build's cache key also covers the other permission bits; a checkout's
+/// permissions follow the umask, so comparing them across revisions would report changes nobody made.)
+fn content_digest(
+    tree: &crate::solve::context::Tree,
+    patterns: &[String],
+) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut h = crate::digest::Encoder::new("kiln/affected-files/v1");
+    for pattern in patterns {
+        h.str(pattern);
+        // A source that is missing is a change like any other, not an error.
+        let Ok(selected) = tree.select(pattern) else {
+            h.str("missing");
+            continue;
+        };
+        for rel in selected {
+            let start = tree.root.join(&rel);
+            for entry in tree.entries(&start)? {
+                let meta = entry
+                    .path()
+                    .symlink_metadata()
+                    .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                let name = entry
+                    .path()
+                    .strip_prefix(&tree.root)
+                    .unwrap_or(entry.path());
+                h.str(&name.to_string_lossy());
+                let ft = meta.file_type();
+                if ft.is_file() {
+                    let bytes = std::fs::read(entry.path())
+                        .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                    h.str(if meta.permissions().mode() & 0o111 != 0 {
+                        "x"
+                    } else {
+                        "f"
+                    });
+                    h.bytes(&bytes);
+                } else if ft.is_symlink() {
+                    let target = std::fs::read_link(entry.path()).unwrap_or_default();
+                    h.str("l").str(&target.to_string_lossy());
+                } else {
+                    h.str("d");
+                }
+            }
+        }
+    }
+    Ok(h.finish().to_string())
 }
 
 /// The context files a root's steps read: (directory, copy excludes, source patterns), in graph order.

@@ -696,3 +696,73 @@ fn realworld_dockerfiles_lower_to_graphs() {
     assert!(lowered >= 131, "only {lowered} lowered");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// `kiln convert` on every real-world Dockerfile: the `.build` source compiles to the same root digest
+/// as the Dockerfile, and `kiln fmt` leaves it unchanged.
+#[test]
+fn realworld_converts_to_the_same_graph() {
+    let Some(dir) = dir() else { return };
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let work = tempfile::tempdir().unwrap();
+    let context = work.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(kiln)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let mut files: Vec<PathBuf> = sorted_dirs(&dir.join("realworld"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "Dockerfile"))
+        .collect();
+    files.sort();
+    let mut failures = Vec::new();
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let out = work.path().join(format!("{name}.build"));
+        let (code, _, err) = run(&[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        if code != Some(0) {
+            failures.push(format!("{name}: convert failed: {err}"));
+            continue;
+        }
+        let digest = |file: &Path| {
+            run(&[
+                "graph".as_ref(),
+                "--digest".as_ref(),
+                "-f".as_ref(),
+                file.as_os_str(),
+                context.as_os_str(),
+            ])
+        };
+        let (c1, want, e1) = digest(path);
+        let (c2, got, e2) = digest(&out);
+        if c1 != Some(0) || c2 != Some(0) || want != got || want.is_empty() {
+            failures.push(format!(
+                "{name}: digests differ: {want:?} vs {got:?}\n{e1}{e2}"
+            ));
+        }
+        let (c3, listed, e3) = run(&["fmt".as_ref(), "--check".as_ref(), out.as_os_str()]);
+        if c3 != Some(0) {
+            failures.push(format!("{name}: not formatted: {listed}{e3}"));
+        }
+    }
+    eprintln!(
+        "convert: {}/{} real-world Dockerfiles give the same digest",
+        files.len() - failures.len(),
+        files.len()
+    );
+    assert!(files.len() >= REALWORLD_MIN_PASS);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -1053,15 +1053,21 @@ impl Checker<'_> {
     fn call(&mut self, e: &Expr, callee: &Expr, args: &[Arg]) -> Result<Typed> {
         match &callee.kind {
             ExprKind::Name(n) => {
+                // Calls name functions: a value that happens to share a built-in's name (a target called
+                // `image`) does not hide the built-in.
+                let builtin = FUNCTIONS.iter().any(|b| b.name == n);
                 if let Some(b) = self.lookup(n).cloned() {
-                    return match b {
-                        Binding::Fn(sig) => self.user_call(&sig, n, e.span, args),
-                        _ => Err(Diagnostic::at(
-                            &self.file,
-                            callee.span,
-                            format!("`{n}` is not a function"),
-                        )),
-                    };
+                    match b {
+                        Binding::Fn(sig) => return self.user_call(&sig, n, e.span, args),
+                        _ if builtin => {}
+                        _ => {
+                            return Err(Diagnostic::at(
+                                &self.file,
+                                callee.span,
+                                format!("`{n}` is not a function"),
+                            ));
+                        }
+                    }
                 }
                 match FUNCTIONS.iter().find(|b| b.name == n) {
                     Some(b) => {

@@ -207,7 +207,16 @@ impl Session {
             }
             .help("labels like //pkg:target are resolved from the directory holding kiln.toml"));
         };
-        let rel = package.trim_start_matches("//");
+        let rel = package.strip_prefix("//").unwrap_or(package);
+        // A label names a directory inside the monorepo, never one above or beside it.
+        if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            let d = Diagnostic::input(format!("`{package}` is not a package label"));
+            return Err(match from {
+                Some(at) => d.label(at, ""),
+                None => d,
+            }
+            .help("labels are //path/below/the/root:target"));
+        }
         let path = root.join(rel).join(PACKAGE_FILE);
         if !path.is_file() {
             let d = Diagnostic::input(format!("package `{package}` has no {PACKAGE_FILE}"));
@@ -1081,10 +1090,12 @@ impl<'s> Evaluator<'s> {
                     "`.` is the build context; give others with `--build-context {path}=DIR`"
                 )));
         };
-        let dir = loaded.dir.join(path);
-        let name = match path {
-            "." | "" => package,
-            p => format!("{package}/{}", p.trim_end_matches('/')),
+        let (dir, name) = match path.trim_end_matches('/') {
+            "." | "" => (loaded.dir.clone(), package),
+            p => (
+                loaded.dir.join(p),
+                format!("{package}/{}", p.trim_start_matches("./")),
+            ),
         };
         if !dir.is_dir() {
             return Err(self

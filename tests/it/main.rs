@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_secret;
+mod build_lang;
 mod cache;
 mod cleanup;
 mod dockerignore;

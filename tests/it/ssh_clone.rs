@@ -394,3 +394,33 @@ fn the_clone_needs_the_agent() {
     );
     assert!(!out.stderr.contains(server.readme.trim()));
 }
+
+/// `examples/ssh/app.build`, the same clone in kiln's own language: the agent is a typed handle mounted
+/// into the step, the repository and ssh options are params.
+#[test]
+fn the_build_language_example_clones_through_the_agent() {
+    let agent = Agent::start();
+    let server = GitServer::start(&agent.public_key);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    let kiln = Kiln::new()
+        .current_dir(repo())
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .args(["-f", "examples/ssh/app.build", "--build-context"])
+        .arg(format!("git-base=oci-layout://{}", git_image().display()))
+        .args(["--ssh", "default", "--param"])
+        .arg(format!(
+            "repo=ssh://root@127.0.0.1:{}{}",
+            server.port,
+            server.repo.display()
+        ))
+        .args([
+            "--param",
+            "ssh_options=-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+            "-o",
+        ])
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg("examples/ssh");
+    let out = kiln.run();
+    assert_cloned(&out, &kiln, &dest, &server, &agent.private_key);
+}

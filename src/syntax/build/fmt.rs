@@ -86,7 +86,9 @@ impl Printer<'_> {
     }
 
     /// Prints, on their own lines, the comments that start before `pos`.
+    /// Blank lines between comments, and between the last of them and the node, are kept (one at most).
     fn comments_before(&mut self, pos: usize, level: usize) {
+        let mut prev_end: Option<usize> = None;
         while let Some(c) = self.comments.get(self.next) {
             if c.span.start >= pos {
                 break;
@@ -94,11 +96,23 @@ impl Printer<'_> {
             if !self.out.is_empty() && !self.out.ends_with('\n') {
                 self.out.push('\n');
             }
+            if let Some(end) = prev_end
+                && self.blank_line_between(end, c.span.start)
+            {
+                self.out.push('\n');
+            }
+            prev_end = Some(c.span.end);
             self.indent(level);
             self.out.push('#');
             self.out.push_str(c.text.trim_end());
             self.out.push('\n');
             self.next += 1;
+        }
+        if let Some(end) = prev_end
+            && pos != usize::MAX
+            && self.blank_line_between(end, pos)
+        {
+            self.out.push('\n');
         }
     }
 
@@ -470,6 +484,7 @@ fn install(img: Image, pkgs: [String]) -> Image {
 }
 target deps: Image = image("debian").run("apt-get update").workdir("/src") # end
 target image: Image = scratch()
+
   # copy the app
   .copy(deps.dir("/src/dist"), ["."], "/app")
   .entrypoint(["/app/server", "--listen", "0.0.0.0:8080", "--verbose", "--config", "/etc/app/config.toml"])

@@ -196,7 +196,19 @@ impl Expr {
     /// A string literal meaning exactly `text`, escaped so that it parses back to `text` (for code that
     /// writes source, like `kiln convert`). Multi-line texts become `"""` strings when that reads better.
     pub fn string(text: &str) -> Expr {
-        let triple = text.contains('\n') && !text.contains("\"\"\"") && !text.starts_with('\n');
+        // `"""` strings read better for scripts and for text full of double quotes.
+        let triple = (text.contains('\n') || text.contains('"'))
+            && !text.contains("\"\"\"")
+            && !text.starts_with('\n');
+        Expr::string_as(text, triple)
+    }
+
+    /// A one-line `"..."` string literal (map keys must be one).
+    pub fn plain_string(text: &str) -> Expr {
+        Expr::string_as(text, false)
+    }
+
+    fn string_as(text: &str, triple: bool) -> Expr {
         let mut raw = String::new();
         for c in text.chars() {
             match c {
@@ -255,7 +267,7 @@ impl Expr {
         Expr::new(ExprKind::Map(
             entries
                 .into_iter()
-                .map(|(k, v)| (Expr::string(&k), v))
+                .map(|(k, v)| (Expr::plain_string(&k), v))
                 .collect(),
         ))
     }

@@ -1,0 +1,3 @@
+#!/bin/sh
+. /app/lib/greet.sh
+greet web

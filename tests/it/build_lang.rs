@@ -1,0 +1,227 @@
+//! The `.build` language built for real: the secrets example gives the Dockerfile's image, the monorepo
+//! example builds everything once and rebuilds only what a change affects, and `kiln affected` and
+//! `kiln query` name exactly the right targets.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::{
+    EXAMPLE_PASSWORD, Kiln, base_image, copy_dir, encodings, files_under, leaks, repo, tempdir,
+    tool, unpack,
+};
+
+/// The same build, written both ways, is one graph: the `.build` build after the Dockerfile build runs
+/// nothing, exports the same image, and holds no trace of the secret.
+#[test]
+fn secrets_example_in_build_language_is_the_dockerfile_image() {
+    let store = tempdir("store-");
+    let out = tempdir("out-");
+    let build = |file: Option<&str>, dest: &Path| {
+        let mut k = Kiln::build_in(store.path()).current_dir(repo()).with_base();
+        if let Some(f) = file {
+            k = k.args(["-f", f]);
+        }
+        k.args([
+            "--secret",
+            "id=mysecret,src=examples/secrets/secrets.json",
+            "-o",
+        ])
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg("examples/secrets")
+        .run()
+    };
+    let from_dockerfile = out.path().join("dockerfile");
+    let from_build = out.path().join("build");
+    let first = build(None, &from_dockerfile);
+    first.success();
+    let second = build(Some("examples/secrets/app.build"), &from_build);
+    second.success();
+    assert_eq!(second.summary().0, 0, "nothing runs:\n{}", second.stderr);
+    assert_eq!(
+        first.stdout.trim(),
+        second.stdout.trim(),
+        "one manifest digest"
+    );
+
+    let layout = format!("oci:{}:latest", from_build.display());
+    let inspect: serde_json::Value =
+        serde_json::from_str(&tool("skopeo", &["inspect", &layout])).expect("skopeo prints JSON");
+    assert_eq!(inspect["Digest"].as_str(), Some(second.stdout.trim()));
+    let image = unpack(&from_build);
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("app/account.txt")).expect("account.txt"),
+        "user=deploy-bot\n"
+    );
+    let found = leaks(&files_under(&from_build), EXAMPLE_PASSWORD.as_bytes());
+    assert!(found.is_empty(), "the password leaked: {found:?}");
+    assert!(!encodings(EXAMPLE_PASSWORD.as_bytes()).is_empty());
+
+    let digest = |args: &[&str]| {
+        let out = Kiln::graph()
+            .current_dir(repo())
+            .args(["--digest"])
+            .args(args)
+            .arg("examples/secrets")
+            .run();
+        out.success();
+        out.stdout
+    };
+    assert_eq!(digest(&[]), digest(&["-f", "examples/secrets/app.build"]));
+}
+
+/// A copy of the monorepo example, and the command line that builds its targets from the fixture base.
+fn monorepo() -> tempfile::TempDir {
+    copy_dir(&repo().join("examples/monorepo"))
+}
+
+fn build_all(dir: &Path, store: &Path) -> crate::support::Output {
+    Kiln::build_in(store)
+        .current_dir(dir)
+        .arg("//...")
+        .arg("--build-context")
+        .arg(format!("busybox=oci-layout://{}", base_image().display()))
+        .run()
+}
+
+fn kiln_in(dir: &Path, args: &[&str]) -> Vec<String> {
+    let out = Kiln::bare().current_dir(dir).args(args).run();
+    out.success();
+    out.stdout.lines().map(String::from).collect()
+}
+
+const SERVICES: [&str; 3] = [
+    "//services/api:image",
+    "//services/web:image",
+    "//services/worker:image",
+];
+
+#[test]
+fn monorepo_builds_shared_nodes_once_and_rebuilds_only_the_changed_service() {
+    let repo_dir = monorepo();
+    let dir = repo_dir.path();
+    let store = tempdir("store-");
+
+    let first = build_all(dir, store.path());
+    first.success();
+    let steps = first.steps();
+    // The base and the library are shared by all three services and built once.
+    let base_runs = steps
+        .iter()
+        .filter(|s| s.name.contains("/etc/passwd"))
+        .count();
+    assert_eq!(base_runs, 1, "{}", first.stderr);
+    let lib_tests = steps
+        .iter()
+        .filter(|s| s.name.contains("sh /app/lib/test.sh"))
+        .count();
+    assert_eq!(lib_tests, 1, "{}", first.stderr);
+    for s in SERVICES {
+        assert!(
+            steps
+                .iter()
+                .any(|st| st.name.starts_with(&format!("[{s}]"))),
+            "{s} was built:\n{}",
+            first.stderr
+        );
+    }
+    let (ran, _) = first.summary();
+
+    let again = build_all(dir, store.path());
+    again.success();
+    assert_eq!(again.summary(), (0, ran), "{}", again.stderr);
+
+    // One file of one service: its copy and its check step run again, nothing else.
+    std::fs::write(
+        dir.join("services/api/main.sh"),
+        "#!/bin/sh\n. /app/lib/greet.sh\ngreet api\necho api v2\n",
+    )
+    .unwrap();
+    let edited = build_all(dir, store.path());
+    edited.success();
+    assert_eq!(edited.summary().0, 2, "{}", edited.stderr);
+    for step in edited.steps() {
+        if step.state == crate::support::StepState::Done && !step.name.starts_with("FROM") {
+            assert!(
+                step.name.starts_with("[//services/api:image]"),
+                "only the api service re-ran: {step:?}\n{}",
+                edited.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn affected_and_query_name_exactly_the_right_targets() {
+    let repo_dir = monorepo();
+    let dir = repo_dir.path();
+    assert_eq!(
+        kiln_in(dir, &["affected", "--files", "services/api/main.sh"]),
+        ["//services/api:image"]
+    );
+    let mut everything_on_lib = vec!["//lib/greet:lib".to_string()];
+    everything_on_lib.extend(SERVICES.iter().map(|s| s.to_string()));
+    assert_eq!(
+        kiln_in(dir, &["affected", "--files", "lib/greet/greet.sh"]),
+        everything_on_lib
+    );
+    // The shared function every service imports: the three services, not the library.
+    assert_eq!(
+        kiln_in(dir, &["affected", "--files", "services/common.build"]),
+        SERVICES
+    );
+    // A file no step reads affects nothing.
+    assert!(kiln_in(dir, &["affected", "--files", "README.md"]).is_empty());
+    assert_eq!(
+        kiln_in(dir, &["query", "rdeps", "//lib/greet:lib"]),
+        SERVICES
+    );
+    assert_eq!(
+        kiln_in(dir, &["query", "deps", "//services/web:image"]),
+        ["//base:base", "//lib/greet:lib"]
+    );
+
+    // --since: the digests of every target at a git revision against the working tree.
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(dir)
+            .args(["-c", "user.name=kiln", "-c", "user.email=kiln@example.com"])
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "monorepo"]);
+    assert!(kiln_in(dir, &["affected", "--since", "HEAD"]).is_empty());
+    std::fs::write(
+        dir.join("services/web/main.sh"),
+        "#!/bin/sh\necho changed\n",
+    )
+    .unwrap();
+    assert_eq!(
+        kiln_in(dir, &["affected", "--since", "HEAD"]),
+        ["//services/web:image"]
+    );
+    // Touching a file without changing it affects nothing; changing the base affects everything.
+    git(&["checkout", "-q", "--", "services/web/main.sh"]);
+    let base = dir.join("base/BUILD.build");
+    let text = std::fs::read_to_string(&base).unwrap();
+    std::fs::write(&base, text.replace("/app/bin:", "/app/bin:/opt/bin:")).unwrap();
+    let mut all = vec!["//base:base".to_string()];
+    all.extend(everything_on_lib);
+    assert_eq!(kiln_in(dir, &["affected", "--since", "HEAD"]), all);
+}
+
+#[test]
+fn converted_examples_and_std_are_formatted() {
+    let out = Kiln::bare()
+        .current_dir(repo())
+        .args(["fmt", "--check", "examples", "std"])
+        .run();
+    out.success();
+}
