@@ -80,3 +80,38 @@ fn parse_only(bencher: divan::Bencher) {
             .count()
     });
 }
+
+/// A generated monorepo (bench/gen-monorepo.py) of 2,000 targets: load and check every package, evaluate
+/// every target, build the graph and print it, as `kiln graph //...` does.
+#[divan::bench(sample_count = 10)]
+fn monorepo_2000_targets(bencher: divan::Bencher) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path().join("repo");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen-monorepo.py");
+    let ok = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&root)
+        .arg("2000")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("python3 runs")
+        .success();
+    assert!(ok, "gen-monorepo.py failed");
+    let opts = kiln::lower::build::BuildOptions {
+        lower: kiln::lower::LowerOptions {
+            lenient: true,
+            ..Default::default()
+        },
+        params: Default::default(),
+    };
+    let all = vec!["//...".to_string()];
+    bencher.counter(ItemsCount::new(2000usize)).bench(|| {
+        let mut session = kiln::lower::build::Session::new(Some(root.clone()));
+        let selected =
+            kiln::monorepo::expand_labels(&mut session, &root, &all).expect("labels resolve");
+        let lowered =
+            kiln::monorepo::lower_selected(&mut session, &selected, &opts).expect("compiles");
+        let graph = kiln::graph::BuildGraph::new(&lowered.program);
+        graph.render_text().len()
+    });
+}

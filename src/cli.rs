@@ -737,6 +737,30 @@ fn graph(args: GraphArgs) -> Result<()> {
 fn check(args: CheckArgs) -> Result<()> {
     let cl = CommandLine::capture();
     let context = &args.context;
+    if args
+        .file
+        .as_ref()
+        .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
+    {
+        // A `.build` file's checks are its type checker's: compiling it (imports included) is the check.
+        let compile_args = CompileArgs {
+            inputs: vec![context.display().to_string()],
+            file: args.file.clone(),
+            target: args.target.clone(),
+            params: Vec::new(),
+            build_args: args.build_args.clone(),
+            build_contexts: Vec::new(),
+        };
+        compile(&compile_args, &cl, true)?;
+        let report = crate::check::lints::Report {
+            findings: Vec::new(),
+        };
+        match args.format {
+            CheckFormat::Text => print!("{}", report.render_text()),
+            CheckFormat::Json => print!("{}", report.render_json()),
+        }
+        return Ok(());
+    }
     if !context.is_dir() {
         let shown = context.display().to_string();
         return Err(cl.error(
