@@ -225,3 +225,34 @@ fn converted_examples_and_std_are_formatted() {
         .run();
     out.success();
 }
+
+/// A `Dir` target is a directory of an image: `-o type=local` writes just its files.
+#[test]
+fn a_dir_target_exports_just_its_files() {
+    let ctx = crate::support::context(&[(
+        "app.build",
+        "let built: Image = image(\"base\").run(\"mkdir -p /out && echo hi > /out/a.txt\")\n\ntarget out: Dir = built.dir(\"/out\")\n",
+    )]);
+    let dest = tempdir("out-");
+    let out = Kiln::new()
+        .with_base()
+        .arg("-f")
+        .arg(ctx.path().join("app.build"))
+        .arg("-o")
+        .arg(format!(
+            "type=local,dest={}",
+            dest.path().join("out").display()
+        ))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    let names: Vec<String> = std::fs::read_dir(dest.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a.txt"]);
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("out/a.txt")).unwrap(),
+        "hi\n"
+    );
+}

@@ -14,11 +14,20 @@ const INDENT: &str = "  ";
 
 /// The canonical text of a module.
 pub fn module(m: &Module) -> String {
+    let modules: Vec<&str> = m
+        .items
+        .iter()
+        .filter_map(|i| match &i.kind {
+            ItemKind::Import { alias, .. } => Some(alias.name.as_str()),
+            _ => None,
+        })
+        .collect();
     let mut p = Printer {
         out: String::new(),
         text: &m.file.text,
         comments: &m.comments,
         next: 0,
+        modules,
     };
     let mut prev: Option<&Item> = None;
     for item in &m.items {
@@ -58,6 +67,8 @@ struct Printer<'a> {
     comments: &'a [super::Comment],
     /// The first comment not yet printed.
     next: usize,
+    /// Import aliases: `alias.f(...)` is a function call, kept whole at the head of a chain.
+    modules: Vec<&'a str>,
 }
 
 impl Printer<'_> {
@@ -362,6 +373,16 @@ impl Printer<'_> {
         }
         links.reverse();
         self.expr(cur, level);
+        let mut links = links.into_iter().peekable();
+        if let ExprKind::Name(root) = &cur.kind
+            && self.modules.contains(&root.as_str())
+            && let Some((name, Some((args, span)))) = links.peek().copied()
+        {
+            self.out.push('.');
+            self.out.push_str(&name.name);
+            self.args(args, Span::new(name.span.end, span.end), level);
+            links.next();
+        }
         for (name, call) in links {
             self.out.push('\n');
             self.comments_before(name.span.start, level + 1);
