@@ -341,13 +341,6 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
         .inputs
         .first()
         .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    if args
-        .file
-        .as_ref()
-        .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
-    {
-        return compile_build_file(args, cl, lenient, context);
-    }
     if !context.is_dir() {
         let shown = context.display().to_string();
         return Err(cl
@@ -356,7 +349,14 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
                 Span::default(),
                 format!("build context `{shown}` is not a directory"),
             )
-            .help("give the directory that holds the files the Dockerfile copies"));
+            .help("give the directory that holds the files the build copies"));
+    }
+    if args
+        .file
+        .as_ref()
+        .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
+    {
+        return compile_build_file(args, cl, lenient, context);
     }
     let path = args
         .file
@@ -478,16 +478,6 @@ fn compile_build_file(
     lenient: bool,
     context: &Path,
 ) -> Result<Compiled> {
-    if !context.is_dir() {
-        let shown = context.display().to_string();
-        return Err(cl
-            .error(
-                &shown,
-                Span::default(),
-                format!("build context `{shown}` is not a directory"),
-            )
-            .help("give the directory that `context(\".\")` stands for"));
-    }
     let path = args.file.clone().expect("a .build file was given");
     let mut opts = build_options(args, cl, lenient, context)?;
     opts.lower.target = None;

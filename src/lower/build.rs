@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::dockerfile::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, join_path,
-    json_list, parse_duration, run_history,
+    json_list, parse_duration, run_history, set,
 };
 use super::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
@@ -259,55 +259,19 @@ pub struct Img {
 
 impl Img {
     fn lookup(&self, name: &str) -> Option<String> {
-        if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
-            return Some(v.clone());
-        }
-        if let Some((_, v)) = self.base_env.iter().find(|(k, _)| k == name) {
-            return Some(v.clone());
-        }
-        self.args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+        super::dockerfile::lookup(&self.env, &self.base_env, &self.args, name)
     }
 
     fn run_env(&self) -> Vec<(String, String)> {
-        let mut env = self.env.clone();
-        for (k, v) in &self.args {
-            if let Some(v) = v
-                && !env.iter().any(|(ek, _)| ek == k)
-            {
-                set(&mut env, k, v);
-            }
-        }
-        env
+        super::dockerfile::run_env(&self.env, &self.args)
     }
 
     fn arg_values(&self) -> Vec<(String, String)> {
-        self.args
-            .iter()
-            .map(|(k, v)| {
-                let value = self
-                    .env
-                    .iter()
-                    .rev()
-                    .find(|(ek, _)| ek == k)
-                    .map(|(_, v)| v);
-                (k.clone(), value.or(v.as_ref()).cloned().unwrap_or_default())
-            })
-            .collect()
+        super::dockerfile::arg_values(&self.env, &self.args)
     }
 
     fn history(&mut self, created_by: String, layer: bool) {
         self.config.history.push(HistoryEntry { created_by, layer });
-    }
-}
-
-fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
-    match list.iter_mut().find(|(k, _)| k == key) {
-        Some(entry) => entry.1 = value.to_string(),
-        None => list.push((key.to_string(), value.to_string())),
     }
 }
 

@@ -38,50 +38,70 @@ struct Stage {
 
 impl Stage {
     fn lookup(&self, name: &str) -> Option<String> {
-        if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
-            return Some(v.clone());
-        }
-        // The image's ENV is ENV too, and ENV wins over ARG.
-        if let Some((_, v)) = self.base_env.iter().find(|(k, _)| k == name) {
-            return Some(v.clone());
-        }
-        self.args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+        lookup(&self.env, &self.base_env, &self.args, name)
     }
 
-    /// Variables a RUN sees beyond the image env: ENV, then ARGs with a value that ENV does not shadow.
     fn run_env(&self) -> Vec<(String, String)> {
-        let mut env = self.env.clone();
-        for (k, v) in &self.args {
-            if let Some(v) = v
-                && !env.iter().any(|(ek, _)| ek == k)
-            {
-                set(&mut env, k, v);
-            }
-        }
-        env
+        run_env(&self.env, &self.args)
     }
 
     fn arg_values(&self) -> Vec<(String, String)> {
-        self.args
-            .iter()
-            .map(|(k, v)| {
-                let value = self
-                    .env
-                    .iter()
-                    .rev()
-                    .find(|(ek, _)| ek == k)
-                    .map(|(_, v)| v);
-                (k.clone(), value.or(v.as_ref()).cloned().unwrap_or_default())
-            })
-            .collect()
+        arg_values(&self.env, &self.args)
     }
 }
 
-fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
+// BuildKit's variable scoping, shared by every front end (a `.build` image has the same state).
+
+/// What `$name` means in a stage: its ENV (last setting wins), then the base image's ENV, then its ARGs.
+pub fn lookup(
+    env: &[(String, String)],
+    base_env: &[(String, String)],
+    args: &[(String, Option<String>)],
+    name: &str,
+) -> Option<String> {
+    if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name) {
+        return Some(v.clone());
+    }
+    // The image's ENV is ENV too, and ENV wins over ARG.
+    if let Some((_, v)) = base_env.iter().find(|(k, _)| k == name) {
+        return Some(v.clone());
+    }
+    args.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.clone())
+}
+
+/// Variables a RUN sees beyond the image env: ENV, then ARGs with a value that ENV does not shadow.
+pub fn run_env(
+    env: &[(String, String)],
+    args: &[(String, Option<String>)],
+) -> Vec<(String, String)> {
+    let mut out = env.to_vec();
+    for (k, v) in args {
+        if let Some(v) = v
+            && !out.iter().any(|(ek, _)| ek == k)
+        {
+            set(&mut out, k, v);
+        }
+    }
+    out
+}
+
+/// Each ARG with the value a RUN's history shows for it (an ENV of the same name wins).
+pub fn arg_values(
+    env: &[(String, String)],
+    args: &[(String, Option<String>)],
+) -> Vec<(String, String)> {
+    args.iter()
+        .map(|(k, v)| {
+            let value = env.iter().rev().find(|(ek, _)| ek == k).map(|(_, v)| v);
+            (k.clone(), value.or(v.as_ref()).cloned().unwrap_or_default())
+        })
+        .collect()
+}
+
+pub fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {
     match list.iter_mut().find(|(k, _)| k == key) {
         Some(entry) => entry.1 = value.to_string(),
         None => list.push((key.to_string(), value.to_string())),
@@ -661,21 +681,7 @@ impl Lowerer<'_> {
             .shell
             .clone()
             .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect());
-        let line = w.text.trim();
-        let only = ins.heredocs.len() == 1
-            && line.starts_with("<<")
-            && !line.contains(char::is_whitespace);
-        if only {
-            shell.push(ins.heredocs[0].text());
-        } else {
-            let mut text = w.text.clone();
-            for h in &ins.heredocs {
-                text.push('\n');
-                text.push_str(&h.body.text);
-                text.push_str(&h.name.text);
-            }
-            shell.push(text);
-        }
+        shell.push(ins.shell_script(w));
         shell
     }
 

@@ -198,6 +198,29 @@ impl Instruction {
         self.flags.iter().find(|f| f.name == name)
     }
 
+    /// The script a shell-form RUN hands its shell, heredocs included, as BuildKit builds it: a RUN that
+    /// is only `<<EOF` runs the heredoc's body; otherwise the bodies follow the command text for the shell
+    /// to read.
+    pub fn shell_script(&self, command: &Word) -> String {
+        if self.heredocs.is_empty() {
+            return command.text.clone();
+        }
+        let line = command.text.trim();
+        let only = self.heredocs.len() == 1
+            && line.starts_with("<<")
+            && !line.contains(char::is_whitespace);
+        if only {
+            return self.heredocs[0].text();
+        }
+        let mut text = command.text.clone();
+        for h in &self.heredocs {
+            text.push('\n');
+            text.push_str(&h.body.text);
+            text.push_str(&h.name.text);
+        }
+        text
+    }
+
     /// The instruction's source text on one line (continuations joined, comments dropped).
     pub fn text(&self, file: &SourceFile) -> String {
         let text = file.text.get(self.span.start..self.span.end).unwrap_or("");

@@ -446,25 +446,7 @@ impl<'a> Converter<'a> {
         let cmd = match c {
             Command::Exec { args, .. } => strings(args),
             Command::Shell(w) if ins.heredocs.is_empty() => s(&w.text),
-            Command::Shell(w) => {
-                // As lowering does: a RUN that is only `<<EOF` runs the body; otherwise the bodies follow
-                // the command text for the shell to read.
-                let line = w.text.trim();
-                let only = ins.heredocs.len() == 1
-                    && line.starts_with("<<")
-                    && !line.contains(char::is_whitespace);
-                if only {
-                    s(&ins.heredocs[0].text())
-                } else {
-                    let mut text = w.text.clone();
-                    for h in &ins.heredocs {
-                        text.push('\n');
-                        text.push_str(&h.body.text);
-                        text.push_str(&h.name.text);
-                    }
-                    s(&text)
-                }
-            }
+            Command::Shell(w) => s(&ins.shell_script(w)),
         };
         let mut mounts = Vec::new();
         let mut named = Vec::new();
