@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Fuzzes the Dockerfile parser and the shell-word lexer with cargo-fuzz (nightly), seeded from BuildKit's
-# conformance data and the real-world corpus in ../shared/conformance (when present) and kiln's examples.
-# Usage: scripts/fuzz.sh [SECONDS per target, default 60]
+# Fuzzes the Dockerfile parser, the shell-word lexer and the `.build` parser and formatter with cargo-fuzz
+# (nightly), seeded from BuildKit's conformance data and the real-world corpus in ../shared/conformance
+# (when present), kiln's examples, the standard library and the `.build` test cases.
+# Usage: scripts/fuzz.sh [SECONDS per target, default 60] [TARGET... (default: all)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
+shift $(($# > 0 ? 1 : 0))
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(parse shell build_parse)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 
@@ -20,8 +24,10 @@ seed parse examples/*/Dockerfile tests/cases/*/*/Dockerfile \
   $shared/buildkit/parser/testfiles/*/Dockerfile $shared/buildkit/parser/testfiles-negative/*/Dockerfile \
   $shared/realworld/*.Dockerfile
 seed shell $shared/buildkit/shell/envVarTest $shared/buildkit/shell/wordsTest
+seed build_parse std/*.build examples/*.build examples/*/*.build examples/*/*/*.build \
+  tests/cases/build/*/*.build
 
-for target in parse shell; do
+for target in "${targets[@]}"; do
   echo "== fuzzing $target for ${seconds}s"
   cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
 done

@@ -248,11 +248,7 @@ pub fn render(diag: &Diagnostic, color: bool) -> String {
         }
         return out;
     }
-    let mut theme = if color {
-        miette::GraphicalTheme::unicode()
-    } else {
-        miette::GraphicalTheme::none()
-    };
+    let mut theme = handler_theme(color);
     theme.characters.error = "error:".into();
     let handler = miette::GraphicalReportHandler::new_themed(theme)
         .with_links(false)
@@ -262,7 +258,47 @@ pub fn render(diag: &Diagnostic, color: bool) -> String {
         out.push_str(&diag.to_string());
     }
     out.push('\n');
+    // miette draws one file: labels in other files (a secret declared in an imported module) follow as
+    // notes, one per file, each with its snippet.
+    let first = &diag.labels[0].at.file;
+    let mut files: Vec<&Arc<SourceFile>> = Vec::new();
+    for l in &diag.labels {
+        if !Arc::ptr_eq(&l.at.file, first) && !files.iter().any(|f| Arc::ptr_eq(f, &l.at.file)) {
+            files.push(&l.at.file);
+        }
+    }
+    for file in files {
+        let note = Diagnostic {
+            category: diag.category,
+            message: format!("in {}", file.name),
+            labels: diag
+                .labels
+                .iter()
+                .filter(|l| Arc::ptr_eq(&l.at.file, file))
+                .cloned()
+                .collect(),
+            help: None,
+        };
+        let mut theme = handler_theme(color);
+        theme.characters.error = "note:".into();
+        let notes = miette::GraphicalReportHandler::new_themed(theme)
+            .with_links(false)
+            .with_context_lines(1)
+            .with_width(100);
+        if notes.render_report(&mut out, &MietteView(&note)).is_err() {
+            out.push_str(&note.to_string());
+        }
+        out.push('\n');
+    }
     out
+}
+
+fn handler_theme(color: bool) -> miette::GraphicalTheme {
+    if color {
+        miette::GraphicalTheme::unicode()
+    } else {
+        miette::GraphicalTheme::none()
+    }
 }
 
 /// The closest candidate by edit distance (a swap of two neighbours counts as one edit), for "did you mean" hints.

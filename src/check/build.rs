@@ -530,6 +530,8 @@ pub struct FnSig {
     pub params: Vec<(String, Ty, bool)>,
     pub ret: Ty,
     pub at: Located,
+    /// The result type as written.
+    pub ret_at: Located,
 }
 
 /// The checked interface of a module: its top-level names.
@@ -543,9 +545,22 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
     let mut c = Checker {
         file: module.file.clone(),
         globals: HashMap::new(),
+        defined: HashMap::new(),
+        ordered: HashMap::new(),
         scopes: Vec::new(),
         deps: deps.iter().map(|(a, i, f)| (a.clone(), (*i, *f))).collect(),
     };
+    for item in &module.items {
+        let name = match &item.kind {
+            ItemKind::Let(l) => &l.name,
+            ItemKind::Param { name, .. }
+            | ItemKind::Secret { name, .. }
+            | ItemKind::Ssh { name, .. }
+            | ItemKind::Import { alias: name, .. } => name,
+            ItemKind::Fn(_) | ItemKind::Target { .. } => continue,
+        };
+        c.ordered.entry(name.name.clone()).or_insert(name.span);
+    }
     // Functions and targets carry their types, so they may be used before they appear.
     for item in &module.items {
         match &item.kind {
@@ -562,6 +577,7 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
                     params,
                     ret: resolve_type(&c.file, &f.ret)?,
                     at: c.at(f.name.span),
+                    ret_at: c.at(f.ret.span),
                 };
                 c.define(&f.name.name, f.name.span, Binding::Fn(sig))?;
             }
@@ -578,14 +594,9 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
                         "targets are what `kiln build` produces: write `target name: Image = ...`",
                     ));
                 }
-                c.define(
-                    &name.name,
-                    name.span,
-                    Binding::Value {
-                        ty: t,
-                        origin: None,
-                    },
-                )?;
+                // (Its origin is the target, for a use that comes before that report.)
+                let origin = t.is_handle().then(|| c.at(name.span));
+                c.define(&name.name, name.span, Binding::Value { ty: t, origin })?;
             }
             _ => {}
         }
@@ -602,14 +613,23 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
             ItemKind::Param { name, ty, default } => {
                 let t = resolve_type(&c.file, ty)?;
                 if t.is_handle() {
+                    let instead = match t.handle_name() {
+                        "an Ssh handle" => format!(
+                            "declare `ssh {0}` and build with `--ssh {0}` (or `--ssh {0}=SOCKET`)",
+                            name.name
+                        ),
+                        _ => format!(
+                            "declare `secret {0}` and build with `--secret id={0},src=FILE`",
+                            name.name
+                        ),
+                    };
                     return Err(Diagnostic::at(
                         &c.file,
                         ty.span,
                         format!("a param cannot be {}", t.handle_name()),
                     )
                     .help(format!(
-                        "params are plain values from the command line; declare `secret {0}` and build with `--secret id={0},src=FILE`",
-                        name.name
+                        "params are plain values from the command line; {instead}"
                     )));
                 }
                 if !matches!(t, Ty::String | Ty::Path | Ty::Int | Ty::Bool)
@@ -726,6 +746,11 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
 struct Checker<'a> {
     file: Arc<SourceFile>,
     globals: HashMap<String, Binding>,
+    /// Where each global was defined.
+    defined: HashMap<String, Span>,
+    /// Where each name that may only be used after its definition (lets, params, handles, imports) is
+    /// defined, known from the start: a use before it gets a better error than "unknown name".
+    ordered: HashMap<String, Span>,
     scopes: Vec<HashMap<String, Binding>>,
     deps: HashMap<String, (usize, &'a Interface)>,
 }
@@ -738,12 +763,20 @@ impl Checker<'_> {
     }
 
     fn define(&mut self, name: &str, span: Span, b: Binding) -> Result<()> {
-        if self.globals.contains_key(name) {
+        if let Some(&other) = self.defined.get(name) {
+            // Functions and targets are defined before the rest: point at the later one in the text.
+            let (first, again) = if other.start <= span.start {
+                (other, span)
+            } else {
+                (span, other)
+            };
             return Err(
-                Diagnostic::at(&self.file, span, format!("`{name}` is defined twice"))
+                Diagnostic::at(&self.file, again, format!("`{name}` is defined twice"))
+                    .label(self.at(first), "first defined here")
                     .help("each top-level name is defined once; rename one of them"),
             );
         }
+        self.defined.insert(name.to_string(), span);
         self.globals.insert(name.to_string(), b);
         Ok(())
     }
@@ -758,26 +791,32 @@ impl Checker<'_> {
 
     /// The error for a handle flowing somewhere it may not: at the sink, with the origin beside it.
     fn leak(&self, t: &Ty, origin: &Option<Located>, sink: Span, what: &str) -> Diagnostic {
+        // The help names the handle as the user wrote it, when the origin is a name in this file.
+        let mut name = None;
         let mut d = Diagnostic::input(format!("{} cannot flow into {what}", t.handle_name()))
             .label(
                 self.at(sink),
                 format!("{} would flow into {what} here", t.handle_name()),
             );
         if let Some(o) = origin {
-            let same_file = Arc::ptr_eq(&o.file, &self.file);
-            let text = if same_file {
-                "it comes from here".to_string()
-            } else {
-                format!("it comes from {o}")
-            };
-            d = d.label(o.clone(), text);
-            if !same_file {
-                d.message = format!("{} (declared at {o})", d.message);
+            // (A label in another file is drawn as a note after the error.)
+            if Arc::ptr_eq(&o.file, &self.file) {
+                let written = o.file.text.get(o.span.start..o.span.end).unwrap_or("");
+                name = written
+                    .starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    .then_some(written);
             }
+            d = d.label(o.clone(), "it comes from here");
         }
-        d.help(match t {
-            Ty::Ssh => "an Ssh handle can only be mounted into a step: `.run(cmd, mounts: [agent.mount()])`",
-            _ => "a Secret can only be mounted into a step: `.run(cmd, mounts: [token.file()])` or `token.env(\"NAME\")`",
+        d.help(match t.handle_name() {
+            "an Ssh handle" => {
+                let n = name.unwrap_or("agent");
+                format!("an Ssh handle can only be mounted into a step: `.run(cmd, mounts: [{n}.mount()])`")
+            }
+            _ => {
+                let n = name.unwrap_or("token");
+                format!("a Secret can only be mounted into a step: `.run(cmd, mounts: [{n}.file()])` or `{n}.env(\"NAME\")`")
+            }
         })
     }
 
@@ -1040,6 +1079,22 @@ impl Checker<'_> {
             names.extend(s.keys().map(String::as_str));
         }
         names.extend(FUNCTIONS.iter().map(|b| b.name));
+        if let Some(&def) = self.ordered.get(n) {
+            let d = Diagnostic::at(&self.file, span, "").label(self.at(def), "defined here");
+            return if def.start < span.start {
+                Diagnostic {
+                    message: format!("`{n}` is used in its own definition"),
+                    ..d
+                }
+                .help("a value cannot refer to itself; names are defined once, so build it from a value with another name")
+            } else {
+                Diagnostic {
+                    message: format!("`{n}` is used before it is defined"),
+                    ..d
+                }
+                .help("a let, param, secret, ssh or import can be used only after the line that defines it (functions and targets anywhere); move the definition up")
+            };
+        }
         let d = Diagnostic::at(&self.file, span, format!("unknown name `{n}`"));
         match suggest(n, names) {
             Some(s) => d.help(format!("did you mean `{s}`?")),
@@ -1185,6 +1240,9 @@ impl Checker<'_> {
             at,
             &format!("`{name}`"),
         )?;
+        // A handle a function returns comes from a handle it was given (the first one), or else from
+        // the function's result type: either way a later leak of the result can say where it came from.
+        let mut given = None;
         for (i, arg) in bound.iter().enumerate() {
             let Some(arg) = arg else { continue };
             let (pn, pt, _) = &sig.params[i];
@@ -1196,8 +1254,15 @@ impl Checker<'_> {
                 arg.value.span,
                 &format!("`{name}`'s `{pn}`"),
             )?;
+            if given.is_none() && t.is_handle() {
+                given = origin;
+            }
         }
-        Ok((sig.ret.clone(), None))
+        let origin = sig
+            .ret
+            .is_handle()
+            .then(|| given.unwrap_or_else(|| sig.ret_at.clone()));
+        Ok((sig.ret.clone(), origin))
     }
 }
 
@@ -1280,6 +1345,16 @@ fn hint_for(got: &Ty, want: &Ty) -> String {
     match (got, want) {
         (Ty::String, Ty::List(_)) => "wrap it in a list: `[value]`".into(),
         (Ty::Int, Ty::String) => "write it in a string: \"${value}\"".into(),
+        (Ty::Secret, Ty::Ssh) => {
+            "this is a Secret, not an SSH agent: declare one with `ssh agent` (built with `--ssh default`)".into()
+        }
+        (Ty::Ssh, Ty::Secret) => {
+            "this is an SSH agent, not a Secret: declare one with `secret NAME` (built with `--secret id=NAME,src=FILE`)".into()
+        }
+        (Ty::Mount | Ty::Cache, _) => "a mount goes in a step's `mounts:` list: `.run(cmd, mounts: [...])`".into(),
+        (Ty::List(m) | Ty::Map(m), _) if matches!(**m, Ty::Mount | Ty::Cache) => {
+            "mounts go in a step's `mounts:` list: `.run(cmd, mounts: [...])`".into()
+        }
         (Ty::Image, Ty::Dir) => "take a directory of the image: `image.dir(\"/path\")`".into(),
         (Ty::Dir, Ty::Image) => {
             "copy it into an image: `scratch().copy(dir, [\".\"], \"/\")`".into()

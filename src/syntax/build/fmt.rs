@@ -28,6 +28,7 @@ pub fn module(m: &Module) -> String {
         comments: &m.comments,
         next: 0,
         modules,
+        reserve: 0,
     };
     let mut prev: Option<&Item> = None;
     for item in &m.items {
@@ -69,9 +70,28 @@ struct Printer<'a> {
     next: usize,
     /// Import aliases: `alias.f(...)` is a function call, kept whole at the head of a chain.
     modules: Vec<&'a str>,
+    /// How many characters will follow the expression being printed on its last line (the `,` after
+    /// an element of a broken list, the ` {` after an `if` condition), so that it counts against WIDTH.
+    reserve: usize,
 }
 
 impl Printer<'_> {
+    /// Runs `f` with `reserve` characters following what it prints.
+    fn reserving<R>(&mut self, reserve: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        let saved = std::mem::replace(&mut self.reserve, reserve);
+        let r = f(self);
+        self.reserve = saved;
+        r
+    }
+
+    /// The width `text` takes on the current line, with what follows it when it is one line.
+    fn width_of(&self, text: &str) -> usize {
+        match text.split_once('\n') {
+            Some((first, _)) => first.chars().count(),
+            None => text.chars().count() + self.reserve,
+        }
+    }
+
     fn indent(&mut self, level: usize) {
         for _ in 0..level {
             self.out.push_str(INDENT);
@@ -239,9 +259,7 @@ impl Printer<'_> {
         if self.has_comment_in(e.span) {
             return false;
         }
-        let text = flat(e);
-        let first = text.split('\n').next().unwrap_or("");
-        self.column() + first.chars().count() <= WIDTH && chain_calls(e) < 2
+        self.column() + self.width_of(&flat(e)) <= WIDTH && chain_calls(e) < 2
     }
 
     fn expr(&mut self, e: &Expr, level: usize) {
@@ -254,7 +272,7 @@ impl Printer<'_> {
                 if chain_calls(e) >= 2 {
                     return self.chain(e, level);
                 }
-                self.expr(callee, level);
+                self.reserving(0, |p| p.expr(callee, level));
                 self.args(args, e.span, level);
             }
             ExprKind::List(items) => {
@@ -282,32 +300,34 @@ impl Printer<'_> {
                 self.out.push('}');
             }
             ExprKind::Binary(op, l, r) => {
-                self.expr(l, level);
+                let tail = op.as_str().len() + 2;
+                self.reserving(tail, |p| p.expr(l, level));
                 self.out.push_str(&format!(" {} ", op.as_str()));
                 self.expr(r, level);
             }
             ExprKind::If { cond, then, other } => {
                 self.out.push_str("if ");
-                self.expr(cond, level);
+                self.reserving(2, |p| p.expr(cond, level));
                 self.out.push_str(" {\n");
                 self.indent(level + 1);
-                self.expr(then, level + 1);
+                self.reserving(0, |p| p.expr(then, level + 1));
                 self.out.push('\n');
                 self.indent(level);
                 self.out.push_str("} else {\n");
                 self.indent(level + 1);
-                self.expr(other, level + 1);
+                self.reserving(0, |p| p.expr(other, level + 1));
                 self.out.push('\n');
                 self.indent(level);
                 self.out.push('}');
             }
             ExprKind::Paren(inner) => {
                 self.out.push('(');
-                self.expr(inner, level);
+                self.reserving(self.reserve + 1, |p| p.expr(inner, level));
                 self.out.push(')');
             }
             ExprKind::Member(base, name) => {
-                self.expr(base, level);
+                let tail = self.reserve + 1 + name.name.len();
+                self.reserving(tail, |p| p.expr(base, level));
                 self.out.push('.');
                 self.out.push_str(&name.name);
             }
@@ -319,7 +339,7 @@ impl Printer<'_> {
     fn element(&mut self, span: Span, level: usize, print: impl FnOnce(&mut Self)) {
         self.comments_before(span.start, level);
         self.indent(level);
-        print(self);
+        self.reserving(1, print);
         self.out.push(',');
         self.trailing(span.end);
         self.out.push('\n');
@@ -327,8 +347,7 @@ impl Printer<'_> {
 
     fn args(&mut self, args: &[Arg], call: Span, level: usize) {
         let inline = format!("({})", flat_args(args));
-        let first = inline.split('\n').next().unwrap_or("");
-        if !self.has_comment_in(call) && self.column() + first.chars().count() <= WIDTH {
+        if !self.has_comment_in(call) && self.column() + self.width_of(&inline) <= WIDTH {
             self.out.push_str(&inline);
             return;
         }
@@ -372,7 +391,7 @@ impl Printer<'_> {
             }
         }
         links.reverse();
-        self.expr(cur, level);
+        self.reserving(0, |p| p.expr(cur, level));
         let mut links = links.into_iter().peekable();
         if let ExprKind::Name(root) = &cur.kind
             && self.modules.contains(&root.as_str())
@@ -383,14 +402,20 @@ impl Printer<'_> {
             self.args(args, Span::new(name.span.end, span.end), level);
             links.next();
         }
-        for (name, call) in links {
+        let links: Vec<Link> = links.collect();
+        let last = links.len().saturating_sub(1);
+        let reserve = self.reserve;
+        for (i, (name, call)) in links.into_iter().enumerate() {
             self.out.push('\n');
             self.comments_before(name.span.start, level + 1);
             self.indent(level + 1);
             self.out.push('.');
             self.out.push_str(&name.name);
             if let Some((args, span)) = call {
-                self.args(args, Span::new(name.span.end, span.end), level + 1);
+                let tail = if i == last { reserve } else { 0 };
+                self.reserving(tail, |p| {
+                    p.args(args, Span::new(name.span.end, span.end), level + 1)
+                });
                 self.trailing(span.end);
             }
         }
@@ -427,13 +452,14 @@ fn flat(e: &Expr) -> String {
         ExprKind::Str { parts, triple } => {
             let q = if *triple { "\"\"\"" } else { "\"" };
             let mut s = String::from(q);
-            if *triple {
-                // Keep the text's first line where it was: a newline after `"""` is not part of it.
-                if let Some(StrPart::Text { raw, .. }) = parts.first()
-                    && raw.starts_with('\n')
-                {
-                    s.push('\n');
-                }
+            // A newline right after `"""` is not part of the text, so a multi-line text starts on the
+            // next line, where it reads as it runs (and a leading `\r` is not taken for that newline).
+            if *triple
+                && parts
+                    .iter()
+                    .any(|p| matches!(p, StrPart::Text { raw, .. } if raw.contains(['\n', '\r'])))
+            {
+                s.push('\n');
             }
             for p in parts {
                 match p {
@@ -523,5 +549,42 @@ target image: Image = scratch()
             once.starts_with("# top comment\nimport \"//lib/apt.build\" as apt\n"),
             "{once}"
         );
+    }
+
+    #[test]
+    fn a_multi_line_string_starts_on_the_line_after_its_quotes() {
+        // The newline after `"""` is not part of the text; it used to be dropped, pulling the first
+        // line up beside the quotes.
+        let src = "target app: Image = image(\"a\").run(\"\"\"\n    echo hi\n  \"\"\")\n";
+        let once = format(src);
+        assert_eq!(once, src);
+        // A text starting with a carriage return keeps it.
+        let src = "let a = \"\"\"\r\rx\"\"\"\n";
+        let once = format(src);
+        assert_eq!(once, format(&once), "{once:?}");
+        let m = super::super::parse(&SourceFile::new("t.build", once.as_str())).unwrap();
+        let ItemKind::Let(l) = &m.items[0].kind else {
+            panic!()
+        };
+        assert_eq!(l.value.as_plain_str().as_deref(), Some("\rx"));
+    }
+
+    #[test]
+    fn the_comma_after_an_element_counts_against_the_width() {
+        // Flat, the `mounts:` argument is exactly 100 columns; its trailing comma made it 101.
+        let src = r#"target app: Image = image("alpine/git:2.45").run(
+  "git clone git@github.com:example/private.git /src",
+  mounts: [deploy.mount(target: "/run/ssh.sock", required: true, mode: 0o660, uid: 1000, gid: 1000)],
+)
+"#;
+        let once = format(src);
+        assert_eq!(once, format(&once), "\n{once}");
+        for line in once.lines() {
+            assert!(
+                line.chars().count() <= WIDTH,
+                "{line:?} is too wide in\n{once}"
+            );
+        }
+        assert!(once.contains("    deploy.mount("), "{once}");
     }
 }

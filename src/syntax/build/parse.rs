@@ -409,7 +409,7 @@ fn comments(text: &str) -> Vec<Comment> {
                         continue;
                     }
                     b'"' => {
-                        let triple = text[i..].starts_with("\"\"\"");
+                        let triple = b[i..].starts_with(b"\"\"\"");
                         stack.push((triple, 0));
                         i += if triple { 3 } else { 1 };
                         continue;
@@ -428,13 +428,14 @@ fn comments(text: &str) -> Vec<Comment> {
                 }
                 i += 1;
             }
+            // Inside a string, compared byte by byte: `i` may stop inside a multi-byte character.
             Some((triple, 0)) => {
                 if b[i] == b'\\' {
                     i += 2;
-                } else if text[i..].starts_with("${") {
+                } else if b[i..].starts_with(b"${") {
                     stack.last_mut().expect("in a string").1 = 1;
                     i += 2;
-                } else if triple && text[i..].starts_with("\"\"\"") {
+                } else if triple && b[i..].starts_with(b"\"\"\"") {
                     stack.pop();
                     i += 3;
                 } else if !triple && b[i] == b'"' {
@@ -529,6 +530,9 @@ fn hint(file: &SourceFile, pos: usize, found: Option<&str>, expected: &[&str]) -
         if w.starts_with("//") {
             return "comments start with `#`".into();
         }
+        if w.starts_with('\\') {
+            return "`\\` starts an escape (`\\n`, `\\t`, `\\r`, `\\\"`, `\\\\`, `\\$`, `\\u{...}`); write `\\\\` for a backslash, also for a shell line continuation".into();
+        }
         if w.starts_with(';') {
             return "no `;` is needed: items and chained calls are separated by whitespace".into();
         }
@@ -587,10 +591,33 @@ target image: Image = scratch().copy(deps.dir("/src"), ["."], "/app").label({"v"
     }
 
     #[test]
+    fn non_ascii_text_in_strings_parses() {
+        // Found by fuzzing: the comment scanner sliced the text inside a multi-byte character.
+        let m = parse_str("let a = \"José ${\"ы\"} 🦀\" # é\nlet b = \"\"\"\nü\n\"\"\"\n").unwrap();
+        assert_eq!(m.items.len(), 2);
+        assert_eq!(m.comments.len(), 1);
+        assert_eq!(m.comments[0].text, " é");
+    }
+
+    #[test]
     fn errors_point_at_the_offending_text() {
         let e = parse_str("let a = 'x'\n").unwrap_err();
         let text = crate::diag::render(&e, false);
         assert!(text.contains("t.build:1:9"), "{text}");
         assert!(text.contains("double quotes"), "{text}");
+    }
+
+    #[test]
+    fn a_bad_escape_says_how_to_write_a_backslash() {
+        let e = parse_str("let a = \"\"\"\napt-get update && \\\n  apt-get install\n\"\"\"\n")
+            .unwrap_err();
+        let text = crate::diag::render(&e, false);
+        assert!(text.contains("t.build:2:19"), "{text}");
+        assert!(
+            e.help
+                .as_deref()
+                .is_some_and(|h| h.contains("write `\\\\` for a backslash")),
+            "{text}"
+        );
     }
 }
