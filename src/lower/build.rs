@@ -776,7 +776,11 @@ impl<'s> Evaluator<'s> {
                 let b = table.iter().find(|b| b.name == name.name).expect("checked");
                 let vals = self.args(b, e.span, args)?;
                 match recv {
-                    Value::Image(img) => self.image_method(*img, &name.name, e, vals, args),
+                    Value::Image(img) => {
+                        // A step's location is its own `.method(...)`, not the start of the chain.
+                        let at = Span::new(name.span.start.saturating_sub(1), e.span.end);
+                        self.image_method(*img, &name.name, at, vals, args)
+                    }
                     Value::Secret(id) => Ok(self.secret_mount(id, &name.name, &vals, e.span)),
                     Value::Ssh(id) => Ok(Value::Mount(
                         Box::new(MountValue::Ssh {
@@ -1196,11 +1200,10 @@ impl<'s> Evaluator<'s> {
         &mut self,
         mut img: Img,
         method: &str,
-        e: &Expr,
+        span: Span,
         v: Vec<Value>,
         args: &[Arg],
     ) -> Result<Value> {
-        let span = e.span;
         let arg_span = |i: usize| {
             args.iter()
                 .filter(|a| a.name.is_none())
