@@ -583,21 +583,7 @@ fn fmt(args: FmtArgs) -> Result<()> {
     let mut files = Vec::new();
     for p in &args.paths {
         if p.is_dir() {
-            for entry in walkdir::WalkDir::new(p)
-                .sort_by_file_name()
-                .into_iter()
-                .filter_entry(|e| {
-                    !e.file_name().to_string_lossy().starts_with('.') || e.depth() == 0
-                })
-            {
-                let entry = entry
-                    .map_err(|e| Diagnostic::input(format!("cannot list {}: {e}", p.display())))?;
-                if entry.file_type().is_file()
-                    && entry.path().extension().is_some_and(|e| e == "build")
-                {
-                    files.push(entry.path().to_path_buf());
-                }
-            }
+            files.extend(crate::monorepo::build_files_under(p)?);
         } else {
             files.push(p.clone());
         }

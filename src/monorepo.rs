@@ -18,19 +18,34 @@ use crate::lower::{Op, Program};
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
 
-/// Every package directory at or below `dir` (directories holding a BUILD.build), sorted. Hidden
-/// directories and the usual build-output folders are skipped.
-pub fn packages_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+/// Every `.build` file at or below `dir`, sorted. Hidden directories and the usual build-output folders
+/// (`target`, `node_modules`) are not entered.
+pub fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let walker = walkdir::WalkDir::new(dir)
         .sort_by_file_name()
         .into_iter()
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
             e.depth() == 0 || !(name.starts_with('.') || name == "target" || name == "node_modules")
-        })
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file() && e.file_name() == PACKAGE_FILE)
-        .filter_map(|e| e.path().parent().map(Path::to_path_buf))
+        });
+    for entry in walker {
+        let entry =
+            entry.map_err(|e| Diagnostic::input(format!("cannot list {}: {e}", dir.display())))?;
+        if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "build") {
+            out.push(entry.path().to_path_buf());
+        }
+    }
+    Ok(out)
+}
+
+/// Every package directory at or below `dir` (directories holding a BUILD.build), sorted.
+pub fn packages_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = build_files_under(dir)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == PACKAGE_FILE))
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
         .collect();
     out.sort();
     out
