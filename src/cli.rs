@@ -1168,6 +1168,22 @@ fn build(args: BuildArgs) -> Result<()> {
         },
     };
     let compiled = compile(&args.compile, &cl, false)?;
+    if compiled.graph.roots.len() > 1 && (!outputs.is_empty() || !pushes.is_empty()) {
+        // One destination cannot hold several images; exporting each over the last would lose all
+        // but one without a word.
+        let names: Vec<&str> = compiled
+            .graph
+            .roots
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return Err(Diagnostic::input(format!(
+            "{} targets are selected ({}), but an output or a push takes one image",
+            names.len(),
+            names.join(", ")
+        ))
+        .help("build them into the store without -o/--push, or select one target for the output"));
+    }
     let graph = Arc::new(compiled.graph);
     let mut ssh = BTreeMap::new();
     for s in &args.ssh {

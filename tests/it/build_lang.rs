@@ -256,3 +256,21 @@ fn a_dir_target_exports_just_its_files() {
         "hi\n"
     );
 }
+
+/// Several targets cannot share one output: refused before anything runs, naming them.
+#[test]
+fn several_targets_and_one_output_are_refused() {
+    let repo_dir = monorepo();
+    let out = Kiln::new()
+        .current_dir(repo_dir.path())
+        .args(["//services/...", "-o", "type=oci,dest=out"])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("3 targets are selected")
+            && out.stderr.contains("//services/web:image"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.steps().is_empty(), "{}", out.stderr);
+}
