@@ -6,6 +6,7 @@
 //! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
 //! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
 //! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
+//! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
@@ -266,6 +267,16 @@ impl Store {
             .prefix(prefix)
             .tempdir_in(self.root.join("tmp"))
             .map_err(|e| Diagnostic::io("cannot create a work directory in the store", e))
+    }
+
+    /// Where the stat cache of a context directory lives (see `solve::statcache`): named by a digest of
+    /// the directory's absolute path, so each context has its own.
+    pub fn stat_cache_path(&self, context: &Path) -> PathBuf {
+        let abs = context
+            .canonicalize()
+            .unwrap_or_else(|_| context.to_path_buf());
+        let name = Digest::of(abs.as_os_str().as_encoded_bytes());
+        self.root.join("statcache").join(name.hex())
     }
 
     pub fn snapshot_path(&self, id: &str) -> PathBuf {

@@ -3,7 +3,6 @@
 //! instead of the whole context).
 
 use std::fs;
-use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
@@ -11,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::dockerignore::Patterns;
+use super::statcache::StatCache;
 
 /// A directory on the host offered to the build, with the `.dockerignore` patterns that hide parts of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,9 +229,14 @@ pub fn wildcard_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Digest of what a COPY would take from `root`: every selected path with its type, permission bits, size
-/// and content (or link target). Owners and times are left out, as COPY resets owners and BuildKit's
-/// content checksums ignore times: touching a file does not invalidate the step.
-pub fn selection_digest(tree: &Tree, patterns: &[String]) -> Result<String, String> {
+/// and content digest (or link target). Owners and times are left out, as COPY resets owners and BuildKit's
+/// content checksums ignore times: touching a file does not invalidate the step. File contents come
+/// through `cache`, so files whose stat is unchanged since the last build are not read again.
+pub fn selection_digest(
+    tree: &Tree,
+    patterns: &[String],
+    cache: &StatCache,
+) -> Result<String, String> {
     let root = &tree.root;
     let mut h = Sha256::new();
     for pattern in patterns {
@@ -257,18 +262,11 @@ pub fn selection_digest(tree: &Tree, patterns: &[String]) -> Result<String, Stri
                 if ft.is_file() {
                     h.update(b"f");
                     h.update(meta.size().to_le_bytes());
-                    let mut f = fs::File::open(entry.path())
+                    let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+                    let digest = cache
+                        .digest(entry.path(), rel, &meta)
                         .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        let n = f
-                            .read(&mut buf)
-                            .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
-                        if n == 0 {
-                            break;
-                        }
-                        h.update(&buf[..n]);
-                    }
+                    h.update(digest);
                 } else if ft.is_symlink() {
                     h.update(b"l");
                     let target = fs::read_link(entry.path()).unwrap_or_default();

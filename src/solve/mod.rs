@@ -8,6 +8,7 @@
 pub mod context;
 use context::HostDir;
 pub mod dockerignore;
+pub mod statcache;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -153,6 +154,8 @@ struct Shared<E> {
     secrets: Arc<SecretStore>,
     opts: SolveOptions,
     step_ids: std::sync::atomic::AtomicUsize,
+    /// The stat cache of each context directory hashed so far, loaded from the store on first use.
+    stat_caches: std::sync::Mutex<HashMap<PathBuf, Arc<statcache::StatCache>>>,
 }
 
 /// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
@@ -262,6 +265,7 @@ pub async fn solve<E: Executor>(
         secrets,
         opts,
         step_ids: std::sync::atomic::AtomicUsize::new(1),
+        stat_caches: Default::default(),
     });
     let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
     let mut ready = Vec::new();
@@ -335,6 +339,18 @@ impl<E: Executor> Shared<E> {
     fn next_id(&self) -> usize {
         self.step_ids
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The stat cache of a context directory (one per directory, shared by every step of the build).
+    fn stat_cache(&self, dir: &Path) -> Arc<statcache::StatCache> {
+        self.stat_caches
+            .lock()
+            .expect("stat caches lock")
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(statcache::StatCache::load(self.store.stat_cache_path(dir)))
+            })
+            .clone()
     }
 
     fn at(&self, n: NodeIndex) -> Option<Located> {
@@ -537,8 +553,12 @@ impl<E: Executor> Shared<E> {
             _ => vec![],
         };
         for (dir, sources, excludes, what) in selections {
+            let cache = self.stat_cache(&dir.path);
             let digest = tokio::task::spawn_blocking(move || {
-                context::selection_digest(&dir.tree()?.excluding(&excludes)?, &sources)
+                let d =
+                    context::selection_digest(&dir.tree()?.excluding(&excludes)?, &sources, &cache);
+                cache.save();
+                d
             })
             .await
             .map_err(|e| Diagnostic::env(format!("context hashing failed: {e}")))?
