@@ -7,6 +7,7 @@
 //! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
 //! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
 //! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
+//! - `files/<hex>`: immutable file objects that snapshots hard-link (COPY from a context);
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
@@ -94,6 +95,7 @@ impl Store {
             "layers",
             "cache",
             "caches",
+            "files",
             "tmp",
         ] {
             let dir = root.join(sub);
@@ -212,6 +214,18 @@ impl Store {
                 })?;
             }
         }
+        // A file object no snapshot links any more has one link left: its own name.
+        for e in fs::read_dir(self.files_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.metadata()
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 1)
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
         let mut blobs = std::collections::HashSet::new();
         for e in fs::read_dir(self.root.join("layers"))
             .into_iter()
@@ -277,6 +291,13 @@ impl Store {
             .unwrap_or_else(|_| context.to_path_buf());
         let name = Digest::of(abs.as_os_str().as_encoded_bytes());
         self.root.join("statcache").join(name.hex())
+    }
+
+    /// Immutable file objects that snapshots hard-link instead of holding copies: a context file copied
+    /// by COPY, with owner 0:0, its mode and its mtime, named by a digest of all of these. Nothing may
+    /// ever write to one (snapshots are read-only; overlayfs copies up before writing).
+    pub fn files_dir(&self) -> PathBuf {
+        self.root.join("files")
     }
 
     pub fn snapshot_path(&self, id: &str) -> PathBuf {

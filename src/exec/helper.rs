@@ -234,7 +234,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             .excluding(&op.excludes)?;
-            rootfs::copy(&src, &fs.target, &op)?;
+            rootfs::copy(&src, &fs.target, &op, None)?;
             Ok(0)
         }
         Request::Run {
@@ -550,7 +550,7 @@ fn setup_mount(
                     let filtered = scratch.join("filtered");
                     std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
                     let tree = d.tree()?;
-                    rootfs::copy_tree(&tree, &d.path, &filtered, None, None)?;
+                    rootfs::copy_tree(&tree, &d.path, &filtered, None, None, None)?;
                     filtered
                 }
                 None => {

@@ -164,6 +164,26 @@ impl Executor for Namespaces {
     }
 
     async fn copy(&self, step: CopyStep) -> Result<()> {
+        if let (CopySource::Dir(dir), Some((files, cache))) = (&step.source, &step.files)
+            && direct_copy(&step.fs, &step.op)
+        {
+            // Nothing below the destination exists in the lower layers, so the merged view of the result
+            // is exactly the upper dir: write it there, without a helper, a mount or a copy-up.
+            let objects = rootfs::Objects {
+                dir: files.clone(),
+                cache: cache.clone(),
+                context: dir.path.clone(),
+                used: Default::default(),
+            };
+            let (dir, upper, op) = (dir.clone(), step.fs.upper.clone(), step.op.clone());
+            return tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
+                let tree = dir.tree()?.excluding(&op.excludes)?;
+                rootfs::copy(&tree, &upper, &op, Some(&objects))
+            })
+            .await
+            .map_err(|e| Diagnostic::env(format!("copy task failed: {e}")))?
+            .map_err(|e| Diagnostic::input(format!("COPY failed: {e}")));
+        }
         let fs = overlay(&step.fs)?;
         let source_mount = fs.target.with_file_name("source");
         std::fs::create_dir_all(&source_mount)
@@ -224,6 +244,26 @@ impl Executor for Namespaces {
             }
         })
     }
+}
+
+/// Whether a COPY can be written straight into its upper dir: plain COPY semantics (no owner, mode, archive
+/// or parents handling) into a top-level directory no lower layer has, not even as a whiteout, so no
+/// copy-up, opaque dir or symlink in the image can be involved.
+fn direct_copy(fs: &Layers, op: &crate::lower::op::CopyOp) -> bool {
+    let first = Path::new(&op.dest).components().find_map(|c| match c {
+        std::path::Component::Normal(n) => Some(n.to_os_string()),
+        _ => None,
+    });
+    let Some(first) = first else { return false };
+    !op.extract
+        && !op.parents
+        && op.chown.is_none()
+        && op.chmod.is_none()
+        && op.dest.starts_with('/')
+        && fs
+            .lowers
+            .iter()
+            .all(|l| std::fs::symlink_metadata(l.join(&first)).is_err())
 }
 
 fn abbreviate(s: &str) -> String {

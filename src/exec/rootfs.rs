@@ -95,7 +95,7 @@ pub fn inside(root: &Path, host: &Path) -> String {
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
-pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
+pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> Result<(), String> {
     let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
@@ -120,17 +120,17 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
             let target = format!("{}/{}", op.dest.trim_end_matches('/'), keep.display());
             if meta.is_dir() {
                 let (dest, _) = mkdir_all(root, &target, owner)?;
-                copy_tree(src, &from, &dest, owner, op.chmod)?;
+                copy_tree(src, &from, &dest, owner, op.chmod, objects)?;
             } else {
                 let (parent, name) = split_parent(&target);
                 let (dir, _) = mkdir_all(root, &parent, owner)?;
-                copy_entry(&from, &dir.join(name), owner, op.chmod)?;
+                copy_entry(&from, &dir.join(name), owner, op.chmod, objects)?;
             }
             continue;
         }
         if meta.is_dir() {
             let (dest, _) = mkdir_all(root, &op.dest, owner)?;
-            copy_tree(src, &from, &dest, owner, op.chmod)?;
+            copy_tree(src, &from, &dest, owner, op.chmod, objects)?;
         } else if op.extract && archive_kind(&from)?.is_some() {
             // ADD unpacks local archives into the destination directory, as docker does.
             let (dest, _) = mkdir_all(root, &op.dest, owner)?;
@@ -147,7 +147,7 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp) -> Result<(), String> {
             };
             let (parent, name) = split_parent(&dest_path);
             let (dir, _) = mkdir_all(root, &parent, owner)?;
-            copy_entry(&from, &dir.join(name), owner, op.chmod)?;
+            copy_entry(&from, &dir.join(name), owner, op.chmod, objects)?;
         }
     }
     Ok(())
@@ -247,6 +247,7 @@ pub fn copy_tree(
     dest: &Path,
     owner: Option<(u32, u32)>,
     chmod: Option<u32>,
+    objects: Option<&Objects>,
 ) -> Result<(), String> {
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
@@ -256,7 +257,7 @@ pub fn copy_tree(
                 fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
             }
         }
-        copy_entry(entry.path(), &dest.join(rel), owner, chmod)?;
+        copy_entry(entry.path(), &dest.join(rel), owner, chmod, objects)?;
     }
     Ok(())
 }
@@ -267,6 +268,7 @@ fn copy_entry(
     dest: &Path,
     owner: Option<(u32, u32)>,
     chmod: Option<u32>,
+    objects: Option<&Objects>,
 ) -> Result<(), String> {
     let meta =
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
@@ -290,6 +292,14 @@ fn copy_entry(
         let target = fs::read_link(src).map_err(fail)?;
         std::os::unix::fs::symlink(target, dest).map_err(fail)?;
     } else if ft.is_file() {
+        // A linked object already has its owner, mode and time; touching them would change every link.
+        if let Some(o) = objects
+            && chmod.is_none()
+            && owner == Some((0, 0))
+            && o.link(src, &meta, dest)?
+        {
+            return Ok(());
+        }
         fs::copy(src, dest).map_err(fail)?;
     } else {
         return Err(format!(
@@ -307,6 +317,66 @@ fn copy_entry(
         set_mtime(dest, mtime).map_err(fail)?;
     }
     Ok(())
+}
+
+/// The store's file objects for a COPY from a context written straight into a fresh snapshot: an unchanged
+/// context file becomes a hard link to an object (no new inode, no data copied), as owner 0:0 with its
+/// own mode and mtime, exactly what a copy would be.
+pub struct Objects {
+    pub dir: PathBuf,
+    pub cache: std::sync::Arc<crate::solve::statcache::StatCache>,
+    /// The context root, which the stat cache's paths are relative to.
+    pub context: PathBuf,
+    /// Objects linked by this copy: a second file with the same object gets a copy of its own, so the layer
+    /// holds no hard links its source did not have.
+    pub used: std::cell::RefCell<std::collections::HashSet<String>>,
+}
+
+impl Objects {
+    /// Links `dest` to the object of `src`; `false` when `src` must be copied instead (its digest is not
+    /// known for its current stat, the object is used already, or the link fails).
+    fn link(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<bool, String> {
+        use sha2::Digest as _;
+        let Ok(rel) = src.strip_prefix(&self.context) else {
+            return Ok(false);
+        };
+        let Some(content) = self.cache.known(rel, meta) else {
+            return Ok(false);
+        };
+        let mut h = sha2::Sha256::new_with_prefix(b"kiln/file/v1\0");
+        h.update(content);
+        h.update((meta.mode() & 0o7777).to_le_bytes());
+        h.update(meta.mtime().to_le_bytes());
+        h.update(meta.mtime_nsec().to_le_bytes());
+        let name = hex::encode(h.finalize());
+        if !self.used.borrow_mut().insert(name.clone()) {
+            return Ok(false);
+        }
+        let object = self.dir.join(&name);
+        if fs::symlink_metadata(&object).is_err() {
+            let fail = |e: std::io::Error| format!("cannot store {}: {e}", src.display());
+            let _ = fs::create_dir_all(&self.dir);
+            let tmp = tempfile::Builder::new()
+                .prefix(".new-")
+                .tempfile_in(&self.dir)
+                .map_err(fail)?;
+            fs::copy(src, tmp.path()).map_err(fail)?;
+            std::os::unix::fs::lchown(tmp.path(), Some(0), Some(0)).map_err(fail)?;
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(fail)?;
+            set_mtime(tmp.path(), filetime_of(meta)).map_err(fail)?;
+            // The object is named by the digest the stat cache gave: only if the file stood still while
+            // it was copied are these bytes that content.
+            let after = fs::symlink_metadata(src).map_err(fail)?;
+            if crate::solve::statcache::Stat::of(&after) != crate::solve::statcache::Stat::of(meta)
+            {
+                return Ok(false);
+            }
+            tmp.persist_noclobber(&object).ok();
+        }
+        // Too many links (or none possible): copy instead.
+        Ok(fs::hard_link(&object, dest).is_ok())
+    }
 }
 
 fn filetime_of(meta: &fs::Metadata) -> std::time::SystemTime {

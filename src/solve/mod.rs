@@ -100,6 +100,9 @@ pub struct CopyStep {
     pub fs: Layers,
     pub source: CopySource,
     pub op: CopyOp,
+    /// For a COPY from a host directory: the store's file objects and the directory's stat cache, so the
+    /// executor may hard-link unchanged files instead of copying them (see `Store::files_dir`).
+    pub files: Option<(PathBuf, Arc<statcache::StatCache>)>,
 }
 
 pub type LogSink = Arc<dyn Fn(&[u8]) + Send + Sync>;
@@ -660,11 +663,16 @@ impl<E: Executor> Shared<E> {
                     ),
                     Output::Image { .. } => unreachable!("COPY reads filesystems"),
                 };
+                let files = match &source {
+                    CopySource::Dir(d) => Some((self.store.files_dir(), self.stat_cache(&d.path))),
+                    CopySource::Layers(_) => None,
+                };
                 self.exec
                     .copy(CopyStep {
                         fs,
                         source,
                         op: c.clone(),
+                        files,
                     })
                     .await
             }

@@ -66,6 +66,12 @@ pub struct StatCache {
     racy: Duration,
 }
 
+impl std::fmt::Debug for StatCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StatCache({:?}, {} files)", self.file, self.len())
+    }
+}
+
 impl StatCache {
     /// An empty cache kept in memory only.
     pub fn memory() -> StatCache {
@@ -130,6 +136,17 @@ impl StatCache {
             st.dirty = true;
         }
         Ok(digest)
+    }
+
+    /// The stored digest of a file whose stat is unchanged, without reading it. `None` for files not in
+    /// the cache or too young to be stored: callers that must trust a digest blindly (file objects) then
+    /// fall back to copying.
+    pub fn known(&self, rel: &Path, meta: &fs::Metadata) -> Option<[u8; 32]> {
+        let st = self.state.lock().expect("stat cache lock");
+        st.entries
+            .get(rel)
+            .filter(|(s, _)| *s == Stat::of(meta))
+            .map(|(_, d)| *d)
     }
 
     /// Writes the cache back if anything was added. Failures are ignored: the cache only saves work.
