@@ -7,6 +7,10 @@
 //! and `progress`.
 //! `cli` is the driver that wires the stages together.
 
+/// mimalloc for every kiln binary (and the benches): the compile path is allocation-heavy.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod check;
 pub mod cli;
 pub mod diag;
