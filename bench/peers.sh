@@ -61,8 +61,16 @@ export KILN=$root/target/release/kiln
 
 # ---- cleanup of what runs under $WORK (registry, sshd, dockerd), on any exit
 mkdir -p "$WORK"
+py=
 cleanup() {
   local rc=$?
+  # The timed part runs in the background so that a signal reaches this trap at once; stop it first
+  # (it kills the build in flight).
+  if [ -n "$py" ] && kill -0 "$py" 2>/dev/null; then kill -TERM "$py"; wait "$py" 2>/dev/null || true; fi
+  # A buildah build killed halfway leaves its working container mounted.
+  if [ -d "$WORK/buildah/root" ] && command -v buildah >/dev/null; then
+    buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/runroot" --storage-driver overlay rm -a >/dev/null 2>&1 || true
+  fi
   if [ "${KEEP_DAEMONS:-}" != 1 ]; then
     "$peers/start-dockerd.sh" "$WORK/dockerd" stop >/dev/null 2>&1 || true
     "$peers/start-sshd.sh" "$WORK/ssh" stop >/dev/null 2>&1 || true
@@ -151,7 +159,10 @@ ln -sfn "$RESULTS" "$WORK/results/latest"
   echo "RUNS=$RUNS WORKLOADS=$WORKLOADS TOOLS=$TOOLS"
 } > "$RESULTS/env.txt"
 rc=0
-python3 "$peers/run.py" || rc=$?
+python3 "$peers/run.py" &
+py=$!
+wait "$py" || rc=$?
+py=
 echo "load at end: $(cat /proc/loadavg)" >> "$RESULTS/env.txt"
 echo "results: $RESULTS (env.txt, times.tsv, summary.tsv, table.md, results.json, logs/)"
 exit $rc

@@ -13,7 +13,10 @@ build per tool (not for cold) and RUNS timed rounds of kiln, BuildKit, buildah, 
 untimed `sync` and by the scenario's change to the input. The wall time of each build is measured here
 (time.perf_counter around subprocess.run).
 """
-import json, os, platform, shutil, statistics, subprocess, sys, time
+import json, os, platform, shutil, signal, statistics, subprocess, sys, time
+
+# SIGTERM (from bench/peers.sh's trap) unwinds like an exception: subprocess.run kills the build in flight.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 env = os.environ
 WORK = env["WORK"]
@@ -180,8 +183,9 @@ class Buildah:
 
 def out(cmd, extra_env=None):
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                              env=dict(os.environ, **(extra_env or {}))).stdout.strip()
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **(extra_env or {})))
+        return p.stdout.strip() or f"? ({' '.join(cmd)}: {p.stderr.strip()[:200]})"
     except Exception as e:  # noqa: BLE001 - a version string is informational
         return f"? ({e})"
 
