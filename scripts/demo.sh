@@ -56,4 +56,15 @@ say "rebuild after rotating the secret's value: still nothing runs (cache keys n
 sed -i 's/"password": *"[^"]*"/"password": "rotated-value-42"/' "$work/secrets.json"
 build 2>&1 | grep -E "steps run"
 
+say "the same build in kiln's own language (examples/secrets/app.build): one graph, so nothing runs"
+"$kiln" graph --digest examples/secrets
+"$kiln" graph --digest -f examples/secrets/app.build examples/secrets
+"$kiln" build --progress plain -f examples/secrets/app.build \
+  --build-context base=oci-layout://"$work/base" \
+  --secret id=mysecret,src="$work/secrets.json" examples/secrets 2>&1 | grep -E "steps run"
+
+say "in .build a leak does not compile: a Secret can only be mounted"
+sed 's|  .cmd(\["/app/app.sh"\])|  .label({"token": "${mysecret}"})|' examples/secrets/app.build > "$work/leak.build"
+"$kiln" graph -f "$work/leak.build" examples/secrets || echo "(kiln refused it: exit $?)"
+
 say "done: the image is at $work/image"
