@@ -13,7 +13,7 @@ build per tool (not for cold) and RUNS timed rounds of kiln, BuildKit, buildah, 
 untimed `sync` and by the scenario's change to the input. The wall time of each build is measured here
 (time.perf_counter around subprocess.run).
 """
-import json, os, platform, shutil, signal, statistics, subprocess, sys, time
+import json, os, platform, shutil, signal, statistics, subprocess, sys, threading, time
 
 # SIGTERM (from bench/peers.sh's trap) unwinds like an exception: subprocess.run kills the build in flight.
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -49,15 +49,26 @@ def run_logged(cmd, log, what, extra_env=None, timeout=TIMEOUT):
         f.write(f"\n### {time.strftime('%H:%M:%S')} {what}: {' '.join(cmd)}\n".encode())
         f.flush()
         e = dict(os.environ, **(extra_env or {}))
+        # A blocking wait, not subprocess.run(timeout=...): with a timeout, Python polls the child with
+        # sleeps of up to 50 ms, which rounds every build's time up to its next poll. The timeout is a
+        # timer that kills the build instead.
+        expired = threading.Event()
         start = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e)
+        timer = threading.Timer(timeout, lambda: (expired.set(), p.kill()))
+        timer.start()
         try:
-            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e,
-                               timeout=timeout)
-            ok = p.returncode == 0
-            rc = p.returncode
-        except subprocess.TimeoutExpired:
-            ok, rc = False, f"timeout after {timeout:.0f} s"
+            rc = p.wait()
+        except BaseException:
+            p.kill()
+            p.wait()
+            raise
+        finally:
+            timer.cancel()
         secs = time.perf_counter() - start
+        ok = rc == 0 and not expired.is_set()
+        if expired.is_set():
+            rc = f"timeout after {timeout:.0f} s"
         f.write(f"### exit {rc}, {secs:.3f} s\n".encode())
     return secs, ok
 
