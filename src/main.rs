@@ -1,6 +1,7 @@
 //! The `kiln` command.
 
 fn main() {
+    kiln::exec::short_lived_process();
     // The executor re-executes kiln as its helper; that path must not start any threads first.
     if std::env::args_os()
         .nth(1)

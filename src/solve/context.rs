@@ -91,18 +91,25 @@ impl Tree {
     /// Every entry at or under `start` (an absolute path inside the root) that is not excluded, sorted;
     /// directories excluded as a whole are not entered unless a pattern re-includes something in them.
     pub fn entries(&self, start: &Path) -> Result<Vec<walkdir::DirEntry>, String> {
-        let root = self.root.clone();
-        let mut out = Vec::new();
         let walker = walkdir::WalkDir::new(start)
             .sort_by_file_name()
-            .follow_links(false)
-            .into_iter()
-            .filter_entry(|e| {
-                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-                let below = e.path().strip_prefix(start).unwrap_or(e.path());
-                !self.hidden(rel, e.file_type().is_dir())
-                    && !self.excluded_by_copy(below, e.file_type().is_dir())
-            });
+            .follow_links(false);
+        // Nothing to leave out: no path arithmetic per entry (a third of a no-op rebuild of a context of
+        // 5,000 files went to `strip_prefix`).
+        if self.ignore.is_empty() && self.exclude.is_empty() {
+            return walker
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot read {}: {e}", start.display()));
+        }
+        let root = self.root.clone();
+        let mut out = Vec::new();
+        let walker = walker.into_iter().filter_entry(|e| {
+            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+            let below = e.path().strip_prefix(start).unwrap_or(e.path());
+            !self.hidden(rel, e.file_type().is_dir())
+                && !self.excluded_by_copy(below, e.file_type().is_dir())
+        });
         for entry in walker {
             let entry = entry.map_err(|e| format!("cannot read {}: {e}", start.display()))?;
             let rel = entry

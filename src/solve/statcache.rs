@@ -13,6 +13,7 @@
 //! wrong digests. It holds paths, stats and digests of context files, never their content.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::MetadataExt as _;
@@ -53,7 +54,7 @@ impl Stat {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<PathBuf, (Stat, [u8; 32])>,
+    entries: HashMap<OsString, (Stat, [u8; 32])>,
     dirty: bool,
 }
 
@@ -107,7 +108,12 @@ impl StatCache {
         meta: &fs::Metadata,
     ) -> std::io::Result<[u8; 32]> {
         let stat = Stat::of(meta);
-        if let Some((s, d)) = self.state.lock().expect("stat cache lock").entries.get(rel)
+        if let Some((s, d)) = self
+            .state
+            .lock()
+            .expect("stat cache lock")
+            .entries
+            .get(rel.as_os_str())
             && *s == stat
         {
             return Ok(*d);
@@ -132,7 +138,8 @@ impl StatCache {
         let young = now - self.racy.as_nanos() as i64;
         if after == stat && stat.mtime_ns < young && stat.ctime_ns < young {
             let mut st = self.state.lock().expect("stat cache lock");
-            st.entries.insert(rel.to_path_buf(), (stat, digest));
+            st.entries
+                .insert(rel.as_os_str().to_os_string(), (stat, digest));
             st.dirty = true;
         }
         Ok(digest)
@@ -144,7 +151,7 @@ impl StatCache {
     pub fn known(&self, rel: &Path, meta: &fs::Metadata) -> Option<[u8; 32]> {
         let st = self.state.lock().expect("stat cache lock");
         st.entries
-            .get(rel)
+            .get(rel.as_os_str())
             .filter(|(s, _)| *s == Stat::of(meta))
             .map(|(_, d)| *d)
     }
@@ -187,7 +194,7 @@ impl StatCache {
     }
 }
 
-fn encode(entries: &HashMap<PathBuf, (Stat, [u8; 32])>) -> Vec<u8> {
+fn encode(entries: &HashMap<OsString, (Stat, [u8; 32])>) -> Vec<u8> {
     let mut out = Vec::with_capacity(MAGIC.len() + entries.len() * 100 + 32);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
@@ -206,7 +213,7 @@ fn encode(entries: &HashMap<PathBuf, (Stat, [u8; 32])>) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<HashMap<PathBuf, (Stat, [u8; 32])>> {
+fn decode(bytes: &[u8]) -> Option<HashMap<OsString, (Stat, [u8; 32])>> {
     let (body, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
     if Sha256::digest(body).as_slice() != sum {
         return None;
@@ -225,7 +232,7 @@ fn decode(bytes: &[u8]) -> Option<HashMap<PathBuf, (Stat, [u8; 32])>> {
         let name = take(len)?;
         // SAFETY-free round trip: the bytes came from `as_encoded_bytes` of a Unix path, i.e. raw bytes.
         let rel =
-            PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name));
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_os_string();
         let mut v = [0u64; 5];
         for x in &mut v {
             *x = u64_of(take(8)?);
@@ -266,7 +273,7 @@ mod tests {
             dev: 5,
             mode: 0o100644,
         };
-        m.insert(PathBuf::from("a/b"), (stat, [7u8; 32]));
+        m.insert(OsString::from("a/b"), (stat, [7u8; 32]));
         let bytes = encode(&m);
         assert_eq!(decode(&bytes).unwrap(), m);
         assert!(decode(&bytes[..bytes.len() - 1]).is_none());
