@@ -646,9 +646,8 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
                 if let Some(d) = default {
                     let (dt, origin) = c.expr(d)?;
                     c.expect(&dt, &origin, &t, d.span, "the param's default")?;
-                } else if !matches!(t, Ty::Opt(_)) {
-                    // Required from the command line: checked when evaluating.
                 }
+                // A param without a default must come from the command line: evaluation checks that.
                 c.define(
                     &name.name,
                     name.span,

@@ -40,8 +40,6 @@ pub fn module(m: &Module) -> String {
             if blank {
                 p.out.push('\n');
             }
-        } else if p.next < p.comments.len() {
-            // Comments at the top of a file stay there.
         }
         p.comments_before(item.span.start, 0);
         p.item(item);
