@@ -362,12 +362,7 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
         .file
         .clone()
         .unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
-            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
-    })?;
-    let file = SourceFile::new(path.display().to_string(), text);
-    let df = crate::syntax::parse(file)?;
+    let df = read_dockerfile(&path)?;
     let mut opts = lower_options(args, cl, lenient, context)?;
     opts.excludes = dockerignore(context, &path)?;
     let program = crate::lower::dockerfile::lower(&df, &opts)?;
@@ -375,6 +370,14 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
         graph: BuildGraph::new(&program),
         contexts: opts.contexts,
     })
+}
+
+fn read_dockerfile(path: &Path) -> Result<crate::syntax::ast::Dockerfile> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
+            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
+    })?;
+    crate::syntax::parse(SourceFile::new(path.display().to_string(), text))
 }
 
 /// What every front end takes from the command line: build args, named contexts, the target.
@@ -749,11 +752,7 @@ fn check(args: CheckArgs) -> Result<()> {
         .file
         .clone()
         .unwrap_or_else(|| context.join("Dockerfile"));
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
-            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
-    })?;
-    let df = crate::syntax::parse(SourceFile::new(path.display().to_string(), text))?;
+    let df = read_dockerfile(&path)?;
     let mut build_args = Vec::new();
     for a in &args.build_args {
         let (key, value) = match a.split_once('=') {

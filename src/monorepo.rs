@@ -161,14 +161,7 @@ pub fn query(
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
     let lowered = lower_selected(&mut session, &all, opts)?;
     let wanted = expand_labels(&mut session, root, labels)?;
-    let mut ev_labels = Vec::new();
-    for (m, t) in &wanted {
-        let label = match &session.modules[*m].package {
-            Some(p) => format!("{p}:{t}"),
-            None => t.clone(),
-        };
-        ev_labels.push(label);
-    }
+    let ev_labels: Vec<String> = wanted.iter().map(|(m, t)| session.label(*m, t)).collect();
     let edges: BTreeMap<String, BTreeSet<String>> = if kind == "rdeps" {
         let mut inv: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         for (from, tos) in &lowered.deps {
@@ -397,11 +390,7 @@ pub fn affected_by_files(
     for (m, t) in &all {
         let uses: BTreeSet<usize> = session.closure(*m);
         if uses.iter().any(|u| changed_modules.contains(u)) {
-            let label = match &session.modules[*m].package {
-                Some(p) => format!("{p}:{t}"),
-                None => t.clone(),
-            };
-            out.insert(label);
+            out.insert(session.label(*m, t));
         }
     }
     let mut inv: BTreeMap<&String, Vec<&String>> = BTreeMap::new();

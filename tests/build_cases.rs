@@ -22,6 +22,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+#[path = "common/diff.rs"]
+mod text_diff;
+use text_diff::diff;
+
 /// Fewer cases than this means some went missing.
 const MIN_CASES: [(&str, usize); 3] = [("reject", 45), ("accept", 22), ("errors", 10)];
 
@@ -232,39 +236,6 @@ fn mounts_summary(json: &str) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&json!({"roots": roots, "runs": runs})).unwrap()
-}
-
-/// A line diff good enough to spot the change: lines only in one side, marked `-`/`+`.
-fn diff(expected: &str, actual: &str) -> String {
-    let e: Vec<&str> = expected.lines().collect();
-    let a: Vec<&str> = actual.lines().collect();
-    let mut lcs = vec![vec![0usize; a.len() + 1]; e.len() + 1];
-    for i in (0..e.len()).rev() {
-        for j in (0..a.len()).rev() {
-            lcs[i][j] = if e[i] == a[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
-        }
-    }
-    let (mut i, mut j, mut out) = (0, 0, String::new());
-    while i < e.len() || j < a.len() {
-        if i < e.len() && j < a.len() && e[i] == a[j] {
-            i += 1;
-            j += 1;
-        } else if j < a.len() && (i == e.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push_str(&format!("    + {}\n", a[j]));
-            j += 1;
-        } else {
-            out.push_str(&format!("    - {}\n", e[i]));
-            i += 1;
-        }
-    }
-    if expected.ends_with('\n') != actual.ends_with('\n') {
-        out.push_str("    (the final newline differs)\n");
-    }
-    out
 }
 
 /// Expected files (`.stderr`, `.graph`) whose case is gone.

@@ -133,6 +133,9 @@ pub struct Stub {
 
 /// Entry point of the helper process. Never returns.
 pub fn main() -> ! {
+    // The prctl flag kiln set for itself survives fork and exec: the step's programs get the machine's
+    // own huge-page policy back.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     let mut stubs = Vec::new();
     let status = match read_request() {
         Ok((req, secrets)) => match serve(req, secrets, &mut stubs) {

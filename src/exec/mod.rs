@@ -14,7 +14,8 @@ pub use git::{git_checkout, git_toplevel};
 
 /// kiln runs for milliseconds to seconds: transparent huge pages only cost it. The allocator's arenas
 /// would each fault in a 2 MiB page the kernel zeroes first (40% of a no-op rebuild's time), for memory
-/// it never uses. Best effort: a kernel without the knob simply keeps its default.
+/// it never uses. Best effort: a kernel without the knob simply keeps its default. The executor's helper
+/// turns it back on, so the programs a step runs are not affected.
 pub fn short_lived_process() {
     let _ = nix::sys::prctl::set_thp_disable(true);
 }

@@ -174,6 +174,14 @@ impl Session {
         Ok(dir.join(spec))
     }
 
+    /// `//pkg:name` for a target of a monorepo package, `name` otherwise.
+    pub fn label(&self, module: usize, name: &str) -> String {
+        match &self.modules[module].package {
+            Some(p) => format!("{p}:{name}"),
+            None => name.to_string(),
+        }
+    }
+
     pub fn path_of(&self, module: usize) -> Option<&Path> {
         Some(self.modules.get(module)?.path.as_path())
     }
@@ -419,10 +427,7 @@ impl<'s> Evaluator<'s> {
 
     /// `//pkg:name` in a monorepo, `name` otherwise.
     pub fn label(&self, module: usize, name: &str) -> String {
-        match &self.session.modules[module].package {
-            Some(p) => format!("{p}:{name}"),
-            None => name.to_string(),
-        }
+        self.session.label(module, name)
     }
 
     fn is_target(&self, module: usize, name: &str) -> bool {
@@ -554,15 +559,11 @@ impl<'s> Evaluator<'s> {
             Some(ItemKind::Target { value, name: n, .. }) => {
                 let label = self.label(module, &n.name);
                 self.deps.entry(label.clone()).or_default();
-                self.current.push(label);
+                self.current.push(label.clone());
                 let v = self.eval(&value);
                 self.current.pop();
                 // Steps of a target show its name in progress output.
                 if let Ok(Value::Image(img)) = &v {
-                    let label = match &self.session.modules[module].package {
-                        Some(p) => format!("{p}:{}", n.name),
-                        None => n.name.clone(),
-                    };
                     self.name_steps(img.fs, &label);
                 }
                 v

@@ -511,6 +511,17 @@ impl<'a> Converter<'a> {
                     .ok_or_else(|| bad(&x.key, x.value.as_deref().unwrap_or(""))),
             }
         };
+        // `mode` (octal), `uid`, `gid`: the same options on secret, ssh and cache mounts.
+        let ownership = || -> Result<Vec<(&'static str, Expr)>> {
+            let mut out = Vec::new();
+            for k in ["mode", "uid", "gid"] {
+                let v = if k == "mode" { octal(k)? } else { number(k)? };
+                if let Some(v) = v {
+                    out.push((k, v));
+                }
+            }
+            Ok(out)
+        };
         let target = get(&["target", "dst", "destination"]).filter(|t| !t.is_empty());
         let mut named: Vec<(&str, Expr)> = Vec::new();
         let bool_expr = |b: bool| Expr::new(ExprKind::Bool(b));
@@ -533,12 +544,7 @@ impl<'a> Converter<'a> {
                 if let Some(r) = boolean(&["required"])? {
                     named.push(("required", bool_expr(r)));
                 }
-                for k in ["mode", "uid", "gid"] {
-                    let v = if k == "mode" { octal(k)? } else { number(k)? };
-                    if let Some(v) = v {
-                        named.push((k, v));
-                    }
-                }
+                named.extend(ownership()?);
                 match (&target, &env) {
                     (None, Some(env)) if named.iter().all(|(k, _)| *k == "required") => {
                         Expr::name(&handle).method("env", vec![s(env)], named)
@@ -571,12 +577,7 @@ impl<'a> Converter<'a> {
                 if let Some(r) = boolean(&["required"])? {
                     named.push(("required", bool_expr(r)));
                 }
-                for k in ["mode", "uid", "gid"] {
-                    let v = if k == "mode" { octal(k)? } else { number(k)? };
-                    if let Some(v) = v {
-                        named.push((k, v));
-                    }
-                }
+                named.extend(ownership()?);
                 Expr::name(&handle).method("mount", vec![], named)
             }
             "cache" => {
@@ -591,12 +592,7 @@ impl<'a> Converter<'a> {
                 if let Some(sh) = get(&["sharing"]) {
                     named.push(("sharing", s(&sh)));
                 }
-                for k in ["mode", "uid", "gid"] {
-                    let v = if k == "mode" { octal(k)? } else { number(k)? };
-                    if let Some(v) = v {
-                        named.push((k, v));
-                    }
-                }
+                named.extend(ownership()?);
                 let ro = match (
                     boolean(&["readonly", "ro"])?,
                     boolean(&["rw", "readwrite"])?,

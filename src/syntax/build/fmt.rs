@@ -6,7 +6,7 @@
 //! Comments are found by offset: each is printed before the first node that starts after it, or at the
 //! end of the line it trailed. Formatting a formatted file changes nothing.
 
-use super::{Arg, Expr, ExprKind, Item, ItemKind, Let, Module, StrPart, TypeExpr};
+use super::{Arg, Expr, ExprKind, Item, ItemKind, Let, Module, StrPart};
 use crate::diag::Span;
 
 const WIDTH: usize = 100;
@@ -499,11 +499,6 @@ fn flat(e: &Expr) -> String {
         ),
         ExprKind::Paren(inner) => format!("({})", flat(inner)),
     }
-}
-
-/// A type as written (`[String]`, `{String}`, `String?`).
-pub fn type_to_string(t: &TypeExpr) -> String {
-    t.to_string()
 }
 
 #[cfg(test)]
