@@ -26,6 +26,10 @@ pub struct Store {
     /// Held (shared by builds, exclusive by prune) for as long as the store is open, so that pruning never
     /// deletes what a running build uses.
     _lock: fs::File,
+    /// Snapshots seen to exist during this open. Nothing removes a snapshot while a build holds the shared
+    /// lock (prune takes it exclusively), so one look per snapshot per build is enough: a cached rebuild of
+    /// a deep chain checks each layer once, not once per record that lists it.
+    present: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// How the store is opened: by a build (alongside other builds) or for pruning (alone).
@@ -62,8 +66,9 @@ pub struct CacheRecord {
     /// its times from here, so rebuilding from cache yields the very same image digest.
     #[serde(default)]
     pub times: Vec<i64>,
-    /// The base image's OCI config (`ImageConfiguration` JSON): env, user, workdir, history.
-    pub base: serde_json::Value,
+    /// The base image's OCI config (`ImageConfiguration` JSON): env, user, workdir, history. Shared: every
+    /// step of a stage carries the same one, and outputs are cloned once per consumer.
+    pub base: std::sync::Arc<serde_json::Value>,
 }
 
 /// How a step claims a cache mount directory.
@@ -126,7 +131,11 @@ impl Store {
                 .help("try again when the build has finished")
             })?,
         }
-        Ok(Store { root, _lock: lock })
+        Ok(Store {
+            root,
+            _lock: lock,
+            present: Default::default(),
+        })
     }
 
     /// Sizes of everything in the store.
@@ -391,16 +400,35 @@ impl Store {
 
     /// The record for `key`, if present, intact, and all its snapshots exist.
     pub fn cache_get(&self, key: &Digest) -> Option<CacheRecord> {
-        let path = self.cache_path(key);
-        let bytes = fs::read(&path).ok()?;
+        use std::io::Read as _;
+        let mut file = fs::File::open(self.cache_path(key)).ok()?;
+        let meta = file.metadata().ok()?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
+        file.read_to_end(&mut bytes).ok()?;
         let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
-        let usable = rec.key == *key && rec.layers.iter().all(|l| self.snapshot_path(l).is_dir());
+        let usable = rec.key == *key && rec.layers.iter().all(|l| self.snapshot_exists(l));
         if usable {
-            // The record's time is its last use: prune removes the least recently used first.
-            let _ =
-                fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            // The record's time is its last use: prune removes the least recently used first. An hour's
+            // resolution is plenty for that, and skipping the write keeps a no-op rebuild read-only.
+            let stale = meta.modified().ok().and_then(|m| m.elapsed().ok())
+                >= Some(std::time::Duration::from_secs(3600));
+            if stale {
+                let _ = file.set_modified(std::time::SystemTime::now());
+            }
         }
         usable.then_some(rec)
+    }
+
+    fn snapshot_exists(&self, id: &str) -> bool {
+        let mut present = self.present.lock().expect("snapshot set lock");
+        if present.contains(id) {
+            return true;
+        }
+        let exists = self.snapshot_path(id).is_dir();
+        if exists {
+            present.insert(id.to_owned());
+        }
+        exists
     }
 
     pub fn cache_put(&self, rec: &CacheRecord) -> Result<()> {

@@ -271,7 +271,7 @@ pub async fn solve<E: Executor>(
         stat_caches: Default::default(),
     });
     let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
-    let mut ready = Vec::new();
+    let mut ready = std::collections::BinaryHeap::new();
     for n in graph.topo_order() {
         let deps = graph
             .inputs(n)
@@ -279,7 +279,7 @@ pub async fn solve<E: Executor>(
             .collect::<std::collections::HashSet<_>>()
             .len();
         if deps == 0 {
-            ready.push(n);
+            ready.push(std::cmp::Reverse(n));
         } else {
             waiting.insert(n, deps);
         }
@@ -287,55 +287,102 @@ pub async fn solve<E: Executor>(
     let mut outputs: HashMap<NodeIndex, (Digest, Output)> = HashMap::new();
     let mut tasks = JoinSet::new();
     let (mut executed, mut cached) = (0, 0);
-    loop {
-        for n in ready.drain(..) {
+    let failed = 'run: loop {
+        while let Some(std::cmp::Reverse(n)) = ready.pop() {
             let inputs: Vec<(Digest, Output)> =
                 graph.inputs(n).iter().map(|i| outputs[i].clone()).collect();
-            let shared = shared.clone();
-            let jobs = jobs.clone();
-            tasks.spawn(async move {
-                let r = shared.node(n, inputs, jobs).await;
-                (n, r)
+            let mut work = Box::pin({
+                let shared = shared.clone();
+                let jobs = jobs.clone();
+                async move { shared.node(n, inputs, jobs).await }
             });
+            // Most nodes of a rebuild finish without waiting for anything (a config, a context, a cache
+            // hit): polling once here saves each a task, two thread hand-offs and the copies in and out
+            // of the task. Whatever does wait (a step, a pull, hashing) goes on in a task of its own.
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let result = match work.as_mut().poll(&mut cx) {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => {
+                    tasks.spawn(async move { (n, work.await) });
+                    continue;
+                }
+            };
+            let counts = (&mut executed, &mut cached);
+            if let Err(e) = done(
+                &graph,
+                n,
+                result,
+                &mut outputs,
+                &mut waiting,
+                &mut ready,
+                counts,
+            ) {
+                break 'run Some(e);
+            }
         }
         let Some(joined) = tasks.join_next().await else {
-            break;
+            break None;
         };
         let (n, result) =
             joined.map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))?;
-        let (key, output, ran) = match result {
-            Ok(v) => v,
-            Err(e) => {
-                // Dropping the set aborts the siblings; their executors kill what they started.
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
-                return Err(e);
-            }
-        };
-        match ran {
-            Some(true) => executed += 1,
-            Some(false) => cached += 1,
-            None => {}
+        let counts = (&mut executed, &mut cached);
+        if let Err(e) = done(
+            &graph,
+            n,
+            result,
+            &mut outputs,
+            &mut waiting,
+            &mut ready,
+            counts,
+        ) {
+            break Some(e);
         }
-        outputs.insert(n, (key, output));
-        for c in graph.consumers(n) {
-            if let Some(w) = waiting.get_mut(&c) {
-                *w -= 1;
-                if *w == 0 {
-                    waiting.remove(&c);
-                    ready.push(c);
-                }
-            }
-        }
-        // A node can consume the same input twice; consumers() repeats it, so guard against double release.
-        ready.sort();
-        ready.dedup();
+    };
+    if let Some(e) = failed {
+        // Dropping the set aborts the siblings; their executors kill what they started.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        return Err(e);
     }
     Ok(Summary {
         outputs: outputs.into_iter().map(|(n, (_, o))| (n, o)).collect(),
         executed,
         cached,
     })
+}
+
+/// Records a finished node and releases the consumers that waited only for it.
+fn done(
+    graph: &BuildGraph,
+    n: NodeIndex,
+    result: Result<(Digest, Output, Option<bool>)>,
+    outputs: &mut HashMap<NodeIndex, (Digest, Output)>,
+    waiting: &mut HashMap<NodeIndex, usize>,
+    ready: &mut std::collections::BinaryHeap<std::cmp::Reverse<NodeIndex>>,
+    (executed, cached): (&mut usize, &mut usize),
+) -> Result<()> {
+    let (key, output, ran) = result?;
+    match ran {
+        Some(true) => *executed += 1,
+        Some(false) => *cached += 1,
+        None => {}
+    }
+    outputs.insert(n, (key, output));
+    // A node can consume the same input twice (a stage and a bind mount of it), and `waiting` counts
+    // distinct inputs, so each consumer is released once per input node.
+    let mut consumers = graph.consumers(n);
+    consumers.sort();
+    consumers.dedup();
+    for c in consumers {
+        if let Some(w) = waiting.get_mut(&c) {
+            *w -= 1;
+            if *w == 0 {
+                waiting.remove(&c);
+                ready.push(std::cmp::Reverse(c));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<E: Executor> Shared<E> {
@@ -392,7 +439,7 @@ impl<E: Executor> Shared<E> {
                         key,
                         layers: vec![],
                         times: vec![],
-                        base,
+                        base: base.into(),
                     }),
                     None,
                 ))
@@ -1007,7 +1054,7 @@ fn import_image<E: Executor>(
         key,
         times: vec![0; layers.len()],
         layers,
-        base,
+        base: base.into(),
     };
     store.cache_put(&rec)?;
     Ok((rec, true))

@@ -33,3 +33,28 @@ COPY --from=right /right /
         assert_eq!(out.step(run).state, StepState::Done, "{}", out.stderr);
     }
 }
+
+/// A step that mounts the stage it builds on (one input twice) and a slower stage as well waits for both:
+/// the scheduler counts each input node once, however many times the step names it.
+#[test]
+fn a_step_waits_for_every_input_even_with_one_named_twice() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base AS a
+RUN echo a > /a
+
+FROM base AS slow
+RUN sleep 1 && echo slow > /slow
+
+FROM a
+RUN --mount=type=bind,from=a,target=/m --mount=type=bind,from=slow,target=/s cat /m/a /s/slow > /both
+",
+    )]);
+    let out = Kiln::new()
+        .with_base()
+        .args(["--jobs", "4"])
+        .arg(ctx.path())
+        .run();
+    out.success();
+    assert_eq!(out.step("cat /m/a").state, StepState::Done, "{}", out.stderr);
+}
