@@ -141,3 +141,57 @@ fn no_cache_runs_everything() {
         .collect();
     assert!(cached.is_empty(), "not run: {cached:#?}\n{}", out.stderr);
 }
+
+/// A base image layout is input: a layer blob whose bytes do not match its digest is refused before any
+/// step runs. Once a layer is in the store (unpacked from bytes that did match), later builds use the
+/// store's verified copy and never read the layout's blob again, so damage to it afterwards changes nothing.
+#[test]
+fn a_corrupt_base_layer_is_refused_and_a_stored_one_is_not_read_again() {
+    let ctx = crate::support::context(&[("Dockerfile", "FROM base\nRUN echo hi > /hi\n")]);
+    let layout = copy_dir(crate::support::base_image());
+    let corrupt = |layout: &Path| {
+        let blobs = layout.join("blobs/sha256");
+        let biggest = std::fs::read_dir(&blobs)
+            .unwrap()
+            .flatten()
+            .max_by_key(|e| e.metadata().unwrap().len())
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&biggest).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&biggest, bytes).unwrap();
+    };
+    let build = |store: &Path, layout: &Path, extra: &[&str]| {
+        Kiln::build_in(store)
+            .arg("--build-context")
+            .arg(format!("base=oci-layout://{}", layout.display()))
+            .args(extra)
+            .arg(ctx.path())
+            .run()
+    };
+
+    let damaged = copy_dir(layout.path());
+    corrupt(damaged.path());
+    let fresh = tempdir("store");
+    let out = build(fresh.path(), damaged.path(), &[]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("is corrupt"), "{}", out.stderr);
+    assert!(
+        out.steps().iter().all(|s| s.state != StepState::Done),
+        "{}",
+        out.stderr
+    );
+
+    let store = tempdir("store");
+    build(store.path(), layout.path(), &[]).success();
+    corrupt(layout.path());
+    let again = build(store.path(), layout.path(), &["--no-cache"]);
+    again.success();
+    assert_eq!(
+        again.step("echo hi").state,
+        StepState::Done,
+        "{}",
+        again.stderr
+    );
+}

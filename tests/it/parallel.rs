@@ -56,5 +56,10 @@ RUN --mount=type=bind,from=a,target=/m --mount=type=bind,from=slow,target=/s cat
         .arg(ctx.path())
         .run();
     out.success();
-    assert_eq!(out.step("cat /m/a").state, StepState::Done, "{}", out.stderr);
+    assert_eq!(
+        out.step("cat /m/a").state,
+        StepState::Done,
+        "{}",
+        out.stderr
+    );
 }
