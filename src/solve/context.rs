@@ -128,6 +128,155 @@ impl Tree {
         }
         Ok(out)
     }
+
+    /// What `entries` yields, with each entry's metadata (not following links) and its path relative to
+    /// `start`. With nothing to leave out, the walk reads each directory once and stats every entry
+    /// relative to its directory's descriptor: a full-path `lstat` per file re-walked every component of
+    /// the path, which was a third of the time of a no-op rebuild of a 5,000-file context.
+    pub fn entries_with_meta(&self, start: &Path) -> Result<Vec<Walked>, String> {
+        if !(self.ignore.is_empty() && self.exclude.is_empty()) {
+            return self
+                .entries(start)?
+                .into_iter()
+                .map(|e| {
+                    let meta = e
+                        .path()
+                        .symlink_metadata()
+                        .map_err(|err| format!("cannot read {}: {err}", e.path().display()))?;
+                    let below = e.path().strip_prefix(start).unwrap_or(e.path()).to_owned();
+                    Ok(Walked {
+                        path: e.into_path(),
+                        below,
+                        meta,
+                    })
+                })
+                .collect();
+        }
+        let meta = start
+            .symlink_metadata()
+            .map_err(|e| format!("cannot read {}: {e}", start.display()))?;
+        let mut walk = Walk {
+            out: vec![(start.to_owned(), PathBuf::new(), Some(meta))],
+            pending: Vec::new(),
+            pending_dirs: 0,
+        };
+        if walk.out[0].2.as_ref().is_some_and(fs::Metadata::is_dir) {
+            walk.dir(start, Path::new(""))
+                .and_then(|()| walk.flush())
+                .map_err(|e| format!("cannot read {}: {e}", start.display()))?;
+        }
+        Ok(walk
+            .out
+            .into_iter()
+            .map(|(path, below, meta)| Walked {
+                path,
+                below,
+                meta: meta.expect("every entry is stat'ed by the last flush"),
+            })
+            .collect())
+    }
+}
+
+/// An entry of a walk: its path, its path below the walk's start, and its metadata (links not followed).
+pub struct Walked {
+    pub path: PathBuf,
+    pub below: PathBuf,
+    pub meta: fs::Metadata,
+}
+
+/// A walk in walkdir's `sort_by_file_name` pre-order that lists directories as it goes (whether an entry
+/// is a directory comes from `getdents`) and stats entries in batches on every core. The stat of each of
+/// a context's files is most of a no-op rebuild, and it is done relative to the open directory
+/// (`DirEntry::metadata` is an `fstatat`), never by walking the full path again.
+struct Walk {
+    out: Vec<(PathBuf, PathBuf, Option<fs::Metadata>)>,
+    /// Listed, not yet stat'ed: each `DirEntry` keeps its directory open, so batches stay small.
+    pending: Vec<(usize, fs::DirEntry)>,
+    pending_dirs: usize,
+}
+
+impl Walk {
+    fn dir(&mut self, dir: &Path, below: &Path) -> std::io::Result<()> {
+        let mut children = fs::read_dir(dir)?.collect::<std::io::Result<Vec<_>>>()?;
+        children.sort_by_key(fs::DirEntry::file_name);
+        let mut subdirs = Vec::new();
+        for entry in children {
+            let name = entry.file_name();
+            let path = dir.join(&name);
+            let below = below.join(&name);
+            if entry.file_type()?.is_dir() {
+                subdirs.push((self.out.len(), path.clone(), below.clone()));
+            }
+            self.pending.push((self.out.len(), entry));
+            self.out.push((path, below, None));
+        }
+        self.pending_dirs += 1;
+        if self.pending_dirs >= 64 || self.pending.len() >= 4096 {
+            self.flush()?;
+        }
+        // Children come right after their directory: the entries listed so far are moved down as each
+        // subtree is inserted, which keeps pre-order without a second pass.
+        let mut shift = 0;
+        for (at, path, below) in subdirs {
+            let before = self.out.len();
+            self.dir(&path, &below)?;
+            let added = self.out.len() - before;
+            if added > 0 {
+                let at = at + shift + 1;
+                self.out[at..].rotate_right(added);
+                for (i, _) in &mut self.pending {
+                    if *i >= at && *i < before {
+                        *i += added;
+                    } else if *i >= before {
+                        *i -= before - at;
+                    }
+                }
+                shift += added;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stats every pending entry, spread over the machine's cores.
+    fn flush(&mut self) -> std::io::Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_dirs = 0;
+        let threads = stat_threads().min(pending.len().div_ceil(256)).max(1);
+        let chunk = pending.len().div_ceil(threads).max(1);
+        let results: Vec<std::io::Result<Vec<(usize, fs::Metadata)>>> = std::thread::scope(|s| {
+            let stat = |part: &[(usize, fs::DirEntry)]| {
+                part.iter()
+                    .map(|(i, e)| Ok((*i, e.metadata()?)))
+                    .collect::<std::io::Result<Vec<_>>>()
+            };
+            let mut parts = pending.chunks(chunk);
+            let first = parts.next().unwrap_or(&[]);
+            let others: Vec<_> = parts.map(|p| s.spawn(move || stat(p))).collect();
+            let mut results = vec![stat(first)];
+            results.extend(
+                others
+                    .into_iter()
+                    .map(|h| h.join().expect("a stat thread panicked")),
+            );
+            results
+        });
+        for part in results {
+            for (i, meta) in part? {
+                self.out[i].2 = Some(meta);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn stat_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1)
+            .min(4)
+    })
 }
 
 /// One COPY source pattern resolved to the paths it names, relative to the tree root.
@@ -254,29 +403,25 @@ pub fn selection_digest(
             // A source that is a symlink is followed (inside the tree), as docker does for COPY sources.
             let start = resolve_source(root, &rel)?;
             for entry in tree
-                .entries(&start)
+                .entries_with_meta(&start)
                 .map_err(|e| format!("{e} (under {})", top.display()))?
             {
-                let meta = entry
-                    .path()
-                    .symlink_metadata()
-                    .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
-                let name = entry.path().strip_prefix(&start).unwrap_or(entry.path());
-                h.update(name.as_os_str().as_encoded_bytes());
+                let meta = &entry.meta;
+                h.update(entry.below.as_os_str().as_encoded_bytes());
                 h.update([0]);
                 h.update(meta.permissions().mode().to_le_bytes());
                 let ft = meta.file_type();
                 if ft.is_file() {
                     h.update(b"f");
                     h.update(meta.size().to_le_bytes());
-                    let rel = entry.path().strip_prefix(root).unwrap_or(entry.path());
+                    let rel = entry.path.strip_prefix(root).unwrap_or(&entry.path);
                     let digest = cache
-                        .digest(entry.path(), rel, &meta)
-                        .map_err(|e| format!("cannot read {}: {e}", entry.path().display()))?;
+                        .digest(&entry.path, rel, meta)
+                        .map_err(|e| format!("cannot read {}: {e}", entry.path.display()))?;
                     h.update(digest);
                 } else if ft.is_symlink() {
                     h.update(b"l");
-                    let target = fs::read_link(entry.path()).unwrap_or_default();
+                    let target = fs::read_link(&entry.path).unwrap_or_default();
                     h.update(target.as_os_str().as_encoded_bytes());
                 } else if ft.is_dir() {
                     h.update(b"d");
@@ -337,6 +482,46 @@ pub fn resolve_source(root: &Path, rel: &Path) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The batched, parallel walk yields exactly walkdir's order and each entry's own metadata, across
+    /// flushes by directory count and by entry count, at every depth.
+    #[test]
+    fn the_fast_walk_matches_walkdir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for a in 0..9 {
+            for b in 0..9 {
+                let d = root.join(format!("d{a}/e{b}"));
+                fs::create_dir_all(&d).unwrap();
+                for f in 0..(a * b % 5) {
+                    fs::write(d.join(format!("f{f}")), format!("{a}{b}{f}")).unwrap();
+                }
+            }
+            fs::write(root.join(format!("d{a}.txt")), "x").unwrap();
+        }
+        fs::create_dir(root.join("many")).unwrap();
+        for f in 0..5000 {
+            fs::write(root.join(format!("many/{f}")), "").unwrap();
+        }
+        std::os::unix::fs::symlink("d1", root.join("link")).unwrap();
+        fs::create_dir(root.join("empty")).unwrap();
+        let dir = HostDir {
+            path: root.to_owned(),
+            excludes: Vec::new(),
+        };
+        let tree = dir.tree().unwrap();
+        for start in [root.to_owned(), root.join("d3"), root.join("d3.txt")] {
+            let fast = tree.entries_with_meta(&start).unwrap();
+            let slow = tree.entries(&start).unwrap();
+            let fast_paths: Vec<_> = fast.iter().map(|w| w.path.clone()).collect();
+            let slow_paths: Vec<_> = slow.iter().map(|e| e.path().to_owned()).collect();
+            assert_eq!(fast_paths, slow_paths);
+            for w in &fast {
+                assert_eq!(w.below, w.path.strip_prefix(&start).unwrap());
+                assert_eq!(w.meta.ino(), w.path.symlink_metadata().unwrap().ino());
+            }
+        }
+    }
 
     #[test]
     fn wildcards_follow_go_rules() {
