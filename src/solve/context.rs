@@ -197,11 +197,12 @@ struct Walk {
 
 impl Walk {
     fn dir(&mut self, dir: &Path, below: &Path) -> std::io::Result<()> {
-        let mut children = fs::read_dir(dir)?.collect::<std::io::Result<Vec<_>>>()?;
-        children.sort_by_key(fs::DirEntry::file_name);
+        let mut children = fs::read_dir(dir)?
+            .map(|e| e.map(|e| (e.file_name(), e)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
-        for entry in children {
-            let name = entry.file_name();
+        for (name, entry) in children {
             let path = dir.join(&name);
             let below = below.join(&name);
             if entry.file_type()?.is_dir() {
