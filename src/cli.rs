@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build a Dockerfile into an image.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Compile only and print the build graph. Never runs a step, never touches the network.
     Graph(GraphArgs),
     /// Lint a Dockerfile: BuildKit's build checks and kiln's secret checks. Never builds anything.
@@ -46,6 +46,9 @@ enum Command {
     Du(StoreArgs),
     /// Free space in the store: least recently used results first, never anything a build is using.
     Prune(PruneArgs),
+    /// Run as a remote execution worker: take RUN steps leased by a REAPI server (Bots API) and run
+    /// them in namespaces, like a local build does.
+    Worker(WorkerArgs),
 }
 
 #[derive(Args)]
@@ -174,6 +177,30 @@ struct BuildArgs {
     /// The store directory (default: $KILN_STORE, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long)]
     store: Option<PathBuf>,
+    /// Run RUN steps on a REAPI server's workers (`grpc://HOST:PORT`), answering them from its
+    /// ActionCache first. Steps that mount a secret, an SSH agent or anything else run here.
+    #[arg(long, value_name = "URL", conflicts_with = "remote_cache")]
+    remote_executor: Option<String>,
+    /// Use a REAPI server (`grpc://HOST:PORT`) as a shared cache only: hits come from its ActionCache,
+    /// misses run here and are uploaded.
+    #[arg(long, value_name = "URL")]
+    remote_cache: Option<String>,
+    /// The REAPI instance name on the remote server.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    remote_instance_name: String,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// The REAPI server whose Bots service leases the work: `grpc://HOST:PORT`.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// The REAPI instance name.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    instance: String,
+    /// Where to keep unpacked inputs and step directories (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -252,7 +279,7 @@ pub fn main() -> i32 {
     };
     let color = std::io::stderr().is_terminal();
     let result = match cli.command {
-        Command::Build(args) => build(args),
+        Command::Build(args) => build(*args),
         Command::Graph(args) => graph(args),
         Command::Check(args) => check(args),
         Command::Fmt(args) => fmt(args),
@@ -261,6 +288,7 @@ pub fn main() -> i32 {
         Command::Affected(args) => affected(args),
         Command::Du(args) => du(args),
         Command::Prune(args) => prune(args),
+        Command::Worker(args) => worker(args),
     };
     match result {
         Ok(()) => 0,
@@ -829,6 +857,42 @@ fn human(bytes: u64) -> String {
     }
 }
 
+fn worker(args: WorkerArgs) -> Result<()> {
+    crate::remote::parse_url(&args.server).map_err(|m| {
+        Diagnostic::input(format!("bad server address `{}`: {m}", args.server))
+            .help("for example `kiln worker --server grpc://127.0.0.1:50051`")
+    })?;
+    // Before any thread starts: an unprivileged worker becomes root of its own user namespace here.
+    crate::exec::userns::enter()?;
+    let temp;
+    let work = match args.work_dir {
+        Some(d) => d,
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("kiln-worker-")
+                .tempdir()
+                .map_err(|e| Diagnostic::io("cannot make the worker's directory", e))?;
+            temp.path().to_path_buf()
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Diagnostic::io("cannot start the worker", e))?;
+    runtime.block_on(async {
+        let server = crate::remote::Server::new(&args.server, &args.instance)?;
+        server.check().await?;
+        let worker = crate::remote::worker::Worker::new(server, work)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| Diagnostic::io("cannot watch for SIGTERM", e))?;
+        tokio::select! {
+            r = worker.serve() => r,
+            _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        }
+    })
+}
+
 fn du(args: StoreArgs) -> Result<()> {
     // Rootless stores hold files owned by subordinate ids, readable only inside the namespace.
     crate::exec::userns::enter()?;
@@ -1213,21 +1277,55 @@ fn build(args: BuildArgs) -> Result<()> {
         .build()
         .map_err(|e| Diagnostic::io("cannot start the scheduler", e))?;
     let started = std::time::Instant::now();
-    let solve = crate::solve::solve(
-        graph.clone(),
-        store.clone(),
-        Arc::new(crate::exec::Namespaces::new()),
-        reporter.clone(),
-        secrets.clone(),
-        crate::solve::SolveOptions {
-            jobs: args.jobs,
-            no_cache: args.no_cache,
-            contexts: compiled.contexts,
-            epoch,
-            ssh,
-            registry: registry.clone(),
-        },
-    );
+    let solve_opts = crate::solve::SolveOptions {
+        jobs: args.jobs,
+        no_cache: args.no_cache,
+        contexts: compiled.contexts,
+        epoch,
+        ssh,
+        registry: registry.clone(),
+    };
+    let remote = match (&args.remote_executor, &args.remote_cache) {
+        (Some(url), _) => Some((url, crate::remote::Mode::Execute)),
+        (None, Some(url)) => Some((url, crate::remote::Mode::Cache)),
+        (None, None) => None,
+    };
+    type Solving<'a> =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<crate::solve::Summary>> + 'a>>;
+    let solve: Solving = match remote {
+        Some((url, mode)) => {
+            crate::remote::parse_url(url).map_err(|m| {
+                cl.error(
+                    url,
+                    Span::default(),
+                    format!("bad remote address `{url}`: {m}"),
+                )
+                .help("for example `--remote-executor grpc://127.0.0.1:50051`")
+            })?;
+            let instance = args.remote_instance_name.clone();
+            let (graph, store, reporter, secrets) = (
+                graph.clone(),
+                store.clone(),
+                reporter.clone(),
+                secrets.clone(),
+            );
+            Box::pin(async move {
+                // The channel needs the runtime, so it is made inside it.
+                let server = crate::remote::Server::new(url, &instance)?;
+                server.check().await?;
+                let executor = Arc::new(crate::remote::Remote::new(server, mode));
+                crate::solve::solve(graph, store, executor, reporter, secrets, solve_opts).await
+            })
+        }
+        None => Box::pin(crate::solve::solve(
+            graph.clone(),
+            store.clone(),
+            Arc::new(crate::exec::Namespaces::new()),
+            reporter.clone(),
+            secrets.clone(),
+            solve_opts,
+        )),
+    };
     let summary = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Diagnostic::io("cannot watch for SIGTERM", e))?;

@@ -24,6 +24,7 @@ pub mod oci;
 pub mod options;
 pub mod progress;
 pub mod registry;
+pub mod remote;
 pub mod secret;
 pub mod solve;
 pub mod store;

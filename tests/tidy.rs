@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 /// The pipeline, in order. A stage may use the ones before it, never the ones after.
-const STAGES: [&str; 7] = [
-    "syntax", "check", "lower", "graph", "solve", "exec", "export",
+const STAGES: [&str; 8] = [
+    "syntax", "check", "lower", "graph", "solve", "exec", "export", "remote",
 ];
 /// Shared foundations: usable by every stage, and using no stage themselves.
 const FOUNDATIONS: [&str; 8] = [

@@ -58,8 +58,10 @@ fn overlay(fs: &Layers) -> Result<Overlay> {
     })
 }
 
-impl Executor for Namespaces {
-    async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
+impl Namespaces {
+    /// Runs a command and returns its exit code; `Err` only when it could not be run at all. The remote
+    /// worker reports the code itself (REAPI's `ActionResult.exit_code`) instead of a message.
+    pub async fn run_exit(&self, step: RunStep, logs: LogSink) -> Result<i32> {
         let fs = overlay(&step.fs)?;
         let upper = fs.upper.clone();
         let secret_dir = upper.parent().unwrap_or(Path::new("/")).join("secrets");
@@ -80,7 +82,6 @@ impl Executor for Namespaces {
                 present: v.is_some(),
             });
         }
-        let command = step.args.join(" ");
         let mount_dir = upper.parent().unwrap_or(Path::new("/")).join("mounts");
         // Agent proxies live as long as this call: dropping them stops forwarding.
         let mut proxies = Vec::new();
@@ -161,14 +162,25 @@ impl Executor for Namespaces {
         if let Some(e) = status.error {
             return Err(Diagnostic::env(format!("cannot run the step: {e}")));
         }
-        if status.exit != 0 {
-            return Err(Diagnostic::build(format!(
-                "process `{}` did not complete successfully: exit code {}",
-                abbreviate(&command),
-                status.exit
-            )));
+        Ok(status.exit)
+    }
+}
+
+/// The error of a step that exited with `exit`.
+pub fn exit_error(args: &[String], exit: i32) -> Diagnostic {
+    Diagnostic::build(format!(
+        "process `{}` did not complete successfully: exit code {exit}",
+        abbreviate(&args.join(" ")),
+    ))
+}
+
+impl Executor for Namespaces {
+    async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
+        let args = step.args.clone();
+        match self.run_exit(step, logs).await? {
+            0 => Ok(()),
+            exit => Err(exit_error(&args, exit)),
         }
-        Ok(())
     }
 
     async fn copy(&self, step: CopyStep) -> Result<()> {
