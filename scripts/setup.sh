@@ -14,6 +14,9 @@ packages=(busybox-static skopeo umoci python3 tar procps ca-certificates openssh
 # The SSH clone tests: openssh-server (a real sshd on loopback), git (the repository it serves),
 # debootstrap and debian-archive-keyring (their Debian base image with git and ssh, made from the Debian mirror).
 packages+=(openssh-server git debootstrap debian-archive-keyring)
+# The remote execution tests: PostgreSQL for BuildGrid's scheduler (a private cluster per test run), and
+# python3-venv for BuildGrid's own virtualenv (below).
+packages+=(postgresql python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -27,6 +30,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BuildGrid, the REAPI server of the remote execution tests, from PyPI into a virtualenv of its own
+# (pinned: 0.4.4 is the last release for Python 3.11, Debian 12's). Only when it is not there yet.
+export KILN_BUILDGRID=${KILN_BUILDGRID:-${XDG_CACHE_HOME:-$HOME/.cache}/kiln-tests/buildgrid-0.4.4}
+if ! "$KILN_BUILDGRID/bin/bgd" --help >/dev/null 2>&1; then
+  echo "installing BuildGrid 0.4.4 into $KILN_BUILDGRID" >&2
+  rm -rf "$KILN_BUILDGRID"
+  python3 -m venv "$KILN_BUILDGRID"
+  "$KILN_BUILDGRID/bin/pip" install -q --disable-pip-version-check 'buildgrid[database]==0.4.4' >&2
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -20,6 +20,7 @@ mod parallel;
 mod path_escape;
 mod progress;
 mod registry;
+mod remote;
 mod rootless;
 mod secrets;
 mod ssh;
