@@ -598,6 +598,20 @@ impl Remote {
             .map_err(|e| Diagnostic::io("cannot write a snapshot for the remote", e))
     }
 
+    /// Whether the CAS still holds every blob a cached result refers to (a service may evict blobs before
+    /// the ActionCache entries that name them); if not, the step runs again.
+    async fn complete(&self, result: &re::ActionResult) -> Result<bool> {
+        let wanted: Vec<re::Digest> = result
+            .output_files
+            .iter()
+            .filter_map(|f| f.digest.clone())
+            .chain(result.stdout_digest.clone())
+            .chain(result.stderr_digest.clone())
+            .filter(|d| d.size_bytes > 0)
+            .collect();
+        Ok(self.server.find_missing(wanted).await?.is_empty())
+    }
+
     /// Replays a result's output and rebuilds the layer from it into `upper`.
     async fn apply(
         &self,
@@ -723,6 +737,7 @@ impl Remote {
 
         if let Some(result) = self.server.get_action_result(&action_digest).await?
             && result.exit_code == 0
+            && self.complete(&result).await?
         {
             return self
                 .apply(&result, &step.args, &step.fs, &scratch, &logs)

@@ -55,9 +55,33 @@ impl Worker {
         })
     }
 
-    /// Serves leases until the server goes away.
+    /// Serves leases until stopped. A lost session (the server restarted, the network broke) is logged
+    /// and replaced by a new one; the server requeues what the old one held.
     pub async fn serve(self) -> Result<()> {
         let me = Arc::new(self);
+        let mut delay = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let e = me.clone().session().await;
+            log(&format!("session lost: {}; reconnecting", e.message));
+            if started.elapsed() > Duration::from_secs(60) {
+                delay = Duration::from_secs(1);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// One bot session, until it fails.
+    async fn session(self: Arc<Self>) -> Diagnostic {
+        match self.session_inner().await {
+            Ok(never) => match never {},
+            Err(e) => e,
+        }
+    }
+
+    async fn session_inner(self: &Arc<Self>) -> Result<std::convert::Infallible> {
+        let me = self;
         let mut bots = BotsClient::new(me.server.channel.clone());
         let mut session = bots
             .create_bot_session(CreateBotSessionRequest {
@@ -89,7 +113,7 @@ impl Worker {
             };
             session.leases[i].state = LeaseState::Active as i32;
             let lease = session.leases[i].clone();
-            let worker = me.clone();
+            let worker = Arc::clone(me);
             let mut task = tokio::spawn(async move { worker.run_lease(lease.payload).await });
             let outcome = loop {
                 tokio::select! {
@@ -97,7 +121,15 @@ impl Worker {
                     _ = tokio::time::sleep(KEEPALIVE) => {
                         // Keep-alive with the lease still active; the answer carries nothing new for a
                         // bot at capacity.
-                        let answer = me.update(&mut bots, session.clone()).await?;
+                        let answer = match me.update(&mut bots, session.clone()).await {
+                            Ok(a) => a,
+                            Err(e) => {
+                                // The server will requeue the lease: stop the step (its helper dies
+                                // with the task).
+                                task.abort();
+                                return Err(e);
+                            }
+                        };
                         session.name = answer.name;
                         session.expire_time = answer.expire_time;
                     }

@@ -232,6 +232,22 @@ fn remote_execution_on_buildgrid() {
         );
     }
 
+    // A failing step fails the build as a local one does, with its output and exit code.
+    let failing = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN echo about to fail && exit 3\n",
+    )]);
+    let out = build(failing.path(), &["--remote-executor", &farm.url()]);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("about to fail") && out.stderr.contains("exit code 3"),
+        "{}",
+        out.stderr
+    );
+    let ran = farm.ran();
+    assert_eq!(ran.len(), 3, "{}", farm.log());
+    let ops = farm.operations();
+
     // An empty store: every step is answered by the ActionCache, nothing runs anywhere.
     let again = build(ctx.path(), &["--remote-executor", &farm.url()]);
     again.success();
