@@ -29,6 +29,8 @@ fn buildgrid_venv() -> PathBuf {
 struct Farm {
     dir: tempfile::TempDir,
     addr: String,
+    /// The socket directory of BuildGrid's PostgreSQL.
+    pgsock: PathBuf,
     worker: Child,
     worker_log: PathBuf,
 }
@@ -56,6 +58,11 @@ impl Farm {
             .find_map(|l| l.strip_prefix("addr="))
             .unwrap_or_else(|| panic!("start-buildgrid.sh printed no address:\n{out}"))
             .to_string();
+        let pgsock = out
+            .lines()
+            .find_map(|l| l.strip_prefix("pgsock="))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("start-buildgrid.sh printed no database socket:\n{out}"));
         let worker_log = dir.path().join("worker.log");
         let worker = Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args([
@@ -73,6 +80,7 @@ impl Farm {
         let farm = Farm {
             dir,
             addr,
+            pgsock,
             worker,
             worker_log,
         };
@@ -128,10 +136,9 @@ impl Farm {
 
     /// A plain-text dump of BuildGrid's database (jobs, operations, leases, bots).
     fn dump_database(&self, dest: &Path) {
-        let sock = self.dir.path().join("bg/sock");
         let out = Command::new("runuser")
             .args(["-u", "postgres", "--", "pg_dump", "-h"])
-            .arg(&sock)
+            .arg(&self.pgsock)
             .args(["-U", "postgres", "bgd"])
             .output()
             .expect("cannot run pg_dump");
