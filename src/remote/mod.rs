@@ -506,6 +506,35 @@ pub fn network_from_name(s: &str) -> Option<Network> {
     }
 }
 
+/// The Action that files a step's result under kiln's cache key: no inputs, a Command naming the key.
+/// Never executed; only its ActionCache entry is used. Returns its digest and blobs (Command, empty
+/// input root, Action).
+fn key_action(key: &crate::digest::Digest) -> (re::Digest, Vec<(re::Digest, Vec<u8>)>) {
+    let (command_digest, command) = message_blob(&re::Command {
+        arguments: vec![
+            "kiln-cached-step".to_string(),
+            format!("{}:{key}", crate::solve::CACHE_DOMAIN),
+        ],
+        output_paths: vec![OUTPUT.to_string()],
+        ..Default::default()
+    });
+    let (root_digest, root) = message_blob(&re::Directory::default());
+    let (digest, action) = message_blob(&re::Action {
+        command_digest: Some(command_digest.clone()),
+        input_root_digest: Some(root_digest.clone()),
+        do_not_cache: false,
+        ..Default::default()
+    });
+    (
+        digest.clone(),
+        vec![
+            (command_digest, command),
+            (root_digest, root),
+            (digest, action),
+        ],
+    )
+}
+
 /// Whether a step may leave the machine: only one with no mounts at all. A secret or an SSH agent
 /// must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host.
 pub fn remotable(step: &RunStep) -> bool {
@@ -664,6 +693,57 @@ impl Remote {
     }
 
     async fn run_remote(&self, step: RunStep, logs: LogSink) -> Result<()> {
+        // First by kiln's cache key: no input needs tarring, and a result is found even when an input
+        // layer was rebuilt with other bytes (a new directory's mtime) but the same meaning.
+        let keyed = step.key.as_ref().map(key_action);
+        if let Some((digest, _)) = &keyed
+            && let Some(result) = self.server.get_action_result(digest).await?
+            && result.exit_code == 0
+            && self.complete(&result).await?
+        {
+            let scratch = self.scratch(&step.fs)?;
+            return self
+                .apply(&result, &step.args, &step.fs, &scratch, &logs)
+                .await;
+        }
+        let result = self.run_action(step, logs.clone()).await?;
+        if let (Some((digest, blobs)), Some(result)) = (keyed, result)
+            && let Err(e) = self.file_under_key(&digest, blobs, result).await
+        {
+            logs(format!("kiln: not cached remotely by key: {}\n", e.message).as_bytes());
+        }
+        Ok(())
+    }
+
+    fn scratch(&self, fs: &Layers) -> Result<PathBuf> {
+        let scratch = fs.upper.parent().unwrap_or(Path::new("/")).join("remote");
+        std::fs::create_dir_all(&scratch)
+            .map_err(|e| Diagnostic::io("cannot prepare a remote step", e))?;
+        Ok(scratch)
+    }
+
+    /// Records `result` in the ActionCache under the key Action too (with its blobs, so the entry is
+    /// complete for servers that check).
+    async fn file_under_key(
+        &self,
+        digest: &re::Digest,
+        blobs: Vec<(re::Digest, Vec<u8>)>,
+        result: re::ActionResult,
+    ) -> Result<()> {
+        let missing = self
+            .server
+            .find_missing(blobs.iter().map(|(d, _)| d.clone()).collect())
+            .await?;
+        for (d, b) in blobs {
+            if missing.contains(&d) {
+                self.server.upload_bytes(&d, b).await?;
+            }
+        }
+        self.server.update_action_result(digest, result).await
+    }
+
+    /// Runs the step as a content-addressed Action (ActionCache first); returns the successful result.
+    async fn run_action(&self, step: RunStep, logs: LogSink) -> Result<Option<re::ActionResult>> {
         let scratch = step
             .fs
             .upper
@@ -739,9 +819,9 @@ impl Remote {
             && result.exit_code == 0
             && self.complete(&result).await?
         {
-            return self
-                .apply(&result, &step.args, &step.fs, &scratch, &logs)
-                .await;
+            self.apply(&result, &step.args, &step.fs, &scratch, &logs)
+                .await?;
+            return Ok(Some(result));
         }
         match self.mode {
             Mode::Execute => {
@@ -770,16 +850,20 @@ impl Remote {
                     ))
                 })?;
                 self.apply(&result, &step.args, &step.fs, &scratch, &logs)
-                    .await
+                    .await?;
+                Ok(Some(result))
             }
             Mode::Cache => {
                 let upper = step.fs.upper.clone();
                 self.local.run(step, logs.clone()).await?;
-                if let Err(e) = self.publish(&upper, &scratch, &blobs, &action_digest).await {
-                    // A cache that cannot take a result costs a rebuild elsewhere, not this build.
-                    logs(format!("kiln: not cached remotely: {}\n", e.message).as_bytes());
+                match self.publish(&upper, &scratch, &blobs, &action_digest).await {
+                    Ok(result) => Ok(Some(result)),
+                    Err(e) => {
+                        // A cache that cannot take a result costs a rebuild elsewhere, not this build.
+                        logs(format!("kiln: not cached remotely: {}\n", e.message).as_bytes());
+                        Ok(None)
+                    }
                 }
-                Ok(())
             }
         }
     }
@@ -791,7 +875,7 @@ impl Remote {
         scratch: &Path,
         blobs: &[(re::Digest, Blob)],
         action: &re::Digest,
-    ) -> Result<()> {
+    ) -> Result<re::ActionResult> {
         let file = scratch.join(OUTPUT);
         let out = self.snapshot_digest_fresh(upper, &file).await?;
         // The Action and its small inputs go along so the entry is complete; the input snapshots stay.
@@ -810,20 +894,19 @@ impl Remote {
         if missing.contains(&out) {
             self.server.upload_file(&out, &file).await?;
         }
+        let result = re::ActionResult {
+            output_files: vec![re::OutputFile {
+                path: OUTPUT.to_string(),
+                digest: Some(out),
+                ..Default::default()
+            }],
+            exit_code: 0,
+            ..Default::default()
+        };
         self.server
-            .update_action_result(
-                action,
-                re::ActionResult {
-                    output_files: vec![re::OutputFile {
-                        path: OUTPUT.to_string(),
-                        digest: Some(out),
-                        ..Default::default()
-                    }],
-                    exit_code: 0,
-                    ..Default::default()
-                },
-            )
-            .await
+            .update_action_result(action, result.clone())
+            .await?;
+        Ok(result)
     }
 }
 

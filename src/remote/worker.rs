@@ -267,6 +267,7 @@ impl Worker {
                     network,
                     secrets: Vec::new(),
                     mounts: Vec::new(),
+                    key: None,
                 },
                 sink,
             )

@@ -55,6 +55,9 @@ pub struct RunStep {
     /// Each secret mount with its value (`None` when an optional secret was not given).
     pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
     pub mounts: Vec<StepMount>,
+    /// The step's cache key (never covering a secret's value): a remote cache may file the result under
+    /// it, as the store does.
+    pub key: Option<Digest>,
 }
 
 /// A cache, bind or tmpfs mount of a step, with host paths.
@@ -663,6 +666,7 @@ impl<E: Executor> Shared<E> {
         let result = match &node.op {
             Op::Run(r) => {
                 let mut step = self.run_step(r, base, fs)?;
+                step.key = Some(key.clone());
                 let (mounts, held) = self.step_mounts(r, &inputs).await?;
                 // As BuildKit does: the step's ssh client finds the (first) forwarded agent by itself.
                 if let Some(StepMount::Ssh { target, .. }) =
@@ -860,6 +864,7 @@ impl<E: Executor> Shared<E> {
             network: r.network,
             secrets,
             mounts: Vec::new(),
+            key: None,
         })
     }
 

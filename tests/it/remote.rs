@@ -199,7 +199,7 @@ fn remote_execution_on_buildgrid() {
         "Dockerfile",
         "FROM base\n\
          RUN mkdir -p /app/bin && echo one > /app/one && chmod 4755 /app/one && ln -s one /app/link \
-             && chown 1000:1000 /app/bin && rm -f /bin/vi && ls -l /app > /app/listing\n\
+             && chown 1000:1000 /app/bin && rm -f /bin/vi && stat -c '%n %a %u %g %F' /app/* > /app/listing\n\
          RUN cat /app/one /app/listing && echo two >> /app/one && rm /app/link && test ! -e /bin/vi\n",
     )]);
     let local = build(ctx.path(), &[]);
@@ -327,6 +327,34 @@ fn remote_execution_on_buildgrid() {
         !log.contains("/run/secrets") && !log.contains("TOK"),
         "{log}"
     );
+    // The benchmark's multistage workload (four stages in parallel, then one collecting them) on the
+    // farm: every RUN runs remotely; its output is random, so the equal digest of a second build from an
+    // empty store shows that every step came from the ActionCache.
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            &std::fs::read_to_string(repo().join("bench/peers/dockerfiles/multistage.Dockerfile"))
+                .unwrap(),
+        ),
+        ("stamp.txt", "stamp\n"),
+    ]);
+    let args = [
+        "--remote-executor",
+        &farm.url(),
+        "--build-arg",
+        "BASE=base",
+        "--build-arg",
+        "MB=1",
+    ];
+    let before = farm.ran().len();
+    let first = build(ctx.path(), &args);
+    first.success();
+    assert_eq!(farm.ran().len(), before + 5, "{}", farm.log());
+    let second = build(ctx.path(), &args);
+    second.success();
+    assert_eq!(manifest(&first.stdout), manifest(&second.stdout));
+    assert_eq!(farm.ran().len(), before + 5, "{}", farm.log());
+
     let dump = farm.dir.path().join("database.sql");
     farm.dump_database(&dump);
     let mut found = leaks_under(&farm.cas(), &[TOKEN.as_bytes()]);
