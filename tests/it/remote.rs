@@ -370,6 +370,35 @@ fn remote_execution_on_buildgrid() {
     );
     // The search is real: the CAS does hold the blobs of the remote step.
     assert!(walkdir::WalkDir::new(farm.cas()).into_iter().count() > 10);
+
+    // The server goes away: the worker says so and keeps trying, rather than exiting.
+    tool(
+        "bash",
+        &[
+            repo()
+                .join("tests/fixtures/start-buildgrid.sh")
+                .to_str()
+                .unwrap(),
+            farm.dir.path().join("bg").to_str().unwrap(),
+            "stop",
+        ],
+    );
+    let started = Instant::now();
+    while !farm.log().contains("session lost") {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the worker did not notice:\n{}",
+            farm.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut farm = farm;
+    assert!(
+        farm.worker.try_wait().unwrap().is_none(),
+        "the worker must keep running:\n{}",
+        farm.log()
+    );
 }
 
 #[test]
