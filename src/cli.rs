@@ -1229,6 +1229,7 @@ fn build(args: BuildArgs) -> Result<()> {
             CompressionArg::Gzip => crate::export::layer::Codec::Gzip,
             CompressionArg::Zstd => crate::export::layer::Codec::Zstd,
         },
+        jobs: args.jobs,
     };
     let compiled = compile(&args.compile, &cl, false)?;
     if compiled.graph.roots.len() > 1 && (!outputs.is_empty() || !pushes.is_empty()) {
@@ -1382,6 +1383,15 @@ fn build(args: BuildArgs) -> Result<()> {
                 | crate::export::Output::Tar { dest } => dest,
             };
             let note = match &exported.manifest {
+                Some(m) if exported.unchanged => format!(
+                    "{} already holds {name} ({} layers), manifest {m}: nothing written",
+                    dest.display(),
+                    exported.layers
+                ),
+                None if exported.unchanged => format!(
+                    "{} already holds the filesystem of {name}: nothing written",
+                    dest.display()
+                ),
                 Some(m) => format!(
                     "exported {name} to {} ({} layers), manifest {m}",
                     dest.display(),
@@ -1464,11 +1474,7 @@ fn push(
 ) -> Result<()> {
     let tmp = store.temp_dir("push-")?;
     let dir = tmp.path().join("layout");
-    let out = crate::export::Output::Oci {
-        dest: dir.clone(),
-        tar: false,
-    };
-    crate::export::export(store, layers, config, &out, None, settings)?;
+    crate::export::export_for_push(store, layers, config, &dir, settings)?;
     for name in names {
         let digest = crate::registry::push(&dir, Some("latest"), name, registry)?;
         reporter.event(Event::Note(format!(

@@ -89,6 +89,13 @@ pub fn verify_blob(layout: &Path, digest: &str, size: Option<u64>) -> io::Result
     Ok(path)
 }
 
+/// Whether the file at `path` hashes to `digest` (false when it cannot be read).
+pub fn file_holds(path: &Path, digest: &str) -> bool {
+    File::open(path)
+        .and_then(hash_reader)
+        .is_ok_and(|actual| actual == digest)
+}
+
 /// Serialises with object keys sorted at every level, so equal values give equal bytes.
 pub fn canonical_json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let value = serde_json::to_value(value).map_err(|e| invalid(e.to_string()))?;
@@ -104,6 +111,18 @@ pub fn write_layout(
     tag: Option<&str>,
     blobs: &[(String, PathBuf)],
 ) -> io::Result<String> {
+    write_layout_keeping(dir, manifest_json, tag, blobs, &|_, _| true)
+}
+
+/// `write_layout`, keeping a blob already in the layout only where `keep(path, digest)` says it holds
+/// that digest; any other is written again from its source.
+pub fn write_layout_keeping(
+    dir: &Path,
+    manifest_json: &[u8],
+    tag: Option<&str>,
+    blobs: &[(String, PathBuf)],
+    keep: &dyn Fn(&Path, &str) -> bool,
+) -> io::Result<String> {
     if tag == Some("") {
         return Err(invalid("empty tag".to_string()));
     }
@@ -112,7 +131,7 @@ pub fn write_layout(
 
     for (digest, source) in blobs {
         let dest = blob_path(dir, digest)?;
-        if dest.exists() {
+        if dest.exists() && keep(&dest, digest) {
             continue;
         }
         let mut src = File::open(source).map_err(|e| with_path(e, "cannot open", source))?;
@@ -148,7 +167,7 @@ pub fn write_layout(
     }
     let manifest_digest = sha256_hex(manifest_json);
     let manifest_path = blob_path(dir, &manifest_digest)?;
-    if !manifest_path.exists() {
+    if !(manifest_path.exists() && keep(&manifest_path, &manifest_digest)) {
         write_atomic(&manifest_path, manifest_json)?;
     }
 

@@ -6,6 +6,7 @@
 //! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
 //! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
 //! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
+//! - `exports/<hex>`: per output destination, what kiln last wrote there and the stat data of those files;
 //! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
 //! - `files/<hex>`: immutable file objects that snapshots hard-link (COPY from a context);
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);

@@ -5,6 +5,7 @@
 pub mod docker;
 pub mod layer;
 pub mod local;
+pub mod record;
 
 use std::path::{Path, PathBuf};
 
@@ -36,16 +37,21 @@ pub enum Output {
 pub struct Settings {
     pub epoch: Option<i64>,
     pub codec: layer::Codec,
+    /// How many layers are compressed at once (`--jobs`); 0: one per core.
+    pub jobs: usize,
 }
 
 /// What was exported: the manifest digest (for image outputs) and the number of layers, for the summary.
 pub struct Exported {
     pub manifest: Option<Digest>,
     pub layers: usize,
+    /// The destination already held exactly this output (see `record`), so nothing was written.
+    pub unchanged: bool,
 }
 
 /// Writes the requested output. Image outputs build their blobs in the store (reusing any computed before);
-/// filesystem outputs apply the snapshots and never compress anything.
+/// filesystem outputs apply the snapshots and never compress anything. An output that already holds what
+/// would be written (as the store's export record vouches) is left alone.
 pub fn export(
     store: &Store,
     layers: &[String],
@@ -56,63 +62,164 @@ pub fn export(
 ) -> Result<Exported> {
     let epoch = settings.epoch;
     let tag = name;
+    let epoch_text = epoch.map_or_else(String::new, |e| e.to_string());
+    let filesystem = |unchanged| Exported {
+        manifest: None,
+        layers: layers.len(),
+        unchanged,
+    };
     match output {
         Output::Local { dest } => {
             local::write_dir(store, layers, dest)?;
-            return Ok(Exported {
-                manifest: None,
-                layers: layers.len(),
-            });
+            return Ok(filesystem(false));
         }
         Output::Tar { dest } => {
-            let tmp = store.temp_dir("export-")?;
-            let dir = tmp.path().join("rootfs");
-            local::write_dir(store, layers, &dir)?;
-            write_atomically(dest, |f| local::write_tar(&dir, f, epoch))?;
-            return Ok(Exported {
-                manifest: None,
-                layers: layers.len(),
-            });
+            let key = record_key("tar", &[&layers.join(","), &epoch_text]);
+            let unchanged = write_file_output(store, dest, &key, |dest| {
+                let tmp = store.temp_dir("export-")?;
+                let dir = tmp.path().join("rootfs");
+                local::write_dir(store, layers, &dir)?;
+                write_atomically(dest, |f| local::write_tar(&dir, f, epoch))
+            })?;
+            return Ok(filesystem(unchanged));
         }
         Output::Oci { .. } | Output::Docker { .. } => {}
     }
     let image = build_image(store, layers, config, settings)?;
-    match output {
+    let manifest = Digest::of(&image.manifest);
+    let unchanged = match output {
         Output::Docker { dest } => {
-            write_atomically(dest, |f| {
-                docker::write_archive(store, &image, tag, epoch, f)
-            })?;
+            let key = record_key(
+                "docker",
+                &[manifest.as_str(), tag.unwrap_or(""), &epoch_text],
+            );
+            write_file_output(store, dest, &key, |dest| {
+                write_atomically(dest, |f| {
+                    docker::write_archive(store, &image, tag, epoch, f)
+                })
+            })?
         }
         Output::Oci { dest, tar } => {
-            let mut files: Vec<(String, PathBuf)> = image
-                .blobs
-                .iter()
-                .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
-                .collect();
-            files.push((
-                image.config_digest.to_string(),
-                store.blob_path(&image.config_digest),
-            ));
-            let layout_tag = Some(tag_of(tag));
+            let layout_tag = tag_of(tag);
+            let files = image_files(store, &image);
             if *tar {
-                let tmp = store.temp_dir("export-")?;
-                let dir = tmp.path().join("layout");
-                crate::oci::write_layout(&dir, &image.manifest, layout_tag.as_deref(), &files)
-                    .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
-                write_atomically(dest, |f| crate::oci::write_layout_tar(&dir, f))?;
+                let key = record_key("oci-tar", &[manifest.as_str(), &layout_tag]);
+                write_file_output(store, dest, &key, |dest| {
+                    let tmp = store.temp_dir("export-")?;
+                    let dir = tmp.path().join("layout");
+                    crate::oci::write_layout(&dir, &image.manifest, Some(&layout_tag), &files)
+                        .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
+                    write_atomically(dest, |f| crate::oci::write_layout_tar(&dir, f))
+                })?
             } else {
-                crate::oci::write_layout(dest, &image.manifest, layout_tag.as_deref(), &files)
-                    .map_err(|e| {
-                        Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e)
-                    })?;
+                let key = record_key("oci", &[manifest.as_str(), &layout_tag]);
+                write_layout_output(store, dest, &key, &image, &layout_tag, &files)?
             }
         }
         Output::Local { .. } | Output::Tar { .. } => unreachable!("handled above"),
-    }
+    };
     Ok(Exported {
-        manifest: Some(Digest::of(&image.manifest)),
+        manifest: Some(manifest),
         layers: image.blobs.len(),
+        unchanged,
     })
+}
+
+/// Writes the image as an OCI layout at `dir` (a fresh directory) for a push, keeping no export record:
+/// the layout is gone once the push is done.
+pub fn export_for_push(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    dir: &Path,
+    settings: &Settings,
+) -> Result<()> {
+    let image = build_image(store, layers, config, settings)?;
+    let files = image_files(store, &image);
+    crate::oci::write_layout(dir, &image.manifest, Some("latest"), &files)
+        .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dir.display()), e))?;
+    Ok(())
+}
+
+/// What an export record's key holds: the kind of output and everything that shapes its bytes. kiln's
+/// version is part of it, as another kiln may write other bytes for the same image.
+fn record_key(kind: &str, parts: &[&str]) -> String {
+    let mut key = format!("kiln {}\n{kind}", env!("CARGO_PKG_VERSION"));
+    for p in parts {
+        key.push('\n');
+        key.push_str(p);
+    }
+    key
+}
+
+/// The image's blobs as `write_layout` takes them: (digest, file in the store).
+fn image_files(store: &Store, image: &Image) -> Vec<(String, PathBuf)> {
+    let mut files: Vec<(String, PathBuf)> = image
+        .blobs
+        .iter()
+        .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
+        .collect();
+    files.push((
+        image.config_digest.to_string(),
+        store.blob_path(&image.config_digest),
+    ));
+    files
+}
+
+/// A single-file output (a tar): left alone when its record says it holds `key` untouched, else written
+/// by `write` and recorded. Returns whether it was left alone.
+fn write_file_output(
+    store: &Store,
+    dest: &Path,
+    key: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<bool> {
+    let dest = record::absolute(dest);
+    let files = [dest.clone()];
+    if record::holds(store, &dest, key, &files) {
+        return Ok(true);
+    }
+    record::forget(store, &dest)?;
+    write(&dest)?;
+    record::remember(store, &dest, key, &files)?;
+    Ok(false)
+}
+
+/// An OCI layout directory: left alone when its record says it holds `key` and every file of the image
+/// (blobs, `index.json`, `oci-layout`) is untouched. Else the image is added; a blob already there is
+/// kept only if the record vouches for it or it hashes right, so a damaged blob is written anew.
+fn write_layout_output(
+    store: &Store,
+    dest: &Path,
+    key: &str,
+    image: &Image,
+    tag: &str,
+    files: &[(String, PathBuf)],
+) -> Result<bool> {
+    let dest = record::absolute(dest);
+    let manifest_hex = Digest::of(&image.manifest);
+    let mut written: Vec<PathBuf> = vec![dest.join("oci-layout"), dest.join("index.json")];
+    for digest in files
+        .iter()
+        .map(|(d, _)| d.as_str())
+        .chain([manifest_hex.as_str()])
+    {
+        let path = crate::oci::blob_path(&dest, digest)
+            .map_err(|e| Diagnostic::env(format!("bad blob digest: {e}")))?;
+        written.push(path);
+    }
+    if record::holds(store, &dest, key, &written) {
+        return Ok(true);
+    }
+    let trusted = record::unchanged(store, &dest);
+    record::forget(store, &dest)?;
+    let keep = |path: &Path, digest: &str| {
+        trusted.iter().any(|t| t == path) || crate::oci::file_holds(path, digest)
+    };
+    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), files, &keep)
+        .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e))?;
+    record::remember(store, &dest, key, &written)?;
+    Ok(false)
 }
 
 /// The OCI layout's `ref.name` for an image name: `name:tag` → `tag`; no tag (or no name) → `latest`,
@@ -141,7 +248,6 @@ fn build_image(
     config: &Value,
     settings: &Settings,
 ) -> Result<Image> {
-    let mut blobs: Vec<LayerBlob> = Vec::new();
     let mut snapshots = Vec::new();
     let mut empty = Vec::new();
     for snapshot in layers {
@@ -152,10 +258,16 @@ fn build_image(
             .is_none();
         empty.push(is_empty);
         if !is_empty {
-            blobs.push(layer_blob(store, snapshot, settings)?);
             snapshots.push(snapshot.clone());
         }
     }
+    // Layers are independent: each is compressed on a thread of its own, up to `jobs` at once. Each
+    // blob's bytes depend on its snapshot alone, so the image is the same whatever the order.
+    let blobs = layer::parallel_map(&snapshots, settings.jobs, |snapshot| {
+        layer_blob(store, snapshot, settings)
+    })
+    .into_iter()
+    .collect::<Result<Vec<LayerBlob>>>()?;
     let config = finish_config(config, &blobs, &empty)?;
     let config_bytes = canonical_json(&config)?;
     let config_digest = store.put_blob(&config_bytes)?;

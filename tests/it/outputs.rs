@@ -170,3 +170,134 @@ fn zstd_layers() {
     out.success();
     assert!(out.stderr.contains(" hi"), "{}", out.stderr);
 }
+
+/// Inode, size, mtime and ctime: any write to the file, even of the same bytes, moves the ctime.
+fn stamp(path: &std::path::Path) -> (u64, u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+}
+
+/// A fully cached build whose outputs already hold its image writes nothing; an output that was damaged
+/// since, or that should now hold something else, is written again.
+#[test]
+fn unchanged_outputs_are_left_alone() {
+    use sha2::Digest as _;
+    let dir = tempdir("out-");
+    let layout = dir.path().join("layout");
+    let oci_tar = dir.path().join("image-oci.tar");
+    let archive = dir.path().join("image-docker.tar");
+    let fs_tar = dir.path().join("rootfs.tar");
+    let ctx = context(&[("Dockerfile", DOCKERFILE)]);
+    let store = tempdir("store-");
+    let build = |tag: &str| {
+        let out = Kiln::build_in(store.path())
+            .with_base()
+            .args(["-t", tag, "-o"])
+            .arg(format!("type=oci,dest={}", layout.display()))
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", oci_tar.display()))
+            .arg("-o")
+            .arg(format!("type=docker,dest={}", archive.display()))
+            .arg("-o")
+            .arg(format!("type=tar,dest={}", fs_tar.display()))
+            .arg(ctx.path())
+            .run();
+        out.success();
+        out
+    };
+    let left_alone = |out: &crate::support::Output| -> Vec<String> {
+        out.stderr
+            .lines()
+            .chain(out.stdout.lines())
+            .filter(|l| l.ends_with("nothing written"))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let first = build("kiln/outputs:1.0");
+    assert!(left_alone(&first).is_empty(), "{}", first.stderr);
+    let manifest = crate::support::Layout::new(&layout).manifest();
+    let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let top_blob = layout.join("blobs/sha256").join(&top["sha256:".len()..]);
+    let watched = [
+        layout.join("index.json"),
+        top_blob.clone(),
+        oci_tar.clone(),
+        archive.clone(),
+        fs_tar.clone(),
+    ];
+    let stamps: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    let archive_bytes = std::fs::read(&archive).unwrap();
+
+    // Nothing changed: every output is left as it is, not a file touched.
+    let second = build("kiln/outputs:1.0");
+    assert_eq!(second.summary().0, 0, "{}", second.stderr);
+    assert_eq!(left_alone(&second).len(), 4, "{}", second.stderr);
+    assert_eq!(
+        first.stdout, second.stdout,
+        "the same manifests are reported"
+    );
+    let now: Vec<_> = watched.iter().map(|p| stamp(p)).collect();
+    assert_eq!(stamps, now, "an unchanged output was written again");
+
+    // Damage: the layout's top layer truncated, one byte of the docker archive changed in place (the same
+    // size, the same inode). Both are written again, whole; the other outputs are still left alone.
+    let blob = std::fs::read(&top_blob).unwrap();
+    std::fs::write(&top_blob, &blob[..blob.len() / 2]).unwrap();
+    let mut damaged = archive_bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0xff;
+    std::fs::write(&archive, &damaged).unwrap();
+    let third = build("kiln/outputs:1.0");
+    let notes = left_alone(&third);
+    assert_eq!(notes.len(), 2, "{}", third.stderr);
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with(&oci_tar.display().to_string())),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.starts_with(&fs_tar.display().to_string())),
+        "{notes:?}"
+    );
+    let repaired = std::fs::read(&top_blob).unwrap();
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&repaired))),
+        top
+    );
+    assert_eq!(std::fs::read(&archive).unwrap(), archive_bytes);
+    tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:1.0", layout.display())],
+    );
+
+    // Another tag: the image outputs name it, so they are written again; the filesystem is the same.
+    let fourth = build("kiln/outputs:2.0");
+    let notes = left_alone(&fourth);
+    assert_eq!(notes.len(), 1, "{}", fourth.stderr);
+    assert!(
+        notes[0].starts_with(&fs_tar.display().to_string()),
+        "{notes:?}"
+    );
+    assert_ne!(stamp(&oci_tar), stamps[2]);
+    let manifest = tool("tar", &["-xOf", archive.to_str().unwrap(), "manifest.json"]);
+    assert!(manifest.contains("kiln/outputs:2.0"), "{manifest}");
+    tool(
+        "skopeo",
+        &["inspect", &format!("oci:{}:2.0", layout.display())],
+    );
+}
