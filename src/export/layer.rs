@@ -77,8 +77,6 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
     walker.builder.into_inner()
 }
 
-/// Streams the layer once, returning its diff_id plus the digest and size of the gzip blob
-/// written to `gzip_out`.
 /// How layer blobs are compressed (`--compression`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Codec {
@@ -96,10 +94,27 @@ impl Codec {
     }
 }
 
+/// Streams the layer once (tar → SHA-256 of the tar → compressor → SHA-256 of the blob → `out`), returning
+/// its diff_id plus the digest and size of the compressed blob written to `out`.
 pub fn layer_digests(
     snapshot: &Path,
     epoch: Option<i64>,
     codec: Codec,
+    out: impl Write,
+) -> io::Result<LayerInfo> {
+    layer_digests_threaded(snapshot, epoch, codec, 1, out)
+}
+
+/// `layer_digests`, compressing on up to `threads` cores where the format allows it without changing the
+/// bytes. zstd always runs in its multithreaded mode (with at least one worker): its frames are then the
+/// same for any number of workers, though not the same as its single-threaded mode's, and a blob must not
+/// depend on the machine that made it. gzip runs on one core: a parallel gzip (pigz's blocks) would give
+/// other bytes than kiln always has, so other layer digests, and image digests users may have pinned.
+pub fn layer_digests_threaded(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    codec: Codec,
+    threads: usize,
     out: impl Write,
 ) -> io::Result<LayerInfo> {
     let compressed = HashingWriter::new(out);
@@ -114,7 +129,8 @@ pub fn layer_digests(
             (diff_id, gz.finish()?)
         }
         Codec::Zstd => {
-            let zst = zstd::stream::write::Encoder::new(compressed, 3)?;
+            let mut zst = zstd::stream::write::Encoder::new(compressed, 3)?;
+            zst.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
             let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
             let (diff_id, _, zst) = uncompressed.finish();
             (diff_id, zst.finish()?)
@@ -129,17 +145,21 @@ pub fn layer_digests(
     })
 }
 
+/// `jobs`, with 0 meaning one per core.
+pub fn cores(jobs: usize) -> usize {
+    match jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
 /// `f` over every item, on up to `jobs` threads at once (0: one per core), results in the items' order.
 pub fn parallel_map<T: Sync, R: Send>(
     items: &[T],
     jobs: usize,
     f: impl Fn(&T) -> R + Sync,
 ) -> Vec<R> {
-    let jobs = match jobs {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    }
-    .min(items.len());
+    let jobs = cores(jobs).min(items.len());
     if jobs <= 1 {
         return items.iter().map(f).collect();
     }
@@ -826,6 +846,44 @@ mod tests {
 
         // Exporting the unpacked copy must give the very same bytes.
         assert_eq!(write_layer(&back, Vec::new(), None).unwrap(), bytes);
+    }
+
+    /// A zstd blob must not depend on the machine: the same snapshot gives the same bytes whatever the
+    /// number of workers, across several of zstd's jobs.
+    #[test]
+    fn zstd_blobs_do_not_depend_on_the_number_of_threads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        // Compressible but not trivially so: words drawn at random, 12 MiB, past one zstd job.
+        let words: Vec<&[u8]> = vec![b"layer ", b"blob ", b"tar ", b"kiln ", b"\n", b"digest "];
+        for f in 0..3 {
+            let mut data = Vec::new();
+            while data.len() < 4 << 20 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                data.extend_from_slice(words[(seed % words.len() as u64) as usize]);
+                data.push(seed as u8);
+            }
+            write(&tmp.path().join(format!("f{f}")), &data, 0o644);
+        }
+        let blob = |threads| {
+            let mut out = Vec::new();
+            let info =
+                layer_digests_threaded(tmp.path(), None, Codec::Zstd, threads, &mut out).unwrap();
+            (info, out)
+        };
+        let (one, bytes) = blob(1);
+        for threads in [0, 2, 3] {
+            assert_eq!(blob(threads).0, one, "{threads} threads");
+        }
+        let mut plain = Vec::new();
+        zstd::stream::copy_decode(bytes.as_slice(), &mut plain).unwrap();
+        assert_eq!(
+            one.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&plain)))
+        );
+        assert!(bytes.len() < plain.len() / 2, "{} bytes", bytes.len());
     }
 
     #[test]

@@ -397,10 +397,11 @@ fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<Laye
     let gz = tmp.path().join("layer.tar.gz");
     let file =
         std::fs::File::create(&gz).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
-    let info = layer::layer_digests(
+    let info = layer::layer_digests_threaded(
         &store.snapshot_path(snapshot),
         settings.epoch,
         settings.codec,
+        layer::cores(settings.jobs),
         std::io::BufWriter::new(file),
     )
     .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
