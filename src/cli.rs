@@ -1476,10 +1476,13 @@ fn push(
     let dir = tmp.path().join("layout");
     crate::export::export_for_push(store, layers, config, &dir, settings)?;
     for name in names {
-        let digest = crate::registry::push(&dir, Some("latest"), name, registry)?;
-        reporter.event(Event::Note(format!(
-            "pushed {stage} to {name}, manifest {digest}"
-        )));
+        let pushed = crate::registry::push(&dir, Some("latest"), name, registry)?;
+        let digest = pushed.digest;
+        reporter.event(Event::Note(if pushed.unchanged {
+            format!("{name} already holds {stage}, manifest {digest}: nothing pushed")
+        } else {
+            format!("pushed {stage} to {name}, manifest {digest}")
+        }));
         println!("{digest}");
     }
     Ok(())

@@ -778,9 +778,17 @@ async fn download(
     Ok(())
 }
 
+/// What a push did.
+pub struct Pushed {
+    /// The manifest's digest.
+    pub digest: String,
+    /// The tag already named this manifest, so nothing was uploaded.
+    pub unchanged: bool,
+}
+
 /// Pushes the image tagged `tag` in the OCI layout at `layout` to `reference`: the blobs the registry
-/// lacks (each file streamed and hashed on the way), then the manifest. Returns the manifest digest.
-pub fn push(layout: &Path, tag: Option<&str>, reference: &str, opts: &Options) -> Result<String> {
+/// lacks (each file streamed and hashed on the way), then the manifest unless the tag already names it.
+pub fn push(layout: &Path, tag: Option<&str>, reference: &str, opts: &Options) -> Result<Pushed> {
     let name = ImageName::parse(reference)?;
     if name.digest.is_some() {
         return Err(Diagnostic::input(format!(
@@ -819,7 +827,7 @@ async fn push_async(
     manifest: Vec<u8>,
     manifest_digest: String,
     opts: &Options,
-) -> Result<String> {
+) -> Result<Pushed> {
     let s = Session::open(name, opts, RegistryOperation::Push).await?;
     let reference = s.name.oci();
     for (digest, size) in &blobs {
@@ -856,6 +864,19 @@ async fn push_async(
             s.name
         )));
     }
+    // A tag that already names this very manifest needs no PUT (the blobs were all there too, as the
+    // manifest names them). Any failure to tell just means the manifest is put.
+    let current = s
+        .client
+        .fetch_manifest_digest(&reference, &s.creds.auth)
+        .await
+        .ok();
+    if current.as_deref() == Some(manifest_digest.as_str()) {
+        return Ok(Pushed {
+            digest: manifest_digest,
+            unchanged: true,
+        });
+    }
     let body = Bytes::from(manifest);
     s.retry("manifest", || {
         let content_type = media_type.parse().expect("visible ASCII is a header value");
@@ -863,7 +884,10 @@ async fn push_async(
             .push_manifest_raw(&reference, body.clone(), content_type)
     })
     .await?;
-    Ok(manifest_digest)
+    Ok(Pushed {
+        digest: manifest_digest,
+        unchanged: false,
+    })
 }
 
 /// A layer file as a stream of chunks, hashed as it is read: a file that does not match its digest ends

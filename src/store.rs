@@ -90,6 +90,9 @@ pub struct LayerBlob {
     pub digest: Digest,
     pub size: u64,
     pub media_type: String,
+    /// The uncompressed tar's length, when kiln made the blob (a docker-archive needs it up front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tar_size: Option<u64>,
 }
 
 impl Store {

@@ -53,6 +53,8 @@ pub struct LayerInfo {
     pub digest: String,
     /// Length of the gzip blob in bytes.
     pub size: u64,
+    /// Length of the uncompressed tar in bytes.
+    pub tar_size: u64,
 }
 
 /// Writes the snapshot at `snapshot` as an uncompressed OCI layer tar into `out`.
@@ -118,22 +120,22 @@ pub fn layer_digests_threaded(
     out: impl Write,
 ) -> io::Result<LayerInfo> {
     let compressed = HashingWriter::new(out);
-    let (diff_id, mut compressed) = match codec {
+    let (diff_id, tar_size, mut compressed) = match codec {
         Codec::Gzip => {
             // A fixed mtime and no file name keep the gzip header identical across runs.
             let gz = GzBuilder::new()
                 .mtime(0)
                 .write(compressed, Compression::new(6));
             let uncompressed = write_layer(snapshot, HashingWriter::new(gz), epoch)?;
-            let (diff_id, _, gz) = uncompressed.finish();
-            (diff_id, gz.finish()?)
+            let (diff_id, tar_size, gz) = uncompressed.finish();
+            (diff_id, tar_size, gz.finish()?)
         }
         Codec::Zstd => {
             let mut zst = zstd::stream::write::Encoder::new(compressed, 3)?;
             zst.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
             let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
-            let (diff_id, _, zst) = uncompressed.finish();
-            (diff_id, zst.finish()?)
+            let (diff_id, tar_size, zst) = uncompressed.finish();
+            (diff_id, tar_size, zst.finish()?)
         }
     };
     compressed.inner.flush()?;
@@ -142,6 +144,7 @@ pub fn layer_digests_threaded(
         diff_id,
         digest,
         size,
+        tar_size,
     })
 }
 

@@ -107,8 +107,17 @@ pub fn export(
                 write_file_output(store, dest, &key, |dest| {
                     let tmp = store.temp_dir("export-")?;
                     let dir = tmp.path().join("layout");
-                    crate::oci::write_layout(&dir, &image.manifest, Some(&layout_tag), &files)
-                        .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
+                    // The layout is only read back into the tar: its blobs are links to the store's,
+                    // checked against their digests instead of copied.
+                    link_blobs(&dir, &files);
+                    crate::oci::write_layout_keeping(
+                        &dir,
+                        &image.manifest,
+                        Some(&layout_tag),
+                        &files,
+                        &crate::oci::file_holds,
+                    )
+                    .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
                     write_atomically(dest, |f| crate::oci::write_layout_tar(&dir, f))
                 })?
             } else {
@@ -136,9 +145,26 @@ pub fn export_for_push(
 ) -> Result<()> {
     let image = build_image(store, layers, config, settings)?;
     let files = image_files(store, &image);
+    // Links, not copies: the push reads only the blobs the registry lacks, and hashes each as it
+    // uploads it.
+    link_blobs(dir, &files);
     crate::oci::write_layout(dir, &image.manifest, Some("latest"), &files)
         .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dir.display()), e))?;
     Ok(())
+}
+
+/// Hard-links the store's blobs into a private layout at `dir` that kiln only reads and then removes. A
+/// blob that cannot be linked is left out: `write_layout` copies it.
+fn link_blobs(dir: &Path, files: &[(String, PathBuf)]) {
+    let blobs = dir.join("blobs/sha256");
+    if std::fs::create_dir_all(&blobs).is_err() {
+        return;
+    }
+    for (digest, source) in files {
+        if let Ok(path) = crate::oci::blob_path(dir, digest) {
+            let _ = std::fs::hard_link(source, path);
+        }
+    }
 }
 
 /// What an export record's key holds: the kind of output and everything that shapes its bytes. kiln's
@@ -411,6 +437,7 @@ fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<Laye
         digest: Digest::parse(&info.digest).ok_or_else(|| bad(&info.digest))?,
         size: info.size,
         media_type: settings.codec.media_type().to_string(),
+        tar_size: Some(info.tar_size),
     };
     store.adopt_blob(&gz, &blob.digest)?;
     store.put_layer_blob(&key, &blob)?;

@@ -1061,6 +1061,7 @@ fn import_image<E: Executor>(
                     digest,
                     size: desc.size(),
                     media_type,
+                    tar_size: None,
                 },
             )?;
         }

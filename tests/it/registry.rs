@@ -209,6 +209,28 @@ fn builds_from_a_registry_image_and_pushes_the_result() {
         inspect(&format!("{}/kiln/test:2", regs.open), None)["Digest"],
         seen["Digest"]
     );
+
+    // Once more to a tag that already names this manifest: not even the manifest is put again.
+    let manifest_puts = || {
+        std::fs::read_to_string(regs.dir.join("open.log"))
+            .unwrap()
+            .matches("\"PUT /v2/kiln/test/manifests/2 ")
+            .count()
+    };
+    let puts_before = manifest_puts();
+    assert_eq!(puts_before, 1, "the first push of :2 put its manifest");
+    let again = kiln
+        .clone()
+        .args([
+            "-o",
+            &format!("type=registry,name={}/kiln/test:2", regs.open),
+        ])
+        .arg(ctx.path())
+        .run();
+    again.success();
+    assert!(again.stderr.contains("nothing pushed"), "{}", again.stderr);
+    assert_eq!(again.stdout.trim(), pushed_digest);
+    assert_eq!(manifest_puts(), puts_before, "the manifest was put again");
 }
 
 #[test]
