@@ -1,12 +1,15 @@
 //! Layer creation: a snapshot of 5,000 small files and three 4 MiB ones (incompressible, as the peers'
 //! copyheavy context) streamed through tar, SHA-256 (diff id), the compressor and SHA-256 (blob digest),
 //! as `kiln build -o type=oci` does for a layer it has not compressed before; and the same data split into
-//! four layers, compressed one after another and in parallel. Run with `cargo bench --bench layer`.
+//! four layers, compressed one after another and in parallel; and one zstd layer on one core and on all.
+//! Run with `cargo bench --bench layer`.
 
 use std::path::{Path, PathBuf};
 
 use divan::counter::BytesCount;
-use kiln::export::layer::{Codec, layer_digests, parallel_map, write_layer};
+use kiln::export::layer::{
+    Codec, cores, layer_digests, layer_digests_threaded, parallel_map, write_layer,
+};
 
 const SMALL: usize = 5_000;
 const BIG: usize = 3;
@@ -96,6 +99,21 @@ fn one_layer(b: divan::Bencher, codec: &str) {
     b.counter(BytesCount::new(s.bytes)).bench(|| {
         let d = layer(&s.whole, codec);
         assert_eq!(d, first, "the same snapshot gives the same blob");
+        d
+    });
+}
+
+/// One layer in zstd on `threads` cores (1: one worker; 0: one per core): the same blob either way.
+#[divan::bench(sample_count = 10, sample_size = 1, args = [1, 0])]
+fn one_layer_zstd_threads(b: divan::Bencher, threads: usize) {
+    let s = snapshots();
+    let first = layer(&s.whole, Codec::Zstd);
+    b.counter(BytesCount::new(s.bytes)).bench(|| {
+        let d =
+            layer_digests_threaded(&s.whole, None, Codec::Zstd, cores(threads), std::io::sink())
+                .expect("layer")
+                .digest;
+        assert_eq!(d, first, "the same blob on any number of threads");
         d
     });
 }
