@@ -74,7 +74,7 @@ pub fn export(
             return Ok(filesystem(false));
         }
         Output::Tar { dest } => {
-            let key = record_key("tar", &[&layers.join(","), &epoch_text]);
+            let key = record_key("tar", &[&snapshot_identities(store, layers)?, &epoch_text]);
             let unchanged = write_file_output(store, dest, &key, |dest| {
                 let tmp = store.temp_dir("export-")?;
                 let dir = tmp.path().join("rootfs");
@@ -176,6 +176,26 @@ fn record_key(kind: &str, parts: &[&str]) -> String {
         key.push_str(p);
     }
     key
+}
+
+/// Names the snapshots' content without reading it: a snapshot is named by its step's cache key, not by
+/// its content, and a step run again after a prune may commit other content under the same name; but
+/// committed snapshots are never changed, so the root directory's inode and ctime tell them apart.
+fn snapshot_identities(store: &Store, layers: &[String]) -> Result<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = String::new();
+    for snapshot in layers {
+        let m = std::fs::symlink_metadata(store.snapshot_path(snapshot))
+            .map_err(|e| Diagnostic::io(format!("store snapshot {snapshot} is missing"), e))?;
+        out.push_str(&format!(
+            "{snapshot}@{}:{}:{}.{},",
+            m.dev(),
+            m.ino(),
+            m.ctime(),
+            m.ctime_nsec()
+        ));
+    }
+    Ok(out)
 }
 
 /// The image's blobs as `write_layout` takes them: (digest, file in the store).

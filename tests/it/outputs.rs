@@ -301,3 +301,49 @@ fn unchanged_outputs_are_left_alone() {
         &["inspect", &format!("oci:{}:2.0", layout.display())],
     );
 }
+
+/// A snapshot is named by its step's cache key: after a prune the step runs again and may write other
+/// bytes under the same name. A filesystem tar of the earlier result must not pass for the new one.
+#[test]
+fn a_rerun_step_rewrites_the_filesystem_tar() {
+    let dir = tempdir("out-");
+    let fs_tar = dir.path().join("rootfs.tar");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN cat /proc/sys/kernel/random/uuid > /stamp\n",
+    )]);
+    let store = tempdir("store-");
+    let build = || {
+        let out = Kiln::build_in(store.path())
+            .with_base()
+            .arg("-o")
+            .arg(format!("type=tar,dest={}", fs_tar.display()))
+            .arg(ctx.path())
+            .run();
+        out.success();
+        out
+    };
+    let stamp_in_tar = || tool("tar", &["-xOf", fs_tar.to_str().unwrap(), "stamp"]);
+    build();
+    let first = stamp_in_tar();
+    let cached = build();
+    assert!(
+        cached.stderr.contains("nothing written"),
+        "{}",
+        cached.stderr
+    );
+    Kiln::bare()
+        .args(["prune", "--store"])
+        .arg(store.path())
+        .run()
+        .success();
+    let rerun = build();
+    assert_eq!(rerun.summary().1, 0, "{}", rerun.stderr);
+    assert!(
+        !rerun.stderr.contains("nothing written"),
+        "{}",
+        rerun.stderr
+    );
+    let second = stamp_in_tar();
+    assert_ne!(first, second, "the tar still holds the first run's file");
+}
