@@ -19,6 +19,10 @@ use crate::digest::Digest;
 use crate::secret::{Leak, LeakScanner};
 use crate::store::{LayerBlob, Store};
 
+/// The most zstd workers one layer gets: its blob is the same for any number, and each holds a job's
+/// buffers (8 MiB of input at kiln's level, plus its window), so memory stays bounded on big machines.
+const ZSTD_WORKERS: usize = 4;
+
 /// `-o type=...,dest=...`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -309,11 +313,32 @@ fn build_image(
     }
     // Layers are independent: each is compressed on a thread of its own, up to `jobs` at once. Each
     // blob's bytes depend on its snapshot alone, so the image is the same whatever the order.
-    let blobs = layer::parallel_map(&snapshots, settings.jobs, |snapshot| {
-        layer_blob(store, snapshot, settings)
+    let cached: Vec<Option<LayerBlob>> = snapshots
+        .iter()
+        .map(|s| cached_blob(store, s, settings))
+        .collect();
+    let missing: Vec<&String> = snapshots
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| c.is_none())
+        .map(|(s, _)| s)
+        .collect();
+    // The cores are shared out: zstd's workers per layer times the layers at once stay within `jobs`
+    // (and within ZSTD_WORKERS a layer, as each worker holds a job's buffers of several MiB).
+    let cores = layer::cores(settings.jobs);
+    let at_once = cores.min(missing.len()).max(1);
+    let threads = (cores / at_once).clamp(1, ZSTD_WORKERS);
+    let mut made = layer::parallel_map(&missing, at_once, |snapshot| {
+        make_blob(store, snapshot, settings, threads)
     })
-    .into_iter()
-    .collect::<Result<Vec<LayerBlob>>>()?;
+    .into_iter();
+    let blobs = cached
+        .into_iter()
+        .map(|c| match c {
+            Some(blob) => Ok(blob),
+            None => made.next().expect("a blob made for every one missing"),
+        })
+        .collect::<Result<Vec<LayerBlob>>>()?;
     let config = finish_config(config, &blobs, &empty)?;
     let config_bytes = canonical_json(&config)?;
     let config_digest = store.put_blob(&config_bytes)?;
@@ -422,13 +447,9 @@ pub fn guard(
     Ok(None)
 }
 
-/// The blob of one snapshot: from the store if computed before (or kept from an imported image), else made
-/// now by streaming the snapshot through tar, SHA-256 and gzip once.
-fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<LayerBlob> {
-    if let Some(b) = store.layer_blob(snapshot) {
-        return Ok(b);
-    }
-    // Clamped times and another codec change the bytes, so each gets blobs of its own.
+/// Where the blob of a snapshot is recorded for these settings: clamped times and another codec change the
+/// bytes, so each gets blobs of its own.
+fn blob_key(snapshot: &str, settings: &Settings) -> String {
     let mut key = match settings.epoch {
         Some(t) => format!("{snapshot}@{t}"),
         None => snapshot.to_string(),
@@ -436,9 +457,24 @@ fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<Laye
     if settings.codec == layer::Codec::Zstd {
         key.push_str("+zstd");
     }
-    if let Some(b) = store.layer_blob(&key) {
-        return Ok(b);
-    }
+    key
+}
+
+/// The blob of one snapshot if computed before (or kept from an imported image).
+fn cached_blob(store: &Store, snapshot: &str, settings: &Settings) -> Option<LayerBlob> {
+    store
+        .layer_blob(snapshot)
+        .or_else(|| store.layer_blob(&blob_key(snapshot, settings)))
+}
+
+/// Makes the blob of one snapshot by streaming it through tar, SHA-256 and the compressor once.
+fn make_blob(
+    store: &Store,
+    snapshot: &str,
+    settings: &Settings,
+    threads: usize,
+) -> Result<LayerBlob> {
+    let key = blob_key(snapshot, settings);
     let tmp = store.temp_dir("layer-")?;
     let gz = tmp.path().join("layer.tar.gz");
     let file =
@@ -447,7 +483,7 @@ fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<Laye
         &store.snapshot_path(snapshot),
         settings.epoch,
         settings.codec,
-        layer::cores(settings.jobs),
+        threads,
         std::io::BufWriter::new(file),
     )
     .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
