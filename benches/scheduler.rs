@@ -69,6 +69,7 @@ fn solve(
                 epoch: None,
                 ssh: Default::default(),
                 registry: Default::default(),
+                cache_from: None,
             },
         ))
         .expect("the graph solves")

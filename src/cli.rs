@@ -164,6 +164,15 @@ struct BuildArgs {
     /// How image layers are compressed.
     #[arg(long, value_enum, default_value = "gzip")]
     compression: CompressionArg,
+    /// Export the build cache: `type=registry,ref=HOST/REPO:TAG[,mode=min|max]` or
+    /// `type=local,dest=DIR[,mode=min|max]` (an OCI layout directory). `mode=min` (the default) keeps the
+    /// records of the exported image's own steps, `mode=max` those of every stage.
+    #[arg(long = "cache-to", value_name = "type=registry,ref=HOST/REPO:TAG")]
+    cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=HOST/REPO:TAG` (or just `HOST/REPO:TAG`) or
+    /// `type=local,src=DIR`. Repeatable; one that cannot be read is a warning, not an error.
+    #[arg(long = "cache-from", value_name = "type=registry,ref=HOST/REPO:TAG")]
+    cache_from: Vec<String>,
     /// Do not use the cache; run every step.
     #[arg(long)]
     no_cache: bool,
@@ -1135,6 +1144,165 @@ fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::export::Output> 
     })
 }
 
+/// What a `--cache-to`/`--cache-from` value says, checked field by field (buildx's spelling).
+struct CacheSpec {
+    kind: String,
+    fields: BTreeMap<String, String>,
+}
+
+/// Parses `--cache-to`/`--cache-from`: `type=...,key=value...`, or a bare reference meaning
+/// `type=registry,ref=...` (as buildx reads it). `allowed` lists the keys each type takes.
+fn parse_cache_spec(
+    cl: &CommandLine,
+    flag: &str,
+    value: &str,
+    allowed: &[(&str, &[&str])],
+) -> Result<CacheSpec> {
+    let example = format!("`{flag} type=registry,ref=HOST/REPO:TAG`");
+    if !value.contains('=') {
+        if value.is_empty() {
+            return Err(cl
+                .error(value, Span::default(), format!("{flag} needs a value"))
+                .help(format!("write {example}")));
+        }
+        return Ok(CacheSpec {
+            kind: "registry".into(),
+            fields: BTreeMap::from([("ref".to_string(), value.to_string())]),
+        });
+    }
+    let parsed = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    let mut kind = None;
+    let mut fields = BTreeMap::new();
+    for f in &parsed {
+        let v = f.value.clone().unwrap_or_default();
+        if f.key == "type" {
+            kind = Some((v, f.span));
+        } else {
+            fields.insert(f.key.clone(), v);
+        }
+    }
+    // buildx reads a spec without a type as a registry cache.
+    let (kind, span) = kind.unwrap_or_else(|| ("registry".to_string(), Span::default()));
+    let types: Vec<&str> = allowed.iter().map(|(t, _)| *t).collect();
+    let Some((_, keys)) = allowed.iter().find(|(t, _)| *t == kind) else {
+        let later = ["inline", "gha", "s3", "azblob"];
+        let d = if later.contains(&kind.as_str()) {
+            cl.error(value, span, format!("cache type `{kind}` is not supported yet"))
+        } else if kind.is_empty() {
+            cl.error(value, span, format!("{flag} needs a `type`"))
+        } else {
+            cl.error(value, span, format!("unknown cache type `{kind}`"))
+        };
+        return Err(match suggest(&kind, types.iter().copied()).filter(|s| *s != kind) {
+            Some(s) => d.help(format!("did you mean `type={s}`?")),
+            None => d.help(format!(
+                "cache types are `registry` and `local`, e.g. {example}"
+            )),
+        });
+    };
+    for f in &parsed {
+        if f.key != "type" && !keys.contains(&f.key.as_str()) {
+            return Err(cl
+                .error(
+                    value,
+                    f.span,
+                    format!("unsupported key `{}` for a {kind} cache in {flag}", f.key),
+                )
+                .help(format!(
+                    "a {kind} cache takes {}",
+                    keys.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+        }
+    }
+    Ok(CacheSpec { kind, fields })
+}
+
+/// The `ref` of a registry cache, checked as an image name.
+fn cache_ref(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec) -> Result<String> {
+    let Some(r) = spec.fields.get("ref").filter(|r| !r.is_empty()) else {
+        return Err(cl
+            .error(value, Span::default(), format!("a registry cache in {flag} needs `ref`"))
+            .help(format!("write `{flag} type=registry,ref=HOST/REPO:TAG`")));
+    };
+    crate::registry::ImageName::parse(r).map_err(|d| {
+        cl.error(value, Span::default(), d.message)
+            .help(d.help.unwrap_or_default())
+    })?;
+    Ok(r.clone())
+}
+
+/// The directory of a local cache (`dest` for --cache-to, `src` for --cache-from).
+fn cache_dir(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec, key: &str) -> Result<PathBuf> {
+    match spec.fields.get(key).filter(|d| !d.is_empty()) {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => Err(cl
+            .error(value, Span::default(), format!("a local cache in {flag} needs `{key}`"))
+            .help(format!("write `{flag} type=local,{key}=DIR`"))),
+    }
+}
+
+/// `--cache-to` (buildx's spelling). Returns the destination and whether a failure is only a warning
+/// (`ignore-error=true`).
+fn parse_cache_to(cl: &CommandLine, value: &str) -> Result<(crate::export::cache::CacheTo, bool)> {
+    use crate::export::cache::{CacheTo, Dest, Mode};
+    let flag = "--cache-to";
+    let spec = parse_cache_spec(
+        cl,
+        flag,
+        value,
+        &[
+            ("registry", &["ref", "mode", "ignore-error"]),
+            ("local", &["dest", "mode", "tag", "ignore-error"]),
+        ],
+    )?;
+    let mode = match spec.fields.get("mode").map(String::as_str) {
+        None | Some("min") => Mode::Min,
+        Some("max") => Mode::Max,
+        Some(m) => {
+            return Err(cl
+                .error(value, Span::default(), format!("unknown cache mode `{m}`"))
+                .help("`mode=min` exports the final image's steps, `mode=max` every stage's"));
+        }
+    };
+    let ignore = match spec.fields.get("ignore-error") {
+        None => false,
+        Some(v) => crate::options::parse_bool(Some(v)).ok_or_else(|| {
+            cl.error(value, Span::default(), "`ignore-error` must be true or false")
+        })?,
+    };
+    let dest = match spec.kind.as_str() {
+        "registry" => Dest::Registry(cache_ref(cl, flag, value, &spec)?),
+        _ => Dest::Local {
+            dir: cache_dir(cl, flag, value, &spec, "dest")?,
+            tag: spec.fields.get("tag").cloned().unwrap_or_else(|| "latest".into()),
+        },
+    };
+    Ok((CacheTo { dest, mode }, ignore))
+}
+
+/// `--cache-from` (buildx's spelling).
+fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::remote::Source> {
+    use crate::solve::remote::Source;
+    let flag = "--cache-from";
+    let spec = parse_cache_spec(
+        cl,
+        flag,
+        value,
+        &[("registry", &["ref"]), ("local", &["src", "tag", "digest"])],
+    )?;
+    Ok(match spec.kind.as_str() {
+        "registry" => Source::Registry(cache_ref(cl, flag, value, &spec)?),
+        _ => Source::Local {
+            dir: cache_dir(cl, flag, value, &spec, "src")?,
+            tag: spec.fields.get("tag").cloned().unwrap_or_else(|| "latest".into()),
+        },
+    })
+}
+
 /// Names where the export guard found a secret: the file and the step that wrote it, or the config.
 fn leak_error(
     graph: &BuildGraph,
@@ -1202,6 +1370,16 @@ fn build(args: BuildArgs) -> Result<()> {
     }
     pushes.sort();
     pushes.dedup();
+    let cache_to = args
+        .cache_to
+        .iter()
+        .map(|v| parse_cache_to(&cl, v))
+        .collect::<Result<Vec<_>>>()?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|v| parse_cache_from(&cl, v))
+        .collect::<Result<Vec<_>>>()?;
     for p in &pushes {
         crate::registry::ImageName::parse(p).map_err(|d| {
             cl.error(p, Span::default(), d.message)
@@ -1273,6 +1451,18 @@ fn build(args: BuildArgs) -> Result<()> {
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));
     }
+    // Only manifests and configs are read here; layers come when a step or the export needs them.
+    let imported = (!cache_from.is_empty()).then(|| {
+        let warn = |w: String| reporter.event(Event::Note(format!("warning: {w}")));
+        let imported = crate::solve::remote::Imported::load(&store, &cache_from, &registry, &warn);
+        reporter.event(Event::Note(format!(
+            "imported {} cache records from {} caches",
+            imported.len(),
+            cache_from.len()
+        )));
+        Arc::new(imported)
+    });
+    let executor = Arc::new(crate::exec::Namespaces::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1285,6 +1475,7 @@ fn build(args: BuildArgs) -> Result<()> {
         epoch,
         ssh,
         registry: registry.clone(),
+        cache_from: imported.clone(),
     };
     let remote = match (&args.remote_executor, &args.remote_cache) {
         (Some(url), _) => Some((url, crate::remote::Mode::Execute)),
@@ -1321,7 +1512,7 @@ fn build(args: BuildArgs) -> Result<()> {
         None => Box::pin(crate::solve::solve(
             graph.clone(),
             store.clone(),
-            Arc::new(crate::exec::Namespaces::new()),
+            executor.clone(),
             reporter.clone(),
             secrets.clone(),
             solve_opts,
@@ -1364,6 +1555,11 @@ fn build(args: BuildArgs) -> Result<()> {
         let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
             continue;
         };
+        // The image's layers are in the store from here on, as after any build (the guard reads them);
+        // other stages' layers that came from a cache stay where they are until a step needs them.
+        if let Some(imported) = &imported {
+            imported.materialize(&store, &*executor, layers)?;
+        }
         if let Some(found) = crate::export::guard(&store, layers, config, &scanner)? {
             return Err(leak_error(&graph, &summary, found));
         }
@@ -1408,6 +1604,42 @@ fn build(args: BuildArgs) -> Result<()> {
             push(
                 &store, layers, config, &pushes, &registry, &settings, &*reporter, name,
             )?;
+        }
+    }
+    if let Some(imported) = &imported {
+        imported.keep_hits(&store)?;
+    }
+    for (to, ignore_error) in &cache_to {
+        let written = crate::export::cache::export(
+            &store,
+            &graph,
+            &summary,
+            imported.as_deref(),
+            to,
+            &scanner,
+            &settings,
+            &registry,
+        );
+        match written {
+            Ok(w) => {
+                let mut note = format!(
+                    "exported cache to {} ({} records, {} layers), manifest {}",
+                    to.dest, w.records, w.layers, w.manifest
+                );
+                if w.withheld > 0 {
+                    note.push_str(&format!(
+                        "; {} records withheld (a layer without the leak guard's verdict)",
+                        w.withheld
+                    ));
+                }
+                reporter.event(Event::Note(note));
+            }
+            // As buildx: a cache that cannot be written fails the build unless `ignore-error=true`.
+            Err(e) if *ignore_error => reporter.event(Event::Note(format!(
+                "warning: cache not exported to {}: {}",
+                to.dest, e.message
+            ))),
+            Err(e) => return Err(e),
         }
     }
     Ok(())

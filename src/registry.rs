@@ -786,6 +786,91 @@ pub struct Pushed {
     pub unchanged: bool,
 }
 
+/// Fetches the manifest `reference` names (any kind: an image, or an artifact such as a kiln cache),
+/// following an index to its linux/amd64 entry. Returns the manifest bytes, verified against their digest.
+pub fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
+    let name = ImageName::parse(reference)?;
+    block_on(async {
+        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
+        let (bytes, _) = resolve(&s).await?;
+        Ok(bytes.to_vec())
+    })
+}
+
+/// Downloads the blobs `(digest, size)` of the repository of `reference` into the store (those it lacks),
+/// each hashed and size-checked as it streams.
+pub fn fetch_blobs(
+    store: &Store,
+    reference: &str,
+    blobs: &[(Digest, u64)],
+    opts: &Options,
+) -> Result<()> {
+    let missing: Vec<&(Digest, u64)> = blobs
+        .iter()
+        .filter(|(d, _)| !store.blob_path(d).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let name = ImageName::parse(reference)?;
+    block_on(async {
+        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
+        futures_util::stream::iter(missing.into_iter().map(|(digest, size)| {
+            let s = &s;
+            async move {
+                let desc = OciDescriptor {
+                    digest: digest.to_string(),
+                    size: *size as i64,
+                    ..OciDescriptor::default()
+                };
+                let tmp = store.temp_dir("blob-")?;
+                let part = tmp.path().join("blob");
+                s.retry(&format!("blob {digest}"), || download(s, &desc, &part))
+                    .await?;
+                store.adopt_blob(&part, digest)?;
+                Ok::<(), Diagnostic>(())
+            }
+        }))
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    })
+}
+
+/// Pushes the manifest `manifest` and every blob it names (config and layers, read from the OCI layout
+/// at `layout`) to `reference`, sending only the blobs the registry lacks. Unlike `push`, the manifest
+/// need not describe an image (a kiln cache's config is not an image config). Returns its digest.
+pub fn push_manifest(
+    layout: &Path,
+    manifest: Vec<u8>,
+    reference: &str,
+    opts: &Options,
+) -> Result<String> {
+    let name = ImageName::parse(reference)?;
+    if name.digest.is_some() {
+        return Err(Diagnostic::input(format!(
+            "cannot push to `{reference}`: a push names a tag, not a digest"
+        ))
+        .help("drop the `@sha256:...` part"));
+    }
+    let json: Value = serde_json::from_slice(&manifest)
+        .map_err(|e| Diagnostic::env(format!("cannot push `{reference}`: bad manifest: {e}")))?;
+    let mut blobs = Vec::new();
+    for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten()) {
+        match (d["digest"].as_str(), d["size"].as_u64()) {
+            (Some(digest), Some(size)) => blobs.push((digest.to_string(), size)),
+            _ => {
+                return Err(Diagnostic::env(format!(
+                    "cannot push `{reference}`: the manifest has a descriptor without digest or size"
+                )));
+            }
+        }
+    }
+    let digest = Digest::of(&manifest).to_string();
+    block_on(push_async(name, layout, blobs, manifest, digest, opts)).map(|p| p.digest)
+}
+
 /// Pushes the image tagged `tag` in the OCI layout at `layout` to `reference`: the blobs the registry
 /// lacks (each file streamed and hashed on the way), then the manifest unless the tag already names it.
 pub fn push(layout: &Path, tag: Option<&str>, reference: &str, opts: &Options) -> Result<Pushed> {

@@ -70,6 +70,27 @@ pub struct CacheRecord {
     /// The base image's OCI config (`ImageConfiguration` JSON): env, user, workdir, history. Shared: every
     /// step of a stage carries the same one, and outputs are cloned once per consumer.
     pub base: std::sync::Arc<serde_json::Value>,
+    /// For a step that mounted secrets: the leak guard's verdict on the step's own (last) layer, one per
+    /// mounted secret. Travels with the record into shared caches (see `solve::remote`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretVerdict>,
+}
+
+/// What the leak guard found when a step that mounted secret `id` was committed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretVerdict {
+    pub id: String,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// The value was given; the layer was scanned for it (raw, base64, hex; contents, names, link
+    /// targets, xattrs) and it is not there.
+    Clean,
+    /// An optional secret that was not given: the step never saw a value, so there was nothing to leak.
+    NotGiven,
 }
 
 /// How a step claims a cache mount directory.

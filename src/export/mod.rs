@@ -2,6 +2,7 @@
 //! and is written out as an OCI image layout (directory or tar), a docker-archive, or as its final
 //! filesystem (a directory or a tar).
 
+pub mod cache;
 pub mod docker;
 pub mod layer;
 pub mod local;
@@ -445,6 +446,20 @@ pub fn guard(
         }
     }
     Ok(None)
+}
+
+/// The blob of one snapshot: from the store if computed before (or kept from an imported image), else made
+/// now by streaming the snapshot through tar, SHA-256 and the compressor once.
+pub fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<LayerBlob> {
+    match cached_blob(store, snapshot, settings) {
+        Some(b) => Ok(b),
+        None => make_blob(
+            store,
+            snapshot,
+            settings,
+            layer::cores(settings.jobs).min(ZSTD_WORKERS),
+        ),
+    }
 }
 
 /// Where the blob of a snapshot is recorded for these settings: clamped times and another codec change the

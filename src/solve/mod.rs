@@ -8,6 +8,7 @@
 pub mod context;
 use context::HostDir;
 pub mod dockerignore;
+pub mod remote;
 pub mod statcache;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,7 +29,7 @@ use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, Secr
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter, Vertex};
 use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
-use crate::store::{CacheRecord, LayerBlob, Reserve, Store};
+use crate::store::{CacheRecord, LayerBlob, Reserve, SecretVerdict, Store, Verdict};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
 pub const CACHE_DOMAIN: &str = "kiln/cache/v1";
@@ -144,6 +145,8 @@ pub struct SolveOptions {
     pub ssh: BTreeMap<String, crate::secret::SshSource>,
     /// How to reach registries for `FROM` images that are not local layouts.
     pub registry: crate::registry::Options,
+    /// `--cache-from`: records of shared caches, consulted when the store has no result for a key.
+    pub cache_from: Option<Arc<remote::Imported>>,
 }
 
 pub struct Summary {
@@ -394,6 +397,20 @@ impl<E: Executor> Shared<E> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Fetches and unpacks the snapshots among `layers` that only a shared cache has so far.
+    async fn materialize(&self, layers: Vec<String>) -> Result<()> {
+        let Some(remote) = self.opts.cache_from.clone() else {
+            return Ok(());
+        };
+        if layers.iter().all(|l| self.store.snapshot_path(l).is_dir()) {
+            return Ok(());
+        }
+        let (store, exec) = (self.store.clone(), self.exec.clone());
+        tokio::task::spawn_blocking(move || remote.materialize(&store, &*exec, &layers))
+            .await
+            .map_err(|e| Diagnostic::env(format!("layer import task failed: {e}")))?
+    }
+
     /// The stat cache of a context directory (one per directory, shared by every step of the build).
     fn stat_cache(&self, dir: &Path) -> Arc<statcache::StatCache> {
         self.stat_caches
@@ -443,6 +460,7 @@ impl<E: Executor> Shared<E> {
                         layers: vec![],
                         times: vec![],
                         base: base.into(),
+                        secrets: vec![],
                     }),
                     None,
                 ))
@@ -508,6 +526,7 @@ impl<E: Executor> Shared<E> {
                 let exec = self.exec.clone();
                 let no_cache = self.opts.no_cache;
                 let registry = self.opts.registry.clone();
+                let remote = self.opts.cache_from.clone();
                 let reference = reference.clone();
                 let id = self.next_id();
                 let name = node.name.clone();
@@ -515,7 +534,14 @@ impl<E: Executor> Shared<E> {
                 let reporter = self.reporter.clone();
                 let _permit = jobs.acquire().await.expect("semaphore open");
                 let (rec, fresh) = tokio::task::spawn_blocking(move || {
-                    import_image(&store, &*exec, &reference, no_cache, &registry)
+                    import_image(
+                        &store,
+                        &*exec,
+                        &reference,
+                        no_cache,
+                        &registry,
+                        remote.as_deref(),
+                    )
                 })
                 .await
                 .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
@@ -638,9 +664,46 @@ impl<E: Executor> Shared<E> {
             self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
+        let mounted: Vec<&str> = match &node.op {
+            Op::Run(r) => r.secrets.iter().map(|s| s.id.as_str()).collect(),
+            _ => Vec::new(),
+        };
+        if !self.opts.no_cache
+            && let Some(rec) = self
+                .opts
+                .cache_from
+                .as_ref()
+                .and_then(|r| r.get(&key, &mounted))
+        {
+            self.reporter.event(Event::Cached(vertex));
+            return Ok((key, Output::Fs(rec), Some(false)));
+        }
         let _permit = jobs.acquire().await.expect("semaphore open");
         let started = Instant::now();
         self.reporter.event(Event::Started(vertex));
+        // Inputs that came from a shared cache get their files now, and only now that a step needs them.
+        let mut needed = base.layers.clone();
+        for (i, (_, input)) in inputs.iter().enumerate().skip(1) {
+            let used = match &node.op {
+                Op::Copy(_) => i == 1,
+                Op::Run(r) => r
+                    .mounts
+                    .iter()
+                    .any(|m| matches!(m, RunMount::Bind { input, .. } if *input == i)),
+                _ => false,
+            };
+            if let (true, Output::Fs(rec)) = (used, input) {
+                needed.extend(rec.layers.iter().cloned());
+            }
+        }
+        if let Err(e) = self.materialize(needed).await {
+            self.reporter.event(Event::Failed {
+                id,
+                elapsed: started.elapsed(),
+                message: e.message.clone(),
+            });
+            return Err(self.located(n, e));
+        }
         let work = self.store.temp_dir("step-")?;
         let upper = work.path().join("upper");
         let scratch = work.path().join("work");
@@ -663,6 +726,7 @@ impl<E: Executor> Shared<E> {
         let mut _reserved: Vec<std::fs::File> = Vec::new();
         // Writable cache mounts: they outlive the step, so the leak guard must look there too.
         let mut caches: Vec<(String, PathBuf)> = Vec::new();
+        let mut verdicts: Vec<SecretVerdict> = Vec::new();
         let result = match &node.op {
             Op::Run(r) => {
                 let mut step = self.run_step(r, base, fs)?;
@@ -688,6 +752,19 @@ impl<E: Executor> Shared<E> {
                     .collect();
                 step.mounts = mounts;
                 _reserved = held;
+                verdicts = step
+                    .secrets
+                    .iter()
+                    .map(|(m, v)| SecretVerdict {
+                        id: m.id.clone(),
+                        // `Clean` is only true once the scan below has passed; a leak ends the step first.
+                        verdict: if v.is_some() {
+                            Verdict::Clean
+                        } else {
+                            Verdict::NotGiven
+                        },
+                    })
+                    .collect();
                 let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
                 guard = LeakScanner::new(
                     step.secrets
@@ -800,6 +877,7 @@ impl<E: Executor> Shared<E> {
             layers,
             times,
             base: base.base.clone(),
+            secrets: verdicts,
         };
         self.store.cache_put(&rec)?;
         self.reporter.event(Event::Done {
@@ -986,6 +1064,7 @@ fn import_image<E: Executor>(
     reference: &str,
     no_cache: bool,
     registry: &crate::registry::Options,
+    remote: Option<&remote::Imported>,
 ) -> Result<(CacheRecord, bool)> {
     // A registry image is pulled into a layout in the store first; from there on both kinds are alike.
     let (dir, tag) = match reference.strip_prefix("oci-layout://") {
@@ -1005,6 +1084,11 @@ fn import_image<E: Executor>(
     let key = key.finish();
     // `--no-cache` re-reads the image; layers stay shared by diff id, so nothing is unpacked twice.
     if !no_cache && let Some(rec) = store.cache_get(&key) {
+        return Ok((rec, false));
+    }
+    // A shared cache that has the image answers without unpacking anything: layers are unpacked from
+    // it only when a step runs on them.
+    if !no_cache && let Some(rec) = remote.and_then(|r| r.get(&key, &[])) {
         return Ok((rec, false));
     }
     // The raw config, not oci-spec's typed one: Docker's extensions (`Healthcheck`, `OnBuild`, `Shell`)
@@ -1072,6 +1156,7 @@ fn import_image<E: Executor>(
         times: vec![0; layers.len()],
         layers,
         base: base.into(),
+        secrets: vec![],
     };
     store.cache_put(&rec)?;
     Ok((rec, true))
