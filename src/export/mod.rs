@@ -463,11 +463,13 @@ pub fn layer_blob(store: &Store, snapshot: &str, settings: &Settings) -> Result<
 }
 
 /// Where the blob of a snapshot is recorded for these settings: clamped times and another codec change the
-/// bytes, so each gets blobs of its own.
+/// bytes, so each gets blobs of its own, and none takes the snapshot's plain name: that is its original blob (a
+/// base image layer, or a layer from a shared cache), kept whatever the settings, and a gzip blob there would
+/// answer a later zstd export.
 fn blob_key(snapshot: &str, settings: &Settings) -> String {
     let mut key = match settings.epoch {
         Some(t) => format!("{snapshot}@{t}"),
-        None => snapshot.to_string(),
+        None => format!("{snapshot}@"),
     };
     if settings.codec == layer::Codec::Zstd {
         key.push_str("+zstd");

@@ -119,16 +119,25 @@ fn source_date_epoch_makes_builds_reproducible() {
     );
 }
 
-/// `--compression zstd`: new layers are zstd blobs (the base image's own blob is kept as it came),
-/// skopeo reads the image, and kiln builds FROM it again.
+/// `--compression zstd`: new layers are zstd blobs (the base image's own blob is kept as it came), also
+/// when the store made gzip blobs of the same snapshots before; skopeo reads the image, and kiln builds
+/// FROM it again.
 #[test]
 fn zstd_layers() {
     let dir = tempdir("out-");
     let image = dir.path().join("image");
     let ctx = context(&[("Dockerfile", DOCKERFILE)]);
-    Kiln::new()
-        .with_base()
-        .args(["--compression", "zstd", "-o"])
+    let kiln = Kiln::new().with_base();
+    kiln.clone()
+        .arg("-o")
+        .arg(format!(
+            "type=oci,dest={}",
+            dir.path().join("gzip").display()
+        ))
+        .arg(ctx.path())
+        .run()
+        .success();
+    kiln.args(["--compression", "zstd", "-o"])
         .arg(format!("type=oci,dest={}", image.display()))
         .arg(ctx.path())
         .run()
