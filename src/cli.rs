@@ -1188,18 +1188,24 @@ fn parse_cache_spec(
     let Some((_, keys)) = allowed.iter().find(|(t, _)| *t == kind) else {
         let later = ["inline", "gha", "s3", "azblob"];
         let d = if later.contains(&kind.as_str()) {
-            cl.error(value, span, format!("cache type `{kind}` is not supported yet"))
+            cl.error(
+                value,
+                span,
+                format!("cache type `{kind}` is not supported yet"),
+            )
         } else if kind.is_empty() {
             cl.error(value, span, format!("{flag} needs a `type`"))
         } else {
             cl.error(value, span, format!("unknown cache type `{kind}`"))
         };
-        return Err(match suggest(&kind, types.iter().copied()).filter(|s| *s != kind) {
-            Some(s) => d.help(format!("did you mean `type={s}`?")),
-            None => d.help(format!(
-                "cache types are `registry` and `local`, e.g. {example}"
-            )),
-        });
+        return Err(
+            match suggest(&kind, types.iter().copied()).filter(|s| *s != kind) {
+                Some(s) => d.help(format!("did you mean `type={s}`?")),
+                None => d.help(format!(
+                    "cache types are `registry` and `local`, e.g. {example}"
+                )),
+            },
+        );
     };
     for f in &parsed {
         if f.key != "type" && !keys.contains(&f.key.as_str()) {
@@ -1225,7 +1231,11 @@ fn parse_cache_spec(
 fn cache_ref(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec) -> Result<String> {
     let Some(r) = spec.fields.get("ref").filter(|r| !r.is_empty()) else {
         return Err(cl
-            .error(value, Span::default(), format!("a registry cache in {flag} needs `ref`"))
+            .error(
+                value,
+                Span::default(),
+                format!("a registry cache in {flag} needs `ref`"),
+            )
             .help(format!("write `{flag} type=registry,ref=HOST/REPO:TAG`")));
     };
     crate::registry::ImageName::parse(r).map_err(|d| {
@@ -1236,11 +1246,21 @@ fn cache_ref(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec) -> Res
 }
 
 /// The directory of a local cache (`dest` for --cache-to, `src` for --cache-from).
-fn cache_dir(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec, key: &str) -> Result<PathBuf> {
+fn cache_dir(
+    cl: &CommandLine,
+    flag: &str,
+    value: &str,
+    spec: &CacheSpec,
+    key: &str,
+) -> Result<PathBuf> {
     match spec.fields.get(key).filter(|d| !d.is_empty()) {
         Some(d) => Ok(PathBuf::from(d)),
         None => Err(cl
-            .error(value, Span::default(), format!("a local cache in {flag} needs `{key}`"))
+            .error(
+                value,
+                Span::default(),
+                format!("a local cache in {flag} needs `{key}`"),
+            )
             .help(format!("write `{flag} type=local,{key}=DIR`"))),
     }
 }
@@ -1271,14 +1291,22 @@ fn parse_cache_to(cl: &CommandLine, value: &str) -> Result<(crate::export::cache
     let ignore = match spec.fields.get("ignore-error") {
         None => false,
         Some(v) => crate::options::parse_bool(Some(v)).ok_or_else(|| {
-            cl.error(value, Span::default(), "`ignore-error` must be true or false")
+            cl.error(
+                value,
+                Span::default(),
+                "`ignore-error` must be true or false",
+            )
         })?,
     };
     let dest = match spec.kind.as_str() {
         "registry" => Dest::Registry(cache_ref(cl, flag, value, &spec)?),
         _ => Dest::Local {
             dir: cache_dir(cl, flag, value, &spec, "dest")?,
-            tag: spec.fields.get("tag").cloned().unwrap_or_else(|| "latest".into()),
+            tag: spec
+                .fields
+                .get("tag")
+                .cloned()
+                .unwrap_or_else(|| "latest".into()),
         },
     };
     Ok((CacheTo { dest, mode }, ignore))
@@ -1298,7 +1326,11 @@ fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::remot
         "registry" => Source::Registry(cache_ref(cl, flag, value, &spec)?),
         _ => Source::Local {
             dir: cache_dir(cl, flag, value, &spec, "src")?,
-            tag: spec.fields.get("tag").cloned().unwrap_or_else(|| "latest".into()),
+            tag: spec
+                .fields
+                .get("tag")
+                .cloned()
+                .unwrap_or_else(|| "latest".into()),
         },
     })
 }

@@ -857,7 +857,8 @@ pub fn push_manifest(
     let json: Value = serde_json::from_slice(&manifest)
         .map_err(|e| Diagnostic::env(format!("cannot push `{reference}`: bad manifest: {e}")))?;
     let mut blobs = Vec::new();
-    for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten()) {
+    for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten())
+    {
         match (d["digest"].as_str(), d["size"].as_u64()) {
             (Some(digest), Some(size)) => blobs.push((digest.to_string(), size)),
             _ => {

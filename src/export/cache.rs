@@ -137,7 +137,9 @@ pub fn export(
         .into_iter()
         .filter(|(rec, mounted)| {
             rec.layers.iter().all(|l| !unsafe_layers.contains(l))
-                && mounted.iter().all(|id| rec.secrets.iter().any(|v| v.id == *id))
+                && mounted
+                    .iter()
+                    .all(|id| rec.secrets.iter().any(|v| v.id == *id))
         })
         .map(|(rec, _)| rec)
         .collect();
@@ -183,8 +185,9 @@ pub fn export(
             let Some(blob) = blob.as_ref().filter(|_| !snapshot.starts_with("layer-")) else {
                 continue;
             };
-            let reader = crate::solve::remote::open_layer(&store.blob_path(&blob.digest), &blob.media_type)
-                .map_err(|e| Diagnostic::io(format!("cannot read layer {}", blob.digest), e))?;
+            let reader =
+                crate::solve::remote::open_layer(&store.blob_path(&blob.digest), &blob.media_type)
+                    .map_err(|e| Diagnostic::io(format!("cannot read layer {}", blob.digest), e))?;
             let found = scanner
                 .scan_reader(reader)
                 .map_err(|e| Diagnostic::io(format!("cannot scan layer {}", blob.digest), e))?;
@@ -204,8 +207,7 @@ pub fn export(
         layers: layers.clone(),
         records,
     };
-    let config_bytes =
-        serde_json::to_vec(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    let config_bytes = serde_json::to_vec(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
     if let Some(leak) = scanner.scan(&config_bytes) {
         return Err(Diagnostic::build(format!(
             "secret `{}` is in the cache config ({}); no cache was exported",

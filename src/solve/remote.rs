@@ -187,16 +187,21 @@ impl Imported {
     /// Makes sure every snapshot of `layers` exists in the store, fetching and unpacking the imported
     /// ones that do not. Each unpacked layer's diff id is checked against the cache's word for it, and the
     /// blob is recorded as the snapshot's layer blob, so exports reuse it byte for byte.
-    pub fn materialize<E: Executor>(&self, store: &Store, exec: &E, layers: &[String]) -> Result<()> {
+    pub fn materialize<E: Executor>(
+        &self,
+        store: &Store,
+        exec: &E,
+        layers: &[String],
+    ) -> Result<()> {
         for snapshot in layers {
             if store.snapshot_path(snapshot).is_dir() {
                 continue;
             }
             let Some((blob, _)) = self.layers.get(snapshot) else {
-                return Err(Diagnostic::env(format!(
-                    "store snapshot {snapshot} is missing"
-                ))
-                .help("a concurrent `kiln prune` may have removed it; build again"));
+                return Err(
+                    Diagnostic::env(format!("store snapshot {snapshot} is missing"))
+                        .help("a concurrent `kiln prune` may have removed it; build again"),
+                );
             };
             let lock = self
                 .busy
@@ -364,7 +369,9 @@ fn read_config(
         config["digest"].as_str().and_then(Digest::parse),
         config["size"].as_u64(),
     ) else {
-        return Err(Diagnostic::input("its manifest has no valid config descriptor"));
+        return Err(Diagnostic::input(
+            "its manifest has no valid config descriptor",
+        ));
     };
     let bytes = read_blob(&digest, size)?;
     if Digest::of(&bytes) != digest {

@@ -6,6 +6,7 @@ mod support;
 mod bad_secret;
 mod build_lang;
 mod cache;
+mod cache_export;
 mod cleanup;
 mod dockerignore;
 mod errors;

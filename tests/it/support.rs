@@ -498,6 +498,17 @@ pub fn maybe_gunzip(bytes: Vec<u8>) -> Vec<u8> {
     }
 }
 
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Decompresses `bytes` if they are a zstd stream (layers exported with `--compression zstd`); returns
+/// them as they are otherwise.
+pub fn maybe_unzstd(bytes: Vec<u8>) -> Vec<u8> {
+    if !bytes.starts_with(&ZSTD_MAGIC) {
+        return bytes;
+    }
+    zstd::decode_all(&bytes[..]).unwrap_or(bytes)
+}
+
 /// The entry paths of a tar, without a leading `./` or `/`.
 pub fn tar_paths(tar: &[u8]) -> Vec<String> {
     let mut archive = tar::Archive::new(tar);
@@ -608,9 +619,9 @@ pub fn leaks_under(dir: &Path, secrets: &[&[u8]]) -> Vec<String> {
             continue;
         }
         let bytes = std::fs::read(entry.path()).expect("a readable file");
-        let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
-        let plain = maybe_gunzip(bytes);
-        // grep sees a gzip stream only compressed, so everything inside one is searched here.
+        let gzipped = bytes.starts_with(&[0x1f, 0x8b]) || bytes.starts_with(&ZSTD_MAGIC);
+        let plain = maybe_unzstd(maybe_gunzip(bytes));
+        // grep sees a gzip or zstd stream only compressed, so everything inside one is searched here.
         let needles = if gzipped {
             text.iter().chain(&binary).collect::<Vec<_>>()
         } else {
