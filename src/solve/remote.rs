@@ -316,13 +316,16 @@ fn diff_id(path: &Path, media_type: &str) -> std::io::Result<Digest> {
     Ok(Digest::from_hasher(hasher))
 }
 
+/// Reads one blob of a cache, given its digest and size.
+type BlobReader<'a> = dyn Fn(&Digest, u64) -> Result<Vec<u8>> + 'a;
+
 /// Reads a cache's config: its manifest from the registry or the layout, then the config blob.
 fn read_config(
     store: &Store,
     source: &Source,
     registry: &crate::registry::Options,
 ) -> Result<CacheConfig> {
-    let (manifest, read_blob): (Vec<u8>, Box<dyn Fn(&Digest, u64) -> Result<Vec<u8>>>) =
+    let (manifest, read_blob): (Vec<u8>, Box<BlobReader>) =
         match source {
             Source::Registry(reference) => {
                 let manifest = crate::registry::fetch_manifest(reference, registry)?;
