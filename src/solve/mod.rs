@@ -165,6 +165,37 @@ struct Shared<E> {
     step_ids: std::sync::atomic::AtomicUsize,
     /// The stat cache of each context directory hashed so far, loaded from the store on first use.
     stat_caches: std::sync::Mutex<HashMap<PathBuf, Arc<statcache::StatCache>>>,
+    /// Steps that missed the cache and wait until something needs their result (with `--cache-from`).
+    pending: std::sync::Mutex<HashMap<Digest, Arc<Pending>>>,
+    /// How many of those ran in the end.
+    late_runs: std::sync::atomic::AtomicUsize,
+}
+
+/// A step put off: what it needs to run, and its result once it has.
+struct Pending {
+    result: tokio::sync::OnceCell<Output>,
+    work: std::sync::Mutex<Option<Work>>,
+}
+
+/// A step's node, inputs, progress id and vertex, and the `--jobs` semaphore: what `execute` takes.
+type Work = (
+    NodeIndex,
+    Vec<(Digest, Output)>,
+    usize,
+    Vertex,
+    Arc<Semaphore>,
+);
+
+/// What a put-off step's consumers see until it runs: its key and nothing else. Consumers that hit the
+/// cache never look further; those that run ask `demand` for the real result.
+fn unrun(key: Digest) -> CacheRecord {
+    CacheRecord {
+        key,
+        layers: Vec::new(),
+        times: Vec::new(),
+        base: Value::Null,
+        secrets: Vec::new(),
+    }
 }
 
 /// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
@@ -275,6 +306,8 @@ pub async fn solve<E: Executor>(
         opts,
         step_ids: std::sync::atomic::AtomicUsize::new(1),
         stat_caches: Default::default(),
+        pending: Default::default(),
+        late_runs: Default::default(),
     });
     let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
     let mut ready = std::collections::BinaryHeap::new();
@@ -350,9 +383,20 @@ pub async fn solve<E: Executor>(
         while tasks.join_next().await.is_some() {}
         return Err(e);
     }
+    // Put-off steps that ran report their real result; those nothing needed have none.
+    let pending = std::mem::take(&mut *shared.pending.lock().expect("pending lock"));
+    let outputs = outputs
+        .into_iter()
+        .filter_map(|(n, (key, o))| match pending.get(&key) {
+            Some(p) if matches!(&o, Output::Fs(r) if r.base.is_null()) => {
+                p.result.get().map(|real| (n, real.clone()))
+            }
+            _ => Some((n, o)),
+        })
+        .collect();
     Ok(Summary {
-        outputs: outputs.into_iter().map(|(n, (_, o))| (n, o)).collect(),
-        executed,
+        outputs,
+        executed: executed + shared.late_runs.load(std::sync::atomic::Ordering::Relaxed),
         cached,
     })
 }
@@ -565,6 +609,10 @@ impl<E: Executor> Shared<E> {
             }
             Op::Config(c) => {
                 let key = key.finish();
+                let mut inputs = inputs;
+                if let Some(real) = self.demand(&inputs[0].0).await? {
+                    inputs[0].1 = real;
+                }
                 let Output::Fs(rec) = &inputs[0].1 else {
                     unreachable!("config consumes a filesystem")
                 };
@@ -604,9 +652,6 @@ impl<E: Executor> Shared<E> {
         jobs: Arc<Semaphore>,
     ) -> Result<(Digest, Output, Option<bool>)> {
         let node = &self.graph.dag[n];
-        let Output::Fs(base) = &inputs[0].1 else {
-            unreachable!("steps run over a filesystem")
-        };
         // Files taken from a host directory (COPY sources, bind mount sources): only the selected files'
         // content enters the key, never the whole context.
         let selections: Vec<(HostDir, Vec<String>, Vec<String>, &str)> = match &node.op {
@@ -678,6 +723,73 @@ impl<E: Executor> Shared<E> {
             self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
+        if self.opts.cache_from.is_some() {
+            // With a shared cache, a miss runs only once something needs its result (a step that misses
+            // too, or an image), as in BuildKit: a stage whose consumers all hit never runs, so the
+            // final stage's records alone (mode=min) spare every stage below it.
+            self.pending
+                .lock()
+                .expect("pending lock")
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    Arc::new(Pending {
+                        result: tokio::sync::OnceCell::new(),
+                        work: std::sync::Mutex::new(Some((n, inputs, id, vertex, jobs))),
+                    })
+                });
+            return Ok((key.clone(), Output::Fs(unrun(key)), None));
+        }
+        self.execute(n, key, inputs, id, vertex, jobs).await
+    }
+
+    /// The result of a step that was put off, run now (once, whoever asks first); `None` for a key that
+    /// is not such a step.
+    fn demand<'a>(
+        &'a self,
+        key: &'a Digest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<Output>>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(p) = self.pending.lock().expect("pending lock").get(key).cloned() else {
+                return Ok(None);
+            };
+            let out = p
+                .result
+                .get_or_try_init(|| async {
+                    let work = p.work.lock().expect("work lock").take();
+                    let Some((n, inputs, id, vertex, jobs)) = work else {
+                        return Err(Diagnostic::build("a step this one needs failed"));
+                    };
+                    let (_, out, _) = self
+                        .execute(n, key.clone(), inputs, id, vertex, jobs)
+                        .await?;
+                    self.late_runs
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Ok(out)
+                })
+                .await?;
+            Ok(Some(out.clone()))
+        })
+    }
+
+    /// Runs a step that missed the cache and commits its result.
+    async fn execute(
+        &self,
+        n: NodeIndex,
+        key: Digest,
+        mut inputs: Vec<(Digest, Output)>,
+        id: usize,
+        vertex: Vertex,
+        jobs: Arc<Semaphore>,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        for (k, out) in inputs.iter_mut() {
+            if let Some(real) = self.demand(k).await? {
+                *out = real;
+            }
+        }
+        let node = &self.graph.dag[n];
+        let Output::Fs(base) = &inputs[0].1 else {
+            unreachable!("steps run over a filesystem")
+        };
         let _permit = jobs.acquire().await.expect("semaphore open");
         let started = Instant::now();
         self.reporter.event(Event::Started(vertex));

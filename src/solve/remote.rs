@@ -325,40 +325,38 @@ fn read_config(
     source: &Source,
     registry: &crate::registry::Options,
 ) -> Result<CacheConfig> {
-    let (manifest, read_blob): (Vec<u8>, Box<BlobReader>) =
-        match source {
-            Source::Registry(reference) => {
-                let manifest = crate::registry::fetch_manifest(reference, registry)?;
-                let reference = reference.clone();
-                let registry = registry.clone();
-                (
-                    manifest,
-                    Box::new(move |d: &Digest, size: u64| {
-                        crate::registry::fetch_blobs(
-                            store,
-                            &reference,
-                            &[(d.clone(), size)],
-                            &registry,
-                        )?;
-                        store.read_blob(d)
-                    }),
-                )
-            }
-            Source::Local { dir, tag } => {
-                let manifest = local_manifest(dir, tag).map_err(|e| {
-                    Diagnostic::input(format!("cannot read {}: {e}", dir.display()))
-                })?;
-                let dir = dir.clone();
-                (
-                    manifest,
-                    Box::new(move |d: &Digest, size: u64| {
-                        let path = crate::oci::verify_blob(&dir, d.as_str(), Some(size))
-                            .map_err(|e| Diagnostic::input(e.to_string()))?;
-                        std::fs::read(&path).map_err(|e| Diagnostic::io("cannot read the cache", e))
-                    }),
-                )
-            }
-        };
+    let (manifest, read_blob): (Vec<u8>, Box<BlobReader>) = match source {
+        Source::Registry(reference) => {
+            let manifest = crate::registry::fetch_manifest(reference, registry)?;
+            let reference = reference.clone();
+            let registry = registry.clone();
+            (
+                manifest,
+                Box::new(move |d: &Digest, size: u64| {
+                    crate::registry::fetch_blobs(
+                        store,
+                        &reference,
+                        &[(d.clone(), size)],
+                        &registry,
+                    )?;
+                    store.read_blob(d)
+                }),
+            )
+        }
+        Source::Local { dir, tag } => {
+            let manifest = local_manifest(dir, tag)
+                .map_err(|e| Diagnostic::input(format!("cannot read {}: {e}", dir.display())))?;
+            let dir = dir.clone();
+            (
+                manifest,
+                Box::new(move |d: &Digest, size: u64| {
+                    let path = crate::oci::verify_blob(&dir, d.as_str(), Some(size))
+                        .map_err(|e| Diagnostic::input(e.to_string()))?;
+                    std::fs::read(&path).map_err(|e| Diagnostic::io("cannot read the cache", e))
+                }),
+            )
+        }
+    };
     let json: serde_json::Value = serde_json::from_slice(&manifest)
         .map_err(|e| Diagnostic::input(format!("its manifest is not JSON: {e}")))?;
     let config = &json["config"];
