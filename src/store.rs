@@ -4,8 +4,10 @@
 //! Layout under the store root:
 //! - `blobs/sha256/<hex>`: compressed layers, image configs and manifests, named by their digest;
 //! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
-//! - `layers/<id>.json`: the exported blob of a snapshot (diff id, digest, size), once computed;
-//! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config);
+//! - `layers/<id>.json`: the original blob of a snapshot (a base image's or a shared cache's layer);
+//!   `layers/<id>@[<epoch>][+zstd].json`: a blob kiln made of it with those settings, once computed;
+//! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config, the
+//!   leak guard's verdicts for the secrets its step mounted);
 //! - `exports/<hex>`: per output destination, what kiln last wrote there and the stat data of those files;
 //! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
 //! - `files/<hex>`: immutable file objects that snapshots hard-link (COPY from a context);
