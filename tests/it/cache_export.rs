@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use crate::support::{Kiln, Output, StepState, context, leaks_under, repo, tempdir, tool, write};
+use crate::support::{
+    Kiln, Output, StepState, base_image, context, copy_dir, leaks_under, repo, tempdir, tool, write,
+};
 
 /// The registry of this test process (the open one of `start-registry.sh`'s pair), and its storage.
 struct Registry {
@@ -85,11 +87,17 @@ fn snapshots(store: &Path) -> usize {
 
 /// A build with `args` from a fresh store, writing its image to a fresh OCI layout.
 fn build(ctx: &Path, args: &[&str]) -> (Kiln, Output) {
+    build_from(ctx, base_image(), args)
+}
+
+/// `build`, with the base image at `base`.
+fn build_from(ctx: &Path, base: &Path, args: &[&str]) -> (Kiln, Output) {
     let kiln = Kiln::new();
     let oci = tempdir("oci-");
     let out = kiln
         .clone()
-        .with_base()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.display()))
         .args(args)
         .arg("-o")
         .arg(format!("type=oci,dest={}", oci.path().display()))
@@ -99,7 +107,8 @@ fn build(ctx: &Path, args: &[&str]) -> (Kiln, Output) {
 }
 
 /// Machine A exports with `to`, machine B imports with `from`: B runs nothing and gives A's digest, and
-/// B unpacks none of the four intermediate stages' layers (nothing ran on them).
+/// B unpacks none of the four intermediate stages' layers (nothing ran on them). B's context and base
+/// image are copies elsewhere, as on another machine: no path may be part of a cache key.
 fn round_trip(to: &str, from: &str) {
     let ctx = multistage(LAST);
     let (a, out_a) = build(ctx.path(), &["--cache-to", to]);
@@ -110,7 +119,8 @@ fn round_trip(to: &str, from: &str) {
         "{}",
         out_a.stderr
     );
-    let (b, out_b) = build(ctx.path(), &["--cache-from", from]);
+    let (ctx_b, base_b) = (copy_dir(ctx.path()), copy_dir(base_image()));
+    let (b, out_b) = build_from(ctx_b.path(), base_b.path(), &["--cache-from", from]);
     out_b.success();
     assert_eq!(
         out_b.summary(),
@@ -125,7 +135,11 @@ fn round_trip(to: &str, from: &str) {
         "B unpacked layers of stages nothing ran on"
     );
     // The records B used are in its store now: without the cache, the final stage still hits locally.
-    let again = Kiln::build_in(b.store()).with_base().arg(ctx.path()).run();
+    let again = Kiln::build_in(b.store())
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base_b.path().display()))
+        .arg(ctx_b.path())
+        .run();
     again.success();
     for step in again.steps() {
         if step.name.contains("[stage-4") {
