@@ -781,8 +781,11 @@ impl<E: Executor> Shared<E> {
         vertex: Vertex,
         jobs: Arc<Semaphore>,
     ) -> Result<(Digest, Output, Option<bool>)> {
-        for (k, out) in inputs.iter_mut() {
-            if let Some(real) = self.demand(k).await? {
+        // All at once: put-off inputs (and theirs) run side by side, as the scheduler would have run them.
+        let demanded =
+            futures_util::future::try_join_all(inputs.iter().map(|(k, _)| self.demand(k))).await?;
+        for ((_, out), real) in inputs.iter_mut().zip(demanded) {
+            if let Some(real) = real {
                 *out = real;
             }
         }

@@ -193,6 +193,25 @@ impl Imported {
         exec: &E,
         layers: &[String],
     ) -> Result<()> {
+        // The missing blobs of each registry in one session, downloaded side by side.
+        let mut wanted: HashMap<usize, Vec<(Digest, u64)>> = HashMap::new();
+        for snapshot in layers {
+            if let Some((Some(blob), source)) = self.layers.get(snapshot)
+                && !store.snapshot_path(snapshot).is_dir()
+                && !store.blob_path(&blob.digest).is_file()
+                && matches!(self.sources[*source], Source::Registry(_))
+            {
+                wanted
+                    .entry(*source)
+                    .or_default()
+                    .push((blob.digest.clone(), blob.size));
+            }
+        }
+        for (source, blobs) in wanted {
+            if let Source::Registry(reference) = &self.sources[source] {
+                crate::registry::fetch_blobs(store, reference, &blobs, &self.registry)?;
+            }
+        }
         for snapshot in layers {
             if store.snapshot_path(snapshot).is_dir() {
                 continue;
