@@ -165,7 +165,7 @@ struct Shared<E> {
     step_ids: std::sync::atomic::AtomicUsize,
     /// The stat cache of each context directory hashed so far, loaded from the store on first use.
     stat_caches: std::sync::Mutex<HashMap<PathBuf, Arc<statcache::StatCache>>>,
-    /// Steps that missed the cache and wait until something needs their result (with `--cache-from`).
+    /// Steps that missed the cache and wait until something needs their result.
     pending: std::sync::Mutex<HashMap<Digest, Arc<Pending>>>,
     /// How many of those ran in the end.
     late_runs: std::sync::atomic::AtomicUsize,
@@ -481,7 +481,7 @@ impl<E: Executor> Shared<E> {
     /// Solves one node. Returns its cache key, its output, and whether it ran (`Some(true)`), came from the
     /// store (`Some(false)`), or is not a step at all (`None`).
     async fn node(
-        &self,
+        self: &Arc<Self>,
         n: NodeIndex,
         inputs: Vec<(Digest, Output)>,
         jobs: Arc<Semaphore>,
@@ -723,33 +723,39 @@ impl<E: Executor> Shared<E> {
             self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
-        if self.opts.cache_from.is_some() {
-            // With a shared cache, a miss runs only once something needs its result (a step that misses
-            // too, or an image), as in BuildKit: a stage whose consumers all hit never runs, so the
-            // final stage's records alone (mode=min) spare every stage below it.
-            self.pending
-                .lock()
-                .expect("pending lock")
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    Arc::new(Pending {
-                        result: tokio::sync::OnceCell::new(),
-                        work: std::sync::Mutex::new(Some((n, inputs, id, vertex, jobs))),
-                    })
-                });
-            return Ok((key.clone(), Output::Fs(unrun(key)), None));
-        }
-        self.execute(n, key, inputs, id, vertex, jobs).await
+        // A miss runs only once something needs its result (a step that misses too, or an image), as in
+        // BuildKit: a stage whose consumers all hit never runs, so a shared cache's final-stage records
+        // alone (mode=min) spare every stage below it, and so does a store that kept only those (after a
+        // prune, or after a build from such a cache).
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(Pending {
+                    result: tokio::sync::OnceCell::new(),
+                    work: std::sync::Mutex::new(Some((n, inputs, id, vertex, jobs))),
+                })
+            });
+        Ok((key.clone(), Output::Fs(unrun(key)), None))
     }
 
     /// The result of a step that was put off, run now (once, whoever asks first); `None` for a key that
     /// is not such a step.
-    fn demand<'a>(
-        &'a self,
-        key: &'a Digest,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<Output>>> + Send + 'a>> {
+    fn demand(
+        self: &Arc<Self>,
+        key: &Digest,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<Output>>> + Send + 'static>> {
+        let this = self.clone();
+        let key = key.clone();
         Box::pin(async move {
-            let Some(p) = self.pending.lock().expect("pending lock").get(key).cloned() else {
+            let Some(p) = this
+                .pending
+                .lock()
+                .expect("pending lock")
+                .get(&key)
+                .cloned()
+            else {
                 return Ok(None);
             };
             let out = p
@@ -759,10 +765,15 @@ impl<E: Executor> Shared<E> {
                     let Some((n, inputs, id, vertex, jobs)) = work else {
                         return Err(Diagnostic::build("a step this one needs failed"));
                     };
-                    let (_, out, _) = self
-                        .execute(n, key.clone(), inputs, id, vertex, jobs)
-                        .await?;
-                    self.late_runs
+                    // A task of its own rather than an await in place: a chain of put-off steps (one
+                    // stage's RUNs) would otherwise nest one poll per step on a worker's stack.
+                    let (runner, key) = (this.clone(), key.clone());
+                    let (_, out, _) = tokio::spawn(async move {
+                        runner.execute(n, key, inputs, id, vertex, jobs).await
+                    })
+                    .await
+                    .map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))??;
+                    this.late_runs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(out)
                 })
@@ -773,7 +784,7 @@ impl<E: Executor> Shared<E> {
 
     /// Runs a step that missed the cache and commits its result.
     async fn execute(
-        &self,
+        self: &Arc<Self>,
         n: NodeIndex,
         key: Digest,
         mut inputs: Vec<(Digest, Output)>,

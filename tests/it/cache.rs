@@ -194,4 +194,18 @@ fn a_corrupt_base_layer_is_refused_and_a_stored_one_is_not_read_again() {
         "{}",
         again.stderr
     );
+
+/// Steps that miss are put off until something needs them, then run each in a task of its own: a long
+/// chain of them (one stage's steps) must not nest a poll per step on one stack (400 nested RUNs
+/// overflowed a worker's stack before).
+#[test]
+fn a_long_chain_of_missing_steps_runs() {
+    let mut dockerfile = String::from("FROM base\n");
+    for i in 0..300 {
+        dockerfile.push_str(&format!("COPY f /d{i}/\n"));
+    }
+    let ctx = crate::support::context(&[("Dockerfile", &dockerfile), ("f", "x\n")]);
+    let out = Kiln::new().with_base().arg(ctx.path()).run();
+    out.success();
+    assert_eq!(out.summary().0, 301, "{}", out.stderr);
 }

@@ -134,24 +134,15 @@ fn round_trip(to: &str, from: &str) {
         snapshots(a.store()) - 4,
         "B unpacked layers of stages nothing ran on"
     );
-    // The records B used are in its store now: without the cache, the final stage still hits locally.
+    // The records B used are in its store now: without the cache, the final stage hits locally, and the
+    // stages below it, which miss, are not needed.
     let again = Kiln::build_in(b.store())
         .arg("--build-context")
         .arg(format!("base=oci-layout://{}", base_b.path().display()))
         .arg(ctx_b.path())
         .run();
     again.success();
-    for step in again.steps() {
-        if step.name.contains("[stage-4") {
-            assert_eq!(
-                step.state,
-                StepState::Cached,
-                "{}\n{}",
-                step.name,
-                again.stderr
-            );
-        }
-    }
+    assert_eq!(again.summary(), (0, 7), "{}", again.stderr);
 }
 
 #[test]
