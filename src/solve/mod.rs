@@ -175,6 +175,8 @@ struct Shared<E> {
 struct Pending {
     result: tokio::sync::OnceCell<Output>,
     work: std::sync::Mutex<Option<Work>>,
+    /// How it failed, for every consumer that asks after the first.
+    failed: std::sync::Mutex<Option<Diagnostic>>,
 }
 
 /// A step's node, inputs, progress id and vertex, and the `--jobs` semaphore: what `execute` takes.
@@ -735,6 +737,7 @@ impl<E: Executor> Shared<E> {
                 Arc::new(Pending {
                     result: tokio::sync::OnceCell::new(),
                     work: std::sync::Mutex::new(Some((n, inputs, id, vertex, jobs))),
+                    failed: std::sync::Mutex::new(None),
                 })
             });
         Ok((key.clone(), Output::Fs(unrun(key)), None))
@@ -763,16 +766,22 @@ impl<E: Executor> Shared<E> {
                 .get_or_try_init(|| async {
                     let work = p.work.lock().expect("work lock").take();
                     let Some((n, inputs, id, vertex, jobs)) = work else {
-                        return Err(Diagnostic::build("a step this one needs failed"));
+                        let failed = p.failed.lock().expect("failed lock").clone();
+                        return Err(failed
+                            .unwrap_or_else(|| Diagnostic::build("a step this one needs failed")));
                     };
                     // A task of its own rather than an await in place: a chain of put-off steps (one
                     // stage's RUNs) would otherwise nest one poll per step on a worker's stack.
                     let (runner, key) = (this.clone(), key.clone());
-                    let (_, out, _) = tokio::spawn(async move {
+                    let ran = tokio::spawn(async move {
                         runner.execute(n, key, inputs, id, vertex, jobs).await
                     })
                     .await
-                    .map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))??;
+                    .map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))
+                    .and_then(|r| r);
+                    let (_, out, _) = ran.inspect_err(|e| {
+                        *p.failed.lock().expect("failed lock") = Some(e.clone());
+                    })?;
                     this.late_runs
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(out)

@@ -209,3 +209,22 @@ fn a_long_chain_of_missing_steps_runs() {
     out.success();
     assert_eq!(out.summary().0, 301, "{}", out.stderr);
 }
+
+/// A put-off step that fails, needed by two steps at once: the build reports the step's own failure, with
+/// its place in the Dockerfile, whichever consumer asked first.
+#[test]
+fn a_failing_step_two_steps_need_reports_itself() {
+    let ctx = crate::support::context(&[(
+        "Dockerfile",
+        "FROM base AS bad\nRUN echo broken-on-purpose; exit 3\nFROM base AS one\nCOPY --from=bad /etc /one\nFROM base\nCOPY --from=bad /etc /two\nCOPY --from=one /one /one\n",
+    )]);
+    let out = Kiln::new().with_base().arg(ctx.path()).run();
+    out.expect_code(1);
+    assert!(out.stderr.contains("Dockerfile:2"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("a step this one needs failed"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.step("exit 3").state, StepState::Error);
+}
