@@ -195,7 +195,7 @@ fn unrun(key: Digest) -> CacheRecord {
         key,
         layers: Vec::new(),
         times: Vec::new(),
-        base: Value::Null,
+        base: Value::Null.into(),
         secrets: Vec::new(),
     }
 }

@@ -194,6 +194,7 @@ fn a_corrupt_base_layer_is_refused_and_a_stored_one_is_not_read_again() {
         "{}",
         again.stderr
     );
+}
 
 /// Steps that miss are put off until something needs them, then run each in a task of its own: a long
 /// chain of them (one stage's steps) must not nest a poll per step on one stack (400 nested RUNs
