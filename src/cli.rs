@@ -1313,8 +1313,8 @@ fn parse_cache_to(cl: &CommandLine, value: &str) -> Result<(crate::export::cache
 }
 
 /// `--cache-from` (buildx's spelling).
-fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::remote::Source> {
-    use crate::solve::remote::Source;
+fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::shared_cache::Source> {
+    use crate::solve::shared_cache::Source;
     let flag = "--cache-from";
     let spec = parse_cache_spec(
         cl,
@@ -1486,7 +1486,7 @@ fn build(args: BuildArgs) -> Result<()> {
     // Only manifests and configs are read here; layers come when a step or the export needs them.
     let imported = (!cache_from.is_empty()).then(|| {
         let warn = |w: String| reporter.event(Event::Note(format!("warning: {w}")));
-        let imported = crate::solve::remote::Imported::load(&store, &cache_from, &registry, &warn);
+        let imported = crate::solve::shared_cache::Imported::load(&store, &cache_from, &registry, &warn);
         reporter.event(Event::Note(format!(
             "imported {} cache records from {} caches",
             imported.len(),

@@ -73,7 +73,7 @@ pub struct CacheRecord {
     /// step of a stage carries the same one, and outputs are cloned once per consumer.
     pub base: std::sync::Arc<serde_json::Value>,
     /// For a step that mounted secrets: the leak guard's verdict on the step's own (last) layer, one per
-    /// mounted secret. Travels with the record into shared caches (see `solve::remote`).
+    /// mounted secret. Travels with the record into shared caches (see `solve::shared_cache`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretVerdict>,
 }

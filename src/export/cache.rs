@@ -1,5 +1,5 @@
 //! `--cache-to`: writes the build's cache records and their layer blobs as a shared cache (the format is
-//! `solve::remote`'s) to a registry or an OCI layout directory.
+//! `solve::shared_cache`'s) to a registry or an OCI layout directory.
 //!
 //! What goes out, and the secrets rule:
 //! - `mode=min` (the default, as in BuildKit): the records of each exported image's own chain (its
@@ -23,7 +23,7 @@ use crate::digest::Digest;
 use crate::graph::BuildGraph;
 use crate::lower::Op;
 use crate::secret::LeakScanner;
-use crate::solve::remote::{ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CacheConfig, Imported};
+use crate::solve::shared_cache::{ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CacheConfig, Imported};
 use crate::solve::{Output, Summary};
 use crate::store::{CacheRecord, LayerBlob, Store};
 
@@ -186,7 +186,7 @@ pub fn export(
                 continue;
             };
             let reader =
-                crate::solve::remote::open_layer(&store.blob_path(&blob.digest), &blob.media_type)
+                crate::solve::shared_cache::open_layer(&store.blob_path(&blob.digest), &blob.media_type)
                     .map_err(|e| Diagnostic::io(format!("cannot read layer {}", blob.digest), e))?;
             let found = scanner
                 .scan_reader(reader)

@@ -8,7 +8,7 @@
 pub mod context;
 use context::HostDir;
 pub mod dockerignore;
-pub mod remote;
+pub mod shared_cache;
 pub mod statcache;
 
 use std::collections::{BTreeMap, HashMap};
@@ -146,7 +146,7 @@ pub struct SolveOptions {
     /// How to reach registries for `FROM` images that are not local layouts.
     pub registry: crate::registry::Options,
     /// `--cache-from`: records of shared caches, consulted when the store has no result for a key.
-    pub cache_from: Option<Arc<remote::Imported>>,
+    pub cache_from: Option<Arc<shared_cache::Imported>>,
 }
 
 pub struct Summary {
@@ -1199,7 +1199,7 @@ fn import_image<E: Executor>(
     reference: &str,
     no_cache: bool,
     registry: &crate::registry::Options,
-    remote: Option<&remote::Imported>,
+    remote: Option<&shared_cache::Imported>,
 ) -> Result<(CacheRecord, bool)> {
     // A registry image is pulled into a layout in the store first; from there on both kinds are alike.
     let (dir, tag) = match reference.strip_prefix("oci-layout://") {
