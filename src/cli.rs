@@ -1486,7 +1486,8 @@ fn build(args: BuildArgs) -> Result<()> {
     // Only manifests and configs are read here; layers come when a step or the export needs them.
     let imported = (!cache_from.is_empty()).then(|| {
         let warn = |w: String| reporter.event(Event::Note(format!("warning: {w}")));
-        let imported = crate::solve::shared_cache::Imported::load(&store, &cache_from, &registry, &warn);
+        let imported =
+            crate::solve::shared_cache::Imported::load(&store, &cache_from, &registry, &warn);
         reporter.event(Event::Note(format!(
             "imported {} cache records from {} caches",
             imported.len(),

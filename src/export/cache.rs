@@ -185,9 +185,11 @@ pub fn export(
             let Some(blob) = blob.as_ref().filter(|_| !snapshot.starts_with("layer-")) else {
                 continue;
             };
-            let reader =
-                crate::solve::shared_cache::open_layer(&store.blob_path(&blob.digest), &blob.media_type)
-                    .map_err(|e| Diagnostic::io(format!("cannot read layer {}", blob.digest), e))?;
+            let reader = crate::solve::shared_cache::open_layer(
+                &store.blob_path(&blob.digest),
+                &blob.media_type,
+            )
+            .map_err(|e| Diagnostic::io(format!("cannot read layer {}", blob.digest), e))?;
             let found = scanner
                 .scan_reader(reader)
                 .map_err(|e| Diagnostic::io(format!("cannot scan layer {}", blob.digest), e))?;
