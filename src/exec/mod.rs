@@ -286,7 +286,8 @@ fn direct_copy(fs: &Layers, op: &crate::lower::op::CopyOp) -> bool {
             .all(|l| std::fs::symlink_metadata(l.join(&first)).is_err())
 }
 
-fn abbreviate(s: &str) -> String {
+/// A command on one line, cut to 120 characters: for progress lines and logs.
+pub(crate) fn abbreviate(s: &str) -> String {
     let one_line = s.replace('\n', " ");
     if one_line.chars().count() > 120 {
         format!("{}...", one_line.chars().take(117).collect::<String>())

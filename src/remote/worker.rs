@@ -222,7 +222,7 @@ impl Worker {
             "running action {}/{}: {}",
             action_digest.hash,
             action_digest.size_bytes,
-            abbreviate(&spec.args.join(" "))
+            crate::exec::abbreviate(&spec.args.join(" "))
         ));
         let mut lowers = Vec::new();
         let mut layers: Vec<&re::FileNode> =
@@ -334,14 +334,5 @@ impl Worker {
         std::fs::rename(&unpacked, &dir)
             .map_err(|e| Diagnostic::io("cannot keep an input snapshot", e))?;
         Ok(dir)
-    }
-}
-
-fn abbreviate(s: &str) -> String {
-    let one_line = s.replace('\n', " ");
-    if one_line.chars().count() > 120 {
-        format!("{}...", one_line.chars().take(117).collect::<String>())
-    } else {
-        one_line
     }
 }

@@ -325,13 +325,21 @@ pub async fn solve<E: Executor>(
             waiting.insert(n, deps);
         }
     }
-    let mut outputs: HashMap<NodeIndex, (Digest, Output)> = HashMap::new();
+    let mut book = Book {
+        outputs: HashMap::new(),
+        waiting,
+        ready,
+        executed: 0,
+        cached: 0,
+    };
     let mut tasks = JoinSet::new();
-    let (mut executed, mut cached) = (0, 0);
     let failed = 'run: loop {
-        while let Some(std::cmp::Reverse(n)) = ready.pop() {
-            let inputs: Vec<(Digest, Output)> =
-                graph.inputs(n).iter().map(|i| outputs[i].clone()).collect();
+        while let Some(std::cmp::Reverse(n)) = book.ready.pop() {
+            let inputs: Vec<(Digest, Output)> = graph
+                .inputs(n)
+                .iter()
+                .map(|i| book.outputs[i].clone())
+                .collect();
             let mut work = Box::pin({
                 let shared = shared.clone();
                 let jobs = jobs.clone();
@@ -348,16 +356,7 @@ pub async fn solve<E: Executor>(
                     continue;
                 }
             };
-            let counts = (&mut executed, &mut cached);
-            if let Err(e) = done(
-                &graph,
-                n,
-                result,
-                &mut outputs,
-                &mut waiting,
-                &mut ready,
-                counts,
-            ) {
+            if let Err(e) = book.done(&graph, n, result) {
                 break 'run Some(e);
             }
         }
@@ -366,16 +365,7 @@ pub async fn solve<E: Executor>(
         };
         let (n, result) =
             joined.map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))?;
-        let counts = (&mut executed, &mut cached);
-        if let Err(e) = done(
-            &graph,
-            n,
-            result,
-            &mut outputs,
-            &mut waiting,
-            &mut ready,
-            counts,
-        ) {
+        if let Err(e) = book.done(&graph, n, result) {
             break Some(e);
         }
     };
@@ -387,7 +377,8 @@ pub async fn solve<E: Executor>(
     }
     // Put-off steps that ran report their real result; those nothing needed have none.
     let pending = std::mem::take(&mut *shared.pending.lock().expect("pending lock"));
-    let outputs = outputs
+    let outputs = book
+        .outputs
         .into_iter()
         .filter_map(|(n, (key, o))| match pending.get(&key) {
             Some(p) if matches!(&o, Output::Fs(r) if r.base.is_null()) => {
@@ -398,43 +389,52 @@ pub async fn solve<E: Executor>(
         .collect();
     Ok(Summary {
         outputs,
-        executed: executed + shared.late_runs.load(std::sync::atomic::Ordering::Relaxed),
-        cached,
+        executed: book.executed + shared.late_runs.load(std::sync::atomic::Ordering::Relaxed),
+        cached: book.cached,
     })
 }
 
-/// Records a finished node and releases the consumers that waited only for it.
-fn done(
-    graph: &BuildGraph,
-    n: NodeIndex,
-    result: Result<(Digest, Output, Option<bool>)>,
-    outputs: &mut HashMap<NodeIndex, (Digest, Output)>,
-    waiting: &mut HashMap<NodeIndex, usize>,
-    ready: &mut std::collections::BinaryHeap<std::cmp::Reverse<NodeIndex>>,
-    (executed, cached): (&mut usize, &mut usize),
-) -> Result<()> {
-    let (key, output, ran) = result?;
-    match ran {
-        Some(true) => *executed += 1,
-        Some(false) => *cached += 1,
-        None => {}
-    }
-    outputs.insert(n, (key, output));
-    // A node can consume the same input twice (a stage and a bind mount of it), and `waiting` counts
-    // distinct inputs, so each consumer is released once per input node.
-    let mut consumers = graph.consumers(n);
-    consumers.sort();
-    consumers.dedup();
-    for c in consumers {
-        if let Some(w) = waiting.get_mut(&c) {
-            *w -= 1;
-            if *w == 0 {
-                waiting.remove(&c);
-                ready.push(std::cmp::Reverse(c));
+/// The scheduler's books: finished nodes' outputs, how many inputs each waiting node still lacks, the
+/// nodes ready to go (lowest index first, so runs are reproducible), and the counts for the summary.
+struct Book {
+    outputs: HashMap<NodeIndex, (Digest, Output)>,
+    waiting: HashMap<NodeIndex, usize>,
+    ready: std::collections::BinaryHeap<std::cmp::Reverse<NodeIndex>>,
+    executed: usize,
+    cached: usize,
+}
+
+impl Book {
+    /// Records a finished node and releases the consumers that waited only for it.
+    fn done(
+        &mut self,
+        graph: &BuildGraph,
+        n: NodeIndex,
+        result: Result<(Digest, Output, Option<bool>)>,
+    ) -> Result<()> {
+        let (key, output, ran) = result?;
+        match ran {
+            Some(true) => self.executed += 1,
+            Some(false) => self.cached += 1,
+            None => {}
+        }
+        self.outputs.insert(n, (key, output));
+        // A node can consume the same input twice (a stage and a bind mount of it), and `waiting` counts
+        // distinct inputs, so each consumer is released once per input node.
+        let mut consumers = graph.consumers(n);
+        consumers.sort();
+        consumers.dedup();
+        for c in consumers {
+            if let Some(w) = self.waiting.get_mut(&c) {
+                *w -= 1;
+                if *w == 0 {
+                    self.waiting.remove(&c);
+                    self.ready.push(std::cmp::Reverse(c));
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl<E: Executor> Shared<E> {
