@@ -321,15 +321,64 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
     }
 }
 
-fn overlay_lowerdir(lowers: &[PathBuf], empty: &Path) -> String {
+/// Mounts an overlay whose `lowerdir=` names `lowers` (bottom first) over an empty bottom layer, with
+/// `rest` (upper/work dirs and extra options, each starting with a comma) after it.
+///
+/// The kernel takes mount options in one page, and a store snapshot's absolute path is about 90 bytes, so
+/// past 40-odd layers the list no longer fits (EINVAL). Then each layer gets a short symlink in a directory
+/// of its own beside `empty`, and the mount is made from there with relative names: overlayfs resolves
+/// (and follows) them once, at mount time.
+fn mount_lowers(
+    lowers: &[PathBuf],
+    empty: &Path,
+    rest: &str,
+    target: &Path,
+    flags: MsFlags,
+    what: &'static str,
+) -> Result<(), String> {
     // overlayfs wants the top layer first; an empty bottom layer allows zero or one real layers.
-    let mut dirs: Vec<String> = lowers
+    let ordered: Vec<&Path> = lowers
         .iter()
         .rev()
-        .map(|p| p.display().to_string())
+        .map(PathBuf::as_path)
+        .chain([empty])
         .collect();
-    dirs.push(empty.display().to_string());
-    dirs.join(":")
+    let absolute: Vec<String> = ordered.iter().map(|p| p.display().to_string()).collect();
+    let data = format!("lowerdir={}{rest}", absolute.join(":"));
+    if data.len() < 3072 {
+        return mount(
+            Some("overlay"),
+            target,
+            Some("overlay"),
+            flags,
+            Some(data.as_str()),
+        )
+        .map_err(errno(what));
+    }
+    static LINK_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = LINK_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let parent = empty.parent().unwrap_or(empty);
+    let links = parent.join(format!("lowers-{n}"));
+    std::fs::create_dir(&links).map_err(|e| format!("{what}: {e}"))?;
+    let mut names = Vec::with_capacity(ordered.len());
+    for (i, dir) in ordered.iter().enumerate() {
+        std::os::unix::fs::symlink(dir, links.join(i.to_string()))
+            .map_err(|e| format!("{what}: {e}"))?;
+        names.push(i.to_string());
+    }
+    let data = format!("lowerdir={}{rest}", names.join(":"));
+    let back = std::env::current_dir().map_err(|e| format!("{what}: {e}"))?;
+    std::env::set_current_dir(&links).map_err(|e| format!("{what}: {e}"))?;
+    let mounted = mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(data.as_str()),
+    )
+    .map_err(errno(what));
+    std::env::set_current_dir(back).map_err(|e| format!("{what}: {e}"))?;
+    mounted
 }
 
 /// Extra overlay options: in a user namespace overlayfs cannot use `trusted.*` xattrs and must be told to
@@ -343,37 +392,31 @@ fn overlay_options() -> &'static str {
 }
 
 fn mount_overlay(fs: &Overlay) -> Result<(), String> {
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={}{}",
-        overlay_lowerdir(&fs.lowers, &fs.empty),
+    let rest = format!(
+        ",upperdir={},workdir={}{}",
         fs.upper.display(),
         fs.work.display(),
         overlay_options()
     );
-    mount(
-        Some("overlay"),
+    mount_lowers(
+        &fs.lowers,
+        &fs.empty,
+        &rest,
         &fs.target,
-        Some("overlay"),
         MsFlags::empty(),
-        Some(data.as_str()),
+        "cannot mount the overlay filesystem",
     )
-    .map_err(errno("cannot mount the overlay filesystem"))
 }
 
 fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
-    let data = format!(
-        "lowerdir={}{}",
-        overlay_lowerdir(lowers, empty),
-        overlay_options()
-    );
-    mount(
-        Some("overlay"),
+    mount_lowers(
+        lowers,
+        empty,
+        overlay_options(),
         target,
-        Some("overlay"),
         MsFlags::MS_RDONLY,
-        Some(data.as_str()),
+        "cannot mount the source filesystem",
     )
-    .map_err(errno("cannot mount the source filesystem"))
 }
 
 /// A minimal /dev on its own tmpfs: the usual character devices, the standard links, and /dev/shm.

@@ -256,3 +256,29 @@ fn env_expands_the_base_images_variables() {
         "{env}"
     );
 }
+
+/// A stage of 70 layers: the overlay's lower dirs no longer fit in one page of mount options as absolute
+/// store paths (that failed with EINVAL past about 45), in a step, a `COPY --from` and a bind mount of it.
+#[test]
+fn a_stage_of_seventy_layers_builds() {
+    let mut dockerfile = String::from("FROM base AS deep\n");
+    for i in 0..70 {
+        dockerfile.push_str(&format!("RUN echo {i} > /f{i}\n"));
+    }
+    dockerfile.push_str("RUN cat /f* | wc -l > /count\n");
+    dockerfile.push_str("FROM base\nCOPY --from=deep /count /copied\n");
+    dockerfile.push_str(
+        "RUN --mount=type=bind,from=deep,target=/d test \"$(cat /d/f69)\" = 69 && cat /copied > /seen\n",
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let out_dir = tempdir("out-");
+    let out = Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(out_dir.path())
+        .arg(ctx.path())
+        .run();
+    out.success();
+    let seen = std::fs::read_to_string(out_dir.path().join("seen")).unwrap();
+    assert_eq!(seen.trim(), "70");
+}
