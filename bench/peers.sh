@@ -17,6 +17,7 @@
 #   SSH_PORT=2222                               the throw-away sshd's port on 127.0.0.1
 #   BUILD_TIMEOUT=900                           seconds before a build counts as failed
 #   KEEP_DAEMONS=1                              leave the registry, sshd and dockerd running at the end
+#   KILN=target/release/kiln                    the kiln to time (e.g. a wrapper that runs it under perf stat)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -57,7 +58,7 @@ fi
 cd "$root"
 echo "building kiln (cargo build --release)" >&2
 cargo build --release --quiet
-export KILN=$root/target/release/kiln
+export KILN=${KILN:-$root/target/release/kiln}
 
 # ---- cleanup of what runs under $WORK (registry, sshd, dockerd), on any exit
 mkdir -p "$WORK"
