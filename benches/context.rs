@@ -2,6 +2,8 @@
 //! and three 8 MiB ones, with a cold stat cache (every file read) and a warm one (nothing read, only
 //! stat'ed). Run with `cargo bench --bench context`.
 
+mod common;
+
 use std::path::Path;
 
 use divan::counter::ItemsCount;
@@ -20,17 +22,8 @@ fn context() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut bytes = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect()
-        };
+        let mut noise = common::Noise::new();
+        let mut bytes = |n: usize| noise.bytes(n);
         let write = |p: &Path, b: &[u8]| {
             std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
             std::fs::write(p, b).expect("write");

@@ -4,6 +4,8 @@
 //! four layers, compressed one after another and in parallel; and one zstd layer on one core and on all.
 //! Run with `cargo bench --bench layer`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use divan::counter::BytesCount;
@@ -33,17 +35,8 @@ fn snapshots() -> &'static Snapshots {
     static SNAPSHOTS: std::sync::OnceLock<Snapshots> = std::sync::OnceLock::new();
     SNAPSHOTS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut bytes = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect()
-        };
+        let mut noise = common::Noise::new();
+        let mut bytes = |n: usize| noise.bytes(n);
         let whole = dir.path().join("whole");
         let parts: Vec<PathBuf> = (0..PARTS)
             .map(|i| dir.path().join(format!("part{i}")))

@@ -1150,6 +1150,16 @@ struct CacheSpec {
     fields: BTreeMap<String, String>,
 }
 
+impl CacheSpec {
+    /// A local cache's tag inside its layout (`tag=`), `latest` by default.
+    fn tag(&self) -> String {
+        self.fields
+            .get("tag")
+            .cloned()
+            .unwrap_or_else(|| "latest".into())
+    }
+}
+
 /// Parses `--cache-to`/`--cache-from`: `type=...,key=value...`, or a bare reference meaning
 /// `type=registry,ref=...` (as buildx reads it). `allowed` lists the keys each type takes.
 fn parse_cache_spec(
@@ -1302,11 +1312,7 @@ fn parse_cache_to(cl: &CommandLine, value: &str) -> Result<(crate::export::cache
         "registry" => Dest::Registry(cache_ref(cl, flag, value, &spec)?),
         _ => Dest::Local {
             dir: cache_dir(cl, flag, value, &spec, "dest")?,
-            tag: spec
-                .fields
-                .get("tag")
-                .cloned()
-                .unwrap_or_else(|| "latest".into()),
+            tag: spec.tag(),
         },
     };
     Ok((CacheTo { dest, mode }, ignore))
@@ -1326,11 +1332,7 @@ fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::share
         "registry" => Source::Registry(cache_ref(cl, flag, value, &spec)?),
         _ => Source::Local {
             dir: cache_dir(cl, flag, value, &spec, "src")?,
-            tag: spec
-                .fields
-                .get("tag")
-                .cloned()
-                .unwrap_or_else(|| "latest".into()),
+            tag: spec.tag(),
         },
     })
 }

@@ -343,17 +343,20 @@ fn mount_lowers(
         .map(PathBuf::as_path)
         .chain([empty])
         .collect();
-    let absolute: Vec<String> = ordered.iter().map(|p| p.display().to_string()).collect();
-    let data = format!("lowerdir={}{rest}", absolute.join(":"));
-    if data.len() < 3072 {
-        return mount(
+    let mount_with = |names: &[String]| {
+        let data = format!("lowerdir={}{rest}", names.join(":"));
+        mount(
             Some("overlay"),
             target,
             Some("overlay"),
             flags,
             Some(data.as_str()),
         )
-        .map_err(errno(what));
+        .map_err(errno(what))
+    };
+    let absolute: Vec<String> = ordered.iter().map(|p| p.display().to_string()).collect();
+    if absolute.iter().map(|a| a.len() + 1).sum::<usize>() + rest.len() < 3072 {
+        return mount_with(&absolute);
     }
     static LINK_DIRS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = LINK_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -366,17 +369,9 @@ fn mount_lowers(
             .map_err(|e| format!("{what}: {e}"))?;
         names.push(i.to_string());
     }
-    let data = format!("lowerdir={}{rest}", names.join(":"));
     let back = std::env::current_dir().map_err(|e| format!("{what}: {e}"))?;
     std::env::set_current_dir(&links).map_err(|e| format!("{what}: {e}"))?;
-    let mounted = mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        flags,
-        Some(data.as_str()),
-    )
-    .map_err(errno(what));
+    let mounted = mount_with(&names);
     std::env::set_current_dir(back).map_err(|e| format!("{what}: {e}"))?;
     mounted
 }

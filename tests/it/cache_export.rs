@@ -5,13 +5,13 @@
 //! skipped, with a note, when Debian's `docker-registry` is not installed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::support::{
-    Kiln, Output, StepState, base_image, context, copy_dir, leaks_under, repo, tempdir, tool, write,
+    Kiln, Output, StepState, base_image, context, copy_dir, leaks_under, start_registries, tempdir,
+    tool, write,
 };
 
 /// The registry of this test process (the open one of `start-registry.sh`'s pair), and its storage.
@@ -23,30 +23,9 @@ struct Registry {
 fn registry() -> Option<&'static Registry> {
     static REG: OnceLock<Option<Registry>> = OnceLock::new();
     REG.get_or_init(|| {
-        if Command::new("docker-registry").arg("--version").output().is_err() {
-            eprintln!(
-                "note: cache registry tests skipped: docker-registry is not installed (apt-get install docker-registry apache2-utils)"
-            );
-            return None;
-        }
-        // Kept for the whole process; the registries stop when it exits (--owner).
-        let dir = tempdir("cache-registry-").keep();
-        let out = tool(
-            "bash",
-            &[
-                repo().join("tests/fixtures/start-registry.sh").to_str()?,
-                dir.to_str()?,
-                "--owner",
-                &std::process::id().to_string(),
-            ],
-        );
-        let addr = out
-            .lines()
-            .find_map(|l| l.strip_prefix("open="))
-            .unwrap_or_else(|| panic!("start-registry.sh printed no address:\n{out}"))
-            .to_string();
+        let (dir, addrs) = start_registries("cache registry tests", &[], &["open"])?;
         Some(Registry {
-            addr,
+            addr: addrs[0].clone(),
             data: dir.join("open-data"),
         })
     })

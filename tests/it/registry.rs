@@ -3,13 +3,12 @@
 //! Skipped, with a note, when Debian's `docker-registry` is not installed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
 use base64::Engine as _;
 use serde_json::Value;
 
-use crate::support::{Kiln, base_image, context, repo, tempdir, tool, write};
+use crate::support::{Kiln, base_image, context, start_registries, tempdir, tool, write};
 
 const USER: &str = "kiln";
 const PASSWORD: &str = "kiln-test-password-7f3a";
@@ -26,42 +25,25 @@ struct Registries {
 fn registries() -> Option<&'static Registries> {
     static REGS: OnceLock<Option<Registries>> = OnceLock::new();
     REGS.get_or_init(|| {
-        if Command::new("docker-registry").arg("--version").output().is_err() {
-            eprintln!(
-                "note: registry tests skipped: docker-registry is not installed (apt-get install docker-registry apache2-utils)"
-            );
-            return None;
-        }
-        // Kept for the whole process (statics are never dropped); the registries stop when it exits.
-        let dir = tempdir("registries-").keep();
-        let out = tool(
-            "bash",
-            &[
-                repo().join("tests/fixtures/start-registry.sh").to_str()?,
-                dir.to_str()?,
-                "--owner",
-                &std::process::id().to_string(),
-                "--user",
-                USER,
-                "--password",
-                PASSWORD,
-            ],
-        );
-        let addr = |key: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("start-registry.sh printed no {key} address:\n{out}"))
-                .to_string()
-        };
+        let (dir, addrs) = start_registries(
+            "registry tests",
+            &["--user", USER, "--password", PASSWORD],
+            &["open", "auth"],
+        )?;
         let regs = Registries {
-            open: addr("open"),
-            auth: addr("auth"),
+            open: addrs[0].clone(),
+            auth: addrs[1].clone(),
             dir,
         };
         let base = format!("oci:{}:latest", base_image().display());
         tool(
             "skopeo",
-            &["copy", "--dest-tls-verify=false", &base, &format!("docker://{}/busybox:latest", regs.open)],
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &base,
+                &format!("docker://{}/busybox:latest", regs.open),
+            ],
         );
         tool(
             "skopeo",

@@ -667,6 +667,51 @@ pub fn leaks_under(dir: &Path, secrets: &[&[u8]]) -> Vec<String> {
     found
 }
 
+/// Starts `tests/fixtures/start-registry.sh`'s registries (once per caller; they stop when this test
+/// process exits) in a directory kept for the process, passing `extra` arguments. Returns the directory
+/// and the address printed for each of `keys`; `None`, with a note that `what` is skipped, when Debian's
+/// docker-registry is missing.
+pub fn start_registries(
+    what: &str,
+    extra: &[&str],
+    keys: &[&str],
+) -> Option<(PathBuf, Vec<String>)> {
+    if Command::new("docker-registry")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "note: {what} skipped: docker-registry is not installed (apt-get install docker-registry apache2-utils)"
+        );
+        return None;
+    }
+    let dir = tempdir("registries-").keep();
+    let owner = std::process::id().to_string();
+    let mut args = vec![
+        repo()
+            .join("tests/fixtures/start-registry.sh")
+            .to_str()?
+            .to_string(),
+        dir.to_str()?.to_string(),
+        "--owner".to_string(),
+        owner,
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = tool("bash", &args);
+    let addrs = keys
+        .iter()
+        .map(|key| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .unwrap_or_else(|| panic!("start-registry.sh printed no {key} address:\n{out}"))
+                .to_string()
+        })
+        .collect();
+    Some((dir, addrs))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
