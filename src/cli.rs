@@ -12,7 +12,7 @@ use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
 use crate::lower::{LowerOptions, NamedContext};
 use crate::progress::{self, Event};
-use crate::secret::{LeakScanner, SecretSource, SecretStore, SshSource};
+use crate::secret::{SecretSource, SecretStore, SshSource};
 
 #[derive(Parser)]
 #[command(
@@ -1341,16 +1341,23 @@ fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::share
 fn leak_error(
     graph: &BuildGraph,
     summary: &crate::solve::Summary,
+    root: petgraph::stable_graph::NodeIndex,
     found: crate::export::Found,
 ) -> Diagnostic {
     let help = "a secret must only ever be mounted (`RUN --mount=type=secret`); never COPY it, pass it as a build arg or write it to a file";
     match found {
-        crate::export::Found::Config(leak) => Diagnostic::build(format!(
-            "secret `{}` is in the image config or history ({}); nothing was exported",
-            leak.id,
-            leak.encoding.as_str()
-        ))
-        .help(help),
+        crate::export::Found::Config { leak, at } => {
+            let mut d = Diagnostic::build(format!(
+                "secret `{}` is in the image config at `{at}` ({}); nothing was exported, and nothing this build made was kept",
+                leak.id,
+                leak.encoding.as_str()
+            ))
+            .help(help);
+            if let Some(located) = graph.dag[root].at.clone() {
+                d = d.label(located, "the config of this image holds it");
+            }
+            d
+        }
         crate::export::Found::Layer {
             leak,
             snapshot,
@@ -1365,7 +1372,7 @@ fn leak_error(
                 _ => None,
             });
             let mut d = Diagnostic::build(format!(
-                "secret `{}` is in the image ({}) at /{}; nothing was exported",
+                "secret `{}` is in the image ({}) at /{}; nothing was exported, and nothing this build made was kept",
                 leak.id,
                 leak.encoding.as_str(),
                 path.display()
@@ -1481,6 +1488,12 @@ fn build(args: BuildArgs) -> Result<()> {
         ProgressMode::Json => progress::Mode::Json,
         ProgressMode::Quiet => progress::Mode::Quiet,
     };
+    // A build given secrets is a transaction: what its steps make is staged and kept only once every
+    // leak check has passed (`store::Txn`).
+    let given_secrets = secrets.ids().next().is_some();
+    if given_secrets {
+        store.begin()?;
+    }
     let reporter: Arc<dyn progress::Reporter> = Arc::from(progress::reporter(mode));
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));
@@ -1513,6 +1526,9 @@ fn build(args: BuildArgs) -> Result<()> {
         cache_from: imported.clone(),
     };
     let remote = match (&args.remote_executor, &args.remote_cache) {
+        // A build given secrets only reads the remote: uploading would publish its steps' results
+        // before its leak checks have passed (the inputs of a remote step included).
+        (Some(url), _) | (None, Some(url)) if given_secrets => Some((url, crate::remote::Mode::Read)),
         (Some(url), _) => Some((url, crate::remote::Mode::Execute)),
         (None, Some(url)) => Some((url, crate::remote::Mode::Cache)),
         (None, None) => None,
@@ -1564,40 +1580,45 @@ fn build(args: BuildArgs) -> Result<()> {
     });
     // Dropping the runtime cancels every running step; the executor kills what they started.
     drop(runtime);
-    let summary = summary?;
+    // A failed build given secrets keeps nothing: its staged steps were never checked as a whole.
+    let summary = summary.inspect_err(|_| store.abort())?;
     reporter.event(Event::Note(format!(
         "{} steps run, {} cached, in {:.1}s",
         summary.executed,
         summary.cached,
         started.elapsed().as_secs_f64()
     )));
-    let scanner_values = secrets
-        .ids()
-        .map(|id| {
-            Ok(secrets
-                .load(id)
-                .map_err(Diagnostic::input)?
-                .map(|v| (id.to_string(), v)))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let scanner = LeakScanner::new(
-        scanner_values
-            .iter()
-            .flatten()
-            .map(|(id, v)| (id.as_str(), v)),
-    );
-    for (name, root) in &graph.roots {
+    let scanner = crate::solve::all_secrets(&secrets).inspect_err(|_| store.abort())?;
+    // Every image is checked before anything is kept or written: the build's transaction is committed
+    // only when the steps' scans and every image's guard have passed.
+    for (_, root) in &graph.roots {
         let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
             continue;
         };
         // The image's layers are in the store from here on, as after any build (the guard reads them);
         // other stages' layers that came from a cache stay where they are until a step needs them.
         if let Some(imported) = &imported {
-            imported.materialize(&store, &*executor, layers)?;
+            imported
+                .materialize(&store, &*executor, layers)
+                .inspect_err(|_| store.abort())?;
         }
-        if let Some(found) = crate::export::guard(&store, layers, config, &scanner)? {
-            return Err(leak_error(&graph, &summary, found));
+        match crate::export::guard(&store, layers, config, &scanner) {
+            Ok(None) => {}
+            Ok(Some(found)) => {
+                store.abort();
+                return Err(leak_error(&graph, &summary, *root, found));
+            }
+            Err(e) => {
+                store.abort();
+                return Err(e);
+            }
         }
+    }
+    store.commit()?;
+    for (name, root) in &graph.roots {
+        let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
+            continue;
+        };
         for out in &outputs {
             let exported = crate::export::export(
                 &store,

@@ -14,6 +14,9 @@
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
+//! - `tmp/txn-<random>/`: a build's transaction (see `Txn`): its steps' snapshots, records and file
+//!   objects, staged until every leak check has passed. A transaction whose lock nobody holds belongs
+//!   to a build that died; opening the store removes it, and the cache mounts it had written.
 
 use std::fs;
 use std::io::Write as _;
@@ -33,6 +36,25 @@ pub struct Store {
     /// lock (prune takes it exclusively), so one look per snapshot per build is enough: a cached rebuild of
     /// a deep chain checks each layer once, not once per record that lists it.
     present: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The open transaction of a build given secrets: its steps' results are staged here, not committed.
+    txn: std::sync::Mutex<Option<Txn>>,
+}
+
+/// A build's staged results. A build given secrets keeps every step's snapshot and record (and the
+/// COPY file objects they link) in a private directory under `tmp/` until the leak guard has passed
+/// over everything it made; only then are they renamed into place (`Store::commit`). A refused build
+/// (`Store::abort`), a failed one or a crashed one leaves nothing in the store: the directory goes, and
+/// with it every byte the build produced. Later steps of the same build find staged results through
+/// `snapshot_path` and `cache_get` as if they were committed.
+struct Txn {
+    dir: tempfile::TempDir,
+    /// Held while the build runs: a transaction whose lock is free belongs to a dead build.
+    _lock: fs::File,
+    snapshots: std::collections::HashSet<String>,
+    /// In staging order, so inputs are committed before what was built on them.
+    records: Vec<CacheRecord>,
+    /// Writable cache mounts the build's steps used; also listed in the `caches` file, for a crash.
+    caches: Vec<PathBuf>,
 }
 
 /// How the store is opened: by a build (alongside other builds) or for pruning (alone).
@@ -158,11 +180,168 @@ impl Store {
                 .help("try again when the build has finished")
             })?,
         }
-        Ok(Store {
+        let store = Store {
             root,
             _lock: lock,
             present: Default::default(),
-        })
+            txn: Default::default(),
+        };
+        store.recover();
+        Ok(store)
+    }
+
+    /// Removes the transactions of builds that died (their lock is free), and the cache mounts they
+    /// wrote: those may hold what the build's leak guard never got to check.
+    fn recover(&self) {
+        let tmp = self.root.join("tmp");
+        for e in fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            if !e.file_name().to_string_lossy().starts_with("txn-") {
+                continue;
+            }
+            let free = fs::File::open(e.path().join("lock")).is_ok_and(|f| f.try_lock().is_ok());
+            if !free {
+                continue;
+            }
+            let listed = fs::read_to_string(e.path().join("caches")).unwrap_or_default();
+            for name in listed.lines().filter(|n| !n.is_empty() && !n.contains('/')) {
+                self.drop_cache_dir(&self.root.join("caches").join(name));
+            }
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+
+    /// Starts staging this build's results (see `Txn`).
+    pub fn begin(&self) -> Result<()> {
+        let dir = self.temp_dir("txn-")?;
+        let fail = |e| Diagnostic::io("cannot start the build's transaction in the store", e);
+        for sub in ["snapshots", "files"] {
+            fs::create_dir(dir.path().join(sub)).map_err(fail)?;
+        }
+        let lock = fs::File::create(dir.path().join("lock")).map_err(fail)?;
+        lock.lock().map_err(fail)?;
+        *self.txn.lock().expect("txn lock") = Some(Txn {
+            dir,
+            _lock: lock,
+            snapshots: Default::default(),
+            records: Vec::new(),
+            caches: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Whether this build's results are staged.
+    pub fn staging(&self) -> bool {
+        self.txn.lock().expect("txn lock").is_some()
+    }
+
+    /// Moves everything the build staged into place: snapshots first, then the file objects they link,
+    /// then the records (a record is only usable once its snapshots exist). A crash in between leaves
+    /// snapshots no record names, which prune collects.
+    pub fn commit(&self) -> Result<()> {
+        let Some(txn) = self.txn.lock().expect("txn lock").take() else {
+            return Ok(());
+        };
+        for id in &txn.snapshots {
+            self.commit_snapshot(&txn.dir.path().join("snapshots").join(id), id)?;
+        }
+        for e in fs::read_dir(txn.dir.path().join("files"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let to = self.files_dir().join(e.file_name());
+            // A same-named object is the same content; the snapshot keeps its own link to ours.
+            if fs::symlink_metadata(&to).is_err() {
+                let _ = fs::rename(e.path(), to);
+            }
+        }
+        sync_dir(&self.files_dir());
+        for rec in &txn.records {
+            self.cache_put(rec)?;
+        }
+        Ok(())
+    }
+
+    /// Drops everything the build staged, and every writable cache mount its steps used (see `Txn`).
+    pub fn abort(&self) {
+        let Some(txn) = self.txn.lock().expect("txn lock").take() else {
+            return;
+        };
+        for dir in &txn.caches {
+            self.drop_cache_dir(dir);
+        }
+        drop(txn);
+    }
+
+    /// Removes a cache mount's directory: renamed away first, so the next step that mounts the cache
+    /// finds it empty (or absent) even while the old content is being deleted.
+    fn drop_cache_dir(&self, dir: &Path) {
+        let Ok(gone) = self.temp_dir("dropped-") else {
+            let _ = fs::remove_dir_all(dir);
+            return;
+        };
+        if fs::rename(dir, gone.path().join("cache")).is_err() {
+            let _ = fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Notes a writable cache mount a step of this build uses: aborting the build removes it.
+    pub fn note_cache(&self, dir: &Path) -> Result<()> {
+        let mut guard = self.txn.lock().expect("txn lock");
+        let Some(txn) = guard.as_mut() else {
+            return Ok(());
+        };
+        if txn.caches.iter().any(|c| c == dir) {
+            return Ok(());
+        }
+        txn.caches.push(dir.to_path_buf());
+        let names: String = txn
+            .caches
+            .iter()
+            .filter_map(|c| c.file_name())
+            .map(|n| format!("{}\n", n.to_string_lossy()))
+            .collect();
+        atomic_write(&txn.dir.path().join("caches"), names.as_bytes())
+    }
+
+    /// Where COPY's file objects go: the store's, or the transaction's own while one is open.
+    pub fn staged_files_dir(&self) -> PathBuf {
+        match &*self.txn.lock().expect("txn lock") {
+            Some(txn) => txn.dir.path().join("files"),
+            None => self.files_dir(),
+        }
+    }
+
+    /// Commits a step's snapshot, or stages it while a transaction is open.
+    pub fn stage_snapshot(&self, from: &Path, id: &str) -> Result<PathBuf> {
+        let mut guard = self.txn.lock().expect("txn lock");
+        let Some(txn) = guard.as_mut() else {
+            drop(guard);
+            return self.commit_snapshot(from, id);
+        };
+        let to = txn.dir.path().join("snapshots").join(id);
+        if !txn.snapshots.contains(id) {
+            fs::rename(from, &to)
+                .map_err(|e| Diagnostic::io(format!("cannot stage snapshot {id}"), e))?;
+            txn.snapshots.insert(id.to_string());
+        }
+        Ok(to)
+    }
+
+    /// Writes a step's record, or stages it while a transaction is open.
+    pub fn stage_record(&self, rec: &CacheRecord) -> Result<()> {
+        let mut guard = self.txn.lock().expect("txn lock");
+        match guard.as_mut() {
+            Some(txn) => {
+                txn.records.retain(|r| r.key != rec.key);
+                txn.records.push(rec.clone());
+                Ok(())
+            }
+            None => {
+                drop(guard);
+                self.cache_put(rec)
+            }
+        }
     }
 
     /// Sizes of everything in the store.
@@ -336,7 +515,13 @@ impl Store {
         self.root.join("files")
     }
 
+    /// Where snapshot `id` is: staged by this build's transaction, or in the store.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
+        if let Some(txn) = &*self.txn.lock().expect("txn lock")
+            && txn.snapshots.contains(id)
+        {
+            return txn.dir.path().join("snapshots").join(id);
+        }
         self.root.join("snapshots").join(id)
     }
 
@@ -428,6 +613,11 @@ impl Store {
     /// The record for `key`, if present, intact, and all its snapshots exist.
     pub fn cache_get(&self, key: &Digest) -> Option<CacheRecord> {
         use std::io::Read as _;
+        if let Some(txn) = &*self.txn.lock().expect("txn lock")
+            && let Some(rec) = txn.records.iter().find(|r| r.key == *key)
+        {
+            return Some(rec.clone());
+        }
         let mut file = fs::File::open(self.cache_path(key)).ok()?;
         let meta = file.metadata().ok()?;
         let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
@@ -447,6 +637,11 @@ impl Store {
     }
 
     fn snapshot_exists(&self, id: &str) -> bool {
+        let staged = self.txn.lock().expect("txn lock");
+        if staged.as_ref().is_some_and(|t| t.snapshots.contains(id)) {
+            return true;
+        }
+        drop(staged);
         let mut present = self.present.lock().expect("snapshot set lock");
         if present.contains(id) {
             return true;

@@ -210,12 +210,14 @@ pub fn export(
         records,
     };
     let config_bytes = serde_json::to_vec(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
-    if let Some(leak) = scanner.scan(&config_bytes) {
+    let decoded = serde_json::to_value(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    if let Some((leak, at)) = super::scan_json(scanner, &decoded) {
         return Err(Diagnostic::build(format!(
-            "secret `{}` is in the cache config ({}); no cache was exported",
+            "secret `{}` is in the cache config at `{at}` ({}); no cache was exported",
             leak.id,
             leak.encoding.as_str()
-        )));
+        ))
+        .help("a secret must only ever be mounted (`RUN --mount=type=secret`); never pass it as a build arg"));
     }
     let config_digest = store.put_blob(&config_bytes)?;
 

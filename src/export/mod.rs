@@ -407,8 +407,8 @@ fn write_atomically(
 
 /// Where the guard found a secret in a finished image.
 pub enum Found {
-    /// In the image config (env, labels, history...).
-    Config(Leak),
+    /// In the image config (env, labels, history...), at `at` (a JSON path, secrets in it redacted).
+    Config { leak: Leak, at: String },
     /// In the layer of `snapshot`, at `path` (inside the image, already redacted).
     Layer {
         leak: Leak,
@@ -429,9 +429,8 @@ pub fn guard(
     if scanner.is_empty() {
         return Ok(None);
     }
-    let bytes = serde_json::to_vec(config).map_err(|e| Diagnostic::env(e.to_string()))?;
-    if let Some(leak) = scanner.scan(&bytes) {
-        return Ok(Some(Found::Config(leak)));
+    if let Some((leak, at)) = scan_json(scanner, config) {
+        return Ok(Some(Found::Config { leak, at }));
     }
     for snapshot in layers.iter().filter(|l| !l.starts_with("layer-")) {
         let found = scanner
@@ -446,6 +445,45 @@ pub fn guard(
         }
     }
     Ok(None)
+}
+
+/// Searches every string of a JSON document, keys included, as the text it stands for: the JSON encoding
+/// escapes `"`, `\`, control characters (and, in other writers, non-ASCII), so a value holding any of
+/// them would not be found in the encoded bytes. Returns the leak and where it is (`config.Env[2]`),
+/// with any key that holds a secret shown as `***`.
+pub fn scan_json(scanner: &LeakScanner, value: &Value) -> Option<(Leak, String)> {
+    if scanner.is_empty() {
+        return None;
+    }
+    let mut path = String::new();
+    walk_json(scanner, value, &mut path)
+}
+
+fn walk_json(scanner: &LeakScanner, value: &Value, path: &mut String) -> Option<(Leak, String)> {
+    let found = |leak: Leak, path: &str| Some((leak, path.trim_start_matches('.').to_string()));
+    match value {
+        Value::String(s) => scanner.scan(s.as_bytes()).and_then(|l| found(l, path)),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| {
+            let len = path.len();
+            path.push_str(&format!("[{i}]"));
+            let hit = walk_json(scanner, v, path);
+            path.truncate(len);
+            hit
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let len = path.len();
+            let key_leak = scanner.scan(k.as_bytes());
+            path.push('.');
+            path.push_str(if key_leak.is_some() { "***" } else { k });
+            let hit = match key_leak {
+                Some(l) => found(l, path),
+                None => walk_json(scanner, v, path),
+            };
+            path.truncate(len);
+            hit
+        }),
+        Value::Null | Value::Bool(_) | Value::Number(_) => None,
+    }
 }
 
 /// The blob of one snapshot: from the store if computed before (or kept from an imported image), else made

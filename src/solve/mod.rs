@@ -161,6 +161,9 @@ struct Shared<E> {
     exec: Arc<E>,
     reporter: Arc<dyn Reporter>,
     secrets: Arc<SecretStore>,
+    /// Every secret given to the build: each step's changes are searched for all of them before they are
+    /// committed (empty, and no step scanned, in a build given none).
+    scanner: Arc<LeakScanner>,
     opts: SolveOptions,
     step_ids: std::sync::atomic::AtomicUsize,
     /// The stat cache of each context directory hashed so far, loaded from the store on first use.
@@ -283,6 +286,22 @@ pub fn preflight(
     Ok(())
 }
 
+/// A scanner for the value of every secret given to the build (read now, dropped with the scanner).
+pub fn all_secrets(secrets: &SecretStore) -> Result<LeakScanner> {
+    let values = secrets
+        .ids()
+        .map(|id| {
+            Ok(secrets
+                .load(id)
+                .map_err(Diagnostic::input)?
+                .map(|v| (id.to_string(), v)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LeakScanner::new(
+        values.iter().flatten().map(|(id, v)| (id.as_str(), v)),
+    ))
+}
+
 fn remote_unsupported(url: &str) -> Diagnostic {
     Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln does not fetch URLs or git repositories"))
         .help("fetch it in a RUN step of an earlier stage and COPY --from that stage, or put it in the build context")
@@ -299,12 +318,14 @@ pub async fn solve<E: Executor>(
 ) -> Result<Summary> {
     preflight(&graph, &secrets, &opts.ssh)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
+    let scanner = Arc::new(all_secrets(&secrets)?);
     let shared = Arc::new(Shared {
         graph: graph.clone(),
         store,
         exec,
         reporter,
         secrets,
+        scanner,
         opts,
         step_ids: std::sync::atomic::AtomicUsize::new(1),
         stat_caches: Default::default(),
@@ -711,10 +732,7 @@ impl<E: Executor> Shared<E> {
             self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
-        let mounted: Vec<&str> = match &node.op {
-            Op::Run(r) => r.secrets.iter().map(|s| s.id.as_str()).collect(),
-            _ => Vec::new(),
-        };
+        let mounted = mounted_ids(&node.op);
         if !self.opts.no_cache
             && let Some(rec) = self
                 .opts
@@ -855,8 +873,10 @@ impl<E: Executor> Shared<E> {
             upper: upper.clone(),
             work: scratch,
         };
-        // Checks the step's changes for the values of the secrets it mounted (SPEC §3.6).
-        let mut guard = LeakScanner::new([]);
+        // Checks the step's changes for the value of every secret given to the build, whether it mounted
+        // one or not: a value can reach any step (through a cache mount, the network, an earlier layer
+        // in an encoding the scanner does not know and this step undoes).
+        let guard = self.scanner.clone();
         // Cache mounts this step holds (lock files) until it is done.
         let mut _reserved: Vec<std::fs::File> = Vec::new();
         // Writable cache mounts: they outlive the step, so the leak guard must look there too.
@@ -900,12 +920,13 @@ impl<E: Executor> Shared<E> {
                         },
                     })
                     .collect();
+                if !guard.is_empty() {
+                    // An aborted build drops them: a value may be in there in a form no scan finds.
+                    for (_, dir) in &caches {
+                        self.store.note_cache(dir)?;
+                    }
+                }
                 let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
-                guard = LeakScanner::new(
-                    step.secrets
-                        .iter()
-                        .filter_map(|(m, v)| v.as_ref().map(|v| (m.id.as_str(), v))),
-                );
                 let reporter = self.reporter.clone();
                 let sink: LogSink = Arc::new(move |chunk: &[u8]| {
                     reporter.event(Event::Log {
@@ -927,7 +948,9 @@ impl<E: Executor> Shared<E> {
                     Output::Image { .. } => unreachable!("COPY reads filesystems"),
                 };
                 let files = match &source {
-                    CopySource::Dir(d) => Some((self.store.files_dir(), self.stat_cache(&d.path))),
+                    CopySource::Dir(d) => {
+                        Some((self.store.staged_files_dir(), self.stat_cache(&d.path)))
+                    }
                     CopySource::Layers(_) => None,
                 };
                 self.exec
@@ -992,16 +1015,10 @@ impl<E: Executor> Shared<E> {
                 message: message.clone(),
             });
             // The step's changes are dropped with its work dir: the secret never reaches the store.
-            let mut d = Diagnostic::build(message).help(
-                "use the secret only inside the RUN that mounts it; write nothing derived from it to disk, or delete it in the same RUN",
-            );
-            if let Some(at) = self.at(n) {
-                d = d.label(at, "this step mounted the secret");
-            }
-            return Err(d);
+            return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
         }
         let snapshot = format!("step-{}", key.hex());
-        self.store.commit_snapshot(&upper, &snapshot)?;
+        self.store.stage_snapshot(&upper, &snapshot)?;
         let mut layers = base.layers.clone();
         layers.push(snapshot);
         let mut times = base.times.clone();
@@ -1014,12 +1031,32 @@ impl<E: Executor> Shared<E> {
             base: base.base.clone(),
             secrets: verdicts,
         };
-        self.store.cache_put(&rec)?;
+        self.store.stage_record(&rec)?;
         self.reporter.event(Event::Done {
             id,
             elapsed: started.elapsed(),
         });
         Ok((key, Output::Fs(rec), Some(true)))
+    }
+
+    /// A step's leak: located at the step, with a hint that fits how the value got there.
+    fn leak_error(&self, n: NodeIndex, mounted: &[&str], id: &str, message: String) -> Diagnostic {
+        let (label, help) = if mounted.contains(&id) {
+            (
+                "this step mounted the secret",
+                "use the secret only inside the RUN that mounts it; write nothing derived from it to disk, or delete it in the same RUN",
+            )
+        } else {
+            (
+                "this step does not mount the secret, but wrote its value",
+                "the value reached this step from a step that mounts it (an earlier layer, a cache mount, the network); no step may pass a secret on in any form",
+            )
+        };
+        let mut d = Diagnostic::build(message).help(help);
+        if let Some(at) = self.at(n) {
+            d = d.label(at, label);
+        }
+        d
     }
 
     fn run_step(&self, r: &RunOp, base: &CacheRecord, fs: Layers) -> Result<RunStep> {
@@ -1176,6 +1213,14 @@ impl<E: Executor> Shared<E> {
             });
         }
         Ok((mounts, held))
+    }
+}
+
+/// The ids of the secrets a step mounts.
+fn mounted_ids(op: &Op) -> Vec<&str> {
+    match op {
+        Op::Run(r) => r.secrets.iter().map(|s| s.id.as_str()).collect(),
+        _ => Vec::new(),
     }
 }
 
