@@ -1338,10 +1338,56 @@ fn parse_cache_from(cl: &CommandLine, value: &str) -> Result<crate::solve::share
 }
 
 /// Names where the export guard found a secret: the file and the step that wrote it, or the config.
+/// Where the config entry at `path` (`history[3].created_by`, `config.Labels.x`) comes from: the step
+/// whose history entry it is, else the FROM of the image (settings such as LABEL and ENV have no node
+/// of their own).
+fn config_location(
+    graph: &BuildGraph,
+    root: petgraph::stable_graph::NodeIndex,
+    config: &serde_json::Value,
+    path: &str,
+) -> Option<(crate::diag::Located, &'static str)> {
+    let crate::lower::Op::Config(op) = &graph.dag[root].op else {
+        return None;
+    };
+    // The stage's own steps, top first, down to the node it starts from.
+    let mut steps = Vec::new();
+    let mut at = graph.inputs(root).first().copied();
+    let own = op.history.iter().filter(|h| h.layer).count();
+    while let Some(n) = at.filter(|n| graph.dag[*n].op.makes_layer() && steps.len() < own) {
+        steps.push(n);
+        at = graph.inputs(n).first().copied();
+    }
+    let from = at.and_then(|n| graph.dag[n].at.clone());
+    let entry = path
+        .strip_prefix("history[")
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|i| i.parse::<usize>().ok());
+    let total = config["history"].as_array().map_or(0, Vec::len);
+    let own_entry = entry.and_then(|i| i.checked_sub(total.checked_sub(op.history.len())?));
+    if let Some(j) = own_entry.filter(|j| op.history.get(*j).is_some_and(|h| h.layer)) {
+        let k = op.history[..j].iter().filter(|h| h.layer).count();
+        let step = steps.len().checked_sub(k + 1).map(|i| steps[i]);
+        if let Some(located) = step.and_then(|n| graph.dag[n].at.clone()) {
+            return Some((
+                located,
+                "this step's history entry holds it (a build arg it uses)",
+            ));
+        }
+    }
+    from.map(|f| {
+        (
+            f,
+            "the config of the image built from here holds it (an ARG in ENV, LABEL, WORKDIR, ...)",
+        )
+    })
+}
+
 fn leak_error(
     graph: &BuildGraph,
     summary: &crate::solve::Summary,
     root: petgraph::stable_graph::NodeIndex,
+    config: &serde_json::Value,
     found: crate::export::Found,
 ) -> Diagnostic {
     let help = "a secret must only ever be mounted (`RUN --mount=type=secret`); never COPY it, pass it as a build arg or write it to a file";
@@ -1353,8 +1399,8 @@ fn leak_error(
                 leak.encoding.as_str()
             ))
             .help(help);
-            if let Some(located) = graph.dag[root].at.clone() {
-                d = d.label(located, "the config of this image holds it");
+            if let Some((located, label)) = config_location(graph, root, config, &at) {
+                d = d.label(located, label);
             }
             d
         }
@@ -1528,7 +1574,9 @@ fn build(args: BuildArgs) -> Result<()> {
     let remote = match (&args.remote_executor, &args.remote_cache) {
         // A build given secrets only reads the remote: uploading would publish its steps' results
         // before its leak checks have passed (the inputs of a remote step included).
-        (Some(url), _) | (None, Some(url)) if given_secrets => Some((url, crate::remote::Mode::Read)),
+        (Some(url), _) | (None, Some(url)) if given_secrets => {
+            Some((url, crate::remote::Mode::Read))
+        }
         (Some(url), _) => Some((url, crate::remote::Mode::Execute)),
         (None, Some(url)) => Some((url, crate::remote::Mode::Cache)),
         (None, None) => None,
@@ -1606,7 +1654,7 @@ fn build(args: BuildArgs) -> Result<()> {
             Ok(None) => {}
             Ok(Some(found)) => {
                 store.abort();
-                return Err(leak_error(&graph, &summary, *root, found));
+                return Err(leak_error(&graph, &summary, *root, config, found));
             }
             Err(e) => {
                 store.abort();

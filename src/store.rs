@@ -515,6 +515,20 @@ impl Store {
         self.root.join("files")
     }
 
+    /// A step's work directory: inside the open transaction, so a build that dies mid-step leaves its
+    /// changes where the next open of the store removes them (see `recover`); else under `tmp/`.
+    pub fn work_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
+        let txn = self.txn.lock().expect("txn lock");
+        let Some(txn) = txn.as_ref() else {
+            drop(txn);
+            return self.temp_dir(prefix);
+        };
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in(txn.dir.path())
+            .map_err(|e| Diagnostic::io("cannot create a work directory in the store", e))
+    }
+
     /// Where snapshot `id` is: staged by this build's transaction, or in the store.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
         if let Some(txn) = &*self.txn.lock().expect("txn lock")

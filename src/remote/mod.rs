@@ -734,7 +734,7 @@ impl Remote {
         self.local.run(step, logs).await
     }
 
-        fn scratch(&self, fs: &Layers) -> Result<PathBuf> {
+    fn scratch(&self, fs: &Layers) -> Result<PathBuf> {
         let scratch = fs.upper.parent().unwrap_or(Path::new("/")).join("remote");
         std::fs::create_dir_all(&scratch)
             .map_err(|e| Diagnostic::io("cannot prepare a remote step", e))?;

@@ -857,7 +857,7 @@ impl<E: Executor> Shared<E> {
             });
             return Err(self.located(n, e));
         }
-        let work = self.store.temp_dir("step-")?;
+        let work = self.store.work_dir("step-")?;
         let upper = work.path().join("upper");
         let scratch = work.path().join("work");
         for d in [&upper, &scratch] {

@@ -209,6 +209,84 @@ const MATRIX: &[Row] = &[
         name: "guard-json-line",
         how: "one line of a multi-line secret: must be refused (kiln bug)",
     },
+    // Transactional builds: a value that reaches a step which does not mount it, and what a refusal
+    // leaves behind (`TXS` and the tests at the end of this file).
+    Row {
+        name: "tx-cache-mount-raw",
+        how: "a secret step writes it into a cache mount, a later step copies it into the image: refused",
+    },
+    Row {
+        name: "tx-cache-mount-encoded",
+        how: "a secret step writes it reversed into a cache mount, a later step decodes it: refused",
+    },
+    Row {
+        name: "tx-loopback",
+        how: "served over 127.0.0.1 to a parallel stage: refused, or it never arrived",
+    },
+    Row {
+        name: "tx-rev",
+        how: "reversed (`rev`) in the secret step, undone in the next: refused at the next",
+    },
+    Row {
+        name: "tx-rot13",
+        how: "rot13 (`tr`) in the secret step, undone in the next: refused at the next",
+    },
+    Row {
+        name: "tx-xor",
+        how: "xor'ed byte by byte (`od | awk`) in the secret step, undone in the next: refused",
+    },
+    Row {
+        name: "tx-copy-context",
+        how: "a context file holding the value COPY'd in: refused at the COPY, no file object kept",
+    },
+    Row {
+        name: "tx-export-guard",
+        how: "a clean RUN, then the value in a LABEL: the image guard refuses, the RUN is not kept",
+    },
+    Row {
+        name: "tx-arg-quote",
+        how: "a secret with `\"` given as a build arg too: refused (JSON escapes it)",
+    },
+    Row {
+        name: "tx-arg-backslash",
+        how: "a secret with `\\` given as a build arg too: refused (JSON escapes it)",
+    },
+    Row {
+        name: "tx-arg-newline",
+        how: "a secret of short lines given as a build arg too: refused (JSON escapes the newlines)",
+    },
+    Row {
+        name: "tx-arg-non-ascii",
+        how: "a non-ASCII secret given as a build arg too: refused",
+    },
+    Row {
+        name: "tx-store-files",
+        how: "after each refusal: every file of the store, decompressed, holds no form of the value",
+    },
+    Row {
+        name: "tx-store-names",
+        how: "after each refusal: every name and link target in the store",
+    },
+    Row {
+        name: "tx-du",
+        how: "after each refusal: `kiln du` says what it said before the build",
+    },
+    Row {
+        name: "tx-next-without-secret",
+        how: "the same Dockerfile built next without the secret: image, cache export and store clean",
+    },
+    Row {
+        name: "tx-next-rotated",
+        how: "the same Dockerfile built next with a rotated value: refused again, no trace of either",
+    },
+    Row {
+        name: "tx-cache-to",
+        how: "a refused build's `--cache-to type=local` writes nothing",
+    },
+    Row {
+        name: "tx-crash",
+        how: "a secret build killed mid-way: the next `kiln du` removes what it staged",
+    },
 ];
 
 /// The row called `name`; panics when the table lacks it, so code and table cannot drift apart.
@@ -1133,6 +1211,436 @@ fn the_matrix_is_complete() {
             source.matches(&format!("\"{}\"", r.name)).count() >= 2,
             "`{}` is in the matrix but no test checks it",
             r.name
+        );
+    }
+}
+
+/// A build that moves a secret's value somewhere, and what kiln must do about it: refuse (or, for
+/// `may_pass`, have the value never arrive) and keep nothing of the build anywhere.
+struct Tx {
+    row: &'static str,
+    dockerfile: &'static str,
+    secret: &'static str,
+    /// The value a later build is given instead (a rotated secret).
+    rotated: &'static str,
+    /// Also passed as `--build-arg TOKEN=<value>`.
+    as_build_arg: bool,
+    /// The value over loopback: refused while steps share the host's network, never received once each
+    /// step has a network of its own; both are right, as long as no trace is left.
+    may_pass: bool,
+    /// The context holds the value itself (a file COPY'd in): a later build would rightly copy it again.
+    in_context: bool,
+    /// Encodings the scanner does not know, which must not stay anywhere either.
+    forms: fn(&str) -> Vec<Vec<u8>>,
+}
+
+fn no_forms(_: &str) -> Vec<Vec<u8>> {
+    Vec::new()
+}
+
+fn reversed(v: &str) -> Vec<Vec<u8>> {
+    vec![v.bytes().rev().collect()]
+}
+
+fn rot13(v: &str) -> Vec<Vec<u8>> {
+    let rot = |b: u8| match b {
+        b'a'..=b'z' => (b - b'a' + 13) % 26 + b'a',
+        b'A'..=b'Z' => (b - b'A' + 13) % 26 + b'A',
+        _ => b,
+    };
+    vec![v.bytes().map(rot).collect()]
+}
+
+fn xored(v: &str) -> Vec<Vec<u8>> {
+    let text: Vec<String> = v.bytes().map(|b| (b ^ 90).to_string()).collect();
+    vec![text.join(" ").into_bytes()]
+}
+
+/// Every leaking Dockerfile opts out of the secret lints, so the runtime guard is what is tested.
+const TXS: &[Tx] = &[
+    Tx {
+        row: "tx-cache-mount-raw",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s --mount=type=cache,target=/c,id=tx sh -c 'cat /run/secrets/s > /c/kept 2>/dev/null; true'\nRUN --mount=type=cache,target=/c,id=tx sh -c 'cp /c/kept /kept 2>/dev/null; true'\n",
+        secret: "kiln-tx-cache-raw-5c2e8a1f7b3d",
+        rotated: "kiln-tx-cache-raw-ROTATED-9a4c",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-cache-mount-encoded",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s --mount=type=cache,target=/c,id=tx sh -c 'rev /run/secrets/s > /c/enc 2>/dev/null; true'\nRUN --mount=type=cache,target=/c,id=tx sh -c 'rev /c/enc > /kept 2>/dev/null; true'\n",
+        secret: "kiln-tx-cache-enc-3f9b1d7e2a6c",
+        rotated: "kiln-tx-cache-enc-ROTATED-4e1b",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: false,
+        forms: reversed,
+    },
+    Tx {
+        row: "tx-loopback",
+        dockerfile: "# check=skip=all\nFROM base AS server\nRUN --mount=type=secret,id=s sh -c 'timeout 6 nc -l -p PORT < /run/secrets/s; true'\nFROM base AS client\nRUN for i in $(seq 50); do nc 127.0.0.1 PORT > /got 2>/dev/null </dev/null && [ -s /got ] && break; sleep 0.1; done; true\nFROM base\nCOPY --from=server /etc /etc-server\nCOPY --from=client /got /got\n",
+        secret: "kiln-tx-loopback-8d2f6a0c4e1b",
+        rotated: "kiln-tx-loopback-ROTATED-7c3a",
+        as_build_arg: false,
+        may_pass: true,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-rev",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sh -c 'rev /run/secrets/s > /enc 2>/dev/null; true'\nRUN rev /enc > /dec\n",
+        secret: "kiln-tx-rev-6a1e9c3f5b7d",
+        rotated: "kiln-tx-rev-ROTATED-2d8f",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: false,
+        forms: reversed,
+    },
+    Tx {
+        row: "tx-rot13",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sh -c \"touch /enc; tr 'A-Za-z' 'N-ZA-Mn-za-m' < /run/secrets/s > /enc 2>/dev/null; true\"\nRUN tr 'A-Za-z' 'N-ZA-Mn-za-m' < /enc > /dec\n",
+        secret: "kiln-tx-rotthirteen-SecretValue-4b8e",
+        rotated: "kiln-tx-rotthirteen-ROTATED-1f5a",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: false,
+        forms: rot13,
+    },
+    Tx {
+        row: "tx-xor",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sh -c 'od -An -tu1 -v /run/secrets/s 2>/dev/null | awk \"{for(i=1;i<=NF;i++) printf \\\"%d \\\", xor(\\$i, 90)}\" > /enc; true'\nRUN awk '{for(i=1;i<=NF;i++) printf \"%c\", xor($i, 90)}' /enc > /dec\n",
+        secret: "kiln-tx-xor-0e7c5a3f1d9b",
+        rotated: "kiln-tx-xor-ROTATED-6b2e",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: false,
+        forms: xored,
+    },
+    Tx {
+        row: "tx-copy-context",
+        dockerfile: "# check=skip=all\nFROM base\nCOPY secret.txt /app/\n",
+        secret: "kiln-tx-copied-2c6e0a4f8b1d",
+        rotated: "",
+        as_build_arg: false,
+        may_pass: false,
+        in_context: true,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-export-guard",
+        dockerfile: "# check=skip=all\nFROM base\nRUN echo built > /built\nARG TOKEN\nLABEL tok=$TOKEN\n",
+        secret: "kiln-tx-label-7e3a9c5f1b0d",
+        rotated: "kiln-tx-label-ROTATED-3c9f",
+        as_build_arg: true,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-arg-quote",
+        dockerfile: "# check=skip=all\nFROM base\nARG TOKEN\nRUN echo \"$TOKEN\" > /dev/null\n",
+        secret: "kiln-tx-\"quoted\"-value-5a7c9e",
+        rotated: "kiln-tx-\"quoted\"-ROTATED-1b3d",
+        as_build_arg: true,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-arg-backslash",
+        dockerfile: "# check=skip=all\nFROM base\nARG TOKEN\nRUN echo \"$TOKEN\" > /dev/null\n",
+        secret: r"kiln-tx-back\slash\value-2b4d6f",
+        rotated: r"kiln-tx-back\slash\ROTATED-8e0a",
+        as_build_arg: true,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-arg-newline",
+        // Lines too short to be needles of their own: only the whole value, newlines and all, matches.
+        dockerfile: "# check=skip=all\nFROM base\nARG TOKEN\nRUN echo \"$TOKEN\" > /dev/null\n",
+        secret: "nl7a-q1\nnl7b-q2\nnl7c-q3",
+        rotated: "nl8a-r1\nnl8b-r2\nnl8c-r3",
+        as_build_arg: true,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+    Tx {
+        row: "tx-arg-non-ascii",
+        dockerfile: "# check=skip=all\nFROM base\nARG TOKEN\nRUN echo \"$TOKEN\" > /dev/null\n",
+        secret: "kiln-tx-ünïcødé-パスワード-9f8e7d",
+        rotated: "kiln-tx-ünïcødé-ROTATED-4a2c",
+        as_build_arg: true,
+        may_pass: false,
+        in_context: false,
+        forms: no_forms,
+    },
+];
+
+/// What `kiln du` says about `store`.
+fn du(store: &Path) -> String {
+    let out = Kiln::bare().args(["du", "--store"]).arg(store).run();
+    out.success();
+    out.stdout.clone()
+}
+
+/// The value and its `forms`, as `find` takes them.
+fn tx_needles(t: &Tx, value: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let mut n = vec![("value", value.as_bytes().to_vec())];
+    n.extend((t.forms)(value).into_iter().map(|f| ("encoded value", f)));
+    n
+}
+
+/// One build of `t` in `store` with `value` as secret `s` (none for `None`), its image and cache export
+/// under `out`.
+fn tx_build(t: &Tx, store: &Path, ctx: &Path, out: &Path, value: Option<&str>) -> Output {
+    let mut k = Kiln::build_in(store).with_base().args(["--jobs", "4"]);
+    if let Some(v) = value {
+        let path = out.join("secret");
+        crate::support::write(&path, v);
+        k = k
+            .arg("--secret")
+            .arg(format!("id=s,src={}", path.display()));
+        if t.as_build_arg {
+            k = k.arg("--build-arg").arg(format!("TOKEN={v}"));
+        }
+    }
+    k.arg("-o")
+        .arg(format!("type=oci,dest={}", out.join("image").display()))
+        .arg("--cache-to")
+        .arg(format!("type=local,dest={}", out.join("cache").display()))
+        .arg(ctx)
+        .run()
+}
+
+/// Whether `out` is a refusal by a leak guard: exit 1, naming `s`, with a hint and a location, showing no
+/// form of the value.
+fn refused(out: &Output, needles: &[(&str, Vec<u8>)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let located = out.stderr.contains("Dockerfile:");
+    if out.code != Some(1)
+        || !out.stderr.contains("secret `s`")
+        || !out.stderr.contains("help:")
+        || !located
+    {
+        wrong.push(format!(
+            "not refused with a located leak-guard error naming `s` (exit {:?}):\n{}",
+            out.code, out.stderr
+        ));
+    }
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("stdout"), out.stdout.clone().into_bytes()),
+    ];
+    for hit in find(&said, needles) {
+        wrong.push(format!("the message shows it: {hit}"));
+    }
+    wrong
+}
+
+/// Every file of the store (decompressed) and every name and link target in it.
+fn store_hits(store: &Path, needles: &[(&str, Vec<u8>)]) -> (Vec<String>, Vec<String>) {
+    let files = find(&files_under(store), needles);
+    let names: Vec<(PathBuf, Vec<u8>)> = tree(store)
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with("/"))
+        .collect();
+    (files, find(&names, needles))
+}
+
+/// Runs one case: a store warmed with the base image, the leaking build, then (unless the context
+/// holds the value) the same Dockerfile with a rotated value (refused again: nothing of the first build
+/// answers its steps) and without the secret. Returns what went
+/// wrong, each under the row it breaks.
+fn run_tx(t: &Tx) -> Vec<String> {
+    let port = (40_000 + std::process::id() % 20_000 + t.row.len() as u32 * 7).to_string();
+    let dockerfile = t.dockerfile.replace("PORT", &port);
+    let ctx = context(&[
+        ("Dockerfile", dockerfile.as_str()),
+        ("secret.txt", t.secret),
+    ]);
+    let warm = context(&[("Dockerfile", "FROM base\n")]);
+    let store = tempdir("store-");
+    Kiln::build_in(store.path())
+        .with_base()
+        .arg(warm.path())
+        .run()
+        .success();
+    let before = du(store.path());
+    let old = tx_needles(t, t.secret);
+    let mut wrong = Vec::new();
+    let mut at = |row: &str, hits: Vec<String>| {
+        for h in hits {
+            wrong.push(format!("[{}] [{}] {h}", t.row, self::row(row)));
+        }
+    };
+
+    let first = tempdir("tx-");
+    let out = tx_build(t, store.path(), ctx.path(), first.path(), Some(t.secret));
+    let passed = t.may_pass && out.code == Some(0);
+    if !passed {
+        at(t.row, refused(&out, &old));
+        let written: Vec<String> = ["image", "cache"]
+            .iter()
+            .filter(|d| first.path().join(d).exists())
+            .map(|d| format!("{d} was written"))
+            .collect();
+        at("tx-cache-to", written);
+        at(
+            "tx-du",
+            (du(store.path()) != before)
+                .then(|| format!("before:\n{before}after:\n{}", du(store.path())))
+                .into_iter()
+                .collect(),
+        );
+    }
+    let image_and_cache = |dir: &Path| {
+        ["image", "cache"]
+            .iter()
+            .map(|d| dir.join(d))
+            .filter(|d| d.exists())
+            .flat_map(|d| tree(&d))
+            .collect::<Vec<_>>()
+    };
+    at(t.row, find(&image_and_cache(first.path()), &old));
+    let (files, names) = store_hits(store.path(), &old);
+    at("tx-store-files", files);
+    at("tx-store-names", names);
+    if t.in_context {
+        return wrong;
+    }
+
+    let rotated = tempdir("tx-");
+    let new = tx_needles(t, t.rotated);
+    let out = tx_build(t, store.path(), ctx.path(), rotated.path(), Some(t.rotated));
+    if !(t.may_pass && out.code == Some(0)) {
+        at("tx-next-rotated", refused(&out, &new));
+    }
+    let mut both = old.clone();
+    both.extend(new);
+    let mut hits = find(&image_and_cache(rotated.path()), &both);
+    let (files, names) = store_hits(store.path(), &both);
+    hits.extend(files.into_iter().chain(names));
+    at("tx-next-rotated", hits);
+
+    let without = tempdir("tx-");
+    let out = tx_build(t, store.path(), ctx.path(), without.path(), None);
+    if out.code != Some(0) {
+        at(
+            "tx-next-without-secret",
+            vec![format!("failed:\n{}", out.stderr)],
+        );
+    }
+    let mut hits = find(&image_and_cache(without.path()), &both);
+    let (files, names) = store_hits(store.path(), &both);
+    hits.extend(files.into_iter().chain(names));
+    at("tx-next-without-secret", hits);
+    wrong
+}
+
+fn run_txs(cases: &[Tx]) {
+    let wrong: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = cases.iter().map(|t| s.spawn(move || run_tx(t))).collect();
+        handles
+            .into_iter()
+            .flat_map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| vec!["the harness panicked".into()])
+            })
+            .collect()
+    });
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A value moved out of its step (a cache mount, loopback, an encoding undone later, a COPY) is refused
+/// where it lands, and nothing of the refused build stays in the store, `kiln du`, a cache export or a
+/// later build without the secret or with a rotated one.
+#[test]
+fn a_value_moved_to_another_step_is_refused_and_nothing_is_kept() {
+    run_txs(&TXS[..8]);
+}
+
+/// Secrets JSON must escape (quotes, backslashes, newlines) and non-ASCII ones, given as build args too,
+/// are found in the image config and history.
+#[test]
+fn build_args_that_json_escapes_are_refused_and_nothing_is_kept() {
+    run_txs(&TXS[8..]);
+}
+
+/// A build given a secret that dies mid-way leaves its staged steps in `tmp/`; the next command that
+/// opens the store removes them, with the cache mounts the build wrote.
+#[test]
+fn a_killed_secret_build_leaves_no_trace() {
+    let name = row("tx-crash");
+    let value = "kiln-tx-crash-4d8b2f6a0e1c";
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s --mount=type=cache,target=/c,id=crash sh -c 'rev /run/secrets/s > /enc; rev /run/secrets/s > /c/enc'\nRUN sleep 60\n",
+    )]);
+    let store = tempdir("store-");
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, value);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "--progress", "plain", "--store"])
+        .arg(store.path())
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base_image().display()))
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let needles = vec![("reversed value", reversed(value).remove(0))];
+    // Until the first step's result is staged (and its cache written): then a kill leaves both behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let staged = || {
+        std::fs::read_dir(store.path().join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                std::fs::read_dir(e.path().join("snapshots")).is_ok_and(|mut d| d.next().is_some())
+            })
+    };
+    while !staged() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "[{name}] the first step never finished"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().expect("kill kiln");
+    child.wait().expect("wait for kiln");
+    let staged = find(&files_under(store.path()), &needles);
+    assert!(
+        !staged.is_empty(),
+        "[{name}] nothing was staged to clean up"
+    );
+    let after = du(store.path());
+    let (files, names) = store_hits(store.path(), &needles);
+    assert!(
+        files.is_empty() && names.is_empty(),
+        "[{name}] after `kiln du`: {files:?} {names:?}"
+    );
+    let said: Vec<String> = after
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    for line in [
+        "work in progress 0 B",
+        "cache mounts 0 B",
+        "cached results 1",
+    ] {
+        assert!(
+            said.iter().any(|l| l == line),
+            "[{name}] no `{line}`:\n{after}"
         );
     }
 }
