@@ -1394,7 +1394,7 @@ fn leak_error(
     match found {
         crate::export::Found::Config { leak, at } => {
             let mut d = Diagnostic::build(format!(
-                "secret `{}` is in the image config at `{at}` ({}); nothing was exported, and nothing this build made was kept",
+                "secret `{}` is in the image config or history at `{at}` ({}); nothing was exported, and nothing this build made was kept",
                 leak.id,
                 leak.encoding.as_str()
             ))

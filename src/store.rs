@@ -766,3 +766,83 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(key: &str, layers: &[&str]) -> CacheRecord {
+        CacheRecord {
+            key: Digest::of(key.as_bytes()),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            times: vec![0; layers.len()],
+            base: serde_json::Value::Null.into(),
+            secrets: Vec::new(),
+        }
+    }
+
+    fn staged_step(store: &Store, id: &str) {
+        let work = store.work_dir("step-").unwrap();
+        let upper = work.path().join("upper");
+        fs::create_dir(&upper).unwrap();
+        fs::write(upper.join("f"), id).unwrap();
+        store.stage_snapshot(&upper, id).unwrap();
+        store.stage_record(&record(id, &[id])).unwrap();
+    }
+
+    /// Staged results serve the build that made them, and reach the store only on commit.
+    #[test]
+    fn a_transaction_is_kept_only_when_committed() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), Access::Shared).unwrap();
+        store.begin().unwrap();
+        staged_step(&store, "step-a");
+        assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
+        assert!(store.snapshot_path("step-a").join("f").is_file());
+        assert_eq!(store.usage().records, 0);
+        assert_eq!(store.usage().snapshot_count, 0);
+        store.commit().unwrap();
+        assert_eq!(store.usage().records, 1);
+        assert!(root.path().join("snapshots/step-a/f").is_file());
+        assert_eq!(store.usage().tmp, 0);
+        assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
+    }
+
+    /// An aborted transaction leaves nothing, and takes the cache mounts its steps wrote with it.
+    #[test]
+    fn an_aborted_transaction_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), Access::Shared).unwrap();
+        let (cache, _) = store.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        fs::write(cache.join("kept"), "x").unwrap();
+        store.begin().unwrap();
+        store.note_cache(&cache).unwrap();
+        staged_step(&store, "step-a");
+        store.abort();
+        assert!(store.cache_get(&Digest::of(b"step-a")).is_none());
+        assert!(!cache.exists());
+        let usage = store.usage();
+        assert_eq!((usage.records, usage.snapshot_count, usage.tmp), (0, 0, 0));
+    }
+
+    /// A build that died mid-transaction: the next open removes what it staged and the caches it wrote;
+    /// a live build's transaction is left alone.
+    #[test]
+    fn a_dead_builds_transaction_is_removed_on_open() {
+        let root = tempfile::tempdir().unwrap();
+        let live = Store::open(root.path(), Access::Shared).unwrap();
+        live.begin().unwrap();
+        staged_step(&live, "step-live");
+        let (cache, _) = live.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        // A dead build's transaction: its directory and cache list, with no lock held.
+        let dead = root.path().join("tmp/txn-dead");
+        fs::create_dir_all(dead.join("snapshots/step-dead")).unwrap();
+        fs::write(dead.join("lock"), "").unwrap();
+        let name = cache.file_name().unwrap().to_string_lossy().into_owned();
+        fs::write(dead.join("caches"), format!("{name}\n")).unwrap();
+        drop(Store::open(root.path(), Access::Shared).unwrap());
+        assert!(!dead.exists());
+        assert!(!cache.exists());
+        assert!(live.snapshot_path("step-live").join("f").is_file());
+    }
+}

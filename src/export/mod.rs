@@ -587,3 +587,46 @@ fn canonical_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
     let value = serde_json::to_value(v).map_err(|e| Diagnostic::env(e.to_string()))?;
     serde_json::to_vec(&value).map_err(|e| Diagnostic::env(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+
+    fn scanner(value: &str) -> LeakScanner {
+        let v = SecretValue::new(zeroize::Zeroizing::new(value.as_bytes().to_vec()));
+        LeakScanner::new([("s", &v)])
+    }
+
+    /// Values JSON must escape are found as the strings they stand for, and named by their place.
+    #[test]
+    fn json_is_searched_as_decoded_strings() {
+        for value in [
+            "quote-\"in\"-the-middle",
+            r"back\slash\value",
+            "short\nlines\nonly",
+            "ünïcødé-パスワード",
+        ] {
+            let config = json!({"config": {"Env": ["A=1", format!("T={value}")]}});
+            let encoded = serde_json::to_vec(&config).unwrap();
+            let (leak, at) = scan_json(&scanner(value), &config).expect("found");
+            assert_eq!((leak.id.as_str(), at.as_str()), ("s", "config.Env[1]"));
+            if !value.is_ascii() {
+                continue;
+            }
+            assert!(
+                scanner(value).scan(&encoded).is_none(),
+                "the encoded bytes hide {value:?}"
+            );
+        }
+    }
+
+    /// A key that holds the value is found, and shown as `***`.
+    #[test]
+    fn keys_are_searched_and_redacted() {
+        let config = json!({"config": {"Labels": {"k-\"secret\"-label": "v"}}});
+        let (_, at) = scan_json(&scanner("k-\"secret\"-label"), &config).expect("found");
+        assert_eq!(at, "config.Labels.***");
+        assert!(scan_json(&scanner("not-in-there"), &config).is_none());
+    }
+}

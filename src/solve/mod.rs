@@ -1014,7 +1014,10 @@ impl<E: Executor> Shared<E> {
                 elapsed: started.elapsed(),
                 message: message.clone(),
             });
-            // The step's changes are dropped with its work dir: the secret never reaches the store.
+            // The step's changes are dropped with its work dir, and the driver drops the build's
+            // transaction: nothing of this build reaches the store.
+            let message =
+                format!("{message}; nothing was exported, and nothing this build made was kept");
             return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
         }
         let snapshot = format!("step-{}", key.hex());

@@ -46,7 +46,7 @@ RUN cat /app/secrets.txt > /dev/null && rm /app/secrets.txt
     );
 }
 
-/// Told that the file is a secret, kiln's export guard finds it in the COPY's layer and exports nothing.
+/// Told that the file is a secret, kiln's leak guard finds it in the COPY's layer and exports nothing.
 #[test]
 fn export_guard_refuses_an_image_holding_a_given_secret() {
     let ctx = context(&[
@@ -74,7 +74,8 @@ RUN cat /app/secrets.txt > /dev/null && rm /app/secrets.txt
         .run();
     out.expect_code(1);
     for needle in [
-        "secret `creds` is in the image",
+        // Refused at the COPY that brought it in: every step of a build given secrets is scanned.
+        "secret `creds` leaked",
         "/app/secrets.txt",
         "Dockerfile:2:1",
         "nothing was exported",

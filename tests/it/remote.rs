@@ -283,7 +283,9 @@ fn remote_execution_on_buildgrid() {
     assert_eq!(manifest(&first.stdout), manifest(&third.stdout));
     assert_eq!(farm.ran(), ran, "cached results never reach the worker");
 
-    // Secrets: the steps that mount one run here; the next one runs remotely on their (clean) layers.
+    // Secrets: a build given one only reads the remote side, so every step runs here; its results may
+    // not leave before all of its leak checks have passed (a step without the secret mount may still
+    // hold the value in a form no scan finds, undone later).
     // The step checks the value by its hash: the value itself in the Dockerfile would be in the history.
     let sum = tool(
         "sh",
@@ -319,10 +321,9 @@ fn remote_execution_on_buildgrid() {
     let log = farm.log();
     assert_eq!(
         farm.ran().len(),
-        before + 1,
-        "only the step without a secret runs remotely:\n{log}"
+        before,
+        "a build given a secret runs nothing remotely:\n{log}"
     );
-    assert!(log.contains("cat /checked /env"), "{log}");
     assert!(
         !log.contains("/run/secrets") && !log.contains("TOK"),
         "{log}"
