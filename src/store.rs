@@ -14,9 +14,10 @@
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
-//! - `tmp/txn-<random>/`: a build's transaction (see `Txn`): its steps' snapshots, records and file
-//!   objects, staged until every leak check has passed. A transaction whose lock nobody holds belongs
-//!   to a build that died; opening the store removes it, and the cache mounts it had written.
+//! - `tmp/txn-<random>/`: a build's transaction (see `Txn`): its steps' work dirs, snapshots and records,
+//!   staged until every leak check has passed. A transaction whose lock nobody holds belongs to a build
+//!   that died; opening the store removes it, the cache mounts it had written and the file objects
+//!   nothing links any more.
 
 use std::fs;
 use std::io::Write as _;
@@ -40,12 +41,12 @@ pub struct Store {
     txn: std::sync::Mutex<Option<Txn>>,
 }
 
-/// A build's staged results. A build given secrets keeps every step's snapshot and record (and the
-/// COPY file objects they link) in a private directory under `tmp/` until the leak guard has passed
-/// over everything it made; only then are they renamed into place (`Store::commit`). A refused build
-/// (`Store::abort`), a failed one or a crashed one leaves nothing in the store: the directory goes, and
-/// with it every byte the build produced. Later steps of the same build find staged results through
-/// `snapshot_path` and `cache_get` as if they were committed.
+/// A build's staged results. A build given secrets keeps every step's snapshot and record in a private
+/// directory under `tmp/` until the leak guard has passed over everything it made; only then are they
+/// renamed into place (`Store::commit`). A refused build (`Store::abort`), a failed one or a crashed one
+/// leaves nothing in the store: the directory goes, and with it every byte the build produced, and so do
+/// the file objects (`files/`) its COPY steps made that nothing links any more. Later steps of the same
+/// build find staged results through `snapshot_path` and `cache_get` as if they were committed.
 struct Txn {
     dir: tempfile::TempDir,
     /// Held while the build runs: a transaction whose lock is free belongs to a dead build.
@@ -207,6 +208,23 @@ impl Store {
                 self.drop_cache_dir(&self.root.join("caches").join(name));
             }
             let _ = fs::remove_dir_all(e.path());
+            self.drop_unlinked_files();
+        }
+    }
+
+    /// Removes the file objects no snapshot links (one link left: their own name), as prune does. Safe
+    /// beside running builds: a COPY whose object vanishes before it links it copies the file instead.
+    fn drop_unlinked_files(&self) {
+        for e in fs::read_dir(self.files_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.metadata()
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 1)
+            {
+                let _ = fs::remove_file(e.path());
+            }
         }
     }
 
@@ -214,9 +232,7 @@ impl Store {
     pub fn begin(&self) -> Result<()> {
         let dir = self.temp_dir("txn-")?;
         let fail = |e| Diagnostic::io("cannot start the build's transaction in the store", e);
-        for sub in ["snapshots", "files"] {
-            fs::create_dir(dir.path().join(sub)).map_err(fail)?;
-        }
+        fs::create_dir(dir.path().join("snapshots")).map_err(fail)?;
         let lock = fs::File::create(dir.path().join("lock")).map_err(fail)?;
         lock.lock().map_err(fail)?;
         *self.txn.lock().expect("txn lock") = Some(Txn {
@@ -234,9 +250,9 @@ impl Store {
         self.txn.lock().expect("txn lock").is_some()
     }
 
-    /// Moves everything the build staged into place: snapshots first, then the file objects they link,
-    /// then the records (a record is only usable once its snapshots exist). A crash in between leaves
-    /// snapshots no record names, which prune collects.
+    /// Moves everything the build staged into place: snapshots first, then the records (a record is
+    /// only usable once its snapshots exist). A crash in between leaves snapshots no record names, which
+    /// prune collects.
     pub fn commit(&self) -> Result<()> {
         let Some(txn) = self.txn.lock().expect("txn lock").take() else {
             return Ok(());
@@ -244,18 +260,6 @@ impl Store {
         for id in &txn.snapshots {
             self.commit_snapshot(&txn.dir.path().join("snapshots").join(id), id)?;
         }
-        for e in fs::read_dir(txn.dir.path().join("files"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let to = self.files_dir().join(e.file_name());
-            // A same-named object is the same content; the snapshot keeps its own link to ours.
-            if fs::symlink_metadata(&to).is_err() {
-                let _ = fs::rename(e.path(), to);
-            }
-        }
-        sync_dir(&self.files_dir());
         for rec in &txn.records {
             self.cache_put(rec)?;
         }
@@ -271,6 +275,7 @@ impl Store {
             self.drop_cache_dir(dir);
         }
         drop(txn);
+        self.drop_unlinked_files();
     }
 
     /// Removes a cache mount's directory: renamed away first, so the next step that mounts the cache
@@ -304,12 +309,14 @@ impl Store {
         atomic_write(&txn.dir.path().join("caches"), names.as_bytes())
     }
 
-    /// Where COPY's file objects go: the store's, or the transaction's own while one is open.
-    pub fn staged_files_dir(&self) -> PathBuf {
-        match &*self.txn.lock().expect("txn lock") {
-            Some(txn) => txn.dir.path().join("files"),
-            None => self.files_dir(),
-        }
+    /// Whether snapshot `id` is staged by this build: made by one of its steps, and scanned then for
+    /// every secret given to it.
+    pub fn is_staged(&self, id: &str) -> bool {
+        self.txn
+            .lock()
+            .expect("txn lock")
+            .as_ref()
+            .is_some_and(|t| t.snapshots.contains(id))
     }
 
     /// Commits a step's snapshot, or stages it while a transaction is open.
@@ -430,17 +437,7 @@ impl Store {
             }
         }
         // A file object no snapshot links any more has one link left: its own name.
-        for e in fs::read_dir(self.files_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if e.metadata()
-                .is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 1)
-            {
-                let _ = fs::remove_file(e.path());
-            }
-        }
+        self.drop_unlinked_files();
         let mut blobs = std::collections::HashSet::new();
         for e in fs::read_dir(self.root.join("layers"))
             .into_iter()

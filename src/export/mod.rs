@@ -419,7 +419,8 @@ pub enum Found {
 
 /// The last check before anything leaves kiln: every layer this build made and the config are searched
 /// for the values of every secret given to the build. Layers imported from a base image are not this
-/// build's doing and are skipped.
+/// build's doing and are skipped, and so are those this build's steps staged: each was scanned for every
+/// secret given before it was staged (`solve`), so a cold build reads each layer once, not twice.
 pub fn guard(
     store: &Store,
     layers: &[String],
@@ -432,7 +433,10 @@ pub fn guard(
     if let Some((leak, at)) = scan_json(scanner, config) {
         return Ok(Some(Found::Config { leak, at }));
     }
-    for snapshot in layers.iter().filter(|l| !l.starts_with("layer-")) {
+    for snapshot in layers
+        .iter()
+        .filter(|l| !l.starts_with("layer-") && !store.is_staged(l))
+    {
         let found = scanner
             .scan_tree(&store.snapshot_path(snapshot))
             .map_err(|e| Diagnostic::io(format!("cannot scan snapshot {snapshot}"), e))?;

@@ -948,9 +948,7 @@ impl<E: Executor> Shared<E> {
                     Output::Image { .. } => unreachable!("COPY reads filesystems"),
                 };
                 let files = match &source {
-                    CopySource::Dir(d) => {
-                        Some((self.store.staged_files_dir(), self.stat_cache(&d.path)))
-                    }
+                    CopySource::Dir(d) => Some((self.store.files_dir(), self.stat_cache(&d.path))),
                     CopySource::Layers(_) => None,
                 };
                 self.exec
