@@ -48,7 +48,8 @@ pub struct Store {
 /// the file objects (`files/`) its COPY steps made that nothing links any more. Later steps of the same
 /// build find staged results through `snapshot_path` and `cache_get` as if they were committed.
 struct Txn {
-    dir: tempfile::TempDir,
+    /// `tmp/txn-*`, removed when the transaction is dropped (committed or not).
+    dir: PathBuf,
     /// Held while the build runs: a transaction whose lock is free belongs to a dead build.
     _lock: fs::File,
     snapshots: std::collections::HashSet<String>,
@@ -116,6 +117,12 @@ pub enum Verdict {
     Clean,
     /// An optional secret that was not given: the step never saw a value, so there was nothing to leak.
     NotGiven,
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// How a step claims a cache mount directory.
@@ -230,11 +237,24 @@ impl Store {
 
     /// Starts staging this build's results (see `Txn`).
     pub fn begin(&self) -> Result<()> {
-        let dir = self.temp_dir("txn-")?;
+        // Made and locked under another name, then renamed: `recover` never sees a transaction whose
+        // lock is not yet held.
+        let fresh = self.temp_dir("new-txn-")?;
         let fail = |e| Diagnostic::io("cannot start the build's transaction in the store", e);
-        fs::create_dir(dir.path().join("snapshots")).map_err(fail)?;
-        let lock = fs::File::create(dir.path().join("lock")).map_err(fail)?;
+        fs::create_dir(fresh.path().join("snapshots")).map_err(fail)?;
+        let lock = fs::File::create(fresh.path().join("lock")).map_err(fail)?;
         lock.lock().map_err(fail)?;
+        let name = fresh
+            .path()
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let dir = self
+            .root
+            .join("tmp")
+            .join(name.replacen("new-txn-", "txn-", 1));
+        fs::rename(fresh.path(), &dir).map_err(fail)?;
+        let _ = fresh.keep();
         *self.txn.lock().expect("txn lock") = Some(Txn {
             dir,
             _lock: lock,
@@ -245,11 +265,6 @@ impl Store {
         Ok(())
     }
 
-    /// Whether this build's results are staged.
-    pub fn staging(&self) -> bool {
-        self.txn.lock().expect("txn lock").is_some()
-    }
-
     /// Moves everything the build staged into place: snapshots first, then the records (a record is
     /// only usable once its snapshots exist). A crash in between leaves snapshots no record names, which
     /// prune collects.
@@ -258,7 +273,7 @@ impl Store {
             return Ok(());
         };
         for id in &txn.snapshots {
-            self.commit_snapshot(&txn.dir.path().join("snapshots").join(id), id)?;
+            self.commit_snapshot(&txn.dir.as_path().join("snapshots").join(id), id)?;
         }
         for rec in &txn.records {
             self.cache_put(rec)?;
@@ -306,7 +321,7 @@ impl Store {
             .filter_map(|c| c.file_name())
             .map(|n| format!("{}\n", n.to_string_lossy()))
             .collect();
-        atomic_write(&txn.dir.path().join("caches"), names.as_bytes())
+        atomic_write(&txn.dir.as_path().join("caches"), names.as_bytes())
     }
 
     /// Whether snapshot `id` is staged by this build: made by one of its steps, and scanned then for
@@ -326,7 +341,7 @@ impl Store {
             drop(guard);
             return self.commit_snapshot(from, id);
         };
-        let to = txn.dir.path().join("snapshots").join(id);
+        let to = txn.dir.as_path().join("snapshots").join(id);
         if !txn.snapshots.contains(id) {
             fs::rename(from, &to)
                 .map_err(|e| Diagnostic::io(format!("cannot stage snapshot {id}"), e))?;
@@ -522,7 +537,7 @@ impl Store {
         };
         tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(txn.dir.path())
+            .tempdir_in(txn.dir.as_path())
             .map_err(|e| Diagnostic::io("cannot create a work directory in the store", e))
     }
 
@@ -531,7 +546,7 @@ impl Store {
         if let Some(txn) = &*self.txn.lock().expect("txn lock")
             && txn.snapshots.contains(id)
         {
-            return txn.dir.path().join("snapshots").join(id);
+            return txn.dir.as_path().join("snapshots").join(id);
         }
         self.root.join("snapshots").join(id)
     }
