@@ -162,7 +162,7 @@ struct Shared<E> {
     reporter: Arc<dyn Reporter>,
     secrets: Arc<SecretStore>,
     /// Every secret given to the build: each step's changes are searched for all of them before they are
-    /// committed (empty, and no step scanned, in a build given none).
+    /// staged (empty, and no step scanned, in a build given none).
     scanner: Arc<LeakScanner>,
     opts: SolveOptions,
     step_ids: std::sync::atomic::AtomicUsize,
@@ -920,11 +920,10 @@ impl<E: Executor> Shared<E> {
                         },
                     })
                     .collect();
-                if !guard.is_empty() {
-                    // An aborted build drops them: a value may be in there in a form no scan finds.
-                    for (_, dir) in &caches {
-                        self.store.note_cache(dir)?;
-                    }
+                // A build given secrets drops them if it is aborted: a value may be in there in a form
+                // no scan finds (a no-op for other builds).
+                for (_, dir) in &caches {
+                    self.store.note_cache(dir)?;
                 }
                 let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
                 let reporter = self.reporter.clone();
