@@ -1644,3 +1644,40 @@ fn a_killed_secret_build_leaves_no_trace() {
         );
     }
 }
+
+/// A build given a secret that fails (not refused: a step exits 1) keeps nothing either: its earlier
+/// steps were never checked with the rest, and one of them may hold the value in a form no scan finds.
+#[test]
+fn a_failed_secret_build_keeps_nothing() {
+    let name = row("tx-du");
+    let value = "kiln-tx-failed-7b1d5f9a3c0e";
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s --mount=type=cache,target=/c,id=f sh -c 'rev /run/secrets/s > /enc; rev /run/secrets/s > /c/enc'\nRUN exit 1\n",
+    )]);
+    let store = tempdir("store-");
+    let warm = context(&[("Dockerfile", "FROM base\n")]);
+    Kiln::build_in(store.path())
+        .with_base()
+        .arg(warm.path())
+        .run()
+        .success();
+    let before = du(store.path());
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, value);
+    Kiln::build_in(store.path())
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run()
+        .expect_code(1);
+    assert_eq!(du(store.path()), before, "[{name}]");
+    let needles = vec![("reversed value", reversed(value).remove(0))];
+    let (files, names) = store_hits(store.path(), &needles);
+    assert!(
+        files.is_empty() && names.is_empty(),
+        "[{name}] {files:?} {names:?}"
+    );
+}
