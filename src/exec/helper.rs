@@ -20,6 +20,7 @@ use nix::unistd::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::net::{self, Net};
 use super::rootfs;
 use crate::lower::op::CopyOp;
 
@@ -56,7 +57,9 @@ pub enum Request {
         env: Vec<String>,
         cwd: String,
         user: String,
-        network_none: bool,
+        network: super::net::Net,
+        /// A private dir for the generated /etc files and the network stack's log.
+        net_dir: PathBuf,
         secrets: Vec<SecretSpec>,
         /// A private dir where the secrets tmpfs is mounted.
         secret_dir: PathBuf,
@@ -199,13 +202,23 @@ fn errno(what: &str) -> impl Fn(nix::Error) -> String + '_ {
 
 fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i32, String> {
     let mut flags = CloneFlags::CLONE_NEWNS;
-    if let Request::Run { network_none, .. } = &req {
+    let mut stack = None;
+    if let Request::Run {
+        network, net_dir, ..
+    } = &req
+    {
         flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-        if *network_none {
+        if network.unshares() {
             flags |= CloneFlags::CLONE_NEWNET;
+        }
+        // Forked now, in kiln's network namespace, and let go once ours exists; it starts while the
+        // overlay is mounted and is waited for only before the step runs.
+        if let Net::Own { stack: path } = network {
+            stack = Some(net::Pending::fork(path, &net_dir.join("stack.log"))?);
         }
     }
     unshare(flags).map_err(errno("cannot create namespaces"))?;
+    let mut stack = stack.map(net::Pending::start).transpose()?;
     // Nothing mounted from here on may propagate back to the host.
     mount(
         None::<&str>,
@@ -246,7 +259,8 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             env,
             cwd,
             user,
-            network_none,
+            network,
+            net_dir,
             secrets: specs,
             secret_dir,
             mut mounts,
@@ -308,15 +322,17 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             drop(values);
-            if !network_none {
-                for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                    bind_host_file(&root, f);
-                }
-            } else {
-                loopback_up();
+            etc_files(&root, &network, &net_dir, stubs)?;
+            if network.unshares() {
+                net::loopback_up();
             }
-            let _ = sethostname("kiln");
-            run_pid1(&root, &args, &env, &cwd, &user)
+            if let Some(stack) = &mut stack {
+                stack.ready()?;
+            }
+            let _ = sethostname(net::HOSTNAME);
+            let code = run_pid1(&root, &args, &env, &cwd, &user);
+            drop(stack);
+            code
         }
     }
 }
@@ -685,41 +701,25 @@ fn mount_secret(
     .map_err(errno("cannot make a secret read-only"))
 }
 
-/// Shows the host's resolver files to the step when the image has them (no stub is ever created).
-fn bind_host_file(root: &Path, path: &str) {
-    let Ok(target) = rootfs::resolve(root, path, true) else {
-        return;
-    };
-    if target.is_file() && Path::new(path).is_file() {
-        let _ = mount(
-            Some(path),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        );
-        let _ = remount_readonly(&target, MsFlags::empty());
+/// Mounts the generated `/etc/resolv.conf` and `/etc/hosts` read-only over the image's (or over stubs that
+/// leave the layer). Best effort where the image's own path cannot hold a mount (a link out of the root,
+/// a directory): the step then sees what the image has.
+fn etc_files(root: &Path, network: &Net, dir: &Path, stubs: &mut Vec<Stub>) -> Result<(), String> {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for (name, text) in [
+        ("resolv.conf", net::resolv_conf(&host, network)),
+        ("hosts", net::hosts()),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).map_err(|e| format!("cannot write /etc/{name}: {e}"))?;
+        let Ok(target) = mount_point(root, &format!("/etc/{name}"), false, stubs) else {
+            continue;
+        };
+        if target.is_file() {
+            bind(&file, &target, true)?;
+        }
     }
-}
-
-/// A new network namespace has `lo` down; bring it up so `--network=none` steps still have localhost.
-fn loopback_up() {
-    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
-    unsafe {
-        let fd = nix::libc::socket(nix::libc::AF_INET, nix::libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return;
-        }
-        let mut req: nix::libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as nix::libc::c_char;
-        }
-        if nix::libc::ioctl(fd, nix::libc::SIOCGIFFLAGS, &mut req) == 0 {
-            req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as i16;
-            nix::libc::ioctl(fd, nix::libc::SIOCSIFFLAGS, &req);
-        }
-        nix::libc::close(fd);
-    }
+    Ok(())
 }
 
 /// Forks the step's init (pid 1 of the new pid namespace), which pivots into the root and execs the

@@ -5,6 +5,7 @@
 
 pub mod git;
 pub mod helper;
+pub mod net;
 pub mod rootfs;
 pub mod ssh;
 pub mod unpack;
@@ -144,13 +145,24 @@ impl Namespaces {
             })
             .chain(sockets)
             .collect();
+        let network = match step.network {
+            Network::None => net::Net::None,
+            Network::Host => net::Net::Host,
+            Network::Default => net::Net::Own {
+                stack: net::find_stack()?,
+            },
+        };
+        let net_dir = upper.parent().unwrap_or(Path::new("/")).join("net");
+        std::fs::create_dir_all(&net_dir)
+            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
         let req = Request::Run {
             fs,
             args: step.args,
             env: step.env,
             cwd: step.cwd,
             user: step.user,
-            network_none: step.network == Network::None,
+            network,
+            net_dir,
             secrets: specs,
             secret_dir,
             mounts,
