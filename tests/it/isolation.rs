@@ -43,13 +43,13 @@ RUN --network=none cat /proc/net/dev && ip link \
 }
 
 /// A TCP server on the host's loopback that answers every connection with one line, counting them.
-struct Server {
-    port: u16,
+pub struct Server {
+    pub port: u16,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
-    fn start(line: &'static str) -> Server {
+    pub fn start(line: &'static str) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("an address").port();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -65,7 +65,7 @@ impl Server {
         Server { port, accepted }
     }
 
-    fn accepted(&self) -> usize {
+    pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -146,6 +146,45 @@ impl Drop for OtherAddress {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// Live slirp4netns processes whose step is gone: the last-but-one argument is the pid of the helper whose
+/// namespace it serves. Waits up to 2 s for them to end, then kills (so they do not outlive the test run)
+/// and returns any left.
+pub fn stray_network_stacks() -> Vec<i32> {
+    let stray = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                let stack = args.first().is_some_and(|a| a.ends_with("slirp4netns"));
+                let target = args.iter().rev().nth(2).and_then(|a| a.parse::<i32>().ok());
+                stack && target.is_some_and(|t| !Path::new(&format!("/proc/{t}")).exists())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = stray();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = stray();
+    }
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    left
 }
 
 /// The step has an interface of its own besides the loopback, and the server on the host's 127.0.0.1 sees
@@ -417,6 +456,8 @@ fn sigkill_mid_step_leaves_nothing_and_the_store_works() {
         );
     }
     assert!(alive.is_empty(), "`{marker}` outlived kiln: pids {alive:?}");
+    let stacks = stray_network_stacks();
+    assert!(stacks.is_empty(), "slirp4netns outlived kiln: {stacks:?}");
     assert!(
         mounted.is_empty(),
         "mounts outlived kiln:\n{}",

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+use crate::isolation::{OtherAddress, Server};
 use crate::support::{
     Kiln, Layout, Output, base_image, context, files_under, leaks, tool, unpack, write,
 };
@@ -645,6 +646,41 @@ RUN --network=host ip link | grep -q ' lo:'
     assert!(users_processes.is_empty(), "{users_processes:?}");
 }
 
+/// A default step of a rootless build has its own network too: slirp4netns, run inside kiln's user
+/// namespace, takes it out to another address of the machine, and the host's loopback stays out of reach.
+#[test]
+fn default_network_works_rootless() {
+    let u = user(RANGED, true);
+    let ws = Workspace::new(&u);
+    let outside = OtherAddress::start("kiln-rootless-outbound");
+    let loopback = Server::start("kiln-rootless-loopback");
+    let ctx = ws.context(
+        &u,
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM base
+RUN timeout 10 nc {addr} {port} </dev/null | grep -q kiln-rootless-outbound
+RUN for a in 127.0.0.1 10.0.2.2; do \\
+      if timeout 5 nc $a {lport} </dev/null | grep kiln-rootless; then exit 1; fi; \\
+    done
+",
+                addr = outside.addr,
+                port = outside.port,
+                lport = loopback.port
+            ),
+        )],
+    );
+    u.build(&ws).arg(&ctx).run().success();
+    assert_eq!(outside.peers().len(), 1, "{:?}", outside.peers());
+    assert_eq!(
+        loopback.accepted(),
+        0,
+        "a rootless step reached the host's loopback"
+    );
+    assert_nothing_left("kiln-rootless-outbound", &ws.store);
+}
+
 fn pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -680,6 +716,11 @@ fn assert_nothing_left(marker: &str, store: &Path) {
         );
     }
     assert!(alive.is_empty(), "`{marker}` outlived the build: {alive:?}");
+    let stacks = crate::isolation::stray_network_stacks();
+    assert!(
+        stacks.is_empty(),
+        "slirp4netns outlived the build: {stacks:?}"
+    );
     // Every mount namespace still alive, not just ours: a leaked helper would hold its own.
     let store = store.to_string_lossy();
     let mounts: Vec<String> = pids()
