@@ -202,23 +202,15 @@ fn errno(what: &str) -> impl Fn(nix::Error) -> String + '_ {
 
 fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i32, String> {
     let mut flags = CloneFlags::CLONE_NEWNS;
-    let mut stack = None;
-    if let Request::Run {
-        network, net_dir, ..
-    } = &req
-    {
+    if let Request::Run { network, .. } = &req {
         flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-        if network.unshares() {
+        // An own network's namespace was made before this process started (kiln's side, so the network
+        // stack could attach to it at once).
+        if *network == Net::None {
             flags |= CloneFlags::CLONE_NEWNET;
-        }
-        // Forked now, in kiln's network namespace, and let go once ours exists; it starts while the
-        // overlay is mounted and is waited for only before the step runs.
-        if let Net::Own { stack: path } = network {
-            stack = Some(net::Pending::fork(path, &net_dir.join("stack.log"))?);
         }
     }
     unshare(flags).map_err(errno("cannot create namespaces"))?;
-    let mut stack = stack.map(net::Pending::start).transpose()?;
     // Nothing mounted from here on may propagate back to the host.
     mount(
         None::<&str>,
@@ -323,16 +315,14 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             }
             drop(values);
             etc_files(&root, &network, &net_dir, stubs)?;
-            if network.unshares() {
+            if network.own_namespace() {
                 net::loopback_up();
             }
-            if let Some(stack) = &mut stack {
-                stack.ready()?;
+            if network == Net::Own {
+                net::wait_for_stack()?;
             }
             let _ = sethostname(net::HOSTNAME);
-            let code = run_pid1(&root, &args, &env, &cwd, &user);
-            drop(stack);
-            code
+            run_pid1(&root, &args, &env, &cwd, &user)
         }
     }
 }

@@ -4,24 +4,29 @@
 //! stack's gateway address does not lead to it (`--disable-host-loopback`), and the step's own 127.0.0.1
 //! is its own. `--network=none` has only the loopback; `--network=host` keeps the host's namespace.
 //!
+//! How: the helper is born in a new network namespace (kiln's `pre_exec`), and kiln starts slirp4netns on
+//! it at once, from kiln's own namespace (the host's, also in rootless mode, where kiln only has a user
+//! namespace of its own). The helper mounts the step meanwhile and waits for the stack only just before
+//! the step runs. The stack is kiln's child, not the helper's: killing it closes its tap device, which
+//! waits for an RCU grace period (10-40 ms on a busy machine); as kiln's child it is killed and reaped by
+//! tokio in the background, and it dies with kiln through a parent-death signal.
+//!
 //! Why slirp4netns rather than pasta: it starts in about 3 ms (sandboxed and under its own seccomp
-//! filter), runs as root as it does unprivileged, reports readiness on one pipe and exits when another
-//! closes, and does nothing with the host's loopback unless asked; pasta drops root to `nobody` (which
+//! filter), runs as root as it does unprivileged, reports readiness on a pipe, and does nothing with the
+//! host's loopback unless asked; pasta drops root to `nobody` (which
 //! then cannot open the step's namespace) and by default forwards the host's bound loopback ports into the
 //! namespace unless told not to for each protocol and direction.
 //!
 //! Every mode gets a generated `/etc/resolv.conf` and `/etc/hosts`, bind-mounted read-only over the
 //! image's own (or over a stub that is removed from the layer), as BuildKit does.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd as _, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::fcntl::OFlag;
-use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::waitpid;
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Result};
@@ -50,19 +55,37 @@ pub enum Net {
     None,
     /// The host's namespace (`--network=host`).
     Host,
-    /// A namespace of its own with outbound connectivity through the stack at this path.
-    Own { stack: PathBuf },
+    /// A namespace of its own (made as the helper starts) with outbound connectivity through the stack.
+    Own,
 }
 
 impl Net {
-    /// Whether the step leaves the host's network namespace.
-    pub fn unshares(&self) -> bool {
+    /// Whether the step has a network namespace of its own.
+    pub fn own_namespace(&self) -> bool {
         !matches!(self, Net::Host)
     }
 }
 
-/// Finds slirp4netns on kiln's PATH (kiln's side: the helper runs with an empty environment).
+/// Finds slirp4netns on kiln's PATH (kiln's side: the helper runs with an empty environment), and checks
+/// that it will be able to open the tun device as the user running kiln.
 pub fn find_stack() -> Result<PathBuf> {
+    let stack = on_path()?;
+    let tun = "/dev/net/tun";
+    let access = nix::unistd::AccessFlags::R_OK | nix::unistd::AccessFlags::W_OK;
+    if let Err(e) = nix::unistd::access(tun, access) {
+        return Err(Diagnostic::env(format!(
+            "cannot give the step a network: {STACK} needs {tun}: {e}"
+        ))
+        .help(format!(
+            "{tun} must exist (kernel module `tun`) and be readable and writable by the user running \
+             kiln (mode 0666, udev's default: `chmod 0666 {tun}`); or give steps that need no network \
+             `RUN --network=none`"
+        )));
+    }
+    Ok(stack)
+}
+
+fn on_path() -> Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
     std::env::split_paths(&path)
         .map(|d| d.join(STACK))
@@ -78,153 +101,116 @@ pub fn find_stack() -> Result<PathBuf> {
         })
 }
 
-/// slirp4netns forked while the helper is still in the host's (or kiln's) network namespace, waiting for
-/// the helper to make its own. Dropped unstarted, it exits without running the stack (`go` closes first).
-pub struct Pending {
-    go: OwnedFd,
-    stack: Stack,
+/// What kiln needs to start a step's stack: the binary, and where its output goes.
+pub struct Launch {
+    pub stack: PathBuf,
+    pub log: PathBuf,
 }
 
-/// The running stack of one step; dropping it ends the stack.
-pub struct Stack {
-    child: Pid,
+/// A step's running stack, kiln's child (so tokio reaps it, also after it is dropped and killed: the
+/// machine's init need not). Dropping it kills the stack.
+pub struct Running {
+    _child: tokio::process::Child,
     ready: Option<OwnedFd>,
-    /// Its closing (also when the helper is killed) tells the stack to exit.
-    _exit: OwnedFd,
     log: PathBuf,
 }
 
-fn pipe(what: &str) -> std::result::Result<(OwnedFd, OwnedFd), String> {
-    // Close-on-exec: the step's own processes must hold none of them.
-    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("{what}: cannot create a pipe: {e}"))
-}
+/// How long a stack may take to come up before the step fails.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-impl Pending {
-    /// Forks the stack's process. It targets this process's network namespace, so it must be let go
-    /// (`start`) only after this process has unshared one.
-    pub fn fork(stack: &Path, log: &Path) -> std::result::Result<Pending, String> {
-        let (go_r, go_w) = pipe(STACK)?;
-        let (ready_r, ready_w) = pipe(STACK)?;
-        let (exit_r, exit_w) = pipe(STACK)?;
-        let log_file =
-            std::fs::File::create(log).map_err(|e| format!("cannot create {STACK}'s log: {e}"))?;
-        let helper = nix::unistd::getpid();
-        let args: Vec<std::ffi::CString> = [
-            stack.as_os_str().to_string_lossy().into_owned(),
-            "--configure".into(),
-            "--mtu=65520".into(),
-            "--disable-host-loopback".into(),
-            "--enable-sandbox".into(),
-            "--enable-seccomp".into(),
-            format!("--ready-fd={}", ready_w.as_raw_fd()),
-            format!("--exit-fd={}", exit_r.as_raw_fd()),
-            helper.to_string(),
-            "eth0".into(),
-        ]
-        .into_iter()
-        .map(|a| std::ffi::CString::new(a).map_err(|_| format!("{STACK}: a NUL in its path")))
-        .collect::<std::result::Result<_, _>>()?;
-        // SAFETY: the helper is single-threaded, so the child may run ordinary code until it execs.
-        match unsafe { fork() }.map_err(|e| format!("cannot fork {STACK}: {e}"))? {
-            ForkResult::Child => {
-                drop((go_w, ready_r, exit_w));
-                let code = exec_stack(helper, go_r, &log_file, &[&ready_w, &exit_r], &args);
-                // SAFETY: always sound; it ends this process without running the helper's exit paths.
-                unsafe { nix::libc::_exit(code) }
-            }
-            ForkResult::Parent { child } => Ok(Pending {
-                go: go_w,
-                stack: Stack {
-                    child,
-                    ready: Some(ready_r),
-                    _exit: exit_w,
-                    log: log.to_path_buf(),
-                },
-            }),
+impl Launch {
+    /// Starts the stack on the network namespace of process `target` (the helper, which was born in a
+    /// new one), from kiln's own network namespace.
+    pub fn start(&self, target: u32) -> Result<Running> {
+        let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Diagnostic::env(format!("cannot create a pipe: {e}")))?;
+        let log = std::fs::File::create(&self.log)
+            .map_err(|e| Diagnostic::io(format!("cannot create {STACK}'s log"), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Diagnostic::io(format!("cannot create {STACK}'s log"), e))?;
+        let mut cmd = tokio::process::Command::new(&self.stack);
+        cmd.args([
+            "--configure",
+            "--mtu=65520",
+            "--disable-host-loopback",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "--ready-fd=3",
+        ])
+        .arg(target.to_string())
+        .arg("eth0")
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .env_clear()
+        .kill_on_drop(true);
+        let fd = ready_w.as_raw_fd();
+        // SAFETY: only async-signal-safe calls between fork and exec: prctl, dup2, fcntl. The stack dies
+        // with kiln, and gets the ready pipe as fd 3 (dup2 clears close-on-exec; fcntl when it is 3 already).
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                let ok = if fd == 3 {
+                    nix::libc::fcntl(3, nix::libc::F_SETFD, 0) == 0
+                } else {
+                    nix::libc::dup2(fd, 3) == 3
+                };
+                if ok {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
         }
-    }
-
-    /// Lets the stack attach to the namespace this process now has.
-    pub fn start(self) -> std::result::Result<Stack, String> {
-        let Pending { go, stack } = self;
-        std::fs::File::from(go)
-            .write_all(b"g")
-            .map_err(|e| format!("cannot start {STACK}: {e}"))?;
-        Ok(stack)
+        let child = cmd.spawn().map_err(|e| {
+            Diagnostic::io(format!("cannot start {}", self.stack.display()), e).help(format!(
+                "a RUN step's default network goes out through {STACK} (Debian package `{STACK}`); \
+                 give steps that need no network `RUN --network=none`"
+            ))
+        })?;
+        drop(ready_w);
+        Ok(Running {
+            _child: child,
+            ready: Some(ready_r),
+            log: self.log.clone(),
+        })
     }
 }
 
-/// The forked child: dies with the helper, waits for the go, then becomes the stack with its output in
-/// `log` and only `keep` inherited. Returns only on failure.
-fn exec_stack(
-    helper: Pid,
-    go: OwnedFd,
-    log: &std::fs::File,
-    keep: &[&OwnedFd],
-    args: &[std::ffi::CString],
-) -> i32 {
-    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err() || nix::unistd::getppid() != helper
-    {
-        return 1;
-    }
-    let mut byte = [0u8; 1];
-    if std::fs::File::from(go).read_exact(&mut byte).is_err() {
-        return 1;
-    }
-    let Ok(null) = std::fs::File::open("/dev/null") else {
-        return 1;
-    };
-    if nix::unistd::dup2_stdin(&null).is_err()
-        || nix::unistd::dup2_stdout(log).is_err()
-        || nix::unistd::dup2_stderr(log).is_err()
-    {
-        return 1;
-    }
-    for fd in keep {
-        if nix::fcntl::fcntl(
-            fd,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .is_err()
-        {
-            return 1;
-        }
-    }
-    let _ = nix::unistd::execv(&args[0], args);
-    127
-}
-
-impl Stack {
-    /// Waits until the stack has configured the namespace's interface and route.
-    pub fn ready(&mut self) -> std::result::Result<(), String> {
+impl Running {
+    /// Waits until the stack has configured the namespace's interface and route; a stack that exits
+    /// first (or hangs) is an error that quotes its output.
+    pub async fn ready(&mut self) -> Result<()> {
         let Some(fd) = self.ready.take() else {
             return Ok(());
         };
-        let mut byte = [0u8; 1];
-        if std::fs::File::from(fd).read_exact(&mut byte).is_ok() {
+        let read = tokio::task::spawn_blocking(move || {
+            let mut byte = [0u8; 1];
+            std::fs::File::from(fd).read_exact(&mut byte).is_ok()
+        });
+        if let Ok(Ok(true)) = tokio::time::timeout(READY_TIMEOUT, read).await {
             return Ok(());
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let log = log.trim();
-        let mut message = format!("the step's network did not start: {STACK} failed");
+        let mut message = format!("cannot give the step a network: {STACK} did not start");
         if !log.is_empty() {
             message.push_str(&format!(": {log}"));
         }
-        if log.contains("/dev/net/tun") {
-            message.push_str(
-                "\nhelp: /dev/net/tun must be readable and writable by the user running kiln (mode \
-                 0666, udev's default), or give steps that need no network `RUN --network=none`",
-            );
-        }
-        Err(message)
+        Err(Diagnostic::env(message).help(format!(
+            "{STACK} needs /dev/net/tun, readable and writable by the user running kiln; give steps \
+             that need no network `RUN --network=none`"
+        )))
     }
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        // The step is over: nothing may keep its network alive.
-        let _ = kill(self.child, Signal::SIGKILL);
-        let _ = waitpid(self.child, None);
+/// The helper's side: waits for kiln's word that the stack is up (one byte after the request).
+pub fn wait_for_stack() -> std::result::Result<(), String> {
+    let mut byte = [0u8; 1];
+    match std::io::stdin().lock().read_exact(&mut byte) {
+        Ok(()) if byte[0] == b'1' => Ok(()),
+        _ => Err(format!("the step's network did not start ({STACK})")),
     }
 }
 
@@ -257,7 +243,7 @@ pub fn resolv_conf(host: &str, net: &Net) -> String {
     }
     if servers == 0 {
         let fallback: &[&str] = match net {
-            Net::Own { .. } => &[STACK_DNS],
+            Net::Own => &[STACK_DNS],
             _ => &DEFAULT_DNS,
         };
         let mut lines: String = fallback
@@ -300,9 +286,7 @@ mod tests {
     use super::{Net, hosts, resolv_conf};
 
     fn own() -> Net {
-        Net::Own {
-            stack: "/usr/bin/slirp4netns".into(),
-        }
+        Net::Own
     }
 
     #[test]

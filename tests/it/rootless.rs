@@ -681,6 +681,53 @@ RUN for a in 127.0.0.1 10.0.2.2; do \\
     assert_nothing_left("kiln-rootless-outbound", &ws.store);
 }
 
+/// A tun device the user cannot open (0600, as a machine without udev may leave it): the build stops with
+/// what is wrong and how to fix it. The device is swapped only in a private mount namespace around kiln.
+#[test]
+fn an_unusable_tun_device_is_a_clear_error() {
+    let u = user(RANGED, true);
+    let ws = Workspace::new(&u);
+    let ctx = ws.context(
+        &u,
+        &[(
+            "Dockerfile",
+            "FROM base\nRUN --network=none true\nRUN true\n",
+        )],
+    );
+    let mut wrapper = vec![
+        "unshare".to_string(),
+        "--mount".into(),
+        "--propagation=private".into(),
+        "sh".into(),
+        "-c".into(),
+        "mount -t tmpfs none /dev/net && mknod -m 600 /dev/net/tun c 10 200 && exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    wrapper.extend(u.wrapper());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let out = Kiln::build_in(&ws.store)
+        .program(u.kiln_binary())
+        .wrapped(&wrapper)
+        .env("HOME", u.home())
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", ws.base.display()))
+        .arg(&ctx)
+        .run();
+    out.expect_code(1);
+    for needle in [
+        "slirp4netns needs /dev/net/tun: EACCES",
+        "mode 0666",
+        "RUN --network=none",
+        "2 | RUN --network=none true",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "no `{needle}` in:\n{}",
+            out.stderr
+        );
+    }
+}
+
 fn pids() -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
