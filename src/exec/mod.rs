@@ -1,5 +1,6 @@
 //! Stage 6, execution: the Linux-namespace executor. Each step runs in a helper process (see `helper`) with
-//! its own mount, pid, uts, ipc and network (see `net`) namespaces over an overlayfs whose lower layers are the input snapshots.
+//! its own mount, pid, uts, ipc and network (see `net`) namespaces over an overlayfs whose lower layers are
+//! the input snapshots.
 //!
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 

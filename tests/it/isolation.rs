@@ -1,7 +1,9 @@
 //! What a step can and cannot reach: the network (`--network=none` has only a loopback; the default has a
-//! namespace of its own whose only way out is slirp4netns's outbound path, never the host's loopback), host processes (a private pid namespace), and what a SIGKILLed kiln leaves behind
-//! (nothing: no process, no mount, a store the next build uses); and `sharing=locked` cache mounts serialise
-//! the steps that share them.
+//! namespace of its own whose only way out is slirp4netns's outbound path, never the host's loopback; every
+//! mode gets generated /etc/resolv.conf and /etc/hosts that stay out of the layer), host processes (a
+//! private pid namespace), and what a SIGKILLed kiln leaves behind (nothing: no process, no network stack,
+//! no mount, a store the next build uses); and `sharing=locked` cache mounts serialise the steps that share
+//! them.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
