@@ -237,7 +237,9 @@ impl Host {
         }
         for link in links().difference(&self.links) {
             if link.starts_with(&self.tag) {
-                found.push(format!("the host has a new network link `{link}` (deleted)"));
+                found.push(format!(
+                    "the host has a new network link `{link}` (deleted)"
+                ));
                 let _ = std::process::Command::new("ip")
                     .args(["link", "del", link])
                     .status();
@@ -276,7 +278,12 @@ fn hostname() -> String {
 fn links() -> BTreeSet<String> {
     std::fs::read_dir("/sys/class/net")
         .expect("/sys/class/net")
-        .map(|e| e.expect("a link").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("a link")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect()
 }
 
@@ -345,7 +352,9 @@ fn run_case(case: &Case, host: &Host) -> Verdict {
             .status()
             .is_ok_and(|s| s.success());
         if !host_can {
-            return Verdict::NotApplicable(format!("not run: on the host itself `{command}` fails"));
+            return Verdict::NotApplicable(format!(
+                "not run: on the host itself `{command}` fails"
+            ));
         }
     }
     let dockerfile = format!(
@@ -375,7 +384,16 @@ fn judge(case: &Case, out: &Output) -> Verdict {
             .find_map(|l| l.strip_prefix(prefix))
             .map(str::to_string)
     };
-    let story = || lines.iter().rev().take(6).rev().copied().collect::<Vec<_>>().join(" | ");
+    let story = || {
+        lines
+            .iter()
+            .rev()
+            .take(6)
+            .rev()
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     let Some(code) = step_exit_code(out) else {
         let error = out
             .stderr
@@ -392,10 +410,17 @@ fn judge(case: &Case, out: &Output) -> Verdict {
             )),
         };
     };
+    // A verdict counts only when the case said it: a step that could not start also fails.
     match (code, case.expect) {
-        (0, Expect::Denied) => Verdict::Denied(said("denied: ").unwrap_or_else(story)),
-        (1, _) => Verdict::Escaped(said("reached: ").unwrap_or_else(story)),
-        (3, _) => Verdict::NotApplicable(said("n/a: ").unwrap_or_else(story)),
+        (0, Expect::Denied) if said("denied: ").is_some() => {
+            Verdict::Denied(said("denied: ").unwrap_or_default())
+        }
+        (1, _) if said("reached: ").is_some() => {
+            Verdict::Escaped(said("reached: ").unwrap_or_default())
+        }
+        (3, _) if said("n/a: ").is_some() => {
+            Verdict::NotApplicable(said("n/a: ").unwrap_or_default())
+        }
         (code, Expect::Refused) => Verdict::Escaped(format!(
             "the step ran instead of being refused (exit {code}): {}",
             story()
