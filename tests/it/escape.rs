@@ -476,3 +476,41 @@ fn no_step_escapes_the_sandbox() {
         failures.join("\n")
     );
 }
+
+/// The suite's data on its own, without a build: at least 30 cases, each header complete (the parser
+/// panics otherwise), each script valid shell for busybox and ending every path in a verdict line.
+#[test]
+fn escape_cases_are_well_formed() {
+    let cases = cases();
+    assert!(cases.len() >= 30, "only {} cases", cases.len());
+    let mut bad = Vec::new();
+    for case in &cases {
+        let path = repo().join(format!("tests/cases/escape/{}.sh", case.name));
+        let syntax = std::process::Command::new("/bin/busybox")
+            .args(["sh", "-n"])
+            .arg(&path)
+            .output()
+            .expect("busybox sh -n");
+        if !syntax.status.success() {
+            bad.push(format!(
+                "{}: {}",
+                case.name,
+                String::from_utf8_lossy(&syntax.stderr).trim()
+            ));
+        }
+        let verdicts = match case.expect {
+            Expect::Denied => ["denied() {", "reached() {"].as_slice(),
+            Expect::Refused => ["reached() {"].as_slice(),
+        };
+        for helper in verdicts {
+            if !case.script.contains(helper) {
+                bad.push(format!("{}: no `{helper}` helper", case.name));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "malformed escape cases:\n{}",
+        bad.join("\n")
+    );
+}
