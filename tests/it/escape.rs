@@ -1,9 +1,10 @@
 //! The escape suite: each script in `tests/cases/escape/` is run as the `RUN` step of its own build in the
 //! busybox base image and tries one way out of the sandbox (format: `tests/cases/escape/README.md`). A script
 //! exits 0 when its attempt was denied, 1 when it reached something (after printing what), 3 when the
-//! kernel lacks what it needs. After each case the harness checks the host itself: its loopback server
-//! saw no connection, its hostname, network links and mount table are unchanged, and the marker file in the
-//! store is untouched. Every case's verdict is reported in one failure message, not just the first.
+//! kernel lacks what it needs. The harness also checks the host itself: its loopback server saw no
+//! connection, its hostname, network links and mount table are unchanged, and the marker file in the store
+//! is untouched; after each case that aims at the host (`# host:`), and after the batch of the others. Every
+//! case's verdict is reported in one failure message, not just the first.
 //! `bench/escape.sh` runs the same files under BuildKit.
 
 use std::collections::BTreeSet;

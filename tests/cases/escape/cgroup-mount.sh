@@ -1,5 +1,6 @@
 # tries: mount the host's cgroup hierarchies (cgroup v1 memory, cgroup2): the root of the release_agent escape
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 got=

@@ -1,5 +1,6 @@
 # tries: mount the kernel's own filesystems: debugfs, tracefs, securityfs, bpf, binfmt_misc, configfs, pstore
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 got=

@@ -1,5 +1,6 @@
 # tries: mount a fresh procfs (no masked or read-only paths) and write its /proc/sys
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 mkdir -p /tmp/p

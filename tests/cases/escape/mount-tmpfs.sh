@@ -1,5 +1,6 @@
 # tries: mount a tmpfs (any new mount needs CAP_SYS_ADMIN, which Docker drops)
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 mkdir -p /tmp/t

@@ -1,5 +1,6 @@
 # tries: write /sys (a block device's queue/read_ahead_kb, set to the value it has; mounts sysfs first if /sys is empty)
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 na() { echo "n/a: $*"; exit 3; }

@@ -1,5 +1,6 @@
 # tries: unmask /proc from a new user namespace: unshare -U -r -m -p -f, then mount a fresh procfs and read its masked files
 # expect: denied
+# host: mounts
 denied() { echo "denied: $*"; exit 0; }
 reached() { echo "reached: $*"; exit 1; }
 mkdir -p /tmp/p
