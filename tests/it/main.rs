@@ -10,6 +10,7 @@ mod cache_export;
 mod cleanup;
 mod dockerignore;
 mod errors;
+mod escape;
 mod example;
 mod graph;
 mod instructions;
