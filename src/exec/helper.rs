@@ -57,6 +57,9 @@ pub enum Request {
         cwd: String,
         user: String,
         network_none: bool,
+        /// `RUN --security=insecure`, allowed by the build: no sandbox (see `sandbox`).
+        #[serde(default)]
+        insecure: bool,
         secrets: Vec<SecretSpec>,
         /// A private dir where the secrets tmpfs is mounted.
         secret_dir: PathBuf,
@@ -247,6 +250,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             cwd,
             user,
             network_none,
+            insecure,
             secrets: specs,
             secret_dir,
             mut mounts,
@@ -259,7 +263,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 .collect();
             mount_overlay(&fs)?;
             let root = fs.target.clone();
-            for dir in ["/proc", "/dev"] {
+            for dir in ["/proc", "/dev", "/sys"] {
                 let (_, created) = rootfs::mkdir_all(&root, dir, None)?;
                 stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
             }
@@ -316,7 +320,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 loopback_up();
             }
             let _ = sethostname("kiln");
-            run_pid1(&root, &args, &env, &cwd, &user)
+            run_pid1(&root, &args, &env, &cwd, &user, insecure)
         }
     }
 }
@@ -460,6 +464,7 @@ fn setup_dev(root: &Path) -> Result<(), String> {
     ] {
         std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| e.to_string())?;
     }
+    setup_pts(&dev)?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| e.to_string())?;
     mount(
@@ -470,6 +475,19 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         Some("mode=1777,size=65536k"),
     )
     .map_err(errno("cannot mount /dev/shm"))
+}
+
+/// A devpts instance of the step's own (its ptys are not the host's) and /dev/ptmx leading to it, as runc
+/// makes them. `gid=5` (tty) needs that group mapped, which a single-id rootless namespace does not.
+fn setup_pts(dev: &Path) -> Result<(), String> {
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| e.to_string())?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let devpts = |data: &str| mount(Some("devpts"), &pts, Some("devpts"), flags, Some(data));
+    devpts("newinstance,ptmxmode=0666,mode=0620,gid=5")
+        .or_else(|_| devpts("newinstance,ptmxmode=0666,mode=0620"))
+        .map_err(errno("cannot mount /dev/pts"))?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| e.to_string())
 }
 
 /// Makes the mount point (a stub, recorded for removal, when missing) for a source that is a dir or not.
@@ -521,7 +539,7 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
 
 /// Remounts a bind mount read-only, adding `extra`. The flags the mount already has (nosuid, nodev, ...)
 /// are kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
-fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+pub(super) fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
     use nix::sys::statvfs::FsFlags;
     let current = nix::sys::statvfs::statvfs(target)?.flags();
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
@@ -730,13 +748,14 @@ fn run_pid1(
     env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
+    insecure: bool,
 ) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
     // SAFETY: this process is single-threaded (the helper never starts a runtime), so the child may
     // allocate and run ordinary Rust code before exec.
     match unsafe { fork() }.map_err(errno("cannot fork"))? {
         ForkResult::Child => {
-            let code = match child(root, args, env, cwd, user) {
+            let code = match child(root, args, env, cwd, user, insecure) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = writeln!(std::io::stdout(), "kiln: {e}");
@@ -765,16 +784,10 @@ fn child(
     env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
+    insecure: bool,
 ) -> Result<Never, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
-    mount(
-        Some("proc"),
-        &root.join("proc"),
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(errno("cannot mount /proc"))?;
+    super::sandbox::mount_proc_sys(root, insecure)?;
     chdir(root).map_err(errno("chdir"))?;
     pivot_root(".", ".").map_err(errno("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(errno("cannot detach the host root"))?;
@@ -786,6 +799,9 @@ fn child(
     };
     let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
     chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
+    if let Some(confinement) = super::sandbox::Confinement::new(insecure)? {
+        confinement.apply()?;
+    }
     match setgroups(&[Gid::from_raw(gid)]) {
         // A single-id user namespace had to deny setgroups; the step keeps the one group it has.
         Err(nix::Error::EPERM) if setgroups_denied() => {}

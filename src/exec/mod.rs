@@ -6,6 +6,8 @@
 pub mod git;
 pub mod helper;
 pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
 pub mod ssh;
 pub mod unpack;
 pub mod userns;
@@ -151,6 +153,7 @@ impl Namespaces {
             cwd: step.cwd,
             user: step.user,
             network_none: step.network == Network::None,
+            insecure: step.insecure,
             secrets: specs,
             secret_dir,
             mounts,

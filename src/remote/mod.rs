@@ -535,10 +535,15 @@ fn key_action(key: &crate::digest::Digest) -> (re::Digest, Vec<(re::Digest, Vec<
     )
 }
 
-/// Whether a step may leave the machine: only one with no mounts at all. A secret or an SSH agent
-/// must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host.
+/// Whether a step may leave the machine: only one with no mounts at all and no entitlement. A secret or
+/// an SSH agent must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host;
+/// `--allow network.host` and `--allow security.insecure` were granted by this build's user for this
+/// machine, not for a worker's.
 pub fn remotable(step: &RunStep) -> bool {
-    step.secrets.is_empty() && step.mounts.is_empty()
+    step.secrets.is_empty()
+        && step.mounts.is_empty()
+        && step.network != Network::Host
+        && !step.insecure
 }
 
 /// How the executor uses the server.

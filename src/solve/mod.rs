@@ -53,6 +53,8 @@ pub struct RunStep {
     /// `user[:group]` or numeric ids; empty means root.
     pub user: String,
     pub network: Network,
+    /// `RUN --security=insecure`, which the build allowed: the step runs without a sandbox.
+    pub insecure: bool,
     /// Each secret mount with its value (`None` when an optional secret was not given).
     pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
     pub mounts: Vec<StepMount>,
@@ -1075,6 +1077,7 @@ impl<E: Executor> Shared<E> {
             cwd,
             user,
             network: r.network,
+            insecure: r.insecure,
             secrets,
             mounts: Vec::new(),
             key: None,
