@@ -27,7 +27,11 @@ fn step_lines(out: &Output) -> Vec<String> {
 
 fn build(dockerfile: &str) -> Output {
     let ctx = context(&[("Dockerfile", dockerfile)]);
-    Kiln::new().with_base().arg(ctx.path()).run()
+    Kiln::new()
+        .with_base()
+        .args(["--allow", "network.host"])
+        .arg(ctx.path())
+        .run()
 }
 
 #[test]

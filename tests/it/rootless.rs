@@ -633,7 +633,11 @@ RUN --network=host ip link | grep -q ' lo:'
 ",
         )],
     );
-    u.build(&ws).arg(&ctx).run().success();
+    u.build(&ws)
+        .args(["--allow", "network.host"])
+        .arg(&ctx)
+        .run()
+        .success();
     assert_nothing_left("sleep 318", &ws.store);
     let users_processes: Vec<u32> = pids()
         .into_iter()
