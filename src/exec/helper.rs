@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, setgid, setgroups, sethostname, setuid,
@@ -402,7 +401,8 @@ fn mount_overlay(fs: &Overlay) -> Result<(), String> {
         &fs.empty,
         &rest,
         &fs.target,
-        MsFlags::empty(),
+        // A step has CAP_MKNOD (Docker's default set) and no device cgroup: a node it makes must not open.
+        MsFlags::MS_NODEV,
         "cannot mount the overlay filesystem",
     )
 }
@@ -418,43 +418,31 @@ fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(),
     )
 }
 
-/// A minimal /dev on its own tmpfs: the usual character devices, the standard links, and /dev/shm.
+/// A minimal /dev on its own tmpfs: the usual character devices, the standard links, a devpts and
+/// /dev/shm. The tmpfs is `nodev`, so a node the step makes there (it has CAP_MKNOD) does not open; the
+/// devices it may use are the host's own nodes, each bound in (its own mount, without `nodev`), which also
+/// works in a user namespace, where device nodes cannot be created.
 fn setup_dev(root: &Path) -> Result<(), String> {
     let dev = root.join("dev");
     mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
         Some("mode=0755,size=65536k"),
     )
     .map_err(errno("cannot mount /dev"))?;
-    let rootless = super::userns::rootless();
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let p = dev.join(name);
-        if rootless {
-            // A user namespace may not create device nodes; the host's own ones, bound in, work the same.
-            std::fs::File::create(&p).map_err(|e| format!("cannot create /dev/{name}: {e}"))?;
-            bind(&Path::new("/dev").join(name), &p, false)?;
-            continue;
-        }
-        mknod(
+        std::fs::File::create(&p).map_err(|e| format!("cannot create /dev/{name}: {e}"))?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
             &p,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
         )
-        .map_err(errno("cannot create a device node"))?;
-        // mknod honours the umask; devices must be usable by any user.
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot bind /dev/{name}: {e}"))?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -521,6 +509,7 @@ fn mount_point(
     Ok(host)
 }
 
+/// Binds a step's mount, `nodev` (see `mount_overlay`) and read-only when asked.
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     mount(
         Some(source),
@@ -530,20 +519,26 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(errno("cannot bind-mount"))?;
+    let mut flags = MsFlags::MS_NODEV;
     if readonly {
-        remount_readonly(target, MsFlags::empty())
-            .map_err(errno("cannot make a mount read-only"))?;
+        flags |= MsFlags::MS_RDONLY;
     }
-    Ok(())
+    remount(target, flags).map_err(errno("cannot restrict a mount"))
 }
 
-/// Remounts a bind mount read-only, adding `extra`. The flags the mount already has (nosuid, nodev, ...)
-/// are kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
+/// Remounts a bind mount read-only, adding `extra`.
 pub(super) fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    remount(target, MsFlags::MS_RDONLY | extra)
+}
+
+/// Remounts a bind mount with `extra` added. The flags the mount already has (nosuid, nodev, ...) are
+/// kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
+fn remount(target: &Path, extra: MsFlags) -> nix::Result<()> {
     use nix::sys::statvfs::FsFlags;
     let current = nix::sys::statvfs::statvfs(target)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (have, keep) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
