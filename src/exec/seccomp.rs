@@ -461,6 +461,81 @@ mod tests {
         }
     }
 
+    /// The filters, installed in a forked child (with `no_new_privs`, so no privilege is needed), answer
+    /// as Docker's profile does. The child only makes raw system calls and reports through its exit code.
+    #[test]
+    fn the_installed_filters_answer_as_dockers_profile() {
+        use nix::libc::{self, c_long};
+        let filters = filters().unwrap();
+        let checks: [(c_long, [c_long; 2], i32); 9] = [
+            (libc::SYS_clone3, [0, 0], libc::ENOSYS),
+            (
+                libc::SYS_unshare,
+                [libc::CLONE_NEWNS as c_long, 0],
+                libc::EPERM,
+            ),
+            (libc::SYS_setns, [-1, 0], libc::EPERM),
+            (
+                libc::SYS_socket,
+                [libc::AF_VSOCK as c_long, libc::SOCK_STREAM as c_long],
+                libc::EPERM,
+            ),
+            (
+                libc::SYS_socket,
+                [libc::AF_ALG as c_long, libc::SOCK_SEQPACKET as c_long],
+                libc::EPERM,
+            ),
+            (libc::SYS_personality, [0x0040000, 0], libc::EPERM),
+            (
+                libc::SYS_clone,
+                [(libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long, 0],
+                libc::EPERM,
+            ),
+            (libc::SYS_keyctl, [0, 0], libc::EPERM),
+            (libc::SYS_getpid, [0, 0], 0),
+        ];
+        // SAFETY: the child makes only async-signal-safe calls (prctl, raw syscalls, _exit).
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let mut failed = 0;
+                // SAFETY: plain system calls with integer arguments; the filters outlive them.
+                unsafe {
+                    libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                    for f in &filters {
+                        let prog = libc::sock_fprog {
+                            len: f.len() as u16,
+                            filter: f.as_ptr() as *mut libc::sock_filter,
+                        };
+                        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+                        {
+                            libc::_exit(100);
+                        }
+                    }
+                    for (i, (nr, [a, b], want)) in checks.iter().enumerate() {
+                        let rc = libc::syscall(*nr, *a, *b, 0, 0, 0);
+                        let got = if rc == -1 {
+                            *libc::__errno_location()
+                        } else {
+                            0
+                        };
+                        if got != *want {
+                            failed |= 1 << i;
+                        }
+                    }
+                    libc::_exit(failed);
+                }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(child, 0),
+                    "bit i of the exit code: check i answered wrong"
+                );
+            }
+        }
+    }
+
     #[test]
     fn the_filters_compile() {
         let f = filters().unwrap();
