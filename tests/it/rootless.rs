@@ -702,3 +702,31 @@ fn assert_nothing_left(marker: &str, store: &Path) {
         mounts.join("\n")
     );
 }
+
+/// The sandbox holds rootless too, with a ranged and with a single-id map: Docker's default capabilities
+/// (relative to kiln's user namespace), the seccomp profile, the host's device nodes bound into a minimal
+/// /dev, masked /proc paths and a read-only /sys (the host's, bound recursively read-only, where the
+/// namespace may not mount a sysfs of its own).
+#[test]
+fn rootless_steps_are_sandboxed() {
+    for (name, ranged) in [(RANGED, true), (SINGLE, false)] {
+        let u = user(name, ranged);
+        let ws = Workspace::new(&u);
+        let ctx = ws.context(
+            &u,
+            &[(
+                "Dockerfile",
+                "FROM base
+RUN grep -q 'CapEff:.00000000a80425fb' /proc/self/status \
+ && ! unshare -m true && ! hostname evil \
+ && test \"$(ls -A /dev | tr '\\n' ' ')\" = 'fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ' \
+ && head -c 4 /dev/zero | wc -c | grep -qx 4 && echo ok > /dev/null \
+ && test -z \"$(ls -A /sys/firmware)\" \
+ && ! touch /sys/kiln && ! touch /sys/fs/cgroup/kiln && ! echo 1 > /proc/sys/kernel/ns_last_pid
+",
+            )],
+        );
+        let out = u.build(&ws).arg(&ctx).run();
+        out.success();
+    }
+}
