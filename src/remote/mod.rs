@@ -943,6 +943,31 @@ mod tests {
     use nix::sys::stat::{Mode, SFlag, mknod};
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 
+    /// A step that needs an entitlement was allowed for this machine only: it never becomes an Action.
+    #[test]
+    fn steps_with_an_entitlement_run_locally() {
+        let step = |network, insecure| RunStep {
+            fs: crate::solve::Layers {
+                lowers: Vec::new(),
+                upper: PathBuf::from("/upper"),
+                work: PathBuf::from("/work"),
+            },
+            args: vec!["true".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            network,
+            insecure,
+            secrets: Vec::new(),
+            mounts: Vec::new(),
+            key: None,
+        };
+        assert!(remotable(&step(Network::Default, false)));
+        assert!(remotable(&step(Network::None, false)));
+        assert!(!remotable(&step(Network::Host, false)));
+        assert!(!remotable(&step(Network::Default, true)));
+    }
+
     /// What a worker sends back is what the client commits: a snapshot survives the trip through its
     /// tar (the step's upper dir → `upper.tar` → the client's upper dir) with every kind of entry an
     /// upper dir holds, and tars again to the same bytes.
