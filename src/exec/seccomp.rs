@@ -403,12 +403,32 @@ pub fn filters() -> Result<Vec<BpfProgram>, String> {
         .collect()
 }
 
-/// Installs the filters on this thread (and what it executes). Without `no_new_privs` this needs
-/// CAP_SYS_ADMIN, so it runs before the step's capabilities are dropped.
+/// Installs the filters on this thread (and what it executes). Not through `seccompiler::apply_filter`,
+/// which sets `no_new_privs` first: BuildKit does not, so setuid programs keep working. Without it the
+/// kernel wants CAP_SYS_ADMIN, so this runs before the step's capabilities are dropped.
 pub fn install(filters: &[BpfProgram]) -> Result<(), String> {
+    use nix::libc;
     for f in filters {
-        seccompiler::apply_filter(f)
-            .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+        let prog = libc::sock_fprog {
+            len: u16::try_from(f.len()).map_err(|_| "the seccomp filter is too long")?,
+            // seccompiler's `sock_filter` is the kernel's struct, field for field (`repr(C)`).
+            filter: f.as_ptr() as *mut libc::sock_filter,
+        };
+        // SAFETY: `prog` points at `f`, which outlives the call; the kernel copies the program.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &prog as *const libc::sock_fprog,
+            )
+        };
+        if rc != 0 {
+            return Err(format!(
+                "cannot install the seccomp filter: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
     }
     Ok(())
 }
@@ -501,15 +521,8 @@ mod tests {
                 // SAFETY: plain system calls with integer arguments; the filters outlive them.
                 unsafe {
                     libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-                    for f in &filters {
-                        let prog = libc::sock_fprog {
-                            len: f.len() as u16,
-                            filter: f.as_ptr() as *mut libc::sock_filter,
-                        };
-                        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
-                        {
-                            libc::_exit(100);
-                        }
+                    if install(&filters).is_err() {
+                        libc::_exit(100);
                     }
                     for (i, (nr, [a, b], want)) in checks.iter().enumerate() {
                         let rc = libc::syscall(*nr, *a, *b, 0, 0, 0);

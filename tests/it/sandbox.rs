@@ -51,10 +51,12 @@ fn expected(inh: &str, prm: &str, eff: &str, bnd: &str) -> Vec<(String, String)>
 }
 
 #[test]
-fn root_has_dockers_default_capabilities_and_a_user_only_the_bounding_set() {
+fn root_has_dockers_default_capabilities_a_filter_no_no_new_privs_and_a_user_only_the_bounding_set()
+{
     let out = build(
         "FROM base
 RUN grep ^Cap /proc/self/status | sed 's/^/root /'
+RUN grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\\t' | sed 's/^/status /'
 USER 1000:1000
 RUN grep ^Cap /proc/self/status | sed 's/^/user /'
 ",
@@ -64,6 +66,13 @@ RUN grep ^Cap /proc/self/status | sed 's/^/user /'
     assert_eq!(
         caps(&tagged(&out, "root")),
         expected(NO_CAPS, DEFAULT_CAPS, DEFAULT_CAPS, DEFAULT_CAPS),
+        "{}",
+        out.stderr
+    );
+    // BuildKit sets no `no_new_privs` (setuid programs such as `su` work); the filter is on (mode 2).
+    assert_eq!(
+        tagged(&out, "status"),
+        ["NoNewPrivs:0", "Seccomp:2"],
         "{}",
         out.stderr
     );
