@@ -166,10 +166,13 @@ fn read_only_recursively(target: &Path) -> Result<(), String> {
     if rc == 0 {
         return Ok(());
     }
-    Err(format!(
-        "cannot make /sys read-only: {}",
-        std::io::Error::last_os_error()
-    ))
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(nix::libc::ENOSYS) {
+        // Before Linux 5.12: at least /sys itself is read-only.
+        return remount_readonly(target, MsFlags::empty())
+            .map_err(errno("cannot make /sys read-only"));
+    }
+    Err(format!("cannot make /sys read-only: {err}"))
 }
 
 fn mask(root: &Path, path: &str) -> Result<(), String> {
