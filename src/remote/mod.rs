@@ -949,8 +949,8 @@ mod tests {
         let step = |network, insecure| RunStep {
             fs: crate::solve::Layers {
                 lowers: Vec::new(),
-                upper: PathBuf::from("/upper"),
-                work: PathBuf::from("/work"),
+                upper: PathBuf::from("/step/upper"),
+                work: PathBuf::from("/step/scratch"),
             },
             args: vec!["true".into()],
             env: Vec::new(),
