@@ -705,8 +705,8 @@ fn assert_nothing_left(marker: &str, store: &Path) {
 
 /// The sandbox holds rootless too, with a ranged and with a single-id map: Docker's default capabilities
 /// (relative to kiln's user namespace), the seccomp profile, the host's device nodes bound into a minimal
-/// /dev, masked /proc paths and a read-only /sys (the host's, bound recursively read-only, where the
-/// namespace may not mount a sysfs of its own).
+/// /dev, masked /proc paths and a read-only /sys (a sysfs of its own in a network namespace of kiln's;
+/// the host's, bound recursively read-only, where the namespace may not mount one).
 #[test]
 fn rootless_steps_are_sandboxed() {
     for (name, ranged) in [(RANGED, true), (SINGLE, false)] {
@@ -723,6 +723,7 @@ RUN grep -q 'CapEff:.00000000a80425fb' /proc/self/status \
  && head -c 4 /dev/zero | wc -c | grep -qx 4 && echo ok > /dev/null \
  && test -z \"$(ls -A /sys/firmware)\" \
  && ! touch /sys/kiln && ! touch /sys/fs/cgroup/kiln && ! echo 1 > /proc/sys/kernel/ns_last_pid
+RUN --network=none grep -q ' /sys ro,' /proc/self/mountinfo && test -z \"$(ls -A /sys/firmware)\"
 ",
             )],
         );
