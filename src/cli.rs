@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
+use crate::lower::entitlement::Entitlement;
 use crate::lower::{LowerOptions, NamedContext};
 use crate::progress::{self, Event};
 use crate::secret::{LeakScanner, SecretSource, SecretStore, SshSource};
@@ -158,6 +159,10 @@ struct BuildArgs {
     /// Push the image to the registry of every `-t` name (like `-o type=registry`).
     #[arg(long)]
     push: bool,
+    /// Allow steps an entitlement: `network.host` (`RUN --network=host`) or `security.insecure`
+    /// (`RUN --security=insecure`, no sandbox). Repeatable; also comma-separated.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
     /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
@@ -1023,6 +1028,28 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
     Ok((id, source))
 }
 
+/// `--allow NAME[,NAME...]`, each repeatable, as buildx takes them.
+fn parse_allow(cl: &CommandLine, values: &[String]) -> Result<Vec<Entitlement>> {
+    let mut allow = Vec::new();
+    for value in values {
+        let mut start = 0;
+        for name in value.split(',') {
+            let span = Span::new(start, start + name.len());
+            start += name.len() + 1;
+            let Some(e) = Entitlement::parse(name.trim()) else {
+                let names = Entitlement::ALL.map(Entitlement::name);
+                let d = cl.error(value, span, format!("unknown entitlement `{name}`"));
+                return Err(match suggest(name.trim(), names) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("entitlements are {}", names.join(" and "))),
+                });
+            };
+            allow.push(e);
+        }
+    }
+    Ok(allow)
+}
+
 /// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET` (an agent to forward), `--ssh ID=KEYFILE[,KEYFILE]`
 /// (keys kiln serves itself from an in-process agent).
 fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, SshSource)> {
@@ -1466,7 +1493,8 @@ fn build(args: BuildArgs) -> Result<()> {
         let (id, socket) = parse_ssh(&cl, s)?;
         ssh.insert(id, socket);
     }
-    crate::solve::preflight(&graph, &secrets, &ssh)?;
+    let allow = parse_allow(&cl, &args.allow)?;
+    crate::solve::preflight(&graph, &secrets, &ssh, &allow)?;
     let store = Arc::new(crate::store::Store::open(
         &args
             .store
@@ -1511,6 +1539,7 @@ fn build(args: BuildArgs) -> Result<()> {
         ssh,
         registry: registry.clone(),
         cache_from: imported.clone(),
+        allow,
     };
     let remote = match (&args.remote_executor, &args.remote_cache) {
         (Some(url), _) => Some((url, crate::remote::Mode::Execute)),

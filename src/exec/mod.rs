@@ -8,6 +8,8 @@ pub mod git;
 pub mod helper;
 pub mod net;
 pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
 pub mod ssh;
 pub mod unpack;
 pub mod userns;
@@ -168,6 +170,7 @@ impl Namespaces {
             user: step.user,
             network,
             net_dir,
+            insecure: step.insecure,
             secrets: specs,
             secret_dir,
             mounts,

@@ -14,6 +14,7 @@ use super::dockerfile::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, join_path,
     json_list, parse_duration, run_history, set,
 };
+use super::entitlement::Entitlement;
 use super::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
     SecretMount, Sharing,
@@ -1212,7 +1213,10 @@ impl<'s> Evaluator<'s> {
                 .map_or(span, |a| a.value.span)
         };
         match method {
-            "run" => self.run(&mut img, &v, span, arg_span(0))?,
+            "run" => {
+                self.run(&mut img, &v, span, arg_span(0))?;
+                self.program.nodes[img.fs].asks = self.asks(args, span);
+            }
             "copy" | "add" => self.copy(&mut img, method == "add", &v, span, args)?,
             "env" | "label" => {
                 let mut shown = Vec::new();
@@ -1414,6 +1418,30 @@ impl<'s> Evaluator<'s> {
             other => unreachable!("method {other} is checked"),
         }
         Ok(Value::Image(Box::new(img)))
+    }
+
+    /// Where a `.run(...)` call asks for entitlements: its `network:` or `security:` argument (by name, or
+    /// third and fourth by position), when the value needs one.
+    fn asks(&self, args: &[Arg], span: Span) -> crate::lower::entitlement::Asks {
+        let arg_at = |name: &str, position: usize| {
+            args.iter()
+                .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
+                .or_else(|| args.iter().filter(|a| a.name.is_none()).nth(position))
+                .map_or(span, |a| a.value.span)
+        };
+        let Some(Op::Run(r)) = self.program.nodes.last().map(|n| &n.op) else {
+            return Vec::new();
+        };
+        r.entitlements()
+            .into_iter()
+            .filter_map(|e| {
+                let at = match e {
+                    Entitlement::NetworkHost => arg_at("network", 2),
+                    Entitlement::SecurityInsecure => arg_at("security", 3),
+                };
+                Some((e, self.at(at)?))
+            })
+            .collect()
     }
 
     fn run(&mut self, img: &mut Img, v: &[Value], span: Span, cmd_span: Span) -> Result<()> {

@@ -25,6 +25,7 @@ use tokio::task::JoinSet;
 use crate::diag::{Diagnostic, Located, Result};
 use crate::digest::{Digest, Encoder};
 use crate::graph::BuildGraph;
+use crate::lower::entitlement::Entitlement;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter, Vertex};
@@ -53,6 +54,8 @@ pub struct RunStep {
     /// `user[:group]` or numeric ids; empty means root.
     pub user: String,
     pub network: Network,
+    /// `RUN --security=insecure`, which the build allowed: the step runs without a sandbox.
+    pub insecure: bool,
     /// Each secret mount with its value (`None` when an optional secret was not given).
     pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
     pub mounts: Vec<StepMount>,
@@ -147,6 +150,8 @@ pub struct SolveOptions {
     pub registry: crate::registry::Options,
     /// `--cache-from`: records of shared caches, consulted when the store has no result for a key.
     pub cache_from: Option<Arc<shared_cache::Imported>>,
+    /// `--allow`: the entitlements this build grants its steps.
+    pub allow: Vec<Entitlement>,
 }
 
 pub struct Summary {
@@ -200,23 +205,28 @@ fn unrun(key: Digest) -> CacheRecord {
     }
 }
 
-/// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
-/// read, and every required secret must have been given.
+/// Checks, before anything runs, what would otherwise fail halfway: every step's entitlements must be
+/// allowed, every base image must be one kiln can read, and every required secret must have been given.
 pub fn preflight(
     graph: &BuildGraph,
     secrets: &SecretStore,
     ssh: &BTreeMap<String, crate::secret::SshSource>,
+    allow: &[Entitlement],
 ) -> Result<()> {
     for n in graph.topo_order() {
-        if let Op::Run(r) = &graph.dag[n].op
-            && r.insecure
+        let node = &graph.dag[n];
+        if let Op::Run(r) = &node.op
+            && let Some(needed) = r.entitlements().into_iter().find(|e| !allow.contains(e))
         {
-            let mut d = Diagnostic::input("RUN --security=insecure is not supported: kiln never runs privileged steps")
-                .help("do the privileged work outside the build, or drop the flag if the step does not need it");
-            if let Some(at) = &graph.dag[n].at {
-                d = d.label(at.clone(), "");
-            }
-            return Err(d);
+            let at = node
+                .asks
+                .iter()
+                .find(|(e, _)| *e == needed)
+                .map(|(_, at)| at);
+            return Err(crate::lower::entitlement::refusal(
+                needed,
+                at.or(node.at.as_ref()),
+            ));
         }
         if let Op::Remote { url, .. } = &graph.dag[n].op {
             let mut d = remote_unsupported(url);
@@ -297,7 +307,7 @@ pub async fn solve<E: Executor>(
     secrets: Arc<SecretStore>,
     opts: SolveOptions,
 ) -> Result<Summary> {
-    preflight(&graph, &secrets, &opts.ssh)?;
+    preflight(&graph, &secrets, &opts.ssh, &opts.allow)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let shared = Arc::new(Shared {
         graph: graph.clone(),
@@ -1075,6 +1085,7 @@ impl<E: Executor> Shared<E> {
             cwd,
             user,
             network: r.network,
+            insecure: r.insecure,
             secrets,
             mounts: Vec::new(),
             key: None,

@@ -29,7 +29,11 @@ fn step_lines(out: &Output) -> Vec<String> {
 
 fn build(dockerfile: &str) -> Output {
     let ctx = context(&[("Dockerfile", dockerfile)]);
-    Kiln::new().with_base().arg(ctx.path()).run()
+    Kiln::new()
+        .with_base()
+        .args(["--allow", "network.host"])
+        .arg(ctx.path())
+        .run()
 }
 
 #[test]
@@ -233,8 +237,7 @@ RUN timeout 10 nc {addr} {port} </dev/null | grep -q kiln-isolation-outbound
     );
 }
 
-/// `--network=host` keeps the host's namespace (after the `network.host` entitlement lands, this build
-/// needs `--allow network.host`).
+/// `--network=host` (allowed with `--allow network.host`) keeps the host's namespace.
 #[test]
 fn host_network_reaches_a_host_server() {
     let server = Server::start("kiln-isolation-hello");
@@ -273,6 +276,7 @@ RUN --network=host {check} && echo three > /three
     )]);
     Kiln::new()
         .with_base()
+        .args(["--allow", "network.host"])
         .arg("-o")
         .arg(format!("type=oci,dest={}", dest.display()))
         .arg(ctx.path())

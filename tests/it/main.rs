@@ -24,6 +24,7 @@ mod progress;
 mod registry;
 mod remote;
 mod rootless;
+mod sandbox;
 mod secrets;
 mod ssh;
 mod ssh_clone;

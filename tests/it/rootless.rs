@@ -634,7 +634,11 @@ RUN --network=host ip link | grep -q ' lo:'
 ",
         )],
     );
-    u.build(&ws).arg(&ctx).run().success();
+    u.build(&ws)
+        .args(["--allow", "network.host"])
+        .arg(&ctx)
+        .run()
+        .success();
     assert_nothing_left("sleep 318", &ws.store);
     let users_processes: Vec<u32> = pids()
         .into_iter()
@@ -785,4 +789,33 @@ fn assert_nothing_left(marker: &str, store: &Path) {
         "mounts outlived the build:\n{}",
         mounts.join("\n")
     );
+}
+
+/// The sandbox holds rootless too, with a ranged and with a single-id map: Docker's default capabilities
+/// (relative to kiln's user namespace), the seccomp profile, the host's device nodes bound into a minimal
+/// /dev, masked /proc paths and a read-only /sys (a sysfs of its own in a network namespace of kiln's;
+/// the host's, bound recursively read-only, where the namespace may not mount one).
+#[test]
+fn rootless_steps_are_sandboxed() {
+    for (name, ranged) in [(RANGED, true), (SINGLE, false)] {
+        let u = user(name, ranged);
+        let ws = Workspace::new(&u);
+        let ctx = ws.context(
+            &u,
+            &[(
+                "Dockerfile",
+                "FROM base
+RUN grep -q 'CapEff:.00000000a80425fb' /proc/self/status \
+ && ! unshare -m true && ! hostname evil \
+ && test \"$(ls -A /dev | tr '\\n' ' ')\" = 'fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ' \
+ && head -c 4 /dev/zero | wc -c | grep -qx 4 && echo ok > /dev/null \
+ && test -z \"$(ls -A /sys/firmware)\" \
+ && ! touch /sys/kiln && ! touch /sys/fs/cgroup/kiln && ! echo 1 > /proc/sys/kernel/ns_last_pid
+RUN --network=none grep -q ' /sys ro,' /proc/self/mountinfo && test -z \"$(ls -A /sys/firmware)\"
+",
+            )],
+        );
+        let out = u.build(&ws).arg(&ctx).run();
+        out.success();
+    }
 }

@@ -272,7 +272,8 @@ fn clone_build(server: &GitServer, required: bool) -> (Kiln, tempfile::TempDir) 
         .arg("--build-arg")
         .arg(format!("SSH_PORT={}", server.port))
         .arg("--build-arg")
-        .arg(format!("REPO={}", server.repo.display()));
+        .arg(format!("REPO={}", server.repo.display()))
+        .args(["--allow", "network.host"]);
     (kiln, ctx)
 }
 
@@ -408,7 +409,7 @@ fn the_build_language_example_clones_through_the_agent() {
         .env("SSH_AUTH_SOCK", &agent.socket)
         .args(["-f", "examples/ssh/app.build", "--build-context"])
         .arg(format!("git-base=oci-layout://{}", git_image().display()))
-        .args(["--ssh", "default", "--param"])
+        .args(["--ssh", "default", "--allow", "network.host", "--param"])
         .arg(format!(
             "repo=ssh://root@127.0.0.1:{}{}",
             server.port,
