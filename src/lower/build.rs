@@ -19,7 +19,7 @@ use super::op::{
     SecretMount, Sharing,
 };
 use super::{LowerOptions, NamedContext, NodeId, Program, Root};
-use crate::check::build::{self as types, Binding, Interface, Ty};
+use crate::check::build::{self as types, Interface, Ty, Use};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::syntax::build::{Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart};
 use crate::syntax::shell;
@@ -401,7 +401,9 @@ pub struct Evaluator<'s> {
     leaves: BTreeMap<String, NodeId>,
     /// Whose module the expression being evaluated belongs to.
     module: usize,
-    scopes: Vec<HashMap<String, Value>>,
+    /// One frame per function call being evaluated, innermost last: its parameters' and lets' values
+    /// by the span of their defining name. Only the innermost frame is visible (lexical scoping).
+    scopes: Vec<HashMap<Span, Value>>,
     /// Target label → the targets its value was built from (for `kiln query`).
     pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The targets being evaluated, innermost last.
@@ -649,13 +651,45 @@ impl<'s> Evaluator<'s> {
         })
     }
 
+    /// What the checker resolved the name used at `span` (in the current module) to.
+    fn resolved(&self, span: Span) -> Result<Use> {
+        self.session.modules[self.module]
+            .iface
+            .uses
+            .get(&span)
+            .copied()
+            .ok_or_else(|| self.unresolved(span))
+    }
+
+    /// A use the checker recorded nothing (or something else) for: a bug in kiln, never a panic.
+    fn unresolved(&self, span: Span) -> Diagnostic {
+        self.err(
+            span,
+            "internal error: the checker did not resolve this name",
+        )
+        .category(crate::diag::Category::Build)
+        .help("please report this program; it is a bug in kiln, not in the program")
+    }
+
     fn lookup(&mut self, name: &str, span: Span) -> Result<Value> {
-        for s in self.scopes.iter().rev() {
-            if let Some(v) = s.get(name) {
-                return Ok(v.clone());
-            }
+        match self.resolved(span)? {
+            Use::Global => self.global(self.module, name, span),
+            Use::Local(def) => self
+                .scopes
+                .last()
+                .and_then(|frame| frame.get(&def))
+                .cloned()
+                .ok_or_else(|| self.unresolved(span)),
+            Use::Module(_) | Use::Builtin => Err(self.unresolved(span)),
         }
-        self.global(self.module, name, span)
+    }
+
+    /// The module an expression names (`m` in `m.name`), if the checker resolved it to one.
+    fn module_named(&self, e: &Expr) -> Option<usize> {
+        match (&e.kind, self.resolved(e.span)) {
+            (ExprKind::Name(_), Ok(Use::Module(idx))) => Some(idx),
+            _ => None,
+        }
     }
 
     fn eval(&mut self, e: &Expr) -> Result<Value> {
@@ -727,10 +761,9 @@ impl<'s> Evaluator<'s> {
                 }
             }
             ExprKind::Member(base, name) => {
-                let ExprKind::Name(m) = &base.kind else {
-                    unreachable!("the checker allows only module members")
+                let Some(idx) = self.module_named(base) else {
+                    return Err(self.unresolved(base.span));
                 };
-                let idx = self.session.modules[self.module].imports[m];
                 self.global(idx, &name.name, name.span)?
             }
             ExprKind::Call { callee, args } => self.call(e, callee, args)?,
@@ -740,33 +773,18 @@ impl<'s> Evaluator<'s> {
     fn call(&mut self, e: &Expr, callee: &Expr, args: &[Arg]) -> Result<Value> {
         match &callee.kind {
             ExprKind::Name(n) => {
-                let user = self.scopes.iter().all(|s| !s.contains_key(n))
-                    && self.session.modules[self.module]
-                        .iface
-                        .names
-                        .get(n)
-                        .is_some_and(|b| matches!(b, Binding::Fn(_)));
-                if user {
+                if self.resolved(callee.span)? == Use::Global {
                     return self.user_call(self.module, n, e.span, args);
                 }
-                let b = types::FUNCTIONS
-                    .iter()
-                    .find(|b| b.name == n)
-                    .expect("checked");
+                let Some(b) = types::FUNCTIONS.iter().find(|b| b.name == n) else {
+                    return Err(self.unresolved(callee.span));
+                };
                 let vals = self.args(b, e.span, args)?;
                 self.function(n, e.span, vals, args)
             }
             ExprKind::Member(base, name) => {
-                if let ExprKind::Name(m) = &base.kind {
-                    let is_module = self.scopes.iter().all(|s| !s.contains_key(m))
-                        && matches!(
-                            self.session.modules[self.module].iface.names.get(m),
-                            Some(Binding::Module(_))
-                        );
-                    if is_module {
-                        let idx = self.session.modules[self.module].imports[m];
-                        return self.user_call(idx, &name.name, e.span, args);
-                    }
+                if let Some(idx) = self.module_named(base) {
+                    return self.user_call(idx, &name.name, e.span, args);
                 }
                 let recv = self.eval(base)?;
                 let table = match &recv {
@@ -852,30 +870,33 @@ impl<'s> Evaluator<'s> {
                 None => None,
             });
         }
+        // The body, and the defaults (which see the parameters before them, as the checker does), are
+        // evaluated in the function's own module and frame: never in the caller's.
         let saved = self.module;
         self.module = module;
-        let mut scope = HashMap::new();
-        for (p, v) in def.params.iter().zip(vals) {
-            let v = match v {
-                Some(v) => v,
-                None => self.eval(p.default.as_ref().expect("checked"))?,
-            };
-            scope.insert(p.name.name.clone(), v);
-        }
-        self.scopes.push(scope);
+        self.scopes.push(HashMap::new());
         let result = (|| {
+            for (p, v) in def.params.iter().zip(vals) {
+                let v = match (v, &p.default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => self.eval(d)?,
+                    (None, None) => return Err(self.unresolved(p.name.span)),
+                };
+                self.bind(p.name.span, v);
+            }
             for l in &def.lets {
                 let v = self.eval(&l.value)?;
-                self.scopes
-                    .last_mut()
-                    .expect("pushed")
-                    .insert(l.name.name.clone(), v);
+                self.bind(l.name.span, v);
             }
             self.eval(&def.body)
         })();
         self.scopes.pop();
         self.module = saved;
         result
+    }
+
+    fn bind(&mut self, def: Span, v: Value) {
+        self.scopes.last_mut().expect("a frame").insert(def, v);
     }
 
     fn leaf(&mut self, key: String, op: Op, name: String, at: Option<Located>) -> NodeId {
