@@ -58,6 +58,8 @@ pub struct Session {
     /// The monorepo root (the directory holding `kiln.toml`), if any.
     pub root: Option<PathBuf>,
     loading: Vec<PathBuf>,
+    /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
+    pub findings: Vec<crate::check::lints::Finding>,
 }
 
 impl Session {
@@ -67,6 +69,7 @@ impl Session {
             by_path: HashMap::new(),
             root,
             loading: Vec::new(),
+            findings: Vec::new(),
         }
     }
 
@@ -1587,6 +1590,7 @@ impl<'s> Evaluator<'s> {
             },
             _ => false,
         };
+        self.lint_run(&v[0], &args, &secrets, &mounts, &cwd, span)?;
         let created_by = run_history(&img.arg_values(), &args);
         let op = Op::Run(RunOp {
             args,
@@ -1599,6 +1603,74 @@ impl<'s> Evaluator<'s> {
             mounts,
         });
         self.push_fs(img, op, extra, created_by, span);
+        Ok(())
+    }
+
+    /// The secret checks `kiln check` runs on a Dockerfile's RUN, on this step's command.
+    fn lint_run(
+        &mut self,
+        cmd: &Value,
+        args: &[String],
+        secrets: &[SecretMount],
+        mounts: &[RunMount],
+        cwd: &str,
+        span: Span,
+    ) -> Result<()> {
+        use crate::check::lints::secrets as lint;
+        let text = match cmd {
+            Value::Str(s) => s.clone(),
+            _ => args.join(" "),
+        };
+        let mounted: Vec<lint::SecretMount> = secrets
+            .iter()
+            .map(|s| lint::SecretMount {
+                id: s.id.clone(),
+                target: s.target.clone(),
+                env: s.env.clone(),
+            })
+            .collect();
+        let tmpfs: Vec<String> = mounts
+            .iter()
+            .filter_map(|m| match m {
+                RunMount::Tmpfs { target, .. } => Some(target.clone()),
+                _ => None,
+            })
+            .collect();
+        for f in lint::run_findings(&text, &mounted, &tmpfs, cwd, &[]) {
+            let at = self.locate(span, &f.needle);
+            self.lint(at, f.rule, f.message)?;
+        }
+        Ok(())
+    }
+
+    /// Where `needle` is written inside `span`, or `span`.
+    fn locate(&self, span: Span, needle: &str) -> Span {
+        let file = self.file();
+        match file
+            .text
+            .get(span.start..span.end)
+            .and_then(|t| t.find(needle))
+        {
+            Some(i) if !needle.is_empty() => {
+                Span::new(span.start + i, span.start + i + needle.len())
+            }
+            _ => span,
+        }
+    }
+
+    /// Records a secret check's finding, unless the file's `# check=` comments skip it (once per place:
+    /// a helper called twice makes one finding).
+    fn lint(&mut self, span: Span, rule: &str, message: String) -> Result<()> {
+        let file = self.file();
+        let Some(f) = crate::check::lints::program_finding(&file, span, rule, message)? else {
+            return Ok(());
+        };
+        let seen = self.session.findings.iter().any(|o| {
+            o.rule == f.rule && o.at.span == f.at.span && Arc::ptr_eq(&o.at.file, &f.at.file)
+        });
+        if !seen {
+            self.session.findings.push(f);
+        }
         Ok(())
     }
 
@@ -1623,6 +1695,15 @@ impl<'s> Evaluator<'s> {
                 return Err(self.err(at(1), format!("{what}() source is empty after expansion")));
             }
             srcs.push(x);
+        }
+        if !matches!(v[0], Value::Inline { .. }) {
+            for x in &srcs {
+                if let Some(message) =
+                    crate::check::lints::secrets::copied_file(&format!("{what}()"), x)
+                {
+                    self.lint(at(1), "SecretFileCopied", message)?;
+                }
+            }
         }
         // As ADD does: a source that expands to a URL is fetched (one URL per instruction).
         let mut remote: Vec<String> = Vec::new();
