@@ -1701,7 +1701,9 @@ impl<'s> Evaluator<'s> {
                 if let Some(message) =
                     crate::check::lints::secrets::copied_file(&format!("{what}()"), x)
                 {
-                    self.lint(at(1), "SecretFileCopied", message)?;
+                    // Each source where it is written, when it is written as a plain string.
+                    let place = self.locate(at(1), &format!("\"{x}\""));
+                    self.lint(place, "SecretFileCopied", message)?;
                 }
             }
         }

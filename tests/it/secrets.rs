@@ -287,7 +287,9 @@ fn leak_guard_fails_a_step_that_keeps_its_secret() {
             (
                 "Dockerfile",
                 // Deliberately leaking, to test the runtime guard: the lint would refuse it first.
-                &format!("# check=skip=SecretCopiedToFile\nFROM base\nRUN --mount=type=secret,id=tok {run}\n"),
+                &format!(
+                    "# check=skip=SecretCopiedToFile\nFROM base\nRUN --mount=type=secret,id=tok {run}\n"
+                ),
             ),
             ("tok.txt", TOKEN),
         ]);

@@ -328,8 +328,17 @@ const FILTERS: [&str; 26] = [
 
 /// Commands whose output says something about their input without holding it.
 const SUMMARIES: [&str; 11] = [
-    "wc", "cksum", "md5sum", "sha1sum", "sha224sum", "sha256sum", "sha384sum", "sha512sum", "b2sum",
-    "test", "[",
+    "wc",
+    "cksum",
+    "md5sum",
+    "sha1sum",
+    "sha224sum",
+    "sha256sum",
+    "sha384sum",
+    "sha512sum",
+    "b2sum",
+    "test",
+    "[",
 ];
 
 /// One simple command: its words (quotes removed), its output redirection targets, its raw text, and
