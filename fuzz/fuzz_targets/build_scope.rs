@@ -11,7 +11,8 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use kiln::check::build::Use;
 use kiln::diag::Span;
@@ -42,6 +43,8 @@ enum M {
 }
 
 struct Func {
+    /// Per parameter: its name, and whether it has a default.
+    params: Vec<(String, bool)>,
     /// Per parameter: its default.
     defaults: Vec<Option<M>>,
     lets: Vec<M>,
@@ -94,7 +97,11 @@ impl Gen<'_, '_> {
     }
 
     fn expr(&mut self, s: &mut Scope) -> Result<M> {
-        let kind = if s.depth > 3 { 0 } else { self.u.int_in_range(0..=6)? };
+        let kind = if s.depth > 3 {
+            0
+        } else {
+            self.u.int_in_range(0..=6)?
+        };
         match kind {
             1 | 2 => {
                 let mut visible: Vec<String> = s.locals.iter().map(|(n, _, _)| n.clone()).collect();
@@ -128,8 +135,8 @@ impl Gen<'_, '_> {
             4 if s.callable > 0 => {
                 let f = self.u.int_in_range(0..=s.callable - 1)?;
                 self.name_use(&format!("f{f}"), Use::Global);
-                let arity: Vec<bool> = self.m.funcs[f].defaults.iter().map(Option::is_some).collect();
-                let args = self.args(s, &arity)?;
+                let params = self.m.funcs[f].params.clone();
+                let args = self.args(s, &params)?;
                 Ok(M::Call(f, args))
             }
             5 if self.alias_visible(s) => {
@@ -138,8 +145,7 @@ impl Gen<'_, '_> {
                     let f = self.u.int_in_range(0..=lib.funcs.len() - 1)?;
                     self.name_use(ALIAS, Use::Module(LIB));
                     self.m.text.push_str(&format!(".f{f}"));
-                    let arity: Vec<bool> = lib.funcs[f].defaults.iter().map(Option::is_some).collect();
-                    let args = self.args(s, &arity)?;
+                    let args = self.args(s, &lib.funcs[f].params)?;
                     Ok(M::MemberCall(f, args))
                 } else if !lib.globals.is_empty() {
                     let (n, _) = self.u.choose(&lib.globals)?;
@@ -155,18 +161,20 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// `(x, y, name: z)`: required parameters by position, each default left out or given by name.
-    fn args(&mut self, s: &mut Scope, has_default: &[bool]) -> Result<Vec<Option<M>>> {
+    /// `(x, y, name: z)`: by position until a default is left out, by name after that.
+    fn args(&mut self, s: &mut Scope, params: &[(String, bool)]) -> Result<Vec<Option<M>>> {
         s.depth += 1;
         self.m.text.push('(');
         let mut out = Vec::new();
-        for (i, &d) in has_default.iter().enumerate() {
-            if d && self.u.arbitrary()? {
+        let mut named = false;
+        for (name, has_default) in params {
+            if *has_default && self.u.arbitrary()? {
                 out.push(None);
+                named = true;
                 continue;
             }
-            if d {
-                self.m.text.push_str(&format!("p{i}: "));
+            if named {
+                self.m.text.push_str(&format!("{name}: "));
             }
             out.push(Some(self.expr(s)?));
             self.m.text.push_str(", ");
@@ -201,9 +209,15 @@ impl Gen<'_, '_> {
         let mut s = self.top(module);
         self.m.text.push_str(&format!("fn f{idx}("));
         let mut defaults = Vec::new();
-        for i in 0..self.u.int_in_range(0..=3)? {
+        let mut params: Vec<(String, bool)> = Vec::new();
+        for _ in 0..self.u.int_in_range(0..=3)? {
             let with_default = self.u.arbitrary()?;
-            let name = if with_default { format!("p{i}") } else { self.local_name(module)? };
+            // Parameters are named apart (a call may name them); each may shadow a global.
+            let name = self.local_name(module)?;
+            if params.iter().any(|(p, _)| *p == name) {
+                continue;
+            }
+            params.push((name.clone(), with_default));
             let start = self.m.text.len();
             self.m.text.push_str(&name);
             let def = Span::new(start, self.m.text.len());
@@ -237,6 +251,7 @@ impl Gen<'_, '_> {
         let body = self.expr(&mut s)?;
         self.m.text.push_str("\n}\n\n");
         self.m.funcs.push(Func {
+            params,
             defaults,
             lets,
             body,
@@ -267,7 +282,9 @@ impl Gen<'_, '_> {
 
     fn module(mut self, module: usize) -> Result<Module> {
         if module == MAIN && self.lib.is_some() {
-            self.m.text.push_str(&format!("import \"./lib.build\" as {ALIAS}\n\n"));
+            self.m
+                .text
+                .push_str(&format!("import \"./lib.build\" as {ALIAS}\n\n"));
         }
         for _ in 0..self.u.int_in_range(1..=8)? {
             if self.u.arbitrary()? {
@@ -278,7 +295,9 @@ impl Gen<'_, '_> {
         }
         if module == MAIN {
             for t in 0..self.u.int_in_range(1..=3)? {
-                self.m.text.push_str(&format!("target t{t}: Image = scratch().env({{\"OUT\": "));
+                self.m.text.push_str(&format!("target t{t}: Image = "));
+                self.name_use("scratch", Use::Builtin);
+                self.m.text.push_str("().env({\"OUT\": ");
                 let mut s = self.top(module);
                 let v = self.expr(&mut s)?;
                 self.m.text.push_str("})\n\n");
@@ -302,15 +321,28 @@ impl Model<'_> {
             M::Local(slot) => frame[*slot].clone(),
             M::Global(n) => self.globals[module][n].clone(),
             M::Member(n) => self.globals[LIB][n].clone(),
-            M::Cat(a, b) => format!("{}|{}", self.eval(module, a, frame), self.eval(module, b, frame)),
+            M::Cat(a, b) => format!(
+                "{}|{}",
+                self.eval(module, a, frame),
+                self.eval(module, b, frame)
+            ),
             M::Call(f, args) => self.call(module, module, *f, args, frame),
             M::MemberCall(f, args) => self.call(module, LIB, *f, args, frame),
         }
     }
 
-    fn call(&self, from: usize, to: usize, f: usize, args: &[Option<M>], frame: &[String]) -> String {
-        let given: Vec<Option<String>> =
-            args.iter().map(|a| a.as_ref().map(|a| self.eval(from, a, frame))).collect();
+    fn call(
+        &self,
+        from: usize,
+        to: usize,
+        f: usize,
+        args: &[Option<M>],
+        frame: &[String],
+    ) -> String {
+        let given: Vec<Option<String>> = args
+            .iter()
+            .map(|a| a.as_ref().map(|a| self.eval(from, a, frame)))
+            .collect();
         let func = &self.modules[to].funcs[f];
         let mut inner = Vec::new();
         for (g, d) in given.into_iter().zip(&func.defaults) {
@@ -325,15 +357,31 @@ impl Model<'_> {
     }
 }
 
-fn dir() -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kiln-fuzz-scope-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
+/// Where this process writes the two modules (kiln loads modules from files).
+fn dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("kiln-fuzz-scope-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    })
 }
 
 fn generate(u: &mut Unstructured) -> Result<(Module, Module)> {
-    let lib = Gen { u: &mut *u, lib: None, m: Module::default(), tag: 0 }.module(LIB)?;
-    let main = Gen { u: &mut *u, lib: Some(&lib), m: Module::default(), tag: 1000 }.module(MAIN)?;
+    let lib = Gen {
+        u: &mut *u,
+        lib: None,
+        m: Module::default(),
+        tag: 0,
+    }
+    .module(LIB)?;
+    let main = Gen {
+        u: &mut *u,
+        lib: Some(&lib),
+        m: Module::default(),
+        tag: 1000,
+    }
+    .module(MAIN)?;
     Ok((lib, main))
 }
 
@@ -347,9 +395,18 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("main.build"), &main.text).expect("write");
     let mut session = Session::new(None);
     let opts = BuildOptions::default();
-    let program = match lower_file(&mut session, &dir.join("main.build"), Some(&[]), &opts, None) {
+    let program = match lower_file(
+        &mut session,
+        &dir.join("main.build"),
+        Some(&[]),
+        &opts,
+        None,
+    ) {
         Ok((p, _)) => p,
-        Err(d) => panic!("a generated program is valid, kiln says: {d}\n--- lib\n{}\n--- main\n{}", lib.text, main.text),
+        Err(d) => panic!(
+            "a generated program is valid, kiln says: {d}\n--- lib\n{}\n--- main\n{}",
+            lib.text, main.text
+        ),
     };
     for (idx, m) in [(LIB, &lib), (MAIN, &main)] {
         let recorded = &session.modules[idx].iface.uses;
@@ -359,7 +416,10 @@ fuzz_target!(|data: &[u8]| {
             lib.text, main.text
         );
     }
-    let mut model = Model { modules: [&lib, &main], globals: [HashMap::new(), HashMap::new()] };
+    let mut model = Model {
+        modules: [&lib, &main],
+        globals: [HashMap::new(), HashMap::new()],
+    };
     for idx in [LIB, MAIN] {
         for (n, e) in &model.modules[idx].globals {
             let v = model.eval(idx, e, &[]);
@@ -371,12 +431,17 @@ fuzz_target!(|data: &[u8]| {
         let Op::Config(cfg) = &program.nodes[root.node].op else {
             panic!("target {name} is not an image config");
         };
-        let got = cfg.env.iter().find(|(k, _)| k == "OUT").map(|(_, v)| v.as_str());
+        let got = cfg
+            .env
+            .iter()
+            .find(|(k, _)| k == "OUT")
+            .map(|(_, v)| v.as_str());
         assert_eq!(
             got,
             Some(want.as_str()),
             "target {name}: the evaluator differs from the model\n--- lib\n{}\n--- main\n{}",
-            lib.text, main.text
+            lib.text,
+            main.text
         );
     }
 });
