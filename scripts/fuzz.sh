@@ -31,6 +31,9 @@ seed build_scope # (its input is the generator's choices, not text: it starts fr
 
 for target in "${targets[@]}"; do
   echo "== fuzzing $target for ${seconds}s"
-  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+  extra=()
+  # The generator's programs grow with its input: start at full length rather than from a few bytes.
+  [ "$target" = build_scope ] && extra=(-max_len=1024 -len_control=0)
+  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 "${extra[@]}"
 done
 echo "no crash found"
