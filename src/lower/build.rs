@@ -1246,6 +1246,7 @@ impl<'s> Evaluator<'s> {
                         let value = self.expand(&img, val.str(), arg_span(0))?;
                         shown.push(format!("{key}={value}"));
                         if method == "env" {
+                            self.lint_value("ENV", &key, val.str(), arg_span(0))?;
                             set(&mut img.env, &key, &value);
                         } else {
                             set(&mut img.config.labels, &key, &value);
@@ -1262,7 +1263,10 @@ impl<'s> Evaluator<'s> {
                         let value = match self.opts.lower.build_args.get(k) {
                             Some(over) => Some(over.clone()),
                             None => match val {
-                                Value::Str(s) => Some(self.expand(&img, s, arg_span(0))?),
+                                Value::Str(s) => {
+                                    self.lint_value("ARG", k, s, arg_span(0))?;
+                                    Some(self.expand(&img, s, arg_span(0))?)
+                                }
                                 _ => builtin_arg(k).map(String::from),
                             },
                         };
@@ -1641,6 +1645,19 @@ impl<'s> Evaluator<'s> {
             self.lint(at, f.rule, f.message)?;
         }
         Ok(())
+    }
+
+    /// `SecretInBuildArg` for an `.env` or `.arg` value written in the program (at the value, when it is
+    /// a plain string there).
+    fn lint_value(&mut self, kind: &str, key: &str, value: &str, span: Span) -> Result<()> {
+        use crate::check::lints::secrets::value_message;
+        match value_message(kind, key, value) {
+            Some(message) => {
+                let at = self.locate(span, &format!("\"{value}\""));
+                self.lint(at, "SecretInBuildArg", message)
+            }
+            None => Ok(()),
+        }
     }
 
     /// Where `needle` is written inside `span`, or `span`.

@@ -655,17 +655,20 @@ fn unquote(s: &str) -> &str {
 /// `SecretInBuildArg` for an ARG default or ENV value written in the Dockerfile.
 pub(super) fn value(l: &mut Linter, i: usize, kind: &str, key: &str, word: Option<&Word>) {
     let Some(w) = word else { return };
-    if let Some(what) = secret_value(unquote(&w.text)) {
-        l.emit(
-            "SecretInBuildArg",
-            Some(i),
-            w.span,
-            format!(
-                "the value of {kind} `{key}` looks like {what}; ARG and ENV values are kept in the \
-                 image's history and config: pass it with `--secret` and use `RUN --mount=type=secret`"
-            ),
-        );
+    if let Some(message) = value_message(kind, key, unquote(&w.text)) {
+        l.emit("SecretInBuildArg", Some(i), w.span, message);
     }
+}
+
+/// The `SecretInBuildArg` message for an ARG default or ENV value written in the file, if it looks like
+/// a secret.
+pub fn value_message(kind: &str, key: &str, value: &str) -> Option<String> {
+    secret_value(value).map(|what| {
+        format!(
+            "the value of {kind} `{key}` looks like {what}; ARG and ENV values are kept in the \
+             image's history and config: pass it with `--secret` and use `RUN --mount=type=secret`"
+        )
+    })
 }
 
 /// `SecretInBuildArg` for `--build-arg`s: a secret-looking value, or a secret-looking name that
