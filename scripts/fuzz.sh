@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzzes the Dockerfile parser, the shell-word lexer and the `.build` parser and formatter with cargo-fuzz
+# Fuzzes the Dockerfile parser, the shell-word lexer, the `.build` parser and formatter, and the `.build`
+# checker's name resolution against its evaluator (build_scope: generated programs) with cargo-fuzz
 # (nightly), seeded from BuildKit's conformance data and the real-world corpus in ../shared/conformance
 # (when present), kiln's examples, the standard library and the `.build` test cases.
 # Usage: scripts/fuzz.sh [SECONDS per target, default 60] [TARGET... (default: all)]
@@ -8,7 +9,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift $(($# > 0 ? 1 : 0))
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(parse shell build_parse)
+[ ${#targets[@]} -gt 0 ] || targets=(parse shell build_parse build_scope)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 
@@ -26,9 +27,13 @@ seed parse examples/*/Dockerfile tests/cases/*/*/Dockerfile \
 seed shell $shared/buildkit/shell/envVarTest $shared/buildkit/shell/wordsTest
 seed build_parse std/*.build examples/*.build examples/*/*.build examples/*/*/*.build \
   tests/cases/build/*/*.build
+seed build_scope # (its input is the generator's choices, not text: it starts from nothing)
 
 for target in "${targets[@]}"; do
   echo "== fuzzing $target for ${seconds}s"
-  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048
+  extra=()
+  # The generator's programs grow with its input: start at full length rather than from a few bytes.
+  [ "$target" = build_scope ] && extra=(-max_len=1024 -len_control=0)
+  cargo +nightly fuzz run "$target" "fuzz/corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=2048 "${extra[@]}"
 done
 echo "no crash found"

@@ -360,6 +360,8 @@ impl CommandLine {
 struct Compiled {
     graph: BuildGraph,
     contexts: BTreeMap<String, NamedContext>,
+    /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
+    secret_findings: crate::check::lints::Report,
 }
 
 fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
@@ -408,9 +410,16 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
     let mut opts = lower_options(args, cl, lenient, context)?;
     opts.excludes = dockerignore(context, &path)?;
     let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    let findings = if lenient {
+        Vec::new()
+    } else {
+        let build_args = lint_build_args(cl, &args.build_args)?;
+        crate::check::lints::secret_checks(&df, build_args)?.findings
+    };
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts: opts.contexts,
+        secret_findings: crate::check::lints::Report { findings },
     })
 }
 
@@ -548,6 +557,9 @@ fn compile_build_file(
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
+        secret_findings: crate::check::lints::Report {
+            findings: session.findings,
+        },
     })
 }
 
@@ -568,6 +580,9 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
+        secret_findings: crate::check::lints::Report {
+            findings: session.findings,
+        },
     })
 }
 
@@ -763,7 +778,6 @@ fn check(args: CheckArgs) -> Result<()> {
         .as_ref()
         .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
     {
-        // A `.build` file's checks are its type checker's: compiling it (imports included) is the check.
         let compile_args = CompileArgs {
             inputs: vec![context.display().to_string()],
             file: args.file.clone(),
@@ -772,15 +786,10 @@ fn check(args: CheckArgs) -> Result<()> {
             build_args: args.build_args.clone(),
             build_contexts: Vec::new(),
         };
-        compile(&compile_args, &cl, true)?;
-        let report = crate::check::lints::Report {
-            findings: Vec::new(),
-        };
-        match args.format {
-            CheckFormat::Text => print!("{}", report.render_text()),
-            CheckFormat::Json => print!("{}", report.render_json()),
-        }
-        return Ok(());
+        // A `.build` file's checks are its type checker's and the secret rules, which evaluation
+        // applies to each step's final command and sources.
+        let report = compile(&compile_args, &cl, true)?.secret_findings;
+        return print_check_report(&report, &args.format);
     }
     if !context.is_dir() {
         let shown = context.display().to_string();
@@ -795,23 +804,7 @@ fn check(args: CheckArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| context.join("Dockerfile"));
     let df = read_dockerfile(&path)?;
-    let mut build_args = Vec::new();
-    for a in &args.build_args {
-        let (key, value) = match a.split_once('=') {
-            Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
-            None if !a.is_empty() => match std::env::var(a) {
-                Ok(v) => (a.clone(), v),
-                Err(_) => continue,
-            },
-            _ => {
-                return Err(cl
-                    .error(a, Span::default(), "malformed --build-arg")
-                    .help("write `--build-arg KEY=VALUE`"));
-            }
-        };
-        let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
-        build_args.push(crate::check::lints::BuildArg { key, value, at });
-    }
+    let build_args = lint_build_args(&cl, &args.build_args)?;
     let patterns = dockerignore(context, &path)?;
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let matcher = crate::solve::dockerignore::Patterns::from_patterns(&refs)
@@ -837,7 +830,12 @@ fn check(args: CheckArgs) -> Result<()> {
         ignored: use_ignore.then_some(&ignored as &dyn Fn(&str) -> bool),
     };
     let report = crate::check::lints::run(&df, &opts)?;
-    match args.format {
+    print_check_report(&report, &args.format)
+}
+
+/// Prints a `kiln check` report; an error finding makes the command fail.
+fn print_check_report(report: &crate::check::lints::Report, format: &CheckFormat) -> Result<()> {
+    match format {
         CheckFormat::Text => print!("{}", report.render_text()),
         CheckFormat::Json => print!("{}", report.render_json()),
     }
@@ -848,6 +846,32 @@ fn check(args: CheckArgs) -> Result<()> {
             if n == 1 { "" } else { "s" }
         ))),
     }
+}
+
+/// `--build-arg`s as the lints see them: each with its value (from the environment when only a name is
+/// given) and where it is on the command line.
+fn lint_build_args(
+    cl: &CommandLine,
+    args: &[String],
+) -> Result<Vec<crate::check::lints::BuildArg>> {
+    let mut build_args = Vec::new();
+    for a in args {
+        let (key, value) = match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
+            None if !a.is_empty() => match std::env::var(a) {
+                Ok(v) => (a.clone(), v),
+                Err(_) => continue,
+            },
+            _ => {
+                return Err(cl
+                    .error(a, Span::default(), "malformed --build-arg")
+                    .help("write `--build-arg KEY=VALUE`"));
+            }
+        };
+        let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
+        build_args.push(crate::check::lints::BuildArg { key, value, at });
+    }
+    Ok(build_args)
 }
 
 fn store_root(args: &StoreArgs) -> PathBuf {
@@ -1471,6 +1495,11 @@ fn build(args: BuildArgs) -> Result<()> {
         jobs: args.jobs,
     };
     let compiled = compile(&args.compile, &cl, false)?;
+    // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
+    eprint!("{}", compiled.secret_findings.render_for_build());
+    if let Some(refusal) = compiled.secret_findings.refusal() {
+        return Err(refusal);
+    }
     if compiled.graph.roots.len() > 1 && (!outputs.is_empty() || !pushes.is_empty()) {
         // One destination cannot hold several images; exporting each over the last would lose all
         // but one without a word.

@@ -864,7 +864,12 @@ fn run_guard(g: &Guard) -> Vec<String> {
     } else {
         g.secret
     };
-    let ctx = context(&[("Dockerfile", g.dockerfile), ("secret.txt", secret)]);
+    // Every row leaks on purpose, to test the runtime guards; the lints would refuse most of them first.
+    let dockerfile = match g.dockerfile.starts_with("# check=") {
+        true => g.dockerfile.to_string(),
+        false => format!("# check=skip=all\n{}", g.dockerfile),
+    };
+    let ctx = context(&[("Dockerfile", dockerfile.as_str()), ("secret.txt", secret)]);
     if g.dockerfile.contains("setx") {
         let to = ctx.path().join("setx");
         std::fs::copy(setx(), &to).expect("copy setx");
