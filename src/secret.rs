@@ -226,7 +226,7 @@ impl LeakScanner {
             if plain.is_empty() {
                 too_short.push(id.to_string());
             }
-            for p in &plain {
+            for p in needles::outermost_removed(&plain) {
                 needles.extend(
                     needles::encodings(p)
                         .into_iter()

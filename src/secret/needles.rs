@@ -40,6 +40,21 @@ fn add_lines(out: &mut Vec<Zeroizing<Vec<u8>>>, v: &[u8]) {
     }
 }
 
+/// The values none of the others is part of. Each encoding of a value holds that encoding of every part
+/// of it (base64 at some alignment), so a search for the parts finds everything the whole would: for the
+/// leak guard, the whole of a JSON file is one search too many, and its lines that hold a field are too.
+/// (The scrubber keeps them all, to hide the whole of what a step prints.)
+pub(super) fn outermost_removed(plain: &[Zeroizing<Vec<u8>>]) -> impl Iterator<Item = &[u8]> {
+    plain
+        .iter()
+        .filter(|p| {
+            !plain
+                .iter()
+                .any(|q| q.len() < p.len() && memchr::memmem::find(p, q).is_some())
+        })
+        .map(|p| &p[..])
+}
+
 /// `plain` as itself, as hex in both cases, and as the characters of its base64 that depend on it alone
 /// at each of the three byte offsets it can start at in a longer stream.
 pub(super) fn encodings(plain: &[u8]) -> Vec<(Encoding, Zeroizing<Vec<u8>>)> {
