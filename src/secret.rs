@@ -130,7 +130,8 @@ impl Scrubber {
             let plain = needles::plain(v.expose());
             if let Some(whole) = plain.first() {
                 for line in whole.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
-                    if line.len() >= LeakScanner::MIN_LEN && line.len() < whole.len() {
+                    let part = line.len() >= LeakScanner::MIN_LEN && line.len() < whole.len();
+                    if part && !plain.iter().any(|p| p[..] == *line) {
                         needles.push((Encoding::Raw, Zeroizing::new(line.to_vec())));
                     }
                 }
