@@ -524,6 +524,31 @@ mod tests {
         assert_eq!(s.scrub_str(&msg), "process `echo ***` failed: ***");
     }
 
+    /// The public parts of a structured secret (a URL, a type name, a `${VAR}` placeholder) are not
+    /// needles: an image that holds them (any Google SDK holds `service_account` and the token URL) is
+    /// not refused; the credentials in the same secret are needles.
+    #[test]
+    fn public_parts_of_structured_secrets_refuse_nothing() {
+        let sa = value(
+            r#"{"type": "service_account", "token_uri": "https://oauth2.example.com/token",
+                "username": "deploy-bot", "private_key_id": "5f0c1a2b3c4d5e6f7a8b9c0d"}"#,
+        );
+        let npmrc = value(
+            "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken=${NPM_TOKEN}\n",
+        );
+        let scanner = LeakScanner::new([("sa", &sa), ("npmrc", &npmrc)]);
+        for public in [
+            "service_account",
+            "https://oauth2.example.com/token",
+            "deploy-bot",
+            "https://registry.npmjs.org/",
+            "${NPM_TOKEN}",
+        ] {
+            assert!(scanner.scan(public.as_bytes()).is_none(), "{public}");
+        }
+        assert!(scanner.scan(b"5f0c1a2b3c4d5e6f7a8b9c0d").is_some());
+    }
+
     /// PEM armor lines are public text (every TLS library holds them): not needles of their own.
     #[test]
     fn armor_lines_of_a_key_are_not_needles() {
