@@ -1420,3 +1420,32 @@ fn a_short_secret_gets_a_warning() {
     );
     assert!(!out.stderr.contains("Q7z"), "[{name}] {}", out.stderr);
 }
+
+/// The same, line by line with pauses, so each line reaches kiln as a chunk of its own and the encoded
+/// secret is split between chunks: still `***`, never a piece long enough to mean anything.
+#[test]
+fn an_encoded_secret_split_between_output_chunks_is_scrubbed() {
+    let name = row("progress-encoded");
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s for enc in base64 'xxd -p'; do { head -c 100 /dev/zero | tr '\\0' x; cat /run/secrets/s; head -c 100 /dev/zero | tr '\\0' y; } | $enc | while read -r l; do echo \"$l\"; sleep 0.1; done; done\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, LONG_SECRET);
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    let log = log_text(&out.stderr);
+    assert!(log.matches("***").count() >= 4, "[{name}] {}", out.stderr);
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("log lines joined"), log.into_bytes()),
+    ];
+    let hits = leaks(&said, LONG_SECRET.as_bytes());
+    assert!(hits.is_empty(), "[{name}] {hits:?}\n{}", out.stderr);
+}
