@@ -1542,6 +1542,9 @@ fn build(args: BuildArgs) -> Result<()> {
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));
     }
+    for warning in secrets.warnings() {
+        reporter.event(Event::Note(format!("warning: {warning}")));
+    }
     // Only manifests and configs are read here; layers come when a step or the export needs them.
     let imported = (!cache_from.is_empty()).then(|| {
         let warn = |w: String| reporter.event(Event::Note(format!("warning: {w}")));

@@ -29,7 +29,7 @@ use crate::lower::entitlement::Entitlement;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter, Vertex};
-use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
+use crate::secret::{LeakScanner, ScrubStream, Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Reserve, SecretVerdict, Store, Verdict};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
@@ -867,6 +867,8 @@ impl<E: Executor> Shared<E> {
         };
         // Checks the step's changes for the values of the secrets it mounted (SPEC §3.6).
         let mut guard = LeakScanner::new([]);
+        // Hides the secrets of a RUN step in its output and its error message.
+        let mut scrubber = Arc::new(Scrubber::new([]));
         // Cache mounts this step holds (lock files) until it is done.
         let mut _reserved: Vec<std::fs::File> = Vec::new();
         // Writable cache mounts: they outlive the step, so the leak guard must look there too.
@@ -910,20 +912,32 @@ impl<E: Executor> Shared<E> {
                         },
                     })
                     .collect();
-                let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
+                scrubber = Arc::new(Scrubber::new(
+                    step.secrets.iter().filter_map(|(_, v)| v.as_ref()),
+                ));
                 guard = LeakScanner::new(
                     step.secrets
                         .iter()
                         .filter_map(|(m, v)| v.as_ref().map(|v| (m.id.as_str(), v))),
                 );
                 let reporter = self.reporter.clone();
-                let sink: LogSink = Arc::new(move |chunk: &[u8]| {
-                    reporter.event(Event::Log {
-                        id,
-                        text: String::from_utf8_lossy(&scrubber.scrub(chunk)).into_owned(),
-                    })
-                });
-                self.exec.run(step, sink).await
+                let log = move |text: Vec<u8>| {
+                    if !text.is_empty() {
+                        reporter.event(Event::Log {
+                            id,
+                            text: String::from_utf8_lossy(&text).into_owned(),
+                        })
+                    }
+                };
+                // Output arrives in chunks; the stream finds a secret split between two.
+                let stream = Arc::new(ScrubStream::new(scrubber.clone()));
+                let sink: LogSink = {
+                    let (stream, log) = (stream.clone(), log.clone());
+                    Arc::new(move |chunk: &[u8]| log(stream.push(chunk)))
+                };
+                let result = self.exec.run(step, sink).await;
+                log(stream.finish());
+                result
             }
             Op::Copy(c) => {
                 let source = match &inputs[1].1 {
@@ -952,7 +966,8 @@ impl<E: Executor> Shared<E> {
             Op::Mkdir { path } => self.exec.mkdir(fs, path.clone()).await,
             _ => unreachable!("only steps reach here"),
         };
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            e.message = scrubber.scrub_str(&e.message);
             self.reporter.event(Event::Failed {
                 id,
                 elapsed: started.elapsed(),
