@@ -70,6 +70,7 @@ fn solve(
                 ssh: Default::default(),
                 registry: Default::default(),
                 cache_from: None,
+                allow: Vec::new(),
             },
         ))
         .expect("the graph solves")

@@ -17,6 +17,9 @@ packages+=(openssh-server git debootstrap debian-archive-keyring)
 # The remote execution tests: PostgreSQL for BuildGrid's scheduler (a private cluster per test run), and
 # python3-venv for BuildGrid's own virtualenv (below).
 packages+=(postgresql python3-venv)
+# slirp4netns: the user-mode network stack that gives a RUN step's own network namespace its outbound
+# path (kiln runs it for every default-network step; rootless podman uses the same helper).
+packages+=(slirp4netns)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -30,6 +33,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# slirp4netns opens /dev/net/tun as the user running kiln; udev makes it 0666, as rootless builds (and
+# their tests) need, but a machine or container without udev may leave it 0600.
+if [ "$(id -u)" = 0 ] && [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ]; then
+  chmod 0666 /dev/net/tun
 fi
 
 # BuildGrid, the REAPI server of the remote execution tests, from PyPI into a virtualenv of its own

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
+use crate::lower::entitlement::Entitlement;
 use crate::lower::{LowerOptions, NamedContext};
 use crate::progress::{self, Event};
 use crate::secret::{SecretSource, SecretStore, SshSource};
@@ -158,6 +159,10 @@ struct BuildArgs {
     /// Push the image to the registry of every `-t` name (like `-o type=registry`).
     #[arg(long)]
     push: bool,
+    /// Allow steps an entitlement: `network.host` (`RUN --network=host`) or `security.insecure`
+    /// (`RUN --security=insecure`, no sandbox). Repeatable; also comma-separated.
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
     /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     insecure_registries: Vec<String>,
@@ -355,6 +360,8 @@ impl CommandLine {
 struct Compiled {
     graph: BuildGraph,
     contexts: BTreeMap<String, NamedContext>,
+    /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
+    secret_findings: crate::check::lints::Report,
 }
 
 fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
@@ -403,9 +410,16 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
     let mut opts = lower_options(args, cl, lenient, context)?;
     opts.excludes = dockerignore(context, &path)?;
     let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    let findings = if lenient {
+        Vec::new()
+    } else {
+        let build_args = lint_build_args(cl, &args.build_args)?;
+        crate::check::lints::secret_checks(&df, build_args)?.findings
+    };
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts: opts.contexts,
+        secret_findings: crate::check::lints::Report { findings },
     })
 }
 
@@ -543,6 +557,9 @@ fn compile_build_file(
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
+        secret_findings: crate::check::lints::Report {
+            findings: session.findings,
+        },
     })
 }
 
@@ -563,6 +580,9 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
+        secret_findings: crate::check::lints::Report {
+            findings: session.findings,
+        },
     })
 }
 
@@ -758,7 +778,6 @@ fn check(args: CheckArgs) -> Result<()> {
         .as_ref()
         .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
     {
-        // A `.build` file's checks are its type checker's: compiling it (imports included) is the check.
         let compile_args = CompileArgs {
             inputs: vec![context.display().to_string()],
             file: args.file.clone(),
@@ -767,15 +786,10 @@ fn check(args: CheckArgs) -> Result<()> {
             build_args: args.build_args.clone(),
             build_contexts: Vec::new(),
         };
-        compile(&compile_args, &cl, true)?;
-        let report = crate::check::lints::Report {
-            findings: Vec::new(),
-        };
-        match args.format {
-            CheckFormat::Text => print!("{}", report.render_text()),
-            CheckFormat::Json => print!("{}", report.render_json()),
-        }
-        return Ok(());
+        // A `.build` file's checks are its type checker's and the secret rules, which evaluation
+        // applies to each step's final command and sources.
+        let report = compile(&compile_args, &cl, true)?.secret_findings;
+        return print_check_report(&report, &args.format);
     }
     if !context.is_dir() {
         let shown = context.display().to_string();
@@ -790,23 +804,7 @@ fn check(args: CheckArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| context.join("Dockerfile"));
     let df = read_dockerfile(&path)?;
-    let mut build_args = Vec::new();
-    for a in &args.build_args {
-        let (key, value) = match a.split_once('=') {
-            Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
-            None if !a.is_empty() => match std::env::var(a) {
-                Ok(v) => (a.clone(), v),
-                Err(_) => continue,
-            },
-            _ => {
-                return Err(cl
-                    .error(a, Span::default(), "malformed --build-arg")
-                    .help("write `--build-arg KEY=VALUE`"));
-            }
-        };
-        let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
-        build_args.push(crate::check::lints::BuildArg { key, value, at });
-    }
+    let build_args = lint_build_args(&cl, &args.build_args)?;
     let patterns = dockerignore(context, &path)?;
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
     let matcher = crate::solve::dockerignore::Patterns::from_patterns(&refs)
@@ -832,7 +830,12 @@ fn check(args: CheckArgs) -> Result<()> {
         ignored: use_ignore.then_some(&ignored as &dyn Fn(&str) -> bool),
     };
     let report = crate::check::lints::run(&df, &opts)?;
-    match args.format {
+    print_check_report(&report, &args.format)
+}
+
+/// Prints a `kiln check` report; an error finding makes the command fail.
+fn print_check_report(report: &crate::check::lints::Report, format: &CheckFormat) -> Result<()> {
+    match format {
         CheckFormat::Text => print!("{}", report.render_text()),
         CheckFormat::Json => print!("{}", report.render_json()),
     }
@@ -843,6 +846,32 @@ fn check(args: CheckArgs) -> Result<()> {
             if n == 1 { "" } else { "s" }
         ))),
     }
+}
+
+/// `--build-arg`s as the lints see them: each with its value (from the environment when only a name is
+/// given) and where it is on the command line.
+fn lint_build_args(
+    cl: &CommandLine,
+    args: &[String],
+) -> Result<Vec<crate::check::lints::BuildArg>> {
+    let mut build_args = Vec::new();
+    for a in args {
+        let (key, value) = match a.split_once('=') {
+            Some((k, v)) if !k.is_empty() => (k.to_string(), v.to_string()),
+            None if !a.is_empty() => match std::env::var(a) {
+                Ok(v) => (a.clone(), v),
+                Err(_) => continue,
+            },
+            _ => {
+                return Err(cl
+                    .error(a, Span::default(), "malformed --build-arg")
+                    .help("write `--build-arg KEY=VALUE`"));
+            }
+        };
+        let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
+        build_args.push(crate::check::lints::BuildArg { key, value, at });
+    }
+    Ok(build_args)
 }
 
 fn store_root(args: &StoreArgs) -> PathBuf {
@@ -1021,6 +1050,28 @@ fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)>
             .help("check the `src=` path; it is relative to the current directory"));
     }
     Ok((id, source))
+}
+
+/// `--allow NAME[,NAME...]`, each repeatable, as buildx takes them.
+fn parse_allow(cl: &CommandLine, values: &[String]) -> Result<Vec<Entitlement>> {
+    let mut allow = Vec::new();
+    for value in values {
+        let mut start = 0;
+        for name in value.split(',') {
+            let span = Span::new(start, start + name.len());
+            start += name.len() + 1;
+            let Some(e) = Entitlement::parse(name.trim()) else {
+                let names = Entitlement::ALL.map(Entitlement::name);
+                let d = cl.error(value, span, format!("unknown entitlement `{name}`"));
+                return Err(match suggest(name.trim(), names) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("entitlements are {}", names.join(" and "))),
+                });
+            };
+            allow.push(e);
+        }
+    }
+    Ok(allow)
 }
 
 /// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET` (an agent to forward), `--ssh ID=KEYFILE[,KEYFILE]`
@@ -1497,6 +1548,11 @@ fn build(args: BuildArgs) -> Result<()> {
         jobs: args.jobs,
     };
     let compiled = compile(&args.compile, &cl, false)?;
+    // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
+    eprint!("{}", compiled.secret_findings.render_for_build());
+    if let Some(refusal) = compiled.secret_findings.refusal() {
+        return Err(refusal);
+    }
     if compiled.graph.roots.len() > 1 && (!outputs.is_empty() || !pushes.is_empty()) {
         // One destination cannot hold several images; exporting each over the last would lose all
         // but one without a word.
@@ -1519,7 +1575,8 @@ fn build(args: BuildArgs) -> Result<()> {
         let (id, socket) = parse_ssh(&cl, s)?;
         ssh.insert(id, socket);
     }
-    crate::solve::preflight(&graph, &secrets, &ssh)?;
+    let allow = parse_allow(&cl, &args.allow)?;
+    crate::solve::preflight(&graph, &secrets, &ssh, &allow)?;
     let store = Arc::new(crate::store::Store::open(
         &args
             .store
@@ -1543,6 +1600,9 @@ fn build(args: BuildArgs) -> Result<()> {
     let reporter: Arc<dyn progress::Reporter> = Arc::from(progress::reporter(mode));
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));
+    }
+    for warning in secrets.warnings() {
+        reporter.event(Event::Note(format!("warning: {warning}")));
     }
     // Only manifests and configs are read here; layers come when a step or the export needs them.
     let imported = (!cache_from.is_empty()).then(|| {
@@ -1570,6 +1630,7 @@ fn build(args: BuildArgs) -> Result<()> {
         ssh,
         registry: registry.clone(),
         cache_from: imported.clone(),
+        allow,
     };
     let remote = match (&args.remote_executor, &args.remote_cache) {
         // A build given secrets only reads the remote: uploading would publish its steps' results

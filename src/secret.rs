@@ -7,6 +7,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use zeroize::Zeroizing;
 
+mod needles;
+mod scrub;
+mod structured;
+
+pub use scrub::ScrubStream;
+
 /// A secret's bytes, wiped from memory when dropped.
 ///
 /// It cannot be printed, formatted, serialized or cloned; each of these is a compile error:
@@ -80,56 +86,77 @@ impl SecretStore {
         };
         Ok(Some(SecretValue(Zeroizing::new(bytes))))
     }
+
+    /// A warning for each secret too short to search for (under `LeakScanner::MIN_LEN` bytes once
+    /// trimmed): the leak guard and the log scrubbing pass it by, and the user must know. It names the
+    /// id, never the value or its length. A secret that cannot be read is left to the step that uses it.
+    pub fn warnings(&self) -> Vec<String> {
+        self.ids()
+            .filter(|id| matches!(self.load(id), Ok(Some(v)) if !searchable(v.expose())))
+            .map(|id| {
+                format!(
+                    "secret `{id}` is shorter than {} bytes, too short to search for: the leak guard and \
+                     the log scrubbing cannot keep it out of the image or the build output",
+                    LeakScanner::MIN_LEN
+                )
+            })
+            .collect()
+    }
 }
 
-/// Replaces secret values in a step's output with `***` before it reaches any progress view or log.
+/// Whether a value is long enough to search for without matching everywhere.
+fn searchable(value: &[u8]) -> bool {
+    value.trim_ascii().len() >= LeakScanner::MIN_LEN
+}
+
+/// Replaces secret values in a step's output with `***` before it reaches any progress view or log: each
+/// value the leak guard searches for (the whole value, its meaningful lines, the fields of a structured
+/// one), raw and in every encoding the guard knows (hex in either case, base64 at every alignment, also
+/// wrapped over lines as `base64` and `xxd -p` print it), and besides every line of a multi-line value of
+/// four bytes or more, since a step may print only part of, say, a JSON credentials file. Values shorter
+/// than `LeakScanner::MIN_LEN` are not replaced (see `SecretStore::warnings`).
 ///
-/// Besides each whole value, every line of a multi-line value (four bytes or more) is a pattern, since
-/// a step may print only part of, say, a JSON credentials file.
+/// Output that arrives in chunks goes through a `ScrubStream`, so a value split between two chunks is
+/// still found.
 pub struct Scrubber {
-    needles: Vec<Zeroizing<Vec<u8>>>,
+    needles: Vec<(Encoding, Zeroizing<Vec<u8>>)>,
+    longest: usize,
 }
 
 impl Scrubber {
     pub fn new<'a>(values: impl IntoIterator<Item = &'a SecretValue>) -> Scrubber {
-        let mut needles: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut needles = Vec::new();
         for v in values {
-            let whole = v.expose().trim_ascii_end();
-            if !whole.is_empty() {
-                needles.push(Zeroizing::new(whole.to_vec()));
-            }
-            for line in whole.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
-                if line.len() >= 4 && line.len() < whole.len() {
-                    needles.push(Zeroizing::new(line.to_vec()));
+            let plain = needles::plain(v.expose());
+            if let Some(whole) = plain.first() {
+                for line in whole.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
+                    let part = line.len() >= LeakScanner::MIN_LEN && line.len() < whole.len();
+                    if part && !plain.iter().any(|p| p[..] == *line) {
+                        needles.push((Encoding::Raw, Zeroizing::new(line.to_vec())));
+                    }
                 }
             }
+            for p in &plain {
+                needles.extend(needles::encodings(p));
+            }
         }
-        // Longest first, so a whole value is replaced before its fragments.
-        needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
-        Scrubber { needles }
+        let longest = needles.iter().map(|(_, n)| n.len()).max().unwrap_or(0);
+        Scrubber { needles, longest }
     }
 
     pub fn is_empty(&self) -> bool {
         self.needles.is_empty()
     }
 
+    /// `text` with every secret in it replaced by `***`.
     pub fn scrub(&self, text: &[u8]) -> Vec<u8> {
-        let mut out = text.to_vec();
-        for needle in &self.needles {
-            let mut i = 0;
-            let mut next = Vec::with_capacity(out.len());
-            while i < out.len() {
-                if out[i..].starts_with(needle) {
-                    next.extend_from_slice(b"***");
-                    i += needle.len();
-                } else {
-                    next.push(out[i]);
-                    i += 1;
-                }
-            }
-            out = next;
-        }
-        out
+        let view = scrub::View::new(text);
+        scrub::render(text, &self.mask(&view), 0..text.len())
+    }
+
+    /// A message (a failing step's error) with every secret in it replaced by `***`.
+    pub fn scrub_str(&self, text: &str) -> String {
+        String::from_utf8_lossy(&self.scrub(text.as_bytes())).into_owned()
     }
 }
 
@@ -178,69 +205,47 @@ pub struct Leak {
 
 /// Searches bytes for secret values, raw and base64/hex encoded: the leak guard of `SPEC.md` §3.6.
 ///
-/// Values shorter than `MIN_LEN` bytes are not searched: they would match everywhere and prove nothing.
+/// Besides each whole value it searches for each line of a multi-line value that means something alone and
+/// each field of a structured one (JSON, YAML, dotenv, `.netrc`, `.npmrc`, `.pypirc`, docker's
+/// `config.json`, decoded `auth` fields included; see `structured`). Values shorter than `MIN_LEN` bytes
+/// are not searched: they would match everywhere and prove nothing; `too_short` names them, so the build
+/// can say so.
 pub struct LeakScanner {
     needles: Vec<(String, Encoding, Zeroizing<Vec<u8>>)>,
     longest: usize,
+    too_short: Vec<String>,
 }
 
 impl LeakScanner {
     pub const MIN_LEN: usize = 4;
 
     pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a SecretValue)>) -> LeakScanner {
-        use base64::Engine as _;
         let mut needles = Vec::new();
+        let mut too_short = Vec::new();
         for (id, value) in secrets {
-            let raw = value.expose().trim_ascii();
-            if raw.len() < Self::MIN_LEN {
-                continue;
+            let plain = needles::plain(value.expose());
+            if plain.is_empty() {
+                too_short.push(id.to_string());
             }
-            needles.push((id.to_string(), Encoding::Raw, Zeroizing::new(raw.to_vec())));
-            // A step may keep one line of a multi-line secret (`grep password creds.json > f`): each line
-            // long enough to mean something is a secret of its own.
-            for line in raw.split(|&b| b == b'\n').map(<[u8]>::trim_ascii) {
-                let meaningful = line.iter().filter(|b| b.is_ascii_alphanumeric()).count() >= 6;
-                if line.len() >= 8 && line.len() < raw.len() && meaningful {
-                    needles.push((id.to_string(), Encoding::Raw, Zeroizing::new(line.to_vec())));
-                }
-            }
-            needles.push((
-                id.to_string(),
-                Encoding::Hex,
-                Zeroizing::new(hex::encode(raw).into_bytes()),
-            ));
-            needles.push((
-                id.to_string(),
-                Encoding::Hex,
-                Zeroizing::new(hex::encode_upper(raw).into_bytes()),
-            ));
-            // In a longer base64 stream the value starts at one of three byte offsets; encode it at each and
-            // keep only the characters that depend on the value alone.
-            for shift in 0..3usize {
-                let mut padded = Zeroizing::new(vec![0u8; shift]);
-                padded.extend_from_slice(raw);
-                let encoded = Zeroizing::new(
-                    base64::engine::general_purpose::STANDARD
-                        .encode(&*padded)
-                        .into_bytes(),
+            for p in needles::outermost_removed(&plain) {
+                needles.extend(
+                    needles::encodings(p)
+                        .into_iter()
+                        .map(|(e, n)| (id.to_string(), e, n)),
                 );
-                let skip = if shift == 0 {
-                    0
-                } else {
-                    (shift * 8).div_ceil(6)
-                };
-                let full = (padded.len() / 3) * 4;
-                if full > skip + 4 {
-                    needles.push((
-                        id.to_string(),
-                        Encoding::Base64,
-                        Zeroizing::new(encoded[skip..full].to_vec()),
-                    ));
-                }
             }
         }
         let longest = needles.iter().map(|(_, _, n)| n.len()).max().unwrap_or(0);
-        LeakScanner { needles, longest }
+        LeakScanner {
+            needles,
+            longest,
+            too_short,
+        }
+    }
+
+    /// The ids of the secrets too short to search for.
+    pub fn too_short(&self) -> &[String] {
+        &self.too_short
     }
 
     pub fn is_empty(&self) -> bool {
@@ -434,6 +439,132 @@ mod tests {
         assert!(
             scanner.scan(b"{\n}").is_none(),
             "punctuation lines are not secrets"
+        );
+    }
+
+    #[test]
+    fn fields_of_structured_secrets_are_found_and_scrubbed_in_every_encoding() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let auth = b64.encode("robot:docker-registry-pw");
+        let docker = value(&format!(
+            r#"{{"auths": {{"registry.example.com": {{"auth": "{auth}"}}}}}}"#
+        ));
+        let json = value("{\"user\": \"bot\", \"password\": \"json-field-pw-1\"}");
+        let scanner = LeakScanner::new([("docker", &docker), ("json", &json)]);
+        let scrubber = Scrubber::new([&docker, &json]);
+        for (field, id) in [
+            ("docker-registry-pw", "docker"),
+            ("json-field-pw-1", "json"),
+        ] {
+            for (shown, encoding) in [
+                (format!("x{field}y"), Encoding::Raw),
+                (b64.encode(format!("..{field}..")), Encoding::Base64),
+                (hex::encode_upper(field), Encoding::Hex),
+            ] {
+                let leak = scanner.scan(shown.as_bytes()).expect(&shown);
+                assert_eq!((leak.id.as_str(), leak.encoding), (id, encoding));
+                let out = String::from_utf8(scrubber.scrub(shown.as_bytes())).unwrap();
+                assert!(
+                    out.contains("***") && out.len() <= 3 + 16,
+                    "{shown} -> {out}"
+                );
+            }
+        }
+        // A plain token gains nothing: its fragments are not needles.
+        let token = value("plain-token-0123456789");
+        let scanner = LeakScanner::new([("t", &token)]);
+        assert!(scanner.scan(b"plain-token").is_none());
+        assert!(scanner.scan(b"0123456789").is_none());
+    }
+
+    #[test]
+    fn values_too_short_to_search_are_named_and_left_alone() {
+        let short = value(" ab\n");
+        let long = value("long-enough");
+        let scanner = LeakScanner::new([("pin", &short), ("key", &long)]);
+        assert_eq!(scanner.too_short(), ["pin"]);
+        assert!(scanner.scan(b"ab").is_none());
+        assert!(scanner.scan(b"long-enough").is_some());
+        // Replacing two letters everywhere would only garble the log: the build warns instead.
+        let scrubber = Scrubber::new([&short]);
+        assert!(scrubber.is_empty());
+        assert_eq!(scrubber.scrub(b"abc ab"), b"abc ab");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SecretStore::default();
+        for (id, v) in [
+            ("pin", "Q7z"),
+            ("empty", ""),
+            ("fine", "four"),
+            ("missing", ""),
+        ] {
+            let path = dir.path().join(id);
+            if id != "missing" {
+                std::fs::write(&path, v).unwrap();
+            }
+            store.insert(id.into(), SecretSource::File(path));
+        }
+        let warnings = store.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].starts_with("secret `empty` is shorter than 4 bytes"));
+        assert!(warnings[1].starts_with("secret `pin` is shorter than 4 bytes"));
+        assert!(warnings.iter().all(|w| !w.contains("Q7z")));
+    }
+
+    #[test]
+    fn messages_are_scrubbed_of_encoded_values() {
+        let v = value("message-secret-99");
+        let s = Scrubber::new([&v]);
+        let msg = format!(
+            "process `echo {}` failed: {}",
+            hex::encode("message-secret-99"),
+            "message-secret-99"
+        );
+        assert_eq!(s.scrub_str(&msg), "process `echo ***` failed: ***");
+    }
+
+    /// The public parts of a structured secret (a URL, a type name, a `${VAR}` placeholder) are not
+    /// needles: an image that holds them (any Google SDK holds `service_account` and the token URL) is
+    /// not refused; the credentials in the same secret are needles.
+    #[test]
+    fn public_parts_of_structured_secrets_refuse_nothing() {
+        let sa = value(
+            r#"{"type": "service_account", "token_uri": "https://oauth2.example.com/token",
+                "username": "deploy-bot", "private_key_id": "5f0c1a2b3c4d5e6f7a8b9c0d"}"#,
+        );
+        let npmrc = value(
+            "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken=${NPM_TOKEN}\n",
+        );
+        let scanner = LeakScanner::new([("sa", &sa), ("npmrc", &npmrc)]);
+        for public in [
+            "service_account",
+            "https://oauth2.example.com/token",
+            "deploy-bot",
+            "https://registry.npmjs.org/",
+            "${NPM_TOKEN}",
+        ] {
+            assert!(scanner.scan(public.as_bytes()).is_none(), "{public}");
+        }
+        assert!(scanner.scan(b"5f0c1a2b3c4d5e6f7a8b9c0d").is_some());
+    }
+
+    /// PEM armor lines are public text (every TLS library holds them): not needles of their own.
+    #[test]
+    fn armor_lines_of_a_key_are_not_needles() {
+        let key = value(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n",
+        );
+        let scanner = LeakScanner::new([("k", &key)]);
+        assert!(
+            scanner
+                .scan(b"x -----BEGIN OPENSSH PRIVATE KEY----- y")
+                .is_none()
+        );
+        assert!(
+            scanner
+                .scan(b"b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ")
+                .is_some()
         );
     }
 }

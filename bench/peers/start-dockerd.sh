@@ -7,6 +7,8 @@
 # Idempotent: a daemon of ours that already answers is left alone. `stop` stops only the pid recorded in
 # DKD/dockerd.pid (if it is a dockerd) and waits for it and its managed containerd.
 # Usage: start-dockerd.sh DKD [start|stop|status]     env: REG=127.0.0.1:PORT (an insecure registry)
+#        BRIDGE=NAME: attach containers (BuildKit's default network) to this existing bridge, which the
+#        caller made and owns; still no iptables rules and no forwarding, so they reach only this host.
 # Then:  DOCKER_HOST=unix://DKD/docker.sock DOCKER_BUILDKIT=1 /usr/bin/docker build --network=none ...
 set -euo pipefail
 DKD=${1:?usage: start-dockerd.sh DKD [start|stop|status]}
@@ -54,7 +56,7 @@ setsid nohup dockerd \
   --config-file "$DKD/daemon.json" \
   --data-root "$DKD/data" --exec-root "$DKD/exec" --pidfile "$DKD/dockerd-own.pid" \
   -H "unix://$SOCK" \
-  --bridge=none --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
+  --bridge="${BRIDGE:-none}" --iptables=false --ip6tables=false --ip-masq=false --ip-forward=false \
   --userland-proxy=false --storage-driver overlay2 --log-level warn \
   >"$LOG" 2>&1 </dev/null &
 pid=$!

@@ -534,10 +534,27 @@ pub struct FnSig {
     pub ret_at: Located,
 }
 
+/// What a use of a name refers to, as the checker resolved it. Lowering evaluates through this record
+/// instead of resolving again, so a program means what was checked: a function's body sees its own
+/// parameters and lets and its module's top-level names, never its caller's locals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Use {
+    /// A top-level name of the module the use is in (let, param, secret, ssh, fn, target).
+    Global,
+    /// A parameter or let of the enclosing function, by the span of its defining name.
+    Local(Span),
+    /// An imported module: an index into the checked modules.
+    Module(usize),
+    /// A built-in function.
+    Builtin,
+}
+
 /// The checked interface of a module: its top-level names.
 #[derive(Clone, Debug, Default)]
 pub struct Interface {
     pub names: HashMap<String, Binding>,
+    /// Every use of a name in the module (by the span of the name as written) and what it refers to.
+    pub uses: HashMap<Span, Use>,
 }
 
 /// Checks `module`, whose imports (by alias) are already-checked `deps` with their index.
@@ -548,6 +565,7 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
         defined: HashMap::new(),
         ordered: HashMap::new(),
         scopes: Vec::new(),
+        uses: HashMap::new(),
         deps: deps.iter().map(|(a, i, f)| (a.clone(), (*i, *f))).collect(),
     };
     for item in &module.items {
@@ -697,10 +715,10 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
                         c.expect(&dt, &origin, &t, d.span, "the parameter's default")?;
                     }
                     let origin = t.is_handle().then(|| c.at(p.name.span));
-                    c.scopes
-                        .last_mut()
-                        .expect("pushed")
-                        .insert(p.name.name.clone(), Binding::Value { ty: t, origin });
+                    c.scopes.last_mut().expect("pushed").insert(
+                        p.name.name.clone(),
+                        (p.name.span, Binding::Value { ty: t, origin }),
+                    );
                 }
                 for l in &f.lets {
                     let (t, origin) = c.expr(&l.value)?;
@@ -712,10 +730,10 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
                         }
                         None => t,
                     };
-                    c.scopes
-                        .last_mut()
-                        .expect("pushed")
-                        .insert(l.name.name.clone(), Binding::Value { ty: t, origin });
+                    c.scopes.last_mut().expect("pushed").insert(
+                        l.name.name.clone(),
+                        (l.name.span, Binding::Value { ty: t, origin }),
+                    );
                 }
                 let (t, origin) = c.expr(&f.body)?;
                 let ret = resolve_type(&c.file, &f.ret)?;
@@ -739,7 +757,10 @@ pub fn check(module: &Module, deps: &[(String, usize, &Interface)]) -> Result<In
             }
         }
     }
-    Ok(Interface { names: c.globals })
+    Ok(Interface {
+        names: c.globals,
+        uses: c.uses,
+    })
 }
 
 struct Checker<'a> {
@@ -750,7 +771,9 @@ struct Checker<'a> {
     /// Where each name that may only be used after its definition (lets, params, handles, imports) is
     /// defined, known from the start: a use before it gets a better error than "unknown name".
     ordered: HashMap<String, Span>,
-    scopes: Vec<HashMap<String, Binding>>,
+    /// The enclosing function's parameters and lets: name → (defining span, binding).
+    scopes: Vec<HashMap<String, (Span, Binding)>>,
+    uses: HashMap<Span, Use>,
     deps: HashMap<String, (usize, &'a Interface)>,
 }
 
@@ -781,11 +804,28 @@ impl Checker<'_> {
     }
 
     fn lookup(&self, name: &str) -> Option<&Binding> {
+        self.resolve(name).map(|(_, b)| b)
+    }
+
+    fn resolve(&self, name: &str) -> Option<(Use, &Binding)> {
         self.scopes
             .iter()
             .rev()
             .find_map(|s| s.get(name))
-            .or_else(|| self.globals.get(name))
+            .map(|(def, b)| (Use::Local(*def), b))
+            .or_else(|| self.globals.get(name).map(|b| (Use::Global, b)))
+    }
+
+    /// Looks `name` up and records what its use at `span` refers to.
+    fn lookup_at(&mut self, name: &str, span: Span) -> Option<Binding> {
+        let (u, b) = self.resolve(name)?;
+        let b = b.clone();
+        let u = match b {
+            Binding::Module(i) => Use::Module(i),
+            _ => u,
+        };
+        self.uses.insert(span, u);
+        Some(b)
     }
 
     /// The error for a handle flowing somewhere it may not: at the sink, with the origin beside it.
@@ -936,8 +976,8 @@ impl Checker<'_> {
                 }
                 Ok((Ty::Map(Box::new(elem)), None))
             }
-            ExprKind::Name(n) => match self.lookup(n) {
-                Some(Binding::Value { ty, origin }) => Ok((ty.clone(), origin.clone())),
+            ExprKind::Name(n) => match self.lookup_at(n, e.span) {
+                Some(Binding::Value { ty, origin }) => Ok((ty, origin)),
                 Some(Binding::Fn(_)) => Err(Diagnostic::at(
                     &self.file,
                     e.span,
@@ -1028,6 +1068,7 @@ impl Checker<'_> {
                 if let ExprKind::Name(m) = &base.kind
                     && let Some(Binding::Module(_)) = self.lookup(m)
                 {
+                    self.lookup_at(m, base.span);
                     return match self.module_member(m, name)? {
                         Binding::Value { ty, origin } => Ok((ty, origin)),
                         _ => Err(Diagnostic::at(
@@ -1112,7 +1153,10 @@ impl Checker<'_> {
                 let builtin = FUNCTIONS.iter().any(|b| b.name == n);
                 if let Some(b) = self.lookup(n).cloned() {
                     match b {
-                        Binding::Fn(sig) => return self.user_call(&sig, n, e.span, args),
+                        Binding::Fn(sig) => {
+                            self.uses.insert(callee.span, Use::Global);
+                            return self.user_call(&sig, n, e.span, args);
+                        }
                         _ if builtin => {}
                         _ => {
                             return Err(Diagnostic::at(
@@ -1125,6 +1169,7 @@ impl Checker<'_> {
                 }
                 match FUNCTIONS.iter().find(|b| b.name == n) {
                     Some(b) => {
+                        self.uses.insert(callee.span, Use::Builtin);
                         if b.name == "print" {
                             return self
                                 .builtin_call(b, e.span, args, "`print`")
@@ -1139,6 +1184,7 @@ impl Checker<'_> {
                 if let ExprKind::Name(m) = &base.kind
                     && let Some(Binding::Module(_)) = self.lookup(m)
                 {
+                    self.lookup_at(m, base.span);
                     return match self.module_member(m, name)? {
                         Binding::Fn(sig) => {
                             self.user_call(&sig, &format!("{m}.{}", name.name), e.span, args)

@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::Signal;
-use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, setgid, setgroups, sethostname, setuid,
@@ -20,6 +19,7 @@ use nix::unistd::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::net::{self, Net};
 use super::rootfs;
 use crate::lower::op::CopyOp;
 
@@ -56,7 +56,12 @@ pub enum Request {
         env: Vec<String>,
         cwd: String,
         user: String,
-        network_none: bool,
+        network: super::net::Net,
+        /// A private dir for the generated /etc files and the network stack's log.
+        net_dir: PathBuf,
+        /// `RUN --security=insecure`, allowed by the build: no sandbox (see `sandbox`).
+        #[serde(default)]
+        insecure: bool,
         secrets: Vec<SecretSpec>,
         /// A private dir where the secrets tmpfs is mounted.
         secret_dir: PathBuf,
@@ -199,9 +204,11 @@ fn errno(what: &str) -> impl Fn(nix::Error) -> String + '_ {
 
 fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i32, String> {
     let mut flags = CloneFlags::CLONE_NEWNS;
-    if let Request::Run { network_none, .. } = &req {
+    if let Request::Run { network, .. } = &req {
         flags |= CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-        if *network_none {
+        // An own network's namespace was made before this process started (kiln's side, so the network
+        // stack could attach to it at once).
+        if *network == Net::None {
             flags |= CloneFlags::CLONE_NEWNET;
         }
     }
@@ -246,7 +253,9 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             env,
             cwd,
             user,
-            network_none,
+            network,
+            net_dir,
+            insecure,
             secrets: specs,
             secret_dir,
             mut mounts,
@@ -259,7 +268,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 .collect();
             mount_overlay(&fs)?;
             let root = fs.target.clone();
-            for dir in ["/proc", "/dev"] {
+            for dir in ["/proc", "/dev", "/sys"] {
                 let (_, created) = rootfs::mkdir_all(&root, dir, None)?;
                 stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
             }
@@ -308,15 +317,15 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             drop(values);
-            if !network_none {
-                for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                    bind_host_file(&root, f);
-                }
-            } else {
-                loopback_up();
+            etc_files(&root, &network, &net_dir, stubs)?;
+            if network.own_namespace() {
+                net::loopback_up();
             }
-            let _ = sethostname("kiln");
-            run_pid1(&root, &args, &env, &cwd, &user)
+            if network == Net::Own {
+                net::wait_for_stack()?;
+            }
+            let _ = sethostname(net::HOSTNAME);
+            run_pid1(&root, &args, &env, &cwd, &user, insecure)
         }
     }
 }
@@ -398,7 +407,8 @@ fn mount_overlay(fs: &Overlay) -> Result<(), String> {
         &fs.empty,
         &rest,
         &fs.target,
-        MsFlags::empty(),
+        // A step has CAP_MKNOD (Docker's default set) and no device cgroup: a node it makes must not open.
+        MsFlags::MS_NODEV,
         "cannot mount the overlay filesystem",
     )
 }
@@ -414,43 +424,31 @@ fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(),
     )
 }
 
-/// A minimal /dev on its own tmpfs: the usual character devices, the standard links, and /dev/shm.
+/// A minimal /dev on its own tmpfs: the usual character devices, the standard links, a devpts and
+/// /dev/shm. The tmpfs is `nodev`, so a node the step makes there (it has CAP_MKNOD) does not open; the
+/// devices it may use are the host's own nodes, each bound in (its own mount, without `nodev`), which also
+/// works in a user namespace, where device nodes cannot be created.
 fn setup_dev(root: &Path) -> Result<(), String> {
     let dev = root.join("dev");
     mount(
         Some("tmpfs"),
         &dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
         Some("mode=0755,size=65536k"),
     )
     .map_err(errno("cannot mount /dev"))?;
-    let rootless = super::userns::rootless();
-    for (name, major, minor) in [
-        ("null", 1, 3),
-        ("zero", 1, 5),
-        ("full", 1, 7),
-        ("random", 1, 8),
-        ("urandom", 1, 9),
-        ("tty", 5, 0),
-    ] {
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
         let p = dev.join(name);
-        if rootless {
-            // A user namespace may not create device nodes; the host's own ones, bound in, work the same.
-            std::fs::File::create(&p).map_err(|e| format!("cannot create /dev/{name}: {e}"))?;
-            bind(&Path::new("/dev").join(name), &p, false)?;
-            continue;
-        }
-        mknod(
+        std::fs::File::create(&p).map_err(|e| format!("cannot create /dev/{name}: {e}"))?;
+        mount(
+            Some(&Path::new("/dev").join(name)),
             &p,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(0o666),
-            makedev(major, minor),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
         )
-        .map_err(errno("cannot create a device node"))?;
-        // mknod honours the umask; devices must be usable by any user.
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot bind /dev/{name}: {e}"))?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -460,6 +458,7 @@ fn setup_dev(root: &Path) -> Result<(), String> {
     ] {
         std::os::unix::fs::symlink(target, dev.join(name)).map_err(|e| e.to_string())?;
     }
+    setup_pts(&dev)?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| e.to_string())?;
     mount(
@@ -470,6 +469,19 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         Some("mode=1777,size=65536k"),
     )
     .map_err(errno("cannot mount /dev/shm"))
+}
+
+/// A devpts instance of the step's own (its ptys are not the host's) and /dev/ptmx leading to it, as runc
+/// makes them. `gid=5` (tty) needs that group mapped, which a single-id rootless namespace does not.
+fn setup_pts(dev: &Path) -> Result<(), String> {
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| e.to_string())?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let devpts = |data: &str| mount(Some("devpts"), &pts, Some("devpts"), flags, Some(data));
+    devpts("newinstance,ptmxmode=0666,mode=0620,gid=5")
+        .or_else(|_| devpts("newinstance,ptmxmode=0666,mode=0620"))
+        .map_err(errno("cannot mount /dev/pts"))?;
+    std::os::unix::fs::symlink("pts/ptmx", dev.join("ptmx")).map_err(|e| e.to_string())
 }
 
 /// Makes the mount point (a stub, recorded for removal, when missing) for a source that is a dir or not.
@@ -503,6 +515,7 @@ fn mount_point(
     Ok(host)
 }
 
+/// Binds a step's mount, `nodev` (see `mount_overlay`) and read-only when asked.
 fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     mount(
         Some(source),
@@ -512,20 +525,26 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(errno("cannot bind-mount"))?;
+    let mut flags = MsFlags::MS_NODEV;
     if readonly {
-        remount_readonly(target, MsFlags::empty())
-            .map_err(errno("cannot make a mount read-only"))?;
+        flags |= MsFlags::MS_RDONLY;
     }
-    Ok(())
+    remount(target, flags).map_err(errno("cannot restrict a mount"))
 }
 
-/// Remounts a bind mount read-only, adding `extra`. The flags the mount already has (nosuid, nodev, ...)
-/// are kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
-fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+/// Remounts a bind mount read-only, adding `extra`.
+pub(super) fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
+    remount(target, MsFlags::MS_RDONLY | extra)
+}
+
+/// Remounts a bind mount with `extra` added. The flags the mount already has (nosuid, nodev, ...) are
+/// kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
+fn remount(target: &Path, extra: MsFlags) -> nix::Result<()> {
     use nix::sys::statvfs::FsFlags;
     let current = nix::sys::statvfs::statvfs(target)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
     for (have, keep) in [
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
         (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
         (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
@@ -685,41 +704,25 @@ fn mount_secret(
     .map_err(errno("cannot make a secret read-only"))
 }
 
-/// Shows the host's resolver files to the step when the image has them (no stub is ever created).
-fn bind_host_file(root: &Path, path: &str) {
-    let Ok(target) = rootfs::resolve(root, path, true) else {
-        return;
-    };
-    if target.is_file() && Path::new(path).is_file() {
-        let _ = mount(
-            Some(path),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        );
-        let _ = remount_readonly(&target, MsFlags::empty());
+/// Mounts the generated `/etc/resolv.conf` and `/etc/hosts` read-only over the image's (or over stubs that
+/// leave the layer). Best effort where the image's own path cannot hold a mount (a link out of the root,
+/// a directory): the step then sees what the image has.
+fn etc_files(root: &Path, network: &Net, dir: &Path, stubs: &mut Vec<Stub>) -> Result<(), String> {
+    let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    for (name, text) in [
+        ("resolv.conf", net::resolv_conf(&host, network)),
+        ("hosts", net::hosts()),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).map_err(|e| format!("cannot write /etc/{name}: {e}"))?;
+        let Ok(target) = mount_point(root, &format!("/etc/{name}"), false, stubs) else {
+            continue;
+        };
+        if target.is_file() {
+            bind(&file, &target, true)?;
+        }
     }
-}
-
-/// A new network namespace has `lo` down; bring it up so `--network=none` steps still have localhost.
-fn loopback_up() {
-    // SAFETY: plain ioctls on a socket we own, with a zeroed, NUL-terminated ifreq.
-    unsafe {
-        let fd = nix::libc::socket(nix::libc::AF_INET, nix::libc::SOCK_DGRAM, 0);
-        if fd < 0 {
-            return;
-        }
-        let mut req: nix::libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as nix::libc::c_char;
-        }
-        if nix::libc::ioctl(fd, nix::libc::SIOCGIFFLAGS, &mut req) == 0 {
-            req.ifr_ifru.ifru_flags |= nix::libc::IFF_UP as i16;
-            nix::libc::ioctl(fd, nix::libc::SIOCSIFFLAGS, &req);
-        }
-        nix::libc::close(fd);
-    }
+    Ok(())
 }
 
 /// Forks the step's init (pid 1 of the new pid namespace), which pivots into the root and execs the
@@ -730,13 +733,14 @@ fn run_pid1(
     env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
+    insecure: bool,
 ) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
     // SAFETY: this process is single-threaded (the helper never starts a runtime), so the child may
     // allocate and run ordinary Rust code before exec.
     match unsafe { fork() }.map_err(errno("cannot fork"))? {
         ForkResult::Child => {
-            let code = match child(root, args, env, cwd, user) {
+            let code = match child(root, args, env, cwd, user, insecure) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = writeln!(std::io::stdout(), "kiln: {e}");
@@ -765,16 +769,10 @@ fn child(
     env: &[Zeroizing<Vec<u8>>],
     cwd: &str,
     user: &str,
+    insecure: bool,
 ) -> Result<Never, String> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
-    mount(
-        Some("proc"),
-        &root.join("proc"),
-        Some("proc"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(errno("cannot mount /proc"))?;
+    super::sandbox::mount_proc_sys(root, insecure)?;
     chdir(root).map_err(errno("chdir"))?;
     pivot_root(".", ".").map_err(errno("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(errno("cannot detach the host root"))?;
@@ -786,6 +784,9 @@ fn child(
     };
     let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
     chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
+    if let Some(confinement) = super::sandbox::Confinement::new(insecure)? {
+        confinement.apply()?;
+    }
     match setgroups(&[Gid::from_raw(gid)]) {
         // A single-id user namespace had to deny setgroups; the step keeps the one group it has.
         Err(nix::Error::EPERM) if setgroups_denied() => {}

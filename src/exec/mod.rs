@@ -1,11 +1,15 @@
 //! Stage 6, execution: the Linux-namespace executor. Each step runs in a helper process (see `helper`) with
-//! its own mount, pid, uts and ipc namespaces over an overlayfs whose lower layers are the input snapshots.
+//! its own mount, pid, uts, ipc and network (see `net`) namespaces over an overlayfs whose lower layers are
+//! the input snapshots.
 //!
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 
 pub mod git;
 pub mod helper;
+pub mod net;
 pub mod rootfs;
+pub mod sandbox;
+pub mod seccomp;
 pub mod ssh;
 pub mod unpack;
 pub mod userns;
@@ -144,19 +148,35 @@ impl Namespaces {
             })
             .chain(sockets)
             .collect();
+        let net_dir = upper.parent().unwrap_or(Path::new("/")).join("net");
+        std::fs::create_dir_all(&net_dir)
+            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+        let (network, stack) = match step.network {
+            Network::None => (net::Net::None, None),
+            Network::Host => (net::Net::Host, None),
+            Network::Default => (
+                net::Net::Own,
+                Some(net::Launch {
+                    stack: net::find_stack()?,
+                    log: net_dir.join("stack.log"),
+                }),
+            ),
+        };
         let req = Request::Run {
             fs,
             args: step.args,
             env: step.env,
             cwd: step.cwd,
             user: step.user,
-            network_none: step.network == Network::None,
+            network,
+            net_dir,
+            insecure: step.insecure,
             secrets: specs,
             secret_dir,
             mounts,
             mount_dir,
         };
-        let status = call_helper(&req, &values, Some(logs)).await?;
+        let status = call_helper(&req, &values, Some(logs), stack.as_ref()).await?;
         drop(proxies);
         remove_stubs(&upper, &status);
         if let Some(e) = status.error {
@@ -219,7 +239,7 @@ impl Executor for Namespaces {
             source_mount,
             op: step.op,
         };
-        let status = call_helper(&req, &[], None).await?;
+        let status = call_helper(&req, &[], None, None).await?;
         match status.error {
             // COPY errors are about the user's paths (a missing source, a file where a dir must be).
             Some(e) => Err(Diagnostic::input(format!("COPY failed: {e}"))),
@@ -235,6 +255,7 @@ impl Executor for Namespaces {
                 path: path.clone(),
             },
             &[],
+            None,
             None,
         )
         .await?;
@@ -297,8 +318,15 @@ pub(crate) fn abbreviate(s: &str) -> String {
 }
 
 /// Spawns the helper, sends the request (and the secret values, length-prefixed after it, never in the
-/// JSON), streams the step's output to `logs`, and returns the helper's status.
-async fn call_helper(req: &Request, secrets: &[&[u8]], logs: Option<LogSink>) -> Result<Status> {
+/// JSON), streams the step's output to `logs`, and returns the helper's status. With a `stack`, the helper
+/// is born in a new network namespace, the stack is started on it at once (concurrently with the helper's
+/// mounts), and one byte after the request tells the helper whether it came up.
+async fn call_helper(
+    req: &Request,
+    secrets: &[&[u8]],
+    logs: Option<LogSink>,
+    stack: Option<&net::Launch>,
+) -> Result<Status> {
     let exe = std::env::current_exe()
         .map_err(|e| Diagnostic::io("cannot find the kiln executable", e))?;
     let mut cmd = tokio::process::Command::new(exe);
@@ -308,17 +336,30 @@ async fn call_helper(req: &Request, secrets: &[&[u8]], logs: Option<LogSink>) ->
         .stderr(Stdio::piped())
         .env_clear()
         .kill_on_drop(true);
-    // SAFETY: only an async-signal-safe prctl between fork and exec. If kiln dies, the helper dies, and
-    // the step's init (whose own death signal is tied to the helper) and its pid namespace with it.
+    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, and unshare, which affects only
+    // the child). If kiln dies, the helper dies, and the step's init (whose own death signal is tied to the
+    // helper) and its pid namespace with it.
+    let own_netns = stack.is_some();
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            if own_netns {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     let mut child = cmd
         .spawn()
         .map_err(|e| Diagnostic::io("cannot start the executor helper", e))?;
+    // Killed (and reaped by tokio) when dropped, after the helper has ended.
+    let mut running = match (stack, child.id()) {
+        (Some(s), Some(pid)) => Some(s.start(pid)?),
+        _ => None,
+    };
+    let mut stack_error = None;
     let json = serde_json::to_vec(req).expect("requests serialize");
     let mut input = Zeroizing::new(Vec::new());
     input.extend_from_slice(&(json.len() as u64).to_le_bytes());
@@ -330,8 +371,16 @@ async fn call_helper(req: &Request, secrets: &[&[u8]], logs: Option<LogSink>) ->
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
+    let (running_ref, stack_error_ref) = (running.as_mut(), &mut stack_error);
     let write = async move {
         let r = stdin.write_all(&input).await;
+        if let Some(running) = running_ref {
+            let ready = running.ready().await;
+            let _ = stdin
+                .write_all(if ready.is_ok() { b"1" } else { b"0" })
+                .await;
+            *stack_error_ref = ready.err();
+        }
         drop(stdin);
         r
     };
@@ -366,6 +415,10 @@ async fn call_helper(req: &Request, secrets: &[&[u8]], logs: Option<LogSink>) ->
         .wait()
         .await
         .map_err(|e| Diagnostic::io("waiting for the executor helper", e))?;
+    drop(running);
+    if let Some(e) = stack_error {
+        return Err(e);
+    }
     let text = String::from_utf8_lossy(&status_bytes);
     let last = text
         .lines()

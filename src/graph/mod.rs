@@ -26,6 +26,8 @@ pub struct Node {
     pub digest: Digest,
     pub name: String,
     pub at: Option<Located>,
+    /// Where the source asks for the entitlements the op needs (see `lower::entitlement`).
+    pub asks: crate::lower::entitlement::Asks,
 }
 
 /// The build graph. Edges point from an input to the node that consumes it; the edge weight is the input's
@@ -80,6 +82,7 @@ impl BuildGraph {
                     digest,
                     name: node.name.clone(),
                     at: node.at.clone(),
+                    asks: node.asks.clone(),
                 });
                 for (pos, &input) in inputs.iter().enumerate() {
                     dag.add_edge(input, idx, pos);

@@ -14,12 +14,13 @@ use super::dockerfile::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, join_path,
     json_list, parse_duration, run_history, set,
 };
+use super::entitlement::Entitlement;
 use super::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
     SecretMount, Sharing,
 };
 use super::{LowerOptions, NamedContext, NodeId, Program, Root};
-use crate::check::build::{self as types, Binding, Interface, Ty};
+use crate::check::build::{self as types, Interface, Ty, Use};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::syntax::build::{Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart};
 use crate::syntax::shell;
@@ -58,6 +59,8 @@ pub struct Session {
     /// The monorepo root (the directory holding `kiln.toml`), if any.
     pub root: Option<PathBuf>,
     loading: Vec<PathBuf>,
+    /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
+    pub findings: Vec<crate::check::lints::Finding>,
 }
 
 impl Session {
@@ -67,6 +70,7 @@ impl Session {
             by_path: HashMap::new(),
             root,
             loading: Vec::new(),
+            findings: Vec::new(),
         }
     }
 
@@ -401,7 +405,9 @@ pub struct Evaluator<'s> {
     leaves: BTreeMap<String, NodeId>,
     /// Whose module the expression being evaluated belongs to.
     module: usize,
-    scopes: Vec<HashMap<String, Value>>,
+    /// One frame per function call being evaluated, innermost last: its parameters' and lets' values
+    /// by the span of their defining name. Only the innermost frame is visible (lexical scoping).
+    scopes: Vec<HashMap<Span, Value>>,
     /// Target label → the targets its value was built from (for `kiln query`).
     pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The targets being evaluated, innermost last.
@@ -649,13 +655,45 @@ impl<'s> Evaluator<'s> {
         })
     }
 
+    /// What the checker resolved the name used at `span` (in the current module) to.
+    fn resolved(&self, span: Span) -> Result<Use> {
+        self.session.modules[self.module]
+            .iface
+            .uses
+            .get(&span)
+            .copied()
+            .ok_or_else(|| self.unresolved(span))
+    }
+
+    /// A use the checker recorded nothing (or something else) for: a bug in kiln, never a panic.
+    fn unresolved(&self, span: Span) -> Diagnostic {
+        self.err(
+            span,
+            "internal error: the checker did not resolve this name",
+        )
+        .category(crate::diag::Category::Build)
+        .help("please report this program; it is a bug in kiln, not in the program")
+    }
+
     fn lookup(&mut self, name: &str, span: Span) -> Result<Value> {
-        for s in self.scopes.iter().rev() {
-            if let Some(v) = s.get(name) {
-                return Ok(v.clone());
-            }
+        match self.resolved(span)? {
+            Use::Global => self.global(self.module, name, span),
+            Use::Local(def) => self
+                .scopes
+                .last()
+                .and_then(|frame| frame.get(&def))
+                .cloned()
+                .ok_or_else(|| self.unresolved(span)),
+            Use::Module(_) | Use::Builtin => Err(self.unresolved(span)),
         }
-        self.global(self.module, name, span)
+    }
+
+    /// The module an expression names (`m` in `m.name`), if the checker resolved it to one.
+    fn module_named(&self, e: &Expr) -> Option<usize> {
+        match (&e.kind, self.resolved(e.span)) {
+            (ExprKind::Name(_), Ok(Use::Module(idx))) => Some(idx),
+            _ => None,
+        }
     }
 
     fn eval(&mut self, e: &Expr) -> Result<Value> {
@@ -727,10 +765,9 @@ impl<'s> Evaluator<'s> {
                 }
             }
             ExprKind::Member(base, name) => {
-                let ExprKind::Name(m) = &base.kind else {
-                    unreachable!("the checker allows only module members")
+                let Some(idx) = self.module_named(base) else {
+                    return Err(self.unresolved(base.span));
                 };
-                let idx = self.session.modules[self.module].imports[m];
                 self.global(idx, &name.name, name.span)?
             }
             ExprKind::Call { callee, args } => self.call(e, callee, args)?,
@@ -740,33 +777,18 @@ impl<'s> Evaluator<'s> {
     fn call(&mut self, e: &Expr, callee: &Expr, args: &[Arg]) -> Result<Value> {
         match &callee.kind {
             ExprKind::Name(n) => {
-                let user = self.scopes.iter().all(|s| !s.contains_key(n))
-                    && self.session.modules[self.module]
-                        .iface
-                        .names
-                        .get(n)
-                        .is_some_and(|b| matches!(b, Binding::Fn(_)));
-                if user {
+                if self.resolved(callee.span)? == Use::Global {
                     return self.user_call(self.module, n, e.span, args);
                 }
-                let b = types::FUNCTIONS
-                    .iter()
-                    .find(|b| b.name == n)
-                    .expect("checked");
+                let Some(b) = types::FUNCTIONS.iter().find(|b| b.name == n) else {
+                    return Err(self.unresolved(callee.span));
+                };
                 let vals = self.args(b, e.span, args)?;
                 self.function(n, e.span, vals, args)
             }
             ExprKind::Member(base, name) => {
-                if let ExprKind::Name(m) = &base.kind {
-                    let is_module = self.scopes.iter().all(|s| !s.contains_key(m))
-                        && matches!(
-                            self.session.modules[self.module].iface.names.get(m),
-                            Some(Binding::Module(_))
-                        );
-                    if is_module {
-                        let idx = self.session.modules[self.module].imports[m];
-                        return self.user_call(idx, &name.name, e.span, args);
-                    }
+                if let Some(idx) = self.module_named(base) {
+                    return self.user_call(idx, &name.name, e.span, args);
                 }
                 let recv = self.eval(base)?;
                 let table = match &recv {
@@ -852,30 +874,33 @@ impl<'s> Evaluator<'s> {
                 None => None,
             });
         }
+        // The body, and the defaults (which see the parameters before them, as the checker does), are
+        // evaluated in the function's own module and frame: never in the caller's.
         let saved = self.module;
         self.module = module;
-        let mut scope = HashMap::new();
-        for (p, v) in def.params.iter().zip(vals) {
-            let v = match v {
-                Some(v) => v,
-                None => self.eval(p.default.as_ref().expect("checked"))?,
-            };
-            scope.insert(p.name.name.clone(), v);
-        }
-        self.scopes.push(scope);
+        self.scopes.push(HashMap::new());
         let result = (|| {
+            for (p, v) in def.params.iter().zip(vals) {
+                let v = match (v, &p.default) {
+                    (Some(v), _) => v,
+                    (None, Some(d)) => self.eval(d)?,
+                    (None, None) => return Err(self.unresolved(p.name.span)),
+                };
+                self.bind(p.name.span, v);
+            }
             for l in &def.lets {
                 let v = self.eval(&l.value)?;
-                self.scopes
-                    .last_mut()
-                    .expect("pushed")
-                    .insert(l.name.name.clone(), v);
+                self.bind(l.name.span, v);
             }
             self.eval(&def.body)
         })();
         self.scopes.pop();
         self.module = saved;
         result
+    }
+
+    fn bind(&mut self, def: Span, v: Value) {
+        self.scopes.last_mut().expect("a frame").insert(def, v);
     }
 
     fn leaf(&mut self, key: String, op: Op, name: String, at: Option<Located>) -> NodeId {
@@ -1212,7 +1237,10 @@ impl<'s> Evaluator<'s> {
                 .map_or(span, |a| a.value.span)
         };
         match method {
-            "run" => self.run(&mut img, &v, span, arg_span(0))?,
+            "run" => {
+                self.run(&mut img, &v, span, arg_span(0))?;
+                self.program.nodes[img.fs].asks = self.asks(args, span);
+            }
             "copy" | "add" => self.copy(&mut img, method == "add", &v, span, args)?,
             "env" | "label" => {
                 let mut shown = Vec::new();
@@ -1222,6 +1250,7 @@ impl<'s> Evaluator<'s> {
                         let value = self.expand(&img, val.str(), arg_span(0))?;
                         shown.push(format!("{key}={value}"));
                         if method == "env" {
+                            self.lint_value("ENV", &key, val.str(), arg_span(0))?;
                             set(&mut img.env, &key, &value);
                         } else {
                             set(&mut img.config.labels, &key, &value);
@@ -1238,7 +1267,10 @@ impl<'s> Evaluator<'s> {
                         let value = match self.opts.lower.build_args.get(k) {
                             Some(over) => Some(over.clone()),
                             None => match val {
-                                Value::Str(s) => Some(self.expand(&img, s, arg_span(0))?),
+                                Value::Str(s) => {
+                                    self.lint_value("ARG", k, s, arg_span(0))?;
+                                    Some(self.expand(&img, s, arg_span(0))?)
+                                }
                                 _ => builtin_arg(k).map(String::from),
                             },
                         };
@@ -1416,6 +1448,30 @@ impl<'s> Evaluator<'s> {
         Ok(Value::Image(Box::new(img)))
     }
 
+    /// Where a `.run(...)` call asks for entitlements: its `network:` or `security:` argument (by name, or
+    /// third and fourth by position), when the value needs one.
+    fn asks(&self, args: &[Arg], span: Span) -> crate::lower::entitlement::Asks {
+        let arg_at = |name: &str, position: usize| {
+            args.iter()
+                .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))
+                .or_else(|| args.iter().filter(|a| a.name.is_none()).nth(position))
+                .map_or(span, |a| a.value.span)
+        };
+        let Some(Op::Run(r)) = self.program.nodes.last().map(|n| &n.op) else {
+            return Vec::new();
+        };
+        r.entitlements()
+            .into_iter()
+            .filter_map(|e| {
+                let at = match e {
+                    Entitlement::NetworkHost => arg_at("network", 2),
+                    Entitlement::SecurityInsecure => arg_at("security", 3),
+                };
+                Some((e, self.at(at)?))
+            })
+            .collect()
+    }
+
     fn run(&mut self, img: &mut Img, v: &[Value], span: Span, cmd_span: Span) -> Result<()> {
         let args = command(img, &v[0]);
         if args.is_empty() || args.iter().all(|a| a.trim().is_empty()) {
@@ -1566,6 +1622,7 @@ impl<'s> Evaluator<'s> {
             },
             _ => false,
         };
+        self.lint_run(&v[0], &args, &secrets, &mounts, &cwd, span)?;
         let created_by = run_history(&img.arg_values(), &args);
         let op = Op::Run(RunOp {
             args,
@@ -1578,6 +1635,87 @@ impl<'s> Evaluator<'s> {
             mounts,
         });
         self.push_fs(img, op, extra, created_by, span);
+        Ok(())
+    }
+
+    /// The secret checks `kiln check` runs on a Dockerfile's RUN, on this step's command.
+    fn lint_run(
+        &mut self,
+        cmd: &Value,
+        args: &[String],
+        secrets: &[SecretMount],
+        mounts: &[RunMount],
+        cwd: &str,
+        span: Span,
+    ) -> Result<()> {
+        use crate::check::lints::secrets as lint;
+        let text = match cmd {
+            Value::Str(s) => s.clone(),
+            _ => args.join(" "),
+        };
+        let mounted: Vec<lint::SecretMount> = secrets
+            .iter()
+            .map(|s| lint::SecretMount {
+                id: s.id.clone(),
+                target: s.target.clone(),
+                env: s.env.clone(),
+            })
+            .collect();
+        let tmpfs: Vec<String> = mounts
+            .iter()
+            .filter_map(|m| match m {
+                RunMount::Tmpfs { target, .. } => Some(target.clone()),
+                _ => None,
+            })
+            .collect();
+        for f in lint::run_findings(&text, &mounted, &tmpfs, cwd, &[]) {
+            let at = self.locate(span, &f.needle);
+            self.lint(at, f.rule, f.message)?;
+        }
+        Ok(())
+    }
+
+    /// `SecretInBuildArg` for an `.env` or `.arg` value written in the program (at the value, when it is
+    /// a plain string there).
+    fn lint_value(&mut self, kind: &str, key: &str, value: &str, span: Span) -> Result<()> {
+        use crate::check::lints::secrets::value_message;
+        match value_message(kind, key, value) {
+            Some(message) => {
+                let at = self.locate(span, &format!("\"{value}\""));
+                self.lint(at, "SecretInBuildArg", message)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Where `needle` is written inside `span`, or `span`.
+    fn locate(&self, span: Span, needle: &str) -> Span {
+        let file = self.file();
+        match file
+            .text
+            .get(span.start..span.end)
+            .and_then(|t| t.find(needle))
+        {
+            Some(i) if !needle.is_empty() => {
+                Span::new(span.start + i, span.start + i + needle.len())
+            }
+            _ => span,
+        }
+    }
+
+    /// Records a secret check's finding, unless the file's `# check=` comments skip it (once per place:
+    /// a helper called twice makes one finding).
+    fn lint(&mut self, span: Span, rule: &str, message: String) -> Result<()> {
+        let file = self.file();
+        let Some(f) = crate::check::lints::program_finding(&file, span, rule, message)? else {
+            return Ok(());
+        };
+        let seen = self.session.findings.iter().any(|o| {
+            o.rule == f.rule && o.at.span == f.at.span && Arc::ptr_eq(&o.at.file, &f.at.file)
+        });
+        if !seen {
+            self.session.findings.push(f);
+        }
         Ok(())
     }
 
@@ -1602,6 +1740,17 @@ impl<'s> Evaluator<'s> {
                 return Err(self.err(at(1), format!("{what}() source is empty after expansion")));
             }
             srcs.push(x);
+        }
+        if !matches!(v[0], Value::Inline { .. }) {
+            for x in &srcs {
+                if let Some(message) =
+                    crate::check::lints::secrets::copied_file(&format!("{what}()"), x)
+                {
+                    // Each source where it is written, when it is written as a plain string.
+                    let place = self.locate(at(1), &format!("\"{x}\""));
+                    self.lint(place, "SecretFileCopied", message)?;
+                }
+            }
         }
         // As ADD does: a source that expands to a URL is fetched (one URL per instruction).
         let mut remote: Vec<String> = Vec::new();

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::entitlement::Entitlement;
 use super::mount::{self, Parsed};
 use super::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
@@ -776,6 +777,13 @@ impl Lowerer<'_> {
         let mut mounts: Vec<RunMount> = Vec::new();
         let mut extra_inputs = Vec::new();
         let mut network = Network::Default;
+        let mut asks = Vec::new();
+        if insecure && let Some(f) = ins.flag("security") {
+            asks.extend(
+                self.at(f.span)
+                    .map(|at| (Entitlement::SecurityInsecure, at)),
+            );
+        }
         for f in &ins.flags {
             match f.name.as_str() {
                 "mount" => {
@@ -810,6 +818,9 @@ impl Lowerer<'_> {
                             None => d.help("network modes are: default, none, host"),
                         }
                     })?;
+                    if network == Network::Host {
+                        asks.extend(self.at(f.span).map(|at| (Entitlement::NetworkHost, at)));
+                    }
                 }
                 // Read above, before the mounts.
                 "security" => {}
@@ -833,6 +844,7 @@ impl Lowerer<'_> {
             mounts,
         });
         self.push_fs(stage, ins, op, extra_inputs, created_by);
+        self.program.nodes[stage.fs].asks = asks;
         Ok(())
     }
 

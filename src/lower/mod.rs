@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod dockerfile;
+pub mod entitlement;
 pub mod mount;
 pub mod op;
 
@@ -25,6 +26,8 @@ pub struct Node {
     pub name: String,
     /// The source location that created the node.
     pub at: Option<Located>,
+    /// Where the source asks for each entitlement the node's op needs (never hashed).
+    pub asks: entitlement::Asks,
 }
 
 /// A selected output of the program: a stage of a Dockerfile, a target of a .build file.
@@ -54,6 +57,7 @@ impl Program {
             inputs,
             name,
             at,
+            asks: Vec::new(),
         });
         self.nodes.len() - 1
     }

@@ -535,10 +535,15 @@ fn key_action(key: &crate::digest::Digest) -> (re::Digest, Vec<(re::Digest, Vec<
     )
 }
 
-/// Whether a step may leave the machine: only one with no mounts at all. A secret or an SSH agent
-/// must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host.
+/// Whether a step may leave the machine: only one with no mounts at all and no entitlement. A secret or
+/// an SSH agent must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host;
+/// `--allow network.host` and `--allow security.insecure` were granted by this build's user for this
+/// machine, not for a worker's.
 pub fn remotable(step: &RunStep) -> bool {
-    step.secrets.is_empty() && step.mounts.is_empty()
+    step.secrets.is_empty()
+        && step.mounts.is_empty()
+        && step.network != Network::Host
+        && !step.insecure
 }
 
 /// How the executor uses the server.
@@ -962,6 +967,31 @@ mod tests {
     use super::*;
     use nix::sys::stat::{Mode, SFlag, mknod};
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
+
+    /// A step that needs an entitlement was allowed for this machine only: it never becomes an Action.
+    #[test]
+    fn steps_with_an_entitlement_run_locally() {
+        let step = |network, insecure| RunStep {
+            fs: crate::solve::Layers {
+                lowers: Vec::new(),
+                upper: PathBuf::from("/step/upper"),
+                work: PathBuf::from("/step/scratch"),
+            },
+            args: vec!["true".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            user: String::new(),
+            network,
+            insecure,
+            secrets: Vec::new(),
+            mounts: Vec::new(),
+            key: None,
+        };
+        assert!(remotable(&step(Network::Default, false)));
+        assert!(remotable(&step(Network::None, false)));
+        assert!(!remotable(&step(Network::Host, false)));
+        assert!(!remotable(&step(Network::Default, true)));
+    }
 
     /// What a worker sends back is what the client commits: a snapshot survives the trip through its
     /// tar (the step's upper dir → `upper.tar` → the client's upper dir) with every kind of entry an

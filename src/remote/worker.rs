@@ -265,6 +265,7 @@ impl Worker {
                     cwd: spec.cwd,
                     user: spec.user,
                     network,
+                    insecure: false,
                     secrets: Vec::new(),
                     mounts: Vec::new(),
                     key: None,

@@ -25,10 +25,11 @@ use tokio::task::JoinSet;
 use crate::diag::{Diagnostic, Located, Result};
 use crate::digest::{Digest, Encoder};
 use crate::graph::BuildGraph;
+use crate::lower::entitlement::Entitlement;
 use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
 use crate::lower::{NamedContext, Op};
 use crate::progress::{Event, Reporter, Vertex};
-use crate::secret::{LeakScanner, Scrubber, SecretStore, SecretValue};
+use crate::secret::{LeakScanner, ScrubStream, Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Reserve, SecretVerdict, Store, Verdict};
 
 /// Bump when what a cache key covers changes: every cached result is then rebuilt.
@@ -53,6 +54,8 @@ pub struct RunStep {
     /// `user[:group]` or numeric ids; empty means root.
     pub user: String,
     pub network: Network,
+    /// `RUN --security=insecure`, which the build allowed: the step runs without a sandbox.
+    pub insecure: bool,
     /// Each secret mount with its value (`None` when an optional secret was not given).
     pub secrets: Vec<(SecretMount, Option<SecretValue>)>,
     pub mounts: Vec<StepMount>,
@@ -147,6 +150,8 @@ pub struct SolveOptions {
     pub registry: crate::registry::Options,
     /// `--cache-from`: records of shared caches, consulted when the store has no result for a key.
     pub cache_from: Option<Arc<shared_cache::Imported>>,
+    /// `--allow`: the entitlements this build grants its steps.
+    pub allow: Vec<Entitlement>,
 }
 
 pub struct Summary {
@@ -203,23 +208,28 @@ fn unrun(key: Digest) -> CacheRecord {
     }
 }
 
-/// Checks, before anything runs, what would otherwise fail halfway: every base image must be one kiln can
-/// read, and every required secret must have been given.
+/// Checks, before anything runs, what would otherwise fail halfway: every step's entitlements must be
+/// allowed, every base image must be one kiln can read, and every required secret must have been given.
 pub fn preflight(
     graph: &BuildGraph,
     secrets: &SecretStore,
     ssh: &BTreeMap<String, crate::secret::SshSource>,
+    allow: &[Entitlement],
 ) -> Result<()> {
     for n in graph.topo_order() {
-        if let Op::Run(r) = &graph.dag[n].op
-            && r.insecure
+        let node = &graph.dag[n];
+        if let Op::Run(r) = &node.op
+            && let Some(needed) = r.entitlements().into_iter().find(|e| !allow.contains(e))
         {
-            let mut d = Diagnostic::input("RUN --security=insecure is not supported: kiln never runs privileged steps")
-                .help("do the privileged work outside the build, or drop the flag if the step does not need it");
-            if let Some(at) = &graph.dag[n].at {
-                d = d.label(at.clone(), "");
-            }
-            return Err(d);
+            let at = node
+                .asks
+                .iter()
+                .find(|(e, _)| *e == needed)
+                .map(|(_, at)| at);
+            return Err(crate::lower::entitlement::refusal(
+                needed,
+                at.or(node.at.as_ref()),
+            ));
         }
         if let Op::Remote { url, .. } = &graph.dag[n].op {
             let mut d = remote_unsupported(url);
@@ -316,7 +326,7 @@ pub async fn solve<E: Executor>(
     secrets: Arc<SecretStore>,
     opts: SolveOptions,
 ) -> Result<Summary> {
-    preflight(&graph, &secrets, &opts.ssh)?;
+    preflight(&graph, &secrets, &opts.ssh, &opts.allow)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let scanner = Arc::new(all_secrets(&secrets)?);
     let shared = Arc::new(Shared {
@@ -877,6 +887,8 @@ impl<E: Executor> Shared<E> {
         // one or not: a value can reach any step (through a cache mount, the network, an earlier layer
         // in an encoding the scanner does not know and this step undoes).
         let guard = self.scanner.clone();
+        // Hides the secrets of a RUN step in its output and its error message.
+        let mut scrubber = Arc::new(Scrubber::new([]));
         // Cache mounts this step holds (lock files) until it is done.
         let mut _reserved: Vec<std::fs::File> = Vec::new();
         // Writable cache mounts: they outlive the step, so the leak guard must look there too.
@@ -925,15 +937,27 @@ impl<E: Executor> Shared<E> {
                 for (_, dir) in &caches {
                     self.store.note_cache(dir)?;
                 }
-                let scrubber = Scrubber::new(step.secrets.iter().filter_map(|(_, v)| v.as_ref()));
+                scrubber = Arc::new(Scrubber::new(
+                    step.secrets.iter().filter_map(|(_, v)| v.as_ref()),
+                ));
                 let reporter = self.reporter.clone();
-                let sink: LogSink = Arc::new(move |chunk: &[u8]| {
-                    reporter.event(Event::Log {
-                        id,
-                        text: String::from_utf8_lossy(&scrubber.scrub(chunk)).into_owned(),
-                    })
-                });
-                self.exec.run(step, sink).await
+                let log = move |text: Vec<u8>| {
+                    if !text.is_empty() {
+                        reporter.event(Event::Log {
+                            id,
+                            text: String::from_utf8_lossy(&text).into_owned(),
+                        })
+                    }
+                };
+                // Output arrives in chunks; the stream finds a secret split between two.
+                let stream = Arc::new(ScrubStream::new(scrubber.clone()));
+                let sink: LogSink = {
+                    let (stream, log) = (stream.clone(), log.clone());
+                    Arc::new(move |chunk: &[u8]| log(stream.push(chunk)))
+                };
+                let result = self.exec.run(step, sink).await;
+                log(stream.finish());
+                result
             }
             Op::Copy(c) => {
                 let source = match &inputs[1].1 {
@@ -962,7 +986,8 @@ impl<E: Executor> Shared<E> {
             Op::Mkdir { path } => self.exec.mkdir(fs, path.clone()).await,
             _ => unreachable!("only steps reach here"),
         };
-        if let Err(e) = result {
+        if let Err(mut e) = result {
+            e.message = scrubber.scrub_str(&e.message);
             self.reporter.event(Event::Failed {
                 id,
                 elapsed: started.elapsed(),
@@ -1112,6 +1137,7 @@ impl<E: Executor> Shared<E> {
             cwd,
             user,
             network: r.network,
+            insecure: r.insecure,
             secrets,
             mounts: Vec::new(),
             key: None,

@@ -274,3 +274,49 @@ fn several_targets_and_one_output_are_refused() {
     );
     assert!(out.steps().is_empty(), "{}", out.stderr);
 }
+
+/// Lexical scoping, built for real: the imported helper of `tests/cases/build/accept/` mounts its own
+/// module's secret (`lib-token`) and names its own `tag`, though the module calling it has a secret
+/// `token` (`main-token`), a `tag`, and passes locals of those names. The step gets exactly the secret
+/// the checker resolved: it runs (`lib-token` is there) and counts the bytes of `lib-token`'s value.
+#[test]
+fn an_imported_helper_mounts_its_own_modules_secret() {
+    let cases = repo().join("tests/cases/build/accept");
+    let dir = tempdir("scope-");
+    for f in ["_scope_lib.build", "scope-imported-helper-own-secret.build"] {
+        std::fs::copy(cases.join(f), dir.path().join(f)).expect("copy case");
+    }
+    let app = dir.path().join("scope-imported-helper-own-secret.build");
+    let text = std::fs::read_to_string(&app)
+        .unwrap()
+        .replace("image(\"alpine:3.20\")", "image(\"base\")");
+    std::fs::write(&app, text).unwrap();
+    let lib = dir.path().join("_scope_lib.build");
+    let text = std::fs::read_to_string(&lib).unwrap().replace(
+        "img.run(\"publish ${tag}\"",
+        "img.run(\"wc -c < /run/secrets/lib-token > /lib-token-size && echo ${tag} > /tag\"",
+    );
+    std::fs::write(&lib, text).unwrap();
+    let secrets = tempdir("secrets-");
+    let (lib_token, main_token) = (secrets.path().join("lib"), secrets.path().join("main"));
+    std::fs::write(&lib_token, "the library's token").unwrap();
+    std::fs::write(&main_token, "main").unwrap();
+    let out = tempdir("out-");
+    let layout = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .current_dir(dir.path())
+        .args(["-f", "scope-imported-helper-own-secret.build", "--secret"])
+        .arg(format!("id=lib-token,src={}", lib_token.display()))
+        .arg("--secret")
+        .arg(format!("id=main-token,src={}", main_token.display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(".")
+        .run()
+        .success();
+    let image = unpack(&layout);
+    let read = |f: &str| std::fs::read_to_string(image.rootfs.join(f)).expect(f);
+    assert_eq!(read("lib-token-size").trim(), "19", "lib-token's 19 bytes");
+    assert_eq!(read("tag").trim(), "lib-tag");
+}

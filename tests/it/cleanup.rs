@@ -98,6 +98,11 @@ fn assert_gone(marker: &str) {
         alive.is_empty(),
         "`{marker}` outlived the build: pids {alive:?}"
     );
+    let stacks = crate::isolation::stray_network_stacks();
+    assert!(
+        stacks.is_empty(),
+        "slirp4netns outlived the build: {stacks:?}"
+    );
 }
 
 /// SIGTERM to kiln while a step runs: kiln stops, and the step's processes and mounts go with it.

@@ -129,8 +129,8 @@ fn unsupported_forms_are_clear_errors() {
     }
 }
 
-/// `RUN --security=insecure` compiles (it is valid Dockerfile) but is never run: kiln refuses privileged
-/// steps before anything runs.
+/// `RUN --security=insecure` compiles (it is valid Dockerfile) but is not run without
+/// `--allow security.insecure`: the build refuses it before anything runs.
 #[test]
 fn insecure_steps_compile_and_are_refused() {
     let ctx = context(&[("Dockerfile", "FROM base\nRUN --security=insecure true\n")]);
@@ -138,10 +138,8 @@ fn insecure_steps_compile_and_are_refused() {
     let build = Kiln::new().with_base().arg(ctx.path()).run();
     build.expect_code(2);
     assert!(
-        build
-            .stderr
-            .contains("--security=insecure is not supported")
-            && build.stderr.contains("Dockerfile:2:"),
+        build.stderr.contains("security.insecure is not allowed")
+            && build.stderr.contains("Dockerfile:2:5"),
         "{}",
         build.stderr
     );

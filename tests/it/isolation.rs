@@ -1,14 +1,16 @@
-//! What a step can and cannot reach: the network (`--network=none` has only a loopback; the default can reach
-//! a server on the host), host processes (a private pid namespace), and what a SIGKILLed kiln leaves behind
-//! (nothing: no process, no mount, a store the next build uses); and `sharing=locked` cache mounts serialise
-//! the steps that share them.
+//! What a step can and cannot reach: the network (`--network=none` has only a loopback; the default has a
+//! namespace of its own whose only way out is slirp4netns's outbound path, never the host's loopback; every
+//! mode gets generated /etc/resolv.conf and /etc/hosts that stay out of the layer), host processes (a
+//! private pid namespace), and what a SIGKILLed kiln leaves behind (nothing: no process, no network stack,
+//! no mount, a store the next build uses); and `sharing=locked` cache mounts serialise the steps that share
+//! them.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::{Kiln, Output, base_image, context, tempdir};
+use crate::support::{Kiln, Layout, Output, base_image, context, tar_paths, tempdir, tool, unpack};
 
 /// The lines a step printed (the text after `#N <time> `), from plain progress output.
 fn step_lines(out: &Output) -> Vec<String> {
@@ -27,7 +29,11 @@ fn step_lines(out: &Output) -> Vec<String> {
 
 fn build(dockerfile: &str) -> Output {
     let ctx = context(&[("Dockerfile", dockerfile)]);
-    Kiln::new().with_base().arg(ctx.path()).run()
+    Kiln::new()
+        .with_base()
+        .args(["--allow", "network.host"])
+        .arg(ctx.path())
+        .run()
 }
 
 #[test]
@@ -43,13 +49,13 @@ RUN --network=none cat /proc/net/dev && ip link \
 }
 
 /// A TCP server on the host's loopback that answers every connection with one line, counting them.
-struct Server {
-    port: u16,
+pub struct Server {
+    pub port: u16,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
-    fn start(line: &'static str) -> Server {
+    pub fn start(line: &'static str) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("an address").port();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -65,26 +71,276 @@ impl Server {
         Server { port, accepted }
     }
 
-    fn accepted(&self) -> usize {
+    pub fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
+/// A server on an address of the machine other than its loopback: the host end of a veth pair into a
+/// network namespace held by a process the test starts (killing it on drop removes both), with one
+/// address from the benchmarking range. A step reaches it only as slirp4netns's outbound connections do.
+pub struct OtherAddress {
+    holder: std::process::Child,
+    pub addr: std::net::Ipv4Addr,
+    pub port: u16,
+    /// The peer address of every connection, as the server saw it.
+    pub peers: std::sync::Arc<std::sync::Mutex<Vec<std::net::IpAddr>>>,
+}
+
+impl OtherAddress {
+    pub fn start(line: &'static str) -> OtherAddress {
+        static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // Unique per test process and per server: test binaries may run side by side.
+        let pid = std::process::id();
+        let link = format!("kiln{pid:x}-{n}");
+        let addr = std::net::Ipv4Addr::new(198, 18, (pid % 250) as u8, n);
+        let holder = std::process::Command::new("unshare")
+            .args(["--net", "sleep", "600"])
+            .spawn()
+            .expect("unshare starts");
+        let netns = holder.id().to_string();
+        let mut server = OtherAddress {
+            holder,
+            addr,
+            port: 0,
+            peers: Default::default(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // unshare forks nothing: once it has exec'd sleep, the namespace is the new one.
+        while std::fs::read_link(format!("/proc/{netns}/exe"))
+            .is_ok_and(|exe| !exe.to_string_lossy().contains("sleep"))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (link, netns) = (link.as_str(), netns.as_str());
+        tool(
+            "ip",
+            &[
+                "link", "add", link, "type", "veth", "peer", "name", "peer0", "netns", netns,
+            ],
+        );
+        tool("ip", &["addr", "add", &format!("{addr}/32"), "dev", link]);
+        tool("ip", &["link", "set", link, "up"]);
+        tool(
+            "nsenter",
+            &["-t", netns, "-n", "ip", "link", "set", "peer0", "up"],
+        );
+        let listener = TcpListener::bind((addr, 0)).expect("bind the other address");
+        server.port = listener.local_addr().expect("an address").port();
+        let peers = server.peers.clone();
+        std::thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                if let Ok(peer) = stream.peer_addr() {
+                    peers.lock().unwrap().push(peer.ip());
+                }
+                let _ = writeln!(stream, "{line}");
+            }
+        });
+        server
+    }
+
+    pub fn peers(&self) -> Vec<std::net::IpAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for OtherAddress {
+    fn drop(&mut self) {
+        // The veth pair goes with the namespace.
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Live slirp4netns processes whose step is gone: the last-but-one argument is the pid of the helper whose
+/// namespace it serves. Waits up to 2 s for them to end, then kills (so they do not outlive the test run)
+/// and returns any left.
+pub fn stray_network_stacks() -> Vec<i32> {
+    let stray = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<String> = c
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                let stack = args.first().is_some_and(|a| a.ends_with("slirp4netns"));
+                let target = args.iter().rev().nth(2).and_then(|a| a.parse::<i32>().ok());
+                stack && target.is_some_and(|t| !Path::new(&format!("/proc/{t}")).exists())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut left = stray();
+    while !left.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        left = stray();
+    }
+    for pid in &left {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    left
+}
+
+/// The step has an interface of its own besides the loopback, and the server on the host's 127.0.0.1 sees
+/// no connection: not to 127.0.0.1 (the step's own loopback), nor through slirp4netns's gateway (10.0.2.2)
+/// or DNS address (10.0.2.3), which would lead to the host's loopback without `--disable-host-loopback`.
 #[test]
-fn default_and_host_networks_reach_a_host_server() {
+fn default_network_cannot_reach_the_hosts_loopback() {
+    let server = Server::start("kiln-isolation-loopback");
+    let out = build(&format!(
+        "FROM base
+RUN ip -o addr && ip -o addr | grep -q 'eth0 *inet ' && ip -o link | grep -q 'lo:.*UP'
+RUN for a in 127.0.0.1 10.0.2.2 10.0.2.3; do \
+      if timeout 5 nc $a {port} </dev/null | grep kiln-isolation; then echo \"reached via $a\"; exit 1; fi; \
+    done
+",
+        port = server.port
+    ));
+    out.success();
+    assert_eq!(
+        server.accepted(),
+        0,
+        "a default-network step connected to the host's loopback"
+    );
+}
+
+/// The outbound path: a server on another address of the machine answers, and sees the connection come
+/// from the host's own network stack (slirp4netns's socket), not from the step's address.
+#[test]
+fn default_network_reaches_another_address_through_the_outbound_path() {
+    let server = OtherAddress::start("kiln-isolation-outbound");
+    let out = build(&format!(
+        "FROM base
+RUN timeout 10 nc {addr} {port} </dev/null | grep -q kiln-isolation-outbound
+",
+        addr = server.addr,
+        port = server.port
+    ));
+    out.success();
+    let peers = server.peers();
+    assert_eq!(peers.len(), 1, "the server saw {peers:?}");
+    assert!(
+        !peers[0].to_string().starts_with("10.0.2."),
+        "the step's own address reached the server: {peers:?}"
+    );
+}
+
+/// `--network=host` (allowed with `--allow network.host`) keeps the host's namespace.
+#[test]
+fn host_network_reaches_a_host_server() {
     let server = Server::start("kiln-isolation-hello");
     let out = build(&format!(
         "FROM base
-RUN timeout 10 nc 127.0.0.1 {port} </dev/null | grep -q kiln-isolation-hello
 RUN --network=host timeout 10 nc 127.0.0.1 {port} </dev/null | grep -q kiln-isolation-hello
 ",
         port = server.port
     ));
     out.success();
+    assert_eq!(
+        server.accepted(),
+        1,
+        "the host-network step did not connect"
+    );
+}
+
+/// The base image has neither file: every network mode gets both, generated, read-only, and neither (nor
+/// the stubs that held the mounts) ends up in the layer, which keeps only what the step wrote.
+#[test]
+fn resolv_conf_and_hosts_are_generated_and_stay_out_of_the_layer() {
+    let dest = tempdir("net-etc-");
+    let dest = dest.path().join("image");
+    let check = "grep -q nameserver /etc/resolv.conf && grep -q '^127.0.0.1.*localhost' /etc/hosts \
+ && grep -q '^::1.*localhost' /etc/hosts && grep -q kiln /etc/hosts && test \"$(hostname)\" = kiln \
+ && ! echo x >> /etc/hosts && ! echo x >> /etc/resolv.conf";
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM base
+RUN {check} && echo one > /one
+RUN --network=none {check} && echo two > /etc/two
+RUN --network=host {check} && echo three > /three
+"
+        ),
+    )]);
+    Kiln::new()
+        .with_base()
+        .args(["--allow", "network.host"])
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let layers = Layout::new(&dest).layer_tars();
+    let added: Vec<Vec<String>> = layers[1..].iter().map(|t| tar_paths(t)).collect();
+    let trimmed: Vec<Vec<&str>> = added
+        .iter()
+        .map(|l| l.iter().map(|p| p.trim_end_matches('/')).collect())
+        .collect();
+    assert_eq!(
+        trimmed,
+        [vec!["one"], vec!["etc", "etc/two"], vec!["three"]],
+        "the layers hold more than the steps wrote"
+    );
+    let image = unpack(&dest);
+    for f in ["etc/resolv.conf", "etc/hosts"] {
+        assert!(!image.rootfs.join(f).exists(), "{f} is in the image");
+    }
+}
+
+/// Debian's mirror by name, from a debootstrap-made Debian base: DNS through the generated resolv.conf and
+/// HTTP through the outbound path.
+#[test]
+fn apt_get_update_reaches_the_debian_mirror() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM debian
+RUN cat /etc/resolv.conf && apt-get update && ls /var/lib/apt/lists | grep -q _Packages
+",
+    )]);
+    let out = Kiln::new()
+        .arg("--build-context")
+        .arg(format!(
+            "debian=oci-layout://{}",
+            crate::ssh_clone::git_image().display()
+        ))
+        .arg(ctx.path())
+        .run();
+    out.success();
+}
+
+/// Without slirp4netns a default-network step cannot run: the error says what is missing and how to get
+/// it; `--network=none` steps do not need it.
+#[test]
+fn a_missing_network_stack_is_a_clear_error() {
+    let empty = tempdir("no-path-");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --network=none true\nRUN true\n",
+    )]);
+    let out = Kiln::new()
+        .with_base()
+        .env("PATH", empty.path())
+        .arg(ctx.path())
+        .run();
+    out.expect_code(1);
     assert!(
-        server.accepted() >= 2,
-        "the server saw {} connections",
-        server.accepted()
+        out.stderr.contains("`slirp4netns` is not on PATH")
+            && out.stderr.contains("(Debian package")
+            && out.stderr.contains("RUN --network=none"),
+        "{}",
+        out.stderr
     );
 }
 
@@ -206,6 +462,8 @@ fn sigkill_mid_step_leaves_nothing_and_the_store_works() {
         );
     }
     assert!(alive.is_empty(), "`{marker}` outlived kiln: pids {alive:?}");
+    let stacks = stray_network_stacks();
+    assert!(stacks.is_empty(), "slirp4netns outlived kiln: {stacks:?}");
     assert!(
         mounted.is_empty(),
         "mounts outlived kiln:\n{}",

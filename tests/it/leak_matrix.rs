@@ -287,6 +287,54 @@ const MATRIX: &[Row] = &[
         name: "tx-crash",
         how: "a secret build killed mid-way: the next `kiln du` removes what it staged",
     },
+    Row {
+        name: "guard-json-field",
+        how: "a JSON secret's `password` field alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-yaml-field",
+        how: "a YAML secret's `password` field alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-dotenv-field",
+        how: "a dotenv secret's quoted value alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-netrc-field",
+        how: "a `.netrc` secret's `password` token alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-npmrc-token",
+        how: "an `.npmrc` secret's `_authToken` alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-npmrc-auth",
+        how: "the password inside an `.npmrc` `_auth` (base64 user:password) written: refused",
+    },
+    Row {
+        name: "guard-pypirc-field",
+        how: "a `.pypirc` secret's `password` alone written to a file: the leak guard refuses",
+    },
+    Row {
+        name: "guard-docker-auth",
+        how: "the password decoded from a docker config.json `auth` written: the leak guard refuses",
+    },
+    Row {
+        name: "guard-field-encoded",
+        how: "a JSON secret's field written base64-encoded: the leak guard refuses",
+    },
+    Row {
+        name: "progress-encoded",
+        how: "`--progress plain` of a step printing its secret base64 (wrapped), `xxd -p`, HEX: `***`",
+    },
+    Row {
+        name: "progress-field",
+        how: "`--progress plain` of a failing step printing a JSON field raw and hex-encoded: `***`",
+    },
+    Row {
+        name: "short-secret-warning",
+        how: "a secret under 4 bytes: the build warns, naming its id and not its value",
+    },
 ];
 
 /// The row called `name`; panics when the table lacks it, so code and table cannot drift apart.
@@ -942,7 +990,12 @@ fn run_guard(g: &Guard) -> Vec<String> {
     } else {
         g.secret
     };
-    let ctx = context(&[("Dockerfile", g.dockerfile), ("secret.txt", secret)]);
+    // Every row leaks on purpose, to test the runtime guards; the lints would refuse most of them first.
+    let dockerfile = match g.dockerfile.starts_with("# check=") {
+        true => g.dockerfile.to_string(),
+        false => format!("# check=skip=all\n{}", g.dockerfile),
+    };
+    let ctx = context(&[("Dockerfile", dockerfile.as_str()), ("secret.txt", secret)]);
     if g.dockerfile.contains("setx") {
         let to = ctx.path().join("setx");
         std::fs::copy(setx(), &to).expect("copy setx");
@@ -1680,4 +1733,269 @@ fn a_failed_secret_build_keeps_nothing() {
         files.is_empty() && names.is_empty(),
         "[{name}] {files:?} {names:?}"
     );
+}
+
+/// A structured secret whose field alone (or decoded) a step writes to a file.
+struct FieldLeak {
+    row: &'static str,
+    secret: &'static str,
+    /// What the step writes, as kiln must recognise it.
+    field: &'static str,
+    dockerfile: &'static str,
+}
+
+const FIELD_LEAKS: &[FieldLeak] = &[
+    FieldLeak {
+        row: "guard-json-field",
+        secret: r#"{"user": "kiln-field-user", "password": "kiln-field-JSON-3b4c5d6e7f", "port": 5432}"#,
+        field: "kiln-field-JSON-3b4c5d6e7f",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed 's/.*\"password\": \"\\([^\"]*\\)\".*/\\1/' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-yaml-field",
+        secret: "registry:\n  user: kiln-field-user\n  password: kiln-field-YAML-8a9b0c1d2e\n",
+        field: "kiln-field-YAML-8a9b0c1d2e",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed -n 's/^ *password: //p' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-dotenv-field",
+        secret: "DB_USER=kiln\nexport DB_PASSWORD=\"kiln-field-DOTENV-4f5a6b7c8d\"\n",
+        field: "kiln-field-DOTENV-4f5a6b7c8d",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed -n 's/.*DB_PASSWORD=\"\\(.*\\)\"$/\\1/p' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-netrc-field",
+        secret: "machine git.example.com login kiln-bot password kiln-field-NETRC-1a2b3c4d5e\n",
+        field: "kiln-field-NETRC-1a2b3c4d5e",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s awk '{for (i = 1; i < NF; i++) if ($i == \"password\") print $(i+1)}' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-npmrc-token",
+        secret: "registry=https://registry.npmjs.org/\n//registry.npmjs.org/:_authToken=kiln-field-NPM-6c7d8e9f0a\n",
+        field: "kiln-field-NPM-6c7d8e9f0a",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed -n 's/.*_authToken=//p' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-npmrc-auth",
+        // base64 of `kiln-ci:kiln-field-NPMAUTH-0f1e2d3c4b`
+        secret: "//npm.example.com/:_auth=a2lsbi1jaTpraWxuLWZpZWxkLU5QTUFVVEgtMGYxZTJkM2M0Yg==\nalways-auth=true\n",
+        field: "kiln-field-NPMAUTH-0f1e2d3c4b",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed -n 's/.*_auth=//p' /run/secrets/s | base64 -d | cut -d: -f2 > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-pypirc-field",
+        secret: "[distutils]\nindex-servers =\n    pypi\n\n[pypi]\nusername = __token__\npassword = pypi-kiln-field-PYPI-2d3e4f5a6b\n",
+        field: "pypi-kiln-field-PYPI-2d3e4f5a6b",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed -n 's/^password = //p' /run/secrets/s > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-docker-auth",
+        // base64 of `kiln-robot:kiln-field-DOCKER-9e8d7c6b5a`
+        secret: r#"{"auths":{"registry.example.com":{"auth":"a2lsbi1yb2JvdDpraWxuLWZpZWxkLURPQ0tFUi05ZThkN2M2YjVh"}}}"#,
+        field: "kiln-field-DOCKER-9e8d7c6b5a",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed 's/.*\"auth\":\"\\([^\"]*\\)\".*/\\1/' /run/secrets/s | base64 -d | cut -d: -f2 > /kept\n",
+    },
+    FieldLeak {
+        row: "guard-field-encoded",
+        secret: r#"{"user": "kiln-field-user", "password": "kiln-field-B64-7e8f9a0b1c"}"#,
+        field: "kiln-field-B64-7e8f9a0b1c",
+        dockerfile: "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s sed 's/.*\"password\": \"\\([^\"]*\\)\".*/\\1/' /run/secrets/s | base64 > /kept\n",
+    },
+];
+
+/// Runs one field case: refused, naming `s`; neither the field nor the secret shown, output or stored.
+/// The step must really have written the field: the same Dockerfile with the step's result printed
+/// instead shows the field scrubbed in the log.
+fn run_field_leak(f: &FieldLeak) -> Vec<String> {
+    let ctx = context(&[("Dockerfile", f.dockerfile)]);
+    let secret_file = tempdir("secret-");
+    let secret_path = secret_file.path().join("s");
+    crate::support::write(&secret_path, f.secret);
+    let dest = tempdir("out-");
+    let layout = dest.path().join("image");
+    let kiln = Kiln::new().with_base();
+    let out = kiln
+        .clone()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", secret_path.display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg(ctx.path())
+        .run();
+    let mut wrong = Vec::new();
+    if out.code != Some(1) || !out.stderr.contains("secret `s` leaked") {
+        wrong.push(format!(
+            "not refused by the leak guard naming `s` (exit {:?}):\n{}",
+            out.code, out.stderr
+        ));
+    }
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("stdout"), out.stdout.clone().into_bytes()),
+    ];
+    for value in [f.field, f.secret] {
+        for hit in leaks(&said, value.as_bytes()) {
+            wrong.push(format!("the message shows a value: {hit}"));
+        }
+    }
+    if layout.exists() {
+        wrong.push("an output was written".to_string());
+    }
+    let values = [("field", f.field.as_bytes().to_vec())];
+    for hit in find(&files_under(kiln.store()), &values) {
+        wrong.push(format!("the store holds it: {hit}"));
+    }
+    wrong
+}
+
+#[test]
+fn a_field_of_a_structured_secret_is_refused_alone_and_decoded() {
+    let results: Vec<(&str, Vec<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = FIELD_LEAKS
+            .iter()
+            .map(|f| (row(f.row), s.spawn(move || run_field_leak(f))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|(name, h)| (name, h.join().unwrap_or_else(|_| vec!["panicked".into()])))
+            .collect()
+    });
+    let wrong: Vec<String> = results
+        .iter()
+        .flat_map(|(name, w)| w.iter().map(move |w| format!("[{name}] {w}")))
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// The text of the log lines of `--progress plain` output (`#N 0.123 text`), joined without line breaks
+/// so that wrapped encodings are whole again.
+fn log_text(stderr: &str) -> String {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix('#')?;
+            let (_, rest) = rest.split_once(' ')?;
+            let (time, text) = rest.split_once(' ')?;
+            time.parse::<f64>().is_ok().then_some(text)
+        })
+        .collect()
+}
+
+/// A step prints its secret base64 (wrapped at 76), `xxd -p` (wrapped at 60) and upper-case hex: the
+/// plain progress shows `***` for each, and no encoding of the value, even with the lines joined.
+#[test]
+fn encoded_secrets_in_step_output_are_scrubbed() {
+    let name = row("progress-encoded");
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s echo b64:; base64 /run/secrets/s; echo hex:; xxd -p /run/secrets/s; echo HEX:; od -An -tx1 /run/secrets/s | tr -d ' \\n' | tr a-f A-F; echo; echo end\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, LONG_SECRET);
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    let log = log_text(&out.stderr);
+    assert!(
+        log.contains("b64:***") && log.contains("hex:***") && log.contains("HEX:***end"),
+        "[{name}] {}",
+        out.stderr
+    );
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("log lines joined"), log.into_bytes()),
+    ];
+    let hits = leaks(&said, LONG_SECRET.as_bytes());
+    assert!(hits.is_empty(), "[{name}] {hits:?}\n{}", out.stderr);
+}
+
+/// A failing step prints one field of its JSON secret raw and hex-encoded: log and error show `***`.
+#[test]
+fn a_field_in_step_output_is_scrubbed() {
+    let name = row("progress-field");
+    let field = "kiln-progress-field-5a4b3c2d1e";
+    let secret = format!(r#"{{"user": "kiln-field-user", "token": "{field}"}}"#);
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s f=$(cut -d'\"' -f8 /run/secrets/s); echo \"raw:$f\"; printf %s \"$f\" | xxd -p | tr -d '\\n' | sed 's/^/hex:/'; echo; exit 1\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, &secret);
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("raw:***") && out.stderr.contains("hex:***"),
+        "[{name}] {}",
+        out.stderr
+    );
+    let said = [(PathBuf::from("stderr"), out.stderr.clone().into_bytes())];
+    let hits = leaks(&said, field.as_bytes());
+    assert!(hits.is_empty(), "[{name}] {hits:?}\n{}", out.stderr);
+}
+
+/// A secret too short to search for is not passed by in silence.
+#[test]
+fn a_short_secret_gets_a_warning() {
+    let name = row("short-secret-warning");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN --mount=type=secret,id=pin test -s /run/secrets/pin\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("pin");
+    crate::support::write(&path, "Q7z\n");
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=pin,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    assert!(
+        out.stderr
+            .contains("warning: secret `pin` is shorter than 4 bytes, too short to search for"),
+        "[{name}] {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("Q7z"), "[{name}] {}", out.stderr);
+}
+
+/// The same, line by line with pauses, so each line reaches kiln as a chunk of its own and the encoded
+/// secret is split between chunks: still `***`, never a piece long enough to mean anything.
+#[test]
+fn an_encoded_secret_split_between_output_chunks_is_scrubbed() {
+    let name = row("progress-encoded");
+    let ctx = context(&[(
+        "Dockerfile",
+        "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s for enc in base64 'xxd -p'; do { head -c 100 /dev/zero | tr '\\0' x; cat /run/secrets/s; head -c 100 /dev/zero | tr '\\0' y; } | $enc | while read -r l; do echo \"$l\"; sleep 0.1; done; done\n",
+    )]);
+    let secrets = tempdir("secrets-");
+    let path = secrets.path().join("s");
+    crate::support::write(&path, LONG_SECRET);
+    let out = Kiln::new()
+        .with_base()
+        .arg("--secret")
+        .arg(format!("id=s,src={}", path.display()))
+        .arg(ctx.path())
+        .run();
+    out.success();
+    let log = log_text(&out.stderr);
+    assert!(log.matches("***").count() >= 4, "[{name}] {}", out.stderr);
+    let said = [
+        (PathBuf::from("stderr"), out.stderr.clone().into_bytes()),
+        (PathBuf::from("log lines joined"), log.into_bytes()),
+    ];
+    let hits = leaks(&said, LONG_SECRET.as_bytes());
+    assert!(hits.is_empty(), "[{name}] {hits:?}\n{}", out.stderr);
 }

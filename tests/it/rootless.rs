@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+use crate::isolation::{OtherAddress, Server};
 use crate::support::{
     Kiln, Layout, Output, base_image, context, files_under, leaks, tool, unpack, write,
 };
@@ -633,7 +634,11 @@ RUN --network=host ip link | grep -q ' lo:'
 ",
         )],
     );
-    u.build(&ws).arg(&ctx).run().success();
+    u.build(&ws)
+        .args(["--allow", "network.host"])
+        .arg(&ctx)
+        .run()
+        .success();
     assert_nothing_left("sleep 318", &ws.store);
     let users_processes: Vec<u32> = pids()
         .into_iter()
@@ -643,6 +648,88 @@ RUN --network=host ip link | grep -q ' lo:'
         })
         .collect();
     assert!(users_processes.is_empty(), "{users_processes:?}");
+}
+
+/// A default step of a rootless build has its own network too: slirp4netns, run inside kiln's user
+/// namespace, takes it out to another address of the machine, and the host's loopback stays out of reach.
+#[test]
+fn default_network_works_rootless() {
+    let u = user(RANGED, true);
+    let ws = Workspace::new(&u);
+    let outside = OtherAddress::start("kiln-rootless-outbound");
+    let loopback = Server::start("kiln-rootless-loopback");
+    let ctx = ws.context(
+        &u,
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM base
+RUN timeout 10 nc {addr} {port} </dev/null | grep -q kiln-rootless-outbound
+RUN for a in 127.0.0.1 10.0.2.2; do \\
+      if timeout 5 nc $a {lport} </dev/null | grep kiln-rootless; then exit 1; fi; \\
+    done
+",
+                addr = outside.addr,
+                port = outside.port,
+                lport = loopback.port
+            ),
+        )],
+    );
+    u.build(&ws).arg(&ctx).run().success();
+    assert_eq!(outside.peers().len(), 1, "{:?}", outside.peers());
+    assert_eq!(
+        loopback.accepted(),
+        0,
+        "a rootless step reached the host's loopback"
+    );
+    assert_nothing_left("kiln-rootless-outbound", &ws.store);
+}
+
+/// A tun device the user cannot open (0600, as a machine without udev may leave it): the build stops with
+/// what is wrong and how to fix it. The device is swapped only in a private mount namespace around kiln.
+#[test]
+fn an_unusable_tun_device_is_a_clear_error() {
+    let u = user(RANGED, true);
+    let ws = Workspace::new(&u);
+    let ctx = ws.context(
+        &u,
+        &[(
+            "Dockerfile",
+            "FROM base\nRUN --network=none true\nRUN true\n",
+        )],
+    );
+    let mut wrapper = vec![
+        "unshare".to_string(),
+        "--mount".into(),
+        "--propagation=private".into(),
+        "sh".into(),
+        "-c".into(),
+        "mount -t tmpfs none /dev/net && mknod -m 600 /dev/net/tun c 10 200 && exec \"$@\"".into(),
+        "sh".into(),
+    ];
+    wrapper.extend(u.wrapper());
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let out = Kiln::build_in(&ws.store)
+        .program(u.kiln_binary())
+        .wrapped(&wrapper)
+        .env("HOME", u.home())
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", ws.base.display()))
+        .arg(&ctx)
+        .run();
+    out.expect_code(1);
+    for needle in [
+        "slirp4netns needs /dev/net/tun: EACCES",
+        "mode 0666",
+        "RUN --network=none",
+        "2 | RUN --network=none true",
+    ] {
+        assert!(
+            out.stderr.contains(needle),
+            "no `{needle}` in:\n{}",
+            out.stderr
+        );
+    }
 }
 
 fn pids() -> Vec<u32> {
@@ -680,6 +767,11 @@ fn assert_nothing_left(marker: &str, store: &Path) {
         );
     }
     assert!(alive.is_empty(), "`{marker}` outlived the build: {alive:?}");
+    let stacks = crate::isolation::stray_network_stacks();
+    assert!(
+        stacks.is_empty(),
+        "slirp4netns outlived the build: {stacks:?}"
+    );
     // Every mount namespace still alive, not just ours: a leaked helper would hold its own.
     let store = store.to_string_lossy();
     let mounts: Vec<String> = pids()
@@ -697,4 +789,33 @@ fn assert_nothing_left(marker: &str, store: &Path) {
         "mounts outlived the build:\n{}",
         mounts.join("\n")
     );
+}
+
+/// The sandbox holds rootless too, with a ranged and with a single-id map: Docker's default capabilities
+/// (relative to kiln's user namespace), the seccomp profile, the host's device nodes bound into a minimal
+/// /dev, masked /proc paths and a read-only /sys (a sysfs of its own in a network namespace of kiln's;
+/// the host's, bound recursively read-only, where the namespace may not mount one).
+#[test]
+fn rootless_steps_are_sandboxed() {
+    for (name, ranged) in [(RANGED, true), (SINGLE, false)] {
+        let u = user(name, ranged);
+        let ws = Workspace::new(&u);
+        let ctx = ws.context(
+            &u,
+            &[(
+                "Dockerfile",
+                "FROM base
+RUN grep -q 'CapEff:.00000000a80425fb' /proc/self/status \
+ && ! unshare -m true && ! hostname evil \
+ && test \"$(ls -A /dev | tr '\\n' ' ')\" = 'fd full null ptmx pts random shm stderr stdin stdout tty urandom zero ' \
+ && head -c 4 /dev/zero | wc -c | grep -qx 4 && echo ok > /dev/null \
+ && test -z \"$(ls -A /sys/firmware)\" \
+ && ! touch /sys/kiln && ! touch /sys/fs/cgroup/kiln && ! echo 1 > /proc/sys/kernel/ns_last_pid
+RUN --network=none grep -q ' /sys ro,' /proc/self/mountinfo && test -z \"$(ls -A /sys/firmware)\"
+",
+            )],
+        );
+        let out = u.build(&ws).arg(&ctx).run();
+        out.success();
+    }
 }

@@ -18,7 +18,7 @@ use crate::support::{Kiln, Output, StepState, context, leaks_under, repo, tempdi
 /// The Debian image with git and openssh-client, made by `tests/fixtures/make-git-image.sh` on first use
 /// and kept under the target dir, named by the script's hash: debootstrap costs tens of seconds and needs
 /// the Debian mirror, so later runs (and every test of this run) share the one made before.
-fn git_image() -> &'static Path {
+pub fn git_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let script = repo().join("tests/fixtures/make-git-image.sh");
@@ -272,7 +272,8 @@ fn clone_build(server: &GitServer, required: bool) -> (Kiln, tempfile::TempDir) 
         .arg("--build-arg")
         .arg(format!("SSH_PORT={}", server.port))
         .arg("--build-arg")
-        .arg(format!("REPO={}", server.repo.display()));
+        .arg(format!("REPO={}", server.repo.display()))
+        .args(["--allow", "network.host"]);
     (kiln, ctx)
 }
 
@@ -408,7 +409,7 @@ fn the_build_language_example_clones_through_the_agent() {
         .env("SSH_AUTH_SOCK", &agent.socket)
         .args(["-f", "examples/ssh/app.build", "--build-context"])
         .arg(format!("git-base=oci-layout://{}", git_image().display()))
-        .args(["--ssh", "default", "--param"])
+        .args(["--ssh", "default", "--allow", "network.host", "--param"])
         .arg(format!(
             "repo=ssh://root@127.0.0.1:{}{}",
             server.port,

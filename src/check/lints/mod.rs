@@ -7,7 +7,7 @@
 //! and experimental parts; `error=` is file-wide, and an unreadable comment is ignored, as in BuildKit).
 
 mod buildkit;
-mod secrets;
+pub mod secrets;
 mod words;
 
 use std::collections::BTreeSet;
@@ -351,6 +351,80 @@ pub fn run(df: &Dockerfile, opts: &Options) -> Result<Report> {
     Ok(Report { findings })
 }
 
+/// The findings of kiln's own secret rules only: what `kiln build` runs before any step.
+pub fn secret_checks(df: &Dockerfile, build_args: Vec<BuildArg>) -> Result<Report> {
+    let opts = Options {
+        build_args,
+        ..Options::default()
+    };
+    let mut report = run(df, &opts)?;
+    report.findings.retain(|f| is_secret_rule(f.rule));
+    Ok(report)
+}
+
+/// kiln's secret rules (its own, not BuildKit's).
+pub fn is_secret_rule(name: &str) -> bool {
+    RULES.iter().any(|r| r.name == name && r.slug.is_none())
+}
+
+/// A finding of a secret rule at `span` of a `.build` file, unless a `# check=` comment turns the rule
+/// off: one in the file's leading comments for the whole file, or one on the lines just above the
+/// finding's line for that place only (BuildKit's syntax: `# check=skip=Rule1,Rule2` or `skip=all`).
+pub fn program_finding(
+    file: &Arc<SourceFile>,
+    span: Span,
+    rule_name: &str,
+    message: String,
+) -> Result<Option<Finding>> {
+    let r = rule(rule_name);
+    let lines: Vec<&str> = file.text.lines().collect();
+    let check_of = |line: &str| {
+        let c = line.trim().strip_prefix('#')?.trim_start();
+        let (name, value) = c.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("check")
+            .then(|| value.trim().to_string())
+    };
+    let mut config = Config::default();
+    let mut offset = 0;
+    for line in &lines {
+        if !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            break;
+        }
+        if let Some(value) = check_of(line) {
+            let parsed = Config::parse(&value).map_err(|e| {
+                let at = Span::new(offset, offset + line.len());
+                Diagnostic::at(file, at, format!("failed to parse check options: {e}"))
+                    .help(HELP_OPTIONS)
+            })?;
+            config = config.merged(&parsed);
+        }
+        offset += line.len() + 1;
+    }
+    let (line, _) = file.line_col(span.start);
+    let above: Vec<String> = lines[..line.saturating_sub(1)]
+        .iter()
+        .rev()
+        .take_while(|l| l.trim_start().starts_with('#'))
+        .filter_map(|l| check_of(l).map(|v| format!("check={v}")))
+        .collect();
+    let config = config.with_comments(&above);
+    if !config.enabled(r) {
+        return Ok(None);
+    }
+    Ok(Some(Finding {
+        rule: r.name,
+        level: if r.error || config.error {
+            Level::Error
+        } else {
+            Level::Warning
+        },
+        message,
+        url: None,
+        at: Located::new(file, span),
+    }))
+}
+
 const HELP_OPTIONS: &str = "write `check=skip=Rule1,Rule2` (or `skip=all`), `error=true|false`, `experimental=Rule|all`, separated by `;`";
 
 /// The JSON shape of `kiln check --format json`.
@@ -392,6 +466,47 @@ impl Report {
         self.findings.len() - self.errors()
     }
 
+    /// What `kiln build` prints before it goes on or refuses: every warning, and every error when
+    /// there are several (one error is the refusal's own message), each as `render_text` draws it.
+    pub fn render_for_build(&self) -> String {
+        let several = self.errors() > 1;
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Warning || several)
+            .map(render_finding)
+            .collect()
+    }
+
+    /// Why `kiln build` refuses, when any finding is an error: each one located, with the opt-out.
+    pub fn refusal(&self) -> Option<Diagnostic> {
+        let errors: Vec<&Finding> = self
+            .findings
+            .iter()
+            .filter(|f| f.level == Level::Error)
+            .collect();
+        let first = errors.first()?;
+        let mut rules: Vec<&str> = errors.iter().map(|f| f.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        let message = match errors.len() {
+            1 => format!("{}: {}", first.rule, first.message),
+            n => format!(
+                "{n} secret checks fail ({}), so kiln does not build this",
+                rules.join(", ")
+            ),
+        };
+        let mut d = Diagnostic::input(message);
+        for f in &errors {
+            d = d.label(f.at.clone(), f.rule);
+        }
+        Some(d.help(format!(
+            "this would put a secret into the image, so the build stops before any step runs; if \
+             it is intended, opt out with `# check=skip={}` at the top of the file (or on the line \
+             above this one)",
+            rules.join(",")
+        )))
+    }
+
     /// The stable JSON form, pretty-printed, with a final newline.
     pub fn render_json(&self) -> String {
         let findings = self
@@ -430,13 +545,7 @@ impl Report {
     pub fn render_text(&self) -> String {
         let mut out = String::new();
         for f in &self.findings {
-            let level = match f.level {
-                Level::Warning => "warning",
-                Level::Error => "error",
-            };
-            let _ = writeln!(out, "{level}: {}: {}", f.rule, f.message);
-            out.push_str(&snippet(&f.at, f.url.as_deref()));
-            out.push('\n');
+            out.push_str(&render_finding(f));
         }
         let (e, w) = (self.errors(), self.warnings());
         if e + w == 0 {
@@ -451,6 +560,17 @@ impl Report {
         }
         out
     }
+}
+
+fn render_finding(f: &Finding) -> String {
+    let level = match f.level {
+        Level::Warning => "warning",
+        Level::Error => "error",
+    };
+    let mut out = format!("{level}: {}: {}\n", f.rule, f.message);
+    out.push_str(&snippet(&f.at, f.url.as_deref()));
+    out.push('\n');
+    out
 }
 
 /// `  --> file:line:col`, the first line of the span, carets under it, and the docs URL.

@@ -32,34 +32,44 @@ fn secret_file(base: &str) -> bool {
 pub(super) fn copy(l: &mut Linter, i: usize, ins: &Instruction, sources: &[(&Word, String)]) {
     let kw = ins.kind.name();
     for (w, value) in sources {
-        if value.starts_with("<<") {
-            continue;
-        }
-        let trimmed = value.trim_end_matches('/');
-        let base = trimmed.rsplit('/').next().unwrap_or(trimmed);
-        if secret_file(base) {
-            l.emit(
-                "SecretFileCopied",
-                Some(i),
-                w.span,
-                format!(
-                    "{kw} puts `{value}` into an image layer, and its name says it holds a secret; \
-                     deleting it in a later step does not take it out of this layer: \
-                     pass it with `--secret` and read it in `RUN --mount=type=secret` instead"
-                ),
-            );
+        if let Some(message) = copied_file(kw, value) {
+            l.emit("SecretFileCopied", Some(i), w.span, message);
         }
     }
 }
 
-/// A `--mount=type=secret` as written: where its file is (if it has one) and its env variable.
-struct SecretMount {
-    id: String,
-    target: Option<String>,
-    env: Option<String>,
+/// The `SecretFileCopied` message for one COPY/ADD source, if its base name looks like a secret.
+pub fn copied_file(kw: &str, value: &str) -> Option<String> {
+    if value.starts_with("<<") {
+        return None;
+    }
+    let trimmed = value.trim_end_matches('/');
+    let base = trimmed.rsplit('/').next().unwrap_or(trimmed);
+    secret_file(base).then(|| {
+        format!(
+            "{kw} puts `{value}` into an image layer, and its name says it holds a secret; \
+             deleting it in a later step does not take it out of this layer: \
+             pass it with `--secret` and read it in `RUN --mount=type=secret` instead"
+        )
+    })
 }
 
-fn join(cwd: &str, p: &str) -> String {
+/// A `--mount=type=secret` as written: where its file is (if it has one) and its env variable.
+pub struct SecretMount {
+    pub id: String,
+    /// The absolute path of its file, if it has one.
+    pub target: Option<String>,
+    pub env: Option<String>,
+}
+
+/// A finding of the RUN checks, placed by the text it is about (`needle`, found in the step's source).
+pub struct RunFinding {
+    pub rule: &'static str,
+    pub needle: String,
+    pub message: String,
+}
+
+pub fn join(cwd: &str, p: &str) -> String {
     if p.starts_with('/') {
         words::clean_path(p)
     } else {
@@ -188,6 +198,22 @@ pub(super) fn run(
 ) {
     let text = run_text(ins, cmd);
     let (secrets, tmpfs) = mounts(mount_values, cwd);
+    for f in run_findings(&text, &secrets, &tmpfs, cwd, file_targets) {
+        let span = locate(l, ins, &f.needle);
+        l.emit(f.rule, Some(i), span, f.message);
+    }
+}
+
+/// The RUN checks over the shell text of a step, given its secret and tmpfs mounts (absolute targets)
+/// and the secret file targets mounted anywhere in the program.
+pub fn run_findings(
+    text: &str,
+    secrets: &[SecretMount],
+    tmpfs: &[String],
+    cwd: &str,
+    file_targets: &[String],
+) -> Vec<RunFinding> {
+    let mut out = Vec::new();
     let mounted: Vec<&str> = secrets.iter().filter_map(|s| s.target.as_deref()).collect();
     // Reads of secret files this RUN does not mount.
     let mut read: Vec<String> = Vec::new();
@@ -205,7 +231,7 @@ pub(super) fn run(
         }
     }
     for t in file_targets {
-        if mentions(&text, t) {
+        if mentions(text, t) {
             read.push(t.clone());
         }
     }
@@ -218,23 +244,21 @@ pub(super) fn run(
             Some(id) => format!("add `--mount=type=secret,id={id}` to this RUN"),
             None => format!("add `--mount=type=secret,id=...,target={path}` to this RUN"),
         };
-        let span = locate(l, ins, &path);
-        l.emit(
-            "SecretReadWithoutMount",
-            Some(i),
-            span,
-            format!(
+        out.push(RunFinding {
+            rule: "SecretReadWithoutMount",
+            needle: path.clone(),
+            message: format!(
                 "RUN reads the secret file `{path}` but does not mount it; a secret is only there \
                  in the RUN that mounts it: {hint}"
             ),
-        );
+        });
         reported.push(path);
     }
     // Mounted secrets written to files that stay in the layer.
     if secrets.is_empty() {
-        return;
+        return out;
     }
-    let segments = segments(&text);
+    let segments = segments(text);
     let reads = |s: &Segment| {
         secrets.iter().any(|m| {
             m.target.as_deref().is_some_and(|t| mentions(&s.raw, t))
@@ -260,7 +284,8 @@ pub(super) fn run(
     let mut tainted: Option<String> = None;
     let mut flagged: Vec<String> = Vec::new();
     for (k, seg) in segments.iter().enumerate() {
-        let own = reads(seg);
+        // A count or a digest of a secret is not the secret.
+        let own = reads(seg) && !SUMMARIES.contains(&command(seg).0.as_str());
         // Piped output stays the secret only through filters; a program it is piped into consumes it.
         let passed = tainted
             .take()
@@ -278,20 +303,19 @@ pub(super) fn run(
             if harmless || flagged.contains(&full) || removed(&segments[k + 1..], &full, cwd) {
                 continue;
             }
-            let span = locate(l, ins, &dest);
-            l.emit(
-                "SecretCopiedToFile",
-                Some(i),
-                span,
-                format!(
+            out.push(RunFinding {
+                rule: "SecretCopiedToFile",
+                message: format!(
                     "RUN writes secret `{id}` to `{dest}` and does not remove it, so it is committed \
                      with this layer: remove it in the same RUN (`rm {dest}`) or read the secret \
                      where it is mounted"
                 ),
-            );
+                needle: dest,
+            });
             flagged.push(full);
         }
     }
+    out
 }
 
 /// Commands whose output is (a transformation of) their input: a secret piped into them stays a
@@ -300,6 +324,21 @@ const FILTERS: [&str; 26] = [
     "cat", "tee", "base64", "base32", "basenc", "tr", "sed", "awk", "cut", "head", "tail", "xxd",
     "od", "hexdump", "jq", "yq", "sort", "uniq", "gzip", "bzip2", "xz", "rev", "fold", "envsubst",
     "dd", "sponge",
+];
+
+/// Commands whose output says something about their input without holding it.
+const SUMMARIES: [&str; 11] = [
+    "wc",
+    "cksum",
+    "md5sum",
+    "sha1sum",
+    "sha224sum",
+    "sha256sum",
+    "sha384sum",
+    "sha512sum",
+    "b2sum",
+    "test",
+    "[",
 ];
 
 /// One simple command: its words (quotes removed), its output redirection targets, its raw text, and
@@ -616,17 +655,20 @@ fn unquote(s: &str) -> &str {
 /// `SecretInBuildArg` for an ARG default or ENV value written in the Dockerfile.
 pub(super) fn value(l: &mut Linter, i: usize, kind: &str, key: &str, word: Option<&Word>) {
     let Some(w) = word else { return };
-    if let Some(what) = secret_value(unquote(&w.text)) {
-        l.emit(
-            "SecretInBuildArg",
-            Some(i),
-            w.span,
-            format!(
-                "the value of {kind} `{key}` looks like {what}; ARG and ENV values are kept in the \
-                 image's history and config: pass it with `--secret` and use `RUN --mount=type=secret`"
-            ),
-        );
+    if let Some(message) = value_message(kind, key, unquote(&w.text)) {
+        l.emit("SecretInBuildArg", Some(i), w.span, message);
     }
+}
+
+/// The `SecretInBuildArg` message for an ARG default or ENV value written in the file, if it looks like
+/// a secret.
+pub fn value_message(kind: &str, key: &str, value: &str) -> Option<String> {
+    secret_value(value).map(|what| {
+        format!(
+            "the value of {kind} `{key}` looks like {what}; ARG and ENV values are kept in the \
+             image's history and config: pass it with `--secret` and use `RUN --mount=type=secret`"
+        )
+    })
 }
 
 /// `SecretInBuildArg` for `--build-arg`s: a secret-looking value, or a secret-looking name that
