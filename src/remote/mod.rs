@@ -704,15 +704,8 @@ impl Remote {
         // First by kiln's cache key: no input needs tarring, and a result is found even when an input
         // layer was rebuilt with other bytes (a new directory's mtime) but the same meaning.
         let keyed = step.key.as_ref().map(key_action);
-        if let Some((digest, _)) = &keyed
-            && let Some(result) = self.server.get_action_result(digest).await?
-            && result.exit_code == 0
-            && self.complete(&result).await?
-        {
-            let scratch = self.scratch(&step.fs)?;
-            return self
-                .apply(&result, &step.args, &step.fs, &scratch, &logs)
-                .await;
+        if self.apply_keyed(&step, &logs).await? {
+            return Ok(());
         }
         let result = self.run_action(step, logs.clone()).await?;
         if let (Some((digest, blobs)), Some(result)) = (keyed, result)
@@ -726,17 +719,26 @@ impl Remote {
     /// `Mode::Read`: a result filed under the step's cache key (which covers no secret value and no
     /// input bytes), else the step runs here.
     async fn run_read(&self, step: RunStep, logs: LogSink) -> Result<()> {
+        if self.apply_keyed(&step, &logs).await? {
+            return Ok(());
+        }
+        self.local.run(step, logs).await
+    }
+
+    /// Applies the successful result filed under the step's cache key, if the server has one whose
+    /// blobs are all there; `false` when it has none.
+    async fn apply_keyed(&self, step: &RunStep, logs: &LogSink) -> Result<bool> {
         if let Some((digest, _)) = step.key.as_ref().map(key_action)
             && let Some(result) = self.server.get_action_result(&digest).await?
             && result.exit_code == 0
             && self.complete(&result).await?
         {
             let scratch = self.scratch(&step.fs)?;
-            return self
-                .apply(&result, &step.args, &step.fs, &scratch, &logs)
-                .await;
+            self.apply(&result, &step.args, &step.fs, &scratch, logs)
+                .await?;
+            return Ok(true);
         }
-        self.local.run(step, logs).await
+        Ok(false)
     }
 
     fn scratch(&self, fs: &Layers) -> Result<PathBuf> {

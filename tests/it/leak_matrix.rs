@@ -491,6 +491,18 @@ fn tar_views(label: &str, tar: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
+/// `kiln` with the base image and one secret `id` whose file holds `value`, building `ctx`.
+fn run_with_secret(kiln: Kiln, id: &str, value: &str, ctx: &Path) -> Output {
+    let dir = tempdir("secrets-");
+    let path = dir.path().join(id);
+    crate::support::write(&path, value);
+    kiln.with_base()
+        .arg("--secret")
+        .arg(format!("id={id},src={}", path.display()))
+        .arg(ctx)
+        .run()
+}
+
 /// A kiln invocation with the three secrets of this suite (values given).
 fn with_secrets(kiln: Kiln, dir: &Path, file: &str, env: &str, password: &str) -> Kiln {
     let file_path = dir.join("file-secret.txt");
@@ -1169,15 +1181,7 @@ fn a_failing_step_shows_no_value() {
         "Dockerfile",
         "FROM base\nRUN --mount=type=secret,id=s sh -c 'echo \"failing with $(cat /run/secrets/s)\"; cat /run/secrets/s >&2; exit 1'\n",
     )]);
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("s");
-    crate::support::write(&path, FILE_SECRET);
-    let out = Kiln::new()
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=s,src={}", path.display()))
-        .arg(ctx.path())
-        .run();
+    let out = run_with_secret(Kiln::new(), "s", FILE_SECRET, ctx.path());
     out.expect_code(1);
     assert!(
         out.stderr.contains("failing with ***"),
@@ -1716,16 +1720,7 @@ fn a_failed_secret_build_keeps_nothing() {
         .run()
         .success();
     let before = du(store.path());
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("s");
-    crate::support::write(&path, value);
-    Kiln::build_in(store.path())
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=s,src={}", path.display()))
-        .arg(ctx.path())
-        .run()
-        .expect_code(1);
+    run_with_secret(Kiln::build_in(store.path()), "s", value, ctx.path()).expect_code(1);
     assert_eq!(du(store.path()), before, "[{name}]");
     let needles = vec![("reversed value", reversed(value).remove(0))];
     let (files, names) = store_hits(store.path(), &needles);
@@ -1890,15 +1885,7 @@ fn encoded_secrets_in_step_output_are_scrubbed() {
         "Dockerfile",
         "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s echo b64:; base64 /run/secrets/s; echo hex:; xxd -p /run/secrets/s; echo HEX:; od -An -tx1 /run/secrets/s | tr -d ' \\n' | tr a-f A-F; echo; echo end\n",
     )]);
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("s");
-    crate::support::write(&path, LONG_SECRET);
-    let out = Kiln::new()
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=s,src={}", path.display()))
-        .arg(ctx.path())
-        .run();
+    let out = run_with_secret(Kiln::new(), "s", LONG_SECRET, ctx.path());
     out.success();
     let log = log_text(&out.stderr);
     assert!(
@@ -1924,15 +1911,7 @@ fn a_field_in_step_output_is_scrubbed() {
         "Dockerfile",
         "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s f=$(cut -d'\"' -f8 /run/secrets/s); echo \"raw:$f\"; printf %s \"$f\" | xxd -p | tr -d '\\n' | sed 's/^/hex:/'; echo; exit 1\n",
     )]);
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("s");
-    crate::support::write(&path, &secret);
-    let out = Kiln::new()
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=s,src={}", path.display()))
-        .arg(ctx.path())
-        .run();
+    let out = run_with_secret(Kiln::new(), "s", &secret, ctx.path());
     out.expect_code(1);
     assert!(
         out.stderr.contains("raw:***") && out.stderr.contains("hex:***"),
@@ -1952,15 +1931,7 @@ fn a_short_secret_gets_a_warning() {
         "Dockerfile",
         "FROM base\nRUN --mount=type=secret,id=pin test -s /run/secrets/pin\n",
     )]);
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("pin");
-    crate::support::write(&path, "Q7z\n");
-    let out = Kiln::new()
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=pin,src={}", path.display()))
-        .arg(ctx.path())
-        .run();
+    let out = run_with_secret(Kiln::new(), "pin", "Q7z\n", ctx.path());
     out.success();
     assert!(
         out.stderr
@@ -1980,15 +1951,7 @@ fn an_encoded_secret_split_between_output_chunks_is_scrubbed() {
         "Dockerfile",
         "# check=skip=all\nFROM base\nRUN --mount=type=secret,id=s for enc in base64 'xxd -p'; do { head -c 100 /dev/zero | tr '\\0' x; cat /run/secrets/s; head -c 100 /dev/zero | tr '\\0' y; } | $enc | while read -r l; do echo \"$l\"; sleep 0.1; done; done\n",
     )]);
-    let secrets = tempdir("secrets-");
-    let path = secrets.path().join("s");
-    crate::support::write(&path, LONG_SECRET);
-    let out = Kiln::new()
-        .with_base()
-        .arg("--secret")
-        .arg(format!("id=s,src={}", path.display()))
-        .arg(ctx.path())
-        .run();
+    let out = run_with_secret(Kiln::new(), "s", LONG_SECRET, ctx.path());
     out.success();
     let log = log_text(&out.stderr);
     assert!(log.matches("***").count() >= 4, "[{name}] {}", out.stderr);
