@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use divan::counter::ItemsCount;
-use kiln::lower::{Op, Program, Root};
+use kiln::graph::{Op, Program, Root};
 
 const IMAGES: usize = 5_000;
 

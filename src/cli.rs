@@ -10,8 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
 use crate::graph::BuildGraph;
-use crate::lower::entitlement::Entitlement;
-use crate::lower::{LowerOptions, NamedContext};
+use crate::graph::NamedContext;
+use crate::graph::entitlement::Entitlement;
+use crate::lower::LowerOptions;
 use crate::progress::{self, Event};
 use crate::secret::{SecretSource, SecretStore, SshSource};
 
@@ -1398,7 +1399,7 @@ fn config_location(
     config: &serde_json::Value,
     path: &str,
 ) -> Option<(crate::diag::Located, &'static str)> {
-    let crate::lower::Op::Config(op) = &graph.dag[root].op else {
+    let crate::graph::Op::Config(op) = &graph.dag[root].op else {
         return None;
     };
     // The stage's own steps, top first, down to the node it starts from.

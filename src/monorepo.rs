@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
 use crate::graph::BuildGraph;
+use crate::graph::op::RunMount;
+use crate::graph::{Op, Program};
 use crate::lower::build::{BuildOptions, Evaluator, PACKAGE_FILE, PackageContexts, Session};
-use crate::lower::op::RunMount;
-use crate::lower::{Op, Program};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -283,7 +283,7 @@ fn context_reads(
             .get(name)
             .cloned()
             .or_else(|| match opts.lower.contexts.get(name) {
-                Some(crate::lower::NamedContext::Dir(d)) => Some(d.clone()),
+                Some(crate::graph::NamedContext::Dir(d)) => Some(d.clone()),
                 _ => None,
             })
     };

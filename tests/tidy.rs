@@ -1,15 +1,21 @@
 //! Keeps the architecture honest (see ARCHITECTURE.md): stages depend only on earlier stages, foundations on
-//! no stage, `unsafe` and process/mount syscalls live only in the executor, every module says what it is.
+//! no stage, nothing after the IR uses a front end, `unsafe` and process/mount syscalls live only in the
+//! executor, every module says what it is.
 //!
 //! Test code (from `#[cfg(test)]` on) is exempt: tests may cross layers to check round trips.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The pipeline, in order. A stage may use the ones before it, never the ones after.
+/// The stages, in dependency order. A stage may use the ones before it, never the ones after. `graph` holds
+/// the IR every front end lowers to, so it comes before the front ends it follows in the pipeline.
 const STAGES: [&str; 8] = [
-    "syntax", "check", "lower", "graph", "solve", "exec", "export", "remote",
+    "graph", "syntax", "check", "lower", "solve", "exec", "export", "remote",
 ];
+/// The front ends: source text to IR.
+const FRONT_ENDS: [&str; 3] = ["syntax", "check", "lower"];
+/// The stages from the IR on, which must not know which front end a program came from.
+const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "export", "remote"];
 /// Shared foundations: usable by every stage, and using no stage themselves.
 const FOUNDATIONS: [&str; 8] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress",
@@ -63,6 +69,56 @@ fn product_code(text: &str) -> String {
         .join("\n")
 }
 
+/// The top-level modules a piece of code names through `crate::`, as `crate::name` or inside a
+/// `crate::{...}` group.
+fn crate_modules(code: &str) -> Vec<String> {
+    let ident = |s: &str| -> String {
+        s.trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut names = Vec::new();
+    for used in code.split("crate::").skip(1) {
+        let Some(group) = used.strip_prefix('{') else {
+            names.push(ident(used));
+            continue;
+        };
+        // The group's top-level items: split at commas outside nested braces, up to the closing one.
+        let (mut depth, mut item_start) = (0, 0);
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    names.push(ident(&group[item_start..i]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    names.push(ident(&group[item_start..i]));
+                    item_start = i + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    names.retain(|n| !n.is_empty());
+    names
+}
+
+/// Invariant "the IR knows no front end": the front ends `module` (a stage from `graph` on) uses.
+fn front_ends_used(module: &str, code: &str) -> Vec<String> {
+    if !AFTER_FRONT_ENDS.contains(&module) {
+        return Vec::new();
+    }
+    let mut used: Vec<String> = crate_modules(code)
+        .into_iter()
+        .filter(|m| FRONT_ENDS.contains(&m.as_str()))
+        .collect();
+    used.dedup();
+    used
+}
+
 fn sources() -> Vec<(String, PathBuf, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
@@ -114,11 +170,7 @@ fn stages_only_use_earlier_stages() {
                 file.display()
             );
         };
-        for used in code.split("crate::").skip(1) {
-            let name: String = used
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
+        for name in crate_modules(&code) {
             if !allowed.contains(&name.as_str()) {
                 bad.push(format!(
                     "{} (`{module}`) uses `crate::{name}`",
@@ -133,6 +185,61 @@ fn stages_only_use_earlier_stages() {
     bad.sort();
     bad.dedup();
     assert!(bad.is_empty(), "layering violations:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_ir_knows_no_front_end() {
+    let mut bad = Vec::new();
+    for (module, file, text) in sources() {
+        for front_end in front_ends_used(&module, &product_code(&text)) {
+            bad.push(format!(
+                "{} (`{module}`) uses the front end `crate::{front_end}`; use the IR in `crate::graph`",
+                file.display()
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn the_front_end_rule_catches_planted_violations() {
+    let planted = [
+        ("exec", "use crate::lower::op::Network;"),
+        ("graph", "use crate::syntax::ast::Word;"),
+        ("solve", "fn f() { crate::check::lints::run(); }"),
+        (
+            "remote",
+            "use crate::{diag::Span, lower::{LowerOptions, dockerfile}};",
+        ),
+        (
+            "export",
+            "use crate::{\n    check::Rules,\n    digest::Digest,\n};",
+        ),
+    ];
+    for (module, code) in planted {
+        assert_eq!(
+            front_ends_used(module, &product_code(code)).len(),
+            1,
+            "`{module}`: {code}"
+        );
+    }
+    let allowed = [
+        ("exec", "use crate::graph::op::Network;"),
+        ("solve", "use crate::{diag::Span, graph::{Op, op::RunOp}};"),
+        ("lower", "use crate::syntax::ast::Word;"),
+        ("cli", "use crate::lower::LowerOptions;"),
+        ("exec", "// see crate::lower::dockerfile"),
+        (
+            "graph",
+            "fn f() {}\n#[cfg(test)]\nmod tests { use crate::lower::dockerfile; }",
+        ),
+    ];
+    for (module, code) in allowed {
+        assert!(
+            front_ends_used(module, &product_code(code)).is_empty(),
+            "`{module}`: {code}"
+        );
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use kiln::check::build::Use;
 use kiln::diag::Span;
-use kiln::lower::Op;
+use kiln::graph::Op;
 use kiln::lower::build::{BuildOptions, Session, lower_file};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;

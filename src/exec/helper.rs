@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::net::{self, Net};
 use super::rootfs;
-use crate::lower::op::CopyOp;
+use crate::graph::op::CopyOp;
 
 /// The argv[1] that makes kiln act as the helper.
 pub const HELPER_ARG: &str = "__exec-helper";

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use zeroize::Zeroizing;
 
 use crate::diag::{Diagnostic, Result};
-use crate::lower::op::Network;
+use crate::graph::op::Network;
 use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep, StepMount};
 use helper::{Overlay, Request, SecretSpec, Status};
 
@@ -290,7 +290,7 @@ impl Executor for Namespaces {
 /// Whether a COPY can be written straight into its upper dir: plain COPY semantics (no owner, mode, archive
 /// or parents handling) into a top-level directory no lower layer has, not even as a whiteout, so no
 /// copy-up, opaque dir or symlink in the image can be involved.
-fn direct_copy(fs: &Layers, op: &crate::lower::op::CopyOp) -> bool {
+fn direct_copy(fs: &Layers, op: &crate::graph::op::CopyOp) -> bool {
     let first = Path::new(&op.dest).components().find_map(|c| match c {
         std::path::Component::Normal(n) => Some(n.to_os_string()),
         _ => None,

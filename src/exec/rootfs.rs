@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
-use crate::lower::op::CopyOp;
+use crate::graph::op::CopyOp;
 use crate::solve::context::{self, Tree};
 
 /// Resolves `path` (absolute, as seen inside the container) to a host path under `root`, following

@@ -21,7 +21,7 @@ use super::Settings;
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 use crate::graph::BuildGraph;
-use crate::lower::Op;
+use crate::graph::Op;
 use crate::secret::LeakScanner;
 use crate::solve::shared_cache::{ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CacheConfig, Imported};
 use crate::solve::{Output, Summary};

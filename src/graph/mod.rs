@@ -3,6 +3,13 @@
 //!
 //! Source spans and names ride beside the graph as node metadata and are never hashed, so editing a comment
 //! or moving a line does not change any digest.
+//!
+//! The module also owns the IR the front ends lower to (`op`, `program`, `entitlement`), so that every stage
+//! after it depends on the IR without depending on a front end.
+
+pub mod entitlement;
+pub mod op;
+pub mod program;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -14,11 +21,10 @@ use serde::Serialize;
 
 use crate::diag::Located;
 use crate::digest::{Digest, Encoder};
-use crate::lower::op::RunMount;
-use crate::lower::{Op, Program};
 
-/// Bump when the meaning of an encoded field changes: every definition digest changes with it.
-pub const DEF_DOMAIN: &str = "kiln/def/v1";
+use op::RunMount;
+pub use op::{DEF_DOMAIN, Op};
+pub use program::{NamedContext, NodeId, Program, Root};
 
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -26,8 +32,8 @@ pub struct Node {
     pub digest: Digest,
     pub name: String,
     pub at: Option<Located>,
-    /// Where the source asks for the entitlements the op needs (see `lower::entitlement`).
-    pub asks: crate::lower::entitlement::Asks,
+    /// Where the source asks for the entitlements the op needs (see `entitlement`).
+    pub asks: entitlement::Asks,
 }
 
 /// The build graph. Edges point from an input to the node that consumes it; the edge weight is the input's

@@ -10,18 +10,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::LowerOptions;
 use super::dockerfile::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, join_path,
     json_list, parse_duration, run_history, set,
 };
-use super::entitlement::Entitlement;
-use super::op::{
+use crate::check::build::{self as types, Interface, Ty, Use};
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
     SecretMount, Sharing,
 };
-use super::{LowerOptions, NamedContext, NodeId, Program, Root};
-use crate::check::build::{self as types, Interface, Ty, Use};
-use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::graph::{NamedContext, NodeId, Program, Root};
 use crate::syntax::build::{Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart};
 use crate::syntax::shell;
 
@@ -1450,7 +1451,7 @@ impl<'s> Evaluator<'s> {
 
     /// Where a `.run(...)` call asks for entitlements: its `network:` or `security:` argument (by name, or
     /// third and fourth by position), when the value needs one.
-    fn asks(&self, args: &[Arg], span: Span) -> crate::lower::entitlement::Asks {
+    fn asks(&self, args: &[Arg], span: Span) -> crate::graph::entitlement::Asks {
         let arg_at = |name: &str, position: usize| {
             args.iter()
                 .find(|a| a.name.as_ref().is_some_and(|n| n.name == name))

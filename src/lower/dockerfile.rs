@@ -4,13 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::entitlement::Entitlement;
+use super::LowerOptions;
 use super::mount::{self, Parsed};
-use super::op::{
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
 };
-use super::{LowerOptions, NamedContext, NodeId, Program, Root};
-use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::graph::{NamedContext, NodeId, Program, Root};
 use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
 use crate::syntax::ast::{HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc};
 use crate::syntax::shell;

@@ -2,8 +2,8 @@
 //! operation parameters. Pure: the caller maps spans to the source and resolves `from=` references.
 
 use super::dockerfile::join_path;
-use super::op::{RunMount, SecretMount, Sharing};
 use crate::diag::{Span, suggest};
+use crate::graph::op::{RunMount, SecretMount, Sharing};
 use crate::options::{self, Field};
 
 pub const MOUNT_TYPES: [&str; 5] = ["bind", "cache", "tmpfs", "secret", "ssh"];

@@ -35,7 +35,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::diag::{Diagnostic, Result};
 use crate::exec::Namespaces;
-use crate::lower::op::Network;
+use crate::graph::op::Network;
 use crate::solve::{CopyStep, Executor, Layers, LogSink, RunStep};
 
 /// The name of the step's description in the input root.

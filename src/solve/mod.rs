@@ -25,9 +25,9 @@ use tokio::task::JoinSet;
 use crate::diag::{Diagnostic, Located, Result};
 use crate::digest::{Digest, Encoder};
 use crate::graph::BuildGraph;
-use crate::lower::entitlement::Entitlement;
-use crate::lower::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
-use crate::lower::{NamedContext, Op};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::op::{ConfigOp, CopyOp, Inherit, Network, RunMount, RunOp, SecretMount, Sharing};
+use crate::graph::{NamedContext, Op};
 use crate::progress::{Event, Reporter, Vertex};
 use crate::secret::{LeakScanner, ScrubStream, Scrubber, SecretStore, SecretValue};
 use crate::store::{CacheRecord, LayerBlob, Reserve, SecretVerdict, Store, Verdict};
@@ -226,7 +226,7 @@ pub fn preflight(
                 .iter()
                 .find(|(e, _)| *e == needed)
                 .map(|(_, at)| at);
-            return Err(crate::lower::entitlement::refusal(
+            return Err(crate::graph::entitlement::refusal(
                 needed,
                 at.or(node.at.as_ref()),
             ));

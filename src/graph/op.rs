@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Encoder;
 
+/// The domain of every definition digest. Bump when the meaning of an encoded field changes: every
+/// definition digest changes with it.
+pub const DEF_DOMAIN: &str = "kiln/def/v1";
+
 /// What a node does. Inputs are not part of the op: the graph keeps them as ordered edges.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -264,7 +268,7 @@ impl Op {
     }
 
     /// Feeds the op's parameters into a canonical encoder. Adding a field means adding it here, in order;
-    /// changing the meaning of an existing one means bumping the domain version in `graph`.
+    /// changing the meaning of an existing one means bumping `DEF_DOMAIN`.
     pub fn encode(&self, e: &mut Encoder) {
         e.str(self.kind());
         match self {

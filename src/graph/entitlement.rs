@@ -5,8 +5,8 @@
 //! argument) beside its ops, never in them: the op's own network and security fields already make the
 //! graph digest and cache keys, and allowing an entitlement must not change either.
 
+use super::op::{Network, RunOp};
 use crate::diag::Located;
-use crate::lower::op::{Network, RunOp};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Entitlement {
