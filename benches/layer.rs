@@ -9,9 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use divan::counter::BytesCount;
-use kiln::export::layer::{
-    Codec, cores, layer_digests, layer_digests_threaded, parallel_map, write_layer,
-};
+use kiln::layer::{Codec, cores, layer_digests, layer_digests_threaded, parallel_map, write_layer};
 
 const SMALL: usize = 5_000;
 const BIG: usize = 3;

@@ -1543,8 +1543,8 @@ fn build(args: BuildArgs) -> Result<()> {
     let settings = crate::export::Settings {
         epoch,
         codec: match args.compression {
-            CompressionArg::Gzip => crate::export::layer::Codec::Gzip,
-            CompressionArg::Zstd => crate::export::layer::Codec::Zstd,
+            CompressionArg::Gzip => crate::layer::Codec::Gzip,
+            CompressionArg::Zstd => crate::layer::Codec::Zstd,
         },
         jobs: args.jobs,
     };

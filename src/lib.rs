@@ -18,6 +18,7 @@ pub mod digest;
 pub mod exec;
 pub mod export;
 pub mod graph;
+pub mod layer;
 pub mod lower;
 pub mod monorepo;
 pub mod oci;

@@ -526,10 +526,10 @@ mod tests {
         fs::create_dir_all(&snap).unwrap();
         fs::write(snap.join("hello"), content).unwrap();
         let layer_path = work.join(format!("layer-{}", sha256_hex(content)));
-        let info = crate::export::layer::layer_digests(
+        let info = crate::layer::layer_digests(
             &snap,
             Some(0),
-            crate::export::layer::Codec::Gzip,
+            crate::layer::Codec::Gzip,
             File::create(&layer_path).unwrap(),
         )
         .unwrap();
@@ -586,8 +586,8 @@ mod tests {
         let dest = tmp.path().join("unpacked");
         fs::create_dir(&dest).unwrap();
         let media = layer.media_type().to_string();
-        let reader = crate::exec::unpack::open_blob(&path, &media).unwrap();
-        crate::exec::unpack::unpack_layer(reader, &dest).unwrap();
+        let reader = crate::layer::open_blob(&path, &media).unwrap();
+        crate::layer::unpack_layer(reader, &dest, crate::exec::userns::layer_ids()).unwrap();
         assert_eq!(fs::read(dest.join("hello")).unwrap(), b"one");
 
         // Files in the layout are readable by others, not left at the temp files' 0600.

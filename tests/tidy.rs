@@ -17,8 +17,8 @@ const FRONT_ENDS: [&str; 3] = ["syntax", "check", "lower"];
 /// The stages from the IR on, which must not know which front end a program came from.
 const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "export", "remote"];
 /// Shared foundations: usable by every stage, and using no stage themselves.
-const FOUNDATIONS: [&str; 8] = [
-    "diag", "digest", "options", "secret", "store", "oci", "registry", "progress",
+const FOUNDATIONS: [&str; 9] = [
+    "diag", "digest", "options", "secret", "store", "oci", "registry", "progress", "layer",
 ];
 /// The driver wires stages together and may use all of them.
 const DRIVER: [&str; 4] = ["cli", "monorepo", "lib", "main"];

@@ -11,7 +11,6 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;
 pub mod ssh;
-pub mod unpack;
 pub mod userns;
 
 pub use git::{git_checkout, git_toplevel};
@@ -268,9 +267,9 @@ impl Executor for Namespaces {
     }
 
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
-        let reader = unpack::open_blob(blob, media_type)
+        let reader = crate::layer::open_blob(blob, media_type)
             .map_err(|e| Diagnostic::io(format!("cannot open layer {}", blob.display()), e))?;
-        unpack::unpack_layer(reader, dest).map_err(|e| {
+        crate::layer::unpack_layer(reader, dest, userns::layer_ids()).map_err(|e| {
             let unmapped = e.kind() == std::io::ErrorKind::InvalidInput && userns::rootless();
             let d = Diagnostic::io(format!("cannot unpack layer {}", blob.display()), e);
             if unmapped {

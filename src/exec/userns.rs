@@ -110,6 +110,17 @@ pub fn rootless() -> bool {
     })
 }
 
+/// This namespace as the layer reader needs it: which overlay xattrs and owners it can write.
+pub fn layer_ids() -> crate::layer::Ids {
+    if rootless() {
+        crate::layer::Ids::Rootless {
+            mapped: mapped_ids(),
+        }
+    } else {
+        crate::layer::Ids::Host
+    }
+}
+
 /// How many ids this namespace maps (inside view), for error messages about unmapped owners.
 pub fn mapped_ids() -> u64 {
     std::fs::read_to_string("/proc/self/uid_map")

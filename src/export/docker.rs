@@ -39,8 +39,7 @@ pub fn write_archive(
     let mut scratch = None;
     for blob in &image.blobs {
         let path = format!("{}/layer.tar", blob.diff_id.hex());
-        let mut layer =
-            crate::exec::unpack::open_blob(&store.blob_path(&blob.digest), &blob.media_type)?;
+        let mut layer = crate::layer::open_blob(&store.blob_path(&blob.digest), &blob.media_type)?;
         if let Some(size) = blob.tar_size {
             // kiln made this blob and counted its tar: decompressed straight into the archive.
             append(

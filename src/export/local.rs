@@ -25,7 +25,7 @@ pub fn write_dir(store: &Store, layers: &[String], dest: &Path) -> Result<()> {
 
 /// A directory tree as a tar: the same deterministic writer as layers (sorted, times clamped to `epoch`).
 pub fn write_tar(dir: &Path, out: impl std::io::Write, epoch: Option<i64>) -> std::io::Result<()> {
-    super::layer::write_layer(dir, out, epoch).map(drop)
+    crate::layer::write_layer(dir, out, epoch).map(drop)
 }
 
 fn is_whiteout(meta: &fs::Metadata) -> bool {
@@ -63,7 +63,7 @@ fn apply(snapshot: &Path, dest: &Path) -> std::io::Result<()> {
         let existing = fs::symlink_metadata(&target).ok();
         let ft = meta.file_type();
         if ft.is_dir() {
-            let opaque = super::layer::is_opaque(entry.path()).unwrap_or(false);
+            let opaque = crate::layer::is_opaque(entry.path()).unwrap_or(false);
             match existing {
                 Some(m) if m.is_dir() => {
                     if opaque {

@@ -4,7 +4,6 @@
 
 pub mod cache;
 pub mod docker;
-pub mod layer;
 pub mod local;
 pub mod record;
 
@@ -17,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
+use crate::layer;
 use crate::secret::{Leak, LeakScanner};
 use crate::store::{LayerBlob, Store};
 

@@ -5,7 +5,7 @@
 //!
 //! The encoding of a step (see `docs/remote-execution.md`): the input root holds one file per input
 //! snapshot, `NNNN.tar` (bottom first, the snapshot as an uncompressed OCI layer tar, exactly as
-//! `export::layer` writes it without SOURCE_DATE_EPOCH clamping), and `step.json` (argv, environment in
+//! `layer` writes it without SOURCE_DATE_EPOCH clamping), and `step.json` (argv, environment in
 //! order, working directory, user, network mode). The only output is `upper.tar`: the step's upper dir
 //! in the same format. A tar keeps what a REAPI directory tree cannot (ownership, device nodes, xattrs,
 //! whiteouts, hard links), so the remote layer is the local one byte for byte, and each snapshot is one
@@ -477,7 +477,7 @@ pub fn tar_snapshot(snapshot: &Path, file: &Path) -> io::Result<re::Digest> {
         sha: Sha256::new(),
         n: 0,
     };
-    let mut w = crate::export::layer::write_layer(snapshot, w, None)?;
+    let mut w = crate::layer::write_layer(snapshot, w, None)?;
     w.flush()?;
     w.inner
         .into_inner()
@@ -693,7 +693,11 @@ impl Remote {
         let upper = fs.upper.clone();
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&file)?;
-            crate::exec::unpack::unpack_layer(io::BufReader::new(f), &upper)
+            crate::layer::unpack_layer(
+                io::BufReader::new(f),
+                &upper,
+                crate::exec::userns::layer_ids(),
+            )
         })
         .await
         .map_err(|e| Diagnostic::env(format!("unpacking a remote result failed: {e}")))?
@@ -1018,9 +1022,10 @@ mod tests {
         std::fs::create_dir(a.join("opaque")).unwrap();
         xattr::set(a.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
         let first = tar_snapshot(&a, &tmp.path().join("a.tar")).unwrap();
-        crate::exec::unpack::unpack_layer(
+        crate::layer::unpack_layer(
             std::fs::File::open(tmp.path().join("a.tar")).unwrap(),
             &b,
+            crate::exec::userns::layer_ids(),
         )
         .unwrap();
         let second = tar_snapshot(&b, &tmp.path().join("b.tar")).unwrap();
@@ -1039,7 +1044,7 @@ mod tests {
             0,
             "the whiteout is a 0/0 device again"
         );
-        assert!(crate::export::layer::is_opaque(&b.join("opaque")).unwrap());
+        assert!(crate::layer::is_opaque(&b.join("opaque")).unwrap());
         assert_eq!(
             std::fs::symlink_metadata(a.join("app")).unwrap().mtime(),
             std::fs::symlink_metadata(b.join("app")).unwrap().mtime()

@@ -327,7 +327,11 @@ impl Worker {
             .map_err(|e| Diagnostic::io("cannot make a download directory", e))?;
         let (f, u) = (file.clone(), unpacked.clone());
         tokio::task::spawn_blocking(move || {
-            crate::exec::unpack::unpack_layer(std::io::BufReader::new(std::fs::File::open(&f)?), &u)
+            crate::layer::unpack_layer(
+                std::io::BufReader::new(std::fs::File::open(&f)?),
+                &u,
+                crate::exec::userns::layer_ids(),
+            )
         })
         .await
         .map_err(|e| Diagnostic::env(format!("unpacking an input failed: {e}")))?

@@ -4,7 +4,8 @@
 //! hostile: nothing may land outside `dest`, and no symlink is ever followed while
 //! creating parents or hardlinks. `.wh.` entries become the overlay's own encoding of
 //! deletions (0/0 char devices and `trusted.overlay.opaque=y`, or `user.overlay.opaque=y` in rootless
-//! mode, where overlayfs is mounted with `userxattr` and `trusted.*` xattrs cannot be written).
+//! mode, where overlayfs is mounted with `userxattr` and `trusted.*` xattrs cannot be written). Which mode
+//! applies is the caller's to say (`Ids`): the executor knows its user namespace, the codec does not.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufReader, Read};
@@ -17,13 +18,10 @@ use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
 use nix::sys::time::TimeSpec;
 use tar::{Archive, EntryType};
 
-/// overlayfs's own xattrs, in root mode and in a user namespace: never taken from a layer, where they
-/// would let an image forge opaque dirs or redirects on this host.
-const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+use super::{
+    OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIXES, USER_OPAQUE_XATTR, WHITEOUT_PREFIX,
+};
+
 const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Opens a layer blob as a stream of uncompressed tar bytes, chosen by its media type.
@@ -51,8 +49,18 @@ pub fn open_blob(path: &Path, media_type: &str) -> io::Result<Box<dyn Read>> {
     })
 }
 
-/// Unpacks the uncompressed layer `tar` into the fresh empty directory `dest`.
-pub fn unpack_layer<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
+/// The user namespace a snapshot is unpacked in, as the executor that owns it knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ids {
+    /// Real root: every owner exists, device nodes can be made, overlayfs reads `trusted.overlay.*`.
+    Host,
+    /// A user namespace mapping ids 0 to `mapped - 1`, where overlayfs is mounted with `userxattr` (so
+    /// reads `user.overlay.*`) and device nodes cannot be made.
+    Rootless { mapped: u64 },
+}
+
+/// Unpacks the uncompressed layer `tar` into the fresh empty directory `dest`, for a namespace with `ids`.
+pub fn unpack_layer<R: Read>(tar: R, dest: &Path, ids: Ids) -> io::Result<()> {
     let mut archive = Archive::new(tar);
     let mut dir_times: Vec<(PathBuf, TimeSpec)> = Vec::new();
     let entries = archive
@@ -63,7 +71,7 @@ pub fn unpack_layer<R: Read>(tar: R, dest: &Path) -> io::Result<()> {
             entry.map_err(|e| io::Error::new(e.kind(), format!("cannot read layer: {e}")))?;
         let raw_name = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_name).into_owned();
-        unpack_entry(&mut entry, &raw_name, dest, &mut dir_times)
+        unpack_entry(&mut entry, &raw_name, dest, ids, &mut dir_times)
             .map_err(|e| io::Error::new(e.kind(), format!("layer entry `{shown}`: {e}")))?;
     }
     // Children created after a directory bump its mtime, so directories go last.
@@ -77,6 +85,7 @@ fn unpack_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     raw_name: &[u8],
     dest: &Path,
+    ids: Ids,
     dir_times: &mut Vec<(PathBuf, TimeSpec)>,
 ) -> io::Result<()> {
     let kind = entry.header().entry_type();
@@ -91,7 +100,7 @@ fn unpack_entry<R: Read>(
             return Err(invalid("an entry without a name must be a directory"));
         }
         let meta = Meta::read(entry)?;
-        meta.apply(dest, false)?;
+        meta.apply(dest, false, ids)?;
         dir_times.push((dest.to_path_buf(), meta.mtime));
         return Ok(());
     };
@@ -99,10 +108,9 @@ fn unpack_entry<R: Read>(
     let parent = ensure_parents(dest, parents)?;
 
     if last.as_slice() == OPAQUE_MARKER {
-        let name = if super::userns::rootless() {
-            USER_OPAQUE_XATTR
-        } else {
-            OPAQUE_XATTR
+        let name = match ids {
+            Ids::Rootless { .. } => USER_OPAQUE_XATTR,
+            Ids::Host => OPAQUE_XATTR,
         };
         return xattr::set(&parent, name, b"y")
             .map_err(|e| io::Error::new(e.kind(), format!("cannot mark opaque: {e}")));
@@ -127,7 +135,7 @@ fn unpack_entry<R: Read>(
             if fs::symlink_metadata(&path).is_err() {
                 DirBuilder::new().mode(0o700).create(&path)?;
             }
-            meta.apply(&path, false)?;
+            meta.apply(&path, false, ids)?;
             dir_times.push((path, meta.mtime));
         }
         EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
@@ -140,7 +148,7 @@ fn unpack_entry<R: Read>(
                 .open(&path)?;
             io::copy(entry, &mut file)?;
             drop(file);
-            meta.apply(&path, false)?;
+            meta.apply(&path, false, ids)?;
             set_mtime(&path, meta.mtime)?;
         }
         EntryType::Symlink => {
@@ -149,7 +157,7 @@ fn unpack_entry<R: Read>(
                 .ok_or_else(|| invalid("symlink without a target"))?;
             clear(&path, false)?;
             std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &path)?;
-            meta.apply(&path, true)?;
+            meta.apply(&path, true, ids)?;
             set_mtime(&path, meta.mtime)?;
         }
         EntryType::Link => {
@@ -161,7 +169,7 @@ fn unpack_entry<R: Read>(
             // linkat without AT_SYMLINK_FOLLOW links a symlink itself, never its target.
             fs::hard_link(&source, &path)?;
         }
-        EntryType::Char | EntryType::Block if super::userns::rootless() => {
+        EntryType::Char | EntryType::Block if matches!(ids, Ids::Rootless { .. }) => {
             let dev = shown(dest, &path);
             // Every step gets a fresh /dev, and exports reuse the original layer blob, so a device node
             // under dev/ changes nothing the build can see; anywhere else it would, so it is refused.
@@ -190,7 +198,7 @@ fn unpack_entry<R: Read>(
             clear(&path, false)?;
             mknod(&path, sflag, Mode::empty(), dev)
                 .map_err(|e| io::Error::other(format!("mknod: {e}")))?;
-            meta.apply(&path, false)?;
+            meta.apply(&path, false, ids)?;
             set_mtime(&path, meta.mtime)?;
         }
         other => {
@@ -243,9 +251,9 @@ impl Meta {
     }
 
     /// chown clears setuid bits and capabilities, so it goes first, then mode, then xattrs.
-    fn apply(&self, path: &Path, is_symlink: bool) -> io::Result<()> {
+    fn apply(&self, path: &Path, is_symlink: bool, ids: Ids) -> io::Result<()> {
         std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid)).map_err(|e| {
-            if e.raw_os_error() == Some(nix::libc::EINVAL) && super::userns::rootless() {
+            if let (Some(nix::libc::EINVAL), Ids::Rootless { mapped }) = (e.raw_os_error(), ids) {
                 // The kind tells the executor to add the /etc/subuid hint (see `Namespaces::unpack`).
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -254,7 +262,7 @@ impl Meta {
                          ids 0 to {})",
                         self.uid,
                         self.gid,
-                        super::userns::mapped_ids().saturating_sub(1)
+                        mapped.saturating_sub(1)
                     ),
                 )
             } else {
@@ -485,7 +493,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         fs::create_dir(tmp.path().join("dest")).unwrap();
         fs::create_dir(tmp.path().join("outside")).unwrap();
-        let result = unpack_layer(tar.as_slice(), &tmp.path().join("dest"));
+        let result = unpack_layer(
+            tar.as_slice(),
+            &tmp.path().join("dest"),
+            crate::exec::userns::layer_ids(),
+        );
         (tmp, result)
     }
 

@@ -20,23 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
-/// Every xattr under these prefixes is overlayfs bookkeeping (root mode's and rootless mode's),
-/// meaningless outside this host.
-const OVERLAY_XATTR_PREFIXES: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
-
-/// Whether overlayfs marked `dir` opaque, in either of its xattr namespaces.
-pub fn is_opaque(dir: &Path) -> io::Result<bool> {
-    for name in [OPAQUE_XATTR, USER_OPAQUE_XATTR] {
-        if xattr::get(dir, name)?.as_deref() == Some(b"y") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+use super::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, is_opaque};
 
 /// Largest values the ustar octal fields hold; past them the value also goes into PAX.
 const USTAR_MAX_ID: u64 = 0o7_777_777;
@@ -545,7 +529,8 @@ fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::unpack::unpack_layer;
+    use crate::exec::userns::layer_ids;
+    use crate::layer::{OPAQUE_XATTR, USER_OPAQUE_XATTR, unpack_layer};
     use nix::sys::stat::{Mode, SFlag, UtimensatFlags, makedev, mknod, utimensat};
     use nix::sys::time::TimeSpec;
     use std::collections::BTreeMap;
@@ -827,7 +812,7 @@ mod tests {
 
         let back = tmp.path().join("back");
         fs::create_dir(&back).unwrap();
-        unpack_layer(bytes.as_slice(), &back).unwrap();
+        unpack_layer(bytes.as_slice(), &back, layer_ids()).unwrap();
         let (want, got) = (describe(&snap), describe(&back));
         assert_eq!(
             want.keys().collect::<Vec<_>>(),
@@ -1047,7 +1032,7 @@ mod tests {
         assert!(!bytes.windows(15).any(|w| w == b"trusted.overlay"));
 
         let unpacked = p("unpacked");
-        unpack_layer(bytes.as_slice(), &unpacked).unwrap();
+        unpack_layer(bytes.as_slice(), &unpacked, layer_ids()).unwrap();
         let view = p("view");
         let lowers = format!("{}:{}", unpacked.display(), lower.display());
         let _mount = overlay(&lowers, None, &view).expect("stacking the unpacked layer");
