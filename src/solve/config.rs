@@ -1,0 +1,246 @@
+//! The image config of a finished stage: the base image's config with the stage's settings on top, its
+//! history, and the times in it (from the records or `SOURCE_DATE_EPOCH`, never "now").
+
+use std::sync::Arc;
+
+use petgraph::stable_graph::NodeIndex;
+use serde_json::{Value, json};
+
+use super::Executor;
+use super::schedule::{Output, Shared};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+use crate::graph::op::{ConfigOp, Inherit};
+use crate::store::CacheRecord;
+
+pub(super) const DEFAULT_PATH: &str =
+    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl<E: Executor> Shared<E> {
+    /// A stage's image: its filesystem (run now if it was put off) with the config of `op` on top.
+    pub(super) async fn config_node(
+        self: &Arc<Self>,
+        n: NodeIndex,
+        key: Digest,
+        mut inputs: Vec<(Digest, Output)>,
+        c: &ConfigOp,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        if let Some(real) = self.demand(&inputs[0].0).await? {
+            inputs[0].1 = real;
+        }
+        let Output::Fs(rec) = &inputs[0].1 else {
+            unreachable!("config consumes a filesystem")
+        };
+        // Docker runs a base image's ONBUILD triggers in the child's build; kiln cannot yet, and
+        // building without them would quietly give a different image.
+        if let Some(triggers) = rec.base["config"]["OnBuild"]
+            .as_array()
+            .filter(|t| !t.is_empty())
+        {
+            let list: Vec<&str> = triggers.iter().filter_map(|t| t.as_str()).collect();
+            return Err(Diagnostic::input(format!(
+                "the base image of stage `{}` has ONBUILD triggers ({}), which kiln does not run yet",
+                self.graph.dag[n].name.trim_start_matches('[').split(']').next().unwrap_or(""),
+                list.join("; ")
+            ))
+            .help("build from a base image without ONBUILD triggers, or write the triggers out in the Dockerfile"));
+        }
+        let config = image_config(rec, c, self.opts.epoch);
+        Ok((
+            key,
+            Output::Image {
+                layers: rec.layers.clone(),
+                config,
+            },
+            None,
+        ))
+    }
+}
+
+/// The image config of a finished stage: the base image's config with the stage's settings on top, and the
+/// base history followed by the stage's. `rootfs` is filled in by the exporter, which knows the diff ids.
+///
+/// Times come from the records (when each layer was built) or `SOURCE_DATE_EPOCH`, never from "now", so
+/// the same cached result always gives the same config digest.
+pub(super) fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>) -> Value {
+    let base = &rec.base;
+    let own = op.history.iter().filter(|h| h.layer).count();
+    let first_own = rec.layers.len().saturating_sub(own);
+    let layer_times: Vec<String> = (first_own..rec.layers.len())
+        .map(|i| timestamp(epoch.or(rec.times.get(i).copied()).unwrap_or(0)))
+        .collect();
+    let base_created = match epoch {
+        Some(e) => timestamp(e),
+        None => base["created"]
+            .as_str()
+            .map_or_else(|| timestamp(0), String::from),
+    };
+    let mut created = layer_times.first().cloned().unwrap_or(base_created);
+    let mut cfg = base["config"].as_object().cloned().unwrap_or_default();
+    let mut env: Vec<String> = cfg
+        .get("Env")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in &op.env {
+        set_env(&mut env, k, v);
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_string());
+    }
+    cfg.insert("Env".into(), json!(env));
+    if let Some(cwd) = &op.cwd {
+        cfg.insert("WorkingDir".into(), json!(cwd));
+    }
+    if let Some(user) = &op.user {
+        cfg.insert("User".into(), json!(user));
+    }
+    for (field, value) in [("Cmd", &op.cmd), ("Entrypoint", &op.entrypoint)] {
+        match value {
+            Inherit::Base => {}
+            Inherit::Clear => {
+                cfg.remove(field);
+            }
+            Inherit::Set(v) => {
+                cfg.insert(field.into(), json!(v));
+            }
+        }
+    }
+    let mut add_keys = |field: &str, keys: &[String]| {
+        if keys.is_empty() {
+            return;
+        }
+        let mut set = cfg
+            .get(field)
+            .and_then(|v| v.as_object())
+            .cloned()
+            .unwrap_or_default();
+        for k in keys {
+            set.insert(k.clone(), json!({}));
+        }
+        cfg.insert(field.into(), Value::Object(set));
+    };
+    add_keys("ExposedPorts", &op.exposed);
+    add_keys("Volumes", &op.volumes);
+    if let Some(s) = &op.stop_signal {
+        cfg.insert("StopSignal".into(), json!(s));
+    }
+    if let Some(s) = &op.shell {
+        cfg.insert("Shell".into(), json!(s));
+    }
+    match &op.healthcheck {
+        Inherit::Base => {}
+        Inherit::Clear => {
+            cfg.remove("Healthcheck");
+        }
+        Inherit::Set(h) => {
+            let mut hc = serde_json::Map::new();
+            hc.insert("Test".into(), json!(h.test));
+            for (k, v) in [
+                ("Interval", h.interval),
+                ("Timeout", h.timeout),
+                ("StartPeriod", h.start_period),
+                ("StartInterval", h.start_interval),
+                ("Retries", h.retries),
+            ] {
+                if v != 0 {
+                    hc.insert(k.into(), json!(v));
+                }
+            }
+            cfg.insert("Healthcheck".into(), Value::Object(hc));
+        }
+    }
+    // A base image's triggers belong to the stage built FROM it, never to this image.
+    cfg.remove("OnBuild");
+    if !op.onbuild.is_empty() {
+        cfg.insert("OnBuild".into(), json!(op.onbuild));
+    }
+    if !op.labels.is_empty() {
+        let mut labels = cfg
+            .get("Labels")
+            .and_then(|l| l.as_object())
+            .cloned()
+            .unwrap_or_default();
+        for (k, v) in &op.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        cfg.insert("Labels".into(), Value::Object(labels));
+    }
+    let mut history: Vec<Value> = base["history"].as_array().cloned().unwrap_or_default();
+    let mut next = 0;
+    for h in &op.history {
+        if h.layer {
+            if let Some(t) = layer_times.get(next) {
+                created = t.clone();
+            }
+            next += 1;
+        }
+        let mut entry = json!({"created": created, "created_by": h.created_by, "comment": "kiln"});
+        if !h.layer {
+            entry["empty_layer"] = json!(true);
+        }
+        history.push(entry);
+    }
+    let mut image = json!({
+        "created": created,
+        "architecture": base["architecture"].as_str().unwrap_or("amd64"),
+        "os": base["os"].as_str().unwrap_or("linux"),
+        "config": Value::Object(cfg),
+        "history": history,
+    });
+    match (&op.author, base["author"].as_str()) {
+        (Some(a), _) => image["author"] = json!(a),
+        (None, Some(a)) => image["author"] = json!(a),
+        (None, None) => {}
+    }
+    image
+}
+
+pub(super) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
+    let entry = format!("{key}={value}");
+    match env
+        .iter_mut()
+        .find(|e| e.split_once('=').map(|(k, _)| k) == Some(key))
+    {
+        Some(e) => *e = entry,
+        None => env.push(entry),
+    }
+}
+
+/// RFC 3339 UTC time of Unix seconds.
+fn timestamp(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,114 @@
+//! Solving one node: its cache key's start, then by kind: the nodes that are not steps (scratch, inline
+//! files, contexts) answer here; images, configs and steps go to their own files.
+
+use std::sync::Arc;
+
+use petgraph::stable_graph::NodeIndex;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use super::Executor;
+use super::context::{self, HostDir};
+use super::preflight::remote_unsupported;
+use super::schedule::{Output, Shared};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+use crate::graph::{NamedContext, Op};
+use crate::store::{CacheRecord, Store};
+
+impl<E: Executor> Shared<E> {
+    /// Solves one node. Returns its cache key, its output, and whether it ran (`Some(true)`), came from the
+    /// store (`Some(false)`), or is not a step at all (`None`).
+    pub(super) async fn node(
+        self: &Arc<Self>,
+        n: NodeIndex,
+        inputs: Vec<(Digest, Output)>,
+        jobs: Arc<Semaphore>,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        let node = &self.graph.dag[n];
+        let key = super::key::node_key(&node.op, &inputs);
+        match &node.op {
+            Op::Scratch => {
+                let key = key.finish();
+                Ok((key.clone(), Output::Fs(scratch(key)), None))
+            }
+            Op::Remote { url, .. } => Err(self.located(n, remote_unsupported(url))),
+            Op::Inline { files } => {
+                let key = key.finish();
+                let dir = write_inline(&self.store, &node.digest, files)?;
+                Ok((
+                    key,
+                    Output::Dir(HostDir {
+                        path: dir,
+                        excludes: Vec::new(),
+                    }),
+                    None,
+                ))
+            }
+            Op::Context { name, excludes } => {
+                let dir = match self.opts.contexts.get(name) {
+                    Some(NamedContext::Dir(d)) => HostDir {
+                        path: d.clone(),
+                        excludes: excludes.clone(),
+                    },
+                    _ => {
+                        return Err(Diagnostic::input(format!(
+                            "build context `{name}` was not given"
+                        )));
+                    }
+                };
+                Ok((key.finish(), Output::Dir(dir), None))
+            }
+            Op::Image { reference } => self.image_node(n, reference, jobs).await,
+            Op::Config(c) => self.config_node(n, key.finish(), inputs, c).await,
+            Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. } => self.step(n, key, inputs, jobs).await,
+        }
+    }
+}
+
+/// The empty filesystem of `FROM scratch`, with an empty config.
+fn scratch(key: Digest) -> CacheRecord {
+    let base = json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
+    CacheRecord {
+        key,
+        layers: vec![],
+        times: vec![],
+        base: base.into(),
+        secrets: vec![],
+    }
+}
+
+/// Writes the files of a heredoc into a directory of the store's `tmp` and returns it.
+fn write_inline(
+    store: &Store,
+    digest: &Digest,
+    files: &[(String, String)],
+) -> Result<std::path::PathBuf> {
+    // Written afresh on each build (it is small); the name keeps concurrent builds apart.
+    let dir = store
+        .root()
+        .join("tmp")
+        .join(format!("inline-{}", digest.hex()));
+    let write = || -> std::io::Result<()> {
+        let staging = tempfile::Builder::new()
+            .prefix("inline-")
+            .tempdir_in(store.root().join("tmp"))?;
+        for (name, content) in files {
+            let path = staging
+                .path()
+                .join(context::clean_relative(name).map_err(std::io::Error::other)?);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, content)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+        }
+        let staging = staging.keep();
+        if std::fs::rename(&staging, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Ok(())
+    };
+    write().map_err(|e| Diagnostic::io("cannot write a heredoc file", e))?;
+    Ok(dir)
+}

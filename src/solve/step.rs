@@ -1,0 +1,227 @@
+//! Running a step that missed the cache: its put-off inputs run first, their files are materialized, its
+//! filesystem is laid out, the executor runs it, its changes are scanned for secrets (`leak.rs`) and its
+//! snapshot and record are staged in the build's transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use petgraph::stable_graph::NodeIndex;
+use tokio::sync::Semaphore;
+
+use super::Executor;
+use super::executor::{CopySource, CopyStep, Layers};
+use super::key::mounted_ids;
+use super::run::Ran;
+use super::schedule::{Output, Shared};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+use crate::graph::Op;
+use crate::graph::op::{CopyOp, RunMount};
+use crate::progress::{Event, Vertex};
+use crate::store::{CacheRecord, SecretVerdict};
+
+impl<E: Executor> Shared<E> {
+    /// Runs a step that missed the cache and commits its result.
+    pub(super) async fn execute(
+        self: &Arc<Self>,
+        n: NodeIndex,
+        key: Digest,
+        mut inputs: Vec<(Digest, Output)>,
+        id: usize,
+        vertex: Vertex,
+        jobs: Arc<Semaphore>,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        // All at once: put-off inputs (and theirs) run side by side, as the scheduler would have run them.
+        let demanded =
+            futures_util::future::try_join_all(inputs.iter().map(|(k, _)| self.demand(k))).await?;
+        for ((_, out), real) in inputs.iter_mut().zip(demanded) {
+            if let Some(real) = real {
+                *out = real;
+            }
+        }
+        let node = &self.graph.dag[n];
+        let Output::Fs(base) = &inputs[0].1 else {
+            unreachable!("steps run over a filesystem")
+        };
+        let _permit = jobs.acquire().await.expect("semaphore open");
+        let started = Instant::now();
+        self.reporter.event(Event::Started(vertex));
+        // Inputs that came from a shared cache get their files now, and only now that a step needs them.
+        if let Err(e) = self
+            .materialize(needed_layers(&node.op, base, &inputs))
+            .await
+        {
+            return Err(self.failed(n, id, started, e));
+        }
+        let work = self.store.work_dir("step-")?;
+        let (fs, upper) = self.step_fs(work.path(), base)?;
+        // Checks the step's changes for the value of every secret given to the build, whether it mounted
+        // one or not: a value can reach any step (through a cache mount, the network, an earlier layer
+        // in an encoding the scanner does not know and this step undoes).
+        let guard = self.scanner.clone();
+        let ran = match &node.op {
+            Op::Run(r) => self.run(r, base, fs, &key, &inputs, id).await?,
+            Op::Copy(c) => Ran::plain(self.copy(c, &inputs[1].1, fs).await),
+            Op::Mkdir { path } => Ran::plain(self.exec.mkdir(fs, path.clone()).await),
+            _ => unreachable!("only steps reach here"),
+        };
+        // The cache mounts stay held (`_held`) until the step is committed.
+        let Ran {
+            result,
+            scrubber,
+            held: _held,
+            caches,
+            verdicts,
+        } = ran;
+        if let Err(mut e) = result {
+            e.message = scrubber.scrub_str(&e.message);
+            return Err(self.failed(n, id, started, e));
+        }
+        if let Some((leak, place)) = super::leak::scan(guard, upper.clone(), caches).await? {
+            let message = format!(
+                "secret `{}` leaked: this step wrote it ({}) {place}",
+                leak.id,
+                leak.encoding.as_str(),
+            );
+            self.reporter.event(Event::Failed {
+                id,
+                elapsed: started.elapsed(),
+                message: message.clone(),
+            });
+            // The step's changes are dropped with its work dir, and the driver drops the build's
+            // transaction: nothing of this build reaches the store.
+            let message =
+                format!("{message}; nothing was exported, and nothing this build made was kept");
+            return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
+        }
+        self.commit(key, base, &upper, verdicts, id, started)
+    }
+
+    /// Reports a step's failure and locates its error at the step.
+    fn failed(&self, n: NodeIndex, id: usize, started: Instant, e: Diagnostic) -> Diagnostic {
+        self.reporter.event(Event::Failed {
+            id,
+            elapsed: started.elapsed(),
+            message: e.message.clone(),
+        });
+        self.located(n, e)
+    }
+
+    /// Fetches and unpacks the snapshots among `layers` that only a shared cache has so far.
+    async fn materialize(&self, layers: Vec<String>) -> Result<()> {
+        let Some(remote) = self.opts.cache_from.clone() else {
+            return Ok(());
+        };
+        if layers.iter().all(|l| self.store.snapshot_path(l).is_dir()) {
+            return Ok(());
+        }
+        let (store, exec) = (self.store.clone(), self.exec.clone());
+        tokio::task::spawn_blocking(move || remote.materialize(&store, &*exec, &layers))
+            .await
+            .map_err(|e| Diagnostic::env(format!("layer import task failed: {e}")))?
+    }
+
+    /// The step's filesystem in `work`: the base's snapshots below a fresh upper dir. Returns it and the
+    /// upper dir.
+    fn step_fs(&self, work: &Path, base: &CacheRecord) -> Result<(Layers, PathBuf)> {
+        let upper = work.join("upper");
+        let scratch = work.join("work");
+        for d in [&upper, &scratch] {
+            std::fs::create_dir(d)
+                .map_err(|e| Diagnostic::io("cannot create a step directory", e))?;
+        }
+        let fs = Layers {
+            lowers: base
+                .layers
+                .iter()
+                .map(|l| self.store.snapshot_path(l))
+                .collect(),
+            upper: upper.clone(),
+            work: scratch,
+        };
+        Ok((fs, upper))
+    }
+
+    async fn copy(&self, c: &CopyOp, from: &Output, fs: Layers) -> Result<()> {
+        let source = match from {
+            Output::Dir(d) => CopySource::Dir(d.clone()),
+            Output::Fs(rec) => CopySource::Layers(
+                rec.layers
+                    .iter()
+                    .map(|l| self.store.snapshot_path(l))
+                    .collect(),
+            ),
+            Output::Image { .. } => unreachable!("COPY reads filesystems"),
+        };
+        let files = match &source {
+            CopySource::Dir(d) => Some((self.store.files_dir(), self.stat_cache(&d.path))),
+            CopySource::Layers(_) => None,
+        };
+        self.exec
+            .copy(CopyStep {
+                fs,
+                source,
+                op: c.clone(),
+                files,
+            })
+            .await
+    }
+
+    /// Stages the step's changes as a snapshot and its record in the build's transaction.
+    fn commit(
+        &self,
+        key: Digest,
+        base: &CacheRecord,
+        upper: &Path,
+        verdicts: Vec<SecretVerdict>,
+        id: usize,
+        started: Instant,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        let snapshot = format!("step-{}", key.hex());
+        self.store.stage_snapshot(upper, &snapshot)?;
+        let mut layers = base.layers.clone();
+        layers.push(snapshot);
+        let mut times = base.times.clone();
+        times.resize(base.layers.len(), 0);
+        times.push(unix_now());
+        let rec = CacheRecord {
+            key: key.clone(),
+            layers,
+            times,
+            base: base.base.clone(),
+            secrets: verdicts,
+        };
+        self.store.stage_record(&rec)?;
+        self.reporter.event(Event::Done {
+            id,
+            elapsed: started.elapsed(),
+        });
+        Ok((key, Output::Fs(rec), Some(true)))
+    }
+}
+
+/// The snapshots a step reads: its base's, and those of the filesystems it copies from or bind-mounts.
+fn needed_layers(op: &Op, base: &CacheRecord, inputs: &[(Digest, Output)]) -> Vec<String> {
+    let mut needed = base.layers.clone();
+    for (i, (_, input)) in inputs.iter().enumerate().skip(1) {
+        let used = match op {
+            Op::Copy(_) => i == 1,
+            Op::Run(r) => r
+                .mounts
+                .iter()
+                .any(|m| matches!(m, RunMount::Bind { input, .. } if *input == i)),
+            _ => false,
+        };
+        if let (true, Output::Fs(rec)) = (used, input) {
+            needed.extend(rec.layers.iter().cloned());
+        }
+    }
+    needed
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
