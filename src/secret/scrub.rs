@@ -40,13 +40,13 @@ impl Scrubber {
         let text = view.text;
         let mut mask = vec![false; text.len()];
         for (encoding, needle) in &self.needles {
-            for start in memchr::memmem::find_iter(text, &needle[..]) {
+            for start in overlapping(text, needle) {
                 mask[start..start + needle.len()].fill(true);
             }
             if *encoding == Encoding::Raw {
                 continue;
             }
-            for start in memchr::memmem::find_iter(&view.squeezed[..], &needle[..]) {
+            for start in overlapping(&view.squeezed, needle) {
                 let range = view.at[start]..view.at[start + needle.len() - 1] + 1;
                 for i in range {
                     mask[i] |= text[i] != b'\n';
@@ -83,6 +83,19 @@ impl Scrubber {
             .map_or(from, |i| from + i + 1);
         if hold - line > (1 << 16) { hold } else { line }
     }
+}
+
+/// Every place `needle` starts in `text`, overlapping ones too: a needle that repeats itself (`abab`, a run
+/// of one byte) found only where non-overlapping matches fall would leave a tail of the secret unmasked
+/// next to `***`, and the next chunk's bytes could complete it.
+fn overlapping<'t>(text: &'t [u8], needle: &'t [u8]) -> impl Iterator<Item = usize> + 't {
+    let finder = memchr::memmem::Finder::new(needle);
+    let mut from = 0;
+    std::iter::from_fn(move || {
+        let at = from + finder.find(text.get(from..)?)?;
+        from = at + 1;
+        Some(at)
+    })
 }
 
 /// The length of the longest proper prefix of `needle` that `text` ends with.
@@ -341,5 +354,19 @@ mod tests {
         assert_eq!(overlap(b"abcabd", b"abcabd"), 0);
         assert_eq!(overlap(b"", b"abc"), 0);
         assert_eq!(overlap(b"a", b""), 0);
+    }
+
+    /// A secret that repeats itself is masked wherever it starts, so no piece of it is left beside `***`
+    /// for the next chunk to complete (found by the `secret` fuzz target).
+    #[test]
+    fn a_self_overlapping_secret_is_masked_at_every_start() {
+        let s = scrubber(&["abab"]);
+        assert_eq!(s.scrub(b"x ababababa y"), b"x ***a y");
+        let s = scrubber(&["zzzz"]);
+        let text = format!("x{}pcs", "z".repeat(37));
+        for cut in 1..text.len() {
+            let shown = streamed(&s, &text, &[cut]);
+            assert!(!shown.contains("zzzz"), "cut at {cut}: {shown}");
+        }
     }
 }
