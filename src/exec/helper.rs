@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::net::{self, Net};
+use super::remount::{remount, remount_readonly};
 use super::rootfs;
 use crate::graph::op::CopyOp;
 
@@ -530,33 +531,6 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
         flags |= MsFlags::MS_RDONLY;
     }
     remount(target, flags).map_err(errno("cannot restrict a mount"))
-}
-
-/// Remounts a bind mount read-only, adding `extra`.
-pub(super) fn remount_readonly(target: &Path, extra: MsFlags) -> nix::Result<()> {
-    remount(target, MsFlags::MS_RDONLY | extra)
-}
-
-/// Remounts a bind mount with `extra` added. The flags the mount already has (nosuid, nodev, ...) are
-/// kept: in a user namespace the kernel refuses to drop flags inherited from the host's mount.
-fn remount(target: &Path, extra: MsFlags) -> nix::Result<()> {
-    use nix::sys::statvfs::FsFlags;
-    let current = nix::sys::statvfs::statvfs(target)?.flags();
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
-    for (have, keep) in [
-        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
-        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
-        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
-        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
-        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
-        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
-    ] {
-        if current.contains(have) {
-            flags |= keep;
-        }
-    }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
 /// Sets up one cache, bind or tmpfs mount. `scratch` is a private dir for this mount's helpers.

@@ -7,6 +7,7 @@
 pub mod git;
 pub mod helper;
 pub mod net;
+pub mod remount;
 pub mod rootfs;
 pub mod sandbox;
 pub mod seccomp;

@@ -18,7 +18,7 @@ use std::path::Path;
 use caps::{CapSet, Capability};
 use nix::mount::{MsFlags, mount};
 
-use super::helper::remount_readonly;
+use super::remount::remount_readonly;
 
 /// moby's `oci/caps/defaults.go`, the same as containerd's `defaultUnixCaps`.
 pub const DEFAULT_CAPS: [Capability; 14] = [
