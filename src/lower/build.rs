@@ -10,11 +10,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::LowerOptions;
 use super::dockerfile::{
-    arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, join_path,
-    json_list, parse_duration, run_history, set,
+    arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, json_list,
+    parse_duration, run_history, set,
 };
+use super::{LowerOptions, join_path};
 use crate::check::build::{self as types, Interface, Ty, Use};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::graph::entitlement::Entitlement;

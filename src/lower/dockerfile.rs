@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::LowerOptions;
 use super::mount::{self, Parsed};
+use super::{LowerOptions, join_path};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
@@ -1253,26 +1253,6 @@ pub fn healthcheck_history(h: &Healthcheck) -> String {
 /// The instruction's source text on one line, for step names and history.
 fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
     ins.text(file)
-}
-
-/// Joins `path` onto the absolute directory `base` and normalises `.`/`..` (never above `/`).
-pub fn join_path(base: &str, path: &str) -> String {
-    let full = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{base}/{path}")
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for c in full.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `RUN --mount=...` option lists: every mount type and option of BuildKit, checked and turned into
 //! operation parameters. Pure: the caller maps spans to the source and resolves `from=` references.
 
-use super::dockerfile::join_path;
+use super::join_path;
 use crate::diag::{Span, suggest};
 use crate::graph::op::{RunMount, SecretMount, Sharing};
 use crate::options::{self, Field};
