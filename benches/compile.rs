@@ -35,12 +35,13 @@ fn corpus() -> Vec<(String, String)> {
 }
 
 fn compile(name: &str, text: &str) -> usize {
-    let opts = kiln::lower::LowerOptions {
+    let opts = kiln::frontend::LowerOptions {
         lenient: true,
         ..Default::default()
     };
-    let df = kiln::syntax::parse(kiln::diag::SourceFile::new(name, text)).expect("parses");
-    let program = kiln::lower::dockerfile::lower(&df, &opts).expect("lowers");
+    let df = kiln::frontend::dockerfile::syntax::parse(kiln::diag::SourceFile::new(name, text))
+        .expect("parses");
+    let program = kiln::frontend::dockerfile::lower::lower(&df, &opts).expect("lowers");
     kiln::graph::BuildGraph::new(&program).dag.node_count()
 }
 
@@ -75,7 +76,11 @@ fn parse_only(bencher: divan::Bencher) {
         files
             .iter()
             .filter_map(|(n, t)| {
-                kiln::syntax::parse(kiln::diag::SourceFile::new(n, t.as_str())).ok()
+                kiln::frontend::dockerfile::syntax::parse(kiln::diag::SourceFile::new(
+                    n,
+                    t.as_str(),
+                ))
+                .ok()
             })
             .count()
     });
@@ -97,8 +102,8 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
         .expect("python3 runs")
         .success();
     assert!(ok, "gen-monorepo.py failed");
-    let opts = kiln::lower::build::BuildOptions {
-        lower: kiln::lower::LowerOptions {
+    let opts = kiln::frontend::buildfile::lower::BuildOptions {
+        lower: kiln::frontend::LowerOptions {
             lenient: true,
             ..Default::default()
         },
@@ -106,7 +111,7 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
     };
     let all = vec!["//...".to_string()];
     bencher.counter(ItemsCount::new(2000usize)).bench(|| {
-        let mut session = kiln::lower::build::Session::new(Some(root.clone()));
+        let mut session = kiln::frontend::buildfile::lower::Session::new(Some(root.clone()));
         let selected =
             kiln::monorepo::expand_labels(&mut session, &root, &all).expect("labels resolve");
         let lowered =

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::diag::{Diagnostic, Result, SourceFile, Span, suggest};
+use crate::frontend::LowerOptions;
 use crate::graph::BuildGraph;
 use crate::graph::NamedContext;
 use crate::graph::entitlement::Entitlement;
-use crate::lower::LowerOptions;
 use crate::progress::{self, Event};
 use crate::secret::{SecretSource, SecretStore, SshSource};
 
@@ -362,7 +362,7 @@ struct Compiled {
     graph: BuildGraph,
     contexts: BTreeMap<String, NamedContext>,
     /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
-    secret_findings: crate::check::lints::Report,
+    secret_findings: crate::frontend::dockerfile::lints::Report,
 }
 
 fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
@@ -410,26 +410,26 @@ fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compil
     let df = read_dockerfile(&path)?;
     let mut opts = lower_options(args, cl, lenient, context)?;
     opts.excludes = dockerignore(context, &path)?;
-    let program = crate::lower::dockerfile::lower(&df, &opts)?;
+    let program = crate::frontend::dockerfile::lower::lower(&df, &opts)?;
     let findings = if lenient {
         Vec::new()
     } else {
         let build_args = lint_build_args(cl, &args.build_args)?;
-        crate::check::lints::secret_checks(&df, build_args)?.findings
+        crate::frontend::dockerfile::lints::secret_checks(&df, build_args)?.findings
     };
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts: opts.contexts,
-        secret_findings: crate::check::lints::Report { findings },
+        secret_findings: crate::frontend::dockerfile::lints::Report { findings },
     })
 }
 
-fn read_dockerfile(path: &Path) -> Result<crate::syntax::ast::Dockerfile> {
+fn read_dockerfile(path: &Path) -> Result<crate::frontend::dockerfile::syntax::ast::Dockerfile> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
             .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
     })?;
-    crate::syntax::parse(SourceFile::new(path.display().to_string(), text))
+    crate::frontend::dockerfile::syntax::parse(SourceFile::new(path.display().to_string(), text))
 }
 
 /// What every front end takes from the command line: build args, named contexts, the target.
@@ -508,7 +508,7 @@ fn build_options(
     cl: &CommandLine,
     lenient: bool,
     context: &Path,
-) -> Result<crate::lower::build::BuildOptions> {
+) -> Result<crate::frontend::buildfile::lower::BuildOptions> {
     let lower = lower_options(args, cl, lenient, context)?;
     let mut params = BTreeMap::new();
     for p in &args.params {
@@ -523,7 +523,7 @@ fn build_options(
             }
         }
     }
-    Ok(crate::lower::build::BuildOptions { lower, params })
+    Ok(crate::frontend::buildfile::lower::BuildOptions { lower, params })
 }
 
 /// `-f app.build [CONTEXT]`: one `.build` file (with its imports); `--target a,b` selects targets.
@@ -543,14 +543,21 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
-    let root = crate::lower::build::Session::find_root(path.parent().unwrap_or(Path::new(".")));
-    let mut session = crate::lower::build::Session::new(root);
+    let root = crate::frontend::buildfile::lower::Session::find_root(
+        path.parent().unwrap_or(Path::new(".")),
+    );
+    let mut session = crate::frontend::buildfile::lower::Session::new(root);
     let target_at = args
         .target
         .as_ref()
         .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t)));
-    let (program, packages) =
-        crate::lower::build::lower_file(&mut session, &path, targets.as_deref(), &opts, target_at)?;
+    let (program, packages) = crate::frontend::buildfile::lower::lower_file(
+        &mut session,
+        &path,
+        targets.as_deref(),
+        &opts,
+        target_at,
+    )?;
     let mut contexts = opts.lower.contexts;
     for (name, dir) in packages {
         contexts.insert(name, NamedContext::Dir(dir));
@@ -558,7 +565,7 @@ fn compile_build_file(
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
-        secret_findings: crate::check::lints::Report {
+        secret_findings: crate::frontend::dockerfile::lints::Report {
             findings: session.findings,
         },
     })
@@ -570,7 +577,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
     let opts = build_options(args, cl, lenient, &root)?;
-    let mut session = crate::lower::build::Session::new(Some(root.clone()));
+    let mut session = crate::frontend::buildfile::lower::Session::new(Some(root.clone()));
     let selected = crate::monorepo::expand_labels(&mut session, &cwd, &args.inputs)?;
     let lowered = crate::monorepo::lower_selected(&mut session, &selected, &opts)?;
     let program = lowered.program;
@@ -581,7 +588,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
     Ok(Compiled {
         graph: BuildGraph::new(&program),
         contexts,
-        secret_findings: crate::check::lints::Report {
+        secret_findings: crate::frontend::dockerfile::lints::Report {
             findings: session.findings,
         },
     })
@@ -590,7 +597,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
 fn monorepo_root() -> Result<PathBuf> {
     let cwd = std::env::current_dir()
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
-    crate::lower::build::Session::find_root(&cwd).ok_or_else(|| {
+    crate::frontend::buildfile::lower::Session::find_root(&cwd).ok_or_else(|| {
         Diagnostic::input("not in a monorepo: no kiln.toml in this directory or above")
             .help("create an empty kiln.toml at the repository's root")
     })
@@ -598,7 +605,7 @@ fn monorepo_root() -> Result<PathBuf> {
 
 fn query(args: QueryArgs) -> Result<()> {
     let root = monorepo_root()?;
-    let mut opts = crate::lower::build::BuildOptions {
+    let mut opts = crate::frontend::buildfile::lower::BuildOptions {
         lower: LowerOptions {
             lenient: true,
             ..LowerOptions::default()
@@ -622,7 +629,7 @@ fn query(args: QueryArgs) -> Result<()> {
 
 fn affected(args: AffectedArgs) -> Result<()> {
     let root = monorepo_root()?;
-    let opts = crate::lower::build::BuildOptions {
+    let opts = crate::frontend::buildfile::lower::BuildOptions {
         lower: LowerOptions {
             lenient: true,
             ..LowerOptions::default()
@@ -653,9 +660,11 @@ fn fmt(args: FmtArgs) -> Result<()> {
     for f in &files {
         let text = std::fs::read_to_string(f)
             .map_err(|e| Diagnostic::input(format!("cannot read {}: {e}", f.display())))?;
-        let module =
-            crate::syntax::build::parse(&SourceFile::new(f.display().to_string(), text.as_str()))?;
-        let formatted = crate::syntax::build::fmt::module(&module);
+        let module = crate::frontend::buildfile::syntax::parse(&SourceFile::new(
+            f.display().to_string(),
+            text.as_str(),
+        ))?;
+        let formatted = crate::frontend::buildfile::syntax::fmt::module(&module);
         if formatted != text {
             if args.check {
                 println!("{}", f.display());
@@ -683,9 +692,12 @@ fn convert(args: ConvertArgs) -> Result<()> {
         ))
         .help("name it with `-f PATH`")
     })?;
-    let df = crate::syntax::parse(SourceFile::new(args.file.display().to_string(), text))?;
-    crate::check::dockerfile(&df)?;
-    let source = crate::syntax::convert::dockerfile(&df)?;
+    let df = crate::frontend::dockerfile::syntax::parse(SourceFile::new(
+        args.file.display().to_string(),
+        text,
+    ))?;
+    crate::frontend::dockerfile::check::dockerfile(&df)?;
+    let source = crate::frontend::convert::dockerfile(&df)?;
     match &args.output {
         Some(out) => crate::store::atomic_write(out, source.as_bytes())?,
         None => print!("{source}"),
@@ -732,8 +744,8 @@ fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
 
 /// Base image environments from local OCI layouts (a file read, never the network), so `$PATH` in a
 /// Dockerfile means the image's PATH. Registry images are not consulted while compiling.
-fn local_image_env() -> crate::lower::ImageEnv {
-    crate::lower::ImageEnv::new(|reference| {
+fn local_image_env() -> crate::frontend::ImageEnv {
+    crate::frontend::ImageEnv::new(|reference| {
         let rest = reference.strip_prefix("oci-layout://")?;
         let (dir, tag) = crate::solve::split_layout_ref(rest);
         let image = crate::oci::read_image(Path::new(dir), tag).ok()?;
@@ -821,7 +833,7 @@ fn check(args: CheckArgs) -> Result<()> {
         }
     };
     let use_ignore = !patterns.is_empty() && !patterns.iter().any(|p| p.starts_with('!'));
-    let opts = crate::check::lints::Options {
+    let opts = crate::frontend::dockerfile::lints::Options {
         build_args,
         target: args.target.clone(),
         target_at: args
@@ -830,12 +842,15 @@ fn check(args: CheckArgs) -> Result<()> {
             .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t))),
         ignored: use_ignore.then_some(&ignored as &dyn Fn(&str) -> bool),
     };
-    let report = crate::check::lints::run(&df, &opts)?;
+    let report = crate::frontend::dockerfile::lints::run(&df, &opts)?;
     print_check_report(&report, &args.format)
 }
 
 /// Prints a `kiln check` report; an error finding makes the command fail.
-fn print_check_report(report: &crate::check::lints::Report, format: &CheckFormat) -> Result<()> {
+fn print_check_report(
+    report: &crate::frontend::dockerfile::lints::Report,
+    format: &CheckFormat,
+) -> Result<()> {
     match format {
         CheckFormat::Text => print!("{}", report.render_text()),
         CheckFormat::Json => print!("{}", report.render_json()),
@@ -854,7 +869,7 @@ fn print_check_report(report: &crate::check::lints::Report, format: &CheckFormat
 fn lint_build_args(
     cl: &CommandLine,
     args: &[String],
-) -> Result<Vec<crate::check::lints::BuildArg>> {
+) -> Result<Vec<crate::frontend::dockerfile::lints::BuildArg>> {
     let mut build_args = Vec::new();
     for a in args {
         let (key, value) = match a.split_once('=') {
@@ -870,7 +885,7 @@ fn lint_build_args(
             }
         };
         let at = Some(crate::diag::Located::new(&cl.file, cl.span_of(a)));
-        build_args.push(crate::check::lints::BuildArg { key, value, at });
+        build_args.push(crate::frontend::dockerfile::lints::BuildArg { key, value, at });
     }
     Ok(build_args)
 }

@@ -11,15 +11,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod digest;
 pub mod exec;
 pub mod export;
+pub mod frontend;
 pub mod graph;
 pub mod layer;
-pub mod lower;
 pub mod monorepo;
 pub mod oci;
 pub mod options;
@@ -29,4 +28,3 @@ pub mod remote;
 pub mod secret;
 pub mod solve;
 pub mod store;
-pub mod syntax;

@@ -10,10 +10,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
+use crate::frontend::buildfile::lower::{
+    BuildOptions, Evaluator, PACKAGE_FILE, PackageContexts, Session,
+};
 use crate::graph::BuildGraph;
 use crate::graph::op::RunMount;
 use crate::graph::{Op, Program};
-use crate::lower::build::{BuildOptions, Evaluator, PACKAGE_FILE, PackageContexts, Session};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -119,7 +121,9 @@ fn target_names(session: &Session, module: usize) -> Vec<String> {
         .items
         .iter()
         .filter_map(|i| match &i.kind {
-            crate::syntax::build::ItemKind::Target { name, .. } => Some(name.name.clone()),
+            crate::frontend::buildfile::syntax::ItemKind::Target { name, .. } => {
+                Some(name.name.clone())
+            }
             _ => None,
         })
         .collect()

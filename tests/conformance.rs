@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kiln::diag::SourceFile;
-use kiln::syntax::ast::{Command, InstructionKind};
-use kiln::syntax::{directive, heredoc, parse::instruction_from_node, raw};
+use kiln::frontend::dockerfile::syntax::ast::{Command, InstructionKind};
+use kiln::frontend::dockerfile::syntax::{directive, heredoc, parse::instruction_from_node, raw};
 use serde_json::Value;
 
 /// Real-world files whose dump matches BuildKit's, at least (see `realworld_dumps`).
@@ -81,7 +81,7 @@ fn testfiles_dump_byte_for_byte() {
         // The typed AST must accept them too, except for what BuildKit's instruction step also
         // rejects (HEALTHCHECK CONNECT in `health`).
         if name != "health"
-            && let Err(e) = kiln::syntax::parse(file(&name, &text))
+            && let Err(e) = kiln::frontend::dockerfile::syntax::parse(file(&name, &text))
         {
             failures.push(format!("{name}: typed parse failed: {e}"));
         }
@@ -106,7 +106,7 @@ fn negative_testfiles_fail() {
         let name = case.display().to_string();
         assert!(raw::parse(file(&name, &text)).is_err(), "{name} parsed");
         assert!(
-            kiln::syntax::parse(file(&name, &text)).is_err(),
+            kiln::frontend::dockerfile::syntax::parse(file(&name, &text)).is_err(),
             "{name} parsed"
         );
     }
@@ -125,7 +125,7 @@ fn testfile_line_spans() {
         .map(|n| (n.start_line, n.end_line))
         .collect();
     assert_eq!(lines, [(5, 5), (11, 12), (17, 31)]);
-    let df = kiln::syntax::parse(file("Dockerfile", &text)).unwrap();
+    let df = kiln::frontend::dockerfile::syntax::parse(file("Dockerfile", &text)).unwrap();
     let spans: Vec<(usize, usize)> = df
         .instructions
         .iter()
@@ -474,7 +474,10 @@ fn vectors_instruction_snippets() {
 }
 
 /// Checks the typed instruction against the fields of BuildKit's Go struct.
-fn compare_fields(ins: &kiln::syntax::ast::Instruction, w: &Value) -> Result<(), String> {
+fn compare_fields(
+    ins: &kiln::frontend::dockerfile::syntax::ast::Instruction,
+    w: &Value,
+) -> Result<(), String> {
     let fields = &w["fields"];
     let go_type = w["go_type"].as_str().unwrap_or_default();
     let want_type = match &ins.kind {
@@ -623,7 +626,7 @@ fn prefixes_never_panic() {
             if let Ok(ast) = raw::parse(f.clone()) {
                 let _ = raw::dump(&ast);
             }
-            if let Ok(df) = kiln::syntax::parse(f) {
+            if let Ok(df) = kiln::frontend::dockerfile::syntax::parse(f) {
                 for ins in &df.instructions {
                     assert!(ins.span.start <= ins.span.end && ins.span.end <= prefix.len());
                     assert!(prefix.is_char_boundary(ins.span.start));
@@ -642,7 +645,7 @@ fn prefixes_never_panic() {
 #[test]
 fn realworld_dockerfiles_lower_to_graphs() {
     let Some(root) = dir() else { return };
-    let opts = kiln::lower::LowerOptions {
+    let opts = kiln::frontend::LowerOptions {
         lenient: true,
         ..Default::default()
     };
@@ -658,8 +661,8 @@ fn realworld_dockerfiles_lower_to_graphs() {
         }
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
-        match kiln::syntax::parse(file(&name, &text))
-            .and_then(|df| kiln::lower::dockerfile::lower(&df, &opts))
+        match kiln::frontend::dockerfile::syntax::parse(file(&name, &text))
+            .and_then(|df| kiln::frontend::dockerfile::lower::lower(&df, &opts))
         {
             Ok(program) => {
                 assert_eq!(kiln::graph::BuildGraph::new(&program).roots.len(), 1);

@@ -137,7 +137,7 @@ fn every_rule_has_cases() {
         .collect();
     names.sort();
     let mut missing = Vec::new();
-    for rule in kiln::check::lints::RULES {
+    for rule in kiln::frontend::dockerfile::lints::RULES {
         let kebab = kebab(rule.name);
         for suffix in ["fires", "quiet"] {
             let want = format!("{kebab}-{suffix}");

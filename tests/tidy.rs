@@ -9,11 +9,9 @@ use std::path::{Path, PathBuf};
 
 /// The stages, in dependency order. A stage may use the ones before it, never the ones after. `graph` holds
 /// the IR every front end lowers to, so it comes before the front ends it follows in the pipeline.
-const STAGES: [&str; 8] = [
-    "graph", "syntax", "check", "lower", "solve", "exec", "export", "remote",
-];
+const STAGES: [&str; 6] = ["graph", "frontend", "solve", "exec", "export", "remote"];
 /// The front ends: source text to IR.
-const FRONT_ENDS: [&str; 3] = ["syntax", "check", "lower"];
+const FRONT_ENDS: [&str; 1] = ["frontend"];
 /// The stages from the IR on, which must not know which front end a program came from.
 const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "export", "remote"];
 /// Shared foundations: usable by every stage, and using no stage themselves.
@@ -204,16 +202,22 @@ fn the_ir_knows_no_front_end() {
 #[test]
 fn the_front_end_rule_catches_planted_violations() {
     let planted = [
-        ("exec", "use crate::lower::op::Network;"),
-        ("graph", "use crate::syntax::ast::Word;"),
-        ("solve", "fn f() { crate::check::lints::run(); }"),
+        ("exec", "use crate::frontend::op::Network;"),
+        (
+            "graph",
+            "use crate::frontend::dockerfile::syntax::ast::Word;",
+        ),
+        (
+            "solve",
+            "fn f() { crate::frontend::dockerfile::lints::run(); }",
+        ),
         (
             "remote",
-            "use crate::{diag::Span, lower::{LowerOptions, dockerfile}};",
+            "use crate::{diag::Span, frontend::{LowerOptions, dockerfile}};",
         ),
         (
             "export",
-            "use crate::{\n    check::Rules,\n    digest::Digest,\n};",
+            "use crate::{\n    frontend::Rules,\n    digest::Digest,\n};",
         ),
     ];
     for (module, code) in planted {
@@ -226,12 +230,15 @@ fn the_front_end_rule_catches_planted_violations() {
     let allowed = [
         ("exec", "use crate::graph::op::Network;"),
         ("solve", "use crate::{diag::Span, graph::{Op, op::RunOp}};"),
-        ("lower", "use crate::syntax::ast::Word;"),
-        ("cli", "use crate::lower::LowerOptions;"),
-        ("exec", "// see crate::lower::dockerfile"),
+        (
+            "frontend",
+            "use crate::frontend::dockerfile::syntax::ast::Word;",
+        ),
+        ("cli", "use crate::frontend::LowerOptions;"),
+        ("exec", "// see crate::frontend::dockerfile::lower"),
         (
             "graph",
-            "fn f() {}\n#[cfg(test)]\nmod tests { use crate::lower::dockerfile; }",
+            "fn f() {}\n#[cfg(test)]\nmod tests { use crate::frontend::dockerfile::lower; }",
         ),
     ];
     for (module, code) in allowed {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use kiln::diag::SourceFile;
-use kiln::syntax::build::{fmt, parse};
+use kiln::frontend::buildfile::syntax::{fmt, parse};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // Imports are not loaded here, so a file with one stops at "import not loaded"; that is fine.
-    let _ = kiln::check::build::check(&module, &[]);
+    let _ = kiln::frontend::buildfile::check::check(&module, &[]);
     let once = fmt::module(&module);
     let again = match parse(&SourceFile::new("fuzz.build", once.as_str())) {
         Ok(m) => m,

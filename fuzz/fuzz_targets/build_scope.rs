@@ -14,10 +14,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kiln::check::build::Use;
+use kiln::frontend::buildfile::check::Use;
 use kiln::diag::Span;
 use kiln::graph::Op;
-use kiln::lower::build::{BuildOptions, Session, lower_file};
+use kiln::frontend::buildfile::lower::{BuildOptions, Session, lower_file};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 

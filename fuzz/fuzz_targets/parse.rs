@@ -9,15 +9,15 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let file = kiln::diag::SourceFile::new("Dockerfile", text);
-    if let Ok(raw) = kiln::syntax::raw::parse(file.clone()) {
-        let _ = kiln::syntax::dump(&raw);
+    if let Ok(raw) = kiln::frontend::dockerfile::syntax::raw::parse(file.clone()) {
+        let _ = kiln::frontend::dockerfile::syntax::dump(&raw);
     }
-    if let Ok(df) = kiln::syntax::parse(file) {
-        let opts = kiln::lower::LowerOptions {
+    if let Ok(df) = kiln::frontend::dockerfile::syntax::parse(file) {
+        let opts = kiln::frontend::LowerOptions {
             lenient: true,
             ..Default::default()
         };
-        if let Ok(program) = kiln::lower::dockerfile::lower(&df, &opts) {
+        if let Ok(program) = kiln::frontend::dockerfile::lower::lower(&df, &opts) {
             let graph = kiln::graph::BuildGraph::new(&program);
             let _ = graph.render_json();
         }

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let lookup = |name: &str| (name.len() % 3 != 0).then(|| format!("v-{name}"));
     for escape in ['\\', '`'] {
-        let _ = kiln::syntax::shell::expand_word(text, escape, &lookup);
-        let _ = kiln::syntax::shell::expand_words(text, escape, &lookup);
+        let _ = kiln::frontend::shell::expand_word(text, escape, &lookup);
+        let _ = kiln::frontend::shell::expand_words(text, escape, &lookup);
     }
 });

@@ -10,29 +10,34 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::dockerfile::{
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::frontend::buildfile::check::{self as types, Interface, Ty, Use};
+use crate::frontend::buildfile::syntax::{
+    Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart,
+};
+use crate::frontend::dockerfile::lower::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, json_list,
     parse_duration, run_history, set,
 };
-use super::{LowerOptions, join_path};
-use crate::check::build::{self as types, Interface, Ty, Use};
-use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::frontend::shell;
+use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
     SecretMount, Sharing,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
-use crate::syntax::build::{Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart};
-use crate::syntax::shell;
 
 /// The standard library, compiled into kiln: `import "@std/apt.build" as apt`.
 pub const STD: &[(&str, &str)] = &[
-    ("apt.build", include_str!("../../std/apt.build")),
-    ("apk.build", include_str!("../../std/apk.build")),
-    ("go.build", include_str!("../../std/go.build")),
-    ("node.build", include_str!("../../std/node.build")),
-    ("artifact.build", include_str!("../../std/artifact.build")),
+    ("apt.build", include_str!("../../../std/apt.build")),
+    ("apk.build", include_str!("../../../std/apk.build")),
+    ("go.build", include_str!("../../../std/go.build")),
+    ("node.build", include_str!("../../../std/node.build")),
+    (
+        "artifact.build",
+        include_str!("../../../std/artifact.build"),
+    ),
 ];
 
 /// The name of the file that holds a monorepo package's targets.
@@ -61,7 +66,7 @@ pub struct Session {
     pub root: Option<PathBuf>,
     loading: Vec<PathBuf>,
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
-    pub findings: Vec<crate::check::lints::Finding>,
+    pub findings: Vec<crate::frontend::dockerfile::lints::Finding>,
 }
 
 impl Session {
@@ -126,7 +131,7 @@ impl Session {
             (display_name(&key, self.root.as_deref()), text)
         };
         let file = SourceFile::new(name, text);
-        let module = crate::syntax::build::parse(&file)?;
+        let module = crate::frontend::buildfile::syntax::parse(&file)?;
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
         self.loading.push(key.clone());
         let mut imports = HashMap::new();
@@ -149,7 +154,7 @@ impl Session {
             .iter()
             .map(|(a, &i)| (a.clone(), i, &self.modules[i].iface))
             .collect();
-        let iface = crate::check::build::check(&module, &deps)?;
+        let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
         let package = self.package_of(&dir);
         self.modules.push(Loaded {
             module,
@@ -272,15 +277,15 @@ pub struct Img {
 
 impl Img {
     fn lookup(&self, name: &str) -> Option<String> {
-        super::dockerfile::lookup(&self.env, &self.base_env, &self.args, name)
+        crate::frontend::dockerfile::lower::lookup(&self.env, &self.base_env, &self.args, name)
     }
 
     fn run_env(&self) -> Vec<(String, String)> {
-        super::dockerfile::run_env(&self.env, &self.args)
+        crate::frontend::dockerfile::lower::run_env(&self.env, &self.args)
     }
 
     fn arg_values(&self) -> Vec<(String, String)> {
-        super::dockerfile::arg_values(&self.env, &self.args)
+        crate::frontend::dockerfile::lower::arg_values(&self.env, &self.args)
     }
 
     fn history(&mut self, created_by: String, layer: bool) {
@@ -615,7 +620,7 @@ impl<'s> Evaluator<'s> {
         &mut self,
         name: &str,
         span: Span,
-        ty: &crate::syntax::build::TypeExpr,
+        ty: &crate::frontend::buildfile::syntax::TypeExpr,
         default: Option<&Expr>,
     ) -> Result<Value> {
         let file = self.file();
@@ -1649,7 +1654,7 @@ impl<'s> Evaluator<'s> {
         cwd: &str,
         span: Span,
     ) -> Result<()> {
-        use crate::check::lints::secrets as lint;
+        use crate::frontend::dockerfile::lints::secrets as lint;
         let text = match cmd {
             Value::Str(s) => s.clone(),
             _ => args.join(" "),
@@ -1679,7 +1684,7 @@ impl<'s> Evaluator<'s> {
     /// `SecretInBuildArg` for an `.env` or `.arg` value written in the program (at the value, when it is
     /// a plain string there).
     fn lint_value(&mut self, kind: &str, key: &str, value: &str, span: Span) -> Result<()> {
-        use crate::check::lints::secrets::value_message;
+        use crate::frontend::dockerfile::lints::secrets::value_message;
         match value_message(kind, key, value) {
             Some(message) => {
                 let at = self.locate(span, &format!("\"{value}\""));
@@ -1708,7 +1713,9 @@ impl<'s> Evaluator<'s> {
     /// a helper called twice makes one finding).
     fn lint(&mut self, span: Span, rule: &str, message: String) -> Result<()> {
         let file = self.file();
-        let Some(f) = crate::check::lints::program_finding(&file, span, rule, message)? else {
+        let Some(f) =
+            crate::frontend::dockerfile::lints::program_finding(&file, span, rule, message)?
+        else {
             return Ok(());
         };
         let seen = self.session.findings.iter().any(|o| {
@@ -1744,9 +1751,10 @@ impl<'s> Evaluator<'s> {
         }
         if !matches!(v[0], Value::Inline { .. }) {
             for x in &srcs {
-                if let Some(message) =
-                    crate::check::lints::secrets::copied_file(&format!("{what}()"), x)
-                {
+                if let Some(message) = crate::frontend::dockerfile::lints::secrets::copied_file(
+                    &format!("{what}()"),
+                    x,
+                ) {
                     // Each source where it is written, when it is written as a plain string.
                     let place = self.locate(at(1), &format!("\"{x}\""));
                     self.lint(place, "SecretFileCopied", message)?;

@@ -7,8 +7,12 @@
 
 use std::collections::BTreeMap;
 
-use super::ast::{Command, Dockerfile, Flag, Healthcheck, Instruction, InstructionKind, Word};
-use super::build::{Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr};
+use super::buildfile::syntax::{
+    Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr,
+};
+use super::dockerfile::syntax::ast::{
+    Command, Dockerfile, Flag, Healthcheck, Instruction, InstructionKind, Word,
+};
 use super::shell;
 use crate::diag::{Diagnostic, Result, SourceFile, Span};
 
@@ -22,7 +26,7 @@ pub fn dockerfile(df: &Dockerfile) -> Result<String> {
         stages: Vec::new(),
     };
     let module = c.module()?;
-    Ok(super::build::fmt::module(&module))
+    Ok(super::buildfile::syntax::fmt::module(&module))
 }
 
 struct Stage<'a> {
@@ -157,7 +161,9 @@ impl<'a> Converter<'a> {
                 Some(v) => (TypeExpr::named("String"), Some(s(v))),
                 None => (
                     TypeExpr {
-                        kind: super::build::TypeKind::Optional(Box::new(TypeExpr::named("String"))),
+                        kind: super::buildfile::syntax::TypeKind::Optional(Box::new(
+                            TypeExpr::named("String"),
+                        )),
                         span: Span::default(),
                     },
                     None,
@@ -216,7 +222,7 @@ impl<'a> Converter<'a> {
             if let Some((_, v)) = self.params.iter().rev().find(|(k, _)| k == n) {
                 return v.clone();
             }
-            super::ast::builtin_arg(n).map(String::from)
+            super::dockerfile::syntax::ast::builtin_arg(n).map(String::from)
         };
         shell::expand_word(text, self.df.escape, &lookup).unwrap_or_else(|_| text.to_string())
     }

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use super::words::{self, Expanded};
 use super::{Linter, Options, secrets};
 use crate::diag::{Diagnostic, Result, Span, suggest};
-use crate::syntax::ast::{
+use crate::frontend::dockerfile::syntax::ast::{
     Command, Dockerfile, Healthcheck, Instruction, InstructionKind, KeyValue, Word,
 };
 
@@ -627,7 +627,7 @@ impl Dispatch<'_> {
                         "WorkdirRelativePath",
                         Some(i),
                         w.span,
-                        format!("Relative workdir {} can have unexpected results if the base image changes", crate::syntax::quote::go_quote(path.as_bytes())),
+                        format!("Relative workdir {} can have unexpected results if the base image changes", crate::frontend::dockerfile::syntax::quote::go_quote(path.as_bytes())),
                     );
                 }
                 self.workdir_set = true;
@@ -671,7 +671,7 @@ impl Dispatch<'_> {
             InstructionKind::Expose(ports) => {
                 for w in ports {
                     let Ok(fields) =
-                        crate::syntax::shell::expand_words(&w.text, df.escape, &|n: &str| {
+                        crate::frontend::shell::expand_words(&w.text, df.escape, &|n: &str| {
                             self.env
                                 .iter()
                                 .rev()
@@ -736,7 +736,9 @@ impl Dispatch<'_> {
                                 format!(
                                     "Attempting to {} file {} that is excluded by .dockerignore",
                                     if is_add { "Add" } else { "Copy" },
-                                    crate::syntax::quote::go_quote(path.as_bytes())
+                                    crate::frontend::dockerfile::syntax::quote::go_quote(
+                                        path.as_bytes()
+                                    )
                                 ),
                             );
                         }
@@ -771,7 +773,7 @@ fn secret_key(l: &mut Linter, i: usize, kind: &str, key: &str, span: Span) {
             span,
             format!(
                 "Do not use ARG or ENV instructions for sensitive data ({kind} {})",
-                crate::syntax::quote::go_quote(key.as_bytes())
+                crate::frontend::dockerfile::syntax::quote::go_quote(key.as_bytes())
             ),
         );
     }

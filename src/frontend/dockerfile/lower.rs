@@ -4,17 +4,21 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::mount::{self, Parsed};
-use super::{LowerOptions, join_path};
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::frontend::dockerfile::syntax::ast::{
+    Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word,
+};
+use crate::frontend::dockerfile::syntax::ast::{
+    HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc,
+};
+use crate::frontend::mount::{self, Parsed};
+use crate::frontend::shell;
+use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
     ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
-use crate::syntax::ast::{Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word};
-use crate::syntax::ast::{HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc};
-use crate::syntax::shell;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 /// The image-config and variable state of a stage while its instructions are lowered.
@@ -135,7 +139,7 @@ struct Lowerer<'a> {
 
 /// Lowers a parsed Dockerfile. The program's single root is the `--target` stage, or the last stage.
 pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
-    crate::check::dockerfile(df)?;
+    crate::frontend::dockerfile::check::dockerfile(df)?;
     let mut l = Lowerer {
         df,
         opts,
@@ -1135,7 +1139,7 @@ impl Lowerer<'_> {
     }
 }
 
-pub use crate::syntax::ast::builtin_arg;
+pub use crate::frontend::dockerfile::syntax::ast::builtin_arg;
 
 /// Shell form runs through `shell` (the stage's `SHELL`, else `/bin/sh -c`); exec form as written.
 fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
-use crate::syntax::build::{
+use crate::frontend::buildfile::syntax::{
     Arg, BinOp, Expr, ExprKind, ItemKind, Module, StrPart, TypeExpr, TypeKind,
 };
 
@@ -1098,7 +1098,11 @@ impl Checker<'_> {
         }
     }
 
-    fn module_member(&self, module: &str, name: &crate::syntax::build::Ident) -> Result<Binding> {
+    fn module_member(
+        &self,
+        module: &str,
+        name: &crate::frontend::buildfile::syntax::Ident,
+    ) -> Result<Binding> {
         let (_, iface) = self.deps[module];
         iface.names.get(&name.name).cloned().ok_or_else(|| {
             let d = Diagnostic::at(

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 
-use crate::syntax::shell;
+use crate::frontend::shell;
 
 /// The result of expanding a word: its value (None when the word does not expand) and the variables
 /// looked up, found and not found, in order of first use.

@@ -4,9 +4,11 @@
 //! Lowering resolves everything that is known at compile time (variable expansion, stage references,
 //! mount options) and nothing that is not: no file contents, no image metadata, no network.
 
-pub mod build;
+pub mod buildfile;
+pub mod convert;
 pub mod dockerfile;
 pub mod mount;
+pub mod shell;
 
 use std::collections::BTreeMap;
 

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use super::{Linter, Options, words};
 use crate::diag::{Located, SourceFile, Span};
-use crate::syntax::ast::{Command, Dockerfile, Instruction, InstructionKind, Word};
+use crate::frontend::dockerfile::syntax::ast::{
+    Command, Dockerfile, Instruction, InstructionKind, Word,
+};
 
 /// Whether a file's base name says it holds a secret.
 fn secret_file(base: &str) -> bool {

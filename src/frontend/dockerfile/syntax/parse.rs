@@ -1022,8 +1022,8 @@ CMD echo \"hi\"
                     assert!(text.is_char_boundary(ins.keyword.span.end));
                 }
             }
-            let _ = crate::syntax::shell::expand_words(&text, '\\', &|_| Some("v a".into()));
-            let _ = crate::syntax::shell::expand_word(&text, '`', &|_| None);
+            let _ = crate::frontend::shell::expand_words(&text, '\\', &|_| Some("v a".into()));
+            let _ = crate::frontend::shell::expand_word(&text, '`', &|_| None);
         }
     }
 

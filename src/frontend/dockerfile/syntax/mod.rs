@@ -2,15 +2,12 @@
 //! directives, heredocs, exec-form JSON, Go-style quoting, and the shell-word lexer.
 
 pub mod ast;
-pub mod build;
-pub mod convert;
 pub mod directive;
 pub mod heredoc;
 pub mod json;
 pub mod parse;
 pub mod quote;
 pub mod raw;
-pub mod shell;
 
 pub use parse::parse;
 pub use raw::dump;

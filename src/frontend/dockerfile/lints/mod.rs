@@ -15,9 +15,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span};
-use crate::syntax::ast::Dockerfile;
-use crate::syntax::quote::go_quote;
-use crate::syntax::raw;
+use crate::frontend::dockerfile::syntax::ast::Dockerfile;
+use crate::frontend::dockerfile::syntax::quote::go_quote;
+use crate::frontend::dockerfile::syntax::raw;
 
 /// How serious a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -298,7 +298,7 @@ pub struct Report {
 /// Runs every check over a parsed Dockerfile. Errors are input errors: a file BuildKit would refuse
 /// (no FROM, an instruction before it, a bad stage name, an unknown target) or bad check options.
 pub fn run(df: &Dockerfile, opts: &Options) -> Result<Report> {
-    super::structure(df, false)?;
+    super::check::structure(df, false)?;
     let ast = raw::parse(df.file.clone())?;
     let base = match opts
         .build_args

@@ -5,7 +5,7 @@
 //! the word is the delimiter; it is lexed twice, with and without quote removal, and any quote that
 //! disappears means part of the delimiter was quoted, so the body is not expanded.
 
-use super::shell::{LexOptions, split_words_with};
+use crate::frontend::shell::{LexOptions, split_words_with};
 
 /// A recognised heredoc word: how its body is read and used (the body itself lives in the AST).
 #[derive(Clone, Debug, PartialEq, Eq)]

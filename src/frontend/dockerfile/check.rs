@@ -2,10 +2,7 @@
 //! lowering can assume a well-formed file (a FROM first, stage names valid and unique).
 
 use crate::diag::{Diagnostic, Result};
-use crate::syntax::ast::{Dockerfile, InstructionKind};
-
-pub mod build;
-pub mod lints;
+use crate::frontend::dockerfile::syntax::ast::{Dockerfile, InstructionKind};
 
 /// Checks a parsed Dockerfile; the first problem found is returned with its location.
 pub fn dockerfile(df: &Dockerfile) -> Result<()> {
@@ -14,7 +11,7 @@ pub fn dockerfile(df: &Dockerfile) -> Result<()> {
 
 /// The structural rules; `duplicates` makes a repeated stage name an error (the linter reports it as
 /// BuildKit's `DuplicateStageName` warning instead).
-fn structure(df: &Dockerfile, duplicates: bool) -> Result<()> {
+pub(super) fn structure(df: &Dockerfile, duplicates: bool) -> Result<()> {
     let mut seen_from = false;
     let mut names: Vec<(String, crate::diag::Span)> = Vec::new();
     for ins in &df.instructions {
