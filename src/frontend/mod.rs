@@ -7,7 +7,10 @@
 pub mod buildfile;
 pub mod convert;
 pub mod dockerfile;
+pub mod image;
+pub mod lint;
 pub mod mount;
+pub mod quote;
 pub mod shell;
 
 use std::collections::BTreeMap;
@@ -81,4 +84,29 @@ pub fn join_path(base: &str, path: &str) -> String {
         }
     }
     format!("/{}", parts.join("/"))
+}
+
+/// Go's `path.Clean`.
+pub fn clean_path(p: &str) -> String {
+    let rooted = p.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|l| *l != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            c => parts.push(c),
+        }
+    }
+    let joined = parts.join("/");
+    match (rooted, joined.is_empty()) {
+        (true, _) => format!("/{joined}"),
+        (false, true) => ".".to_string(),
+        (false, false) => joined,
+    }
 }

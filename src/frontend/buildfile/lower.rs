@@ -3,7 +3,7 @@
 //!
 //! An `Image` value is the same state a Dockerfile stage has (filesystem node, env, args, working
 //! directory, user, shell, image config), and every method does exactly what the instruction of the same
-//! name does in `dockerfile.rs`, down to variable expansion and history text. That is what lets a
+//! name does in a Dockerfile (`frontend::image` holds what both mean), down to variable expansion and history text. That is what lets a
 //! Dockerfile and its `kiln convert` output compile to the same root digest.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +15,7 @@ use crate::frontend::buildfile::check::{self as types, Interface, Ty, Use};
 use crate::frontend::buildfile::syntax::{
     Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart,
 };
-use crate::frontend::dockerfile::lower::{
+use crate::frontend::image::{
     arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, json_list,
     parse_duration, run_history, set,
 };
@@ -66,7 +66,7 @@ pub struct Session {
     pub root: Option<PathBuf>,
     loading: Vec<PathBuf>,
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
-    pub findings: Vec<crate::frontend::dockerfile::lints::Finding>,
+    pub findings: Vec<crate::frontend::lint::Finding>,
 }
 
 impl Session {
@@ -277,15 +277,15 @@ pub struct Img {
 
 impl Img {
     fn lookup(&self, name: &str) -> Option<String> {
-        crate::frontend::dockerfile::lower::lookup(&self.env, &self.base_env, &self.args, name)
+        crate::frontend::image::lookup(&self.env, &self.base_env, &self.args, name)
     }
 
     fn run_env(&self) -> Vec<(String, String)> {
-        crate::frontend::dockerfile::lower::run_env(&self.env, &self.args)
+        crate::frontend::image::run_env(&self.env, &self.args)
     }
 
     fn arg_values(&self) -> Vec<(String, String)> {
-        crate::frontend::dockerfile::lower::arg_values(&self.env, &self.args)
+        crate::frontend::image::arg_values(&self.env, &self.args)
     }
 
     fn history(&mut self, created_by: String, layer: bool) {
@@ -1654,7 +1654,7 @@ impl<'s> Evaluator<'s> {
         cwd: &str,
         span: Span,
     ) -> Result<()> {
-        use crate::frontend::dockerfile::lints::secrets as lint;
+        use crate::frontend::lint::secrets as lint;
         let text = match cmd {
             Value::Str(s) => s.clone(),
             _ => args.join(" "),
@@ -1684,7 +1684,7 @@ impl<'s> Evaluator<'s> {
     /// `SecretInBuildArg` for an `.env` or `.arg` value written in the program (at the value, when it is
     /// a plain string there).
     fn lint_value(&mut self, kind: &str, key: &str, value: &str, span: Span) -> Result<()> {
-        use crate::frontend::dockerfile::lints::secrets::value_message;
+        use crate::frontend::lint::secrets::value_message;
         match value_message(kind, key, value) {
             Some(message) => {
                 let at = self.locate(span, &format!("\"{value}\""));
@@ -1713,9 +1713,7 @@ impl<'s> Evaluator<'s> {
     /// a helper called twice makes one finding).
     fn lint(&mut self, span: Span, rule: &str, message: String) -> Result<()> {
         let file = self.file();
-        let Some(f) =
-            crate::frontend::dockerfile::lints::program_finding(&file, span, rule, message)?
-        else {
+        let Some(f) = crate::frontend::lint::program_finding(&file, span, rule, message)? else {
             return Ok(());
         };
         let seen = self.session.findings.iter().any(|o| {
@@ -1751,10 +1749,9 @@ impl<'s> Evaluator<'s> {
         }
         if !matches!(v[0], Value::Inline { .. }) {
             for x in &srcs {
-                if let Some(message) = crate::frontend::dockerfile::lints::secrets::copied_file(
-                    &format!("{what}()"),
-                    x,
-                ) {
+                if let Some(message) =
+                    crate::frontend::lint::secrets::copied_file(&format!("{what}()"), x)
+                {
                     // Each source where it is written, when it is written as a plain string.
                     let place = self.locate(at(1), &format!("\"{x}\""));
                     self.lint(place, "SecretFileCopied", message)?;

@@ -233,14 +233,4 @@ impl Instruction {
     }
 }
 
-/// BuildKit's automatic platform args (TARGETPLATFORM and friends) for linux/amd64: kiln builds for
-/// linux/amd64 on linux/amd64.
-pub fn builtin_arg(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "TARGETPLATFORM" | "BUILDPLATFORM" => "linux/amd64",
-        "TARGETOS" | "BUILDOS" => "linux",
-        "TARGETARCH" | "BUILDARCH" => "amd64",
-        "TARGETVARIANT" | "BUILDVARIANT" => "",
-        _ => return None,
-    })
-}
+pub use crate::frontend::image::builtin_arg;

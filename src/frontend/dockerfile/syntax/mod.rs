@@ -6,7 +6,7 @@ pub mod directive;
 pub mod heredoc;
 pub mod json;
 pub mod parse;
-pub mod quote;
+pub use crate::frontend::quote;
 pub mod raw;
 
 pub use parse::parse;

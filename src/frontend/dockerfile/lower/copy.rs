@@ -1,0 +1,290 @@
+//! Dockerfile lowering: COPY and ADD (sources, heredocs, URLs, flags) and what `--from` names.
+
+use super::*;
+
+impl Lowerer<'_> {
+    pub(super) fn copy(
+        &mut self,
+        stage: &mut Stage,
+        ins: &Instruction,
+        sources: &[Word],
+        dest: &Word,
+        add: bool,
+    ) -> Result<()> {
+        let what = if add { "ADD" } else { "COPY" };
+        let flags: &[&str] = if add {
+            &[
+                "from",
+                "chown",
+                "chmod",
+                "link",
+                "checksum",
+                "keep-git-dir",
+                "parents",
+                "exclude",
+            ]
+        } else {
+            &["from", "chown", "chmod", "link", "parents", "exclude"]
+        };
+        self.reject_flags(ins, flags)?;
+        let lookup = |n: &str| stage.lookup(n);
+        let heredocs = self.copy_heredocs(ins, sources, what)?;
+        let mut srcs = Vec::new();
+        let mut remote: Vec<(String, Span)> = Vec::new();
+        for s in sources {
+            if s.text.starts_with("<<") && !heredocs.is_empty() {
+                continue;
+            }
+            let mut v = self.expand(s, &lookup)?;
+            if v.is_empty() && self.opts.lenient {
+                v = s.text.clone();
+            }
+            if v.is_empty() {
+                return Err(self.error(s.span, format!("{what} source is empty after expansion")));
+            }
+            if add && (v.contains("://") || v.starts_with("git@")) {
+                remote.push((v, s.span));
+                continue;
+            }
+            srcs.push(v);
+        }
+        // Mixing URLs and files needs a source tree per origin; a build would refuse the URL anyway, so
+        // compile-only mode keeps the first URL as the graph leaf.
+        if !remote.is_empty() && sources.len() != 1 && !self.opts.lenient {
+            return Err(self
+                .error(remote[0].1, "ADD of a URL takes exactly one source")
+                .help("use one ADD per URL"));
+        }
+        let mut inline = Vec::new();
+        for h in &heredocs {
+            let content = if h.expand {
+                shell::expand_raw(&h.text(), self.df.escape, &lookup).map_err(|e| {
+                    self.error(h.body.span, format!("cannot expand the heredoc: {e}"))
+                })?
+            } else {
+                h.text()
+            };
+            srcs.push(h.name.text.clone());
+            inline.push((h.name.text.clone(), content));
+        }
+        let raw_dest = self.expand(dest, &lookup)?;
+        let mut dest_path = join_path(stage.cwd.as_deref().unwrap_or("/"), &raw_dest);
+        if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
+            && !dest_path.ends_with('/')
+        {
+            dest_path.push('/');
+        }
+        if srcs.len() > 1 && !dest_path.ends_with('/') && !self.opts.lenient {
+            return Err(self
+                .error(
+                    dest.span,
+                    "when copying several sources, the destination must be a directory",
+                )
+                .help(format!("end it with a slash: `{raw_dest}/`")));
+        }
+        let CopyFlags {
+            chown,
+            chmod,
+            checksum,
+            keep_git_dir,
+            excludes,
+            parents,
+            source_node,
+        } = self.copy_flags(stage, ins)?;
+        let source = match source_node {
+            _ if !remote.is_empty() => {
+                let (url, span) = remote.remove(0);
+                // The fetched file is the single entry of its source tree, named like the URL's end.
+                let name = url
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("download")
+                    .to_string();
+                srcs.push(name);
+                let at = self.at(span);
+                let op = Op::Remote {
+                    url: url.clone(),
+                    checksum: checksum.clone(),
+                    keep_git_dir,
+                };
+                self.program.push(op, vec![], format!("ADD {url}"), at)
+            }
+            Some(_) if !inline.is_empty() => {
+                return Err(self
+                    .error(
+                        ins.keyword.span,
+                        format!("{what} --from cannot be used with heredocs"),
+                    )
+                    .help("heredocs are the source; drop --from"));
+            }
+            Some(n) => n,
+            None if !inline.is_empty() => {
+                let at = self.at(ins.span);
+                self.program.push(
+                    Op::Inline { files: inline },
+                    vec![],
+                    "heredoc files".into(),
+                    at,
+                )
+            }
+            None => self.context_leaf("context"),
+        };
+        let created_by = copy_history(add, &srcs, &dest_path);
+        let op = Op::Copy(CopyOp {
+            sources: srcs,
+            dest: dest_path,
+            chown,
+            chmod,
+            extract: add,
+            excludes,
+            parents,
+        });
+        self.push_fs(stage, ins, op, vec![source], created_by);
+        Ok(())
+    }
+
+    /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
+    pub(super) fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
+        if let Some(s) = self.stage_by_name(value)? {
+            return Ok(s.state.fs);
+        }
+        if let Ok(index) = value.parse::<usize>() {
+            if index >= self.decls.len() {
+                return Err(self
+                    .error(span, format!("stage index {index} does not exist"))
+                    .help(format!(
+                        "the Dockerfile has {} stage(s), numbered from 0",
+                        self.decls.len()
+                    )));
+            }
+            self.lower_stage(index)?;
+            return Ok(self.stages[index].as_ref().expect("just lowered").state.fs);
+        }
+        match self.opts.contexts.get(value).cloned() {
+            Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
+            Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
+            None => {}
+        }
+        if value.contains(['/', ':', '@']) {
+            let r = value.to_string();
+            return Ok(self.image_leaf(&r, span));
+        }
+        let names: Vec<&str> = self
+            .decls
+            .iter()
+            .filter_map(|(_, _, a)| a.as_deref())
+            .collect();
+        let d = self.error(span, format!("no stage named `{value}`"));
+        Err(match suggest(value, names.iter().copied()) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None if names.is_empty() => d.help(
+                "name a stage with `FROM image AS name`, or write a full image reference such as `busybox:latest`",
+            ),
+            None => d.help(format!(
+                "the stages are: {}; for an image write its full reference such as `busybox:latest`",
+                names.join(", ")
+            )),
+        })
+    }
+
+    /// The heredocs a COPY/ADD's sources name (all of its sources, or none of them).
+    fn copy_heredocs<'i>(
+        &self,
+        ins: &'i Instruction,
+        sources: &[Word],
+        what: &str,
+    ) -> Result<Vec<&'i Heredoc>> {
+        let heredocs: Vec<&Heredoc> = sources
+            .iter()
+            .filter_map(|s| {
+                ins.heredocs.iter().find(|h| {
+                    s.text
+                        .trim_start_matches('<')
+                        .trim_start_matches('-')
+                        .trim_matches(['"', '\''])
+                        == h.name.text
+                        && s.text.starts_with("<<")
+                })
+            })
+            .collect();
+        if !heredocs.is_empty() && heredocs.len() != sources.len() {
+            return Err(self
+                .error(
+                    ins.keyword.span,
+                    format!("{what} mixing heredocs and files is not supported yet"),
+                )
+                .help("split it into one instruction for the heredocs and one for the files"));
+        }
+        Ok(heredocs)
+    }
+
+    /// A COPY/ADD's flags, expanded; `--from` resolved to its node.
+    fn copy_flags(&mut self, stage: &Stage, ins: &Instruction) -> Result<CopyFlags> {
+        let lookup = |n: &str| stage.lookup(n);
+        let mut chown = None;
+        let mut chmod = None;
+        let mut checksum = None;
+        let mut keep_git_dir = false;
+        let mut excludes = Vec::new();
+        let mut parents = false;
+        let mut source_node = None;
+        for f in &ins.flags {
+            let v = self.expand_flag(f, &lookup)?;
+            match f.name.as_str() {
+                "chown" => chown = Some(v),
+                "chmod" => {
+                    chmod = Some(
+                        u32::from_str_radix(&v, 8)
+                            .ok()
+                            .filter(|m| *m <= 0o7777)
+                            .ok_or_else(|| {
+                                self.error(f.value_span, format!("invalid --chmod value `{v}`"))
+                                    .help("give an octal mode such as `644` or `0755`")
+                            })?,
+                    )
+                }
+                "from" => source_node = Some(self.copy_from(f.value_span, &v)?),
+                // Every kiln layer is already independent of what lies below it in the cache.
+                "link" => {}
+                "checksum" => checksum = Some(v),
+                "keep-git-dir" => {
+                    keep_git_dir = crate::options::parse_bool(Some(&v)).unwrap_or(true)
+                }
+                "exclude" => {
+                    if v.is_empty() {
+                        return Err(self.error(f.span, "--exclude needs a pattern"));
+                    }
+                    excludes.push(v)
+                }
+                "parents" => {
+                    parents = crate::options::parse_bool(
+                        Some(&v).filter(|v| !v.is_empty()).map(|v| v.as_str()),
+                    )
+                    .ok_or_else(|| self.error(f.value_span, "--parents takes true or false"))?
+                }
+                _ => unreachable!("flags were checked or refused"),
+            }
+        }
+        Ok(CopyFlags {
+            chown,
+            chmod,
+            checksum,
+            keep_git_dir,
+            excludes,
+            parents,
+            source_node,
+        })
+    }
+}
+
+/// A COPY/ADD's flags, expanded.
+struct CopyFlags {
+    chown: Option<String>,
+    chmod: Option<u32>,
+    checksum: Option<String>,
+    keep_git_dir: bool,
+    excludes: Vec<String>,
+    parents: bool,
+    source_node: Option<NodeId>,
+}

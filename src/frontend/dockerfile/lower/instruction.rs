@@ -1,0 +1,182 @@
+//! Dockerfile lowering: one instruction of a stage at a time (the config-only ones here; RUN, COPY, ADD and HEALTHCHECK in their own files).
+
+use super::*;
+
+impl Lowerer<'_> {
+    pub(super) fn instruction(&mut self, stage: &mut Stage, ins: &Instruction) -> Result<()> {
+        match &ins.kind {
+            InstructionKind::From { .. } => unreachable!("FROM handled by the caller"),
+            InstructionKind::Arg(decls) => self.arg(stage, ins, decls)?,
+            InstructionKind::Env(pairs) => self.env(stage, ins, pairs)?,
+            InstructionKind::Label(pairs) => self.label(stage, ins, pairs)?,
+            InstructionKind::Workdir(w) => {
+                self.reject_flags(ins, &[])?;
+                let dir = self.expand(w, &|n| stage.lookup(n))?;
+                let path = join_path(stage.cwd.as_deref().unwrap_or("/"), &dir);
+                stage.cwd = Some(path.clone());
+                self.push_fs(
+                    stage,
+                    ins,
+                    Op::Mkdir { path: path.clone() },
+                    vec![],
+                    format!("WORKDIR {path}"),
+                );
+            }
+            InstructionKind::User(w) => {
+                self.reject_flags(ins, &[])?;
+                let user = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("USER {user}"));
+                stage.user = Some(user);
+            }
+            InstructionKind::Cmd(c) => {
+                self.reject_flags(ins, &[])?;
+                let args = command_args(c, stage.shell.as_deref());
+                Self::config_history(stage, format!("CMD {}", json_list(&args)));
+                stage.config.cmd = Inherit::Set(args);
+            }
+            InstructionKind::Entrypoint(c) => {
+                self.reject_flags(ins, &[])?;
+                let args = command_args(c, stage.shell.as_deref());
+                Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
+                stage.config.entrypoint = Inherit::Set(args);
+                // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
+                if stage.config.cmd == Inherit::Base {
+                    stage.config.cmd = Inherit::Clear;
+                }
+            }
+            InstructionKind::Run(c) => self.run(stage, ins, c)?,
+            InstructionKind::Copy { sources, dest } => {
+                self.copy(stage, ins, sources, dest, false)?
+            }
+            InstructionKind::Add { sources, dest } => self.copy(stage, ins, sources, dest, true)?,
+            InstructionKind::Onbuild(trigger) => {
+                self.reject_flags(ins, &[])?;
+                let text = instruction_text(self.file(), trigger);
+                Self::config_history(stage, format!("ONBUILD {text}"));
+                stage.config.onbuild.push(text);
+            }
+            InstructionKind::Healthcheck(h) => self.healthcheck(stage, ins, h)?,
+            InstructionKind::Shell { args, span } => {
+                self.reject_flags(ins, &[])?;
+                if args.is_empty() {
+                    return Err(self
+                        .error(*span, "SHELL needs at least the shell program")
+                        .help("write `SHELL [\"/bin/bash\", \"-c\"]`"));
+                }
+                Self::config_history(stage, format!("SHELL {}", json_list(args)));
+                stage.shell = Some(args.clone());
+                stage.config.shell = Some(args.clone());
+            }
+            InstructionKind::StopSignal(w) => {
+                self.reject_flags(ins, &[])?;
+                let sig = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("STOPSIGNAL {sig}"));
+                stage.config.stop_signal = Some(sig);
+            }
+            InstructionKind::Expose(words) => self.expose(stage, ins, words)?,
+            InstructionKind::Volume(words) => self.volume(stage, ins, words)?,
+            InstructionKind::Maintainer(w) => {
+                self.reject_flags(ins, &[])?;
+                let who = self.expand(w, &|n| stage.lookup(n))?;
+                Self::config_history(stage, format!("MAINTAINER {who}"));
+                stage.config.author = Some(who);
+            }
+        }
+        Ok(())
+    }
+
+    /// ARG: each name takes its value (a bare `ARG x` brings the pre-FROM value into scope).
+    fn arg(&self, stage: &mut Stage, ins: &Instruction, decls: &[KeyValue]) -> Result<()> {
+        self.reject_flags(ins, &[])?;
+        let mut shown = Vec::new();
+        for d in decls {
+            let value = match self.arg_value(d, &|n| stage.lookup(n))? {
+                Some(v) => Some(v),
+                // A bare `ARG x` in a stage brings the pre-FROM value into scope.
+                None => self.meta_lookup(&d.key.text),
+            };
+            stage.args.retain(|(k, _)| *k != d.key.text);
+            stage.args.push((d.key.text.clone(), value.clone()));
+            shown.push((d.key.text.clone(), value));
+        }
+        Self::config_history(stage, arg_history(&shown));
+        Ok(())
+    }
+
+    /// ENV: each pair expanded and set, in order.
+    fn env(&self, stage: &mut Stage, ins: &Instruction, pairs: &[KeyValue]) -> Result<()> {
+        self.reject_flags(ins, &[])?;
+        let mut shown = Vec::new();
+        for kv in pairs {
+            let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
+            let value = match &kv.value {
+                Some(v) => self.expand(v, &|n| stage.lookup(n))?,
+                None => String::new(),
+            };
+            shown.push(format!("{key}={value}"));
+            set(&mut stage.env, &key, &value);
+        }
+        Self::config_history(stage, format!("ENV {}", shown.join(" ")));
+        Ok(())
+    }
+
+    /// LABEL: each pair expanded and set on the image config.
+    fn label(&self, stage: &mut Stage, ins: &Instruction, pairs: &[KeyValue]) -> Result<()> {
+        self.reject_flags(ins, &[])?;
+        let mut shown = Vec::new();
+        for kv in pairs {
+            let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
+            let value = match &kv.value {
+                Some(v) => self.expand(v, &|n| stage.lookup(n))?,
+                None => String::new(),
+            };
+            shown.push(format!("{key}={value}"));
+            set(&mut stage.config.labels, &key, &value);
+        }
+        Self::config_history(stage, format!("LABEL {}", shown.join(" ")));
+        Ok(())
+    }
+
+    /// EXPOSE: each word expanded into ports (a range into each port), added once each.
+    fn expose(&self, stage: &mut Stage, ins: &Instruction, words: &[Word]) -> Result<()> {
+        self.reject_flags(ins, &[])?;
+        let mut ports = Vec::new();
+        for w in words {
+            for p in shell::expand_words(&w.text, self.df.escape, &|n| stage.lookup(n))
+                .map_err(|e| self.error(w.span, format!("cannot expand `{}`: {e}", w.text)))?
+            {
+                ports.extend(expose_ports(&p).ok_or_else(|| {
+                    self.error(w.span, format!("invalid port `{p}`"))
+                        .help("write a port or range with an optional protocol: `80`, `53/udp`, `8000-8010/tcp`")
+                })?);
+            }
+        }
+        Self::config_history(stage, format!("EXPOSE {}", ports.join(" ")));
+        for p in ports {
+            if !stage.config.exposed.contains(&p) {
+                stage.config.exposed.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// VOLUME: each path expanded, added once each.
+    fn volume(&self, stage: &mut Stage, ins: &Instruction, words: &[Word]) -> Result<()> {
+        self.reject_flags(ins, &[])?;
+        let mut vols = Vec::new();
+        for w in words {
+            let v = self.expand(w, &|n| stage.lookup(n))?;
+            if v.trim().is_empty() {
+                return Err(self.error(w.span, "VOLUME names an empty path"));
+            }
+            vols.push(v);
+        }
+        Self::config_history(stage, format!("VOLUME {}", json_list(&vols)));
+        for v in vols {
+            if !stage.config.volumes.contains(&v) {
+                stage.config.volumes.push(v);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,499 @@
+//! Dockerfile → `Program`: ARG/ENV scoping and expansion as BuildKit does it, stages, `COPY --from`,
+//! `RUN --mount=type=secret`, and the image config each stage ends with.
+
+mod copy;
+mod instruction;
+mod run;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
+use crate::frontend::dockerfile::syntax::ast::{
+    Command, Dockerfile, Flag, Instruction, InstructionKind, KeyValue, Word,
+};
+use crate::frontend::dockerfile::syntax::ast::{
+    HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc,
+};
+use crate::frontend::image::{
+    arg_history, arg_values, builtin_arg, copy_history, expose_ports, healthcheck_history,
+    json_list, lookup, parse_duration, run_env, run_history, set,
+};
+use crate::frontend::mount::{self, Parsed};
+use crate::frontend::shell;
+use crate::frontend::{LowerOptions, join_path};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::op::{
+    ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+};
+use crate::graph::{NamedContext, NodeId, Program, Root};
+
+const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
+/// The image-config and variable state of a stage while its instructions are lowered.
+#[derive(Clone)]
+struct Stage {
+    name: String,
+    alias: Option<String>,
+    fs: NodeId,
+    /// ENV set in this stage (or inherited from a parent stage), in order of first setting.
+    env: Vec<(String, String)>,
+    /// The base image's environment, when it could be resolved: what `$VAR` falls back to after ENV.
+    base_env: Vec<(String, String)>,
+    /// ARGs declared in this stage: name → value (None: declared without any value).
+    args: Vec<(String, Option<String>)>,
+    cwd: Option<String>,
+    user: Option<String>,
+    /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
+    shell: Option<Vec<String>>,
+    config: ConfigOp,
+    step: usize,
+    steps: usize,
+}
+
+impl Stage {
+    fn lookup(&self, name: &str) -> Option<String> {
+        lookup(&self.env, &self.base_env, &self.args, name)
+    }
+
+    fn run_env(&self) -> Vec<(String, String)> {
+        run_env(&self.env, &self.args)
+    }
+
+    fn arg_values(&self) -> Vec<(String, String)> {
+        arg_values(&self.env, &self.args)
+    }
+}
+
+/// A completed stage: its final state (for `FROM stage` and `COPY --from`) and its image config node.
+struct Finished {
+    state: Stage,
+    config: NodeId,
+}
+
+struct Lowerer<'a> {
+    df: &'a Dockerfile,
+    opts: &'a LowerOptions,
+    program: Program,
+    /// Pre-FROM ARGs: name → value after `--build-arg` overrides.
+    meta_args: Vec<(String, Option<String>)>,
+    /// Every stage in file order: its FROM, the instructions after it, and its name (lower-cased).
+    decls: Vec<(&'a Instruction, Vec<&'a Instruction>, Option<String>)>,
+    /// Lowered stages, in file order. A stage is lowered when first needed, so `COPY --from` may name a
+    /// stage defined further down, as in BuildKit.
+    stages: Vec<Option<Finished>>,
+    /// Stages being lowered right now, to report a cycle instead of recursing forever.
+    busy: Vec<bool>,
+    /// Leaves shared across stages: one node per image reference or named context.
+    leaves: BTreeMap<String, NodeId>,
+}
+
+/// Lowers a parsed Dockerfile. The program's single root is the `--target` stage, or the last stage.
+pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
+    crate::frontend::dockerfile::check::dockerfile(df)?;
+    let mut l = Lowerer {
+        df,
+        opts,
+        program: Program::default(),
+        meta_args: Vec::new(),
+        decls: Vec::new(),
+        stages: Vec::new(),
+        busy: Vec::new(),
+        leaves: BTreeMap::new(),
+    };
+    for ins in &df.instructions {
+        match &ins.kind {
+            InstructionKind::From { alias, .. } => {
+                let alias = alias.as_ref().map(|a| a.text.to_ascii_lowercase());
+                l.decls.push((ins, Vec::new(), alias));
+            }
+            InstructionKind::Arg(decls) if l.decls.is_empty() => {
+                for d in decls {
+                    let value = l.arg_value(d, &|name| l.meta_lookup(name))?;
+                    l.meta_args.retain(|(k, _)| *k != d.key.text);
+                    l.meta_args.push((d.key.text.clone(), value));
+                }
+            }
+            _ => match l.decls.last_mut() {
+                Some((_, body, _)) => body.push(ins),
+                None => unreachable!("check::dockerfile puts FROM first"),
+            },
+        }
+    }
+    l.stages = l.decls.iter().map(|_| None).collect();
+    l.busy = vec![false; l.decls.len()];
+    let names: Vec<&str> = l
+        .decls
+        .iter()
+        .filter_map(|(_, _, a)| a.as_deref())
+        .collect();
+    let target = match &opts.target {
+        Some(t) => {
+            let wanted = t.to_ascii_lowercase();
+            l.decls
+                .iter()
+                .position(|(_, _, a)| a.as_deref() == Some(wanted.as_str()))
+                .ok_or_else(|| {
+                    let mut d = Diagnostic::input(format!(
+                        "target stage `{t}` not found in {}",
+                        df.file.name
+                    ));
+                    if let Some(at) = &opts.target_at {
+                        d = d.label(at.clone(), "");
+                    }
+                    if let Some(s) = suggest(t, names.iter().copied()) {
+                        d = d.help(format!("did you mean `{s}`?"));
+                    } else if !names.is_empty() {
+                        d = d.help(format!("the stages are: {}", names.join(", ")));
+                    }
+                    d
+                })?
+        }
+        None => l.decls.len() - 1,
+    };
+    // As in BuildKit, only the target and what it needs are lowered: a stage nothing uses cannot fail the
+    // build (its syntax was checked when parsing).
+    l.lower_stage(target)?;
+    let finished = l.stages[target].as_ref().expect("just lowered");
+    let root = Root {
+        name: finished.state.name.clone(),
+        node: finished.config,
+    };
+    l.program.roots.push(root);
+    Ok(l.program)
+}
+
+impl Lowerer<'_> {
+    fn file(&self) -> &Arc<SourceFile> {
+        &self.df.file
+    }
+
+    fn error(&self, span: Span, msg: impl Into<String>) -> Diagnostic {
+        Diagnostic::at(self.file(), span, msg)
+    }
+
+    fn at(&self, span: Span) -> Option<Located> {
+        Some(Located::new(self.file(), span))
+    }
+
+    /// A global (pre-FROM) ARG, or one of BuildKit's automatic platform args, which are global without
+    /// being declared. kiln builds for linux/amd64 on linux/amd64.
+    fn meta_lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.meta_args.iter().rev().find(|(k, _)| k == name) {
+            return v.clone();
+        }
+        if let Some(v) = self
+            .opts
+            .build_args
+            .get(name)
+            .filter(|_| builtin_arg(name).is_some())
+        {
+            return Some(v.clone());
+        }
+        builtin_arg(name).map(String::from)
+    }
+
+    fn expand(&self, word: &Word, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+        shell::expand_word(&word.text, self.df.escape, lookup)
+            .map_err(|e| self.error(word.span, format!("cannot expand `{}`: {e}", word.text)))
+    }
+
+    fn expand_flag(&self, flag: &Flag, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+        let raw = flag.value.clone().unwrap_or_default();
+        shell::expand_word(&raw, self.df.escape, lookup)
+            .map_err(|e| self.error(flag.value_span, format!("cannot expand `{raw}`: {e}")))
+    }
+
+    /// An ARG's value: a `--build-arg` wins over the default; a bare `ARG x` in a stage takes the global.
+    fn arg_value(
+        &self,
+        d: &KeyValue,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<String>> {
+        if let Some(v) = self.opts.build_args.get(&d.key.text) {
+            return Ok(Some(v.clone()));
+        }
+        match &d.value {
+            Some(w) => Ok(Some(self.expand(w, lookup)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn reject_flags(&self, ins: &Instruction, allowed: &[&str]) -> Result<()> {
+        for f in &ins.flags {
+            if !allowed.contains(&f.name.as_str()) {
+                let mut d = self.error(
+                    f.span,
+                    format!("unknown flag `--{}` for {}", f.name, ins.kind.name()),
+                );
+                d = match suggest(&f.name, allowed.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `--{s}`?")),
+                    None if allowed.is_empty() => {
+                        d.help(format!("{} takes no flags", ins.kind.name()))
+                    }
+                    None => d.help(format!(
+                        "{} accepts: {}",
+                        ins.kind.name(),
+                        allowed
+                            .iter()
+                            .map(|a| format!("--{a}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                };
+                return Err(d);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lowers stage `i` (its FROM and instructions) unless that is done already.
+    fn lower_stage(&mut self, i: usize) -> Result<()> {
+        if self.stages[i].is_some() {
+            return Ok(());
+        }
+        let (from, body, _) = self.decls[i].clone();
+        if std::mem::replace(&mut self.busy[i], true) {
+            return Err(self
+                .error(from.keyword.span, "this stage depends on itself")
+                .help("a stage cannot use (through FROM or --from) a stage that uses it"));
+        }
+        let InstructionKind::From { image, alias } = &from.kind else {
+            unreachable!("declarations start with FROM")
+        };
+        let mut stage = self.from(i, from, image, alias.as_ref())?;
+        for ins in body {
+            self.instruction(&mut stage, ins)?;
+        }
+        self.finish_stage(i, stage);
+        self.busy[i] = false;
+        Ok(())
+    }
+
+    /// The stage called `name` (or with index `name`), lowered if it was not yet.
+    fn stage_by_name(&mut self, name: &str) -> Result<Option<&Finished>> {
+        let lower = name.to_ascii_lowercase();
+        let found = self
+            .decls
+            .iter()
+            .position(|(_, _, alias)| alias.as_deref() == Some(lower.as_str()));
+        match found {
+            Some(i) => {
+                self.lower_stage(i)?;
+                Ok(self.stages[i].as_ref())
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// A leaf node for an image reference (or `scratch`), shared by every use.
+    fn image_leaf(&mut self, reference: &str, at: Span) -> NodeId {
+        let key = format!("image:{reference}");
+        if let Some(&id) = self.leaves.get(&key) {
+            return id;
+        }
+        let (op, name) = if reference == "scratch" {
+            (Op::Scratch, "scratch".to_string())
+        } else {
+            (
+                Op::Image {
+                    reference: reference.to_string(),
+                },
+                format!("FROM {reference}"),
+            )
+        };
+        let at = self.at(at);
+        let id = self.program.push(op, vec![], name, at);
+        self.leaves.insert(key, id);
+        id
+    }
+
+    fn context_leaf(&mut self, name: &str) -> NodeId {
+        let key = format!("context:{name}");
+        if let Some(&id) = self.leaves.get(&key) {
+            return id;
+        }
+        let id = self.program.push(
+            Op::Context {
+                name: name.to_string(),
+                excludes: if name == "context" {
+                    self.opts.excludes.clone()
+                } else {
+                    Vec::new()
+                },
+            },
+            vec![],
+            format!("context {name}"),
+            None,
+        );
+        self.leaves.insert(key, id);
+        id
+    }
+
+    fn from(
+        &mut self,
+        index: usize,
+        ins: &Instruction,
+        image: &Word,
+        alias: Option<&Word>,
+    ) -> Result<Stage> {
+        self.reject_flags(ins, &["platform"])?;
+        let mut reference = self.expand(image, &|n| self.meta_lookup(n))?;
+        if reference.is_empty() && self.opts.lenient {
+            // Compile-only: the reference stays as written, an unresolved leaf like any image.
+            reference = image.text.clone();
+        }
+        if reference.is_empty() {
+            return Err(self.error(image.span, "FROM names an empty image").help(
+                "a build argument used here may be unset; give it a default or pass --build-arg",
+            ));
+        }
+        let alias = alias.map(|a| a.text.to_ascii_lowercase());
+        let name = alias.clone().unwrap_or_else(|| format!("stage-{index}"));
+        let steps = 1 + self.steps_after(ins);
+        let mut stage = if let Some(parent) = self.stage_by_name(&reference)? {
+            // FROM an earlier stage continues from its filesystem and config.
+            // Its history stays: the parent's layers are in this image, and each needs its entry.
+            let mut s = parent.state.clone();
+            s.args.clear();
+            s
+        } else {
+            let resolved = match self.opts.contexts.get(&reference) {
+                Some(NamedContext::Image(r)) => r.clone(),
+                _ => reference.clone(),
+            };
+            let leaf = match self.opts.contexts.get(&reference) {
+                Some(NamedContext::Image(r)) => {
+                    let r = r.clone();
+                    self.image_leaf(&r, image.span)
+                }
+                Some(NamedContext::Dir(_)) => {
+                    return Err(self
+                        .error(
+                            image.span,
+                            format!("build context `{reference}` is a directory, not an image"),
+                        )
+                        .help("use `--build-context NAME=oci-layout://DIR` for a base image"));
+                }
+                None => self.image_leaf(&reference, image.span),
+            };
+            Stage {
+                name: String::new(),
+                alias: None,
+                fs: leaf,
+                env: Vec::new(),
+                base_env: self.opts.image_env.get(&resolved),
+                args: Vec::new(),
+                cwd: None,
+                user: None,
+                shell: None,
+                config: ConfigOp::default(),
+                step: 0,
+                steps: 0,
+            }
+        };
+        stage.name = name;
+        stage.alias = alias;
+        stage.step = 1;
+        stage.steps = steps;
+        Ok(stage)
+    }
+
+    /// How many instructions of this stage follow its FROM (for `[stage k/n]` names).
+    fn steps_after(&self, from: &Instruction) -> usize {
+        self.df
+            .instructions
+            .iter()
+            .skip_while(|i| !std::ptr::eq(*i, from))
+            .skip(1)
+            .take_while(|i| !matches!(i.kind, InstructionKind::From { .. }))
+            .filter(|i| {
+                matches!(
+                    i.kind,
+                    InstructionKind::Run(_)
+                        | InstructionKind::Copy { .. }
+                        | InstructionKind::Workdir(_)
+                )
+            })
+            .count()
+    }
+
+    fn finish_stage(&mut self, index: usize, stage: Stage) {
+        let mut config = stage.config.clone();
+        config.env = stage.env.clone();
+        config.cwd = stage.cwd.clone();
+        config.user = stage.user.clone();
+        let name = format!("[{}] image config", stage.name);
+        let config = self
+            .program
+            .push(Op::Config(Box::new(config)), vec![stage.fs], name, None);
+        self.stages[index] = Some(Finished {
+            state: stage,
+            config,
+        });
+    }
+
+    fn step_name(&self, stage: &mut Stage, ins: &Instruction) -> String {
+        stage.step += 1;
+        let text = instruction_text(self.file(), ins);
+        format!("[{} {}/{}] {}", stage.name, stage.step, stage.steps, text)
+    }
+
+    fn push_fs(
+        &mut self,
+        stage: &mut Stage,
+        ins: &Instruction,
+        op: Op,
+        extra_inputs: Vec<NodeId>,
+        created_by: String,
+    ) {
+        let name = self.step_name(stage, ins);
+        let mut inputs = vec![stage.fs];
+        inputs.extend(extra_inputs);
+        let at = self.at(ins.span);
+        stage.fs = self.program.push(op, inputs, name, at);
+        stage.config.history.push(HistoryEntry {
+            created_by,
+            layer: true,
+        });
+    }
+
+    fn config_history(stage: &mut Stage, created_by: String) {
+        stage.config.history.push(HistoryEntry {
+            created_by,
+            layer: false,
+        });
+    }
+}
+
+/// Shell form runs through `shell` (the stage's `SHELL`, else `/bin/sh -c`); exec form as written.
+fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
+    match c {
+        Command::Shell(w) => {
+            let mut v: Vec<String> = match shell {
+                Some(s) => s.to_vec(),
+                None => DEFAULT_SHELL.iter().map(|s| s.to_string()).collect(),
+            };
+            v.push(w.text.clone());
+            v
+        }
+        Command::Exec { args, .. } => args.clone(),
+    }
+}
+
+/// The instruction's source text on one line, for step names and history.
+fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
+    ins.text(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_path_normalises() {
+        assert_eq!(join_path("/app", "src"), "/app/src");
+        assert_eq!(join_path("/app", "/x/../y"), "/y");
+        assert_eq!(join_path("/", "../../etc"), "/etc");
+        assert_eq!(join_path("/a", "."), "/a");
+    }
+}
