@@ -102,7 +102,7 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
         .expect("python3 runs")
         .success();
     assert!(ok, "gen-monorepo.py failed");
-    let opts = kiln::frontend::buildfile::lower::BuildOptions {
+    let opts = kiln::frontend::buildfile::lower::EvalOptions {
         lower: kiln::frontend::LowerOptions {
             lenient: true,
             ..Default::default()
@@ -111,7 +111,7 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
     };
     let all = vec!["//...".to_string()];
     bencher.counter(ItemsCount::new(2000usize)).bench(|| {
-        let mut session = kiln::frontend::buildfile::lower::Session::new(Some(root.clone()));
+        let mut session = kiln::load::Session::new(Some(root.clone()));
         let selected =
             kiln::monorepo::expand_labels(&mut session, &root, &all).expect("labels resolve");
         let lowered =

@@ -508,7 +508,7 @@ fn build_options(
     cl: &CommandLine,
     lenient: bool,
     context: &Path,
-) -> Result<crate::frontend::buildfile::lower::BuildOptions> {
+) -> Result<crate::frontend::buildfile::lower::EvalOptions> {
     let lower = lower_options(args, cl, lenient, context)?;
     let mut params = BTreeMap::new();
     for p in &args.params {
@@ -523,7 +523,7 @@ fn build_options(
             }
         }
     }
-    Ok(crate::frontend::buildfile::lower::BuildOptions { lower, params })
+    Ok(crate::frontend::buildfile::lower::EvalOptions { lower, params })
 }
 
 /// `-f app.build [CONTEXT]`: one `.build` file (with its imports); `--target a,b` selects targets.
@@ -543,21 +543,14 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
-    let root = crate::frontend::buildfile::lower::Session::find_root(
-        path.parent().unwrap_or(Path::new(".")),
-    );
-    let mut session = crate::frontend::buildfile::lower::Session::new(root);
+    let root = crate::load::Session::find_root(path.parent().unwrap_or(Path::new(".")));
+    let mut session = crate::load::Session::new(root);
     let target_at = args
         .target
         .as_ref()
         .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t)));
-    let (program, packages) = crate::frontend::buildfile::lower::lower_file(
-        &mut session,
-        &path,
-        targets.as_deref(),
-        &opts,
-        target_at,
-    )?;
+    let (program, packages) =
+        crate::load::lower_file(&mut session, &path, targets.as_deref(), &opts, target_at)?;
     let mut contexts = opts.lower.contexts;
     for (name, dir) in packages {
         contexts.insert(name, NamedContext::Dir(dir));
@@ -577,7 +570,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
     let opts = build_options(args, cl, lenient, &root)?;
-    let mut session = crate::frontend::buildfile::lower::Session::new(Some(root.clone()));
+    let mut session = crate::load::Session::new(Some(root.clone()));
     let selected = crate::monorepo::expand_labels(&mut session, &cwd, &args.inputs)?;
     let lowered = crate::monorepo::lower_selected(&mut session, &selected, &opts)?;
     let program = lowered.program;
@@ -597,7 +590,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
 fn monorepo_root() -> Result<PathBuf> {
     let cwd = std::env::current_dir()
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
-    crate::frontend::buildfile::lower::Session::find_root(&cwd).ok_or_else(|| {
+    crate::load::Session::find_root(&cwd).ok_or_else(|| {
         Diagnostic::input("not in a monorepo: no kiln.toml in this directory or above")
             .help("create an empty kiln.toml at the repository's root")
     })
@@ -605,7 +598,7 @@ fn monorepo_root() -> Result<PathBuf> {
 
 fn query(args: QueryArgs) -> Result<()> {
     let root = monorepo_root()?;
-    let mut opts = crate::frontend::buildfile::lower::BuildOptions {
+    let mut opts = crate::frontend::buildfile::lower::EvalOptions {
         lower: LowerOptions {
             lenient: true,
             ..LowerOptions::default()
@@ -629,7 +622,7 @@ fn query(args: QueryArgs) -> Result<()> {
 
 fn affected(args: AffectedArgs) -> Result<()> {
     let root = monorepo_root()?;
-    let opts = crate::frontend::buildfile::lower::BuildOptions {
+    let opts = crate::frontend::buildfile::lower::EvalOptions {
         lower: LowerOptions {
             lenient: true,
             ..LowerOptions::default()

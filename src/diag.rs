@@ -93,6 +93,25 @@ impl fmt::Display for Located {
     }
 }
 
+/// A message a program asks to show while it is evaluated (`print(...)` in a `.build` file), with where
+/// it asked: not an error, so not a `Diagnostic`.
+#[derive(Clone, Debug)]
+pub struct Note {
+    pub at: Located,
+    pub message: String,
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// Shows a note on stderr, one line: `file:line:col: message`.
+pub fn print_note(note: &Note) {
+    eprintln!("{note}");
+}
+
 #[derive(Clone, Debug)]
 pub struct Label {
     pub at: Located,

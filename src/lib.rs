@@ -19,6 +19,7 @@ pub mod export;
 pub mod frontend;
 pub mod graph;
 pub mod layer;
+pub mod load;
 pub mod monorepo;
 pub mod oci;
 pub mod options;

@@ -10,12 +10,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
-use crate::frontend::buildfile::lower::{
-    BuildOptions, Evaluator, PACKAGE_FILE, PackageContexts, Session,
-};
+use crate::frontend::buildfile::lower::{EvalOptions, Evaluator, PackageContexts};
 use crate::graph::BuildGraph;
 use crate::graph::op::RunMount;
 use crate::graph::{Op, Program};
+use crate::load::{PACKAGE_FILE, Session};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -140,7 +139,7 @@ pub struct Lowered {
 pub fn lower_selected(
     session: &mut Session,
     selected: &Selected,
-    opts: &BuildOptions,
+    opts: &EvalOptions,
 ) -> Result<Lowered> {
     let mut ev = Evaluator::new(session, opts);
     for (m, t) in selected {
@@ -159,7 +158,7 @@ pub fn query(
     root: &Path,
     kind: &str,
     labels: &[String],
-    opts: &BuildOptions,
+    opts: &EvalOptions,
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
@@ -193,7 +192,7 @@ pub fn query(
 }
 
 /// Each target of the monorepo at `root` with the digest of everything it is built from.
-pub fn target_digests(root: &Path, opts: &BuildOptions) -> Result<BTreeMap<String, String>> {
+pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
     let lowered = lower_selected(&mut session, &all, opts)?;
@@ -274,7 +273,7 @@ fn context_reads(
     graph: &BuildGraph,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
-    opts: &BuildOptions,
+    opts: &EvalOptions,
 ) -> Vec<(PathBuf, Vec<String>, Vec<String>)> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
@@ -324,7 +323,7 @@ fn reads_file(
     graph: &BuildGraph,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
-    opts: &BuildOptions,
+    opts: &EvalOptions,
     file: &Path,
 ) -> bool {
     for (dir, excludes, patterns) in context_reads(graph, root, contexts, opts) {
@@ -357,7 +356,7 @@ fn reads_file(
 pub fn affected_by_files(
     root: &Path,
     files: &[PathBuf],
-    opts: &BuildOptions,
+    opts: &EvalOptions,
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
@@ -416,7 +415,7 @@ pub fn affected_by_files(
 
 /// The targets whose digest differs between git revision `rev` and the working tree (new targets
 /// count as affected).
-pub fn affected_since(root: &Path, rev: &str, opts: &BuildOptions) -> Result<Vec<String>> {
+pub fn affected_since(root: &Path, rev: &str, opts: &EvalOptions) -> Result<Vec<String>> {
     let old = crate::exec::git_checkout(root, rev)?;
     let before = target_digests(&old.path().join(&old_prefix(root)?), opts).unwrap_or_default();
     let now = target_digests(root, opts)?;

@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 use kiln::frontend::buildfile::check::Use;
 use kiln::diag::Span;
 use kiln::graph::Op;
-use kiln::frontend::buildfile::lower::{BuildOptions, Session, lower_file};
+use kiln::frontend::buildfile::lower::EvalOptions;
+use kiln::load::{Session, lower_file};
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 
@@ -394,7 +395,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.join("lib.build"), &lib.text).expect("write");
     std::fs::write(dir.join("main.build"), &main.text).expect("write");
     let mut session = Session::new(None);
-    let opts = BuildOptions::default();
+    let opts = EvalOptions::default();
     let program = match lower_file(
         &mut session,
         &dir.join("main.build"),

@@ -1,0 +1,255 @@
+//! `.build` evaluation: the builtin functions (`image`, `context`, mounts, `print`, ...) and the source nodes they make.
+
+use super::*;
+
+impl Evaluator<'_> {
+    pub(super) fn function(
+        &mut self,
+        name: &str,
+        span: Span,
+        v: Vec<Value>,
+        args: &[Arg],
+    ) -> Result<Value> {
+        let arg_span = |i: usize| args.get(i).map_or(span, |a| a.value.span);
+        Ok(match name {
+            "image" => {
+                let r = v[0].str().to_string();
+                if r.starts_with("//") || r.starts_with(':') {
+                    return self.label_image(&r, arg_span(0));
+                }
+                if r.is_empty() {
+                    return Err(self
+                        .err(arg_span(0), "image() names an empty reference")
+                        .help("give a reference such as `debian:bookworm`, or `scratch()`"));
+                }
+                let (leaf, resolved) = match self.opts.lower.contexts.get(&r) {
+                    Some(NamedContext::Image(to)) => {
+                        let to = to.clone();
+                        (self.image_leaf(&to, arg_span(0)), to)
+                    }
+                    _ => (self.image_leaf(&r, arg_span(0)), r.clone()),
+                };
+                let env = self.opts.lower.image_env.get(&resolved);
+                Value::Image(Box::new(self.new_image(leaf, env)))
+            }
+            "scratch" => {
+                let leaf = self.image_leaf("scratch", span);
+                Value::Image(Box::new(self.new_image(leaf, Vec::new())))
+            }
+            "from" => match &v[0] {
+                Value::Image(img) => {
+                    let mut img = img.clone();
+                    img.args.clear();
+                    Value::Image(img)
+                }
+                _ => unreachable!("checked"),
+            },
+            "context" => {
+                let path = match &v[0] {
+                    Value::Str(s) => s.clone(),
+                    _ => ".".to_string(),
+                };
+                Value::Dir(self.context(&path, arg_span(0))?)
+            }
+            "files" => {
+                let files: Vec<(String, String)> = match &v[0] {
+                    Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.text())).collect(),
+                    _ => Vec::new(),
+                };
+                Value::Inline {
+                    files,
+                    expand: v[1].bool(),
+                    span,
+                }
+            }
+            "url" | "git" => {
+                let url = v[0].str().to_string();
+                let (checksum, keep_git_dir) = if name == "url" {
+                    (v[1].opt_str(), false)
+                } else {
+                    (None, v[1].bool())
+                };
+                Value::Remote {
+                    url,
+                    checksum,
+                    keep_git_dir,
+                    span,
+                }
+            }
+            "cache" => Value::Mount(
+                Box::new(MountValue::Cache {
+                    target: v[0].str().to_string(),
+                    id: v[1].opt_str(),
+                    sharing: v[2].opt_str().unwrap_or_else(|| "shared".into()),
+                    mode: opt_int(&v[3], 0o755),
+                    uid: opt_int(&v[4], 0),
+                    gid: opt_int(&v[5], 0),
+                    readonly: v[6].bool(),
+                }),
+                span,
+            ),
+            "bind" => {
+                let from = self.source_node(&v[0]);
+                Value::Mount(
+                    Box::new(MountValue::Bind {
+                        from,
+                        target: v[1].opt_str(),
+                        source: v[2].opt_str().unwrap_or_else(|| "/".into()),
+                        rw: v[3].bool(),
+                    }),
+                    span,
+                )
+            }
+            "tmpfs" => Value::Mount(
+                Box::new(MountValue::Tmpfs {
+                    target: v[0].str().to_string(),
+                    size: match v[1] {
+                        Value::Int(i) => Some(i),
+                        _ => None,
+                    },
+                }),
+                span,
+            ),
+            "join" => Value::Str(v[0].strs().join(v[1].str())),
+            "print" => {
+                let at = self.at(span).expect("located");
+                self.loader.note(Note {
+                    at,
+                    message: v[0].str().to_string(),
+                });
+                v[0].clone()
+            }
+            other => unreachable!("builtin {other} is checked"),
+        })
+    }
+
+    /// `context(".")`: the build context (or, in a monorepo package, the package's directory);
+    /// another name: a `--build-context`, or a directory of the package.
+    fn context(&mut self, path: &str, span: Span) -> Result<NodeId> {
+        let Some(package) = self.loader.package(self.module).map(String::from) else {
+            if path == "." || path.is_empty() {
+                return Ok(self.context_leaf("context"));
+            }
+            if self.opts.lower.contexts.contains_key(path) {
+                return Ok(self.context_leaf(path));
+            }
+            return Err(self
+                .err(span, format!("no build context named `{path}`"))
+                .help(format!(
+                    "`.` is the build context; give others with `--build-context {path}=DIR`"
+                )));
+        };
+        let (dir, name) = match path.trim_end_matches('/') {
+            "." | "" => (self.loader.dir(self.module).to_path_buf(), package),
+            p => (
+                self.loader.dir(self.module).join(p),
+                format!("{package}/{}", p.trim_start_matches("./")),
+            ),
+        };
+        if !self.loader.is_dir(&dir) {
+            return Err(self
+                .err(span, format!("`{}` is not a directory", dir.display()))
+                .help("context() names a directory relative to the package"));
+        }
+        self.contexts.insert(name.clone(), dir);
+        Ok(self.context_leaf(&name))
+    }
+
+    fn label_image(&mut self, label: &str, span: Span) -> Result<Value> {
+        let (package, target) = label
+            .rsplit_once(':')
+            .ok_or_else(|| self.err(span, format!("`{label}` is not a label")))?;
+        let module = if package.is_empty() {
+            self.module
+        } else {
+            let at = self.at(span);
+            self.loader.load_package(package, at)?
+        };
+        if !self.is_target(module, target) {
+            let at = self.at(span);
+            self.target_node(module, target, at)?;
+        }
+        match self.global(module, target, span)? {
+            v @ Value::Image(_) => Ok(v),
+            _ => Err(self
+                .err(span, format!("`{label}` is a Dir, not an Image"))
+                .help("copy from it instead: `.copy(image_or_dir, [\".\"], \"/dest\")`")),
+        }
+    }
+
+    pub(super) fn source_node(&mut self, v: &Value) -> NodeId {
+        match v {
+            Value::Image(img) => img.fs,
+            Value::Dir(n) => *n,
+            Value::File { node, .. } => *node,
+            Value::Remote {
+                url,
+                checksum,
+                keep_git_dir,
+                span,
+            } => self.remote_node(url.clone(), checksum.clone(), *keep_git_dir, *span),
+            Value::Inline { files, span, .. } => self.inline_node(files.clone(), *span),
+            _ => unreachable!("checked"),
+        }
+    }
+
+    pub(super) fn inline_node(&mut self, files: Vec<(String, String)>, span: Span) -> NodeId {
+        let at = self.at(span);
+        self.program
+            .push(Op::Inline { files }, vec![], "inline files".into(), at)
+    }
+
+    pub(super) fn remote_node(
+        &mut self,
+        url: String,
+        checksum: Option<String>,
+        keep_git_dir: bool,
+        span: Span,
+    ) -> NodeId {
+        let at = self.at(span);
+        let name = format!("fetch {url}");
+        self.program.push(
+            Op::Remote {
+                url,
+                checksum,
+                keep_git_dir,
+            },
+            vec![],
+            name,
+            at,
+        )
+    }
+
+    pub(super) fn secret_mount(&self, id: String, method: &str, v: &[Value], span: Span) -> Value {
+        let m = match method {
+            "file" => SecretMount {
+                id,
+                target: v[0].opt_str(),
+                env: None,
+                required: v[1].bool(),
+                mode: opt_int(&v[2], 0o400),
+                uid: opt_int(&v[3], 0),
+                gid: opt_int(&v[4], 0),
+            },
+            "env" => SecretMount {
+                id,
+                target: None,
+                env: v[0].opt_str(),
+                required: v[1].bool(),
+                mode: 0o400,
+                uid: 0,
+                gid: 0,
+            },
+            _ => SecretMount {
+                id,
+                target: v[0].opt_str(),
+                env: v[1].opt_str(),
+                required: v[2].bool(),
+                mode: opt_int(&v[3], 0o400),
+                uid: opt_int(&v[4], 0),
+                gid: opt_int(&v[5], 0),
+            },
+        };
+        Value::Mount(Box::new(MountValue::Secret(m)), span)
+    }
+}

@@ -1,0 +1,645 @@
+//! `.build` programs → `Program`: evaluates the selected targets of modules that `load` has read,
+//! parsed and type-checked, into graph nodes.
+//!
+//! An `Image` value is the same state a Dockerfile stage has (filesystem node, env, args, working
+//! directory, user, shell, image config), and every method does exactly what the instruction of the same
+//! name does in a Dockerfile (`frontend::image` holds what both mean), down to variable expansion and
+//! history text. That is what lets a Dockerfile and its `kiln convert` output compile to the same root
+//! digest.
+
+mod copy;
+mod eval;
+mod function;
+mod method;
+mod run;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Located, Note, Result, SourceFile, Span, suggest};
+use crate::frontend::buildfile::check::{self as types, Interface, Ty, Use};
+use crate::frontend::buildfile::syntax::{
+    Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart,
+};
+use crate::frontend::image::{
+    arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, json_list,
+    parse_duration, run_history, set,
+};
+use crate::frontend::lint::Finding;
+use crate::frontend::shell;
+use crate::frontend::{LowerOptions, join_path};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::op::{
+    ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
+    SecretMount, Sharing,
+};
+use crate::graph::{NamedContext, NodeId, Program, Root};
+
+/// The state of an image under construction: a Dockerfile stage's state.
+#[derive(Clone, Debug)]
+pub struct Img {
+    fs: NodeId,
+    env: Vec<(String, String)>,
+    base_env: Vec<(String, String)>,
+    args: Vec<(String, Option<String>)>,
+    cwd: Option<String>,
+    user: Option<String>,
+    shell: Option<Vec<String>>,
+    config: ConfigOp,
+}
+
+impl Img {
+    fn lookup(&self, name: &str) -> Option<String> {
+        crate::frontend::image::lookup(&self.env, &self.base_env, &self.args, name)
+    }
+
+    fn run_env(&self) -> Vec<(String, String)> {
+        crate::frontend::image::run_env(&self.env, &self.args)
+    }
+
+    fn arg_values(&self) -> Vec<(String, String)> {
+        crate::frontend::image::arg_values(&self.env, &self.args)
+    }
+
+    fn history(&mut self, created_by: String, layer: bool) {
+        self.config.history.push(HistoryEntry { created_by, layer });
+    }
+}
+
+#[derive(Clone, Debug)]
+enum MountValue {
+    Secret(SecretMount),
+    Ssh {
+        id: String,
+        target: Option<String>,
+        required: bool,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Cache {
+        target: String,
+        id: Option<String>,
+        sharing: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        readonly: bool,
+    },
+    Bind {
+        from: NodeId,
+        target: Option<String>,
+        source: String,
+        rw: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum Value {
+    Str(String),
+    Int(u64),
+    Bool(bool),
+    None,
+    List(Vec<Value>),
+    Map(Vec<(String, Value)>),
+    Image(Box<Img>),
+    /// A node whose root is the directory.
+    Dir(NodeId),
+    File {
+        node: NodeId,
+        path: String,
+    },
+    /// `files(...)`: written when used (after the using step expands `$NAME`, with `expand: true`).
+    Inline {
+        files: Vec<(String, String)>,
+        expand: bool,
+        span: Span,
+    },
+    /// `url(...)`/`git(...)`: fetched when used, after the using step expands `$NAME` in it.
+    Remote {
+        url: String,
+        checksum: Option<String>,
+        keep_git_dir: bool,
+        span: Span,
+    },
+    Secret(String),
+    Ssh(String),
+    Mount(Box<MountValue>, Span),
+}
+
+impl Value {
+    fn str(&self) -> &str {
+        match self {
+            Value::Str(s) => s,
+            _ => "",
+        }
+    }
+    fn opt_str(&self) -> Option<String> {
+        match self {
+            Value::Str(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn bool(&self) -> bool {
+        matches!(self, Value::Bool(true))
+    }
+    fn strs(&self) -> Vec<String> {
+        match self {
+            Value::List(v) => v.iter().map(|x| x.str().to_string()).collect(),
+            _ => Vec::new(),
+        }
+    }
+    fn text(&self) -> String {
+        match self {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// What the command line gives a `.build` program.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    pub lower: LowerOptions,
+    /// `--param NAME=VALUE` (and `--build-arg`, which also sets params).
+    pub params: BTreeMap<String, String>,
+}
+
+/// Directories that package contexts (`context(".")` in a monorepo package) stand for, by context name.
+pub type PackageContexts = BTreeMap<String, PathBuf>;
+
+/// What the evaluator asks of whoever loaded the program (a `Session`), so that evaluation does no IO:
+/// the modules it read, parsed and checked, by index; a package that a label names, loaded on demand
+/// (only the targets evaluation reaches name packages, and a label may be computed, so the set is not
+/// known before evaluating); whether a directory `context()` names exists; and where secret check
+/// findings and `print(...)` notes go.
+pub trait Loader {
+    /// The parsed module at `index`.
+    fn module(&self, index: usize) -> &Module;
+    /// What the type checker found in the module at `index`.
+    fn interface(&self, index: usize) -> &Interface;
+    /// The directory `context(".")` means for the module at `index`.
+    fn dir(&self, index: usize) -> &Path;
+    /// The package label (`//services/api`) of the module at `index`, in a monorepo.
+    fn package(&self, index: usize) -> Option<&str>;
+    /// `//pkg:name` for a target of a monorepo package, `name` otherwise.
+    fn label(&self, index: usize, name: &str) -> String;
+    /// Loads the package `//a/b` (its BUILD.build) and returns its module's index.
+    fn load_package(&mut self, package: &str, from: Option<Located>) -> Result<usize>;
+    fn is_dir(&self, path: &Path) -> bool;
+    /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
+    fn findings(&mut self) -> &mut Vec<Finding>;
+    /// A `print(...)` of the program, shown as it is evaluated.
+    fn note(&mut self, note: Note);
+}
+
+pub struct Evaluator<'s> {
+    loader: &'s mut dyn Loader,
+    opts: &'s EvalOptions,
+    pub program: Program,
+    pub contexts: PackageContexts,
+    globals: HashMap<(usize, String), Value>,
+    busy: Vec<(usize, String)>,
+    leaves: BTreeMap<String, NodeId>,
+    /// Whose module the expression being evaluated belongs to.
+    module: usize,
+    /// One frame per function call being evaluated, innermost last: its parameters' and lets' values
+    /// by the span of their defining name. Only the innermost frame is visible (lexical scoping).
+    scopes: Vec<HashMap<Span, Value>>,
+    /// Target label → the targets its value was built from (for `kiln query`).
+    pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// The targets being evaluated, innermost last.
+    current: Vec<String>,
+}
+
+impl<'s> Evaluator<'s> {
+    pub fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Evaluator<'s> {
+        Evaluator {
+            loader,
+            opts,
+            program: Program::default(),
+            contexts: BTreeMap::new(),
+            globals: HashMap::new(),
+            busy: Vec::new(),
+            leaves: BTreeMap::new(),
+            module: 0,
+            scopes: Vec::new(),
+            deps: BTreeMap::new(),
+            current: Vec::new(),
+        }
+    }
+
+    /// `//pkg:name` in a monorepo, `name` otherwise.
+    pub fn label(&self, module: usize, name: &str) -> String {
+        self.loader.label(module, name)
+    }
+
+    fn is_target(&self, module: usize, name: &str) -> bool {
+        self.loader
+            .module(module)
+            .items
+            .iter()
+            .any(|i| matches!(&i.kind, ItemKind::Target { name: n, .. } if n.name == name))
+    }
+
+    /// The names of the targets of a module, in file order.
+    pub fn targets(&self, module: usize) -> Vec<String> {
+        self.loader
+            .module(module)
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::Target { name, .. } => Some(name.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Evaluates target `name` of `module` and adds it as a root named `label`.
+    pub fn add_root(&mut self, module: usize, name: &str, label: String) -> Result<NodeId> {
+        let node = self.target_node(module, name, None)?;
+        self.program.roots.push(Root { name: label, node });
+        Ok(node)
+    }
+
+    fn file(&self) -> Arc<SourceFile> {
+        self.loader.module(self.module).file.clone()
+    }
+
+    fn err(&self, span: Span, msg: impl Into<String>) -> Diagnostic {
+        Diagnostic::at(&self.file(), span, msg)
+    }
+
+    fn at(&self, span: Span) -> Option<Located> {
+        Some(Located::new(&self.file(), span))
+    }
+
+    /// The node a target stands for: an Image's config node, or a Dir's node.
+    fn target_node(&mut self, module: usize, name: &str, from: Option<Located>) -> Result<NodeId> {
+        if !self.is_target(module, name) {
+            let targets = self.targets(module);
+            let file = &self.loader.module(module).file;
+            let mut d = Diagnostic::input(format!("no target `{name}` in {}", file.name));
+            if let Some(at) = from {
+                d = d.label(at, "");
+            }
+            return Err(match suggest(name, targets.iter().map(String::as_str)) {
+                Some(s) => d.help(format!("did you mean `{s}`?")),
+                None => d.help(format!("the targets are: {}", targets.join(", "))),
+            });
+        }
+        let v = self.global(module, name, Span::default())?;
+        Ok(match v {
+            Value::Image(img) => self.finish(&img),
+            // A Dir target is exported as a filesystem (or an image of just those files).
+            Value::Dir(n) => self.program.push(
+                Op::Config(Box::default()),
+                vec![n],
+                format!("{name} (directory)"),
+                None,
+            ),
+            _ => unreachable!("targets are checked to be Image or Dir"),
+        })
+    }
+
+    /// The image config node of an image value (what a stage ends with).
+    fn finish(&mut self, img: &Img) -> NodeId {
+        let mut config = img.config.clone();
+        config.env = img.env.clone();
+        config.cwd = img.cwd.clone();
+        config.user = img.user.clone();
+        self.program.push(
+            Op::Config(Box::new(config)),
+            vec![img.fs],
+            "image config".into(),
+            None,
+        )
+    }
+
+    fn global(&mut self, module: usize, name: &str, use_at: Span) -> Result<Value> {
+        let key = (module, name.to_string());
+        let target_label = self
+            .is_target(module, name)
+            .then(|| self.label(module, name));
+        if let (Some(label), Some(outer)) = (&target_label, self.current.last())
+            && label != outer
+        {
+            self.deps
+                .entry(outer.clone())
+                .or_default()
+                .insert(label.clone());
+        }
+        if let Some(v) = self.globals.get(&key) {
+            return Ok(v.clone());
+        }
+        if self.busy.contains(&key) {
+            let saved = self.module;
+            self.module = module;
+            let e = self
+                .err(use_at, format!("`{name}` depends on itself"))
+                .help("targets and lets must not refer to themselves, directly or through others");
+            self.module = saved;
+            return Err(e);
+        }
+        self.busy.push(key.clone());
+        let saved_module = self.module;
+        let saved_scopes = std::mem::take(&mut self.scopes);
+        self.module = module;
+        let item = self
+            .loader
+            .module(module)
+            .items
+            .iter()
+            .find(|i| match &i.kind {
+                ItemKind::Let(l) => l.name.name == name,
+                ItemKind::Target { name: n, .. }
+                | ItemKind::Param { name: n, .. }
+                | ItemKind::Secret { name: n, .. }
+                | ItemKind::Ssh { name: n, .. } => n.name == name,
+                _ => false,
+            })
+            .cloned();
+        let result = match item.map(|i| i.kind) {
+            Some(ItemKind::Let(l)) => self.eval(&l.value),
+            Some(ItemKind::Target { value, name: n, .. }) => {
+                let label = self.label(module, &n.name);
+                self.deps.entry(label.clone()).or_default();
+                self.current.push(label.clone());
+                let v = self.eval(&value);
+                self.current.pop();
+                // Steps of a target show its name in progress output.
+                if let Ok(Value::Image(img)) = &v {
+                    self.name_steps(img.fs, &label);
+                }
+                v
+            }
+            Some(ItemKind::Param {
+                name: n,
+                ty,
+                default,
+            }) => self.param(&n.name, n.span, &ty, default.as_ref()),
+            Some(ItemKind::Secret { name: n, id }) => Ok(Value::Secret(
+                id.and_then(|i| i.as_plain_str()).unwrap_or(n.name),
+            )),
+            Some(ItemKind::Ssh { name: n, id }) => Ok(Value::Ssh(
+                id.and_then(|i| i.as_plain_str()).unwrap_or(n.name),
+            )),
+            _ => Err(self.err(use_at, format!("unknown name `{name}`"))),
+        };
+        self.module = saved_module;
+        self.scopes = saved_scopes;
+        self.busy.pop();
+        let v = result?;
+        self.globals.insert(key, v.clone());
+        Ok(v)
+    }
+
+    /// Prefixes step names with the target that made them (only steps not yet named by another target).
+    fn name_steps(&mut self, mut node: NodeId, label: &str) {
+        loop {
+            let n = &mut self.program.nodes[node];
+            if n.name.starts_with('[') || !n.op.makes_layer() {
+                return;
+            }
+            n.name = format!("[{label}] {}", n.name);
+            match n.inputs.first() {
+                Some(&i) => node = i,
+                None => return,
+            }
+        }
+    }
+
+    fn param(
+        &mut self,
+        name: &str,
+        span: Span,
+        ty: &crate::frontend::buildfile::syntax::TypeExpr,
+        default: Option<&Expr>,
+    ) -> Result<Value> {
+        let file = self.file();
+        let t = types::resolve_type(&file, ty)?;
+        let given = self
+            .opts
+            .params
+            .get(name)
+            .or_else(|| self.opts.lower.build_args.get(name));
+        let Some(text) = given else {
+            return match default {
+                Some(d) => self.eval(d),
+                None if matches!(t, Ty::Opt(_)) => Ok(Value::None),
+                None => Err(self
+                    .err(
+                        span,
+                        format!("param `{name}` has no default and was not given"),
+                    )
+                    .help(format!("pass `--param {name}=VALUE`"))),
+            };
+        };
+        let bad = |what: &str| {
+            Diagnostic::input(format!("--param {name}={text}: {what}"))
+                .label(Located::new(&file, span), "declared here")
+        };
+        Ok(match t {
+            Ty::Int => Value::Int(text.parse().map_err(|_| bad("not a whole number"))?),
+            Ty::Bool => Value::Bool(
+                crate::options::parse_bool(Some(text)).ok_or_else(|| bad("not true or false"))?,
+            ),
+            Ty::List(_) => Value::List(
+                text.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Value::Str(s.to_string()))
+                    .collect(),
+            ),
+            _ => Value::Str(text.clone()),
+        })
+    }
+
+    /// What the checker resolved the name used at `span` (in the current module) to.
+    fn resolved(&self, span: Span) -> Result<Use> {
+        self.loader
+            .interface(self.module)
+            .uses
+            .get(&span)
+            .copied()
+            .ok_or_else(|| self.unresolved(span))
+    }
+
+    /// A use the checker recorded nothing (or something else) for: a bug in kiln, never a panic.
+    fn unresolved(&self, span: Span) -> Diagnostic {
+        self.err(
+            span,
+            "internal error: the checker did not resolve this name",
+        )
+        .category(crate::diag::Category::Build)
+        .help("please report this program; it is a bug in kiln, not in the program")
+    }
+
+    fn lookup(&mut self, name: &str, span: Span) -> Result<Value> {
+        match self.resolved(span)? {
+            Use::Global => self.global(self.module, name, span),
+            Use::Local(def) => self
+                .scopes
+                .last()
+                .and_then(|frame| frame.get(&def))
+                .cloned()
+                .ok_or_else(|| self.unresolved(span)),
+            Use::Module(_) | Use::Builtin => Err(self.unresolved(span)),
+        }
+    }
+
+    /// The module an expression names (`m` in `m.name`), if the checker resolved it to one.
+    fn module_named(&self, e: &Expr) -> Option<usize> {
+        match (&e.kind, self.resolved(e.span)) {
+            (ExprKind::Name(_), Ok(Use::Module(idx))) => Some(idx),
+            _ => None,
+        }
+    }
+
+    fn bind(&mut self, def: Span, v: Value) {
+        self.scopes.last_mut().expect("a frame").insert(def, v);
+    }
+
+    fn leaf(&mut self, key: String, op: Op, name: String, at: Option<Located>) -> NodeId {
+        if let Some(&id) = self.leaves.get(&key) {
+            return id;
+        }
+        let id = self.program.push(op, vec![], name, at);
+        self.leaves.insert(key, id);
+        id
+    }
+
+    fn image_leaf(&mut self, reference: &str, span: Span) -> NodeId {
+        let at = self.at(span);
+        if reference == "scratch" {
+            return self.leaf("image:scratch".into(), Op::Scratch, "scratch".into(), at);
+        }
+        self.leaf(
+            format!("image:{reference}"),
+            Op::Image {
+                reference: reference.to_string(),
+            },
+            format!("FROM {reference}"),
+            at,
+        )
+    }
+
+    fn context_leaf(&mut self, name: &str) -> NodeId {
+        let excludes = if name == "context" {
+            self.opts.lower.excludes.clone()
+        } else {
+            Vec::new()
+        };
+        self.leaf(
+            format!("context:{name}"),
+            Op::Context {
+                name: name.to_string(),
+                excludes,
+            },
+            format!("context {name}"),
+            None,
+        )
+    }
+
+    fn new_image(&self, fs: NodeId, base_env: Vec<(String, String)>) -> Img {
+        Img {
+            fs,
+            env: Vec::new(),
+            base_env,
+            args: Vec::new(),
+            cwd: None,
+            user: None,
+            shell: None,
+            config: ConfigOp::default(),
+        }
+    }
+}
+
+fn opt_int(v: &Value, default: u32) -> u32 {
+    match v {
+        Value::Int(i) => u32::try_from(*i).unwrap_or(u32::MAX),
+        _ => default,
+    }
+}
+
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Str(x), Value::Str(y)) => x == y,
+        (Value::Int(x), Value::Int(y)) => x == y,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::None, Value::None) => true,
+        _ => false,
+    }
+}
+
+/// A command value as argv: a string runs through the image's shell, a list as written.
+fn command(img: &Img, v: &Value) -> Vec<String> {
+    match v {
+        Value::Str(s) => {
+            let mut argv = img
+                .shell
+                .clone()
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            argv.push(s.clone());
+            argv
+        }
+        other => other.strs(),
+    }
+}
+
+fn step_name(op: &Op) -> String {
+    match op {
+        Op::Run(r) => format!("run {}", r.args.last().map(String::as_str).unwrap_or("")),
+        Op::Copy(c) => format!(
+            "{} {} {}",
+            if c.extract { "add" } else { "copy" },
+            c.sources.join(" "),
+            c.dest
+        ),
+        Op::Mkdir { path } => format!("workdir {path}"),
+        other => other.kind().to_string(),
+    }
+}
+
+/// Evaluates the loaded module `module`, selecting `targets` (all of them when empty; the last one when
+/// `None`), into a program whose roots are the targets in order.
+pub fn lower_module(
+    loader: &mut dyn Loader,
+    module: usize,
+    targets: Option<&[String]>,
+    opts: &EvalOptions,
+    target_at: Option<Located>,
+) -> Result<(Program, PackageContexts)> {
+    let idx = module;
+    let mut ev = Evaluator::new(loader, opts);
+    ev.module = idx;
+    let all = ev.targets(idx);
+    let selected: Vec<String> = match targets {
+        Some(t) if !t.is_empty() => t.to_vec(),
+        Some(_) => all.clone(),
+        None => match all.last() {
+            Some(t) => vec![t.clone()],
+            None => {
+                let file = &ev.loader.module(idx).file;
+                return Err(
+                    Diagnostic::input(format!("{} defines no target", file.name))
+                        .help("add one: `target image: Image = image(\"busybox\").run(\"...\")`"),
+                );
+            }
+        },
+    };
+    for t in &selected {
+        let label = ev.label(idx, t);
+        ev.add_root(idx, t, label).map_err(|d| match &target_at {
+            Some(at) if d.labels.is_empty() => d.label(at.clone(), ""),
+            _ => d,
+        })?;
+    }
+    Ok((ev.program, ev.contexts))
+}

@@ -1,0 +1,9 @@
+//! Reading source files for the front ends, which do no IO themselves: a Dockerfile (or stdin) into a
+//! `SourceFile`, and a `.build` program with its imports and monorepo packages into checked modules
+//! (`Session`) that the evaluator asks for through `frontend::buildfile::lower::Loader`.
+
+mod buildfile;
+mod dockerfile;
+
+pub use buildfile::{Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Session, lower_file};
+pub use dockerfile::read_dockerfile;
