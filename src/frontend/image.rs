@@ -3,7 +3,57 @@
 //! an instruction (or the `.build` method of the same name) records. Sharing them is what lets a
 //! Dockerfile and its `kiln convert` output compile to the same root digest.
 
-use crate::graph::op::Healthcheck;
+use crate::graph::NodeId;
+use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry};
+
+/// An image under construction: the state a Dockerfile stage and a `.build` `Image` value both carry.
+#[derive(Clone, Debug)]
+pub(crate) struct ImageState {
+    pub(crate) fs: NodeId,
+    /// ENV set so far (or inherited from a parent stage), in order of first setting.
+    pub(crate) env: Vec<(String, String)>,
+    /// The base image's environment, when it could be resolved: what `$VAR` falls back to after ENV.
+    pub(crate) base_env: Vec<(String, String)>,
+    /// ARGs declared so far: name → value (None: declared without any value).
+    pub(crate) args: Vec<(String, Option<String>)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) user: Option<String>,
+    /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
+    pub(crate) shell: Option<Vec<String>>,
+    pub(crate) config: ConfigOp,
+}
+
+impl ImageState {
+    /// A fresh image on `fs`, with the base image's environment when it is known.
+    pub(crate) fn new(fs: NodeId, base_env: Vec<(String, String)>) -> ImageState {
+        ImageState {
+            fs,
+            env: Vec::new(),
+            base_env,
+            args: Vec::new(),
+            cwd: None,
+            user: None,
+            shell: None,
+            config: ConfigOp::default(),
+        }
+    }
+
+    pub(crate) fn lookup(&self, name: &str) -> Option<String> {
+        lookup(&self.env, &self.base_env, &self.args, name)
+    }
+
+    pub(crate) fn run_env(&self) -> Vec<(String, String)> {
+        run_env(&self.env, &self.args)
+    }
+
+    pub(crate) fn arg_values(&self) -> Vec<(String, String)> {
+        arg_values(&self.env, &self.args)
+    }
+
+    pub(crate) fn history(&mut self, created_by: String, layer: bool) {
+        self.config.history.push(HistoryEntry { created_by, layer });
+    }
+}
 
 // BuildKit's variable scoping, shared by every front end (a `.build` image has the same state).
 

@@ -23,49 +23,20 @@ use crate::frontend::buildfile::syntax::{
     Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart,
 };
 use crate::frontend::image::{
-    arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history, json_list,
-    parse_duration, run_history, set,
+    ImageState, arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history,
+    json_list, parse_duration, run_history, set,
 };
 use crate::frontend::lint::Finding;
 use crate::frontend::shell;
 use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
-    ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
-    SecretMount, Sharing,
+    CopyOp, Healthcheck, Inherit, Network, Op, RunMount, RunOp, SecretMount, Sharing,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
 
 /// The state of an image under construction: a Dockerfile stage's state.
-#[derive(Clone, Debug)]
-pub struct Img {
-    fs: NodeId,
-    env: Vec<(String, String)>,
-    base_env: Vec<(String, String)>,
-    args: Vec<(String, Option<String>)>,
-    cwd: Option<String>,
-    user: Option<String>,
-    shell: Option<Vec<String>>,
-    config: ConfigOp,
-}
-
-impl Img {
-    fn lookup(&self, name: &str) -> Option<String> {
-        crate::frontend::image::lookup(&self.env, &self.base_env, &self.args, name)
-    }
-
-    fn run_env(&self) -> Vec<(String, String)> {
-        crate::frontend::image::run_env(&self.env, &self.args)
-    }
-
-    fn arg_values(&self) -> Vec<(String, String)> {
-        crate::frontend::image::arg_values(&self.env, &self.args)
-    }
-
-    fn history(&mut self, created_by: String, layer: bool) {
-        self.config.history.push(HistoryEntry { created_by, layer });
-    }
-}
+type Img = ImageState;
 
 #[derive(Clone, Debug)]
 enum MountValue {
@@ -548,16 +519,7 @@ impl<'s> Evaluator<'s> {
     }
 
     fn new_image(&self, fs: NodeId, base_env: Vec<(String, String)>) -> Img {
-        Img {
-            fs,
-            env: Vec::new(),
-            base_env,
-            args: Vec::new(),
-            cwd: None,
-            user: None,
-            shell: None,
-            config: ConfigOp::default(),
-        }
+        ImageState::new(fs, base_env)
     }
 }
 

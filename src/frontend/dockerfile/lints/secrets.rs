@@ -1,8 +1,8 @@
-//! kiln's own secret checks on a Dockerfile (the rules' cores are in `frontend::lint::secrets`): secret-looking files copied into a layer (`SecretFileCopied`), secret files
+//! kiln's own secret checks on a Dockerfile, over the rules' language-neutral cores in
+//! `frontend::lint::secrets`: secret-looking files copied into a layer (`SecretFileCopied`), secret files
 //! read by a RUN that does not mount them (`SecretReadWithoutMount`), a mounted secret written to a file
 //! the same RUN leaves behind (`SecretCopiedToFile`), and secret-looking build-arg, ARG and ENV values
-//! (`SecretInBuildArg`). The RUN checks read the shell text with a small tokenizer (quotes, `$(...)`,
-//! operators, redirections); it is a heuristic tuned to keep false positives low.
+//! (`SecretInBuildArg`).
 
 use std::sync::Arc;
 

@@ -68,7 +68,7 @@ impl Lowerer<'_> {
             inline.push((h.name.text.clone(), content));
         }
         let raw_dest = self.expand(dest, &lookup)?;
-        let mut dest_path = join_path(stage.cwd.as_deref().unwrap_or("/"), &raw_dest);
+        let mut dest_path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &raw_dest);
         if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
             && !dest_path.ends_with('/')
         {
@@ -147,7 +147,7 @@ impl Lowerer<'_> {
     /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
     pub(super) fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
         if let Some(s) = self.stage_by_name(value)? {
-            return Ok(s.state.fs);
+            return Ok(s.state.image.fs);
         }
         if let Ok(index) = value.parse::<usize>() {
             if index >= self.decls.len() {
@@ -159,7 +159,12 @@ impl Lowerer<'_> {
                     )));
             }
             self.lower_stage(index)?;
-            return Ok(self.stages[index].as_ref().expect("just lowered").state.fs);
+            return Ok(self.stages[index]
+                .as_ref()
+                .expect("just lowered")
+                .state
+                .image
+                .fs);
         }
         match self.opts.contexts.get(value).cloned() {
             Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),

@@ -12,8 +12,8 @@ impl Lowerer<'_> {
             InstructionKind::Workdir(w) => {
                 self.reject_flags(ins, &[])?;
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
-                let path = join_path(stage.cwd.as_deref().unwrap_or("/"), &dir);
-                stage.cwd = Some(path.clone());
+                let path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &dir);
+                stage.image.cwd = Some(path.clone());
                 self.push_fs(
                     stage,
                     ins,
@@ -26,22 +26,22 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let user = self.expand(w, &|n| stage.lookup(n))?;
                 Self::config_history(stage, format!("USER {user}"));
-                stage.user = Some(user);
+                stage.image.user = Some(user);
             }
             InstructionKind::Cmd(c) => {
                 self.reject_flags(ins, &[])?;
-                let args = command_args(c, stage.shell.as_deref());
+                let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("CMD {}", json_list(&args)));
-                stage.config.cmd = Inherit::Set(args);
+                stage.image.config.cmd = Inherit::Set(args);
             }
             InstructionKind::Entrypoint(c) => {
                 self.reject_flags(ins, &[])?;
-                let args = command_args(c, stage.shell.as_deref());
+                let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
-                stage.config.entrypoint = Inherit::Set(args);
+                stage.image.config.entrypoint = Inherit::Set(args);
                 // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
-                if stage.config.cmd == Inherit::Base {
-                    stage.config.cmd = Inherit::Clear;
+                if stage.image.config.cmd == Inherit::Base {
+                    stage.image.config.cmd = Inherit::Clear;
                 }
             }
             InstructionKind::Run(c) => self.run(stage, ins, c)?,
@@ -53,7 +53,7 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let text = instruction_text(self.file(), trigger);
                 Self::config_history(stage, format!("ONBUILD {text}"));
-                stage.config.onbuild.push(text);
+                stage.image.config.onbuild.push(text);
             }
             InstructionKind::Healthcheck(h) => self.healthcheck(stage, ins, h)?,
             InstructionKind::Shell { args, span } => {
@@ -64,14 +64,14 @@ impl Lowerer<'_> {
                         .help("write `SHELL [\"/bin/bash\", \"-c\"]`"));
                 }
                 Self::config_history(stage, format!("SHELL {}", json_list(args)));
-                stage.shell = Some(args.clone());
-                stage.config.shell = Some(args.clone());
+                stage.image.shell = Some(args.clone());
+                stage.image.config.shell = Some(args.clone());
             }
             InstructionKind::StopSignal(w) => {
                 self.reject_flags(ins, &[])?;
                 let sig = self.expand(w, &|n| stage.lookup(n))?;
                 Self::config_history(stage, format!("STOPSIGNAL {sig}"));
-                stage.config.stop_signal = Some(sig);
+                stage.image.config.stop_signal = Some(sig);
             }
             InstructionKind::Expose(words) => self.expose(stage, ins, words)?,
             InstructionKind::Volume(words) => self.volume(stage, ins, words)?,
@@ -79,7 +79,7 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let who = self.expand(w, &|n| stage.lookup(n))?;
                 Self::config_history(stage, format!("MAINTAINER {who}"));
-                stage.config.author = Some(who);
+                stage.image.config.author = Some(who);
             }
         }
         Ok(())
@@ -95,8 +95,8 @@ impl Lowerer<'_> {
                 // A bare `ARG x` in a stage brings the pre-FROM value into scope.
                 None => self.meta_lookup(&d.key.text),
             };
-            stage.args.retain(|(k, _)| *k != d.key.text);
-            stage.args.push((d.key.text.clone(), value.clone()));
+            stage.image.args.retain(|(k, _)| *k != d.key.text);
+            stage.image.args.push((d.key.text.clone(), value.clone()));
             shown.push((d.key.text.clone(), value));
         }
         Self::config_history(stage, arg_history(&shown));
@@ -114,7 +114,7 @@ impl Lowerer<'_> {
                 None => String::new(),
             };
             shown.push(format!("{key}={value}"));
-            set(&mut stage.env, &key, &value);
+            set(&mut stage.image.env, &key, &value);
         }
         Self::config_history(stage, format!("ENV {}", shown.join(" ")));
         Ok(())
@@ -131,7 +131,7 @@ impl Lowerer<'_> {
                 None => String::new(),
             };
             shown.push(format!("{key}={value}"));
-            set(&mut stage.config.labels, &key, &value);
+            set(&mut stage.image.config.labels, &key, &value);
         }
         Self::config_history(stage, format!("LABEL {}", shown.join(" ")));
         Ok(())
@@ -153,8 +153,8 @@ impl Lowerer<'_> {
         }
         Self::config_history(stage, format!("EXPOSE {}", ports.join(" ")));
         for p in ports {
-            if !stage.config.exposed.contains(&p) {
-                stage.config.exposed.push(p);
+            if !stage.image.config.exposed.contains(&p) {
+                stage.image.config.exposed.push(p);
             }
         }
         Ok(())
@@ -173,8 +173,8 @@ impl Lowerer<'_> {
         }
         Self::config_history(stage, format!("VOLUME {}", json_list(&vols)));
         for v in vols {
-            if !stage.config.volumes.contains(&v) {
-                stage.config.volumes.push(v);
+            if !stage.image.config.volumes.contains(&v) {
+                stage.image.config.volumes.push(v);
             }
         }
         Ok(())

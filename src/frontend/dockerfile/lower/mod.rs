@@ -16,15 +16,15 @@ use crate::frontend::dockerfile::syntax::ast::{
     HEALTHCHECK_FLAGS, Healthcheck as SyntaxHealthcheck, Heredoc,
 };
 use crate::frontend::image::{
-    arg_history, arg_values, builtin_arg, copy_history, expose_ports, healthcheck_history,
-    json_list, lookup, parse_duration, run_env, run_history, set,
+    ImageState, arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history,
+    json_list, parse_duration, run_history, set,
 };
 use crate::frontend::mount::{self, Parsed};
 use crate::frontend::shell;
 use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
-    ConfigOp, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+    CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
 
@@ -34,33 +34,22 @@ const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 struct Stage {
     name: String,
     alias: Option<String>,
-    fs: NodeId,
-    /// ENV set in this stage (or inherited from a parent stage), in order of first setting.
-    env: Vec<(String, String)>,
-    /// The base image's environment, when it could be resolved: what `$VAR` falls back to after ENV.
-    base_env: Vec<(String, String)>,
-    /// ARGs declared in this stage: name → value (None: declared without any value).
-    args: Vec<(String, Option<String>)>,
-    cwd: Option<String>,
-    user: Option<String>,
-    /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
-    shell: Option<Vec<String>>,
-    config: ConfigOp,
+    image: ImageState,
     step: usize,
     steps: usize,
 }
 
 impl Stage {
     fn lookup(&self, name: &str) -> Option<String> {
-        lookup(&self.env, &self.base_env, &self.args, name)
+        self.image.lookup(name)
     }
 
     fn run_env(&self) -> Vec<(String, String)> {
-        run_env(&self.env, &self.args)
+        self.image.run_env()
     }
 
     fn arg_values(&self) -> Vec<(String, String)> {
-        arg_values(&self.env, &self.args)
+        self.image.arg_values()
     }
 }
 
@@ -354,7 +343,7 @@ impl Lowerer<'_> {
             // FROM an earlier stage continues from its filesystem and config.
             // Its history stays: the parent's layers are in this image, and each needs its entry.
             let mut s = parent.state.clone();
-            s.args.clear();
+            s.image.args.clear();
             s
         } else {
             let resolved = match self.opts.contexts.get(&reference) {
@@ -379,14 +368,7 @@ impl Lowerer<'_> {
             Stage {
                 name: String::new(),
                 alias: None,
-                fs: leaf,
-                env: Vec::new(),
-                base_env: self.opts.image_env.get(&resolved),
-                args: Vec::new(),
-                cwd: None,
-                user: None,
-                shell: None,
-                config: ConfigOp::default(),
+                image: ImageState::new(leaf, self.opts.image_env.get(&resolved)),
                 step: 0,
                 steps: 0,
             }
@@ -418,14 +400,17 @@ impl Lowerer<'_> {
     }
 
     fn finish_stage(&mut self, index: usize, stage: Stage) {
-        let mut config = stage.config.clone();
-        config.env = stage.env.clone();
-        config.cwd = stage.cwd.clone();
-        config.user = stage.user.clone();
+        let mut config = stage.image.config.clone();
+        config.env = stage.image.env.clone();
+        config.cwd = stage.image.cwd.clone();
+        config.user = stage.image.user.clone();
         let name = format!("[{}] image config", stage.name);
-        let config = self
-            .program
-            .push(Op::Config(Box::new(config)), vec![stage.fs], name, None);
+        let config = self.program.push(
+            Op::Config(Box::new(config)),
+            vec![stage.image.fs],
+            name,
+            None,
+        );
         self.stages[index] = Some(Finished {
             state: stage,
             config,
@@ -447,18 +432,18 @@ impl Lowerer<'_> {
         created_by: String,
     ) {
         let name = self.step_name(stage, ins);
-        let mut inputs = vec![stage.fs];
+        let mut inputs = vec![stage.image.fs];
         inputs.extend(extra_inputs);
         let at = self.at(ins.span);
-        stage.fs = self.program.push(op, inputs, name, at);
-        stage.config.history.push(HistoryEntry {
+        stage.image.fs = self.program.push(op, inputs, name, at);
+        stage.image.config.history.push(HistoryEntry {
             created_by,
             layer: true,
         });
     }
 
     fn config_history(stage: &mut Stage, created_by: String) {
-        stage.config.history.push(HistoryEntry {
+        stage.image.config.history.push(HistoryEntry {
             created_by,
             layer: false,
         });

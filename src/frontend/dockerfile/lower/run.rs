@@ -8,12 +8,13 @@ impl Lowerer<'_> {
     /// text for the shell to read.
     fn run_args(&self, stage: &Stage, ins: &Instruction, cmd: &Command) -> Vec<String> {
         let Command::Shell(w) = cmd else {
-            return command_args(cmd, stage.shell.as_deref());
+            return command_args(cmd, stage.image.shell.as_deref());
         };
         if ins.heredocs.is_empty() {
-            return command_args(cmd, stage.shell.as_deref());
+            return command_args(cmd, stage.image.shell.as_deref());
         }
         let mut shell: Vec<String> = stage
+            .image
             .shell
             .clone()
             .unwrap_or_else(|| DEFAULT_SHELL.iter().map(|s| s.to_string()).collect());
@@ -38,7 +39,7 @@ impl Lowerer<'_> {
                     ..Healthcheck::default()
                 };
                 Self::config_history(stage, healthcheck_history(&none));
-                stage.config.healthcheck = Inherit::Set(none);
+                stage.image.config.healthcheck = Inherit::Set(none);
                 return Ok(());
             }
             SyntaxHealthcheck::Cmd(c) => {
@@ -90,7 +91,7 @@ impl Lowerer<'_> {
             }
         };
         Self::config_history(stage, healthcheck_history(&check));
-        stage.config.healthcheck = Inherit::Set(check);
+        stage.image.config.healthcheck = Inherit::Set(check);
         Ok(())
     }
 
@@ -176,15 +177,15 @@ impl Lowerer<'_> {
         let op = Op::Run(RunOp {
             args,
             env,
-            cwd: stage.cwd.clone(),
-            user: stage.user.clone(),
+            cwd: stage.image.cwd.clone(),
+            user: stage.image.user.clone(),
             network,
             insecure,
             secrets,
             mounts,
         });
         self.push_fs(stage, ins, op, extra_inputs, created_by);
-        self.program.nodes[stage.fs].asks = asks;
+        self.program.nodes[stage.image.fs].asks = asks;
         Ok(())
     }
 
@@ -201,7 +202,7 @@ impl Lowerer<'_> {
                 flag.value_span
             }
         };
-        let parsed = mount::parse(&text, stage.cwd.as_deref().unwrap_or("/"))
+        let parsed = mount::parse(&text, stage.image.cwd.as_deref().unwrap_or("/"))
             .map_err(|e| self.error(span_of(e.span), e.message).help(e.help))?;
         Ok(match parsed {
             Parsed::Bind {
