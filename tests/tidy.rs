@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The stages, in dependency order. A stage may use the ones before it, never the ones after. `graph` holds
 /// the IR every front end lowers to, so it comes before the front ends it follows in the pipeline.
-const STAGES: [&str; 6] = ["graph", "frontend", "solve", "exec", "export", "remote"];
+const STAGES: [&str; 7] = ["graph", "frontend", "load", "solve", "exec", "export", "remote"];
 /// The front ends: source text to IR.
 const FRONT_ENDS: [&str; 1] = ["frontend"];
 /// The stages from the IR on, which must not know which front end a program came from.
