@@ -63,22 +63,4 @@ pub struct LowerOptions {
     pub image_env: ImageEnv,
 }
 
-/// Joins `path` onto the absolute directory `base` and normalises `.`/`..` (never above `/`).
-pub fn join_path(base: &str, path: &str) -> String {
-    let full = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("{base}/{path}")
-    };
-    let mut parts: Vec<&str> = Vec::new();
-    for c in full.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    format!("/{}", parts.join("/"))
-}
+pub use crate::paths::join as join_path;

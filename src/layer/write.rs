@@ -807,7 +807,7 @@ mod tests {
             }
             assert!(listing.contains(&long_file), "{listing}");
         } else {
-            println!("note: /usr/bin/tar absent, GNU tar check skipped");
+            crate::progress::test_note("note: /usr/bin/tar absent, GNU tar check skipped");
         }
 
         let back = tmp.path().join("back");
@@ -1012,7 +1012,9 @@ mod tests {
         fs::create_dir(lower.join("d")).unwrap();
         write(&lower.join("d/old"), b"old", 0o644);
         let Some(mount) = overlay(lower.to_str().unwrap(), Some((&upper, &work)), &merged) else {
-            println!("note: cannot mount overlayfs here; skipping the kernel check");
+            crate::progress::test_note(
+                "note: cannot mount overlayfs here; skipping the kernel check",
+            );
             return;
         };
         fs::remove_file(merged.join("a")).unwrap();
@@ -1093,7 +1095,7 @@ mod tests {
             let v = xattr::get(tmp.path().join("out/f997"), "user.x").unwrap();
             assert_eq!(v.map(|v| v.len()), Some(997));
         } else {
-            println!("note: /usr/bin/tar absent, GNU tar check skipped");
+            crate::progress::test_note("note: /usr/bin/tar absent, GNU tar check skipped");
         }
     }
 }

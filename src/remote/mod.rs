@@ -34,9 +34,8 @@ use tokio::io::AsyncReadExt as _;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::diag::{Diagnostic, Result};
-use crate::exec::Namespaces;
 use crate::graph::op::Network;
-use crate::solve::{CopyStep, Executor, Layers, LogSink, RunStep};
+use crate::solve::{CopyStep, Executor, Layers, LogSink, RunStep, exit_error};
 
 /// The name of the step's description in the input root.
 pub const STEP_FILE: &str = "step.json";
@@ -559,9 +558,11 @@ pub enum Mode {
 }
 
 /// The REAPI executor: RUN steps go through the server, everything else (and every step with a mount)
-/// runs on the local namespace executor.
-pub struct Remote {
-    local: Namespaces,
+/// runs on the local executor `L`.
+pub struct Remote<L> {
+    local: L,
+    /// The namespace the local executor unpacks into, for the layers rebuilt from remote results.
+    ids: crate::layer::Ids,
     server: Server,
     mode: Mode,
     /// Snapshot path → digest of its tar: snapshots are immutable, so each is tarred at most once per
@@ -575,10 +576,11 @@ enum Blob {
     Snapshot(PathBuf),
 }
 
-impl Remote {
-    pub fn new(server: Server, mode: Mode) -> Remote {
+impl<L: Executor> Remote<L> {
+    pub fn new(server: Server, mode: Mode, local: L, ids: crate::layer::Ids) -> Remote<L> {
         Remote {
-            local: Namespaces::new(),
+            local,
+            ids,
             server,
             mode,
             digests: Mutex::new(HashMap::new()),
@@ -671,7 +673,7 @@ impl Remote {
             }
         }
         if result.exit_code != 0 {
-            return Err(crate::exec::exit_error(args, result.exit_code));
+            return Err(exit_error(args, result.exit_code));
         }
         let out = result
             .output_files
@@ -690,14 +692,10 @@ impl Remote {
                 .map_err(|e| Diagnostic::io("cannot store a remote result", e))?;
             self.server.read_into(&out, &mut f).await?;
         }
-        let upper = fs.upper.clone();
+        let (upper, ids) = (fs.upper.clone(), self.ids);
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&file)?;
-            crate::layer::unpack_layer(
-                io::BufReader::new(f),
-                &upper,
-                crate::exec::userns::layer_ids(),
-            )
+            crate::layer::unpack_layer(io::BufReader::new(f), &upper, ids)
         })
         .await
         .map_err(|e| Diagnostic::env(format!("unpacking a remote result failed: {e}")))?
@@ -944,7 +942,7 @@ impl Remote {
     }
 }
 
-impl Executor for Remote {
+impl<L: Executor> Executor for Remote<L> {
     async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
         if self.mode == Mode::Read && remotable(&step) {
             self.run_read(step, logs).await

@@ -285,30 +285,7 @@ pub fn parse_platform(s: &str) -> Option<(String, String)> {
     }
 }
 
-/// Go's `path.Clean`.
-pub fn clean_path(p: &str) -> String {
-    let rooted = p.starts_with('/');
-    let mut parts: Vec<&str> = Vec::new();
-    for c in p.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                if parts.last().is_some_and(|l| *l != "..") {
-                    parts.pop();
-                } else if !rooted {
-                    parts.push("..");
-                }
-            }
-            c => parts.push(c),
-        }
-    }
-    let joined = parts.join("/");
-    match (rooted, joined.is_empty()) {
-        (true, _) => format!("/{joined}"),
-        (false, true) => ".".to_string(),
-        (false, false) => joined,
-    }
-}
+pub use crate::paths::clean as clean_path;
 
 #[cfg(test)]
 mod tests {
