@@ -700,7 +700,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
 
 /// The `.dockerignore` patterns that apply (`<Dockerfile>.dockerignore` first, then the context's), cleaned.
 fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
-    match crate::solve::dockerignore::load(context, dockerfile) {
+    match crate::ignore::load(context, dockerfile) {
         Ok((patterns, _)) => Ok(patterns.canonical()),
         Err(e) => {
             // A bad pattern: point at its line in the ignore file.
@@ -712,7 +712,7 @@ fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
             .find(|p| p.is_file());
             let inner = e
                 .get_ref()
-                .and_then(|i| i.downcast_ref::<crate::solve::dockerignore::PatternError>());
+                .and_then(|i| i.downcast_ref::<crate::ignore::PatternError>());
             match (file, inner) {
                 (Some(f), Some(pe)) => {
                     let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -813,7 +813,7 @@ fn check(args: CheckArgs) -> Result<()> {
     let build_args = lint_build_args(&cl, &args.build_args)?;
     let patterns = dockerignore(context, &path)?;
     let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-    let matcher = crate::solve::dockerignore::Patterns::from_patterns(&refs)
+    let matcher = crate::ignore::Patterns::from_patterns(&refs)
         .map_err(|e| Diagnostic::input(format!("cannot read .dockerignore: {e}")))?;
     let root_ignored = patterns
         .iter()
@@ -929,7 +929,12 @@ fn worker(args: WorkerArgs) -> Result<()> {
     runtime.block_on(async {
         let server = crate::remote::Server::new(&args.server, &args.instance)?;
         server.check().await?;
-        let worker = crate::remote::worker::Worker::new(server, work)?;
+        let worker = crate::remote::worker::Worker::new(
+            server,
+            work,
+            crate::exec::Namespaces::new(),
+            crate::exec::userns::layer_ids(),
+        )?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| Diagnostic::io("cannot watch for SIGTERM", e))?;
         tokio::select! {
@@ -1674,7 +1679,12 @@ fn build(args: BuildArgs) -> Result<()> {
                 // The channel needs the runtime, so it is made inside it.
                 let server = crate::remote::Server::new(url, &instance)?;
                 server.check().await?;
-                let executor = Arc::new(crate::remote::Remote::new(server, mode));
+                let executor = Arc::new(crate::remote::Remote::new(
+                    server,
+                    mode,
+                    crate::exec::Namespaces::new(),
+                    crate::exec::userns::layer_ids(),
+                ));
                 crate::solve::solve(graph, store, executor, reporter, secrets, solve_opts).await
             })
         }

@@ -797,7 +797,7 @@ mod tests {
             .into_iter()
             .find(|p| Path::new(p).exists())
         else {
-            println!("note: skopeo not installed; skipping the skopeo check");
+            crate::progress::test_note("note: skopeo not installed; skipping the skopeo check");
             return;
         };
         let tmp = tempfile::tempdir().unwrap();

@@ -242,3 +242,14 @@ impl Reporter for Live {
         }
     }
 }
+
+/// One line on stderr beside any build's progress view: `kiln worker`'s log of the actions it runs.
+pub(crate) fn line(text: &str) {
+    eprintln!("{text}");
+}
+
+/// A unit test's note on stdout, about a check it skips on this machine.
+#[cfg(test)]
+pub(crate) fn test_note(text: &str) {
+    println!("{text}");
+}

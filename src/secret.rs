@@ -19,11 +19,11 @@ pub use scrub::ScrubStream;
 ///
 /// ```compile_fail
 /// let s = kiln::secret::SecretValue::new(zeroize::Zeroizing::new(b"pw".to_vec()));
-/// println!("{s:?}");
+/// let _ = format!("{s:?}");
 /// ```
 /// ```compile_fail
 /// let s = kiln::secret::SecretValue::new(zeroize::Zeroizing::new(b"pw".to_vec()));
-/// println!("{s}");
+/// let _ = format!("{s}");
 /// ```
 /// ```compile_fail
 /// let s = kiln::secret::SecretValue::new(zeroize::Zeroizing::new(b"pw".to_vec()));

@@ -9,14 +9,17 @@ use std::path::{Path, PathBuf};
 
 /// The stages, in dependency order. A stage may use the ones before it, never the ones after. `graph` holds
 /// the IR every front end lowers to, so it comes before the front ends it follows in the pipeline.
-const STAGES: [&str; 7] = ["graph", "frontend", "load", "solve", "exec", "export", "remote"];
+const STAGES: [&str; 7] = [
+    "graph", "frontend", "load", "solve", "exec", "export", "remote",
+];
 /// The front ends: source text to IR.
 const FRONT_ENDS: [&str; 1] = ["frontend"];
 /// The stages from the IR on, which must not know which front end a program came from.
 const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "export", "remote"];
 /// Shared foundations: usable by every stage, and using no stage themselves.
-const FOUNDATIONS: [&str; 9] = [
+const FOUNDATIONS: [&str; 11] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress", "layer",
+    "ignore", "paths",
 ];
 /// The driver wires stages together and may use all of them.
 const DRIVER: [&str; 4] = ["cli", "monorepo", "lib", "main"];

@@ -32,7 +32,9 @@ use zeroize::Zeroizing;
 
 use crate::diag::{Diagnostic, Result};
 use crate::graph::op::Network;
-use crate::solve::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep, StepMount};
+use crate::solve::{
+    CopySource, CopyStep, Executor, Layers, LogSink, RunExit, RunStep, StepMount, exit_error,
+};
 use helper::{Overlay, Request, SecretSpec, Status};
 
 /// The executor that runs steps in Linux namespaces. Needs root, real or of a user namespace (`userns`).
@@ -62,10 +64,8 @@ fn overlay(fs: &Layers) -> Result<Overlay> {
     })
 }
 
-impl Namespaces {
-    /// Runs a command and returns its exit code; `Err` only when it could not be run at all. The remote
-    /// worker reports the code itself (REAPI's `ActionResult.exit_code`) instead of a message.
-    pub async fn run_exit(&self, step: RunStep, logs: LogSink) -> Result<i32> {
+impl RunExit for Namespaces {
+    async fn run_exit(&self, step: RunStep, logs: LogSink) -> Result<i32> {
         let fs = overlay(&step.fs)?;
         let upper = fs.upper.clone();
         let secret_dir = upper.parent().unwrap_or(Path::new("/")).join("secrets");
@@ -186,14 +186,6 @@ impl Namespaces {
     }
 }
 
-/// The error of a step that exited with `exit`.
-pub fn exit_error(args: &[String], exit: i32) -> Diagnostic {
-    Diagnostic::build(format!(
-        "process `{}` did not complete successfully: exit code {exit}",
-        abbreviate(&args.join(" ")),
-    ))
-}
-
 impl Executor for Namespaces {
     async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
         let args = step.args.clone();
@@ -305,16 +297,6 @@ fn direct_copy(fs: &Layers, op: &crate::graph::op::CopyOp) -> bool {
             .lowers
             .iter()
             .all(|l| std::fs::symlink_metadata(l.join(&first)).is_err())
-}
-
-/// A command on one line, cut to 120 characters: for progress lines and logs.
-pub(crate) fn abbreviate(s: &str) -> String {
-    let one_line = s.replace('\n', " ");
-    if one_line.chars().count() > 120 {
-        format!("{}...", one_line.chars().take(117).collect::<String>())
-    } else {
-        one_line
-    }
 }
 
 /// Spawns the helper, sends the request (and the secret values, length-prefixed after it, never in the

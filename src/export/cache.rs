@@ -117,6 +117,34 @@ pub fn export(
     settings: &Settings,
     registry: &crate::registry::Options,
 ) -> Result<Written> {
+    let (records, withheld) = safe_records(graph, summary, to.mode);
+    let layers = layer_blobs(store, &records, imported, settings)?;
+    scan_layers(store, scanner, &layers)?;
+    let config = CacheConfig {
+        domain: crate::solve::CACHE_DOMAIN.to_string(),
+        layers: layers.clone(),
+        records,
+    };
+    let (config_digest, config_len) = put_config(store, scanner, &config)?;
+    let blobs = sorted_blobs(&layers);
+    let manifest = manifest(&blobs, &config_digest, config_len)?;
+    let mut files: Vec<(String, PathBuf)> = blobs
+        .iter()
+        .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
+        .collect();
+    files.push((config_digest.to_string(), store.blob_path(&config_digest)));
+    let digest = write(store, to, registry, manifest, &files)?;
+    Ok(Written {
+        records: config.records.len(),
+        layers: blobs.len(),
+        manifest: digest,
+        withheld,
+    })
+}
+
+/// The records `mode` selects, less those holding a layer without the leak guard's verdict for every
+/// secret its step mounted; and how many were left out.
+fn safe_records(graph: &BuildGraph, summary: &Summary, mode: Mode) -> (Vec<CacheRecord>, usize) {
     // Which step made each layer, and whether its verdict covers every secret it mounted. Every node of
     // the graph counts, not only the selected ones: a selected record holds the layers below it too.
     let mut unsafe_layers = BTreeSet::new();
@@ -131,7 +159,7 @@ pub fn export(
             unsafe_layers.insert(own.clone());
         }
     }
-    let chosen = select(graph, summary, to.mode);
+    let chosen = select(graph, summary, mode);
     let total = chosen.len();
     let records: Vec<CacheRecord> = chosen
         .into_iter()
@@ -144,10 +172,18 @@ pub fn export(
         .map(|(rec, _)| rec)
         .collect();
     let withheld = total - records.len();
+    (records, withheld)
+}
 
-    // Every layer's blob: made (or reused) as the image export makes it, so a cache and an image built
-    // by the same build share their layer blobs; a layer this machine only knows from a cache keeps
-    // that cache's blob.
+/// Every layer's blob: made (or reused) as the image export makes it, so a cache and an image built by
+/// the same build share their layer blobs; a layer this machine only knows from a cache keeps that
+/// cache's blob.
+fn layer_blobs(
+    store: &Store,
+    records: &[CacheRecord],
+    imported: Option<&Imported>,
+    settings: &Settings,
+) -> Result<BTreeMap<String, Option<LayerBlob>>> {
     let mut layers: BTreeMap<String, Option<LayerBlob>> = BTreeMap::new();
     for snapshot in records.iter().flat_map(|r| r.layers.iter()) {
         if layers.contains_key(snapshot) {
@@ -177,11 +213,18 @@ pub fn export(
         };
         layers.insert(snapshot.clone(), blob);
     }
+    Ok(layers)
+}
 
-    // The last check before anything leaves: the tar streams of this build's layers (base image layers
-    // are not its doing, as for the image guard) and the config.
+/// The last check of the layers before anything leaves: the tar streams of this build's layers (base
+/// image layers are not its doing, as for the image guard).
+fn scan_layers(
+    store: &Store,
+    scanner: &LeakScanner,
+    layers: &BTreeMap<String, Option<LayerBlob>>,
+) -> Result<()> {
     if !scanner.is_empty() {
-        for (snapshot, blob) in &layers {
+        for (snapshot, blob) in layers {
             let Some(blob) = blob.as_ref().filter(|_| !snapshot.starts_with("layer-")) else {
                 continue;
             };
@@ -204,13 +247,17 @@ pub fn export(
             }
         }
     }
-    let config = CacheConfig {
-        domain: crate::solve::CACHE_DOMAIN.to_string(),
-        layers: layers.clone(),
-        records,
-    };
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
-    let decoded = serde_json::to_value(&config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    Ok(())
+}
+
+/// Scans the config for secrets and stores it as a blob; returns its digest and size.
+fn put_config(
+    store: &Store,
+    scanner: &LeakScanner,
+    config: &CacheConfig,
+) -> Result<(Digest, usize)> {
+    let config_bytes = serde_json::to_vec(config).map_err(|e| Diagnostic::env(e.to_string()))?;
+    let decoded = serde_json::to_value(config).map_err(|e| Diagnostic::env(e.to_string()))?;
     if let Some((leak, at)) = super::scan_json(scanner, &decoded) {
         return Err(Diagnostic::build(format!(
             "secret `{}` is in the cache config at `{at}` ({}); no cache was exported",
@@ -220,14 +267,22 @@ pub fn export(
         .help("a secret must only ever be mounted (`RUN --mount=type=secret`); never pass it as a build arg"));
     }
     let config_digest = store.put_blob(&config_bytes)?;
+    Ok((config_digest, config_bytes.len()))
+}
 
-    // Blobs in a stable order (by digest), each once.
+/// The layers' blobs in a stable order (by digest), each once.
+fn sorted_blobs(layers: &BTreeMap<String, Option<LayerBlob>>) -> Vec<&LayerBlob> {
     let mut blobs: HashMap<Digest, &LayerBlob> = HashMap::new();
     for b in layers.values().flatten() {
         blobs.entry(b.digest.clone()).or_insert(b);
     }
     let mut blobs: Vec<&LayerBlob> = blobs.into_values().collect();
     blobs.sort_by(|a, b| a.digest.as_str().cmp(b.digest.as_str()));
+    blobs
+}
+
+/// The cache's artifact manifest.
+fn manifest(blobs: &[&LayerBlob], config_digest: &Digest, config_len: usize) -> Result<Vec<u8>> {
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -235,7 +290,7 @@ pub fn export(
         "config": {
             "mediaType": CONFIG_MEDIA_TYPE,
             "digest": config_digest.as_str(),
-            "size": config_bytes.len(),
+            "size": config_len,
         },
         "layers": blobs.iter().map(|b| json!({
             "mediaType": b.media_type,
@@ -243,29 +298,28 @@ pub fn export(
             "size": b.size,
         })).collect::<Vec<_>>(),
     });
-    let manifest = serde_json::to_vec(&manifest).map_err(|e| Diagnostic::env(e.to_string()))?;
-    let mut files: Vec<(String, PathBuf)> = blobs
-        .iter()
-        .map(|b| (b.digest.to_string(), store.blob_path(&b.digest)))
-        .collect();
-    files.push((config_digest.to_string(), store.blob_path(&config_digest)));
-    let digest = match &to.dest {
-        Dest::Local { dir, tag } => crate::oci::write_layout(dir, &manifest, Some(tag), &files)
+    serde_json::to_vec(&manifest).map_err(|e| Diagnostic::env(e.to_string()))
+}
+
+/// Writes the manifest and `files` (digest, path) to the destination; returns the manifest's digest.
+fn write(
+    store: &Store,
+    to: &CacheTo,
+    registry: &crate::registry::Options,
+    manifest: Vec<u8>,
+    files: &[(String, PathBuf)],
+) -> Result<String> {
+    Ok(match &to.dest {
+        Dest::Local { dir, tag } => crate::oci::write_layout(dir, &manifest, Some(tag), files)
             .map_err(|e| {
                 Diagnostic::io(format!("cannot write the cache to {}", dir.display()), e)
             })?,
         Dest::Registry(reference) => {
             let tmp = store.temp_dir("cache-")?;
             let dir = tmp.path().join("layout");
-            crate::oci::write_layout(&dir, &manifest, None, &files)
+            crate::oci::write_layout(&dir, &manifest, None, files)
                 .map_err(|e| Diagnostic::io("cannot stage the cache", e))?;
             crate::registry::push_manifest(&dir, manifest, reference, registry)?
         }
-    };
-    Ok(Written {
-        records: config.records.len(),
-        layers: blobs.len(),
-        manifest: digest,
-        withheld,
     })
 }

@@ -19,8 +19,7 @@ use super::bots::{
 };
 use super::{OUTPUT, STEP_FILE, Server, StepSpec, digest_of, network_from_name, tar_snapshot};
 use crate::diag::{Diagnostic, Result};
-use crate::exec::Namespaces;
-use crate::solve::{Layers, LogSink, RunStep};
+use crate::solve::{Layers, LogSink, RunExit, RunStep, abbreviate};
 
 const ACTION_TYPE: &str = "build.bazel.remote.execution.v2.Action";
 const DIGEST_TYPE: &str = "build.bazel.remote.execution.v2.Digest";
@@ -28,20 +27,28 @@ const RESULT_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.A
 /// How often a busy worker tells the server it is alive (BuildGrid drops silent bots after a timeout).
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
-pub struct Worker {
+pub struct Worker<E> {
     server: Server,
     bot_id: String,
     /// Unpacked input snapshots (`layers/<sha256>`), step dirs and downloads (`tmp/`).
     work: PathBuf,
-    exec: Namespaces,
+    /// Runs the leased steps.
+    exec: E,
+    /// The namespace `exec` runs in, for unpacking input snapshots.
+    ids: crate::layer::Ids,
 }
 
 fn log(line: &str) {
-    eprintln!("kiln worker: {line}");
+    crate::progress::line(&format!("kiln worker: {line}"));
 }
 
-impl Worker {
-    pub fn new(server: Server, work: PathBuf) -> Result<Worker> {
+impl<E: RunExit> Worker<E> {
+    pub fn new(
+        server: Server,
+        work: PathBuf,
+        exec: E,
+        ids: crate::layer::Ids,
+    ) -> Result<Worker<E>> {
         for d in ["layers", "tmp"] {
             std::fs::create_dir_all(work.join(d))
                 .map_err(|e| Diagnostic::io("cannot prepare the worker's directory", e))?;
@@ -51,7 +58,8 @@ impl Worker {
             server,
             bot_id: format!("kiln-{}-{}", host.trim(), std::process::id()),
             work,
-            exec: Namespaces::new(),
+            exec,
+            ids,
         })
     }
 
@@ -222,7 +230,7 @@ impl Worker {
             "running action {}/{}: {}",
             action_digest.hash,
             action_digest.size_bytes,
-            crate::exec::abbreviate(&spec.args.join(" "))
+            abbreviate(&spec.args.join(" "))
         ));
         let mut lowers = Vec::new();
         let mut layers: Vec<&re::FileNode> =
@@ -325,13 +333,9 @@ impl Worker {
         let unpacked = tmp.path().join("snapshot");
         std::fs::create_dir(&unpacked)
             .map_err(|e| Diagnostic::io("cannot make a download directory", e))?;
-        let (f, u) = (file.clone(), unpacked.clone());
+        let (f, u, ids) = (file.clone(), unpacked.clone(), self.ids);
         tokio::task::spawn_blocking(move || {
-            crate::layer::unpack_layer(
-                std::io::BufReader::new(std::fs::File::open(&f)?),
-                &u,
-                crate::exec::userns::layer_ids(),
-            )
+            crate::layer::unpack_layer(std::io::BufReader::new(std::fs::File::open(&f)?), &u, ids)
         })
         .await
         .map_err(|e| Diagnostic::env(format!("unpacking an input failed: {e}")))?

@@ -9,8 +9,8 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::dockerignore::Patterns;
 use super::statcache::StatCache;
+use crate::ignore::Patterns;
 
 /// A directory on the host offered to the build, with the `.dockerignore` patterns that hide parts of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

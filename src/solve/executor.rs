@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::context::HostDir;
 use super::statcache;
-use crate::diag::Result;
+use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 use crate::graph::op::{CopyOp, Network, SecretMount};
 use crate::secret::SecretValue;
@@ -101,4 +101,29 @@ pub trait Executor: Send + Sync + 'static {
     fn mkdir(&self, fs: Layers, path: String) -> impl Future<Output = Result<()>> + Send;
     /// Unpacks a (possibly compressed) layer blob into an empty snapshot directory.
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()>;
+}
+
+/// An executor that can report a step's exit code instead of failing on it: a remote worker hands the
+/// code back itself (REAPI's `ActionResult.exit_code`) instead of a message.
+pub trait RunExit: Executor {
+    /// Runs a command and returns its exit code; `Err` only when it could not be run at all.
+    fn run_exit(&self, step: RunStep, logs: LogSink) -> impl Future<Output = Result<i32>> + Send;
+}
+
+/// The error of a step that exited with `exit`.
+pub(crate) fn exit_error(args: &[String], exit: i32) -> Diagnostic {
+    Diagnostic::build(format!(
+        "process `{}` did not complete successfully: exit code {exit}",
+        abbreviate(&args.join(" ")),
+    ))
+}
+
+/// A command on one line, cut to 120 characters: for progress lines and logs.
+pub(crate) fn abbreviate(s: &str) -> String {
+    let one_line = s.replace('\n', " ");
+    if one_line.chars().count() > 120 {
+        format!("{}...", one_line.chars().take(117).collect::<String>())
+    } else {
+        one_line
+    }
 }

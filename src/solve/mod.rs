@@ -9,7 +9,6 @@
 
 mod config;
 pub mod context;
-pub mod dockerignore;
 mod executor;
 mod import;
 mod key;
@@ -26,7 +25,8 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-pub use executor::{CopySource, CopyStep, Executor, Layers, LogSink, RunStep, StepMount};
+pub use executor::{CopySource, CopyStep, Executor, Layers, LogSink, RunExit, RunStep, StepMount};
+pub(crate) use executor::{abbreviate, exit_error};
 pub use import::split_layout_ref;
 pub use key::CACHE_DOMAIN;
 pub use preflight::{all_secrets, preflight};

@@ -285,7 +285,7 @@ pub fn parse_platform(s: &str) -> Option<(String, String)> {
     }
 }
 
-pub use crate::frontend::clean_path;
+pub use crate::paths::clean as clean_path;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,530 @@
+//! Turns a snapshot directory (overlayfs upperdir format) into a reproducible OCI layer tar.
+//!
+//! The upperdir encodes deletions as 0/0 character devices and opaque directories as
+//! `trusted.overlay.opaque=y` (`user.overlay.opaque=y` when rootless kiln mounted it with `userxattr`,
+//! inside a user namespace); OCI layers encode the same facts as `.wh.` files, so this
+//! module translates one into the other while writing POSIX (ustar + PAX) headers by hand:
+//! every header field is chosen here, so two runs over the same tree give the same bytes.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::{self, File, Metadata};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use flate2::Compression;
+use flate2::GzBuilder;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tar::{Builder, EntryType, Header};
+
+use super::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, is_opaque};
+
+/// Largest values the ustar octal fields hold; past them the value also goes into PAX.
+const USTAR_MAX_ID: u64 = 0o7_777_777;
+const USTAR_MAX_SIZE: u64 = 0o77_777_777_777;
+const USTAR_NAME_LEN: usize = 100;
+const USTAR_PREFIX_LEN: usize = 155;
+
+/// Digests and size of one exported layer, as the manifest and config need them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// `sha256:<hex>` of the uncompressed tar (the config's `rootfs.diff_ids`).
+    pub diff_id: String,
+    /// `sha256:<hex>` of the gzip blob (the manifest's layer descriptor).
+    pub digest: String,
+    /// Length of the gzip blob in bytes.
+    pub size: u64,
+    /// Length of the uncompressed tar in bytes.
+    pub tar_size: u64,
+}
+
+/// Writes the snapshot at `snapshot` as an uncompressed OCI layer tar into `out`.
+///
+/// With `epoch` set, every mtime is clamped to at most `epoch` (SOURCE_DATE_EPOCH) and
+/// whiteout entries carry `epoch`; without it whiteouts carry 0.
+pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io::Result<W> {
+    let meta = fs::symlink_metadata(snapshot)
+        .map_err(|e| annotate(e, "cannot read snapshot", snapshot))?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("snapshot {} is not a directory", snapshot.display()),
+        ));
+    }
+    let mut walker = Walker {
+        builder: Builder::new(out),
+        epoch,
+        links: HashMap::new(),
+    };
+    walker.walk_dir(snapshot, &[])?;
+    walker.builder.into_inner()
+}
+
+/// How layer blobs are compressed (`--compression`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Codec {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Codec::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+}
+
+/// Streams the layer once (tar → SHA-256 of the tar → compressor → SHA-256 of the blob → `out`), returning
+/// its diff_id plus the digest and size of the compressed blob written to `out`.
+pub fn layer_digests(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    codec: Codec,
+    out: impl Write,
+) -> io::Result<LayerInfo> {
+    layer_digests_threaded(snapshot, epoch, codec, 1, out)
+}
+
+/// `layer_digests`, compressing on up to `threads` cores where the format allows it without changing the
+/// bytes. zstd always runs in its multithreaded mode (with at least one worker): its frames are then the
+/// same for any number of workers, though not the same as its single-threaded mode's, and a blob must not
+/// depend on the machine that made it. gzip runs on one core: a parallel gzip (pigz's blocks) would give
+/// other bytes than kiln always has, so other layer digests, and image digests users may have pinned.
+pub fn layer_digests_threaded(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    codec: Codec,
+    threads: usize,
+    out: impl Write,
+) -> io::Result<LayerInfo> {
+    let compressed = HashingWriter::new(out);
+    let (diff_id, tar_size, mut compressed) = match codec {
+        Codec::Gzip => {
+            // A fixed mtime and no file name keep the gzip header identical across runs.
+            let gz = GzBuilder::new()
+                .mtime(0)
+                .write(compressed, Compression::new(6));
+            let uncompressed = write_layer(snapshot, HashingWriter::new(gz), epoch)?;
+            let (diff_id, tar_size, gz) = uncompressed.finish();
+            (diff_id, tar_size, gz.finish()?)
+        }
+        Codec::Zstd => {
+            let mut zst = zstd::stream::write::Encoder::new(compressed, 3)?;
+            zst.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
+            let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
+            let (diff_id, tar_size, zst) = uncompressed.finish();
+            (diff_id, tar_size, zst.finish()?)
+        }
+    };
+    compressed.inner.flush()?;
+    let (digest, size, _) = compressed.finish();
+    Ok(LayerInfo {
+        diff_id,
+        digest,
+        size,
+        tar_size,
+    })
+}
+
+/// `jobs`, with 0 meaning one per core.
+pub fn cores(jobs: usize) -> usize {
+    match jobs {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
+/// `f` over every item, on up to `jobs` threads at once (0: one per core), results in the items' order.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    jobs: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    let jobs = cores(jobs).min(items.len());
+    if jobs <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<R>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    *results[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .expect("every item was mapped")
+        })
+        .collect()
+}
+
+/// Passes bytes through while hashing and counting them.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    fn finish(self) -> (String, u64, W) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (digest, self.count, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct Walker<W: Write> {
+    builder: Builder<W>,
+    epoch: Option<i64>,
+    /// (dev, ino) of multiply-linked files already written, to the archive name used.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl<W: Write> Walker<W> {
+    fn walk_dir(&mut self, dir: &Path, prefix: &[u8]) -> io::Result<()> {
+        let mut names: Vec<OsString> = fs::read_dir(dir)
+            .map_err(|e| annotate(e, "cannot list", dir))?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()
+            .map_err(|e| annotate(e, "cannot list", dir))?;
+        // Byte order, not locale order: the archive must not depend on the host.
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        for name in names {
+            let path = dir.join(&name);
+            let mut rel = prefix.to_vec();
+            rel.extend_from_slice(name.as_bytes());
+            self.entry(&path, &rel, name.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &Path, rel: &[u8], name: &[u8]) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path).map_err(|e| annotate(e, "cannot stat", path))?;
+        let ft = meta.file_type();
+
+        if name.starts_with(WHITEOUT_PREFIX) {
+            // A reader would take it for a deletion marker; OCI has no way to escape it.
+            return Err(annotate(
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "names starting with `.wh.` are reserved for whiteouts in OCI layers",
+                ),
+                "cannot export",
+                path,
+            ));
+        }
+
+        if ft.is_char_device() && meta.rdev() == 0 {
+            let mut wh = parent_of(rel).to_vec();
+            wh.extend_from_slice(WHITEOUT_PREFIX);
+            wh.extend_from_slice(name);
+            return self.marker(&wh);
+        }
+
+        if ft.is_dir() {
+            let mut dir_name = rel.to_vec();
+            dir_name.push(b'/');
+            let mut header = self.base_header(&meta, EntryType::Directory);
+            let pax = self.xattr_records(path)?;
+            self.append(&mut header, &dir_name, None, pax, 0, io::empty())?;
+            if is_opaque(path).map_err(|e| annotate(e, "cannot read xattrs of", path))? {
+                let mut marker = dir_name.clone();
+                marker.extend_from_slice(OPAQUE_MARKER);
+                self.marker(&marker)?;
+            }
+            return self.walk_dir(path, &dir_name);
+        }
+
+        // Overlay may share one inode among whiteouts, so only real content is linked.
+        if meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = self.links.get(&key).cloned() {
+                let mut header = self.base_header(&meta, EntryType::Link);
+                return self.append(&mut header, rel, Some(&first), Vec::new(), 0, io::empty());
+            }
+            self.links.insert(key, rel.to_vec());
+        }
+
+        let pax = self.xattr_records(path)?;
+        if ft.is_file() {
+            let mut header = self.base_header(&meta, EntryType::Regular);
+            let size = meta.len();
+            let file = File::open(path).map_err(|e| annotate(e, "cannot open", path))?;
+            let mut reader = ExactReader {
+                inner: file.take(size),
+                remaining: size,
+                path,
+            };
+            self.append(&mut header, rel, None, pax, size, &mut reader)
+        } else if ft.is_symlink() {
+            let target = fs::read_link(path).map_err(|e| annotate(e, "cannot read link", path))?;
+            let mut header = self.base_header(&meta, EntryType::Symlink);
+            let target = target.as_os_str().as_bytes();
+            self.append(&mut header, rel, Some(target), pax, 0, io::empty())
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                EntryType::Char
+            } else {
+                EntryType::Block
+            };
+            let mut header = self.base_header(&meta, kind);
+            let dev = meta.rdev();
+            let too_big = |_| annotate(io::Error::other("device number too large"), "", path);
+            let major = u32::try_from(nix::sys::stat::major(dev)).map_err(too_big)?;
+            let minor = u32::try_from(nix::sys::stat::minor(dev)).map_err(too_big)?;
+            header.set_device_major(major)?;
+            header.set_device_minor(minor)?;
+            self.append(&mut header, rel, None, pax, 0, io::empty())
+        } else if ft.is_fifo() {
+            let mut header = self.base_header(&meta, EntryType::Fifo);
+            self.append(&mut header, rel, None, pax, 0, io::empty())
+        } else {
+            // Sockets have no tar representation and never survive a restart anyway.
+            Ok(())
+        }
+    }
+
+    /// Header fields shared by every entry kind; name, size and checksum come later.
+    fn base_header(&self, meta: &Metadata, kind: EntryType) -> Header {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(kind);
+        header.set_mode(meta.mode() & 0o7777);
+        header.set_uid(u64::from(meta.uid()));
+        header.set_gid(u64::from(meta.gid()));
+        header.set_mtime(self.clamp(meta.mtime()));
+        header
+    }
+
+    fn clamp(&self, mtime: i64) -> u64 {
+        let t = match self.epoch {
+            Some(epoch) => mtime.min(epoch),
+            None => mtime,
+        };
+        // Pre-1970 times are rare and ustar can't hold them; 0 is the honest floor.
+        u64::try_from(t).unwrap_or(0)
+    }
+
+    /// An empty root-owned file standing for a whiteout or an opaque-directory marker.
+    fn marker(&mut self, name: &[u8]) -> io::Result<()> {
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::Regular);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        let mtime = self.epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0));
+        header.set_mtime(mtime);
+        self.append(&mut header, name, None, Vec::new(), 0, io::empty())
+    }
+
+    fn xattr_records(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut names: Vec<OsString> = match xattr::list(path) {
+            Ok(list) => list.collect(),
+            // Filesystems without xattr support simply have none to export.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(annotate(e, "cannot list xattrs of", path)),
+        };
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut records = Vec::new();
+        for name in names {
+            if OVERLAY_XATTR_PREFIXES
+                .iter()
+                .any(|p| name.as_bytes().starts_with(p))
+            {
+                continue;
+            }
+            // A racing removal leaves None; skipping it is the same as not having listed it.
+            if let Some(value) =
+                xattr::get(path, &name).map_err(|e| annotate(e, "cannot read xattrs of", path))?
+            {
+                let mut key = b"SCHILY.xattr.".to_vec();
+                key.extend_from_slice(name.as_bytes());
+                records.push((key, value));
+            }
+        }
+        Ok(records)
+    }
+
+    /// Fills name/link/size (moving whatever ustar can't hold into PAX records) and appends.
+    fn append(
+        &mut self,
+        header: &mut Header,
+        name: &[u8],
+        link: Option<&[u8]>,
+        mut pax: Vec<(Vec<u8>, Vec<u8>)>,
+        size: u64,
+        data: impl Read,
+    ) -> io::Result<()> {
+        let mut leading = Vec::new();
+        let ustar = header
+            .as_ustar_mut()
+            .ok_or_else(|| io::Error::other("ustar header expected"))?;
+        match split_ustar_name(name) {
+            Some((prefix, base)) => {
+                ustar.prefix[..prefix.len()].copy_from_slice(prefix);
+                ustar.name[..base.len()].copy_from_slice(base);
+            }
+            None => {
+                let cut = name.len().min(USTAR_NAME_LEN);
+                ustar.name[..cut].copy_from_slice(&name[..cut]);
+                leading.push((b"path".to_vec(), name.to_vec()));
+            }
+        }
+        if let Some(link) = link {
+            let cut = link.len().min(ustar.linkname.len());
+            ustar.linkname[..cut].copy_from_slice(&link[..cut]);
+            if link.len() > cut {
+                leading.push((b"linkpath".to_vec(), link.to_vec()));
+            }
+        }
+        header.set_size(size);
+        if size > USTAR_MAX_SIZE {
+            leading.push((b"size".to_vec(), size.to_string().into_bytes()));
+        }
+        for (key, value) in [(&b"uid"[..], header.uid()?), (&b"gid"[..], header.gid()?)] {
+            if value > USTAR_MAX_ID {
+                leading.push((key.to_vec(), value.to_string().into_bytes()));
+            }
+        }
+        leading.append(&mut pax);
+        if !leading.is_empty() {
+            self.append_pax(name, &leading)?;
+        }
+        header.set_cksum();
+        self.builder.append(header, data)
+    }
+
+    fn append_pax(&mut self, name: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        let mut body = Vec::new();
+        for (key, value) in records {
+            // The length prefix counts its own digits, so grow it until it fits itself.
+            let rest = key.len() + value.len() + 3;
+            let mut len = rest + 1;
+            while len.to_string().len() + rest != len {
+                len = len.to_string().len() + rest;
+            }
+            body.extend_from_slice(len.to_string().as_bytes());
+            body.push(b' ');
+            body.extend_from_slice(key);
+            body.push(b'=');
+            body.extend_from_slice(value);
+            body.push(b'\n');
+        }
+        let mut header = Header::new_ustar();
+        header.set_entry_type(EntryType::XHeader);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(body.len() as u64);
+        let base = name
+            .strip_suffix(b"/")
+            .unwrap_or(name)
+            .rsplit(|&b| b == b'/')
+            .next()
+            .unwrap_or_default();
+        let mut pax_name = b"PaxHeaders/".to_vec();
+        pax_name.extend_from_slice(base);
+        pax_name.truncate(USTAR_NAME_LEN);
+        let ustar = header
+            .as_ustar_mut()
+            .ok_or_else(|| io::Error::other("ustar header expected"))?;
+        ustar.name[..pax_name.len()].copy_from_slice(&pax_name);
+        header.set_cksum();
+        self.builder.append(&header, body.as_slice())
+    }
+}
+
+/// Splits a name into ustar (prefix, name) fields, or None when only PAX can hold it.
+fn split_ustar_name(name: &[u8]) -> Option<(&[u8], &[u8])> {
+    if name.len() <= USTAR_NAME_LEN {
+        return Some((&[], name));
+    }
+    // The trailing slash of a directory must stay in the name half, so don't split there.
+    let searchable = &name[..name.len() - 1];
+    searchable
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(|(i, _)| (&name[..i], &name[i + 1..]))
+        .find(|(prefix, base)| {
+            prefix.len() <= USTAR_PREFIX_LEN && base.len() <= USTAR_NAME_LEN && !base.is_empty()
+        })
+}
+
+fn parent_of(rel: &[u8]) -> &[u8] {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => &rel[..=i],
+        None => &[],
+    }
+}
+
+/// Refuses to let a file that changed size mid-export produce a tar whose header lies.
+struct ExactReader<'a, R> {
+    inner: R,
+    remaining: u64,
+    path: &'a Path,
+}
+
+impl<R: Read> Read for ExactReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && self.remaining > 0 && !buf.is_empty() {
+            return Err(annotate(
+                io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while exporting"),
+                "",
+                self.path,
+            ));
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+fn annotate(e: io::Error, what: &str, path: &Path) -> io::Error {
+    let msg = if what.is_empty() {
+        format!("{}: {e}", path.display())
+    } else {
+        format!("{what} {}: {e}", path.display())
+    };
+    io::Error::new(e.kind(), msg)
+}
+
+#[cfg(test)]
+mod tests;

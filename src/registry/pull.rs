@@ -1,0 +1,266 @@
+//! Pulling: an image into an OCI layout in the store, and any manifest and its blobs (shared caches),
+//! every byte verified against its digest while it streams.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::{StreamExt as _, TryStreamExt as _};
+use oci_client::RegistryOperation;
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::OciDescriptor;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tokio::io::AsyncWriteExt as _;
+
+use super::auth::Options;
+use super::client::{Session, block_on};
+use super::reference::ImageName;
+use super::{ACCEPT, DOCKER_LIST, MAX_INDEX_DEPTH, OCI_INDEX, PARALLEL_DOWNLOADS};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+use crate::store::Store;
+
+/// Pulls `reference` (linux/amd64 from an index) into an OCI layout under `<store>/images/` and returns
+/// the layout's path, for `oci::read_image`.
+///
+/// Layouts are keyed by the image manifest's digest, so a layout never changes once renamed into place
+/// and a build reading one is never disturbed by another pulling a newer tag. Blobs the store already
+/// holds are linked, not fetched: pulling an image again transfers only its manifest.
+pub fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
+    let name = ImageName::parse(reference)?;
+    block_on(pull_async(store, name, opts))
+}
+
+async fn pull_async(store: &Store, name: ImageName, opts: &Options) -> Result<PathBuf> {
+    let s = Session::open(name, opts, RegistryOperation::Pull).await?;
+    let (manifest, digest) = resolve(&s).await?;
+    let images = store.root().join("images");
+    let dest = images.join(Digest::parse(&digest).expect("checked by resolve").hex());
+    if dest.join("index.json").is_file() {
+        return Ok(dest);
+    }
+    let json: Value = serde_json::from_slice(&manifest).map_err(|e| {
+        Diagnostic::env(format!(
+            "manifest {digest} of `{}` is not JSON: {e}",
+            s.name
+        ))
+    })?;
+    let mut wanted = vec![descriptor(&json["config"], &s, &digest)?];
+    for layer in json["layers"].as_array().into_iter().flatten() {
+        wanted.push(descriptor(layer, &s, &digest)?);
+    }
+
+    let tmp = store.temp_dir("pull-")?;
+    let layout = tmp.path().join("layout");
+    let blob_dir = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blob_dir)
+        .map_err(|e| Diagnostic::io("cannot create a pull directory", e))?;
+    futures_util::stream::iter(wanted.iter().map(|d| fetch_blob(&s, store, d, &blob_dir)))
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    crate::oci::write_layout(&layout, &manifest, None, &[])
+        .map_err(|e| Diagnostic::env(format!("cannot write the layout of `{}`: {e}", s.name)))?;
+    std::fs::create_dir_all(&images)
+        .map_err(|e| Diagnostic::io("cannot create the image directory", e))?;
+    if let Err(e) = std::fs::rename(&layout, &dest) {
+        // Another build pulled the same image meanwhile: same digest, same content, so theirs serves.
+        if !dest.join("index.json").is_file() {
+            return Err(Diagnostic::io(
+                format!("cannot store the layout of `{}`", s.name),
+                e,
+            ));
+        }
+    }
+    Ok(dest)
+}
+
+/// Fetches the manifest `s.name` points at, following an index to its linux/amd64 image. Returns the
+/// manifest bytes and their (verified) digest.
+async fn resolve(s: &Session) -> Result<(Bytes, String)> {
+    let mut reference = s.name.oci();
+    let mut expected = s.name.digest.clone();
+    for _ in 0..MAX_INDEX_DEPTH {
+        let (bytes, _) = s
+            .retry("manifest", || {
+                s.client
+                    .pull_manifest_raw(&reference, &s.creds.auth, &ACCEPT)
+            })
+            .await?;
+        let digest = Digest::of(&bytes).to_string();
+        if let Some(want) = &expected
+            && *want != digest
+        {
+            return Err(Diagnostic::env(format!(
+                "cannot pull `{}`: {} sent a manifest whose digest is {digest}, not {want}",
+                s.name, s.name.registry
+            )));
+        }
+        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Diagnostic::env(format!(
+                "cannot pull `{}`: the manifest is not JSON: {e}",
+                s.name
+            ))
+        })?;
+        let media_type = json["mediaType"].as_str().unwrap_or_default();
+        let is_index =
+            media_type == OCI_INDEX || media_type == DOCKER_LIST || json.get("manifests").is_some();
+        if !is_index {
+            return Ok((bytes, digest));
+        }
+        let chosen = json["manifests"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| {
+                Diagnostic::input(format!(
+                    "cannot pull `{}`: its image index has no linux/amd64 image",
+                    s.name
+                ))
+            })?;
+        if Digest::parse(chosen).is_none() {
+            return Err(Diagnostic::env(format!(
+                "cannot pull `{}`: its index names `{chosen}`, which is not a sha256 digest",
+                s.name
+            )));
+        }
+        reference = s.name.with_digest(chosen);
+        expected = Some(chosen.to_string());
+    }
+    Err(Diagnostic::env(format!(
+        "cannot pull `{}`: its image indexes nest too deeply",
+        s.name
+    )))
+}
+
+pub(super) fn descriptor(v: &Value, s: &Session, manifest: &str) -> Result<OciDescriptor> {
+    let digest = v["digest"].as_str().filter(|d| Digest::parse(d).is_some());
+    let size = v["size"].as_i64().filter(|n| *n >= 0);
+    match (digest, size) {
+        (Some(d), Some(n)) => Ok(OciDescriptor {
+            media_type: v["mediaType"].as_str().unwrap_or_default().to_string(),
+            digest: d.to_string(),
+            size: n,
+            ..OciDescriptor::default()
+        }),
+        _ => Err(Diagnostic::env(format!(
+            "cannot pull `{}`: manifest {manifest} has a descriptor without a sha256 digest and size",
+            s.name
+        ))),
+    }
+}
+
+/// Puts one blob into the layout: linked from the store when there, else downloaded (hashed and
+/// size-checked as it streams) into the store first.
+async fn fetch_blob(
+    s: &Session,
+    store: &Store,
+    desc: &OciDescriptor,
+    blob_dir: &Path,
+) -> Result<()> {
+    let digest = Digest::parse(&desc.digest).expect("checked by descriptor");
+    let in_store = store.blob_path(&digest);
+    if !in_store.is_file() {
+        let tmp = store.temp_dir("blob-")?;
+        let part = tmp.path().join("blob");
+        s.retry(&format!("blob {digest}"), || download(s, desc, &part))
+            .await?;
+        store.adopt_blob(&part, &digest)?;
+    }
+    let dest = blob_dir.join(digest.hex());
+    // A hard link costs no space; the store and the layout are on one filesystem unless moved by hand.
+    if std::fs::hard_link(&in_store, &dest).is_err() {
+        std::fs::copy(&in_store, &dest)
+            .map_err(|e| Diagnostic::io(format!("cannot copy blob {digest} into the layout"), e))?;
+    }
+    Ok(())
+}
+
+/// One download attempt. A registry that sends more bytes than the descriptor allows, or other bytes, is
+/// cut off: the result must be exactly what the manifest promised.
+async fn download(
+    s: &Session,
+    desc: &OciDescriptor,
+    part: &Path,
+) -> std::result::Result<(), OciDistributionError> {
+    let mut stream = s.client.pull_blob_stream(&s.name.oci(), desc).await?;
+    let mut file = tokio::fs::File::create(part).await?;
+    let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
+    let want = desc.size as u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        written += chunk.len() as u64;
+        if written > want {
+            return Err(OciDistributionError::GenericError(Some(format!(
+                "blob {} is larger than the {want} bytes its descriptor says",
+                desc.digest
+            ))));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk).await?;
+    }
+    file.sync_all().await?;
+    let actual = Digest::from_hasher(hasher);
+    if written != want || actual.as_str() != desc.digest {
+        return Err(OciDistributionError::GenericError(Some(format!(
+            "blob {} arrived corrupt ({written} bytes, digest {actual})",
+            desc.digest
+        ))));
+    }
+    Ok(())
+}
+
+/// Fetches the manifest `reference` names (any kind: an image, or an artifact such as a kiln cache),
+/// following an index to its linux/amd64 entry. Returns the manifest bytes, verified against their digest.
+pub fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
+    let name = ImageName::parse(reference)?;
+    block_on(async {
+        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
+        let (bytes, _) = resolve(&s).await?;
+        Ok(bytes.to_vec())
+    })
+}
+
+/// Downloads the blobs `(digest, size)` of the repository of `reference` into the store (those it lacks),
+/// each hashed and size-checked as it streams.
+pub fn fetch_blobs(
+    store: &Store,
+    reference: &str,
+    blobs: &[(Digest, u64)],
+    opts: &Options,
+) -> Result<()> {
+    let missing: Vec<&(Digest, u64)> = blobs
+        .iter()
+        .filter(|(d, _)| !store.blob_path(d).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let name = ImageName::parse(reference)?;
+    block_on(async {
+        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
+        futures_util::stream::iter(missing.into_iter().map(|(digest, size)| {
+            let s = &s;
+            async move {
+                let desc = OciDescriptor {
+                    digest: digest.to_string(),
+                    size: *size as i64,
+                    ..OciDescriptor::default()
+                };
+                let tmp = store.temp_dir("blob-")?;
+                let part = tmp.path().join("blob");
+                s.retry(&format!("blob {digest}"), || download(s, &desc, &part))
+                    .await?;
+                store.adopt_blob(&part, digest)?;
+                Ok::<(), Diagnostic>(())
+            }
+        }))
+        .buffer_unordered(PARALLEL_DOWNLOADS)
+        .try_collect::<Vec<()>>()
+        .await?;
+        Ok(())
+    })
+}
