@@ -475,9 +475,14 @@ fn sources() -> Vec<File> {
             (rel, fs::read_to_string(p).unwrap())
         })
         .collect();
-    // The directories holding test code: `src/a/b.rs` with `#[cfg(test)] mod tests;` → `src/a/b/tests`.
+    files(&texts)
+}
+
+/// Files from their paths and texts, the files of test modules (`#[cfg(test)] mod tests;` in `src/a/b.rs` declares
+/// `src/a/b/tests.rs` or `src/a/b/tests/`) as test code.
+fn files(texts: &[(String, String)]) -> Vec<File> {
     let mut test_dirs = Vec::new();
-    for (path, text) in &texts {
+    for (path, text) in texts {
         let dir = match path.rsplit_once('/') {
             Some((dir, "mod.rs" | "lib.rs" | "main.rs")) => dir.to_string(),
             _ => path.trim_end_matches(".rs").to_string(),
@@ -1217,6 +1222,31 @@ fn test_code_is_not_product_code() {
     assert!(product.contains("crate::graph::Op") && product.contains("crate::solve::y"));
     assert!(!product.contains("crate::exec"));
     assert_eq!(files, ["more"]);
+}
+
+#[test]
+fn the_files_of_test_modules_are_test_code() {
+    let uses_exec = "//! t\nuse crate::exec::x;\n";
+    let texts: Vec<(String, String)> = [
+        ("src/solve/ignore.rs", "//! m\n#[cfg(test)]\nmod tests;\n"),
+        ("src/solve/ignore/tests.rs", uses_exec),
+        (
+            "src/solve/mod.rs",
+            "//! m\n#[cfg(test)]\nmod tests;\nmod ignore;\n",
+        ),
+        ("src/solve/tests/mod.rs", uses_exec),
+        ("src/solve/tests/more.rs", uses_exec),
+        ("src/solve/other.rs", uses_exec),
+        ("src/solve/ignore/more.rs", uses_exec),
+    ]
+    .iter()
+    .map(|(p, t)| (p.to_string(), t.to_string()))
+    .collect();
+    let found: Vec<String> = imports_follow_the_table(&files(&texts))
+        .into_iter()
+        .map(|f| f.split(':').next().unwrap().to_string())
+        .collect();
+    assert_eq!(found, ["src/solve/other.rs", "src/solve/ignore/more.rs"]);
 }
 
 #[test]
