@@ -1,12 +1,14 @@
-//! Keeps the architecture honest: each invariant ARCHITECTURE.md states under "Invariants" is a rule here, named
-//! as it is named there, checked on `src/` and shown to fail on planted code that breaks it.
+//! Keeps the architecture honest: each invariant ARCHITECTURE.md states under "Invariants" is a
+//! rule here, named as it is named there, checked on `src/` and shown to fail on planted code that
+//! breaks it.
 //!
-//! The rules read Rust as text. Comments and the contents of string and character literals are blanked first, so
-//! no rule fires on prose or test data. Test code (`#[cfg(test)]` items, and the files of `#[cfg(test)] mod x;`)
-//! may cross layers to check round trips: only the size rules and the doc-line rule look at it.
+//! The rules read Rust as text. Comments and the contents of string and character literals are
+//! blanked first, so no rule fires on prose or test data. Test code (`#[cfg(test)]` items, and the
+//! files of `#[cfg(test)] mod x;`) may cross layers to check round trips: only the size rules and
+//! the doc-line rule look at it.
 //!
-//! Every check is a pure function from files (a path and its text) to findings, so the planted tests run the very
-//! code that checks `src/`.
+//! Every check is a pure function from files (a path and its text) to findings, so the planted
+//! tests run the very code that checks `src/`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -18,16 +20,19 @@ const FOUNDATIONS: &str = "<foundations>";
 const ANY: &str = "<any>";
 
 /// The foundations: no stage owns them, every module may use them, they use only each other.
-const FOUNDATION_MODULES: [&str; 9] = [
+const FOUNDATION_MODULES: [&str; 11] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress", "layer",
+    "paths", "ignore",
 ];
 
-/// The parts of `src/frontend/` that are modules of their own: the two front ends, and `convert`, which turns one
-/// into the other. Every other file there is shared by both front ends and belongs to the module `frontend`.
+/// The parts of `src/frontend/` that are modules of their own: the two front ends, and `convert`,
+/// which turns one into the other. Every other file there is shared by both front ends and belongs
+/// to the module `frontend`.
 const FRONTEND_PARTS: [&str; 3] = ["dockerfile", "buildfile", "convert"];
 
-/// Invariant "imports follow the table": every module of `src/` and the modules it may use besides itself. The
-/// module of a file is its top-level module, except under `src/frontend/` (see `FRONTEND_PARTS`).
+/// Invariant "imports follow the table": every module of `src/` and the modules it may use besides
+/// itself. The module of a file is its top-level module, except under `src/frontend/` (see
+/// `FRONTEND_PARTS`).
 const TABLE: &[(&str, &[&str])] = &[
     ("diag", &[FOUNDATIONS]),
     ("digest", &[FOUNDATIONS]),
@@ -38,9 +43,13 @@ const TABLE: &[(&str, &[&str])] = &[
     ("registry", &[FOUNDATIONS]),
     ("progress", &[FOUNDATIONS]),
     ("layer", &[FOUNDATIONS]),
+    // Go's `path` helpers, and `.dockerignore` matching.
+    ("paths", &[FOUNDATIONS]),
+    ("ignore", &[FOUNDATIONS]),
     // The IR, which every front end lowers to.
     ("graph", &[FOUNDATIONS]),
-    // The front ends: source text to IR. They never use each other; what both mean lives in `frontend`.
+    // The front ends: source text to IR. They never use each other; what both mean lives in
+    // `frontend`.
     ("frontend", &[FOUNDATIONS, "graph"]),
     ("frontend::dockerfile", &[FOUNDATIONS, "graph", "frontend"]),
     ("frontend::buildfile", &[FOUNDATIONS, "graph", "frontend"]),
@@ -78,8 +87,8 @@ const TABLE: &[(&str, &[&str])] = &[
     ("main", &[ANY]),
 ];
 
-/// Invariant "the IR knows no front end": the modules from the IR on, which must not know which front end a
-/// program came from.
+/// Invariant "the IR knows no front end": the modules from the IR on, which must not know which
+/// front end a program came from.
 const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "remote", "export"];
 
 /// Invariant "front ends and graph do no IO": the modules it covers.
@@ -121,14 +130,17 @@ const IO_WORDS: [&str; 14] = [
 const PRINTERS: [&str; 2] = ["diag", "progress"];
 /// What counts as printing.
 const PRINT_WORDS: [&str; 5] = ["println!", "eprintln!", "print!", "eprint!", "dbg!"];
-/// The handles of the standard streams, which count as printing too, except where the streams are no terminal.
-/// Asking whether one is a terminal (`stderr().is_terminal()`) writes nothing and is not printing.
+/// The handles of the standard streams, which count as printing too, except where the streams are
+/// no terminal. Asking whether one is a terminal (`stderr().is_terminal()`) writes nothing and is
+/// not printing.
 const STREAM_WORDS: [&str; 4] = ["stdout()", "stderr()", "Stdout", "Stderr"];
-/// The files whose standard streams are pipes to another kiln process, not a terminal: they may use the streams'
-/// handles (not the print macros). The step helper reports its status to the executor on its stderr.
+/// The files whose standard streams are pipes to another kiln process, not a terminal: they may use
+/// the streams' handles (not the print macros). The step helper reports its status to the executor
+/// on its stderr.
 const PIPE_ENDS: [&str; 1] = ["src/exec/helper.rs"];
 
-/// Invariant "unsafe and syscalls only in exec": paths that spawn processes, mount or enter namespaces.
+/// Invariant "unsafe and syscalls only in exec": paths that spawn processes, mount or enter
+/// namespaces.
 const SYSCALL_PATHS: [&[&str]; 5] = [
     &["std", "process", "Command"],
     &["tokio", "process"],
@@ -153,11 +165,11 @@ const SYSCALL_WORDS: [&str; 9] = [
 const MAX_FILE_LINES: usize = 1000;
 /// Invariant "no function over 150 lines": lines per function in product code.
 const MAX_FN_LINES: usize = 150;
-/// The mark, on the line before an item (above its attributes and doc comment), of a data table: its lines count
-/// toward neither limit.
+/// The mark, on the line before an item (above its attributes and doc comment), of a data table:
+/// its lines count toward neither limit.
 const DATA_TABLE_MARK: &str = "// tidy: data table";
-/// The only files that may mark data tables. Keep it short: a long function is split into named steps, a long
-/// file into a folder (its unit tests in a sibling `tests.rs`).
+/// The only files that may mark data tables. Keep it short: a long function is split into named
+/// steps, a long file into a folder (its unit tests in a sibling `tests.rs`).
 const DATA_TABLE_FILES: &[&str] = &[];
 
 /// A rule: the name ARCHITECTURE.md states it by, and its check over all of `src/`.
@@ -205,11 +217,11 @@ const RULES: [Rule; 9] = [
     },
 ];
 
-// ---------------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Reading files
 
-/// A file of `src/`: its path from the crate root (`src/solve/key.rs`), its text, and its product code: the text
-/// with comments, literal contents and test code blanked, line for line.
+/// A file of `src/`: its path from the crate root (`src/solve/key.rs`), its text, and its product
+/// code: the text with comments, literal contents and test code blanked, line for line.
 struct File {
     path: String,
     text: String,
@@ -237,8 +249,8 @@ impl File {
         module_of_path(&self.module_path())
     }
 
-    /// The file's module path inside the crate: `src/solve/key.rs` → `[solve, key]`, `src/solve/mod.rs` →
-    /// `[solve]`, `src/lib.rs` → `[]`.
+    /// The file's module path inside the crate: `src/solve/key.rs` → `[solve, key]`,
+    /// `src/solve/mod.rs` → `[solve]`, `src/lib.rs` → `[]`.
     fn module_path(&self) -> Vec<String> {
         let rel = self.path.strip_prefix("src/").unwrap_or(&self.path);
         let rel = rel.strip_suffix(".rs").unwrap_or(rel);
@@ -269,8 +281,8 @@ fn module_of_path(path: &[String]) -> String {
     }
 }
 
-/// `text` with comments and the contents of string and character literals replaced by spaces, keeping every line
-/// break and every delimiter, so line numbers and brackets stay as they were.
+/// `text` with comments and the contents of string and character literals replaced by spaces,
+/// keeping every line break and every delimiter, so line numbers and brackets stay as they were.
 fn blank(text: &str) -> String {
     let c: Vec<char> = text.chars().collect();
     let ident = |ch: char| ch.is_alphanumeric() || ch == '_';
@@ -306,7 +318,8 @@ fn blank(text: &str) -> String {
                 }
             }
         } else if let Some((quote, hashes)) = raw_string_start(&c, i).filter(|_| !after_ident) {
-            // r"..", r#".."#, br"..", cr"..": no escapes; ends at a quote followed by as many hashes.
+            // r"..", r#".."#, br"..", cr"..": no escapes; ends at a quote followed by as many
+            // hashes.
             out.extend(&c[i..=quote]);
             i = quote + 1;
             while i < c.len() {
@@ -376,8 +389,8 @@ fn raw_string_start(c: &[char], i: usize) -> Option<(usize, usize)> {
     (c.get(j + hashes) == Some(&'"')).then_some((j + hashes, hashes))
 }
 
-/// The last line of the item whose first line (after its attributes) is `start`: where the `;` or the `}` that
-/// ends it is. `lines` must be blanked (see `blank`), so that every bracket is code.
+/// The last line of the item whose first line (after its attributes) is `start`: where the `;` or
+/// the `}` that ends it is. `lines` must be blanked (see `blank`), so that every bracket is code.
 fn item_end(lines: &[&str], start: usize) -> usize {
     let mut depth = 0i32;
     for (n, line) in lines.iter().enumerate().skip(start) {
@@ -413,8 +426,8 @@ fn item_start(lines: &[&str], n: usize) -> usize {
     start
 }
 
-/// Blanked code without its test items (each `#[cfg(test)]` item, blanked line for line), and the names of the
-/// test modules that live in files of their own (`#[cfg(test)] mod tests;`).
+/// Blanked code without its test items (each `#[cfg(test)]` item, blanked line for line), and the
+/// names of the test modules that live in files of their own (`#[cfg(test)] mod tests;`).
 fn without_tests(blanked: &str) -> (String, Vec<String>) {
     let lines: Vec<&str> = blanked.lines().collect();
     let mut test = vec![false; lines.len()];
@@ -478,8 +491,8 @@ fn sources() -> Vec<File> {
     files(&texts)
 }
 
-/// Files from their paths and texts, the files of test modules (`#[cfg(test)] mod tests;` in `src/a/b.rs` declares
-/// `src/a/b/tests.rs` or `src/a/b/tests/`) as test code.
+/// Files from their paths and texts, the files of test modules (`#[cfg(test)] mod tests;` in
+/// `src/a/b.rs` declares `src/a/b/tests.rs` or `src/a/b/tests/`) as test code.
 fn files(texts: &[(String, String)]) -> Vec<File> {
     let mut test_dirs = Vec::new();
     for (path, text) in texts {
@@ -518,15 +531,15 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Paths and words in code
 
 fn is_ident(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
 
-/// Every path written in blanked code, each `use` group expanded: `use std::{fs, io::{self, Read}};` gives
-/// `std::fs`, `std::io::self` and `std::io::Read`. With the line (from 1) it is on.
+/// Every path written in blanked code, each `use` group expanded: `use std::{fs, io::{self,
+/// Read}};` gives `std::fs`, `std::io::self` and `std::io::Read`. With the line (from 1) it is on.
 fn paths(code: &str) -> Vec<(usize, Vec<String>)> {
     let s = code.as_bytes();
     let mut out = Vec::new();
@@ -636,8 +649,9 @@ impl PathParser<'_> {
     }
 }
 
-/// The lines (from 1) on which `word` occurs in blanked code as a word of its own: not preceded by an identifier
-/// character (so `print!` is not found in `eprint!`), nor followed by one when it ends in one.
+/// The lines (from 1) on which `word` occurs in blanked code as a word of its own: not preceded by
+/// an identifier character (so `print!` is not found in `eprint!`), nor followed by one when it
+/// ends in one.
 fn lines_with(code: &str, word: &str) -> Vec<usize> {
     let mut lines = Vec::new();
     for (n, line) in code.lines().enumerate() {
@@ -667,8 +681,8 @@ struct Use {
     by_name: bool,
 }
 
-/// The modules a file's product code uses, through `crate::`, `kiln::`, `super::`, `self::` or a path relative to
-/// the file's module (`dockerfile::lower` in `src/frontend/mod.rs`).
+/// The modules a file's product code uses, through `crate::`, `kiln::`, `super::`, `self::` or a
+/// path relative to the file's module (`dockerfile::lower` in `src/frontend/mod.rs`).
 fn uses(file: &File) -> Vec<Use> {
     let own_path = file.module_path();
     let own = file.module();
@@ -693,7 +707,8 @@ fn uses(file: &File) -> Vec<Use> {
             continue;
         }
         if row(&module).is_none() && !relative {
-            // An item of the crate root (`crate::compile`), or a module without a row (reported on its own files).
+            // An item of the crate root (`crate::compile`), or a module without a row (reported on
+            // its own files).
             module = format!("lib ({})", absolute[0]);
         }
         out.push(Use {
@@ -719,7 +734,8 @@ fn may_use(allowed: &[&str], module: &str) -> bool {
         || (allowed.contains(&FOUNDATIONS) && FOUNDATION_MODULES.contains(&module))
 }
 
-/// Findings, one per line of `file` on which one of `words` or a path starting with one of `paths` occurs.
+/// Findings, one per line of `file` on which one of `words` or a path starting with one of `paths`
+/// occurs.
 fn occurrences(file: &File, words: &[&str], paths_: &[&[&str]], what: &str) -> Vec<String> {
     let mut found: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
     for word in words {
@@ -752,7 +768,7 @@ fn occurrences(file: &File, words: &[&str], paths_: &[&[&str]], what: &str) -> V
         .collect()
 }
 
-// ---------------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // The rules
 
 fn imports_follow_the_table(files: &[File]) -> Vec<String> {
@@ -915,7 +931,8 @@ fn unsafe_and_syscalls_only_in_exec(files: &[File]) -> Vec<String> {
         .collect()
 }
 
-/// The line ranges (from 0, inclusive) of the data tables `file` marks, or a finding if it may not mark any.
+/// The line ranges (from 0, inclusive) of the data tables `file` marks, or a finding if it may not
+/// mark any.
 fn data_tables(file: &File, allowed_files: &[&str]) -> Result<Vec<(usize, usize)>, String> {
     let raw: Vec<&str> = file.text.lines().collect();
     let blanked = blank(&file.text);
@@ -1043,7 +1060,7 @@ fn every_module_starts_with_a_doc_line(files: &[File]) -> Vec<String> {
         .collect()
 }
 
-// ---------------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Checking `src/`
 
 fn enforce(name: &str) {
@@ -1147,7 +1164,7 @@ fn the_table_has_a_row_for_every_foundation_and_names_only_modules_it_has() {
     }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
+// -------------------------------------------------------------------------------------------------
 // Each rule fails on planted violations and passes planted allowed code
 
 /// The findings of `check` on one planted file.
