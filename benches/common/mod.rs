@@ -2,14 +2,14 @@
 
 /// A xorshift byte stream from a fixed seed: data that neither gzip nor zstd can shrink, so layer and
 /// hashing figures measure real work, and equal from run to run.
-pub struct Noise(u64);
+pub(crate) struct Noise(u64);
 
 impl Noise {
-    pub fn new() -> Noise {
+    pub(crate) fn new() -> Noise {
         Noise(0x9e37_79b9_7f4a_7c15)
     }
 
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+    pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n)
             .map(|_| {
                 self.0 ^= self.0 << 13;

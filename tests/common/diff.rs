@@ -2,7 +2,7 @@
 //! expected file and kiln's output disagree on, lines marked `-`/`+`.
 
 /// A line diff good enough to spot the change: lines only in one side, marked `-`/`+`.
-pub fn diff(expected: &str, actual: &str) -> String {
+pub(crate) fn diff(expected: &str, actual: &str) -> String {
     let e: Vec<&str> = expected.lines().collect();
     let a: Vec<&str> = actual.lines().collect();
     // Longest common subsequence, then walk it.

@@ -49,13 +49,13 @@ RUN --network=none cat /proc/net/dev && ip link \
 }
 
 /// A TCP server on the host's loopback that answers every connection with one line, counting them.
-pub struct Server {
+pub(crate) struct Server {
     pub port: u16,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Server {
-    pub fn start(line: &'static str) -> Server {
+    pub(crate) fn start(line: &'static str) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("an address").port();
         let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -71,7 +71,7 @@ impl Server {
         Server { port, accepted }
     }
 
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
@@ -79,7 +79,7 @@ impl Server {
 /// A server on an address of the machine other than its loopback: the host end of a veth pair into a
 /// network namespace held by a process the test starts (killing it on drop removes both), with one
 /// address from the benchmarking range. A step reaches it only as slirp4netns's outbound connections do.
-pub struct OtherAddress {
+pub(crate) struct OtherAddress {
     holder: std::process::Child,
     pub addr: std::net::Ipv4Addr,
     pub port: u16,
@@ -88,7 +88,7 @@ pub struct OtherAddress {
 }
 
 impl OtherAddress {
-    pub fn start(line: &'static str) -> OtherAddress {
+    pub(crate) fn start(line: &'static str) -> OtherAddress {
         static NEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // Unique per test process and per server: test binaries may run side by side.
@@ -141,7 +141,7 @@ impl OtherAddress {
         server
     }
 
-    pub fn peers(&self) -> Vec<std::net::IpAddr> {
+    pub(crate) fn peers(&self) -> Vec<std::net::IpAddr> {
         self.peers.lock().unwrap().clone()
     }
 }
@@ -157,7 +157,7 @@ impl Drop for OtherAddress {
 /// Live slirp4netns processes whose step is gone: the last-but-one argument is the pid of the helper whose
 /// namespace it serves. Waits up to 2 s for them to end, then kills (so they do not outlive the test run)
 /// and returns any left.
-pub fn stray_network_stacks() -> Vec<i32> {
+pub(crate) fn stray_network_stacks() -> Vec<i32> {
     let stray = || -> Vec<i32> {
         std::fs::read_dir("/proc")
             .into_iter()

@@ -18,7 +18,7 @@ use crate::support::{Kiln, Output, StepState, context, leaks_under, repo, tempdi
 /// The Debian image with git and openssh-client, made by `tests/fixtures/make-git-image.sh` on first use
 /// and kept under the target dir, named by the script's hash: debootstrap costs tens of seconds and needs
 /// the Debian mirror, so later runs (and every test of this run) share the one made before.
-pub fn git_image() -> &'static Path {
+pub(crate) fn git_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let script = repo().join("tests/fixtures/make-git-image.sh");

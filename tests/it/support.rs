@@ -11,17 +11,17 @@ use std::sync::{Arc, OnceLock};
 use tempfile::TempDir;
 
 /// The repository root, for the example and the fixtures.
-pub fn repo() -> &'static Path {
+pub(crate) fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The password inside `examples/secrets/secrets.json`: the bytes no build output may contain.
-pub const EXAMPLE_PASSWORD: &str = "s3cr3t-Pa55w0rd-k1ln-demo";
+pub(crate) const EXAMPLE_PASSWORD: &str = "s3cr3t-Pa55w0rd-k1ln-demo";
 
 /// One invocation of `kiln`, re-runnable: `run` builds a fresh `Command` each time, so a test can run the
 /// same build twice against the same store (the cache tests do).
 #[derive(Clone)]
-pub struct Kiln {
+pub(crate) struct Kiln {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
@@ -35,7 +35,7 @@ pub struct Kiln {
 
 impl Kiln {
     /// `kiln build --store <fresh temp dir> --progress plain`: a build isolated from every other test.
-    pub fn new() -> Kiln {
+    pub(crate) fn new() -> Kiln {
         let store = Arc::new(tempdir("store-"));
         let mut k = Kiln::build_in(store.path());
         k.store = Some(store);
@@ -43,7 +43,7 @@ impl Kiln {
     }
 
     /// `kiln build --store STORE --progress plain`, for tests that share a store between builds.
-    pub fn build_in(store: &Path) -> Kiln {
+    pub(crate) fn build_in(store: &Path) -> Kiln {
         Kiln::bare()
             .args(["build", "--store"])
             .arg(store)
@@ -51,12 +51,12 @@ impl Kiln {
     }
 
     /// `kiln graph`: compiles only, so it gets no store.
-    pub fn graph() -> Kiln {
+    pub(crate) fn graph() -> Kiln {
         Kiln::bare().arg("graph")
     }
 
     /// `kiln` with no arguments yet.
-    pub fn bare() -> Kiln {
+    pub(crate) fn bare() -> Kiln {
         Kiln {
             args: Vec::new(),
             envs: Vec::new(),
@@ -68,52 +68,52 @@ impl Kiln {
     }
 
     /// The private store made by `Kiln::new`.
-    pub fn store(&self) -> &Path {
+    pub(crate) fn store(&self) -> &Path {
         self.store
             .as_ref()
             .expect("only Kiln::new makes its own store")
             .path()
     }
 
-    pub fn arg(mut self, a: impl Into<OsString>) -> Kiln {
+    pub(crate) fn arg(mut self, a: impl Into<OsString>) -> Kiln {
         self.args.push(a.into());
         self
     }
 
-    pub fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Kiln {
+    pub(crate) fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(mut self, args: I) -> Kiln {
         self.args.extend(args.into_iter().map(Into::into));
         self
     }
 
-    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Kiln {
+    pub(crate) fn current_dir(mut self, dir: impl Into<PathBuf>) -> Kiln {
         self.cwd = Some(dir.into());
         self
     }
 
-    pub fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Kiln {
+    pub(crate) fn env(mut self, k: impl Into<OsString>, v: impl Into<OsString>) -> Kiln {
         self.envs.push((k.into(), v.into()));
         self
     }
 
     /// Runs kiln under `command` (e.g. `["unshare", "-n"]`), which gets kiln's path and arguments.
-    pub fn wrapped(mut self, command: &[&str]) -> Kiln {
+    pub(crate) fn wrapped(mut self, command: &[&str]) -> Kiln {
         self.wrapper = command.iter().map(OsString::from).collect();
         self
     }
 
     /// Runs this kiln binary instead of cargo's.
-    pub fn program(mut self, path: impl Into<PathBuf>) -> Kiln {
+    pub(crate) fn program(mut self, path: impl Into<PathBuf>) -> Kiln {
         self.program = Some(path.into());
         self
     }
 
     /// `--build-context base=oci-layout://<the fixture base image>`: what every Dockerfile here builds FROM.
-    pub fn with_base(self) -> Kiln {
+    pub(crate) fn with_base(self) -> Kiln {
         self.arg("--build-context")
             .arg(format!("base=oci-layout://{}", base_image().display()))
     }
 
-    pub fn run(&self) -> Output {
+    pub(crate) fn run(&self) -> Output {
         let kiln = self
             .program
             .clone()
@@ -152,7 +152,7 @@ fn shown(args: &[OsString]) -> String {
 
 /// How a step ended, from its `#N` lines in the plain progress output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepState {
+pub(crate) enum StepState {
     Cached,
     Done,
     Error,
@@ -161,12 +161,12 @@ pub enum StepState {
 }
 
 #[derive(Clone, Debug)]
-pub struct Step {
+pub(crate) struct Step {
     pub name: String,
     pub state: StepState,
 }
 
-pub struct Output {
+pub(crate) struct Output {
     pub command: String,
     pub code: Option<i32>,
     pub stdout: String,
@@ -176,12 +176,12 @@ pub struct Output {
 impl Output {
     /// Panics, showing everything kiln said, unless kiln exited 0.
     #[track_caller]
-    pub fn success(&self) -> &Output {
+    pub(crate) fn success(&self) -> &Output {
         self.expect_code(0)
     }
 
     #[track_caller]
-    pub fn expect_code(&self, code: i32) -> &Output {
+    pub(crate) fn expect_code(&self, code: i32) -> &Output {
         assert_eq!(
             self.code,
             Some(code),
@@ -195,7 +195,7 @@ impl Output {
     }
 
     /// The steps in the order they were first reported, with how each ended.
-    pub fn steps(&self) -> Vec<Step> {
+    pub(crate) fn steps(&self) -> Vec<Step> {
         let mut order: Vec<usize> = Vec::new();
         let mut steps: BTreeMap<usize, Step> = BTreeMap::new();
         for line in self.stderr.lines() {
@@ -236,7 +236,7 @@ impl Output {
 
     /// The step whose name contains `needle`; panics when there is not exactly one.
     #[track_caller]
-    pub fn step(&self, needle: &str) -> Step {
+    pub(crate) fn step(&self, needle: &str) -> Step {
         let found: Vec<Step> = self
             .steps()
             .into_iter()
@@ -253,7 +253,7 @@ impl Output {
 
     /// `(run, cached)` from the final `N steps run, M cached, in Xs` line.
     #[track_caller]
-    pub fn summary(&self) -> (usize, usize) {
+    pub(crate) fn summary(&self) -> (usize, usize) {
         let line = self
             .stderr
             .lines()
@@ -271,7 +271,7 @@ impl Output {
 }
 
 /// A fresh temporary directory under the target dir (not /tmp, which may be a small tmpfs).
-pub fn tempdir(prefix: &str) -> TempDir {
+pub(crate) fn tempdir(prefix: &str) -> TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
@@ -279,7 +279,7 @@ pub fn tempdir(prefix: &str) -> TempDir {
 }
 
 /// A build context holding `files` (`path`, `contents`); parent directories are made as needed.
-pub fn context(files: &[(&str, &str)]) -> TempDir {
+pub(crate) fn context(files: &[(&str, &str)]) -> TempDir {
     let dir = tempdir("ctx-");
     for (path, contents) in files {
         write(&dir.path().join(path), contents);
@@ -287,7 +287,7 @@ pub fn context(files: &[(&str, &str)]) -> TempDir {
     dir
 }
 
-pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
+pub(crate) fn write(path: &Path, contents: impl AsRef<[u8]>) {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).expect("cannot make a directory");
     }
@@ -296,7 +296,7 @@ pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
 }
 
 /// A copy of `src` (a flat directory, like the example) in a fresh temp dir, for tests that edit it.
-pub fn copy_dir(src: &Path) -> TempDir {
+pub(crate) fn copy_dir(src: &Path) -> TempDir {
     let dir = tempdir("ctx-");
     for entry in walkdir::WalkDir::new(src).min_depth(1) {
         let entry = entry.expect("readable source tree");
@@ -314,7 +314,7 @@ pub fn copy_dir(src: &Path) -> TempDir {
 
 /// The offline busybox base image (an OCI layout tagged `latest`), made once per test process by the fixture
 /// script, so kiln's image import is checked against a producer that is not kiln.
-pub fn base_image() -> &'static Path {
+pub(crate) fn base_image() -> &'static Path {
     static BASE: OnceLock<PathBuf> = OnceLock::new();
     BASE.get_or_init(|| {
         assert!(
@@ -358,7 +358,7 @@ fn remove_stale_base_images(root: &Path) {
 }
 
 /// The example's command line, run from the repository root exactly as the README shows it.
-pub fn build_example(kiln: Kiln, dest: &Path) -> Output {
+pub(crate) fn build_example(kiln: Kiln, dest: &Path) -> Output {
     kiln.current_dir(repo())
         .with_base()
         .args([
@@ -372,13 +372,13 @@ pub fn build_example(kiln: Kiln, dest: &Path) -> Output {
 }
 
 /// An unpacked image: `rootfs` lives as long as this value.
-pub struct Unpacked {
+pub(crate) struct Unpacked {
     _dir: TempDir,
     pub rootfs: PathBuf,
 }
 
 /// Unpacks `layout:latest` with umoci, an independent OCI implementation.
-pub fn unpack(layout: &Path) -> Unpacked {
+pub(crate) fn unpack(layout: &Path) -> Unpacked {
     let dir = tempdir("unpack-");
     let bundle = dir.path().join("bundle");
     let out = Command::new("umoci")
@@ -400,7 +400,7 @@ pub fn unpack(layout: &Path) -> Unpacked {
 
 /// Runs a judge tool; panics with its stderr unless it succeeds; returns its stdout.
 #[track_caller]
-pub fn tool(program: &str, args: &[&str]) -> String {
+pub(crate) fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -415,34 +415,34 @@ pub fn tool(program: &str, args: &[&str]) -> String {
 }
 
 /// An OCI image layout on disk, read by hand.
-pub struct Layout {
+pub(crate) struct Layout {
     pub dir: PathBuf,
 }
 
 impl Layout {
-    pub fn new(dir: &Path) -> Layout {
+    pub(crate) fn new(dir: &Path) -> Layout {
         Layout {
             dir: dir.to_path_buf(),
         }
     }
 
-    pub fn blob(&self, digest: &str) -> Vec<u8> {
+    pub(crate) fn blob(&self, digest: &str) -> Vec<u8> {
         let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
         let path = self.dir.join("blobs/sha256").join(hex);
         std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
     }
 
-    pub fn json(&self, digest: &str) -> serde_json::Value {
+    pub(crate) fn json(&self, digest: &str) -> serde_json::Value {
         serde_json::from_slice(&self.blob(digest)).expect("a JSON blob")
     }
 
-    pub fn index(&self) -> serde_json::Value {
+    pub(crate) fn index(&self) -> serde_json::Value {
         let text = std::fs::read(self.dir.join("index.json")).expect("index.json");
         serde_json::from_slice(&text).expect("index.json is JSON")
     }
 
     /// The manifest of the first image in the index.
-    pub fn manifest(&self) -> serde_json::Value {
+    pub(crate) fn manifest(&self) -> serde_json::Value {
         let digest = self.index()["manifests"][0]["digest"]
             .as_str()
             .expect("a manifest digest")
@@ -450,7 +450,7 @@ impl Layout {
         self.json(&digest)
     }
 
-    pub fn config(&self) -> serde_json::Value {
+    pub(crate) fn config(&self) -> serde_json::Value {
         let digest = self.manifest()["config"]["digest"]
             .as_str()
             .expect("a config digest")
@@ -459,7 +459,7 @@ impl Layout {
     }
 
     /// Every layer of the image, decompressed: uncompressed tar bytes, base layer first.
-    pub fn layer_tars(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn layer_tars(&self) -> Vec<Vec<u8>> {
         self.manifest()["layers"]
             .as_array()
             .expect("a layer list")
@@ -473,7 +473,7 @@ impl Layout {
 }
 
 /// Every regular file under `dir` with its bytes, gzip streams decompressed (symlinks are not followed).
-pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+pub(crate) fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .map(|e| e.expect("a readable tree"))
@@ -486,7 +486,7 @@ pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Gunzips `bytes` if they are a gzip stream; returns them as they are otherwise.
-pub fn maybe_gunzip(bytes: Vec<u8>) -> Vec<u8> {
+pub(crate) fn maybe_gunzip(bytes: Vec<u8>) -> Vec<u8> {
     if !bytes.starts_with(&[0x1f, 0x8b]) {
         return bytes;
     }
@@ -502,7 +502,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
 /// Decompresses `bytes` if they are a zstd stream (layers exported with `--compression zstd`); returns
 /// them as they are otherwise.
-pub fn maybe_unzstd(bytes: Vec<u8>) -> Vec<u8> {
+pub(crate) fn maybe_unzstd(bytes: Vec<u8>) -> Vec<u8> {
     if !bytes.starts_with(&ZSTD_MAGIC) {
         return bytes;
     }
@@ -510,7 +510,7 @@ pub fn maybe_unzstd(bytes: Vec<u8>) -> Vec<u8> {
 }
 
 /// The entry paths of a tar, without a leading `./` or `/`.
-pub fn tar_paths(tar: &[u8]) -> Vec<String> {
+pub(crate) fn tar_paths(tar: &[u8]) -> Vec<String> {
     let mut archive = tar::Archive::new(tar);
     archive
         .entries()
@@ -526,7 +526,7 @@ pub fn tar_paths(tar: &[u8]) -> Vec<String> {
 }
 
 /// Whether `needle` occurs in `haystack`.
-pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     if needle.is_empty() {
         return false;
     }
@@ -546,7 +546,7 @@ fn ascii_view(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
 /// The ways a secret's bytes can sit in a file: raw, hex (either case) and base64 at each of the three
 /// alignments a substring can have inside a larger encoded stream (only the whole 3-byte groups, whose
 /// encoding does not depend on the neighbours).
-pub fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn encodings(secret: &[u8]) -> Vec<(String, Vec<u8>)> {
     let mut out = vec![
         ("raw".to_string(), secret.to_vec()),
         ("hex".to_string(), hex::encode(secret).into_bytes()),
@@ -583,7 +583,7 @@ fn base64(bytes: &[u8]) -> String {
 }
 
 /// Names every file among `files` holding `secret` in any encoding, as `path (encoding)`.
-pub fn leaks(files: &[(PathBuf, Vec<u8>)], secret: &[u8]) -> Vec<String> {
+pub(crate) fn leaks(files: &[(PathBuf, Vec<u8>)], secret: &[u8]) -> Vec<String> {
     let encoded = encodings(secret);
     let mut found = Vec::new();
     for (path, bytes) in files {
@@ -606,7 +606,7 @@ pub fn leaks(files: &[(PathBuf, Vec<u8>)], secret: &[u8]) -> Vec<String> {
 /// plain files in one native-speed pass; the code here reads each file once, for the binary needles and
 /// for whatever is inside gzip streams. (Scanning a store that holds a whole Debian userland needle by
 /// needle in this unoptimized test code took over 20 s.)
-pub fn leaks_under(dir: &Path, secrets: &[&[u8]]) -> Vec<String> {
+pub(crate) fn leaks_under(dir: &Path, secrets: &[&[u8]]) -> Vec<String> {
     let (text, binary): (Vec<_>, Vec<_>) = secrets
         .iter()
         .flat_map(|s| encodings(s))
@@ -671,7 +671,7 @@ pub fn leaks_under(dir: &Path, secrets: &[&[u8]]) -> Vec<String> {
 /// process exits) in a directory kept for the process, passing `extra` arguments. Returns the directory
 /// and the address printed for each of `keys`; `None`, with a note that `what` is skipped, when Debian's
 /// docker-registry is missing.
-pub fn start_registries(
+pub(crate) fn start_registries(
     what: &str,
     extra: &[&str],
     keys: &[&str],

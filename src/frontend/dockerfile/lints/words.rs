@@ -7,14 +7,14 @@ use crate::frontend::shell;
 
 /// The result of expanding a word: its value (None when the word does not expand) and the variables
 /// looked up, found and not found, in order of first use.
-pub struct Expanded {
+pub(crate) struct Expanded {
     pub value: Option<String>,
     pub matched: Vec<String>,
     pub unmatched: Vec<String>,
 }
 
 /// Expands `word` against `env` (last definition wins), recording every lookup.
-pub fn expand(word: &str, escape: char, env: &[(String, String)]) -> Expanded {
+pub(crate) fn expand(word: &str, escape: char, env: &[(String, String)]) -> Expanded {
     let matched = RefCell::new(Vec::<String>::new());
     let unmatched = RefCell::new(Vec::<String>::new());
     let lookup = |name: &str| -> Option<String> {
@@ -44,7 +44,10 @@ pub fn expand(word: &str, escape: char, env: &[(String, String)]) -> Expanded {
 
 /// BuildKit's `suggest.Search`: the first option at edit distance below 3 (closest wins); none when
 /// an option equals the value.
-pub fn suggest<'a>(value: &str, options: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(
+    value: &str,
+    options: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let mut best = None;
     let mut min = 3;
     for opt in options {
@@ -95,7 +98,7 @@ const ALLOWED_PARTS: [&str; 3] = ["public", "file", "version"];
 /// BuildKit's `SecretsUsedInArgOrEnv` name test: some `_`-separated part of the name (case-insensitive)
 /// is a secret word, and none is `public`, `file` or `version`. (BuildKit's pattern
 /// `(?:_|^)(?:word)(?:_|$)` matches any part, the first and the last as well as inner ones.)
-pub fn secret_name(name: &str) -> bool {
+pub(crate) fn secret_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     let parts: Vec<&str> = lower.split('_').collect();
     parts.iter().any(|p| SECRET_PARTS.contains(p))
@@ -103,7 +106,7 @@ pub fn secret_name(name: &str) -> bool {
 }
 
 /// Whether `s` is an image reference docker's `ParseNormalizedNamed` accepts.
-pub fn valid_reference(s: &str) -> bool {
+pub(crate) fn valid_reference(s: &str) -> bool {
     if s.is_empty()
         || (s.len() == 64
             && s.bytes()
@@ -231,7 +234,7 @@ const KNOWN_ARCH: [&str; 22] = [
 ];
 
 /// The host's architecture as Go names it.
-pub fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -254,7 +257,7 @@ fn normalize_arch(arch: &str) -> String {
 }
 
 /// containerd's `platforms.Parse`, reduced to what the checks need: (os, architecture).
-pub fn parse_platform(s: &str) -> Option<(String, String)> {
+pub(crate) fn parse_platform(s: &str) -> Option<(String, String)> {
     if s.contains('*') {
         return None;
     }
@@ -285,7 +288,7 @@ pub fn parse_platform(s: &str) -> Option<(String, String)> {
     }
 }
 
-pub use crate::paths::clean as clean_path;
+pub(crate) use crate::paths::clean as clean_path;
 
 #[cfg(test)]
 mod tests {

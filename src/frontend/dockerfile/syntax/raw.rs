@@ -195,7 +195,7 @@ impl Joined {
     }
 
     /// File offset of the byte at `j` in the joined text.
-    pub fn map(&self, j: usize) -> usize {
+    pub(crate) fn map(&self, j: usize) -> usize {
         let i = self.segs.partition_point(|&(js, _)| js <= j);
         match i.checked_sub(1).and_then(|i| self.segs.get(i)) {
             Some(&(js, fo)) => fo + (j - js),
@@ -204,7 +204,7 @@ impl Joined {
     }
 
     /// The file span of the joined range `a..b`, first byte to last byte.
-    pub fn span(&self, a: usize, b: usize) -> Span {
+    pub(crate) fn span(&self, a: usize, b: usize) -> Span {
         if b > a {
             Span::new(self.map(a), self.map(b - 1) + 1)
         } else if a > 0 {
