@@ -28,3 +28,16 @@ pub mod remote;
 pub mod secret;
 pub mod solve;
 pub mod store;
+
+pub use cli::BuildRequest;
+
+/// Runs a validated build ([`BuildRequest`], which `kiln build` makes from its command line): checks
+/// that every secret, agent and entitlement the graph needs is given, solves the graph (here, or on the
+/// REAPI server the request names), runs the leak guard over every image, then writes the outputs,
+/// pushes, and exports the cache. Returns what each step produced.
+///
+/// An unprivileged caller must have entered its user namespace (`exec::userns::enter`) before any
+/// thread started; the request's construction from the command line does.
+pub fn build(request: BuildRequest) -> diag::Result<solve::Summary> {
+    cli::execute(request)
+}
