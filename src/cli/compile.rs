@@ -199,32 +199,15 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
-    let root = crate::frontend::buildfile::lower::Session::find_root(
-        path.parent().unwrap_or(Path::new(".")),
-    );
-    let mut session = crate::frontend::buildfile::lower::Session::new(root);
-    let target_at = args
-        .target
-        .as_ref()
-        .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t)));
-    let (program, packages) = crate::frontend::buildfile::lower::lower_file(
-        &mut session,
-        &path,
-        targets.as_deref(),
-        &opts,
-        target_at,
-    )?;
-    let mut contexts = opts.lower.contexts;
-    for (name, dir) in packages {
-        contexts.insert(name, NamedContext::Dir(dir));
-    }
-    Ok(Compiled {
-        graph: BuildGraph::new(&program),
-        contexts,
-        secret_findings: crate::frontend::dockerfile::lints::Report {
-            findings: session.findings,
+    let compiled = crate::compile(
+        crate::Source::Buildfile {
+            path: &path,
+            targets: targets.as_deref(),
+            params: &opts.params,
         },
-    })
+        &opts.lower,
+    )?;
+    Ok(with_packages(compiled, opts.lower.contexts))
 }
 
 /// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
@@ -233,21 +216,33 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
     let opts = build_options(args, cl, lenient, &root)?;
-    let mut session = crate::frontend::buildfile::lower::Session::new(Some(root.clone()));
-    let selected = crate::monorepo::expand_labels(&mut session, &cwd, &args.inputs)?;
-    let lowered = crate::monorepo::lower_selected(&mut session, &selected, &opts)?;
-    let program = lowered.program;
-    let mut contexts = opts.lower.contexts;
-    for (name, dir) in lowered.contexts {
+    let compiled = crate::compile(
+        crate::Source::Labels {
+            root: &root,
+            cwd: &cwd,
+            labels: &args.inputs,
+            params: &opts.params,
+        },
+        &opts.lower,
+    )?;
+    Ok(with_packages(compiled, opts.lower.contexts))
+}
+
+/// A `.build` program's graph, with its package directories added to the command line's contexts.
+fn with_packages(
+    compiled: crate::Compiled,
+    mut contexts: BTreeMap<String, NamedContext>,
+) -> Compiled {
+    for (name, dir) in compiled.packages {
         contexts.insert(name, NamedContext::Dir(dir));
     }
-    Ok(Compiled {
-        graph: BuildGraph::new(&program),
+    Compiled {
+        graph: crate::plan(&compiled.program),
         contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report {
-            findings: session.findings,
+            findings: compiled.findings,
         },
-    })
+    }
 }
 
 pub(super) fn monorepo_root() -> Result<PathBuf> {
