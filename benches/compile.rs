@@ -39,10 +39,9 @@ fn compile(name: &str, text: &str) -> usize {
         lenient: true,
         ..Default::default()
     };
-    let df = kiln::frontend::dockerfile::syntax::parse(kiln::diag::SourceFile::new(name, text))
-        .expect("parses");
-    let program = kiln::frontend::dockerfile::lower::lower(&df, &opts).expect("lowers");
-    kiln::graph::BuildGraph::new(&program).dag.node_count()
+    let source = kiln::Source::Dockerfile(kiln::diag::SourceFile::new(name, text));
+    let compiled = kiln::compile(source, &opts).expect("compiles");
+    kiln::plan(&compiled.program).dag.node_count()
 }
 
 /// A bencher that reports Dockerfiles/s and bytes/s for one pass over `files`.
@@ -102,21 +101,21 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
         .expect("python3 runs")
         .success();
     assert!(ok, "gen-monorepo.py failed");
-    let opts = kiln::frontend::buildfile::lower::EvalOptions {
-        lower: kiln::frontend::LowerOptions {
-            lenient: true,
-            ..Default::default()
-        },
-        params: Default::default(),
+    let opts = kiln::frontend::LowerOptions {
+        lenient: true,
+        ..Default::default()
     };
+    let params = Default::default();
     let all = vec!["//...".to_string()];
     bencher.counter(ItemsCount::new(2000usize)).bench(|| {
-        let mut session = kiln::load::Session::new(Some(root.clone()));
-        let selected =
-            kiln::monorepo::expand_labels(&mut session, &root, &all).expect("labels resolve");
-        let lowered =
-            kiln::monorepo::lower_selected(&mut session, &selected, &opts).expect("compiles");
-        let graph = kiln::graph::BuildGraph::new(&lowered.program);
+        let source = kiln::Source::Labels {
+            root: &root,
+            cwd: &root,
+            labels: &all,
+            params: &params,
+        };
+        let compiled = kiln::compile(source, &opts).expect("compiles");
+        let graph = kiln::plan(&compiled.program);
         graph.render_text().len()
     });
 }

@@ -1,11 +1,16 @@
 //! kiln: a build-graph compiler and container-image builder in which secrets cannot leak.
 //!
 //! The pipeline, one module per stage, each depending only on earlier ones:
-//! `syntax` → `check` → `lower` → `graph` → `solve` → `exec` → `export`.
+//! `graph` (the IR) → `frontend` (Dockerfile and `.build`: syntax → check → lower) → `solve` → `exec` |
+//! `remote` → `export`.
 //! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
-//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts), `registry` (pull and push)
-//! and `progress`.
-//! `cli` is the driver that wires the stages together.
+//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts), `registry` (pull and push),
+//! `layer` (the tar codec) and `progress`.
+//! `cli` is the driver that wires the stages together; `monorepo` answers label queries.
+//!
+//! The façade, for code that drives kiln (benches, fuzz targets, tests, the driver itself): [`compile`]
+//! turns source into a [`graph::Program`], [`plan`] turns a program into the graph `kiln graph` shows,
+//! and [`build`] runs a [`BuildRequest`].
 
 /// mimalloc for every kiln binary (and the benches): the compile path is allocation-heavy.
 #[global_allocator]
@@ -31,3 +36,113 @@ pub mod remote;
 pub mod secret;
 pub mod solve;
 pub mod store;
+
+pub use cli::BuildRequest;
+
+/// Runs a validated build ([`BuildRequest`], which `kiln build` makes from its command line): checks
+/// that every secret, agent and entitlement the graph needs is given, solves the graph (here, or on the
+/// REAPI server the request names), runs the leak guard over every image, then writes the outputs,
+/// pushes, and exports the cache. Returns what each step produced.
+///
+/// An unprivileged caller must have entered its user namespace (`exec::userns::enter`) before any
+/// thread started; the request's construction from the command line does.
+pub fn build(request: BuildRequest) -> diag::Result<solve::Summary> {
+    cli::execute(request)
+}
+
+/// What [`compile`] reads.
+pub enum Source<'a> {
+    /// A Dockerfile's text, named for diagnostics.
+    Dockerfile(std::sync::Arc<diag::SourceFile>),
+    /// A `.build` file (with its imports) and the targets to select: `None` for the last one, an empty
+    /// list for all of them. The monorepo root, if any, is found above the file.
+    Buildfile {
+        path: &'a std::path::Path,
+        targets: Option<&'a [String]>,
+        /// `--param NAME=VALUE`.
+        params: &'a std::collections::BTreeMap<String, String>,
+    },
+    /// Monorepo labels (`//pkg:target`, `//pkg/...`, `//...`, `:target`), `:target` relative to `cwd`,
+    /// in the monorepo whose `kiln.toml` is in `root`.
+    Labels {
+        root: &'a std::path::Path,
+        cwd: &'a std::path::Path,
+        labels: &'a [String],
+        /// `--param NAME=VALUE`.
+        params: &'a std::collections::BTreeMap<String, String>,
+    },
+}
+
+/// A compiled program and what came with it.
+pub struct Compiled {
+    pub program: graph::Program,
+    /// The package directories the program's contexts name, by context name (`.build` sources only).
+    pub packages: frontend::buildfile::lower::PackageContexts,
+    /// What the secret checks found while evaluating a `.build` program (a Dockerfile's are the lints'
+    /// business: `frontend::dockerfile::lints`).
+    pub findings: Vec<frontend::dockerfile::lints::Finding>,
+}
+
+/// Compiles source into a program: parse, check and lower, with the options the command line gives
+/// (build args, named contexts, the target, compile-only leniency). Reads the files a `.build` source
+/// imports; never touches the network or the store.
+pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Result<Compiled> {
+    use frontend::buildfile::lower::EvalOptions;
+    use load::{Session, lower_file};
+    let build_options = |params: &std::collections::BTreeMap<String, String>| EvalOptions {
+        lower: opts.clone(),
+        params: params.clone(),
+    };
+    match source {
+        Source::Dockerfile(file) => {
+            let df = frontend::dockerfile::syntax::parse(file)?;
+            Ok(Compiled {
+                program: frontend::dockerfile::lower::lower(&df, opts)?,
+                packages: Default::default(),
+                findings: Vec::new(),
+            })
+        }
+        Source::Buildfile {
+            path,
+            targets,
+            params,
+        } => {
+            let root = Session::find_root(path.parent().unwrap_or(std::path::Path::new(".")));
+            let mut session = Session::new(root);
+            let (program, packages) = lower_file(
+                &mut session,
+                path,
+                targets,
+                &build_options(params),
+                opts.target_at.clone(),
+            )?;
+            Ok(Compiled {
+                program,
+                packages,
+                findings: session.findings,
+            })
+        }
+        Source::Labels {
+            root,
+            cwd,
+            labels,
+            params,
+        } => {
+            let mut session = Session::new(Some(root.to_path_buf()));
+            let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
+            let lowered =
+                monorepo::lower_selected(&mut session, &selected, &build_options(params))?;
+            Ok(Compiled {
+                program: lowered.program,
+                packages: lowered.contexts,
+                findings: session.findings,
+            })
+        }
+    }
+}
+
+/// The build graph of a program, as `kiln graph` shows it: nodes deduplicated by definition digest,
+/// one root per target.
+pub fn plan(program: &graph::Program) -> graph::BuildGraph {
+    graph::BuildGraph::new(program)
+}

@@ -413,24 +413,14 @@ pub fn affected_by_files(
     Ok(out.into_iter().collect())
 }
 
-/// The targets whose digest differs between git revision `rev` and the working tree (new targets
-/// count as affected).
-pub fn affected_since(root: &Path, rev: &str, opts: &EvalOptions) -> Result<Vec<String>> {
-    let old = crate::exec::git_checkout(root, rev)?;
-    let before = target_digests(&old.path().join(&old_prefix(root)?), opts).unwrap_or_default();
+/// The targets whose digest differs between `old` (the monorepo as an older revision had it, unpacked
+/// elsewhere) and the working tree at `root` (new targets count as affected).
+pub fn affected_since(old: &Path, root: &Path, opts: &EvalOptions) -> Result<Vec<String>> {
+    let before = target_digests(old, opts).unwrap_or_default();
     let now = target_digests(root, opts)?;
     Ok(now
         .iter()
         .filter(|(label, d)| before.get(*label) != Some(d))
         .map(|(l, _)| l.clone())
         .collect())
-}
-
-/// Where the monorepo root sits inside its git work tree.
-fn old_prefix(root: &Path) -> Result<PathBuf> {
-    let top = crate::exec::git_toplevel(root)?;
-    Ok(root
-        .strip_prefix(&top)
-        .unwrap_or(Path::new(""))
-        .to_path_buf())
 }

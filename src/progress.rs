@@ -58,6 +58,18 @@ pub enum Mode {
     Quiet,
 }
 
+/// Writes a command's result to stdout (a digest, a rendered graph, a file name), as `print!` does: the
+/// driver prints only through here and [`stderr`], so what reaches each stream is decided in one module.
+pub fn stdout(text: &str) {
+    print!("{text}");
+}
+
+/// Writes text for the user to stderr outside a build's progress view (a rendered diagnostic, a lint
+/// report's warnings), as `eprint!` does.
+pub fn stderr(text: &str) {
+    eprint!("{text}");
+}
+
 pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
     match mode {
         Mode::Tty => Box::new(Live::new()),

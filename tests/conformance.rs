@@ -661,11 +661,9 @@ fn realworld_dockerfiles_lower_to_graphs() {
         }
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(&path).unwrap();
-        match kiln::frontend::dockerfile::syntax::parse(file(&name, &text))
-            .and_then(|df| kiln::frontend::dockerfile::lower::lower(&df, &opts))
-        {
-            Ok(program) => {
-                assert_eq!(kiln::graph::BuildGraph::new(&program).roots.len(), 1);
+        match kiln::compile(kiln::Source::Dockerfile(file(&name, &text)), &opts) {
+            Ok(compiled) => {
+                assert_eq!(kiln::plan(&compiled.program).roots.len(), 1);
                 lowered += 1;
             }
             Err(e) => problems.push(format!("{name}: {}", e.message)),

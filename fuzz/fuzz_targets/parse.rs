@@ -12,14 +12,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(raw) = kiln::frontend::dockerfile::syntax::raw::parse(file.clone()) {
         let _ = kiln::frontend::dockerfile::syntax::dump(&raw);
     }
-    if let Ok(df) = kiln::frontend::dockerfile::syntax::parse(file) {
-        let opts = kiln::frontend::LowerOptions {
-            lenient: true,
-            ..Default::default()
-        };
-        if let Ok(program) = kiln::frontend::dockerfile::lower::lower(&df, &opts) {
-            let graph = kiln::graph::BuildGraph::new(&program);
-            let _ = graph.render_json();
-        }
+    let opts = kiln::frontend::LowerOptions {
+        lenient: true,
+        ..Default::default()
+    };
+    if let Ok(compiled) = kiln::compile(kiln::Source::Dockerfile(file), &opts) {
+        let graph = kiln::plan(&compiled.program);
+        let _ = graph.render_json();
     }
 });

@@ -35,6 +35,8 @@ use regex::{Inst, compile, run};
 mod glob;
 mod regex;
 
+use crate::diag::{self, Diagnostic, SourceFile, Span};
+
 /// A `.dockerignore` line that Docker would refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PatternError {
@@ -352,23 +354,41 @@ fn without_trailing_glob(p: &str) -> &str {
 
 /// Finds the ignore file BuildKit would use: `<dockerfile>.dockerignore` beside the Dockerfile wins over
 /// `<context>/.dockerignore`. Returns empty patterns and `None` when neither exists.
-pub fn load(context: &Path, dockerfile: &Path) -> io::Result<(Patterns, Option<PathBuf>)> {
+/// A file that cannot be read, or a pattern Docker would refuse (pointed at on its line), is an error.
+pub fn load(context: &Path, dockerfile: &Path) -> diag::Result<(Patterns, Option<PathBuf>)> {
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
     for candidate in [PathBuf::from(specific), context.join(".dockerignore")] {
         let bytes = match fs::read(&candidate) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(Diagnostic::input(format!("cannot read .dockerignore: {e}")));
+            }
         };
         // Go reads bytes; invalid UTF-8 only ever lands in patterns, where lossy text is harmless.
         let text = String::from_utf8_lossy(&bytes);
-        // The PatternError rides inside so callers can point at the line.
-        let patterns =
-            Patterns::parse(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let patterns = Patterns::parse(&text).map_err(|e| pattern_error(&candidate, &text, e))?;
         return Ok((patterns, Some(candidate)));
     }
     Ok((Patterns::default(), None))
+}
+
+/// A bad pattern, pointed at on its line in the ignore file.
+fn pattern_error(file: &Path, text: &str, e: PatternError) -> Diagnostic {
+    let source = SourceFile::new(file.display().to_string(), text.to_string());
+    let start: usize = text
+        .lines()
+        .take(e.line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    let len = text
+        .lines()
+        .nth(e.line.saturating_sub(1))
+        .map_or(1, str::len);
+    Diagnostic::at(&source, Span::new(start, start + len), e.message).help(
+        "patterns follow Docker's .dockerignore rules: `*`, `?`, `[...]`, `**`, and `!` to re-include",
+    )
 }
 
 /// The context as BuildKit would send it: every included path relative to `root`, sorted, directories

@@ -1,6 +1,6 @@
 //! `.build` evaluation: `.copy(...)` and `.add(...)`.
 
-use super::*;
+use super::{Arg, CopyOp, Evaluator, Img, Op, Result, Span, Value, copy_history, join_path, shell};
 
 impl Evaluator<'_> {
     pub(super) fn copy(

@@ -1,6 +1,9 @@
 //! `.build` evaluation: expressions, and calls of builtins and of the program's own functions.
 
-use super::*;
+use super::{
+    Arg, BinOp, Evaluator, Expr, ExprKind, FnDef, HashMap, ItemKind, MountValue, Result, Span,
+    StrPart, Use, Value, opt_int, same, types,
+};
 
 impl Evaluator<'_> {
     pub(super) fn eval(&mut self, e: &Expr) -> Result<Value> {

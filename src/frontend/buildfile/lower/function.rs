@@ -1,6 +1,9 @@
 //! `.build` evaluation: the builtin functions (`image`, `context`, mounts, `print`, ...) and the source nodes they make.
 
-use super::*;
+use super::{
+    Arg, Evaluator, MountValue, NamedContext, NodeId, Note, Op, Result, SecretMount, Span, Value,
+    opt_int,
+};
 
 impl Evaluator<'_> {
     pub(super) fn function(

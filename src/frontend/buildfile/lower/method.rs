@@ -1,6 +1,10 @@
 //! `.build` evaluation: the methods of an `Image`, each doing what the Dockerfile instruction of the same name does.
 
-use super::*;
+use super::{
+    Arg, CopyOp, Entitlement, Evaluator, Healthcheck, Img, Inherit, NodeId, Op, Result, Span,
+    Value, arg_history, builtin_arg, command, expose_ports, healthcheck_history, join_path,
+    json_list, parse_duration, set, shell, step_name,
+};
 
 impl Evaluator<'_> {
     pub(super) fn expand(&self, img: &Img, text: &str, span: Span) -> Result<String> {

@@ -1,6 +1,9 @@
 //! `.build` evaluation: `.run(...)` (mounts, network, security) and the secret checks on the steps a program makes.
 
-use super::*;
+use super::{
+    Arc, Evaluator, Img, MountValue, Network, NodeId, Op, Result, RunMount, RunOp, SecretMount,
+    Sharing, Span, Value, command, join_path, run_history, suggest,
+};
 
 impl Evaluator<'_> {
     pub(super) fn run(

@@ -1,6 +1,9 @@
 //! Dockerfile lowering: COPY and ADD (sources, heredocs, URLs, flags) and what `--from` names.
 
-use super::*;
+use super::{
+    CopyOp, Heredoc, Instruction, Lowerer, NamedContext, NodeId, Op, Result, Span, Stage, Word,
+    copy_history, join_path, shell, suggest,
+};
 
 impl Lowerer<'_> {
     pub(super) fn copy(

@@ -1,6 +1,9 @@
 //! Dockerfile lowering: one instruction of a stage at a time (the config-only ones here; RUN, COPY, ADD and HEALTHCHECK in their own files).
 
-use super::*;
+use super::{
+    Inherit, Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
+    command_args, expose_ports, instruction_text, join_path, json_list, set, shell,
+};
 
 impl Lowerer<'_> {
     pub(super) fn instruction(&mut self, stage: &mut Stage, ins: &Instruction) -> Result<()> {

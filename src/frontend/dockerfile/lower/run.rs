@@ -1,6 +1,11 @@
 //! Dockerfile lowering: RUN (argv, heredocs, `--mount`, `--network`, `--security`) and HEALTHCHECK.
 
-use super::*;
+use super::{
+    Command, DEFAULT_SHELL, Entitlement, Flag, HEALTHCHECK_FLAGS, Healthcheck, Inherit,
+    Instruction, Lowerer, Network, NodeId, Op, Parsed, Result, RunMount, RunOp, SecretMount, Span,
+    Stage, SyntaxHealthcheck, command_args, healthcheck_history, mount, parse_duration,
+    run_history, suggest,
+};
 
 impl Lowerer<'_> {
     /// A RUN's argv. Shell form runs through the stage's shell; heredocs follow BuildKit: a RUN that is

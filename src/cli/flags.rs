@@ -1,0 +1,483 @@
+//! The parsers of `kiln build`'s structured flag values (`--secret`, `--ssh`, `--allow`, `-o`,
+//! `--cache-to`, `--cache-from`), each error pointing at the value on the command line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::absolute;
+use super::command_line::CommandLine;
+use crate::diag::{Result, Span, suggest};
+use crate::graph::entitlement::Entitlement;
+use crate::secret::{SecretSource, SshSource};
+
+/// `--secret id=ID[,src=PATH|,env=VAR]` (also docker's `type=file|env`).
+pub(super) fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, SecretSource)> {
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
+    for f in &fields {
+        let Some(v) = f.value.clone() else {
+            return Err(cl
+                .error(
+                    value,
+                    f.span,
+                    format!("`{}` must be a key=value pair", f.key),
+                )
+                .help("write `--secret id=ID,src=PATH` or `--secret id=ID,env=VAR`"));
+        };
+        match f.key.to_ascii_lowercase().as_str() {
+            "id" => id = Some(v),
+            "src" | "source" => src = Some(v),
+            "env" => env = Some(v),
+            "type" if v == "file" || v == "env" => kind = Some(v),
+            "type" => {
+                return Err(cl
+                    .error(
+                        value,
+                        f.value_span(),
+                        format!("unsupported secret type `{v}`"),
+                    )
+                    .help("secret types are `file` and `env`"));
+            }
+            other => {
+                let d = cl.error(value, f.span, format!("unknown key `{other}` in --secret"));
+                return Err(
+                    match suggest(other, ["id", "src", "source", "env", "type"]) {
+                        Some(s) => d.help(format!("did you mean `{s}`?")),
+                        None => d.help("--secret takes id, src (or source), env and type"),
+                    },
+                );
+            }
+        }
+    }
+    let Some(id) = id.filter(|i| !i.is_empty()) else {
+        return Err(cl
+            .error(value, Span::default(), "--secret needs an `id`")
+            .help("write `--secret id=ID,src=PATH`"));
+    };
+    if kind.as_deref() == Some("env") && env.is_none() {
+        env = src.take();
+    }
+    let source = match (src, env) {
+        (Some(_), Some(_)) => {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    "--secret takes either `src` or `env`, not both",
+                )
+                .help("drop one of them"));
+        }
+        (Some(path), None) => SecretSource::File(absolute(Path::new(&path))),
+        (None, Some(var)) => SecretSource::Env(var),
+        // buildx's rule: with no source, the secret comes from the environment variable named like it.
+        (None, None) => SecretSource::Env(id.clone()),
+    };
+    if let SecretSource::File(p) = &source
+        && !p.is_file()
+    {
+        let shown = p.display().to_string();
+        return Err(cl
+            .error(
+                value,
+                Span::default(),
+                if p.is_dir() {
+                    format!("secret `{id}`: {shown} is a directory, not a file")
+                } else {
+                    format!("secret `{id}`: file {shown} does not exist")
+                },
+            )
+            .help("check the `src=` path; it is relative to the current directory"));
+    }
+    Ok((id, source))
+}
+
+/// `--allow NAME[,NAME...]`, each repeatable, as buildx takes them.
+pub(super) fn parse_allow(cl: &CommandLine, values: &[String]) -> Result<Vec<Entitlement>> {
+    let mut allow = Vec::new();
+    for value in values {
+        let mut start = 0;
+        for name in value.split(',') {
+            let span = Span::new(start, start + name.len());
+            start += name.len() + 1;
+            let Some(e) = Entitlement::parse(name.trim()) else {
+                let names = Entitlement::ALL.map(Entitlement::name);
+                let d = cl.error(value, span, format!("unknown entitlement `{name}`"));
+                return Err(match suggest(name.trim(), names) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help(format!("entitlements are {}", names.join(" and "))),
+                });
+            };
+            allow.push(e);
+        }
+    }
+    Ok(allow)
+}
+
+/// `--ssh default`, `--ssh ID`, `--ssh ID=SOCKET` (an agent to forward), `--ssh ID=KEYFILE[,KEYFILE]`
+/// (keys kiln serves itself from an in-process agent).
+pub(super) fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, SshSource)> {
+    let (id, paths) = match value.split_once('=') {
+        Some((id, paths)) => (id, Some(paths)),
+        None => (value, None),
+    };
+    if id.is_empty() {
+        return Err(cl
+            .error(value, Span::default(), "--ssh needs an id")
+            .help("write `--ssh default`, `--ssh ID=SOCKET` or `--ssh ID=KEYFILE`"));
+    }
+    let paths: Vec<PathBuf> = match paths {
+        Some(p) => p.split(',').map(PathBuf::from).collect(),
+        None => match std::env::var_os("SSH_AUTH_SOCK") {
+            Some(s) => vec![PathBuf::from(s)],
+            None => {
+                return Err(cl
+                    .error(value, Span::default(), "SSH_AUTH_SOCK is not set, so there is no agent to forward")
+                    .help("start an agent (`eval $(ssh-agent)`, `ssh-add`), or pass `--ssh ID=SOCKET` or `--ssh ID=KEYFILE`"));
+            }
+        },
+    };
+    use std::os::unix::fs::FileTypeExt as _;
+    if let [socket] = paths.as_slice()
+        && std::fs::metadata(socket).is_ok_and(|m| m.file_type().is_socket())
+    {
+        return Ok((id.to_string(), SshSource::Socket(absolute(socket))));
+    }
+    let mut keys = Vec::new();
+    for path in &paths {
+        let shown = path.display().to_string();
+        let key = ssh_key::PrivateKey::read_openssh_file(path).map_err(|e| {
+            cl.error(value, Span::default(), format!("cannot use `{shown}` as an ssh agent socket or key file: {e}"))
+                .help("give an agent socket, or an OpenSSH private key file (ed25519, without a passphrase)")
+        })?;
+        if key.is_encrypted() {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    format!("the ssh key `{shown}` is protected by a passphrase"),
+                )
+                .help("load it into an agent with `ssh-add` and pass `--ssh ID=$SSH_AUTH_SOCK`"));
+        }
+        keys.push(key);
+    }
+    Ok((id.to_string(), SshSource::Keys(Arc::new(keys))))
+}
+
+/// `-o type=TYPE,dest=PATH` (docker's spelling); a bare `-o PATH` means `type=local,dest=PATH`.
+pub(super) fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::export::Output> {
+    use crate::export::Output;
+    if !value.contains('=') {
+        if value == "-" {
+            return Err(cl
+                .error(
+                    value,
+                    Span::default(),
+                    "writing an output to stdout is not supported yet",
+                )
+                .help("give a file: `-o type=tar,dest=rootfs.tar`"));
+        }
+        return Ok(Output::Local {
+            dest: PathBuf::from(value),
+        });
+    }
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    let get = |k: &str| fields.iter().find(|f| f.key == k);
+    let kind = get("type")
+        .and_then(|f| f.value.clone())
+        .unwrap_or_default();
+    let known = ["oci", "docker", "local", "tar", "registry", "image"];
+    if !["oci", "docker", "local", "tar"].contains(&kind.as_str()) {
+        let d = match kind.as_str() {
+            "" => cl.error(value, Span::default(), "output needs a `type`"),
+            k if known.contains(&k) => cl.error(
+                value,
+                Span::default(),
+                format!("output type `{k}` is not supported yet"),
+            ),
+            k => cl.error(value, Span::default(), format!("unknown output type `{k}`")),
+        };
+        return Err(match suggest(&kind, known).filter(|s| *s != kind) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help(
+                "output types are `oci`, `docker`, `local`, `tar` and `registry`, e.g. `-o type=oci,dest=DIR`",
+            ),
+        });
+    }
+    let Some(dest) = get("dest")
+        .and_then(|f| f.value.clone())
+        .filter(|d| !d.is_empty())
+    else {
+        return Err(cl
+            .error(
+                value,
+                Span::default(),
+                format!("output type `{kind}` needs `dest`"),
+            )
+            .help(format!("write `-o type={kind},dest=PATH`")));
+    };
+    let dest = PathBuf::from(dest);
+    Ok(match kind.as_str() {
+        "oci" => {
+            let tar = match get("tar").map(|f| crate::options::parse_bool(f.value.as_deref())) {
+                Some(Some(b)) => b,
+                Some(None) => {
+                    return Err(cl.error(value, Span::default(), "`tar` must be true or false"));
+                }
+                None => dest.extension().is_some_and(|e| e == "tar"),
+            };
+            Output::Oci { dest, tar }
+        }
+        "docker" => Output::Docker { dest },
+        "local" => Output::Local { dest },
+        _ => Output::Tar { dest },
+    })
+}
+
+/// What a `--cache-to`/`--cache-from` value says, checked field by field (buildx's spelling).
+struct CacheSpec {
+    kind: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl CacheSpec {
+    /// A local cache's tag inside its layout (`tag=`), `latest` by default.
+    fn tag(&self) -> String {
+        self.fields
+            .get("tag")
+            .cloned()
+            .unwrap_or_else(|| "latest".into())
+    }
+}
+
+/// Parses `--cache-to`/`--cache-from`: `type=...,key=value...`, or a bare reference meaning
+/// `type=registry,ref=...` (as buildx reads it). `allowed` lists the keys each type takes.
+fn parse_cache_spec(
+    cl: &CommandLine,
+    flag: &str,
+    value: &str,
+    allowed: &[(&str, &[&str])],
+) -> Result<CacheSpec> {
+    let example = format!("`{flag} type=registry,ref=HOST/REPO:TAG`");
+    if !value.contains('=') {
+        if value.is_empty() {
+            return Err(cl
+                .error(value, Span::default(), format!("{flag} needs a value"))
+                .help(format!("write {example}")));
+        }
+        return Ok(CacheSpec {
+            kind: "registry".into(),
+            fields: BTreeMap::from([("ref".to_string(), value.to_string())]),
+        });
+    }
+    let parsed = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    let mut kind = None;
+    let mut fields = BTreeMap::new();
+    for f in &parsed {
+        let v = f.value.clone().unwrap_or_default();
+        if f.key == "type" {
+            kind = Some((v, f.span));
+        } else {
+            fields.insert(f.key.clone(), v);
+        }
+    }
+    // buildx reads a spec without a type as a registry cache.
+    let (kind, span) = kind.unwrap_or_else(|| ("registry".to_string(), Span::default()));
+    let types: Vec<&str> = allowed.iter().map(|(t, _)| *t).collect();
+    let Some((_, keys)) = allowed.iter().find(|(t, _)| *t == kind) else {
+        let later = ["inline", "gha", "s3", "azblob"];
+        let d = if later.contains(&kind.as_str()) {
+            cl.error(
+                value,
+                span,
+                format!("cache type `{kind}` is not supported yet"),
+            )
+        } else if kind.is_empty() {
+            cl.error(value, span, format!("{flag} needs a `type`"))
+        } else {
+            cl.error(value, span, format!("unknown cache type `{kind}`"))
+        };
+        return Err(
+            match suggest(&kind, types.iter().copied()).filter(|s| *s != kind) {
+                Some(s) => d.help(format!("did you mean `type={s}`?")),
+                None => d.help(format!(
+                    "cache types are `registry` and `local`, e.g. {example}"
+                )),
+            },
+        );
+    };
+    for f in &parsed {
+        if f.key != "type" && !keys.contains(&f.key.as_str()) {
+            return Err(cl
+                .error(
+                    value,
+                    f.span,
+                    format!("unsupported key `{}` for a {kind} cache in {flag}", f.key),
+                )
+                .help(format!(
+                    "a {kind} cache takes {}",
+                    keys.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+        }
+    }
+    Ok(CacheSpec { kind, fields })
+}
+
+/// The `ref` of a registry cache, checked as an image name.
+fn cache_ref(cl: &CommandLine, flag: &str, value: &str, spec: &CacheSpec) -> Result<String> {
+    let Some(r) = spec.fields.get("ref").filter(|r| !r.is_empty()) else {
+        return Err(cl
+            .error(
+                value,
+                Span::default(),
+                format!("a registry cache in {flag} needs `ref`"),
+            )
+            .help(format!("write `{flag} type=registry,ref=HOST/REPO:TAG`")));
+    };
+    crate::registry::ImageName::parse(r).map_err(|d| {
+        cl.error(value, Span::default(), d.message)
+            .help(d.help.unwrap_or_default())
+    })?;
+    Ok(r.clone())
+}
+
+/// The directory of a local cache (`dest` for --cache-to, `src` for --cache-from).
+fn cache_dir(
+    cl: &CommandLine,
+    flag: &str,
+    value: &str,
+    spec: &CacheSpec,
+    key: &str,
+) -> Result<PathBuf> {
+    match spec.fields.get(key).filter(|d| !d.is_empty()) {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => Err(cl
+            .error(
+                value,
+                Span::default(),
+                format!("a local cache in {flag} needs `{key}`"),
+            )
+            .help(format!("write `{flag} type=local,{key}=DIR`"))),
+    }
+}
+
+/// `--cache-to` (buildx's spelling). Returns the destination and whether a failure is only a warning
+/// (`ignore-error=true`).
+pub(super) fn parse_cache_to(
+    cl: &CommandLine,
+    value: &str,
+) -> Result<(crate::export::cache::CacheTo, bool)> {
+    use crate::export::cache::{CacheTo, Dest, Mode};
+    let flag = "--cache-to";
+    let spec = parse_cache_spec(
+        cl,
+        flag,
+        value,
+        &[
+            ("registry", &["ref", "mode", "ignore-error"]),
+            ("local", &["dest", "mode", "tag", "ignore-error"]),
+        ],
+    )?;
+    let mode = match spec.fields.get("mode").map(String::as_str) {
+        None | Some("min") => Mode::Min,
+        Some("max") => Mode::Max,
+        Some(m) => {
+            return Err(cl
+                .error(value, Span::default(), format!("unknown cache mode `{m}`"))
+                .help("`mode=min` exports the final image's steps, `mode=max` every stage's"));
+        }
+    };
+    let ignore = match spec.fields.get("ignore-error") {
+        None => false,
+        Some(v) => crate::options::parse_bool(Some(v)).ok_or_else(|| {
+            cl.error(
+                value,
+                Span::default(),
+                "`ignore-error` must be true or false",
+            )
+        })?,
+    };
+    let dest = match spec.kind.as_str() {
+        "registry" => Dest::Registry(cache_ref(cl, flag, value, &spec)?),
+        _ => Dest::Local {
+            dir: cache_dir(cl, flag, value, &spec, "dest")?,
+            tag: spec.tag(),
+        },
+    };
+    Ok((CacheTo { dest, mode }, ignore))
+}
+
+/// `--cache-from` (buildx's spelling).
+pub(super) fn parse_cache_from(
+    cl: &CommandLine,
+    value: &str,
+) -> Result<crate::solve::shared_cache::Source> {
+    use crate::solve::shared_cache::Source;
+    let flag = "--cache-from";
+    let spec = parse_cache_spec(
+        cl,
+        flag,
+        value,
+        &[("registry", &["ref"]), ("local", &["src", "tag", "digest"])],
+    )?;
+    Ok(match spec.kind.as_str() {
+        "registry" => Source::Registry(cache_ref(cl, flag, value, &spec)?),
+        _ => Source::Local {
+            dir: cache_dir(cl, flag, value, &spec, "src")?,
+            tag: spec.tag(),
+        },
+    })
+}
+
+/// `-o type=registry,name=HOST/NAME:TAG` (docker's spelling): the names to push to, or `None` for any
+/// other output. Without `name`, the `-t` names are used, as buildx does.
+pub(super) fn parse_registry_output(
+    cl: &CommandLine,
+    value: &str,
+    tags: &[String],
+) -> Result<Option<Vec<String>>> {
+    if !value.contains('=') {
+        return Ok(None);
+    }
+    let fields = crate::options::parse(value)
+        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    if !fields
+        .iter()
+        .any(|f| f.key == "type" && f.value.as_deref() == Some("registry"))
+    {
+        return Ok(None);
+    }
+    let mut names = Vec::new();
+    for f in &fields {
+        match (f.key.as_str(), &f.value) {
+            ("type", _) => {}
+            ("name", Some(n)) if !n.is_empty() => names.push(n.clone()),
+            // buildx's `push=true` is implied by the type.
+            ("push", v) if crate::options::parse_bool(v.as_deref()) == Some(true) => {}
+            (k, _) => {
+                return Err(cl
+                    .error(
+                        value,
+                        f.span,
+                        format!("unsupported key `{k}` in a registry output"),
+                    )
+                    .help("write `-o type=registry,name=HOST/NAME:TAG`"));
+            }
+        }
+    }
+    if names.is_empty() {
+        names = tags.to_vec();
+    }
+    if names.is_empty() {
+        return Err(cl
+            .error(value, Span::default(), "a registry output needs a name")
+            .help("write `-o type=registry,name=HOST/NAME:TAG` (or give `-t HOST/NAME:TAG`)"));
+    }
+    Ok(Some(names))
+}

@@ -1,0 +1,65 @@
+//! The driver: parses the command line (flag spelling follows `docker build`), wires the stages together
+//! and turns every failure into one rendered diagnostic and an exit code.
+//!
+//! `args` holds the clap types, `command_line` the command line as a source text (for carets),
+//! `flags` the parsers of the values `kiln build` takes, `request` the validated [`BuildRequest`];
+//! each subcommand has its own file.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+
+mod args;
+mod build;
+mod check;
+mod command_line;
+mod compile;
+mod convert;
+mod flags;
+mod fmt;
+mod graph;
+mod leak;
+mod query;
+mod request;
+mod store;
+mod worker;
+
+use args::{Cli, Command};
+pub(crate) use build::execute;
+pub use request::{BuildRequest, Remote};
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let color = std::io::stderr().is_terminal();
+    let result = match cli.command {
+        Command::Build(args) => build::run(*args),
+        Command::Graph(args) => graph::run(args),
+        Command::Check(args) => check::run(args),
+        Command::Fmt(args) => fmt::run(args),
+        Command::Convert(args) => convert::run(args),
+        Command::Query(args) => query::query(args),
+        Command::Affected(args) => query::affected(args),
+        Command::Du(args) => store::du(args),
+        Command::Prune(args) => store::prune(args),
+        Command::Worker(args) => worker::run(args),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(d) => {
+            crate::progress::stderr(&crate::diag::render(&d, color));
+            d.category.exit_code()
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}

@@ -1,0 +1,246 @@
+//! [`BuildRequest`]: everything `kiln build` validates before it runs a step — the compiled graph and
+//! its contexts, secrets, SSH agents, entitlements, outputs and pushes, cache imports and exports — so
+//! that running the build ([`crate::build`]) starts from values, not flag text.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::args::{BuildCmd, CompressionArg, ProgressMode};
+use super::command_line::CommandLine;
+use super::compile::{Compiled, compile};
+use super::flags::{
+    parse_allow, parse_cache_from, parse_cache_to, parse_output, parse_registry_output,
+    parse_secret, parse_ssh,
+};
+use crate::diag::{Diagnostic, Located, Result, Span};
+use crate::graph::entitlement::Entitlement;
+use crate::graph::{BuildGraph, NamedContext};
+use crate::progress;
+use crate::secret::{SecretStore, SshSource};
+
+/// A build, validated: what to build, with what, and where its results go.
+pub struct BuildRequest {
+    /// The compiled graph: one root per selected target.
+    pub graph: BuildGraph,
+    /// The directories and images the graph's contexts name (`context`, `--build-context`, packages).
+    pub contexts: BTreeMap<String, NamedContext>,
+    /// `--secret`.
+    pub secrets: SecretStore,
+    /// `--ssh`: the agent (or key files) for each ssh id.
+    pub ssh: BTreeMap<String, SshSource>,
+    /// `--allow`: the entitlements granted to steps.
+    pub allow: Vec<Entitlement>,
+    /// `-o` outputs other than registries.
+    pub outputs: Vec<crate::export::Output>,
+    /// Where to push the image: `-o type=registry` names and, with `--push`, the `-t` names.
+    pub pushes: Vec<String>,
+    /// The first `-t`: the name recorded in an OCI layout's index.
+    pub tag: Option<String>,
+    /// `--cache-to`, each with whether a failure is only a warning (`ignore-error=true`).
+    pub cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
+    /// `--cache-from`.
+    pub cache_from: Vec<crate::solve::shared_cache::Source>,
+    pub registry: crate::registry::Options,
+    /// `SOURCE_DATE_EPOCH`, `--compression` and `--jobs`, as the exporters take them.
+    pub settings: crate::export::Settings,
+    pub no_cache: bool,
+    pub progress: progress::Mode,
+    /// The store directory.
+    pub store: PathBuf,
+    /// `--remote-executor` or `--remote-cache`.
+    pub remote: Option<Remote>,
+}
+
+/// A REAPI server to run steps on, or to use as a shared cache.
+pub struct Remote {
+    pub url: String,
+    /// Where the address is on the command line, for the error when it is not one.
+    pub at: Option<Located>,
+    pub instance: String,
+    /// `--remote-executor` (run steps there), not `--remote-cache` (look results up there).
+    pub execute: bool,
+}
+
+/// The flags that need nothing but themselves, parsed in the order their errors are reported.
+struct Flags {
+    secrets: SecretStore,
+    outputs: Vec<crate::export::Output>,
+    pushes: Vec<String>,
+    cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
+    cache_from: Vec<crate::solve::shared_cache::Source>,
+    epoch: Option<i64>,
+}
+
+impl BuildRequest {
+    /// Validates `kiln build`'s command line and compiles what it names. Enters the user namespace on
+    /// the way (an unprivileged kiln must, before any thread starts).
+    pub(super) fn from_command(cmd: &BuildCmd, cl: &CommandLine) -> Result<BuildRequest> {
+        let flags = Flags::parse(cmd, cl)?;
+        let registry = crate::registry::Options {
+            insecure: cmd.insecure_registries.clone(),
+            docker_config: None,
+        };
+        // Before any thread starts: an unprivileged kiln becomes root of its own user namespace here.
+        crate::exec::userns::enter()?;
+        let settings = crate::export::Settings {
+            epoch: flags.epoch,
+            codec: match cmd.compression {
+                CompressionArg::Gzip => crate::layer::Codec::Gzip,
+                CompressionArg::Zstd => crate::layer::Codec::Zstd,
+            },
+            jobs: cmd.jobs,
+        };
+        let compiled = compile_checked(cmd, cl, &flags)?;
+        let mut ssh = BTreeMap::new();
+        for s in &cmd.ssh {
+            let (id, socket) = parse_ssh(cl, s)?;
+            ssh.insert(id, socket);
+        }
+        let allow = parse_allow(cl, &cmd.allow)?;
+        Ok(BuildRequest {
+            graph: compiled.graph,
+            contexts: compiled.contexts,
+            secrets: flags.secrets,
+            ssh,
+            allow,
+            outputs: flags.outputs,
+            pushes: flags.pushes,
+            tag: cmd.tags.first().cloned(),
+            cache_to: flags.cache_to,
+            cache_from: flags.cache_from,
+            registry,
+            settings,
+            no_cache: cmd.no_cache,
+            progress: progress_mode(cmd.progress),
+            store: cmd
+                .store
+                .clone()
+                .unwrap_or_else(crate::store::Store::default_root),
+            remote: remote(cmd, cl),
+        })
+    }
+}
+
+impl Flags {
+    fn parse(cmd: &BuildCmd, cl: &CommandLine) -> Result<Flags> {
+        let mut secrets = SecretStore::default();
+        for s in &cmd.secrets {
+            let (id, source) = parse_secret(cl, s)?;
+            secrets.insert(id, source);
+        }
+        let (outputs, pushes) = outputs_and_pushes(cmd, cl)?;
+        let cache_to = cmd
+            .cache_to
+            .iter()
+            .map(|v| parse_cache_to(cl, v))
+            .collect::<Result<Vec<_>>>()?;
+        let cache_from = cmd
+            .cache_from
+            .iter()
+            .map(|v| parse_cache_from(cl, v))
+            .collect::<Result<Vec<_>>>()?;
+        for p in &pushes {
+            crate::registry::ImageName::parse(p).map_err(|d| {
+                cl.error(p, Span::default(), d.message)
+                    .help(d.help.unwrap_or_default())
+            })?;
+        }
+        Ok(Flags {
+            secrets,
+            outputs,
+            pushes,
+            cache_to,
+            cache_from,
+            epoch: source_date_epoch()?,
+        })
+    }
+}
+
+/// `-o` values: registry outputs are pushes, not files, so they are collected apart from the others;
+/// `--push` adds the `-t` names.
+fn outputs_and_pushes(
+    cmd: &BuildCmd,
+    cl: &CommandLine,
+) -> Result<(Vec<crate::export::Output>, Vec<String>)> {
+    let mut outputs = Vec::new();
+    let mut pushes = Vec::new();
+    for o in &cmd.outputs {
+        match parse_registry_output(cl, o, &cmd.tags)? {
+            Some(names) => pushes.extend(names),
+            None => outputs.push(parse_output(cl, o)?),
+        }
+    }
+    if cmd.push {
+        if cmd.tags.is_empty() {
+            return Err(Diagnostic::input("--push needs a name to push to")
+                .help("name the image: `--push -t HOST/NAME:TAG`"));
+        }
+        pushes.extend(cmd.tags.iter().cloned());
+    }
+    pushes.sort();
+    pushes.dedup();
+    Ok((outputs, pushes))
+}
+
+fn source_date_epoch() -> Result<Option<i64>> {
+    Ok(match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Some(v.parse::<i64>().map_err(|_| {
+            Diagnostic::input(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+        })?),
+        _ => None,
+    })
+}
+
+/// Compiles strictly; refuses what the secret checks find, and several images for one destination.
+fn compile_checked(cmd: &BuildCmd, cl: &CommandLine, flags: &Flags) -> Result<Compiled> {
+    let compiled = compile(&cmd.compile, cl, false)?;
+    // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
+    progress::stderr(&compiled.secret_findings.render_for_build());
+    if let Some(refusal) = compiled.secret_findings.refusal() {
+        return Err(refusal);
+    }
+    if compiled.graph.roots.len() > 1 && (!flags.outputs.is_empty() || !flags.pushes.is_empty()) {
+        // One destination cannot hold several images; exporting each over the last would lose all
+        // but one without a word.
+        let names: Vec<&str> = compiled
+            .graph
+            .roots
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        return Err(Diagnostic::input(format!(
+            "{} targets are selected ({}), but an output or a push takes one image",
+            names.len(),
+            names.join(", ")
+        ))
+        .help("build them into the store without -o/--push, or select one target for the output"));
+    }
+    Ok(compiled)
+}
+
+fn progress_mode(mode: ProgressMode) -> progress::Mode {
+    match mode {
+        ProgressMode::Auto => progress::Mode::Auto,
+        ProgressMode::Tty => progress::Mode::Tty,
+        ProgressMode::Plain => progress::Mode::Plain,
+        ProgressMode::Json => progress::Mode::Json,
+        ProgressMode::Quiet => progress::Mode::Quiet,
+    }
+}
+
+/// `--remote-executor`/`--remote-cache` (they conflict), checked when the build reaches them.
+fn remote(cmd: &BuildCmd, cl: &CommandLine) -> Option<Remote> {
+    let (url, execute) = match (&cmd.remote_executor, &cmd.remote_cache) {
+        (Some(url), _) => (url, true),
+        (None, Some(url)) => (url, false),
+        (None, None) => return None,
+    };
+    Some(Remote {
+        url: url.clone(),
+        at: Some(Located::new(&cl.file, cl.span_of(url))),
+        instance: cmd.remote_instance_name.clone(),
+        execute,
+    })
+}
