@@ -1,4 +1,4 @@
-//! Stage 6, execution: the Linux-namespace executor. Each step runs in a helper process (see `helper`) with
+//! The Linux-namespace executor, one of the two implementations of `solve::Executor`. Each step runs in a helper process (see `helper`) with
 //! its own mount, pid, uts, ipc and network (see `net`) namespaces over an overlayfs whose lower layers are
 //! the input snapshots.
 //!

@@ -1,4 +1,4 @@
-//! Stage 7, export: a solved image (snapshots plus config) becomes OCI blobs (layer tars, config, manifest)
+//! Export: a solved image (snapshots plus config) becomes OCI blobs (layer tars, config, manifest)
 //! and is written out as an OCI image layout (directory or tar), a docker-archive, or as its final
 //! filesystem (a directory or a tar).
 

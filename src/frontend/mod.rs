@@ -1,4 +1,4 @@
-//! Stage 3, lowering: front-end syntax trees become a `Program` (the IR in `graph`), a list of operations
+//! The front ends, and what both share: source text becomes a `Program` (the IR in `graph`), a list of operations
 //! wired to their inputs.
 //!
 //! Lowering resolves everything that is known at compile time (variable expansion, stage references,

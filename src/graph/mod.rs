@@ -1,4 +1,4 @@
-//! Stage 4, the graph: a lowered `Program` becomes a content-addressed DAG in petgraph, every node named by
+//! The graph: a lowered `Program` becomes a content-addressed DAG in petgraph, every node named by
 //! the SHA-256 of its operation and its inputs' digests, identical nodes merged into one.
 //!
 //! Source spans and names ride beside the graph as node metadata and are never hashed, so editing a comment

@@ -1,4 +1,4 @@
-//! Stage 8, remote execution and caching over the Remote Execution API v2 (REAPI): an `Executor` that
+//! Remote execution and caching over the Remote Execution API v2 (REAPI): an `Executor` that
 //! turns each RUN step into an REAPI Action, answers it from the ActionCache or has a remote worker run
 //! it, and rebuilds the step's layer from the result; and `kiln worker`, which runs leased Actions
 //! through the namespace executor (`worker`, over the Bots API in `bots`).

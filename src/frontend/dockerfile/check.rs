@@ -1,4 +1,4 @@
-//! Stage 2, checking: rules about a Dockerfile's structure that hold before any variable is expanded, so
+//! Dockerfile checking: rules about a Dockerfile's structure that hold before any variable is expanded, so
 //! lowering can assume a well-formed file (a FROM first, stage names valid and unique).
 
 use crate::diag::{Diagnostic, Result};
