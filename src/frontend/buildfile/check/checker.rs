@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Located, Result, SourceFile, Span, suggest};
 use crate::frontend::buildfile::syntax::{
-    Arg, BinOp, Expr, ExprKind, Item, ItemKind, Module, StrPart,
+    Arg, BinOp, Expr, ExprKind, FnDef, Ident, Item, ItemKind, Module, StrPart, TypeExpr,
 };
 
 use super::{
@@ -108,6 +108,95 @@ impl Checker<'_> {
     }
 
     /// Checks one item, in order: what it uses must be defined above it (functions and targets anywhere).
+    /// A param: a plain value from the command line, checked against its default.
+    fn param(&mut self, name: &Ident, ty: &TypeExpr, default: Option<&Expr>) -> Result<()> {
+        let t = resolve_type(&self.file, ty)?;
+        if t.is_handle() {
+            let instead = match t.handle_name() {
+                "an Ssh handle" => format!(
+                    "declare `ssh {0}` and build with `--ssh {0}` (or `--ssh {0}=SOCKET`)",
+                    name.name
+                ),
+                _ => format!(
+                    "declare `secret {0}` and build with `--secret id={0},src=FILE`",
+                    name.name
+                ),
+            };
+            return Err(Diagnostic::at(
+                &self.file,
+                ty.span,
+                format!("a param cannot be {}", t.handle_name()),
+            )
+            .help(format!(
+                "params are plain values from the command line; {instead}"
+            )));
+        }
+        if !matches!(t, Ty::String | Ty::Path | Ty::Int | Ty::Bool)
+            && !t.fits(&Ty::List(Box::new(Ty::String)))
+            && !t.fits(&Ty::Opt(Box::new(Ty::String)))
+        {
+            return Err(Diagnostic::at(
+                &self.file,
+                ty.span,
+                format!("a param cannot be of type {t}"),
+            )
+            .help(
+                "params are String, Int, Bool, [String] or String? (the command line gives text)",
+            ));
+        }
+        if let Some(d) = default {
+            let (dt, origin) = self.expr(d)?;
+            self.expect(&dt, &origin, &t, d.span, "the param's default")?;
+        }
+        // A param without a default must come from the command line: evaluation checks that.
+        self.define(
+            &name.name,
+            name.span,
+            Binding::Value {
+                ty: t,
+                origin: None,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A function's body, in a scope of its parameters and lets.
+    fn function(&mut self, f: &FnDef) -> Result<()> {
+        self.scopes.push(HashMap::new());
+        for p in &f.params {
+            let t = resolve_type(&self.file, &p.ty)?;
+            if let Some(d) = &p.default {
+                let (dt, origin) = self.expr(d)?;
+                self.expect(&dt, &origin, &t, d.span, "the parameter's default")?;
+            }
+            let origin = t.is_handle().then(|| self.at(p.name.span));
+            self.scopes.last_mut().expect("pushed").insert(
+                p.name.name.clone(),
+                (p.name.span, Binding::Value { ty: t, origin }),
+            );
+        }
+        for l in &f.lets {
+            let (t, origin) = self.expr(&l.value)?;
+            let t = match &l.ty {
+                Some(want) => {
+                    let w = resolve_type(&self.file, want)?;
+                    self.expect(&t, &origin, &w, l.value.span, "the annotated type")?;
+                    w
+                }
+                None => t,
+            };
+            self.scopes.last_mut().expect("pushed").insert(
+                l.name.name.clone(),
+                (l.name.span, Binding::Value { ty: t, origin }),
+            );
+        }
+        let (t, origin) = self.expr(&f.body)?;
+        let ret = resolve_type(&self.file, &f.ret)?;
+        self.expect(&t, &origin, &ret, f.body.span, "the function's result")?;
+        self.scopes.pop();
+        Ok(())
+    }
+
     fn item(&mut self, item: &Item) -> Result<()> {
         match &item.kind {
             ItemKind::Import { path, alias } => {
@@ -117,53 +206,7 @@ impl Checker<'_> {
                 let idx = self.deps[&alias.name].0;
                 self.define(&alias.name, alias.span, Binding::Module(idx))?;
             }
-            ItemKind::Param { name, ty, default } => {
-                let t = resolve_type(&self.file, ty)?;
-                if t.is_handle() {
-                    let instead = match t.handle_name() {
-                        "an Ssh handle" => format!(
-                            "declare `ssh {0}` and build with `--ssh {0}` (or `--ssh {0}=SOCKET`)",
-                            name.name
-                        ),
-                        _ => format!(
-                            "declare `secret {0}` and build with `--secret id={0},src=FILE`",
-                            name.name
-                        ),
-                    };
-                    return Err(Diagnostic::at(
-                        &self.file,
-                        ty.span,
-                        format!("a param cannot be {}", t.handle_name()),
-                    )
-                    .help(format!(
-                        "params are plain values from the command line; {instead}"
-                    )));
-                }
-                if !matches!(t, Ty::String | Ty::Path | Ty::Int | Ty::Bool)
-                    && !t.fits(&Ty::List(Box::new(Ty::String)))
-                    && !t.fits(&Ty::Opt(Box::new(Ty::String)))
-                {
-                    return Err(Diagnostic::at(
-                        &self.file,
-                        ty.span,
-                        format!("a param cannot be of type {t}"),
-                    )
-                    .help("params are String, Int, Bool, [String] or String? (the command line gives text)"));
-                }
-                if let Some(d) = default {
-                    let (dt, origin) = self.expr(d)?;
-                    self.expect(&dt, &origin, &t, d.span, "the param's default")?;
-                }
-                // A param without a default must come from the command line: evaluation checks that.
-                self.define(
-                    &name.name,
-                    name.span,
-                    Binding::Value {
-                        ty: t,
-                        origin: None,
-                    },
-                )?;
-            }
+            ItemKind::Param { name, ty, default } => self.param(name, ty, default.as_ref())?,
             ItemKind::Secret { name, id } | ItemKind::Ssh { name, id } => {
                 let ty = if matches!(item.kind, ItemKind::Secret { .. }) {
                     Ty::Secret
@@ -195,40 +238,7 @@ impl Checker<'_> {
                 };
                 self.define(&l.name.name, l.name.span, Binding::Value { ty: t, origin })?;
             }
-            ItemKind::Fn(f) => {
-                self.scopes.push(HashMap::new());
-                for p in &f.params {
-                    let t = resolve_type(&self.file, &p.ty)?;
-                    if let Some(d) = &p.default {
-                        let (dt, origin) = self.expr(d)?;
-                        self.expect(&dt, &origin, &t, d.span, "the parameter's default")?;
-                    }
-                    let origin = t.is_handle().then(|| self.at(p.name.span));
-                    self.scopes.last_mut().expect("pushed").insert(
-                        p.name.name.clone(),
-                        (p.name.span, Binding::Value { ty: t, origin }),
-                    );
-                }
-                for l in &f.lets {
-                    let (t, origin) = self.expr(&l.value)?;
-                    let t = match &l.ty {
-                        Some(want) => {
-                            let w = resolve_type(&self.file, want)?;
-                            self.expect(&t, &origin, &w, l.value.span, "the annotated type")?;
-                            w
-                        }
-                        None => t,
-                    };
-                    self.scopes.last_mut().expect("pushed").insert(
-                        l.name.name.clone(),
-                        (l.name.span, Binding::Value { ty: t, origin }),
-                    );
-                }
-                let (t, origin) = self.expr(&f.body)?;
-                let ret = resolve_type(&self.file, &f.ret)?;
-                self.expect(&t, &origin, &ret, f.body.span, "the function's result")?;
-                self.scopes.pop();
-            }
+            ItemKind::Fn(f) => self.function(f)?,
             ItemKind::Target { name, ty, value } => {
                 let want = resolve_type(&self.file, ty)?;
                 let (t, origin) = self.expr(value)?;
