@@ -125,6 +125,9 @@ pub struct Diagnostic {
     pub message: String,
     pub labels: Vec<Label>,
     pub help: Option<String>,
+    /// Further errors from the same run (a parser that goes on after an error), in source order; each is
+    /// rendered after this one as a diagnostic of its own. This one decides the category and exit code.
+    pub more: Vec<Diagnostic>,
 }
 
 pub type Result<T, E = Diagnostic> = std::result::Result<T, E>;
@@ -136,7 +139,22 @@ impl Diagnostic {
             message: message.into(),
             labels: Vec::new(),
             help: None,
+            more: Vec::new(),
         }
+    }
+    /// Several errors as one: the first, with the others (flattened) following it. `None` when there are none.
+    pub fn several(all: impl IntoIterator<Item = Diagnostic>) -> Option<Diagnostic> {
+        let mut all = all.into_iter().flat_map(Diagnostic::into_all);
+        let mut first = all.next()?;
+        first.more.extend(all);
+        Some(first)
+    }
+    /// This diagnostic and the ones following it, each on its own.
+    fn into_all(mut self) -> Vec<Diagnostic> {
+        let more = std::mem::take(&mut self.more);
+        let mut all = vec![self];
+        all.extend(more.into_iter().flat_map(Diagnostic::into_all));
+        all
     }
     pub fn input(message: impl Into<String>) -> Diagnostic {
         Diagnostic::new(Category::Input, message)
@@ -257,8 +275,17 @@ impl miette::SourceCode for SourceFile {
     }
 }
 
-/// Renders a diagnostic for a human. `color` is decided by the caller (a terminal or not).
+/// Renders a diagnostic, and those following it, for a human. `color` is decided by the caller (a
+/// terminal or not).
 pub fn render(diag: &Diagnostic, color: bool) -> String {
+    let mut out = render_one(diag, color);
+    for next in &diag.more {
+        out.push_str(&render(next, color));
+    }
+    out
+}
+
+fn render_one(diag: &Diagnostic, color: bool) -> String {
     let mut out = String::new();
     if diag.location().is_none() {
         out.push_str(&format!("  error: {}\n", diag.message));
@@ -297,6 +324,7 @@ pub fn render(diag: &Diagnostic, color: bool) -> String {
                 .cloned()
                 .collect(),
             help: None,
+            more: Vec::new(),
         };
         let mut theme = handler_theme(color);
         theme.characters.error = "note:".into();
@@ -365,6 +393,24 @@ mod tests {
         assert!(text.contains("FORM x"), "{text}");
         assert!(text.contains('^'), "{text}");
         assert!(text.contains("did you mean `FROM`?"), "{text}");
+    }
+
+    #[test]
+    fn renders_several_in_order() {
+        let file = SourceFile::new("Dockerfile", "FORM x\nRUN\n");
+        let first = Diagnostic::at(&file, Span::new(0, 4), "unknown instruction `FORM`");
+        let second = Diagnostic::at(
+            &file,
+            Span::new(7, 10),
+            "RUN requires at least one argument",
+        );
+        let both = Diagnostic::several([first.clone(), second.clone()]).unwrap();
+        assert_eq!(both.to_string(), first.to_string());
+        assert_eq!(
+            render(&both, false),
+            render(&first, false) + &render(&second, false)
+        );
+        assert!(Diagnostic::several([]).is_none());
     }
 
     #[test]

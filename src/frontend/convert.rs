@@ -13,6 +13,7 @@ use super::buildfile::syntax::{
 use super::dockerfile::syntax::ast::{
     Command, Dockerfile, Flag, Healthcheck, Instruction, InstructionKind, Word,
 };
+use super::mount::Spec;
 use super::shell;
 use crate::diag::{Diagnostic, Result, SourceFile, Span};
 
@@ -477,113 +478,34 @@ impl<'a> Converter<'a> {
     /// A `--mount` option list as a mount expression, values as written.
     fn mount(&mut self, f: &Flag) -> Result<Expr> {
         let text = f.value.clone().unwrap_or_default();
-        let fields = crate::options::parse(&text)
+        let spec = Spec::read(&text)
             .map_err(|err| self.error(f.value_span, err.message).help(err.help))?;
-        let get = |keys: &[&str]| -> Option<String> {
-            fields
-                .iter()
-                .rev()
-                .find(|x| keys.contains(&x.key.as_str()))
-                .map(|x| x.value.clone().unwrap_or_default())
+        let o = MountOptions {
+            spec: &spec,
+            file: self.df.file.clone(),
+            span: f.value_span,
         };
-        let kind = get(&["type"]).unwrap_or_else(|| "bind".into());
-        let file = self.df.file.clone();
-        let span = f.value_span;
-        let bad = |what: &str, v: &str| {
-            Diagnostic::at(&file, span, format!("invalid {what} `{v}` in --mount"))
-        };
-        let octal = |key: &str| -> Result<Option<Expr>> {
-            match get(&[key]) {
-                None => Ok(None),
-                Some(v) => u64::from_str_radix(&v, 8)
-                    .map(|n| Some(Expr::octal(n)))
-                    .map_err(|_| bad(key, &v)),
-            }
-        };
-        let number = |key: &str| -> Result<Option<Expr>> {
-            match get(&[key]) {
-                None => Ok(None),
-                Some(v) => v
-                    .parse::<u64>()
-                    .map(|n| Some(Expr::int(n)))
-                    .map_err(|_| bad(key, &v)),
-            }
-        };
-        let boolean = |keys: &[&str]| -> Result<Option<bool>> {
-            match fields.iter().rev().find(|x| keys.contains(&x.key.as_str())) {
-                None => Ok(None),
-                Some(x) => crate::options::parse_bool(x.value.as_deref())
-                    .map(Some)
-                    .ok_or_else(|| bad(&x.key, x.value.as_deref().unwrap_or(""))),
-            }
-        };
-        // `mode` (octal), `uid`, `gid`: the same options on secret, ssh and cache mounts.
-        let ownership = || -> Result<Vec<(&'static str, Expr)>> {
-            let mut out = Vec::new();
-            for k in ["mode", "uid", "gid"] {
-                let v = if k == "mode" { octal(k)? } else { number(k)? };
-                if let Some(v) = v {
-                    out.push((k, v));
-                }
-            }
-            Ok(out)
-        };
-        let target = get(&["target", "dst", "destination"]).filter(|t| !t.is_empty());
+        // The last `type=`, as convert has always read it (lowering checks the first).
+        let kind = o.get(&["type"]).unwrap_or_else(|| "bind".into());
+        let target = o
+            .get(&["target", "dst", "destination"])
+            .filter(|t| !t.is_empty());
         let mut named: Vec<(&str, Expr)> = Vec::new();
-        let bool_expr = |b: bool| Expr::new(ExprKind::Bool(b));
         Ok(match kind.as_str() {
-            "secret" => {
-                let id = get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| {
-                    target
-                        .as_deref()
-                        .and_then(|t| t.rsplit('/').find(|p| !p.is_empty()))
-                        .unwrap_or_default()
-                        .to_string()
-                });
-                if id.is_empty() {
-                    return Err(self
-                        .error(f.value_span, "secret mount needs an `id`")
-                        .help("write `--mount=type=secret,id=NAME`"));
-                }
-                let handle = self.handle(false, &id);
-                let env = get(&["env"]).filter(|e| !e.is_empty());
-                if let Some(r) = boolean(&["required"])? {
-                    named.push(("required", bool_expr(r)));
-                }
-                named.extend(ownership()?);
-                match (&target, &env) {
-                    (None, Some(env)) if named.iter().all(|(k, _)| *k == "required") => {
-                        Expr::name(&handle).method("env", vec![s(env)], named)
-                    }
-                    (t, None) => {
-                        let args = t.iter().map(|t| s(t)).collect();
-                        Expr::name(&handle).method("file", args, named)
-                    }
-                    (t, env) => {
-                        let mut all = Vec::new();
-                        if let Some(t) = t {
-                            all.push(("target", s(t)));
-                        }
-                        if let Some(env) = env {
-                            all.push(("env", s(env)));
-                        }
-                        all.extend(named);
-                        Expr::name(&handle).method("mount", vec![], all)
-                    }
-                }
-            }
+            "secret" => self.secret_mount(&o, target)?,
             "ssh" => {
-                let id = get(&["id"])
+                let id = o
+                    .get(&["id"])
                     .filter(|i| !i.is_empty())
                     .unwrap_or_else(|| "default".into());
                 let handle = self.handle(true, &id);
                 if let Some(t) = &target {
                     named.push(("target", s(t)));
                 }
-                if let Some(r) = boolean(&["required"])? {
+                if let Some(r) = o.boolean(&["required"])? {
                     named.push(("required", bool_expr(r)));
                 }
-                named.extend(ownership()?);
+                named.extend(o.ownership()?);
                 Expr::name(&handle).method("mount", vec![], named)
             }
             "cache" => {
@@ -592,22 +514,14 @@ impl<'a> Converter<'a> {
                         .error(f.value_span, "cache mount needs a `target`")
                         .help("add `target=/path`"));
                 };
-                if let Some(id) = get(&["id"]).filter(|i| !i.is_empty()) {
+                if let Some(id) = o.get(&["id"]).filter(|i| !i.is_empty()) {
                     named.push(("id", s(&id)));
                 }
-                if let Some(sh) = get(&["sharing"]) {
+                if let Some(sh) = o.get(&["sharing"]) {
                     named.push(("sharing", s(&sh)));
                 }
-                named.extend(ownership()?);
-                let ro = match (
-                    boolean(&["readonly", "ro"])?,
-                    boolean(&["rw", "readwrite"])?,
-                ) {
-                    (Some(ro), _) => ro,
-                    (None, Some(rw)) => !rw,
-                    (None, None) => false,
-                };
-                if ro {
+                named.extend(o.ownership()?);
+                if o.readonly(false)? {
                     named.push(("readonly", bool_expr(true)));
                 }
                 Expr::call(Expr::name("cache"), vec![s(&t)], named)
@@ -618,32 +532,25 @@ impl<'a> Converter<'a> {
                         .error(f.value_span, "tmpfs mount needs a `target`")
                         .help("add `target=/path`"));
                 };
-                if let Some(size) = get(&["size"]) {
-                    let n = crate::options::parse_size(&size).ok_or_else(|| bad("size", &size))?;
+                if let Some(size) = o.get(&["size"]) {
+                    let n =
+                        crate::options::parse_size(&size).ok_or_else(|| o.bad("size", &size))?;
                     named.push(("size", Expr::int(n)));
                 }
                 Expr::call(Expr::name("tmpfs"), vec![s(&t)], named)
             }
             "bind" => {
-                let from = match get(&["from"]) {
+                let from = match o.get(&["from"]) {
                     Some(v) => self.source(&v),
                     None => context(),
                 };
                 if let Some(t) = &target {
                     named.push(("target", s(t)));
                 }
-                if let Some(src) = get(&["source", "src"]) {
+                if let Some(src) = o.get(&["source", "src"]) {
                     named.push(("source", s(&src)));
                 }
-                let ro = match (
-                    boolean(&["readonly", "ro"])?,
-                    boolean(&["rw", "readwrite"])?,
-                ) {
-                    (Some(ro), _) => ro,
-                    (None, Some(rw)) => !rw,
-                    (None, None) => true,
-                };
-                if !ro {
+                if !o.readonly(true)? {
                     named.push(("rw", bool_expr(true)));
                 }
                 Expr::call(Expr::name("bind"), vec![from], named)
@@ -652,6 +559,49 @@ impl<'a> Converter<'a> {
                 return Err(self
                     .error(f.value_span, format!("unknown mount type `{other}`"))
                     .help("mount types are: bind, cache, tmpfs, secret, ssh"));
+            }
+        })
+    }
+
+    /// A secret mount: the handle's `env`, `file` or `mount` method, whichever says it shortest.
+    fn secret_mount(&mut self, o: &MountOptions, target: Option<String>) -> Result<Expr> {
+        let id = o.get(&["id"]).filter(|i| !i.is_empty()).unwrap_or_else(|| {
+            target
+                .as_deref()
+                .and_then(|t| t.rsplit('/').find(|p| !p.is_empty()))
+                .unwrap_or_default()
+                .to_string()
+        });
+        if id.is_empty() {
+            return Err(self
+                .error(o.span, "secret mount needs an `id`")
+                .help("write `--mount=type=secret,id=NAME`"));
+        }
+        let handle = self.handle(false, &id);
+        let env = o.get(&["env"]).filter(|e| !e.is_empty());
+        let mut named: Vec<(&str, Expr)> = Vec::new();
+        if let Some(r) = o.boolean(&["required"])? {
+            named.push(("required", bool_expr(r)));
+        }
+        named.extend(o.ownership()?);
+        Ok(match (&target, &env) {
+            (None, Some(env)) if named.iter().all(|(k, _)| *k == "required") => {
+                Expr::name(&handle).method("env", vec![s(env)], named)
+            }
+            (t, None) => {
+                let args = t.iter().map(|t| s(t)).collect();
+                Expr::name(&handle).method("file", args, named)
+            }
+            (t, env) => {
+                let mut all = Vec::new();
+                if let Some(t) = t {
+                    all.push(("target", s(t)));
+                }
+                if let Some(env) = env {
+                    all.push(("env", s(env)));
+                }
+                all.extend(named);
+                Expr::name(&handle).method("mount", vec![], all)
             }
         })
     }
@@ -834,6 +784,90 @@ impl<'a> Converter<'a> {
 
 fn context() -> Expr {
     Expr::call(Expr::name("context"), vec![s(".")], vec![])
+}
+
+fn bool_expr(b: bool) -> Expr {
+    Expr::new(ExprKind::Bool(b))
+}
+
+/// One `--mount` list as convert reads it: values as written; a bad number, size or flag is reported
+/// at the whole list.
+struct MountOptions<'a> {
+    spec: &'a Spec,
+    file: std::sync::Arc<SourceFile>,
+    span: Span,
+}
+
+impl MountOptions<'_> {
+    fn get(&self, keys: &[&str]) -> Option<String> {
+        self.spec.value(keys)
+    }
+
+    fn bad(&self, what: &str, v: &str) -> Diagnostic {
+        Diagnostic::at(
+            &self.file,
+            self.span,
+            format!("invalid {what} `{v}` in --mount"),
+        )
+    }
+
+    fn octal(&self, key: &str) -> Result<Option<Expr>> {
+        match self.get(&[key]) {
+            None => Ok(None),
+            Some(v) => u64::from_str_radix(&v, 8)
+                .map(|n| Some(Expr::octal(n)))
+                .map_err(|_| self.bad(key, &v)),
+        }
+    }
+
+    fn number(&self, key: &str) -> Result<Option<Expr>> {
+        match self.get(&[key]) {
+            None => Ok(None),
+            Some(v) => v
+                .parse::<u64>()
+                .map(|n| Some(Expr::int(n)))
+                .map_err(|_| self.bad(key, &v)),
+        }
+    }
+
+    fn boolean(&self, keys: &[&str]) -> Result<Option<bool>> {
+        match self.spec.get(keys) {
+            None => Ok(None),
+            Some(x) => crate::options::parse_bool(x.value.as_deref())
+                .map(Some)
+                .ok_or_else(|| self.bad(&x.key, x.value.as_deref().unwrap_or(""))),
+        }
+    }
+
+    /// `mode` (octal), `uid`, `gid`: the same options on secret, ssh and cache mounts.
+    fn ownership(&self) -> Result<Vec<(&'static str, Expr)>> {
+        let mut out = Vec::new();
+        for k in ["mode", "uid", "gid"] {
+            let v = if k == "mode" {
+                self.octal(k)?
+            } else {
+                self.number(k)?
+            };
+            if let Some(v) = v {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the mount is read-only: `readonly`/`ro` wins over `rw`/`readwrite`; `default` otherwise.
+    fn readonly(&self, default: bool) -> Result<bool> {
+        Ok(
+            match (
+                self.boolean(&["readonly", "ro"])?,
+                self.boolean(&["rw", "readwrite"])?,
+            ) {
+                (Some(ro), _) => ro,
+                (None, Some(rw)) => !rw,
+                (None, None) => default,
+            },
+        )
+    }
 }
 
 fn command(c: &Command) -> Expr {

@@ -101,49 +101,95 @@ fn options_of(kind: &str) -> &'static [&'static str] {
     }
 }
 
-/// Parses one `--mount` value. `cwd` makes relative targets absolute, as BuildKit does.
-pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
-    let fields = options::parse(text).map_err(|e| err(e.span, e.message, e.help))?;
-    let (kind, kind_span) = fields
-        .iter()
-        .find(|f| f.key == "type")
-        .map(|f| (f.value.clone().unwrap_or_default(), f.span))
-        .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
-    match kind.as_str() {
-        "secret" | "cache" | "bind" | "tmpfs" | "ssh" => {}
-        other => {
-            let help = match suggest(other, MOUNT_TYPES) {
+/// A `--mount` option list as written: its type and every option with its span, values neither
+/// expanded nor checked. Both readers of `RUN --mount` start here: `convert` carries the values as
+/// written, lowering expands the list first and then checks it with [`parse`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Spec {
+    /// The type lowering reads: the first `type=` (`bind` when there is none).
+    pub(crate) kind: String,
+    /// The span of that `type=` option (the whole list when there is none).
+    pub(crate) kind_span: Span,
+    /// Every option, in order.
+    pub(crate) fields: Vec<Field>,
+}
+
+impl Spec {
+    /// Reads the option list; fails only on its syntax (an unterminated quote).
+    pub(crate) fn read(text: &str) -> Result<Spec, Error> {
+        let fields = options::parse(text).map_err(|e| err(e.span, e.message, e.help))?;
+        let (kind, kind_span) = fields
+            .iter()
+            .find(|f| f.key == "type")
+            .map(|f| (f.value.clone().unwrap_or_default(), f.span))
+            .unwrap_or_else(|| ("bind".to_string(), Span::new(0, text.len())));
+        Ok(Spec {
+            kind,
+            kind_span,
+            fields,
+        })
+    }
+
+    /// The last option named by one of `keys`: a later option wins.
+    pub(crate) fn get(&self, keys: &[&str]) -> Option<&Field> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|f| keys.contains(&f.key.as_str()))
+    }
+
+    /// The value of [`Spec::get`] as written; empty for an option without a value.
+    pub(crate) fn value(&self, keys: &[&str]) -> Option<String> {
+        self.get(keys).map(|f| f.value.clone().unwrap_or_default())
+    }
+
+    /// Fails on a type or an option BuildKit does not know.
+    fn check_known(&self) -> Result<(), Error> {
+        let kind = self.kind.as_str();
+        if !MOUNT_TYPES.contains(&kind) {
+            let help = match suggest(kind, MOUNT_TYPES) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("mount types are: {}", MOUNT_TYPES.join(", ")),
             };
             return Err(err(
-                kind_span,
-                format!("unknown mount type `{other}`"),
+                self.kind_span,
+                format!("unknown mount type `{kind}`"),
                 help,
             ));
         }
-    }
-    let known = options_of(&kind);
-    for f in &fields {
-        if !known.contains(&f.key.as_str()) {
-            let help = match suggest(&f.key, known.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("{kind} mounts take: {}", known[1..].join(", ")),
-            };
-            return Err(err(
-                f.span,
-                format!("unknown {kind} mount option `{}`", f.key),
-                help,
-            ));
+        let known = options_of(kind);
+        for f in &self.fields {
+            if !known.contains(&f.key.as_str()) {
+                let help = match suggest(&f.key, known.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("{kind} mounts take: {}", known[1..].join(", ")),
+                };
+                return Err(err(
+                    f.span,
+                    format!("unknown {kind} mount option `{}`", f.key),
+                    help,
+                ));
+            }
         }
+        Ok(())
     }
-    let get = |keys: &[&str]| fields.iter().rev().find(|f| keys.contains(&f.key.as_str()));
-    // An empty target is missing; `.` and relative paths are relative to the working directory.
-    let target = get(&["target", "dst", "destination"])
-        .and_then(|f| f.value.as_deref().filter(|v| !v.is_empty()))
-        .map(|v| join_path(cwd, v));
-    let flag = |keys: &[&str]| -> Result<Option<bool>, Error> {
-        match get(keys) {
+}
+
+/// A checked reading of one [`Spec`]: its option values as typed values.
+struct Reader<'a> {
+    spec: &'a Spec,
+    /// The whole list, for errors about what is missing.
+    text: &'a str,
+    cwd: &'a str,
+}
+
+impl Reader<'_> {
+    fn kind(&self) -> &str {
+        &self.spec.kind
+    }
+
+    fn flag(&self, keys: &[&str]) -> Result<Option<bool>, Error> {
+        match self.spec.get(keys) {
             None => Ok(None),
             Some(f) => options::parse_bool(f.value.as_deref())
                 .map(Some)
@@ -155,9 +201,10 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
                     )
                 }),
         }
-    };
-    let number = |key: &str, default: u32, radix: u32| -> Result<u32, Error> {
-        match get(&[key]) {
+    }
+
+    fn number(&self, key: &str, default: u32, radix: u32) -> Result<u32, Error> {
+        match self.spec.get(&[key]) {
             None => Ok(default),
             Some(f) => {
                 let v = f.value.clone().unwrap_or_default();
@@ -172,91 +219,74 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
                         };
                         err(
                             f.value_span(),
-                            format!("invalid {key} `{v}` in {kind} mount"),
+                            format!("invalid {key} `{v}` in {} mount", self.kind()),
                             help,
                         )
                     })
             }
         }
-    };
-    let readonly = match (flag(&["readonly", "ro"])?, flag(&["rw", "readwrite"])?) {
-        (Some(ro), _) => ro,
-        (None, Some(rw)) => !rw,
-        (None, None) => kind == "bind",
-    };
-    let need_target = |target: Option<String>| {
+    }
+
+    /// The value of the first of `keys` present, cloned (`None` also for an option without a value).
+    fn string(&self, keys: &[&str]) -> Option<String> {
+        self.spec.get(keys).and_then(|f| f.value.clone())
+    }
+
+    fn need_target(&self, target: Option<String>) -> Result<String, Error> {
+        let kind = self.kind();
         target.ok_or_else(|| {
             err(
-                Span::new(0, text.len()),
+                Span::new(0, self.text.len()),
                 format!("{kind} mount needs a `target`"),
                 format!("add `target=/path`, e.g. `--mount=type={kind},target=/path`"),
             )
         })
+    }
+}
+
+/// Parses one `--mount` value. `cwd` makes relative targets absolute, as BuildKit does.
+pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
+    let spec = Spec::read(text)?;
+    spec.check_known()?;
+    let r = Reader {
+        spec: &spec,
+        text,
+        cwd,
     };
-    match kind.as_str() {
-        "secret" => secret(
-            &fields,
-            target,
-            cwd,
-            text,
-            flag(&["required"])?.unwrap_or(false),
-            &number,
-        ),
+    let kind = spec.kind.as_str();
+    // An empty target is missing; `.` and relative paths are relative to the working directory.
+    let target = spec
+        .get(&["target", "dst", "destination"])
+        .and_then(|f| f.value.as_deref().filter(|v| !v.is_empty()))
+        .map(|v| join_path(cwd, v));
+    let readonly = match (r.flag(&["readonly", "ro"])?, r.flag(&["rw", "readwrite"])?) {
+        (Some(ro), _) => ro,
+        (None, Some(rw)) => !rw,
+        (None, None) => kind == "bind",
+    };
+    match kind {
+        "secret" => secret(&r, target, r.flag(&["required"])?.unwrap_or(false)),
         "ssh" => Ok(Parsed::Other(RunMount::Ssh {
-            id: get(&["id"])
-                .and_then(|f| f.value.clone())
+            id: r
+                .string(&["id"])
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "default".to_string()),
             target,
-            required: flag(&["required"])?.unwrap_or(false),
-            mode: number("mode", 0o600, 8)?,
-            uid: number("uid", 0, 10)?,
-            gid: number("gid", 0, 10)?,
+            required: r.flag(&["required"])?.unwrap_or(false),
+            mode: r.number("mode", 0o600, 8)?,
+            uid: r.number("uid", 0, 10)?,
+            gid: r.number("gid", 0, 10)?,
         })),
-        "cache" => {
-            let target = need_target(target)?;
-            if let Some(f) = get(&["from", "source", "src"]) {
-                return Err(err(
-                    f.span,
-                    format!("cache mount option `{}` is not supported yet", f.key),
-                    "the cache starts empty and keeps what steps write into it",
-                ));
-            }
-            let sharing = match get(&["sharing"]) {
-                None => Sharing::Shared,
-                Some(f) => {
-                    let v = f.value.clone().unwrap_or_default();
-                    Sharing::parse(&v).ok_or_else(|| {
-                        let help = match suggest(&v, ["shared", "private", "locked"]) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => "sharing is one of: shared, private, locked".to_string(),
-                        };
-                        err(f.value_span(), format!("invalid sharing mode `{v}`"), help)
-                    })?
-                }
-            };
-            let id = get(&["id"])
-                .and_then(|f| f.value.clone())
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| target.clone());
-            Ok(Parsed::Other(RunMount::Cache {
-                target,
-                id,
-                sharing,
-                mode: number("mode", 0o755, 8)?,
-                uid: number("uid", 0, 10)?,
-                gid: number("gid", 0, 10)?,
-                readonly,
-            }))
-        }
+        "cache" => cache(&r, r.need_target(target)?, readonly),
         "bind" => {
             // BuildKit mounts a bind without a target at the working directory.
             let target = target.unwrap_or_else(|| join_path(cwd, "."));
-            let source = get(&["source", "src"])
-                .and_then(|f| f.value.clone())
+            let source = r
+                .string(&["source", "src"])
                 .unwrap_or_else(|| "/".to_string());
-            let from =
-                get(&["from"]).map(|f| (f.value.clone().unwrap_or_default(), f.value_span()));
+            let from = spec
+                .get(&["from"])
+                .map(|f| (f.value.clone().unwrap_or_default(), f.value_span()));
             Ok(Parsed::Bind {
                 target,
                 source,
@@ -265,8 +295,8 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
             })
         }
         _ => {
-            let target = need_target(target)?;
-            let size = match get(&["size"]) {
+            let target = r.need_target(target)?;
+            let size = match spec.get(&["size"]) {
                 None => None,
                 Some(f) => Some(
                     options::parse_size(f.value.as_deref().unwrap_or("")).ok_or_else(|| {
@@ -283,29 +313,52 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
     }
 }
 
-fn secret(
-    fields: &[Field],
-    target: Option<String>,
-    cwd: &str,
-    text: &str,
-    required: bool,
-    number: &dyn Fn(&str, u32, u32) -> Result<u32, Error>,
-) -> Result<Parsed, Error> {
-    let get = |key: &str| {
-        fields
-            .iter()
-            .rev()
-            .find(|f| f.key == key)
-            .and_then(|f| f.value.clone())
+fn cache(r: &Reader, target: String, readonly: bool) -> Result<Parsed, Error> {
+    if let Some(f) = r.spec.get(&["from", "source", "src"]) {
+        return Err(err(
+            f.span,
+            format!("cache mount option `{}` is not supported yet", f.key),
+            "the cache starts empty and keeps what steps write into it",
+        ));
+    }
+    let sharing = match r.spec.get(&["sharing"]) {
+        None => Sharing::Shared,
+        Some(f) => {
+            let v = f.value.clone().unwrap_or_default();
+            Sharing::parse(&v).ok_or_else(|| {
+                let help = match suggest(&v, ["shared", "private", "locked"]) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => "sharing is one of: shared, private, locked".to_string(),
+                };
+                err(f.value_span(), format!("invalid sharing mode `{v}`"), help)
+            })?
+        }
     };
+    let id = r
+        .string(&["id"])
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| target.clone());
+    Ok(Parsed::Other(RunMount::Cache {
+        target,
+        id,
+        sharing,
+        mode: r.number("mode", 0o755, 8)?,
+        uid: r.number("uid", 0, 10)?,
+        gid: r.number("gid", 0, 10)?,
+        readonly,
+    }))
+}
+
+fn secret(r: &Reader, target: Option<String>, required: bool) -> Result<Parsed, Error> {
+    let get = |key: &str| r.string(&[key]);
     let mut m = SecretMount {
         id: get("id").unwrap_or_default(),
         target,
         env: get("env").filter(|e| !e.is_empty()),
         required,
-        mode: number("mode", 0o400, 8)?,
-        uid: number("uid", 0, 10)?,
-        gid: number("gid", 0, 10)?,
+        mode: r.number("mode", 0o400, 8)?,
+        uid: r.number("uid", 0, 10)?,
+        gid: r.number("gid", 0, 10)?,
     };
     if m.id.is_empty() {
         // BuildKit's rule: the id defaults to the target's file name.
@@ -318,13 +371,13 @@ fn secret(
     }
     if m.id.is_empty() {
         return Err(err(
-            Span::new(0, text.len()),
+            Span::new(0, r.text.len()),
             "secret mount needs an `id`",
             "write `--mount=type=secret,id=NAME` and build with `--secret id=NAME,src=FILE`",
         ));
     }
     if m.target.is_none() && m.env.is_none() {
-        m.target = Some(join_path(cwd, &format!("/run/secrets/{}", m.id)));
+        m.target = Some(join_path(r.cwd, &format!("/run/secrets/{}", m.id)));
     }
     Ok(Parsed::Secret(m))
 }

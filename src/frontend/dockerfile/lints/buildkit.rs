@@ -39,8 +39,6 @@ pub(super) fn run(
     comments: &[Vec<String>],
     opts: &Options,
 ) -> Result<()> {
-    let file = df.file.clone();
-    let text: &str = &file.text;
     // The parser's warnings.
     for w in &df.warnings {
         l.emit(
@@ -50,7 +48,20 @@ pub(super) fn run(
             "Empty continuation line".into(),
         );
     }
-    // The instruction step.
+    instruction_step(l, df, comments);
+    let stages = stage_list(l, df);
+    casing(l, df, stages.first().map_or(0, |s| s.from));
+    let globals = global_args(df, opts, &stages);
+    invalid_default_bases(l, df, &stages, &globals.defaults_env);
+    let bases = from_lines(l, df, &stages, &globals);
+    let dispatch = dispatched(df, opts, &stages, &bases)?;
+    dispatch_stages(l, df, opts, &stages, &bases, &dispatch, &globals.global_env);
+    Ok(())
+}
+
+/// The checks of BuildKit's instruction step.
+fn instruction_step(l: &mut Linter, df: &Dockerfile, comments: &[Vec<String>]) {
+    let text: &str = &df.file.text;
     for (i, ins) in df.instructions.iter().enumerate() {
         match &ins.kind {
             InstructionKind::Maintainer(_) => {
@@ -106,7 +117,10 @@ pub(super) fn run(
             _ => {}
         }
     }
-    // The stage list.
+}
+
+/// The stages, and the checks on their names.
+fn stage_list(l: &mut Linter, df: &Dockerfile) -> Vec<StageRef> {
     let mut stages: Vec<StageRef> = Vec::new();
     for (i, ins) in df.instructions.iter().enumerate() {
         if let InstructionKind::From { alias, .. } = &ins.kind {
@@ -146,9 +160,20 @@ pub(super) fn run(
             );
         }
     }
-    casing(l, df, stages.first().map_or(0, |s| s.from));
+    stages
+}
 
-    // Global ARGs, as `buildMetaArgs` computes them: with only their defaults, and with --build-arg.
+/// The global ARGs, as `buildMetaArgs` computes them.
+struct Globals {
+    /// With only their defaults.
+    defaults_env: Vec<(String, String)>,
+    /// With --build-arg.
+    global_env: Vec<(String, String)>,
+    /// Every name a FROM line may use, sorted.
+    arg_keys: Vec<String>,
+}
+
+fn global_args(df: &Dockerfile, opts: &Options, stages: &[StageRef]) -> Globals {
     let target_name = opts
         .target
         .clone()
@@ -185,11 +210,29 @@ pub(super) fn run(
     };
     let defaults_env = meta_env(false);
     let global_env = meta_env(true);
-    for st in &stages {
+    let mut arg_keys: Vec<String> = meta.iter().map(|d| d.key.text.clone()).collect();
+    arg_keys.extend(global_env.iter().map(|(k, _)| k.clone()));
+    arg_keys.sort();
+    arg_keys.dedup();
+    Globals {
+        defaults_env,
+        global_env,
+        arg_keys,
+    }
+}
+
+/// `InvalidDefaultArgInFrom`: base images that the ARG defaults alone leave empty or invalid.
+fn invalid_default_bases(
+    l: &mut Linter,
+    df: &Dockerfile,
+    stages: &[StageRef],
+    defaults_env: &[(String, String)],
+) {
+    for st in stages {
         let InstructionKind::From { image, .. } = &df.instructions[st.from].kind else {
             continue;
         };
-        let e = words::expand(&image.text, df.escape, &defaults_env);
+        let e = words::expand(&image.text, df.escape, defaults_env);
         let Some(v) = e.value else { break };
         if !words::valid_reference(&v) {
             l.emit(
@@ -203,24 +246,24 @@ pub(super) fn run(
             );
         }
     }
-    // Each FROM line with the build's global args.
-    let mut arg_keys: Vec<String> = meta.iter().map(|d| d.key.text.clone()).collect();
-    arg_keys.extend(global_env.iter().map(|(k, _)| k.clone()));
-    arg_keys.sort();
-    arg_keys.dedup();
+}
+
+/// Each FROM line with the build's global args; returns each stage's base, lower-cased.
+fn from_lines(l: &mut Linter, df: &Dockerfile, stages: &[StageRef], g: &Globals) -> Vec<String> {
+    let (global_env, arg_keys) = (&g.global_env, &g.arg_keys);
     let mut bases: Vec<String> = Vec::new();
-    for st in &stages {
+    for st in stages {
         let ins = &df.instructions[st.from];
         let InstructionKind::From { image, .. } = &ins.kind else {
             continue;
         };
-        let e = words::expand(&image.text, df.escape, &global_env);
-        undefined_in_from(l, st.from, image.span, &e, &arg_keys);
+        let e = words::expand(&image.text, df.escape, global_env);
+        undefined_in_from(l, st.from, image.span, &e, arg_keys);
         bases.push(e.value.unwrap_or_default().to_lowercase());
         if let Some(flag) = ins.flag("platform") {
             let raw = flag.value.clone().unwrap_or_default();
-            let e = words::expand(&raw, df.escape, &global_env);
-            undefined_in_from(l, st.from, flag.value_span, &e, &arg_keys);
+            let e = words::expand(&raw, df.escape, global_env);
+            undefined_in_from(l, st.from, flag.value_span, &e, arg_keys);
             let result = e.value.clone().unwrap_or_default();
             if e.matched.len() == 1 && e.unmatched.is_empty() && e.matched[0] == "TARGETPLATFORM" {
                 let tp = global_env
@@ -253,9 +296,17 @@ pub(super) fn run(
             }
         }
     }
+    bases
+}
 
-    // Which stages are dispatched: all of them without --target (BuildKit's lint), else what the
-    // target needs.
+/// Which stages are dispatched: all of them without --target (BuildKit's lint), else what the
+/// target needs.
+fn dispatched(
+    df: &Dockerfile,
+    opts: &Options,
+    stages: &[StageRef],
+    bases: &[String],
+) -> Result<Vec<bool>> {
     let index_of = |name: &str, before: usize| -> Option<usize> {
         let lower = name.to_lowercase();
         stages[..before]
@@ -263,7 +314,7 @@ pub(super) fn run(
             .position(|s| s.name.as_deref() == Some(lower.as_str()))
             .or_else(|| name.parse::<usize>().ok().filter(|i| *i < before))
     };
-    let dispatch: Vec<bool> = match &opts.target {
+    Ok(match &opts.target {
         None => vec![true; stages.len()],
         Some(t) => {
             let lower = t.to_lowercase();
@@ -308,8 +359,19 @@ pub(super) fn run(
             }
             needed
         }
-    };
+    })
+}
 
+/// Dispatches each stage `dispatch` selects, in order, each starting from what its base stage left.
+fn dispatch_stages(
+    l: &mut Linter,
+    df: &Dockerfile,
+    opts: &Options,
+    stages: &[StageRef],
+    bases: &[String],
+    dispatch: &[bool],
+    global_env: &[(String, String)],
+) {
     let targets = secrets::file_targets(df);
     let mut finished: Vec<Inherited> = Vec::new();
     for (s, st) in stages.iter().enumerate() {
@@ -320,7 +382,7 @@ pub(super) fn run(
         let mut d = Dispatch {
             df,
             opts,
-            global_env: &global_env,
+            global_env,
             env: parent.as_ref().map_or_else(
                 || vec![("PATH".into(), DEFAULT_PATH.into())],
                 |p| p.env.clone(),
@@ -345,7 +407,6 @@ pub(super) fn run(
             cwd: d.cwd,
         });
     }
-    Ok(())
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -560,31 +621,165 @@ impl Dispatch<'_> {
         }
     }
 
+    /// ENV: every pair expanded before any is set, as BuildKit does.
+    fn env(&mut self, l: &mut Linter, i: usize, ins: &Instruction, pairs: &[KeyValue]) {
+        // BuildKit expands every pair before setting any.
+        let mut set_now = Vec::new();
+        for kv in pairs {
+            let key = self
+                .word(l, i, &kv.key.text, kv.key.span)
+                .unwrap_or_else(|| kv.key.text.clone());
+            let value = match &kv.value {
+                Some(v) => self.word(l, i, &v.text, v.span).unwrap_or_default(),
+                None => String::new(),
+            };
+            set_now.push((kv, key, value));
+        }
+        for (kv, key, value) in set_now {
+            self.legacy(l, i, ins, kv);
+            secret_key(l, i, "ENV", &key, kv.key.span);
+            secrets::value(l, i, "ENV", &key, kv.value.as_ref());
+            set(&mut self.env, &key, &value);
+        }
+    }
+
+    fn arg(&mut self, l: &mut Linter, i: usize, decls: &[KeyValue]) {
+        for d in decls {
+            let key = d.key.text.clone();
+            secret_key(l, i, "ARG", &key, d.key.span);
+            secrets::value(l, i, "ARG", &key, d.value.as_ref());
+            let given = self.opts.build_args.iter().rev().find(|a| a.key == key);
+            let value = match (given, &d.value) {
+                (Some(a), _) => Some(a.value.clone()),
+                (None, Some(w)) => self.word(l, i, &w.text, w.span),
+                (None, None) => self
+                    .global_env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| v.clone()),
+            };
+            if let Some(v) = value
+                && !NON_ENV_ARGS.contains(&key.as_str())
+            {
+                set(&mut self.env, &key, &v);
+            }
+            self.args.push(key);
+        }
+    }
+
+    fn workdir(&mut self, l: &mut Linter, i: usize, w: &Word) {
+        let path = self.word(l, i, &w.text, w.span).unwrap_or_default();
+        if !self.workdir_set && !path.starts_with('/') {
+            l.emit(
+                "WorkdirRelativePath",
+                Some(i),
+                w.span,
+                format!(
+                    "Relative workdir {} can have unexpected results if the base image changes",
+                    crate::frontend::dockerfile::syntax::quote::go_quote(path.as_bytes())
+                ),
+            );
+        }
+        self.workdir_set = true;
+        let base = self.cwd.clone().unwrap_or_else(|| "/".into());
+        let joined = if path.starts_with('/') {
+            path
+        } else {
+            format!("{base}/{path}")
+        };
+        self.cwd = Some(words::clean_path(&joined));
+    }
+
+    fn expose(&self, l: &mut Linter, i: usize, ports: &[Word]) {
+        let df = self.df;
+        for w in ports {
+            let Ok(fields) =
+                crate::frontend::shell::expand_words(&w.text, df.escape, &|n: &str| {
+                    self.env
+                        .iter()
+                        .rev()
+                        .find(|(k, _)| k == n)
+                        .map(|(_, v)| v.clone())
+                })
+            else {
+                continue;
+            };
+            for raw in fields {
+                let parts: Vec<&str> = raw.split(':').collect();
+                let container = parts.last().copied().unwrap_or("");
+                let proto = container.split_once('/').map_or("", |(_, p)| p);
+                if proto.to_lowercase() != proto {
+                    l.emit(
+                        "ExposeProtoCasing",
+                        Some(i),
+                        w.span,
+                        format!(
+                            "Defined protocol '{raw}' in EXPOSE instruction should be lowercase"
+                        ),
+                    );
+                }
+                if parts.len() > 1 {
+                    l.emit(
+                        "ExposeInvalidFormat",
+                        Some(i),
+                        w.span,
+                        format!("EXPOSE instruction should not define an IP address or host-port mapping, found '{raw}'"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// COPY and ADD: their flags and words expanded, the .dockerignore and secret checks.
+    fn copy(&self, l: &mut Linter, i: usize, ins: &Instruction, sources: &[Word], dest: &Word) {
+        let is_add = matches!(ins.kind, InstructionKind::Add { .. });
+        for flag in ["chown", "chmod", "checksum"] {
+            if let Some(f) = ins.flag(flag) {
+                let raw = f.value.clone().unwrap_or_default();
+                self.word(l, i, &raw, f.value_span);
+            }
+        }
+        let mut expanded = Vec::new();
+        for s in sources {
+            let v = self
+                .word(l, i, &s.text, s.span)
+                .unwrap_or_else(|| s.text.clone());
+            expanded.push((s, v));
+        }
+        self.word(l, i, &dest.text, dest.span);
+        let from_context = is_add || ins.flag("from").is_none();
+        if let (Some(ignored), true) = (self.opts.ignored, from_context) {
+            for (s, v) in &expanded {
+                if v.starts_with("http://") || v.starts_with("https://") {
+                    continue;
+                }
+                let path = words::clean_path(v);
+                let root = path == "." || path == "/";
+                if ignored(if root { "." } else { &path }) {
+                    l.emit(
+                        "CopyIgnoredFile",
+                        Some(i),
+                        s.span,
+                        format!(
+                            "Attempting to {} file {} that is excluded by .dockerignore",
+                            if is_add { "Add" } else { "Copy" },
+                            crate::frontend::dockerfile::syntax::quote::go_quote(path.as_bytes())
+                        ),
+                    );
+                }
+            }
+        }
+        let values: Vec<(&Word, String)> = expanded.iter().map(|(w, v)| (*w, v.clone())).collect();
+        secrets::copy(l, i, ins, &values);
+    }
+
     fn instruction(&mut self, l: &mut Linter, i: usize) {
         let df = self.df;
         let ins = &df.instructions[i];
         let name = ins.keyword.text.as_str();
         match &ins.kind {
-            InstructionKind::Env(pairs) => {
-                // BuildKit expands every pair before setting any.
-                let mut set_now = Vec::new();
-                for kv in pairs {
-                    let key = self
-                        .word(l, i, &kv.key.text, kv.key.span)
-                        .unwrap_or_else(|| kv.key.text.clone());
-                    let value = match &kv.value {
-                        Some(v) => self.word(l, i, &v.text, v.span).unwrap_or_default(),
-                        None => String::new(),
-                    };
-                    set_now.push((kv, key, value));
-                }
-                for (kv, key, value) in set_now {
-                    self.legacy(l, i, ins, kv);
-                    secret_key(l, i, "ENV", &key, kv.key.span);
-                    secrets::value(l, i, "ENV", &key, kv.value.as_ref());
-                    set(&mut self.env, &key, &value);
-                }
-            }
+            InstructionKind::Env(pairs) => self.env(l, i, ins, pairs),
             InstructionKind::Label(pairs) => {
                 for kv in pairs {
                     self.word(l, i, &kv.key.text, kv.key.span);
@@ -596,49 +791,8 @@ impl Dispatch<'_> {
                     self.legacy(l, i, ins, kv);
                 }
             }
-            InstructionKind::Arg(decls) => {
-                for d in decls {
-                    let key = d.key.text.clone();
-                    secret_key(l, i, "ARG", &key, d.key.span);
-                    secrets::value(l, i, "ARG", &key, d.value.as_ref());
-                    let given = self.opts.build_args.iter().rev().find(|a| a.key == key);
-                    let value = match (given, &d.value) {
-                        (Some(a), _) => Some(a.value.clone()),
-                        (None, Some(w)) => self.word(l, i, &w.text, w.span),
-                        (None, None) => self
-                            .global_env
-                            .iter()
-                            .rev()
-                            .find(|(k, _)| *k == key)
-                            .map(|(_, v)| v.clone()),
-                    };
-                    if let Some(v) = value
-                        && !NON_ENV_ARGS.contains(&key.as_str())
-                    {
-                        set(&mut self.env, &key, &v);
-                    }
-                    self.args.push(key);
-                }
-            }
-            InstructionKind::Workdir(w) => {
-                let path = self.word(l, i, &w.text, w.span).unwrap_or_default();
-                if !self.workdir_set && !path.starts_with('/') {
-                    l.emit(
-                        "WorkdirRelativePath",
-                        Some(i),
-                        w.span,
-                        format!("Relative workdir {} can have unexpected results if the base image changes", crate::frontend::dockerfile::syntax::quote::go_quote(path.as_bytes())),
-                    );
-                }
-                self.workdir_set = true;
-                let base = self.cwd.clone().unwrap_or_else(|| "/".into());
-                let joined = if path.starts_with('/') {
-                    path
-                } else {
-                    format!("{base}/{path}")
-                };
-                self.cwd = Some(words::clean_path(&joined));
-            }
+            InstructionKind::Arg(decls) => self.arg(l, i, decls),
+            InstructionKind::Workdir(w) => self.workdir(l, i, w),
             InstructionKind::User(w) | InstructionKind::StopSignal(w) => {
                 self.word(l, i, &w.text, w.span);
             }
@@ -668,85 +822,9 @@ impl Dispatch<'_> {
                 Self::used_once(l, i, &mut self.healthcheck, ins.span, name);
             }
             InstructionKind::Shell { .. } => self.shell = true,
-            InstructionKind::Expose(ports) => {
-                for w in ports {
-                    let Ok(fields) =
-                        crate::frontend::shell::expand_words(&w.text, df.escape, &|n: &str| {
-                            self.env
-                                .iter()
-                                .rev()
-                                .find(|(k, _)| k == n)
-                                .map(|(_, v)| v.clone())
-                        })
-                    else {
-                        continue;
-                    };
-                    for raw in fields {
-                        let parts: Vec<&str> = raw.split(':').collect();
-                        let container = parts.last().copied().unwrap_or("");
-                        let proto = container.split_once('/').map_or("", |(_, p)| p);
-                        if proto.to_lowercase() != proto {
-                            l.emit(
-                                "ExposeProtoCasing",
-                                Some(i),
-                                w.span,
-                                format!("Defined protocol '{raw}' in EXPOSE instruction should be lowercase"),
-                            );
-                        }
-                        if parts.len() > 1 {
-                            l.emit(
-                                "ExposeInvalidFormat",
-                                Some(i),
-                                w.span,
-                                format!("EXPOSE instruction should not define an IP address or host-port mapping, found '{raw}'"),
-                            );
-                        }
-                    }
-                }
-            }
+            InstructionKind::Expose(ports) => self.expose(l, i, ports),
             InstructionKind::Copy { sources, dest } | InstructionKind::Add { sources, dest } => {
-                let is_add = matches!(ins.kind, InstructionKind::Add { .. });
-                for flag in ["chown", "chmod", "checksum"] {
-                    if let Some(f) = ins.flag(flag) {
-                        let raw = f.value.clone().unwrap_or_default();
-                        self.word(l, i, &raw, f.value_span);
-                    }
-                }
-                let mut expanded = Vec::new();
-                for s in sources {
-                    let v = self
-                        .word(l, i, &s.text, s.span)
-                        .unwrap_or_else(|| s.text.clone());
-                    expanded.push((s, v));
-                }
-                self.word(l, i, &dest.text, dest.span);
-                let from_context = is_add || ins.flag("from").is_none();
-                if let (Some(ignored), true) = (self.opts.ignored, from_context) {
-                    for (s, v) in &expanded {
-                        if v.starts_with("http://") || v.starts_with("https://") {
-                            continue;
-                        }
-                        let path = words::clean_path(v);
-                        let root = path == "." || path == "/";
-                        if ignored(if root { "." } else { &path }) {
-                            l.emit(
-                                "CopyIgnoredFile",
-                                Some(i),
-                                s.span,
-                                format!(
-                                    "Attempting to {} file {} that is excluded by .dockerignore",
-                                    if is_add { "Add" } else { "Copy" },
-                                    crate::frontend::dockerfile::syntax::quote::go_quote(
-                                        path.as_bytes()
-                                    )
-                                ),
-                            );
-                        }
-                    }
-                }
-                let values: Vec<(&Word, String)> =
-                    expanded.iter().map(|(w, v)| (*w, v.clone())).collect();
-                secrets::copy(l, i, ins, &values);
+                self.copy(l, i, ins, sources, dest)
             }
             InstructionKind::Run(cmd) => {
                 let mut mounts = Vec::new();

@@ -8,11 +8,14 @@
 
 use std::sync::Arc;
 
-use super::directive::DirectiveParser;
-use super::heredoc::{HeredocWord, heredocs_from_line};
 use super::json::{Json, json_array};
 use super::quote::{go_quote, go_quote_list};
-use crate::diag::{Diagnostic, SourceFile, Span};
+use crate::diag::{SourceFile, Span};
+
+mod scan;
+
+pub use scan::parse;
+pub(super) use scan::parse_all;
 
 /// The result of parsing a whole file (BuildKit's `parser.Result`).
 #[derive(Clone, Debug)]
@@ -214,70 +217,6 @@ impl Joined {
             let at = self.map(0);
             Span::new(at, at)
         }
-    }
-}
-
-/// A physical line as Go's scanner hands it over.
-#[derive(Clone, Copy, Debug)]
-struct Line {
-    start: usize,
-    /// End of the content: trailing `\r` and `\n` removed (BuildKit's `trimNewline`).
-    end: usize,
-    /// Start of the next line (after the `\n`).
-    next: usize,
-}
-
-/// Go's `bufio.Scanner` refuses longer tokens; BuildKit reports it as an error.
-const MAX_TOKEN: usize = 64 * 1024;
-
-/// Splits into lines at `\n`, keeping the newline out of the content. A UTF-8 byte-order mark at
-/// the very start is skipped. Also says whether a line was too long for Go's scanner (which then
-/// stops before it).
-fn physical_lines(text: &str) -> (Vec<Line>, bool) {
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < text.len() {
-        let rest = &text[start..];
-        let (token_len, next) = match rest.find('\n') {
-            Some(i) => (i + 1, start + i + 1),
-            None => (rest.len(), text.len()),
-        };
-        // A final line without newline must leave the scanner one spare byte.
-        let limit = if rest.contains('\n') {
-            MAX_TOKEN
-        } else {
-            MAX_TOKEN - 1
-        };
-        if token_len > limit {
-            return (out, true);
-        }
-        let content = text[start..next].trim_end_matches(['\r', '\n']);
-        let mut line = Line {
-            start,
-            end: start + content.len(),
-            next,
-        };
-        if start == 0 && text.starts_with('\u{feff}') {
-            line.start = 3;
-        }
-        out.push(line);
-        start = next;
-    }
-    (out, false)
-}
-
-fn is_comment(s: &str) -> bool {
-    s.trim_start().starts_with('#')
-}
-
-/// Strips a trailing escape character and the blanks after it; says whether the line continues.
-/// BuildKit's pattern `([^E])E[ \t]*$|^E[ \t]*$`: an escape preceded by another escape does not
-/// continue the line (`C:\\` stays as written).
-fn trim_continuation(line: &str, escape: char) -> (&str, bool) {
-    let t = line.trim_end_matches([' ', '\t']);
-    match t.strip_suffix(escape) {
-        Some(content) if !content.ends_with(escape) => (content, true),
-        _ => (line, false),
     }
 }
 
@@ -515,8 +454,6 @@ fn trim_range(s: &str, a: usize, b: usize) -> (usize, usize) {
     (a + lead, b - trail)
 }
 
-const HEREDOC_KEYWORDS: [&str; 3] = ["add", "copy", "run"];
-
 /// A parse error: the message, the range of the logical line it concerns (the whole instruction
 /// when `None`) and a hint.
 struct NodeError {
@@ -586,7 +523,8 @@ fn node_from_line(
     let rest = &text[args.0..args.1];
     let lower = go_lower(&keyword);
     let mut json = false;
-    let values = |v: Vec<&str>| v.into_iter().map(|s| Arg::Value(s.to_string())).collect();
+    let values =
+        |v: Vec<&str>| -> Vec<Arg> { v.into_iter().map(|s| Arg::Value(s.to_string())).collect() };
     let blank_split = |s: &str| -> Vec<Arg> {
         if s.is_empty() {
             return Vec::new();
@@ -607,44 +545,7 @@ fn node_from_line(
             .into_iter()
             .map(|(w, _)| Arg::Value(w))
             .collect(),
-        "env" | "label" => {
-            let words = parse_words(rest, escape);
-            match words.first() {
-                None => Vec::new(),
-                Some((first, _)) if !first.contains('=') => {
-                    // Old form: the key, then the rest of the line as it is.
-                    let Some(i) = rest.find(is_ascii_blank) else {
-                        let key = if lower == "env" { "ENV" } else { "LABEL" };
-                        return Err(NodeError::new(format!(
-                            "{key} must have two arguments: `{rest}` has no value"
-                        ))
-                        .at(args.0, args.1)
-                        .help(format!("write `{key} {rest}=<value>`")));
-                    };
-                    let value_start = rest[i..]
-                        .find(|c: char| !is_ascii_blank(c))
-                        .map_or(rest.len(), |j| i + j);
-                    values(vec![&rest[..i], &rest[value_start..], ""])
-                }
-                Some(_) => {
-                    let mut out = Vec::new();
-                    for (w, (x, y)) in &words {
-                        let Some((k, v)) = w.split_once('=') else {
-                            let key = if lower == "env" { "ENV" } else { "LABEL" };
-                            return Err(NodeError::new(format!(
-                                "missing `=` in `{w}`: {key} expects <key>=<value> pairs"
-                            ))
-                            .at(args.0 + x, args.0 + y)
-                            .help(format!(
-                                "quote a value that contains spaces, e.g. {key} key=\"a b\""
-                            )));
-                        };
-                        out.extend([k, v, "="].map(|s| Arg::Value(s.to_string())));
-                    }
-                    out
-                }
-            }
-        }
+        "env" | "label" => env_args(&lower, rest, args, escape)?,
         "from" | "expose" => blank_split(rest),
         "maintainer" | "user" | "workdir" | "stopsignal" => {
             if rest.is_empty() {
@@ -653,27 +554,7 @@ fn node_from_line(
                 values(vec![rest])
             }
         }
-        "healthcheck" => {
-            // Byte-wise like BuildKit: the type word, then the rest as for CMD.
-            let bytes = rest.as_bytes();
-            let sep = bytes
-                .iter()
-                .position(|&c| is_space_byte(c))
-                .unwrap_or(bytes.len());
-            if sep == 0 {
-                Vec::new()
-            } else {
-                let next = bytes[sep..]
-                    .iter()
-                    .position(|&c| !is_space_byte(c))
-                    .map_or(bytes.len(), |j| sep + j);
-                let typ = String::from_utf8_lossy(&bytes[..sep]).into_owned();
-                let next = char_floor(rest, next);
-                let mut out = vec![Arg::Value(typ)];
-                out.extend(maybe_json(&rest[next..], args.0 + next, &mut json)?);
-                out
-            }
-        }
+        "healthcheck" => healthcheck_args(rest, args.0, &mut json)?,
         "onbuild" => {
             if rest.is_empty() {
                 Vec::new()
@@ -709,6 +590,77 @@ fn node_from_line(
     })
 }
 
+/// The arguments of `ENV` and `LABEL` (`lower` is the keyword): key, value and `=` for each pair;
+/// the old form `ENV key the rest` keeps the rest as written.
+fn env_args(
+    lower: &str,
+    rest: &str,
+    args: (usize, usize),
+    escape: char,
+) -> Result<Vec<Arg>, NodeError> {
+    let values =
+        |v: Vec<&str>| -> Vec<Arg> { v.into_iter().map(|s| Arg::Value(s.to_string())).collect() };
+    let words = parse_words(rest, escape);
+    Ok(match words.first() {
+        None => Vec::new(),
+        Some((first, _)) if !first.contains('=') => {
+            // Old form: the key, then the rest of the line as it is.
+            let Some(i) = rest.find(is_ascii_blank) else {
+                let key = if lower == "env" { "ENV" } else { "LABEL" };
+                return Err(NodeError::new(format!(
+                    "{key} must have two arguments: `{rest}` has no value"
+                ))
+                .at(args.0, args.1)
+                .help(format!("write `{key} {rest}=<value>`")));
+            };
+            let value_start = rest[i..]
+                .find(|c: char| !is_ascii_blank(c))
+                .map_or(rest.len(), |j| i + j);
+            values(vec![&rest[..i], &rest[value_start..], ""])
+        }
+        Some(_) => {
+            let mut out = Vec::new();
+            for (w, (x, y)) in &words {
+                let Some((k, v)) = w.split_once('=') else {
+                    let key = if lower == "env" { "ENV" } else { "LABEL" };
+                    return Err(NodeError::new(format!(
+                        "missing `=` in `{w}`: {key} expects <key>=<value> pairs"
+                    ))
+                    .at(args.0 + x, args.0 + y)
+                    .help(format!(
+                        "quote a value that contains spaces, e.g. {key} key=\"a b\""
+                    )));
+                };
+                out.extend([k, v, "="].map(|s| Arg::Value(s.to_string())));
+            }
+            out
+        }
+    })
+}
+
+/// The arguments of `HEALTHCHECK`; `base` is where `rest` starts in the logical line.
+fn healthcheck_args(rest: &str, base: usize, json: &mut bool) -> Result<Vec<Arg>, NodeError> {
+    // Byte-wise like BuildKit: the type word, then the rest as for CMD.
+    let bytes = rest.as_bytes();
+    let sep = bytes
+        .iter()
+        .position(|&c| is_space_byte(c))
+        .unwrap_or(bytes.len());
+    Ok(if sep == 0 {
+        Vec::new()
+    } else {
+        let next = bytes[sep..]
+            .iter()
+            .position(|&c| !is_space_byte(c))
+            .map_or(bytes.len(), |j| sep + j);
+        let typ = String::from_utf8_lossy(&bytes[..sep]).into_owned();
+        let next = char_floor(rest, next);
+        let mut out = vec![Arg::Value(typ)];
+        out.extend(maybe_json(&rest[next..], base + next, json)?);
+        out
+    })
+}
+
 /// BuildKit's `parseMaybeJSON`: a JSON array of strings, or the whole text as one argument.
 /// `base` is where `rest` starts in the logical line.
 fn maybe_json(rest: &str, base: usize, json: &mut bool) -> Result<Vec<Arg>, NodeError> {
@@ -723,235 +675,4 @@ fn maybe_json(rest: &str, base: usize, json: &mut bool) -> Result<Vec<Arg>, Node
         Json::Mixed(bad) => Err(not_strings(base, bad)),
         Json::Text => Ok(vec![Arg::Value(rest.to_string())]),
     }
-}
-
-/// Whether BuildKit reads heredoc bodies after this node (RUN, COPY, ADD, also inside ONBUILD;
-/// never for the JSON form).
-fn can_contain_heredoc(node: &Node) -> bool {
-    let node = if go_lower(&node.value) == "onbuild" {
-        node.nested().unwrap_or(node)
-    } else {
-        node
-    };
-    HEREDOC_KEYWORDS.contains(&go_lower(&node.value).as_str()) && !node.json
-}
-
-/// Parses a Dockerfile into BuildKit's raw tree. Fails like BuildKit: on a bad or repeated
-/// directive, a JSON array with a non-string, an old-form `ENV`/`LABEL` without a value, an
-/// unterminated heredoc, or a file with no instructions.
-pub fn parse(file: Arc<SourceFile>) -> Result<Ast, Diagnostic> {
-    let text: &str = &file.text;
-    let (lines, too_long) = physical_lines(text);
-    let mut directives = DirectiveParser::new("#");
-    let mut found = Vec::new();
-    let mut escape = '\\';
-    let mut children: Vec<Node> = Vec::new();
-    let mut warnings = Vec::new();
-    let mut comments: Vec<String> = Vec::new();
-    let line_span = |l: &Line| Span::new(l.start, l.end);
-
-    let mut idx = 0;
-    while idx < lines.len() {
-        let line = lines[idx];
-        idx += 1;
-        let raw = &text[line.start..line.end];
-        if is_comment(raw) {
-            // Like BuildKit: the first byte of the untrimmed line is dropped, then it is trimmed.
-            let full = &text.as_bytes()[line.start..line.next];
-            let comment = String::from_utf8_lossy(&full[1..]).trim().to_string();
-            if comment.is_empty() {
-                comments.clear();
-            } else {
-                comments.push(comment);
-            }
-        }
-        let trimmed = raw.trim_start();
-        let first_start = line.end - trimmed.len();
-        match directives.parse_line(trimmed) {
-            Err(msg) => return Err(Diagnostic::at(&file, line_span(&line), msg)),
-            Ok(Some(d)) => {
-                comments.pop();
-                if d.name == "escape" {
-                    escape = match d.value.as_str() {
-                        "\\" => '\\',
-                        "`" => '`',
-                        v => {
-                            return Err(Diagnostic::at(
-                                &file,
-                                line_span(&line),
-                                format!("invalid escape token '{v}' does not match ` or \\"),
-                            )
-                            .help("write `# escape=\\` (the default) or `# escape=``"));
-                        }
-                    };
-                }
-                found.push(Directive {
-                    name: d.name,
-                    value: d.value,
-                    line: idx,
-                    span: line_span(&line),
-                });
-            }
-            Ok(None) => {}
-        }
-        let content = if is_comment(trimmed) { "" } else { trimmed };
-        let start_line = idx;
-        let (piece, mut continued) = trim_continuation(content, escape);
-        if !continued && piece.is_empty() {
-            continue;
-        }
-        let mut joined = Joined::default();
-        joined.push(first_start, piece);
-        let mut last_end = line.end;
-        let mut empty_continuation = false;
-        while continued && idx < lines.len() {
-            let next = lines[idx];
-            idx += 1;
-            last_end = next.end;
-            let raw = &text[next.start..next.end];
-            if is_comment(raw) {
-                continue;
-            }
-            if raw.trim_start().is_empty() {
-                empty_continuation = true;
-                continue;
-            }
-            let (piece, more) = trim_continuation(raw, escape);
-            joined.push(next.start, piece);
-            continued = more;
-        }
-        let joined = Arc::new(joined);
-        let logical = joined.text.as_str();
-        let first_span = Span::new(first_start, last_end);
-        if empty_continuation {
-            warnings.push(Warning {
-                message: format!("Empty continuation line found in: {logical}"),
-                line: idx,
-                span: first_span,
-            });
-        }
-        let mut node = node_from_line(&joined, 0, logical.len(), escape, 0).map_err(|e| {
-            let span = e.range.map_or(first_span, |(a, b)| joined.span(a, b));
-            let d = Diagnostic::at(&file, span, e.msg);
-            match e.help {
-                Some(h) => d.help(h),
-                None => d,
-            }
-        })?;
-        if can_contain_heredoc(&node) && logical.contains("<<") {
-            let words = heredocs_from_line(logical)
-                .map_err(|msg| Diagnostic::at(&file, first_span, msg))?;
-            let mut search = 0;
-            for HeredocWord {
-                name,
-                fd,
-                expand,
-                chomp,
-            } in words
-            {
-                let marker = marker_span(&joined, &mut search);
-                let body_start = lines.get(idx).map_or(text.len(), |l| l.start);
-                let mut terminator = None;
-                while idx < lines.len() {
-                    let l = lines[idx];
-                    idx += 1;
-                    let mut candidate = &text[l.start..l.end];
-                    if chomp {
-                        candidate = candidate.trim_start_matches('\t');
-                    }
-                    if candidate == name {
-                        terminator = Some(l);
-                        break;
-                    }
-                }
-                let Some(term) = terminator else {
-                    return Err(Diagnostic::at(&file, marker, "unterminated heredoc").help(
-                        format!("end the heredoc with a line that holds only `{name}`"),
-                    ));
-                };
-                last_end = term.end;
-                node.heredocs.push(Heredoc {
-                    content: text[body_start..term.start].to_string(),
-                    name,
-                    fd,
-                    expand,
-                    chomp,
-                    marker,
-                    body: Span::new(body_start, term.start),
-                    terminator: Span::new(term.start, term.end),
-                });
-            }
-        }
-        node.start_line = start_line;
-        node.end_line = idx;
-        node.prev_comment = std::mem::take(&mut comments);
-        node.span = Span::new(joined.map(node.pos.keyword.0), last_end);
-        children.push(node);
-    }
-    if children.is_empty() {
-        return Err(Diagnostic::at(
-            &file,
-            Span::new(text.len(), text.len()),
-            "file with no instructions",
-        )
-        .help("a Dockerfile starts with `FROM <image>` (or `FROM scratch`)"));
-    }
-    if too_long {
-        let at = lines.last().map_or(0, |l| l.next);
-        return Err(Diagnostic::at(
-            &file,
-            Span::new(at, at),
-            format!(
-                "dockerfile line greater than max allowed size of {}",
-                MAX_TOKEN - 1
-            ),
-        ));
-    }
-    Ok(Ast {
-        file: file.clone(),
-        directives: found,
-        escape,
-        children,
-        warnings,
-    })
-}
-
-/// The span of the next `<<` word in the logical line at or after `*search` (digits before it
-/// included, up to the next unquoted blank), advancing `*search`.
-fn marker_span(joined: &Joined, search: &mut usize) -> Span {
-    let text = joined.text.as_str();
-    let Some(rel) = text.get(*search..).and_then(|t| t.find("<<")) else {
-        return joined.span(text.len(), text.len());
-    };
-    let at = *search + rel;
-    let start = at
-        - (text[..at].len()
-            - text[..at]
-                .trim_end_matches(|c: char| c.is_ascii_digit())
-                .len());
-    let mut end = at + 2;
-    let bytes = text.as_bytes();
-    if bytes.get(end) == Some(&b'-') {
-        end += 1;
-    }
-    while matches!(bytes.get(end), Some(b' ' | b'\t')) {
-        end += 1;
-    }
-    let mut quote = None;
-    for (i, c) in text[end..].char_indices() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None if c.is_whitespace() => {
-                end += i;
-                *search = end;
-                return joined.span(start, end);
-            }
-            None => {}
-        }
-    }
-    end = text.len();
-    *search = end;
-    joined.span(start, end)
 }
