@@ -77,7 +77,7 @@ pub enum Source<'a> {
 pub struct Compiled {
     pub program: graph::Program,
     /// The package directories the program's contexts name, by context name (`.build` sources only).
-    pub packages: frontend::buildfile::lower::PackageContexts,
+    pub packages: load::PackageContexts,
     /// What the secret checks found while evaluating a `.build` program (a Dockerfile's are the lints'
     /// business: `frontend::dockerfile::lints`).
     pub findings: Vec<frontend::dockerfile::lints::Finding>,
@@ -87,8 +87,7 @@ pub struct Compiled {
 /// (build args, named contexts, the target, compile-only leniency). Reads the files a `.build` source
 /// imports; never touches the network or the store.
 pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Result<Compiled> {
-    use frontend::buildfile::lower::EvalOptions;
-    use load::{Session, lower_file};
+    use load::{EvalOptions, Session, lower_file};
     let build_options = |params: &std::collections::BTreeMap<String, String>| EvalOptions {
         lower: opts.clone(),
         params: params.clone(),
@@ -130,8 +129,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
         } => {
             let mut session = Session::new(Some(root.to_path_buf()));
             let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
-            let lowered =
-                monorepo::lower_selected(&mut session, &selected, &build_options(params))?;
+            let lowered = load::lower_targets(&mut session, &selected, &build_options(params))?;
             Ok(Compiled {
                 program: lowered.program,
                 packages: lowered.contexts,

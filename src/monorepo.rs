@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
-use crate::frontend::buildfile::lower::{EvalOptions, Evaluator, PackageContexts};
 use crate::graph::BuildGraph;
+use crate::graph::Op;
 use crate::graph::op::RunMount;
-use crate::graph::{Op, Program};
-use crate::load::{PACKAGE_FILE, Session};
+use crate::load::{EvalOptions, PACKAGE_FILE, PackageContexts, Session, lower_targets};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -86,7 +85,7 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
             }
             for p in found {
                 let m = session.load(&p.join(PACKAGE_FILE), None)?;
-                for t in target_names(session, m) {
+                for t in session.targets(m) {
                     push(&mut selected, m, t);
                 }
             }
@@ -104,7 +103,7 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
         };
         let m = session.load_package(&package, None)?;
         if target == "all" {
-            for t in target_names(session, m) {
+            for t in session.targets(m) {
                 push(&mut selected, m, t);
             }
         } else {
@@ -112,45 +111,6 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
         }
     }
     Ok(selected)
-}
-
-fn target_names(session: &Session, module: usize) -> Vec<String> {
-    session.modules[module]
-        .module
-        .items
-        .iter()
-        .filter_map(|i| match &i.kind {
-            crate::frontend::buildfile::syntax::ItemKind::Target { name, .. } => {
-                Some(name.name.clone())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// The result of evaluating selected targets: the program, the package directories its contexts name,
-/// and which target was built from which.
-pub struct Lowered {
-    pub program: Program,
-    pub contexts: PackageContexts,
-    pub deps: BTreeMap<String, BTreeSet<String>>,
-}
-
-pub fn lower_selected(
-    session: &mut Session,
-    selected: &Selected,
-    opts: &EvalOptions,
-) -> Result<Lowered> {
-    let mut ev = Evaluator::new(session, opts);
-    for (m, t) in selected {
-        let label = ev.label(*m, t);
-        ev.add_root(*m, t, label)?;
-    }
-    Ok(Lowered {
-        program: ev.program,
-        contexts: ev.contexts,
-        deps: ev.deps,
-    })
 }
 
 /// Everything `labels` depend on (transitively), or everything that depends on them.
@@ -162,7 +122,7 @@ pub fn query(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
+    let lowered = lower_targets(&mut session, &all, opts)?;
     let wanted = expand_labels(&mut session, root, labels)?;
     let ev_labels: Vec<String> = wanted.iter().map(|(m, t)| session.label(*m, t)).collect();
     let edges: BTreeMap<String, BTreeSet<String>> = if kind == "rdeps" {
@@ -195,7 +155,7 @@ pub fn query(
 pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
+    let lowered = lower_targets(&mut session, &all, opts)?;
     let graph = BuildGraph::new(&lowered.program);
     let mut out = BTreeMap::new();
     for (label, node) in &graph.roots {
@@ -360,7 +320,7 @@ pub fn affected_by_files(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
+    let lowered = lower_targets(&mut session, &all, opts)?;
     let graph = BuildGraph::new(&lowered.program);
     let files: Vec<PathBuf> = files
         .iter()
