@@ -141,6 +141,6 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
 
 /// The build graph of a program, as `kiln graph` shows it: nodes deduplicated by definition digest,
 /// one root per target.
-pub fn plan(program: &graph::Program) -> graph::BuildGraph {
-    graph::BuildGraph::new(program)
+pub fn plan(program: &graph::Program) -> graph::Dag {
+    graph::Dag::new(program)
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 use crate::graph::Op;
 use crate::graph::op::RunMount;
 use crate::load::{EvalOptions, PACKAGE_FILE, PackageContexts, Session, lower_targets};
@@ -156,7 +156,7 @@ pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
     let lowered = lower_targets(&mut session, &all, opts)?;
-    let graph = BuildGraph::new(&lowered.program);
+    let graph = Dag::new(&lowered.program);
     let mut out = BTreeMap::new();
     for (label, node) in &graph.roots {
         let mut h = crate::digest::Encoder::new("kiln/affected/v1");
@@ -230,7 +230,7 @@ fn content_digest(
 
 /// The context files a root's steps read: (directory, copy excludes, source patterns), in graph order.
 fn context_reads(
-    graph: &BuildGraph,
+    graph: &Dag,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
     opts: &EvalOptions,
@@ -280,7 +280,7 @@ fn context_reads(
 
 /// Whether `file` (absolute) is one of the files a root reads from its contexts.
 fn reads_file(
-    graph: &BuildGraph,
+    graph: &Dag,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
     opts: &EvalOptions,
@@ -321,7 +321,7 @@ pub fn affected_by_files(
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
     let lowered = lower_targets(&mut session, &all, opts)?;
-    let graph = BuildGraph::new(&lowered.program);
+    let graph = Dag::new(&lowered.program);
     let files: Vec<PathBuf> = files
         .iter()
         .map(|f| {

@@ -10,10 +10,10 @@ use super::args::CompileArgs;
 use super::command_line::CommandLine;
 use crate::diag::{Diagnostic, Result, SourceFile, Span};
 use crate::frontend::LowerOptions;
-use crate::graph::{BuildGraph, NamedContext};
+use crate::graph::{Dag, NamedContext};
 
 pub(super) struct Compiled {
-    pub(super) graph: BuildGraph,
+    pub(super) graph: Dag,
     pub(super) contexts: BTreeMap<String, NamedContext>,
     /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
     pub(super) secret_findings: crate::frontend::dockerfile::lints::Report,
@@ -72,7 +72,7 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Re
         crate::frontend::dockerfile::lints::secret_checks(&df, build_args)?.findings
     };
     Ok(Compiled {
-        graph: BuildGraph::new(&program),
+        graph: Dag::new(&program),
         contexts: opts.contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report { findings },
     })
