@@ -61,6 +61,9 @@ pub enum Source<'a> {
         targets: Option<&'a [String]>,
         /// `--param NAME=VALUE`.
         params: &'a std::collections::BTreeMap<String, String>,
+        /// Where the program's `print(...)` notes go, in order, also when compiling fails (the caller
+        /// shows them).
+        notes: &'a mut Vec<diag::Note>,
     },
     /// Monorepo labels (`//pkg:target`, `//pkg/...`, `//...`, `:target`), `:target` relative to `cwd`,
     /// in the monorepo whose `kiln.toml` is in `root`.
@@ -70,6 +73,9 @@ pub enum Source<'a> {
         labels: &'a [String],
         /// `--param NAME=VALUE`.
         params: &'a std::collections::BTreeMap<String, String>,
+        /// Where the program's `print(...)` notes go, in order, also when compiling fails (the caller
+        /// shows them).
+        notes: &'a mut Vec<diag::Note>,
     },
 }
 
@@ -105,16 +111,19 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             path,
             targets,
             params,
+            notes,
         } => {
             let root = Session::find_root(path.parent().unwrap_or(std::path::Path::new(".")));
             let mut session = Session::new(root);
-            let (program, packages) = lower_file(
+            let lowered = lower_file(
                 &mut session,
                 path,
                 targets,
                 &build_options(params),
                 opts.target_at.clone(),
-            )?;
+            );
+            notes.append(&mut session.notes);
+            let (program, packages) = lowered?;
             Ok(Compiled {
                 program,
                 packages,
@@ -126,10 +135,13 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             cwd,
             labels,
             params,
+            notes,
         } => {
             let mut session = Session::new(Some(root.to_path_buf()));
             let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
-            let lowered = load::lower_targets(&mut session, &selected, &build_options(params))?;
+            let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
+            notes.append(&mut session.notes);
+            let lowered = lowered?;
             Ok(Compiled {
                 program: lowered.program,
                 packages: lowered.contexts,

@@ -13,7 +13,7 @@ use crate::diag::{Diagnostic, Result};
 use crate::graph::Dag;
 use crate::graph::Op;
 use crate::graph::op::RunMount;
-use crate::load::{EvalOptions, PACKAGE_FILE, PackageContexts, Session, lower_targets};
+use crate::load::{EvalOptions, Lowered, PACKAGE_FILE, PackageContexts, Session, lower_targets};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -113,6 +113,17 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
     Ok(selected)
 }
 
+/// Evaluates `selected`, then shows the program's `print(...)` notes (also when evaluation fails, before
+/// the error).
+fn lower_shown(session: &mut Session, selected: &Selected, opts: &EvalOptions) -> Result<Lowered> {
+    let lowered = lower_targets(session, selected, opts);
+    session
+        .notes
+        .drain(..)
+        .for_each(|n| crate::diag::print_note(&n));
+    lowered
+}
+
 /// Everything `labels` depend on (transitively), or everything that depends on them.
 pub fn query(
     root: &Path,
@@ -122,7 +133,7 @@ pub fn query(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_targets(&mut session, &all, opts)?;
+    let lowered = lower_shown(&mut session, &all, opts)?;
     let wanted = expand_labels(&mut session, root, labels)?;
     let ev_labels: Vec<String> = wanted.iter().map(|(m, t)| session.label(*m, t)).collect();
     let edges: BTreeMap<String, BTreeSet<String>> = if kind == "rdeps" {
@@ -155,7 +166,7 @@ pub fn query(
 pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_targets(&mut session, &all, opts)?;
+    let lowered = lower_shown(&mut session, &all, opts)?;
     let graph = Dag::new(&lowered.program);
     let mut out = BTreeMap::new();
     for (label, node) in &graph.roots {
@@ -320,7 +331,7 @@ pub fn affected_by_files(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_targets(&mut session, &all, opts)?;
+    let lowered = lower_shown(&mut session, &all, opts)?;
     let graph = Dag::new(&lowered.program);
     let files: Vec<PathBuf> = files
         .iter()

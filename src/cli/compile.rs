@@ -199,15 +199,18 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
+    let mut notes = Vec::new();
     let compiled = crate::compile(
         crate::Source::Buildfile {
             path: &path,
             targets: targets.as_deref(),
             params: &opts.params,
+            notes: &mut notes,
         },
         &opts.lower,
-    )?;
-    Ok(with_packages(compiled, opts.lower.contexts))
+    );
+    notes.iter().for_each(crate::diag::print_note);
+    Ok(with_packages(compiled?, opts.lower.contexts))
 }
 
 /// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
@@ -216,16 +219,19 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
     let opts = build_options(args, cl, lenient, &root)?;
+    let mut notes = Vec::new();
     let compiled = crate::compile(
         crate::Source::Labels {
             root: &root,
             cwd: &cwd,
             labels: &args.inputs,
             params: &opts.params,
+            notes: &mut notes,
         },
         &opts.lower,
-    )?;
-    Ok(with_packages(compiled, opts.lower.contexts))
+    );
+    notes.iter().for_each(crate::diag::print_note);
+    Ok(with_packages(compiled?, opts.lower.contexts))
 }
 
 /// A `.build` program's graph, with its package directories added to the command line's contexts.

@@ -51,6 +51,8 @@ pub struct Session {
     loading: Vec<PathBuf>,
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
     pub findings: Vec<crate::frontend::lint::Finding>,
+    /// The program's `print(...)` notes, in the order evaluation reached them, for the driver to show.
+    pub notes: Vec<Note>,
 }
 
 impl Session {
@@ -61,6 +63,7 @@ impl Session {
             root,
             loading: Vec::new(),
             findings: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -293,7 +296,7 @@ impl Loader for Session {
     }
 
     fn note(&mut self, note: Note) {
-        crate::diag::print_note(&note);
+        self.notes.push(note);
     }
 }
 
