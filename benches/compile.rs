@@ -108,11 +108,13 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
     let params = Default::default();
     let all = vec!["//...".to_string()];
     bencher.counter(ItemsCount::new(2000usize)).bench(|| {
+        let mut notes = Vec::new();
         let source = kiln::Source::Labels {
             root: &root,
             cwd: &root,
             labels: &all,
             params: &params,
+            notes: &mut notes,
         };
         let compiled = kiln::compile(source, &opts).expect("compiles");
         let graph = kiln::plan(&compiled.program);

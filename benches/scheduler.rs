@@ -50,7 +50,7 @@ fn program() -> Program {
 
 fn solve(
     runtime: &tokio::runtime::Runtime,
-    graph: &Arc<kiln::graph::BuildGraph>,
+    graph: &Arc<kiln::graph::Dag>,
     store: &Arc<kiln::store::Store>,
 ) -> kiln::solve::Summary {
     let reporter: Arc<dyn kiln::progress::Reporter> =
@@ -82,7 +82,7 @@ fn cached_graph_of_10k_nodes(bencher: divan::Bencher) {
     let store = Arc::new(
         kiln::store::Store::open(dir.path(), kiln::store::Access::Shared).expect("a store"),
     );
-    let graph = Arc::new(kiln::graph::BuildGraph::new(&program()));
+    let graph = Arc::new(kiln::graph::Dag::new(&program()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

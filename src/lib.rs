@@ -61,6 +61,9 @@ pub enum Source<'a> {
         targets: Option<&'a [String]>,
         /// `--param NAME=VALUE`.
         params: &'a std::collections::BTreeMap<String, String>,
+        /// Where the program's `print(...)` notes go, in order, also when compiling fails (the caller
+        /// shows them).
+        notes: &'a mut Vec<diag::Note>,
     },
     /// Monorepo labels (`//pkg:target`, `//pkg/...`, `//...`, `:target`), `:target` relative to `cwd`,
     /// in the monorepo whose `kiln.toml` is in `root`.
@@ -70,6 +73,9 @@ pub enum Source<'a> {
         labels: &'a [String],
         /// `--param NAME=VALUE`.
         params: &'a std::collections::BTreeMap<String, String>,
+        /// Where the program's `print(...)` notes go, in order, also when compiling fails (the caller
+        /// shows them).
+        notes: &'a mut Vec<diag::Note>,
     },
 }
 
@@ -77,7 +83,7 @@ pub enum Source<'a> {
 pub struct Compiled {
     pub program: graph::Program,
     /// The package directories the program's contexts name, by context name (`.build` sources only).
-    pub packages: frontend::buildfile::lower::PackageContexts,
+    pub packages: load::PackageContexts,
     /// What the secret checks found while evaluating a `.build` program (a Dockerfile's are the lints'
     /// business: `frontend::dockerfile::lints`).
     pub findings: Vec<frontend::dockerfile::lints::Finding>,
@@ -87,8 +93,7 @@ pub struct Compiled {
 /// (build args, named contexts, the target, compile-only leniency). Reads the files a `.build` source
 /// imports; never touches the network or the store.
 pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Result<Compiled> {
-    use frontend::buildfile::lower::EvalOptions;
-    use load::{Session, lower_file};
+    use load::{EvalOptions, Session, lower_file};
     let build_options = |params: &std::collections::BTreeMap<String, String>| EvalOptions {
         lower: opts.clone(),
         params: params.clone(),
@@ -106,16 +111,19 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             path,
             targets,
             params,
+            notes,
         } => {
             let root = Session::find_root(path.parent().unwrap_or(std::path::Path::new(".")));
             let mut session = Session::new(root);
-            let (program, packages) = lower_file(
+            let lowered = lower_file(
                 &mut session,
                 path,
                 targets,
                 &build_options(params),
                 opts.target_at.clone(),
-            )?;
+            );
+            notes.append(&mut session.notes);
+            let (program, packages) = lowered?;
             Ok(Compiled {
                 program,
                 packages,
@@ -127,11 +135,13 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             cwd,
             labels,
             params,
+            notes,
         } => {
             let mut session = Session::new(Some(root.to_path_buf()));
             let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
-            let lowered =
-                monorepo::lower_selected(&mut session, &selected, &build_options(params))?;
+            let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
+            notes.append(&mut session.notes);
+            let lowered = lowered?;
             Ok(Compiled {
                 program: lowered.program,
                 packages: lowered.contexts,
@@ -143,6 +153,6 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
 
 /// The build graph of a program, as `kiln graph` shows it: nodes deduplicated by definition digest,
 /// one root per target.
-pub fn plan(program: &graph::Program) -> graph::BuildGraph {
-    graph::BuildGraph::new(program)
+pub fn plan(program: &graph::Program) -> graph::Dag {
+    graph::Dag::new(program)
 }

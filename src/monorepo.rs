@@ -10,11 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Result};
-use crate::frontend::buildfile::lower::{EvalOptions, Evaluator, PackageContexts};
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
+use crate::graph::Op;
 use crate::graph::op::RunMount;
-use crate::graph::{Op, Program};
-use crate::load::{PACKAGE_FILE, Session};
+use crate::load::{EvalOptions, Lowered, PACKAGE_FILE, PackageContexts, Session, lower_targets};
 
 /// A selected target: its module and name.
 pub type Selected = Vec<(usize, String)>;
@@ -86,7 +85,7 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
             }
             for p in found {
                 let m = session.load(&p.join(PACKAGE_FILE), None)?;
-                for t in target_names(session, m) {
+                for t in session.targets(m) {
                     push(&mut selected, m, t);
                 }
             }
@@ -104,7 +103,7 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
         };
         let m = session.load_package(&package, None)?;
         if target == "all" {
-            for t in target_names(session, m) {
+            for t in session.targets(m) {
                 push(&mut selected, m, t);
             }
         } else {
@@ -114,43 +113,15 @@ pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Re
     Ok(selected)
 }
 
-fn target_names(session: &Session, module: usize) -> Vec<String> {
-    session.modules[module]
-        .module
-        .items
-        .iter()
-        .filter_map(|i| match &i.kind {
-            crate::frontend::buildfile::syntax::ItemKind::Target { name, .. } => {
-                Some(name.name.clone())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// The result of evaluating selected targets: the program, the package directories its contexts name,
-/// and which target was built from which.
-pub struct Lowered {
-    pub program: Program,
-    pub contexts: PackageContexts,
-    pub deps: BTreeMap<String, BTreeSet<String>>,
-}
-
-pub fn lower_selected(
-    session: &mut Session,
-    selected: &Selected,
-    opts: &EvalOptions,
-) -> Result<Lowered> {
-    let mut ev = Evaluator::new(session, opts);
-    for (m, t) in selected {
-        let label = ev.label(*m, t);
-        ev.add_root(*m, t, label)?;
-    }
-    Ok(Lowered {
-        program: ev.program,
-        contexts: ev.contexts,
-        deps: ev.deps,
-    })
+/// Evaluates `selected`, then shows the program's `print(...)` notes (also when evaluation fails, before
+/// the error).
+fn lower_shown(session: &mut Session, selected: &Selected, opts: &EvalOptions) -> Result<Lowered> {
+    let lowered = lower_targets(session, selected, opts);
+    session
+        .notes
+        .drain(..)
+        .for_each(|n| crate::diag::print_note(&n));
+    lowered
 }
 
 /// Everything `labels` depend on (transitively), or everything that depends on them.
@@ -162,7 +133,7 @@ pub fn query(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
+    let lowered = lower_shown(&mut session, &all, opts)?;
     let wanted = expand_labels(&mut session, root, labels)?;
     let ev_labels: Vec<String> = wanted.iter().map(|(m, t)| session.label(*m, t)).collect();
     let edges: BTreeMap<String, BTreeSet<String>> = if kind == "rdeps" {
@@ -195,8 +166,8 @@ pub fn query(
 pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
-    let graph = BuildGraph::new(&lowered.program);
+    let lowered = lower_shown(&mut session, &all, opts)?;
+    let graph = Dag::new(&lowered.program);
     let mut out = BTreeMap::new();
     for (label, node) in &graph.roots {
         let mut h = crate::digest::Encoder::new("kiln/affected/v1");
@@ -270,7 +241,7 @@ fn content_digest(
 
 /// The context files a root's steps read: (directory, copy excludes, source patterns), in graph order.
 fn context_reads(
-    graph: &BuildGraph,
+    graph: &Dag,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
     opts: &EvalOptions,
@@ -320,7 +291,7 @@ fn context_reads(
 
 /// Whether `file` (absolute) is one of the files a root reads from its contexts.
 fn reads_file(
-    graph: &BuildGraph,
+    graph: &Dag,
     root: petgraph::stable_graph::NodeIndex,
     contexts: &PackageContexts,
     opts: &EvalOptions,
@@ -360,8 +331,8 @@ pub fn affected_by_files(
 ) -> Result<Vec<String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
-    let lowered = lower_selected(&mut session, &all, opts)?;
-    let graph = BuildGraph::new(&lowered.program);
+    let lowered = lower_shown(&mut session, &all, opts)?;
+    let graph = Dag::new(&lowered.program);
     let files: Vec<PathBuf> = files
         .iter()
         .map(|f| {

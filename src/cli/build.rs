@@ -9,7 +9,7 @@ use super::command_line::CommandLine;
 use super::leak::leak_error;
 use super::request::BuildRequest;
 use crate::diag::{Diagnostic, Result};
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 use crate::progress::{self, Event};
 use crate::secret::SecretStore;
 use crate::solve::shared_cache::Imported;
@@ -23,7 +23,7 @@ pub(super) fn run(cmd: BuildCmd) -> Result<()> {
 
 /// What the steps of one build share.
 struct Build {
-    graph: Arc<BuildGraph>,
+    graph: Arc<Dag>,
     store: Arc<Store>,
     secrets: Arc<SecretStore>,
     reporter: Arc<dyn progress::Reporter>,

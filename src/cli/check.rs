@@ -2,7 +2,7 @@
 
 use super::args::{CheckArgs, CheckFormat, CompileArgs};
 use super::command_line::CommandLine;
-use super::compile::{compile, dockerignore, lint_build_args, read_dockerfile};
+use super::compile::{compile, lint_build_args, read_dockerfile};
 use crate::diag::{Diagnostic, Result, Span};
 use crate::progress;
 
@@ -42,21 +42,8 @@ pub(super) fn run(args: CheckArgs) -> Result<()> {
         .unwrap_or_else(|| context.join("Dockerfile"));
     let df = read_dockerfile(&path)?;
     let build_args = lint_build_args(&cl, &args.build_args)?;
-    let patterns = dockerignore(context, &path)?;
-    let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
-    let matcher = crate::ignore::Patterns::from_patterns(&refs)
-        .map_err(|e| Diagnostic::input(format!("cannot read .dockerignore: {e}")))?;
-    let root_ignored = patterns
-        .iter()
-        .any(|p| matches!(p.as_str(), "*" | "**" | "**/*"));
-    let ignored = move |p: &str| {
-        if p == "." {
-            root_ignored
-        } else {
-            matcher.matches_or_parent_matches(p)
-        }
-    };
-    let use_ignore = !patterns.is_empty() && !patterns.iter().any(|p| p.starts_with('!'));
+    let (patterns, _) = crate::ignore::load(context, &path)?;
+    let ignored = crate::frontend::dockerfile::lints::ignored_by(&patterns);
     let opts = crate::frontend::dockerfile::lints::Options {
         build_args,
         target: args.target.clone(),
@@ -64,7 +51,7 @@ pub(super) fn run(args: CheckArgs) -> Result<()> {
             .target
             .as_ref()
             .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t))),
-        ignored: use_ignore.then_some(&ignored as &dyn Fn(&str) -> bool),
+        ignored: ignored.as_ref().map(|f| f as &dyn Fn(&str) -> bool),
     };
     let report = crate::frontend::dockerfile::lints::run(&df, &opts)?;
     print_check_report(&report, &args.format)

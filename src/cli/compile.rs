@@ -10,10 +10,10 @@ use super::args::CompileArgs;
 use super::command_line::CommandLine;
 use crate::diag::{Diagnostic, Result, SourceFile, Span};
 use crate::frontend::LowerOptions;
-use crate::graph::{BuildGraph, NamedContext};
+use crate::graph::{Dag, NamedContext};
 
 pub(super) struct Compiled {
-    pub(super) graph: BuildGraph,
+    pub(super) graph: Dag,
     pub(super) contexts: BTreeMap<String, NamedContext>,
     /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
     pub(super) secret_findings: crate::frontend::dockerfile::lints::Report,
@@ -72,7 +72,7 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Re
         crate::frontend::dockerfile::lints::secret_checks(&df, build_args)?.findings
     };
     Ok(Compiled {
-        graph: BuildGraph::new(&program),
+        graph: Dag::new(&program),
         contexts: opts.contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report { findings },
     })
@@ -199,15 +199,18 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
+    let mut notes = Vec::new();
     let compiled = crate::compile(
         crate::Source::Buildfile {
             path: &path,
             targets: targets.as_deref(),
             params: &opts.params,
+            notes: &mut notes,
         },
         &opts.lower,
-    )?;
-    Ok(with_packages(compiled, opts.lower.contexts))
+    );
+    notes.iter().for_each(crate::diag::print_note);
+    Ok(with_packages(compiled?, opts.lower.contexts))
 }
 
 /// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
@@ -216,16 +219,19 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
     let opts = build_options(args, cl, lenient, &root)?;
+    let mut notes = Vec::new();
     let compiled = crate::compile(
         crate::Source::Labels {
             root: &root,
             cwd: &cwd,
             labels: &args.inputs,
             params: &opts.params,
+            notes: &mut notes,
         },
         &opts.lower,
-    )?;
-    Ok(with_packages(compiled, opts.lower.contexts))
+    );
+    notes.iter().for_each(crate::diag::print_note);
+    Ok(with_packages(compiled?, opts.lower.contexts))
 }
 
 /// A `.build` program's graph, with its package directories added to the command line's contexts.

@@ -2,14 +2,14 @@
 //! and the step (or the FROM) that put it there.
 
 use crate::diag::Diagnostic;
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 
 /// Names where the export guard found a secret: the file and the step that wrote it, or the config.
 /// Where the config entry at `path` (`history[3].created_by`, `config.Labels.x`) comes from: the step
 /// whose history entry it is, else the FROM of the image (settings such as LABEL and ENV have no node
 /// of their own).
 fn config_location(
-    graph: &BuildGraph,
+    graph: &Dag,
     root: petgraph::stable_graph::NodeIndex,
     config: &serde_json::Value,
     path: &str,
@@ -51,7 +51,7 @@ fn config_location(
 }
 
 pub(super) fn leak_error(
-    graph: &BuildGraph,
+    graph: &Dag,
     summary: &crate::solve::Summary,
     root: petgraph::stable_graph::NodeIndex,
     config: &serde_json::Value,

@@ -14,14 +14,14 @@ use super::flags::{
 };
 use crate::diag::{Diagnostic, Located, Result, Span};
 use crate::graph::entitlement::Entitlement;
-use crate::graph::{BuildGraph, NamedContext};
+use crate::graph::{Dag, NamedContext};
 use crate::progress;
 use crate::secret::{SecretStore, SshSource};
 
 /// A build, validated: what to build, with what, and where its results go.
 pub struct BuildRequest {
     /// The compiled graph: one root per selected target.
-    pub graph: BuildGraph,
+    pub graph: Dag,
     /// The directories and images the graph's contexts name (`context`, `--build-context`, packages).
     pub contexts: BTreeMap<String, NamedContext>,
     /// `--secret`.

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::Settings;
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 use crate::graph::Op;
 use crate::secret::LeakScanner;
 use crate::solve::shared_cache::{ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CacheConfig, Imported};
@@ -68,7 +68,7 @@ pub struct Written {
 }
 
 /// The records `mode` selects from a finished build, with the secret ids each node's step mounted.
-fn select(graph: &BuildGraph, summary: &Summary, mode: Mode) -> Vec<(CacheRecord, Vec<String>)> {
+fn select(graph: &Dag, summary: &Summary, mode: Mode) -> Vec<(CacheRecord, Vec<String>)> {
     let cacheable = |n: petgraph::stable_graph::NodeIndex| {
         let op = &graph.dag[n].op;
         op.makes_layer() || matches!(op, Op::Image { .. })
@@ -109,7 +109,7 @@ fn select(graph: &BuildGraph, summary: &Summary, mode: Mode) -> Vec<(CacheRecord
 #[allow(clippy::too_many_arguments)]
 pub fn export(
     store: &Store,
-    graph: &BuildGraph,
+    graph: &Dag,
     summary: &Summary,
     imported: Option<&Imported>,
     to: &CacheTo,
@@ -144,7 +144,7 @@ pub fn export(
 
 /// The records `mode` selects, less those holding a layer without the leak guard's verdict for every
 /// secret its step mounted; and how many were left out.
-fn safe_records(graph: &BuildGraph, summary: &Summary, mode: Mode) -> (Vec<CacheRecord>, usize) {
+fn safe_records(graph: &Dag, summary: &Summary, mode: Mode) -> (Vec<CacheRecord>, usize) {
     // Which step made each layer, and whether its verdict covers every secret it mounted. Every node of
     // the graph counts, not only the selected ones: a selected record holds the layers below it too.
     let mut unsafe_layers = BTreeSet::new();

@@ -38,7 +38,7 @@ pub struct Node {
 
 /// The build graph. Edges point from an input to the node that consumes it; the edge weight is the input's
 /// position, because inputs are ordered (`Copy` has `[rootfs, source]`).
-pub struct BuildGraph {
+pub struct Dag {
     pub dag: StableDiGraph<Node, usize>,
     /// The selected outputs, in the order selected: (name, node).
     pub roots: Vec<(String, NodeIndex)>,
@@ -52,9 +52,9 @@ pub struct SecretNeed {
     pub at: Option<String>,
 }
 
-impl BuildGraph {
+impl Dag {
     /// Builds the DAG of everything the program's roots need. Unreachable stages are left out.
-    pub fn new(program: &Program) -> BuildGraph {
+    pub fn new(program: &Program) -> Dag {
         let mut needed = vec![false; program.nodes.len()];
         let mut stack: Vec<usize> = program.roots.iter().map(|r| r.node).collect();
         while let Some(n) = stack.pop() {
@@ -102,7 +102,7 @@ impl BuildGraph {
             .iter()
             .map(|r| (r.name.clone(), index_of[r.node].expect("roots are needed")))
             .collect();
-        BuildGraph { dag, roots }
+        Dag { dag, roots }
     }
 
     /// A node's inputs in order.

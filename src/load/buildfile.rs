@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::{Diagnostic, Located, Note, Result, SourceFile};
 use crate::frontend::buildfile::check::Interface;
-use crate::frontend::buildfile::lower::{EvalOptions, Loader, PackageContexts, lower_module};
+use crate::frontend::buildfile::lower::{
+    EvalOptions, Loader, Lowered, PackageContexts, lower_module, lower_targets as lower_roots,
+};
 use crate::frontend::buildfile::syntax::{ItemKind, Module};
 use crate::frontend::lint::Finding;
 use crate::graph::Program;
@@ -49,6 +51,8 @@ pub struct Session {
     loading: Vec<PathBuf>,
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
     pub findings: Vec<crate::frontend::lint::Finding>,
+    /// The program's `print(...)` notes, in the order evaluation reached them, for the driver to show.
+    pub notes: Vec<Note>,
 }
 
 impl Session {
@@ -59,6 +63,7 @@ impl Session {
             root,
             loading: Vec::new(),
             findings: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -178,6 +183,19 @@ impl Session {
         Some(self.modules.get(module)?.path.as_path())
     }
 
+    /// The names of the targets of the module at `module`, in file order.
+    pub fn targets(&self, module: usize) -> Vec<String> {
+        self.modules[module]
+            .module
+            .items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                ItemKind::Target { name, .. } => Some(name.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// A module and every module it imports, transitively.
     pub fn closure(&self, module: usize) -> std::collections::BTreeSet<usize> {
         let mut seen = std::collections::BTreeSet::new();
@@ -278,7 +296,7 @@ impl Loader for Session {
     }
 
     fn note(&mut self, note: Note) {
-        crate::diag::print_note(&note);
+        self.notes.push(note);
     }
 }
 
@@ -293,4 +311,14 @@ pub fn lower_file(
 ) -> Result<(Program, PackageContexts)> {
     let idx = session.load(path, None)?;
     lower_module(session, idx, targets, opts, target_at)
+}
+
+/// Compiles the targets `selected` (a module loaded into `session`, and a target name) into one
+/// program whose roots are the targets in order, each named by its label.
+pub fn lower_targets(
+    session: &mut Session,
+    selected: &[(usize, String)],
+    opts: &EvalOptions,
+) -> Result<Lowered> {
+    lower_roots(session, selected, opts)
 }

@@ -5,5 +5,6 @@
 mod buildfile;
 mod dockerfile;
 
-pub use buildfile::{Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Session, lower_file};
+pub use crate::frontend::buildfile::lower::{EvalOptions, Lowered, PackageContexts};
+pub use buildfile::{Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Session, lower_file, lower_targets};
 pub use dockerfile::read_dockerfile;

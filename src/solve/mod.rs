@@ -1,4 +1,4 @@
-//! Stage 5, solving: runs a `BuildGraph` with a tokio scheduler. Each node gets a cache key (its definition
+//! Stage 5, solving: runs a `Dag` with a tokio scheduler. Each node gets a cache key (its definition
 //! with the resolved content of its sources mixed in, never a secret's value); a key found in the store is a
 //! cache hit and runs nothing; otherwise the node is handed to an `Executor` and its result committed.
 //!
@@ -33,14 +33,14 @@ pub use preflight::{all_secrets, preflight};
 pub use schedule::{Output, SolveOptions, Summary};
 
 use crate::diag::Result;
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 use crate::progress::Reporter;
 use crate::secret::SecretStore;
 use crate::store::Store;
 
 /// Runs the graph: independent nodes in parallel (at most `jobs` steps at once), each digest once.
 pub async fn solve<E: Executor>(
-    graph: Arc<BuildGraph>,
+    graph: Arc<Dag>,
     store: Arc<Store>,
     exec: Arc<E>,
     reporter: Arc<dyn Reporter>,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::diag::{Diagnostic, Result};
-use crate::graph::BuildGraph;
+use crate::graph::Dag;
 use crate::graph::Op;
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::RunMount;
@@ -13,7 +13,7 @@ use crate::secret::{LeakScanner, SecretStore};
 /// Checks, before anything runs, what would otherwise fail halfway: every step's entitlements must be
 /// allowed, every base image must be one kiln can read, and every required secret must have been given.
 pub fn preflight(
-    graph: &BuildGraph,
+    graph: &Dag,
     secrets: &SecretStore,
     ssh: &BTreeMap<String, crate::secret::SshSource>,
     allow: &[Entitlement],

@@ -1,4 +1,4 @@
-//! The scheduler: runs a `BuildGraph` on tokio (a `JoinSet` of node tasks, a `Semaphore` for `--jobs`),
+//! The scheduler: runs a `Dag` on tokio (a `JoinSet` of node tasks, a `Semaphore` for `--jobs`),
 //! keeps the books of finished and waiting nodes, and puts off steps that miss the cache until a step that
 //! runs or an image needs their result (so stages below cached steps never run, as in BuildKit).
 
@@ -17,7 +17,7 @@ use super::{Executor, shared_cache, statcache};
 use crate::diag::{Diagnostic, Located, Result};
 use crate::digest::{Digest, Encoder};
 use crate::graph::entitlement::Entitlement;
-use crate::graph::{BuildGraph, NamedContext};
+use crate::graph::{Dag, NamedContext};
 use crate::progress::{Event, Reporter, Vertex};
 use crate::secret::{LeakScanner, SecretStore};
 use crate::store::{CacheRecord, Store};
@@ -57,7 +57,7 @@ pub struct Summary {
 }
 
 pub(super) struct Shared<E> {
-    pub(super) graph: Arc<BuildGraph>,
+    pub(super) graph: Arc<Dag>,
     pub(super) store: Arc<Store>,
     pub(super) exec: Arc<E>,
     pub(super) reporter: Arc<dyn Reporter>,
@@ -107,7 +107,7 @@ fn unrun(key: Digest) -> CacheRecord {
 /// Runs the graph's nodes as their inputs finish: at once when a node needs no waiting, in a task of its
 /// own otherwise; the first failure aborts the rest.
 pub(super) async fn run<E: Executor>(
-    graph: Arc<BuildGraph>,
+    graph: Arc<Dag>,
     shared: Arc<Shared<E>>,
     jobs: Arc<Semaphore>,
 ) -> Result<Summary> {
@@ -186,7 +186,7 @@ struct Book {
 
 impl Book {
     /// Every node of `graph` waiting for its distinct inputs; those with none are ready.
-    fn new(graph: &BuildGraph) -> Book {
+    fn new(graph: &Dag) -> Book {
         let mut waiting: HashMap<NodeIndex, usize> = HashMap::new();
         let mut ready = std::collections::BinaryHeap::new();
         for n in graph.topo_order() {
@@ -213,7 +213,7 @@ impl Book {
     /// Records a finished node and releases the consumers that waited only for it.
     fn done(
         &mut self,
-        graph: &BuildGraph,
+        graph: &Dag,
         n: NodeIndex,
         result: Result<(Digest, Output, Option<bool>)>,
     ) -> Result<()> {

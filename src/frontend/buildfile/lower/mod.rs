@@ -191,7 +191,7 @@ pub struct Evaluator<'s> {
 }
 
 impl<'s> Evaluator<'s> {
-    pub fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Evaluator<'s> {
+    fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Evaluator<'s> {
         Evaluator {
             loader,
             opts,
@@ -208,7 +208,7 @@ impl<'s> Evaluator<'s> {
     }
 
     /// `//pkg:name` in a monorepo, `name` otherwise.
-    pub fn label(&self, module: usize, name: &str) -> String {
+    fn label(&self, module: usize, name: &str) -> String {
         self.loader.label(module, name)
     }
 
@@ -221,7 +221,7 @@ impl<'s> Evaluator<'s> {
     }
 
     /// The names of the targets of a module, in file order.
-    pub fn targets(&self, module: usize) -> Vec<String> {
+    fn targets(&self, module: usize) -> Vec<String> {
         self.loader
             .module(module)
             .items
@@ -233,8 +233,21 @@ impl<'s> Evaluator<'s> {
             .collect()
     }
 
+    /// Adds each `(module, target)` of `roots` as a root named by its label; a diagnostic that points
+    /// nowhere points at `at` (where the command line named the target).
+    fn add_roots(&mut self, roots: &[(usize, String)], at: Option<&Located>) -> Result<()> {
+        for (m, t) in roots {
+            let label = self.label(*m, t);
+            self.add_root(*m, t, label).map_err(|d| match at {
+                Some(at) if d.labels.is_empty() => d.label(at.clone(), ""),
+                _ => d,
+            })?;
+        }
+        Ok(())
+    }
+
     /// Evaluates target `name` of `module` and adds it as a root named `label`.
-    pub fn add_root(&mut self, module: usize, name: &str, label: String) -> Result<NodeId> {
+    fn add_root(&mut self, module: usize, name: &str, label: String) -> Result<NodeId> {
         let node = self.target_node(module, name, None)?;
         self.program.roots.push(Root { name: label, node });
         Ok(node)
@@ -596,12 +609,32 @@ pub fn lower_module(
             }
         },
     };
-    for t in &selected {
-        let label = ev.label(idx, t);
-        ev.add_root(idx, t, label).map_err(|d| match &target_at {
-            Some(at) if d.labels.is_empty() => d.label(at.clone(), ""),
-            _ => d,
-        })?;
-    }
+    let roots: Vec<(usize, String)> = selected.into_iter().map(|t| (idx, t)).collect();
+    ev.add_roots(&roots, target_at.as_ref())?;
     Ok((ev.program, ev.contexts))
+}
+
+/// What evaluating a selection of targets gives.
+pub struct Lowered {
+    pub program: Program,
+    /// The package directories the program's contexts name.
+    pub contexts: PackageContexts,
+    /// Target label → the targets its value was built from (for `kiln query`).
+    pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// Evaluates each `(module, target)` of `roots`, in order, into one program whose roots are those
+/// targets, named by their labels.
+pub fn lower_targets(
+    loader: &mut dyn Loader,
+    roots: &[(usize, String)],
+    opts: &EvalOptions,
+) -> Result<Lowered> {
+    let mut ev = Evaluator::new(loader, opts);
+    ev.add_roots(roots, None)?;
+    Ok(Lowered {
+        program: ev.program,
+        contexts: ev.contexts,
+        deps: ev.deps,
+    })
 }

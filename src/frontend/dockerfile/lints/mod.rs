@@ -19,6 +19,7 @@ use crate::frontend::dockerfile::syntax::ast::Dockerfile;
 use crate::frontend::dockerfile::syntax::raw;
 use crate::frontend::lint::{Config, HELP_OPTIONS, rule};
 pub use crate::frontend::lint::{Finding, Level, NOT_APPLICABLE, RULES, Rule, program_finding};
+use crate::ignore::Patterns;
 
 /// A `--build-arg` as given on the command line, and where (for pointing at it).
 #[derive(Clone, Debug)]
@@ -38,7 +39,29 @@ pub struct Options<'a> {
     pub target_at: Option<Located>,
     /// The `.dockerignore` verdict for a cleaned context path (`.` is the context root): `None` when
     /// there is no ignore file or it re-includes anything (BuildKit then skips `CopyIgnoredFile`).
+    /// [`ignored_by`] makes it from the patterns.
     pub ignored: Option<&'a dyn Fn(&str) -> bool>,
+}
+
+/// BuildKit's `.dockerignore` verdict for `CopyIgnoredFile`, for [`Options::ignored`]: `None` when
+/// there are no patterns or some pattern re-includes (`!`), as BuildKit then skips the check. A path
+/// is ignored if a pattern matches it or a parent; the context root only if a pattern is `*`, `**` or
+/// `**/*`.
+pub fn ignored_by(patterns: &Patterns) -> Option<impl Fn(&str) -> bool + '_> {
+    if patterns.is_empty() || patterns.has_exclusions() {
+        return None;
+    }
+    let root_ignored = patterns
+        .canonical()
+        .iter()
+        .any(|p| matches!(p.as_str(), "*" | "**" | "**/*"));
+    Some(move |p: &str| {
+        if p == "." {
+            root_ignored
+        } else {
+            patterns.matches_or_parent_matches(p)
+        }
+    })
 }
 
 /// Collects findings under the configuration in effect.
