@@ -150,22 +150,28 @@ impl Evaluator<'_> {
             .collect()
     }
 
-    /// `.env({...})` and `.label({...})`: each pair expanded and set, as ENV and LABEL do.
+    /// `.env({...})` and `.label({...})`: every pair expanded against the variables before the call,
+    /// then set, as ENV and LABEL do.
     fn env_or_label(&mut self, img: &mut Img, method: &str, v: &[Value], at: Span) -> Result<()> {
-        let mut shown = Vec::new();
+        let mut pairs = Vec::new();
         if let Value::Map(m) = &v[0] {
             for (k, val) in m {
                 let key = self.expand(img, k, at)?;
                 let value = self.expand(img, val.str(), at)?;
-                shown.push(format!("{key}={value}"));
                 if method == "env" {
                     self.lint_value("ENV", &key, val.str(), at)?;
-                    set(&mut img.env, &key, &value);
-                } else {
-                    set(&mut img.config.labels, &key, &value);
                 }
+                pairs.push((key, value));
             }
         }
+        for (key, value) in &pairs {
+            if method == "env" {
+                img.set_env(key, value);
+            } else {
+                set(&mut img.config.labels, key, value);
+            }
+        }
+        let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let what = if method == "env" { "ENV" } else { "LABEL" };
         img.history(format!("{what} {}", shown.join(" ")), false);
         Ok(())
@@ -186,8 +192,7 @@ impl Evaluator<'_> {
                         _ => builtin_arg(k).map(String::from),
                     },
                 };
-                img.args.retain(|(ak, _)| ak != k);
-                img.args.push((k.clone(), value.clone()));
+                img.set_arg(k, value.clone());
                 shown.push((k.clone(), value));
             }
         }

@@ -1,0 +1,121 @@
+//! Semantics where kiln once differed from BuildKit, each built for real and judged in the image (umoci
+//! unpacks the filesystem; the config is read from the layout): variable expansion within one line,
+//! ARG over ENV.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Kiln, Layout, Unpacked, context, tempdir, unpack};
+
+/// A built image: its unpacked filesystem and its config.
+struct Built {
+    image: Unpacked,
+    config: Value,
+    _out: tempfile::TempDir,
+}
+
+impl Built {
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.image.rootfs.join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn env(&self) -> Vec<String> {
+        strings(&self.config["config"]["Env"])
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|e| e.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Builds `dockerfile` (with `files` beside it) on the busybox base with `args` on the command line.
+fn build(dockerfile: &str, files: &[(&str, &str)], args: &[&str]) -> Built {
+    let mut all = vec![("Dockerfile", dockerfile)];
+    all.extend_from_slice(files);
+    let ctx = context(&all);
+    let out = tempdir("out-");
+    let dest: PathBuf = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .args(args.iter().copied())
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    Built {
+        image: unpack(&dest),
+        config: Layout::new(&dest).config(),
+        _out: out,
+    }
+}
+
+/// BuildKit expands every word of an ENV or LABEL line against the variables as they were before the
+/// line: `Y=$X` takes the old `X`. ARG defaults are the exception: current BuildKit (since 0.9's rewrite
+/// of `dispatchArg`) expands each one after the names before it on the line, where v0.8 expanded the
+/// whole line first; kiln follows current BuildKit.
+#[test]
+fn env_and_label_lines_expand_against_the_variables_before_them() {
+    let built = build(
+        "FROM base\n\
+         ENV X=old\n\
+         ENV X=new Y=$X\n\
+         LABEL l1=$X-$Y X=label l2=$X\n\
+         ARG A=one B=$A-two\n\
+         RUN echo \"$X $Y $A $B\" > /seen\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.read("seen"), "new old one one-two\n");
+    let env = built.env();
+    assert!(env.contains(&"X=new".to_string()), "{env:?}");
+    assert!(env.contains(&"Y=old".to_string()), "{env:?}");
+    let labels = &built.config["config"]["Labels"];
+    assert_eq!(labels["l1"], "new-old", "{labels}");
+    assert_eq!(labels["l2"], "new", "{labels}");
+}
+
+/// An ARG with a value after an ENV of the same name: the build sees the ARG's value (a RUN and `$D`
+/// later in the stage), while the image config keeps the ENV's, as BuildKit's build state does
+/// (checked against BuildKit v0.8 and current `dispatchArg`, which both add the ARG to the state's env).
+#[test]
+fn an_arg_after_an_env_of_the_same_name_wins_in_the_build_not_the_config() {
+    let built = build(
+        "FROM base\n\
+         ENV D=a\n\
+         ARG D\n\
+         RUN echo \"$D\" > /run-sees\n\
+         ENV E=$D\n\
+         ARG F=default\n\
+         ENV F=env\n\
+         RUN echo \"$F\" > /env-after-arg\n",
+        &[],
+        &["--build-arg", "D=b"],
+    );
+    assert_eq!(built.read("run-sees"), "b\n");
+    assert_eq!(
+        built.read("env-after-arg"),
+        "env\n",
+        "a later ENV wins again"
+    );
+    let env = built.env();
+    assert!(env.contains(&"D=a".to_string()), "{env:?}");
+    assert!(env.contains(&"E=b".to_string()), "{env:?}");
+    let history: Vec<String> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .collect();
+    // The history shows what each ARG's variable holds at the RUN, as BuildKit's `runCommandString`.
+    for run in ["RUN |1 D=b ", "RUN |2 D=b F=env "] {
+        assert!(
+            history.iter().any(|h| h.starts_with(run)),
+            "{run}: {history:?}"
+        );
+    }
+}
