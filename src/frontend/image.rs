@@ -4,7 +4,7 @@
 //! Dockerfile and its `kiln convert` output compile to the same root digest.
 
 use crate::graph::NodeId;
-use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry};
+use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry, Inherit};
 
 /// An image under construction: the state a Dockerfile stage and a `.build` `Image` value both carry.
 #[derive(Clone, Debug)]
@@ -25,6 +25,8 @@ pub(crate) struct ImageState {
     /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
     pub(crate) shell: Option<Vec<String>>,
     pub(crate) config: ConfigOp,
+    /// Whether this stage itself set CMD (a parent stage's CMD does not count, as in BuildKit).
+    pub(crate) cmd_set: bool,
 }
 
 impl ImageState {
@@ -40,6 +42,7 @@ impl ImageState {
             user: None,
             shell: None,
             config: ConfigOp::default(),
+            cmd_set: false,
         }
     }
 
@@ -83,10 +86,26 @@ impl ImageState {
         }
     }
 
-    /// A new stage on this image: ARGs are declared again per stage, so only ENV stays a variable.
+    /// A new stage on this image: ARGs are declared again per stage, so only ENV stays a variable, and
+    /// the stage has set no CMD yet.
     pub(crate) fn begin_stage(&mut self) {
         self.args.clear();
         self.vars = self.env.clone();
+        self.cmd_set = false;
+    }
+
+    pub(crate) fn set_cmd(&mut self, argv: Vec<String>) {
+        self.config.cmd = Inherit::Set(argv);
+        self.cmd_set = true;
+    }
+
+    /// ENTRYPOINT drops a CMD unless this stage set one: one inherited from the base image or from a
+    /// parent stage was written for another entrypoint.
+    pub(crate) fn set_entrypoint(&mut self, argv: Vec<String>) {
+        self.config.entrypoint = Inherit::Set(argv);
+        if !self.cmd_set {
+            self.config.cmd = Inherit::Clear;
+        }
     }
 
     pub(crate) fn history(&mut self, created_by: String, layer: bool) {

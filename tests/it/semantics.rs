@@ -1,6 +1,6 @@
 //! Semantics where kiln once differed from BuildKit, each built for real and judged in the image (umoci
 //! unpacks the filesystem; the config is read from the layout): variable expansion within one line,
-//! ARG over ENV.
+//! ARG over ENV, ENTRYPOINT dropping an inherited CMD.
 
 use std::path::PathBuf;
 
@@ -117,5 +117,29 @@ fn an_arg_after_an_env_of_the_same_name_wins_in_the_build_not_the_config() {
             history.iter().any(|h| h.starts_with(run)),
             "{run}: {history:?}"
         );
+    }
+}
+
+/// ENTRYPOINT drops a CMD the stage did not set itself: the base image's (`/bin/sh` here) and a parent
+/// stage's alike, as BuildKit's per-stage `cmd` flag does; a CMD set in the same stage stays.
+#[test]
+fn entrypoint_drops_a_cmd_the_stage_did_not_set() {
+    let dockerfile = "FROM base AS parent\n\
+                      CMD [\"parent-cmd\"]\n\
+                      FROM parent AS child\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS own\n\
+                      CMD [\"own-cmd\"]\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS plain\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n";
+    for (target, cmd) in [
+        ("child", Value::Null),
+        ("own", serde_json::json!(["own-cmd"])),
+        ("plain", Value::Null),
+        ("parent", serde_json::json!(["parent-cmd"])),
+    ] {
+        let built = build(dockerfile, &[], &["--target", target]);
+        assert_eq!(built.config["config"]["Cmd"], cmd, "target {target}");
     }
 }

@@ -74,13 +74,10 @@ impl Evaluator<'_> {
                 let argv = command(&img, &v[0]);
                 if method == "cmd" {
                     img.history(format!("CMD {}", json_list(&argv)), false);
-                    img.config.cmd = Inherit::Set(argv);
+                    img.set_cmd(argv);
                 } else {
                     img.history(format!("ENTRYPOINT {}", json_list(&argv)), false);
-                    img.config.entrypoint = Inherit::Set(argv);
-                    if img.config.cmd == Inherit::Base {
-                        img.config.cmd = Inherit::Clear;
-                    }
+                    img.set_entrypoint(argv);
                 }
             }
             "expose" => self.expose(&mut img, &v, arg_span(0))?,

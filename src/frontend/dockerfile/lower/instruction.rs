@@ -1,7 +1,7 @@
 //! Dockerfile lowering: one instruction of a stage at a time (the config-only ones here; RUN, COPY, ADD and HEALTHCHECK in their own files).
 
 use super::{
-    Inherit, Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
+    Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
     command_args, expose_ports, instruction_text, join_path, json_list, set, shell,
 };
 
@@ -35,17 +35,13 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("CMD {}", json_list(&args)));
-                stage.image.config.cmd = Inherit::Set(args);
+                stage.image.set_cmd(args);
             }
             InstructionKind::Entrypoint(c) => {
                 self.reject_flags(ins, &[])?;
                 let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
-                stage.image.config.entrypoint = Inherit::Set(args);
-                // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
-                if stage.image.config.cmd == Inherit::Base {
-                    stage.image.config.cmd = Inherit::Clear;
-                }
+                stage.image.set_entrypoint(args);
             }
             InstructionKind::Run(c) => self.run(stage, ins, c)?,
             InstructionKind::Copy { sources, dest } => {
