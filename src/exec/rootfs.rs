@@ -436,6 +436,82 @@ pub fn owner_ids(root: &Path, spec: &str) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// Who a RUN step runs as, as runc resolves `USER` (moby's `GetExecUser`, which BuildKit's executors
+/// use): unlike `--chown`, a numeric user with no passwd entry gets group 0 and home `/`; a user found by
+/// name or id gets their passwd group and home, and the groups of /etc/group that list them as members.
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+pub fn exec_user(root: &Path, spec: &str) -> Result<ExecUser, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let field = |f: &[String], i: usize| f.get(i).and_then(|s| s.parse::<u32>().ok());
+    let numeric = user.parse::<u32>().ok();
+    let passwd = read_db(root, "/etc/passwd");
+    let entry = passwd.iter().find(|f| match numeric {
+        Some(uid) => field(f, 2) == Some(uid),
+        None => f.first().map(String::as_str) == Some(user),
+    });
+    let (name, mut out) = match (entry, numeric) {
+        (Some(f), _) => (
+            f.first().cloned(),
+            ExecUser {
+                uid: field(f, 2).ok_or("bad /etc/passwd entry")?,
+                gid: field(f, 3).ok_or("bad /etc/passwd entry")?,
+                groups: Vec::new(),
+                home: f.get(5).cloned().unwrap_or_else(|| "/".into()),
+            },
+        ),
+        (None, Some(uid)) => (
+            None,
+            ExecUser {
+                uid,
+                gid: 0,
+                groups: Vec::new(),
+                home: "/".into(),
+            },
+        ),
+        (None, None) => {
+            return Err(format!(
+                "unknown user `{user}` (not in the image's /etc/passwd)"
+            ));
+        }
+    };
+    let groups = read_db(root, "/etc/group");
+    match group {
+        Some(g) => {
+            let by_db = groups.iter().find(|f| match g.parse::<u32>() {
+                Ok(gid) => field(f, 2) == Some(gid),
+                Err(_) => f.first().map(String::as_str) == Some(g),
+            });
+            out.gid = match (by_db.and_then(|f| field(f, 2)), g.parse::<u32>()) {
+                (Some(gid), _) | (None, Ok(gid)) => gid,
+                (None, Err(_)) => {
+                    return Err(format!(
+                        "unknown group `{g}` (not in the image's /etc/group)"
+                    ));
+                }
+            };
+        }
+        None => {
+            if let Some(name) = name {
+                out.groups = groups
+                    .iter()
+                    .filter(|f| f.get(3).is_some_and(|m| m.split(',').any(|u| u == name)))
+                    .filter_map(|f| field(f, 2))
+                    .collect();
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn read_db(root: &Path, path: &str) -> Vec<Vec<String>> {
     let Ok(host) = resolve(root, path, true) else {
         return vec![];
@@ -479,5 +555,32 @@ mod tests {
         assert_eq!(owner_ids(root.path(), "app:staff").unwrap(), (1000, 50));
         assert_eq!(owner_ids(root.path(), "5:6").unwrap(), (5, 6));
         assert!(owner_ids(root.path(), "nobody").is_err());
+    }
+
+    #[test]
+    fn run_users_resolve_as_runc_does() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        fs::write(
+            root.path().join("etc/passwd"),
+            "app:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            root.path().join("etc/group"),
+            "staff:x:50:\nextra:x:60:other,app\n",
+        )
+        .unwrap();
+        let ids = |spec: &str| {
+            let u = exec_user(root.path(), spec).unwrap();
+            (u.uid, u.gid, u.groups, u.home)
+        };
+        assert_eq!(ids("app"), (1000, 1001, vec![60], "/home/app".into()));
+        assert_eq!(ids("1000"), (1000, 1001, vec![60], "/home/app".into()));
+        assert_eq!(ids("app:staff"), (1000, 50, vec![], "/home/app".into()));
+        assert_eq!(ids("4321"), (4321, 0, vec![], "/".into()));
+        assert_eq!(ids("4321:77"), (4321, 77, vec![], "/".into()));
+        assert!(exec_user(root.path(), "nobody").is_err());
+        assert!(exec_user(root.path(), "app:nogroup").is_err());
     }
 }

@@ -143,3 +143,34 @@ fn entrypoint_drops_a_cmd_the_stage_did_not_set() {
         assert_eq!(built.config["config"]["Cmd"], cmd, "target {target}");
     }
 }
+
+/// A RUN's user resolved as runc resolves it (moby's `GetExecUser`, which BuildKit v0.8 and current
+/// executors both call): `USER 4321` with no passwd entry runs with group 0 (`--chown=4321` would give
+/// 4321), and HOME comes from the user's passwd entry (`/` without one) unless ENV set it, in exec form
+/// too, where no shell could have set it.
+#[test]
+fn run_users_get_runcs_group_and_home() {
+    use std::os::unix::fs::MetadataExt;
+    let built = build(
+        "FROM base\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /home-root; mkdir -m 777 /out\"]\n\
+         USER appuser\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /out/home-app\"]\n\
+         USER 4321\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /out/home-numeric\"]\n\
+         ENV HOME=/set-by-env\n\
+         RUN echo $HOME > /out/home-env\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.read("home-root"), "/root\n");
+    assert_eq!(built.read("out/home-app"), "/home/appuser\n");
+    assert_eq!(built.read("out/home-numeric"), "/\n");
+    assert_eq!(built.read("out/home-env"), "/set-by-env\n");
+    let owner = |p: &str| {
+        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("out/home-app"), (1000, 1000));
+    assert_eq!(owner("out/home-numeric"), (4321, 0));
+}
