@@ -81,6 +81,7 @@ pub enum Request {
     Mkdir {
         fs: Overlay,
         path: String,
+        user: Option<String>,
     },
 }
 
@@ -224,9 +225,11 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
     )
     .map_err(errno("cannot make mounts private"))?;
     match req {
-        Request::Mkdir { fs, path } => {
+        Request::Mkdir { fs, path, user } => {
             mount_overlay(&fs)?;
-            rootfs::mkdir_all(&fs.target, &path, None)?;
+            // As BuildKit's file op: a user the image does not know owns nothing (root keeps it).
+            let owner = user.and_then(|u| rootfs::owner_ids(&fs.target, &u).ok());
+            rootfs::mkdir_all(&fs.target, &path, owner)?;
             Ok(0)
         }
         Request::Copy {

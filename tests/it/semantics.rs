@@ -174,3 +174,34 @@ fn run_users_get_runcs_group_and_home() {
     assert_eq!(owner("out/home-app"), (1000, 1000));
     assert_eq!(owner("out/home-numeric"), (4321, 0));
 }
+
+/// WORKDIR creates its missing directories owned by the USER in effect, as BuildKit's mkdir with
+/// `WithUser` does (a numeric user there is uid and gid, as for `--chown`); existing ones keep theirs.
+#[test]
+fn workdir_creates_missing_directories_as_the_user() {
+    use std::os::unix::fs::MetadataExt;
+    let built = build(
+        "FROM base\n\
+         WORKDIR /made-by-root\n\
+         USER appuser\n\
+         WORKDIR /new/dir\n\
+         WORKDIR /tmp\n\
+         USER 4321\n\
+         WORKDIR /numeric\n",
+        &[],
+        &[],
+    );
+    let owner = |p: &str| {
+        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("made-by-root"), (0, 0));
+    assert_eq!(owner("new"), (1000, 1000));
+    assert_eq!(owner("new/dir"), (1000, 1000));
+    assert_eq!(
+        owner("tmp"),
+        (0, 0),
+        "an existing directory keeps its owner"
+    );
+    assert_eq!(owner("numeric"), (4321, 4321));
+}

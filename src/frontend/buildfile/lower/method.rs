@@ -57,9 +57,13 @@ impl Evaluator<'_> {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
                 let path = join_path(img.cwd.as_deref().unwrap_or("/"), &dir);
                 img.cwd = Some(path.clone());
+                let user = img.user.clone();
                 self.push_fs(
                     &mut img,
-                    Op::Mkdir { path: path.clone() },
+                    Op::Mkdir {
+                        path: path.clone(),
+                        user,
+                    },
                     vec![],
                     format!("WORKDIR {path}"),
                     span,

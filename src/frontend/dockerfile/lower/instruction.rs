@@ -17,10 +17,14 @@ impl Lowerer<'_> {
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
                 let path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &dir);
                 stage.image.cwd = Some(path.clone());
+                let user = stage.image.user.clone();
                 self.push_fs(
                     stage,
                     ins,
-                    Op::Mkdir { path: path.clone() },
+                    Op::Mkdir {
+                        path: path.clone(),
+                        user,
+                    },
                     vec![],
                     format!("WORKDIR {path}"),
                 );
