@@ -153,43 +153,69 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> 
     Ok(())
 }
 
-/// `Some(true)` for a gzip-compressed tar, `Some(false)` for a plain tar, `None` for anything else.
-fn archive_kind(path: &Path) -> Result<Option<bool>, String> {
+/// How an archive ADD unpacks is compressed, told by its magic bytes as moby's `DetectCompression` does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+/// The file decompressed (when it is, by its magic bytes).
+fn decompressed(path: &Path) -> Result<(Compression, Box<dyn std::io::Read>), String> {
     use std::io::Read as _;
     let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut head = Vec::new();
     fs::File::open(path)
         .map_err(fail)?
-        .take(2)
+        .take(6)
         .read_to_end(&mut head)
         .map_err(fail)?;
-    let gz = head == [0x1f, 0x8b];
+    let kind = if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let file = std::io::BufReader::new(fs::File::open(path).map_err(fail)?);
+    let reader: Box<dyn std::io::Read> = match kind {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(file)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(fail)?)
+        }
+    };
+    Ok((kind, reader))
+}
+
+/// The compression of a (possibly compressed) tar, `None` for anything else, which ADD copies as is.
+fn archive_kind(path: &Path) -> Result<Option<Compression>, String> {
+    let (kind, mut reader) = decompressed(path)?;
     let mut block = vec![0u8; 512];
-    let mut reader: Box<dyn std::io::Read> = Box::new(fs::File::open(path).map_err(fail)?);
-    if gz {
-        reader = Box::new(flate2::read::GzDecoder::new(reader));
-    }
-    let n = reader.read(&mut block).unwrap_or(0);
-    let mut filled = n;
+    let mut filled = 0;
     while filled < 512 {
         match reader.read(&mut block[filled..]) {
             Ok(0) | Err(_) => break,
             Ok(k) => filled += k,
         }
     }
-    Ok((filled >= 262 && &block[257..262] == b"ustar").then_some(gz))
+    Ok((filled >= 262 && &block[257..262] == b"ustar").then_some(kind))
 }
 
 /// Unpacks an archive into `dest`. The tar crate refuses entries that would land outside `dest` (`..`,
 /// absolute names, or through a symlink the archive itself created).
 fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot unpack {}: {e}", path.display());
-    let file = fs::File::open(path).map_err(fail)?;
-    let reader: Box<dyn std::io::Read> = if archive_kind(path)? == Some(true) {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let (_, reader) = decompressed(path)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(owner.is_none());

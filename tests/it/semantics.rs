@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::support::{Kiln, Layout, Unpacked, context, tempdir, unpack};
+use crate::support::{Kiln, Layout, Unpacked, context, tempdir, tool, unpack};
 
 /// A built image: its unpacked filesystem and its config.
 struct Built {
@@ -204,4 +204,54 @@ fn workdir_creates_missing_directories_as_the_user() {
         "an existing directory keeps its owner"
     );
     assert_eq!(owner("numeric"), (4321, 4321));
+}
+
+/// ADD unpacks tars compressed with xz, bzip2 and zstd as it does gzip ones (moby's `DecompressStream`,
+/// zstd since BuildKit 0.10); made here by GNU tar, a file that is not an archive stays a file.
+#[test]
+fn add_unpacks_xz_bzip2_and_zstd_tars() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\n\
+             ADD pkg.tar.xz /xz/\n\
+             ADD pkg.tar.bz2 /bz2/\n\
+             ADD pkg.tar.zst /zst/\n\
+             ADD plain.xz /plain/\n",
+        ),
+        ("pkg/a.txt", "from the archive\n"),
+        ("plain", "not an archive\n"),
+    ]);
+    let root = ctx.path().to_str().unwrap();
+    for (flag, name) in [
+        ("-J", "pkg.tar.xz"),
+        ("-j", "pkg.tar.bz2"),
+        ("--zstd", "pkg.tar.zst"),
+    ] {
+        tool(
+            "tar",
+            &[flag, "-cf", &format!("{root}/{name}"), "-C", root, "pkg"],
+        );
+    }
+    tool("xz", &["-k", &format!("{root}/plain")]);
+    std::fs::remove_dir_all(ctx.path().join("pkg")).unwrap();
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    for dir in ["xz", "bz2", "zst"] {
+        let got = std::fs::read_to_string(image.rootfs.join(dir).join("pkg/a.txt"));
+        assert_eq!(got.ok().as_deref(), Some("from the archive\n"), "{dir}");
+    }
+    let plain = std::fs::read(image.rootfs.join("plain/plain.xz")).unwrap();
+    assert!(
+        plain.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']),
+        "a compressed non-tar is copied"
+    );
 }
