@@ -275,6 +275,7 @@ pub fn copy_tree(
     chmod: Option<u32>,
     objects: Option<&Objects>,
 ) -> Result<(), String> {
+    let mut linked = std::collections::HashMap::new();
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -283,7 +284,22 @@ pub fn copy_tree(
                 fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
             }
         }
-        copy_entry(entry.path(), &dest.join(rel), owner, chmod, objects)?;
+        let target = dest.join(rel);
+        // Files hard-linked to each other in the source stay linked, as BuildKit's fsutil copy keeps them.
+        let meta = entry.metadata().map_err(|e| e.to_string())?;
+        let inode = (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        if let Some(first) = inode.and_then(|i| linked.get(&i)) {
+            if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+                fs::remove_file(&target).map_err(|e| e.to_string())?;
+            }
+            fs::hard_link(first, &target)
+                .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            continue;
+        }
+        copy_entry(entry.path(), &target, owner, chmod, objects)?;
+        if let Some(i) = inode {
+            linked.insert(i, target);
+        }
     }
     Ok(())
 }

@@ -255,3 +255,61 @@ fn add_unpacks_xz_bzip2_and_zstd_tars() {
         "a compressed non-tar is copied"
     );
 }
+
+/// Hard links in the context stay hard links after `COPY .`, as BuildKit's fsutil copy keeps them: both
+/// into a new top-level directory (written straight into the snapshot) and under an existing one (by the
+/// helper over an overlay). The layer tar holds a link entry, and umoci unpacks one inode.
+#[test]
+fn hard_links_in_the_context_stay_linked() {
+    use std::os::unix::fs::MetadataExt;
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY . /dst/\nCOPY . /tmp/dst/\n"),
+        ("a.txt", "linked content\n"),
+        ("sub/single.txt", "linked content\n"),
+    ]);
+    std::fs::hard_link(ctx.path().join("a.txt"), ctx.path().join("sub/b.txt")).unwrap();
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    for dir in ["dst", "tmp/dst"] {
+        let ino = |p: &str| {
+            std::fs::metadata(image.rootfs.join(dir).join(p))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino("a.txt"), ino("sub/b.txt"), "{dir}: linked files");
+        assert_ne!(
+            ino("a.txt"),
+            ino("sub/single.txt"),
+            "{dir}: same content alone"
+        );
+    }
+    let layers = Layout::new(&dest).layer_tars();
+    let listing: Vec<String> = layers
+        .iter()
+        .flat_map(|tar| {
+            let mut a = tar::Archive::new(tar.as_slice());
+            a.entries()
+                .unwrap()
+                .filter_map(|e| {
+                    let e = e.unwrap();
+                    (e.header().entry_type() == tar::EntryType::Link).then(|| {
+                        format!(
+                            "{} -> {}",
+                            e.path().unwrap().display(),
+                            e.link_name().unwrap().unwrap().display()
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(listing.len(), 2, "{listing:?}");
+}
