@@ -147,7 +147,16 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> 
             };
             let (parent, name) = split_parent(&dest_path);
             let (dir, _) = mkdir_all(root, &parent, owner)?;
-            copy_entry(&from, &dir.join(name), owner, op.chmod, objects)?;
+            let mut target = dir.join(name);
+            if !into_dir {
+                // A destination that is a symlink in the image is written through, as BuildKit resolves
+                // the destination (`RootPath`) before copying: the link stays, its target gets the file.
+                target = resolve(root, &dest_path, true)?;
+                if let Some(p) = target.parent().filter(|p| !p.exists()) {
+                    mkdir_all(root, &inside(root, p), owner)?;
+                }
+            }
+            copy_entry(&from, &target, owner, op.chmod, objects)?;
         }
     }
     Ok(())

@@ -313,3 +313,38 @@ fn hard_links_in_the_context_stay_linked() {
         .collect();
     assert_eq!(listing.len(), 2, "{listing:?}");
 }
+
+/// `COPY file /dest` where `/dest` is a symlink in the image writes through it, as BuildKit resolves the
+/// destination first: a link to a file keeps being a link and its target gets the content; a link to a
+/// directory receives the file inside it.
+#[test]
+fn copy_writes_through_a_destination_symlink() {
+    let built = build(
+        "FROM base\n\
+         RUN mkdir /real && ln -s /real /dirlink && echo old > /target.txt && ln -s target.txt /filelink\n\
+         COPY f.txt /dirlink\n\
+         COPY g.txt /filelink\n",
+        &[("f.txt", "f\n"), ("g.txt", "g\n")],
+        &[],
+    );
+    assert_eq!(built.read("real/f.txt"), "f\n");
+    assert_eq!(built.read("target.txt"), "g\n");
+    let link = built.image.rootfs.join("filelink");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("target.txt")
+    );
+    assert!(
+        std::fs::symlink_metadata(built.image.rootfs.join("dirlink"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
