@@ -1,6 +1,7 @@
 //! Semantics where kiln once differed from BuildKit, each built for real and judged in the image (umoci
-//! unpacks the filesystem; the config is read from the layout): variable expansion within one line,
-//! ARG over ENV, ENTRYPOINT dropping an inherited CMD.
+//! unpacks the filesystem; the config is read from the layout). Each case was also built with BuildKit
+//! v0.8 (Debian's dockerd) on the same busybox base, which gave what these tests expect except where a
+//! test names a later BuildKit change.
 
 use std::path::PathBuf;
 
@@ -55,9 +56,9 @@ fn build(dockerfile: &str, files: &[(&str, &str)], args: &[&str]) -> Built {
 }
 
 /// BuildKit expands every word of an ENV or LABEL line against the variables as they were before the
-/// line: `Y=$X` takes the old `X`. ARG defaults are the exception: current BuildKit (since 0.9's rewrite
-/// of `dispatchArg`) expands each one after the names before it on the line, where v0.8 expanded the
-/// whole line first; kiln follows current BuildKit.
+/// line: `Y=$X` takes the old `X`. ARG defaults are the exception: current BuildKit (Dockerfile frontend
+/// 1.8, which expands a default only in `dispatchArg`) expands each one after the names before it on the
+/// line, where v0.8 expanded the whole line first (`B=-two` here, checked); kiln follows current BuildKit.
 #[test]
 fn env_and_label_lines_expand_against_the_variables_before_them() {
     let built = build(
@@ -206,8 +207,9 @@ fn workdir_creates_missing_directories_as_the_user() {
     assert_eq!(owner("numeric"), (4321, 4321));
 }
 
-/// ADD unpacks tars compressed with xz, bzip2 and zstd as it does gzip ones (moby's `DecompressStream`,
-/// zstd since BuildKit 0.10); made here by GNU tar, a file that is not an archive stays a file.
+/// ADD unpacks tars compressed with xz, bzip2 and zstd as it does gzip ones, as current BuildKit does
+/// (`moby/go-archive`'s `DecompressStream`; BuildKit v0.8, checked, unpacks xz and bzip2 but copies a
+/// `.tar.zst` as a file). Made here by GNU tar; a compressed file that is not a tar stays a file.
 #[test]
 fn add_unpacks_xz_bzip2_and_zstd_tars() {
     let ctx = context(&[
