@@ -29,6 +29,7 @@ fn program() -> Program {
         let dir = p.push(
             Op::Mkdir {
                 path: format!("/d{i}"),
+                user: None,
             },
             vec![scratch],
             format!("workdir /d{i}"),

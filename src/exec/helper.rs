@@ -81,6 +81,7 @@ pub enum Request {
     Mkdir {
         fs: Overlay,
         path: String,
+        user: Option<String>,
     },
 }
 
@@ -224,9 +225,11 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
     )
     .map_err(errno("cannot make mounts private"))?;
     match req {
-        Request::Mkdir { fs, path } => {
+        Request::Mkdir { fs, path, user } => {
             mount_overlay(&fs)?;
-            rootfs::mkdir_all(&fs.target, &path, None)?;
+            // As BuildKit's file op: a user the image does not know owns nothing (root keeps it).
+            let owner = user.and_then(|u| rootfs::owner_ids(&fs.target, &u).ok());
+            rootfs::mkdir_all(&fs.target, &path, owner)?;
             Ok(0)
         }
         Request::Copy {
@@ -751,17 +754,21 @@ fn child(
     pivot_root(".", ".").map_err(errno("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(errno("cannot detach the host root"))?;
     chdir("/").map_err(errno("chdir"))?;
-    let (uid, gid) = if user.is_empty() {
-        (0, 0)
-    } else {
-        rootfs::owner_ids(Path::new("/"), user)?
-    };
+    let rootfs::ExecUser {
+        uid,
+        gid,
+        groups,
+        home,
+    } = rootfs::exec_user(Path::new("/"), if user.is_empty() { "0" } else { user })?;
     let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
     chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
     if let Some(confinement) = super::sandbox::Confinement::new(insecure)? {
         confinement.apply()?;
     }
-    match setgroups(&[Gid::from_raw(gid)]) {
+    // The primary group first, then the user's supplementary groups, as current BuildKit lists them.
+    let mut all = vec![Gid::from_raw(gid)];
+    all.extend(groups.into_iter().filter(|g| *g != gid).map(Gid::from_raw));
+    match setgroups(&all) {
         // A single-id user namespace had to deny setgroups; the step keeps the one group it has.
         Err(nix::Error::EPERM) if setgroups_denied() => {}
         other => other.map_err(errno("setgroups"))?,
@@ -786,7 +793,11 @@ fn child(
         .iter()
         .map(|a| cstring(a.as_bytes()))
         .collect::<Result<_, _>>()?;
-    let cenv: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
+    let mut cenv: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
+    // runc sets HOME from the user's passwd entry when the step's environment has none.
+    if !env.iter().any(|e| e.starts_with(b"HOME=")) {
+        cenv.push(cstring(format!("HOME={home}").as_bytes())?);
+    }
     let err =
         nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
     Err(format!("cannot run {}: {err}", args[0]))

@@ -239,12 +239,13 @@ impl Executor for Namespaces {
         }
     }
 
-    async fn mkdir(&self, fs: Layers, path: String) -> Result<()> {
+    async fn mkdir(&self, fs: Layers, path: String, user: Option<String>) -> Result<()> {
         let fs = overlay(&fs)?;
         let status = call_helper(
             &Request::Mkdir {
                 fs,
                 path: path.clone(),
+                user,
             },
             &[],
             None,

@@ -147,49 +147,84 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> 
             };
             let (parent, name) = split_parent(&dest_path);
             let (dir, _) = mkdir_all(root, &parent, owner)?;
-            copy_entry(&from, &dir.join(name), owner, op.chmod, objects)?;
+            let mut target = dir.join(name);
+            if !into_dir {
+                // A destination that is a symlink in the image is written through, as BuildKit resolves
+                // the destination (`RootPath`) before copying: the link stays, its target gets the file.
+                target = resolve(root, &dest_path, true)?;
+                if let Some(p) = target.parent().filter(|p| !p.exists()) {
+                    mkdir_all(root, &inside(root, p), owner)?;
+                }
+            }
+            copy_entry(&from, &target, owner, op.chmod, objects)?;
         }
     }
     Ok(())
 }
 
-/// `Some(true)` for a gzip-compressed tar, `Some(false)` for a plain tar, `None` for anything else.
-fn archive_kind(path: &Path) -> Result<Option<bool>, String> {
+/// How an archive ADD unpacks is compressed, told by its magic bytes as moby's `DetectCompression` does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Compression {
+    None,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+/// The file decompressed (when it is, by its magic bytes).
+fn decompressed(path: &Path) -> Result<(Compression, Box<dyn std::io::Read>), String> {
     use std::io::Read as _;
     let fail = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
     let mut head = Vec::new();
     fs::File::open(path)
         .map_err(fail)?
-        .take(2)
+        .take(6)
         .read_to_end(&mut head)
         .map_err(fail)?;
-    let gz = head == [0x1f, 0x8b];
+    let kind = if head.starts_with(&[0x1f, 0x8b, 0x08]) {
+        Compression::Gzip
+    } else if head.starts_with(b"BZh") {
+        Compression::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Compression::Xz
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        Compression::None
+    };
+    let file = std::io::BufReader::new(fs::File::open(path).map_err(fail)?);
+    let reader: Box<dyn std::io::Read> = match kind {
+        Compression::None => Box::new(file),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(file)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(file)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(file).map_err(fail)?)
+        }
+    };
+    Ok((kind, reader))
+}
+
+/// The compression of a (possibly compressed) tar, `None` for anything else, which ADD copies as is.
+fn archive_kind(path: &Path) -> Result<Option<Compression>, String> {
+    let (kind, mut reader) = decompressed(path)?;
     let mut block = vec![0u8; 512];
-    let mut reader: Box<dyn std::io::Read> = Box::new(fs::File::open(path).map_err(fail)?);
-    if gz {
-        reader = Box::new(flate2::read::GzDecoder::new(reader));
-    }
-    let n = reader.read(&mut block).unwrap_or(0);
-    let mut filled = n;
+    let mut filled = 0;
     while filled < 512 {
         match reader.read(&mut block[filled..]) {
             Ok(0) | Err(_) => break,
             Ok(k) => filled += k,
         }
     }
-    Ok((filled >= 262 && &block[257..262] == b"ustar").then_some(gz))
+    Ok((filled >= 262 && &block[257..262] == b"ustar").then_some(kind))
 }
 
 /// Unpacks an archive into `dest`. The tar crate refuses entries that would land outside `dest` (`..`,
 /// absolute names, or through a symlink the archive itself created).
 fn extract(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot unpack {}: {e}", path.display());
-    let file = fs::File::open(path).map_err(fail)?;
-    let reader: Box<dyn std::io::Read> = if archive_kind(path)? == Some(true) {
-        Box::new(flate2::read::GzDecoder::new(file))
-    } else {
-        Box::new(file)
-    };
+    let (_, reader) = decompressed(path)?;
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(owner.is_none());
@@ -249,6 +284,7 @@ pub fn copy_tree(
     chmod: Option<u32>,
     objects: Option<&Objects>,
 ) -> Result<(), String> {
+    let mut linked = std::collections::HashMap::new();
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -257,7 +293,22 @@ pub fn copy_tree(
                 fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
             }
         }
-        copy_entry(entry.path(), &dest.join(rel), owner, chmod, objects)?;
+        let target = dest.join(rel);
+        // Files hard-linked to each other in the source stay linked, as BuildKit's fsutil copy keeps them.
+        let meta = entry.metadata().map_err(|e| e.to_string())?;
+        let inode = (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        if let Some(first) = inode.and_then(|i| linked.get(&i)) {
+            if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+                fs::remove_file(&target).map_err(|e| e.to_string())?;
+            }
+            fs::hard_link(first, &target)
+                .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+            continue;
+        }
+        copy_entry(entry.path(), &target, owner, chmod, objects)?;
+        if let Some(i) = inode {
+            linked.insert(i, target);
+        }
     }
     Ok(())
 }
@@ -436,6 +487,82 @@ pub fn owner_ids(root: &Path, spec: &str) -> Result<(u32, u32), String> {
     Ok((uid, gid))
 }
 
+/// Who a RUN step runs as, as runc resolves `USER` (moby's `GetExecUser`, which BuildKit's executors
+/// use): unlike `--chown`, a numeric user with no passwd entry gets group 0 and home `/`; a user found by
+/// name or id gets their passwd group and home, and the groups of /etc/group that list them as members.
+pub struct ExecUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+pub fn exec_user(root: &Path, spec: &str) -> Result<ExecUser, String> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let field = |f: &[String], i: usize| f.get(i).and_then(|s| s.parse::<u32>().ok());
+    let numeric = user.parse::<u32>().ok();
+    let passwd = read_db(root, "/etc/passwd");
+    let entry = passwd.iter().find(|f| match numeric {
+        Some(uid) => field(f, 2) == Some(uid),
+        None => f.first().map(String::as_str) == Some(user),
+    });
+    let (name, mut out) = match (entry, numeric) {
+        (Some(f), _) => (
+            f.first().cloned(),
+            ExecUser {
+                uid: field(f, 2).ok_or("bad /etc/passwd entry")?,
+                gid: field(f, 3).ok_or("bad /etc/passwd entry")?,
+                groups: Vec::new(),
+                home: f.get(5).cloned().unwrap_or_else(|| "/".into()),
+            },
+        ),
+        (None, Some(uid)) => (
+            None,
+            ExecUser {
+                uid,
+                gid: 0,
+                groups: Vec::new(),
+                home: "/".into(),
+            },
+        ),
+        (None, None) => {
+            return Err(format!(
+                "unknown user `{user}` (not in the image's /etc/passwd)"
+            ));
+        }
+    };
+    let groups = read_db(root, "/etc/group");
+    match group {
+        Some(g) => {
+            let by_db = groups.iter().find(|f| match g.parse::<u32>() {
+                Ok(gid) => field(f, 2) == Some(gid),
+                Err(_) => f.first().map(String::as_str) == Some(g),
+            });
+            out.gid = match (by_db.and_then(|f| field(f, 2)), g.parse::<u32>()) {
+                (Some(gid), _) | (None, Ok(gid)) => gid,
+                (None, Err(_)) => {
+                    return Err(format!(
+                        "unknown group `{g}` (not in the image's /etc/group)"
+                    ));
+                }
+            };
+        }
+        None => {
+            if let Some(name) = name {
+                out.groups = groups
+                    .iter()
+                    .filter(|f| f.get(3).is_some_and(|m| m.split(',').any(|u| u == name)))
+                    .filter_map(|f| field(f, 2))
+                    .collect();
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn read_db(root: &Path, path: &str) -> Vec<Vec<String>> {
     let Ok(host) = resolve(root, path, true) else {
         return vec![];
@@ -479,5 +606,32 @@ mod tests {
         assert_eq!(owner_ids(root.path(), "app:staff").unwrap(), (1000, 50));
         assert_eq!(owner_ids(root.path(), "5:6").unwrap(), (5, 6));
         assert!(owner_ids(root.path(), "nobody").is_err());
+    }
+
+    #[test]
+    fn run_users_resolve_as_runc_does() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        fs::write(
+            root.path().join("etc/passwd"),
+            "app:x:1000:1001::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            root.path().join("etc/group"),
+            "staff:x:50:\nextra:x:60:other,app\n",
+        )
+        .unwrap();
+        let ids = |spec: &str| {
+            let u = exec_user(root.path(), spec).unwrap();
+            (u.uid, u.gid, u.groups, u.home)
+        };
+        assert_eq!(ids("app"), (1000, 1001, vec![60], "/home/app".into()));
+        assert_eq!(ids("1000"), (1000, 1001, vec![60], "/home/app".into()));
+        assert_eq!(ids("app:staff"), (1000, 50, vec![], "/home/app".into()));
+        assert_eq!(ids("4321"), (4321, 0, vec![], "/".into()));
+        assert_eq!(ids("4321:77"), (4321, 77, vec![], "/".into()));
+        assert!(exec_user(root.path(), "nobody").is_err());
+        assert!(exec_user(root.path(), "app:nogroup").is_err());
     }
 }

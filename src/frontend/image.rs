@@ -4,7 +4,7 @@
 //! Dockerfile and its `kiln convert` output compile to the same root digest.
 
 use crate::graph::NodeId;
-use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry};
+use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry, Inherit};
 
 /// An image under construction: the state a Dockerfile stage and a `.build` `Image` value both carry.
 #[derive(Clone, Debug)]
@@ -16,11 +16,17 @@ pub(crate) struct ImageState {
     pub(crate) base_env: Vec<(String, String)>,
     /// ARGs declared so far: name → value (None: declared without any value).
     pub(crate) args: Vec<(String, Option<String>)>,
+    /// The variables as BuildKit's build state holds them on top of the base image's: ENV and every ARG
+    /// with a value write here, the later write winning. So `ENV D=a` then `ARG D` with `--build-arg
+    /// D=b` makes `$D` and a RUN's `D` `b`, while the image config keeps `D=a` (`env`).
+    pub(crate) vars: Vec<(String, String)>,
     pub(crate) cwd: Option<String>,
     pub(crate) user: Option<String>,
     /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
     pub(crate) shell: Option<Vec<String>>,
     pub(crate) config: ConfigOp,
+    /// Whether this stage itself set CMD (a parent stage's CMD does not count, as in BuildKit).
+    pub(crate) cmd_set: bool,
 }
 
 impl ImageState {
@@ -31,23 +37,75 @@ impl ImageState {
             env: Vec::new(),
             base_env,
             args: Vec::new(),
+            vars: Vec::new(),
             cwd: None,
             user: None,
             shell: None,
             config: ConfigOp::default(),
+            cmd_set: false,
         }
     }
 
+    /// What `$name` means here: the build state's variables, then the base image's ENV.
     pub(crate) fn lookup(&self, name: &str) -> Option<String> {
-        lookup(&self.env, &self.base_env, &self.args, name)
+        lookup(&self.vars, &self.base_env, name)
     }
 
+    /// Variables a RUN sees beyond the base image's env.
     pub(crate) fn run_env(&self) -> Vec<(String, String)> {
-        run_env(&self.env, &self.args)
+        self.vars.clone()
     }
 
+    /// Each ARG with the value a RUN's history shows for it: what the variable holds now (an ENV set
+    /// after the ARG wins), else the ARG's own value, as BuildKit's `runCommandString` does.
     pub(crate) fn arg_values(&self) -> Vec<(String, String)> {
-        arg_values(&self.env, &self.args)
+        self.args
+            .iter()
+            .map(|(k, v)| {
+                let now = self.lookup(k).or_else(|| v.clone()).unwrap_or_default();
+                (k.clone(), now)
+            })
+            .collect()
+    }
+
+    /// `ENV k=v`: into the image config and the build state.
+    pub(crate) fn set_env(&mut self, key: &str, value: &str) {
+        set(&mut self.env, key, value);
+        set(&mut self.vars, key, value);
+    }
+
+    /// `ARG k[=v]`: declared (a name declared again keeps its place, as in BuildKit's history); with a
+    /// value it is a variable of the build state too, over an ENV of the same name.
+    pub(crate) fn set_arg(&mut self, key: &str, value: Option<String>) {
+        if let Some(v) = &value {
+            set(&mut self.vars, key, v);
+        }
+        match self.args.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => entry.1 = value,
+            None => self.args.push((key.to_string(), value)),
+        }
+    }
+
+    /// A new stage on this image: ARGs are declared again per stage, so only ENV stays a variable, and
+    /// the stage has set no CMD yet.
+    pub(crate) fn begin_stage(&mut self) {
+        self.args.clear();
+        self.vars = self.env.clone();
+        self.cmd_set = false;
+    }
+
+    pub(crate) fn set_cmd(&mut self, argv: Vec<String>) {
+        self.config.cmd = Inherit::Set(argv);
+        self.cmd_set = true;
+    }
+
+    /// ENTRYPOINT drops a CMD unless this stage set one: one inherited from the base image or from a
+    /// parent stage was written for another entrypoint.
+    pub(crate) fn set_entrypoint(&mut self, argv: Vec<String>) {
+        self.config.entrypoint = Inherit::Set(argv);
+        if !self.cmd_set {
+            self.config.cmd = Inherit::Clear;
+        }
     }
 
     pub(crate) fn history(&mut self, created_by: String, layer: bool) {
@@ -55,55 +113,17 @@ impl ImageState {
     }
 }
 
-// BuildKit's variable scoping, shared by every front end (a `.build` image has the same state).
-
-/// What `$name` means in a stage: its ENV (last setting wins), then the base image's ENV, then its ARGs.
+/// What `$name` means: the build state's variables (ENV and ARG values, the later write winning), then
+/// the base image's ENV.
 pub fn lookup(
-    env: &[(String, String)],
+    vars: &[(String, String)],
     base_env: &[(String, String)],
-    args: &[(String, Option<String>)],
     name: &str,
 ) -> Option<String> {
-    if let Some((_, v)) = env.iter().rev().find(|(k, _)| k == name) {
-        return Some(v.clone());
-    }
-    // The image's ENV is ENV too, and ENV wins over ARG.
-    if let Some((_, v)) = base_env.iter().find(|(k, _)| k == name) {
-        return Some(v.clone());
-    }
-    args.iter()
-        .rev()
+    vars.iter()
+        .chain(base_env)
         .find(|(k, _)| k == name)
-        .and_then(|(_, v)| v.clone())
-}
-
-/// Variables a RUN sees beyond the image env: ENV, then ARGs with a value that ENV does not shadow.
-pub fn run_env(
-    env: &[(String, String)],
-    args: &[(String, Option<String>)],
-) -> Vec<(String, String)> {
-    let mut out = env.to_vec();
-    for (k, v) in args {
-        if let Some(v) = v
-            && !out.iter().any(|(ek, _)| ek == k)
-        {
-            set(&mut out, k, v);
-        }
-    }
-    out
-}
-
-/// Each ARG with the value a RUN's history shows for it (an ENV of the same name wins).
-pub fn arg_values(
-    env: &[(String, String)],
-    args: &[(String, Option<String>)],
-) -> Vec<(String, String)> {
-    args.iter()
-        .map(|(k, v)| {
-            let value = env.iter().rev().find(|(ek, _)| ek == k).map(|(_, v)| v);
-            (k.clone(), value.or(v.as_ref()).cloned().unwrap_or_default())
-        })
-        .collect()
+        .map(|(_, v)| v.clone())
 }
 
 pub fn set(list: &mut Vec<(String, String)>, key: &str, value: &str) {

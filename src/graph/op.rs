@@ -38,8 +38,9 @@ pub enum Op {
     Run(RunOp),
     /// Copy paths from a source into the rootfs. Inputs: `[rootfs, source]`.
     Copy(CopyOp),
-    /// Create a directory (WORKDIR). Inputs: `[rootfs]`.
-    Mkdir { path: String },
+    /// Create a directory (WORKDIR) and its missing parents, owned by `user` (the `USER` in effect,
+    /// resolved in the rootfs as a `--chown` is) when there is one. Inputs: `[rootfs]`.
+    Mkdir { path: String, user: Option<String> },
     /// The finished image of a stage: its rootfs plus image config. Inputs: `[rootfs]`.
     Config(Box<ConfigOp>),
 }
@@ -365,8 +366,8 @@ impl Op {
                     None => e.bool(false),
                 };
             }
-            Op::Mkdir { path } => {
-                e.str(path);
+            Op::Mkdir { path, user } => {
+                e.str(path).opt_str(user.as_deref());
             }
             Op::Config(c) => {
                 e.pairs(&c.env)

@@ -439,8 +439,8 @@ impl<L: Executor> Executor for Remote<L> {
         self.local.copy(step).await
     }
 
-    async fn mkdir(&self, fs: Layers, path: String) -> Result<()> {
-        self.local.mkdir(fs, path).await
+    async fn mkdir(&self, fs: Layers, path: String, user: Option<String>) -> Result<()> {
+        self.local.mkdir(fs, path, user).await
     }
 
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {

@@ -97,8 +97,13 @@ pub trait Executor: Send + Sync + 'static {
     /// Runs a command; a non-zero exit is an `Err` of category `Build`.
     fn run(&self, step: RunStep, logs: LogSink) -> impl Future<Output = Result<()>> + Send;
     fn copy(&self, step: CopyStep) -> impl Future<Output = Result<()>> + Send;
-    /// Creates a directory (and its parents) inside the filesystem.
-    fn mkdir(&self, fs: Layers, path: String) -> impl Future<Output = Result<()>> + Send;
+    /// Creates a directory (and its parents) inside the filesystem, the new ones owned by `user`.
+    fn mkdir(
+        &self,
+        fs: Layers,
+        path: String,
+        user: Option<String>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Unpacks a (possibly compressed) layer blob into an empty snapshot directory.
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()>;
 }

@@ -63,7 +63,9 @@ impl<E: Executor> Shared<E> {
         let ran = match &node.op {
             Op::Run(r) => self.run(r, base, fs, &key, &inputs, id).await?,
             Op::Copy(c) => Ran::plain(self.copy(c, &inputs[1].1, fs).await),
-            Op::Mkdir { path } => Ran::plain(self.exec.mkdir(fs, path.clone()).await),
+            Op::Mkdir { path, user } => {
+                Ran::plain(self.exec.mkdir(fs, path.clone(), user.clone()).await)
+            }
             _ => unreachable!("only steps reach here"),
         };
         // The cache mounts stay held (`_held`) until the step is committed.

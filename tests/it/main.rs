@@ -26,6 +26,7 @@ mod remote;
 mod rootless;
 mod sandbox;
 mod secrets;
+mod semantics;
 mod ssh;
 mod ssh_clone;
 mod store;

@@ -42,7 +42,7 @@ impl Evaluator<'_> {
             "from" => match &v[0] {
                 Value::Image(img) => {
                     let mut img = img.clone();
-                    img.args.clear();
+                    img.begin_stage();
                     Value::Image(img)
                 }
                 _ => unreachable!("checked"),

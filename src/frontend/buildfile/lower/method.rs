@@ -57,9 +57,13 @@ impl Evaluator<'_> {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
                 let path = join_path(img.cwd.as_deref().unwrap_or("/"), &dir);
                 img.cwd = Some(path.clone());
+                let user = img.user.clone();
                 self.push_fs(
                     &mut img,
-                    Op::Mkdir { path: path.clone() },
+                    Op::Mkdir {
+                        path: path.clone(),
+                        user,
+                    },
                     vec![],
                     format!("WORKDIR {path}"),
                     span,
@@ -74,13 +78,10 @@ impl Evaluator<'_> {
                 let argv = command(&img, &v[0]);
                 if method == "cmd" {
                     img.history(format!("CMD {}", json_list(&argv)), false);
-                    img.config.cmd = Inherit::Set(argv);
+                    img.set_cmd(argv);
                 } else {
                     img.history(format!("ENTRYPOINT {}", json_list(&argv)), false);
-                    img.config.entrypoint = Inherit::Set(argv);
-                    if img.config.cmd == Inherit::Base {
-                        img.config.cmd = Inherit::Clear;
-                    }
+                    img.set_entrypoint(argv);
                 }
             }
             "expose" => self.expose(&mut img, &v, arg_span(0))?,
@@ -150,22 +151,28 @@ impl Evaluator<'_> {
             .collect()
     }
 
-    /// `.env({...})` and `.label({...})`: each pair expanded and set, as ENV and LABEL do.
+    /// `.env({...})` and `.label({...})`: every pair expanded against the variables before the call,
+    /// then set, as ENV and LABEL do.
     fn env_or_label(&mut self, img: &mut Img, method: &str, v: &[Value], at: Span) -> Result<()> {
-        let mut shown = Vec::new();
+        let mut pairs = Vec::new();
         if let Value::Map(m) = &v[0] {
             for (k, val) in m {
                 let key = self.expand(img, k, at)?;
                 let value = self.expand(img, val.str(), at)?;
-                shown.push(format!("{key}={value}"));
                 if method == "env" {
                     self.lint_value("ENV", &key, val.str(), at)?;
-                    set(&mut img.env, &key, &value);
-                } else {
-                    set(&mut img.config.labels, &key, &value);
                 }
+                pairs.push((key, value));
             }
         }
+        for (key, value) in &pairs {
+            if method == "env" {
+                img.set_env(key, value);
+            } else {
+                set(&mut img.config.labels, key, value);
+            }
+        }
+        let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let what = if method == "env" { "ENV" } else { "LABEL" };
         img.history(format!("{what} {}", shown.join(" ")), false);
         Ok(())
@@ -186,8 +193,7 @@ impl Evaluator<'_> {
                         _ => builtin_arg(k).map(String::from),
                     },
                 };
-                img.args.retain(|(ak, _)| ak != k);
-                img.args.push((k.clone(), value.clone()));
+                img.set_arg(k, value.clone());
                 shown.push((k.clone(), value));
             }
         }

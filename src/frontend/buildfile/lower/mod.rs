@@ -577,7 +577,7 @@ fn step_name(op: &Op) -> String {
             c.sources.join(" "),
             c.dest
         ),
-        Op::Mkdir { path } => format!("workdir {path}"),
+        Op::Mkdir { path, .. } => format!("workdir {path}"),
         other => other.kind().to_string(),
     }
 }

@@ -1,7 +1,7 @@
 //! Dockerfile lowering: one instruction of a stage at a time (the config-only ones here; RUN, COPY, ADD and HEALTHCHECK in their own files).
 
 use super::{
-    Inherit, Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
+    Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
     command_args, expose_ports, instruction_text, join_path, json_list, set, shell,
 };
 
@@ -17,10 +17,14 @@ impl Lowerer<'_> {
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
                 let path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &dir);
                 stage.image.cwd = Some(path.clone());
+                let user = stage.image.user.clone();
                 self.push_fs(
                     stage,
                     ins,
-                    Op::Mkdir { path: path.clone() },
+                    Op::Mkdir {
+                        path: path.clone(),
+                        user,
+                    },
                     vec![],
                     format!("WORKDIR {path}"),
                 );
@@ -35,17 +39,13 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("CMD {}", json_list(&args)));
-                stage.image.config.cmd = Inherit::Set(args);
+                stage.image.set_cmd(args);
             }
             InstructionKind::Entrypoint(c) => {
                 self.reject_flags(ins, &[])?;
                 let args = command_args(c, stage.image.shell.as_deref());
                 Self::config_history(stage, format!("ENTRYPOINT {}", json_list(&args)));
-                stage.image.config.entrypoint = Inherit::Set(args);
-                // As in docker: a new ENTRYPOINT drops a CMD inherited from the base image.
-                if stage.image.config.cmd == Inherit::Base {
-                    stage.image.config.cmd = Inherit::Clear;
-                }
+                stage.image.set_entrypoint(args);
             }
             InstructionKind::Run(c) => self.run(stage, ins, c)?,
             InstructionKind::Copy { sources, dest } => {
@@ -88,7 +88,9 @@ impl Lowerer<'_> {
         Ok(())
     }
 
-    /// ARG: each name takes its value (a bare `ARG x` brings the pre-FROM value into scope).
+    /// ARG: each name takes its value (a bare `ARG x` brings the pre-FROM value into scope). A default
+    /// sees the names declared before it on the same line, as in current BuildKit (v0.8 expanded the
+    /// whole line first).
     fn arg(&self, stage: &mut Stage, ins: &Instruction, decls: &[KeyValue]) -> Result<()> {
         self.reject_flags(ins, &[])?;
         let mut shown = Vec::new();
@@ -98,46 +100,49 @@ impl Lowerer<'_> {
                 // A bare `ARG x` in a stage brings the pre-FROM value into scope.
                 None => self.meta_lookup(&d.key.text),
             };
-            stage.image.args.retain(|(k, _)| *k != d.key.text);
-            stage.image.args.push((d.key.text.clone(), value.clone()));
+            stage.image.set_arg(&d.key.text, value.clone());
             shown.push((d.key.text.clone(), value));
         }
         Self::config_history(stage, arg_history(&shown));
         Ok(())
     }
 
-    /// ENV: each pair expanded and set, in order.
+    /// ENV: every pair expanded against the variables as they were before the instruction (as BuildKit
+    /// expands a whole line before dispatching it: `ENV X=new Y=$X` gives `Y` the old `X`), then set.
     fn env(&self, stage: &mut Stage, ins: &Instruction, pairs: &[KeyValue]) -> Result<()> {
         self.reject_flags(ins, &[])?;
-        let mut shown = Vec::new();
-        for kv in pairs {
-            let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
-            let value = match &kv.value {
-                Some(v) => self.expand(v, &|n| stage.lookup(n))?,
-                None => String::new(),
-            };
-            shown.push(format!("{key}={value}"));
-            set(&mut stage.image.env, &key, &value);
+        let pairs = self.expand_pairs(stage, pairs)?;
+        for (key, value) in &pairs {
+            stage.image.set_env(key, value);
         }
-        Self::config_history(stage, format!("ENV {}", shown.join(" ")));
+        Self::config_history(stage, format!("ENV {}", pair_text(&pairs)));
         Ok(())
     }
 
-    /// LABEL: each pair expanded and set on the image config.
+    /// LABEL: every pair expanded against the variables before the instruction, then set.
     fn label(&self, stage: &mut Stage, ins: &Instruction, pairs: &[KeyValue]) -> Result<()> {
         self.reject_flags(ins, &[])?;
-        let mut shown = Vec::new();
-        for kv in pairs {
-            let key = self.expand(&kv.key, &|n| stage.lookup(n))?;
-            let value = match &kv.value {
-                Some(v) => self.expand(v, &|n| stage.lookup(n))?,
-                None => String::new(),
-            };
-            shown.push(format!("{key}={value}"));
-            set(&mut stage.image.config.labels, &key, &value);
+        let pairs = self.expand_pairs(stage, pairs)?;
+        for (key, value) in &pairs {
+            set(&mut stage.image.config.labels, key, value);
         }
-        Self::config_history(stage, format!("LABEL {}", shown.join(" ")));
+        Self::config_history(stage, format!("LABEL {}", pair_text(&pairs)));
         Ok(())
+    }
+
+    fn expand_pairs(&self, stage: &Stage, pairs: &[KeyValue]) -> Result<Vec<(String, String)>> {
+        let lookup = |n: &str| stage.lookup(n);
+        pairs
+            .iter()
+            .map(|kv| {
+                let key = self.expand(&kv.key, &lookup)?;
+                let value = match &kv.value {
+                    Some(v) => self.expand(v, &lookup)?,
+                    None => String::new(),
+                };
+                Ok((key, value))
+            })
+            .collect()
     }
 
     /// EXPOSE: each word expanded into ports (a range into each port), added once each.
@@ -182,4 +187,9 @@ impl Lowerer<'_> {
         }
         Ok(())
     }
+}
+
+fn pair_text(pairs: &[(String, String)]) -> String {
+    let shown: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    shown.join(" ")
 }

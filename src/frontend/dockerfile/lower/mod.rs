@@ -343,7 +343,7 @@ impl Lowerer<'_> {
             // FROM an earlier stage continues from its filesystem and config.
             // Its history stays: the parent's layers are in this image, and each needs its entry.
             let mut s = parent.state.clone();
-            s.image.args.clear();
+            s.image.begin_stage();
             s
         } else {
             let resolved = match self.opts.contexts.get(&reference) {

@@ -1,0 +1,352 @@
+//! Semantics where kiln once differed from BuildKit, each built for real and judged in the image (umoci
+//! unpacks the filesystem; the config is read from the layout). Each case was also built with BuildKit
+//! v0.8 (Debian's dockerd) on the same busybox base, which gave what these tests expect except where a
+//! test names a later BuildKit change.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use crate::support::{Kiln, Layout, Unpacked, context, tempdir, tool, unpack};
+
+/// A built image: its unpacked filesystem and its config.
+struct Built {
+    image: Unpacked,
+    config: Value,
+    _out: tempfile::TempDir,
+}
+
+impl Built {
+    fn read(&self, path: &str) -> String {
+        std::fs::read_to_string(self.image.rootfs.join(path))
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn env(&self) -> Vec<String> {
+        strings(&self.config["config"]["Env"])
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|e| e.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Builds `dockerfile` (with `files` beside it) on the busybox base with `args` on the command line.
+fn build(dockerfile: &str, files: &[(&str, &str)], args: &[&str]) -> Built {
+    let mut all = vec![("Dockerfile", dockerfile)];
+    all.extend_from_slice(files);
+    let ctx = context(&all);
+    let out = tempdir("out-");
+    let dest: PathBuf = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .args(args.iter().copied())
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    Built {
+        image: unpack(&dest),
+        config: Layout::new(&dest).config(),
+        _out: out,
+    }
+}
+
+/// BuildKit expands every word of an ENV or LABEL line against the variables as they were before the
+/// line: `Y=$X` takes the old `X`. ARG defaults are the exception: current BuildKit (Dockerfile frontend
+/// 1.8, which expands a default only in `dispatchArg`) expands each one after the names before it on the
+/// line, where v0.8 expanded the whole line first (`B=-two` here, checked); kiln follows current BuildKit.
+#[test]
+fn env_and_label_lines_expand_against_the_variables_before_them() {
+    let built = build(
+        "FROM base\n\
+         ENV X=old\n\
+         ENV X=new Y=$X\n\
+         LABEL l1=$X-$Y X=label l2=$X\n\
+         ARG A=one B=$A-two\n\
+         RUN echo \"$X $Y $A $B\" > /seen\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.read("seen"), "new old one one-two\n");
+    let env = built.env();
+    assert!(env.contains(&"X=new".to_string()), "{env:?}");
+    assert!(env.contains(&"Y=old".to_string()), "{env:?}");
+    let labels = &built.config["config"]["Labels"];
+    assert_eq!(labels["l1"], "new-old", "{labels}");
+    assert_eq!(labels["l2"], "new", "{labels}");
+}
+
+/// An ARG with a value after an ENV of the same name: the build sees the ARG's value (a RUN and `$D`
+/// later in the stage), while the image config keeps the ENV's, as BuildKit's build state does
+/// (checked against BuildKit v0.8 and current `dispatchArg`, which both add the ARG to the state's env).
+#[test]
+fn an_arg_after_an_env_of_the_same_name_wins_in_the_build_not_the_config() {
+    let built = build(
+        "FROM base\n\
+         ENV D=a\n\
+         ARG D\n\
+         RUN echo \"$D\" > /run-sees\n\
+         ENV E=$D\n\
+         ARG F=default\n\
+         ENV F=env\n\
+         RUN echo \"$F\" > /env-after-arg\n",
+        &[],
+        &["--build-arg", "D=b"],
+    );
+    assert_eq!(built.read("run-sees"), "b\n");
+    assert_eq!(
+        built.read("env-after-arg"),
+        "env\n",
+        "a later ENV wins again"
+    );
+    let env = built.env();
+    assert!(env.contains(&"D=a".to_string()), "{env:?}");
+    assert!(env.contains(&"E=b".to_string()), "{env:?}");
+    let history: Vec<String> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .collect();
+    // The history shows what each ARG's variable holds at the RUN, as BuildKit's `runCommandString`.
+    for run in ["RUN |1 D=b ", "RUN |2 D=b F=env "] {
+        assert!(
+            history.iter().any(|h| h.starts_with(run)),
+            "{run}: {history:?}"
+        );
+    }
+}
+
+/// ENTRYPOINT drops a CMD the stage did not set itself: the base image's (`/bin/sh` here) and a parent
+/// stage's alike, as BuildKit's per-stage `cmd` flag does; a CMD set in the same stage stays.
+#[test]
+fn entrypoint_drops_a_cmd_the_stage_did_not_set() {
+    let dockerfile = "FROM base AS parent\n\
+                      CMD [\"parent-cmd\"]\n\
+                      FROM parent AS child\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS own\n\
+                      CMD [\"own-cmd\"]\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS plain\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n";
+    for (target, cmd) in [
+        ("child", Value::Null),
+        ("own", serde_json::json!(["own-cmd"])),
+        ("plain", Value::Null),
+        ("parent", serde_json::json!(["parent-cmd"])),
+    ] {
+        let built = build(dockerfile, &[], &["--target", target]);
+        assert_eq!(built.config["config"]["Cmd"], cmd, "target {target}");
+    }
+}
+
+/// A RUN's user resolved as runc resolves it (moby's `GetExecUser`, which BuildKit v0.8 and current
+/// executors both call): `USER 4321` with no passwd entry runs with group 0 (`--chown=4321` would give
+/// 4321), and HOME comes from the user's passwd entry (`/` without one) unless ENV set it, in exec form
+/// too, where no shell could have set it.
+#[test]
+fn run_users_get_runcs_group_and_home() {
+    use std::os::unix::fs::MetadataExt;
+    let built = build(
+        "FROM base\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /home-root; mkdir -m 777 /out\"]\n\
+         USER appuser\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /out/home-app\"]\n\
+         USER 4321\n\
+         RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /out/home-numeric\"]\n\
+         ENV HOME=/set-by-env\n\
+         RUN echo $HOME > /out/home-env\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.read("home-root"), "/root\n");
+    assert_eq!(built.read("out/home-app"), "/home/appuser\n");
+    assert_eq!(built.read("out/home-numeric"), "/\n");
+    assert_eq!(built.read("out/home-env"), "/set-by-env\n");
+    let owner = |p: &str| {
+        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("out/home-app"), (1000, 1000));
+    assert_eq!(owner("out/home-numeric"), (4321, 0));
+}
+
+/// WORKDIR creates its missing directories owned by the USER in effect, as BuildKit's mkdir with
+/// `WithUser` does (a numeric user there is uid and gid, as for `--chown`); existing ones keep theirs.
+#[test]
+fn workdir_creates_missing_directories_as_the_user() {
+    use std::os::unix::fs::MetadataExt;
+    let built = build(
+        "FROM base\n\
+         WORKDIR /made-by-root\n\
+         USER appuser\n\
+         WORKDIR /new/dir\n\
+         WORKDIR /tmp\n\
+         USER 4321\n\
+         WORKDIR /numeric\n",
+        &[],
+        &[],
+    );
+    let owner = |p: &str| {
+        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(owner("made-by-root"), (0, 0));
+    assert_eq!(owner("new"), (1000, 1000));
+    assert_eq!(owner("new/dir"), (1000, 1000));
+    assert_eq!(
+        owner("tmp"),
+        (0, 0),
+        "an existing directory keeps its owner"
+    );
+    assert_eq!(owner("numeric"), (4321, 4321));
+}
+
+/// ADD unpacks tars compressed with xz, bzip2 and zstd as it does gzip ones, as current BuildKit does
+/// (`moby/go-archive`'s `DecompressStream`; BuildKit v0.8, checked, unpacks xz and bzip2 but copies a
+/// `.tar.zst` as a file). Made here by GNU tar; a compressed file that is not a tar stays a file.
+#[test]
+fn add_unpacks_xz_bzip2_and_zstd_tars() {
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM base\n\
+             ADD pkg.tar.xz /xz/\n\
+             ADD pkg.tar.bz2 /bz2/\n\
+             ADD pkg.tar.zst /zst/\n\
+             ADD plain.xz /plain/\n",
+        ),
+        ("pkg/a.txt", "from the archive\n"),
+        ("plain", "not an archive\n"),
+    ]);
+    let root = ctx.path().to_str().unwrap();
+    for (flag, name) in [
+        ("-J", "pkg.tar.xz"),
+        ("-j", "pkg.tar.bz2"),
+        ("--zstd", "pkg.tar.zst"),
+    ] {
+        tool(
+            "tar",
+            &[flag, "-cf", &format!("{root}/{name}"), "-C", root, "pkg"],
+        );
+    }
+    tool("xz", &["-k", &format!("{root}/plain")]);
+    std::fs::remove_dir_all(ctx.path().join("pkg")).unwrap();
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    for dir in ["xz", "bz2", "zst"] {
+        let got = std::fs::read_to_string(image.rootfs.join(dir).join("pkg/a.txt"));
+        assert_eq!(got.ok().as_deref(), Some("from the archive\n"), "{dir}");
+    }
+    let plain = std::fs::read(image.rootfs.join("plain/plain.xz")).unwrap();
+    assert!(
+        plain.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']),
+        "a compressed non-tar is copied"
+    );
+}
+
+/// Hard links in the context stay hard links after `COPY .`, as BuildKit's fsutil copy keeps them: both
+/// into a new top-level directory (written straight into the snapshot) and under an existing one (by the
+/// helper over an overlay). The layer tar holds a link entry, and umoci unpacks one inode.
+#[test]
+fn hard_links_in_the_context_stay_linked() {
+    use std::os::unix::fs::MetadataExt;
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY . /dst/\nCOPY . /tmp/dst/\n"),
+        ("a.txt", "linked content\n"),
+        ("sub/single.txt", "linked content\n"),
+    ]);
+    std::fs::hard_link(ctx.path().join("a.txt"), ctx.path().join("sub/b.txt")).unwrap();
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    for dir in ["dst", "tmp/dst"] {
+        let ino = |p: &str| {
+            std::fs::metadata(image.rootfs.join(dir).join(p))
+                .unwrap()
+                .ino()
+        };
+        assert_eq!(ino("a.txt"), ino("sub/b.txt"), "{dir}: linked files");
+        assert_ne!(
+            ino("a.txt"),
+            ino("sub/single.txt"),
+            "{dir}: same content alone"
+        );
+    }
+    let layers = Layout::new(&dest).layer_tars();
+    let listing: Vec<String> = layers
+        .iter()
+        .flat_map(|tar| {
+            let mut a = tar::Archive::new(tar.as_slice());
+            a.entries()
+                .unwrap()
+                .filter_map(|e| {
+                    let e = e.unwrap();
+                    (e.header().entry_type() == tar::EntryType::Link).then(|| {
+                        format!(
+                            "{} -> {}",
+                            e.path().unwrap().display(),
+                            e.link_name().unwrap().unwrap().display()
+                        )
+                    })
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(listing.len(), 2, "{listing:?}");
+}
+
+/// `COPY file /dest` where `/dest` is a symlink in the image writes through it, as BuildKit resolves the
+/// destination first: a link to a file keeps being a link and its target gets the content; a link to a
+/// directory receives the file inside it.
+#[test]
+fn copy_writes_through_a_destination_symlink() {
+    let built = build(
+        "FROM base\n\
+         RUN mkdir /real && ln -s /real /dirlink && echo old > /target.txt && ln -s target.txt /filelink\n\
+         COPY f.txt /dirlink\n\
+         COPY g.txt /filelink\n",
+        &[("f.txt", "f\n"), ("g.txt", "g\n")],
+        &[],
+    );
+    assert_eq!(built.read("real/f.txt"), "f\n");
+    assert_eq!(built.read("target.txt"), "g\n");
+    let link = built.image.rootfs.join("filelink");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link stays a link"
+    );
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        std::path::Path::new("target.txt")
+    );
+    assert!(
+        std::fs::symlink_metadata(built.image.rootfs.join("dirlink"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
