@@ -12,6 +12,7 @@ mod dockerignore;
 mod errors;
 mod escape;
 mod example;
+mod from_image;
 mod graph;
 mod instructions;
 mod isolation;

@@ -82,8 +82,8 @@ fn bad_mounts_are_input_errors_with_a_location() {
             "points outside the source",
         ),
         (
-            "type=bind,from=nosuchstage,target=/x",
-            "no stage named `nosuchstage`",
+            "type=bind,from=NoSuchStage,target=/x",
+            "no stage named `NoSuchStage`",
         ),
     ] {
         let dockerfile = format!("FROM base\nRUN --mount={mount} true\n");

@@ -149,6 +149,11 @@ impl Lowerer<'_> {
 
     /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
     pub(super) fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
+        if value.is_empty() {
+            return Err(self.error(span, "`from` names no stage or image").help(
+                "it is empty: a build argument used here may be unset; give it a default or pass --build-arg",
+            ));
+        }
         if let Some(s) = self.stage_by_name(value)? {
             return Ok(s.state.image.fs);
         }
@@ -174,23 +179,29 @@ impl Lowerer<'_> {
             Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
             None => {}
         }
-        if value.contains(['/', ':', '@']) {
+        // As in BuildKit, a name that is no stage, index or named context is an image reference
+        // (`--from=composer` is `docker.io/library/composer:latest`), pulled like a FROM base.
+        let Err(invalid) = crate::registry::ImageName::parse(value) else {
             let r = value.to_string();
             return Ok(self.image_leaf(&r, span));
-        }
+        };
         let names: Vec<&str> = self
             .decls
             .iter()
             .filter_map(|(_, _, a)| a.as_deref())
             .collect();
-        let d = self.error(span, format!("no stage named `{value}`"));
-        Err(match suggest(value, names.iter().copied()) {
-            Some(s) => d.help(format!("did you mean `{s}`?")),
-            None if names.is_empty() => d.help(
-                "name a stage with `FROM image AS name`, or write a full image reference such as `busybox:latest`",
+        let d = self.error(
+            span,
+            format!(
+                "no stage named `{value}`, nor is it an image: {}",
+                invalid.message
             ),
+        );
+        Err(match suggest(value, names.iter().copied()) {
+            Some(s) => d.help(format!("did you mean the stage `{s}`?")),
+            None if names.is_empty() => d.help(invalid.help.unwrap_or_default()),
             None => d.help(format!(
-                "the stages are: {}; for an image write its full reference such as `busybox:latest`",
+                "the stages are: {}; for an image write its reference such as `busybox:latest`",
                 names.join(", ")
             )),
         })
