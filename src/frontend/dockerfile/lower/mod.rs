@@ -326,6 +326,7 @@ impl Lowerer<'_> {
         alias: Option<&Word>,
     ) -> Result<Stage> {
         self.reject_flags(ins, &["platform"])?;
+        self.check_platform(ins)?;
         let mut reference = self.expand(image, &|n| self.meta_lookup(n))?;
         if reference.is_empty() && self.opts.lenient {
             // Compile-only: the reference stays as written, an unresolved leaf like any image.
@@ -378,6 +379,24 @@ impl Lowerer<'_> {
         stage.step = 1;
         stage.steps = steps;
         Ok(stage)
+    }
+
+    /// `FROM --platform=`: kiln builds for linux/amd64 only (multi-platform builds are to come), so a
+    /// value meaning that platform is honoured as it is, and any other is refused rather than ignored.
+    fn check_platform(&self, ins: &Instruction) -> Result<()> {
+        for f in ins.flags.iter().filter(|f| f.name == "platform") {
+            let v = self.expand_flag(f, &|n| self.meta_lookup(n))?;
+            // An empty value (an unset build arg) means the default platform, as in BuildKit.
+            if v.is_empty() || is_build_platform(&v) {
+                continue;
+            }
+            return Err(self
+                .error(f.value_span, format!("kiln cannot build for platform `{v}` yet"))
+                .help(
+                    "kiln builds for linux/amd64 only: drop --platform, or write `--platform=$BUILDPLATFORM` or `linux/amd64`",
+                ));
+        }
+        Ok(())
     }
 
     /// How many instructions of this stage follow its FROM (for `[stage k/n]` names).
@@ -465,6 +484,18 @@ fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
     }
 }
 
+/// Whether a platform string means linux/amd64, normalised as containerd's `platforms.Parse` does
+/// (case-insensitive; `x86_64` and `x86-64` are `amd64`, whose only variant is `v1`).
+fn is_build_platform(p: &str) -> bool {
+    let p = p.to_ascii_lowercase();
+    let mut parts = p.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    parts.next().is_none()
+        && os == Some("linux")
+        && matches!(arch, Some("amd64" | "x86_64" | "x86-64"))
+        && matches!(variant, None | Some("v1"))
+}
+
 /// The instruction's source text on one line, for step names and history.
 fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
     ins.text(file)
@@ -473,6 +504,27 @@ fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_linux_amd64_is_the_build_platform() {
+        for p in [
+            "linux/amd64",
+            "Linux/AMD64",
+            "linux/x86_64",
+            "linux/amd64/v1",
+        ] {
+            assert!(is_build_platform(p), "{p}");
+        }
+        for p in [
+            "linux/arm64",
+            "linux",
+            "windows/amd64",
+            "linux/amd64/v3",
+            "linux/amd64/v1/x",
+        ] {
+            assert!(!is_build_platform(p), "{p}");
+        }
+    }
 
     #[test]
     fn join_path_normalises() {
