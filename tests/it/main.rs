@@ -18,6 +18,7 @@ mod instructions;
 mod isolation;
 mod leak_matrix;
 mod mounts;
+mod onbuild;
 mod outputs;
 mod parallel;
 mod path_escape;

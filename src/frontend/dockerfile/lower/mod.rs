@@ -37,6 +37,9 @@ struct Stage {
     image: ImageState,
     step: usize,
     steps: usize,
+    /// This stage's own `ONBUILD` triggers (the spans of the instructions they hold), which a stage
+    /// built `FROM` it runs first.
+    triggers: Vec<Span>,
 }
 
 impl Stage {
@@ -151,7 +154,7 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
     Ok(l.program)
 }
 
-impl Lowerer<'_> {
+impl<'a> Lowerer<'a> {
     fn file(&self) -> &Arc<SourceFile> {
         &self.df.file
     }
@@ -250,12 +253,32 @@ impl Lowerer<'_> {
             unreachable!("declarations start with FROM")
         };
         let mut stage = self.from(i, from, image, alias.as_ref())?;
+        let triggers = self.inherited_triggers(&mut stage);
+        stage.steps += triggers.iter().filter(|t| is_step(t)).count();
+        for ins in triggers {
+            self.instruction(&mut stage, ins)?;
+        }
         for ins in body {
             self.instruction(&mut stage, ins)?;
         }
         self.finish_stage(i, stage);
         self.busy[i] = false;
         Ok(())
+    }
+
+    /// A parent stage's ONBUILD triggers, which BuildKit runs at the start of the child as its own
+    /// instructions, expanded in the child's scope; the child's config keeps only its own ONBUILD lines.
+    fn inherited_triggers(&self, stage: &mut Stage) -> Vec<&'a Instruction> {
+        stage.image.config.onbuild.clear();
+        std::mem::take(&mut stage.triggers)
+            .into_iter()
+            .filter_map(|span| {
+                self.df.instructions.iter().find_map(|i| match &i.kind {
+                    InstructionKind::Onbuild(t) if t.span == span => Some(&**t),
+                    _ => None,
+                })
+            })
+            .collect()
     }
 
     /// The stage called `name` (or with index `name`), lowered if it was not yet.
@@ -372,6 +395,7 @@ impl Lowerer<'_> {
                 image: ImageState::new(leaf, self.opts.image_env.get(&resolved)),
                 step: 0,
                 steps: 0,
+                triggers: Vec::new(),
             }
         };
         stage.name = name;
@@ -407,14 +431,7 @@ impl Lowerer<'_> {
             .skip_while(|i| !std::ptr::eq(*i, from))
             .skip(1)
             .take_while(|i| !matches!(i.kind, InstructionKind::From { .. }))
-            .filter(|i| {
-                matches!(
-                    i.kind,
-                    InstructionKind::Run(_)
-                        | InstructionKind::Copy { .. }
-                        | InstructionKind::Workdir(_)
-                )
-            })
+            .filter(|i| is_step(i))
             .count()
     }
 
@@ -494,6 +511,14 @@ fn is_build_platform(p: &str) -> bool {
         && os == Some("linux")
         && matches!(arch, Some("amd64" | "x86_64" | "x86-64"))
         && matches!(variant, None | Some("v1"))
+}
+
+/// Whether an instruction is a numbered step in progress names (`[stage k/n]`).
+fn is_step(ins: &Instruction) -> bool {
+    matches!(
+        ins.kind,
+        InstructionKind::Run(_) | InstructionKind::Copy { .. } | InstructionKind::Workdir(_)
+    )
 }
 
 /// The instruction's source text on one line, for step names and history.
