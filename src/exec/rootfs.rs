@@ -262,6 +262,18 @@ pub fn copy_tree(
     Ok(())
 }
 
+/// Copies the directory `from` of `tree` onto `dest` as it is: every entry, `dest` itself included, keeps
+/// its owner and mode (a cache mount's seed, which BuildKit makes a copy-on-write copy of).
+pub fn copy_tree_as_is(tree: &Tree, from: &Path, dest: &Path) -> Result<(), String> {
+    for entry in tree.entries(from)? {
+        let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
+        let meta = fs::symlink_metadata(entry.path()).map_err(|e| e.to_string())?;
+        let owner = Some((meta.uid(), meta.gid()));
+        copy_entry(entry.path(), &dest.join(rel), owner, None, None)?;
+    }
+    Ok(())
+}
+
 /// Copies one file, directory or symlink (not recursing), replacing what is at `dest` unless both are dirs.
 fn copy_entry(
     src: &Path,

@@ -19,6 +19,12 @@ pub enum Parsed {
         from: Option<(String, Span)>,
         readwrite: bool,
     },
+    /// A cache mount with `from=`: `from` is resolved, then the mount's seed is set.
+    SeededCache {
+        mount: RunMount,
+        from: (String, Span),
+        source: String,
+    },
     /// Cache and tmpfs mounts need nothing resolved.
     Other(RunMount),
 }
@@ -215,13 +221,19 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
         })),
         "cache" => {
             let target = need_target(target)?;
-            if let Some(f) = get(&["from", "source", "src"]) {
+            let seed =
+                get(&["from"]).map(|f| (f.value.clone().unwrap_or_default(), f.value_span()));
+            let source = get(&["source", "src"]);
+            if let (Some(f), None) = (source, &seed) {
                 return Err(err(
                     f.span,
-                    format!("cache mount option `{}` is not supported yet", f.key),
-                    "the cache starts empty and keeps what steps write into it",
+                    format!("cache mount option `{}` needs `from`", f.key),
+                    "`source` names the directory of `from` that a new cache starts with",
                 ));
             }
+            let source = source
+                .and_then(|f| f.value.clone())
+                .unwrap_or_else(|| "/".into());
             let sharing = match get(&["sharing"]) {
                 None => Sharing::Shared,
                 Some(f) => {
@@ -239,7 +251,7 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
                 .and_then(|f| f.value.clone())
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| target.clone());
-            Ok(Parsed::Other(RunMount::Cache {
+            let mount = RunMount::Cache {
                 target,
                 id,
                 sharing,
@@ -247,7 +259,16 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
                 uid: number("uid", 0, 10)?,
                 gid: number("gid", 0, 10)?,
                 readonly,
-            }))
+                seed: None,
+            };
+            Ok(match seed {
+                Some(from) => Parsed::SeededCache {
+                    mount,
+                    from,
+                    source,
+                },
+                None => Parsed::Other(mount),
+            })
         }
         "bind" => {
             // BuildKit mounts a bind without a target at the working directory.

@@ -101,6 +101,9 @@ pub enum RunMount {
         uid: u32,
         gid: u32,
         readonly: bool,
+        /// `from=`/`source=`: what a new cache starts with (BuildKit keeps one cache per id and seed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<CacheSeed>,
     },
     /// A path of another filesystem (a stage, an image or a context); writes are discarded.
     Bind {
@@ -123,6 +126,13 @@ pub enum RunMount {
         uid: u32,
         gid: u32,
     },
+}
+
+/// A cache mount's seed: the directory `source` of the Run node's input `input`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSeed {
+    pub input: usize,
+    pub source: String,
 }
 
 impl RunMount {
@@ -314,12 +324,17 @@ impl Op {
                             uid,
                             gid,
                             readonly,
+                            seed,
                         } => {
                             e.str("cache").str(target).str(id).str(sharing.as_str());
                             e.u64((*mode).into())
                                 .u64((*uid).into())
                                 .u64((*gid).into())
                                 .bool(*readonly);
+                            // Only seeded caches say so, which keeps every earlier digest.
+                            if let Some(s) = seed {
+                                e.str("seed").u64(s.input as u64).str(&s.source);
+                            }
                         }
                         RunMount::Bind {
                             target,

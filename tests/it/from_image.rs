@@ -1,6 +1,7 @@
 //! `--from=` of COPY and of a bind mount that names no stage is an image reference, as in BuildKit: a
 //! bare name (`--from=composer`) as much as one with a registry, tag or digest, pulled like a FROM base.
-//! Stage names and stage indexes keep winning over images of the same name.
+//! Stage names and stage indexes keep winning over images of the same name. The same holds for a cache
+//! mount's `from=`, its seed.
 
 use std::sync::OnceLock;
 
@@ -90,7 +91,8 @@ fn copy_and_bind_mounts_pull_images_by_tag_and_digest_while_stages_win() {
          COPY --from={by_digest} /etc/passwd /passwd-by-digest\n\
          COPY --from=busybox /marker /by-name\n\
          COPY --from=0 /marker /by-index\n\
-         RUN --mount=type=bind,from={image},target=/img cmp /img/bin/busybox /usr/bin/composer && echo mounted > /bound\n"
+         RUN --mount=type=bind,from={image},target=/img cmp /img/bin/busybox /usr/bin/composer && echo mounted > /bound\n\
+         RUN --mount=type=cache,target=/c,from={image},source=/etc cp /c/group /seeded-group\n"
     );
     let ctx = context(&[("Dockerfile", &dockerfile)]);
     let oci = tempdir("oci-");
@@ -115,4 +117,9 @@ fn copy_and_bind_mounts_pull_images_by_tag_and_digest_while_stages_win() {
     assert_eq!(read("by-name"), b"from-the-stage\n");
     assert_eq!(read("by-index"), b"from-the-stage\n");
     assert_eq!(read("bound"), b"mounted\n");
+    assert!(
+        String::from_utf8(read("seeded-group"))
+            .unwrap()
+            .starts_with("root:")
+    );
 }

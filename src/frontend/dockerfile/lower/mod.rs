@@ -24,7 +24,8 @@ use crate::frontend::shell;
 use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
-    CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+    CacheSeed, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
+    SecretMount,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
 
