@@ -207,6 +207,10 @@ pub struct CopyOp {
     /// `--parents`: keep each source's path (below a `/./` pivot, if any) under the destination.
     #[serde(default)]
     pub parents: bool,
+    /// Heredoc files (name, content) written into the destination directory after the sources, when a
+    /// COPY mixes them with files of its source (one layer, as in BuildKit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, String)>,
 }
 
 /// The image config a stage sets on top of its base image's config.
@@ -379,6 +383,10 @@ impl Op {
                     Some(m) => e.bool(true).u64(m.into()),
                     None => e.bool(false),
                 };
+                // Only a COPY mixing heredocs and files has them, which keeps every earlier digest.
+                if !c.files.is_empty() {
+                    e.str("files").pairs(&c.files);
+                }
             }
             Op::Mkdir { path } => {
                 e.str(path);
