@@ -572,13 +572,14 @@ impl Store {
     }
 
     /// The directory of a cache mount and, unless `reserve` is `No`, the open lock file that reserves it
-    /// until dropped. Created (with `mode`, `uid`, `gid`) on first use. Blocks while a locked cache is busy.
+    /// until dropped, and whether this call created it. Created (with `mode`, `uid`, `gid`) on first use.
+    /// Blocks while a locked cache is busy.
     pub fn cache_mount(
         &self,
         id: &str,
         reserve: Reserve,
         owner: (u32, u32, u32),
-    ) -> Result<(PathBuf, Option<fs::File>)> {
+    ) -> Result<(PathBuf, Option<fs::File>, bool)> {
         let base = Digest::of(id.as_bytes());
         let caches = self.root.join("caches");
         let lock_file = |name: &str| {
@@ -615,21 +616,19 @@ impl Store {
             }
         };
         let dir = caches.join(&name);
-        if !dir.is_dir() {
+        let fresh = !dir.is_dir();
+        if fresh {
             let tmp = self.temp_dir("cache-")?;
-            let fresh = tmp.path().join("dir");
+            let new = tmp.path().join("dir");
             let fail = |e| Diagnostic::io(format!("cannot create cache mount `{id}`"), e);
-            fs::create_dir(&fresh).map_err(fail)?;
-            fs::set_permissions(
-                &fresh,
-                std::os::unix::fs::PermissionsExt::from_mode(owner.0),
-            )
-            .map_err(fail)?;
-            std::os::unix::fs::chown(&fresh, Some(owner.1), Some(owner.2)).map_err(fail)?;
+            fs::create_dir(&new).map_err(fail)?;
+            fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(owner.0))
+                .map_err(fail)?;
+            std::os::unix::fs::chown(&new, Some(owner.1), Some(owner.2)).map_err(fail)?;
             // Another build may have created it meanwhile; either directory is as good.
-            let _ = fs::rename(&fresh, &dir);
+            let _ = fs::rename(&new, &dir);
         }
-        Ok((dir, lock))
+        Ok((dir, lock, fresh))
     }
 
     fn cache_path(&self, key: &Digest) -> PathBuf {
@@ -825,7 +824,7 @@ mod tests {
     fn an_aborted_transaction_leaves_nothing() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path(), Access::Shared).unwrap();
-        let (cache, _) = store.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        let (cache, _, _) = store.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
         fs::write(cache.join("kept"), "x").unwrap();
         store.begin().unwrap();
         store.note_cache(&cache).unwrap();
@@ -845,7 +844,7 @@ mod tests {
         let live = Store::open(root.path(), Access::Shared).unwrap();
         live.begin().unwrap();
         staged_step(&live, "step-live");
-        let (cache, _) = live.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        let (cache, _, _) = live.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
         // A dead build's transaction: its directory and cache list, with no lock held.
         let dead = root.path().join("tmp/txn-dead");
         fs::create_dir_all(dead.join("snapshots/step-dead")).unwrap();

@@ -92,6 +92,8 @@ pub enum Mount {
         target: String,
         dir: PathBuf,
         readonly: bool,
+        /// A new cache's seed: a host directory or layers, and the path inside them to copy in.
+        seed: Option<(Option<crate::solve::context::HostDir>, Vec<PathBuf>, String)>,
     },
     Bind {
         target: String,
@@ -536,6 +538,41 @@ fn bind(source: &Path, target: &Path, readonly: bool) -> Result<(), String> {
     remount(target, flags).map_err(errno("cannot restrict a mount"))
 }
 
+/// The tree a bind mount or a cache's seed reads (the context as the build sees it, or a read-only view
+/// of layers made under `scratch`) and the path `source` resolves to inside it.
+fn mount_source(
+    scratch: &Path,
+    empty: &Path,
+    source_dir: &Option<crate::solve::context::HostDir>,
+    source_layers: &[PathBuf],
+    source: &str,
+) -> Result<(PathBuf, PathBuf), String> {
+    std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
+    let src_root = match source_dir {
+        Some(d) if d.excludes.is_empty() => d.path.clone(),
+        Some(d) => {
+            // The context as the build sees it: what .dockerignore excludes is not there.
+            let filtered = scratch.join("filtered");
+            std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
+            let tree = d.tree()?;
+            rootfs::copy_tree(&tree, &d.path, &filtered, None, None, None)?;
+            filtered
+        }
+        None => {
+            let view = scratch.join("view");
+            std::fs::create_dir_all(&view).map_err(|e| e.to_string())?;
+            mount_readonly(source_layers, empty, &view)?;
+            view
+        }
+    };
+    // The source is confined to its tree: `..` and absolute links cannot reach the host.
+    let src = crate::solve::context::resolve_source(
+        &src_root,
+        &crate::solve::context::clean_relative(source)?,
+    )?;
+    Ok((src_root, src))
+}
+
 /// Sets up one cache, bind or tmpfs mount. `scratch` is a private dir for this mount's helpers.
 fn setup_mount(
     root: &Path,
@@ -568,7 +605,17 @@ fn setup_mount(
             target,
             dir,
             readonly,
+            seed,
         } => {
+            if let Some((source_dir, source_layers, source)) = seed {
+                let (src_root, src) =
+                    mount_source(scratch, empty, source_dir, source_layers, source)?;
+                if !src.is_dir() {
+                    return Err(format!("cache seed `{source}` is not a directory"));
+                }
+                let tree = crate::solve::context::Tree::whole(&src_root);
+                rootfs::copy_tree_as_is(&tree, &src, dir)?;
+            }
             let host = mount_point(root, target, true, stubs)?;
             bind(dir, &host, *readonly)
         }
@@ -579,29 +626,7 @@ fn setup_mount(
             source,
             readwrite,
         } => {
-            std::fs::create_dir_all(scratch).map_err(|e| e.to_string())?;
-            let src_root = match source_dir {
-                Some(d) if d.excludes.is_empty() => d.path.clone(),
-                Some(d) => {
-                    // The context as the build sees it: what .dockerignore excludes is not there.
-                    let filtered = scratch.join("filtered");
-                    std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
-                    let tree = d.tree()?;
-                    rootfs::copy_tree(&tree, &d.path, &filtered, None, None, None)?;
-                    filtered
-                }
-                None => {
-                    let view = scratch.join("view");
-                    std::fs::create_dir_all(&view).map_err(|e| e.to_string())?;
-                    mount_readonly(source_layers, empty, &view)?;
-                    view
-                }
-            };
-            // The source is confined to its tree: `..` and absolute links cannot reach the host.
-            let src = crate::solve::context::resolve_source(
-                &src_root,
-                &crate::solve::context::clean_relative(source)?,
-            )?;
+            let (_, src) = mount_source(scratch, empty, source_dir, source_layers, source)?;
             let meta =
                 std::fs::metadata(&src).map_err(|e| format!("bind source `{source}`: {e}"))?;
             let src = if *readwrite && meta.is_dir() {

@@ -120,10 +120,15 @@ impl RunExit for Namespaces {
                         target,
                         dir,
                         readonly,
+                        seed,
                     } => helper::Mount::Cache {
                         target,
                         dir,
                         readonly,
+                        seed: seed.map(|(from, source)| match from {
+                            CopySource::Dir(d) => (Some(d), Vec::new(), source),
+                            CopySource::Layers(l) => (None, l, source),
+                        }),
                     },
                     StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
                     StepMount::Bind {

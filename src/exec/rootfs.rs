@@ -159,6 +159,37 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> 
             copy_entry(&from, &target, owner, op.chmod, objects)?;
         }
     }
+    write_heredocs(root, op, owner)
+}
+
+/// The heredoc files of a COPY that mixes them with files: into the destination directory, mode 0644
+/// unless `--chmod` says otherwise, as BuildKit makes them.
+fn write_heredocs(root: &Path, op: &CopyOp, owner: Option<(u32, u32)>) -> Result<(), String> {
+    if op.files.is_empty() {
+        return Ok(());
+    }
+    let (dir, _) = mkdir_all(root, &op.dest, owner)?;
+    for (name, content) in &op.files {
+        let path = dir.join(context::clean_relative(name)?);
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+        // What is there is replaced, never written through (a link could point out of the root).
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(fail)?,
+            Ok(_) => fs::remove_file(&path).map_err(fail)?,
+            Err(_) => {}
+        }
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, content.as_bytes()))
+            .map_err(fail)?;
+        if let Some((u, g)) = owner {
+            std::os::unix::fs::lchown(&path, Some(u), Some(g)).map_err(fail)?;
+        }
+        let mode = op.chmod.unwrap_or(0o644);
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(fail)?;
+    }
     Ok(())
 }
 
@@ -309,6 +340,18 @@ pub fn copy_tree(
         if let Some(i) = inode {
             linked.insert(i, target);
         }
+    }
+    Ok(())
+}
+
+/// Copies the directory `from` of `tree` onto `dest` as it is: every entry, `dest` itself included, keeps
+/// its owner and mode (a cache mount's seed, which BuildKit makes a copy-on-write copy of).
+pub fn copy_tree_as_is(tree: &Tree, from: &Path, dest: &Path) -> Result<(), String> {
+    for entry in tree.entries(from)? {
+        let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
+        let meta = fs::symlink_metadata(entry.path()).map_err(|e| e.to_string())?;
+        let owner = Some((meta.uid(), meta.gid()));
+        copy_entry(entry.path(), &dest.join(rel), owner, None, None)?;
     }
     Ok(())
 }

@@ -514,6 +514,12 @@ impl<'a> Converter<'a> {
                         .error(f.value_span, "cache mount needs a `target`")
                         .help("add `target=/path`"));
                 };
+                // `.build`'s `cache(...)` has no seed yet; dropping `from` would change the build.
+                if o.get(&["from", "source", "src"]).is_some() {
+                    return Err(self
+                        .error(f.value_span, "a cache mount seeded with `from` has no `.build` form yet")
+                        .help("convert the Dockerfile without the seed, or keep building it as a Dockerfile"));
+                }
                 if let Some(id) = o.get(&["id"]).filter(|i| !i.is_empty()) {
                     named.push(("id", s(&id)));
                 }

@@ -19,6 +19,12 @@ pub enum Parsed {
         from: Option<(String, Span)>,
         readwrite: bool,
     },
+    /// A cache mount with `from=`: `from` is resolved, then the mount's seed is set.
+    SeededCache {
+        mount: RunMount,
+        from: (String, Span),
+        source: String,
+    },
     /// Cache and tmpfs mounts need nothing resolved.
     Other(RunMount),
 }
@@ -314,13 +320,21 @@ pub fn parse(text: &str, cwd: &str) -> Result<Parsed, Error> {
 }
 
 fn cache(r: &Reader, target: String, readonly: bool) -> Result<Parsed, Error> {
-    if let Some(f) = r.spec.get(&["from", "source", "src"]) {
+    let seed = r
+        .spec
+        .get(&["from"])
+        .map(|f| (f.value.clone().unwrap_or_default(), f.value_span()));
+    let source = r.spec.get(&["source", "src"]);
+    if let (Some(f), None) = (source, &seed) {
         return Err(err(
             f.span,
-            format!("cache mount option `{}` is not supported yet", f.key),
-            "the cache starts empty and keeps what steps write into it",
+            format!("cache mount option `{}` needs `from`", f.key),
+            "`source` names the directory of `from` that a new cache starts with",
         ));
     }
+    let source = source
+        .and_then(|f| f.value.clone())
+        .unwrap_or_else(|| "/".into());
     let sharing = match r.spec.get(&["sharing"]) {
         None => Sharing::Shared,
         Some(f) => {
@@ -338,7 +352,7 @@ fn cache(r: &Reader, target: String, readonly: bool) -> Result<Parsed, Error> {
         .string(&["id"])
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| target.clone());
-    Ok(Parsed::Other(RunMount::Cache {
+    let mount = RunMount::Cache {
         target,
         id,
         sharing,
@@ -346,7 +360,16 @@ fn cache(r: &Reader, target: String, readonly: bool) -> Result<Parsed, Error> {
         uid: r.number("uid", 0, 10)?,
         gid: r.number("gid", 0, 10)?,
         readonly,
-    }))
+        seed: None,
+    };
+    Ok(match seed {
+        Some(from) => Parsed::SeededCache {
+            mount,
+            from,
+            source,
+        },
+        None => Parsed::Other(mount),
+    })
 }
 
 fn secret(r: &Reader, target: Option<String>, required: bool) -> Result<Parsed, Error> {

@@ -102,6 +102,9 @@ pub enum RunMount {
         uid: u32,
         gid: u32,
         readonly: bool,
+        /// `from=`/`source=`: what a new cache starts with (BuildKit keeps one cache per id and seed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seed: Option<CacheSeed>,
     },
     /// A path of another filesystem (a stage, an image or a context); writes are discarded.
     Bind {
@@ -124,6 +127,13 @@ pub enum RunMount {
         uid: u32,
         gid: u32,
     },
+}
+
+/// A cache mount's seed: the directory `source` of the Run node's input `input`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheSeed {
+    pub input: usize,
+    pub source: String,
 }
 
 impl RunMount {
@@ -198,6 +208,10 @@ pub struct CopyOp {
     /// `--parents`: keep each source's path (below a `/./` pivot, if any) under the destination.
     #[serde(default)]
     pub parents: bool,
+    /// Heredoc files (name, content) written into the destination directory after the sources, when a
+    /// COPY mixes them with files of its source (one layer, as in BuildKit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, String)>,
 }
 
 /// The image config a stage sets on top of its base image's config.
@@ -315,12 +329,17 @@ impl Op {
                             uid,
                             gid,
                             readonly,
+                            seed,
                         } => {
                             e.str("cache").str(target).str(id).str(sharing.as_str());
                             e.u64((*mode).into())
                                 .u64((*uid).into())
                                 .u64((*gid).into())
                                 .bool(*readonly);
+                            // Only seeded caches say so, which keeps every earlier digest.
+                            if let Some(s) = seed {
+                                e.str("seed").u64(s.input as u64).str(&s.source);
+                            }
                         }
                         RunMount::Bind {
                             target,
@@ -365,6 +384,10 @@ impl Op {
                     Some(m) => e.bool(true).u64(m.into()),
                     None => e.bool(false),
                 };
+                // Only a COPY mixing heredocs and files has them, which keeps every earlier digest.
+                if !c.files.is_empty() {
+                    e.str("files").pairs(&c.files);
+                }
             }
             Op::Mkdir { path, user } => {
                 e.str(path).opt_str(user.as_deref());

@@ -48,6 +48,8 @@ pub enum StepMount {
         target: String,
         dir: PathBuf,
         readonly: bool,
+        /// For a cache created for this step: the directory `source` of `from` it starts with.
+        seed: Option<(CopySource, String)>,
     },
     Bind {
         target: String,

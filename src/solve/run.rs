@@ -70,6 +70,7 @@ impl<E: Executor> Shared<E> {
                     target,
                     dir,
                     readonly: false,
+                    ..
                 } => Some((target.clone(), dir.clone())),
                 _ => None,
             })
@@ -182,6 +183,20 @@ impl<E: Executor> Shared<E> {
         })
     }
 
+    /// The filesystem or directory of input `input`, as a bind mount or a cache's seed reads it.
+    fn mount_source(&self, inputs: &[(Digest, Output)], input: usize) -> CopySource {
+        match &inputs.get(input).map(|(_, o)| o) {
+            Some(Output::Dir(d)) => CopySource::Dir(d.clone()),
+            Some(Output::Fs(rec)) => CopySource::Layers(
+                rec.layers
+                    .iter()
+                    .map(|l| self.store.snapshot_path(l))
+                    .collect(),
+            ),
+            _ => unreachable!("mount sources are filesystems or directories"),
+        }
+    }
+
     /// Cache, bind and tmpfs mounts of a RUN, resolved to host paths. Returns the lock files that reserve
     /// its cache mounts; they must live until the step ends.
     async fn step_mounts(
@@ -201,14 +216,21 @@ impl<E: Executor> Shared<E> {
                     uid,
                     gid,
                     readonly,
+                    seed,
                 } => {
                     let reserve = match sharing {
                         Sharing::Shared => Reserve::No,
                         Sharing::Locked => Reserve::Wait,
                         Sharing::Private => Reserve::OrSibling,
                     };
-                    let (store, id, owner) = (self.store.clone(), id.clone(), (*mode, *uid, *gid));
-                    let (dir, lock) =
+                    // As in BuildKit, a seeded cache is its own cache per id and seed: a changed seed
+                    // starts a new one rather than mixing into the old.
+                    let id = match seed {
+                        Some(s) => format!("{id}\0seed:{}:{}", inputs[s.input].0, s.source),
+                        None => id.clone(),
+                    };
+                    let (store, owner) = (self.store.clone(), (*mode, *uid, *gid));
+                    let (dir, lock, fresh) =
                         tokio::task::spawn_blocking(move || store.cache_mount(&id, reserve, owner))
                             .await
                             .map_err(|e| {
@@ -219,6 +241,10 @@ impl<E: Executor> Shared<E> {
                         target: target.clone(),
                         dir,
                         readonly: *readonly,
+                        seed: seed
+                            .as_ref()
+                            .filter(|_| fresh)
+                            .map(|s| (self.mount_source(inputs, s.input), s.source.clone())),
                     }
                 }
                 RunMount::Bind {
@@ -227,16 +253,7 @@ impl<E: Executor> Shared<E> {
                     source,
                     readwrite,
                 } => {
-                    let from = match &inputs.get(*input).map(|(_, o)| o) {
-                        Some(Output::Dir(d)) => CopySource::Dir(d.clone()),
-                        Some(Output::Fs(rec)) => CopySource::Layers(
-                            rec.layers
-                                .iter()
-                                .map(|l| self.store.snapshot_path(l))
-                                .collect(),
-                        ),
-                        _ => unreachable!("bind sources are filesystems or directories"),
-                    };
+                    let from = self.mount_source(inputs, *input);
                     StepMount::Bind {
                         target: target.clone(),
                         from,

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{
-    EXAMPLE_PASSWORD, Kiln, base_image, copy_dir, encodings, files_under, leaks, repo, tempdir,
-    tool, unpack,
+    EXAMPLE_PASSWORD, Kiln, base_image, context, copy_dir, encodings, files_under, leaks, repo,
+    tempdir, tool, unpack,
 };
 
 /// The same build, written both ways, is one graph: the `.build` build after the Dockerfile build runs
@@ -319,4 +319,27 @@ fn an_imported_helper_mounts_its_own_modules_secret() {
     let read = |f: &str| std::fs::read_to_string(image.rootfs.join(f)).expect(f);
     assert_eq!(read("lib-token-size").trim(), "19", "lib-token's 19 bytes");
     assert_eq!(read("tag").trim(), "lib-tag");
+}
+
+/// `kiln convert` refuses what `.build` cannot say yet rather than dropping it: a cache mount seeded
+/// `from` a stage would convert into an empty cache, a different build.
+#[test]
+fn convert_refuses_a_seeded_cache_mount_with_its_location() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox AS s\nRUN mkdir /d\nFROM busybox\nRUN --mount=type=cache,target=/c,from=s,source=/d true\n",
+    )]);
+    let out = Kiln::bare()
+        .args(["convert", "-f"])
+        .arg(ctx.path().join("Dockerfile"))
+        .run();
+    out.expect_code(2);
+    for want in [
+        "a cache mount seeded with `from` has no `.build` form yet",
+        "Dockerfile:4:13",
+        "RUN --mount=type=cache,target=/c,from=s,source=/d true",
+        "help: convert the Dockerfile without the seed",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?} in {}", out.stderr);
+    }
 }

@@ -280,3 +280,93 @@ fn a_stage_of_seventy_layers_builds() {
     let seen = std::fs::read_to_string(out_dir.path().join("seen")).unwrap();
     assert_eq!(seen.trim(), "70");
 }
+
+#[test]
+fn from_platform_meaning_the_build_platform_builds_what_no_platform_builds() {
+    // kiln builds for linux/amd64; every spelling of that platform is honoured, so the graph is the
+    // flagless one. Other platforms are refused (tests/cases/errors/from-platform-*).
+    let with = "ARG P=linux/x86_64\n\
+                FROM --platform=$BUILDPLATFORM base AS a\nRUN echo a > /a\n\
+                FROM --platform=$P base AS b\nCOPY --from=a /a /a\n\
+                FROM --platform=$TARGETPLATFORM base AS c\nCOPY --from=b /a /b\n\
+                FROM --platform=linux/amd64 base\nCOPY --from=c /b /c\n";
+    let without: String = with
+        .lines()
+        .map(|l| match l.split_once(" base") {
+            Some((from, rest)) if from.starts_with("FROM --platform=") => {
+                format!("FROM base{rest}")
+            }
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let digest = |dockerfile: &str| {
+        let ctx = context(&[("Dockerfile", dockerfile)]);
+        let out = Kiln::graph()
+            .with_base()
+            .arg("--digest")
+            .arg(ctx.path())
+            .run();
+        out.success();
+        out.stdout.trim().to_string()
+    };
+    assert_ne!(with, without);
+    assert_eq!(digest(with), digest(&without));
+
+    let ctx = context(&[("Dockerfile", with)]);
+    let oci = tempdir("oci-");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", oci.path().display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let unpacked = unpack(oci.path());
+    assert_eq!(std::fs::read(unpacked.rootfs.join("c")).unwrap(), b"a\n");
+}
+
+#[test]
+fn copy_mixes_heredocs_with_files_of_the_context_in_one_layer() {
+    let dockerfile = "FROM base\nARG V=expanded\n\
+                      COPY <<a.txt file <<\"b.txt\" dir /dst/\na is $V\na.txt\nb is $V\nb.txt\n\
+                      COPY --chmod=600 file <<c.txt /dst2/\nc\nc.txt\n";
+    let ctx = context(&[
+        ("Dockerfile", dockerfile),
+        ("file", "ctx\n"),
+        ("dir/x", "indir\n"),
+    ]);
+    let oci = tempdir("oci-");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", oci.path().display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    assert_eq!(
+        Layout::new(oci.path()).manifest()["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "the base and one layer per COPY"
+    );
+    let unpacked = unpack(oci.path());
+    let file = |p: &str| {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = unpacked.rootfs.join(p);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+        (std::fs::read_to_string(&path).unwrap(), mode)
+    };
+    assert_eq!(file("dst/a.txt"), ("a is expanded\n".into(), 0o644));
+    assert_eq!(
+        file("dst/b.txt"),
+        ("b is $V\n".into(), 0o644),
+        "a quoted name expands nothing"
+    );
+    assert_eq!(file("dst/file"), ("ctx\n".into(), 0o644));
+    assert_eq!(file("dst/x"), ("indir\n".into(), 0o644));
+    assert_eq!(file("dst2/file"), ("ctx\n".into(), 0o600));
+    assert_eq!(file("dst2/c.txt"), ("c\n".into(), 0o600));
+}

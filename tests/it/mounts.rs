@@ -82,8 +82,8 @@ fn bad_mounts_are_input_errors_with_a_location() {
             "points outside the source",
         ),
         (
-            "type=bind,from=nosuchstage,target=/x",
-            "no stage named `nosuchstage`",
+            "type=bind,from=NoSuchStage,target=/x",
+            "no stage named `NoSuchStage`",
         ),
     ] {
         let dockerfile = format!("FROM base\nRUN --mount={mount} true\n");
@@ -95,4 +95,35 @@ fn bad_mounts_are_input_errors_with_a_location() {
             out.stderr
         );
     }
+}
+
+/// `type=cache,from=STAGE,source=DIR`, as BuildKit: a new cache starts as a copy of the stage's directory
+/// (owners, modes and links kept), later steps with the same id and seed share it, and the same id without
+/// the seed is another cache. Checked against BuildKit v0.8 (dockerd 20.10), which gives these files.
+#[test]
+fn a_cache_mount_is_seeded_from_a_stage_directory_when_new() {
+    let dockerfile = "FROM base AS seed
+RUN mkdir -p /deps/sub && echo seeded > /deps/a && echo deep > /deps/sub/b && chown -R 1000:1000 /deps/sub && ln -s a /deps/link
+FROM base
+RUN --mount=type=cache,id=c1,target=/cache,from=seed,source=/deps cat /cache/a /cache/sub/b > /first && stat -c '%u %N' /cache/sub/b /cache/link >> /first && echo added > /cache/new
+RUN --mount=type=cache,id=c1,target=/cache,from=seed,source=/deps ls /cache > /second
+RUN --mount=type=cache,id=c1,target=/cache ls /cache > /unseeded
+";
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let oci = tempdir("oci-");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", oci.path().display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let unpacked = unpack(oci.path());
+    let read = |p: &str| std::fs::read_to_string(unpacked.rootfs.join(p)).unwrap();
+    assert_eq!(
+        read("first"),
+        "seeded\ndeep\n1000 /cache/sub/b\n0 '/cache/link' -> 'a'\n"
+    );
+    assert_eq!(read("second"), "a\nlink\nnew\nsub\n");
+    assert_eq!(read("unseeded"), "");
 }

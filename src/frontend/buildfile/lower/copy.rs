@@ -128,6 +128,7 @@ impl Evaluator<'_> {
             extract: add,
             excludes,
             parents: v[6].bool(),
+            files: Vec::new(),
         });
         self.push_fs(img, op, vec![source], created_by, span);
         Ok(())

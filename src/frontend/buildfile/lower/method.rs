@@ -302,6 +302,7 @@ impl Evaluator<'_> {
                 extract: false,
                 excludes: Vec::new(),
                 parents: false,
+                files: Vec::new(),
             }),
             vec![scratch, img.fs],
             format!("directory {path}"),

@@ -131,6 +131,7 @@ impl Evaluator<'_> {
                         uid,
                         gid,
                         readonly,
+                        seed: None,
                     });
                 }
                 MountValue::Bind {

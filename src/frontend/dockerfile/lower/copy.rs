@@ -31,7 +31,7 @@ impl Lowerer<'_> {
         };
         self.reject_flags(ins, flags)?;
         let lookup = |n: &str| stage.lookup(n);
-        let heredocs = self.copy_heredocs(ins, sources, what)?;
+        let heredocs = self.copy_heredocs(ins, sources)?;
         let mut srcs = Vec::new();
         let mut remote: Vec<(String, Span)> = Vec::new();
         for s in sources {
@@ -58,18 +58,9 @@ impl Lowerer<'_> {
                 .error(remote[0].1, "ADD of a URL takes exactly one source")
                 .help("use one ADD per URL"));
         }
-        let mut inline = Vec::new();
-        for h in &heredocs {
-            let content = if h.expand {
-                shell::expand_raw(&h.text(), self.df.escape, &lookup).map_err(|e| {
-                    self.error(h.body.span, format!("cannot expand the heredoc: {e}"))
-                })?
-            } else {
-                h.text()
-            };
-            srcs.push(h.name.text.clone());
-            inline.push((h.name.text.clone(), content));
-        }
+        let mut inline = self.heredoc_files(&heredocs, &lookup)?;
+        srcs.extend(inline.iter().map(|(name, _)| name.clone()));
+        let mixed = !heredocs.is_empty() && heredocs.len() != sources.len();
         let raw_dest = self.expand(dest, &lookup)?;
         let mut dest_path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &raw_dest);
         if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
@@ -94,6 +85,13 @@ impl Lowerer<'_> {
             parents,
             source_node,
         } = self.copy_flags(stage, ins)?;
+        // Heredocs beside files of the source: written by the same COPY, into the same layer.
+        let (files, doc_names) = if mixed {
+            let names = srcs.split_off(srcs.len() - inline.len());
+            (std::mem::take(&mut inline), names)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         let source = match source_node {
             _ if !remote.is_empty() => {
                 let (url, span) = remote.remove(0);
@@ -113,7 +111,7 @@ impl Lowerer<'_> {
                 };
                 self.program.push(op, vec![], format!("ADD {url}"), at)
             }
-            Some(_) if !inline.is_empty() => {
+            Some(_) if !inline.is_empty() || !files.is_empty() => {
                 return Err(self
                     .error(
                         ins.keyword.span,
@@ -133,7 +131,7 @@ impl Lowerer<'_> {
             }
             None => self.context_leaf("context"),
         };
-        let created_by = copy_history(add, &srcs, &dest_path);
+        let created_by = copy_history(add, &[srcs.as_slice(), &doc_names].concat(), &dest_path);
         let op = Op::Copy(CopyOp {
             sources: srcs,
             dest: dest_path,
@@ -142,6 +140,7 @@ impl Lowerer<'_> {
             extract: add,
             excludes,
             parents,
+            files,
         });
         self.push_fs(stage, ins, op, vec![source], created_by);
         Ok(())
@@ -149,6 +148,11 @@ impl Lowerer<'_> {
 
     /// `--from=` names an earlier stage (by name or index), a named build context, or an image.
     pub(super) fn copy_from(&mut self, span: Span, value: &str) -> Result<NodeId> {
+        if value.is_empty() {
+            return Err(self.error(span, "`from` names no stage or image").help(
+                "it is empty: a build argument used here may be unset; give it a default or pass --build-arg",
+            ));
+        }
         if let Some(s) = self.stage_by_name(value)? {
             return Ok(s.state.image.fs);
         }
@@ -174,34 +178,60 @@ impl Lowerer<'_> {
             Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
             None => {}
         }
-        if value.contains(['/', ':', '@']) {
+        // As in BuildKit, a name that is no stage, index or named context is an image reference
+        // (`--from=composer` is `docker.io/library/composer:latest`), pulled like a FROM base.
+        let Err(invalid) = crate::registry::ImageName::parse(value) else {
             let r = value.to_string();
             return Ok(self.image_leaf(&r, span));
-        }
+        };
         let names: Vec<&str> = self
             .decls
             .iter()
             .filter_map(|(_, _, a)| a.as_deref())
             .collect();
-        let d = self.error(span, format!("no stage named `{value}`"));
-        Err(match suggest(value, names.iter().copied()) {
-            Some(s) => d.help(format!("did you mean `{s}`?")),
-            None if names.is_empty() => d.help(
-                "name a stage with `FROM image AS name`, or write a full image reference such as `busybox:latest`",
+        let d = self.error(
+            span,
+            format!(
+                "no stage named `{value}`, nor is it an image: {}",
+                invalid.message
             ),
+        );
+        Err(match suggest(value, names.iter().copied()) {
+            Some(s) => d.help(format!("did you mean the stage `{s}`?")),
+            None if names.is_empty() => d.help(invalid.help.unwrap_or_default()),
             None => d.help(format!(
-                "the stages are: {}; for an image write its full reference such as `busybox:latest`",
+                "the stages are: {}; for an image write its reference such as `busybox:latest`",
                 names.join(", ")
             )),
         })
     }
 
-    /// The heredocs a COPY/ADD's sources name (all of its sources, or none of them).
+    /// Each heredoc as a file: its name and its body, expanded unless its delimiter was quoted.
+    fn heredoc_files(
+        &self,
+        heredocs: &[&Heredoc],
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, String)>> {
+        heredocs
+            .iter()
+            .map(|h| {
+                let content = if h.expand {
+                    shell::expand_raw(&h.text(), self.df.escape, lookup).map_err(|e| {
+                        self.error(h.body.span, format!("cannot expand the heredoc: {e}"))
+                    })?
+                } else {
+                    h.text()
+                };
+                Ok((h.name.text.clone(), content))
+            })
+            .collect()
+    }
+
+    /// The heredocs a COPY/ADD's sources name.
     fn copy_heredocs<'i>(
         &self,
         ins: &'i Instruction,
         sources: &[Word],
-        what: &str,
     ) -> Result<Vec<&'i Heredoc>> {
         let heredocs: Vec<&Heredoc> = sources
             .iter()
@@ -216,14 +246,6 @@ impl Lowerer<'_> {
                 })
             })
             .collect();
-        if !heredocs.is_empty() && heredocs.len() != sources.len() {
-            return Err(self
-                .error(
-                    ins.keyword.span,
-                    format!("{what} mixing heredocs and files is not supported yet"),
-                )
-                .help("split it into one instruction for the heredocs and one for the files"));
-        }
         Ok(heredocs)
     }
 

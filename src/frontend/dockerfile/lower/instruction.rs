@@ -57,6 +57,7 @@ impl Lowerer<'_> {
                 let text = instruction_text(self.file(), trigger);
                 Self::config_history(stage, format!("ONBUILD {text}"));
                 stage.image.config.onbuild.push(text);
+                stage.triggers.push(trigger.span);
             }
             InstructionKind::Healthcheck(h) => self.healthcheck(stage, ins, h)?,
             InstructionKind::Shell { args, span } => {

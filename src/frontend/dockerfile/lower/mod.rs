@@ -24,7 +24,8 @@ use crate::frontend::shell;
 use crate::frontend::{LowerOptions, join_path};
 use crate::graph::entitlement::Entitlement;
 use crate::graph::op::{
-    CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp, SecretMount,
+    CacheSeed, CopyOp, Healthcheck, HistoryEntry, Inherit, Network, Op, RunMount, RunOp,
+    SecretMount,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
 
@@ -37,6 +38,9 @@ struct Stage {
     image: ImageState,
     step: usize,
     steps: usize,
+    /// This stage's own `ONBUILD` triggers (the spans of the instructions they hold), which a stage
+    /// built `FROM` it runs first.
+    triggers: Vec<Span>,
 }
 
 impl Stage {
@@ -151,7 +155,7 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
     Ok(l.program)
 }
 
-impl Lowerer<'_> {
+impl<'a> Lowerer<'a> {
     fn file(&self) -> &Arc<SourceFile> {
         &self.df.file
     }
@@ -250,12 +254,32 @@ impl Lowerer<'_> {
             unreachable!("declarations start with FROM")
         };
         let mut stage = self.from(i, from, image, alias.as_ref())?;
+        let triggers = self.inherited_triggers(&mut stage);
+        stage.steps += triggers.iter().filter(|t| is_step(t)).count();
+        for ins in triggers {
+            self.instruction(&mut stage, ins)?;
+        }
         for ins in body {
             self.instruction(&mut stage, ins)?;
         }
         self.finish_stage(i, stage);
         self.busy[i] = false;
         Ok(())
+    }
+
+    /// A parent stage's ONBUILD triggers, which BuildKit runs at the start of the child as its own
+    /// instructions, expanded in the child's scope; the child's config keeps only its own ONBUILD lines.
+    fn inherited_triggers(&self, stage: &mut Stage) -> Vec<&'a Instruction> {
+        stage.image.config.onbuild.clear();
+        std::mem::take(&mut stage.triggers)
+            .into_iter()
+            .filter_map(|span| {
+                self.df.instructions.iter().find_map(|i| match &i.kind {
+                    InstructionKind::Onbuild(t) if t.span == span => Some(&**t),
+                    _ => None,
+                })
+            })
+            .collect()
     }
 
     /// The stage called `name` (or with index `name`), lowered if it was not yet.
@@ -326,6 +350,7 @@ impl Lowerer<'_> {
         alias: Option<&Word>,
     ) -> Result<Stage> {
         self.reject_flags(ins, &["platform"])?;
+        self.check_platform(ins)?;
         let mut reference = self.expand(image, &|n| self.meta_lookup(n))?;
         if reference.is_empty() && self.opts.lenient {
             // Compile-only: the reference stays as written, an unresolved leaf like any image.
@@ -371,6 +396,7 @@ impl Lowerer<'_> {
                 image: ImageState::new(leaf, self.opts.image_env.get(&resolved)),
                 step: 0,
                 steps: 0,
+                triggers: Vec::new(),
             }
         };
         stage.name = name;
@@ -378,6 +404,24 @@ impl Lowerer<'_> {
         stage.step = 1;
         stage.steps = steps;
         Ok(stage)
+    }
+
+    /// `FROM --platform=`: kiln builds for linux/amd64 only (multi-platform builds are to come), so a
+    /// value meaning that platform is honoured as it is, and any other is refused rather than ignored.
+    fn check_platform(&self, ins: &Instruction) -> Result<()> {
+        for f in ins.flags.iter().filter(|f| f.name == "platform") {
+            let v = self.expand_flag(f, &|n| self.meta_lookup(n))?;
+            // An empty value (an unset build arg) means the default platform, as in BuildKit.
+            if v.is_empty() || is_build_platform(&v) {
+                continue;
+            }
+            return Err(self
+                .error(f.value_span, format!("kiln cannot build for platform `{v}` yet"))
+                .help(
+                    "kiln builds for linux/amd64 only: drop --platform, or write `--platform=$BUILDPLATFORM` or `linux/amd64`",
+                ));
+        }
+        Ok(())
     }
 
     /// How many instructions of this stage follow its FROM (for `[stage k/n]` names).
@@ -388,14 +432,7 @@ impl Lowerer<'_> {
             .skip_while(|i| !std::ptr::eq(*i, from))
             .skip(1)
             .take_while(|i| !matches!(i.kind, InstructionKind::From { .. }))
-            .filter(|i| {
-                matches!(
-                    i.kind,
-                    InstructionKind::Run(_)
-                        | InstructionKind::Copy { .. }
-                        | InstructionKind::Workdir(_)
-                )
-            })
+            .filter(|i| is_step(i))
             .count()
     }
 
@@ -465,6 +502,26 @@ fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
     }
 }
 
+/// Whether a platform string means linux/amd64, normalised as containerd's `platforms.Parse` does
+/// (case-insensitive; `x86_64` and `x86-64` are `amd64`, whose only variant is `v1`).
+fn is_build_platform(p: &str) -> bool {
+    let p = p.to_ascii_lowercase();
+    let mut parts = p.split('/');
+    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
+    parts.next().is_none()
+        && os == Some("linux")
+        && matches!(arch, Some("amd64" | "x86_64" | "x86-64"))
+        && matches!(variant, None | Some("v1"))
+}
+
+/// Whether an instruction is a numbered step in progress names (`[stage k/n]`).
+fn is_step(ins: &Instruction) -> bool {
+    matches!(
+        ins.kind,
+        InstructionKind::Run(_) | InstructionKind::Copy { .. } | InstructionKind::Workdir(_)
+    )
+}
+
 /// The instruction's source text on one line, for step names and history.
 fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
     ins.text(file)
@@ -473,6 +530,27 @@ fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_linux_amd64_is_the_build_platform() {
+        for p in [
+            "linux/amd64",
+            "Linux/AMD64",
+            "linux/x86_64",
+            "linux/amd64/v1",
+        ] {
+            assert!(is_build_platform(p), "{p}");
+        }
+        for p in [
+            "linux/arm64",
+            "linux",
+            "windows/amd64",
+            "linux/amd64/v3",
+            "linux/amd64/v1/x",
+        ] {
+            assert!(!is_build_platform(p), "{p}");
+        }
+    }
 
     #[test]
     fn join_path_normalises() {

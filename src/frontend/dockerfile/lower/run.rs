@@ -1,7 +1,7 @@
 //! Dockerfile lowering: RUN (argv, heredocs, `--mount`, `--network`, `--security`) and HEALTHCHECK.
 
 use super::{
-    Command, DEFAULT_SHELL, Entitlement, Flag, HEALTHCHECK_FLAGS, Healthcheck, Inherit,
+    CacheSeed, Command, DEFAULT_SHELL, Entitlement, Flag, HEALTHCHECK_FLAGS, Healthcheck, Inherit,
     Instruction, Lowerer, Network, NodeId, Op, Parsed, Result, RunMount, RunOp, SecretMount, Span,
     Stage, SyntaxHealthcheck, command_args, healthcheck_history, mount, parse_duration,
     run_history, suggest,
@@ -139,7 +139,9 @@ impl Lowerer<'_> {
                             mounts.push(m);
                             continue;
                         }
-                        Parsed::Bind { .. } => unreachable!("binds are resolved by mount()"),
+                        Parsed::Bind { .. } | Parsed::SeededCache { .. } => {
+                            unreachable!("binds and seeds are resolved by mount()")
+                        }
                     };
                     if let Some(dup) = secrets
                         .iter()
@@ -220,14 +222,7 @@ impl Lowerer<'_> {
                     Some((name, span)) => self.copy_from(span_of(*span), name)?,
                     None => self.context_leaf("context"),
                 };
-                // Inputs: 0 is the rootfs; each distinct source is added once.
-                let input = match inputs.iter().position(|&i| i == node) {
-                    Some(p) => p + 1,
-                    None => {
-                        inputs.push(node);
-                        inputs.len()
-                    }
-                };
+                let input = mount_input(inputs, node);
                 Parsed::Other(RunMount::Bind {
                     target,
                     input,
@@ -235,7 +230,47 @@ impl Lowerer<'_> {
                     readwrite,
                 })
             }
+            Parsed::SeededCache {
+                mount:
+                    RunMount::Cache {
+                        target,
+                        id,
+                        sharing,
+                        mode,
+                        uid,
+                        gid,
+                        readonly,
+                        ..
+                    },
+                from: (name, span),
+                source,
+            } => {
+                let node = self.copy_from(span_of(span), &name)?;
+                let input = mount_input(inputs, node);
+                Parsed::Other(RunMount::Cache {
+                    target,
+                    id,
+                    sharing,
+                    mode,
+                    uid,
+                    gid,
+                    readonly,
+                    seed: Some(CacheSeed { input, source }),
+                })
+            }
             other => other,
         })
+    }
+}
+
+/// A mount source's index among the Run node's inputs: 0 is the rootfs; each distinct source is added
+/// once.
+fn mount_input(inputs: &mut Vec<NodeId>, node: NodeId) -> usize {
+    match inputs.iter().position(|&i| i == node) {
+        Some(p) => p + 1,
+        None => {
+            inputs.push(node);
+            inputs.len()
+        }
     }
 }
