@@ -10,6 +10,7 @@
 mod config;
 pub mod context;
 mod executor;
+mod fetch;
 mod import;
 mod key;
 mod leak;

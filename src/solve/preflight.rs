@@ -33,7 +33,9 @@ pub fn preflight(
                 at.or(node.at.as_ref()),
             ));
         }
-        if let Op::Remote { url, .. } = &graph.dag[n].op {
+        if let Op::Remote { url, .. } = &graph.dag[n].op
+            && crate::graph::remote::kind(url) != Some(crate::graph::remote::RemoteKind::Http)
+        {
             let mut d = remote_unsupported(url);
             if let Some(at) = &graph.dag[n].at {
                 d = d.label(at.clone(), "");
@@ -115,6 +117,7 @@ pub fn all_secrets(secrets: &SecretStore) -> Result<LeakScanner> {
 }
 
 pub(super) fn remote_unsupported(url: &str) -> Diagnostic {
-    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln does not fetch URLs or git repositories"))
-        .help("fetch it in a RUN step of an earlier stage and COPY --from that stage, or put it in the build context")
+    let url = crate::graph::remote::redacted(url);
+    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln does not fetch git repositories"))
+        .help("clone it in a RUN step of an earlier stage and COPY --from that stage, or put it in the build context")
 }
