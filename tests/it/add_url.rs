@@ -3,6 +3,12 @@
 //! epoch without one, redirects followed, remote archives not unpacked, `--chmod`/`--chown`, `--checksum`
 //! verified), caching by content, located errors, and credentials in the URL never shown. Images are judged
 //! with umoci.
+//!
+//! The attributes asserted here were compared with BuildKit v0.8 (Debian's dockerd 20.10) building the same
+//! `ADD`s from `scratch` against a loopback server: the same names (`/files/` gives `files`, a query is not
+//! part of the name), modes, owners (`--chown` also owns a created destination directory) and mtimes
+//! (`Last-Modified`, else the epoch). `--chmod` and `--checksum` on ADD are newer than v0.8 and follow the
+//! current Dockerfile reference.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -381,4 +387,47 @@ fn bad_add_url_input_is_refused_before_building() {
             );
         }
     }
+}
+
+/// `url(...)` in the `.build` language is the same download as `ADD <url>`: the same image, and after
+/// the Dockerfile's build the `.build` build runs nothing.
+#[test]
+fn the_build_language_fetches_the_same_download() {
+    let server = Server::start();
+    server.put("hello.txt", b"hello over http\n", 1_000_000_000);
+    let url = server.url("/files/hello.txt");
+    let sum = sha256(b"hello over http\n");
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            &format!("FROM base\nADD --checksum={sum} {url} /opt/\n"),
+        ),
+        (
+            "app.build",
+            &format!(
+                "target app: Image = image(\"base\").add(url(\"{url}\", checksum: \"{sum}\"), [], \"/opt/\")\n"
+            ),
+        ),
+    ]);
+    let store = tempdir("store-");
+    let out_dir = tempdir("out-");
+    let (from_dockerfile, from_build) = (out_dir.path().join("df"), out_dir.path().join("build"));
+    let first = build(Kiln::build_in(store.path()), ctx.path(), &from_dockerfile);
+    first.success();
+    let program = ctx.path().join("app.build");
+    let second = build(
+        Kiln::build_in(store.path()).arg("-f").arg(&program),
+        ctx.path(),
+        &from_build,
+    );
+    second.success();
+    assert_eq!(second.summary().0, 0, "nothing runs:\n{}", second.stderr);
+    assert_eq!(
+        first.stdout.trim(),
+        second.stdout.trim(),
+        "one manifest digest"
+    );
+    let image = unpack(&from_build);
+    let m = meta(&image.rootfs, "opt/hello.txt");
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o600, 1_000_000_000));
 }
