@@ -48,6 +48,36 @@ pub fn file_name(url: &str) -> String {
     }
 }
 
+/// The one source a COPY takes from a fetched tree: the downloaded file, or all of a checked-out repository.
+pub fn source_name(url: &str) -> String {
+    match kind(url) {
+        Some(RemoteKind::Git) => ".".into(),
+        _ => file_name(url),
+    }
+}
+
+/// A git source as BuildKit reads it: the repository's URL, then after `#` a ref (branch, tag or commit)
+/// and after a `:` a directory of the repository to take instead of its root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GitRef {
+    pub repo: String,
+    pub reference: Option<String>,
+    pub subdir: Option<String>,
+}
+
+impl GitRef {
+    pub fn parse(url: &str) -> GitRef {
+        let (repo, fragment) = url.split_once('#').unwrap_or((url, ""));
+        let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        GitRef {
+            repo: repo.to_string(),
+            reference: some(reference),
+            subdir: some(subdir.trim_matches('/')),
+        }
+    }
+}
+
 /// A `--checksum` value: `sha256:`, `sha384:` or `sha512:` and the digest's lowercase hex.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checksum {
@@ -174,6 +204,21 @@ mod tests {
         assert_eq!(
             redact_text(&format!("[s 1/2] ADD --chmod=644 {url} /d/")),
             "[s 1/2] ADD --chmod=644 https://h/f.txt?token=***&v=*** /d/"
+        );
+    }
+
+    #[test]
+    fn git_fragments() {
+        let g = GitRef::parse("https://h/r.git#v1:docs/");
+        assert_eq!(g.repo, "https://h/r.git");
+        assert_eq!(
+            (g.reference.as_deref(), g.subdir.as_deref()),
+            (Some("v1"), Some("docs"))
+        );
+        let g = GitRef::parse("git@h:o/r.git");
+        assert_eq!(
+            (g.repo.as_str(), g.reference, g.subdir),
+            ("git@h:o/r.git", None, None)
         );
     }
 

@@ -11,6 +11,7 @@ mod config;
 pub mod context;
 mod executor;
 mod fetch;
+mod git;
 mod import;
 mod key;
 mod leak;

@@ -146,13 +146,13 @@ fn insecure_steps_compile_and_are_refused() {
 }
 
 /// `kiln graph` works on any Dockerfile offline: an ADD of a git repository is a leaf of the graph.
-/// Building it is refused before anything runs, since kiln does not fetch git repositories yet (HTTP(S)
-/// URLs are fetched: `add_url.rs`).
+/// Over SSH, building it is refused before anything runs (solving starts no `ssh`); over HTTP(S) it is
+/// cloned (`add_git.rs`), and HTTP(S) files are fetched (`add_url.rs`).
 #[test]
-fn add_from_a_git_url_compiles_and_is_refused_at_build_time() {
+fn add_from_a_git_url_over_ssh_compiles_and_is_refused_at_build_time() {
     let ctx = context(&[(
         "Dockerfile",
-        "FROM base\nARG CRED\nADD https://user:${CRED}@example.com/repo.git#main /src\n",
+        "FROM base\nARG CRED\nADD ssh://user:${CRED}@example.com/repo.git#main /src\n",
     )]);
     let graph = Kiln::graph().arg(ctx.path()).run();
     graph.success();
@@ -166,7 +166,7 @@ fn add_from_a_git_url_compiles_and_is_refused_at_build_time() {
     assert!(
         build
             .stderr
-            .contains("ADD from `https://example.com/repo.git#main` is not supported yet")
+            .contains("ADD from `ssh://example.com/repo.git#main` is not supported yet")
             && build.stderr.contains("Dockerfile:3:")
             && !build.stderr.contains("hunter2-tok"),
         "{}",

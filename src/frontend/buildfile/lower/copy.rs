@@ -18,7 +18,7 @@ impl Evaluator<'_> {
         let source = match &v[0] {
             _ if !remote.is_empty() => {
                 let url = remote.remove(0);
-                srcs.push(crate::graph::remote::file_name(&url));
+                srcs.push(crate::graph::remote::source_name(&url));
                 let keep = false;
                 self.remote_node(url, None, keep, at(1))
             }
@@ -36,7 +36,7 @@ impl Evaluator<'_> {
                     None => None,
                 };
                 if srcs.is_empty() {
-                    srcs.push(crate::graph::remote::file_name(&url));
+                    srcs.push(crate::graph::remote::source_name(&url));
                 }
                 self.remote_node(url, checksum, *keep_git_dir, *rspan)
             }

@@ -108,8 +108,8 @@ impl Lowerer<'_> {
         let source = match source_node {
             _ if from_url => {
                 let (url, span) = remote.remove(0);
-                // The fetched file is the single entry of its source tree, named as BuildKit names it.
-                srcs.push(remote::file_name(&url));
+                // A download is the single entry of its tree, named as BuildKit names it; a repository is all of it.
+                srcs.push(remote::source_name(&url));
                 let at = self.at(span);
                 let name = format!("ADD {}", remote::redacted(&url));
                 let op = Op::Remote {
