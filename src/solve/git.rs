@@ -149,16 +149,13 @@ fn clone(
         .map_err(|e| failed("check out", &e))?
         .to_string();
     drop(repo);
-    if let Some(s) = &git.subdir {
-        let inside = crate::solve::context::clean_relative(s)
-            .map_err(|e| Diagnostic::input(format!("bad subdirectory in `{shown}`: {e}")))?;
-        if !work.join(&inside).is_dir() {
-            return Err(
-                Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`"))
-                    .help("after `#ref:` name a directory of the repository"),
-            );
-        }
-    }
+    let subdir = match &git.subdir {
+        Some(s) => Some(subdirectory(&work, s).map_err(|e| {
+            Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`: {e}"))
+                .help("after `#ref:` name a directory of the repository")
+        })?),
+        None => None,
+    };
     if !keep_git_dir {
         std::fs::remove_dir_all(work.join(".git"))
             .map_err(|e| Diagnostic::io("cannot remove the clone's .git", e))?;
@@ -168,7 +165,26 @@ fn clone(
         if keep_git_dir { "kept" } else { "tree" }
     ));
     publish(&work, &dir)?;
-    Ok((dir, commit, git.subdir))
+    Ok((dir, commit, subdir))
+}
+
+/// The `#ref:subdir` directory, cleaned, and checked to be a directory of the checkout itself: a committed
+/// symlink (`docs -> /etc`) must not hand the COPY a directory of the host.
+fn subdirectory(work: &Path, subdir: &str) -> std::result::Result<String, String> {
+    let inside = crate::solve::context::clean_relative(subdir)?;
+    let top = work.canonicalize().map_err(|e| e.to_string())?;
+    let real = work
+        .join(&inside)
+        .canonicalize()
+        .map_err(|_| "not in the repository".to_string())?;
+    if !real.starts_with(&top) || real.starts_with(top.join(".git")) || !real.is_dir() {
+        return Err("not a directory of the repository".into());
+    }
+    Ok(real
+        .strip_prefix(&top)
+        .expect("checked")
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// Moves a finished clone to its name; one made meanwhile by another build of the same commit wins

@@ -48,7 +48,8 @@ fn git(dir: &Path, args: &[&str]) -> String {
 
 impl GitServer {
     /// `repo.git`: a first commit (tag `v1`: `a.txt` "one", `sub/b.txt`, an executable `run.sh`, a
-    /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two").
+    /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two", a symlink
+    /// `escape` to `/etc`).
     fn start() -> GitServer {
         let root = tempdir("git-");
         let work = root.path().join("work");
@@ -68,7 +69,9 @@ impl GitServer {
         git(&work, &["tag", "v1"]);
         let v1 = git(&work, &["rev-parse", "HEAD"]);
         write(&work.join("a.txt"), "two\n");
-        git(&work, &["commit", "-qam", "two"]);
+        std::os::unix::fs::symlink("/etc", work.join("escape")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "two"]);
         git(&work, &["branch", "other"]);
         let main = git(&work, &["rev-parse", "HEAD"]);
         git(root.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
@@ -185,6 +188,17 @@ fn git_fetch_failures_are_located_errors() {
             format!("http://127.0.0.1:{}/missing.git", server.port),
             String::new(),
             "cannot",
+        ),
+        // A committed symlink out of the checkout is no subdirectory: the host's /etc stays out.
+        (
+            server.url("#main:escape"),
+            String::new(),
+            "has no directory `escape`",
+        ),
+        (
+            server.url("#main:nowhere"),
+            String::new(),
+            "has no directory `nowhere`",
         ),
     ];
     for (url, flags, message) in cases {
