@@ -43,7 +43,8 @@ pub fn file_name(url: &str) -> String {
     // Go's path.Base: trailing slashes dropped, then the last element.
     let trimmed = path.trim_end_matches('/');
     match trimmed.rsplit('/').next() {
-        Some(base) if !base.is_empty() && base != "." => base.to_string(),
+        // `..` names no file (BuildKit's SafeFileName makes it `__unnamed__` too).
+        Some(base) if !base.is_empty() && base != "." && base != ".." => base.to_string(),
         _ => "__unnamed__".into(),
     }
 }
@@ -182,6 +183,8 @@ mod tests {
         assert_eq!(file_name("https://h/"), "__unnamed__");
         assert_eq!(file_name("https://h"), "__unnamed__");
         assert_eq!(file_name("https://h/a%20b"), "a b");
+        assert_eq!(file_name("https://h/x/%2E%2E"), "__unnamed__");
+        assert_eq!(file_name("https://h/x/a%2Fb"), "b");
     }
 
     #[test]
