@@ -10,6 +10,7 @@
 pub mod entitlement;
 pub mod op;
 pub mod program;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

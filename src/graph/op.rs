@@ -28,6 +28,8 @@ pub enum Op {
     /// A file or git repository fetched from the network (`ADD URL`), pinned by `checksum` when given.
     /// No inputs. Compiling never fetches it.
     Remote {
+        /// Shown redacted wherever the op is serialized (`kiln graph --format json`): it may carry a token.
+        #[serde(serialize_with = "serialize_redacted")]
         url: String,
         checksum: Option<String>,
         keep_git_dir: bool,
@@ -43,6 +45,10 @@ pub enum Op {
     Mkdir { path: String, user: Option<String> },
     /// The finished image of a stage: its rootfs plus image config. Inputs: `[rootfs]`.
     Config(Box<ConfigOp>),
+}
+
+fn serialize_redacted<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::remote::redacted(url))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -302,7 +308,9 @@ impl Op {
                 checksum,
                 keep_git_dir,
             } => {
-                e.str(url).opt_str(checksum.as_deref()).bool(*keep_git_dir);
+                e.str(&super::remote::keyed(url))
+                    .opt_str(checksum.as_deref())
+                    .bool(*keep_git_dir);
             }
             Op::Run(r) => {
                 e.strs(&r.args).pairs(&r.env);

@@ -15,7 +15,8 @@ use super::{ATTEMPTS, FIRST_BACKOFF};
 use crate::diag::{Diagnostic, Result};
 
 /// rustls needs one process-wide crypto provider; kiln uses ring (aws-lc would be a slow C build).
-fn install_crypto() {
+/// Every HTTPS client of kiln's calls this first.
+pub fn install_crypto() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err means someone installed one already, which serves as well.

@@ -15,6 +15,7 @@ mod reference;
 mod tests;
 
 pub use auth::Options;
+pub use client::install_crypto;
 pub use pull::{fetch_blobs, fetch_manifest, pull};
 pub use push::{Pushed, push, push_manifest};
 pub use reference::{ImageName, valid_component};

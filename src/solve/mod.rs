@@ -10,6 +10,8 @@
 mod config;
 pub mod context;
 mod executor;
+mod fetch;
+mod git;
 mod import;
 mod key;
 mod leak;

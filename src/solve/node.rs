@@ -9,7 +9,6 @@ use tokio::sync::Semaphore;
 
 use super::Executor;
 use super::context::{self, HostDir};
-use super::preflight::remote_unsupported;
 use super::schedule::{Output, Shared};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
@@ -32,7 +31,17 @@ impl<E: Executor> Shared<E> {
                 let key = key.finish();
                 Ok((key.clone(), Output::Fs(scratch(key)), None))
             }
-            Op::Remote { url, .. } => Err(self.located(n, remote_unsupported(url))),
+            Op::Remote {
+                url,
+                checksum,
+                keep_git_dir,
+            } => match crate::graph::remote::kind(url) {
+                Some(crate::graph::remote::RemoteKind::Git) => {
+                    self.git_node(n, url, checksum.as_deref(), *keep_git_dir)
+                        .await
+                }
+                _ => self.remote_node(n, url, checksum.as_deref()).await,
+            },
             Op::Inline { files } => {
                 let key = key.finish();
                 let dir = write_inline(&self.store, &node.digest, files)?;

@@ -33,7 +33,9 @@ pub fn preflight(
                 at.or(node.at.as_ref()),
             ));
         }
-        if let Op::Remote { url, .. } = &graph.dag[n].op {
+        if let Op::Remote { url, .. } = &graph.dag[n].op
+            && !fetchable(url)
+        {
             let mut d = remote_unsupported(url);
             if let Some(at) = &graph.dag[n].at {
                 d = d.label(at.clone(), "");
@@ -114,7 +116,22 @@ pub fn all_secrets(secrets: &SecretStore) -> Result<LeakScanner> {
     ))
 }
 
+/// HTTP(S) downloads, and git repositories over HTTP(S) or `git://`. Git over SSH would need an `ssh`
+/// process, which solving never starts.
+fn fetchable(url: &str) -> bool {
+    use crate::graph::remote::{RemoteKind, kind};
+    let lower = url.to_ascii_lowercase();
+    match kind(url) {
+        Some(RemoteKind::Http) => true,
+        Some(RemoteKind::Git) => ["http://", "https://", "git://"]
+            .iter()
+            .any(|p| lower.starts_with(p)),
+        None => false,
+    }
+}
+
 pub(super) fn remote_unsupported(url: &str) -> Diagnostic {
-    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln does not fetch URLs or git repositories"))
-        .help("fetch it in a RUN step of an earlier stage and COPY --from that stage, or put it in the build context")
+    let url = crate::graph::remote::redacted(url);
+    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln fetches git repositories over HTTP(S) and git://, not SSH"))
+        .help("use the repository's https:// URL, or clone it in a RUN step with --mount=type=ssh and COPY --from that stage")
 }

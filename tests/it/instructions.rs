@@ -145,24 +145,30 @@ fn insecure_steps_compile_and_are_refused() {
     );
 }
 
-/// `kiln graph` works on any Dockerfile offline: an ADD of a URL is a leaf of the graph. Building it is
-/// refused before anything runs, since kiln does not fetch URLs yet.
+/// `kiln graph` works on any Dockerfile offline: an ADD of a git repository is a leaf of the graph.
+/// Over SSH, building it is refused before anything runs (solving starts no `ssh`); over HTTP(S) it is
+/// cloned (`add_git.rs`), and HTTP(S) files are fetched (`add_url.rs`).
 #[test]
-fn add_from_a_url_compiles_and_is_refused_at_build_time() {
+fn add_from_a_git_url_over_ssh_compiles_and_is_refused_at_build_time() {
     let ctx = context(&[(
         "Dockerfile",
-        "FROM base\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://example.com/x.tgz /x\n",
+        "FROM base\nARG CRED\nADD ssh://user:${CRED}@example.com/repo.git#main /src\n",
     )]);
     let graph = Kiln::graph().arg(ctx.path()).run();
     graph.success();
     assert!(graph.stdout.contains("remote"), "{}", graph.stdout);
-    let build = Kiln::new().with_base().arg(ctx.path()).run();
+    let build = Kiln::new()
+        .with_base()
+        .args(["--build-arg", "CRED=hunter2-tok"])
+        .arg(ctx.path())
+        .run();
     build.expect_code(2);
     assert!(
         build
             .stderr
-            .contains("ADD from `https://example.com/x.tgz` is not supported yet")
-            && build.stderr.contains("Dockerfile:2:"),
+            .contains("ADD from `ssh://example.com/repo.git#main` is not supported yet")
+            && build.stderr.contains("Dockerfile:3:")
+            && !build.stderr.contains("hunter2-tok"),
         "{}",
         build.stderr
     );

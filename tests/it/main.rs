@@ -3,6 +3,8 @@
 
 mod support;
 
+mod add_git;
+mod add_url;
 mod bad_secret;
 mod build_lang;
 mod cache;

@@ -14,16 +14,11 @@ impl Evaluator<'_> {
         let what = if add { "add" } else { "copy" };
         let at = |i: usize| args.get(i).map_or(span, |a| a.value.span);
         let (mut srcs, mut remote) = self.copy_sources(img, add, v, at(1))?;
+        let from_url = !remote.is_empty() || matches!(v[0], Value::Remote { .. });
         let source = match &v[0] {
             _ if !remote.is_empty() => {
                 let url = remote.remove(0);
-                srcs.push(
-                    url.trim_end_matches('/')
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or("download")
-                        .to_string(),
-                );
+                srcs.push(crate::graph::remote::source_name(&url));
                 let keep = false;
                 self.remote_node(url, None, keep, at(1))
             }
@@ -41,13 +36,7 @@ impl Evaluator<'_> {
                     None => None,
                 };
                 if srcs.is_empty() {
-                    srcs.push(
-                        url.trim_end_matches('/')
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or("download")
-                            .to_string(),
-                    );
+                    srcs.push(crate::graph::remote::source_name(&url));
                 }
                 self.remote_node(url, checksum, *keep_git_dir, *rspan)
             }
@@ -125,7 +114,8 @@ impl Evaluator<'_> {
             dest,
             chown,
             chmod,
-            extract: add,
+            // A remote archive is copied as it is, never unpacked, as ADD does.
+            extract: add && !from_url,
             excludes,
             parents: v[6].bool(),
             files: Vec::new(),

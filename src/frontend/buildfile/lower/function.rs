@@ -210,7 +210,7 @@ impl Evaluator<'_> {
         span: Span,
     ) -> NodeId {
         let at = self.at(span);
-        let name = format!("fetch {url}");
+        let name = format!("fetch {}", crate::graph::remote::redacted(&url));
         self.program.push(
             Op::Remote {
                 url,

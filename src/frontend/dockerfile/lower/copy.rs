@@ -5,6 +5,8 @@ use super::{
     copy_history, join_path, shell, suggest,
 };
 
+use crate::graph::remote::{self, Checksum, RemoteKind};
+
 impl Lowerer<'_> {
     pub(super) fn copy(
         &mut self,
@@ -46,6 +48,11 @@ impl Lowerer<'_> {
                 return Err(self.error(s.span, format!("{what} source is empty after expansion")));
             }
             if add && (v.contains("://") || v.starts_with("git@")) {
+                if remote::kind(&v).is_none() && !self.opts.lenient {
+                    return Err(self
+                        .error(s.span, format!("ADD cannot fetch `{}`", remote::redacted(&v)))
+                        .help("ADD fetches http://, https:// and git URLs; copy other files into the context"));
+                }
                 remote.push((v, s.span));
                 continue;
             }
@@ -92,24 +99,23 @@ impl Lowerer<'_> {
         } else {
             (Vec::new(), Vec::new())
         };
+        let from_url = !remote.is_empty();
+        if let Some((span, c)) = &checksum {
+            self.check_checksum(*span, c, remote.first())?;
+        }
         let source = match source_node {
-            _ if !remote.is_empty() => {
+            _ if from_url => {
                 let (url, span) = remote.remove(0);
-                // The fetched file is the single entry of its source tree, named like the URL's end.
-                let name = url
-                    .trim_end_matches('/')
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or("download")
-                    .to_string();
-                srcs.push(name);
+                // A download is the single entry of its tree, named as BuildKit names it; a repository is all of it.
+                srcs.push(remote::source_name(&url));
                 let at = self.at(span);
+                let name = format!("ADD {}", remote::redacted(&url));
                 let op = Op::Remote {
-                    url: url.clone(),
-                    checksum: checksum.clone(),
+                    url,
+                    checksum: checksum.map(|(_, c)| c),
                     keep_git_dir,
                 };
-                self.program.push(op, vec![], format!("ADD {url}"), at)
+                self.program.push(op, vec![], name, at)
             }
             Some(_) if !inline.is_empty() || !files.is_empty() => {
                 return Err(self
@@ -137,12 +143,18 @@ impl Lowerer<'_> {
             dest: dest_path,
             chown,
             chmod,
-            extract: add,
+            // A remote archive is copied as it is, never unpacked (Docker's ADD reference).
+            extract: add && !from_url,
             excludes,
             parents,
             files,
         });
         self.push_fs(stage, ins, op, vec![source], created_by);
+        if from_url {
+            // The step's name quotes the instruction; a token written into its URL is not shown.
+            let node = &mut self.program.nodes[stage.image.fs];
+            node.name = remote::redact_text(&node.name);
+        }
         Ok(())
     }
 
@@ -250,6 +262,23 @@ impl Lowerer<'_> {
     }
 
     /// A COPY/ADD's flags, expanded; `--from` resolved to its node.
+    /// `--checksum` pins an HTTP download: it must be a digest, and there must be a URL to pin. A git
+    /// source's checksum (a commit) is the git fetcher's to judge.
+    fn check_checksum(&self, span: Span, value: &str, url: Option<&(String, Span)>) -> Result<()> {
+        match url {
+            None if !self.opts.lenient => Err(self
+                .error(span, "--checksum can only pin an HTTP(S) source")
+                .help("give ADD a URL, or drop --checksum")),
+            Some((u, _)) if remote::kind(u) == Some(RemoteKind::Http) => {
+                Checksum::parse(value).map(|_| ()).map_err(|e| {
+                    self.error(span, format!("invalid --checksum: {e}"))
+                        .help("write `--checksum=sha256:` followed by the file's 64-digit SHA-256")
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn copy_flags(&mut self, stage: &Stage, ins: &Instruction) -> Result<CopyFlags> {
         let lookup = |n: &str| stage.lookup(n);
         let mut chown = None;
@@ -277,7 +306,7 @@ impl Lowerer<'_> {
                 "from" => source_node = Some(self.copy_from(f.value_span, &v)?),
                 // Every kiln layer is already independent of what lies below it in the cache.
                 "link" => {}
-                "checksum" => checksum = Some(v),
+                "checksum" => checksum = Some((f.value_span, v)),
                 "keep-git-dir" => {
                     keep_git_dir = crate::options::parse_bool(Some(&v)).unwrap_or(true)
                 }
@@ -312,7 +341,8 @@ impl Lowerer<'_> {
 struct CopyFlags {
     chown: Option<String>,
     chmod: Option<u32>,
-    checksum: Option<String>,
+    /// The value and where it is written.
+    checksum: Option<(Span, String)>,
     keep_git_dir: bool,
     excludes: Vec<String>,
     parents: bool,

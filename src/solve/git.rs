@@ -1,0 +1,217 @@
+//! `ADD <git url>`: the repository cloned by gix (kiln runs no `git`), checked out at the URL's ref (a
+//! branch, a tag or a full commit id; the remote's HEAD without one), and offered to the COPY that consumes
+//! it as a directory: the work tree, or the `:subdir` of it, without `.git` unless `--keep-git-dir`.
+//!
+//! Caching. Every build clones again (BuildKit asks the remote for the ref first; a clone is the simple
+//! correct form of it). The node's key is the commit checked out, the subdirectory and `--keep-git-dir`,
+//! never the URL, and the consuming COPY keys on the files themselves: a ref still at the same commit
+//! re-runs nothing. With `--keep-git-dir` the `.git` directory's files (its index, its logs) differ from
+//! clone to clone, so that COPY runs again, as the layer would differ too.
+//!
+//! Gix runs isolated: no global or system git configuration and no environment is read, so a build does
+//! not depend on the machine's git setup, and credential helpers are not asked.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use petgraph::stable_graph::NodeIndex;
+
+use super::Executor;
+use super::context::HostDir;
+use super::key::CACHE_DOMAIN;
+use super::schedule::{Output, Shared};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::{Digest, Encoder};
+use crate::graph::remote::{self, GitRef};
+use crate::progress::{Event, Vertex};
+use crate::store::Store;
+
+impl<E: Executor> Shared<E> {
+    /// An `ADD <git url>` source: cloned off the async workers, reported as a step of its own.
+    pub(super) async fn git_node(
+        &self,
+        n: NodeIndex,
+        url: &str,
+        checksum: Option<&str>,
+        keep_git_dir: bool,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        let vertex = Vertex {
+            id: self.next_id(),
+            name: self.graph.dag[n].name.clone(),
+            digest: self.graph.dag[n].digest.to_string(),
+            at: self.at(n).map(|a| a.to_string()),
+        };
+        let id = vertex.id;
+        let started = Instant::now();
+        self.reporter.event(Event::Started(vertex));
+        let store = self.store.clone();
+        let url_shown = url;
+        let url = url.to_string();
+        let cloned = tokio::task::spawn_blocking(move || clone(&store, &url, keep_git_dir))
+            .await
+            .map_err(|e| Diagnostic::env(format!("git clone task failed: {e}")))?;
+        // `--checksum` on a git source pins the commit (current BuildKit): a full id or its prefix.
+        let cloned = cloned.and_then(|c| match checksum {
+            Some(want) if !c.1.starts_with(want) => Err(Diagnostic::build(format!(
+                "checksum mismatch for `{}`: expected commit {want}, got {}",
+                remote::redacted(url_shown),
+                c.1
+            ))
+            .help("the ref points at another commit than --checksum pins")),
+            _ => Ok(c),
+        });
+        let (dir, commit, subdir) = match cloned {
+            Ok(c) => c,
+            Err(d) => {
+                self.reporter.event(Event::Failed {
+                    id,
+                    elapsed: started.elapsed(),
+                    message: d.to_string(),
+                });
+                return Err(self.located(n, d));
+            }
+        };
+        self.reporter.event(Event::Done {
+            id,
+            elapsed: started.elapsed(),
+        });
+        let mut key = Encoder::new(CACHE_DOMAIN);
+        key.str("git")
+            .str(&commit)
+            .opt_str(subdir.as_deref())
+            .bool(keep_git_dir);
+        let path = match &subdir {
+            Some(s) => dir.join(s),
+            None => dir,
+        };
+        Ok((
+            key.finish(),
+            Output::Dir(HostDir {
+                path,
+                excludes: Vec::new(),
+            }),
+            None,
+        ))
+    }
+}
+
+/// Clones `url` into the store's `tmp/` and checks out its ref. Returns the directory (named by the
+/// commit, so builds that check out the same commit share it and its stat cache), the commit id and the
+/// subdirectory to take.
+fn clone(
+    store: &Store,
+    url: &str,
+    keep_git_dir: bool,
+) -> Result<(PathBuf, String, Option<String>)> {
+    let git = GitRef::parse(url);
+    let shown = remote::redacted(url);
+    let at = git
+        .reference
+        .as_deref()
+        .map_or(String::new(), |r| format!(" at `{r}`"));
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        Diagnostic::build(format!(
+            "cannot {what} `{shown}`{at}: {}",
+            scrub(&e.to_string(), url)
+        ))
+        .help("check the repository URL and that the ref (a branch, a tag or a full commit id) exists")
+    };
+    crate::registry::install_crypto();
+    let staging = store.temp_dir("git-")?;
+    let work = staging.path().join("tree");
+    let interrupt = AtomicBool::new(false);
+    let mut prepare = gix::clone::PrepareFetch::new(
+        git.repo.as_str(),
+        &work,
+        gix::create::Kind::WithWorktree,
+        gix::create::Options::default(),
+        gix::open::Options::isolated(),
+    )
+    .map_err(|e| failed("clone", &e))?;
+    prepare = match git.reference.as_deref() {
+        Some(r) if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) => prepare
+            .with_revision(Some(r))
+            .map_err(|e| failed("clone", &e))?,
+        Some(r) => prepare
+            .with_ref_name(Some(r))
+            .map_err(|e| failed("clone", &e))?,
+        None => prepare,
+    };
+    let (mut checkout, _) = prepare
+        .fetch_then_checkout(gix::progress::Discard, &interrupt)
+        .map_err(|e| failed("fetch", &e))?;
+    let (repo, _) = checkout
+        .main_worktree(gix::progress::Discard, &interrupt)
+        .map_err(|e| failed("check out", &e))?;
+    let commit = repo
+        .head_id()
+        .map_err(|e| failed("check out", &e))?
+        .to_string();
+    drop(repo);
+    let subdir = match &git.subdir {
+        Some(s) => Some(subdirectory(&work, s).map_err(|e| {
+            Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`: {e}"))
+                .help("after `#ref:` name a directory of the repository")
+        })?),
+        None => None,
+    };
+    if !keep_git_dir {
+        std::fs::remove_dir_all(work.join(".git"))
+            .map_err(|e| Diagnostic::io("cannot remove the clone's .git", e))?;
+    }
+    let dir = store.root().join("tmp").join(format!(
+        "git-{commit}-{}",
+        if keep_git_dir { "kept" } else { "tree" }
+    ));
+    publish(&work, &dir)?;
+    Ok((dir, commit, subdir))
+}
+
+/// The `#ref:subdir` directory, cleaned, and checked to be a directory of the checkout itself: a committed
+/// symlink (`docs -> /etc`) must not hand the COPY a directory of the host.
+fn subdirectory(work: &Path, subdir: &str) -> std::result::Result<String, String> {
+    let inside = crate::solve::context::clean_relative(subdir)?;
+    let top = work.canonicalize().map_err(|e| e.to_string())?;
+    let real = work
+        .join(&inside)
+        .canonicalize()
+        .map_err(|_| "not in the repository".to_string())?;
+    if !real.starts_with(&top) || real.starts_with(top.join(".git")) || !real.is_dir() {
+        return Err("not a directory of the repository".into());
+    }
+    Ok(real
+        .strip_prefix(&top)
+        .expect("checked")
+        .to_string_lossy()
+        .into_owned())
+}
+
+/// Moves a finished clone to its name; one made meanwhile by another build of the same commit wins
+/// (keeping its stat cache valid), except a kept `.git`, which is per clone anyway.
+fn publish(work: &Path, dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if dir.join(".git").exists() {
+            let _ = std::fs::remove_dir_all(dir);
+        } else {
+            return Ok(());
+        }
+    }
+    std::fs::rename(work, dir)
+        .or_else(|e| if dir.exists() { Ok(()) } else { Err(e) })
+        .map_err(|e| Diagnostic::io("cannot keep a git checkout", e))
+}
+
+/// A git error's text without the URL's credentials, which gix may quote.
+fn scrub(text: &str, url: &str) -> String {
+    let mut text = text.to_string();
+    if let Ok(u) = url::Url::parse(url) {
+        if let Some(p) = u.password().filter(|p| !p.is_empty()) {
+            text = text.replace(p, "***");
+        }
+        if !u.username().is_empty() {
+            text = text.replace(u.username(), "***");
+        }
+    }
+    text
+}

@@ -1,0 +1,214 @@
+//! `ADD <git url>` against a real smart-HTTP git server on loopback (`git http-backend` behind
+//! `tests/fixtures/git-http-server.py`; git here only makes and serves the repository, kiln clones with
+//! gix): the remote's HEAD, a tag, a branch, a full commit id, `#ref:subdir`, `--keep-git-dir`, file modes
+//! and symlinks as committed, a rebuild that runs nothing, and located errors for an unknown ref and a
+//! commit that `--checksum` does not pin. Images are judged with umoci.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use tempfile::TempDir;
+
+use crate::support::{Kiln, context, repo, tempdir, unpack, write};
+
+/// The git server, killed when dropped, and the repositories it serves.
+struct GitServer {
+    child: Child,
+    port: u16,
+    _root: TempDir,
+    /// The commit of the tag `v1` (the first commit) and of `main` (the second).
+    v1: String,
+    main: String,
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+        .args(args)
+        .output()
+        .expect("cannot run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl GitServer {
+    /// `repo.git`: a first commit (tag `v1`: `a.txt` "one", `sub/b.txt`, an executable `run.sh`, a
+    /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two", a symlink
+    /// `escape` to `/etc`).
+    fn start() -> GitServer {
+        let root = tempdir("git-");
+        let work = root.path().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        write(&work.join("a.txt"), "one\n");
+        write(&work.join("sub/b.txt"), "b\n");
+        write(&work.join("run.sh"), "#!/bin/sh\necho hi\n");
+        std::fs::set_permissions(
+            work.join("run.sh"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("a.txt", work.join("link")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "one"]);
+        git(&work, &["tag", "v1"]);
+        let v1 = git(&work, &["rev-parse", "HEAD"]);
+        write(&work.join("a.txt"), "two\n");
+        std::os::unix::fs::symlink("/etc", work.join("escape")).unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "two"]);
+        git(&work, &["branch", "other"]);
+        let main = git(&work, &["rev-parse", "HEAD"]);
+        git(root.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/fixtures/git-http-server.py"))
+            .arg(root.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("cannot run python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line.trim().parse().expect("the server prints its port");
+        GitServer {
+            child,
+            port,
+            _root: root,
+            v1,
+            main,
+        }
+    }
+
+    fn url(&self, fragment: &str) -> String {
+        format!("http://127.0.0.1:{}/repo.git{fragment}", self.port)
+    }
+}
+
+fn build(kiln: Kiln, ctx: &Path, dest: &Path) -> crate::support::Output {
+    kiln.with_base()
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx)
+        .run()
+}
+
+#[test]
+fn add_git_checks_out_refs_as_buildkit_does() {
+    let server = GitServer::start();
+    let dockerfile = format!(
+        "FROM base\n\
+         ADD {head} /head\n\
+         ADD {tag} /tag/\n\
+         ADD {commit} /commit\n\
+         ADD --keep-git-dir=true {branch} /kept\n\
+         ADD {subdir} /subdir\n\
+         ADD --checksum={main} {head} /pinned\n",
+        head = server.url(""),
+        tag = server.url("#v1"),
+        commit = server.url(&format!("#{}", server.v1)),
+        branch = server.url("#other"),
+        subdir = server.url("#v1:sub"),
+        main = server.main,
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let store = tempdir("store-");
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    build(Kiln::build_in(store.path()), ctx.path(), &dest).success();
+    let image = unpack(&dest);
+    let root = &image.rootfs;
+    let read =
+        |p: &str| std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    assert_eq!(read("head/a.txt"), "two\n", "the remote's HEAD");
+    assert_eq!(read("tag/a.txt"), "one\n", "a tag");
+    assert_eq!(read("commit/a.txt"), "one\n", "a full commit id");
+    assert_eq!(read("kept/a.txt"), "two\n", "a branch");
+    assert_eq!(read("pinned/a.txt"), "two\n");
+    assert_eq!(
+        read("subdir/b.txt"),
+        "b\n",
+        "#ref:subdir takes the directory"
+    );
+    assert!(!root.join("subdir/a.txt").exists());
+    assert!(!root.join("head/.git").exists(), "no .git by default");
+    assert!(root.join("kept/.git/HEAD").is_file(), "--keep-git-dir");
+    assert_eq!(read("head/sub/b.txt"), "b\n");
+    let run = std::fs::metadata(root.join("head/run.sh")).unwrap();
+    assert_eq!(run.mode() & 0o777, 0o755, "modes as committed");
+    let a = std::fs::metadata(root.join("head/a.txt")).unwrap();
+    assert_eq!((a.mode() & 0o777, a.uid(), a.gid()), (0o644, 0, 0));
+    assert_eq!(
+        std::fs::read_link(root.join("head/link")).unwrap(),
+        Path::new("a.txt"),
+        "symlinks as committed"
+    );
+
+    // The same refs at the same commits: nothing runs again (without the kept .git, which is per clone).
+    let plain = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM base\nADD {} /head\nADD {} /tag/\n",
+            server.url(""),
+            server.url("#v1")
+        ),
+    )]);
+    build(Kiln::build_in(store.path()), plain.path(), &dest).success();
+    let again = build(Kiln::build_in(store.path()), plain.path(), &dest);
+    again.success();
+    assert_eq!(again.summary().0, 0, "{}", again.stderr);
+}
+
+#[test]
+fn git_fetch_failures_are_located_errors() {
+    let server = GitServer::start();
+    let cases = [
+        (server.url("#no-such-ref"), String::new(), "no-such-ref"),
+        (
+            server.url(""),
+            format!("--checksum={} ", server.v1),
+            "checksum mismatch",
+        ),
+        (
+            format!("http://127.0.0.1:{}/missing.git", server.port),
+            String::new(),
+            "cannot",
+        ),
+        // A committed symlink out of the checkout is no subdirectory: the host's /etc stays out.
+        (
+            server.url("#main:escape"),
+            String::new(),
+            "has no directory `escape`",
+        ),
+        (
+            server.url("#main:nowhere"),
+            String::new(),
+            "has no directory `nowhere`",
+        ),
+    ];
+    for (url, flags, message) in cases {
+        let ctx = context(&[("Dockerfile", &format!("FROM base\nADD {flags}{url} /src\n"))]);
+        let out = Kiln::new().with_base().arg(ctx.path()).run();
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(message) && out.stderr.contains("Dockerfile:2:"),
+            "{url}: {}",
+            out.stderr
+        );
+    }
+}
