@@ -16,11 +16,11 @@ use crate::graph::op::RunMount;
 use crate::load::{EvalOptions, Lowered, PACKAGE_FILE, PackageContexts, Session, lower_targets};
 
 /// A selected target: its module and name.
-pub type Selected = Vec<(usize, String)>;
+pub(crate) type Selected = Vec<(usize, String)>;
 
 /// Every `.build` file at or below `dir`, sorted. Hidden directories and the usual build-output folders
 /// (`target`, `node_modules`) are not entered.
-pub fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let walker = walkdir::WalkDir::new(dir)
         .sort_by_file_name()
@@ -40,7 +40,7 @@ pub fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Every package directory at or below `dir` (directories holding a BUILD.build), sorted.
-pub fn packages_under(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn packages_under(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = build_files_under(dir)
         .unwrap_or_default()
         .into_iter()
@@ -52,7 +52,11 @@ pub fn packages_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Resolves label patterns to targets, loading the packages they name.
-pub fn expand_labels(session: &mut Session, cwd: &Path, inputs: &[String]) -> Result<Selected> {
+pub(crate) fn expand_labels(
+    session: &mut Session,
+    cwd: &Path,
+    inputs: &[String],
+) -> Result<Selected> {
     let root = session.root.clone().expect("labels need a root");
     let mut selected: Selected = Vec::new();
     let push = |s: &mut Selected, m: usize, t: String| {
@@ -125,7 +129,7 @@ fn lower_shown(session: &mut Session, selected: &Selected, opts: &EvalOptions) -
 }
 
 /// Everything `labels` depend on (transitively), or everything that depends on them.
-pub fn query(
+pub(crate) fn query(
     root: &Path,
     kind: &str,
     labels: &[String],
@@ -163,7 +167,7 @@ pub fn query(
 }
 
 /// Each target of the monorepo at `root` with the digest of everything it is built from.
-pub fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
+pub(crate) fn target_digests(root: &Path, opts: &EvalOptions) -> Result<BTreeMap<String, String>> {
     let mut session = Session::new(Some(root.to_path_buf()));
     let all = expand_labels(&mut session, root, &["//...".to_string()])?;
     let lowered = lower_shown(&mut session, &all, opts)?;
@@ -324,7 +328,7 @@ fn reads_file(
 
 /// The targets a set of changed files affects: those reading one of the files through a context, and
 /// those whose `.build` sources (their package file, its imports, the packages they build from) changed.
-pub fn affected_by_files(
+pub(crate) fn affected_by_files(
     root: &Path,
     files: &[PathBuf],
     opts: &EvalOptions,
@@ -386,7 +390,7 @@ pub fn affected_by_files(
 
 /// The targets whose digest differs between `old` (the monorepo as an older revision had it, unpacked
 /// elsewhere) and the working tree at `root` (new targets count as affected).
-pub fn affected_since(old: &Path, root: &Path, opts: &EvalOptions) -> Result<Vec<String>> {
+pub(crate) fn affected_since(old: &Path, root: &Path, opts: &EvalOptions) -> Result<Vec<String>> {
     let before = target_digests(old, opts).unwrap_or_default();
     let now = target_digests(root, opts)?;
     Ok(now

@@ -27,7 +27,7 @@ const MAX_INDEX_DEPTH: usize = 4;
 
 /// An image chosen from a layout: its manifest and config, both verified.
 #[derive(Debug, Clone)]
-pub struct ImageRef {
+pub(crate) struct ImageRef {
     pub manifest_digest: String,
     pub manifest: ImageManifest,
     pub config: ImageConfiguration,
@@ -35,7 +35,7 @@ pub struct ImageRef {
 }
 
 /// Picks the image tagged `tag` (or the obvious one when `tag` is None) from the layout.
-pub fn read_image(layout: &Path, tag: Option<&str>) -> io::Result<ImageRef> {
+pub(crate) fn read_image(layout: &Path, tag: Option<&str>) -> io::Result<ImageRef> {
     let header = layout.join("oci-layout");
     let header_bytes = match fs::read(&header) {
         Ok(b) => b,
@@ -69,7 +69,7 @@ pub fn read_image(layout: &Path, tag: Option<&str>) -> io::Result<ImageRef> {
 }
 
 /// Where the blob with this digest lives in a layout; refuses anything but `sha256:<64 hex>`.
-pub fn blob_path(layout: &Path, digest: &str) -> io::Result<PathBuf> {
+pub(crate) fn blob_path(layout: &Path, digest: &str) -> io::Result<PathBuf> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
@@ -78,7 +78,7 @@ pub fn blob_path(layout: &Path, digest: &str) -> io::Result<PathBuf> {
 }
 
 /// Hashes a blob in the layout and fails unless it matches `digest` (and `size`, if given).
-pub fn verify_blob(layout: &Path, digest: &str, size: Option<u64>) -> io::Result<PathBuf> {
+pub(crate) fn verify_blob(layout: &Path, digest: &str, size: Option<u64>) -> io::Result<PathBuf> {
     let path = blob_path(layout, digest)?;
     let file = File::open(&path).map_err(|e| missing_blob(e, digest, layout))?;
     check_size(&file, digest, size)?;
@@ -90,14 +90,14 @@ pub fn verify_blob(layout: &Path, digest: &str, size: Option<u64>) -> io::Result
 }
 
 /// Whether the file at `path` hashes to `digest` (false when it cannot be read).
-pub fn file_holds(path: &Path, digest: &str) -> bool {
+pub(crate) fn file_holds(path: &Path, digest: &str) -> bool {
     File::open(path)
         .and_then(hash_reader)
         .is_ok_and(|actual| actual == digest)
 }
 
 /// Serialises with object keys sorted at every level, so equal values give equal bytes.
-pub fn canonical_json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn canonical_json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     let value = serde_json::to_value(value).map_err(|e| invalid(e.to_string()))?;
     serde_json::to_vec(&sorted(value)).map_err(|e| invalid(e.to_string()))
 }
@@ -105,7 +105,7 @@ pub fn canonical_json<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
 /// Adds one image to the layout at `dir` (created if needed), returning the manifest digest.
 ///
 /// Blobs already present are kept; an existing index entry with the same tag is replaced.
-pub fn write_layout(
+pub(crate) fn write_layout(
     dir: &Path,
     manifest_json: &[u8],
     tag: Option<&str>,
@@ -116,7 +116,7 @@ pub fn write_layout(
 
 /// `write_layout`, keeping a blob already in the layout only where `keep(path, digest)` says it holds
 /// that digest; any other is written again from its source.
-pub fn write_layout_keeping(
+pub(crate) fn write_layout_keeping(
     dir: &Path,
     manifest_json: &[u8],
     tag: Option<&str>,
@@ -233,7 +233,7 @@ pub fn write_layout_keeping(
 }
 
 /// Writes the layout at `dir` as a tar (for `type=oci,dest=x.tar`), byte-for-byte reproducible.
-pub fn write_layout_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
+pub(crate) fn write_layout_tar<W: Write>(dir: &Path, out: W) -> io::Result<()> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Deterministic);
     builder.follow_symlinks(false);

@@ -11,7 +11,7 @@ struct OptionsParser;
 
 /// One field: `key=value`, or a bare `key` (`value` is `None`). Spans are relative to the list text.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Field {
+pub(crate) struct Field {
     pub key: String,
     pub value: Option<String>,
     pub span: Span,
@@ -19,7 +19,7 @@ pub struct Field {
 
 impl Field {
     /// Span of the value (or of the key when there is no value), for pointing carets at it.
-    pub fn value_span(&self) -> Span {
+    pub(crate) fn value_span(&self) -> Span {
         match &self.value {
             Some(v) => Span::new(self.span.end.saturating_sub(v.len()), self.span.end),
             None => self.span,
@@ -29,14 +29,14 @@ impl Field {
 
 /// Why an option list could not be read, with the offending span (relative to the list text).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error {
+pub(crate) struct Error {
     pub span: Span,
     pub message: String,
     pub help: &'static str,
 }
 
 /// Splits an option list into fields.
-pub fn parse(text: &str) -> Result<Vec<Field>, Error> {
+pub(crate) fn parse(text: &str) -> Result<Vec<Field>, Error> {
     let pairs = OptionsParser::parse(Rule::list, text).map_err(|e| {
         let pos = match e.location {
             pest::error::InputLocation::Pos(p) => p,
@@ -81,7 +81,7 @@ pub fn parse(text: &str) -> Result<Vec<Field>, Error> {
 }
 
 /// Parses a boolean option value the way BuildKit does (`true`/`false`, a bare key meaning true).
-pub fn parse_bool(value: Option<&str>) -> Option<bool> {
+pub(crate) fn parse_bool(value: Option<&str>) -> Option<bool> {
     match value.map(str::to_ascii_lowercase).as_deref() {
         None | Some("true") | Some("1") => Some(true),
         Some("false") | Some("0") => Some(false),
@@ -91,7 +91,7 @@ pub fn parse_bool(value: Option<&str>) -> Option<bool> {
 
 /// `1024`, `64k`, `64m`, `1g`, `2GB` (case-insensitive, trailing `b` optional), as docker's
 /// `units.RAMInBytes` reads sizes.
-pub fn parse_size(s: &str) -> Option<u64> {
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
     let s = s.trim().to_ascii_lowercase();
     let s = s.strip_suffix('b').unwrap_or(&s);
     let (digits, mult) = match s.chars().last()? {

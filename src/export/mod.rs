@@ -586,10 +586,9 @@ fn finish_config(config: &Value, blobs: &[LayerBlob], empty: &[bool]) -> Result<
     Ok(config)
 }
 
-/// JSON with sorted keys (serde_json's map is ordered), so equal content gives equal digests.
+/// JSON with sorted keys, so equal content gives equal digests.
 fn canonical_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
-    let value = serde_json::to_value(v).map_err(|e| Diagnostic::env(e.to_string()))?;
-    serde_json::to_vec(&value).map_err(|e| Diagnostic::env(e.to_string()))
+    crate::oci::canonical_json(v).map_err(|e| Diagnostic::env(e.to_string()))
 }
 
 #[cfg(test)]

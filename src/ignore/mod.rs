@@ -39,7 +39,7 @@ use crate::diag::{self, Diagnostic, SourceFile, Span};
 
 /// A `.dockerignore` line that Docker would refuse.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatternError {
+pub(crate) struct PatternError {
     /// 1-based line in the ignore file (or position in the list given to [`Patterns::from_patterns`]).
     pub line: usize,
     /// The pattern as written.
@@ -61,7 +61,7 @@ impl std::error::Error for PatternError {}
 
 /// A parsed `.dockerignore`: patterns in file order, last match wins.
 #[derive(Debug, Clone, Default)]
-pub struct Patterns {
+pub(crate) struct Patterns {
     patterns: Vec<Pattern>,
     /// Some pattern starts with `!`.
     exclusions: bool,
@@ -92,7 +92,7 @@ enum Kind {
 /// Per-pattern results for a directory, handed to its children during a walk
 /// (patternmatcher's `MatchInfo`). The default value means "no information about the parent".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MatchInfo {
+pub(crate) struct MatchInfo {
     parent_matched: Vec<bool>,
 }
 
@@ -103,13 +103,13 @@ impl Patterns {
     /// `filepath.Clean`ed and stripped of one leading `/`. The results then go through [`from_patterns`].
     ///
     /// [`from_patterns`]: Patterns::from_patterns
-    pub fn parse(text: &str) -> Result<Patterns, PatternError> {
+    pub(crate) fn parse(text: &str) -> Result<Patterns, PatternError> {
         Patterns::build(read_all(text)?)
     }
 
     /// Builds a matcher from already-read patterns with patternmatcher's `New` rules: trim, skip empty,
     /// `filepath.Clean` the whole string (the `!` included, as Go does), then split off `!`.
-    pub fn from_patterns(p: &[&str]) -> Result<Patterns, PatternError> {
+    pub(crate) fn from_patterns(p: &[&str]) -> Result<Patterns, PatternError> {
         Patterns::build(
             p.iter()
                 .enumerate()
@@ -163,7 +163,7 @@ impl Patterns {
     /// Whether BuildKit leaves this context-relative path (forward slashes, no leading `./`) out of the
     /// context. This is the walk's verdict — patternmatcher's `MatchesUsingParentResults` applied from the
     /// top directory down — so it agrees with [`walk`]. The context root (`""` or `.`) is never excluded.
-    pub fn excluded(&self, path: &str) -> bool {
+    pub(crate) fn excluded(&self, path: &str) -> bool {
         if path.is_empty() || path == "." {
             return false;
         }
@@ -185,7 +185,7 @@ impl Patterns {
     /// `a`, `!a/b`, `a`; BuildKit's context walk uses this one.
     ///
     /// [`matches_or_parent_matches`]: Patterns::matches_or_parent_matches
-    pub fn excluded_with_parent(&self, path: &str, parent: &MatchInfo) -> (bool, MatchInfo) {
+    pub(crate) fn excluded_with_parent(&self, path: &str, parent: &MatchInfo) -> (bool, MatchInfo) {
         // A MatchInfo from another matcher carries no usable information (Go returns an error here).
         let parent_matched: &[bool] = if parent.parent_matched.len() == self.patterns.len() {
             &parent.parent_matched
@@ -221,7 +221,7 @@ impl Patterns {
 
     /// patternmatcher's `MatchesOrParentMatches`: each pattern is tried against the path and each of its
     /// parents. BuildKit uses it to check single paths (e.g. the "COPY of an ignored file" lint).
-    pub fn matches_or_parent_matches(&self, path: &str) -> bool {
+    pub(crate) fn matches_or_parent_matches(&self, path: &str) -> bool {
         let mut matched = false;
         for pattern in &self.patterns {
             if pattern.exclusion != matched {
@@ -238,7 +238,7 @@ impl Patterns {
     /// `!` exception could re-include something below it. fsutil's rule: never without exceptions; always
     /// if any exception has wildcards (other than a trailing `/*` or `/**`); otherwise only if an
     /// exception, as text, lies under `dir`.
-    pub fn may_reinclude_under(&self, dir: &str) -> bool {
+    pub(crate) fn may_reinclude_under(&self, dir: &str) -> bool {
         if !self.exclusions {
             return false;
         }
@@ -253,16 +253,16 @@ impl Patterns {
     }
 
     /// Whether any pattern starts with `!`.
-    pub fn has_exclusions(&self) -> bool {
+    pub(crate) fn has_exclusions(&self) -> bool {
         self.exclusions
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
 
     /// The patterns as cleaned (`!` kept), in file order, for hashing into a definition digest.
-    pub fn canonical(&self) -> Vec<String> {
+    pub(crate) fn canonical(&self) -> Vec<String> {
         self.patterns
             .iter()
             .map(|p| {
@@ -355,7 +355,7 @@ fn without_trailing_glob(p: &str) -> &str {
 /// Finds the ignore file BuildKit would use: `<dockerfile>.dockerignore` beside the Dockerfile wins over
 /// `<context>/.dockerignore`. Returns empty patterns and `None` when neither exists.
 /// A file that cannot be read, or a pattern Docker would refuse (pointed at on its line), is an error.
-pub fn load(context: &Path, dockerfile: &Path) -> diag::Result<(Patterns, Option<PathBuf>)> {
+pub(crate) fn load(context: &Path, dockerfile: &Path) -> diag::Result<(Patterns, Option<PathBuf>)> {
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
     for candidate in [PathBuf::from(specific), context.join(".dockerignore")] {
@@ -394,7 +394,8 @@ fn pattern_error(file: &Path, text: &str, e: PatternError) -> Diagnostic {
 /// The context as BuildKit would send it: every included path relative to `root`, sorted, directories
 /// included as entries. Symlinks are entries, never followed. An excluded directory is descended into only
 /// when [`Patterns::may_reinclude_under`] says so, and is then listed only if something under it is.
-pub fn walk(root: &Path, patterns: &Patterns) -> io::Result<Vec<PathBuf>> {
+#[cfg(test)]
+pub(crate) fn walk(root: &Path, patterns: &Patterns) -> io::Result<Vec<PathBuf>> {
     let mut walker = Walker {
         root,
         patterns,
@@ -407,6 +408,7 @@ pub fn walk(root: &Path, patterns: &Patterns) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+#[cfg(test)]
 struct Walker<'a> {
     root: &'a Path,
     patterns: &'a Patterns,
@@ -415,6 +417,7 @@ struct Walker<'a> {
     out: Vec<PathBuf>,
 }
 
+#[cfg(test)]
 impl Walker<'_> {
     /// Walks the directory `rel`; `key` is its slash-separated UTF-8 form that patterns see.
     fn dir(&mut self, key: &str, rel: &Path, info: &MatchInfo) -> io::Result<()> {

@@ -16,7 +16,7 @@ use crate::diag::{Diagnostic, Result};
 
 /// rustls needs one process-wide crypto provider; kiln uses ring (aws-lc would be a slow C build).
 /// Every HTTPS client of kiln's calls this first.
-pub fn install_crypto() {
+pub(crate) fn install_crypto() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // Err means someone installed one already, which serves as well.

@@ -15,10 +15,10 @@ mod reference;
 mod tests;
 
 pub use auth::Options;
-pub use client::install_crypto;
-pub use pull::{fetch_blobs, fetch_manifest, pull};
-pub use push::{Pushed, push, push_manifest};
-pub use reference::{ImageName, valid_component};
+pub(crate) use client::install_crypto;
+pub(crate) use pull::{fetch_blobs, fetch_manifest, pull};
+pub(crate) use push::{push, push_manifest};
+pub(crate) use reference::{ImageName, valid_component};
 
 use std::time::Duration;
 

@@ -26,7 +26,7 @@ use crate::store::Store;
 /// Layouts are keyed by the image manifest's digest, so a layout never changes once renamed into place
 /// and a build reading one is never disturbed by another pulling a newer tag. Blobs the store already
 /// holds are linked, not fetched: pulling an image again transfers only its manifest.
-pub fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
+pub(crate) fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
     let name = ImageName::parse(reference)?;
     block_on(pull_async(store, name, opts))
 }
@@ -215,7 +215,7 @@ async fn download(
 
 /// Fetches the manifest `reference` names (any kind: an image, or an artifact such as a kiln cache),
 /// following an index to its linux/amd64 entry. Returns the manifest bytes, verified against their digest.
-pub fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
+pub(crate) fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
     let name = ImageName::parse(reference)?;
     block_on(async {
         let s = Session::open(name, opts, RegistryOperation::Pull).await?;
@@ -226,7 +226,7 @@ pub fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
 
 /// Downloads the blobs `(digest, size)` of the repository of `reference` into the store (those it lacks),
 /// each hashed and size-checked as it streams.
-pub fn fetch_blobs(
+pub(crate) fn fetch_blobs(
     store: &Store,
     reference: &str,
     blobs: &[(Digest, u64)],

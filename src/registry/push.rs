@@ -17,7 +17,7 @@ use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 
 /// What a push did.
-pub struct Pushed {
+pub(crate) struct Pushed {
     /// The manifest's digest.
     pub digest: String,
     /// The tag already named this manifest, so nothing was uploaded.
@@ -27,7 +27,7 @@ pub struct Pushed {
 /// Pushes the manifest `manifest` and every blob it names (config and layers, read from the OCI layout
 /// at `layout`) to `reference`, sending only the blobs the registry lacks. Unlike `push`, the manifest
 /// need not describe an image (a kiln cache's config is not an image config). Returns its digest.
-pub fn push_manifest(
+pub(crate) fn push_manifest(
     layout: &Path,
     manifest: Vec<u8>,
     reference: &str,
@@ -60,7 +60,12 @@ pub fn push_manifest(
 
 /// Pushes the image tagged `tag` in the OCI layout at `layout` to `reference`: the blobs the registry
 /// lacks (each file streamed and hashed on the way), then the manifest unless the tag already names it.
-pub fn push(layout: &Path, tag: Option<&str>, reference: &str, opts: &Options) -> Result<Pushed> {
+pub(crate) fn push(
+    layout: &Path,
+    tag: Option<&str>,
+    reference: &str,
+    opts: &Options,
+) -> Result<Pushed> {
     let name = ImageName::parse(reference)?;
     if name.digest.is_some() {
         return Err(Diagnostic::input(format!(

@@ -10,7 +10,7 @@ use crate::digest::Digest;
 
 /// An image reference, normalised as docker does: `busybox` is `docker.io/library/busybox:latest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageName {
+pub(crate) struct ImageName {
     /// `host[:port]`; `docker.io` for Docker Hub.
     pub registry: String,
     pub repository: String,
@@ -22,7 +22,7 @@ pub struct ImageName {
 
 impl ImageName {
     /// Parses `[host[:port]/]name[:tag][@digest]` with the grammar of distribution/reference.
-    pub fn parse(reference: &str) -> Result<ImageName> {
+    pub(crate) fn parse(reference: &str) -> Result<ImageName> {
         let bad = |why: &str| {
             Diagnostic::input(format!("invalid image reference `{reference}`: {why}")).help(
                 "write `[HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]`, e.g. `busybox`, `127.0.0.1:5000/team/app:1.0`",
@@ -158,7 +158,7 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`: one path component of an image name (distribution/reference).
-pub fn valid_component(c: &str) -> bool {
+pub(crate) fn valid_component(c: &str) -> bool {
     let b = c.as_bytes();
     let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
     if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {

@@ -9,7 +9,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct BotSession {
+pub(crate) struct BotSession {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(string, tag = "2")]
@@ -28,6 +28,8 @@ pub struct BotSession {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
+// prost's derive gives the messages public accessors returning this enum.
+#[allow(unnameable_types)]
 pub enum BotStatus {
     Unspecified = 0,
     Ok = 1,
@@ -38,6 +40,8 @@ pub enum BotStatus {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
+// prost's derive gives the messages public accessors returning this enum.
+#[allow(unnameable_types)]
 pub enum LeaseState {
     Unspecified = 0,
     Pending = 1,
@@ -47,7 +51,7 @@ pub enum LeaseState {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Lease {
+pub(crate) struct Lease {
     #[prost(string, tag = "7")]
     pub id: String,
     /// What to run: an REAPI `Action`, or the `Digest` of one.
@@ -67,7 +71,7 @@ pub struct Lease {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Worker {
+pub(crate) struct Worker {
     #[prost(message, repeated, tag = "1")]
     pub devices: Vec<Device>,
     #[prost(message, repeated, tag = "2")]
@@ -75,7 +79,7 @@ pub struct Worker {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Device {
+pub(crate) struct Device {
     #[prost(string, tag = "1")]
     pub handle: String,
     #[prost(message, repeated, tag = "2")]
@@ -83,7 +87,7 @@ pub struct Device {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Property {
+pub(crate) struct Property {
     #[prost(string, tag = "1")]
     pub key: String,
     #[prost(string, tag = "2")]
@@ -91,7 +95,7 @@ pub struct Property {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct CreateBotSessionRequest {
+pub(crate) struct CreateBotSessionRequest {
     #[prost(string, tag = "1")]
     pub parent: String,
     #[prost(message, optional, tag = "2")]
@@ -99,7 +103,7 @@ pub struct CreateBotSessionRequest {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct UpdateBotSessionRequest {
+pub(crate) struct UpdateBotSessionRequest {
     #[prost(string, tag = "1")]
     pub name: String,
     #[prost(message, optional, tag = "2")]
@@ -108,12 +112,12 @@ pub struct UpdateBotSessionRequest {
 
 /// A client of the Bots service.
 #[derive(Clone)]
-pub struct BotsClient {
+pub(crate) struct BotsClient {
     grpc: tonic::client::Grpc<Channel>,
 }
 
 impl BotsClient {
-    pub fn new(channel: Channel) -> BotsClient {
+    pub(crate) fn new(channel: Channel) -> BotsClient {
         BotsClient {
             grpc: tonic::client::Grpc::new(channel),
         }
@@ -137,7 +141,7 @@ impl BotsClient {
             .into_inner())
     }
 
-    pub async fn create_bot_session(
+    pub(crate) async fn create_bot_session(
         &mut self,
         req: CreateBotSessionRequest,
     ) -> Result<BotSession, tonic::Status> {
@@ -148,7 +152,7 @@ impl BotsClient {
         .await
     }
 
-    pub async fn update_bot_session(
+    pub(crate) async fn update_bot_session(
         &mut self,
         req: UpdateBotSessionRequest,
     ) -> Result<BotSession, tonic::Status> {

@@ -20,7 +20,7 @@ use crate::solve::{CopyStep, Executor, Layers, LogSink, RunStep, exit_error};
 /// an SSH agent must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host;
 /// `--allow network.host` and `--allow security.insecure` were granted by this build's user for this
 /// machine, not for a worker's.
-pub fn remotable(step: &RunStep) -> bool {
+pub(crate) fn remotable(step: &RunStep) -> bool {
     step.secrets.is_empty()
         && step.mounts.is_empty()
         && step.network != Network::Host
@@ -29,7 +29,7 @@ pub fn remotable(step: &RunStep) -> bool {
 
 /// How the executor uses the server.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// `--remote-executor`: misses run on a remote worker.
     Execute,
     /// `--remote-cache`: misses run here and their results are uploaded.
@@ -41,7 +41,7 @@ pub enum Mode {
 
 /// The REAPI executor: RUN steps go through the server, everything else (and every step with a mount)
 /// runs on the local executor `L`.
-pub struct Remote<L> {
+pub(crate) struct Remote<L> {
     local: L,
     /// The namespace the local executor unpacks into, for the layers rebuilt from remote results.
     ids: crate::layer::Ids,
@@ -59,7 +59,7 @@ enum Blob {
 }
 
 impl<L: Executor> Remote<L> {
-    pub fn new(server: Server, mode: Mode, local: L, ids: crate::layer::Ids) -> Remote<L> {
+    pub(crate) fn new(server: Server, mode: Mode, local: L, ids: crate::layer::Ids) -> Remote<L> {
         Remote {
             local,
             ids,
@@ -67,10 +67,6 @@ impl<L: Executor> Remote<L> {
             mode,
             digests: Mutex::new(HashMap::new()),
         }
-    }
-
-    pub fn server(&self) -> &Server {
-        &self.server
     }
 
     /// The digest of a snapshot's tar, tarring it into `scratch` when not known yet.

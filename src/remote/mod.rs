@@ -23,25 +23,25 @@ use sha2::{Digest as _, Sha256};
 
 use crate::graph::op::Network;
 
-pub mod bots;
+pub(crate) mod bots;
 mod executor;
 mod server;
 #[cfg(test)]
 mod tests;
-pub mod worker;
+pub(crate) mod worker;
 
-pub use executor::{Mode, Remote, remotable};
-pub use server::{Server, parse_url};
+pub(crate) use executor::{Mode, Remote};
+pub(crate) use server::{Server, parse_url};
 
 /// The name of the step's description in the input root.
-pub const STEP_FILE: &str = "step.json";
+pub(crate) const STEP_FILE: &str = "step.json";
 /// The one output path: the step's changes as a layer tar.
-pub const OUTPUT: &str = "upper.tar";
+pub(crate) const OUTPUT: &str = "upper.tar";
 
 /// What a remote step runs: everything a Command cannot carry exactly (REAPI wants the environment
 /// sorted, and has no user or network mode).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct StepSpec {
+pub(crate) struct StepSpec {
     pub version: u32,
     pub args: Vec<String>,
     pub env: Vec<String>,
@@ -50,14 +50,14 @@ pub struct StepSpec {
     pub network: String,
 }
 
-pub fn digest_of(bytes: &[u8]) -> re::Digest {
+pub(crate) fn digest_of(bytes: &[u8]) -> re::Digest {
     re::Digest {
         hash: hex::encode(Sha256::digest(bytes)),
         size_bytes: bytes.len() as i64,
     }
 }
 
-pub fn message_blob<M: prost::Message>(m: &M) -> (re::Digest, Vec<u8>) {
+pub(crate) fn message_blob<M: prost::Message>(m: &M) -> (re::Digest, Vec<u8>) {
     let bytes = m.encode_to_vec();
     (digest_of(&bytes), bytes)
 }
@@ -82,7 +82,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Writes `snapshot` as an uncompressed layer tar to `file`, returning its digest.
-pub fn tar_snapshot(snapshot: &Path, file: &Path) -> io::Result<re::Digest> {
+pub(crate) fn tar_snapshot(snapshot: &Path, file: &Path) -> io::Result<re::Digest> {
     let out = std::fs::File::create(file)?;
     let w = Hashing {
         inner: io::BufWriter::new(out),
@@ -109,7 +109,7 @@ pub(super) fn network_name(n: Network) -> &'static str {
     }
 }
 
-pub fn network_from_name(s: &str) -> Option<Network> {
+pub(crate) fn network_from_name(s: &str) -> Option<Network> {
     match s {
         "default" => Some(Network::Default),
         "none" => Some(Network::None),

@@ -20,14 +20,14 @@ const BATCH_LIMIT: usize = 1 << 20;
 const CHUNK: usize = 1 << 20;
 /// A REAPI server: the address (for messages) and the instance name.
 #[derive(Clone)]
-pub struct Server {
+pub(crate) struct Server {
     pub url: String,
     pub instance: String,
     pub(super) channel: Channel,
 }
 
 /// Parses `grpc://HOST:PORT` (REAPI's plaintext scheme, as in Bazel's `--remote_executor`).
-pub fn parse_url(url: &str) -> std::result::Result<String, String> {
+pub(crate) fn parse_url(url: &str) -> std::result::Result<String, String> {
     let Some(rest) = url.strip_prefix("grpc://") else {
         return Err(if url.starts_with("grpcs://") {
             "TLS (`grpcs://`) is not supported yet; use `grpc://` (behind a TLS-terminating proxy if the link is not trusted)".into()
@@ -47,7 +47,7 @@ pub fn parse_url(url: &str) -> std::result::Result<String, String> {
 
 impl Server {
     /// A lazily connected channel: nothing is dialled until the first call (`check` makes one).
-    pub fn new(url: &str, instance: &str) -> Result<Server> {
+    pub(crate) fn new(url: &str, instance: &str) -> Result<Server> {
         let http = parse_url(url).map_err(|m| {
             Diagnostic::input(format!("bad remote address `{url}`: {m}"))
                 .help("for example `--remote-executor grpc://127.0.0.1:50051`")
@@ -78,7 +78,7 @@ impl Server {
     }
 
     /// Asks the server for its capabilities: a clear error now rather than in the middle of a build.
-    pub async fn check(&self) -> Result<()> {
+    pub(crate) async fn check(&self) -> Result<()> {
         let mut c = re::capabilities_client::CapabilitiesClient::new(self.channel.clone());
         let call = c.get_capabilities(re::GetCapabilitiesRequest {
             instance_name: self.instance.clone(),
@@ -114,7 +114,7 @@ impl Server {
         }
     }
 
-    pub async fn find_missing(&self, digests: Vec<re::Digest>) -> Result<Vec<re::Digest>> {
+    pub(crate) async fn find_missing(&self, digests: Vec<re::Digest>) -> Result<Vec<re::Digest>> {
         if digests.is_empty() {
             return Ok(Vec::new());
         }
@@ -130,7 +130,7 @@ impl Server {
         Ok(r.into_inner().missing_blob_digests)
     }
 
-    pub async fn upload_bytes(&self, digest: &re::Digest, data: Vec<u8>) -> Result<()> {
+    pub(crate) async fn upload_bytes(&self, digest: &re::Digest, data: Vec<u8>) -> Result<()> {
         if data.len() > BATCH_LIMIT {
             let chunks: Vec<Vec<u8>> = data.chunks(CHUNK).map(<[u8]>::to_vec).collect();
             return self
@@ -166,7 +166,7 @@ impl Server {
         Ok(())
     }
 
-    pub async fn upload_file(&self, digest: &re::Digest, path: &Path) -> Result<()> {
+    pub(crate) async fn upload_file(&self, digest: &re::Digest, path: &Path) -> Result<()> {
         let size = usize::try_from(digest.size_bytes).unwrap_or(usize::MAX);
         if size <= BATCH_LIMIT {
             let data = std::fs::read(path)
@@ -243,14 +243,14 @@ impl Server {
     }
 
     /// Reads a blob into memory (for the small ones: Directories, Commands, logs).
-    pub async fn read_bytes(&self, digest: &re::Digest) -> Result<Vec<u8>> {
+    pub(crate) async fn read_bytes(&self, digest: &re::Digest) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         self.read_into(digest, &mut out).await?;
         Ok(out)
     }
 
     /// Streams a blob into `out`, checking its digest.
-    pub async fn read_into<W: Write>(&self, digest: &re::Digest, out: &mut W) -> Result<()> {
+    pub(crate) async fn read_into<W: Write>(&self, digest: &re::Digest, out: &mut W) -> Result<()> {
         let mut sha = Sha256::new();
         let mut n = 0i64;
         if digest.size_bytes > 0 {
@@ -290,7 +290,10 @@ impl Server {
         Ok(())
     }
 
-    pub async fn get_action_result(&self, action: &re::Digest) -> Result<Option<re::ActionResult>> {
+    pub(crate) async fn get_action_result(
+        &self,
+        action: &re::Digest,
+    ) -> Result<Option<re::ActionResult>> {
         let mut c = re::action_cache_client::ActionCacheClient::new(self.channel.clone());
         match c
             .get_action_result(re::GetActionResultRequest {
@@ -306,7 +309,7 @@ impl Server {
         }
     }
 
-    pub async fn update_action_result(
+    pub(crate) async fn update_action_result(
         &self,
         action: &re::Digest,
         result: re::ActionResult,
@@ -325,7 +328,7 @@ impl Server {
 
     /// Executes an Action and waits for it (following the operation through WaitExecution if the
     /// stream ends early).
-    pub async fn execute(&self, action: &re::Digest) -> Result<re::ExecuteResponse> {
+    pub(crate) async fn execute(&self, action: &re::Digest) -> Result<re::ExecuteResponse> {
         let mut c = re::execution_client::ExecutionClient::new(self.channel.clone());
         let mut stream = c
             .execute(re::ExecuteRequest {

@@ -27,7 +27,7 @@ const RESULT_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.A
 /// How often a busy worker tells the server it is alive (BuildGrid drops silent bots after a timeout).
 const KEEPALIVE: Duration = Duration::from_secs(10);
 
-pub struct Worker<E> {
+pub(crate) struct Worker<E> {
     server: Server,
     bot_id: String,
     /// Unpacked input snapshots (`layers/<sha256>`), step dirs and downloads (`tmp/`).
@@ -43,7 +43,7 @@ fn log(line: &str) {
 }
 
 impl<E: RunExit> Worker<E> {
-    pub fn new(
+    pub(crate) fn new(
         server: Server,
         work: PathBuf,
         exec: E,
@@ -65,7 +65,7 @@ impl<E: RunExit> Worker<E> {
 
     /// Serves leases until stopped. A lost session (the server restarted, the network broke) is logged
     /// and replaced by a new one; the server requeues what the old one held.
-    pub async fn serve(self) -> Result<()> {
+    pub(crate) async fn serve(self) -> Result<()> {
         let me = Arc::new(self);
         let mut delay = Duration::from_secs(1);
         loop {

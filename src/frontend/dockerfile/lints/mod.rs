@@ -47,7 +47,7 @@ pub struct Options<'a> {
 /// there are no patterns or some pattern re-includes (`!`), as BuildKit then skips the check. A path
 /// is ignored if a pattern matches it or a parent; the context root only if a pattern is `*`, `**` or
 /// `**/*`.
-pub fn ignored_by(patterns: &Patterns) -> Option<impl Fn(&str) -> bool + '_> {
+pub(crate) fn ignored_by(patterns: &Patterns) -> Option<impl Fn(&str) -> bool + '_> {
     if patterns.is_empty() || patterns.has_exclusions() {
         return None;
     }
