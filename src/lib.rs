@@ -1,16 +1,17 @@
 //! kiln: a build-graph compiler and container-image builder in which secrets cannot leak.
 //!
-//! The pipeline, one module per stage, each depending only on earlier ones:
-//! `graph` (the IR) → `frontend` (Dockerfile and `.build`: syntax → check → lower) → `solve` → `exec` |
-//! `remote` → `export`.
+//! The pipeline (ARCHITECTURE.md has the map and its invariants): `load` (reads source files) →
+//! `frontend` (Dockerfile and `.build`, each syntax → check → lower, sharing what both mean) → `graph`
+//! (the IR and its content-addressed DAG) → `solve` (cache keys, the scheduler, the `Executor` trait) →
+//! `exec` | `remote` (the two executors) → `export`.
 //! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
-//! (key=value lists), `secret` (secret values), `store`, `oci` (image layouts), `registry` (pull and push),
-//! `layer` (the tar codec) and `progress`.
-//! `cli` is the driver that wires the stages together; `monorepo` answers label queries.
+//! (key=value lists), `paths` (Go's path cleaning), `secret` (secret values), `store`, `oci` (image
+//! layouts), `registry` (pull and push), `layer` (the tar codec), `ignore` (`.dockerignore`) and
+//! `progress`. The driver is `cli` (and `monorepo`, which answers label queries).
 //!
 //! The façade, for code that drives kiln (benches, fuzz targets, tests, the driver itself): [`compile`]
 //! turns source into a [`graph::Program`], [`plan`] turns a program into the graph `kiln graph` shows,
-//! and [`build`] runs a [`BuildRequest`].
+//! and [`build`] runs a [`BuildRequest`]. Modules no outside driver needs are private.
 
 /// mimalloc for every kiln binary (and the benches): the compile path is allocation-heavy.
 #[global_allocator]
