@@ -231,32 +231,16 @@ impl Lowerer<'_> {
                 })
             }
             Parsed::SeededCache {
-                mount:
-                    RunMount::Cache {
-                        target,
-                        id,
-                        sharing,
-                        mode,
-                        uid,
-                        gid,
-                        readonly,
-                        ..
-                    },
+                mut mount,
                 from: (name, span),
                 source,
             } => {
                 let node = self.copy_from(span_of(span), &name)?;
                 let input = mount_input(inputs, node);
-                Parsed::Other(RunMount::Cache {
-                    target,
-                    id,
-                    sharing,
-                    mode,
-                    uid,
-                    gid,
-                    readonly,
-                    seed: Some(CacheSeed { input, source }),
-                })
+                if let RunMount::Cache { seed, .. } = &mut mount {
+                    *seed = Some(CacheSeed { input, source });
+                }
+                Parsed::Other(mount)
             }
             other => other,
         })
