@@ -3,7 +3,7 @@
 //! The pipeline (ARCHITECTURE.md has the map and its invariants): `load` (reads source files) →
 //! `frontend` (Dockerfile and `.build`, each syntax → check → lower, sharing what both mean) → `graph`
 //! (the IR and its content-addressed DAG) → `solve` (cache keys, the scheduler, the `Executor` trait) →
-//! `exec` | `remote` (the two executors) → `export`.
+//! `exec` | `remote` (the two executors) → `export`; `pipeline` runs a validated build through them.
 //! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
 //! (key=value lists), `paths` (Go's path cleaning), `secret` (secret values), `store`, `oci` (image
 //! layouts), `registry` (pull and push), `layer` (the tar codec), `ignore` (`.dockerignore`) and
@@ -31,6 +31,7 @@ mod monorepo;
 mod oci;
 mod options;
 mod paths;
+mod pipeline;
 pub mod progress;
 pub mod registry;
 mod remote;
@@ -38,7 +39,7 @@ pub mod secret;
 pub mod solve;
 pub mod store;
 
-pub use cli::BuildRequest;
+pub use pipeline::{BuildRequest, Remote};
 
 /// Runs a validated build ([`BuildRequest`], which `kiln build` makes from its command line): checks
 /// that every secret, agent and entitlement the graph needs is given, solves the graph (here, or on the
@@ -48,7 +49,7 @@ pub use cli::BuildRequest;
 /// An unprivileged caller must have entered its user namespace (`exec::userns::enter`) before any
 /// thread started; the request's construction from the command line does.
 pub fn build(request: BuildRequest) -> diag::Result<solve::Summary> {
-    cli::execute(request)
+    pipeline::execute(request)
 }
 
 /// What [`compile`] reads.

@@ -80,6 +80,11 @@ const TABLE: &[(&str, &[&str])] = &[
     ("exec", &[FOUNDATIONS, "graph", "solve"]),
     ("remote", &[FOUNDATIONS, "graph", "solve"]),
     ("export", &[FOUNDATIONS, "graph", "solve"]),
+    // A validated build run through the stages after the front ends; the driver makes the request.
+    (
+        "pipeline",
+        &[FOUNDATIONS, "graph", "solve", "exec", "remote", "export"],
+    ),
     // The driver wires everything together.
     ("cli", &[ANY]),
     ("monorepo", &[ANY]),
@@ -89,7 +94,7 @@ const TABLE: &[(&str, &[&str])] = &[
 
 /// Invariant "the IR knows no front end": the modules from the IR on, which must not know which
 /// front end a program came from.
-const AFTER_FRONT_ENDS: [&str; 5] = ["graph", "solve", "exec", "remote", "export"];
+const AFTER_FRONT_ENDS: [&str; 6] = ["graph", "solve", "exec", "remote", "export", "pipeline"];
 
 /// Invariant "front ends and graph do no IO": the modules it covers.
 const NO_IO: [&str; 5] = [

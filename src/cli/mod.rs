@@ -2,7 +2,8 @@
 //! and turns every failure into one rendered diagnostic and an exit code.
 //!
 //! `args` holds the clap types, `command_line` the command line as a source text (for carets),
-//! `flags` the parsers of the values `kiln build` takes, `request` the validated [`BuildRequest`];
+//! `flags` the parsers of the values `kiln build` takes, `request` those made into a
+//! [`crate::BuildRequest`] that `crate::build` runs;
 //! each subcommand has its own file.
 
 use std::io::IsTerminal as _;
@@ -11,7 +12,6 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 mod args;
-mod build;
 mod check;
 mod command_line;
 mod compile;
@@ -19,15 +19,12 @@ mod convert;
 mod flags;
 mod fmt;
 mod graph;
-mod leak;
 mod query;
 mod request;
 mod store;
 mod worker;
 
 use args::{Cli, Command};
-pub(crate) use build::execute;
-pub use request::{BuildRequest, Remote};
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
@@ -40,7 +37,7 @@ pub fn main() -> i32 {
     };
     let color = std::io::stderr().is_terminal();
     let result = match cli.command {
-        Command::Build(args) => build::run(*args),
+        Command::Build(args) => request::run(*args),
         Command::Graph(args) => graph::run(args),
         Command::Check(args) => check::run(args),
         Command::Fmt(args) => fmt::run(args),

@@ -1,9 +1,7 @@
-//! [`BuildRequest`]: everything `kiln build` validates before it runs a step — the compiled graph and
-//! its contexts, secrets, SSH agents, entitlements, outputs and pushes, cache imports and exports — so
+//! `kiln build`'s flags made into a [`BuildRequest`]: everything it validates before it runs a step, so
 //! that running the build ([`crate::build`]) starts from values, not flag text.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use super::args::{BuildCmd, CompressionArg, ProgressMode};
 use super::command_line::CommandLine;
@@ -13,53 +11,10 @@ use super::flags::{
     parse_secret, parse_ssh,
 };
 use crate::diag::{Diagnostic, Located, Result, Span};
-use crate::graph::entitlement::Entitlement;
-use crate::graph::{Dag, NamedContext};
+use crate::pipeline::{BuildRequest, Remote};
+
 use crate::progress;
-use crate::secret::{SecretStore, SshSource};
-
-/// A build, validated: what to build, with what, and where its results go.
-pub struct BuildRequest {
-    /// The compiled graph: one root per selected target.
-    pub graph: Dag,
-    /// The directories and images the graph's contexts name (`context`, `--build-context`, packages).
-    pub contexts: BTreeMap<String, NamedContext>,
-    /// `--secret`.
-    pub secrets: SecretStore,
-    /// `--ssh`: the agent (or key files) for each ssh id.
-    pub ssh: BTreeMap<String, SshSource>,
-    /// `--allow`: the entitlements granted to steps.
-    pub allow: Vec<Entitlement>,
-    /// `-o` outputs other than registries.
-    pub outputs: Vec<crate::export::Output>,
-    /// Where to push the image: `-o type=registry` names and, with `--push`, the `-t` names.
-    pub pushes: Vec<String>,
-    /// The first `-t`: the name recorded in an OCI layout's index.
-    pub tag: Option<String>,
-    /// `--cache-to`, each with whether a failure is only a warning (`ignore-error=true`).
-    pub cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
-    /// `--cache-from`.
-    pub cache_from: Vec<crate::solve::shared_cache::Source>,
-    pub registry: crate::registry::Options,
-    /// `SOURCE_DATE_EPOCH`, `--compression` and `--jobs`, as the exporters take them.
-    pub settings: crate::export::Settings,
-    pub no_cache: bool,
-    pub progress: progress::Mode,
-    /// The store directory.
-    pub store: PathBuf,
-    /// `--remote-executor` or `--remote-cache`.
-    pub remote: Option<Remote>,
-}
-
-/// A REAPI server to run steps on, or to use as a shared cache.
-pub struct Remote {
-    pub url: String,
-    /// Where the address is on the command line, for the error when it is not one.
-    pub at: Option<Located>,
-    pub instance: String,
-    /// `--remote-executor` (run steps there), not `--remote-cache` (look results up there).
-    pub execute: bool,
-}
+use crate::secret::SecretStore;
 
 /// The flags that need nothing but themselves, parsed in the order their errors are reported.
 struct Flags {
@@ -69,6 +24,13 @@ struct Flags {
     cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
     cache_from: Vec<crate::solve::shared_cache::Source>,
     epoch: Option<i64>,
+}
+
+/// `kiln build`: the command line made into a request, then run.
+pub(super) fn run(cmd: BuildCmd) -> Result<()> {
+    let cl = CommandLine::capture();
+    let request = BuildRequest::from_command(&cmd, &cl)?;
+    crate::build(request).map(drop)
 }
 
 impl BuildRequest {

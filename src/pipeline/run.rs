@@ -1,25 +1,16 @@
-//! `kiln build`: the command line made into a [`BuildRequest`], then the build run in named steps:
-//! preflight, solve (here or on a REAPI server), the leak guard over every image, export and push, cache
-//! export.
+//! A validated build run in named steps: preflight, solve (here or on a REAPI server), the leak guard over
+//! every image, commit, export and push, cache export.
 
 use std::sync::Arc;
 
-use super::args::BuildCmd;
-use super::command_line::CommandLine;
+use super::BuildRequest;
 use super::leak::leak_error;
-use super::request::BuildRequest;
 use crate::diag::{Diagnostic, Result};
 use crate::graph::Dag;
 use crate::progress::{self, Event};
 use crate::secret::SecretStore;
 use crate::solve::shared_cache::Imported;
 use crate::store::Store;
-
-pub(super) fn run(cmd: BuildCmd) -> Result<()> {
-    let cl = CommandLine::capture();
-    let request = BuildRequest::from_command(&cmd, &cl)?;
-    crate::build(request).map(drop)
-}
 
 /// What the steps of one build share.
 struct Build {
@@ -139,7 +130,7 @@ impl Build {
     fn solve(
         &self,
         solve_opts: crate::solve::SolveOptions,
-        remote: Option<(&super::request::Remote, crate::remote::Mode)>,
+        remote: Option<(&super::Remote, crate::remote::Mode)>,
     ) -> Result<crate::solve::Summary> {
         let (graph, store, reporter) = (&self.graph, &self.store, &self.reporter);
         let runtime = tokio::runtime::Builder::new_multi_thread()
