@@ -23,6 +23,7 @@ pub(crate) struct GitRepo {
 }
 
 /// A revision's tree, resolved in its repository.
+#[derive(Debug)]
 pub(crate) struct GitTree(gix::ObjectId);
 
 impl GitRepo {
@@ -176,7 +177,7 @@ fn write_error(rel: &Path, e: std::io::Error) -> Diagnostic {
     )
 }
 
-/// A new file with exactly `mode`, whatever the umask, as `git archive`'s entries carry it.
+/// A new file with exactly `mode` (git records only 0644 or 0755), whatever the umask.
 fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -186,3 +187,6 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     f.write_all(data)?;
     f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
+
+#[cfg(test)]
+mod tests;
