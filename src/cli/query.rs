@@ -1,11 +1,11 @@
 //! `kiln query` and `kiln affected`: questions about a monorepo's targets, answered without building.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use super::args::{AffectedArgs, QueryArgs, QueryKind};
+use super::command_line::CommandLine;
 use super::compile::monorepo_root;
-use crate::diag::Result;
+use crate::diag::{Diagnostic, Located, Result, Span};
 use crate::frontend::LowerOptions;
 use crate::progress;
 
@@ -44,9 +44,17 @@ pub(super) fn affected(args: AffectedArgs) -> Result<()> {
     };
     let labels = match &args.since {
         Some(rev) => {
-            // git runs here, in the driver: the monorepo compares two trees, wherever they come from.
-            let old = crate::exec::git_checkout(&root, rev)?;
-            let old_root = old.path().join(old_prefix(&root)?);
+            // The older revision is read here, in the driver: the monorepo compares two trees, wherever
+            // they come from.
+            let cl = CommandLine::capture();
+            let located = |d: Diagnostic| d.label(Located::new(&cl.file, cl.span_of(rev)), "");
+            let repo = crate::load::GitRepo::discover(&root).map_err(located)?;
+            let tree = repo.tree(rev).map_err(|e| {
+                cl.error(rev, Span::default(), e)
+                    .help("give a revision git knows, such as HEAD~1, a branch, a tag or a commit")
+            })?;
+            let old = repo.checkout(&tree)?;
+            let old_root = old.path().join(repo.inside(&root)?);
             crate::monorepo::affected_since(&old_root, &root, &opts)?
         }
         None => crate::monorepo::affected_by_files(&root, &args.files, &opts)?,
@@ -55,13 +63,4 @@ pub(super) fn affected(args: AffectedArgs) -> Result<()> {
         progress::stdout(&format!("{l}\n"));
     }
     Ok(())
-}
-
-/// Where the monorepo root sits inside its git work tree.
-fn old_prefix(root: &Path) -> Result<PathBuf> {
-    let top = crate::exec::git_toplevel(root)?;
-    Ok(root
-        .strip_prefix(&top)
-        .unwrap_or(Path::new(""))
-        .to_path_buf())
 }

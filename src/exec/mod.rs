@@ -4,7 +4,6 @@
 //!
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 
-pub mod git;
 pub mod helper;
 pub mod net;
 pub mod remount;
@@ -13,8 +12,6 @@ pub mod sandbox;
 pub mod seccomp;
 pub mod ssh;
 pub mod userns;
-
-pub use git::{git_checkout, git_toplevel};
 
 /// kiln runs for milliseconds to seconds: transparent huge pages only cost it. The allocator's arenas
 /// would each fault in a 2 MiB page the kernel zeroes first (40% of a no-op rebuild's time), for memory

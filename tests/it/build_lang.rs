@@ -217,6 +217,119 @@ fn affected_and_query_name_exactly_the_right_targets() {
     assert_eq!(kiln_in(dir, &["affected", "--since", "HEAD"]), all);
 }
 
+/// Runs git (the judge that makes the history kiln reads) in `dir`; returns its trimmed stdout.
+fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .args(["-c", "user.name=kiln", "-c", "user.email=kiln@example.com"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `affected --since` reads the revision itself: with no `git` on PATH, in a monorepo below the work
+/// tree's top, any revision git accepts names the tree, written as `git archive` gives it (the executable
+/// bit and a symlink compare equal to the work tree's; a submodule is an empty directory).
+#[test]
+fn affected_since_reads_the_revision_without_git() {
+    let top = tempdir("git-top-");
+    let mono = top.path().join("mono");
+    std::fs::rename(monorepo().keep(), &mono).unwrap();
+    let api = mono.join("services/api/main.sh");
+    std::fs::set_permissions(&api, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let web = mono.join("services/web/main.sh");
+    std::fs::remove_file(&web).unwrap();
+    std::os::unix::fs::symlink("../api/main.sh", &web).unwrap();
+    git_in(top.path(), &["init", "-q"]);
+    git_in(top.path(), &["add", "-A"]);
+    git_in(top.path(), &["commit", "-qm", "one"]);
+    let first = git_in(top.path(), &["rev-parse", "HEAD"]);
+    // A submodule (a gitlink to a commit of another repository), which `git archive` writes empty.
+    let gitlink = format!("160000,{first},mono/vendor/sub");
+    git_in(
+        top.path(),
+        &["update-index", "--add", "--cacheinfo", &gitlink],
+    );
+    git_in(top.path(), &["commit", "-qm", "submodule"]);
+    git_in(top.path(), &["tag", "-a", "v1", "-m", "v1"]);
+    git_in(top.path(), &["branch", "before"]);
+    std::fs::set_permissions(&api, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    git_in(top.path(), &["commit", "-qam", "not executable"]);
+
+    let no_git = tempdir("no-git-");
+    let since = |rev: &str| {
+        let out = Kiln::bare()
+            .current_dir(&mono)
+            .env("PATH", no_git.path())
+            .args(["affected", "--since", rev])
+            .run();
+        out.success();
+        out.stdout.lines().map(String::from).collect::<Vec<_>>()
+    };
+    assert!(since("HEAD").is_empty());
+    for rev in ["HEAD~1", "v1", "before", &first[..7], "HEAD^^{tree}"] {
+        assert_eq!(since(rev), ["//services/api:image"], "--since {rev}");
+    }
+    // The symlink's target is what is compared: pointing it elsewhere affects its service.
+    std::fs::remove_file(&web).unwrap();
+    std::os::unix::fs::symlink("../worker/main.sh", &web).unwrap();
+    assert_eq!(since("HEAD"), ["//services/web:image"]);
+}
+
+/// `affected --since` outside a git repository, and with a revision the repository does not have: input
+/// errors (exit 2) pointing at the revision on the command line, each with a hint.
+#[test]
+fn affected_since_errors_name_the_revision() {
+    // Outside the suite's temp dir, which is inside kiln's own repository.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        repo().join("examples/monorepo/kiln.toml"),
+        outside.path().join("kiln.toml"),
+    )
+    .unwrap();
+    let out = Kiln::bare()
+        .current_dir(outside.path())
+        .args(["affected", "--since", "HEAD~1"])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("is not in a git repository")
+            && out.stderr.contains("kiln affected --since HEAD~1")
+            && out.stderr.contains("--files"),
+        "{}",
+        out.stderr
+    );
+
+    let repo_dir = monorepo();
+    let dir = repo_dir.path();
+    git_in(dir, &["init", "-q"]);
+    git_in(dir, &["add", "-A"]);
+    git_in(dir, &["commit", "-qm", "monorepo"]);
+    for rev in ["no-such-branch", "HEAD~5", "HEAD:kiln.toml"] {
+        let out = Kiln::bare()
+            .current_dir(dir)
+            .args(["affected", "--since", rev])
+            .run();
+        out.expect_code(2);
+        assert!(
+            out.stderr.contains(&format!("revision `{rev}`"))
+                && out.stderr.contains(&format!("kiln affected --since {rev}"))
+                && out.stderr.contains(&"^".repeat(rev.len()))
+                && out.stderr.contains(
+                    "give a revision git knows, such as HEAD~1, a branch, a tag or a commit"
+                ),
+            "--since {rev}:\n{}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn converted_examples_and_std_are_formatted() {
     let out = Kiln::bare()
