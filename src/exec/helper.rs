@@ -24,7 +24,7 @@ use super::remount::{remount, remount_readonly};
 use super::rootfs;
 use crate::graph::op::CopyOp;
 
-/// The argv[1] that makes kiln act as the helper.
+/// The `argv[1]` that makes kiln act as the helper.
 pub const HELPER_ARG: &str = "__exec-helper";
 
 #[derive(Serialize, Deserialize)]

@@ -39,7 +39,7 @@ pub struct Options<'a> {
     pub target_at: Option<Located>,
     /// The `.dockerignore` verdict for a cleaned context path (`.` is the context root): `None` when
     /// there is no ignore file or it re-includes anything (BuildKit then skips `CopyIgnoredFile`).
-    /// [`ignored_by`] makes it from the patterns.
+    /// `ignored_by` makes it from the patterns.
     pub ignored: Option<&'a dyn Fn(&str) -> bool>,
 }
 

@@ -88,7 +88,7 @@ fn can_contain_heredoc(node: &Node) -> bool {
 /// Parses a Dockerfile into BuildKit's raw tree. Fails like BuildKit: on a bad or repeated
 /// directive, a JSON array with a non-string, an old-form `ENV`/`LABEL` without a value, an
 /// unterminated heredoc, or a file with no instructions. Every error found is reported (see
-/// [`parse_all`]), the first in the file deciding the message of the `Err`.
+/// `parse_all`), the first in the file deciding the message of the `Err`.
 pub fn parse(file: Arc<SourceFile>) -> Result<Ast, Diagnostic> {
     let (ast, errors) = parse_all(file);
     match Diagnostic::several(errors) {
