@@ -17,6 +17,8 @@ packages+=(openssh-server git debootstrap debian-archive-keyring)
 # The remote execution tests: PostgreSQL for BuildGrid's scheduler (a private cluster per test run), and
 # python3-venv for BuildGrid's own virtualenv (below).
 packages+=(postgresql python3-venv)
+# The ADD tests: xz-utils, bzip2, zstd make the compressed tars kiln must unpack (kiln itself uses Rust crates).
+packages+=(xz-utils bzip2 zstd)
 # slirp4netns: the user-mode network stack that gives a RUN step's own network namespace its outbound
 # path (kiln runs it for every default-network step; rootless podman uses the same helper).
 packages+=(slirp4netns)
