@@ -86,11 +86,18 @@ impl ImageState {
         }
     }
 
-    /// A new stage on this image: ARGs are declared again per stage, so only ENV stays a variable, and
-    /// the stage has set no CMD yet.
+    /// A new stage on this image. As in BuildKit, it starts from the parent's build state, so an ARG
+    /// value the parent set stays a variable (`$X` and a RUN's environment), but the image config's env
+    /// (the base image's and the parent's ENV) is written over it again, so `ENV D=a` then `ARG D` with
+    /// `--build-arg D=b` gives the child `a`. ARG declarations are per stage: a RUN's history lists only
+    /// the ones this stage declares.
     pub(crate) fn begin_stage(&mut self) {
         self.args.clear();
-        self.vars = self.env.clone();
+        let base = &self.base_env;
+        self.vars.retain(|(k, _)| !base.iter().any(|(b, _)| b == k));
+        for (k, v) in &self.env {
+            set(&mut self.vars, k, v);
+        }
         self.cmd_set = false;
     }
 

@@ -350,3 +350,47 @@ fn copy_writes_through_a_destination_symlink() {
             .is_symlink()
     );
 }
+
+/// A stage built `FROM` an earlier stage starts from that stage's build state: an ARG value set there
+/// is still a variable (in a RUN's environment and in `$X`), but the image config's env is written over
+/// it again (`D` is back to the ENV's `a`), the ARG stays out of the config, and a RUN's history lists
+/// only the ARGs its own stage declares. Checked against BuildKit v0.8 (Debian's dockerd), which gave
+/// exactly these files and history lines; current BuildKit copies the parent's state the same way.
+#[test]
+fn a_child_stage_keeps_its_parents_arg_values_but_not_its_declarations() {
+    let built = build(
+        "FROM base AS parent\n\
+         ENV D=a\n\
+         ARG D\n\
+         ARG X=1\n\
+         FROM parent AS child\n\
+         RUN echo \"X=$X D=$D\" > /out\n\
+         ARG X\n\
+         RUN echo \"X2=$X\" >> /out\n\
+         FROM child\n\
+         ARG Y=$X\n\
+         RUN echo \"Y=$Y\" >> /out\n",
+        &[],
+        &["--build-arg", "D=b"],
+    );
+    assert_eq!(built.read("out"), "X=1 D=a\nX2=1\nY=1\n");
+    let env = built.env();
+    assert!(env.contains(&"D=a".to_string()), "{env:?}");
+    assert!(!env.iter().any(|e| e.starts_with("X=")), "{env:?}");
+    let history: Vec<String> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .collect();
+    for run in [
+        "RUN /bin/sh -c echo \"X=$X D=$D\" > /out",
+        "RUN |1 X=1 /bin/sh -c echo \"X2=$X\" >> /out",
+        "RUN |1 Y=1 /bin/sh -c echo \"Y=$Y\" >> /out",
+    ] {
+        assert!(
+            history.iter().any(|h| h.starts_with(run)),
+            "{run}: {history:?}"
+        );
+    }
+}
