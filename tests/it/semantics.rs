@@ -394,3 +394,38 @@ fn a_child_stage_keeps_its_parents_arg_values_but_not_its_declarations() {
         );
     }
 }
+
+/// A base image whose config has a User: WORKDIR's missing directories are that user's, as BuildKit
+/// makes them (it dispatches the image config's User before the stage's lines); a USER in the
+/// Dockerfile still wins. Checked against BuildKit v0.8 (Debian's dockerd, the busybox layer imported
+/// with `USER 4321:99`): `/new`, `/new/dir` and `/new/dir/rel` came out 4321:99.
+#[test]
+fn workdir_creates_missing_directories_as_the_base_images_user() {
+    use std::os::unix::fs::MetadataExt;
+    let base = crate::support::base_image_with(|c| c["User"] = "4321:99".into());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nWORKDIR /new/dir\nWORKDIR rel\nUSER 0\nWORKDIR /root-made\n",
+    )]);
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.path().display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    let owner = |p: &str| {
+        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    for dir in ["new", "new/dir", "new/dir/rel"] {
+        assert_eq!(owner(dir), (4321, 99), "{dir}");
+    }
+    assert_eq!(owner("root-made"), (0, 0));
+    let config = Layout::new(&dest).config();
+    assert_eq!(config["config"]["User"], "0");
+}
