@@ -429,3 +429,44 @@ fn workdir_creates_missing_directories_as_the_base_images_user() {
     let config = Layout::new(&dest).config();
     assert_eq!(config["config"]["User"], "0");
 }
+
+/// A base image's WorkingDir is where relative paths are until the stage's first WORKDIR: a COPY's
+/// relative destination and a relative WORKDIR land under it. Checked against BuildKit v0.8 (the
+/// busybox layer imported with `WORKDIR /srv` and `USER 4321:99`): `/srv/sub/f` root's, `/srv/rel`
+/// 4321:99, and the config's WorkingDir `/srv/rel`.
+#[test]
+fn relative_paths_are_under_the_base_images_working_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let base = crate::support::base_image_with(|c| {
+        c["WorkingDir"] = "/srv".into();
+        c["User"] = "4321:99".into();
+    });
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY f sub/\nWORKDIR rel\n"),
+        ("f", "hi\n"),
+    ]);
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.path().display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    let owner = |p: &str| {
+        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("srv/sub/f")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(owner("srv/sub/f"), (0, 0));
+    assert_eq!(owner("srv/rel"), (4321, 99));
+    assert!(!image.rootfs.join("rel").exists());
+    let config = Layout::new(&dest).config();
+    assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
+}
