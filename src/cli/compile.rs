@@ -266,22 +266,25 @@ pub(super) fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<Stri
     Ok(patterns.canonical())
 }
 
-/// Base image environments from local OCI layouts (a file read, never the network), so `$PATH` in a
+/// Base image configs from local OCI layouts (a file read, never the network), so `$PATH` in a
 /// Dockerfile means the image's PATH. Registry images are not consulted while compiling.
 fn local_image_env() -> crate::frontend::ImageEnv {
     crate::frontend::ImageEnv::new(|reference| {
         let rest = reference.strip_prefix("oci-layout://")?;
         let (dir, tag) = crate::solve::split_layout_ref(rest);
         let image = crate::oci::read_image(Path::new(dir), tag).ok()?;
-        let env = image.config.config().as_ref()?.env().clone()?;
-        Some(
-            env.iter()
-                .filter_map(|e| {
-                    e.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                })
-                .collect(),
-        )
+        let config = image.config.config().as_ref()?;
+        let env = config
+            .env()
+            .iter()
+            .flatten()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let working_dir = config.working_dir().clone().filter(|d| !d.is_empty());
+        Some(crate::frontend::BaseConfig { env, working_dir })
     })
 }
 

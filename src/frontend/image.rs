@@ -14,6 +14,9 @@ pub(crate) struct ImageState {
     pub(crate) env: Vec<(String, String)>,
     /// The base image's environment, when it could be resolved: what `$VAR` falls back to after ENV.
     pub(crate) base_env: Vec<(String, String)>,
+    /// The base image's WorkingDir, when it could be resolved: what a relative path is under until a
+    /// WORKDIR. Not written to the config, which inherits it anyway.
+    pub(crate) base_cwd: Option<String>,
     /// ARGs declared so far: name → value (None: declared without any value).
     pub(crate) args: Vec<(String, Option<String>)>,
     /// The variables as BuildKit's build state holds them on top of the base image's: ENV and every ARG
@@ -30,12 +33,13 @@ pub(crate) struct ImageState {
 }
 
 impl ImageState {
-    /// A fresh image on `fs`, with the base image's environment when it is known.
-    pub(crate) fn new(fs: NodeId, base_env: Vec<(String, String)>) -> ImageState {
+    /// A fresh image on `fs`, with the base image's config when it is known.
+    pub(crate) fn new(fs: NodeId, base: crate::frontend::BaseConfig) -> ImageState {
         ImageState {
             fs,
             env: Vec::new(),
-            base_env,
+            base_env: base.env,
+            base_cwd: base.working_dir,
             args: Vec::new(),
             vars: Vec::new(),
             cwd: None,
@@ -49,6 +53,14 @@ impl ImageState {
     /// What `$name` means here: the build state's variables, then the base image's ENV.
     pub(crate) fn lookup(&self, name: &str) -> Option<String> {
         lookup(&self.vars, &self.base_env, name)
+    }
+
+    /// The working directory relative paths are under: the last WORKDIR, else the base image's.
+    pub(crate) fn dir(&self) -> &str {
+        self.cwd
+            .as_deref()
+            .or(self.base_cwd.as_deref())
+            .unwrap_or("/")
     }
 
     /// Variables a RUN sees beyond the base image's env.
@@ -86,11 +98,18 @@ impl ImageState {
         }
     }
 
-    /// A new stage on this image: ARGs are declared again per stage, so only ENV stays a variable, and
-    /// the stage has set no CMD yet.
+    /// A new stage on this image. As in BuildKit, it starts from the parent's build state, so an ARG
+    /// value the parent set stays a variable (`$X` and a RUN's environment), but the image config's env
+    /// (the base image's and the parent's ENV) is written over it again, so `ENV D=a` then `ARG D` with
+    /// `--build-arg D=b` gives the child `a`. ARG declarations are per stage: a RUN's history lists only
+    /// the ones this stage declares.
     pub(crate) fn begin_stage(&mut self) {
         self.args.clear();
-        self.vars = self.env.clone();
+        let base = &self.base_env;
+        self.vars.retain(|(k, _)| !base.iter().any(|(b, _)| b == k));
+        for (k, v) in &self.env {
+            set(&mut self.vars, k, v);
+        }
         self.cmd_set = false;
     }
 

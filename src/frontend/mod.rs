@@ -18,21 +18,28 @@ use std::collections::BTreeMap;
 use crate::diag::Located;
 use crate::graph::NamedContext;
 
-/// Resolves a base image's environment, so `$PATH` in `ENV PATH=/x:$PATH` means the image's PATH, as in
-/// BuildKit (which resolves image config while converting). Given an expanded image reference; `None`
-/// when the image cannot be looked at now (compile-only, or no local copy).
+/// Resolves a base image's config, so `$PATH` in `ENV PATH=/x:$PATH` means the image's PATH and a
+/// relative WORKDIR is under the image's WorkingDir, as in BuildKit (which resolves image config while
+/// converting). Given an expanded image reference; `None` when the image cannot be looked at now
+/// (compile-only, or no local copy).
 #[derive(Clone, Default)]
 pub struct ImageEnv(Option<std::sync::Arc<ImageEnvFn>>);
 
-type ImageEnvFn = dyn Fn(&str) -> Option<Vec<(String, String)>> + Send + Sync;
+type ImageEnvFn = dyn Fn(&str) -> Option<BaseConfig> + Send + Sync;
+
+/// What lowering needs of a base image's config.
+#[derive(Clone, Debug, Default)]
+pub struct BaseConfig {
+    pub env: Vec<(String, String)>,
+    /// The image's WorkingDir, when it names one.
+    pub working_dir: Option<String>,
+}
 
 impl ImageEnv {
-    pub fn new(
-        f: impl Fn(&str) -> Option<Vec<(String, String)>> + Send + Sync + 'static,
-    ) -> ImageEnv {
+    pub fn new(f: impl Fn(&str) -> Option<BaseConfig> + Send + Sync + 'static) -> ImageEnv {
         ImageEnv(Some(std::sync::Arc::new(f)))
     }
-    pub fn get(&self, reference: &str) -> Vec<(String, String)> {
+    pub fn get(&self, reference: &str) -> BaseConfig {
         self.0
             .as_ref()
             .and_then(|f| f(reference))

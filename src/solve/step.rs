@@ -64,7 +64,15 @@ impl<E: Executor> Shared<E> {
             Op::Run(r) => self.run(r, base, fs, &key, &inputs, id).await?,
             Op::Copy(c) => Ran::plain(self.copy(c, &inputs[1].1, fs).await),
             Op::Mkdir { path, user } => {
-                Ran::plain(self.exec.mkdir(fs, path.clone(), user.clone()).await)
+                // With no USER in the Dockerfile, the base image's User owns the new directories, as
+                // in BuildKit (which dispatches the image config's User before the stage's own lines).
+                let user = user.clone().or_else(|| {
+                    base.base["config"]["User"]
+                        .as_str()
+                        .filter(|u| !u.is_empty())
+                        .map(String::from)
+                });
+                Ran::plain(self.exec.mkdir(fs, path.clone(), user).await)
             }
             _ => unreachable!("only steps reach here"),
         };

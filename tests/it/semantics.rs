@@ -350,3 +350,123 @@ fn copy_writes_through_a_destination_symlink() {
             .is_symlink()
     );
 }
+
+/// A stage built `FROM` an earlier stage starts from that stage's build state: an ARG value set there
+/// is still a variable (in a RUN's environment and in `$X`), but the image config's env is written over
+/// it again (`D` is back to the ENV's `a`), the ARG stays out of the config, and a RUN's history lists
+/// only the ARGs its own stage declares. Checked against BuildKit v0.8 (Debian's dockerd), which gave
+/// exactly these files and history lines; current BuildKit copies the parent's state the same way.
+#[test]
+fn a_child_stage_keeps_its_parents_arg_values_but_not_its_declarations() {
+    let built = build(
+        "FROM base AS parent\n\
+         ENV D=a\n\
+         ARG D\n\
+         ARG X=1\n\
+         FROM parent AS child\n\
+         RUN echo \"X=$X D=$D\" > /out\n\
+         ARG X\n\
+         RUN echo \"X2=$X\" >> /out\n\
+         FROM child\n\
+         ARG Y=$X\n\
+         RUN echo \"Y=$Y\" >> /out\n",
+        &[],
+        &["--build-arg", "D=b"],
+    );
+    assert_eq!(built.read("out"), "X=1 D=a\nX2=1\nY=1\n");
+    let env = built.env();
+    assert!(env.contains(&"D=a".to_string()), "{env:?}");
+    assert!(!env.iter().any(|e| e.starts_with("X=")), "{env:?}");
+    let history: Vec<String> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str().map(String::from))
+        .collect();
+    for run in [
+        "RUN /bin/sh -c echo \"X=$X D=$D\" > /out",
+        "RUN |1 X=1 /bin/sh -c echo \"X2=$X\" >> /out",
+        "RUN |1 Y=1 /bin/sh -c echo \"Y=$Y\" >> /out",
+    ] {
+        assert!(
+            history.iter().any(|h| h.starts_with(run)),
+            "{run}: {history:?}"
+        );
+    }
+}
+
+/// A base image whose config has a User: WORKDIR's missing directories are that user's, as BuildKit
+/// makes them (it dispatches the image config's User before the stage's lines); a USER in the
+/// Dockerfile still wins. Checked against BuildKit v0.8 (Debian's dockerd, the busybox layer imported
+/// with `USER 4321:99`): `/new`, `/new/dir` and `/new/dir/rel` came out 4321:99.
+#[test]
+fn workdir_creates_missing_directories_as_the_base_images_user() {
+    use std::os::unix::fs::MetadataExt;
+    let base = crate::support::base_image_with(|c| c["User"] = "4321:99".into());
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nWORKDIR /new/dir\nWORKDIR rel\nUSER 0\nWORKDIR /root-made\n",
+    )]);
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.path().display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    let owner = |p: &str| {
+        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    for dir in ["new", "new/dir", "new/dir/rel"] {
+        assert_eq!(owner(dir), (4321, 99), "{dir}");
+    }
+    assert_eq!(owner("root-made"), (0, 0));
+    let config = Layout::new(&dest).config();
+    assert_eq!(config["config"]["User"], "0");
+}
+
+/// A base image's WorkingDir is where relative paths are until the stage's first WORKDIR: a COPY's
+/// relative destination and a relative WORKDIR land under it. Checked against BuildKit v0.8 (the
+/// busybox layer imported with `WORKDIR /srv` and `USER 4321:99`): `/srv/sub/f` root's, `/srv/rel`
+/// 4321:99, and the config's WorkingDir `/srv/rel`.
+#[test]
+fn relative_paths_are_under_the_base_images_working_dir() {
+    use std::os::unix::fs::MetadataExt;
+    let base = crate::support::base_image_with(|c| {
+        c["WorkingDir"] = "/srv".into();
+        c["User"] = "4321:99".into();
+    });
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY f sub/\nWORKDIR rel\n"),
+        ("f", "hi\n"),
+    ]);
+    let out = tempdir("out-");
+    let dest = out.path().join("image");
+    Kiln::new()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.path().display()))
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", dest.display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(&dest);
+    let owner = |p: &str| {
+        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("srv/sub/f")).unwrap(),
+        "hi\n"
+    );
+    assert_eq!(owner("srv/sub/f"), (0, 0));
+    assert_eq!(owner("srv/rel"), (4321, 99));
+    assert!(!image.rootfs.join("rel").exists());
+    let config = Layout::new(&dest).config();
+    assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
+}

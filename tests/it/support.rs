@@ -341,6 +341,37 @@ pub(crate) fn base_image() -> &'static Path {
     })
 }
 
+/// A copy of the busybox base whose image config `edit` changed (its `config` object: User, WorkingDir,
+/// OnBuild, ...), with the config, manifest and index blobs rewritten to match.
+pub(crate) fn base_image_with(edit: impl FnOnce(&mut serde_json::Value)) -> TempDir {
+    use sha2::Digest as _;
+    let dir = copy_dir(base_image());
+    let blob = |digest: &str| dir.path().join("blobs/sha256").join(&digest[7..]);
+    let put = |value: &serde_json::Value| {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        write(&blob(&digest), &bytes);
+        (digest, bytes.len())
+    };
+    let read = |digest: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob(digest)).unwrap()).unwrap()
+    };
+    let index_path = dir.path().join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let mut manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+    let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+    edit(&mut config["config"]);
+    let (digest, size) = put(&config);
+    manifest["config"]["digest"] = digest.into();
+    manifest["config"]["size"] = size.into();
+    let (digest, size) = put(&manifest);
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = size.into();
+    write(&index_path, serde_json::to_vec(&index).unwrap());
+    dir
+}
+
 /// Statics are never dropped, so each process's base image outlives it; the next process cleans up.
 fn remove_stale_base_images(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {

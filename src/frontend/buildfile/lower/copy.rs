@@ -73,7 +73,7 @@ impl Evaluator<'_> {
             _ => {}
         }
         let raw_dest = self.expand(img, v[2].str(), at(2))?;
-        let mut dest = join_path(img.cwd.as_deref().unwrap_or("/"), &raw_dest);
+        let mut dest = join_path(img.dir(), &raw_dest);
         if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
             && !dest.ends_with('/')
         {

@@ -37,7 +37,7 @@ impl Evaluator<'_> {
             }
             "scratch" => {
                 let leaf = self.image_leaf("scratch", span);
-                Value::Image(Box::new(self.new_image(leaf, Vec::new())))
+                Value::Image(Box::new(self.new_image(leaf, Default::default())))
             }
             "from" => match &v[0] {
                 Value::Image(img) => {

@@ -55,7 +55,7 @@ impl Evaluator<'_> {
             "arg" => self.arg(&mut img, &v, arg_span(0))?,
             "workdir" => {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
-                let path = join_path(img.cwd.as_deref().unwrap_or("/"), &dir);
+                let path = join_path(img.dir(), &dir);
                 img.cwd = Some(path.clone());
                 let user = img.user.clone();
                 self.push_fs(
@@ -287,7 +287,7 @@ impl Evaluator<'_> {
 
     /// `.dir(path)` and `.file(path)`: a path of the image as a source of its own.
     fn dir_or_file(&mut self, img: &Img, method: &str, v: &[Value], span: Span) -> Value {
-        let path = join_path(img.cwd.as_deref().unwrap_or("/"), v[0].str());
+        let path = join_path(img.dir(), v[0].str());
         if method == "file" {
             return Value::File { node: img.fs, path };
         }

@@ -531,8 +531,8 @@ impl<'s> Evaluator<'s> {
         )
     }
 
-    fn new_image(&self, fs: NodeId, base_env: Vec<(String, String)>) -> Img {
-        ImageState::new(fs, base_env)
+    fn new_image(&self, fs: NodeId, base: crate::frontend::BaseConfig) -> Img {
+        ImageState::new(fs, base)
     }
 }
 

@@ -19,7 +19,7 @@ impl Evaluator<'_> {
                 .err(cmd_span, "run() needs a command")
                 .help("give a shell command, or an argument list such as [\"make\", \"all\"]"));
         }
-        let cwd = img.cwd.clone().unwrap_or_else(|| "/".into());
+        let cwd = img.dir().to_string();
         let (secrets, mounts, extra) = self.run_mounts(img, &v[1], &cwd)?;
         let (network, insecure) = self.run_modes(img, v, span)?;
         self.lint_run(&v[0], &args, &secrets, &mounts, &cwd, span)?;

@@ -69,7 +69,7 @@ impl Lowerer<'_> {
         srcs.extend(inline.iter().map(|(name, _)| name.clone()));
         let mixed = !heredocs.is_empty() && heredocs.len() != sources.len();
         let raw_dest = self.expand(dest, &lookup)?;
-        let mut dest_path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &raw_dest);
+        let mut dest_path = join_path(stage.image.dir(), &raw_dest);
         if (raw_dest.ends_with('/') || raw_dest == "." || raw_dest.ends_with("/."))
             && !dest_path.ends_with('/')
         {

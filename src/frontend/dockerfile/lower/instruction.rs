@@ -15,7 +15,7 @@ impl Lowerer<'_> {
             InstructionKind::Workdir(w) => {
                 self.reject_flags(ins, &[])?;
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
-                let path = join_path(stage.image.cwd.as_deref().unwrap_or("/"), &dir);
+                let path = join_path(stage.image.dir(), &dir);
                 stage.image.cwd = Some(path.clone());
                 let user = stage.image.user.clone();
                 self.push_fs(

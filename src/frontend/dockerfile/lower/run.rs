@@ -209,7 +209,7 @@ impl Lowerer<'_> {
                 flag.value_span
             }
         };
-        let parsed = mount::parse(&text, stage.image.cwd.as_deref().unwrap_or("/"))
+        let parsed = mount::parse(&text, stage.image.dir())
             .map_err(|e| self.error(span_of(e.span), e.message).help(e.help))?;
         Ok(match parsed {
             Parsed::Bind {
