@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::buildfile::syntax::{
-    Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr,
+    BinOp, Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr,
 };
 use super::dockerfile::syntax::ast::{
     Command, Dockerfile, Flag, Healthcheck, Instruction, InstructionKind, Word,
@@ -228,52 +228,93 @@ impl<'a> Converter<'a> {
         shell::expand_word(text, self.df.escape, &lookup).unwrap_or_else(|_| text.to_string())
     }
 
-    /// A FROM word as a `.build` string: `$NAME`/`${NAME}` of a param become interpolations; anything the
-    /// translation cannot keep (quotes, escapes, `${X:-y}`) is expanded now with the defaults.
+    /// A FROM word as a `.build` expression that the params still feed: quotes and escapes resolved
+    /// now, `$NAME`/`${NAME}` of a param an interpolation, `${NAME:-word}`/`${NAME-word}` an `if`. A
+    /// word the translation cannot keep (another `${}` form on a param) is expanded now with the
+    /// defaults.
     fn image_ref(&self, text: &str) -> Expr {
-        let mut parts: Vec<StrPart> = Vec::new();
-        let b = text.as_bytes();
-        let mut i = 0;
-        let mut lit = String::new();
-        let is_param = |n: &str| self.params.iter().any(|(k, _)| k == n && ident_for(k) == n);
-        while i < b.len() {
-            let c = b[i];
-            if c == b'\'' || c == b'"' || c as char == self.df.escape {
-                return s(&self.meta_expand(text));
-            }
-            if c == b'$' {
-                let (name, len) = if b.get(i + 1) == Some(&b'{') {
-                    match text[i + 2..].find('}') {
-                        Some(end) => (&text[i + 2..i + 2 + end], end + 3),
-                        None => return s(&self.meta_expand(text)),
-                    }
-                } else {
-                    let n = text[i + 1..]
-                        .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
-                        .unwrap_or(text.len() - i - 1);
-                    (&text[i + 1..i + 1 + n], n + 1)
+        self.param_expr(text)
+            .unwrap_or_else(|| s(&self.meta_expand(text)))
+    }
+
+    /// A pre-FROM word as an expression of the params, or None when it uses a `${}` form of a param
+    /// that has no `.build` equivalent here.
+    fn param_expr(&self, text: &str) -> Option<Expr> {
+        const MARK: char = '\u{1}';
+        let param = |n: &str| self.params.iter().any(|(k, _)| k == n);
+        // `${NAME:-word}` and `${NAME-word}` with a plain word become markers first, so the lexer
+        // below resolves only quotes, escapes and plain references.
+        let mut defaults: Vec<(String, bool, String)> = Vec::new();
+        let mut marked = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("${") {
+            marked.push_str(&rest[..at]);
+            let after = &rest[at + 2..];
+            let n = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let (name, tail) = after.split_at(n);
+            let close = tail.find('}')?;
+            let modifier = &tail[..close];
+            if modifier.is_empty() || !param(name) {
+                marked.push_str(&rest[at..at + 2 + n + close + 1]);
+            } else {
+                let (colon, word) = match modifier.strip_prefix(":-") {
+                    Some(w) => (true, w),
+                    None => (false, modifier.strip_prefix('-')?),
                 };
-                if !is_param(name) {
-                    return s(&self.meta_expand(text));
+                if word.contains(['$', '\'', '"', self.df.escape]) {
+                    return None;
                 }
-                if !lit.is_empty() {
-                    parts.extend(literal_parts(&std::mem::take(&mut lit)));
-                }
-                parts.push(StrPart::Interp(Expr::name(name)));
-                i += len;
-                continue;
+                marked.push_str(&format!("{MARK}{}{MARK}", defaults.len()));
+                defaults.push((name.to_string(), colon, word.to_string()));
             }
-            let ch = text[i..].chars().next().expect("in bounds");
-            lit.push(ch);
-            i += ch.len_utf8();
+            rest = &tail[close + 1..];
         }
-        if !lit.is_empty() {
-            parts.extend(literal_parts(&lit));
+        marked.push_str(rest);
+        let lookup = |n: &str| -> Option<String> {
+            if param(n) {
+                return Some(format!("{MARK}={n}{MARK}"));
+            }
+            super::dockerfile::syntax::ast::builtin_arg(n).map(String::from)
+        };
+        let expanded = shell::expand_word(&marked, self.df.escape, &lookup).ok()?;
+        if !expanded.contains(MARK) {
+            return None;
         }
-        Expr::new(ExprKind::Str {
-            parts,
-            triple: false,
-        })
+        let mut pieces: Vec<Expr> = Vec::new();
+        let mut parts: Vec<StrPart> = Vec::new();
+        for (i, piece) in expanded.split(MARK).enumerate() {
+            if i % 2 == 0 {
+                if !piece.is_empty() {
+                    parts.extend(literal_parts(piece));
+                }
+            } else if let Some(name) = piece.strip_prefix('=') {
+                parts.push(StrPart::Interp(Expr::name(&ident_for(name))));
+            } else {
+                let (name, colon, word) = &defaults[piece.parse::<usize>().ok()?];
+                let value = Expr::name(&ident_for(name));
+                let unset = if *colon {
+                    binary(BinOp::Eq, interpolated(value.clone()), s(""))
+                } else {
+                    binary(BinOp::Eq, value.clone(), Expr::new(ExprKind::None))
+                };
+                if !parts.is_empty() {
+                    pieces.push(string_of(std::mem::take(&mut parts)));
+                }
+                pieces.push(Expr::new(ExprKind::Paren(Box::new(Expr::new(
+                    ExprKind::If {
+                        cond: Box::new(unset),
+                        then: Box::new(s(word)),
+                        other: Box::new(interpolated(value)),
+                    },
+                )))));
+            }
+        }
+        if !parts.is_empty() || pieces.is_empty() {
+            pieces.push(string_of(parts));
+        }
+        pieces.into_iter().reduce(|a, b| binary(BinOp::Add, a, b))
     }
 
     fn stage_index(&self, name: &str) -> Option<usize> {
@@ -308,8 +349,18 @@ impl<'a> Converter<'a> {
         } else if reference == "scratch" {
             Expr::call(Expr::name("scratch"), vec![], vec![])
         } else if reference.is_empty() {
-            // Compile-only Dockerfile lowering keeps an unresolvable reference as written.
-            Expr::call(Expr::name("image"), vec![s(&image.text)], vec![])
+            // Compile-only Dockerfile lowering keeps a reference that expands to nothing as written;
+            // the params still choose the image when given.
+            let written = s(&image.text);
+            let arg = match self.param_expr(&image.text) {
+                Some(e) => Expr::new(ExprKind::If {
+                    cond: Box::new(binary(BinOp::Eq, e.clone(), s(""))),
+                    then: Box::new(written),
+                    other: Box::new(e),
+                }),
+                None => written,
+            };
+            Expr::call(Expr::name("image"), vec![arg], vec![])
         } else {
             Expr::call(
                 Expr::name("image"),
@@ -881,6 +932,22 @@ fn command(c: &Command) -> Expr {
         Command::Shell(w) => s(&w.text),
         Command::Exec { args, .. } => strings(args),
     }
+}
+
+/// `"${value}"`: a `String?` read as BuildKit reads an unset variable, as empty.
+fn interpolated(value: Expr) -> Expr {
+    string_of(vec![StrPart::Interp(value)])
+}
+
+fn binary(op: BinOp, l: Expr, r: Expr) -> Expr {
+    Expr::new(ExprKind::Binary(op, Box::new(l), Box::new(r)))
+}
+
+fn string_of(parts: Vec<StrPart>) -> Expr {
+    Expr::new(ExprKind::Str {
+        parts,
+        triple: false,
+    })
 }
 
 /// The parts of a string literal meaning `text`.
