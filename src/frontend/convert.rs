@@ -341,11 +341,35 @@ impl<'a> Converter<'a> {
             .take(self.stages.len())
             .position(|s| s.alias.as_deref() == Some(reference.to_ascii_lowercase().as_str()))
         {
-            Expr::call(
-                Expr::name("from"),
-                vec![Expr::name(&self.stages[j].binding)],
-                vec![],
-            )
+            let from = |k: usize| {
+                Expr::call(
+                    Expr::name("from"),
+                    vec![Expr::name(&self.stages[k].binding)],
+                    vec![],
+                )
+            };
+            match self.param_expr(&image.text) {
+                // The params choose the stage (`FROM build-${VARIANT}`): each stage the word could
+                // name is tried in turn, and any other value is an image, as in the Dockerfile.
+                Some(word) => {
+                    let prefix = image.text[..image.text.find('$').unwrap_or(0)]
+                        .trim_start_matches(['"', '\''])
+                        .to_ascii_lowercase();
+                    let mut e = Expr::call(Expr::name("image"), vec![word.clone()], vec![]);
+                    for (k, st) in self.stages[..i].iter().enumerate().rev() {
+                        if let Some(alias) = st.alias.as_deref().filter(|a| a.starts_with(&prefix))
+                        {
+                            e = Expr::new(ExprKind::If {
+                                cond: Box::new(binary(BinOp::Eq, word.clone(), s(alias))),
+                                then: Box::new(from(k)),
+                                other: Box::new(e),
+                            });
+                        }
+                    }
+                    e
+                }
+                None => from(j),
+            }
         } else if reference == "scratch" {
             Expr::call(Expr::name("scratch"), vec![], vec![])
         } else if reference.is_empty() {
