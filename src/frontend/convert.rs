@@ -314,6 +314,11 @@ impl<'a> Converter<'a> {
         if !parts.is_empty() || pieces.is_empty() {
             pieces.push(string_of(parts));
         }
+        if let [only] = pieces.as_mut_slice()
+            && let ExprKind::Paren(inner) = &mut only.kind
+        {
+            return Some(std::mem::replace(&mut **inner, Expr::new(ExprKind::None)));
+        }
         pieces.into_iter().reduce(|a, b| binary(BinOp::Add, a, b))
     }
 
@@ -360,7 +365,7 @@ impl<'a> Converter<'a> {
                         if let Some(alias) = st.alias.as_deref().filter(|a| a.starts_with(&prefix))
                         {
                             e = Expr::new(ExprKind::If {
-                                cond: Box::new(binary(BinOp::Eq, word.clone(), s(alias))),
+                                cond: Box::new(choice(&word, alias)),
                                 then: Box::new(from(k)),
                                 other: Box::new(e),
                             });
@@ -961,6 +966,37 @@ fn command(c: &Command) -> Expr {
 /// `"${value}"`: a `String?` read as BuildKit reads an unset variable, as empty.
 fn interpolated(value: Expr) -> Expr {
     string_of(vec![StrPart::Interp(value)])
+}
+
+/// `word == alias`, read as `PARAM == "middle"` when the word is one param between fixed text
+/// (`build-${VARIANT}` names stage `build-arm` when `VARIANT == "arm"`).
+fn choice(word: &Expr, alias: &str) -> Expr {
+    if let ExprKind::Str { parts, .. } = &word.kind {
+        fn text(p: Option<&StrPart>) -> Option<&str> {
+            match p {
+                Some(StrPart::Text { text, .. }) => Some(text.as_str()),
+                None => Some(""),
+                Some(StrPart::Interp(_)) => None,
+            }
+        }
+        let at = parts.iter().position(|p| matches!(p, StrPart::Interp(_)));
+        if let Some(at) = at
+            && at <= 1
+            && parts.len() - at <= 2
+            && let StrPart::Interp(param) = &parts[at]
+            && matches!(param.kind, ExprKind::Name(_))
+            && let (Some(prefix), Some(suffix)) = (
+                text(at.checked_sub(1).map(|i| &parts[i])),
+                text(parts.get(at + 1)),
+            )
+            && let Some(middle) = alias
+                .strip_prefix(prefix)
+                .and_then(|m| m.strip_suffix(suffix))
+        {
+            return binary(BinOp::Eq, param.clone(), s(middle));
+        }
+    }
+    binary(BinOp::Eq, word.clone(), s(alias))
 }
 
 fn binary(op: BinOp, l: Expr, r: Expr) -> Expr {
