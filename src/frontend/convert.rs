@@ -23,6 +23,7 @@ pub fn dockerfile(df: &Dockerfile) -> Result<String> {
     let mut c = Converter {
         df,
         params: Vec::new(),
+        param_defaults: BTreeMap::new(),
         handles: BTreeMap::new(),
         stages: Vec::new(),
     };
@@ -42,6 +43,8 @@ struct Converter<'a> {
     df: &'a Dockerfile,
     /// Pre-FROM ARGs: name → default (None: declared without one).
     params: Vec<(String, Option<String>)>,
+    /// Defaults of params that read earlier params, as expressions of them.
+    param_defaults: BTreeMap<String, Expr>,
     /// Secret and SSH ids used by mounts → (binding name, is ssh).
     handles: BTreeMap<(bool, String), String>,
     stages: Vec<Stage<'a>>,
@@ -122,6 +125,19 @@ impl<'a> Converter<'a> {
                 InstructionKind::Arg(decls) if self.stages.is_empty() => {
                     for d in decls {
                         let value = d.value.as_ref().map(|w| self.meta_expand(&w.text));
+                        // A default read from earlier params stays an expression of them, so a
+                        // `--build-arg` of those still changes it; one reading itself is folded.
+                        let reads_itself = |w: &Word| {
+                            w.text.contains(&format!("${}", d.key.text))
+                                || w.text.contains(&format!("${{{}", d.key.text))
+                        };
+                        match d.value.as_ref().filter(|w| !reads_itself(w)) {
+                            Some(w) => match self.param_expr(&w.text) {
+                                Some(e) => self.param_defaults.insert(d.key.text.clone(), e),
+                                None => self.param_defaults.remove(&d.key.text),
+                            },
+                            None => self.param_defaults.remove(&d.key.text),
+                        };
                         self.params.retain(|(k, _)| *k != d.key.text);
                         self.params.push((d.key.text.clone(), value));
                     }
@@ -159,7 +175,10 @@ impl<'a> Converter<'a> {
         let mut items = Vec::new();
         for (k, v) in &self.params {
             let (ty, default) = match v {
-                Some(v) => (TypeExpr::named("String"), Some(s(v))),
+                Some(v) => (
+                    TypeExpr::named("String"),
+                    Some(self.param_defaults.get(k).cloned().unwrap_or_else(|| s(v))),
+                ),
                 None => (
                     TypeExpr {
                         kind: super::buildfile::syntax::TypeKind::Optional(Box::new(
