@@ -41,6 +41,10 @@ impl Converter<'_> {
             rest = &tail[close + 1..];
         }
         marked.push_str(rest);
+        // Single quotes would keep a `${NAME-word}` literal, which the markers no longer are.
+        if !defaults.is_empty() && text.contains('\'') {
+            return None;
+        }
         let lookup = |n: &str| -> Option<String> {
             if param(n) {
                 return Some(format!("{MARK}={n}{MARK}"));
