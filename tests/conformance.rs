@@ -767,3 +767,110 @@ fn realworld_converts_to_the_same_graph() {
     assert!(files.len() >= REALWORLD_MIN_PASS);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The global ARGs of a Dockerfile (those before its first FROM), without BuildKit's platform args
+/// and without those whose default reads another (so that the default is what is checked).
+fn global_args(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines().map(str::trim_start) {
+        let upper = line.to_ascii_uppercase();
+        if upper.starts_with("FROM ") {
+            break;
+        }
+        if let Some(decls) = upper.starts_with("ARG ").then(|| &line[4..]) {
+            for decl in decls.split_whitespace() {
+                let name = decl.split('=').next().unwrap_or_default().to_string();
+                let platform = name.contains("PLATFORM")
+                    || ["TARGET", "BUILDOS", "BUILDARCH", "BUILDVARIANT"]
+                        .iter()
+                        .any(|p| name.starts_with(p));
+                let derived = decl.split_once('=').is_some_and(|(_, v)| v.contains('$'));
+                if !platform && !derived && !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+/// `kiln convert` keeps build args as params: with a `--build-arg NAME=v1` for every global ARG (but
+/// those derived from others, which must follow), a real-world Dockerfile and its conversion still
+/// have one root digest (a param folded into a constant at conversion would ignore the value).
+#[test]
+fn realworld_conversions_keep_build_args_as_params() {
+    let Some(dir) = dir() else { return };
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    // `${NAME#prefix}` has no `.build` form: the FROMs that use it are expanded with the defaults.
+    const FOLDED: [&str; 2] = [
+        "moby__buildkit-bench__Dockerfile.Dockerfile",
+        "moby__buildkit__Dockerfile.Dockerfile",
+    ];
+    let work = tempfile::tempdir().unwrap();
+    let context = work.path().join("context");
+    std::fs::create_dir(&context).unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(kiln)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (mut same, mut invalid, mut failures) = (0, 0, Vec::new());
+    for path in sorted_dirs(&dir.join("realworld"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "Dockerfile"))
+    {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let args = global_args(&std::fs::read_to_string(&path).unwrap());
+        if args.is_empty() || FOLDED.contains(&name.as_str()) {
+            continue;
+        }
+        let out = work.path().join(format!("{name}.build"));
+        let (code, _, err) = run(&[
+            "convert".as_ref(),
+            "-f".as_ref(),
+            path.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        if code != Some(0) {
+            failures.push(format!("{name}: convert failed: {err}"));
+            continue;
+        }
+        let build_args: Vec<String> = args.iter().map(|a| format!("{a}=v1")).collect();
+        let digest = |file: &Path| {
+            let mut argv: Vec<&std::ffi::OsStr> = vec!["graph".as_ref(), "--digest".as_ref()];
+            for a in &build_args {
+                argv.push("--build-arg".as_ref());
+                argv.push(a.as_ref());
+            }
+            argv.extend(["-f".as_ref(), file.as_os_str(), context.as_os_str()]);
+            run(&argv)
+        };
+        let (c1, want, e1) = digest(&path);
+        if c1 == Some(2) {
+            // `v1` is no valid value here (a platform, say): the Dockerfile refuses it too.
+            invalid += 1;
+            continue;
+        }
+        let (c2, got, e2) = digest(&out);
+        if c1 != Some(0) || c2 != Some(0) || want != got || want.is_empty() {
+            failures.push(format!(
+                "{name} {build_args:?}: digests differ: {want:?} vs {got:?}\n{e1}{e2}"
+            ));
+        } else {
+            same += 1;
+        }
+    }
+    eprintln!(
+        "convert with build args: {same} real-world Dockerfiles give the same digest, {invalid} refuse the values, {} differ",
+        failures.len()
+    );
+    assert!(same >= 40, "only {same}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

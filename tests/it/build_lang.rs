@@ -456,3 +456,58 @@ fn convert_refuses_a_seeded_cache_mount_with_its_location() {
         assert!(out.stderr.contains(want), "{want:?} in {}", out.stderr);
     }
 }
+
+/// `kiln convert` keeps the build args a FROM reads as params: `ARG BASE`, `ARG V=16`,
+/// `FROM "${BASE}:${V}"` once converted to `image("${BASE}:${V}")` takes `--build-arg BASE=...` and
+/// `V=...` and builds on the busybox base, giving the Dockerfile's own image (it used to fold into
+/// `image(":16")`, which names no image).
+#[test]
+fn converted_from_keeps_its_build_args_and_builds() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE\nARG V=16\nFROM \"${BASE}:${V}\"\nRUN echo built > /v\n",
+    )]);
+    let converted = ctx.path().join("app.build");
+    Kiln::bare()
+        .args(["convert", "-f"])
+        .arg(ctx.path().join("Dockerfile"))
+        .arg("-o")
+        .arg(&converted)
+        .run()
+        .success();
+    let source = std::fs::read_to_string(&converted).unwrap();
+    assert!(
+        source.contains("image(\"${BASE}:${V}\")"),
+        "the FROM stays an expression of the params:\n{source}"
+    );
+    let out = tempdir("out-");
+    // One store, as the secrets example: the second build is the first's graph, so it runs nothing.
+    let store = tempdir("store-");
+    let build = |file: &Path, dest: &Path| {
+        Kiln::build_in(store.path())
+            .arg("--build-arg")
+            .arg(format!("BASE=oci-layout://{}", base_image().display()))
+            .args(["--build-arg", "V=latest", "-f"])
+            .arg(file)
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", dest.display()))
+            .arg(ctx.path())
+            .run()
+            .success()
+            .stdout
+            .clone()
+    };
+    let from_build = build(&converted, &out.path().join("build"));
+    let from_dockerfile = build(&ctx.path().join("Dockerfile"), &out.path().join("docker"));
+    assert_eq!(from_build, from_dockerfile, "one image both ways");
+    let image = unpack(&out.path().join("build"));
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("v")).unwrap(),
+        "built\n",
+        "the RUN ran on the base"
+    );
+    assert!(
+        image.rootfs.join("bin/busybox").exists(),
+        "the image is built on the base BASE and V name (`V=16` would name none)"
+    );
+}

@@ -7,8 +7,11 @@
 
 use std::collections::BTreeMap;
 
+mod params;
+use params::{binary, choice};
+
 use super::buildfile::syntax::{
-    Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr,
+    BinOp, Expr, ExprKind, Ident, Item, ItemKind, Let, Module, StrPart, TypeExpr,
 };
 use super::dockerfile::syntax::ast::{
     Command, Dockerfile, Flag, Healthcheck, Instruction, InstructionKind, Word,
@@ -23,6 +26,7 @@ pub fn dockerfile(df: &Dockerfile) -> Result<String> {
     let mut c = Converter {
         df,
         params: Vec::new(),
+        param_defaults: BTreeMap::new(),
         handles: BTreeMap::new(),
         stages: Vec::new(),
     };
@@ -42,6 +46,8 @@ struct Converter<'a> {
     df: &'a Dockerfile,
     /// Pre-FROM ARGs: name → default (None: declared without one).
     params: Vec<(String, Option<String>)>,
+    /// Defaults of params that read earlier params, as expressions of them.
+    param_defaults: BTreeMap<String, Expr>,
     /// Secret and SSH ids used by mounts → (binding name, is ssh).
     handles: BTreeMap<(bool, String), String>,
     stages: Vec<Stage<'a>>,
@@ -122,6 +128,19 @@ impl<'a> Converter<'a> {
                 InstructionKind::Arg(decls) if self.stages.is_empty() => {
                     for d in decls {
                         let value = d.value.as_ref().map(|w| self.meta_expand(&w.text));
+                        // A default read from earlier params stays an expression of them, so a
+                        // `--build-arg` of those still changes it; one reading itself is folded.
+                        let reads_itself = |w: &Word| {
+                            w.text.contains(&format!("${}", d.key.text))
+                                || w.text.contains(&format!("${{{}", d.key.text))
+                        };
+                        match d.value.as_ref().filter(|w| !reads_itself(w)) {
+                            Some(w) => match self.param_expr(&w.text) {
+                                Some(e) => self.param_defaults.insert(d.key.text.clone(), e),
+                                None => self.param_defaults.remove(&d.key.text),
+                            },
+                            None => self.param_defaults.remove(&d.key.text),
+                        };
                         self.params.retain(|(k, _)| *k != d.key.text);
                         self.params.push((d.key.text.clone(), value));
                     }
@@ -159,7 +178,10 @@ impl<'a> Converter<'a> {
         let mut items = Vec::new();
         for (k, v) in &self.params {
             let (ty, default) = match v {
-                Some(v) => (TypeExpr::named("String"), Some(s(v))),
+                Some(v) => (
+                    TypeExpr::named("String"),
+                    Some(self.param_defaults.get(k).cloned().unwrap_or_else(|| s(v))),
+                ),
                 None => (
                     TypeExpr {
                         kind: super::buildfile::syntax::TypeKind::Optional(Box::new(
@@ -228,52 +250,13 @@ impl<'a> Converter<'a> {
         shell::expand_word(text, self.df.escape, &lookup).unwrap_or_else(|_| text.to_string())
     }
 
-    /// A FROM word as a `.build` string: `$NAME`/`${NAME}` of a param become interpolations; anything the
-    /// translation cannot keep (quotes, escapes, `${X:-y}`) is expanded now with the defaults.
+    /// A FROM word as a `.build` expression that the params still feed: quotes and escapes resolved
+    /// now, `$NAME`/`${NAME}` of a param an interpolation, `${NAME:-word}`/`${NAME-word}` an `if`. A
+    /// word the translation cannot keep (another `${}` form on a param) is expanded now with the
+    /// defaults.
     fn image_ref(&self, text: &str) -> Expr {
-        let mut parts: Vec<StrPart> = Vec::new();
-        let b = text.as_bytes();
-        let mut i = 0;
-        let mut lit = String::new();
-        let is_param = |n: &str| self.params.iter().any(|(k, _)| k == n && ident_for(k) == n);
-        while i < b.len() {
-            let c = b[i];
-            if c == b'\'' || c == b'"' || c as char == self.df.escape {
-                return s(&self.meta_expand(text));
-            }
-            if c == b'$' {
-                let (name, len) = if b.get(i + 1) == Some(&b'{') {
-                    match text[i + 2..].find('}') {
-                        Some(end) => (&text[i + 2..i + 2 + end], end + 3),
-                        None => return s(&self.meta_expand(text)),
-                    }
-                } else {
-                    let n = text[i + 1..]
-                        .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
-                        .unwrap_or(text.len() - i - 1);
-                    (&text[i + 1..i + 1 + n], n + 1)
-                };
-                if !is_param(name) {
-                    return s(&self.meta_expand(text));
-                }
-                if !lit.is_empty() {
-                    parts.extend(literal_parts(&std::mem::take(&mut lit)));
-                }
-                parts.push(StrPart::Interp(Expr::name(name)));
-                i += len;
-                continue;
-            }
-            let ch = text[i..].chars().next().expect("in bounds");
-            lit.push(ch);
-            i += ch.len_utf8();
-        }
-        if !lit.is_empty() {
-            parts.extend(literal_parts(&lit));
-        }
-        Expr::new(ExprKind::Str {
-            parts,
-            triple: false,
-        })
+        self.param_expr(text)
+            .unwrap_or_else(|| s(&self.meta_expand(text)))
     }
 
     fn stage_index(&self, name: &str) -> Option<usize> {
@@ -300,16 +283,50 @@ impl<'a> Converter<'a> {
             .take(self.stages.len())
             .position(|s| s.alias.as_deref() == Some(reference.to_ascii_lowercase().as_str()))
         {
-            Expr::call(
-                Expr::name("from"),
-                vec![Expr::name(&self.stages[j].binding)],
-                vec![],
-            )
+            let from = |k: usize| {
+                Expr::call(
+                    Expr::name("from"),
+                    vec![Expr::name(&self.stages[k].binding)],
+                    vec![],
+                )
+            };
+            match self.param_expr(&image.text) {
+                // The params choose the stage (`FROM build-${VARIANT}`): each stage the word could
+                // name is tried in turn, and any other value is an image, as in the Dockerfile.
+                Some(word) => {
+                    let prefix = image.text[..image.text.find('$').unwrap_or(0)]
+                        .trim_start_matches(['"', '\''])
+                        .to_ascii_lowercase();
+                    let mut e = Expr::call(Expr::name("image"), vec![word.clone()], vec![]);
+                    for (k, st) in self.stages[..i].iter().enumerate().rev() {
+                        if let Some(alias) = st.alias.as_deref().filter(|a| a.starts_with(&prefix))
+                        {
+                            e = Expr::new(ExprKind::If {
+                                cond: Box::new(choice(&word, alias)),
+                                then: Box::new(from(k)),
+                                other: Box::new(e),
+                            });
+                        }
+                    }
+                    e
+                }
+                None => from(j),
+            }
         } else if reference == "scratch" {
             Expr::call(Expr::name("scratch"), vec![], vec![])
         } else if reference.is_empty() {
-            // Compile-only Dockerfile lowering keeps an unresolvable reference as written.
-            Expr::call(Expr::name("image"), vec![s(&image.text)], vec![])
+            // Compile-only Dockerfile lowering keeps a reference that expands to nothing as written;
+            // the params still choose the image when given.
+            let written = s(&image.text);
+            let arg = match self.param_expr(&image.text) {
+                Some(e) => Expr::new(ExprKind::If {
+                    cond: Box::new(binary(BinOp::Eq, e.clone(), s(""))),
+                    then: Box::new(written),
+                    other: Box::new(e),
+                }),
+                None => written,
+            };
+            Expr::call(Expr::name("image"), vec![arg], vec![])
         } else {
             Expr::call(
                 Expr::name("image"),
