@@ -3,16 +3,19 @@
 //! v0.8 (Debian's dockerd) on the same busybox base, which gave what these tests expect except where a
 //! test names a later BuildKit change.
 
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::support::{Kiln, Layout, Unpacked, context, tempdir, tool, unpack};
+use crate::support::{Kiln, Layout, Unpacked, base_image, context, tempdir, tool, unpack};
 
 /// A built image: its unpacked filesystem and its config.
 struct Built {
     image: Unpacked,
     config: Value,
+    /// The OCI layout it was written to.
+    layout: PathBuf,
     _out: tempfile::TempDir,
 }
 
@@ -24,6 +27,12 @@ impl Built {
 
     fn env(&self) -> Vec<String> {
         strings(&self.config["config"]["Env"])
+    }
+
+    /// The uid and gid that own `path` in the image.
+    fn owner(&self, path: &str) -> (u32, u32) {
+        let m = std::fs::metadata(self.image.rootfs.join(path)).unwrap();
+        (m.uid(), m.gid())
     }
 }
 
@@ -38,19 +47,26 @@ fn build(dockerfile: &str, files: &[(&str, &str)], args: &[&str]) -> Built {
     let mut all = vec![("Dockerfile", dockerfile)];
     all.extend_from_slice(files);
     let ctx = context(&all);
+    build_context(ctx.path(), base_image(), args)
+}
+
+/// Builds the context at `ctx` on the image layout `base` (the Dockerfile's `base`).
+fn build_context(ctx: &Path, base: &Path, args: &[&str]) -> Built {
     let out = tempdir("out-");
     let dest: PathBuf = out.path().join("image");
     Kiln::new()
-        .with_base()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.display()))
         .args(args.iter().copied())
         .arg("-o")
         .arg(format!("type=oci,dest={}", dest.display()))
-        .arg(ctx.path())
+        .arg(ctx)
         .run()
         .success();
     Built {
         image: unpack(&dest),
         config: Layout::new(&dest).config(),
+        layout: dest,
         _out: out,
     }
 }
@@ -151,7 +167,6 @@ fn entrypoint_drops_a_cmd_the_stage_did_not_set() {
 /// too, where no shell could have set it.
 #[test]
 fn run_users_get_runcs_group_and_home() {
-    use std::os::unix::fs::MetadataExt;
     let built = build(
         "FROM base\n\
          RUN [\"/bin/sh\", \"-c\", \"echo $HOME > /home-root; mkdir -m 777 /out\"]\n\
@@ -168,10 +183,7 @@ fn run_users_get_runcs_group_and_home() {
     assert_eq!(built.read("out/home-app"), "/home/appuser\n");
     assert_eq!(built.read("out/home-numeric"), "/\n");
     assert_eq!(built.read("out/home-env"), "/set-by-env\n");
-    let owner = |p: &str| {
-        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let owner = |p: &str| built.owner(p);
     assert_eq!(owner("out/home-app"), (1000, 1000));
     assert_eq!(owner("out/home-numeric"), (4321, 0));
 }
@@ -180,7 +192,6 @@ fn run_users_get_runcs_group_and_home() {
 /// `WithUser` does (a numeric user there is uid and gid, as for `--chown`); existing ones keep theirs.
 #[test]
 fn workdir_creates_missing_directories_as_the_user() {
-    use std::os::unix::fs::MetadataExt;
     let built = build(
         "FROM base\n\
          WORKDIR /made-by-root\n\
@@ -192,10 +203,7 @@ fn workdir_creates_missing_directories_as_the_user() {
         &[],
         &[],
     );
-    let owner = |p: &str| {
-        let m = std::fs::metadata(built.image.rootfs.join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let owner = |p: &str| built.owner(p);
     assert_eq!(owner("made-by-root"), (0, 0));
     assert_eq!(owner("new"), (1000, 1000));
     assert_eq!(owner("new/dir"), (1000, 1000));
@@ -237,16 +245,8 @@ fn add_unpacks_xz_bzip2_and_zstd_tars() {
     }
     tool("xz", &["-k", &format!("{root}/plain")]);
     std::fs::remove_dir_all(ctx.path().join("pkg")).unwrap();
-    let out = tempdir("out-");
-    let dest = out.path().join("image");
-    Kiln::new()
-        .with_base()
-        .arg("-o")
-        .arg(format!("type=oci,dest={}", dest.display()))
-        .arg(ctx.path())
-        .run()
-        .success();
-    let image = unpack(&dest);
+    let built = build_context(ctx.path(), base_image(), &[]);
+    let image = &built.image;
     for dir in ["xz", "bz2", "zst"] {
         let got = std::fs::read_to_string(image.rootfs.join(dir).join("pkg/a.txt"));
         assert_eq!(got.ok().as_deref(), Some("from the archive\n"), "{dir}");
@@ -263,23 +263,14 @@ fn add_unpacks_xz_bzip2_and_zstd_tars() {
 /// helper over an overlay). The layer tar holds a link entry, and umoci unpacks one inode.
 #[test]
 fn hard_links_in_the_context_stay_linked() {
-    use std::os::unix::fs::MetadataExt;
     let ctx = context(&[
         ("Dockerfile", "FROM base\nCOPY . /dst/\nCOPY . /tmp/dst/\n"),
         ("a.txt", "linked content\n"),
         ("sub/single.txt", "linked content\n"),
     ]);
     std::fs::hard_link(ctx.path().join("a.txt"), ctx.path().join("sub/b.txt")).unwrap();
-    let out = tempdir("out-");
-    let dest = out.path().join("image");
-    Kiln::new()
-        .with_base()
-        .arg("-o")
-        .arg(format!("type=oci,dest={}", dest.display()))
-        .arg(ctx.path())
-        .run()
-        .success();
-    let image = unpack(&dest);
+    let built = build_context(ctx.path(), base_image(), &[]);
+    let image = &built.image;
     for dir in ["dst", "tmp/dst"] {
         let ino = |p: &str| {
             std::fs::metadata(image.rootfs.join(dir).join(p))
@@ -293,7 +284,7 @@ fn hard_links_in_the_context_stay_linked() {
             "{dir}: same content alone"
         );
     }
-    let layers = Layout::new(&dest).layer_tars();
+    let layers = Layout::new(&built.layout).layer_tars();
     let listing: Vec<String> = layers
         .iter()
         .flat_map(|tar| {
@@ -401,32 +392,18 @@ fn a_child_stage_keeps_its_parents_arg_values_but_not_its_declarations() {
 /// with `USER 4321:99`): `/new`, `/new/dir` and `/new/dir/rel` came out 4321:99.
 #[test]
 fn workdir_creates_missing_directories_as_the_base_images_user() {
-    use std::os::unix::fs::MetadataExt;
     let base = crate::support::base_image_with(|c| c["User"] = "4321:99".into());
     let ctx = context(&[(
         "Dockerfile",
         "FROM base\nWORKDIR /new/dir\nWORKDIR rel\nUSER 0\nWORKDIR /root-made\n",
     )]);
-    let out = tempdir("out-");
-    let dest = out.path().join("image");
-    Kiln::new()
-        .arg("--build-context")
-        .arg(format!("base=oci-layout://{}", base.path().display()))
-        .arg("-o")
-        .arg(format!("type=oci,dest={}", dest.display()))
-        .arg(ctx.path())
-        .run()
-        .success();
-    let image = unpack(&dest);
-    let owner = |p: &str| {
-        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let built = build_context(ctx.path(), base.path(), &[]);
+    let owner = |p: &str| built.owner(p);
     for dir in ["new", "new/dir", "new/dir/rel"] {
         assert_eq!(owner(dir), (4321, 99), "{dir}");
     }
     assert_eq!(owner("root-made"), (0, 0));
-    let config = Layout::new(&dest).config();
+    let config = &built.config;
     assert_eq!(config["config"]["User"], "0");
 }
 
@@ -436,7 +413,6 @@ fn workdir_creates_missing_directories_as_the_base_images_user() {
 /// 4321:99, and the config's WorkingDir `/srv/rel`.
 #[test]
 fn relative_paths_are_under_the_base_images_working_dir() {
-    use std::os::unix::fs::MetadataExt;
     let base = crate::support::base_image_with(|c| {
         c["WorkingDir"] = "/srv".into();
         c["User"] = "4321:99".into();
@@ -445,21 +421,9 @@ fn relative_paths_are_under_the_base_images_working_dir() {
         ("Dockerfile", "FROM base\nCOPY f sub/\nWORKDIR rel\n"),
         ("f", "hi\n"),
     ]);
-    let out = tempdir("out-");
-    let dest = out.path().join("image");
-    Kiln::new()
-        .arg("--build-context")
-        .arg(format!("base=oci-layout://{}", base.path().display()))
-        .arg("-o")
-        .arg(format!("type=oci,dest={}", dest.display()))
-        .arg(ctx.path())
-        .run()
-        .success();
-    let image = unpack(&dest);
-    let owner = |p: &str| {
-        let m = std::fs::metadata(image.rootfs.join(p)).unwrap();
-        (m.uid(), m.gid())
-    };
+    let built = build_context(ctx.path(), base.path(), &[]);
+    let image = &built.image;
+    let owner = |p: &str| built.owner(p);
     assert_eq!(
         std::fs::read_to_string(image.rootfs.join("srv/sub/f")).unwrap(),
         "hi\n"
@@ -467,6 +431,6 @@ fn relative_paths_are_under_the_base_images_working_dir() {
     assert_eq!(owner("srv/sub/f"), (0, 0));
     assert_eq!(owner("srv/rel"), (4321, 99));
     assert!(!image.rootfs.join("rel").exists());
-    let config = Layout::new(&dest).config();
+    let config = &built.config;
     assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
 }
