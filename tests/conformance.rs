@@ -698,26 +698,27 @@ fn realworld_dockerfiles_lower_to_graphs() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// Runs the kiln binary: its exit code, stdout and stderr.
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// `kiln convert` on every real-world Dockerfile: the `.build` source compiles to the same root digest
 /// as the Dockerfile, and `kiln fmt` leaves it unchanged.
 #[test]
 fn realworld_converts_to_the_same_graph() {
     let Some(dir) = dir() else { return };
-    let kiln = env!("CARGO_BIN_EXE_kiln");
     let work = tempfile::tempdir().unwrap();
     let context = work.path().join("context");
     std::fs::create_dir(&context).unwrap();
-    let run = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(kiln)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let mut files: Vec<PathBuf> = sorted_dirs(&dir.join("realworld"))
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "Dockerfile"))
@@ -800,7 +801,6 @@ fn global_args(text: &str) -> Vec<String> {
 #[test]
 fn realworld_conversions_keep_build_args_as_params() {
     let Some(dir) = dir() else { return };
-    let kiln = env!("CARGO_BIN_EXE_kiln");
     // `${NAME#prefix}` has no `.build` form: the FROMs that use it are expanded with the defaults.
     const FOLDED: [&str; 2] = [
         "moby__buildkit-bench__Dockerfile.Dockerfile",
@@ -809,17 +809,6 @@ fn realworld_conversions_keep_build_args_as_params() {
     let work = tempfile::tempdir().unwrap();
     let context = work.path().join("context");
     std::fs::create_dir(&context).unwrap();
-    let run = |args: &[&std::ffi::OsStr]| {
-        let out = std::process::Command::new(kiln)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let (mut same, mut invalid, mut failures) = (0, 0, Vec::new());
     for path in sorted_dirs(&dir.join("realworld"))
         .into_iter()
