@@ -12,6 +12,7 @@ pub mod context;
 mod executor;
 mod fetch;
 mod git;
+mod git_ssh;
 mod import;
 mod key;
 mod leak;

@@ -146,10 +146,11 @@ fn insecure_steps_compile_and_are_refused() {
 }
 
 /// `kiln graph` works on any Dockerfile offline: an ADD of a git repository is a leaf of the graph.
-/// Over SSH, building it is refused before anything runs (solving starts no `ssh`); over HTTP(S) it is
-/// cloned (`add_git.rs`), and HTTP(S) files are fetched (`add_url.rs`).
+/// Over SSH, building it without the `default` agent is refused before anything runs (with one, it is
+/// cloned: `add_git_ssh.rs`); over HTTP(S) it is cloned (`add_git.rs`), and HTTP(S) files are fetched
+/// (`add_url.rs`).
 #[test]
-fn add_from_a_git_url_over_ssh_compiles_and_is_refused_at_build_time() {
+fn add_from_a_git_url_over_ssh_compiles_and_needs_the_default_agent() {
     let ctx = context(&[(
         "Dockerfile",
         "FROM base\nARG CRED\nADD ssh://user:${CRED}@example.com/repo.git#main /src\n",
@@ -166,7 +167,8 @@ fn add_from_a_git_url_over_ssh_compiles_and_is_refused_at_build_time() {
     assert!(
         build
             .stderr
-            .contains("ADD from `ssh://example.com/repo.git#main` is not supported yet")
+            .contains("`ssh://example.com/repo.git#main` is fetched over SSH")
+            && build.stderr.contains("--ssh default")
             && build.stderr.contains("Dockerfile:3:")
             && !build.stderr.contains("hunter2-tok"),
         "{}",

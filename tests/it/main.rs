@@ -4,6 +4,7 @@
 mod support;
 
 mod add_git;
+mod add_git_ssh;
 mod add_url;
 mod bad_secret;
 mod build_lang;
