@@ -133,11 +133,17 @@ fn clone(
         .as_deref()
         .map_or(String::new(), |r| format!(" at `{r}`"));
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        Diagnostic::build(format!(
-            "cannot {what} `{shown}`{at}: {}",
-            scrub(&e.to_string(), url, secret)
-        ))
-        .help("check the repository URL and that the ref (a branch, a tag or a full commit id) exists")
+        let text = scrub(&e.to_string(), url, secret);
+        let help = if text.contains("credentials") || text.contains("401") {
+            if secret.is_some() {
+                "the server refused the GIT_AUTH_HEADER/GIT_AUTH_TOKEN secret given; check its value and scope"
+            } else {
+                "the server asks for credentials: pass a token as BuildKit takes it, `--secret id=GIT_AUTH_TOKEN,env=VAR` (or `GIT_AUTH_TOKEN.<host>`, or a whole header as `GIT_AUTH_HEADER`)"
+            }
+        } else {
+            "check the repository URL and that the ref (a branch, a tag or a full commit id) exists"
+        };
+        Diagnostic::build(format!("cannot {what} `{shown}`{at}: {text}")).help(help)
     };
     crate::registry::install_crypto();
     let staging = store.temp_dir("git-")?;

@@ -2,7 +2,8 @@
 //! `tests/fixtures/git-http-server.py`; git here only makes and serves the repository, kiln clones with
 //! gix): the remote's HEAD, a tag, a branch, a full commit id, `#ref:subdir`, `--keep-git-dir`, file modes
 //! and symlinks as committed, a rebuild that runs nothing, and located errors for an unknown ref and a
-//! commit that `--checksum` does not pin. Images are judged with umoci.
+//! commit that `--checksum` does not pin; BuildKit's `GIT_AUTH_TOKEN`/`GIT_AUTH_HEADER` secrets against a
+//! server that wants them. Images are judged with umoci.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::MetadataExt as _;
@@ -51,6 +52,15 @@ impl GitServer {
     /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two", a symlink
     /// `escape` to `/etc`).
     fn start() -> GitServer {
+        GitServer::serve(None)
+    }
+
+    /// The same repository, served only to requests with one of these `Authorization` values.
+    fn private(accepted: &[&str]) -> GitServer {
+        GitServer::serve(Some(accepted))
+    }
+
+    fn serve(accepted: Option<&[&str]>) -> GitServer {
         let root = tempdir("git-");
         let work = root.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -75,9 +85,16 @@ impl GitServer {
         git(&work, &["branch", "other"]);
         let main = git(&work, &["rev-parse", "HEAD"]);
         git(root.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
-        let mut child = Command::new("python3")
+        let mut server = Command::new("python3");
+        server
             .arg(repo().join("tests/fixtures/git-http-server.py"))
-            .arg(root.path())
+            .arg(root.path());
+        if let Some(accepted) = accepted {
+            let file = root.path().join("accepted");
+            write(&file, accepted.join("\n"));
+            server.arg(file);
+        }
+        let mut child = server
             .stdout(Stdio::piped())
             .spawn()
             .expect("cannot run python3");
@@ -210,5 +227,85 @@ fn git_fetch_failures_are_located_errors() {
             "{url}: {}",
             out.stderr
         );
+    }
+}
+
+/// BuildKit's git auth secrets: `GIT_AUTH_TOKEN` goes to the server as basic auth for `x-access-token`,
+/// `GIT_AUTH_HEADER` as the whole `Authorization` value, a `.<host:port>` suffix scopes either to one
+/// server (and wins over the unscoped one). Without them the private repository is a located error; the
+/// token reaches no output, no file of the store and no layer.
+#[test]
+fn git_auth_secrets_authenticate_as_buildkit_sends_them() {
+    use base64::Engine as _;
+    let token = "gh-tok3n-Qz81vW";
+    let header = "Bearer hdr-s3cret-Lm52kP";
+    let basic = format!(
+        "basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+    );
+    let server = GitServer::private(&[&basic, header]);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM base\nADD --keep-git-dir=true {} /src\n",
+            server.url("#v1")
+        ),
+    )]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+
+    let out = build(Kiln::new(), ctx.path(), &dest);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("Dockerfile:2:") && out.stderr.contains("GIT_AUTH_TOKEN"),
+        "{}",
+        out.stderr
+    );
+
+    let secrets = tempdir("secrets-");
+    let header_file = secrets.path().join("header");
+    write(&header_file, format!("{header}\n"));
+    let wrong = secrets.path().join("wrong");
+    write(&wrong, "not-the-token");
+    let out = build(
+        Kiln::new()
+            .arg("--secret")
+            .arg(format!("id=GIT_AUTH_TOKEN,src={}", wrong.display())),
+        ctx.path(),
+        &dest,
+    );
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("refused the GIT_AUTH_HEADER/GIT_AUTH_TOKEN secret")
+            && out.stderr.contains("Dockerfile:2:"),
+        "{}",
+        out.stderr
+    );
+    let scoped = format!("GIT_AUTH_HEADER.127.0.0.1:{}", server.port);
+    let runs = [
+        Kiln::new()
+            .env("TOK", token)
+            .args(["--secret", "id=GIT_AUTH_TOKEN,env=TOK"]),
+        // The scoped header wins over a wrong unscoped token.
+        Kiln::new()
+            .arg("--secret")
+            .arg(format!("id={scoped},src={}", header_file.display()))
+            .arg("--secret")
+            .arg(format!("id=GIT_AUTH_TOKEN,src={}", wrong.display())),
+    ];
+    for kiln in runs {
+        let out = build(kiln.clone(), ctx.path(), &dest);
+        out.success();
+        let image = unpack(&dest);
+        assert_eq!(
+            std::fs::read_to_string(image.rootfs.join("src/a.txt")).unwrap(),
+            "one\n"
+        );
+        assert!(!out.stderr.contains(token) && !out.stderr.contains(&basic));
+        for place in [&dest, kiln.store()] {
+            let found = crate::support::leaks_under(place, &[token.as_bytes(), header.as_bytes()]);
+            assert!(found.is_empty(), "in {}: {found:?}", place.display());
+        }
     }
 }
