@@ -25,6 +25,7 @@ use petgraph::stable_graph::NodeIndex;
 use super::Executor;
 use super::context::HostDir;
 use super::git_ssh;
+use super::git_submodule;
 use super::key::CACHE_DOMAIN;
 use super::schedule::{Output, Shared};
 use crate::diag::{Diagnostic, Result};
@@ -35,11 +36,11 @@ use crate::secret::{SecretStore, SshSource};
 use crate::store::Store;
 
 /// How the clone may authenticate: an `Authorization` header for HTTP(S), an agent for SSH.
-#[derive(Default)]
-struct Access {
+#[derive(Clone, Default)]
+pub(super) struct Access {
     /// The whole `http.extraHeader` config value, `Authorization: ...`; wiped when dropped.
-    header: Option<zeroize::Zeroizing<String>>,
-    ssh: Option<SshSource>,
+    pub(super) header: Option<zeroize::Zeroizing<String>>,
+    pub(super) ssh: Option<SshSource>,
 }
 
 impl<E: Executor> Shared<E> {
@@ -116,9 +117,9 @@ impl<E: Executor> Shared<E> {
     }
 }
 
-/// Clones `url` into the store's `tmp/` and checks out its ref. Returns the directory (named by the
-/// commit, so builds that check out the same commit share it and its stat cache), the commit id and the
-/// subdirectory to take.
+/// Clones `url` into the store's `tmp/` and checks out its ref, then its submodules. Returns the
+/// directory (named by the commit, so builds that check out the same commit share it and its stat cache),
+/// the commit id and the subdirectory to take.
 fn clone(
     store: &Store,
     url: &str,
@@ -127,13 +128,48 @@ fn clone(
 ) -> Result<(PathBuf, String, Option<String>)> {
     let git = GitRef::parse(url);
     let shown = remote::redacted(url);
-    let secret = access.header.as_ref().map(|h| h.as_str());
     let at = git
         .reference
         .as_deref()
         .map_or(String::new(), |r| format!(" at `{r}`"));
+    crate::registry::install_crypto();
+    let staging = store.temp_dir("git-")?;
+    let work = staging.path().join("tree");
+    let (commit, gitlinks) = fetch_tree(&git.repo, git.reference.as_deref(), &work, access)?;
+    git_submodule::check_out(&git.repo, &work, gitlinks, access, keep_git_dir)?;
+    let subdir = match &git.subdir {
+        Some(s) => Some(subdirectory(&work, s).map_err(|e| {
+            Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`: {e}"))
+                .help("after `#ref:` name a directory of the repository")
+        })?),
+        None => None,
+    };
+    if !keep_git_dir {
+        std::fs::remove_dir_all(work.join(".git"))
+            .map_err(|e| Diagnostic::io("cannot remove the clone's .git", e))?;
+    }
+    // `-sub`: checkouts made before submodules were checked out lack them, and must not be taken.
+    let dir = store.root().join("tmp").join(format!(
+        "git-{commit}-sub-{}",
+        if keep_git_dir { "kept" } else { "tree" }
+    ));
+    publish(&work, &dir)?;
+    Ok((dir, commit, subdir))
+}
+
+/// Fetches `repo` at `reference` (a ref name, a full commit id, or the remote's HEAD) into `work` and
+/// checks it out. Returns the commit and the submodules its tree records.
+pub(super) fn fetch_tree(
+    repo: &str,
+    reference: Option<&str>,
+    work: &Path,
+    access: &Access,
+) -> Result<(String, Vec<git_submodule::Gitlink>)> {
+    let shown = remote::redacted(repo);
+    let secret = access.header.as_ref().map(|h| h.as_str());
+    let at = reference.map_or(String::new(), |r| format!(" at `{r}`"));
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        let text = scrub(&e.to_string(), url, secret);
+        let text = scrub(&e.to_string(), repo, secret);
         let help = if text.contains("credentials") || text.contains("401") {
             if secret.is_some() {
                 "the server refused the GIT_AUTH_HEADER/GIT_AUTH_TOKEN secret given; check its value and scope"
@@ -145,13 +181,10 @@ fn clone(
         };
         Diagnostic::build(format!("cannot {what} `{shown}`{at}: {text}")).help(help)
     };
-    crate::registry::install_crypto();
-    let staging = store.temp_dir("git-")?;
-    let work = staging.path().join("tree");
     let interrupt = AtomicBool::new(false);
     let mut prepare = gix::clone::PrepareFetch::new(
-        git.repo.as_str(),
-        &work,
+        repo,
+        work,
         gix::create::Kind::WithWorktree,
         gix::create::Options::default(),
         gix::open::Options::isolated(),
@@ -160,14 +193,14 @@ fn clone(
     if let Some(h) = &access.header {
         prepare = prepare.with_in_memory_config_overrides([h.as_str()]);
     }
-    if let Ok(ssh) = git_ssh::Remote::parse(&git.repo) {
+    if let Ok(ssh) = git_ssh::Remote::parse(repo) {
         let agent = access.ssh.as_ref().ok_or_else(|| {
             Diagnostic::input(format!(
                 "`{shown}` is fetched over SSH, which needs the ssh agent `default`"
             ))
             .help("pass `--ssh default` (the agent of $SSH_AUTH_SOCK) or `--ssh default=KEYFILE`")
         })?;
-        let transport = git_ssh::connect(&ssh, agent, &git.repo)?;
+        let transport = git_ssh::connect(&ssh, agent, repo)?;
         let slot = std::sync::Mutex::new(Some(transport));
         // gix made a transport that would start `ssh` on first use; it is replaced before that use.
         prepare = prepare.configure_connection(move |c| {
@@ -176,7 +209,7 @@ fn clone(
             Ok(())
         });
     }
-    prepare = match git.reference.as_deref() {
+    prepare = match reference {
         Some(r) if r.len() == 40 && r.bytes().all(|b| b.is_ascii_hexdigit()) => prepare
             .with_revision(Some(r))
             .map_err(|e| failed("clone", &e))?,
@@ -195,24 +228,11 @@ fn clone(
         .head_id()
         .map_err(|e| failed("check out", &e))?
         .to_string();
-    drop(repo);
-    let subdir = match &git.subdir {
-        Some(s) => Some(subdirectory(&work, s).map_err(|e| {
-            Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`: {e}"))
-                .help("after `#ref:` name a directory of the repository")
-        })?),
-        None => None,
-    };
-    if !keep_git_dir {
-        std::fs::remove_dir_all(work.join(".git"))
-            .map_err(|e| Diagnostic::io("cannot remove the clone's .git", e))?;
-    }
-    let dir = store.root().join("tmp").join(format!(
-        "git-{commit}-{}",
-        if keep_git_dir { "kept" } else { "tree" }
-    ));
-    publish(&work, &dir)?;
-    Ok((dir, commit, subdir))
+    let gitlinks = git_submodule::gitlinks(&repo).map_err(|e| {
+        Diagnostic::build(format!("cannot read the submodules of `{shown}`{at}: {e}"))
+            .help("the commit's .gitmodules must be a git config file naming each submodule's path and url")
+    })?;
+    Ok((commit, gitlinks))
 }
 
 /// The `#ref:subdir` directory, cleaned, and checked to be a directory of the checkout itself: a committed

@@ -13,6 +13,7 @@ mod executor;
 mod fetch;
 mod git;
 mod git_ssh;
+mod git_submodule;
 mod import;
 mod key;
 mod leak;

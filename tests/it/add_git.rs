@@ -18,7 +18,7 @@ use crate::support::{Kiln, context, repo, tempdir, unpack, write};
 struct GitServer {
     child: Child,
     port: u16,
-    _root: TempDir,
+    root: TempDir,
     /// The commit of the tag `v1` (the first commit) and of `main` (the second).
     v1: String,
     main: String,
@@ -106,7 +106,7 @@ impl GitServer {
         GitServer {
             child,
             port,
-            _root: root,
+            root,
             v1,
             main,
         }
@@ -114,6 +114,49 @@ impl GitServer {
 
     fn url(&self, fragment: &str) -> String {
         format!("http://127.0.0.1:{}/repo.git{fragment}", self.port)
+    }
+
+    /// Serves `NAME.git` too: one commit of a work tree that `fill` fills and stages. Returns the commit.
+    fn add_repo(&self, name: &str, fill: impl FnOnce(&Path)) -> String {
+        let work = self.root.path().join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        fill(&work);
+        git(&work, &["commit", "-qm", name]);
+        let commit = git(&work, &["rev-parse", "HEAD"]);
+        git(
+            self.root.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &format!("{name}-work"),
+                &format!("{name}.git"),
+            ],
+        );
+        commit
+    }
+
+    /// Serves `NAME.git` whose commit holds `top.txt` and a submodule at `path` with `url` in
+    /// `.gitmodules`, pointing at `commit`.
+    fn add_superproject(&self, name: &str, path: &str, url: &str, commit: &str) {
+        self.add_repo(name, |w| {
+            write(&w.join("top.txt"), "top\n");
+            write(
+                &w.join(".gitmodules"),
+                format!("[submodule \"m\"]\n\tpath = {path}\n\turl = {url}\n"),
+            );
+            git(w, &["add", "-A"]);
+            git(
+                w,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{commit},{path}"),
+                ],
+            );
+        });
     }
 }
 
@@ -308,4 +351,96 @@ fn git_auth_secrets_authenticate_as_buildkit_sends_them() {
             assert!(found.is_empty(), "in {}: {found:?}", place.display());
         }
     }
+}
+
+/// Submodules are checked out as BuildKit's `git submodule update --init --recursive` does: at the
+/// commit the superproject records, from `.gitmodules` URLs resolved against the superproject's, nested
+/// ones too, without their `.git`. A submodule URL that is no remote repository (a local path, `file://`,
+/// a remote helper such as `ext::`, a relative URL climbing above the host) is a located error: a
+/// Dockerfile's build must not read the builder's filesystem.
+#[test]
+fn add_git_checks_out_submodules() {
+    let server = GitServer::start();
+    let deep = server.add_repo("deep", |w| {
+        write(&w.join("deep.txt"), "deep\n");
+        git(w, &["add", "-A"]);
+    });
+    let lib = server.add_repo("lib", |w| {
+        write(&w.join("lib.txt"), "lib\n");
+        write(
+            &w.join(".gitmodules"),
+            "[submodule \"deep\"]\n\tpath = deep\n\turl = ../deep.git\n",
+        );
+        git(w, &["add", "-A"]);
+        git(
+            w,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{deep},deep"),
+            ],
+        );
+    });
+    server.add_superproject("super", "vendor/lib", "../lib.git", &lib);
+    let at = |name: &str| format!("http://127.0.0.1:{}/{name}.git", server.port);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD {} /src\n", at("super")),
+    )]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    build(Kiln::new(), ctx.path(), &dest).success();
+    let image = unpack(&dest);
+    let read = |p: &str| {
+        std::fs::read_to_string(image.rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    assert_eq!(read("src/top.txt"), "top\n");
+    assert_eq!(read("src/vendor/lib/lib.txt"), "lib\n");
+    assert_eq!(
+        read("src/vendor/lib/deep/deep.txt"),
+        "deep\n",
+        "recursively"
+    );
+    assert!(!image.rootfs.join("src/vendor/lib/.git").exists());
+    assert!(!image.rootfs.join("src/vendor/lib/deep/.git").exists());
+
+    let marker = tempdir("ext-");
+    let pwned = marker.path().join("pwned");
+    let cases = [
+        (
+            "file",
+            "file:///etc".to_string(),
+            "is not a remote repository URL",
+        ),
+        ("path", "/etc".to_string(), "is not a remote repository URL"),
+        (
+            "ext",
+            format!("ext::sh -c touch% {}", pwned.display()),
+            "is not a remote repository URL",
+        ),
+        (
+            "climb",
+            "../../../../etc".to_string(),
+            "climbs above the superproject's host",
+        ),
+    ];
+    for (name, url, message) in cases {
+        server.add_superproject(&format!("evil-{name}"), "x", &url, &lib);
+        let ctx = context(&[(
+            "Dockerfile",
+            &format!("FROM base\nADD {} /src\n", at(&format!("evil-{name}"))),
+        )]);
+        let out = build(Kiln::new(), ctx.path(), &dest);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(message)
+                && out.stderr.contains("submodule `x`")
+                && out.stderr.contains("never from the builder's filesystem")
+                && out.stderr.contains("Dockerfile:2:"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert!(!pwned.exists(), "the ext:: helper ran");
 }

@@ -1,6 +1,6 @@
 //! `ADD <git url>` over SSH against a real OpenSSH server on loopback (the one `ssh_clone` starts: a bare
 //! repository served by the host's `git-upload-pack`), cloned by kiln's in-process SSH client through the
-//! `default` agent: a real `ssh-agent` or a key file. A refused key, an unknown or changed host key, an
+//! `default` agent: a real `ssh-agent` or a key file, a submodule included. A refused key, an unknown or changed host key, an
 //! unknown ref and a missing agent are located errors; the key reaches no file of the store or the image.
 //!
 //! BuildKit (v0.8 and current) runs git with `StrictHostKeyChecking=no` unless the client forwards known
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::ssh::{Agent, new_key};
 use crate::ssh_clone::GitServer;
-use crate::support::{Kiln, Output, context, leaks_under, tempdir, unpack, write};
+use crate::support::{Kiln, Output, context, leaks_under, tempdir, tool, unpack, write};
 
 /// A `HOME` whose `~/.ssh/known_hosts` holds `lines`.
 fn home(lines: &str) -> tempfile::TempDir {
@@ -37,6 +37,44 @@ fn build(kiln: Kiln, home: &Path, url: &str, dest: &Path) -> Output {
         .arg(format!("type=oci,dest={}", dest.display()))
         .arg(ctx.path())
         .run()
+}
+
+/// `DIR/NAME.git`: a bare repository whose one commit holds `files` and, given, a gitlink `(path, commit)`.
+/// Returns the commit.
+fn bare_repo(dir: &Path, name: &str, files: &[(&str, &str)], link: Option<(&str, &str)>) -> String {
+    let work = dir.join(format!("{name}-work"));
+    let w = work.to_str().unwrap();
+    let git = |args: &[&str]| {
+        let mut all = vec![
+            "-C",
+            w,
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@kiln.invalid",
+        ];
+        all.extend_from_slice(args);
+        tool("git", &all)
+    };
+    std::fs::create_dir_all(&work).unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        write(&work.join(path), text);
+    }
+    git(&["add", "-A"]);
+    if let Some((path, commit)) = link {
+        git(&[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ]);
+    }
+    git(&["commit", "-qm", name]);
+    let commit = git(&["rev-parse", "HEAD"]).trim().to_string();
+    let bare = dir.join(format!("{name}.git"));
+    tool("git", &["clone", "-q", "--bare", w, bare.to_str().unwrap()]);
+    commit
 }
 
 #[track_caller]
@@ -74,6 +112,31 @@ fn add_git_over_ssh_through_the_default_agent() {
         .args(["--ssh", "default"]);
     let out = build(kiln.clone(), known.path(), &url(&server, "#main"), &dest);
     assert_cloned(&out, &kiln, &server, &dest, &agent.private_key);
+
+    // A submodule with a relative URL is fetched over SSH too, through the same agent.
+    let repos = tempdir("repos-");
+    let lib = bare_repo(repos.path(), "lib", &[("lib.txt", "lib\n")], None);
+    bare_repo(
+        repos.path(),
+        "super",
+        &[(
+            ".gitmodules",
+            "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n",
+        )],
+        Some(("lib", &lib)),
+    );
+    let superproject = format!(
+        "ssh://root@127.0.0.1:{}{}/super.git",
+        server.port,
+        repos.path().display()
+    );
+    let out = build(kiln.clone(), known.path(), &superproject, &dest);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let image = unpack(&dest);
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("src/lib/lib.txt")).unwrap(),
+        "lib\n"
+    );
 
     // The remote's HEAD, and kiln's own agent serving a key file.
     let keys = tempdir("key-");
