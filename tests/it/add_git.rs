@@ -449,4 +449,46 @@ fn add_git_checks_out_submodules() {
         );
     }
     assert!(!pwned.exists(), "the ext:: helper ran");
+
+    // A .gitmodules entry without a url, and a chain of submodules deeper than kiln follows.
+    server.add_repo("nourl", |w| {
+        write(&w.join(".gitmodules"), "[submodule \"m\"]\n\tpath = x\n");
+        git(w, &["add", "-A"]);
+        git(
+            w,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{lib},x"),
+            ],
+        );
+    });
+    let mut below = deep;
+    for level in 0..9 {
+        let name = format!("level{level}");
+        let url = if level == 0 {
+            "../deep.git".to_string()
+        } else {
+            format!("../level{}.git", level - 1)
+        };
+        server.add_superproject(&name, "s", &url, &below);
+        below = git(
+            &server.root.path().join(format!("{name}-work")),
+            &["rev-parse", "HEAD"],
+        );
+    }
+    for (name, message) in [
+        ("nourl", "submodule `m` has no path or no url"),
+        ("level8", "submodules nest deeper than 8"),
+    ] {
+        let ctx = context(&[("Dockerfile", &format!("FROM base\nADD {} /src\n", at(name)))]);
+        let out = build(Kiln::new(), ctx.path(), &dest);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(message) && out.stderr.contains("Dockerfile:2:"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
 }

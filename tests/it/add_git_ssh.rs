@@ -213,6 +213,36 @@ fn ssh_failures_are_located_errors() {
         }
     }
 
+    // Nothing listening on the port, and an agent socket nobody serves.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let nowhere = format!("ssh://root@127.0.0.1:{closed}/repo.git");
+    let out = build(with_agent(&agent), known.path(), &nowhere, &dest);
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot connect to `127.0.0.1:{closed}` over SSH"))
+            && out.stderr.contains("Dockerfile:2:"),
+        "{}",
+        out.stderr
+    );
+    let sockets = tempdir("sock-");
+    let dead = sockets.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap());
+    let kiln = Kiln::new()
+        .arg("--ssh")
+        .arg(format!("default={}", dead.display()));
+    let out = build(kiln, known.path(), &url(&server, "#main"), &dest);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cannot reach the ssh agent `default`")
+            && out.stderr.contains("Dockerfile:2:"),
+        "{}",
+        out.stderr
+    );
+
     // No agent at all: refused before anything runs, pointing at the ADD.
     let out = build(Kiln::new(), known.path(), &url(&server, "#main"), &dest);
     out.expect_code(2);
