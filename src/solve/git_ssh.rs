@@ -9,9 +9,10 @@
 //! stderr, where an unknown host key, a refused key and an unreachable host cannot be told apart reliably.
 //! russh exposes each of those as a value, so each becomes its own error with its own hint.
 //!
-//! Host keys. BuildKit checks them only when the client forwards known hosts and otherwise runs ssh with
-//! `StrictHostKeyChecking=no`; kiln never trusts a host on first use: the key must be in
-//! `~/.ssh/known_hosts` or `/etc/ssh/ssh_known_hosts`, else the clone fails naming the key's fingerprint.
+//! Host keys. BuildKit's client fills in known hosts with an `ssh-keyscan` of a `git@host:` URL's host at
+//! build time (trust on first use), and for `ssh://` URLs runs ssh with `StrictHostKeyChecking=no`; kiln
+//! never trusts a host it has not been told about: the key must be in `~/.ssh/known_hosts` or
+//! `/etc/ssh/ssh_known_hosts`, else the clone fails naming the key's fingerprint.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

@@ -3,8 +3,8 @@
 //! `default` agent: a real `ssh-agent` or a key file, a submodule included. A refused key, an unknown or changed host key, an
 //! unknown ref and a missing agent are located errors; the key reaches no file of the store or the image.
 //!
-//! BuildKit (v0.8 and current) runs git with `StrictHostKeyChecking=no` unless the client forwards known
-//! hosts; kiln checks the host key against `~/.ssh/known_hosts` (here: `HOME` of the kiln process) and
+//! Current BuildKit trusts the key an `ssh-keyscan` returns at build time for `git@host:` URLs and runs git
+//! with `StrictHostKeyChecking=no` for `ssh://` ones (v0.8's Dockerfile has no `ADD <git>`); kiln checks the host key against `~/.ssh/known_hosts` (here: `HOME` of the kiln process) and
 //! refuses an unknown one, so these tests differ from BuildKit on purpose there.
 
 use std::path::Path;
