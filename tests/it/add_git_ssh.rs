@@ -92,6 +92,8 @@ fn assert_cloned(out: &Output, kiln: &Kiln, server: &GitServer, dest: &Path, key
         server.readme
     );
     assert!(!image.rootfs.join("src/.git").exists());
+    let body = std::str::from_utf8(&key[40..100]).unwrap();
+    assert!(!out.stderr.contains(body), "the key file in the output");
     let key = ssh_key::PrivateKey::from_openssh(key).unwrap();
     let seed = key.key_data().ed25519().unwrap().private.to_bytes();
     for place in [dest, kiln.store()] {
