@@ -52,6 +52,10 @@ impl<E: Executor> Shared<E> {
         checksum: Option<&str>,
         keep_git_dir: bool,
     ) -> Result<(Digest, Output, Option<bool>)> {
+        let access = Access {
+            header: auth_header(&self.secrets, url).map_err(|d| self.located(n, d))?,
+            ssh: self.opts.ssh.get("default").cloned(),
+        };
         let vertex = Vertex {
             id: self.next_id(),
             name: self.graph.dag[n].name.clone(),
@@ -63,10 +67,6 @@ impl<E: Executor> Shared<E> {
         self.reporter.event(Event::Started(vertex));
         let store = self.store.clone();
         let url_shown = url;
-        let access = Access {
-            header: auth_header(&self.secrets, url).map_err(|d| self.located(n, d))?,
-            ssh: self.opts.ssh.get("default").cloned(),
-        };
         let url = url.to_string();
         let cloned =
             tokio::task::spawn_blocking(move || clone(&store, &url, keep_git_dir, &access))
