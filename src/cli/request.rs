@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::args::{BuildCmd, CompressionArg, ProgressMode};
 use super::command_line::CommandLine;
-use super::compile::{Compiled, compile};
+use super::compile::{Compiled, Mode, compile};
 use super::flags::{
     parse_allow, parse_cache_from, parse_cache_to, parse_output, parse_registry_output,
     parse_secret, parse_ssh,
@@ -40,7 +40,7 @@ impl BuildRequest {
         let flags = Flags::parse(cmd, cl)?;
         let registry = crate::registry::Options {
             insecure: cmd.insecure_registries.clone(),
-            docker_config: None,
+            ..crate::registry::Options::default()
         };
         // Before any thread starts: an unprivileged kiln becomes root of its own user namespace here.
         crate::exec::userns::enter()?;
@@ -52,7 +52,15 @@ impl BuildRequest {
             },
             jobs: cmd.jobs,
         };
-        let compiled = compile_checked(cmd, cl, &flags)?;
+        let store = cmd
+            .store
+            .clone()
+            .unwrap_or_else(crate::store::Store::default_root);
+        let pulls = crate::load::Pulls {
+            store: crate::load::open_store(&store)?,
+            registry: registry.clone(),
+        };
+        let compiled = compile_checked(cmd, cl, &flags, Mode::Build(pulls))?;
         let mut ssh = BTreeMap::new();
         for s in &cmd.ssh {
             let (id, socket) = parse_ssh(cl, s)?;
@@ -74,10 +82,7 @@ impl BuildRequest {
             settings,
             no_cache: cmd.no_cache,
             progress: progress_mode(cmd.progress),
-            store: cmd
-                .store
-                .clone()
-                .unwrap_or_else(crate::store::Store::default_root),
+            store,
             remote: remote(cmd, cl),
         })
     }
@@ -156,8 +161,13 @@ fn source_date_epoch() -> Result<Option<i64>> {
 }
 
 /// Compiles strictly; refuses what the secret checks find, and several images for one destination.
-fn compile_checked(cmd: &BuildCmd, cl: &CommandLine, flags: &Flags) -> Result<Compiled> {
-    let compiled = compile(&cmd.compile, cl, false)?;
+fn compile_checked(
+    cmd: &BuildCmd,
+    cl: &CommandLine,
+    flags: &Flags,
+    mode: Mode,
+) -> Result<Compiled> {
+    let compiled = compile(&cmd.compile, cl, &mode)?;
     // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
     progress::stderr(&compiled.secret_findings.render_for_build());
     if let Some(refusal) = compiled.secret_findings.refusal() {

@@ -26,9 +26,26 @@ use crate::store::Store;
 /// Layouts are keyed by the image manifest's digest, so a layout never changes once renamed into place
 /// and a build reading one is never disturbed by another pulling a newer tag. Blobs the store already
 /// holds are linked, not fetched: pulling an image again transfers only its manifest.
+///
+/// An image this build pulled before is not asked for again (see `Options::pulled`), nor is one pinned
+/// by the digest of an image manifest whose layout the store holds.
 pub(crate) fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
+    if let Some(layout) = opts.pulled.get(reference) {
+        return Ok(layout);
+    }
     let name = ImageName::parse(reference)?;
-    block_on(pull_async(store, name, opts))
+    let kept = name
+        .digest
+        .as_deref()
+        .and_then(Digest::parse)
+        .map(|d| store.root().join("images").join(d.hex()))
+        .filter(|dir| dir.join("index.json").is_file());
+    let layout = match kept {
+        Some(dir) => dir,
+        None => block_on(pull_async(store, name, opts))?,
+    };
+    opts.pulled.insert(reference, layout.clone());
+    Ok(layout)
 }
 
 async fn pull_async(store: &Store, name: ImageName, opts: &Options) -> Result<PathBuf> {

@@ -31,19 +31,21 @@ impl<E: Executor> Shared<E> {
         let Output::Fs(rec) = &inputs[0].1 else {
             unreachable!("config consumes a filesystem")
         };
-        // Docker runs a base image's ONBUILD triggers in the child's build; kiln cannot yet, and
-        // building without them would quietly give a different image.
-        if let Some(triggers) = rec.base["config"]["OnBuild"]
+        // The stage ran the triggers its base image had when compiling; an image with others (a tag
+        // moved, or a language that does not run them) would quietly give a different image.
+        let triggers: Vec<&str> = rec.base["config"]["OnBuild"]
             .as_array()
-            .filter(|t| !t.is_empty())
-        {
-            let list: Vec<&str> = triggers.iter().filter_map(|t| t.as_str()).collect();
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        if !triggers.is_empty() && triggers != c.base_onbuild {
             return Err(Diagnostic::input(format!(
-                "the base image of stage `{}` has ONBUILD triggers ({}), which kiln does not run yet",
+                "the base image of stage `{}` has ONBUILD triggers ({}) that were not run",
                 self.graph.dag[n].name.trim_start_matches('[').split(']').next().unwrap_or(""),
-                list.join("; ")
+                triggers.join("; ")
             ))
-            .help("build from a base image without ONBUILD triggers, or write the triggers out in the Dockerfile"));
+            .help("build it from a Dockerfile, which runs a base image's triggers, or write them out in the stage"));
         }
         let config = image_config(rec, c, self.opts.epoch);
         Ok((

@@ -1,10 +1,13 @@
-//! ONBUILD, as BuildKit runs it: a parent stage's triggers run at the start of a stage built `FROM` it,
-//! as that stage's own instructions (expanded in its scope), and its image config keeps only its own
-//! ONBUILD lines, so a grandchild runs the child's triggers and never the parent's again.
+//! ONBUILD, as BuildKit runs it: a parent's triggers (an earlier stage's, or a base image's `OnBuild`)
+//! run at the start of a stage built `FROM` it, as that stage's own instructions (expanded in its scope),
+//! and its image config keeps only its own ONBUILD lines, so a grandchild runs the child's triggers and
+//! never the parent's again.
 
-use serde_json::Value;
+use std::path::Path;
 
-use crate::support::{Kiln, Layout, context, tempdir, unpack};
+use serde_json::{Value, json};
+
+use crate::support::{Kiln, Layout, base_image_with, context, tempdir, unpack};
 
 const DOCKERFILE: &str = "FROM base AS parent
 ARG WHO=parent
@@ -67,5 +70,126 @@ fn a_parent_stages_triggers_run_in_the_child_and_are_not_inherited() {
     assert!(
         matches!(onbuild, Value::Null) || onbuild == &serde_json::json!([]),
         "{onbuild}"
+    );
+}
+
+/// `kiln build` of `ctx` with `base` as the `base` build context, into a fresh OCI layout.
+fn build_on(
+    base: &Path,
+    ctx: &Path,
+    extra: &[&str],
+) -> (crate::support::Output, tempfile::TempDir) {
+    let oci = tempdir("oci-");
+    let out = Kiln::new()
+        .arg("--build-context")
+        .arg(format!("base=oci-layout://{}", base.display()))
+        .args(extra)
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", oci.path().display()))
+        .arg(ctx)
+        .run();
+    (out, oci)
+}
+
+fn onbuild_base(triggers: &[&str]) -> tempfile::TempDir {
+    let triggers = json!(triggers);
+    base_image_with(|c| c["OnBuild"] = triggers)
+}
+
+/// A base image's triggers run first in the child, in order, in its scope (a trigger's ENV is seen by
+/// the Dockerfile's RUN, its COPY reads the child's context); the child's OnBuild is only its own. Built
+/// the same way by BuildKit v0.8 (dockerd 20.10, the base loaded with `docker load`): /f, /app/hello.txt,
+/// /seen and the config's Env and OnBuild agree.
+#[test]
+fn a_base_images_triggers_run_first_and_the_childs_onbuild_is_its_own() {
+    let base = onbuild_base(&[
+        "RUN echo x > /f",
+        "COPY hello.txt /app/",
+        "ENV FROM_TRIGGER=yes",
+        "WORKDIR /app",
+    ]);
+    let ctx = context(&[
+        ("hello.txt", "hello from the context\n"),
+        (
+            "Dockerfile",
+            "FROM base\nRUN echo \"$FROM_TRIGGER $(pwd) $(cat hello.txt)\" > /seen\nONBUILD RUN echo own\n",
+        ),
+    ]);
+    let (out, oci) = build_on(base.path(), ctx.path(), &[]);
+    out.success();
+    let unpacked = unpack(oci.path());
+    let read = |p: &str| std::fs::read_to_string(unpacked.rootfs.join(p)).unwrap();
+    assert_eq!(read("f"), "x\n");
+    assert_eq!(read("app/hello.txt"), "hello from the context\n");
+    assert_eq!(read("seen"), "yes /app hello from the context\n");
+    let config = Layout::new(oci.path()).config();
+    assert_eq!(config["config"]["OnBuild"], json!(["RUN echo own"]));
+    let env = config["config"]["Env"].as_array().unwrap();
+    assert!(env.contains(&json!("FROM_TRIGGER=yes")), "{env:?}");
+    assert_eq!(config["config"]["WorkingDir"], "/app");
+}
+
+/// A trigger that is no instruction a trigger may be is refused before anything runs, with BuildKit's
+/// words, pointing into the trigger's text (a source named after the image and the trigger's place in
+/// its config) and at the FROM that brought it in.
+#[test]
+fn a_bad_base_image_trigger_is_a_located_error() {
+    let ctx = context(&[("Dockerfile", "FROM base\nRUN true\n")]);
+    for (trigger, message) in [
+        ("FROM busybox", "FROM isn't allowed as an ONBUILD trigger"),
+        (
+            "MAINTAINER me",
+            "MAINTAINER isn't allowed as an ONBUILD trigger",
+        ),
+        (
+            "ONBUILD RUN true",
+            "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        ("COPY --bogus a /b", "unknown flag"),
+        (
+            "RUN true\nRUN false",
+            "onbuild trigger should be a single expression",
+        ),
+    ] {
+        let base = onbuild_base(&["RUN true", trigger]);
+        let (out, _oci) = build_on(base.path(), ctx.path(), &[]);
+        out.expect_code(2);
+        for want in [
+            message,
+            "OnBuild[1]:1:",
+            "Dockerfile:1:6",
+            "has ONBUILD triggers, which run here",
+        ] {
+            assert!(
+                out.stderr.contains(want),
+                "{trigger:?}: {want:?} in\n{}",
+                out.stderr
+            );
+        }
+        assert!(
+            !out.stderr.contains("#2 RUN"),
+            "nothing ran:\n{}",
+            out.stderr
+        );
+    }
+}
+
+/// `.build` has no ONBUILD of its own to run a base image's triggers with: building on such an image
+/// is refused rather than quietly giving another image than the Dockerfile would.
+#[test]
+fn a_build_file_on_a_base_image_with_triggers_is_refused() {
+    let base = onbuild_base(&["RUN echo x > /f"]);
+    let ctx = context(&[(
+        "app.build",
+        "target app: Image = image(\"base\").run(\"true\")\n",
+    )]);
+    let file = ctx.path().join("app.build");
+    let (out, _oci) = build_on(base.path(), ctx.path(), &["-f", file.to_str().unwrap()]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("has ONBUILD triggers (RUN echo x > /f) that were not run"),
+        "{}",
+        out.stderr
     );
 }

@@ -32,7 +32,8 @@ impl Evaluator<'_> {
                     }
                     _ => (self.image_leaf(&r, arg_span(0)), r.clone()),
                 };
-                let env = self.opts.lower.image_env.get(&resolved);
+                let at = crate::diag::Located::new(&self.file(), arg_span(0));
+                let env = self.opts.lower.image_env.get(&resolved, at)?;
                 Value::Image(Box::new(self.new_image(leaf, env)))
             }
             "scratch" => {
