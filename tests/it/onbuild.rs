@@ -127,11 +127,31 @@ fn a_base_images_triggers_run_first_and_the_childs_onbuild_is_its_own() {
     let env = config["config"]["Env"].as_array().unwrap();
     assert!(env.contains(&json!("FROM_TRIGGER=yes")), "{env:?}");
     assert_eq!(config["config"]["WorkingDir"], "/app");
+    // The history BuildKit v0.8 wrote for the same build: the triggers' entries first, none for ONBUILD.
+    let created: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(1)
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert_eq!(
+        created,
+        [
+            "RUN /bin/sh -c echo x > /f # buildkit",
+            "COPY hello.txt /app/ # buildkit",
+            "ENV FROM_TRIGGER=yes",
+            "WORKDIR /app",
+            "RUN /bin/sh -c echo \"$FROM_TRIGGER $(pwd) $(cat hello.txt)\" > /seen # buildkit",
+        ]
+    );
 }
 
-/// A trigger that is no instruction a trigger may be is refused before anything runs, with BuildKit's
-/// words, pointing into the trigger's text (a source named after the image and the trigger's place in
-/// its config) and at the FROM that brought it in.
+/// A trigger that is no instruction a trigger may be is refused before anything runs, pointing into the
+/// trigger's text (a source named after the image and the trigger's place in its config) and at the FROM
+/// that brought it in. The words are BuildKit's parser's for `ONBUILD ONBUILD`/`FROM`/`MAINTAINER`, which
+/// Docker's builder also says when an image's trigger is one; BuildKit v0.8 runs such hand-made triggers
+/// (or fails on FROM with "*instructions.Stage is not a command type"), and says "Unknown flag: bogus".
 #[test]
 fn a_bad_base_image_trigger_is_a_located_error() {
     let ctx = context(&[("Dockerfile", "FROM base\nRUN true\n")]);
@@ -191,5 +211,38 @@ fn a_build_file_on_a_base_image_with_triggers_is_refused() {
             .contains("has ONBUILD triggers (RUN echo x > /f) that were not run"),
         "{}",
         out.stderr
+    );
+}
+
+/// A trigger's `COPY --from` may name a stage of the child's Dockerfile that nothing else needs: that stage
+/// is built first, lowered from the Dockerfile's own text, not the trigger's. Current BuildKit (Dockerfile
+/// frontend 1.11, BuildKit v0.17, moby/buildkit#5357); v0.8 copies from the stage without running it
+/// ("/tool" not found, moby/buildkit#816).
+#[test]
+fn a_trigger_may_copy_from_a_stage_of_the_child_dockerfile_as_since_buildkit_0_17() {
+    let onb = onbuild_base(&["COPY --from=tools /tool /from-trigger"]);
+    let plain = onbuild_base(&[]);
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base AS tools\nRUN echo tool > /tool\nFROM onb\nRUN cat /from-trigger > /seen\n",
+    )]);
+    let onb_ctx = format!("onb=oci-layout://{}", onb.path().display());
+    let (out, oci) = build_on(plain.path(), ctx.path(), &["--build-context", &onb_ctx]);
+    out.success();
+    let unpacked = unpack(oci.path());
+    assert_eq!(
+        std::fs::read_to_string(unpacked.rootfs.join("seen")).unwrap(),
+        "tool\n"
+    );
+    let history = &Layout::new(oci.path()).config()["history"];
+    let created: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        created.contains(&"COPY /tool /from-trigger # buildkit"),
+        "{created:?}"
     );
 }

@@ -55,7 +55,7 @@ impl Lowerer<'_> {
             InstructionKind::Onbuild(trigger) => {
                 self.reject_flags(ins, &[])?;
                 let text = instruction_text(self.file(), trigger);
-                Self::config_history(stage, format!("ONBUILD {text}"));
+                // No history entry: BuildKit's ONBUILD only adds to the config (v0.8 and since).
                 stage.image.config.onbuild.push(text);
                 stage.triggers.push(trigger.span);
             }

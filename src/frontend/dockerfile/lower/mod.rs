@@ -255,6 +255,15 @@ impl<'a> Lowerer<'a> {
         if self.stages[i].is_some() {
             return Ok(());
         }
+        // A base image's trigger (`COPY --from=other`) may be what needs this stage: its instructions
+        // are the Dockerfile's, whatever text was being lowered.
+        let outer = std::mem::replace(&mut self.source, (self.df.file.clone(), self.df.escape));
+        let done = self.lower_stage_now(i);
+        self.source = outer;
+        done
+    }
+
+    fn lower_stage_now(&mut self, i: usize) -> Result<()> {
         let (from, body, _) = self.decls[i].clone();
         if std::mem::replace(&mut self.busy[i], true) {
             return Err(self
