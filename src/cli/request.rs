@@ -56,17 +56,19 @@ impl BuildRequest {
             .store
             .clone()
             .unwrap_or_else(crate::store::Store::default_root);
-        let pulls = crate::load::Pulls {
-            store: crate::load::open_store(&store)?,
-            registry: registry.clone(),
-        };
-        let compiled = compile_checked(cmd, cl, &flags, Mode::Build(pulls))?;
+        let pulls = crate::load::Pulls::new(crate::load::open_store(&store)?, registry.clone());
+        let compiled = compile_checked(cmd, cl, &flags, &pulls)?;
         let mut ssh = BTreeMap::new();
         for s in &cmd.ssh {
             let (id, socket) = parse_ssh(cl, s)?;
             ssh.insert(id, socket);
         }
         let allow = parse_allow(cl, &cmd.allow)?;
+        // A base image that could not be pulled comes after every mistake in the input: those need no
+        // network to find, nor to fix.
+        if let Some(failure) = pulls.failure(&compiled.graph) {
+            return Err(failure);
+        }
         Ok(BuildRequest {
             graph: compiled.graph,
             contexts: compiled.contexts,
@@ -165,9 +167,9 @@ fn compile_checked(
     cmd: &BuildCmd,
     cl: &CommandLine,
     flags: &Flags,
-    mode: Mode,
+    pulls: &crate::load::Pulls,
 ) -> Result<Compiled> {
-    let compiled = compile(&cmd.compile, cl, &mode)?;
+    let compiled = compile(&cmd.compile, cl, &Mode::Build(pulls.clone()))?;
     // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
     progress::stderr(&compiled.secret_findings.render_for_build());
     if let Some(refusal) = compiled.secret_findings.refusal() {

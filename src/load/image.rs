@@ -3,20 +3,49 @@
 //! registry client, once per build, so the image the build imports is the one lowering read).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Result};
 use crate::frontend::{BaseConfig, ImageEnv};
+use crate::graph::Dag;
+use crate::graph::op::Op;
 use crate::store::Store;
 
 /// Where registry images come from when lowering may pull them: the build's store and registry
 /// options (whose record of pulled images the build shares).
 #[derive(Clone)]
 pub struct Pulls {
-    pub store: Arc<Store>,
-    pub registry: crate::registry::Options,
+    store: Arc<Store>,
+    registry: crate::registry::Options,
+    /// Pulls that failed while lowering, by reference. Lowering goes on without the image's config, so
+    /// a mistake in the input (a later line, a secret check) is reported first, without the network.
+    failed: Arc<Mutex<Vec<(String, Diagnostic)>>>,
+}
+
+impl Pulls {
+    pub fn new(store: Arc<Store>, registry: crate::registry::Options) -> Pulls {
+        Pulls {
+            store,
+            registry,
+            failed: Arc::default(),
+        }
+    }
+
+    /// The first pull that failed while lowering, placed where `graph` names the image.
+    pub fn failure(&self, graph: &Dag) -> Option<Diagnostic> {
+        let failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let (reference, d) = failed.first()?;
+        let at = graph.dag.node_weights().find_map(|n| match &n.op {
+            Op::Image { reference: r } if r == reference => n.at.clone(),
+            _ => None,
+        });
+        Some(match at {
+            Some(at) => d.clone().label(at, "this base image"),
+            None => d.clone(),
+        })
+    }
 }
 
 /// The configs of base images: `oci-layout://` references read from disk; registry references
@@ -34,10 +63,19 @@ pub fn image_env(pulls: Option<Pulls>) -> ImageEnv {
         let Some(p) = &pulls else {
             return Ok(None);
         };
-        let layout = crate::registry::pull(&p.store, reference, &p.registry)?;
-        read_config(&layout, None)
-            .map(Some)
-            .map_err(|e| Diagnostic::env(format!("cannot read the config of `{reference}`: {e}")))
+        let config = crate::registry::pull(&p.store, reference, &p.registry).and_then(|layout| {
+            read_config(&layout, None).map_err(|e| {
+                Diagnostic::env(format!("cannot read the config of `{reference}`: {e}"))
+            })
+        });
+        match config {
+            Ok(c) => Ok(Some(c)),
+            Err(d) => {
+                let mut failed = p.failed.lock().unwrap_or_else(|e| e.into_inner());
+                failed.push((reference.to_string(), d));
+                Ok(None)
+            }
+        }
     })
 }
 
