@@ -80,18 +80,33 @@ impl Evaluator<'_> {
                     span,
                 }
             }
-            "cache" => Value::Mount(
-                Box::new(MountValue::Cache {
-                    target: v[0].str().to_string(),
-                    id: v[1].opt_str(),
-                    sharing: v[2].opt_str().unwrap_or_else(|| "shared".into()),
-                    mode: opt_int(&v[3], 0o755),
-                    uid: opt_int(&v[4], 0),
-                    gid: opt_int(&v[5], 0),
-                    readonly: v[6].bool(),
-                }),
-                span,
-            ),
+            "cache" => {
+                let seed = match (&v[7], v[8].opt_str()) {
+                    (Value::None, None) => None,
+                    (Value::None, Some(_)) => {
+                        // The Dockerfile's rule (`source` needs `from`), located at the argument.
+                        return Err(self
+                            .err(arg_span(8), "a cache mount's `source` needs `from`")
+                            .help("`source` names the directory of `from` that a new cache starts with: add `from: some_image`"));
+                    }
+                    (from, source) => {
+                        Some((self.source_node(from), source.unwrap_or_else(|| "/".into())))
+                    }
+                };
+                Value::Mount(
+                    Box::new(MountValue::Cache {
+                        target: v[0].str().to_string(),
+                        id: v[1].opt_str(),
+                        sharing: v[2].opt_str().unwrap_or_else(|| "shared".into()),
+                        mode: opt_int(&v[3], 0o755),
+                        uid: opt_int(&v[4], 0),
+                        gid: opt_int(&v[5], 0),
+                        readonly: v[6].bool(),
+                        seed,
+                    }),
+                    span,
+                )
+            }
             "bind" => {
                 let from = self.source_node(&v[0]);
                 Value::Mount(
