@@ -194,8 +194,8 @@ fn a_bad_base_image_trigger_is_a_located_error() {
     }
 }
 
-/// `.build` has no ONBUILD of its own to run a base image's triggers with: building on such an image
-/// is refused rather than quietly giving another image than the Dockerfile would.
+/// `.build` has no instructions to run a base image's triggers as: building on such an image is refused,
+/// at the `image(...)` that names it, rather than quietly giving another image than a Dockerfile would.
 #[test]
 fn a_build_file_on_a_base_image_with_triggers_is_refused() {
     let base = onbuild_base(&["RUN echo x > /f"]);
@@ -206,12 +206,13 @@ fn a_build_file_on_a_base_image_with_triggers_is_refused() {
     let file = ctx.path().join("app.build");
     let (out, _oci) = build_on(base.path(), ctx.path(), &["-f", file.to_str().unwrap()]);
     out.expect_code(2);
-    assert!(
-        out.stderr
-            .contains("has ONBUILD triggers (RUN echo x > /f) that were not run"),
-        "{}",
-        out.stderr
-    );
+    for want in [
+        "`base` has ONBUILD triggers (RUN echo x > /f), which a `.build` program cannot run",
+        "app.build:1:27",
+        "help: build on it from a Dockerfile",
+    ] {
+        assert!(out.stderr.contains(want), "{want:?} in\n{}", out.stderr);
+    }
 }
 
 /// A trigger's `COPY --from` may name a stage of the child's Dockerfile that nothing else needs: that stage

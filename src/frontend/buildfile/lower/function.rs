@@ -34,6 +34,19 @@ impl Evaluator<'_> {
                 };
                 let at = crate::diag::Located::new(&self.file(), arg_span(0));
                 let env = self.opts.lower.image_env.get(&resolved, at)?;
+                if !env.onbuild.is_empty() {
+                    // A Dockerfile built on it would run them first; `.build` has no instructions to
+                    // run them as, and building without them would give another image.
+                    return Err(self
+                        .err(
+                            arg_span(0),
+                            format!(
+                                "`{r}` has ONBUILD triggers ({}), which a `.build` program cannot run",
+                                env.onbuild.join("; ")
+                            ),
+                        )
+                        .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
+                }
                 Value::Image(Box::new(self.new_image(leaf, env)))
             }
             "scratch" => {
