@@ -31,8 +31,9 @@ impl<E: Executor> Shared<E> {
         let Output::Fs(rec) = &inputs[0].1 else {
             unreachable!("config consumes a filesystem")
         };
-        // The stage ran the triggers its base image had when compiling; an image with others (a tag
-        // moved, or a language that does not run them) would quietly give a different image.
+        // The stage ran the triggers its base image had when compiling (a `.build` image with triggers
+        // is refused then); an image with others now, a layout rewritten meanwhile, would quietly give
+        // a different image.
         let triggers: Vec<&str> = rec.base["config"]["OnBuild"]
             .as_array()
             .into_iter()
@@ -41,11 +42,16 @@ impl<E: Executor> Shared<E> {
             .collect();
         if !triggers.is_empty() && triggers != c.base_onbuild {
             return Err(Diagnostic::input(format!(
-                "the base image of stage `{}` has ONBUILD triggers ({}) that were not run",
-                self.graph.dag[n].name.trim_start_matches('[').split(']').next().unwrap_or(""),
+                "the base image of stage `{}` has ONBUILD triggers ({}) that the stage did not run",
+                self.graph.dag[n]
+                    .name
+                    .trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or(""),
                 triggers.join("; ")
             ))
-            .help("build it from a Dockerfile, which runs a base image's triggers, or write them out in the stage"));
+            .help("the image changed after the build read its config; build again"));
         }
         let config = image_config(rec, c, self.opts.epoch);
         Ok((
