@@ -15,6 +15,37 @@ use crate::support::{
 struct Registry {
     addr: String,
     dir: PathBuf,
+    /// The digest of `cfg/indexed:1`, an image index holding the base for linux/amd64.
+    indexed: String,
+}
+
+/// Puts an OCI image index (one entry: the layout's image, for linux/amd64) between the layout's
+/// `index.json` and its manifest, as multi-platform images are published; returns the index's digest.
+fn index_of(layout: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    let index_path = layout.join("index.json");
+    let mut top: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let entry = &top["manifests"][0];
+    let image = json!({
+        "mediaType": entry["mediaType"],
+        "digest": entry["digest"],
+        "size": entry["size"],
+        "platform": {"architecture": "amd64", "os": "linux"},
+    });
+    let bytes = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [image],
+    }))
+    .unwrap();
+    let hex = hex::encode(sha2::Sha256::digest(&bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let digest = format!("sha256:{hex}");
+    top["manifests"][0]["mediaType"] = json!("application/vnd.oci.image.index.v1+json");
+    top["manifests"][0]["digest"] = json!(digest);
+    top["manifests"][0]["size"] = json!(bytes.len());
+    std::fs::write(&index_path, serde_json::to_vec(&top).unwrap()).unwrap();
+    digest
 }
 
 /// One loopback registry holding the busybox base with a config of its own as `cfg/base:1`: Env,
@@ -28,6 +59,18 @@ fn registry() -> Option<&'static Registry> {
             c["WorkingDir"] = json!("/srv");
             c["OnBuild"] = json!(["RUN echo \"trig $GREETING\" > /trig"]);
         });
+        let indexed = index_of(base.path());
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:latest", base.path().display()),
+                &format!("docker://{}/cfg/indexed:1", addrs[0]),
+            ],
+        );
         for repo in ["cfg/base:1", "cfg/pinned:1"] {
             tool(
                 "skopeo",
@@ -42,15 +85,16 @@ fn registry() -> Option<&'static Registry> {
         Some(Registry {
             addr: addrs[0].clone(),
             dir,
+            indexed,
         })
     })
     .as_ref()
 }
 
-/// How many times the registry has been asked for a manifest of `repository` (from its access log).
+/// How many times the registry has served a manifest of `repository` (from its access log).
 fn manifest_requests(reg: &Registry, repository: &str) -> usize {
     let log = std::fs::read_to_string(reg.dir.join("open.log")).unwrap();
-    let needle = format!(" /v2/{repository}/manifests/");
+    let needle = format!("\"GET /v2/{repository}/manifests/");
     log.lines().filter(|l| l.contains(&needle)).count()
 }
 
@@ -122,6 +166,31 @@ fn an_image_pinned_by_digest_is_not_asked_for_again() {
         .run()
         .success();
     assert_eq!(manifest_requests(reg, "cfg/pinned"), first);
+}
+
+/// The same for a digest of an image index (how multi-platform images are pinned): the store remembers
+/// which of its images the index chose.
+#[test]
+fn an_image_pinned_by_an_index_digest_is_not_asked_for_again() {
+    let Some(reg) = registry() else { return };
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM {}/cfg/indexed@{}\nRUN cat /trig\n",
+            reg.addr, reg.indexed
+        ),
+    )]);
+    let before = manifest_requests(reg, "cfg/indexed");
+    let kiln = Kiln::new();
+    kiln.clone().arg(ctx.path()).run().success();
+    let first = manifest_requests(reg, "cfg/indexed");
+    assert_eq!(first - before, 2, "the index, then the image it names");
+    kiln.clone()
+        .arg("--no-cache")
+        .arg(ctx.path())
+        .run()
+        .success();
+    assert_eq!(manifest_requests(reg, "cfg/indexed"), first);
 }
 
 #[test]
