@@ -29,9 +29,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+pub use crate::oci::split_layout_ref;
 pub use executor::{CopySource, CopyStep, Executor, Layers, LogSink, RunExit, RunStep, StepMount};
 pub(crate) use executor::{abbreviate, exit_error};
-pub use import::split_layout_ref;
 pub use key::CACHE_DOMAIN;
 pub use preflight::{all_secrets, preflight};
 pub use schedule::{Output, SolveOptions, Summary};

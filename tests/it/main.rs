@@ -27,6 +27,7 @@ mod parallel;
 mod path_escape;
 mod progress;
 mod registry;
+mod registry_base;
 mod remote;
 mod rootless;
 mod sandbox;
