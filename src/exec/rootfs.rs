@@ -2,7 +2,7 @@
 //! out of the root, COPY's docker semantics, and user/group names from the image's /etc files.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use crate::graph::op::CopyOp;
@@ -95,10 +95,19 @@ pub fn inside(root: &Path, host: &Path) -> String {
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
-pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> Result<(), String> {
+/// `keep_owners`: the source is another stage or an image, whose files keep their owners without
+/// `--chown`, as in BuildKit; a build context's files become 0:0 (BuildKit's client resets them).
+pub fn copy(
+    src: &Tree,
+    root: &Path,
+    op: &CopyOp,
+    objects: Option<&Objects>,
+    keep_owners: bool,
+) -> Result<(), String> {
     let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
+        None if keep_owners => None,
         None => Some((0, 0)),
     };
     let mut selected = Vec::new();
@@ -367,6 +376,11 @@ fn copy_entry(
     let meta =
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     let ft = meta.file_type();
+    if ft.is_fifo() || ft.is_socket() {
+        // BuildKit's copier (fsutil) has no case for pipes and sockets and leaves them out without a
+        // word, from a context and from a stage alike.
+        return Ok(());
+    }
     let existing = fs::symlink_metadata(dest).ok();
     if let Some(m) = &existing
         && !(m.is_dir() && ft.is_dir())
@@ -401,9 +415,8 @@ fn copy_entry(
             src.display()
         ));
     }
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
-    }
+    let (u, g) = owner.unwrap_or((meta.uid(), meta.gid()));
+    std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
     if !ft.is_symlink() {
         let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
         fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;
