@@ -173,7 +173,10 @@ reference_listing() { # case ctx out
     return 0
   fi
   prepare "$c" "$ctx"
-  if ! reference_build "$c" "$ctx" "$out.ref.tar" "$out.ref.log"; then
+  # Once more on failure: dockerd 20.10's ADD now and then fails to unpack under load ("Error after
+  # fallback to chroot"), and passes when run again.
+  if ! reference_build "$c" "$ctx" "$out.ref.tar" "$out.ref.log" &&
+    ! reference_build "$c" "$ctx" "$out.ref.tar" "$out.ref.log"; then
     echo "$c: the reference build failed ($out.ref.log):" >&2; tail -5 "$out.ref.log" >&2
     return 1
   fi

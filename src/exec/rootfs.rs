@@ -116,10 +116,12 @@ pub fn copy(
             selected.push((pattern, rel));
         }
     }
-    let into_dir = op.dest.ends_with('/')
-        || selected.len() > 1
-        || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
     for (pattern, rel) in selected {
+        // Decided for each source, as BuildKit copies them one by one: several files a wildcard matched
+        // onto a path without a slash that is not a directory leave the last one there (the front end
+        // refuses several sources written out without the slash).
+        let into_dir =
+            op.dest.ends_with('/') || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
         let from = context::resolve_source(src_root, &rel)?;
         let meta =
             fs::metadata(&from).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;

@@ -296,14 +296,18 @@ pub fn select(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     for comp in &comps {
         let mut next = Vec::new();
         for base in &found {
+            // A symlink among the parents is followed inside the tree (an absolute one from its root), as
+            // BuildKit resolves a source's directory; the last component is looked at as it is.
+            let Ok(dir) = resolve_source(root, base) else {
+                continue;
+            };
             if !has_wildcard(comp) {
-                let p = base.join(comp);
-                if root.join(&p).symlink_metadata().is_ok() {
-                    next.push(p);
+                if dir.join(comp).symlink_metadata().is_ok() {
+                    next.push(base.join(comp));
                 }
                 continue;
             }
-            let Ok(entries) = fs::read_dir(root.join(base)) else {
+            let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             let mut names: Vec<String> = entries
@@ -557,6 +561,25 @@ mod tests {
                 .unwrap_err()
                 .contains("excluded by .dockerignore")
         );
+    }
+
+    /// A symlink among a source's parents is followed inside the tree, an absolute one from the tree's
+    /// root (not the host's): `/link/sub/file` with `/link -> /real` selects `real/sub/file`'s name.
+    #[test]
+    fn symlinked_parents_of_a_source_are_followed_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("real/sub")).unwrap();
+        fs::write(dir.path().join("real/sub/file"), "f").unwrap();
+        std::os::unix::fs::symlink("/real", dir.path().join("link")).unwrap();
+        assert_eq!(
+            select(dir.path(), "/link/sub/file").unwrap(),
+            vec![PathBuf::from("link/sub/file")]
+        );
+        assert_eq!(
+            select(dir.path(), "link/s*/f*").unwrap(),
+            vec![PathBuf::from("link/sub/file")]
+        );
+        assert!(select(dir.path(), "/link/sub/missing").is_err());
     }
 
     #[test]
