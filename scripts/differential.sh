@@ -117,14 +117,17 @@ for b in "${bases[@]}"; do
   base_args+=(--base "$b=$WORK/bases/$b")
 done
 
-# The context a builder sees: the case directory without the harness's own files, made 0755 at its root
-# (as a checkout is) and finished by the case's prepare.sh (what git cannot store).
+# The context a builder sees: the case directory without the harness's own files, with the modes git
+# gives (0755 for directories and executables, 0644 for the rest, whatever the checkout's umask), finished
+# by the case's prepare.sh (what git cannot store) under umask 022. tests/differential.rs does the same.
 prepare() { # case dest
   rm -rf "$2"
   cp -a "$corpus/cases/$1" "$2"
   rm -f "$2/build-args" "$2/prepare.sh" "$2/target" "$2/reference"
-  chmod 0755 "$2"
-  if [ -f "$corpus/cases/$1/prepare.sh" ]; then (cd "$2" && sh "$corpus/cases/$1/prepare.sh"); fi
+  find "$2" -type d -exec chmod 0755 {} +
+  find "$2" -type f -perm /111 -exec chmod 0755 {} +
+  find "$2" -type f ! -perm /111 -exec chmod 0644 {} +
+  if [ -f "$corpus/cases/$1/prepare.sh" ]; then (cd "$2" && umask 022 && sh "$corpus/cases/$1/prepare.sh"); fi
 }
 
 build_flags() { # case
