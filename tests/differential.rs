@@ -48,6 +48,14 @@ fn every_case_gives_the_reference_builders_image() {
             "KNOWN_DIFFERENCES.md names `{name}`, which is not a case in tests/differential/cases/"
         );
     }
+    for listing in std::fs::read_dir(corpus().join("expected")).unwrap() {
+        let name = listing.unwrap().file_name().to_string_lossy().into_owned();
+        let case = name.strip_suffix(".txt").unwrap_or(&name);
+        assert!(
+            corpus().join("cases").join(case).is_dir(),
+            "tests/differential/expected/{name} belongs to no case; remove it"
+        );
+    }
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     // Builds are short and mostly IO and process start-up; three at a time keeps two cores busy.
