@@ -184,6 +184,16 @@ reference_listing() { # case ctx out
     return 1
   fi
   python3 "$corpus/listing.py" "$out.ref.tar" "${base_args[@]}" > "$out.ref.txt"
+  # BuildKit v0.8 now and then leaves runc's empty mount stubs /etc/hosts and /etc/resolv.conf (mode
+  # 0755) in a step's layer, which its own stub cleaner should have removed (current BuildKit does):
+  # build it again from an empty build cache.
+  if grep -Eq '^/etc/(hosts|resolv\.conf) file mode=0755 uid=0 gid=0 size=0 ' "$out.ref.txt" &&
+    [ "$(reference_of "$c")" = buildkit ]; then
+    echo "$c: BuildKit left mount stubs in the image; building it again" >&2
+    "$DOCKER" builder prune -af >/dev/null 2>&1 || true
+    reference_build "$c" "$ctx" "$out.ref.tar" "$out.ref.log" &&
+      python3 "$corpus/listing.py" "$out.ref.tar" "${base_args[@]}" > "$out.ref.txt"
+  fi
   if [ $record = 1 ]; then
     cp "$out.ref.txt" "$corpus/expected/$c.txt"
   elif [ -f "$corpus/expected/$c.txt" ] && ! cmp -s "$out.ref.txt" "$corpus/expected/$c.txt"; then
