@@ -144,8 +144,10 @@ build_flags() { # case
 reference_build() { # case ctx out.tar log
   local c=$1 ctx=$2 out=$3 log=$4 flags
   mapfile -t flags < <(build_flags "$c")
+  rm -f "$out"
   if [ "$(reference_of "$c")" = buildah ]; then
-    "${BUILDAH[@]}" bud --isolation chroot --network none --pull=never -q -f "$ctx/Dockerfile" \
+    # chroot isolation takes only the host network (the cases use none); no io.buildah.version label.
+    "${BUILDAH[@]}" bud --isolation chroot --pull=never --identity-label=false -q -f "$ctx/Dockerfile" \
       -t "kiln-diff/$c" "${flags[@]}" "$ctx" >"$log" 2>&1 &&
       "${BUILDAH[@]}" push -q "kiln-diff/$c" "oci-archive:$out" >>"$log" 2>&1
   else
