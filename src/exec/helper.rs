@@ -145,6 +145,9 @@ pub fn main() -> ! {
     // The prctl flag kiln set for itself survives fork and exec: the step's programs get the machine's
     // own huge-page policy back.
     let _ = nix::sys::prctl::set_thp_disable(false);
+    // runc's umask: what a step creates, and what the helper unpacks or copies without an explicit mode,
+    // must not depend on the umask of whoever started kiln.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let mut stubs = Vec::new();
     let status = match read_request() {
         Ok((req, secrets)) => match serve(req, secrets, &mut stubs) {
@@ -242,6 +245,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             op,
         } => {
             mount_overlay(&fs)?;
+            let keep_owners = source_dir.is_none();
             let src = match source_dir {
                 Some(d) => d.tree()?,
                 None => {
@@ -250,7 +254,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             .excluding(&op.excludes)?;
-            rootfs::copy(&src, &fs.target, &op, None)?;
+            rootfs::copy(&src, &fs.target, &op, None, keep_owners)?;
             Ok(0)
         }
         Request::Run {
@@ -555,7 +559,7 @@ fn mount_source(
             let filtered = scratch.join("filtered");
             std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
             let tree = d.tree()?;
-            rootfs::copy_tree(&tree, &d.path, &filtered, None, None, None)?;
+            rootfs::copy_tree(&tree, &d.path, &filtered, Some((0, 0)), None, None)?;
             filtered
         }
         None => {

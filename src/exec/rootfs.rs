@@ -2,7 +2,7 @@
 //! out of the root, COPY's docker semantics, and user/group names from the image's /etc files.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use crate::graph::op::CopyOp;
@@ -95,10 +95,19 @@ pub fn inside(root: &Path, host: &Path) -> String {
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
-pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> Result<(), String> {
+/// `keep_owners`: the source is another stage or an image, whose files keep their owners without
+/// `--chown`, as in BuildKit; a build context's files become 0:0 (BuildKit's client resets them).
+pub fn copy(
+    src: &Tree,
+    root: &Path,
+    op: &CopyOp,
+    objects: Option<&Objects>,
+    keep_owners: bool,
+) -> Result<(), String> {
     let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
+        None if keep_owners => None,
         None => Some((0, 0)),
     };
     let mut selected = Vec::new();
@@ -107,10 +116,12 @@ pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> 
             selected.push((pattern, rel));
         }
     }
-    let into_dir = op.dest.ends_with('/')
-        || selected.len() > 1
-        || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
     for (pattern, rel) in selected {
+        // Decided for each source, as BuildKit copies them one by one: several files a wildcard matched
+        // onto a path without a slash that is not a directory leave the last one there (the front end
+        // refuses several sources written out without the slash).
+        let into_dir =
+            op.dest.ends_with('/') || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
         let from = context::resolve_source(src_root, &rel)?;
         let meta =
             fs::metadata(&from).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
@@ -319,9 +330,14 @@ pub fn copy_tree(
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // A directory entered only for re-included children is made here, without its other files.
-            if !dest.join(parent).exists() {
-                fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
+            // A directory entered only for re-included children is made here, without its other files,
+            // with its own mode and owner as BuildKit's copier makes it (never the process's umask).
+            let mut sofar = PathBuf::new();
+            for c in parent.components() {
+                sofar.push(c);
+                if !dest.join(&sofar).exists() {
+                    copy_entry(&from.join(&sofar), &dest.join(&sofar), owner, chmod, None)?;
+                }
             }
         }
         let target = dest.join(rel);
@@ -367,6 +383,11 @@ fn copy_entry(
     let meta =
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     let ft = meta.file_type();
+    if ft.is_fifo() || ft.is_socket() {
+        // BuildKit's copier (fsutil) has no case for pipes and sockets and leaves them out without a
+        // word, from a context and from a stage alike.
+        return Ok(());
+    }
     let existing = fs::symlink_metadata(dest).ok();
     if let Some(m) = &existing
         && !(m.is_dir() && ft.is_dir())
@@ -401,9 +422,8 @@ fn copy_entry(
             src.display()
         ));
     }
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
-    }
+    let (u, g) = owner.unwrap_or((meta.uid(), meta.gid()));
+    std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
     if !ft.is_symlink() {
         let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
         fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;
