@@ -1,0 +1,87 @@
+//! Images kept in the store under a name (`kiln build -t NAME` without an output): a record per name,
+//! `names/<sha256 of the name>.json`, pointing at the image's manifest and listing the blobs it needs,
+//! so `kiln images`, `kiln image export|push|rm` reach it later and `prune` keeps those blobs.
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, atomic_write};
+use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
+
+/// One name's record.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamedImage {
+    pub name: String,
+    /// The image manifest's digest (its blob is in the store).
+    pub manifest: Digest,
+    /// The config and layer blobs the manifest names, kept by garbage collection while the name exists.
+    pub blobs: Vec<Digest>,
+    /// Manifest, config and layer blobs, in bytes (compressed, as a registry would hold them).
+    pub size: u64,
+    /// When the name was given, in seconds since the epoch.
+    pub created: u64,
+}
+
+impl Store {
+    fn name_path(&self, name: &str) -> PathBuf {
+        self.root
+            .join("names")
+            .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))
+    }
+
+    /// Records `image` under its name, replacing what the name held (written atomically: a crash leaves
+    /// the old record or the new one).
+    pub fn put_name(&self, image: &NamedImage) -> Result<()> {
+        let dir = self.root.join("names");
+        fs::create_dir_all(&dir)
+            .map_err(|e| Diagnostic::io(format!("cannot create {}", dir.display()), e))?;
+        let bytes = serde_json::to_vec(image)
+            .map_err(|e| Diagnostic::env(format!("cannot encode an image name: {e}")))?;
+        atomic_write(&self.name_path(&image.name), &bytes)
+    }
+
+    /// The image kept under `name`, if its record and manifest are there.
+    pub fn named(&self, name: &str) -> Option<NamedImage> {
+        let bytes = fs::read(self.name_path(name)).ok()?;
+        let image: NamedImage = serde_json::from_slice(&bytes).ok()?;
+        (image.name == name && self.blob_path(&image.manifest).is_file()).then_some(image)
+    }
+
+    /// Every named image, by name.
+    pub fn names(&self) -> Vec<NamedImage> {
+        let mut all: Vec<NamedImage> = fs::read_dir(self.root.join("names"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Forgets a name; its blobs go at the next prune unless another name or a cached result holds them.
+    /// Returns whether the name existed.
+    pub fn remove_name(&self, name: &str) -> Result<bool> {
+        let path = self.name_path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(Diagnostic::io(
+                format!("cannot remove {}", path.display()),
+                e,
+            )),
+        }
+    }
+
+    /// The hex digests of every blob a named image needs, manifests included.
+    pub(super) fn named_blobs(&self) -> std::collections::HashSet<String> {
+        self.names()
+            .iter()
+            .flat_map(|n| n.blobs.iter().chain([&n.manifest]))
+            .map(|d| d.hex().to_string())
+            .collect()
+    }
+}
