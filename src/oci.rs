@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const IMAGE_NAME: &str = "io.containerd.image.name";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -111,7 +112,7 @@ pub(crate) fn write_layout(
     tag: Option<&str>,
     blobs: &[(String, PathBuf)],
 ) -> io::Result<String> {
-    write_layout_keeping(dir, manifest_json, tag, blobs, &|_, _| true)
+    write_layout_keeping(dir, manifest_json, tag, None, blobs, &|_, _| true)
 }
 
 /// `write_layout`, keeping a blob already in the layout only where `keep(path, digest)` says it holds
@@ -120,6 +121,7 @@ pub(crate) fn write_layout_keeping(
     dir: &Path,
     manifest_json: &[u8],
     tag: Option<&str>,
+    image_name: Option<&str>,
     blobs: &[(String, PathBuf)],
     keep: &dyn Fn(&Path, &str) -> bool,
 ) -> io::Result<String> {
@@ -183,8 +185,17 @@ pub(crate) fn write_layout_keeping(
     if let Some(platform) = config_platform(dir, typed.config().digest().as_ref()) {
         desc.insert("platform".into(), platform);
     }
+    let mut annotations = Map::new();
     if let Some(tag) = tag {
-        desc.insert("annotations".into(), json!({ REF_NAME: tag }));
+        annotations.insert(REF_NAME.into(), json!(tag));
+    }
+    if let Some(name) = image_name {
+        // containerd's (and BuildKit's) annotation for the whole normalised name: `ctr image import`
+        // names the image by it.
+        annotations.insert(IMAGE_NAME.into(), json!(name));
+    }
+    if !annotations.is_empty() {
+        desc.insert("annotations".into(), Value::Object(annotations));
     }
 
     let index_path = dir.join("index.json");

@@ -112,7 +112,8 @@ impl Flags {
             .iter()
             .map(|v| parse_cache_from(cl, v))
             .collect::<Result<Vec<_>>>()?;
-        for p in &pushes {
+        // A name goes into an OCI index, a docker-archive, a daemon or the store: it must be one.
+        for p in pushes.iter().chain(&cmd.tags) {
             crate::registry::ImageName::parse(p).map_err(|d| {
                 cl.error(p, Span::default(), d.message)
                     .help(d.help.unwrap_or_default())

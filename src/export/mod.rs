@@ -144,6 +144,10 @@ pub fn export_image(
         }
         Output::Oci { dest, tar } => {
             let layout_tag = ref_name(names.first().copied());
+            let full_name = names
+                .first()
+                .and_then(|n| crate::registry::ImageName::parse(n).ok())
+                .map(|n| n.to_string());
             let files = image_files(store, image);
             if *tar {
                 let key = record_key("oci-tar", &[manifest.as_str(), &layout_tag]);
@@ -157,6 +161,7 @@ pub fn export_image(
                         &dir,
                         &image.manifest,
                         Some(&layout_tag),
+                        full_name.as_deref(),
                         &files,
                         &crate::oci::file_holds,
                     )
@@ -165,7 +170,8 @@ pub fn export_image(
                 })?
             } else {
                 let key = record_key("oci", &[manifest.as_str(), &layout_tag]);
-                write_layout_output(store, dest, &key, image, &layout_tag, &files)?
+                let named = (layout_tag.as_str(), full_name.as_deref());
+                write_layout_output(store, dest, &key, image, named, &files)?
             }
         }
         Output::Local { .. } | Output::Tar { .. } => {
@@ -374,7 +380,7 @@ fn write_layout_output(
     dest: &Path,
     key: &str,
     image: &Image,
-    tag: &str,
+    (tag, full_name): (&str, Option<&str>),
     files: &[(String, PathBuf)],
 ) -> Result<bool> {
     let dest = record::absolute(dest);
@@ -397,7 +403,7 @@ fn write_layout_output(
     let keep = |path: &Path, digest: &str| {
         trusted.iter().any(|t| t == path) || crate::oci::file_holds(path, digest)
     };
-    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), files, &keep)
+    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), full_name, files, &keep)
         .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e))?;
     record::remember(store, &dest, key, &written)?;
     Ok(false)
@@ -407,7 +413,8 @@ fn write_layout_output(
 /// (`hello:1.0`, `registry.example.com/team/app:v2`), which the annotation's grammar allows (components
 /// joined by `/`, `:` a separator), so `skopeo copy oci:DIR:hello:1.0`, umoci and `podman load` find the
 /// image by the name the user gave; BuildKit (through containerd's archive exporter) writes only the tag
-/// there, which loses the repository and makes two images of one tag collide. No name: `latest`.
+/// there, which loses the repository and makes two images of one tag collide. No name: `latest`. The
+/// whole normalised name also goes where BuildKit puts it, `io.containerd.image.name`.
 pub fn ref_name(name: Option<&str>) -> String {
     name.filter(|n| !n.is_empty())
         .map_or_else(|| "latest".to_string(), str::to_string)

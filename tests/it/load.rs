@@ -453,3 +453,19 @@ fn load_without_a_daemon_says_which_socket_and_how_to_choose() {
         out.stderr
     );
 }
+
+#[test]
+fn a_tag_that_is_no_image_name_is_a_located_error() {
+    let store = tempdir("store-");
+    let out = build(store.path(), &["-t", "Kiln/Upper:1"], &[]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("invalid image reference `Kiln/Upper:1`")
+            && out.stderr.contains("^^^^")
+            && out.stderr.contains("help:"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.steps().is_empty(), "{}", out.stderr);
+}

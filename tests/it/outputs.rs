@@ -306,6 +306,11 @@ fn unchanged_outputs_are_left_alone() {
         .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
         .collect();
     assert_eq!(names, ["kiln/outputs:1.0"], "{index}");
+    // BuildKit's annotation for the normalised name, which containerd names an imported image by.
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "docker.io/kiln/outputs:1.0"
+    );
     tool(
         "umoci",
         &[
