@@ -469,3 +469,63 @@ fn a_tag_that_is_no_image_name_is_a_located_error() {
     );
     assert!(out.steps().is_empty(), "{}", out.stderr);
 }
+
+/// `-t` names one image: several selected targets with a name are refused before anything runs, as
+/// several targets with one output are.
+#[test]
+fn a_tag_for_several_targets_is_refused() {
+    let dir = crate::support::copy_dir(&repo().join("examples/monorepo"));
+    let out = Kiln::new()
+        .current_dir(dir.path())
+        .args(["//services/...", "-t", "kiln-load/many:1"])
+        .run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("3 targets are selected")
+            && out.stderr.contains("a -t name takes one image"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.steps().is_empty(), "{}", out.stderr);
+}
+
+/// The store commands' mistakes: a store that is not one, an export with no output, a push to a name
+/// that is no reference.
+#[test]
+fn image_command_errors() {
+    let nowhere = tempdir("not-a-store-");
+    let missing = nowhere.path().join("typo");
+    let out = Kiln::bare().args(["images", "--store"]).arg(&missing).run();
+    out.expect_code(2);
+    assert!(out.stderr.contains("is not a kiln store"), "{}", out.stderr);
+    assert!(!missing.exists(), "kiln images made {}", missing.display());
+
+    let store = tempdir("store-");
+    build(store.path(), &["-t", "kiln-kept/errors:1"], &[]).success();
+    let image = |args: &[&str]| {
+        Kiln::bare()
+            .arg("image")
+            .args(args.iter().copied())
+            .arg("--store")
+            .arg(store.path())
+            .run()
+    };
+    let out = image(&["export", "kiln-kept/errors:1"]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("needs an output"), "{}", out.stderr);
+    let out = image(&["push", "kiln-kept/errors:1", "Bad Name"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("invalid image reference `Bad Name`") && out.stderr.contains('^'),
+        "{}",
+        out.stderr
+    );
+    let out = image(&["rm", "kiln-kept/nope:1"]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("no image named `kiln-kept/nope:1`")
+            && out.stderr.contains("did you mean `kiln-kept/errors:1`?"),
+        "{}",
+        out.stderr
+    );
+}
