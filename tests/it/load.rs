@@ -333,6 +333,14 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
     .success();
     let digest = skopeo_digest(&direct, name);
     assert_eq!(skopeo_digest(&exported, name), digest);
+    // The layout's entry is named `kiln-kept/app:1.0`; `oci-layout://DIR:TAG` still finds it by its tag.
+    let on_top = context(&[("Dockerfile", "FROM kept\nRUN /bin/busybox cat /loaded\n")]);
+    Kiln::build_in(store.path())
+        .arg("--build-context")
+        .arg(format!("kept=oci-layout://{}:1.0", exported.display()))
+        .arg(on_top.path())
+        .run()
+        .success();
     let archive = dir.path().join("image.tar");
     export(
         store.path(),
