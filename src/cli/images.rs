@@ -95,7 +95,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             }
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
-            let image = crate::export::stored_image(&store, &named.manifest)?;
+            let image = crate::export::stored_image(&store, &named)?;
             for output in &parsed {
                 let exported =
                     crate::export::export_image(&store, &image, output, &[name.as_str()], None)?;
@@ -120,7 +120,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
         } => {
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
-            let image = crate::export::stored_image(&store, &named.manifest)?;
+            let image = crate::export::stored_image(&store, &named)?;
             let target = new_name.as_deref().unwrap_or(&name);
             crate::registry::ImageName::parse(target).map_err(|d| {
                 cl.error(target, Span::default(), d.message)

@@ -217,12 +217,14 @@ pub fn named(image: &Image, name: &str) -> crate::store::NamedImage {
         blobs,
         size,
         created,
+        tar_sizes: image.blobs.iter().map(|b| b.tar_size).collect(),
     }
 }
 
 /// An image kept in the store, read back from its manifest and config blobs (each checked against its
 /// digest), so it is exported with the very digest it was built with.
-pub fn stored_image(store: &Store, manifest: &Digest) -> Result<Image> {
+pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<Image> {
+    let manifest = &named.manifest;
     let manifest_bytes = store.read_blob(manifest)?;
     let bad = |what: &str| Diagnostic::env(format!("the stored image {manifest} has {what}"));
     let m: Value =
@@ -240,7 +242,7 @@ pub fn stored_image(store: &Store, manifest: &Digest) -> Result<Image> {
         return Err(bad("as many diff ids as layers"));
     }
     let mut blobs = Vec::new();
-    for (d, diff_id) in descriptors.iter().zip(diff_ids) {
+    for (i, (d, diff_id)) in descriptors.iter().zip(diff_ids).enumerate() {
         let digest = d["digest"].as_str().and_then(Digest::parse);
         let diff_id = diff_id.as_str().and_then(Digest::parse);
         let (Some(digest), Some(diff_id)) = (digest, diff_id) else {
@@ -254,7 +256,7 @@ pub fn stored_image(store: &Store, manifest: &Digest) -> Result<Image> {
             digest,
             size: d["size"].as_u64().unwrap_or(0),
             media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
-            tar_size: None,
+            tar_size: named.tar_sizes.get(i).copied().flatten(),
         });
     }
     Ok(Image {

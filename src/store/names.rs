@@ -23,6 +23,10 @@ pub struct NamedImage {
     pub size: u64,
     /// When the name was given, in seconds since the epoch.
     pub created: u64,
+    /// Each layer's uncompressed tar length where kiln made the blob, in manifest order: a
+    /// docker-archive (`--load`) then streams it without spooling it first.
+    #[serde(default)]
+    pub tar_sizes: Vec<Option<u64>>,
 }
 
 impl Store {
