@@ -265,6 +265,28 @@ fn load_into_podman_service() {
     let inspect = tool("podman", &args);
     // podman qualifies a short name as `localhost/...`, as `podman load` does.
     assert_config(&inspect, &["localhost/kiln-load/podman:1.0"]);
+
+    // `podman load` of an OCI archive names the image by its index entry's ref name: the whole name
+    // given to -t (the tag alone, as kiln wrote it before, made podman name it `localhost/1.0:latest`).
+    let dir = tempdir("oci-");
+    let archive = dir.path().join("image.tar");
+    build(
+        store.path(),
+        &[
+            "-t",
+            "kiln-load/oci:1.0",
+            "-o",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
+        &[],
+    )
+    .success();
+    let mut args = Podman::storage(podman.dir.path());
+    args.extend(["load", "-i"].map(String::from));
+    args.push(archive.display().to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let loaded = tool("podman", &args);
+    assert!(loaded.contains("docker.io/kiln-load/oci:1.0"), "{loaded}");
 }
 
 /// The manifest digest of `name` in the OCI layout at `dir`, as skopeo reads it.
