@@ -144,19 +144,18 @@ pub fn load(
         });
         let answer = runtime.block_on(send(stream, body));
         let written = writer.join().expect("the archive writer does not panic");
-        let text = answer.map_err(|e| {
+        let (status, answer) = answer.map_err(|e| {
             Diagnostic::env(format!(
                 "loading into the daemon at {} failed: {e}",
                 socket.display()
             ))
         })?;
         // The daemon's own word comes first: when it refuses the archive, writing it fails too.
-        let messages = daemon_messages(&text.1, endpoint)?;
-        if !text.0.is_success() {
+        let messages = daemon_messages(&answer, endpoint)?;
+        if !status.is_success() {
             return Err(Diagnostic::env(format!(
-                "the daemon at {} refused the image ({}): {}",
+                "the daemon at {} refused the image ({status}): {}",
                 socket.display(),
-                text.0,
                 messages.join("; ")
             )));
         }
@@ -194,8 +193,9 @@ where
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    drop(sender);
-    let _ = driving.await;
+    // The answer is whole. A daemon that answered before the archive was (a refusal) may keep the
+    // connection open; dropping it ends the body too, so the archive writer stops instead of waiting.
+    driving.abort();
     Ok((status, answer))
 }
 
