@@ -132,6 +132,24 @@ fn load_into_docker_engine() {
     let ran = dockerd.docker(&["run", "--rm", "--network=none", "kiln-load/hello:1.0"]);
     assert_eq!(ran, "loaded\n");
 
+    // The daemon's own refusal is shown: docker tags an image, so a name with a digest (which buildx and
+    // kiln accept for -t) is refused by the daemon, not by kiln.
+    let pinned = format!("kiln-load/pinned@sha256:{}", "a".repeat(64));
+    let out = build(
+        store.path(),
+        &["-t", &pinned, "--load"],
+        &[("DOCKER_HOST", &host)],
+    );
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(&format!(
+            "the daemon at {} could not load the image: invalid tag \"{pinned}\"",
+            host.trim_start_matches("unix://")
+        )),
+        "{}",
+        out.stderr
+    );
+
     // `-o type=docker` without `dest` loads too (buildx's reading); the endpoint comes from the current
     // docker context when DOCKER_HOST is not set.
     let config = tempdir("docker-config-");
