@@ -478,6 +478,26 @@ fn load_without_a_daemon_says_which_socket_and_how_to_choose() {
     // Refused before any step ran.
     assert!(out.steps().is_empty(), "{}", out.stderr);
 
+    // A docker context that does not exist names itself and where it was looked for.
+    let config = tempdir("docker-config-");
+    let out = build(
+        store.path(),
+        &["--load"],
+        &[
+            ("DOCKER_HOST", ""),
+            ("DOCKER_CONTEXT", "kiln-missing"),
+            ("DOCKER_CONFIG", config.path().to_str().unwrap()),
+        ],
+    );
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains(
+            "the docker context `kiln-missing` (from DOCKER_CONTEXT) has no docker endpoint in"
+        ) && out.stderr.contains("docker context create"),
+        "{}",
+        out.stderr
+    );
+
     let out = build(
         store.path(),
         &["--load"],
