@@ -97,8 +97,13 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let named = find(&cl, &store, &name)?;
             let image = crate::export::stored_image(&store, &named)?;
             for output in &parsed {
-                let exported =
-                    crate::export::export_image(&store, &image, output, &[name.as_str()], None)?;
+                let exported = crate::export::export_image(
+                    &store,
+                    &image,
+                    output,
+                    &[name.as_str()],
+                    named.epoch,
+                )?;
                 let dest = output.destination();
                 let mut note = format!("exported {name} to {dest}");
                 if exported.unchanged {

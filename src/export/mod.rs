@@ -202,7 +202,7 @@ pub fn image(
 }
 
 /// The store's record of `image` under `name`: its manifest and every blob it needs, with their size.
-pub fn named(image: &Image, name: &str) -> crate::store::NamedImage {
+pub fn named(image: &Image, name: &str, epoch: Option<i64>) -> crate::store::NamedImage {
     let mut blobs = vec![image.config_digest.clone()];
     blobs.extend(image.blobs.iter().map(|b| b.digest.clone()));
     let size = image.manifest.len() as u64
@@ -218,6 +218,7 @@ pub fn named(image: &Image, name: &str) -> crate::store::NamedImage {
         size,
         created,
         tar_sizes: image.blobs.iter().map(|b| b.tar_size).collect(),
+        epoch,
     }
 }
 

@@ -306,7 +306,7 @@ impl Build {
             };
             let image = crate::export::image(store, layers, config, &self.settings)?;
             for name in names {
-                let record = crate::export::named(&image, name);
+                let record = crate::export::named(&image, name, self.settings.epoch);
                 store.put_name(&record)?;
                 reporter.event(Event::Note(format!(
                     "warning: no output specified (--load, --push or -o); the image is kept in kiln's store as {name}, manifest {}: see `kiln images`, `kiln image export {name} -o ...`",

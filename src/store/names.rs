@@ -27,6 +27,10 @@ pub struct NamedImage {
     /// docker-archive (`--load`) then streams it without spooling it first.
     #[serde(default)]
     pub tar_sizes: Vec<Option<u64>>,
+    /// The build's `SOURCE_DATE_EPOCH`, which also dates a docker-archive's entries: an export then
+    /// writes the bytes the build would have written.
+    #[serde(default)]
+    pub epoch: Option<i64>,
 }
 
 impl Store {

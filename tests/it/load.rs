@@ -360,6 +360,7 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
     .success();
     let direct = dir.path().join("direct");
     let fresh = tempdir("store-");
+    let direct_archive = dir.path().join("direct.tar");
     build(
         fresh.path(),
         &[
@@ -367,6 +368,8 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
             name,
             "-o",
             &format!("type=oci,dest={}", direct.display()),
+            "-o",
+            &format!("type=docker,dest={}", direct_archive.display()),
         ],
         &epoch,
     )
@@ -389,6 +392,11 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
     .success();
     let manifest = tool("tar", &["-xOf", archive.to_str().unwrap(), "manifest.json"]);
     assert!(manifest.contains(name), "{manifest}");
+    // The very bytes the build writes as a docker-archive (dated by the same SOURCE_DATE_EPOCH).
+    assert!(
+        std::fs::read(&archive).unwrap() == std::fs::read(&direct_archive).unwrap(),
+        "the exported docker-archive differs from the build's"
+    );
 
     // `kiln prune` keeps what a name holds: the image is still whole afterwards.
     Kiln::bare()
