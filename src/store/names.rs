@@ -93,3 +93,40 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Access;
+
+    /// A name survives a prune that empties everything else, and its blobs with it; forgetting it lets
+    /// the next prune take them.
+    #[test]
+    fn a_named_images_blobs_outlive_a_prune_until_the_name_goes() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), Access::Exclusive).unwrap();
+        let config = store.put_blob(b"{\"config\":1}").unwrap();
+        let manifest = store.put_blob(b"{\"manifest\":1}").unwrap();
+        let stray = store.put_blob(b"nothing holds this").unwrap();
+        let image = NamedImage {
+            name: "kiln/app:1.0".into(),
+            manifest: manifest.clone(),
+            blobs: vec![config.clone()],
+            size: 28,
+            created: 1,
+            tar_sizes: Vec::new(),
+            epoch: None,
+        };
+        store.put_name(&image).unwrap();
+        assert_eq!(store.named("kiln/app:1.0"), Some(image.clone()));
+        assert_eq!(store.named("kiln/app:2.0"), None);
+        store.prune(0).unwrap();
+        assert!(store.blob_path(&config).is_file() && store.blob_path(&manifest).is_file());
+        assert!(!store.blob_path(&stray).exists());
+        assert_eq!(store.names(), [image]);
+        assert!(store.remove_name("kiln/app:1.0").unwrap());
+        assert!(!store.remove_name("kiln/app:1.0").unwrap());
+        store.prune(0).unwrap();
+        assert!(!store.blob_path(&config).exists() && !store.blob_path(&manifest).exists());
+    }
+}
