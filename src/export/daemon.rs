@@ -144,12 +144,20 @@ pub fn load(
         });
         let answer = runtime.block_on(send(stream, body));
         let written = writer.join().expect("the archive writer does not panic");
-        let (status, answer) = answer.map_err(|e| {
-            Diagnostic::env(format!(
-                "loading into the daemon at {} failed: {e}",
-                socket.display()
-            ))
-        })?;
+        let cannot_write = |e| Diagnostic::io("cannot write the image for the daemon", e);
+        let ((status, answer), written) = match (answer, written) {
+            (Ok(answer), written) => (answer, written),
+            // The request broke because the archive could not be made: that is the cause to show.
+            (Err(_), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(cannot_write(e));
+            }
+            (Err(e), _) => {
+                return Err(Diagnostic::env(format!(
+                    "loading into the daemon at {} failed: {e}",
+                    socket.display()
+                )));
+            }
+        };
         // The daemon's own word comes first: when it refuses the archive, writing it fails too.
         let messages = daemon_messages(&answer, endpoint)?;
         if !status.is_success() {
@@ -159,7 +167,7 @@ pub fn load(
                 messages.join("; ")
             )));
         }
-        written.map_err(|e| Diagnostic::io("cannot write the image for the daemon", e))?;
+        written.map_err(cannot_write)?;
         Ok(Loaded { messages })
     })
 }
