@@ -191,6 +191,44 @@ fn load_into_docker_engine() {
         &dockerd.docker(&["image", "inspect", "kiln-load/kept:3"]),
         &["kiln-load/kept:3"],
     );
+
+    // A layer blob damaged in the store: the archive cannot be made, that is what the error says, and
+    // the daemon is left without the image.
+    let layout = tempdir("layout-");
+    Kiln::bare()
+        .args(["image", "export", "kiln-load/kept:3", "-o"])
+        .arg(format!("type=oci,dest={}", layout.path().display()))
+        .arg("--store")
+        .arg(store.path())
+        .run()
+        .success();
+    let manifest = crate::support::Layout::new(layout.path()).manifest();
+    let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = store.path().join("blobs/sha256").join(top);
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, &bytes[..bytes.len() / 2]).unwrap();
+    build(store.path(), &["-t", "kiln-load/broken:4"], &[]).success();
+    let out = Kiln::bare()
+        .args(["image", "export", "kiln-load/broken:4", "--load", "--store"])
+        .arg(store.path())
+        .env("DOCKER_HOST", &host)
+        .run();
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("cannot write the image for the daemon"),
+        "{}",
+        out.stderr
+    );
+    let inspect = Command::new(DOCKER)
+        .args(["image", "inspect", "kiln-load/broken:4"])
+        .env("DOCKER_HOST", &host)
+        .output()
+        .unwrap();
+    assert!(!inspect.status.success(), "the daemon has the broken image");
 }
 
 /// podman's API service on a socket of its own, with its storage under a temp dir; killed when done.
