@@ -206,10 +206,16 @@ pub(super) fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::expor
             ),
         });
     }
-    let Some(dest) = get("dest")
+    let dest = get("dest")
         .and_then(|f| f.value.clone())
-        .filter(|d| !d.is_empty())
-    else {
+        .filter(|d| !d.is_empty());
+    if kind == "docker" && dest.is_none() {
+        // As buildx: a docker output without a file goes into the Docker Engine (`--load`).
+        return Ok(Output::Load {
+            endpoint: crate::export::daemon::endpoint()?,
+        });
+    }
+    let Some(dest) = dest else {
         return Err(cl
             .error(
                 value,

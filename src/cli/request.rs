@@ -11,6 +11,7 @@ use super::flags::{
     parse_secret, parse_ssh,
 };
 use crate::diag::{Diagnostic, Located, Result, Span};
+use crate::export::Output;
 use crate::pipeline::{BuildRequest, Remote};
 
 use crate::progress;
@@ -69,6 +70,8 @@ impl BuildRequest {
         if let Some(failure) = pulls.failure(&compiled.graph) {
             return Err(failure);
         }
+        let keep_named =
+            !cmd.tags.is_empty() && flags.outputs.is_empty() && flags.pushes.is_empty();
         Ok(BuildRequest {
             graph: compiled.graph,
             contexts: compiled.contexts,
@@ -77,7 +80,8 @@ impl BuildRequest {
             allow,
             outputs: flags.outputs,
             pushes: flags.pushes,
-            tag: cmd.tags.first().cloned(),
+            tags: cmd.tags.clone(),
+            keep_named,
             cache_to: flags.cache_to,
             cache_from: flags.cache_from,
             registry,
@@ -108,7 +112,8 @@ impl Flags {
             .iter()
             .map(|v| parse_cache_from(cl, v))
             .collect::<Result<Vec<_>>>()?;
-        for p in &pushes {
+        // A name goes into an OCI index, a docker-archive, a daemon or the store: it must be one.
+        for p in pushes.iter().chain(&cmd.tags) {
             crate::registry::ImageName::parse(p).map_err(|d| {
                 cl.error(p, Span::default(), d.message)
                     .help(d.help.unwrap_or_default())
@@ -136,7 +141,26 @@ fn outputs_and_pushes(
     for o in &cmd.outputs {
         match parse_registry_output(cl, o, &cmd.tags)? {
             Some(names) => pushes.extend(names),
-            None => outputs.push(parse_output(cl, o)?),
+            None => {
+                let output = parse_output(cl, o)?;
+                // buildx: `--load` is `-o type=docker`, so it goes with docker outputs only.
+                if cmd.load && !matches!(output, Output::Docker { .. } | Output::Load { .. }) {
+                    return Err(cl
+                        .error(o, Span::default(), "--load and this output can't be used together")
+                        .help("--load is shorthand for `-o type=docker`: drop one of them, or write the image with `-o type=docker,dest=FILE` beside --load"));
+                }
+                outputs.push(output);
+            }
+        }
+    }
+    if cmd.load && !outputs.iter().any(|o| matches!(o, Output::Load { .. })) {
+        outputs.push(Output::Load {
+            endpoint: crate::export::daemon::endpoint()?,
+        });
+    }
+    for o in &outputs {
+        if let Output::Load { endpoint } = o {
+            crate::export::daemon::check(endpoint)?;
         }
     }
     if cmd.push {
@@ -175,7 +199,10 @@ fn compile_checked(
     if let Some(refusal) = compiled.secret_findings.refusal() {
         return Err(refusal);
     }
-    if compiled.graph.roots.len() > 1 && (!flags.outputs.is_empty() || !flags.pushes.is_empty()) {
+    let names_one = !cmd.tags.is_empty();
+    if compiled.graph.roots.len() > 1
+        && (!flags.outputs.is_empty() || !flags.pushes.is_empty() || names_one)
+    {
         // One destination cannot hold several images; exporting each over the last would lose all
         // but one without a word.
         let names: Vec<&str> = compiled
@@ -185,11 +212,13 @@ fn compile_checked(
             .map(|(n, _)| n.as_str())
             .collect();
         return Err(Diagnostic::input(format!(
-            "{} targets are selected ({}), but an output or a push takes one image",
+            "{} targets are selected ({}), but an output, a push or a -t name takes one image",
             names.len(),
             names.join(", ")
         ))
-        .help("build them into the store without -o/--push, or select one target for the output"));
+        .help(
+            "build them into the store without -o/--push/-t, or select one target for the output",
+        ));
     }
     Ok(compiled)
 }

@@ -13,7 +13,7 @@ fn store_root(args: &StoreArgs) -> PathBuf {
         .unwrap_or_else(crate::store::Store::default_root)
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut u = 0;

@@ -20,6 +20,7 @@ mod graph;
 mod instructions;
 mod isolation;
 mod leak_matrix;
+mod load;
 mod mounts;
 mod onbuild;
 mod outputs;
