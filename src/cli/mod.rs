@@ -19,6 +19,7 @@ mod convert;
 mod flags;
 mod fmt;
 mod graph;
+mod outputs;
 mod query;
 mod request;
 mod store;

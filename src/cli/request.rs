@@ -6,10 +6,8 @@ use std::collections::BTreeMap;
 use super::args::{BuildCmd, CompressionArg, ProgressMode};
 use super::command_line::CommandLine;
 use super::compile::{Compiled, Mode, compile};
-use super::flags::{
-    parse_allow, parse_cache_from, parse_cache_to, parse_output, parse_registry_output,
-    parse_secret, parse_ssh,
-};
+use super::flags::{parse_allow, parse_cache_from, parse_cache_to, parse_secret, parse_ssh};
+use super::outputs::{self, Layers, Target};
 use crate::diag::{Diagnostic, Located, Result, Span};
 use crate::pipeline::{BuildRequest, Remote};
 
@@ -21,6 +19,8 @@ struct Flags {
     secrets: SecretStore,
     outputs: Vec<crate::export::Output>,
     pushes: Vec<String>,
+    /// What the `-o` values say about layer compression (over `--compression`).
+    layers: Layers,
     cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
     cache_from: Vec<crate::solve::shared_cache::Source>,
     epoch: Option<i64>,
@@ -46,11 +46,13 @@ impl BuildRequest {
         crate::exec::userns::enter()?;
         let settings = crate::export::Settings {
             epoch: flags.epoch,
-            codec: match cmd.compression {
+            codec: flags.layers.codec.unwrap_or(match cmd.compression {
                 CompressionArg::Gzip => crate::layer::Codec::Gzip,
                 CompressionArg::Zstd => crate::layer::Codec::Zstd,
-            },
+            }),
             jobs: cmd.jobs,
+            level: flags.layers.level,
+            force: flags.layers.force.unwrap_or(false),
         };
         let store = cmd
             .store
@@ -97,7 +99,7 @@ impl Flags {
             let (id, source) = parse_secret(cl, s)?;
             secrets.insert(id, source);
         }
-        let (outputs, pushes) = outputs_and_pushes(cmd, cl)?;
+        let (outputs, pushes, layers) = outputs_and_pushes(cmd, cl)?;
         let cache_to = cmd
             .cache_to
             .iter()
@@ -118,6 +120,7 @@ impl Flags {
             secrets,
             outputs,
             pushes,
+            layers,
             cache_to,
             cache_from,
             epoch: source_date_epoch()?,
@@ -126,19 +129,43 @@ impl Flags {
 }
 
 /// `-o` values: registry outputs are pushes, not files, so they are collected apart from the others;
-/// `--push` adds the `-t` names.
+/// `--push` adds the `-t` names. One build makes one set of layer blobs, so outputs that ask for
+/// different compressions are refused rather than one of them quietly losing.
 fn outputs_and_pushes(
     cmd: &BuildCmd,
     cl: &CommandLine,
-) -> Result<(Vec<crate::export::Output>, Vec<String>)> {
+) -> Result<(Vec<crate::export::Output>, Vec<String>, Layers)> {
     let mut outputs = Vec::new();
     let mut pushes = Vec::new();
+    let mut layers: Option<(Layers, &str)> = None;
     for o in &cmd.outputs {
-        match parse_registry_output(cl, o, &cmd.tags)? {
-            Some(names) => pushes.extend(names),
-            None => outputs.push(parse_output(cl, o)?),
+        let parsed = outputs::parse(cl, o, &cmd.tags)?;
+        if parsed.layers != Layers::default() {
+            match layers {
+                Some((l, first)) if l != parsed.layers => {
+                    return Err(cl
+                        .error(o, Span::default(), "this output compresses its layers otherwise than another")
+                        .help(format!("kiln makes one set of layers per build; give this output the compression keys of `-o {first}`")));
+                }
+                _ => layers = Some((parsed.layers, o)),
+            }
+        }
+        match parsed.target {
+            Target::Push(names) => pushes.extend(names),
+            Target::File(out) => outputs.push(out),
+            Target::Store => {}
         }
     }
+    if outputs
+        .iter()
+        .filter(|o| matches!(o, crate::export::Output::Oci { dest, .. } | crate::export::Output::Docker { dest, .. } | crate::export::Output::Local { dest } | crate::export::Output::Tar { dest } if crate::export::is_stdout(dest)))
+        .count()
+        > 1
+    {
+        return Err(Diagnostic::input("several outputs are written to stdout (`dest=-`)")
+            .help("send at most one output to stdout"));
+    }
+    let layers = layers.map(|(l, _)| l).unwrap_or_default();
     if cmd.push {
         if cmd.tags.is_empty() {
             return Err(Diagnostic::input("--push needs a name to push to")
@@ -148,7 +175,7 @@ fn outputs_and_pushes(
     }
     pushes.sort();
     pushes.dedup();
-    Ok((outputs, pushes))
+    Ok((outputs, pushes, layers))
 }
 
 fn source_date_epoch() -> Result<Option<i64>> {

@@ -258,7 +258,7 @@ impl Build {
                 let exported = crate::export::export(store, layers, config, out, tag, settings)?;
                 let dest = match out {
                     crate::export::Output::Oci { dest, .. }
-                    | crate::export::Output::Docker { dest }
+                    | crate::export::Output::Docker { dest, .. }
                     | crate::export::Output::Local { dest }
                     | crate::export::Output::Tar { dest } => dest,
                 };
@@ -280,7 +280,11 @@ impl Build {
                     None => format!("exported the filesystem of {name} to {}", dest.display()),
                 };
                 reporter.event(Event::Note(note));
-                if let Some(m) = exported.manifest {
+                // A tar on stdout (`dest=-`) is stdout's whole content.
+                if let Some(m) = exported
+                    .manifest
+                    .filter(|_| !crate::export::is_stdout(dest))
+                {
                     progress::stdout(&format!("{m}\n"));
                 }
             }

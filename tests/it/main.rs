@@ -11,6 +11,7 @@ mod build_lang;
 mod cache;
 mod cache_export;
 mod cleanup;
+mod cli_flags;
 mod dockerignore;
 mod errors;
 mod escape;
