@@ -125,6 +125,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 opts.target_at.clone(),
             );
             notes.append(&mut session.notes);
+            unknown_params(&session, params, opts)?;
             let (program, packages) = lowered?;
             Ok(Compiled {
                 program,
@@ -143,6 +144,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
             let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
             notes.append(&mut session.notes);
+            unknown_params(&session, params, opts)?;
             let lowered = lowered?;
             Ok(Compiled {
                 program: lowered.program,
@@ -151,6 +153,47 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             })
         }
     }
+}
+
+/// Refuses a `--param` no loaded module declares (a misspelt one would otherwise pass silently, and
+/// the param meant keep its default). Checked even when lowering failed: a required param reported
+/// missing is often the one misspelt.
+fn unknown_params(
+    session: &load::Session,
+    params: &std::collections::BTreeMap<String, String>,
+    opts: &frontend::LowerOptions,
+) -> diag::Result<()> {
+    use frontend::buildfile::syntax::ItemKind;
+    let declared: std::collections::BTreeSet<&str> = session
+        .modules
+        .iter()
+        .filter(|m| !m.path.starts_with("@std"))
+        .flat_map(|m| &m.module.items)
+        .filter_map(|i| match &i.kind {
+            ItemKind::Param { name, .. } => Some(name.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(name) = params.keys().find(|k| !declared.contains(k.as_str())) else {
+        return Ok(());
+    };
+    let d = diag::Diagnostic::input(format!("no module declares a param `{name}`"));
+    let d = match opts.params_at.get(name) {
+        Some(at) => d.label(at.clone(), "given here"),
+        None => d,
+    };
+    Err(match diag::suggest(name, declared.iter().copied()) {
+        Some(s) => d.help(format!("did you mean `{s}`?")),
+        None if declared.is_empty() => d.help("the program declares no params"),
+        None => d.help(format!(
+            "the program's params are {}",
+            declared
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    })
 }
 
 /// The build graph of a program, as `kiln graph` shows it: nodes deduplicated by definition digest,
