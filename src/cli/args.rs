@@ -100,9 +100,17 @@ pub(super) struct StoreArgs {
 pub(super) struct PruneArgs {
     #[command(flatten)]
     pub(super) store: StoreArgs,
-    /// Keep at most this much (`500MB`, `10GB`); without it, everything is removed.
-    #[arg(long, value_name = "SIZE")]
+    /// Keep at most this much (`500MB`, `10GB`), the most recently used; without it, everything is
+    /// removed. (`--max-used-space` is docker's newer spelling.)
+    #[arg(long, visible_alias = "max-used-space", value_name = "SIZE")]
     pub(super) keep_storage: Option<String>,
+    /// Do not ask for confirmation (needed where there is no terminal to ask on).
+    #[arg(short, long)]
+    pub(super) force: bool,
+    /// docker's spelling for pruning every record, not only unused ones: kiln's store has no
+    /// unused-only mode, so `kiln prune` always considers all of it.
+    #[arg(short, long)]
+    pub(super) all: bool,
 }
 
 #[derive(Args)]
