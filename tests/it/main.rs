@@ -21,6 +21,7 @@ mod graph;
 mod instructions;
 mod isolation;
 mod leak_matrix;
+mod messages;
 mod mounts;
 mod onbuild;
 mod outputs;
