@@ -12,6 +12,7 @@ mod cache;
 mod cache_export;
 mod cleanup;
 mod cli_flags;
+mod dir_targets;
 mod dockerignore;
 mod errors;
 mod escape;

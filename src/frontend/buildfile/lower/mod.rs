@@ -284,17 +284,45 @@ impl<'s> Evaluator<'s> {
             });
         }
         let v = self.global(module, name, Span::default())?;
-        Ok(match v {
-            Value::Image(img) => self.finish(&img),
-            // A Dir target is exported as a filesystem (or an image of just those files).
-            Value::Dir(n) => self.program.push(
-                Op::Config(Box::default()),
-                vec![n],
-                format!("{name} (directory)"),
-                None,
-            ),
+        let dir = match v {
+            Value::Image(img) => return Ok(self.finish(&img)),
+            v @ (Value::Dir(_) | Value::Inline { .. } | Value::Remote { .. }) => {
+                self.source_node(&v)
+            }
             _ => unreachable!("targets are checked to be Image or Dir"),
-        })
+        };
+        // A Dir target is exported as a filesystem (or an image of just those files). A host directory
+        // (a context, inline files, a download) is no filesystem yet: copied onto scratch it becomes
+        // one, as `scratch().copy(...)` would make it.
+        let fs = if matches!(
+            self.program.nodes[dir].op,
+            Op::Context { .. } | Op::Inline { .. } | Op::Remote { .. }
+        ) {
+            let scratch = self.leaf("image:scratch".into(), Op::Scratch, "scratch".into(), None);
+            self.program.push(
+                Op::Copy(CopyOp {
+                    sources: vec![".".into()],
+                    dest: "/".into(),
+                    chown: None,
+                    chmod: None,
+                    extract: false,
+                    excludes: Vec::new(),
+                    parents: false,
+                    files: Vec::new(),
+                }),
+                vec![scratch, dir],
+                format!("[{}] directory", self.label(module, name)),
+                None,
+            )
+        } else {
+            dir
+        };
+        Ok(self.program.push(
+            Op::Config(Box::default()),
+            vec![fs],
+            format!("{name} (directory)"),
+            None,
+        ))
     }
 
     /// The image config node of an image value (what a stage ends with).
