@@ -101,3 +101,45 @@ fn a_files_dir_target_shows_in_the_graph() {
     out.success();
     assert!(out.stdout.contains("root config:"), "{}", out.stdout);
 }
+
+/// A Dir target of one package copied into an image of another (`dir("//pkg:name")`); the image's
+/// filesystem, written as a tar, is read back by tar.
+#[test]
+fn a_dir_target_of_one_package_is_copied_into_an_image_of_another() {
+    let repo = context(&[
+        ("kiln.toml", ""),
+        (
+            "lib/BUILD.build",
+            "target config: Dir = files({\"app.conf\": \"port = 8080\\n\"})\n",
+        ),
+        (
+            "app/BUILD.build",
+            "target app: Image = image(\"base\").copy(dir(\"//lib:config\"), [\".\"], \"/etc/app/\")\n",
+        ),
+    ]);
+    let out = tempdir("mono-");
+    let tar = out.path().join("app.tar");
+    Kiln::new()
+        .with_base()
+        .arg("-o")
+        .arg(format!("type=tar,dest={}", tar.display()))
+        .arg("//app:app")
+        .current_dir(repo.path())
+        .run()
+        .success();
+    assert_eq!(
+        tool("tar", &["-xOf", tar.to_str().unwrap(), "etc/app/app.conf"]),
+        "port = 8080\n"
+    );
+    // The inline files belong to the package that declares them.
+    let graph = Kiln::graph()
+        .arg("//app:app")
+        .current_dir(repo.path())
+        .run();
+    graph.success();
+    assert!(
+        graph.stdout.contains("inline files  (lib/BUILD.build:1:"),
+        "{}",
+        graph.stdout
+    );
+}
