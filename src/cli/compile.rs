@@ -95,8 +95,10 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
     })
 }
 
-/// BuildKit's warning for a `--build-arg` no ARG declares (a misspelt one would pass silently and the
-/// ARG keep its default). Args BuildKit predefines (proxies, platforms, `BUILDKIT_*`) need no ARG.
+/// docker's warning for a `--build-arg` no ARG declares (a misspelt one would pass silently and the
+/// ARG keep its default), in docker's words. (`docker build` on BuildKit v0.8 prints none; the words
+/// are those of docker's own builder, which users know.) Args BuildKit predefines (proxies, platforms,
+/// `BUILDKIT_*`) need no ARG.
 fn warn_unused_build_args(
     df: &crate::frontend::dockerfile::syntax::ast::Dockerfile,
     given: &BTreeMap<String, String>,

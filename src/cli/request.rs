@@ -152,18 +152,16 @@ fn outputs_and_pushes(
         }
         match parsed.target {
             Target::Push(names) => pushes.extend(names),
-            Target::File(out) => outputs.push(out),
+            Target::File(out) => {
+                if to_stdout(&out) && outputs.iter().any(to_stdout) {
+                    return Err(cl
+                        .error(o, Span::default(), "a second output to stdout (`dest=-`)")
+                        .help("stdout holds one tar: send the other outputs to files"));
+                }
+                outputs.push(out);
+            }
             Target::Store => {}
         }
-    }
-    if outputs
-        .iter()
-        .filter(|o| matches!(o, crate::export::Output::Oci { dest, .. } | crate::export::Output::Docker { dest, .. } | crate::export::Output::Local { dest } | crate::export::Output::Tar { dest } if crate::export::is_stdout(dest)))
-        .count()
-        > 1
-    {
-        return Err(Diagnostic::input("several outputs are written to stdout (`dest=-`)")
-            .help("send at most one output to stdout"));
     }
     let layers = layers.map(|(l, _)| l).unwrap_or_default();
     if cmd.push {
@@ -176,6 +174,16 @@ fn outputs_and_pushes(
     pushes.sort();
     pushes.dedup();
     Ok((outputs, pushes, layers))
+}
+
+fn to_stdout(out: &crate::export::Output) -> bool {
+    use crate::export::Output;
+    match out {
+        Output::Oci { dest, .. }
+        | Output::Docker { dest, .. }
+        | Output::Local { dest }
+        | Output::Tar { dest } => crate::export::is_stdout(dest),
+    }
 }
 
 fn source_date_epoch() -> Result<Option<i64>> {

@@ -238,6 +238,14 @@ fn read_only_commands_do_not_create_a_store() {
         assert!(out.stderr.contains("command line:1:"), "{}", out.stderr);
         assert!(!typo.exists(), "`kiln {}` made {}", args[0], typo.display());
     }
+    // KILN_STORE names a store as --store does.
+    let out = Kiln::bare().arg("du").env("KILN_STORE", &typo).run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("(from KILN_STORE)") && !typo.exists(),
+        "{}",
+        out.stderr
+    );
     // The default store not existing yet is no mistake: nothing to show.
     let out = Kiln::bare()
         .arg("du")
