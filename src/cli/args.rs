@@ -146,8 +146,9 @@ pub(super) struct BuildCmd {
     /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
     #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE")]
     pub(super) ssh: Vec<String>,
-    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), or
-    /// `type=registry,name=HOST/NAME:TAG` to push it.
+    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), `type=docker`,
+    /// `type=local`, `type=tar` (`dest=-` or `-o -`: stdout), or `type=registry,name=HOST/NAME:TAG` to
+    /// push it; `compression=`, `compression-level=`, `force-compression=` and `name=` as buildx takes them.
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
     pub(super) outputs: Vec<String>,
     /// A name for the image, recorded in the OCI layout's index (and pushed to with `--push`).
