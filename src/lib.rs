@@ -126,6 +126,9 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             );
             notes.append(&mut session.notes);
             unknown_params(&session, params, opts)?;
+            if !opts.lenient {
+                warn_unused_build_args(&session, opts);
+            }
             let (program, packages) = lowered?;
             Ok(Compiled {
                 program,
@@ -145,6 +148,9 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
             notes.append(&mut session.notes);
             unknown_params(&session, params, opts)?;
+            if !opts.lenient {
+                warn_unused_build_args(&session, opts);
+            }
             let lowered = lowered?;
             Ok(Compiled {
                 program: lowered.program,
@@ -194,6 +200,39 @@ fn unknown_params(
                 .join(", ")
         )),
     })
+}
+
+/// docker's warning for a `--build-arg` a `.build` program never reads: one that names no param of a
+/// loaded module and is no quoted key in one (as `.arg({"NAME": ...})` writes it). Generous on purpose:
+/// a name in quotes anywhere counts as read, so the warning is never wrong, only sometimes missing.
+fn warn_unused_build_args(session: &load::Session, opts: &frontend::LowerOptions) {
+    use frontend::buildfile::syntax::ItemKind;
+    let modules: Vec<_> = session
+        .modules
+        .iter()
+        .filter(|m| !m.path.starts_with("@std"))
+        .collect();
+    let unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            !modules.iter().any(|m| {
+                m.module
+                    .items
+                    .iter()
+                    .any(|i| matches!(&i.kind, ItemKind::Param { name, .. } if name.name == *k))
+                    || m.module.file.text.contains(&format!("\"{k}\""))
+            })
+        })
+        .filter(|k| !frontend::image::predefined_arg(k))
+        .collect();
+    if !unused.is_empty() {
+        progress::stderr(&format!(
+            "[Warning] One or more build-args [{}] were not consumed\n",
+            unused.join(" ")
+        ));
+    }
 }
 
 /// The build graph of a program, as `kiln graph` shows it: nodes deduplicated by definition digest,

@@ -114,20 +114,10 @@ fn warn_unused_build_args(
         .flatten()
         .map(|d| d.key.text.as_str())
         .collect();
-    let proxy = [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "FTP_PROXY",
-        "NO_PROXY",
-        "ALL_PROXY",
-    ];
     let unused: Vec<&str> = given
         .keys()
         .map(String::as_str)
-        .filter(|k| !declared.contains(k))
-        .filter(|k| !proxy.contains(&k.to_ascii_uppercase().as_str()))
-        .filter(|k| !k.starts_with("BUILDKIT_") && k != &"SOURCE_DATE_EPOCH")
-        .filter(|k| crate::frontend::image::builtin_arg(k).is_none())
+        .filter(|k| !declared.contains(k) && !crate::frontend::image::predefined_arg(k))
         .collect();
     if !unused.is_empty() {
         crate::progress::stderr(&format!(
