@@ -118,8 +118,12 @@ pub(super) fn parse(cl: &CommandLine, value: &str, tags: &[String]) -> Result<Pa
             dest: PathBuf::from(value),
         })));
     }
-    let fields = crate::options::parse(value)
+    let mut fields = crate::options::parse(value)
         .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
+    // buildx reads keys case-insensitively (`Type=oci`).
+    for f in &mut fields {
+        f.key.make_ascii_lowercase();
+    }
     let kind = output_type(cl, value, &fields)?;
     check_keys(cl, value, &fields, &kind)?;
     let get = |k: &str| fields.iter().find(|f| f.key == k);

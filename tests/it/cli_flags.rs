@@ -50,6 +50,13 @@ fn dash_output_is_the_filesystem_tar_on_stdout() {
         std::fs::read(&tar).unwrap() == std::fs::read(&spelled).unwrap(),
         "`-o -` is not `-o type=tar,dest=-`"
     );
+    // Keys are read case-insensitively, as buildx reads them.
+    let capitals = dir.path().join("fs3.tar");
+    build_to_stdout(&["-o", "Type=tar,Dest=-"], &capitals);
+    assert!(
+        std::fs::read(&tar).unwrap() == std::fs::read(&capitals).unwrap(),
+        "`Type=tar,Dest=-` is not `type=tar,dest=-`"
+    );
 }
 
 #[test]
