@@ -143,9 +143,17 @@ pub(super) enum ImageCommand {
 pub(super) struct PruneArgs {
     #[command(flatten)]
     pub(super) store: StoreArgs,
-    /// Keep at most this much (`500MB`, `10GB`); without it, everything is removed.
-    #[arg(long, value_name = "SIZE")]
+    /// Keep at most this much (`500MB`, `10GB`), the most recently used; without it, everything is
+    /// removed. (`--max-used-space` is docker's newer spelling.)
+    #[arg(long, visible_alias = "max-used-space", value_name = "SIZE")]
     pub(super) keep_storage: Option<String>,
+    /// Do not ask for confirmation (needed where there is no terminal to ask on).
+    #[arg(short, long)]
+    pub(super) force: bool,
+    /// docker's spelling for pruning every record, not only unused ones: kiln's store has no
+    /// unused-only mode, so `kiln prune` always considers all of it.
+    #[arg(short, long)]
+    pub(super) all: bool,
 }
 
 #[derive(Args)]
@@ -181,8 +189,9 @@ pub(super) struct BuildCmd {
     /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
     #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE")]
     pub(super) ssh: Vec<String>,
-    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), or
-    /// `type=registry,name=HOST/NAME:TAG` to push it.
+    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), `type=docker`,
+    /// `type=local`, `type=tar` (`dest=-` or `-o -`: stdout), or `type=registry,name=HOST/NAME:TAG` to
+    /// push it; `compression=`, `compression-level=`, `force-compression=` and `name=` as buildx takes them.
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
     pub(super) outputs: Vec<String>,
     /// A name for the image, recorded in the OCI layout's index (and pushed to with `--push`); without an

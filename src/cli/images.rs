@@ -2,7 +2,7 @@
 
 use super::args::{ImageArgs, ImageCommand, StoreArgs};
 use super::command_line::CommandLine;
-use super::flags::parse_output;
+use super::outputs::{self, Target};
 use crate::diag::{Diagnostic, Result, Span, suggest};
 use crate::export::Output;
 use crate::progress;
@@ -77,7 +77,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
         } => {
             let mut parsed = outputs
                 .iter()
-                .map(|o| parse_output(&cl, o))
+                .map(|o| file_output(&cl, o))
                 .collect::<Result<Vec<_>>>()?;
             if load {
                 parsed.push(Output::Load {
@@ -166,5 +166,19 @@ fn unknown(cl: &CommandLine, store: &Store, name: &str) -> Diagnostic {
         None => d.help(
             "`kiln images` lists the kept images; `kiln build -t NAME` without an output keeps one",
         ),
+    }
+}
+
+/// An `-o` of `kiln image export`: a file, directory or daemon output (a push is `kiln image push`).
+fn file_output(cl: &CommandLine, value: &str) -> Result<Output> {
+    match outputs::parse(cl, value, &[])?.target {
+        Target::File(out) => Ok(out),
+        Target::Push(_) | Target::Store => Err(cl
+            .error(
+                value,
+                Span::default(),
+                "`kiln image export` writes files or loads a daemon",
+            )
+            .help("push a kept image with `kiln image push NAME [NEWNAME]`")),
     }
 }

@@ -20,6 +20,7 @@ mod flags;
 mod fmt;
 mod graph;
 mod images;
+mod outputs;
 mod query;
 mod request;
 mod store;

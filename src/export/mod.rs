@@ -28,10 +28,15 @@ const ZSTD_WORKERS: usize = 4;
 /// `-o type=...,dest=...`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// An OCI image layout; a tar of one when `tar` is set (dest ends in `.tar`).
-    Oci { dest: PathBuf, tar: bool },
+    /// An OCI image layout; a tar of one when `tar` is set (dest ends in `.tar`). `name` (`-o name=`)
+    /// names the image instead of the build's `-t`.
+    Oci {
+        dest: PathBuf,
+        tar: bool,
+        name: Option<String>,
+    },
     /// A docker-archive tar (`docker save` format), loadable by `docker load` and `podman load`.
-    Docker { dest: PathBuf },
+    Docker { dest: PathBuf, name: Option<String> },
     /// The final filesystem, as a directory.
     Local { dest: PathBuf },
     /// The final filesystem, as a tar file.
@@ -46,7 +51,7 @@ impl Output {
     pub fn destination(&self) -> String {
         match self {
             Output::Oci { dest, .. }
-            | Output::Docker { dest }
+            | Output::Docker { dest, .. }
             | Output::Local { dest }
             | Output::Tar { dest } => dest.display().to_string(),
             Output::Load { endpoint } => format!("the daemon at {}", endpoint.socket.display()),
@@ -61,6 +66,16 @@ pub struct Settings {
     pub codec: layer::Codec,
     /// How many layers are compressed at once (`--jobs`); 0: one per core.
     pub jobs: usize,
+    /// `compression-level=`: the codec's level instead of kiln's default (gzip 6, zstd 3).
+    pub level: Option<i32>,
+    /// `force-compression=true`: a base image layer compressed otherwise than `codec` is compressed
+    /// anew instead of being reused as it came.
+    pub force: bool,
+}
+
+/// Where a file output is written to stdout (buildx's `dest=-`).
+pub fn is_stdout(dest: &Path) -> bool {
+    dest.as_os_str() == "-"
 }
 
 /// What was exported: the manifest digest (for image outputs) and the number of layers, for the summary.
@@ -122,11 +137,20 @@ pub fn export_image(
     names: &[&str],
     epoch: Option<i64>,
 ) -> Result<Exported> {
+    // `-o name=` names this output's image instead of the build's `-t`.
+    let own;
+    let names = match output {
+        Output::Oci { name: Some(n), .. } | Output::Docker { name: Some(n), .. } => {
+            own = [n.as_str()];
+            &own[..]
+        }
+        _ => names,
+    };
     let epoch_text = epoch.map_or_else(String::new, |e| e.to_string());
     let manifest = Digest::of(&image.manifest);
     let mut loaded = Vec::new();
     let unchanged = match output {
-        Output::Docker { dest } => {
+        Output::Docker { dest, .. } => {
             let key = record_key(
                 "docker",
                 &[manifest.as_str(), &names.join(","), &epoch_text],
@@ -142,7 +166,7 @@ pub fn export_image(
             loaded = daemon::load(store, image, names, epoch, endpoint)?.messages;
             false
         }
-        Output::Oci { dest, tar } => {
+        Output::Oci { dest, tar, .. } => {
             let layout_tag = ref_name(names.first().copied());
             let full_name = names
                 .first()
@@ -364,6 +388,17 @@ fn write_file_output(
     key: &str,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<bool> {
+    if is_stdout(dest) {
+        // Written whole first, so a failure half-way leaves no half tar in the reader's pipe.
+        let tmp = store.temp_dir("stdout-")?;
+        let file = tmp.path().join("out.tar");
+        write(&file)?;
+        let mut f = std::fs::File::open(&file)
+            .map_err(|e| Diagnostic::io("cannot read the output back", e))?;
+        crate::progress::stdout_copy(&mut f)
+            .map_err(|e| Diagnostic::io("cannot write the output to stdout", e))?;
+        return Ok(false);
+    }
     let dest = record::absolute(dest);
     let files = [dest.clone()];
     if record::holds(store, &dest, key, &files) {
@@ -656,6 +691,9 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
     if settings.codec == layer::Codec::Zstd {
         key.push_str("+zstd");
     }
+    if let Some(level) = settings.level {
+        key.push_str(&format!("+level{level}"));
+    }
     key
 }
 
@@ -663,6 +701,7 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
 fn cached_blob(store: &Store, snapshot: &str, settings: &Settings) -> Option<LayerBlob> {
     store
         .layer_blob(snapshot)
+        .filter(|b| !settings.force || b.media_type == settings.codec.media_type())
         .or_else(|| store.layer_blob(&blob_key(snapshot, settings)))
 }
 
@@ -678,10 +717,10 @@ fn make_blob(
     let gz = tmp.path().join("layer.tar.gz");
     let file =
         std::fs::File::create(&gz).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
-    let info = layer::layer_digests_threaded(
+    let info = layer::layer_digests_leveled(
         &store.snapshot_path(snapshot),
         settings.epoch,
-        settings.codec,
+        (settings.codec, settings.level),
         threads,
         std::io::BufWriter::new(file),
     )

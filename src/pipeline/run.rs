@@ -282,7 +282,11 @@ impl Build {
                     None => format!("exported the filesystem of {name} to {dest}"),
                 };
                 reporter.event(Event::Note(note));
-                if let Some(m) = exported.manifest {
+                // A tar on stdout (`dest=-`) is stdout's whole content.
+                if let Some(m) = exported
+                    .manifest
+                    .filter(|_| !crate::export::is_stdout(std::path::Path::new(&dest)))
+                {
                     progress::stdout(&format!("{m}\n"));
                 }
             }

@@ -371,7 +371,7 @@ fn a_rerun_step_rewrites_the_filesystem_tar() {
         cached.stderr
     );
     Kiln::bare()
-        .args(["prune", "--store"])
+        .args(["prune", "-f", "--store"])
         .arg(store.path())
         .run()
         .success();
