@@ -459,7 +459,7 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
 
     // `kiln prune` keeps what a name holds: the image is still whole afterwards.
     Kiln::bare()
-        .args(["prune", "--keep-storage", "0", "--store"])
+        .args(["prune", "-f", "--keep-storage", "0", "--store"])
         .arg(store.path())
         .run()
         .success();
