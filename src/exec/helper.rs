@@ -242,6 +242,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             op,
         } => {
             mount_overlay(&fs)?;
+            let from_host = source_dir.is_some();
             let src = match source_dir {
                 Some(d) => d.tree()?,
                 None => {
@@ -250,7 +251,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             .excluding(&op.excludes)?;
-            rootfs::copy(&src, &fs.target, &op, None)?;
+            rootfs::copy(&src, &fs.target, &op, None, from_host)?;
             Ok(0)
         }
         Request::Run {
@@ -555,7 +556,7 @@ fn mount_source(
             let filtered = scratch.join("filtered");
             std::fs::create_dir_all(&filtered).map_err(|e| e.to_string())?;
             let tree = d.tree()?;
-            rootfs::copy_tree(&tree, &d.path, &filtered, None, None, None)?;
+            rootfs::copy_tree(&tree, &d.path, &filtered, Some((0, 0)), None, None)?;
             filtered
         }
         None => {

@@ -95,11 +95,21 @@ pub fn inside(root: &Path, host: &Path) -> String {
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
-pub fn copy(src: &Tree, root: &Path, op: &CopyOp, objects: Option<&Objects>) -> Result<(), String> {
+/// `from_host`: the source is a host directory (a context, a download), whose owners mean nothing in the
+/// image; copied without `--chown`, its files become 0:0, while files of a stage or an image keep theirs,
+/// as in BuildKit (the client resets a context's owners, a file op keeps a snapshot's).
+pub fn copy(
+    src: &Tree,
+    root: &Path,
+    op: &CopyOp,
+    objects: Option<&Objects>,
+    from_host: bool,
+) -> Result<(), String> {
     let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
-        None => Some((0, 0)),
+        None if from_host => Some((0, 0)),
+        None => None,
     };
     let mut selected = Vec::new();
     for pattern in &op.sources {
@@ -401,9 +411,9 @@ fn copy_entry(
             src.display()
         ));
     }
-    if let Some((u, g)) = owner {
-        std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
-    }
+    // No owner given: the source's own.
+    let (u, g) = owner.unwrap_or((meta.uid(), meta.gid()));
+    std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
     if !ft.is_symlink() {
         let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
         fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;

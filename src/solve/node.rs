@@ -77,7 +77,9 @@ impl<E: Executor> Shared<E> {
 
 /// The empty filesystem of `FROM scratch`, with an empty config.
 fn scratch(key: Digest) -> CacheRecord {
-    let base = json!({"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
+    // BuildKit's empty image: a FROM scratch stage's config has the default PATH and WorkingDir `/`.
+    let config = json!({"Env": [super::config::DEFAULT_PATH], "WorkingDir": "/"});
+    let base = json!({"architecture": "amd64", "os": "linux", "config": config, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
     CacheRecord {
         key,
         layers: vec![],

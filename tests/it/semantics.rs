@@ -434,3 +434,66 @@ fn relative_paths_are_under_the_base_images_working_dir() {
     let config = &built.config;
     assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
 }
+
+/// COPY without `--chown` keeps the owners of files it takes from a stage (BuildKit's file op copies a
+/// snapshot's owners), while context files become 0:0 (the client resets their owners). Checked against
+/// BuildKit v0.8: `/from-stage` 1000:1000 mode 0640, `/sub/f` 4321:4321, `/ctx` 0:0.
+#[test]
+fn copy_from_a_stage_keeps_owners_and_context_files_are_roots() {
+    let built = build(
+        "FROM base AS src\n\
+         RUN mkdir -p /out/sub && echo x > /out/f && chown 1000:1000 /out/f && chmod 640 /out/f \
+         && echo y > /out/sub/f && chown 4321:4321 /out/sub/f\n\
+         FROM base\n\
+         COPY --from=src /out/f /from-stage\n\
+         COPY --from=src /out/sub /sub/\n\
+         COPY ctx /ctx\n",
+        &[("ctx", "c\n")],
+        &[],
+    );
+    assert_eq!(built.owner("from-stage"), (1000, 1000));
+    let mode = std::fs::metadata(built.image.rootfs.join("from-stage"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o640);
+    assert_eq!(built.owner("sub/f"), (4321, 4321));
+    assert_eq!(built.owner("ctx"), (0, 0));
+}
+
+/// Every stage that sets CMD gets Docker's `ArgsEscaped` in its config (BuildKit sets it on every OS, in
+/// v0.8 and today), and keeps it when a child stage's ENTRYPOINT drops the CMD; ENTRYPOINT alone does not
+/// set it. Checked against BuildKit v0.8.
+#[test]
+fn cmd_marks_the_config_args_escaped() {
+    let dockerfile = "FROM base AS parent\n\
+                      CMD echo parent\n\
+                      FROM parent AS child\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS plain\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n";
+    for (target, escaped) in [
+        ("parent", Value::Bool(true)),
+        ("child", Value::Bool(true)),
+        ("plain", Value::Null),
+    ] {
+        let built = build(dockerfile, &[], &["--target", target]);
+        let config = &built.config["config"];
+        assert_eq!(config["ArgsEscaped"], escaped, "target {target}");
+    }
+}
+
+/// A `FROM scratch` stage starts from BuildKit's empty image, whose config already has the default PATH
+/// and WorkingDir `/` (checked against BuildKit v0.8).
+#[test]
+fn a_scratch_stage_has_the_empty_images_path_and_working_dir() {
+    let built = build("FROM scratch\nCOPY f /f\nENV A=1\n", &[("f", "x\n")], &[]);
+    let config = &built.config["config"];
+    assert_eq!(config["WorkingDir"], "/");
+    assert_eq!(
+        built.env(),
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "A=1"
+        ]
+    );
+}
