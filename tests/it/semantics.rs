@@ -497,3 +497,23 @@ fn a_scratch_stage_has_the_empty_images_path_and_working_dir() {
         ]
     );
 }
+
+/// A RUN whose working directory is missing (a base image's WorkingDir that its layers never made)
+/// creates it, and its missing parents, owned by the RUN's user, as BuildKit's executors do; an existing
+/// directory is left as it is. Checked against BuildKit v0.8: `/opt` and `/opt/app` 4321:99.
+#[test]
+fn a_run_creates_a_missing_working_dir_as_its_user() {
+    let base = crate::support::base_image_with(|c| {
+        c["WorkingDir"] = "/opt/app".into();
+        c["User"] = "4321:99".into();
+    });
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN pwd > /tmp/pwd\nUSER 0\nWORKDIR /tmp\nRUN touch mine\n",
+    )]);
+    let built = build_context(ctx.path(), base.path(), &[]);
+    assert_eq!(built.read("tmp/pwd"), "/opt/app\n");
+    assert_eq!(built.owner("opt"), (4321, 99));
+    assert_eq!(built.owner("opt/app"), (4321, 99));
+    assert_eq!(built.owner("tmp"), (0, 0));
+}
