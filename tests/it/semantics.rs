@@ -517,3 +517,19 @@ fn a_run_creates_a_missing_working_dir_as_its_user() {
     assert_eq!(built.owner("opt/app"), (4321, 99));
     assert_eq!(built.owner("tmp"), (0, 0));
 }
+
+/// A `--build-context` is found by the familiar name of the reference FROM and `COPY --from` give, as
+/// BuildKit's named contexts are: `base:latest` and `docker.io/library/base` are the context `base`,
+/// whether written out or reached through an ARG.
+#[test]
+fn a_named_context_stands_for_its_reference_with_latest() {
+    let built = build(
+        "ARG TAG=latest\n\
+         FROM base:${TAG}\n\
+         COPY --from=docker.io/library/base:latest /etc/group /group\n",
+        &[],
+        &[],
+    );
+    assert!(built.read("group").starts_with("root:x:0:"));
+    assert!(built.read("etc/passwd").contains("appuser"));
+}
