@@ -6,8 +6,9 @@ set -euo pipefail
 
 kiln_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # busybox-static: the offline base image; skopeo, umoci: independent judges of kiln's OCI output;
-# python3: writes the base image fixture; tar, procps: used by tests; openssh-client: a real ssh-agent
-# (and ssh-add inside test images) for the SSH forwarding tests; docker-registry, apache2-utils: real
+# python3: writes the base image fixture and, with its standard library only, lists the images of the
+# differential corpus (tests/differential/listing.py); tar, procps: used by tests; openssh-client: a real
+# ssh-agent (and ssh-add inside test images) for the SSH forwarding tests; docker-registry, apache2-utils: real
 # registries (one with htpasswd auth) on loopback for the push/pull tests; uidmap: the setuid
 # newuidmap/newgidmap that give rootless kiln its /etc/subuid ranges (and the rootless tests their user).
 packages=(busybox-static skopeo umoci python3 tar procps ca-certificates openssh-client docker-registry apache2-utils uidmap)

@@ -242,7 +242,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             op,
         } => {
             mount_overlay(&fs)?;
-            let from_host = source_dir.is_some();
+            let keep_owners = source_dir.is_none();
             let src = match source_dir {
                 Some(d) => d.tree()?,
                 None => {
@@ -251,7 +251,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             .excluding(&op.excludes)?;
-            rootfs::copy(&src, &fs.target, &op, None, from_host)?;
+            rootfs::copy(&src, &fs.target, &op, None, keep_owners)?;
             Ok(0)
         }
         Request::Run {

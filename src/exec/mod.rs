@@ -212,7 +212,7 @@ impl Executor for Namespaces {
             let (dir, upper, op) = (dir.clone(), step.fs.upper.clone(), step.op.clone());
             return tokio::task::spawn_blocking(move || -> std::result::Result<(), String> {
                 let tree = dir.tree()?.excluding(&op.excludes)?;
-                rootfs::copy(&tree, &upper, &op, Some(&objects), true)
+                rootfs::copy(&tree, &upper, &op, Some(&objects), false)
             })
             .await
             .map_err(|e| Diagnostic::env(format!("copy task failed: {e}")))?

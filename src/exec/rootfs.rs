@@ -2,7 +2,7 @@
 //! out of the root, COPY's docker semantics, and user/group names from the image's /etc files.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Component, Path, PathBuf};
 
 use crate::graph::op::CopyOp;
@@ -95,21 +95,20 @@ pub fn inside(root: &Path, host: &Path) -> String {
 }
 
 /// Performs a COPY: `src` is where sources are selected from, `root` the destination filesystem.
-/// `from_host`: the source is a host directory (a context, a download), whose owners mean nothing in the
-/// image; copied without `--chown`, its files become 0:0, while files of a stage or an image keep theirs,
-/// as in BuildKit (the client resets a context's owners, a file op keeps a snapshot's).
+/// `keep_owners`: the source is another stage or an image, whose files keep their owners without
+/// `--chown`, as in BuildKit; a build context's files become 0:0 (BuildKit's client resets them).
 pub fn copy(
     src: &Tree,
     root: &Path,
     op: &CopyOp,
     objects: Option<&Objects>,
-    from_host: bool,
+    keep_owners: bool,
 ) -> Result<(), String> {
     let src_root = &src.root;
     let owner = match &op.chown {
         Some(spec) => Some(owner_ids(root, spec)?),
-        None if from_host => Some((0, 0)),
-        None => None,
+        None if keep_owners => None,
+        None => Some((0, 0)),
     };
     let mut selected = Vec::new();
     for pattern in &op.sources {
@@ -117,10 +116,12 @@ pub fn copy(
             selected.push((pattern, rel));
         }
     }
-    let into_dir = op.dest.ends_with('/')
-        || selected.len() > 1
-        || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
     for (pattern, rel) in selected {
+        // Decided for each source, as BuildKit copies them one by one: several files a wildcard matched
+        // onto a path without a slash that is not a directory leave the last one there (the front end
+        // refuses several sources written out without the slash).
+        let into_dir =
+            op.dest.ends_with('/') || resolve(root, &op.dest, true).is_ok_and(|p| p.is_dir());
         let from = context::resolve_source(src_root, &rel)?;
         let meta =
             fs::metadata(&from).map_err(|e| format!("cannot read source `{pattern}`: {e}"))?;
@@ -377,6 +378,11 @@ fn copy_entry(
     let meta =
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
     let ft = meta.file_type();
+    if ft.is_fifo() || ft.is_socket() {
+        // BuildKit's copier (fsutil) has no case for pipes and sockets and leaves them out without a
+        // word, from a context and from a stage alike.
+        return Ok(());
+    }
     let existing = fs::symlink_metadata(dest).ok();
     if let Some(m) = &existing
         && !(m.is_dir() && ft.is_dir())
@@ -411,7 +417,6 @@ fn copy_entry(
             src.display()
         ));
     }
-    // No owner given: the source's own.
     let (u, g) = owner.unwrap_or((meta.uid(), meta.gid()));
     std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
     if !ft.is_symlink() {

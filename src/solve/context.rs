@@ -74,6 +74,7 @@ impl Tree {
     /// The paths one COPY source pattern names, relative to the root; excluded ones are not there.
     pub fn select(&self, pattern: &str) -> Result<Vec<PathBuf>, String> {
         let found = select(&self.root, pattern)?;
+        let found_none = found.is_empty();
         let kept: Vec<PathBuf> = found
             .into_iter()
             .filter(|rel| !self.hidden(rel, self.root.join(rel).is_dir()))
@@ -82,7 +83,7 @@ impl Tree {
                 !self.excluded_by_copy(name, self.root.join(rel).is_dir())
             })
             .collect();
-        if kept.is_empty() {
+        if kept.is_empty() && !found_none && !has_wildcard(pattern) {
             return Err(format!("`{pattern}` is excluded by .dockerignore"));
         }
         Ok(kept)
@@ -295,14 +296,18 @@ pub fn select(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
     for comp in &comps {
         let mut next = Vec::new();
         for base in &found {
+            // A symlink among the parents is followed inside the tree (an absolute one from its root), as
+            // BuildKit resolves a source's directory; the last component is looked at as it is.
+            let Ok(dir) = resolve_source(root, base) else {
+                continue;
+            };
             if !has_wildcard(comp) {
-                let p = base.join(comp);
-                if root.join(&p).symlink_metadata().is_ok() {
-                    next.push(p);
+                if dir.join(comp).symlink_metadata().is_ok() {
+                    next.push(base.join(comp));
                 }
                 continue;
             }
-            let Ok(entries) = fs::read_dir(root.join(base)) else {
+            let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
             let mut names: Vec<String> = entries
@@ -315,12 +320,9 @@ pub fn select(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, String> {
         }
         found = next;
     }
-    if found.is_empty() {
-        return Err(if has_wildcard(pattern) {
-            format!("no source files match `{pattern}`")
-        } else {
-            format!("`{pattern}` does not exist")
-        });
+    // A wildcard that matches nothing selects nothing, as in BuildKit (its COPY allows empty wildcards).
+    if found.is_empty() && !has_wildcard(pattern) {
+        return Err(format!("`{pattern}` does not exist"));
     }
     Ok(found)
 }
@@ -531,6 +533,53 @@ mod tests {
         assert!(wildcard_match("f?o", "foo"));
         assert!(wildcard_match("[a-c]x", "bx"));
         assert!(!wildcard_match("[^a-c]x", "bx"));
+    }
+
+    /// BuildKit's COPY allows empty wildcards: a pattern that matches nothing (or only ignored files)
+    /// selects nothing, while a plain path that is missing or ignored is still an error.
+    #[test]
+    fn a_wildcard_may_match_nothing_but_a_path_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.txt"), "a").unwrap();
+        fs::write(dir.path().join("x.log"), "l").unwrap();
+        let tree = HostDir {
+            path: dir.path().to_owned(),
+            excludes: vec!["*.log".into()],
+        }
+        .tree()
+        .unwrap();
+        assert_eq!(tree.select("nomatch*").unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(tree.select("*.log").unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(tree.select("a*").unwrap(), vec![PathBuf::from("a.txt")]);
+        assert!(
+            tree.select("missing.txt")
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        assert!(
+            tree.select("x.log")
+                .unwrap_err()
+                .contains("excluded by .dockerignore")
+        );
+    }
+
+    /// A symlink among a source's parents is followed inside the tree, an absolute one from the tree's
+    /// root (not the host's): `/link/sub/file` with `/link -> /real` selects `real/sub/file`'s name.
+    #[test]
+    fn symlinked_parents_of_a_source_are_followed_inside_the_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("real/sub")).unwrap();
+        fs::write(dir.path().join("real/sub/file"), "f").unwrap();
+        std::os::unix::fs::symlink("/real", dir.path().join("link")).unwrap();
+        assert_eq!(
+            select(dir.path(), "/link/sub/file").unwrap(),
+            vec![PathBuf::from("link/sub/file")]
+        );
+        assert_eq!(
+            select(dir.path(), "link/s*/f*").unwrap(),
+            vec![PathBuf::from("link/sub/file")]
+        );
+        assert!(select(dir.path(), "/link/sub/missing").is_err());
     }
 
     #[test]

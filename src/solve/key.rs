@@ -16,8 +16,9 @@ use crate::graph::Op;
 use crate::graph::op::RunMount;
 use crate::store::CacheRecord;
 
-/// Bump when what a cache key covers changes: every cached result is then rebuilt.
-pub const CACHE_DOMAIN: &str = "kiln/cache/v1";
+/// Bump when what a cache key covers changes, or what a cached result holds (v2: COPY --from keeps
+/// owners, `FROM scratch` has WorkingDir `/`): every cached result is then rebuilt.
+pub const CACHE_DOMAIN: &str = "kiln/cache/v2";
 
 /// A node's key so far: its definition and its inputs' keys.
 pub(super) fn node_key(op: &Op, inputs: &[(Digest, Output)]) -> Encoder {

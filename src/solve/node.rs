@@ -75,11 +75,10 @@ impl<E: Executor> Shared<E> {
     }
 }
 
-/// The empty filesystem of `FROM scratch`, with an empty config.
+/// The empty filesystem of `FROM scratch`, with BuildKit's config of an empty image: WorkingDir `/` (the
+/// default PATH is added to every config without one).
 fn scratch(key: Digest) -> CacheRecord {
-    // BuildKit's empty image: a FROM scratch stage's config has the default PATH and WorkingDir `/`.
-    let config = json!({"Env": [super::config::DEFAULT_PATH], "WorkingDir": "/"});
-    let base = json!({"architecture": "amd64", "os": "linux", "config": config, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
+    let base = json!({"architecture": "amd64", "os": "linux", "config": {"WorkingDir": "/"}, "rootfs": {"type": "layers", "diff_ids": []}, "history": []});
     CacheRecord {
         key,
         layers: vec![],

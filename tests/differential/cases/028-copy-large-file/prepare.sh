@@ -1,0 +1,1 @@
+i=0; while [ $i -lt 2000 ]; do echo "line $i of a large-ish file for the differential corpus"; i=$((i+1)); done > chunk; for n in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32; do cat chunk; done > big; rm chunk

@@ -1,0 +1,1 @@
+echo plain > a.txt && gzip -n a.txt
