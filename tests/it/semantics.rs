@@ -533,3 +533,32 @@ fn a_named_context_stands_for_its_reference_with_latest() {
     assert!(built.read("group").starts_with("root:x:0:"));
     assert!(built.read("etc/passwd").contains("appuser"));
 }
+
+/// BuildKit's predefined proxy ARGs reach every RUN without an ARG line, under both cases of the name,
+/// and stay out of the image's env and history. Checked against BuildKit v0.8 (`[http://proxy.invalid:3128]`
+/// for both spellings of a given `HTTP_PROXY`, likewise `no_proxy`).
+#[test]
+fn proxy_build_args_reach_runs_undeclared() {
+    let built = build(
+        "FROM base\nRUN echo \"$https_proxy|$HTTPS_PROXY|$NO_PROXY|$no_proxy|$FTP_PROXY\" > /out\n",
+        &[],
+        &[
+            "--build-arg",
+            "HTTPS_PROXY=http://proxy.invalid:3128",
+            "--build-arg",
+            "no_proxy=localhost",
+        ],
+    );
+    assert_eq!(
+        built.read("out"),
+        "http://proxy.invalid:3128|http://proxy.invalid:3128|localhost|localhost|\n"
+    );
+    assert!(
+        !built
+            .env()
+            .iter()
+            .any(|e| e.to_ascii_lowercase().contains("proxy"))
+    );
+    let history = built.config["history"].to_string();
+    assert!(!history.contains("proxy.invalid"), "{history}");
+}
