@@ -562,3 +562,26 @@ fn proxy_build_args_reach_runs_undeclared() {
     let history = built.config["history"].to_string();
     assert!(!history.contains("proxy.invalid"), "{history}");
 }
+
+/// A file op's user given by id takes that id as its group, even when /etc/passwd gives the uid another
+/// primary group (BuildKit reads `UserOpt_ByID` so); by name it takes the passwd group; a RUN as that
+/// uid still runs with the passwd group (runc's lookup). Checked against BuildKit v0.8: `/by-id` and the
+/// WORKDIR 2000:2000, `/by-name` 2000:3000, `/w/made` 2000:3000.
+#[test]
+fn a_numeric_user_of_a_file_op_is_its_own_group() {
+    let built = build(
+        "FROM base\n\
+         RUN echo 'svc:x:2000:3000::/:/bin/sh' >> /etc/passwd\n\
+         COPY --chown=2000 f /by-id\n\
+         COPY --chown=svc f /by-name\n\
+         USER 2000\n\
+         WORKDIR /w\n\
+         RUN touch made\n",
+        &[("f", "x\n")],
+        &[],
+    );
+    assert_eq!(built.owner("by-id"), (2000, 2000));
+    assert_eq!(built.owner("by-name"), (2000, 3000));
+    assert_eq!(built.owner("w"), (2000, 2000));
+    assert_eq!(built.owner("w/made"), (2000, 3000));
+}
