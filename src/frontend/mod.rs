@@ -40,10 +40,26 @@ impl ImageEnv {
         ImageEnv(Some(std::sync::Arc::new(f)))
     }
     pub fn get(&self, reference: &str) -> BaseConfig {
-        self.0
-            .as_ref()
-            .and_then(|f| f(reference))
-            .unwrap_or_default()
+        let known = self.0.as_ref().and_then(|f| f(reference));
+        match known {
+            Some(c) => c,
+            None if reference == "scratch" => BaseConfig::scratch(),
+            None => BaseConfig::default(),
+        }
+    }
+}
+
+impl BaseConfig {
+    /// BuildKit's empty image, what `FROM scratch` starts from: the default PATH (so `$PATH` expands to
+    /// it) and WorkingDir `/`.
+    pub fn scratch() -> BaseConfig {
+        BaseConfig {
+            env: vec![(
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            )],
+            working_dir: Some("/".into()),
+        }
     }
 }
 

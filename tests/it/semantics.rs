@@ -483,18 +483,20 @@ fn cmd_marks_the_config_args_escaped() {
 }
 
 /// A `FROM scratch` stage starts from BuildKit's empty image, whose config already has the default PATH
-/// and WorkingDir `/` (checked against BuildKit v0.8).
+/// and WorkingDir `/`, so `$PATH` expands to that PATH (checked against BuildKit v0.8).
 #[test]
 fn a_scratch_stage_has_the_empty_images_path_and_working_dir() {
-    let built = build("FROM scratch\nCOPY f /f\nENV A=1\n", &[("f", "x\n")], &[]);
+    let built = build(
+        "FROM scratch\nCOPY f /f\nENV A=1 P=/x:$PATH\n",
+        &[("f", "x\n")],
+        &[],
+    );
     let config = &built.config["config"];
     assert_eq!(config["WorkingDir"], "/");
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     assert_eq!(
         built.env(),
-        [
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "A=1"
-        ]
+        [format!("PATH={path}"), "A=1".into(), format!("P=/x:{path}")]
     );
 }
 

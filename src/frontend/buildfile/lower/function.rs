@@ -37,7 +37,8 @@ impl Evaluator<'_> {
             }
             "scratch" => {
                 let leaf = self.image_leaf("scratch", span);
-                Value::Image(Box::new(self.new_image(leaf, Default::default())))
+                let base = crate::frontend::BaseConfig::scratch();
+                Value::Image(Box::new(self.new_image(leaf, base)))
             }
             "from" => match &v[0] {
                 Value::Image(img) => {
