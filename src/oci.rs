@@ -508,8 +508,24 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// `DIR[:TAG]` of an `oci-layout://` reference: a tag is the text after the last `:` when it holds no `/`.
+pub fn split_layout_ref(rest: &str) -> (&str, Option<&str>) {
+    match rest.rsplit_once(':') {
+        Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, Some(tag)),
+        _ => (rest, None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn layout_refs_split_tags() {
+        use super::split_layout_ref;
+        assert_eq!(split_layout_ref("/a/b:latest"), ("/a/b", Some("latest")));
+        assert_eq!(split_layout_ref("/a/b"), ("/a/b", None));
+        assert_eq!(split_layout_ref("./x:1/y"), ("./x:1/y", None));
+    }
+
     use super::*;
     use std::process::Command;
 

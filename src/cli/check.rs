@@ -25,7 +25,7 @@ pub(super) fn run(args: CheckArgs) -> Result<()> {
         };
         // A `.build` file's checks are its type checker's and the secret rules, which evaluation
         // applies to each step's final command and sources.
-        let report = compile(&compile_args, &cl, true)?.secret_findings;
+        let report = compile(&compile_args, &cl, &super::compile::Mode::Lenient)?.secret_findings;
         return print_check_report(&report, &args.format);
     }
     if !context.is_dir() {

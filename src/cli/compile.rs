@@ -19,13 +19,29 @@ pub(super) struct Compiled {
     pub(super) secret_findings: crate::frontend::dockerfile::lints::Report,
 }
 
-pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
+/// How a command compiles.
+pub(super) enum Mode {
+    /// `kiln graph` and `kiln check`: what only build-time input could settle stays as written, and no
+    /// registry is asked for an image's config.
+    Lenient,
+    /// `kiln build`: strict, and base images' configs are pulled through the build's store and
+    /// registry options, so lowering sees the image the build imports.
+    Build(crate::load::Pulls),
+}
+
+impl Mode {
+    fn lenient(&self) -> bool {
+        matches!(self, Mode::Lenient)
+    }
+}
+
+pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<Compiled> {
     if args
         .inputs
         .iter()
         .any(|i| i.starts_with("//") || i.starts_with(':'))
     {
-        return compile_labels(args, cl, lenient);
+        return compile_labels(args, cl, mode);
     }
     if args.inputs.len() > 1 {
         return Err(cl
@@ -55,17 +71,17 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Re
         .as_ref()
         .is_some_and(|f| f.extension().is_some_and(|e| e == "build"))
     {
-        return compile_build_file(args, cl, lenient, context);
+        return compile_build_file(args, cl, mode, context);
     }
     let path = args
         .file
         .clone()
         .unwrap_or_else(|| context.join("Dockerfile"));
     let df = read_dockerfile(&path)?;
-    let mut opts = lower_options(args, cl, lenient, context)?;
+    let mut opts = lower_options(args, cl, mode, context)?;
     opts.excludes = dockerignore(context, &path)?;
     let program = crate::frontend::dockerfile::lower::lower(&df, &opts)?;
-    let findings = if lenient {
+    let findings = if mode.lenient() {
         Vec::new()
     } else {
         let build_args = lint_build_args(cl, &args.build_args)?;
@@ -92,12 +108,15 @@ pub(super) fn read_dockerfile(
 fn lower_options(
     args: &CompileArgs,
     cl: &CommandLine,
-    lenient: bool,
+    mode: &Mode,
     context: &Path,
 ) -> Result<LowerOptions> {
     let mut opts = LowerOptions {
-        image_env: local_image_env(),
-        lenient,
+        image_env: crate::load::image_env(match mode {
+            Mode::Lenient => None,
+            Mode::Build(pulls) => Some(pulls.clone()),
+        }),
+        lenient: mode.lenient(),
         target: args.target.clone(),
         target_at: args
             .target
@@ -162,10 +181,10 @@ fn lower_options(
 fn build_options(
     args: &CompileArgs,
     cl: &CommandLine,
-    lenient: bool,
+    mode: &Mode,
     context: &Path,
 ) -> Result<crate::frontend::buildfile::lower::EvalOptions> {
-    let lower = lower_options(args, cl, lenient, context)?;
+    let lower = lower_options(args, cl, mode, context)?;
     let mut params = BTreeMap::new();
     for p in &args.params {
         match p.split_once('=') {
@@ -186,11 +205,11 @@ fn build_options(
 fn compile_build_file(
     args: &CompileArgs,
     cl: &CommandLine,
-    lenient: bool,
+    mode: &Mode,
     context: &Path,
 ) -> Result<Compiled> {
     let path = args.file.clone().expect("a .build file was given");
-    let mut opts = build_options(args, cl, lenient, context)?;
+    let mut opts = build_options(args, cl, mode, context)?;
     opts.lower.target = None;
     opts.lower.excludes = dockerignore(context, &path)?;
     let targets: Option<Vec<String>> = args.target.as_ref().map(|t| {
@@ -214,11 +233,11 @@ fn compile_build_file(
 }
 
 /// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
-fn compile_labels(args: &CompileArgs, cl: &CommandLine, lenient: bool) -> Result<Compiled> {
+fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<Compiled> {
     let cwd = std::env::current_dir()
         .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
     let root = monorepo_root()?;
-    let opts = build_options(args, cl, lenient, &root)?;
+    let opts = build_options(args, cl, mode, &root)?;
     let mut notes = Vec::new();
     let compiled = crate::compile(
         crate::Source::Labels {
@@ -264,28 +283,6 @@ pub(super) fn monorepo_root() -> Result<PathBuf> {
 pub(super) fn dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
     let (patterns, _) = crate::ignore::load(context, dockerfile)?;
     Ok(patterns.canonical())
-}
-
-/// Base image configs from local OCI layouts (a file read, never the network), so `$PATH` in a
-/// Dockerfile means the image's PATH. Registry images are not consulted while compiling.
-fn local_image_env() -> crate::frontend::ImageEnv {
-    crate::frontend::ImageEnv::new(|reference| {
-        let rest = reference.strip_prefix("oci-layout://")?;
-        let (dir, tag) = crate::solve::split_layout_ref(rest);
-        let image = crate::oci::read_image(Path::new(dir), tag).ok()?;
-        let config = image.config.config().as_ref()?;
-        let env = config
-            .env()
-            .iter()
-            .flatten()
-            .filter_map(|e| {
-                e.split_once('=')
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-            })
-            .collect();
-        let working_dir = config.working_dir().clone().filter(|d| !d.is_empty());
-        Some(crate::frontend::BaseConfig { env, working_dir })
-    })
 }
 
 /// `--build-arg`s as the lints see them: each with its value (from the environment when only a name is

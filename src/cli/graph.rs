@@ -8,7 +8,7 @@ use crate::progress;
 
 pub(super) fn run(args: GraphArgs) -> Result<()> {
     let cl = CommandLine::capture();
-    let compiled = compile(&args.compile, &cl, true)?;
+    let compiled = compile(&args.compile, &cl, &super::compile::Mode::Lenient)?;
     let g = &compiled.graph;
     let out = if args.digest {
         g.render_digests()

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::args::{BuildCmd, CompressionArg, ProgressMode};
 use super::command_line::CommandLine;
-use super::compile::{Compiled, compile};
+use super::compile::{Compiled, Mode, compile};
 use super::flags::{
     parse_allow, parse_cache_from, parse_cache_to, parse_output, parse_registry_output,
     parse_secret, parse_ssh,
@@ -40,7 +40,7 @@ impl BuildRequest {
         let flags = Flags::parse(cmd, cl)?;
         let registry = crate::registry::Options {
             insecure: cmd.insecure_registries.clone(),
-            docker_config: None,
+            ..crate::registry::Options::default()
         };
         // Before any thread starts: an unprivileged kiln becomes root of its own user namespace here.
         crate::exec::userns::enter()?;
@@ -52,13 +52,23 @@ impl BuildRequest {
             },
             jobs: cmd.jobs,
         };
-        let compiled = compile_checked(cmd, cl, &flags)?;
+        let store = cmd
+            .store
+            .clone()
+            .unwrap_or_else(crate::store::Store::default_root);
+        let pulls = crate::load::Pulls::new(crate::load::open_store(&store)?, registry.clone());
+        let compiled = compile_checked(cmd, cl, &flags, &pulls)?;
         let mut ssh = BTreeMap::new();
         for s in &cmd.ssh {
             let (id, socket) = parse_ssh(cl, s)?;
             ssh.insert(id, socket);
         }
         let allow = parse_allow(cl, &cmd.allow)?;
+        // A base image that could not be pulled comes after every mistake in the input: those need no
+        // network to find, nor to fix.
+        if let Some(failure) = pulls.failure(&compiled.graph) {
+            return Err(failure);
+        }
         Ok(BuildRequest {
             graph: compiled.graph,
             contexts: compiled.contexts,
@@ -74,10 +84,7 @@ impl BuildRequest {
             settings,
             no_cache: cmd.no_cache,
             progress: progress_mode(cmd.progress),
-            store: cmd
-                .store
-                .clone()
-                .unwrap_or_else(crate::store::Store::default_root),
+            store,
             remote: remote(cmd, cl),
         })
     }
@@ -156,8 +163,13 @@ fn source_date_epoch() -> Result<Option<i64>> {
 }
 
 /// Compiles strictly; refuses what the secret checks find, and several images for one destination.
-fn compile_checked(cmd: &BuildCmd, cl: &CommandLine, flags: &Flags) -> Result<Compiled> {
-    let compiled = compile(&cmd.compile, cl, false)?;
+fn compile_checked(
+    cmd: &BuildCmd,
+    cl: &CommandLine,
+    flags: &Flags,
+    pulls: &crate::load::Pulls,
+) -> Result<Compiled> {
+    let compiled = compile(&cmd.compile, cl, &Mode::Build(pulls.clone()))?;
     // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
     progress::stderr(&compiled.secret_findings.render_for_build());
     if let Some(refusal) = compiled.secret_findings.refusal() {

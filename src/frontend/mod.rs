@@ -20,12 +20,13 @@ use crate::graph::NamedContext;
 
 /// Resolves a base image's config, so `$PATH` in `ENV PATH=/x:$PATH` means the image's PATH and a
 /// relative WORKDIR is under the image's WorkingDir, as in BuildKit (which resolves image config while
-/// converting). Given an expanded image reference; `None` when the image cannot be looked at now
-/// (compile-only, or no local copy).
+/// converting). Given an expanded image reference; `Ok(None)` when the image is not looked at now
+/// (compile-only), an error when it should be and cannot (an unreachable registry), which lowering
+/// places at the reference.
 #[derive(Clone, Default)]
 pub struct ImageEnv(Option<std::sync::Arc<ImageEnvFn>>);
 
-type ImageEnvFn = dyn Fn(&str) -> Option<BaseConfig> + Send + Sync;
+type ImageEnvFn = dyn Fn(&str) -> crate::diag::Result<Option<BaseConfig>> + Send + Sync;
 
 /// What lowering needs of a base image's config.
 #[derive(Clone, Debug, Default)]
@@ -33,19 +34,27 @@ pub struct BaseConfig {
     pub env: Vec<(String, String)>,
     /// The image's WorkingDir, when it names one.
     pub working_dir: Option<String>,
+    /// The image's `OnBuild` triggers, which a Dockerfile stage built on it runs first.
+    pub onbuild: Vec<String>,
 }
 
 impl ImageEnv {
-    pub fn new(f: impl Fn(&str) -> Option<BaseConfig> + Send + Sync + 'static) -> ImageEnv {
+    pub fn new(
+        f: impl Fn(&str) -> crate::diag::Result<Option<BaseConfig>> + Send + Sync + 'static,
+    ) -> ImageEnv {
         ImageEnv(Some(std::sync::Arc::new(f)))
     }
-    pub fn get(&self, reference: &str) -> BaseConfig {
-        let known = self.0.as_ref().and_then(|f| f(reference));
-        match known {
+    /// The config of `reference`; an error is placed at `at`, where the reference is written.
+    pub fn get(&self, reference: &str, at: Located) -> crate::diag::Result<BaseConfig> {
+        let known = match &self.0 {
+            Some(f) => f(reference).map_err(|d| d.label(at, "this base image"))?,
+            None => None,
+        };
+        Ok(match known {
             Some(c) => c,
             None if reference == "scratch" => BaseConfig::scratch(),
             None => BaseConfig::default(),
-        }
+        })
     }
 }
 
@@ -59,6 +68,7 @@ impl BaseConfig {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
             )],
             working_dir: Some("/".into()),
+            ..BaseConfig::default()
         }
     }
 }

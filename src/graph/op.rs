@@ -238,6 +238,10 @@ pub struct ConfigOp {
     pub shell: Option<Vec<String>>,
     /// `ONBUILD` triggers, as written.
     pub onbuild: Vec<String>,
+    /// The base image's `OnBuild` triggers as they were when compiling, which the stage ran first: the
+    /// build checks that the image it imports has these and no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_onbuild: Vec<String>,
     /// `MAINTAINER`: the config's `author`.
     pub author: Option<String>,
     /// One entry per instruction after FROM, in order; `layer` says whether it made a filesystem node.
@@ -246,6 +250,54 @@ pub struct ConfigOp {
     /// `ArgsEscaped`, which stays even when a later ENTRYPOINT drops the CMD.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub args_escaped: bool,
+}
+
+impl ConfigOp {
+    /// The config op's part of [`Op::encode`].
+    fn encode(&self, e: &mut Encoder) {
+        let c = self;
+        e.pairs(&c.env)
+            .opt_str(c.cwd.as_deref())
+            .opt_str(c.user.as_deref());
+        for field in [&c.cmd, &c.entrypoint] {
+            match field {
+                Inherit::Base => e.str("base"),
+                Inherit::Clear => e.str("clear"),
+                Inherit::Set(v) => e.str("set").strs(v),
+            };
+        }
+        e.pairs(&c.labels).strs(&c.exposed).strs(&c.volumes);
+        e.opt_str(c.stop_signal.as_deref());
+        match &c.healthcheck {
+            Inherit::Base => e.str("base"),
+            Inherit::Clear => e.str("clear"),
+            Inherit::Set(h) => e
+                .str("set")
+                .strs(&h.test)
+                .u64(h.interval)
+                .u64(h.timeout)
+                .u64(h.start_period)
+                .u64(h.start_interval)
+                .u64(h.retries),
+        };
+        match &c.shell {
+            Some(s) => e.bool(true).strs(s),
+            None => e.bool(false),
+        };
+        e.strs(&c.onbuild).opt_str(c.author.as_deref());
+        e.list(c.history.len());
+        for h in &c.history {
+            e.str(&h.created_by).bool(h.layer);
+        }
+        // Only a stage on a base image with triggers has them, which keeps every earlier digest.
+        if !c.base_onbuild.is_empty() {
+            e.str("base-onbuild").strs(&c.base_onbuild);
+        }
+        // Only configs that set a CMD have it, which keeps every other digest.
+        if c.args_escaped {
+            e.str("args_escaped");
+        }
+    }
 }
 
 /// `HEALTHCHECK CMD ...`: the OCI/Docker `Healthcheck` config. Durations in nanoseconds, 0 = default.
@@ -404,53 +456,12 @@ impl Op {
             Op::Mkdir { path, user } => {
                 e.str(path).opt_str(user.as_deref());
             }
-            Op::Config(c) => encode_config(c, e),
+            Op::Config(c) => c.encode(e),
         }
     }
 
     /// Whether the node produces a filesystem layer of its own when it runs.
     pub fn makes_layer(&self) -> bool {
         matches!(self, Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. })
-    }
-}
-
-/// The canonical encoding of a stage's image config (part of `Op::encode`).
-fn encode_config(c: &ConfigOp, e: &mut Encoder) {
-    e.pairs(&c.env)
-        .opt_str(c.cwd.as_deref())
-        .opt_str(c.user.as_deref());
-    for field in [&c.cmd, &c.entrypoint] {
-        match field {
-            Inherit::Base => e.str("base"),
-            Inherit::Clear => e.str("clear"),
-            Inherit::Set(v) => e.str("set").strs(v),
-        };
-    }
-    e.pairs(&c.labels).strs(&c.exposed).strs(&c.volumes);
-    e.opt_str(c.stop_signal.as_deref());
-    match &c.healthcheck {
-        Inherit::Base => e.str("base"),
-        Inherit::Clear => e.str("clear"),
-        Inherit::Set(h) => e
-            .str("set")
-            .strs(&h.test)
-            .u64(h.interval)
-            .u64(h.timeout)
-            .u64(h.start_period)
-            .u64(h.start_interval)
-            .u64(h.retries),
-    };
-    match &c.shell {
-        Some(s) => e.bool(true).strs(s),
-        None => e.bool(false),
-    };
-    e.strs(&c.onbuild).opt_str(c.author.as_deref());
-    e.list(c.history.len());
-    for h in &c.history {
-        e.str(&h.created_by).bool(h.layer);
-    }
-    // Only configs that set a CMD have it, which keeps every other digest.
-    if c.args_escaped {
-        e.str("args_escaped");
     }
 }

@@ -1,13 +1,16 @@
 //! Reading source files for the front ends, which do no IO themselves: a Dockerfile (or stdin) into a
 //! `SourceFile`, and a `.build` program with its imports and monorepo packages into checked modules
-//! (`Session`) that the evaluator asks for through `frontend::buildfile::lower::Loader`; and an older
+//! (`Session`) that the evaluator asks for through `frontend::buildfile::lower::Loader`; base images'
+//! configs, from local layouts and (when building) registries (`image_env`); and an older
 //! revision of the sources out of git, for `kiln affected --since` (`GitRepo`).
 
 mod buildfile;
 mod dockerfile;
 mod git;
+mod image;
 
 pub use crate::frontend::buildfile::lower::{EvalOptions, Lowered, PackageContexts};
 pub use buildfile::{Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Session, lower_file, lower_targets};
 pub use dockerfile::read_dockerfile;
 pub(crate) use git::GitRepo;
+pub use image::{Pulls, image_env, open_store};

@@ -16,6 +16,25 @@ pub struct Options {
     pub insecure: Vec<String>,
     /// Where `config.json` lives; `None` means `$DOCKER_CONFIG`, else `~/.docker`, as docker does.
     pub docker_config: Option<PathBuf>,
+    /// The images this build pulled, by reference as written, and the layouts they became: a tag is
+    /// asked of its registry once per build, so every use of it (its config while compiling, its layers
+    /// while building, a `COPY --from` of it) sees one manifest. Clones share it.
+    pub pulled: Pulled,
+}
+
+/// See [`Options::pulled`].
+#[derive(Clone, Debug, Default)]
+pub struct Pulled(std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, PathBuf>>>);
+
+impl Pulled {
+    pub(super) fn get(&self, reference: &str) -> Option<PathBuf> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(reference).cloned()
+    }
+    pub(super) fn insert(&self, reference: &str, layout: PathBuf) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(reference.to_string(), layout);
+    }
 }
 
 impl Options {

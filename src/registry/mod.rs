@@ -14,7 +14,7 @@ mod reference;
 #[cfg(test)]
 mod tests;
 
-pub use auth::Options;
+pub use auth::{Options, Pulled};
 pub(crate) use client::install_crypto;
 pub(crate) use pull::{fetch_blobs, fetch_manifest, pull};
 pub(crate) use push::{push, push_manifest};

@@ -26,9 +26,45 @@ use crate::store::Store;
 /// Layouts are keyed by the image manifest's digest, so a layout never changes once renamed into place
 /// and a build reading one is never disturbed by another pulling a newer tag. Blobs the store already
 /// holds are linked, not fetched: pulling an image again transfers only its manifest.
+///
+/// An image this build pulled before is not asked for again (see `Options::pulled`), nor is one pinned
+/// by a digest (of its manifest, or of the index it was chosen from) whose layout the store holds.
 pub(crate) fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
+    if let Some(layout) = opts.pulled.get(reference) {
+        return Ok(layout);
+    }
     let name = ImageName::parse(reference)?;
-    block_on(pull_async(store, name, opts))
+    let pinned = name.digest.as_deref().and_then(Digest::parse);
+    let images = store.root().join("images");
+    let kept = pinned
+        .as_ref()
+        .map(|d| images.join(d.hex()))
+        .filter(|dir| dir.join("index.json").is_file());
+    let layout = match kept {
+        Some(dir) => dir,
+        None => {
+            let layout = block_on(pull_async(store, name, opts))?;
+            if let Some(d) = &pinned {
+                link_index(&images, d, &layout);
+            }
+            layout
+        }
+    };
+    opts.pulled.insert(reference, layout.clone());
+    Ok(layout)
+}
+
+/// A reference pinned by an index's digest resolved to the layout of one of its images: a link named
+/// by the index's digest finds that layout next time without asking the registry (an index names its
+/// images by digest, so what it resolves to never changes). Best effort: without it, the registry is
+/// asked again.
+fn link_index(images: &Path, index: &Digest, layout: &Path) {
+    let Some(target) = layout.file_name() else {
+        return;
+    };
+    if target.to_string_lossy() != index.hex() {
+        let _ = std::os::unix::fs::symlink(target, images.join(index.hex()));
+    }
 }
 
 async fn pull_async(store: &Store, name: ImageName, opts: &Options) -> Result<PathBuf> {

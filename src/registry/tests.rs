@@ -96,7 +96,7 @@ fn malformed_references_are_refused_with_reasons() {
 fn loopback_and_listed_registries_speak_plain_http() {
     let opts = Options {
         insecure: vec!["reg.lan".into(), "other.lan:5000".into()],
-        docker_config: None,
+        ..Options::default()
     };
     for r in [
         "localhost",
@@ -124,8 +124,8 @@ fn config(json: &str) -> (tempfile::TempDir, Options) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.json"), json).unwrap();
     let opts = Options {
-        insecure: vec![],
         docker_config: Some(dir.path().to_path_buf()),
+        ..Options::default()
     };
     (dir, opts)
 }
@@ -150,8 +150,8 @@ fn credentials_come_from_config_json() {
 fn no_config_means_anonymous_and_a_broken_one_says_where() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
-        insecure: vec![],
         docker_config: Some(dir.path().join("nothing-here")),
+        ..Options::default()
     };
     let c = credentials(&ImageName::parse("h.io/x").unwrap(), &opts).unwrap();
     assert!(matches!(c.auth, RegistryAuth::Anonymous));

@@ -4,10 +4,12 @@
 //!
 //! Caching. The node's key is the content: its SHA-256, the file's name and its `Last-Modified`, never the
 //! URL, so an unchanged download keys the steps below it exactly as before (they hit) and a changed one
-//! re-runs them. Without `--checksum` the content is only known by fetching, so every build fetches again
-//! and compares (BuildKit asks the server with the ETag instead; a full re-fetch is the simple correct
-//! form of it). With `--checksum` the content is known beforehand: once a download has matched it, later
-//! builds take the stored blob and fetch nothing.
+//! re-runs them. Without `--checksum` the content is only known by asking the server: as BuildKit's HTTP
+//! source does, the store remembers the last download of each URL with its `ETag`, and the next build
+//! sends `If-None-Match`; a `304 Not Modified` reuses the stored blob without downloading it again. When
+//! the server gave no ETag but a `Last-Modified`, kiln sends `If-Modified-Since` (BuildKit only revalidates
+//! by ETag and downloads such a file again). With `--checksum` the content is known beforehand: once a
+//! download has matched it, later builds take the stored blob and fetch nothing.
 //!
 //! Credentials. A URL's userinfo goes to the server as HTTP basic auth (as Go's client sends it), but the
 //! URL is only ever shown through `remote::redacted`, and no key holds it.
@@ -37,6 +39,15 @@ struct Fetched {
     blob: Digest,
     /// `Last-Modified` in seconds since the epoch; `None` when the server sent none.
     modified: Option<u64>,
+}
+
+/// The last download of a URL and what the server said identifies it, for a conditional request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Validated {
+    etag: Option<String>,
+    /// `Last-Modified` as the server wrote it.
+    last_modified: Option<String>,
+    fetched: Fetched,
 }
 
 impl<E: Executor> Shared<E> {
@@ -76,7 +87,11 @@ impl<E: Executor> Shared<E> {
                 let id = vertex.id;
                 let started = Instant::now();
                 self.reporter.event(Event::Started(vertex));
-                match fetch(&self.store, url, want.as_ref()).await {
+                // A checksum pins the content itself; a revalidated older download must not stand in.
+                let prior = (want.is_none() && !self.opts.no_cache)
+                    .then(|| validated(&self.store, url))
+                    .flatten();
+                match fetch(&self.store, url, want.as_ref(), prior).await {
                     Ok(f) => {
                         self.reporter.event(Event::Done {
                             id,
@@ -126,6 +141,34 @@ fn pin_path(store: &Store, url: &str, want: &Checksum) -> PathBuf {
         .join(format!("{}.json", e.finish().hex()))
 }
 
+/// Where the store remembers a URL's last download and its validators: keyed by the URL without its
+/// userinfo, so no credential names a file.
+fn validator_path(store: &Store, url: &str) -> PathBuf {
+    let mut e = Encoder::new("kiln/remote-validator/v1");
+    e.str(&remote::keyed(url));
+    store
+        .root()
+        .join("remote")
+        .join(format!("{}.json", e.finish().hex()))
+}
+
+/// The last download of `url`, when the store still holds its blob and the server gave a validator.
+fn validated(store: &Store, url: &str) -> Option<Validated> {
+    let v: Validated =
+        serde_json::from_slice(&std::fs::read(validator_path(store, url)).ok()?).ok()?;
+    (store.blob_path(&v.fetched.blob).is_file() && (v.etag.is_some() || v.last_modified.is_some()))
+        .then_some(v)
+}
+
+/// Remembers a download's validators; losing them only costs a later build one full download.
+fn remember(store: &Store, url: &str, v: &Validated) {
+    let path = validator_path(store, url);
+    if std::fs::create_dir_all(path.parent().expect("under the store")).is_ok() {
+        let bytes = serde_json::to_vec(v).expect("a download record serializes");
+        let _ = crate::store::atomic_write(&path, &bytes);
+    }
+}
+
 /// A pinned download the store still holds, blob included.
 fn pinned(store: &Store, pin: &Path) -> Option<Fetched> {
     let f: Fetched = serde_json::from_slice(&std::fs::read(pin).ok()?).ok()?;
@@ -133,8 +176,14 @@ fn pinned(store: &Store, pin: &Path) -> Option<Fetched> {
 }
 
 /// GETs `url` (redirects followed), streams the body into the store's blobs while hashing it, and checks
-/// it against `want`. Errors name the URL redacted and never carry reqwest's own text of it.
-async fn fetch(store: &Store, url: &str, want: Option<&Checksum>) -> Result<Fetched> {
+/// it against `want`; with a `prior` download, asks the server first whether it changed, and reuses it on
+/// a `304`. Errors name the URL redacted and never carry reqwest's own text of it.
+async fn fetch(
+    store: &Store,
+    url: &str,
+    want: Option<&Checksum>,
+    prior: Option<Validated>,
+) -> Result<Fetched> {
     let shown = remote::redacted(url);
     crate::registry::install_crypto();
     let client = reqwest::Client::builder()
@@ -147,8 +196,36 @@ async fn fetch(store: &Store, url: &str, want: Option<&Checksum>) -> Result<Fetc
         Diagnostic::build(format!("cannot fetch `{shown}`: {}", chain(e)))
             .help("check the URL and that its host is reachable from this machine")
     };
-    let resp = client.get(url).send().await.map_err(failed)?;
+    let mut request = client.get(url);
+    if let Some(p) = &prior {
+        request = match (&p.etag, &p.last_modified) {
+            (Some(etag), _) => request.header(reqwest::header::IF_NONE_MATCH, etag),
+            (None, Some(date)) => request.header(reqwest::header::IF_MODIFIED_SINCE, date),
+            (None, None) => request,
+        };
+    }
+    let resp = request.send().await.map_err(failed)?;
     let status = resp.status();
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let etag = header(reqwest::header::ETAG);
+    if status == reqwest::StatusCode::NOT_MODIFIED
+        && let Some(p) = prior
+    {
+        // A 304 naming another ETag than the one asked about is not about the stored download.
+        if etag.is_none() || etag == p.etag {
+            return Ok(p.fetched);
+        }
+        return Err(Diagnostic::build(format!(
+            "cannot fetch `{shown}`: the server answered 304 Not Modified for an ETag kiln did not send"
+        ))
+        .help("retry with --no-cache, which downloads the file without asking the server"));
+    }
+    let last_modified = header(reqwest::header::LAST_MODIFIED);
     if !status.is_success() {
         return Err(Diagnostic::build(format!(
             "cannot fetch `{shown}`: the server answered HTTP {status}"
@@ -188,7 +265,16 @@ async fn fetch(store: &Store, url: &str, want: Option<&Checksum>) -> Result<Fetc
     if !store.blob_path(&blob).is_file() {
         store.adopt_blob(&part, &blob)?;
     }
-    Ok(Fetched { blob, modified })
+    let fetched = Fetched { blob, modified };
+    if want.is_none() && (etag.is_some() || last_modified.is_some()) {
+        let v = Validated {
+            etag,
+            last_modified,
+            fetched: fetched.clone(),
+        };
+        remember(store, url, &v);
+    }
+    Ok(fetched)
 }
 
 /// The store's SHA-256 of a download, and the digest `--checksum` asks for when it is another algorithm.

@@ -85,7 +85,7 @@ fn import_image<E: Executor>(
     // A registry image is pulled into a layout in the store first; from there on both kinds are alike.
     let (dir, tag) = match reference.strip_prefix("oci-layout://") {
         Some(rest) => {
-            let (dir, tag) = split_layout_ref(rest);
+            let (dir, tag) = crate::oci::split_layout_ref(rest);
             (PathBuf::from(dir), tag)
         }
         None => (crate::registry::pull(store, reference, registry)?, None),
@@ -176,24 +176,4 @@ fn import_image<E: Executor>(
     };
     store.cache_put(&rec)?;
     Ok((rec, true))
-}
-
-/// `DIR[:TAG]`: a tag is the text after the last `:` when it holds no `/`.
-pub fn split_layout_ref(rest: &str) -> (&str, Option<&str>) {
-    match rest.rsplit_once(':') {
-        Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => (dir, Some(tag)),
-        _ => (rest, None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layout_refs_split_tags() {
-        assert_eq!(split_layout_ref("/a/b:latest"), ("/a/b", Some("latest")));
-        assert_eq!(split_layout_ref("/a/b"), ("/a/b", None));
-        assert_eq!(split_layout_ref("./x:1/y"), ("./x:1/y", None));
-    }
 }

@@ -12,6 +12,8 @@ pub mod context;
 mod executor;
 mod fetch;
 mod git;
+mod git_ssh;
+mod git_submodule;
 mod import;
 mod key;
 mod leak;
@@ -27,9 +29,9 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+pub use crate::oci::split_layout_ref;
 pub use executor::{CopySource, CopyStep, Executor, Layers, LogSink, RunExit, RunStep, StepMount};
 pub(crate) use executor::{abbreviate, exit_error};
-pub use import::split_layout_ref;
 pub use key::CACHE_DOMAIN;
 pub use preflight::{all_secrets, preflight};
 pub use schedule::{Output, SolveOptions, Summary};

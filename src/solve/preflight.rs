@@ -42,6 +42,21 @@ pub fn preflight(
             }
             return Err(d);
         }
+        // BuildKit's Dockerfile frontend forwards the `default` agent to git sources over SSH.
+        if let Op::Remote { url, .. } = &graph.dag[n].op
+            && is_ssh(url)
+            && !ssh.contains_key("default")
+        {
+            let mut d = Diagnostic::input(format!(
+                "`{}` is fetched over SSH, which needs the ssh agent `default`, and none was given",
+                crate::graph::remote::redacted(url)
+            ))
+            .help("pass `--ssh default` (the agent of $SSH_AUTH_SOCK) or `--ssh default=KEYFILE`; the host key must be in ~/.ssh/known_hosts");
+            if let Some(at) = &graph.dag[n].at {
+                d = d.label(at.clone(), "this ADD clones over SSH");
+            }
+            return Err(d);
+        }
         // Registry images are pulled when solved; here only their names are checked, without the network.
         if let Op::Image { reference } = &graph.dag[n].op
             && !reference.starts_with("oci-layout://")
@@ -116,22 +131,19 @@ pub fn all_secrets(secrets: &SecretStore) -> Result<LeakScanner> {
     ))
 }
 
-/// HTTP(S) downloads, and git repositories over HTTP(S) or `git://`. Git over SSH would need an `ssh`
-/// process, which solving never starts.
+/// HTTP(S) downloads, and git repositories over HTTP(S), `git://` or SSH (`git@host:repo`, `ssh://`).
 fn fetchable(url: &str) -> bool {
-    use crate::graph::remote::{RemoteKind, kind};
+    crate::graph::remote::kind(url).is_some()
+}
+
+/// A git source reached over SSH: `ssh://` or scp-like `user@host:path`.
+fn is_ssh(url: &str) -> bool {
     let lower = url.to_ascii_lowercase();
-    match kind(url) {
-        Some(RemoteKind::Http) => true,
-        Some(RemoteKind::Git) => ["http://", "https://", "git://"]
-            .iter()
-            .any(|p| lower.starts_with(p)),
-        None => false,
-    }
+    lower.starts_with("ssh://") || lower.starts_with("git@")
 }
 
 pub(super) fn remote_unsupported(url: &str) -> Diagnostic {
     let url = crate::graph::remote::redacted(url);
-    Diagnostic::input(format!("ADD from `{url}` is not supported yet: kiln fetches git repositories over HTTP(S) and git://, not SSH"))
-        .help("use the repository's https:// URL, or clone it in a RUN step with --mount=type=ssh and COPY --from that stage")
+    Diagnostic::input(format!("ADD from `{url}` is not supported: kiln fetches http(s):// files and git repositories over HTTP(S), git:// and SSH"))
+        .help("use an http(s):// URL, a `.git` repository URL, git@host:repo or ssh://")
 }

@@ -2,7 +2,8 @@
 //! `tests/fixtures/git-http-server.py`; git here only makes and serves the repository, kiln clones with
 //! gix): the remote's HEAD, a tag, a branch, a full commit id, `#ref:subdir`, `--keep-git-dir`, file modes
 //! and symlinks as committed, a rebuild that runs nothing, and located errors for an unknown ref and a
-//! commit that `--checksum` does not pin. Images are judged with umoci.
+//! commit that `--checksum` does not pin; BuildKit's `GIT_AUTH_TOKEN`/`GIT_AUTH_HEADER` secrets against a
+//! server that wants them. Images are judged with umoci.
 
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::MetadataExt as _;
@@ -17,7 +18,7 @@ use crate::support::{Kiln, context, repo, tempdir, unpack, write};
 struct GitServer {
     child: Child,
     port: u16,
-    _root: TempDir,
+    root: TempDir,
     /// The commit of the tag `v1` (the first commit) and of `main` (the second).
     v1: String,
     main: String,
@@ -51,6 +52,15 @@ impl GitServer {
     /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two", a symlink
     /// `escape` to `/etc`).
     fn start() -> GitServer {
+        GitServer::serve(None)
+    }
+
+    /// The same repository, served only to requests with one of these `Authorization` values.
+    fn private(accepted: &[&str]) -> GitServer {
+        GitServer::serve(Some(accepted))
+    }
+
+    fn serve(accepted: Option<&[&str]>) -> GitServer {
         let root = tempdir("git-");
         let work = root.path().join("work");
         std::fs::create_dir_all(&work).unwrap();
@@ -75,9 +85,16 @@ impl GitServer {
         git(&work, &["branch", "other"]);
         let main = git(&work, &["rev-parse", "HEAD"]);
         git(root.path(), &["clone", "-q", "--bare", "work", "repo.git"]);
-        let mut child = Command::new("python3")
+        let mut server = Command::new("python3");
+        server
             .arg(repo().join("tests/fixtures/git-http-server.py"))
-            .arg(root.path())
+            .arg(root.path());
+        if let Some(accepted) = accepted {
+            let file = root.path().join("accepted");
+            write(&file, accepted.join("\n"));
+            server.arg(file);
+        }
+        let mut child = server
             .stdout(Stdio::piped())
             .spawn()
             .expect("cannot run python3");
@@ -89,7 +106,7 @@ impl GitServer {
         GitServer {
             child,
             port,
-            _root: root,
+            root,
             v1,
             main,
         }
@@ -97,6 +114,49 @@ impl GitServer {
 
     fn url(&self, fragment: &str) -> String {
         format!("http://127.0.0.1:{}/repo.git{fragment}", self.port)
+    }
+
+    /// Serves `NAME.git` too: one commit of a work tree that `fill` fills and stages. Returns the commit.
+    fn add_repo(&self, name: &str, fill: impl FnOnce(&Path)) -> String {
+        let work = self.root.path().join(format!("{name}-work"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        fill(&work);
+        git(&work, &["commit", "-qm", name]);
+        let commit = git(&work, &["rev-parse", "HEAD"]);
+        git(
+            self.root.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &format!("{name}-work"),
+                &format!("{name}.git"),
+            ],
+        );
+        commit
+    }
+
+    /// Serves `NAME.git` whose commit holds `top.txt` and a submodule at `path` with `url` in
+    /// `.gitmodules`, pointing at `commit`.
+    fn add_superproject(&self, name: &str, path: &str, url: &str, commit: &str) {
+        self.add_repo(name, |w| {
+            write(&w.join("top.txt"), "top\n");
+            write(
+                &w.join(".gitmodules"),
+                format!("[submodule \"m\"]\n\tpath = {path}\n\turl = {url}\n"),
+            );
+            git(w, &["add", "-A"]);
+            git(
+                w,
+                &[
+                    "update-index",
+                    "--add",
+                    "--cacheinfo",
+                    &format!("160000,{commit},{path}"),
+                ],
+            );
+        });
     }
 }
 
@@ -208,6 +268,226 @@ fn git_fetch_failures_are_located_errors() {
         assert!(
             out.stderr.contains(message) && out.stderr.contains("Dockerfile:2:"),
             "{url}: {}",
+            out.stderr
+        );
+    }
+}
+
+/// BuildKit's git auth secrets: `GIT_AUTH_TOKEN` goes to the server as basic auth for `x-access-token`,
+/// `GIT_AUTH_HEADER` as the whole `Authorization` value, a `.<host:port>` suffix scopes either to one
+/// server (and wins over the unscoped one). Without them the private repository is a located error; the
+/// token reaches no output, no file of the store and no layer.
+#[test]
+fn git_auth_secrets_authenticate_as_buildkit_sends_them() {
+    use base64::Engine as _;
+    let token = "gh-tok3n-Qz81vW";
+    let header = "Bearer hdr-s3cret-Lm52kP";
+    let basic = format!(
+        "basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"))
+    );
+    let server = GitServer::private(&[&basic, header]);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "FROM base\nADD --keep-git-dir=true {} /src\n",
+            server.url("#v1")
+        ),
+    )]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+
+    let out = build(Kiln::new(), ctx.path(), &dest);
+    out.expect_code(1);
+    assert!(
+        out.stderr.contains("Dockerfile:2:") && out.stderr.contains("GIT_AUTH_TOKEN"),
+        "{}",
+        out.stderr
+    );
+
+    let secrets = tempdir("secrets-");
+    let header_file = secrets.path().join("header");
+    write(&header_file, format!("{header}\n"));
+    let wrong = secrets.path().join("wrong");
+    write(&wrong, "not-the-token");
+    let out = build(
+        Kiln::new()
+            .arg("--secret")
+            .arg(format!("id=GIT_AUTH_TOKEN,src={}", wrong.display())),
+        ctx.path(),
+        &dest,
+    );
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("refused the GIT_AUTH_HEADER/GIT_AUTH_TOKEN secret")
+            && out.stderr.contains("Dockerfile:2:"),
+        "{}",
+        out.stderr
+    );
+    let scoped = format!("GIT_AUTH_HEADER.127.0.0.1:{}", server.port);
+    let runs = [
+        Kiln::new()
+            .env("TOK", token)
+            .args(["--secret", "id=GIT_AUTH_TOKEN,env=TOK"]),
+        // The scoped header wins over a wrong unscoped token.
+        Kiln::new()
+            .arg("--secret")
+            .arg(format!("id={scoped},src={}", header_file.display()))
+            .arg("--secret")
+            .arg(format!("id=GIT_AUTH_TOKEN,src={}", wrong.display())),
+    ];
+    for kiln in runs {
+        let out = build(kiln.clone(), ctx.path(), &dest);
+        out.success();
+        let image = unpack(&dest);
+        assert_eq!(
+            std::fs::read_to_string(image.rootfs.join("src/a.txt")).unwrap(),
+            "one\n"
+        );
+        assert!(!out.stderr.contains(token) && !out.stderr.contains(&basic));
+        for place in [&dest, kiln.store()] {
+            let found = crate::support::leaks_under(place, &[token.as_bytes(), header.as_bytes()]);
+            assert!(found.is_empty(), "in {}: {found:?}", place.display());
+        }
+    }
+}
+
+/// Submodules are checked out as BuildKit's `git submodule update --init --recursive` does: at the
+/// commit the superproject records, from `.gitmodules` URLs resolved against the superproject's, nested
+/// ones too, without their `.git`. A submodule URL that is no remote repository (a local path, `file://`,
+/// a remote helper such as `ext::`, a relative URL climbing above the host) is a located error: a
+/// Dockerfile's build must not read the builder's filesystem.
+///
+/// Compared with BuildKit v0.8 (Debian's dockerd 20.10) on the same three repositories, fetched as a git
+/// build context (v0.8's Dockerfile has no `ADD <git>`; both go through its git source): the same paths,
+/// modes, sizes and contents, except that BuildKit leaves in each submodule a `.git` file naming a
+/// directory inside its own snapshot store (`gitdir: ../../../../<snapshot>/diff/modules/m`), which
+/// points nowhere in the image; kiln leaves none.
+#[test]
+fn add_git_checks_out_submodules() {
+    let server = GitServer::start();
+    let deep = server.add_repo("deep", |w| {
+        write(&w.join("deep.txt"), "deep\n");
+        git(w, &["add", "-A"]);
+    });
+    let lib = server.add_repo("lib", |w| {
+        write(&w.join("lib.txt"), "lib\n");
+        write(
+            &w.join(".gitmodules"),
+            "[submodule \"deep\"]\n\tpath = deep\n\turl = ../deep.git\n",
+        );
+        git(w, &["add", "-A"]);
+        git(
+            w,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{deep},deep"),
+            ],
+        );
+    });
+    server.add_superproject("super", "vendor/lib", "../lib.git", &lib);
+    let at = |name: &str| format!("http://127.0.0.1:{}/{name}.git", server.port);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD {} /src\n", at("super")),
+    )]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    build(Kiln::new(), ctx.path(), &dest).success();
+    let image = unpack(&dest);
+    let read = |p: &str| {
+        std::fs::read_to_string(image.rootfs.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    assert_eq!(read("src/top.txt"), "top\n");
+    assert_eq!(read("src/vendor/lib/lib.txt"), "lib\n");
+    assert_eq!(
+        read("src/vendor/lib/deep/deep.txt"),
+        "deep\n",
+        "recursively"
+    );
+    assert!(!image.rootfs.join("src/vendor/lib/.git").exists());
+    assert!(!image.rootfs.join("src/vendor/lib/deep/.git").exists());
+
+    let marker = tempdir("ext-");
+    let pwned = marker.path().join("pwned");
+    let cases = [
+        (
+            "file",
+            "file:///etc".to_string(),
+            "is not a remote repository URL",
+        ),
+        ("path", "/etc".to_string(), "is not a remote repository URL"),
+        (
+            "ext",
+            format!("ext::sh -c touch% {}", pwned.display()),
+            "is not a remote repository URL",
+        ),
+        (
+            "climb",
+            "../../../../etc".to_string(),
+            "climbs above the superproject's host",
+        ),
+    ];
+    for (name, url, message) in cases {
+        server.add_superproject(&format!("evil-{name}"), "x", &url, &lib);
+        let ctx = context(&[(
+            "Dockerfile",
+            &format!("FROM base\nADD {} /src\n", at(&format!("evil-{name}"))),
+        )]);
+        let out = build(Kiln::new(), ctx.path(), &dest);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(message)
+                && out.stderr.contains("submodule `x`")
+                && out.stderr.contains("never from the builder's filesystem")
+                && out.stderr.contains("Dockerfile:2:"),
+            "{name}: {}",
+            out.stderr
+        );
+    }
+    assert!(!pwned.exists(), "the ext:: helper ran");
+
+    // A .gitmodules entry without a url, and a chain of submodules deeper than kiln follows.
+    server.add_repo("nourl", |w| {
+        write(&w.join(".gitmodules"), "[submodule \"m\"]\n\tpath = x\n");
+        git(w, &["add", "-A"]);
+        git(
+            w,
+            &[
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{lib},x"),
+            ],
+        );
+    });
+    let mut below = deep;
+    for level in 0..9 {
+        let name = format!("level{level}");
+        let url = if level == 0 {
+            "../deep.git".to_string()
+        } else {
+            format!("../level{}.git", level - 1)
+        };
+        server.add_superproject(&name, "s", &url, &below);
+        below = git(
+            &server.root.path().join(format!("{name}-work")),
+            &["rev-parse", "HEAD"],
+        );
+    }
+    for (name, message) in [
+        ("nourl", "submodule `m` has no path or no url"),
+        ("level8", "submodules nest deeper than 8"),
+    ] {
+        let ctx = context(&[("Dockerfile", &format!("FROM base\nADD {} /src\n", at(name)))]);
+        let out = build(Kiln::new(), ctx.path(), &dest);
+        out.expect_code(1);
+        assert!(
+            out.stderr.contains(message) && out.stderr.contains("Dockerfile:2:"),
+            "{name}: {}",
             out.stderr
         );
     }

@@ -1,14 +1,18 @@
 //! `ADD <url>` against a real HTTP server on loopback (a small one in this file, on std's TcpListener):
 //! BuildKit's semantics (the name from the URL's path, mode 0600, `Last-Modified` as the mtime and the
 //! epoch without one, redirects followed, remote archives not unpacked, `--chmod`/`--chown`, `--checksum`
-//! verified), caching by content, located errors, and credentials in the URL never shown. Images are judged
+//! verified), caching by content, revalidation with `If-None-Match` (and `If-Modified-Since`) so an
+//! unchanged file is not downloaded again, located errors, and credentials in the URL never shown. Images are judged
 //! with umoci.
 //!
 //! The attributes asserted here were compared with BuildKit v0.8 (Debian's dockerd 20.10) building the same
 //! `ADD`s from `scratch` against a loopback server: the same names (`/files/` gives `files`, a query is not
 //! part of the name), modes, owners (`--chown` also owns a created destination directory) and mtimes
 //! (`Last-Modified`, else the epoch). `--chmod` and `--checksum` on ADD are newer than v0.8 and follow the
-//! current Dockerfile reference.
+//! current Dockerfile reference. Revalidation was compared with BuildKit v0.8 on a loopback server that
+//! logs requests: on a rebuild it sends the stored `ETag` as `If-None-Match` (in a HEAD, then no GET on a
+//! match) and downloads a file with only `Last-Modified` again in full; kiln sends the same `If-None-Match`
+//! in a conditional GET, and `If-Modified-Since` for the second file.
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -28,9 +32,12 @@ const USER: &str = "kiln-user";
 const TOKEN: &str = "tok3n-s3cret-Xq9";
 const QUERY_TOKEN: &str = "qu3ry-s3cret-Zr4";
 
-/// Serves files of a directory: `/files/NAME` with `Last-Modified`, `/nodate/NAME` without it,
-/// `/redirect/NAME` as a 302 to `/files/NAME`, `/auth/NAME` only with basic auth `USER:TOKEN`; anything
-/// else is a 404. Counts the requests per path.
+/// Serves files of a directory: `/files/NAME` with `Last-Modified` and an `ETag` (a matching
+/// `If-None-Match` gets a 304), `/lm/NAME` with `Last-Modified` only (a 304 for `If-Modified-Since` at or
+/// after it), `/nodate/NAME` with neither, `/redirect/NAME` as a 302 to `/files/NAME`, `/auth/NAME` only
+/// with basic auth `USER:TOKEN`, `/bad304/NAME` with a 304 about another ETag to any `If-None-Match`;
+/// anything else is a 404. Counts the requests per path, and the 304s
+/// among them as `304 PATH`.
 struct Server {
     port: u16,
     root: TempDir,
@@ -82,18 +89,17 @@ fn serve(stream: TcpStream, dir: &Path, hits: &Mutex<HashMap<String, usize>>) {
         return;
     }
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    let mut authorization = None;
+    let mut request: HashMap<String, String> = HashMap::new();
     loop {
         let mut h = String::new();
         if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':')
-            && k.eq_ignore_ascii_case("authorization")
-        {
-            authorization = Some(v.trim().to_string());
+        if let Some((k, v)) = h.split_once(':') {
+            request.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
         }
     }
+    let authorization = request.get("authorization").cloned();
     let bare = path.split('?').next().unwrap_or("").to_string();
     *hits.lock().unwrap().entry(bare.clone()).or_default() += 1;
     let basic = format!(
@@ -111,15 +117,46 @@ fn serve(stream: TcpStream, dir: &Path, hits: &Mutex<HashMap<String, usize>>) {
         "auth" if authorization.as_deref() != Some(&basic) => {
             ("401 Unauthorized", String::new(), Vec::new())
         }
-        "files" | "nodate" | "auth" if file.is_file() => {
-            let dated = route != "nodate";
-            let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
-            let header = if dated {
-                format!("Last-Modified: {}\r\n", httpdate::fmt_http_date(modified))
-            } else {
-                String::new()
+        "files" | "nodate" | "auth" | "lm" | "bad304" if file.is_file() => {
+            let meta = std::fs::metadata(&file).unwrap();
+            let modified = meta.modified().unwrap();
+            // `/files/` validate by ETag (and, like most servers, also say Last-Modified), `/lm/` only
+            // by Last-Modified.
+            let etag = format!("\"{}-{}\"", meta.mtime(), meta.len());
+            let mut header = String::new();
+            if route != "nodate" {
+                header += &format!("Last-Modified: {}\r\n", httpdate::fmt_http_date(modified));
+            }
+            if route == "files" {
+                header += &format!("ETag: {etag}\r\n");
+            }
+            // `/bad304/` answers any revalidation with a 304 about another ETag than the one asked.
+            if route == "bad304" {
+                header = if request.contains_key("if-none-match") {
+                    "ETag: \"other\"\r\n".into()
+                } else {
+                    "ETag: \"first\"\r\n".into()
+                };
+            }
+            let unchanged = match route {
+                "files" => request.get("if-none-match") == Some(&etag),
+                "bad304" => request.contains_key("if-none-match"),
+                "lm" => request
+                    .get("if-modified-since")
+                    .and_then(|d| httpdate::parse_http_date(d).ok())
+                    .is_some_and(|since| modified <= since),
+                _ => false,
             };
-            ("200 OK", header, std::fs::read(&file).unwrap())
+            if unchanged {
+                *hits
+                    .lock()
+                    .unwrap()
+                    .entry(format!("304 {bare}"))
+                    .or_default() += 1;
+                ("304 Not Modified", header, Vec::new())
+            } else {
+                ("200 OK", header, std::fs::read(&file).unwrap())
+            }
         }
         _ => ("404 Not Found", String::new(), b"not found".to_vec()),
     };
@@ -247,10 +284,12 @@ fn an_unchanged_download_hits_the_cache_and_a_changed_one_reruns() {
     let server = Server::start();
     server.put("data.txt", b"first\n", 1_000_000_000);
     server.put("pinned.txt", b"pinned\n", 1_000_000_000);
+    server.put("dated.txt", b"dated\n", 1_000_000_000);
     let dockerfile = format!(
-        "FROM base\nADD --checksum={sum} {pinned} /pinned.txt\nADD {data} /data.txt\nRUN cat /data.txt > /copy.txt\n",
+        "FROM base\nADD --checksum={sum} {pinned} /pinned.txt\nADD {dated} /dated.txt\nADD {data} /data.txt\nRUN cat /data.txt > /copy.txt\n",
         data = server.url("/files/data.txt"),
         pinned = server.url("/files/pinned.txt"),
+        dated = server.url("/lm/dated.txt"),
         sum = sha256(b"pinned\n"),
     );
     let ctx = context(&[("Dockerfile", &dockerfile)]);
@@ -268,9 +307,17 @@ fn an_unchanged_download_hits_the_cache_and_a_changed_one_reruns() {
         "a second build ran steps:\n{}",
         again.stderr
     );
-    // Unpinned, the file is fetched again and compared; pinned by a checksum it matched, never again.
+    // Unpinned, the server is asked again, with the ETag (or the date) of the stored download, and its
+    // 304 means nothing is downloaded; pinned by a checksum it matched, the server is never asked again.
     assert_eq!(server.hits("/files/data.txt"), 2);
+    assert_eq!(server.hits("304 /files/data.txt"), 1);
+    assert_eq!(server.hits("/lm/dated.txt"), 2);
+    assert_eq!(server.hits("304 /lm/dated.txt"), 1);
     assert_eq!(server.hits("/files/pinned.txt"), 1);
+    // --no-cache asks without validators: full downloads.
+    build(kiln.clone().arg("--no-cache"), ctx.path(), &dest).success();
+    assert_eq!(server.hits("304 /files/data.txt"), 1);
+    assert_eq!(server.hits("/files/data.txt"), 3);
 
     server.put("data.txt", b"second\n", 1_200_000_000);
     let changed = build(kiln, ctx.path(), &dest);
@@ -287,6 +334,40 @@ fn an_unchanged_download_hits_the_cache_and_a_changed_one_reruns() {
         b"second\n"
     );
     assert_eq!(meta(&image.rootfs, "data.txt").mtime(), 1_200_000_000);
+    assert_eq!(
+        server.hits("304 /files/data.txt"),
+        1,
+        "a new ETag: downloaded"
+    );
+    assert_eq!(server.hits("304 /lm/dated.txt"), 2);
+    let image_dated = std::fs::read(image.rootfs.join("dated.txt")).unwrap();
+    assert_eq!(image_dated, b"dated\n", "a 304 reuses the stored download");
+}
+
+/// A server whose 304 names another ETag than the one kiln asked about is not believed: the rebuild fails
+/// at the ADD, with a hint, rather than reusing a download the server did not vouch for.
+#[test]
+fn a_304_about_another_etag_is_a_located_error() {
+    let server = Server::start();
+    server.put("f.txt", b"f\n", 1_000_000_000);
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD {} /f.txt\n", server.url("/bad304/f.txt")),
+    )]);
+    let store = tempdir("store-");
+    let kiln = Kiln::build_in(store.path()).with_base().arg(ctx.path());
+    kiln.run().success();
+    let out = kiln.run();
+    out.expect_code(1);
+    assert!(
+        out.stderr
+            .contains("304 Not Modified for an ETag kiln did not send")
+            && out.stderr.contains("--no-cache")
+            && out.stderr.contains("Dockerfile:2:"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(server.hits("304 /bad304/f.txt"), 1);
 }
 
 /// Builds `ADD <url> /x` (after `flags`; `${USER_TOKEN}` and `${QUERY_TOKEN}` are build args holding

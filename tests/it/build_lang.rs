@@ -434,27 +434,57 @@ fn an_imported_helper_mounts_its_own_modules_secret() {
     assert_eq!(read("tag").trim(), "lib-tag");
 }
 
-/// `kiln convert` refuses what `.build` cannot say yet rather than dropping it: a cache mount seeded
-/// `from` a stage would convert into an empty cache, a different build.
+/// A cache mount seeded `from` a stage (or an image) has a `.build` form, `cache(..., from:, source:)`:
+/// `kiln convert` writes it, the converted program has the Dockerfile's root digest, and built, its new
+/// cache starts as the stage's directory.
 #[test]
-fn convert_refuses_a_seeded_cache_mount_with_its_location() {
+fn a_seeded_cache_mount_converts_and_builds_as_the_dockerfile() {
     let ctx = context(&[(
         "Dockerfile",
-        "FROM busybox AS s\nRUN mkdir /d\nFROM busybox\nRUN --mount=type=cache,target=/c,from=s,source=/d true\n",
+        "FROM base AS s\nRUN mkdir /d && echo seeded > /d/a\nFROM base\n\
+         RUN --mount=type=cache,target=/c,from=s,source=/d --mount=type=bind,from=s,target=/b cat /c/a /b/d/a > /seen\n",
     )]);
-    let out = Kiln::bare()
+    let converted = ctx.path().join("app.build");
+    Kiln::bare()
         .args(["convert", "-f"])
         .arg(ctx.path().join("Dockerfile"))
-        .run();
-    out.expect_code(2);
-    for want in [
-        "a cache mount seeded with `from` has no `.build` form yet",
-        "Dockerfile:4:13",
-        "RUN --mount=type=cache,target=/c,from=s,source=/d true",
-        "help: convert the Dockerfile without the seed",
-    ] {
-        assert!(out.stderr.contains(want), "{want:?} in {}", out.stderr);
-    }
+        .arg("-o")
+        .arg(&converted)
+        .run()
+        .success();
+    let source = std::fs::read_to_string(&converted).unwrap();
+    assert!(
+        source.contains("cache(\"/c\", from: s, source: \"/d\")"),
+        "{source}"
+    );
+    let digest = |file: &Path| {
+        let out = Kiln::graph()
+            .with_base()
+            .arg("--digest")
+            .arg("-f")
+            .arg(file)
+            .arg(ctx.path())
+            .run();
+        out.success();
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(digest(&ctx.path().join("Dockerfile")), digest(&converted));
+
+    let out = tempdir("out-");
+    Kiln::new()
+        .with_base()
+        .arg("-f")
+        .arg(&converted)
+        .arg("-o")
+        .arg(format!("type=oci,dest={}", out.path().display()))
+        .arg(ctx.path())
+        .run()
+        .success();
+    let image = unpack(out.path());
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("seen")).unwrap(),
+        "seeded\nseeded\n"
+    );
 }
 
 /// `kiln convert` keeps the build args a FROM reads as params: `ARG BASE`, `ARG V=16`,

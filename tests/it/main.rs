@@ -4,6 +4,7 @@
 mod support;
 
 mod add_git;
+mod add_git_ssh;
 mod add_url;
 mod bad_secret;
 mod build_lang;
@@ -26,6 +27,7 @@ mod parallel;
 mod path_escape;
 mod progress;
 mod registry;
+mod registry_base;
 mod remote;
 mod rootless;
 mod sandbox;

@@ -81,18 +81,24 @@ fn remove_stale_git_images(root: &Path, current: &str) {
 }
 
 /// A real OpenSSH server on 127.0.0.1 that lets `root` in with one public key and serves a bare git
-/// repository holding one commit with `README`; killed when dropped.
-struct GitServer {
+/// repository holding one commit with `README`; killed when dropped. `add_git_ssh` clones it too.
+pub(crate) struct GitServer {
     child: Child,
-    port: u16,
-    repo: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) repo: PathBuf,
     /// What `README` in the repository says: unique per server, so a clone cannot come from anywhere else.
-    readme: String,
+    pub(crate) readme: String,
     dir: tempfile::TempDir,
 }
 
 impl GitServer {
-    fn start(authorized_key: &str) -> GitServer {
+    /// The server's host key as a `known_hosts` line.
+    pub(crate) fn known_host(&self) -> String {
+        let key = std::fs::read_to_string(self.dir.path().join("host_ed25519.pub")).unwrap();
+        format!("[127.0.0.1]:{} {}", self.port, key.trim())
+    }
+
+    pub(crate) fn start(authorized_key: &str) -> GitServer {
         let dir = tempdir("sshd-");
         let d = dir.path();
         let readme = format!(
@@ -193,7 +199,7 @@ impl GitServer {
     }
 
     /// What sshd said so far (it logs to stderr with `-e`): shown when a clone fails.
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = std::fs::File::open(self.dir.path().join("sshd.log")) {
             let _ = f.read_to_string(&mut text);

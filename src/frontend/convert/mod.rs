@@ -531,12 +531,6 @@ impl<'a> Converter<'a> {
                         .error(f.value_span, "cache mount needs a `target`")
                         .help("add `target=/path`"));
                 };
-                // `.build`'s `cache(...)` has no seed yet; dropping `from` would change the build.
-                if o.get(&["from", "source", "src"]).is_some() {
-                    return Err(self
-                        .error(f.value_span, "a cache mount seeded with `from` has no `.build` form yet")
-                        .help("convert the Dockerfile without the seed, or keep building it as a Dockerfile"));
-                }
                 if let Some(id) = o.get(&["id"]).filter(|i| !i.is_empty()) {
                     named.push(("id", s(&id)));
                 }
@@ -546,6 +540,13 @@ impl<'a> Converter<'a> {
                 named.extend(o.ownership()?);
                 if o.readonly(false)? {
                     named.push(("readonly", bool_expr(true)));
+                }
+                // The seed: lowering refuses `source` without `from` in both languages alike.
+                if let Some(from) = o.get(&["from"]) {
+                    named.push(("from", self.source(&from)));
+                }
+                if let Some(src) = o.get(&["source", "src"]) {
+                    named.push(("source", s(&src)));
                 }
                 Expr::call(Expr::name("cache"), vec![s(&t)], named)
             }

@@ -96,9 +96,12 @@ pub static FUNCTIONS: &[Builtin] = &[
             opt("uid", I),
             opt("gid", I),
             opt("readonly", B),
+            opt("from", Want::Source),
+            opt("source", S),
         ],
         ret: Ty::Cache,
-        doc: "a cache mount kept in the store across builds (sharing: shared, private or locked)",
+        doc: "a cache mount kept in the store across builds (sharing: shared, private or locked); a new one \
+              starts as a copy of `source` (default `/`) of `from`",
     },
     Builtin {
         name: "bind",

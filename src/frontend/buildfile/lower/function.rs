@@ -32,7 +32,21 @@ impl Evaluator<'_> {
                     }
                     _ => (self.image_leaf(&r, arg_span(0)), r.clone()),
                 };
-                let env = self.opts.lower.image_env.get(&resolved);
+                let at = crate::diag::Located::new(&self.file(), arg_span(0));
+                let env = self.opts.lower.image_env.get(&resolved, at)?;
+                if !env.onbuild.is_empty() {
+                    // A Dockerfile built on it would run them first; `.build` has no instructions to
+                    // run them as, and building without them would give another image.
+                    return Err(self
+                        .err(
+                            arg_span(0),
+                            format!(
+                                "`{r}` has ONBUILD triggers ({}), which a `.build` program cannot run",
+                                env.onbuild.join("; ")
+                            ),
+                        )
+                        .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
+                }
                 Value::Image(Box::new(self.new_image(leaf, env)))
             }
             "scratch" => {
@@ -80,18 +94,33 @@ impl Evaluator<'_> {
                     span,
                 }
             }
-            "cache" => Value::Mount(
-                Box::new(MountValue::Cache {
-                    target: v[0].str().to_string(),
-                    id: v[1].opt_str(),
-                    sharing: v[2].opt_str().unwrap_or_else(|| "shared".into()),
-                    mode: opt_int(&v[3], 0o755),
-                    uid: opt_int(&v[4], 0),
-                    gid: opt_int(&v[5], 0),
-                    readonly: v[6].bool(),
-                }),
-                span,
-            ),
+            "cache" => {
+                let seed = match (&v[7], v[8].opt_str()) {
+                    (Value::None, None) => None,
+                    (Value::None, Some(_)) => {
+                        // The Dockerfile's rule (`source` needs `from`), located at the argument.
+                        return Err(self
+                            .err(arg_span(8), "a cache mount's `source` needs `from`")
+                            .help("`source` names the directory of `from` that a new cache starts with: add `from: some_image`"));
+                    }
+                    (from, source) => {
+                        Some((self.source_node(from), source.unwrap_or_else(|| "/".into())))
+                    }
+                };
+                Value::Mount(
+                    Box::new(MountValue::Cache {
+                        target: v[0].str().to_string(),
+                        id: v[1].opt_str(),
+                        sharing: v[2].opt_str().unwrap_or_else(|| "shared".into()),
+                        mode: opt_int(&v[3], 0o755),
+                        uid: opt_int(&v[4], 0),
+                        gid: opt_int(&v[5], 0),
+                        readonly: v[6].bool(),
+                        seed,
+                    }),
+                    span,
+                )
+            }
             "bind" => {
                 let from = self.source_node(&v[0]);
                 Value::Mount(

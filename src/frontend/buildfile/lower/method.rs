@@ -98,7 +98,7 @@ impl Evaluator<'_> {
             }
             "onbuild" => {
                 let t = v[0].str().to_string();
-                img.history(format!("ONBUILD {t}"), false);
+                // No history entry, as a Dockerfile's ONBUILD (BuildKit's) makes none.
                 img.config.onbuild.push(t);
             }
             "shell" => {

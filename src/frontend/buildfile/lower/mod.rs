@@ -57,6 +57,8 @@ enum MountValue {
         uid: u32,
         gid: u32,
         readonly: bool,
+        /// `from:` and `source:`: what a new cache starts with.
+        seed: Option<(NodeId, String)>,
     },
     Bind {
         from: NodeId,

@@ -1,5 +1,7 @@
 //! `.build` evaluation: `.run(...)` (mounts, network, security) and the secret checks on the steps a program makes.
 
+use crate::graph::op::CacheSeed;
+
 use super::{
     Arc, Evaluator, Img, MountValue, Network, NodeId, Op, Result, RunMount, RunOp, SecretMount,
     Sharing, Span, Value, command, join_path, run_history, suggest,
@@ -110,6 +112,7 @@ impl Evaluator<'_> {
                     uid,
                     gid,
                     readonly,
+                    seed,
                 } => {
                     let t = target(&Some(t))?.ok_or_else(|| {
                         self.err(mspan, "a cache mount needs a target")
@@ -123,6 +126,15 @@ impl Evaluator<'_> {
                         Some(i) if !i.is_empty() => ex(&i)?,
                         _ => t.clone(),
                     };
+                    // As a Dockerfile's `from=`: the seed's source is one more input of the step,
+                    // shared with bind mounts of the same source.
+                    let seed = match seed {
+                        Some((from, source)) => Some(CacheSeed {
+                            input: extra_input(&mut extra, from),
+                            source: ex(&source)?,
+                        }),
+                        None => None,
+                    };
                     mounts.push(RunMount::Cache {
                         target: t,
                         id,
@@ -131,7 +143,7 @@ impl Evaluator<'_> {
                         uid,
                         gid,
                         readonly,
-                        seed: None,
+                        seed,
                     });
                 }
                 MountValue::Bind {
@@ -141,13 +153,7 @@ impl Evaluator<'_> {
                     rw,
                 } => {
                     let t = target(&t)?.unwrap_or_else(|| join_path(cwd, "."));
-                    let input = match extra.iter().position(|&i| i == from) {
-                        Some(p) => p + 1,
-                        None => {
-                            extra.push(from);
-                            extra.len()
-                        }
-                    };
+                    let input = extra_input(&mut extra, from);
                     mounts.push(RunMount::Bind {
                         target: t,
                         input,
@@ -282,5 +288,17 @@ impl Evaluator<'_> {
             self.loader.findings().push(f);
         }
         Ok(())
+    }
+}
+
+/// A mount source's index among the Run node's inputs: 0 is the rootfs; each distinct source is added
+/// once, in the order the mounts name them (as a Dockerfile's RUN does, so converted programs agree).
+fn extra_input(extra: &mut Vec<NodeId>, node: NodeId) -> usize {
+    match extra.iter().position(|&i| i == node) {
+        Some(p) => p + 1,
+        None => {
+            extra.push(node);
+            extra.len()
+        }
     }
 }

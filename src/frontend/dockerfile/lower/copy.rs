@@ -228,7 +228,7 @@ impl Lowerer<'_> {
             .iter()
             .map(|h| {
                 let content = if h.expand {
-                    shell::expand_raw(&h.text(), self.df.escape, lookup).map_err(|e| {
+                    shell::expand_raw(&h.text(), self.escape(), lookup).map_err(|e| {
                         self.error(h.body.span, format!("cannot expand the heredoc: {e}"))
                     })?
                 } else {

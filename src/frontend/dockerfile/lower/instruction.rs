@@ -55,7 +55,7 @@ impl Lowerer<'_> {
             InstructionKind::Onbuild(trigger) => {
                 self.reject_flags(ins, &[])?;
                 let text = instruction_text(self.file(), trigger);
-                Self::config_history(stage, format!("ONBUILD {text}"));
+                // No history entry: BuildKit's ONBUILD only adds to the config (v0.8 and since).
                 stage.image.config.onbuild.push(text);
                 stage.triggers.push(trigger.span);
             }
@@ -151,7 +151,7 @@ impl Lowerer<'_> {
         self.reject_flags(ins, &[])?;
         let mut ports = Vec::new();
         for w in words {
-            for p in shell::expand_words(&w.text, self.df.escape, &|n| stage.lookup(n))
+            for p in shell::expand_words(&w.text, self.escape(), &|n| stage.lookup(n))
                 .map_err(|e| self.error(w.span, format!("cannot expand `{}`: {e}", w.text)))?
             {
                 ports.extend(expose_ports(&p).ok_or_else(|| {

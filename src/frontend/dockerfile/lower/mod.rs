@@ -3,6 +3,7 @@
 
 mod copy;
 mod instruction;
+mod onbuild;
 mod run;
 
 use std::collections::BTreeMap;
@@ -41,6 +42,8 @@ struct Stage {
     /// This stage's own `ONBUILD` triggers (the spans of the instructions they hold), which a stage
     /// built `FROM` it runs first.
     triggers: Vec<Span>,
+    /// The base image's reference and its `OnBuild` triggers, which this stage runs first.
+    base_triggers: Option<(String, Vec<String>)>,
 }
 
 impl Stage {
@@ -78,6 +81,9 @@ struct Lowerer<'a> {
     busy: Vec<bool>,
     /// Leaves shared across stages: one node per image reference or named context.
     leaves: BTreeMap<String, NodeId>,
+    /// The text being lowered and its escape character: the Dockerfile's, or a base image's ONBUILD
+    /// trigger's while one is lowered, so errors point into the text they are about.
+    source: (Arc<SourceFile>, char),
 }
 
 /// Lowers a parsed Dockerfile. The program's single root is the `--target` stage, or the last stage.
@@ -92,6 +98,7 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
         stages: Vec::new(),
         busy: Vec::new(),
         leaves: BTreeMap::new(),
+        source: (df.file.clone(), df.escape),
     };
     for ins in &df.instructions {
         match &ins.kind {
@@ -157,7 +164,11 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
 
 impl<'a> Lowerer<'a> {
     fn file(&self) -> &Arc<SourceFile> {
-        &self.df.file
+        &self.source.0
+    }
+
+    fn escape(&self) -> char {
+        self.source.1
     }
 
     fn error(&self, span: Span, msg: impl Into<String>) -> Diagnostic {
@@ -186,13 +197,13 @@ impl<'a> Lowerer<'a> {
     }
 
     fn expand(&self, word: &Word, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
-        shell::expand_word(&word.text, self.df.escape, lookup)
+        shell::expand_word(&word.text, self.escape(), lookup)
             .map_err(|e| self.error(word.span, format!("cannot expand `{}`: {e}", word.text)))
     }
 
     fn expand_flag(&self, flag: &Flag, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
         let raw = flag.value.clone().unwrap_or_default();
-        shell::expand_word(&raw, self.df.escape, lookup)
+        shell::expand_word(&raw, self.escape(), lookup)
             .map_err(|e| self.error(flag.value_span, format!("cannot expand `{raw}`: {e}")))
     }
 
@@ -244,6 +255,15 @@ impl<'a> Lowerer<'a> {
         if self.stages[i].is_some() {
             return Ok(());
         }
+        // A base image's trigger (`COPY --from=other`) may be what needs this stage: its instructions
+        // are the Dockerfile's, whatever text was being lowered.
+        let outer = std::mem::replace(&mut self.source, (self.df.file.clone(), self.df.escape));
+        let done = self.lower_stage_now(i);
+        self.source = outer;
+        done
+    }
+
+    fn lower_stage_now(&mut self, i: usize) -> Result<()> {
         let (from, body, _) = self.decls[i].clone();
         if std::mem::replace(&mut self.busy[i], true) {
             return Err(self
@@ -254,6 +274,7 @@ impl<'a> Lowerer<'a> {
             unreachable!("declarations start with FROM")
         };
         let mut stage = self.from(i, from, image, alias.as_ref())?;
+        self.base_image_triggers(&mut stage, image.span)?;
         let triggers = self.inherited_triggers(&mut stage);
         stage.steps += triggers.iter().filter(|t| is_step(t)).count();
         for ins in triggers {
@@ -402,13 +423,21 @@ impl<'a> Lowerer<'a> {
                 }
                 None => self.image_leaf(&reference, image.span),
             };
+            let base = self
+                .opts
+                .image_env
+                .get(&resolved, Located::new(self.file(), image.span))?;
+            let onbuild = base.onbuild.clone();
+            let mut image_state = ImageState::new(leaf, base);
+            image_state.config.base_onbuild = onbuild.clone();
             Stage {
                 name: String::new(),
                 alias: None,
-                image: ImageState::new(leaf, self.opts.image_env.get(&resolved)),
+                image: image_state,
                 step: 0,
                 steps: 0,
                 triggers: Vec::new(),
+                base_triggers: (!onbuild.is_empty()).then(|| (resolved.clone(), onbuild)),
             }
         };
         stage.name = name;
