@@ -48,6 +48,14 @@ fn every_case_gives_the_reference_builders_image() {
             "KNOWN_DIFFERENCES.md names `{name}`, which is not a case in tests/differential/cases/"
         );
     }
+    for listing in std::fs::read_dir(corpus().join("expected")).unwrap() {
+        let name = listing.unwrap().file_name().to_string_lossy().into_owned();
+        let case = name.strip_suffix(".txt").unwrap_or(&name);
+        assert!(
+            corpus().join("cases").join(case).is_dir(),
+            "tests/differential/expected/{name} belongs to no case; remove it"
+        );
+    }
     let next = AtomicUsize::new(0);
     let results = Mutex::new(Vec::new());
     // Builds are short and mostly IO and process start-up; three at a time keeps two cores busy.
@@ -57,7 +65,7 @@ fn every_case_gives_the_reference_builders_image() {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(case) = cases.get(i) else { break };
-                    let verdict = judge(case, work.path(), &bases, known.contains(case));
+                    let verdict = judge(case, work.path(), &bases, known.contains(case), None);
                     results.lock().unwrap().push((case.clone(), verdict));
                 }
             });
@@ -80,6 +88,31 @@ fn every_case_gives_the_reference_builders_image() {
     );
     println!("{summary}");
     assert!(reports.is_empty(), "{summary}\n\n{}", reports.join("\n\n"));
+}
+
+/// runc gives every step umask 022, whoever started BuildKit: kiln's image must not depend on the umask
+/// of the user who runs it either (what a RUN creates, directories a COPY or ADD makes on its own).
+#[test]
+fn the_callers_umask_does_not_reach_the_image() {
+    let work = tempfile::Builder::new()
+        .prefix("differential-umask-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let bases = make_bases(work.path());
+    let cases = [
+        "085-run-mkdir-empty",
+        "089-dockerignore-exception-in-ignored-dir",
+        "121-copy-from-stage-file",
+        "180-add-tar-implicit-parent-dirs",
+    ];
+    for case in cases {
+        for mask in ["077", "002"] {
+            if let Verdict::Unexpected(report) = judge(case, work.path(), &bases, false, Some(mask))
+            {
+                panic!("under umask {mask}, {case}: {report}");
+            }
+        }
+    }
 }
 
 /// The case names, sorted, narrowed by `KILN_DIFF_CASES` when it is set.
@@ -142,8 +175,15 @@ fn run(cmd: &mut Command) -> Vec<u8> {
     out.stdout
 }
 
-/// Builds one case with kiln, lists the image and compares the listing with the expected one.
-fn judge(case: &str, work: &Path, bases: &[(String, PathBuf)], known: bool) -> Verdict {
+/// Builds one case with kiln (under `umask`, when given), lists the image and compares the listing with
+/// the expected one.
+fn judge(
+    case: &str,
+    work: &Path,
+    bases: &[(String, PathBuf)],
+    known: bool,
+    umask: Option<&str>,
+) -> Verdict {
     let dir = corpus().join("cases").join(case);
     let Ok(expected) =
         std::fs::read_to_string(corpus().join("expected").join(format!("{case}.txt")))
@@ -155,7 +195,16 @@ fn judge(case: &str, work: &Path, bases: &[(String, PathBuf)], known: bool) -> V
     let ctx = work.join("ctx").join(case);
     prepare_context(&dir, &ctx);
     let out = work.join("out").join(case);
-    let mut kiln = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    let mut kiln = match umask {
+        Some(mask) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!("umask {mask} && exec \"$0\" \"$@\""))
+                .arg(env!("CARGO_BIN_EXE_kiln"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_kiln")),
+    };
     kiln.arg("build")
         .arg("--store")
         .arg(work.join("store"))
@@ -220,21 +269,28 @@ fn build_flags(dir: &Path) -> Vec<String> {
 }
 
 /// The context kiln sees, as scripts/differential.sh makes it for the reference: the case directory
-/// without the harness's files, 0755 at its root, finished by the case's `prepare.sh`.
+/// without the harness's files, with the modes git gives whatever the checkout's umask, finished by the
+/// case's `prepare.sh` under umask 022.
 fn prepare_context(dir: &Path, ctx: &Path) {
-    use std::os::unix::fs::PermissionsExt as _;
     let _ = std::fs::remove_dir_all(ctx);
     copy_tree(dir, ctx, true);
-    std::fs::set_permissions(ctx, std::fs::Permissions::from_mode(0o755)).unwrap();
     let prepare = dir.join("prepare.sh");
     if prepare.is_file() {
-        run(Command::new("sh").arg(&prepare).current_dir(ctx));
+        run(Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec sh \"$0\"")
+            .arg(&prepare)
+            .current_dir(ctx));
     }
 }
 
-/// Copies files (with their modes), directories and symlinks (as links), which is all a checkout holds.
+/// Copies files, directories and symlinks (as links), which is all a checkout holds: directories and
+/// executables 0755, other files 0644, as git checks them out under umask 022.
 fn copy_tree(from: &Path, to: &Path, top: bool) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |m: u32| std::fs::Permissions::from_mode(m);
     std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, mode(0o755)).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
@@ -247,10 +303,10 @@ fn copy_tree(from: &Path, to: &Path, top: bool) {
             std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
         } else if kind.is_dir() {
             copy_tree(&src, &dst, false);
-            let mode = std::fs::metadata(&src).unwrap().permissions();
-            std::fs::set_permissions(&dst, mode).unwrap();
         } else {
             std::fs::copy(&src, &dst).unwrap();
+            let executable = std::fs::metadata(&src).unwrap().permissions().mode() & 0o111 != 0;
+            std::fs::set_permissions(&dst, mode(if executable { 0o755 } else { 0o644 })).unwrap();
         }
     }
 }

@@ -145,6 +145,9 @@ pub fn main() -> ! {
     // The prctl flag kiln set for itself survives fork and exec: the step's programs get the machine's
     // own huge-page policy back.
     let _ = nix::sys::prctl::set_thp_disable(false);
+    // runc's umask: what a step creates, and what the helper unpacks or copies without an explicit mode,
+    // must not depend on the umask of whoever started kiln.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let mut stubs = Vec::new();
     let status = match read_request() {
         Ok((req, secrets)) => match serve(req, secrets, &mut stubs) {

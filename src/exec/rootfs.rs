@@ -330,9 +330,14 @@ pub fn copy_tree(
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
         if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // A directory entered only for re-included children is made here, without its other files.
-            if !dest.join(parent).exists() {
-                fs::create_dir_all(dest.join(parent)).map_err(|e| e.to_string())?;
+            // A directory entered only for re-included children is made here, without its other files,
+            // with its own mode and owner as BuildKit's copier makes it (never the process's umask).
+            let mut sofar = PathBuf::new();
+            for c in parent.components() {
+                sofar.push(c);
+                if !dest.join(&sofar).exists() {
+                    copy_entry(&from.join(&sofar), &dest.join(&sofar), owner, chmod, None)?;
+                }
             }
         }
         let target = dest.join(rel);
