@@ -23,6 +23,9 @@ packages+=(xz-utils bzip2 zstd)
 # slirp4netns: the user-mode network stack that gives a RUN step's own network namespace its outbound
 # path (kiln runs it for every default-network step; rootless podman uses the same helper).
 packages+=(slirp4netns)
+# The --load tests: a Docker Engine (docker.io, started on a private socket with its own data root) and
+# podman (its Docker-compatible API service, with its own storage root) to load images into.
+packages+=(docker.io podman)
 
 missing=()
 for p in "${packages[@]}"; do

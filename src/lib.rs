@@ -125,6 +125,10 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 opts.target_at.clone(),
             );
             notes.append(&mut session.notes);
+            unknown_params(&session, params, opts)?;
+            if !opts.lenient {
+                warn_unused_build_args(&session, opts);
+            }
             let (program, packages) = lowered?;
             Ok(Compiled {
                 program,
@@ -143,6 +147,10 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
             let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
             notes.append(&mut session.notes);
+            unknown_params(&session, params, opts)?;
+            if !opts.lenient {
+                warn_unused_build_args(&session, opts);
+            }
             let lowered = lowered?;
             Ok(Compiled {
                 program: lowered.program,
@@ -150,6 +158,80 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 findings: session.findings,
             })
         }
+    }
+}
+
+/// Refuses a `--param` no loaded module declares (a misspelt one would otherwise pass silently, and
+/// the param meant keep its default). Checked even when lowering failed: a required param reported
+/// missing is often the one misspelt.
+fn unknown_params(
+    session: &load::Session,
+    params: &std::collections::BTreeMap<String, String>,
+    opts: &frontend::LowerOptions,
+) -> diag::Result<()> {
+    use frontend::buildfile::syntax::ItemKind;
+    let declared: std::collections::BTreeSet<&str> = session
+        .modules
+        .iter()
+        .filter(|m| !m.path.starts_with("@std"))
+        .flat_map(|m| &m.module.items)
+        .filter_map(|i| match &i.kind {
+            ItemKind::Param { name, .. } => Some(name.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(name) = params.keys().find(|k| !declared.contains(k.as_str())) else {
+        return Ok(());
+    };
+    let d = diag::Diagnostic::input(format!("no module declares a param `{name}`"));
+    let d = match opts.params_at.get(name) {
+        Some(at) => d.label(at.clone(), "given here"),
+        None => d,
+    };
+    Err(match diag::suggest(name, declared.iter().copied()) {
+        Some(s) => d.help(format!("did you mean `{s}`?")),
+        None if declared.is_empty() => d.help("the program declares no params"),
+        None => d.help(format!(
+            "the program's params are {}",
+            declared
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    })
+}
+
+/// docker's warning for a `--build-arg` a `.build` program never reads: one that names no param of a
+/// loaded module and is no quoted key in one (as `.arg({"NAME": ...})` writes it). Generous on purpose:
+/// a name in quotes anywhere counts as read, so the warning is never wrong, only sometimes missing.
+fn warn_unused_build_args(session: &load::Session, opts: &frontend::LowerOptions) {
+    use frontend::buildfile::syntax::ItemKind;
+    let modules: Vec<_> = session
+        .modules
+        .iter()
+        .filter(|m| !m.path.starts_with("@std"))
+        .collect();
+    let unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|k| {
+            !modules.iter().any(|m| {
+                m.module
+                    .items
+                    .iter()
+                    .any(|i| matches!(&i.kind, ItemKind::Param { name, .. } if name.name == *k))
+                    || m.module.file.text.contains(&format!("\"{k}\""))
+            })
+        })
+        .filter(|k| !frontend::image::predefined_arg(k))
+        .collect();
+    if !unused.is_empty() {
+        progress::stderr(&format!(
+            "[Warning] One or more build-args [{}] were not consumed\n",
+            unused.join(" ")
+        ));
     }
 }
 

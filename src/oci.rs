@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const IMAGE_NAME: &str = "io.containerd.image.name";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
@@ -111,7 +112,7 @@ pub(crate) fn write_layout(
     tag: Option<&str>,
     blobs: &[(String, PathBuf)],
 ) -> io::Result<String> {
-    write_layout_keeping(dir, manifest_json, tag, blobs, &|_, _| true)
+    write_layout_keeping(dir, manifest_json, tag, None, blobs, &|_, _| true)
 }
 
 /// `write_layout`, keeping a blob already in the layout only where `keep(path, digest)` says it holds
@@ -120,6 +121,7 @@ pub(crate) fn write_layout_keeping(
     dir: &Path,
     manifest_json: &[u8],
     tag: Option<&str>,
+    image_name: Option<&str>,
     blobs: &[(String, PathBuf)],
     keep: &dyn Fn(&Path, &str) -> bool,
 ) -> io::Result<String> {
@@ -183,8 +185,17 @@ pub(crate) fn write_layout_keeping(
     if let Some(platform) = config_platform(dir, typed.config().digest().as_ref()) {
         desc.insert("platform".into(), platform);
     }
+    let mut annotations = Map::new();
     if let Some(tag) = tag {
-        desc.insert("annotations".into(), json!({ REF_NAME: tag }));
+        annotations.insert(REF_NAME.into(), json!(tag));
+    }
+    if let Some(name) = image_name {
+        // containerd's (and BuildKit's) annotation for the whole normalised name: `ctr image import`
+        // names the image by it.
+        annotations.insert(IMAGE_NAME.into(), json!(name));
+    }
+    if !annotations.is_empty() {
+        desc.insert("annotations".into(), Value::Object(annotations));
     }
 
     let index_path = dir.join("index.json");
@@ -344,7 +355,20 @@ fn choose_tagged(
             tags.join(", ")
         }
     };
-    let found = |want: &str| entries.iter().find(|d| tag_of(d).as_deref() == Some(want));
+    let exact = |want: &str| entries.iter().find(|d| tag_of(d).as_deref() == Some(want));
+    // An entry named by a whole reference (`hello:1.0`, as kiln writes them) is also found by its tag
+    // alone (`1.0`, as BuildKit names entries and as `oci-layout://DIR:TAG` can spell it), when only
+    // one entry has that tag.
+    let by_tag = |want: &str| {
+        let mut matching = entries
+            .iter()
+            .filter(|d| tag_of(d).as_deref().and_then(reference_tag) == Some(want));
+        match (matching.next(), matching.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    };
+    let found = |want: &str| exact(want).or_else(|| by_tag(want));
     match tag {
         Some(t) => found(t).cloned().ok_or_else(|| {
             io::Error::new(
@@ -508,6 +532,13 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
+/// The tag of a whole reference used as a ref name (`registry:5000/app:1.0` → `1.0`); `None` for a bare
+/// tag or a name without one.
+fn reference_tag(name: &str) -> Option<&str> {
+    let (repository, tag) = name.rsplit_once(':')?;
+    (!repository.is_empty() && !tag.contains('/') && !tag.is_empty()).then_some(tag)
+}
+
 /// `DIR[:TAG]` of an `oci-layout://` reference: a tag is the text after the last `:` when it holds no `/`.
 pub fn split_layout_ref(rest: &str) -> (&str, Option<&str>) {
     match rest.rsplit_once(':') {
@@ -524,6 +555,47 @@ mod tests {
         assert_eq!(split_layout_ref("/a/b:latest"), ("/a/b", Some("latest")));
         assert_eq!(split_layout_ref("/a/b"), ("/a/b", None));
         assert_eq!(split_layout_ref("./x:1/y"), ("./x:1/y", None));
+    }
+
+    #[test]
+    fn an_entry_named_by_a_whole_reference_is_found_by_its_tag() {
+        use oci_spec::image::{DescriptorBuilder, MediaType};
+        let entry = |name: &str, hex: char| {
+            DescriptorBuilder::default()
+                .media_type(MediaType::ImageManifest)
+                .digest(
+                    oci_spec::image::Digest::try_from(format!(
+                        "sha256:{}",
+                        hex.to_string().repeat(64)
+                    ))
+                    .unwrap(),
+                )
+                .size(1u64)
+                .annotations(
+                    [(super::REF_NAME.to_string(), name.to_string())]
+                        .into_iter()
+                        .collect::<std::collections::HashMap<_, _>>(),
+                )
+                .build()
+                .unwrap()
+        };
+        let dir = std::path::Path::new("/layout");
+        let one = [entry("kiln/app:1.0", 'a'), entry("kiln/app:2.0", 'b')];
+        let found = super::choose_tagged(&one, Some("1.0"), dir).unwrap();
+        assert_eq!(
+            found.digest().to_string(),
+            format!("sha256:{}", "a".repeat(64))
+        );
+        let found = super::choose_tagged(&one, Some("kiln/app:2.0"), dir).unwrap();
+        assert_eq!(
+            found.digest().to_string(),
+            format!("sha256:{}", "b".repeat(64))
+        );
+        // Two repositories with one tag: the tag alone names neither.
+        let two = [entry("kiln/a:1.0", 'a'), entry("kiln/b:1.0", 'b')];
+        assert!(super::choose_tagged(&two, Some("1.0"), dir).is_err());
+        assert_eq!(super::reference_tag("localhost:5000/app"), None);
+        assert_eq!(super::reference_tag("1.0"), None);
     }
 
     use super::*;

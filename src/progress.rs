@@ -64,6 +64,15 @@ pub fn stdout(text: &str) {
     print!("{text}");
 }
 
+/// Copies a command's binary result to stdout (a tar for `-o -`), flushed, for a pipe to read.
+pub fn stdout_copy(from: &mut impl std::io::Read) -> std::io::Result<u64> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let n = std::io::copy(from, &mut out)?;
+    out.flush()?;
+    Ok(n)
+}
+
 /// Writes text for the user to stderr outside a build's progress view (a rendered diagnostic, a lint
 /// report's warnings), as `eprint!` does.
 pub fn stderr(text: &str) {

@@ -12,6 +12,7 @@
 //! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
 //! - `files/<hex>`: immutable file objects that snapshots hard-link (COPY from a context);
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
+//! - `names/<hex>.json`: images kept under a name, by the SHA-256 of the name (see `names`);
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
 //! - `tmp/txn-<random>/`: a build's transaction (see `Txn`): its steps' work dirs, snapshots and records,
@@ -27,6 +28,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
+
+mod names;
+pub use names::NamedImage;
 
 pub struct Store {
     root: PathBuf,
@@ -427,8 +431,9 @@ impl Store {
         Ok(before.saturating_sub(self.usage().total()))
     }
 
-    /// Removes snapshots no cache record uses, layer records of removed snapshots, and blobs no layer
-    /// record names (configs and manifests are rebuilt from the records on the next export).
+    /// Removes snapshots no cache record uses, layer records of removed snapshots, and blobs neither a
+    /// layer record nor a named image names (other configs and manifests are rebuilt from the records on
+    /// the next export).
     fn collect_garbage(&self) -> Result<()> {
         let records: Vec<CacheRecord> = fs::read_dir(self.root.join("cache"))
             .into_iter()
@@ -453,7 +458,8 @@ impl Store {
         }
         // A file object no snapshot links any more has one link left: its own name.
         self.drop_unlinked_files();
-        let mut blobs = std::collections::HashSet::new();
+        // Named images keep their manifests, configs and layers: they are what `kiln images` lists.
+        let mut blobs = self.named_blobs();
         for e in fs::read_dir(self.root.join("layers"))
             .into_iter()
             .flatten()

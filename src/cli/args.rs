@@ -32,6 +32,10 @@ pub(super) enum Command {
     Query(QueryArgs),
     /// The monorepo targets whose inputs changed since a git revision, or that read the given files.
     Affected(AffectedArgs),
+    /// List the images kept in the store under a name (`kiln build -t NAME` without an output).
+    Images(StoreArgs),
+    /// Work with an image kept in the store: `rm`, `export`, `push`.
+    Image(ImageArgs),
     /// Show how much space the store uses.
     Du(StoreArgs),
     /// Free space in the store: least recently used results first, never anything a build is using.
@@ -97,12 +101,59 @@ pub(super) struct StoreArgs {
 }
 
 #[derive(Args)]
+pub(super) struct ImageArgs {
+    #[command(subcommand)]
+    pub(super) command: ImageCommand,
+}
+
+#[derive(Subcommand)]
+pub(super) enum ImageCommand {
+    /// Forget the names; their blobs go at the next `kiln prune` unless something else holds them.
+    Rm {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Write a kept image: `-o type=oci,dest=PATH`, `-o type=docker,dest=FILE`, or `-o type=docker`
+    /// (or `--load`) to load it into a Docker Engine.
+    Export {
+        name: String,
+        #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
+        outputs: Vec<String>,
+        /// Load it into the Docker Engine of DOCKER_HOST (or the docker context), like `-o type=docker`.
+        #[arg(long)]
+        load: bool,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Push a kept image to the registry its name (or NEWNAME) says.
+    Push {
+        name: String,
+        new_name: Option<String>,
+        /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
+        #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+        insecure_registries: Vec<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Args)]
 pub(super) struct PruneArgs {
     #[command(flatten)]
     pub(super) store: StoreArgs,
-    /// Keep at most this much (`500MB`, `10GB`); without it, everything is removed.
-    #[arg(long, value_name = "SIZE")]
+    /// Keep at most this much (`500MB`, `10GB`), the most recently used; without it, everything is
+    /// removed. (`--max-used-space` is docker's newer spelling.)
+    #[arg(long, visible_alias = "max-used-space", value_name = "SIZE")]
     pub(super) keep_storage: Option<String>,
+    /// Do not ask for confirmation (needed where there is no terminal to ask on).
+    #[arg(short, long)]
+    pub(super) force: bool,
+    /// docker's spelling for pruning every record, not only unused ones: kiln's store has no
+    /// unused-only mode, so `kiln prune` always considers all of it.
+    #[arg(short, long)]
+    pub(super) all: bool,
 }
 
 #[derive(Args)]
@@ -138,13 +189,19 @@ pub(super) struct BuildCmd {
     /// Forward an SSH agent: `default` ($SSH_AUTH_SOCK) or `ID=SOCKET` (also `ID` alone for $SSH_AUTH_SOCK).
     #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE")]
     pub(super) ssh: Vec<String>,
-    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), or
-    /// `type=registry,name=HOST/NAME:TAG` to push it.
+    /// Where to write the result: `type=oci,dest=DIR` (a tar when DEST ends in `.tar`), `type=docker`,
+    /// `type=local`, `type=tar` (`dest=-` or `-o -`: stdout), or `type=registry,name=HOST/NAME:TAG` to
+    /// push it; `compression=`, `compression-level=`, `force-compression=` and `name=` as buildx takes them.
     #[arg(short = 'o', long = "output", value_name = "type=oci,dest=PATH")]
     pub(super) outputs: Vec<String>,
-    /// A name for the image, recorded in the OCI layout's index (and pushed to with `--push`).
+    /// A name for the image, recorded in the OCI layout's index (and pushed to with `--push`); without an
+    /// output the image is kept in kiln's store under it (`kiln images`).
     #[arg(short = 't', long = "tag")]
     pub(super) tags: Vec<String>,
+    /// Load the image into the Docker Engine of DOCKER_HOST (or the current docker context, else
+    /// /var/run/docker.sock), or into podman's service; shorthand for `-o type=docker`.
+    #[arg(long)]
+    pub(super) load: bool,
     /// Push the image to the registry of every `-t` name (like `-o type=registry`).
     #[arg(long)]
     pub(super) push: bool,

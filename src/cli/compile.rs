@@ -84,6 +84,7 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
     let findings = if mode.lenient() {
         Vec::new()
     } else {
+        warn_unused_build_args(&df, &opts.build_args);
         let build_args = lint_build_args(cl, &args.build_args)?;
         crate::frontend::dockerfile::lints::secret_checks(&df, build_args)?.findings
     };
@@ -92,6 +93,38 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
         contexts: opts.contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report { findings },
     })
+}
+
+/// docker's warning for a `--build-arg` no ARG declares (a misspelt one would pass silently and the
+/// ARG keep its default), in docker's words. (`docker build` on BuildKit v0.8 prints none; the words
+/// are those of docker's own builder, which users know.) Args BuildKit predefines (proxies, platforms,
+/// `BUILDKIT_*`) need no ARG.
+fn warn_unused_build_args(
+    df: &crate::frontend::dockerfile::syntax::ast::Dockerfile,
+    given: &BTreeMap<String, String>,
+) {
+    use crate::frontend::dockerfile::syntax::ast::InstructionKind;
+    let declared: Vec<&str> = df
+        .instructions
+        .iter()
+        .filter_map(|i| match &i.kind {
+            InstructionKind::Arg(decls) => Some(decls),
+            _ => None,
+        })
+        .flatten()
+        .map(|d| d.key.text.as_str())
+        .collect();
+    let unused: Vec<&str> = given
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !declared.contains(k) && !crate::frontend::image::predefined_arg(k))
+        .collect();
+    if !unused.is_empty() {
+        crate::progress::stderr(&format!(
+            "[Warning] One or more build-args [{}] were not consumed\n",
+            unused.join(" ")
+        ));
+    }
 }
 
 pub(super) fn read_dockerfile(
@@ -184,12 +217,17 @@ fn build_options(
     mode: &Mode,
     context: &Path,
 ) -> Result<crate::frontend::buildfile::lower::EvalOptions> {
-    let lower = lower_options(args, cl, mode, context)?;
+    let mut lower = lower_options(args, cl, mode, context)?;
     let mut params = BTreeMap::new();
     for p in &args.params {
         match p.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
                 params.insert(k.to_string(), v.to_string());
+                let at = cl.span_of(p);
+                let name = crate::diag::Span::new(at.start, at.start + k.len());
+                lower
+                    .params_at
+                    .insert(k.to_string(), crate::diag::Located::new(&cl.file, name));
             }
             _ => {
                 return Err(cl

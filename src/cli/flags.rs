@@ -1,5 +1,5 @@
-//! The parsers of `kiln build`'s structured flag values (`--secret`, `--ssh`, `--allow`, `-o`,
-//! `--cache-to`, `--cache-from`), each error pointing at the value on the command line.
+//! The parsers of `kiln build`'s structured flag values (`--secret`, `--ssh`, `--allow`, `--cache-to`,
+//! `--cache-from`; `-o` is `outputs`), each error pointing at the value on the command line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,10 +51,19 @@ pub(super) fn parse_secret(cl: &CommandLine, value: &str) -> Result<(String, Sec
             }
         }
     }
-    let Some(id) = id.filter(|i| !i.is_empty()) else {
+    // buildx's rule: a file secret without an id is named after the file.
+    let from_file = || {
+        src.as_deref()
+            .filter(|_| kind.as_deref() != Some("env"))
+            .and_then(|s| Path::new(s).file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    let Some(id) = id.filter(|i| !i.is_empty()).or_else(from_file) else {
         return Err(cl
             .error(value, Span::default(), "--secret needs an `id`")
-            .help("write `--secret id=ID,src=PATH`"));
+            .help(
+                "write `--secret id=ID,src=PATH` (or `--secret src=PATH`, named after the file)",
+            ));
     };
     if kind.as_deref() == Some("env") && env.is_none() {
         env = src.take();
@@ -165,77 +174,6 @@ pub(super) fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, SshSou
     Ok((id.to_string(), SshSource::Keys(Arc::new(keys))))
 }
 
-/// `-o type=TYPE,dest=PATH` (docker's spelling); a bare `-o PATH` means `type=local,dest=PATH`.
-pub(super) fn parse_output(cl: &CommandLine, value: &str) -> Result<crate::export::Output> {
-    use crate::export::Output;
-    if !value.contains('=') {
-        if value == "-" {
-            return Err(cl
-                .error(
-                    value,
-                    Span::default(),
-                    "writing an output to stdout is not supported yet",
-                )
-                .help("give a file: `-o type=tar,dest=rootfs.tar`"));
-        }
-        return Ok(Output::Local {
-            dest: PathBuf::from(value),
-        });
-    }
-    let fields = crate::options::parse(value)
-        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
-    let get = |k: &str| fields.iter().find(|f| f.key == k);
-    let kind = get("type")
-        .and_then(|f| f.value.clone())
-        .unwrap_or_default();
-    let known = ["oci", "docker", "local", "tar", "registry", "image"];
-    if !["oci", "docker", "local", "tar"].contains(&kind.as_str()) {
-        let d = match kind.as_str() {
-            "" => cl.error(value, Span::default(), "output needs a `type`"),
-            k if known.contains(&k) => cl.error(
-                value,
-                Span::default(),
-                format!("output type `{k}` is not supported yet"),
-            ),
-            k => cl.error(value, Span::default(), format!("unknown output type `{k}`")),
-        };
-        return Err(match suggest(&kind, known).filter(|s| *s != kind) {
-            Some(s) => d.help(format!("did you mean `{s}`?")),
-            None => d.help(
-                "output types are `oci`, `docker`, `local`, `tar` and `registry`, e.g. `-o type=oci,dest=DIR`",
-            ),
-        });
-    }
-    let Some(dest) = get("dest")
-        .and_then(|f| f.value.clone())
-        .filter(|d| !d.is_empty())
-    else {
-        return Err(cl
-            .error(
-                value,
-                Span::default(),
-                format!("output type `{kind}` needs `dest`"),
-            )
-            .help(format!("write `-o type={kind},dest=PATH`")));
-    };
-    let dest = PathBuf::from(dest);
-    Ok(match kind.as_str() {
-        "oci" => {
-            let tar = match get("tar").map(|f| crate::options::parse_bool(f.value.as_deref())) {
-                Some(Some(b)) => b,
-                Some(None) => {
-                    return Err(cl.error(value, Span::default(), "`tar` must be true or false"));
-                }
-                None => dest.extension().is_some_and(|e| e == "tar"),
-            };
-            Output::Oci { dest, tar }
-        }
-        "docker" => Output::Docker { dest },
-        "local" => Output::Local { dest },
-        _ => Output::Tar { dest },
-    })
-}
-
 /// What a `--cache-to`/`--cache-from` value says, checked field by field (buildx's spelling).
 struct CacheSpec {
     kind: String,
@@ -311,19 +249,23 @@ fn parse_cache_spec(
     };
     for f in &parsed {
         if f.key != "type" && !keys.contains(&f.key.as_str()) {
-            return Err(cl
-                .error(
-                    value,
-                    f.span,
-                    format!("unsupported key `{}` for a {kind} cache in {flag}", f.key),
-                )
-                .help(format!(
-                    "a {kind} cache takes {}",
-                    keys.iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+            let takes = format!(
+                "a {kind} cache takes {}",
+                keys.iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let key = Span::new(f.span.start, (f.span.start + f.key.len()).min(f.span.end));
+            let d = cl.error(
+                value,
+                key,
+                format!("unsupported key `{}` for a {kind} cache in {flag}", f.key),
+            );
+            return Err(match suggest(&f.key, keys.iter().copied()) {
+                Some(s) => d.help(format!("did you mean `{s}`? ({takes})")),
+                None => d.help(takes),
+            });
         }
     }
     Ok(CacheSpec { kind, fields })
@@ -433,51 +375,4 @@ pub(super) fn parse_cache_from(
             tag: spec.tag(),
         },
     })
-}
-
-/// `-o type=registry,name=HOST/NAME:TAG` (docker's spelling): the names to push to, or `None` for any
-/// other output. Without `name`, the `-t` names are used, as buildx does.
-pub(super) fn parse_registry_output(
-    cl: &CommandLine,
-    value: &str,
-    tags: &[String],
-) -> Result<Option<Vec<String>>> {
-    if !value.contains('=') {
-        return Ok(None);
-    }
-    let fields = crate::options::parse(value)
-        .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
-    if !fields
-        .iter()
-        .any(|f| f.key == "type" && f.value.as_deref() == Some("registry"))
-    {
-        return Ok(None);
-    }
-    let mut names = Vec::new();
-    for f in &fields {
-        match (f.key.as_str(), &f.value) {
-            ("type", _) => {}
-            ("name", Some(n)) if !n.is_empty() => names.push(n.clone()),
-            // buildx's `push=true` is implied by the type.
-            ("push", v) if crate::options::parse_bool(v.as_deref()) == Some(true) => {}
-            (k, _) => {
-                return Err(cl
-                    .error(
-                        value,
-                        f.span,
-                        format!("unsupported key `{k}` in a registry output"),
-                    )
-                    .help("write `-o type=registry,name=HOST/NAME:TAG`"));
-            }
-        }
-    }
-    if names.is_empty() {
-        names = tags.to_vec();
-    }
-    if names.is_empty() {
-        return Err(cl
-            .error(value, Span::default(), "a registry output needs a name")
-            .help("write `-o type=registry,name=HOST/NAME:TAG` (or give `-t HOST/NAME:TAG`)"));
-    }
-    Ok(Some(names))
 }

@@ -19,6 +19,8 @@ mod convert;
 mod flags;
 mod fmt;
 mod graph;
+mod images;
+mod outputs;
 mod query;
 mod request;
 mod store;
@@ -44,6 +46,8 @@ pub fn main() -> i32 {
         Command::Convert(args) => convert::run(args),
         Command::Query(args) => query::query(args),
         Command::Affected(args) => query::affected(args),
+        Command::Images(args) => images::list(args),
+        Command::Image(args) => images::run(args),
         Command::Du(args) => store::du(args),
         Command::Prune(args) => store::prune(args),
         Command::Worker(args) => worker::run(args),

@@ -6,11 +6,10 @@ use std::collections::BTreeMap;
 use super::args::{BuildCmd, CompressionArg, ProgressMode};
 use super::command_line::CommandLine;
 use super::compile::{Compiled, Mode, compile};
-use super::flags::{
-    parse_allow, parse_cache_from, parse_cache_to, parse_output, parse_registry_output,
-    parse_secret, parse_ssh,
-};
+use super::flags::{parse_allow, parse_cache_from, parse_cache_to, parse_secret, parse_ssh};
+use super::outputs::{self, Layers, Target};
 use crate::diag::{Diagnostic, Located, Result, Span};
+use crate::export::Output;
 use crate::pipeline::{BuildRequest, Remote};
 
 use crate::progress;
@@ -21,6 +20,8 @@ struct Flags {
     secrets: SecretStore,
     outputs: Vec<crate::export::Output>,
     pushes: Vec<String>,
+    /// What the `-o` values say about layer compression (over `--compression`).
+    layers: Layers,
     cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
     cache_from: Vec<crate::solve::shared_cache::Source>,
     epoch: Option<i64>,
@@ -46,11 +47,13 @@ impl BuildRequest {
         crate::exec::userns::enter()?;
         let settings = crate::export::Settings {
             epoch: flags.epoch,
-            codec: match cmd.compression {
+            codec: flags.layers.codec.unwrap_or(match cmd.compression {
                 CompressionArg::Gzip => crate::layer::Codec::Gzip,
                 CompressionArg::Zstd => crate::layer::Codec::Zstd,
-            },
+            }),
             jobs: cmd.jobs,
+            level: flags.layers.level,
+            force: flags.layers.force.unwrap_or(false),
         };
         let store = cmd
             .store
@@ -69,6 +72,8 @@ impl BuildRequest {
         if let Some(failure) = pulls.failure(&compiled.graph) {
             return Err(failure);
         }
+        let keep_named =
+            !cmd.tags.is_empty() && flags.outputs.is_empty() && flags.pushes.is_empty();
         Ok(BuildRequest {
             graph: compiled.graph,
             contexts: compiled.contexts,
@@ -77,7 +82,8 @@ impl BuildRequest {
             allow,
             outputs: flags.outputs,
             pushes: flags.pushes,
-            tag: cmd.tags.first().cloned(),
+            tags: cmd.tags.clone(),
+            keep_named,
             cache_to: flags.cache_to,
             cache_from: flags.cache_from,
             registry,
@@ -97,7 +103,7 @@ impl Flags {
             let (id, source) = parse_secret(cl, s)?;
             secrets.insert(id, source);
         }
-        let (outputs, pushes) = outputs_and_pushes(cmd, cl)?;
+        let (outputs, pushes, layers) = outputs_and_pushes(cmd, cl)?;
         let cache_to = cmd
             .cache_to
             .iter()
@@ -108,7 +114,8 @@ impl Flags {
             .iter()
             .map(|v| parse_cache_from(cl, v))
             .collect::<Result<Vec<_>>>()?;
-        for p in &pushes {
+        // A name goes into an OCI index, a docker-archive, a daemon or the store: it must be one.
+        for p in pushes.iter().chain(&cmd.tags) {
             crate::registry::ImageName::parse(p).map_err(|d| {
                 cl.error(p, Span::default(), d.message)
                     .help(d.help.unwrap_or_default())
@@ -118,6 +125,7 @@ impl Flags {
             secrets,
             outputs,
             pushes,
+            layers,
             cache_to,
             cache_from,
             epoch: source_date_epoch()?,
@@ -126,19 +134,57 @@ impl Flags {
 }
 
 /// `-o` values: registry outputs are pushes, not files, so they are collected apart from the others;
-/// `--push` adds the `-t` names.
+/// `--push` adds the `-t` names. One build makes one set of layer blobs, so outputs that ask for
+/// different compressions are refused rather than one of them quietly losing.
 fn outputs_and_pushes(
     cmd: &BuildCmd,
     cl: &CommandLine,
-) -> Result<(Vec<crate::export::Output>, Vec<String>)> {
+) -> Result<(Vec<crate::export::Output>, Vec<String>, Layers)> {
     let mut outputs = Vec::new();
     let mut pushes = Vec::new();
+    let mut layers: Option<(Layers, &str)> = None;
     for o in &cmd.outputs {
-        match parse_registry_output(cl, o, &cmd.tags)? {
-            Some(names) => pushes.extend(names),
-            None => outputs.push(parse_output(cl, o)?),
+        let parsed = outputs::parse(cl, o, &cmd.tags)?;
+        if parsed.layers != Layers::default() {
+            match layers {
+                Some((l, first)) if l != parsed.layers => {
+                    return Err(cl
+                        .error(o, Span::default(), "this output compresses its layers otherwise than another")
+                        .help(format!("kiln makes one set of layers per build; give this output the compression keys of `-o {first}`")));
+                }
+                _ => layers = Some((parsed.layers, o)),
+            }
+        }
+        match parsed.target {
+            Target::Push(names) => pushes.extend(names),
+            Target::File(out) => {
+                if to_stdout(&out) && outputs.iter().any(to_stdout) {
+                    return Err(cl
+                        .error(o, Span::default(), "a second output to stdout (`dest=-`)")
+                        .help("stdout holds one tar: send the other outputs to files"));
+                }
+                // buildx: `--load` is `-o type=docker`, so it goes with docker outputs only.
+                if cmd.load && !matches!(out, Output::Docker { .. } | Output::Load { .. }) {
+                    return Err(cl
+                        .error(o, Span::default(), "--load and this output can't be used together")
+                        .help("--load is shorthand for `-o type=docker`: drop one of them, or write the image with `-o type=docker,dest=FILE` beside --load"));
+                }
+                outputs.push(out);
+            }
+            Target::Store => {}
         }
     }
+    if cmd.load && !outputs.iter().any(|o| matches!(o, Output::Load { .. })) {
+        outputs.push(Output::Load {
+            endpoint: crate::export::daemon::endpoint()?,
+        });
+    }
+    for o in &outputs {
+        if let Output::Load { endpoint } = o {
+            crate::export::daemon::check(endpoint)?;
+        }
+    }
+    let layers = layers.map(|(l, _)| l).unwrap_or_default();
     if cmd.push {
         if cmd.tags.is_empty() {
             return Err(Diagnostic::input("--push needs a name to push to")
@@ -148,7 +194,17 @@ fn outputs_and_pushes(
     }
     pushes.sort();
     pushes.dedup();
-    Ok((outputs, pushes))
+    Ok((outputs, pushes, layers))
+}
+
+fn to_stdout(out: &Output) -> bool {
+    match out {
+        Output::Oci { dest, .. }
+        | Output::Docker { dest, .. }
+        | Output::Local { dest }
+        | Output::Tar { dest } => crate::export::is_stdout(dest),
+        Output::Load { .. } => false,
+    }
 }
 
 fn source_date_epoch() -> Result<Option<i64>> {
@@ -175,7 +231,10 @@ fn compile_checked(
     if let Some(refusal) = compiled.secret_findings.refusal() {
         return Err(refusal);
     }
-    if compiled.graph.roots.len() > 1 && (!flags.outputs.is_empty() || !flags.pushes.is_empty()) {
+    let names_one = !cmd.tags.is_empty();
+    if compiled.graph.roots.len() > 1
+        && (!flags.outputs.is_empty() || !flags.pushes.is_empty() || names_one)
+    {
         // One destination cannot hold several images; exporting each over the last would lose all
         // but one without a word.
         let names: Vec<&str> = compiled
@@ -185,11 +244,13 @@ fn compile_checked(
             .map(|(n, _)| n.as_str())
             .collect();
         return Err(Diagnostic::input(format!(
-            "{} targets are selected ({}), but an output or a push takes one image",
+            "{} targets are selected ({}), but an output, a push or a -t name takes one image",
             names.len(),
             names.join(", ")
         ))
-        .help("build them into the store without -o/--push, or select one target for the output"));
+        .help(
+            "build them into the store without -o/--push/-t, or select one target for the output",
+        ));
     }
     Ok(compiled)
 }

@@ -424,6 +424,18 @@ fn mount_overlay(fs: &Overlay) -> Result<(), String> {
 }
 
 fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
+    if lowers.is_empty() {
+        // overlayfs refuses a read-only mount of one lower layer (EINVAL): the source of nothing (a
+        // copy from `scratch`) is an empty read-only tmpfs.
+        return mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            Some("mode=0755,size=4k"),
+        )
+        .map_err(errno("cannot mount the source filesystem"));
+    }
     mount_lowers(
         lowers,
         empty,

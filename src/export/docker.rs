@@ -8,12 +8,12 @@ use serde_json::json;
 use super::Image;
 use crate::store::Store;
 
-/// Writes the archive of `image`. Layers are the store's blobs, decompressed, so each tar is exactly the
+/// Writes the archive of `image`, tagged with every one of `names`. Layers are the store's blobs, decompressed, so each tar is exactly the
 /// one its diff id names (also for layers kept from a base image).
 pub fn write_archive(
     store: &Store,
     image: &Image,
-    name: Option<&str>,
+    names: &[&str],
     epoch: Option<i64>,
     out: impl Write,
 ) -> std::io::Result<()> {
@@ -67,13 +67,19 @@ pub fn write_archive(
         }
         layer_names.push(path);
     }
-    let repo_tags = name.map(|n| {
-        let last = n.rsplit('/').next().unwrap_or(n);
-        if last.contains(':') {
-            vec![n.to_string()]
-        } else {
-            vec![format!("{n}:latest")]
-        }
+    // docker's `RepoTags`: each name with its tag (`latest` when it has none); `null` for none at all.
+    let repo_tags = (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .map(|n| {
+                let last = n.rsplit('/').next().unwrap_or(n);
+                if last.contains(':') {
+                    n.to_string()
+                } else {
+                    format!("{n}:latest")
+                }
+            })
+            .collect::<Vec<_>>()
     });
     let manifest = json!([{
         "Config": config_name,

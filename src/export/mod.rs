@@ -3,6 +3,7 @@
 //! filesystem (a directory or a tar).
 
 pub mod cache;
+pub mod daemon;
 pub mod docker;
 pub mod local;
 pub mod record;
@@ -27,14 +28,35 @@ const ZSTD_WORKERS: usize = 4;
 /// `-o type=...,dest=...`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    /// An OCI image layout; a tar of one when `tar` is set (dest ends in `.tar`).
-    Oci { dest: PathBuf, tar: bool },
+    /// An OCI image layout; a tar of one when `tar` is set (dest ends in `.tar`). `name` (`-o name=`)
+    /// names the image instead of the build's `-t`.
+    Oci {
+        dest: PathBuf,
+        tar: bool,
+        name: Option<String>,
+    },
     /// A docker-archive tar (`docker save` format), loadable by `docker load` and `podman load`.
-    Docker { dest: PathBuf },
+    Docker { dest: PathBuf, name: Option<String> },
     /// The final filesystem, as a directory.
     Local { dest: PathBuf },
     /// The final filesystem, as a tar file.
     Tar { dest: PathBuf },
+    /// Loaded into a Docker Engine (or podman) through its API socket: `--load`, `-o type=docker`
+    /// without `dest`.
+    Load { endpoint: daemon::Endpoint },
+}
+
+impl Output {
+    /// Where the output goes, for messages.
+    pub fn destination(&self) -> String {
+        match self {
+            Output::Oci { dest, .. }
+            | Output::Docker { dest, .. }
+            | Output::Local { dest }
+            | Output::Tar { dest } => dest.display().to_string(),
+            Output::Load { endpoint } => format!("the daemon at {}", endpoint.socket.display()),
+        }
+    }
 }
 
 /// How image outputs are made: `SOURCE_DATE_EPOCH` and the layer codec.
@@ -44,6 +66,16 @@ pub struct Settings {
     pub codec: layer::Codec,
     /// How many layers are compressed at once (`--jobs`); 0: one per core.
     pub jobs: usize,
+    /// `compression-level=`: the codec's level instead of kiln's default (gzip 6, zstd 3).
+    pub level: Option<i32>,
+    /// `force-compression=true`: a base image layer compressed otherwise than `codec` is compressed
+    /// anew instead of being reused as it came.
+    pub force: bool,
+}
+
+/// Where a file output is written to stdout (buildx's `dest=-`).
+pub fn is_stdout(dest: &Path) -> bool {
+    dest.as_os_str() == "-"
 }
 
 /// What was exported: the manifest digest (for image outputs) and the number of layers, for the summary.
@@ -52,6 +84,8 @@ pub struct Exported {
     pub layers: usize,
     /// The destination already held exactly this output (see `record`), so nothing was written.
     pub unchanged: bool,
+    /// What a daemon said it loaded (`--load`).
+    pub loaded: Vec<String>,
 }
 
 /// Writes the requested output. Image outputs build their blobs in the store (reusing any computed before);
@@ -62,16 +96,16 @@ pub fn export(
     layers: &[String],
     config: &Value,
     output: &Output,
-    name: Option<&str>,
+    names: &[&str],
     settings: &Settings,
 ) -> Result<Exported> {
     let epoch = settings.epoch;
-    let tag = name;
     let epoch_text = epoch.map_or_else(String::new, |e| e.to_string());
     let filesystem = |unchanged| Exported {
         manifest: None,
         layers: layers.len(),
         unchanged,
+        loaded: Vec::new(),
     };
     match output {
         Output::Local { dest } => {
@@ -88,25 +122,57 @@ pub fn export(
             })?;
             return Ok(filesystem(unchanged));
         }
-        Output::Oci { .. } | Output::Docker { .. } => {}
+        Output::Oci { .. } | Output::Docker { .. } | Output::Load { .. } => {}
     }
     let image = build_image(store, layers, config, settings)?;
+    export_image(store, &image, output, names, epoch)
+}
+
+/// Writes an image whose blobs are all in the store (just built, or kept under a name) to an image
+/// output; `names` are the image's names, the first one recorded in an OCI layout's index.
+pub fn export_image(
+    store: &Store,
+    image: &Image,
+    output: &Output,
+    names: &[&str],
+    epoch: Option<i64>,
+) -> Result<Exported> {
+    // `-o name=` names this output's image instead of the build's `-t`.
+    let own;
+    let names = match output {
+        Output::Oci { name: Some(n), .. } | Output::Docker { name: Some(n), .. } => {
+            own = [n.as_str()];
+            &own[..]
+        }
+        _ => names,
+    };
+    let epoch_text = epoch.map_or_else(String::new, |e| e.to_string());
     let manifest = Digest::of(&image.manifest);
+    let mut loaded = Vec::new();
     let unchanged = match output {
-        Output::Docker { dest } => {
+        Output::Docker { dest, .. } => {
             let key = record_key(
                 "docker",
-                &[manifest.as_str(), tag.unwrap_or(""), &epoch_text],
+                &[manifest.as_str(), &names.join(","), &epoch_text],
             );
             write_file_output(store, dest, &key, |dest| {
                 write_atomically(dest, |f| {
-                    docker::write_archive(store, &image, tag, epoch, f)
+                    docker::write_archive(store, image, names, epoch, f)
                 })
             })?
         }
-        Output::Oci { dest, tar } => {
-            let layout_tag = tag_of(tag);
-            let files = image_files(store, &image);
+        Output::Load { endpoint } => {
+            // A daemon's images are its own business: nothing is recorded, every load sends the image.
+            loaded = daemon::load(store, image, names, epoch, endpoint)?.messages;
+            false
+        }
+        Output::Oci { dest, tar, .. } => {
+            let layout_tag = ref_name(names.first().copied());
+            let full_name = names
+                .first()
+                .and_then(|n| crate::registry::ImageName::parse(n).ok())
+                .map(|n| n.to_string());
+            let files = image_files(store, image);
             if *tar {
                 let key = record_key("oci-tar", &[manifest.as_str(), &layout_tag]);
                 write_file_output(store, dest, &key, |dest| {
@@ -119,6 +185,7 @@ pub fn export(
                         &dir,
                         &image.manifest,
                         Some(&layout_tag),
+                        full_name.as_deref(),
                         &files,
                         &crate::oci::file_holds,
                     )
@@ -127,16 +194,112 @@ pub fn export(
                 })?
             } else {
                 let key = record_key("oci", &[manifest.as_str(), &layout_tag]);
-                write_layout_output(store, dest, &key, &image, &layout_tag, &files)?
+                let named = (layout_tag.as_str(), full_name.as_deref());
+                write_layout_output(store, dest, &key, image, named, &files)?
             }
         }
-        Output::Local { .. } | Output::Tar { .. } => unreachable!("handled above"),
+        Output::Local { .. } | Output::Tar { .. } => {
+            return Err(Diagnostic::input(format!(
+                "{} is a filesystem output, which is made from the build's layer snapshots, not from an image",
+                output.destination()
+            ))
+            .help("export an image as `-o type=oci,dest=PATH` or `-o type=docker,dest=PATH`, or rebuild with `-o type=local,dest=DIR`"));
+        }
     };
     Ok(Exported {
         manifest: Some(manifest),
         layers: image.blobs.len(),
         unchanged,
+        loaded,
     })
+}
+
+/// Builds the image's blobs in the store (layers compressed once per settings, then reused) without
+/// writing it anywhere: for an image kept under a name.
+pub fn image(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    settings: &Settings,
+) -> Result<Image> {
+    build_image(store, layers, config, settings)
+}
+
+/// The store's record of `image` under `name`: its manifest and every blob it needs, with their size.
+pub fn named(image: &Image, name: &str, epoch: Option<i64>) -> crate::store::NamedImage {
+    let mut blobs = vec![image.config_digest.clone()];
+    blobs.extend(image.blobs.iter().map(|b| b.digest.clone()));
+    let size = image.manifest.len() as u64
+        + image.config.len() as u64
+        + image.blobs.iter().map(|b| b.size).sum::<u64>();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::store::NamedImage {
+        name: name.to_string(),
+        manifest: Digest::of(&image.manifest),
+        blobs,
+        size,
+        created,
+        tar_sizes: image.blobs.iter().map(|b| b.tar_size).collect(),
+        epoch,
+    }
+}
+
+/// An image kept in the store, read back from its manifest and config blobs (each checked against its
+/// digest), so it is exported with the very digest it was built with.
+pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<Image> {
+    let manifest = &named.manifest;
+    let manifest_bytes = store.read_blob(manifest)?;
+    let bad = |what: &str| Diagnostic::env(format!("the stored image {manifest} has {what}"));
+    let m: Value =
+        serde_json::from_slice(&manifest_bytes).map_err(|_| bad("a manifest that is not JSON"))?;
+    let config_digest = m["config"]["digest"]
+        .as_str()
+        .and_then(Digest::parse)
+        .ok_or_else(|| bad("no config digest"))?;
+    let config = store.read_blob(&config_digest)?;
+    let c: Value = serde_json::from_slice(&config).map_err(|_| bad("a config that is not JSON"))?;
+    let empty = Vec::new();
+    let descriptors = m["layers"].as_array().unwrap_or(&empty);
+    let diff_ids = c["rootfs"]["diff_ids"].as_array().unwrap_or(&empty);
+    if descriptors.len() != diff_ids.len() {
+        return Err(bad("as many diff ids as layers"));
+    }
+    let mut blobs = Vec::new();
+    for (i, (d, diff_id)) in descriptors.iter().zip(diff_ids).enumerate() {
+        let digest = d["digest"].as_str().and_then(Digest::parse);
+        let diff_id = diff_id.as_str().and_then(Digest::parse);
+        let (Some(digest), Some(diff_id)) = (digest, diff_id) else {
+            return Err(bad("a layer without a digest"));
+        };
+        if !store.blob_path(&digest).is_file() {
+            return Err(bad(&format!("lost its layer {digest}")));
+        }
+        blobs.push(LayerBlob {
+            diff_id,
+            digest,
+            size: d["size"].as_u64().unwrap_or(0),
+            media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
+            tar_size: named.tar_sizes.get(i).copied().flatten(),
+        });
+    }
+    Ok(Image {
+        blobs,
+        snapshots: Vec::new(),
+        config,
+        config_digest,
+        manifest: manifest_bytes,
+    })
+}
+
+/// Writes `image` as an OCI layout at `dir` (a fresh directory) for a push; see `export_for_push`.
+pub fn push_layout(store: &Store, image: &Image, dir: &Path) -> Result<()> {
+    let files = image_files(store, image);
+    link_blobs(dir, &files);
+    crate::oci::write_layout(dir, &image.manifest, Some("latest"), &files)
+        .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dir.display()), e))?;
+    Ok(())
 }
 
 /// Writes the image as an OCI layout at `dir` (a fresh directory) for a push, keeping no export record:
@@ -225,6 +388,17 @@ fn write_file_output(
     key: &str,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<bool> {
+    if is_stdout(dest) {
+        // Written whole first, so a failure half-way leaves no half tar in the reader's pipe.
+        let tmp = store.temp_dir("stdout-")?;
+        let file = tmp.path().join("out.tar");
+        write(&file)?;
+        let mut f = std::fs::File::open(&file)
+            .map_err(|e| Diagnostic::io("cannot read the output back", e))?;
+        crate::progress::stdout_copy(&mut f)
+            .map_err(|e| Diagnostic::io("cannot write the output to stdout", e))?;
+        return Ok(false);
+    }
     let dest = record::absolute(dest);
     let files = [dest.clone()];
     if record::holds(store, &dest, key, &files) {
@@ -244,7 +418,7 @@ fn write_layout_output(
     dest: &Path,
     key: &str,
     image: &Image,
-    tag: &str,
+    (tag, full_name): (&str, Option<&str>),
     files: &[(String, PathBuf)],
 ) -> Result<bool> {
     let dest = record::absolute(dest);
@@ -267,20 +441,21 @@ fn write_layout_output(
     let keep = |path: &Path, digest: &str| {
         trusted.iter().any(|t| t == path) || crate::oci::file_holds(path, digest)
     };
-    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), files, &keep)
+    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), full_name, files, &keep)
         .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e))?;
     record::remember(store, &dest, key, &written)?;
     Ok(false)
 }
 
-/// The OCI layout's `ref.name` for an image name: `name:tag` → `tag`; no tag (or no name) → `latest`,
-/// as docker does.
-pub fn tag_of(name: Option<&str>) -> String {
-    name.and_then(|n| n.rsplit('/').next())
-        .and_then(|last| last.split_once(':'))
-        .map(|(_, t)| t.to_string())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "latest".to_string())
+/// The OCI layout's `org.opencontainers.image.ref.name` for an image name: the name as given
+/// (`hello:1.0`, `registry.example.com/team/app:v2`), which the annotation's grammar allows (components
+/// joined by `/`, `:` a separator), so `skopeo copy oci:DIR:hello:1.0`, umoci and `podman load` find the
+/// image by the name the user gave; BuildKit (through containerd's archive exporter) writes only the tag
+/// there, which loses the repository and makes two images of one tag collide. No name: `latest`. The
+/// whole normalised name also goes where BuildKit puts it, `io.containerd.image.name`.
+pub fn ref_name(name: Option<&str>) -> String {
+    name.filter(|n| !n.is_empty())
+        .map_or_else(|| "latest".to_string(), str::to_string)
 }
 
 /// An image's blobs, all in the store: non-empty layers, config and manifest.
@@ -516,6 +691,9 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
     if settings.codec == layer::Codec::Zstd {
         key.push_str("+zstd");
     }
+    if let Some(level) = settings.level {
+        key.push_str(&format!("+level{level}"));
+    }
     key
 }
 
@@ -523,6 +701,7 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
 fn cached_blob(store: &Store, snapshot: &str, settings: &Settings) -> Option<LayerBlob> {
     store
         .layer_blob(snapshot)
+        .filter(|b| !settings.force || b.media_type == settings.codec.media_type())
         .or_else(|| store.layer_blob(&blob_key(snapshot, settings)))
 }
 
@@ -538,10 +717,10 @@ fn make_blob(
     let gz = tmp.path().join("layer.tar.gz");
     let file =
         std::fs::File::create(&gz).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
-    let info = layer::layer_digests_threaded(
+    let info = layer::layer_digests_leveled(
         &store.snapshot_path(snapshot),
         settings.epoch,
-        settings.codec,
+        (settings.codec, settings.level),
         threads,
         std::io::BufWriter::new(file),
     )

@@ -165,6 +165,22 @@ pub fn builtin_arg(name: &str) -> Option<&'static str> {
     })
 }
 
+/// Build args BuildKit knows without an ARG (proxies, platforms, its own `BUILDKIT_*` switches): a
+/// `--build-arg` of one is never reported unused.
+pub fn predefined_arg(name: &str) -> bool {
+    const PROXIES: [&str; 5] = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+    ];
+    PROXIES.contains(&name.to_ascii_uppercase().as_str())
+        || name.starts_with("BUILDKIT_")
+        || name == "SOURCE_DATE_EPOCH"
+        || builtin_arg(name).is_some()
+}
+
 /// `EXPOSE` words as config keys: `80` → `80/tcp`, `53/UDP` → `53/udp`, `8000-8002` → each port.
 pub fn expose_ports(word: &str) -> Option<Vec<String>> {
     let (ports, proto) = match word.split_once('/') {

@@ -96,6 +96,8 @@ pub struct LowerOptions {
     pub lenient: bool,
     /// Where `--target` was given, for errors about it.
     pub target_at: Option<Located>,
+    /// Where each `--param NAME=...` was given, for the error when no module declares NAME.
+    pub params_at: BTreeMap<String, Located>,
     pub image_env: ImageEnv,
 }
 

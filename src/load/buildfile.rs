@@ -48,7 +48,9 @@ pub struct Session {
     by_path: HashMap<PathBuf, usize>,
     /// The monorepo root (the directory holding `kiln.toml`), if any.
     pub root: Option<PathBuf>,
-    loading: Vec<PathBuf>,
+    /// The files being loaded, outermost first, each with the import that asked for it (none for the
+    /// file the command line names): an import cycle is shown as the path through them.
+    loading: Vec<(PathBuf, Option<Located>)>,
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
     pub findings: Vec<crate::frontend::lint::Finding>,
     /// The program's `print(...)` notes, in the order evaluation reached them, for the driver to show.
@@ -65,6 +67,29 @@ impl Session {
             findings: Vec::new(),
             notes: Vec::new(),
         }
+    }
+
+    /// The error for a file imported while it is being loaded: the path from it back to itself
+    /// (`a.build → b.build → a.build`), each edge labelled at its import line.
+    fn import_cycle(&self, start: usize, closing: Option<Located>) -> Diagnostic {
+        let path = &self.loading[start..];
+        let mut names: Vec<String> = path
+            .iter()
+            .map(|(k, _)| display_name(k, self.root.as_deref()))
+            .collect();
+        names.push(names[0].clone());
+        let imports = path
+            .iter()
+            .skip(1)
+            .map(|(_, at)| at.clone())
+            .chain([closing]);
+        let mut d = Diagnostic::input(format!("import cycle: {}", names.join(" → ")));
+        for (i, at) in imports.enumerate() {
+            if let Some(at) = at {
+                d = d.label(at, format!("`{}` imports `{}`", names[i], names[i + 1]));
+            }
+        }
+        d.help("imports must not form a cycle: move what both files need into a third file both import")
     }
 
     /// Finds the monorepo root above `dir`: the nearest directory with a `kiln.toml`.
@@ -92,13 +117,8 @@ impl Session {
         if let Some(&i) = self.by_path.get(&key) {
             return Ok(i);
         }
-        if self.loading.contains(&key) {
-            let d = Diagnostic::input(format!("`{}` imports itself", path.display()));
-            return Err(match from {
-                Some(at) => d.label(at, "this import closes the cycle"),
-                None => d,
-            }
-            .help("imports must not form a cycle"));
+        if let Some(start) = self.loading.iter().position(|(k, _)| *k == key) {
+            return Err(self.import_cycle(start, from));
         }
         let (name, text) = if let Ok(rest) = key.strip_prefix("@std") {
             let n = rest.to_string_lossy().to_string();
@@ -120,7 +140,7 @@ impl Session {
         let file = SourceFile::new(name, text);
         let module = crate::frontend::buildfile::syntax::parse(&file)?;
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
-        self.loading.push(key.clone());
+        self.loading.push((key.clone(), from));
         let mut imports = HashMap::new();
         for item in &module.items {
             if let ItemKind::Import { path: p, alias } = &item.kind {

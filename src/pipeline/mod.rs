@@ -33,8 +33,12 @@ pub struct BuildRequest {
     pub outputs: Vec<crate::export::Output>,
     /// Where to push the image: `-o type=registry` names and, with `--push`, the `-t` names.
     pub pushes: Vec<String>,
-    /// The first `-t`: the name recorded in an OCI layout's index.
-    pub tag: Option<String>,
+    /// The `-t` names: the first is recorded in an OCI layout's index, all of them in a docker-archive
+    /// and a `--load`.
+    pub tags: Vec<String>,
+    /// Keep the image in the store under the `-t` names (`-t` without an output or a push, as buildx
+    /// keeps it in its builder), for `kiln images` and `kiln image export|push`.
+    pub keep_named: bool,
     /// `--cache-to`, each with whether a failure is only a warning (`ignore-error=true`).
     pub cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
     /// `--cache-from`.

@@ -35,7 +35,8 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
         allow,
         outputs,
         pushes,
-        tag,
+        tags,
+        keep_named,
         cache_to,
         cache_from,
         registry,
@@ -97,7 +98,11 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
     let scanner = crate::solve::all_secrets(&b.secrets).inspect_err(|_| b.store.abort())?;
     b.guard(&summary, &scanner)?;
     b.store.commit()?;
-    b.export(&summary, &outputs, &pushes, tag.as_deref())?;
+    let names: Vec<&str> = tags.iter().map(String::as_str).collect();
+    b.export(&summary, &outputs, &pushes, &names)?;
+    if keep_named {
+        b.keep_named(&summary, &names)?;
+    }
     if let Some(imported) = &b.imported {
         imported.keep_hits(&b.store)?;
     }
@@ -245,7 +250,7 @@ impl Build {
         summary: &crate::solve::Summary,
         outputs: &[crate::export::Output],
         pushes: &[String],
-        tag: Option<&str>,
+        names: &[&str],
     ) -> Result<()> {
         let (graph, store, reporter) = (&*self.graph, &*self.store, &*self.reporter);
         let (registry, settings) = (&self.registry, &self.settings);
@@ -255,32 +260,33 @@ impl Build {
                 continue;
             };
             for out in outputs {
-                let exported = crate::export::export(store, layers, config, out, tag, settings)?;
-                let dest = match out {
-                    crate::export::Output::Oci { dest, .. }
-                    | crate::export::Output::Docker { dest }
-                    | crate::export::Output::Local { dest }
-                    | crate::export::Output::Tar { dest } => dest,
-                };
+                let exported = crate::export::export(store, layers, config, out, names, settings)?;
+                let dest = out.destination();
                 let note = match &exported.manifest {
                     Some(m) if exported.unchanged => format!(
-                        "{} already holds {name} ({} layers), manifest {m}: nothing written",
-                        dest.display(),
+                        "{dest} already holds {name} ({} layers), manifest {m}: nothing written",
                         exported.layers
                     ),
-                    None if exported.unchanged => format!(
-                        "{} already holds the filesystem of {name}: nothing written",
-                        dest.display()
+                    None if exported.unchanged => {
+                        format!("{dest} already holds the filesystem of {name}: nothing written")
+                    }
+                    Some(m) if !exported.loaded.is_empty() => format!(
+                        "loaded {name} into {dest} ({} layers), manifest {m}: {}",
+                        exported.layers,
+                        exported.loaded.join("; ")
                     ),
                     Some(m) => format!(
-                        "exported {name} to {} ({} layers), manifest {m}",
-                        dest.display(),
+                        "exported {name} to {dest} ({} layers), manifest {m}",
                         exported.layers
                     ),
-                    None => format!("exported the filesystem of {name} to {}", dest.display()),
+                    None => format!("exported the filesystem of {name} to {dest}"),
                 };
                 reporter.event(Event::Note(note));
-                if let Some(m) = exported.manifest {
+                // A tar on stdout (`dest=-`) is stdout's whole content.
+                if let Some(m) = exported
+                    .manifest
+                    .filter(|_| !crate::export::is_stdout(std::path::Path::new(&dest)))
+                {
                     progress::stdout(&format!("{m}\n"));
                 }
             }
@@ -288,6 +294,28 @@ impl Build {
                 push(
                     store, layers, config, pushes, registry, settings, reporter, name,
                 )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `-t` without an output: the image is kept in the store under every name, with buildx's warning
+    /// that it went nowhere else.
+    fn keep_named(&self, summary: &crate::solve::Summary, names: &[&str]) -> Result<()> {
+        let (graph, store, reporter) = (&*self.graph, &*self.store, &*self.reporter);
+        for (_, root) in &graph.roots {
+            let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root)
+            else {
+                continue;
+            };
+            let image = crate::export::image(store, layers, config, &self.settings)?;
+            for name in names {
+                let record = crate::export::named(&image, name, self.settings.epoch);
+                store.put_name(&record)?;
+                reporter.event(Event::Note(format!(
+                    "warning: no output specified (--load, --push or -o); the image is kept in kiln's store as {name}, manifest {}: see `kiln images`, `kiln image export {name} -o ...`",
+                    record.manifest
+                )));
             }
         }
         Ok(())

@@ -143,6 +143,18 @@ impl Session {
         {
             Diagnostic::input(format!("{head}: not found on {registry} ({what})"))
         } else if let OciDistributionError::RequestError(re) = e
+            && re.is_connect()
+            && is_dns_failure(&error_chain(re))
+        {
+            // Plain HTTP would not have helped: there is no address to speak either to.
+            Diagnostic::env(format!(
+                "{head}: the registry name `{registry}` did not resolve ({tries} attempts): {}",
+                error_chain(re)
+            ))
+            .help(format!(
+                "check the name `{registry}` in the image reference (a typo?) and this machine's DNS"
+            ))
+        } else if let OciDistributionError::RequestError(re) = e
             && (re.is_connect() || re.is_timeout())
         {
             let mut d = Diagnostic::env(format!(
@@ -197,6 +209,17 @@ fn registry_code(e: &OciDistributionError, codes: &[&str]) -> bool {
 }
 
 /// reqwest's top-level message ("error sending request") hides the cause; show the whole chain.
+/// What hyper's resolver says when a name has no address (getaddrinfo's failures).
+fn is_dns_failure(chain: &str) -> bool {
+    [
+        "dns error",
+        "failed to lookup address",
+        "Name or service not known",
+    ]
+    .iter()
+    .any(|m| chain.contains(m))
+}
+
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

@@ -291,7 +291,33 @@ fn unchanged_outputs_are_left_alone() {
     assert_eq!(std::fs::read(&archive).unwrap(), archive_bytes);
     tool(
         "skopeo",
-        &["inspect", &format!("oci:{}:1.0", layout.display())],
+        &[
+            "inspect",
+            &format!("oci:{}:kiln/outputs:1.0", layout.display()),
+        ],
+    );
+    // The index names the image by the whole name given to -t (the OCI annotation's grammar allows
+    // `/` and `:`), not by its tag alone, and umoci finds it by that name.
+    let index = crate::support::Layout::new(&layout).index();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"]["org.opencontainers.image.ref.name"].as_str())
+        .collect();
+    assert_eq!(names, ["kiln/outputs:1.0"], "{index}");
+    // BuildKit's annotation for the normalised name, which containerd names an imported image by.
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "docker.io/kiln/outputs:1.0"
+    );
+    tool(
+        "umoci",
+        &[
+            "stat",
+            "--image",
+            &format!("{}:kiln/outputs:1.0", layout.display()),
+        ],
     );
 
     // Another tag: the image outputs name it, so they are written again; the filesystem is the same.
@@ -307,7 +333,10 @@ fn unchanged_outputs_are_left_alone() {
     assert!(manifest.contains("kiln/outputs:2.0"), "{manifest}");
     tool(
         "skopeo",
-        &["inspect", &format!("oci:{}:2.0", layout.display())],
+        &[
+            "inspect",
+            &format!("oci:{}:kiln/outputs:2.0", layout.display()),
+        ],
     );
 }
 
@@ -342,7 +371,7 @@ fn a_rerun_step_rewrites_the_filesystem_tar() {
         cached.stderr
     );
     Kiln::bare()
-        .args(["prune", "--store"])
+        .args(["prune", "-f", "--store"])
         .arg(store.path())
         .run()
         .success();

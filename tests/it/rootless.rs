@@ -486,7 +486,7 @@ RUN --mount=type=cache,target=/var/cache/k,uid=1000,gid=1000 \\
     let du = u.kiln(&["du", "--store", store]);
     du.success();
     assert!(du.stdout.contains("cache mounts"), "{}", du.stdout);
-    u.kiln(&["prune", "--store", store, "--keep-storage", "0"])
+    u.kiln(&["prune", "-f", "--store", store, "--keep-storage", "0"])
         .success();
     let left: Vec<_> = walkdir::WalkDir::new(ws.store.join("snapshots"))
         .min_depth(1)

@@ -48,8 +48,22 @@ fn du_and_prune() {
     let du = Kiln::bare().args(["du", "--store"]).arg(store.path()).run();
     du.success();
     assert!(du.stdout.contains("cached results"), "{}", du.stdout);
-    let pruned = Kiln::bare()
+    // Without a terminal to ask on, pruning everything needs --force, as `docker builder prune` does.
+    let refused = Kiln::bare()
         .args(["prune", "--store"])
+        .arg(store.path())
+        .run();
+    refused.expect_code(2);
+    assert!(
+        refused
+            .stderr
+            .contains("no terminal to ask for confirmation")
+            && refused.stderr.contains("pass `-f` (`--force`)"),
+        "{}",
+        refused.stderr
+    );
+    let pruned = Kiln::bare()
+        .args(["prune", "--force", "--store"])
         .arg(store.path())
         .run();
     pruned.success();
@@ -163,4 +177,82 @@ fn four_concurrent_builds_share_one_store() {
         .map(|c| digest_of(&c.wait_with_output().unwrap()))
         .collect();
     assert!(digests.iter().all(|d| d == &digests[0]), "{digests:?}");
+}
+
+/// `kiln prune` on a terminal (a pty made by util-linux `script`) asks docker's question: `n` keeps the
+/// store, `y` empties it.
+#[test]
+fn prune_asks_on_a_terminal() {
+    let store = tempdir("store-");
+    let dest = tempdir("out-");
+    digest_of(
+        &example(store.path(), &dest.path().join("a"), &[])
+            .output()
+            .unwrap(),
+    );
+    let kiln = env!("CARGO_BIN_EXE_kiln");
+    let on_tty = |answer: &str| {
+        let cmd = format!("{kiln} prune --store {}", store.path().display());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "printf '{answer}\\n' | script -qec \"$0\" /dev/null"
+            ))
+            .arg(cmd)
+            .output()
+            .expect("script from util-linux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let total = || {
+        let du = Kiln::bare().args(["du", "--store"]).arg(store.path()).run();
+        du.success();
+        du.stdout.lines().last().unwrap_or_default().to_string()
+    };
+    let before = total();
+    let no = on_tty("n");
+    assert!(
+        no.contains("WARNING! This will remove all build cache.")
+            && no.contains("Are you sure you want to continue? [y/N]")
+            && no.contains("nothing pruned"),
+        "{no}"
+    );
+    assert_eq!(total(), before, "answering n pruned");
+    let yes = on_tty("y");
+    assert!(yes.contains("0 B left"), "{yes}");
+}
+
+/// `du` and `prune` only read or shrink a store: a mistyped `--store` is an error, never a new store.
+#[test]
+fn read_only_commands_do_not_create_a_store() {
+    let dir = tempdir("nostore-");
+    let typo = dir.path().join("typo");
+    for args in [&["du"][..], &["prune", "-f"][..]] {
+        let out = Kiln::bare().args(args).arg("--store").arg(&typo).run();
+        out.expect_code(2);
+        assert!(
+            out.stderr
+                .contains(&format!("there is no kiln store at `{}`", typo.display())),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stderr.contains("command line:1:"), "{}", out.stderr);
+        assert!(!typo.exists(), "`kiln {}` made {}", args[0], typo.display());
+    }
+    // KILN_STORE names a store as --store does.
+    let out = Kiln::bare().arg("du").env("KILN_STORE", &typo).run();
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("(from KILN_STORE)") && !typo.exists(),
+        "{}",
+        out.stderr
+    );
+    // The default store not existing yet is no mistake: nothing to show.
+    let out = Kiln::bare()
+        .arg("du")
+        .env("HOME", dir.path())
+        .env("XDG_CACHE_HOME", dir.path().join("cache"))
+        .run();
+    out.success();
+    assert!(out.stdout.contains("total"), "{}", out.stdout);
+    assert!(!dir.path().join("cache/kiln").exists());
 }

@@ -103,19 +103,31 @@ pub fn layer_digests_threaded(
     threads: usize,
     out: impl Write,
 ) -> io::Result<LayerInfo> {
+    layer_digests_leveled(snapshot, epoch, (codec, None), threads, out)
+}
+
+/// `layer_digests_threaded` at a compression level of the caller's (`None`: gzip 6, zstd 3).
+pub fn layer_digests_leveled(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    (codec, level): (Codec, Option<i32>),
+    threads: usize,
+    out: impl Write,
+) -> io::Result<LayerInfo> {
     let compressed = HashingWriter::new(out);
     let (diff_id, tar_size, mut compressed) = match codec {
         Codec::Gzip => {
             // A fixed mtime and no file name keep the gzip header identical across runs.
-            let gz = GzBuilder::new()
-                .mtime(0)
-                .write(compressed, Compression::new(6));
+            let gz = GzBuilder::new().mtime(0).write(
+                compressed,
+                Compression::new(level.map_or(6, |l| l.clamp(0, 9).unsigned_abs())),
+            );
             let uncompressed = write_layer(snapshot, HashingWriter::new(gz), epoch)?;
             let (diff_id, tar_size, gz) = uncompressed.finish();
             (diff_id, tar_size, gz.finish()?)
         }
         Codec::Zstd => {
-            let mut zst = zstd::stream::write::Encoder::new(compressed, 3)?;
+            let mut zst = zstd::stream::write::Encoder::new(compressed, level.unwrap_or(3))?;
             zst.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
             let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
             let (diff_id, tar_size, zst) = uncompressed.finish();

@@ -63,6 +63,12 @@ pub static FUNCTIONS: &[Builtin] = &[
         doc: "a new stage on top of an image: like FROM, `.arg` declarations do not carry over",
     },
     Builtin {
+        name: "dir",
+        params: &[req("label", S)],
+        ret: Ty::Dir,
+        doc: "a Dir target by label (`//pkg:name`, `:name`), as `image(...)` names an Image target",
+    },
+    Builtin {
         name: "context",
         params: &[opt("path", S)],
         ret: Ty::Dir,

@@ -49,6 +49,7 @@ impl Evaluator<'_> {
                 }
                 Value::Image(Box::new(self.new_image(leaf, env)))
             }
+            "dir" => return self.label_dir(v[0].str(), arg_span(0)),
             "scratch" => {
                 let leaf = self.image_leaf("scratch", span);
                 let base = crate::frontend::BaseConfig::scratch();
@@ -188,7 +189,39 @@ impl Evaluator<'_> {
         Ok(self.context_leaf(&name))
     }
 
+    /// `dir("//pkg:name")`: the value of a Dir target, in this package or another.
+    fn label_dir(&mut self, label: &str, span: Span) -> Result<Value> {
+        if !(label.starts_with("//") || label.starts_with(':')) {
+            return Err(self
+                .err(span, format!("dir() takes a target label, not `{label}`"))
+                .help("name a Dir target: `dir(\"//pkg:name\")` or `dir(\":name\")`; a local directory is `context(...)`"));
+        }
+        match self.label_value(label, span)? {
+            (module, v @ (Value::Dir(_) | Value::Inline { .. } | Value::Remote { .. })) => {
+                // Inline files and downloads are made where they are used; these belong to the
+                // target's file, whose spans they carry.
+                let saved = std::mem::replace(&mut self.module, module);
+                let node = self.source_node(&v);
+                self.module = saved;
+                Ok(Value::Dir(node))
+            }
+            _ => Err(self
+                .err(span, format!("`{label}` is an Image, not a Dir"))
+                .help(format!("use `image(\"{label}\")`, or one of its directories: `image(\"{label}\").dir(\"/path\")`"))),
+        }
+    }
+
     fn label_image(&mut self, label: &str, span: Span) -> Result<Value> {
+        match self.label_value(label, span)?.1 {
+            v @ Value::Image(_) => Ok(v),
+            _ => Err(self
+                .err(span, format!("`{label}` is a Dir, not an Image"))
+                .help(format!("name it with `dir(\"{label}\")`, and copy from it: `.copy(dir(\"{label}\"), [\".\"], \"/dest\")`"))),
+        }
+    }
+
+    /// The value of the target a label names (and its module), its package loaded first.
+    fn label_value(&mut self, label: &str, span: Span) -> Result<(usize, Value)> {
         let (package, target) = label
             .rsplit_once(':')
             .ok_or_else(|| self.err(span, format!("`{label}` is not a label")))?;
@@ -202,12 +235,7 @@ impl Evaluator<'_> {
             let at = self.at(span);
             self.target_node(module, target, at)?;
         }
-        match self.global(module, target, span)? {
-            v @ Value::Image(_) => Ok(v),
-            _ => Err(self
-                .err(span, format!("`{label}` is a Dir, not an Image"))
-                .help("copy from it instead: `.copy(image_or_dir, [\".\"], \"/dest\")`")),
-        }
+        Ok((module, self.global(module, target, span)?))
     }
 
     pub(super) fn source_node(&mut self, v: &Value) -> NodeId {

@@ -179,7 +179,9 @@ pub struct Evaluator<'s> {
     pub program: Program,
     pub contexts: PackageContexts,
     globals: HashMap<(usize, String), Value>,
-    busy: Vec<(usize, String)>,
+    /// The globals being evaluated, outermost first, each with where the one before it used it (none
+    /// for a selected target): a cycle is shown as the path through them.
+    busy: Vec<((usize, String), Option<Located>)>,
     leaves: BTreeMap<String, NodeId>,
     /// Whose module the expression being evaluated belongs to.
     module: usize,
@@ -282,17 +284,45 @@ impl<'s> Evaluator<'s> {
             });
         }
         let v = self.global(module, name, Span::default())?;
-        Ok(match v {
-            Value::Image(img) => self.finish(&img),
-            // A Dir target is exported as a filesystem (or an image of just those files).
-            Value::Dir(n) => self.program.push(
-                Op::Config(Box::default()),
-                vec![n],
-                format!("{name} (directory)"),
-                None,
-            ),
+        let dir = match v {
+            Value::Image(img) => return Ok(self.finish(&img)),
+            v @ (Value::Dir(_) | Value::Inline { .. } | Value::Remote { .. }) => {
+                self.source_node(&v)
+            }
             _ => unreachable!("targets are checked to be Image or Dir"),
-        })
+        };
+        // A Dir target is exported as a filesystem (or an image of just those files). A host directory
+        // (a context, inline files, a download) is no filesystem yet: copied onto scratch it becomes
+        // one, as `scratch().copy(...)` would make it.
+        let fs = if matches!(
+            self.program.nodes[dir].op,
+            Op::Context { .. } | Op::Inline { .. } | Op::Remote { .. }
+        ) {
+            let scratch = self.leaf("image:scratch".into(), Op::Scratch, "scratch".into(), None);
+            self.program.push(
+                Op::Copy(CopyOp {
+                    sources: vec![".".into()],
+                    dest: "/".into(),
+                    chown: None,
+                    chmod: None,
+                    extract: false,
+                    excludes: Vec::new(),
+                    parents: false,
+                    files: Vec::new(),
+                }),
+                vec![scratch, dir],
+                format!("[{}] directory", self.label(module, name)),
+                None,
+            )
+        } else {
+            dir
+        };
+        Ok(self.program.push(
+            Op::Config(Box::default()),
+            vec![fs],
+            format!("{name} (directory)"),
+            None,
+        ))
     }
 
     /// The image config node of an image value (what a stage ends with).
@@ -325,16 +355,11 @@ impl<'s> Evaluator<'s> {
         if let Some(v) = self.globals.get(&key) {
             return Ok(v.clone());
         }
-        if self.busy.contains(&key) {
-            let saved = self.module;
-            self.module = module;
-            let e = self
-                .err(use_at, format!("`{name}` depends on itself"))
-                .help("targets and lets must not refer to themselves, directly or through others");
-            self.module = saved;
-            return Err(e);
+        let used_at = (use_at != Span::default()).then(|| Located::new(&self.file(), use_at));
+        if let Some(start) = self.busy.iter().position(|(k, _)| *k == key) {
+            return Err(self.cycle(start, used_at));
         }
-        self.busy.push(key.clone());
+        self.busy.push((key.clone(), used_at));
         let saved_module = self.module;
         let saved_scopes = std::mem::take(&mut self.scopes);
         self.module = module;
@@ -385,6 +410,27 @@ impl<'s> Evaluator<'s> {
         let v = result?;
         self.globals.insert(key, v.clone());
         Ok(v)
+    }
+
+    /// The error for a global used while it is being evaluated: the path from it back to itself
+    /// (`a → b → a`), every edge labelled at the use that makes it, in whichever file that is.
+    fn cycle(&self, start: usize, closing: Option<Located>) -> Diagnostic {
+        let path = &self.busy[start..];
+        let names: Vec<String> = path.iter().map(|((m, n), _)| self.label(*m, n)).collect();
+        let uses = path
+            .iter()
+            .skip(1)
+            .map(|(_, at)| at.clone())
+            .chain([closing]);
+        let mut shown = names.clone();
+        shown.push(names[0].clone());
+        let mut d = Diagnostic::input(format!("cycle: {}", shown.join(" → ")));
+        for (i, at) in uses.enumerate() {
+            if let Some(at) = at {
+                d = d.label(at, format!("`{}` uses `{}`", shown[i], shown[i + 1]));
+            }
+        }
+        d.help("targets and lets must not refer to themselves, directly or through others: break the cycle at one of these uses")
     }
 
     /// Prefixes step names with the target that made them (only steps not yet named by another target).

@@ -536,12 +536,19 @@ fn hint(file: &SourceFile, pos: usize, found: Option<&str>, expected: &[&str]) -
         if w.starts_with(';') {
             return "no `;` is needed: items and chained calls are separated by whitespace".into();
         }
-        for kw in ["FROM", "RUN", "COPY", "ENV", "ARG", "WORKDIR"] {
+        // What each instruction is in .build, as `kiln convert` writes it.
+        for (kw, there) in [
+            ("FROM", "`image(\"REF\")`"),
+            ("RUN", "the method `.run(\"...\")`"),
+            ("COPY", "the method `.copy(...)`"),
+            ("ENV", "the method `.env({...})`"),
+            ("ARG", "a `param` or the method `.arg({...})`"),
+            ("WORKDIR", "the method `.workdir(\"...\")`"),
+        ] {
             if w == kw {
                 return format!(
-                    "this looks like a Dockerfile; `kiln convert` turns one into .build source (`{}` becomes a method such as `.{}(...)`)",
-                    kw,
-                    kw.to_ascii_lowercase()
+                    "this looks like a Dockerfile: `kiln convert -f {}` writes it as .build source, where `{kw}` becomes {there}",
+                    file.name
                 );
             }
         }
@@ -552,7 +559,8 @@ fn hint(file: &SourceFile, pos: usize, found: Option<&str>, expected: &[&str]) -
     if expected.iter().any(|e| e.starts_with("an item")) {
         return "a file is a list of `import`, `param`, `secret`, `ssh`, `let`, `fn` and `target` items".into();
     }
-    "see docs/build-language.md for the grammar".into()
+    // A user of the binary has no documentation file to be sent to: show the shape of a target instead.
+    "a target reads `target app: Image = image(\"alpine:3.20\").run(\"make\")`; `kiln convert` shows any Dockerfile written as .build".into()
 }
 
 #[cfg(test)]
