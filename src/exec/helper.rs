@@ -801,7 +801,9 @@ fn child(
         groups,
         home,
     } = rootfs::exec_user(Path::new("/"), if user.is_empty() { "0" } else { user })?;
-    let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, None)?;
+    // A working directory the image lacks (a base image's WorkingDir never made) is created owned by
+    // the step's user, as BuildKit's executors do (`MkdirAllAndChown` with the exec user's ids).
+    let (dir, _) = rootfs::mkdir_all(Path::new("/"), cwd, Some((uid, gid)))?;
     chdir(&dir).map_err(|e| format!("cannot enter working directory {cwd}: {e}"))?;
     if let Some(confinement) = super::sandbox::Confinement::new(insecure)? {
         confinement.apply()?;

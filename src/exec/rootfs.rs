@@ -504,7 +504,7 @@ fn set_mtime(path: &Path, t: std::time::SystemTime) -> std::io::Result<()> {
 }
 
 /// `user[:group]` as names or ids, resolved through the image's /etc/passwd and /etc/group.
-/// A user given without a group takes that user's primary group.
+/// A user named without a group takes its primary group; a user id without a group, the same id.
 pub fn owner_ids(root: &Path, spec: &str) -> Result<(u32, u32), String> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -512,14 +512,9 @@ pub fn owner_ids(root: &Path, spec: &str) -> Result<(u32, u32), String> {
     };
     let passwd = read_db(root, "/etc/passwd");
     let (uid, primary) = match user.parse::<u32>() {
-        Ok(uid) => (
-            uid,
-            passwd
-                .iter()
-                .find(|f| f.get(2).and_then(|s| s.parse().ok()) == Some(uid))
-                .and_then(|f| f.get(3).and_then(|s| s.parse().ok()))
-                .unwrap_or(uid),
-        ),
+        // A user given by id gets that id as its group too, whatever /etc/passwd says, as BuildKit's
+        // file ops read a `UserOpt_ByID` (a RUN's user is resolved otherwise: see `exec_user`).
+        Ok(uid) => (uid, uid),
         Err(_) => {
             let entry = passwd
                 .iter()

@@ -115,6 +115,7 @@ impl ImageState {
 
     pub(crate) fn set_cmd(&mut self, argv: Vec<String>) {
         self.config.cmd = Inherit::Set(argv);
+        self.config.args_escaped = true;
         self.cmd_set = true;
     }
 

@@ -46,11 +46,29 @@ impl ImageEnv {
     }
     /// The config of `reference`; an error is placed at `at`, where the reference is written.
     pub fn get(&self, reference: &str, at: Located) -> crate::diag::Result<BaseConfig> {
-        match &self.0 {
-            Some(f) => f(reference)
-                .map(Option::unwrap_or_default)
-                .map_err(|d| d.label(at, "this base image")),
-            None => Ok(BaseConfig::default()),
+        let known = match &self.0 {
+            Some(f) => f(reference).map_err(|d| d.label(at, "this base image"))?,
+            None => None,
+        };
+        Ok(match known {
+            Some(c) => c,
+            None if reference == "scratch" => BaseConfig::scratch(),
+            None => BaseConfig::default(),
+        })
+    }
+}
+
+impl BaseConfig {
+    /// BuildKit's empty image, what `FROM scratch` starts from: the default PATH (so `$PATH` expands to
+    /// it) and WorkingDir `/`.
+    pub fn scratch() -> BaseConfig {
+        BaseConfig {
+            env: vec![(
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            )],
+            working_dir: Some("/".into()),
+            ..BaseConfig::default()
         }
     }
 }

@@ -246,6 +246,10 @@ pub struct ConfigOp {
     pub author: Option<String>,
     /// One entry per instruction after FROM, in order; `layer` says whether it made a filesystem node.
     pub history: Vec<HistoryEntry>,
+    /// A CMD was set here or in a parent stage: BuildKit then marks the config with Docker's
+    /// `ArgsEscaped`, which stays even when a later ENTRYPOINT drops the CMD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub args_escaped: bool,
 }
 
 impl ConfigOp {
@@ -288,6 +292,10 @@ impl ConfigOp {
         // Only a stage on a base image with triggers has them, which keeps every earlier digest.
         if !c.base_onbuild.is_empty() {
             e.str("base-onbuild").strs(&c.base_onbuild);
+        }
+        // Only configs that set a CMD have it, which keeps every other digest.
+        if c.args_escaped {
+            e.str("args_escaped");
         }
     }
 }

@@ -104,6 +104,28 @@ impl ImageName {
         })
     }
 
+    /// The name a `--build-context` must have to stand for this image, as BuildKit looks one up: the
+    /// reference in docker's familiar form (`busybox`, `team/app:1.0`, `host:5000/app`) without a
+    /// trailing `:latest`, so `FROM busybox:latest` and `FROM docker.io/library/busybox` find `busybox`.
+    pub(crate) fn context_key(&self) -> String {
+        let mut key = if self.registry == DOCKER_HUB {
+            let path = self.repository.strip_prefix("library/");
+            path.filter(|p| !p.contains('/'))
+                .unwrap_or(&self.repository)
+                .to_string()
+        } else {
+            format!("{}/{}", self.registry, self.repository)
+        };
+        if let Some(t) = &self.tag {
+            key = format!("{key}:{t}");
+        }
+        if let Some(d) = &self.digest {
+            key = format!("{key}@{d}");
+        }
+        key.strip_suffix(":latest")
+            .map_or(key.clone(), str::to_string)
+    }
+
     /// The registry as oci-client and config.json know it.
     pub(super) fn auth_key(&self) -> &str {
         if self.registry == DOCKER_HUB {

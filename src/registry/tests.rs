@@ -50,6 +50,23 @@ fn normalises_like_docker() {
     );
 }
 
+/// The build-context name BuildKit's `NamedContext` looks up: docker's familiar form without `:latest`.
+#[test]
+fn context_keys_are_familiar_names_without_latest() {
+    let key = |r: &str| ImageName::parse(r).unwrap().context_key();
+    for (reference, want) in [
+        ("busybox", "busybox"),
+        ("busybox:latest", "busybox"),
+        ("docker.io/library/busybox:latest", "busybox"),
+        ("busybox:1.36", "busybox:1.36"),
+        ("team/app", "team/app"),
+        ("docker.io/team/app:2", "team/app:2"),
+        ("127.0.0.1:5000/app:latest", "127.0.0.1:5000/app"),
+    ] {
+        assert_eq!(key(reference), want, "{reference}");
+    }
+}
+
 #[test]
 fn malformed_references_are_refused_with_reasons() {
     for (bad, why) in [

@@ -118,6 +118,11 @@ pub(super) fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>)
             }
         }
     }
+    // BuildKit marks every config whose stage (or a parent stage) set CMD, exec form or shell, on every
+    // OS, with Docker's `ArgsEscaped`; a base image's mark is kept as it is.
+    if op.args_escaped {
+        cfg.insert("ArgsEscaped".into(), json!(true));
+    }
     let mut add_keys = |field: &str, keys: &[String]| {
         if keys.is_empty() {
             return;

@@ -434,3 +434,156 @@ fn relative_paths_are_under_the_base_images_working_dir() {
     let config = &built.config;
     assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
 }
+
+/// COPY without `--chown` keeps the owners of files it takes from a stage (BuildKit's file op copies a
+/// snapshot's owners), while context files become 0:0 (the client resets their owners). Checked against
+/// BuildKit v0.8: `/from-stage` 1000:1000 mode 0640, `/sub/f` 4321:4321, `/ctx` 0:0.
+#[test]
+fn copy_from_a_stage_keeps_owners_and_context_files_are_roots() {
+    let built = build(
+        "FROM base AS src\n\
+         RUN mkdir -p /out/sub && echo x > /out/f && chown 1000:1000 /out/f && chmod 640 /out/f \
+         && echo y > /out/sub/f && chown 4321:4321 /out/sub/f\n\
+         FROM base\n\
+         COPY --from=src /out/f /from-stage\n\
+         COPY --from=src /out/sub /sub/\n\
+         COPY ctx /ctx\n",
+        &[("ctx", "c\n")],
+        &[],
+    );
+    assert_eq!(built.owner("from-stage"), (1000, 1000));
+    let mode = std::fs::metadata(built.image.rootfs.join("from-stage"))
+        .unwrap()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o640);
+    assert_eq!(built.owner("sub/f"), (4321, 4321));
+    assert_eq!(built.owner("ctx"), (0, 0));
+}
+
+/// Every stage that sets CMD gets Docker's `ArgsEscaped` in its config (BuildKit sets it on every OS, in
+/// v0.8 and today), and keeps it when a child stage's ENTRYPOINT drops the CMD; ENTRYPOINT alone does not
+/// set it. Checked against BuildKit v0.8.
+#[test]
+fn cmd_marks_the_config_args_escaped() {
+    let dockerfile = "FROM base AS parent\n\
+                      CMD echo parent\n\
+                      FROM parent AS child\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n\
+                      FROM base AS plain\n\
+                      ENTRYPOINT [\"/bin/echo\"]\n";
+    for (target, escaped) in [
+        ("parent", Value::Bool(true)),
+        ("child", Value::Bool(true)),
+        ("plain", Value::Null),
+    ] {
+        let built = build(dockerfile, &[], &["--target", target]);
+        let config = &built.config["config"];
+        assert_eq!(config["ArgsEscaped"], escaped, "target {target}");
+    }
+}
+
+/// A `FROM scratch` stage starts from BuildKit's empty image, whose config already has the default PATH
+/// and WorkingDir `/`, so `$PATH` expands to that PATH (checked against BuildKit v0.8).
+#[test]
+fn a_scratch_stage_has_the_empty_images_path_and_working_dir() {
+    let built = build(
+        "FROM scratch\nCOPY f /f\nENV A=1 P=/x:$PATH\n",
+        &[("f", "x\n")],
+        &[],
+    );
+    let config = &built.config["config"];
+    assert_eq!(config["WorkingDir"], "/");
+    let path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    assert_eq!(
+        built.env(),
+        [format!("PATH={path}"), "A=1".into(), format!("P=/x:{path}")]
+    );
+}
+
+/// A RUN whose working directory is missing (a base image's WorkingDir that its layers never made)
+/// creates it, and its missing parents, owned by the RUN's user, as BuildKit's executors do; an existing
+/// directory is left as it is. Checked against BuildKit v0.8: `/opt` and `/opt/app` 4321:99.
+#[test]
+fn a_run_creates_a_missing_working_dir_as_its_user() {
+    let base = crate::support::base_image_with(|c| {
+        c["WorkingDir"] = "/opt/app".into();
+        c["User"] = "4321:99".into();
+    });
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN pwd > /tmp/pwd\nUSER 0\nWORKDIR /tmp\nRUN touch mine\n",
+    )]);
+    let built = build_context(ctx.path(), base.path(), &[]);
+    assert_eq!(built.read("tmp/pwd"), "/opt/app\n");
+    assert_eq!(built.owner("opt"), (4321, 99));
+    assert_eq!(built.owner("opt/app"), (4321, 99));
+    assert_eq!(built.owner("tmp"), (0, 0));
+}
+
+/// A `--build-context` is found by the familiar name of the reference FROM and `COPY --from` give, as
+/// BuildKit's named contexts are: `base:latest` and `docker.io/library/base` are the context `base`,
+/// whether written out or reached through an ARG.
+#[test]
+fn a_named_context_stands_for_its_reference_with_latest() {
+    let built = build(
+        "ARG TAG=latest\n\
+         FROM base:${TAG}\n\
+         COPY --from=docker.io/library/base:latest /etc/group /group\n",
+        &[],
+        &[],
+    );
+    assert!(built.read("group").starts_with("root:x:0:"));
+    assert!(built.read("etc/passwd").contains("appuser"));
+}
+
+/// BuildKit's predefined proxy ARGs reach every RUN without an ARG line, under both cases of the name,
+/// and stay out of the image's env and history. Checked against BuildKit v0.8 (`[http://proxy.invalid:3128]`
+/// for both spellings of a given `HTTP_PROXY`, likewise `no_proxy`).
+#[test]
+fn proxy_build_args_reach_runs_undeclared() {
+    let built = build(
+        "FROM base\nRUN echo \"$https_proxy|$HTTPS_PROXY|$NO_PROXY|$no_proxy|$FTP_PROXY\" > /out\n",
+        &[],
+        &[
+            "--build-arg",
+            "HTTPS_PROXY=http://proxy.invalid:3128",
+            "--build-arg",
+            "no_proxy=localhost",
+        ],
+    );
+    assert_eq!(
+        built.read("out"),
+        "http://proxy.invalid:3128|http://proxy.invalid:3128|localhost|localhost|\n"
+    );
+    assert!(
+        !built
+            .env()
+            .iter()
+            .any(|e| e.to_ascii_lowercase().contains("proxy"))
+    );
+    let history = built.config["history"].to_string();
+    assert!(!history.contains("proxy.invalid"), "{history}");
+}
+
+/// A file op's user given by id takes that id as its group, even when /etc/passwd gives the uid another
+/// primary group (BuildKit reads `UserOpt_ByID` so); by name it takes the passwd group; a RUN as that
+/// uid still runs with the passwd group (runc's lookup). Checked against BuildKit v0.8: `/by-id` and the
+/// WORKDIR 2000:2000, `/by-name` 2000:3000, `/w/made` 2000:3000.
+#[test]
+fn a_numeric_user_of_a_file_op_is_its_own_group() {
+    let built = build(
+        "FROM base\n\
+         RUN echo 'svc:x:2000:3000::/:/bin/sh' >> /etc/passwd\n\
+         COPY --chown=2000 f /by-id\n\
+         COPY --chown=svc f /by-name\n\
+         USER 2000\n\
+         WORKDIR /w\n\
+         RUN touch made\n",
+        &[("f", "x\n")],
+        &[],
+    );
+    assert_eq!(built.owner("by-id"), (2000, 2000));
+    assert_eq!(built.owner("by-name"), (2000, 3000));
+    assert_eq!(built.owner("w"), (2000, 2000));
+    assert_eq!(built.owner("w/made"), (2000, 3000));
+}

@@ -52,7 +52,8 @@ impl Evaluator<'_> {
             "dir" => return self.label_dir(v[0].str(), arg_span(0)),
             "scratch" => {
                 let leaf = self.image_leaf("scratch", span);
-                Value::Image(Box::new(self.new_image(leaf, Default::default())))
+                let base = crate::frontend::BaseConfig::scratch();
+                Value::Image(Box::new(self.new_image(leaf, base)))
             }
             "from" => match &v[0] {
                 Value::Image(img) => {

@@ -185,7 +185,7 @@ impl Lowerer<'_> {
                 .image
                 .fs);
         }
-        match self.opts.contexts.get(value).cloned() {
+        match self.named_context(value).cloned() {
             Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
             Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
             None => {}

@@ -320,6 +320,17 @@ impl<'a> Lowerer<'a> {
     }
 
     /// A leaf node for an image reference (or `scratch`), shared by every use.
+    /// The `--build-context` standing for an image reference: the one named as written, else, as in
+    /// BuildKit, the one named by the reference's familiar form (`FROM busybox:latest` finds `busybox`).
+    fn named_context(&self, reference: &str) -> Option<&NamedContext> {
+        self.opts.contexts.get(reference).or_else(|| {
+            let key = crate::registry::ImageName::parse(reference)
+                .ok()?
+                .context_key();
+            self.opts.contexts.get(&key)
+        })
+    }
+
     fn image_leaf(&mut self, reference: &str, at: Span) -> NodeId {
         let key = format!("image:{reference}");
         if let Some(&id) = self.leaves.get(&key) {
@@ -392,11 +403,12 @@ impl<'a> Lowerer<'a> {
             s.image.begin_stage();
             s
         } else {
-            let resolved = match self.opts.contexts.get(&reference) {
+            let named = self.named_context(&reference);
+            let resolved = match named {
                 Some(NamedContext::Image(r)) => r.clone(),
                 _ => reference.clone(),
             };
-            let leaf = match self.opts.contexts.get(&reference) {
+            let leaf = match named {
                 Some(NamedContext::Image(r)) => {
                     let r = r.clone();
                     self.image_leaf(&r, image.span)

@@ -176,7 +176,8 @@ impl Lowerer<'_> {
             }
         }
         let args = self.run_args(stage, ins, cmd);
-        let env = stage.run_env();
+        let mut env = stage.run_env();
+        self.add_proxy_env(&mut env);
         // History reads as BuildKit's: `RUN |N K=V ... cmd # buildkit`, with every build arg of the stage
         // (an ENV of the same name wins) and without the mount flags. A secret can never appear here:
         // secrets are not variables, and their values never reach lowering.
@@ -194,6 +195,34 @@ impl Lowerer<'_> {
         self.push_fs(stage, ins, op, extra_inputs, created_by);
         self.program.nodes[stage.image.fs].asks = asks;
         Ok(())
+    }
+
+    /// BuildKit's predefined proxy ARGs: a `--build-arg` named like one of them (in any case) reaches
+    /// every RUN, declared or not, under both its upper- and lower-case name (`ProxyEnv`), after the
+    /// step's own variables; like an undeclared ARG it stays out of the history and the image config.
+    fn add_proxy_env(&self, env: &mut Vec<(String, String)>) {
+        const PROXIES: [&str; 5] = [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "FTP_PROXY",
+            "NO_PROXY",
+            "ALL_PROXY",
+        ];
+        for name in PROXIES {
+            let given = self
+                .opts
+                .build_args
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name));
+            let Some((_, value)) = given.filter(|(_, v)| !v.is_empty()) else {
+                continue;
+            };
+            for key in [name.to_string(), name.to_ascii_lowercase()] {
+                if !env.iter().any(|(k, _)| *k == key) {
+                    env.push((key, value.clone()));
+                }
+            }
+        }
     }
 
     /// One `--mount`: parsed by `mount::parse`, with `from=` resolved to an input of the Run node.
