@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Builds real-world Dockerfiles on Debian bases with kiln and with BuildKit (Debian's dockerd 20.10 and
+# its embedded BuildKit v0.8) and compares the resulting images file by file (tests/realworld/SELECTED.md).
+#
+# 1. Makes the bases of tests/realworld/bases.tsv with tests/fixtures/make-debian-image.sh (debootstrap
+#    from Debian's mirror), cached under target/tmp/ keyed on the scripts' and the table's content.
+# 2. Starts a private dockerd (bench/peers/start-dockerd.sh: no bridge, no iptables, a unix socket in
+#    the work dir) and loads the bases into it (skopeo; BuildKit uses a local image without pulling).
+# 3. Builds each file of tests/realworld/selected.tsv with kiln (bases as `--build-context
+#    REF=oci-layout://...`, RUN steps on kiln's default network) and with `docker build --network=host`
+#    (the daemon has no bridge), and exports both (kiln: OCI layout; BuildKit: docker save).
+# 4. Lists both filesystems and configs with tests/realworld/listing.py and compares them; paths whose
+#    content may differ between any two runs (its ALLOWED list) are compared without their content.
+#
+# RUN steps reach only what the Dockerfiles download: Debian's mirror. A `# syntax=` line is dropped
+# from the copy both builders read: it would make BuildKit fetch a frontend image from Docker Hub, and
+# kiln ignores it.
+#
+# Idempotent; stops the dockerd it started. Run as root on Debian, from a clone of this repository.
+# Usage: scripts/realworld.sh [NAME-SUBSTRING...]   (only the selected files whose name contains one)
+# Environment: WORK=/var/tmp/kiln-realworld (stores, dockerd, outputs), KILN=target/debug/kiln,
+#              KEEP_DAEMON=1 (leave dockerd up), SHARED=../shared/conformance/realworld
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+WORK=${WORK:-/var/tmp/kiln-realworld}
+SHARED=${SHARED:-$root/../shared/conformance/realworld}
+KILN=${KILN:-$root/target/debug/kiln}
+DOCKER=/usr/bin/docker
+DKD=$WORK/dockerd
+export DOCKER_HOST=unix://$DKD/docker.sock DOCKER_BUILDKIT=1
+if [ "$(id -u)" != 0 ]; then echo "realworld.sh: run as root (dockerd and debootstrap need it)" >&2; exit 1; fi
+for tool in debootstrap dockerd skopeo python3; do
+  command -v "$tool" >/dev/null || { echo "realworld.sh: $tool not found (apt-get install debootstrap docker.io skopeo python3)" >&2; exit 1; }
+done
+[ -x "$KILN" ] || cargo build --quiet
+[ -d "$SHARED" ] || { echo "realworld.sh: $SHARED not found (set SHARED)" >&2; exit 1; }
+mkdir -p "$WORK/out"
+
+cleanup() {
+  local rc=$?
+  [ "${KEEP_DAEMON:-}" = 1 ] || bench/peers/start-dockerd.sh "$DKD" stop >/dev/null 2>&1 || true
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# 1. Bases. One cache directory per base, named by the hash of what makes it.
+key=$(cat tests/fixtures/make-debian-image.sh tests/fixtures/pack-rootfs.py | sha256sum | cut -c1-16)
+cache=$root/target/tmp/realworld-bases
+mkdir -p "$cache"
+declare -A base_dir   # reference -> OCI layout:tag
+while IFS=$'\t' read -r name refs opts; do
+  case $name in '#'* | '') continue ;; esac
+  dir=$cache/$name-$(printf '%s %s %s' "$key" "$refs" "$opts" | sha256sum | cut -c1-16)
+  if [ ! -f "$dir/index.json" ]; then
+    echo "realworld: making base $name (debootstrap; minutes)" >&2
+    rm -rf "$dir.tmp"
+    # shellcheck disable=SC2086 # the options column is a word list
+    KILN_DEBIAN_CACHE=$cache/debs tests/fixtures/make-debian-image.sh "$dir.tmp" latest $opts >&2
+    mv "$dir.tmp" "$dir"
+  fi
+  for ref in $refs; do base_dir[$ref]=$dir; done
+done < tests/realworld/bases.tsv
+
+# 2. BuildKit's daemon, with every base under each of its names.
+bench/peers/start-dockerd.sh "$DKD" >&2
+for ref in "${!base_dir[@]}"; do
+  want=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["manifests"][0]["digest"])' "${base_dir[$ref]}/index.json")
+  if [ "$(cat "$WORK/loaded-$ref" 2>/dev/null)" != "$want" ] || ! "$DOCKER" image inspect "$ref" >/dev/null 2>&1; then
+    skopeo copy -q --dest-daemon-host "$DOCKER_HOST" "oci:${base_dir[$ref]}:latest" "docker-daemon:$ref" >&2
+    echo "$want" > "$WORK/loaded-$ref"
+  fi
+done
+
+kiln_contexts=()
+for ref in "${!base_dir[@]}"; do kiln_contexts+=(--build-context "$ref=oci-layout://${base_dir[$ref]}:latest"); done
+
+# 3 and 4, one file at a time.
+built=0 same=0 failed=0 differ=0 total=0
+results=$WORK/results.tsv
+: > "$results"
+while IFS=$'\t' read -r file context args target; do
+  case $file in '#'* | '') continue ;; esac
+  if [ $# -gt 0 ]; then
+    match=no
+    for want in "$@"; do case $file in *"$want"*) match=yes ;; esac; done
+    [ $match = yes ] || continue
+  fi
+  total=$((total + 1))
+  out=$WORK/out/${file%.Dockerfile}
+  rm -rf "$out"; mkdir -p "$out"
+  grep -v -i '^# *syntax *=' "$SHARED/$file" > "$out/Dockerfile"
+  ctx=$out/empty-context; mkdir -p "$ctx"
+  [ "$context" = - ] || ctx=$root/tests/realworld/contexts/$context
+  flags=()
+  if [ "$args" != - ]; then for a in $args; do flags+=(--build-arg "$a"); done; fi
+  [ "$target" = - ] || flags+=(--target "$target")
+
+  verdict=""
+  if ! "$KILN" build --progress plain --store "$WORK/kiln-store" "${kiln_contexts[@]}" "${flags[@]}" \
+      -f "$out/Dockerfile" -o "type=oci,dest=$out/kiln" "$ctx" > "$out/kiln.log" 2>&1; then
+    verdict="kiln failed ($out/kiln.log)"
+  fi
+  if ! "$DOCKER" build --network=host "${flags[@]}" -f "$out/Dockerfile" -t "kiln-realworld:$total" \
+      "$ctx" > "$out/buildkit.log" 2>&1; then
+    verdict="${verdict:+$verdict; }BuildKit failed ($out/buildkit.log)"
+  elif ! { "$DOCKER" save -o "$out/buildkit.tar" "kiln-realworld:$total" &&
+           mkdir -p "$out/buildkit" && tar -xf "$out/buildkit.tar" -C "$out/buildkit" && rm "$out/buildkit.tar"; }; then
+    verdict="${verdict:+$verdict; }docker save failed"
+  fi
+  if [ -n "$verdict" ]; then
+    failed=$((failed + 1))
+  else
+    built=$((built + 1))
+    for who in kiln buildkit; do
+      python3 tests/realworld/listing.py "$out/$who" > "$out/$who.files"
+      python3 tests/realworld/listing.py "$out/$who" --config > "$out/$who.config"
+    done
+    files_same=yes config_same=yes
+    diff -u "$out/buildkit.files" "$out/kiln.files" > "$out/files.diff" || files_same=no
+    diff -u "$out/buildkit.config" "$out/kiln.config" > "$out/config.diff" || config_same=no
+    if [ $files_same = yes ] && [ $config_same = yes ]; then
+      same=$((same + 1)); verdict="identical ($(wc -l < "$out/kiln.files") entries)"
+    else
+      differ=$((differ + 1))
+      verdict="differs ($(grep -c '^[-+]/' "$out/files.diff" || true) file lines, $(grep -c '^[-+][A-Z]' "$out/config.diff" || true) config lines; $out/*.diff)"
+    fi
+  fi
+  printf '%s\t%s\n' "$file" "$verdict" | tee -a "$results"
+  "$DOCKER" rmi -f "kiln-realworld:$total" >/dev/null 2>&1 || true
+done < tests/realworld/selected.tsv
+
+echo "realworld: $total selected, $built built by both, $same identical file lists and configs, $differ differ, $failed failed"
