@@ -434,3 +434,45 @@ fn relative_paths_are_under_the_base_images_working_dir() {
     let config = &built.config;
     assert_eq!(config["config"]["WorkingDir"], "/srv/rel");
 }
+
+/// WORKDIR records an absolute path in the config and history as written (a trailing slash or a double
+/// slash kept) and a relative one joined onto the current directory and cleaned; the directory made
+/// and run in is the clean one either way. Found building moby's contrib/syscall-test Dockerfile
+/// (`WORKDIR /usr/src/`) side by side with BuildKit v0.8, which gave exactly this on a Debian base
+/// (WorkingDir `/opt//app`; history `WORKDIR /usr/src/`, `WORKDIR /usr/src/b`, `WORKDIR /opt//app`;
+/// the three `pwd`s below), as today's `NormalizeWorkdir` does.
+#[test]
+fn workdir_keeps_an_absolute_path_as_written_in_the_config() {
+    let built = build(
+        "FROM base\n\
+         WORKDIR /usr/src/\n\
+         RUN pwd > /pwd1\n\
+         WORKDIR ./a/../b/\n\
+         RUN pwd > /pwd2\n\
+         WORKDIR /opt//app\n\
+         RUN pwd > /pwd3\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.config["config"]["WorkingDir"], "/opt//app");
+    let history: Vec<&str> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .filter(|c| c.starts_with("WORKDIR"))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "WORKDIR /usr/src/",
+            "WORKDIR /usr/src/b",
+            "WORKDIR /opt//app"
+        ]
+    );
+    assert_eq!(built.read("pwd1"), "/usr/src\n");
+    assert_eq!(built.read("pwd2"), "/usr/src/b\n");
+    assert_eq!(built.read("pwd3"), "/opt/app\n");
+    assert!(built.image.rootfs.join("opt/app").is_dir());
+    assert!(!built.image.rootfs.join("usr/src/a").exists());
+}

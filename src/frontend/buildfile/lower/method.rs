@@ -55,17 +55,14 @@ impl Evaluator<'_> {
             "arg" => self.arg(&mut img, &v, arg_span(0))?,
             "workdir" => {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
-                let path = join_path(img.dir(), &dir);
-                img.cwd = Some(path.clone());
+                let recorded = img.workdir(&dir);
+                let path = img.dir().to_string();
                 let user = img.user.clone();
                 self.push_fs(
                     &mut img,
-                    Op::Mkdir {
-                        path: path.clone(),
-                        user,
-                    },
+                    Op::Mkdir { path, user },
                     vec![],
-                    format!("WORKDIR {path}"),
+                    format!("WORKDIR {recorded}"),
                     span,
                 );
             }

@@ -2,7 +2,7 @@
 
 use super::{
     Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
-    command_args, expose_ports, instruction_text, join_path, json_list, set, shell,
+    command_args, expose_ports, instruction_text, json_list, set, shell,
 };
 
 impl Lowerer<'_> {
@@ -15,18 +15,15 @@ impl Lowerer<'_> {
             InstructionKind::Workdir(w) => {
                 self.reject_flags(ins, &[])?;
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
-                let path = join_path(stage.image.dir(), &dir);
-                stage.image.cwd = Some(path.clone());
+                let recorded = stage.image.workdir(&dir);
+                let path = stage.image.dir().to_string();
                 let user = stage.image.user.clone();
                 self.push_fs(
                     stage,
                     ins,
-                    Op::Mkdir {
-                        path: path.clone(),
-                        user,
-                    },
+                    Op::Mkdir { path, user },
                     vec![],
-                    format!("WORKDIR {path}"),
+                    format!("WORKDIR {recorded}"),
                 );
             }
             InstructionKind::User(w) => {
