@@ -4,13 +4,14 @@
 Reads an OCI image layout directory or an unpacked docker-archive (`docker save`, extracted), applies
 the layers itself (whiteouts, opaque directories, hard links; streamed, so big Debian layers fit) and
 prints one line per entry: path, type, mode, uid, gid, and the symlink target, or for a regular file its
-size and the sha256 of its content. Times are never printed. Paths matching ALLOWED (below) are listed
+size and the sha256 of its content. Times are never printed, nor the paths of IGNORED (below). Paths matching ALLOWED (below) are listed
 with `content=any` instead of size and digest: their bytes legitimately differ between two runs of the
 same build, whoever builds it (logs, caches and files that embed the time of the build).
 
 It uses no kiln code, so it judges kiln and BuildKit alike.
 
-Usage: listing.py IMAGE_DIR [--config]   (--config: print the image config fields that matter instead)
+Usage: listing.py IMAGE_DIR [--config]   (--config: print the image config fields that matter and the
+                                          history, without times, instead)
 """
 
 import fnmatch
@@ -37,6 +38,12 @@ ALLOWED = [
     "/var/lib/systemd/random-seed", "/etc/machine-id", "/var/lib/dbus/machine-id",
     # A shell history or lesshst written by an interactive tool.
     "/root/.bash_history",
+]
+
+# Paths left out of the list altogether: their names themselves hold the time of the run.
+IGNORED = [
+    # npm's debug logs, one per npm command, named by the time it started.
+    "/root/.npm/_logs/*",
 ]
 
 KINDS = {tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "chardev",
@@ -137,12 +144,17 @@ def main(argv):
             value = cfg.get(field)
             if value not in (None, "", [], {}):
                 print(f"{field}: {json.dumps(value, sort_keys=True)}")
+        # The history without its times: what made each entry, and whether it made a layer.
+        for h in config.get("history") or []:
+            layer = "no layer" if h.get("empty_layer") else "layer"
+            print(f"History: {layer}: {h.get('created_by', '')}")
         return 0
     fs = {"/": {"kind": "dir", "mode": 0o755, "uid": 0, "gid": 0}}
     for layer in layers:
         apply_layer(fs, layer)
     for path in sorted(fs):
-        print(line(path, fs[path]))
+        if not any(fnmatch.fnmatchcase(path, pat) for pat in IGNORED):
+            print(line(path, fs[path]))
     return 0
 
 
