@@ -56,15 +56,20 @@ impl Evaluator<'_> {
             "workdir" => {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
                 let recorded = img.workdir(&dir);
-                let path = img.dir().to_string();
-                let user = img.user.clone();
-                self.push_fs(
-                    &mut img,
-                    Op::Mkdir { path, user },
-                    vec![],
-                    format!("WORKDIR {recorded}"),
-                    span,
-                );
+                if recorded == "/" {
+                    // The root exists: BuildKit makes no directory and no layer for it.
+                    img.history(format!("WORKDIR {recorded}"), false);
+                } else {
+                    let path = img.dir().to_string();
+                    let user = img.user.clone();
+                    self.push_fs(
+                        &mut img,
+                        Op::Mkdir { path, user },
+                        vec![],
+                        format!("WORKDIR {recorded}"),
+                        span,
+                    );
+                }
             }
             "user" => {
                 let user = self.expand(&img, v[0].str(), arg_span(0))?;

@@ -16,15 +16,22 @@ impl Lowerer<'_> {
                 self.reject_flags(ins, &[])?;
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
                 let recorded = stage.image.workdir(&dir);
-                let path = stage.image.dir().to_string();
-                let user = stage.image.user.clone();
-                self.push_fs(
-                    stage,
-                    ins,
-                    Op::Mkdir { path, user },
-                    vec![],
-                    format!("WORKDIR {recorded}"),
-                );
+                if recorded == "/" {
+                    // The root exists: BuildKit makes no directory and no layer for it. The step's
+                    // number is used up all the same, so later steps keep theirs.
+                    stage.step += 1;
+                    Self::config_history(stage, format!("WORKDIR {recorded}"));
+                } else {
+                    let path = stage.image.dir().to_string();
+                    let user = stage.image.user.clone();
+                    self.push_fs(
+                        stage,
+                        ins,
+                        Op::Mkdir { path, user },
+                        vec![],
+                        format!("WORKDIR {recorded}"),
+                    );
+                }
             }
             InstructionKind::User(w) => {
                 self.reject_flags(ins, &[])?;
