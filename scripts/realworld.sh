@@ -8,7 +8,8 @@
 #    the work dir) and loads the bases into it (skopeo; BuildKit uses a local image without pulling).
 # 3. Builds each file of tests/realworld/selected.tsv with kiln (bases as `--build-context
 #    REF=oci-layout://...`, RUN steps on kiln's default network) and with `docker build --network=host`
-#    (the daemon has no bridge), and exports both (kiln: OCI layout; BuildKit: docker save).
+#    (the daemon has no bridge), and exports both (kiln: an OCI layout; BuildKit: docker save, each
+#    layer checked against its diff id).
 # 4. Lists both filesystems and configs with tests/realworld/listing.py and compares them; paths whose
 #    content may differ between any two runs (its ALLOWED list) are compared without their content.
 #    A config difference that selected.tsv explains (BuildKit v0.8 against today's BuildKit, which kiln
@@ -81,6 +82,37 @@ done
 kiln_contexts=()
 for ref in "${!base_dir[@]}"; do kiln_contexts+=(--build-context "$ref=oci-layout://${base_dir[$ref]}:latest"); done
 
+# BuildKit's image as a docker-archive, unpacked in OUT/buildkit, each layer checked against its diff
+# id in the config. dockerd 20.10 here now and then fails on a big BuildKit-made layer ("open
+# .../merged/...: no such file or directory") or writes it short (a layer tar that ends early but
+# cleanly); such an export is tried again, up to three times.
+buildkit_export() {
+  local out=$1 tag=$2 try
+  for try in 1 2 3; do
+    rm -rf "$out/buildkit" "$out/buildkit.tar"
+    if "$DOCKER" save -o "$out/buildkit.tar" "$tag" 2>> "$out/buildkit.log" &&
+       mkdir -p "$out/buildkit" && tar -xf "$out/buildkit.tar" -C "$out/buildkit" && rm "$out/buildkit.tar" &&
+       python3 - "$out/buildkit" <<'PY' 2>> "$out/buildkit.log"
+import hashlib, json, os, sys
+root = sys.argv[1]
+manifest = json.load(open(os.path.join(root, "manifest.json")))[0]
+diff_ids = json.load(open(os.path.join(root, manifest["Config"])))["rootfs"]["diff_ids"]
+for layer, want in zip(manifest["Layers"], diff_ids):
+    h = hashlib.sha256()
+    with open(os.path.join(root, layer), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if "sha256:" + h.hexdigest() != want:
+        sys.exit(f"docker save wrote {layer} short: sha256:{h.hexdigest()}, its diff id is {want}")
+PY
+    then
+      return 0
+    fi
+    echo "docker save, try $try, failed" >> "$out/buildkit.log"
+  done
+  return 1
+}
+
 # 3 and 4, one file at a time.
 built=0 files_ok=0 configs_ok=0 known=0 failed=0 total=0
 results=$WORK/results.tsv
@@ -110,18 +142,17 @@ while IFS=$'\t' read -r file context args target why; do
   if ! "$DOCKER" build --network=host "${flags[@]}" -f "$out/Dockerfile" -t "kiln-realworld:$total" \
       "$ctx" > "$out/buildkit.log" 2>&1; then
     verdict="${verdict:+$verdict; }BuildKit failed ($out/buildkit.log)"
-  elif ! { "$DOCKER" save -o "$out/buildkit.tar" "kiln-realworld:$total" &&
-           mkdir -p "$out/buildkit" && tar -xf "$out/buildkit.tar" -C "$out/buildkit" && rm "$out/buildkit.tar"; }; then
-    verdict="${verdict:+$verdict; }docker save failed"
+  elif ! buildkit_export "$out" "kiln-realworld:$total"; then
+    verdict="${verdict:+$verdict; }BuildKit's image could not be exported ($out/buildkit.log)"
   fi
   if [ -n "$verdict" ]; then
     failed=$((failed + 1))
   else
     built=$((built + 1))
-    for who in kiln buildkit; do
-      python3 tests/realworld/listing.py "$out/$who" > "$out/$who.files"
-      python3 tests/realworld/listing.py "$out/$who" --config > "$out/$who.config"
-    done
+    python3 tests/realworld/listing.py "$out/kiln" > "$out/kiln.files"
+    python3 tests/realworld/listing.py "$out/kiln" --config > "$out/kiln.config"
+    python3 tests/realworld/listing.py "$out/buildkit" > "$out/buildkit.files"
+    python3 tests/realworld/listing.py "$out/buildkit" --config > "$out/buildkit.config"
     files_same=yes config_same=yes
     # BuildKit before 0.11 leaves in the layer the empty stubs runc makes to mount /etc/hosts and
     # /etc/resolv.conf on when the image has none; 0.11 removes them again (executor/stubs.go), and
@@ -149,7 +180,7 @@ while IFS=$'\t' read -r file context args target why; do
     fi
   fi
   # The listings and diffs stay; the images (hundreds of MB each) only with KEEP_IMAGES=1.
-  [ "${KEEP_IMAGES:-}" = 1 ] || rm -rf "$out/kiln" "$out/buildkit" "$out/buildkit.tar"
+  [ "${KEEP_IMAGES:-}" = 1 ] || rm -rf "$out/kiln" "$out/buildkit"
   printf '%s\t%s\n' "$file" "$verdict" | tee -a "$results"
   "$DOCKER" rmi -f "kiln-realworld:$total" >/dev/null 2>&1 || true
 done < tests/realworld/selected.tsv

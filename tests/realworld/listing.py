@@ -10,8 +10,10 @@ same build, whoever builds it (logs, caches and files that embed the time of the
 
 It uses no kiln code, so it judges kiln and BuildKit alike.
 
-Usage: listing.py IMAGE_DIR [--config]   (--config: print the image config fields that matter and the
-                                          history, without times, instead)
+Usage: listing.py IMAGE_DIR [--config]    an OCI layout or unpacked docker-archive (--config: its config
+                                           fields that matter and its history without times, instead)
+       listing.py --rootfs FS.tar          a whole filesystem as one tar (BuildKit's tar exporter)
+       listing.py --config-json FILE       an image config file, as --config prints it
 """
 
 import fnmatch
@@ -34,6 +36,9 @@ ALLOWED = [
     # debconf's template/config databases are rewritten with the order of questions asked (stable), but
     # their `-old` copies are the previous run's: above. Python bytecode embeds the source's mtime.
     "*.pyc",
+    # fontconfig's caches (fc-cache runs when a font package is installed) hold the mtime of each font
+    # directory they describe.
+    "/var/cache/fontconfig/*.cache-*",
     # Files that hold the build's time or a random seed: systemd's random seed, machine ids.
     "/var/lib/systemd/random-seed", "/etc/machine-id", "/var/lib/dbus/machine-id",
     # A shell history or lesshst written by an interactive tool.
@@ -133,22 +138,33 @@ CONFIG_FIELDS = ["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts
                  "StopSignal", "Healthcheck", "OnBuild", "Shell"]
 
 
+def print_config(config):
+    cfg = config.get("config") or {}
+    for field in CONFIG_FIELDS:
+        value = cfg.get(field)
+        if value not in (None, "", [], {}):
+            print(f"{field}: {json.dumps(value, sort_keys=True)}")
+    # The history without its times: what made each entry, and whether it made a layer.
+    for h in config.get("history") or []:
+        layer = "no layer" if h.get("empty_layer") else "layer"
+        print(f"History: {layer}: {h.get('created_by', '')}")
+
+
 def main(argv):
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__.strip().splitlines()[-1])
+        print(__doc__.strip().split("Usage: ", 1)[1])
         return 0 if argv else 2
-    layers, config = layers_and_config(argv[0])
-    if argv[1:] == ["--config"]:
-        cfg = config.get("config") or {}
-        for field in CONFIG_FIELDS:
-            value = cfg.get(field)
-            if value not in (None, "", [], {}):
-                print(f"{field}: {json.dumps(value, sort_keys=True)}")
-        # The history without its times: what made each entry, and whether it made a layer.
-        for h in config.get("history") or []:
-            layer = "no layer" if h.get("empty_layer") else "layer"
-            print(f"History: {layer}: {h.get('created_by', '')}")
+    if argv[0] == "--config-json":
+        with open(argv[1]) as f:
+            print_config(json.load(f))
         return 0
+    if argv[0] == "--rootfs":
+        layers = [argv[1]]
+    else:
+        layers, config = layers_and_config(argv[0])
+        if argv[1:] == ["--config"]:
+            print_config(config)
+            return 0
     fs = {"/": {"kind": "dir", "mode": 0o755, "uid": 0, "gid": 0}}
     for layer in layers:
         apply_layer(fs, layer)
