@@ -458,9 +458,9 @@ pub fn ref_name(name: Option<&str>) -> String {
         .map_or_else(|| "latest".to_string(), str::to_string)
 }
 
-/// An image's blobs, all in the store: non-empty layers, config and manifest.
+/// An image's blobs, all in the store: layers, config and manifest.
 pub struct Image {
-    /// The layers that hold something, bottom first, with the snapshots they came from.
+    /// The layers, bottom first, with the snapshots they came from.
     pub blobs: Vec<LayerBlob>,
     pub snapshots: Vec<String>,
     pub config: Vec<u8>,
@@ -474,18 +474,14 @@ fn build_image(
     config: &Value,
     settings: &Settings,
 ) -> Result<Image> {
-    let mut snapshots = Vec::new();
-    let mut empty = Vec::new();
-    for snapshot in layers {
-        let path = store.snapshot_path(snapshot);
-        let is_empty = std::fs::read_dir(&path)
-            .map_err(|e| Diagnostic::io(format!("store snapshot {snapshot} is missing"), e))?
-            .next()
-            .is_none();
-        empty.push(is_empty);
-        if !is_empty {
-            snapshots.push(snapshot.clone());
-        }
+    // A step that changed nothing still has its layer, an empty tar, as in BuildKit (v0.8 and today:
+    // its exporter keeps every layer of the chain, so `WORKDIR` on an existing directory or a RUN that
+    // writes nothing leaves an entry in `rootfs` and a history entry that is not `empty_layer`). A base
+    // image's empty layers stay too, so the base's diff ids remain a prefix of the image's.
+    let snapshots = layers.to_vec();
+    for snapshot in &snapshots {
+        std::fs::metadata(store.snapshot_path(snapshot))
+            .map_err(|e| Diagnostic::io(format!("store snapshot {snapshot} is missing"), e))?;
     }
     // Layers are independent: each is compressed on a thread of its own, up to `jobs` at once. Each
     // blob's bytes depend on its snapshot alone, so the image is the same whatever the order.
@@ -515,7 +511,7 @@ fn build_image(
             None => made.next().expect("a blob made for every one missing"),
         })
         .collect::<Result<Vec<LayerBlob>>>()?;
-    let config = finish_config(config, &blobs, &empty)?;
+    let config = finish_config(config, &blobs)?;
     let config_bytes = canonical_json(&config)?;
     let config_digest = store.put_blob(&config_bytes)?;
     let descriptor = |media: MediaType, digest: &Digest, size: u64| -> Result<Descriptor> {
@@ -738,26 +734,14 @@ fn make_blob(
     Ok(blob)
 }
 
-/// Adds `rootfs` and marks history entries whose layer turned out empty (such layers are left out, as
-/// BuildKit does), then checks the result against the OCI config schema.
-fn finish_config(config: &Value, blobs: &[LayerBlob], empty: &[bool]) -> Result<Value> {
+/// Adds `rootfs` (every layer, empty ones included), then checks the result against the OCI config
+/// schema.
+fn finish_config(config: &Value, blobs: &[LayerBlob]) -> Result<Value> {
     let mut config = config.clone();
     config["rootfs"] = json!({
         "type": "layers",
         "diff_ids": blobs.iter().map(|b| b.diff_id.as_str()).collect::<Vec<_>>(),
     });
-    if let Some(history) = config["history"].as_array_mut() {
-        let mut layer = 0;
-        for entry in history.iter_mut() {
-            if entry["empty_layer"].as_bool() == Some(true) {
-                continue;
-            }
-            if empty.get(layer) == Some(&true) {
-                entry["empty_layer"] = json!(true);
-            }
-            layer += 1;
-        }
-    }
     // Checked against the OCI schema, but written as built: Docker's extensions that BuildKit also
     // writes (`Healthcheck`, `OnBuild`, `Shell`) are not in oci-spec's types and must survive.
     let _: ImageConfiguration = serde_json::from_value(config.clone())

@@ -23,7 +23,10 @@ pub(crate) struct ImageState {
     /// with a value write here, the later write winning. So `ENV D=a` then `ARG D` with `--build-arg
     /// D=b` makes `$D` and a RUN's `D` `b`, while the image config keeps `D=a` (`env`).
     pub(crate) vars: Vec<(String, String)>,
+    /// The last WORKDIR's directory, clean: what RUN steps start in and relative paths are under.
     pub(crate) cwd: Option<String>,
+    /// The last WORKDIR as the image config records it (see `workdir`).
+    pub(crate) config_cwd: Option<String>,
     pub(crate) user: Option<String>,
     /// `SHELL` in effect for shell-form commands (`None`: `/bin/sh -c`).
     pub(crate) shell: Option<Vec<String>>,
@@ -43,6 +46,7 @@ impl ImageState {
             args: Vec::new(),
             vars: Vec::new(),
             cwd: None,
+            config_cwd: None,
             user: None,
             shell: None,
             config: ConfigOp::default(),
@@ -53,6 +57,23 @@ impl ImageState {
     /// What `$name` means here: the build state's variables, then the base image's ENV.
     pub(crate) fn lookup(&self, name: &str) -> Option<String> {
         lookup(&self.vars, &self.base_env, name)
+    }
+
+    /// WORKDIR `requested` (already expanded): makes it the working directory and returns the value the
+    /// config and history record. BuildKit (v0.8's `dispatchWorkdir` and today's `NormalizeWorkdir`
+    /// alike) records an absolute path as written, so `WORKDIR /usr/src/` keeps its trailing slash in
+    /// `WorkingDir`, and cleans only a relative one joined onto the current directory; the directory
+    /// itself is the same either way.
+    pub(crate) fn workdir(&mut self, requested: &str) -> String {
+        let path = crate::frontend::join_path(self.dir(), requested);
+        let recorded = if requested.starts_with('/') {
+            requested.to_string()
+        } else {
+            path.clone()
+        };
+        self.cwd = Some(path);
+        self.config_cwd = Some(recorded.clone());
+        recorded
     }
 
     /// The working directory relative paths are under: the last WORKDIR, else the base image's.

@@ -587,3 +587,92 @@ fn a_numeric_user_of_a_file_op_is_its_own_group() {
     assert_eq!(built.owner("w"), (2000, 2000));
     assert_eq!(built.owner("w/made"), (2000, 3000));
 }
+
+/// WORKDIR records an absolute path in the config and history as written (a trailing slash or a double
+/// slash kept) and a relative one joined onto the current directory and cleaned; the directory made
+/// and run in is the clean one either way. Found building moby's contrib/syscall-test Dockerfile
+/// (`WORKDIR /usr/src/`) side by side with BuildKit v0.8, which gave exactly this on a Debian base
+/// (WorkingDir `/opt//app`; history `WORKDIR /usr/src/`, `WORKDIR /usr/src/b`, `WORKDIR /opt//app`;
+/// the three `pwd`s below), as today's `NormalizeWorkdir` does.
+#[test]
+fn workdir_keeps_an_absolute_path_as_written_in_the_config() {
+    let built = build(
+        "FROM base\n\
+         WORKDIR /usr/src/\n\
+         RUN pwd > /pwd1\n\
+         WORKDIR ./a/../b/\n\
+         RUN pwd > /pwd2\n\
+         WORKDIR /opt//app\n\
+         RUN pwd > /pwd3\n",
+        &[],
+        &[],
+    );
+    assert_eq!(built.config["config"]["WorkingDir"], "/opt//app");
+    let history: Vec<&str> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .filter(|c| c.starts_with("WORKDIR"))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            "WORKDIR /usr/src/",
+            "WORKDIR /usr/src/b",
+            "WORKDIR /opt//app"
+        ]
+    );
+    assert_eq!(built.read("pwd1"), "/usr/src\n");
+    assert_eq!(built.read("pwd2"), "/usr/src/b\n");
+    assert_eq!(built.read("pwd3"), "/opt/app\n");
+    assert!(built.image.rootfs.join("opt/app").is_dir());
+    assert!(!built.image.rootfs.join("usr/src/a").exists());
+}
+
+/// A step that changes nothing still adds its layer, an empty tar, as BuildKit's exporter keeps every
+/// layer of the chain: `WORKDIR` on an existing directory and a RUN that writes nothing each have a
+/// `rootfs` entry (the empty tar's diff id) and a history entry that is not `empty_layer`, while
+/// `WORKDIR /` and ENV add none. Found building moby's contrib/syscall-test Dockerfile (`COPY . /usr/src/`
+/// then `WORKDIR /usr/src/`) side by side with BuildKit v0.8, which gave this layer and history for the
+/// WORKDIRs on a Debian base; its `RUN true` layer also held runc's empty `/etc/hosts` stub, which
+/// BuildKit 0.11 removes (executor/stubs.go), leaving the empty layer kiln writes.
+#[test]
+fn a_step_that_changes_nothing_keeps_its_empty_layer() {
+    const EMPTY_TAR: &str =
+        "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+    let built = build(
+        "FROM base\nRUN mkdir /x\nWORKDIR /x\nRUN true\nWORKDIR /\nENV A=b\n",
+        &[],
+        &[],
+    );
+    let base_layers = Layout::new(base_image()).config()["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .len();
+    let diff_ids = strings(&built.config["rootfs"]["diff_ids"]);
+    assert_eq!(diff_ids.len(), base_layers + 3, "{diff_ids:?}");
+    assert_ne!(diff_ids[base_layers], EMPTY_TAR, "mkdir /x holds /x");
+    assert_eq!(diff_ids[base_layers + 1..], [EMPTY_TAR, EMPTY_TAR]);
+    let history: Vec<(String, bool)> = built.config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(base_layers)
+        .map(|h| {
+            let by = h["created_by"].as_str().unwrap().to_string();
+            (by, h["empty_layer"].as_bool().unwrap_or(false))
+        })
+        .collect();
+    let expect = [
+        ("RUN /bin/sh -c mkdir /x # buildkit", false),
+        ("WORKDIR /x", false),
+        ("RUN /bin/sh -c true # buildkit", false),
+        ("WORKDIR /", true),
+        ("ENV A=b", true),
+    ];
+    let expect: Vec<(String, bool)> = expect.iter().map(|(b, e)| (b.to_string(), *e)).collect();
+    assert_eq!(history, expect);
+    // umoci applies every layer, the empty ones too.
+    assert!(built.image.rootfs.join("x").is_dir());
+}

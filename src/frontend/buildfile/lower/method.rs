@@ -55,19 +55,21 @@ impl Evaluator<'_> {
             "arg" => self.arg(&mut img, &v, arg_span(0))?,
             "workdir" => {
                 let dir = self.expand(&img, v[0].str(), arg_span(0))?;
-                let path = join_path(img.dir(), &dir);
-                img.cwd = Some(path.clone());
-                let user = img.user.clone();
-                self.push_fs(
-                    &mut img,
-                    Op::Mkdir {
-                        path: path.clone(),
-                        user,
-                    },
-                    vec![],
-                    format!("WORKDIR {path}"),
-                    span,
-                );
+                let recorded = img.workdir(&dir);
+                if recorded == "/" {
+                    // The root exists: BuildKit makes no directory and no layer for it.
+                    img.history(format!("WORKDIR {recorded}"), false);
+                } else {
+                    let path = img.dir().to_string();
+                    let user = img.user.clone();
+                    self.push_fs(
+                        &mut img,
+                        Op::Mkdir { path, user },
+                        vec![],
+                        format!("WORKDIR {recorded}"),
+                        span,
+                    );
+                }
             }
             "user" => {
                 let user = self.expand(&img, v[0].str(), arg_span(0))?;

@@ -329,7 +329,7 @@ impl<'s> Evaluator<'s> {
     fn finish(&mut self, img: &Img) -> NodeId {
         let mut config = img.config.clone();
         config.env = img.env.clone();
-        config.cwd = img.cwd.clone();
+        config.cwd = img.config_cwd.clone();
         config.user = img.user.clone();
         self.program.push(
             Op::Config(Box::new(config)),

@@ -2,7 +2,7 @@
 
 use super::{
     Instruction, InstructionKind, KeyValue, Lowerer, Op, Result, Stage, Word, arg_history,
-    command_args, expose_ports, instruction_text, join_path, json_list, set, shell,
+    command_args, expose_ports, instruction_text, json_list, set, shell,
 };
 
 impl Lowerer<'_> {
@@ -15,19 +15,23 @@ impl Lowerer<'_> {
             InstructionKind::Workdir(w) => {
                 self.reject_flags(ins, &[])?;
                 let dir = self.expand(w, &|n| stage.lookup(n))?;
-                let path = join_path(stage.image.dir(), &dir);
-                stage.image.cwd = Some(path.clone());
-                let user = stage.image.user.clone();
-                self.push_fs(
-                    stage,
-                    ins,
-                    Op::Mkdir {
-                        path: path.clone(),
-                        user,
-                    },
-                    vec![],
-                    format!("WORKDIR {path}"),
-                );
+                let recorded = stage.image.workdir(&dir);
+                if recorded == "/" {
+                    // The root exists: BuildKit makes no directory and no layer for it. The step's
+                    // number is used up all the same, so later steps keep theirs.
+                    stage.step += 1;
+                    Self::config_history(stage, format!("WORKDIR {recorded}"));
+                } else {
+                    let path = stage.image.dir().to_string();
+                    let user = stage.image.user.clone();
+                    self.push_fs(
+                        stage,
+                        ins,
+                        Op::Mkdir { path, user },
+                        vec![],
+                        format!("WORKDIR {recorded}"),
+                    );
+                }
             }
             InstructionKind::User(w) => {
                 self.reject_flags(ins, &[])?;

@@ -480,7 +480,7 @@ impl<'a> Lowerer<'a> {
     fn finish_stage(&mut self, index: usize, stage: Stage) {
         let mut config = stage.image.config.clone();
         config.env = stage.image.env.clone();
-        config.cwd = stage.image.cwd.clone();
+        config.cwd = stage.image.config_cwd.clone();
         config.user = stage.image.user.clone();
         let name = format!("[{}] image config", stage.name);
         let config = self.program.push(
