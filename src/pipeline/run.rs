@@ -102,6 +102,11 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
     b.export(&summary, &outputs, &pushes, &names)?;
     if keep_named {
         b.keep_named(&summary, &names)?;
+    } else if outputs.is_empty() && pushes.is_empty() {
+        // As buildx warns: a result that went nowhere is easy to mistake for an image somewhere.
+        b.reporter.event(Event::Note(
+            "warning: no output specified: the result stays in kiln's build cache only; write it with `-o`, `--load` or `--push`, or keep it in the store with `-t NAME`".into(),
+        ));
     }
     if let Some(imported) = &b.imported {
         imported.keep_hits(&b.store)?;

@@ -87,7 +87,7 @@ fn json_progress_covers_every_step_and_scrubs_secrets() {
 }
 
 /// `--progress plain` is stable enough to snapshot: with times blanked out, a linear build prints exactly
-/// this, first fresh, then cached.
+/// this, first fresh, then cached, and, with no output asked for, says so as buildx does.
 #[test]
 fn plain_progress_snapshot() {
     let ctx = context(&[
@@ -115,6 +115,7 @@ fn plain_progress_snapshot() {
 #4 T hello
 #4 DONE Ts
 4 steps run, 0 cached, in Ts
+warning: no output specified: the result stays in kiln's build cache only; write it with `-o`, `--load` or `--push`, or keep it in the store with `-t NAME`
 "
     );
     assert_eq!(
@@ -128,6 +129,7 @@ fn plain_progress_snapshot() {
 #4 [stage-0 4/4] RUN cat hello.txt
 #4 CACHED
 0 steps run, 4 cached, in Ts
+warning: no output specified: the result stays in kiln's build cache only; write it with `-o`, `--load` or `--push`, or keep it in the store with `-t NAME`
 "
     );
 }
