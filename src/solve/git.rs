@@ -136,7 +136,7 @@ fn clone(
     let staging = store.temp_dir("git-")?;
     let work = staging.path().join("tree");
     let (commit, gitlinks) = fetch_tree(&git.repo, git.reference.as_deref(), &work, access)?;
-    git_submodule::check_out(&git.repo, &work, gitlinks, access, keep_git_dir)?;
+    check_out(&git.repo, &work, gitlinks, access, keep_git_dir)?;
     let subdir = match &git.subdir {
         Some(s) => Some(subdirectory(&work, s).map_err(|e| {
             Diagnostic::build(format!("`{shown}`{at} has no directory `{s}`: {e}"))
@@ -329,4 +329,69 @@ fn scrub(text: &str, url: &str, header: Option<&str>) -> String {
         }
     }
     text
+}
+
+/// Checks out the submodules: every gitlink of the superproject `parent` (checked out in `work`) into its path, then
+/// theirs. Their `.git` stays only with `--keep-git-dir`.
+fn check_out(
+    parent: &str,
+    work: &Path,
+    links: Vec<git_submodule::Gitlink>,
+    access: &Access,
+    keep_git_dir: bool,
+) -> Result<()> {
+    nested(parent, work, links, access, keep_git_dir, 0)
+}
+
+fn nested(
+    parent: &str,
+    work: &Path,
+    links: Vec<git_submodule::Gitlink>,
+    access: &Access,
+    keep_git_dir: bool,
+    depth: usize,
+) -> Result<()> {
+    let shown = remote::redacted(parent);
+    for link in links {
+        let refused = |why: String| {
+            Diagnostic::build(format!(
+                "submodule `{}` of `{shown}`: {why}",
+                link.path
+            ))
+            .help("a build may fetch submodules only from remote repositories (http(s)://, git://, ssh:// or user@host:path), never from the builder's filesystem or through a remote helper")
+        };
+        if depth >= git_submodule::MAX_DEPTH {
+            return Err(refused(format!(
+                "submodules nest deeper than {}",
+                git_submodule::MAX_DEPTH
+            )));
+        }
+        let url = git_submodule::resolve(parent, &link.url).map_err(refused)?;
+        let dest = git_submodule::destination(work, &link.path).map_err(refused)?;
+        let staging = tempfile::Builder::new()
+            .prefix("submodule-")
+            .tempdir_in(work.parent().expect("a checkout has a parent"))
+            .map_err(|e| Diagnostic::io("cannot make a directory for a submodule", e))?;
+        let sub_work = staging.path().join("tree");
+        let sub_access = Access {
+            header: access
+                .header
+                .clone()
+                .filter(|_| url.starts_with(git_submodule::token_scope(parent))),
+            ssh: access.ssh.clone(),
+        };
+        let (_, inner) = fetch_tree(&url, Some(&link.commit), &sub_work, &sub_access)?;
+        nested(&url, &sub_work, inner, access, keep_git_dir, depth + 1)?;
+        let io = |e| Diagnostic::io(format!("cannot check out submodule `{}`", link.path), e);
+        if !keep_git_dir {
+            std::fs::remove_dir_all(sub_work.join(".git")).map_err(io)?;
+        }
+        if dest.exists() {
+            std::fs::remove_dir(&dest).map_err(io)?;
+        } else if let Some(p) = dest.parent() {
+            std::fs::create_dir_all(p).map_err(io)?;
+        }
+        std::fs::rename(&sub_work, &dest).map_err(io)?;
+    }
+    Ok(())
 }

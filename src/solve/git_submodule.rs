@@ -1,7 +1,7 @@
-//! The submodules of an `ADD <git url>` checkout, checked out as BuildKit's git source does (`git submodule
-//! update --init --recursive`): each gitlink of the commit, at the commit the superproject records, fetched
-//! from the URL `.gitmodules` gives (a relative `./` or `../` URL resolved against the superproject's), into
-//! its path, recursively.
+//! The submodules of an `ADD <git url>` checkout, as BuildKit's git source sees them (`git submodule
+//! update --init --recursive`): each gitlink of the commit, at the commit the superproject records, from the
+//! URL `.gitmodules` gives (a relative `./` or `../` URL resolved against the superproject's), into its
+//! path. This file reads and checks them; `git.rs` fetches them, recursively (it fetches the superproject).
 //!
 //! A submodule URL must name a remote repository (`http(s)://`, `git://`, `ssh://`, `user@host:path`).
 //! A local path, `file://` or a remote helper (`ext::`, `fd::`, ...) is refused: the repository comes from
@@ -13,21 +13,19 @@
 
 use std::path::Path;
 
-use super::git::{Access, fetch_tree};
-use crate::diag::{Diagnostic, Result};
 use crate::graph::remote;
 
 /// How deep submodules may nest: a cycle of repositories must end.
-const MAX_DEPTH: usize = 8;
+pub(super) const MAX_DEPTH: usize = 8;
 
 /// A submodule as the superproject's commit records it.
 pub(super) struct Gitlink {
     /// Its path in the work tree, as `.gitmodules` writes it.
-    path: String,
+    pub(super) path: String,
     /// Its URL as `.gitmodules` writes it (maybe relative).
-    url: String,
+    pub(super) url: String,
     /// The commit the superproject's tree points at.
-    commit: String,
+    pub(super) commit: String,
 }
 
 /// The submodules of the checked-out commit: the `.gitmodules` of its tree (never of the work tree, where a
@@ -78,71 +76,9 @@ pub(super) fn gitlinks(repo: &gix::Repository) -> std::result::Result<Vec<Gitlin
     Ok(links)
 }
 
-/// Checks out every gitlink of the superproject `parent` (checked out in `work`) into its path, then
-/// theirs. Their `.git` stays only with `--keep-git-dir`.
-pub(super) fn check_out(
-    parent: &str,
-    work: &Path,
-    links: Vec<Gitlink>,
-    access: &Access,
-    keep_git_dir: bool,
-) -> Result<()> {
-    nested(parent, work, links, access, keep_git_dir, 0)
-}
-
-fn nested(
-    parent: &str,
-    work: &Path,
-    links: Vec<Gitlink>,
-    access: &Access,
-    keep_git_dir: bool,
-    depth: usize,
-) -> Result<()> {
-    let shown = remote::redacted(parent);
-    for link in links {
-        let refused = |why: String| {
-            Diagnostic::build(format!(
-                "submodule `{}` of `{shown}`: {why}",
-                link.path
-            ))
-            .help("a build may fetch submodules only from remote repositories (http(s)://, git://, ssh:// or user@host:path), never from the builder's filesystem or through a remote helper")
-        };
-        if depth >= MAX_DEPTH {
-            return Err(refused(format!("submodules nest deeper than {MAX_DEPTH}")));
-        }
-        let url = resolve(parent, &link.url).map_err(refused)?;
-        let dest = destination(work, &link.path).map_err(refused)?;
-        let staging = tempfile::Builder::new()
-            .prefix("submodule-")
-            .tempdir_in(work.parent().expect("a checkout has a parent"))
-            .map_err(|e| Diagnostic::io("cannot make a directory for a submodule", e))?;
-        let sub_work = staging.path().join("tree");
-        let sub_access = Access {
-            header: access
-                .header
-                .clone()
-                .filter(|_| url.starts_with(token_scope(parent))),
-            ssh: access.ssh.clone(),
-        };
-        let (_, inner) = fetch_tree(&url, Some(&link.commit), &sub_work, &sub_access)?;
-        nested(&url, &sub_work, inner, access, keep_git_dir, depth + 1)?;
-        let io = |e| Diagnostic::io(format!("cannot check out submodule `{}`", link.path), e);
-        if !keep_git_dir {
-            std::fs::remove_dir_all(sub_work.join(".git")).map_err(io)?;
-        }
-        if dest.exists() {
-            std::fs::remove_dir(&dest).map_err(io)?;
-        } else if let Some(p) = dest.parent() {
-            std::fs::create_dir_all(p).map_err(io)?;
-        }
-        std::fs::rename(&sub_work, &dest).map_err(io)?;
-    }
-    Ok(())
-}
-
 /// Where the git auth header still applies (BuildKit's `tokenScope`): under the superproject's URL, or
 /// anywhere on GitHub when the superproject is there.
-fn token_scope(parent: &str) -> &str {
+pub(super) fn token_scope(parent: &str) -> &str {
     for prefix in ["https://github.com/", "https://www.github.com/"] {
         if parent.starts_with(prefix) {
             return prefix;
@@ -153,7 +89,7 @@ fn token_scope(parent: &str) -> &str {
 
 /// A submodule's URL, a relative one resolved against the superproject's as git resolves it (`../x.git`
 /// of `https://h/org/repo.git` is `https://h/org/x.git`), checked to name a remote repository.
-fn resolve(parent: &str, url: &str) -> std::result::Result<String, String> {
+pub(super) fn resolve(parent: &str, url: &str) -> std::result::Result<String, String> {
     let resolved = if url.starts_with("./") || url.starts_with("../") {
         let base = parent.trim_end_matches('/');
         // The part no `..` may climb out of: `scheme://host[:port]/`, or `user@host:` of an scp-like URL.
@@ -223,7 +159,10 @@ fn scp_like(url: &str) -> bool {
 
 /// The submodule's directory in the work tree: a clean relative path whose existing part is made of real
 /// directories of the checkout, so a committed symlink cannot send the checkout elsewhere.
-fn destination(work: &Path, path: &str) -> std::result::Result<std::path::PathBuf, String> {
+pub(super) fn destination(
+    work: &Path,
+    path: &str,
+) -> std::result::Result<std::path::PathBuf, String> {
     let inside = super::context::clean_relative(path)?;
     if inside.as_os_str().is_empty() || inside.starts_with(".git") {
         return Err(format!("`{path}` is no path for a submodule"));
