@@ -444,15 +444,7 @@ fn a_seeded_cache_mount_converts_and_builds_as_the_dockerfile() {
         "FROM base AS s\nRUN mkdir /d && echo seeded > /d/a\nFROM base\n\
          RUN --mount=type=cache,target=/c,from=s,source=/d --mount=type=bind,from=s,target=/b cat /c/a /b/d/a > /seen\n",
     )]);
-    let converted = ctx.path().join("app.build");
-    Kiln::bare()
-        .args(["convert", "-f"])
-        .arg(ctx.path().join("Dockerfile"))
-        .arg("-o")
-        .arg(&converted)
-        .run()
-        .success();
-    let source = std::fs::read_to_string(&converted).unwrap();
+    let (converted, source) = convert_dockerfile(ctx.path());
     assert!(
         source.contains("cache(\"/c\", from: s, source: \"/d\")"),
         "{source}"
@@ -487,6 +479,20 @@ fn a_seeded_cache_mount_converts_and_builds_as_the_dockerfile() {
     );
 }
 
+/// Converts `dir/Dockerfile` into `dir/app.build` with `kiln convert`; returns the file and its text.
+fn convert_dockerfile(dir: &Path) -> (std::path::PathBuf, String) {
+    let converted = dir.join("app.build");
+    Kiln::bare()
+        .args(["convert", "-f"])
+        .arg(dir.join("Dockerfile"))
+        .arg("-o")
+        .arg(&converted)
+        .run()
+        .success();
+    let source = std::fs::read_to_string(&converted).unwrap();
+    (converted, source)
+}
+
 /// `kiln convert` keeps the build args a FROM reads as params: `ARG BASE`, `ARG V=16`,
 /// `FROM "${BASE}:${V}"` once converted to `image("${BASE}:${V}")` takes `--build-arg BASE=...` and
 /// `V=...` and builds on the busybox base, giving the Dockerfile's own image (it used to fold into
@@ -497,15 +503,7 @@ fn converted_from_keeps_its_build_args_and_builds() {
         "Dockerfile",
         "ARG BASE\nARG V=16\nFROM \"${BASE}:${V}\"\nRUN echo built > /v\n",
     )]);
-    let converted = ctx.path().join("app.build");
-    Kiln::bare()
-        .args(["convert", "-f"])
-        .arg(ctx.path().join("Dockerfile"))
-        .arg("-o")
-        .arg(&converted)
-        .run()
-        .success();
-    let source = std::fs::read_to_string(&converted).unwrap();
+    let (converted, source) = convert_dockerfile(ctx.path());
     assert!(
         source.contains("image(\"${BASE}:${V}\")"),
         "the FROM stays an expression of the params:\n{source}"

@@ -42,6 +42,18 @@ const S: Want = Want::T(&STRING);
 const I: Want = Want::T(&INT);
 const B: Want = Want::T(&BOOL);
 
+/// `copy` and `add` take the same arguments; `add` only unpacks local archives as well.
+const COPY_PARAMS: &[Param] = &[
+    req("from", Want::Source),
+    req("sources", Want::List(&STRING)),
+    req("dest", S),
+    opt("chown", S),
+    opt("chmod", I),
+    opt("exclude", Want::List(&STRING)),
+    opt("parents", B),
+    opt("link", B),
+];
+
 /// Functions callable by name.
 pub static FUNCTIONS: &[Builtin] = &[
     Builtin {
@@ -155,31 +167,13 @@ pub static IMAGE_METHODS: &[Builtin] = &[
     },
     Builtin {
         name: "copy",
-        params: &[
-            req("from", Want::Source),
-            req("sources", Want::List(&STRING)),
-            req("dest", S),
-            opt("chown", S),
-            opt("chmod", I),
-            opt("exclude", Want::List(&STRING)),
-            opt("parents", B),
-            opt("link", B),
-        ],
+        params: COPY_PARAMS,
         ret: Ty::Image,
         doc: "COPY",
     },
     Builtin {
         name: "add",
-        params: &[
-            req("from", Want::Source),
-            req("sources", Want::List(&STRING)),
-            req("dest", S),
-            opt("chown", S),
-            opt("chmod", I),
-            opt("exclude", Want::List(&STRING)),
-            opt("parents", B),
-            opt("link", B),
-        ],
+        params: COPY_PARAMS,
         ret: Ty::Image,
         doc: "ADD: like copy, and local tar archives are unpacked",
     },
