@@ -44,6 +44,7 @@ fn program() -> Program {
         p.roots.push(Root {
             name: format!("t{i}"),
             node: config,
+            ..Default::default()
         });
     }
     p
@@ -66,12 +67,16 @@ fn solve(
             kiln::solve::SolveOptions {
                 jobs: 4,
                 no_cache: false,
+                no_cache_for: Default::default(),
+                sandbox: Default::default(),
                 contexts: Default::default(),
                 epoch: None,
                 ssh: Default::default(),
                 registry: Default::default(),
                 cache_from: None,
                 allow: Vec::new(),
+                debug: None,
+                unrunnable: Default::default(),
             },
         ))
         .expect("the graph solves")

@@ -3,13 +3,15 @@
 # prove the secret is in no layer, config or history, and show that rebuilds are fully cached, even
 # after the secret's value changes.
 set -euo pipefail
-source "$(dirname "$0")/setup.sh"
+KILN_SETUP=demo source "$(dirname "$0")/setup.sh"
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-say "building kiln"
-cargo build --quiet
-kiln=$kiln_root/target/debug/kiln
+# The release build, as a user would run kiln: the binary lands in target/release/kiln (or under
+# $CARGO_TARGET_DIR when that is set, as cargo puts it there).
+say "building kiln (cargo build --release: target/release/kiln)"
+cargo build --release --quiet
+kiln=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/kiln
 work=${KILN_DEMO_DIR:-/tmp/kiln-demo}
 rm -rf "$work"; mkdir -p "$work"
 export KILN_STORE=$work/store

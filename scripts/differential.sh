@@ -103,6 +103,12 @@ for script in "$corpus"/bases/*.sh; do
 done
 
 REG=$(tests/fixtures/start-registry.sh "$WORK/registry" | sed -n 's/^open=//p')
+if [ $record = 1 ]; then
+  # Recorded listings must come from this run's bases alone: a daemon left running (KEEP_DAEMONS=1) keeps
+  # its build cache and image store, so it starts afresh.
+  "$root/bench/peers/start-dockerd.sh" "$DKD" stop >/dev/null 2>&1 || true
+  rm -rf "$DKD"
+fi
 REG=$REG "$root/bench/peers/start-dockerd.sh" "$DKD"
 base_args=()
 for b in "${bases[@]}"; do

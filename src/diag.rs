@@ -15,6 +15,9 @@ pub enum Category {
     Build,
     /// The machine failed us: I/O, a kernel refusal, a corrupt store entry.
     Environment,
+    /// The user stopped the build with this signal (SIGINT, SIGTERM): exits 128 + its number, as a
+    /// shell reports a process the signal killed.
+    Interrupted(i32),
 }
 
 impl Category {
@@ -22,6 +25,7 @@ impl Category {
         match self {
             Category::Input => 2,
             Category::Build | Category::Environment => 1,
+            Category::Interrupted(signal) => 128 + signal,
         }
     }
 }

@@ -6,7 +6,7 @@
 //! `exec` | `remote` (the two executors) → `export`; `pipeline` runs a validated build through them.
 //! Beside it sit foundations that no stage owns: `diag` (errors), `digest` (hashing), `options`
 //! (key=value lists), `paths` (Go's path cleaning), `secret` (secret values), `store`, `oci` (image
-//! layouts), `registry` (pull and push), `layer` (the tar codec), `ignore` (`.dockerignore`) and
+//! layouts), `registry` (pull and push), `sign` (cosign-compatible image signatures), `layer` (the tar codec), `ignore` (`.dockerignore`) and
 //! `progress`. The driver is `cli` (and `monorepo`, which answers label queries).
 //!
 //! The façade, for code that drives kiln (benches, fuzz targets, tests, the driver itself): [`compile`]
@@ -17,6 +17,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+pub mod attest;
 pub mod cli;
 pub mod diag;
 pub mod digest;
@@ -27,19 +28,22 @@ pub mod graph;
 mod ignore;
 pub mod layer;
 pub mod load;
+mod lock;
 mod monorepo;
 mod oci;
 mod options;
 mod paths;
 mod pipeline;
+pub mod platform;
 pub mod progress;
 pub mod registry;
 mod remote;
 pub mod secret;
+pub mod sign;
 pub mod solve;
 pub mod store;
 
-pub use pipeline::{BuildRequest, Remote};
+pub use pipeline::{BuildRequest, Remote, Report, SecretChannel};
 
 /// Runs a validated build ([`BuildRequest`], which `kiln build` makes from its command line): checks
 /// that every secret, agent and entitlement the graph needs is given, solves the graph (here, or on the

@@ -37,6 +37,35 @@ pub(crate) struct ImageRef {
 
 /// Picks the image tagged `tag` (or the obvious one when `tag` is None) from the layout.
 pub(crate) fn read_image(layout: &Path, tag: Option<&str>) -> io::Result<ImageRef> {
+    read_image_as(layout, tag, None)
+}
+
+/// The image for `platform`: its entry when the layout holds an index, else the one image, which must
+/// be for that platform (its config says so).
+pub(crate) fn read_image_for(
+    layout: &Path,
+    tag: Option<&str>,
+    platform: &crate::platform::Platform,
+) -> io::Result<ImageRef> {
+    let image = read_image_as(layout, tag, Some(platform))?;
+    let c = &image.config;
+    let (os, arch) = (c.os().to_string(), c.architecture().to_string());
+    let variant = c.variant().clone().unwrap_or_default();
+    if !arch.is_empty() && !platform.matches(&os, &arch, &variant) {
+        let actual = crate::platform::Platform::parse(&format!("{os}/{arch}/{variant}"))
+            .map_or_else(|_| format!("{os}/{arch}"), |p| p.to_string());
+        return Err(wrong_platform(format!(
+            "the image is for platform \"{actual}\", expected \"{platform}\" for current build"
+        )));
+    }
+    Ok(image)
+}
+
+fn read_image_as(
+    layout: &Path,
+    tag: Option<&str>,
+    platform: Option<&crate::platform::Platform>,
+) -> io::Result<ImageRef> {
     let header = layout.join("oci-layout");
     let header_bytes = match fs::read(&header) {
         Ok(b) => b,
@@ -66,7 +95,7 @@ pub(crate) fn read_image(layout: &Path, tag: Option<&str>) -> io::Result<ImageRe
     let index: Value = parse_json(&index_bytes, &index_path.display().to_string())?;
     let entries = descriptors(&index, &index_path.display().to_string())?;
     let chosen = choose_tagged(&entries, tag, layout)?;
-    resolve(layout, &chosen, 0)
+    resolve(layout, &chosen, 0, platform)
 }
 
 /// Where the blob with this digest lives in a layout; refuses anything but `sha256:<64 hex>`.
@@ -112,7 +141,7 @@ pub(crate) fn write_layout(
     tag: Option<&str>,
     blobs: &[(String, PathBuf)],
 ) -> io::Result<String> {
-    write_layout_keeping(dir, manifest_json, tag, None, blobs, &|_, _| true)
+    write_layout_keeping(dir, manifest_json, tag, None, &[], blobs, &|_, _| true)
 }
 
 /// `write_layout`, keeping a blob already in the layout only where `keep(path, digest)` says it holds
@@ -122,6 +151,7 @@ pub(crate) fn write_layout_keeping(
     manifest_json: &[u8],
     tag: Option<&str>,
     image_name: Option<&str>,
+    descriptor_annotations: &[(String, String)],
     blobs: &[(String, PathBuf)],
     keep: &dyn Fn(&Path, &str) -> bool,
 ) -> io::Result<String> {
@@ -186,6 +216,10 @@ pub(crate) fn write_layout_keeping(
         desc.insert("platform".into(), platform);
     }
     let mut annotations = Map::new();
+    // `--annotation manifest-descriptor:K=V`, under the names kiln writes itself.
+    for (k, v) in descriptor_annotations {
+        annotations.insert(k.clone(), json!(v));
+    }
     if let Some(tag) = tag {
         annotations.insert(REF_NAME.into(), json!(tag));
     }
@@ -280,7 +314,13 @@ fn append_tree<W: Write>(builder: &mut tar::Builder<W>, dir: &Path, rel: &Path) 
 }
 
 /// Follows a descriptor from index.json down to a single image manifest.
-fn resolve(layout: &Path, desc: &Descriptor, depth: usize) -> io::Result<ImageRef> {
+/// The image `desc` names, following an index to the entry for `platform` (linux/amd64 when `None`).
+fn resolve(
+    layout: &Path,
+    desc: &Descriptor,
+    depth: usize,
+    platform: Option<&crate::platform::Platform>,
+) -> io::Result<ImageRef> {
     let digest = desc.digest().to_string();
     let bytes = read_verified(layout, &digest, desc.size())?;
     let media_type = desc.media_type().to_string();
@@ -295,20 +335,23 @@ fn resolve(layout: &Path, desc: &Descriptor, depth: usize) -> io::Result<ImageRe
             return Err(invalid(format!("image index {digest} nests too deeply")));
         }
         let entries = descriptors(&json, &digest)?;
+        let amd64 = crate::platform::Platform::amd64();
+        let want = platform.unwrap_or(&amd64);
         let chosen = entries
             .iter()
             .find(|d| {
                 d.platform().as_ref().is_some_and(|p| {
-                    p.os().to_string() == "linux" && p.architecture().to_string() == "amd64"
+                    let variant = p.variant().clone().unwrap_or_default();
+                    want.matches(&p.os().to_string(), &p.architecture().to_string(), &variant)
                 })
             })
             .ok_or_else(|| {
-                invalid(format!(
-                    "image index {digest} in {} has no linux/amd64 image",
+                wrong_platform(format!(
+                    "image index {digest} in {} has no {want} image",
                     layout.display()
                 ))
             })?;
-        return resolve(layout, chosen, depth + 1);
+        return resolve(layout, chosen, depth + 1, platform);
     }
 
     let manifest: ImageManifest = serde_json::from_value(json)
@@ -442,6 +485,11 @@ fn config_platform(dir: &Path, config_digest: &str) -> Option<Value> {
     }
     (platform.contains_key("architecture") && platform.contains_key("os"))
         .then_some(Value::Object(platform))
+}
+
+/// An image (or index) that is not for the platform built for: its kind tells callers to say so.
+fn wrong_platform(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::Unsupported, message)
 }
 
 fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {

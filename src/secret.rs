@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use zeroize::Zeroizing;
 
+pub mod agent;
 mod needles;
 mod scrub;
 mod structured;
@@ -60,9 +61,20 @@ pub enum SecretSource {
 #[derive(Default)]
 pub struct SecretStore {
     sources: BTreeMap<String, SecretSource>,
+    /// Values kiln holds that no step can mount but that the leak guard searches every step and image
+    /// for, as it does secrets, each under an id of its own: the `--sign` key.
+    guarded: Vec<(String, SecretValue)>,
 }
 
 impl SecretStore {
+    /// Adds a value that is not a `--secret` but must stay out of images and logs like one.
+    pub fn guard(&mut self, id: String, value: SecretValue) {
+        self.guarded.push((id, value));
+    }
+    /// The values of `guard`, by id.
+    pub fn guarded(&self) -> impl Iterator<Item = (&str, &SecretValue)> {
+        self.guarded.iter().map(|(id, v)| (id.as_str(), v))
+    }
     pub fn insert(&mut self, id: String, source: SecretSource) {
         self.sources.insert(id, source);
     }

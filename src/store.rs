@@ -11,8 +11,11 @@
 //! - `exports/<hex>`: per output destination, what kiln last wrote there and the stat data of those files;
 //! - `statcache/<hex>`: per context directory, the content digests of its files by stat (never content);
 //! - `files/<hex>`: immutable file objects that snapshots hard-link (COPY from a context);
-//! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each);
+//! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each,
+//!   and `<hex>.export.json`, what the last `--cache-to` made of its files: see `export::cache_mounts`);
 //! - `names/<hex>.json`: images kept under a name, by the SHA-256 of the name (see `names`);
+//! - `locks/<hex>`: the lock of a cache key whose step a build is running (see `keylock`), so that a
+//!   concurrent build waits for that result instead of running the step too;
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
 //!   garbage in `tmp/`, never a half-written entry.
 //! - `tmp/txn-<random>/`: a build's transaction (see `Txn`): its steps' work dirs, snapshots and records,
@@ -29,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 
+mod keylock;
 mod names;
+pub use keylock::KeyLock;
 pub use names::NamedImage;
 
 pub struct Store {
@@ -139,6 +144,9 @@ pub enum Reserve {
     /// Take it if free, else a sibling directory of one's own.
     OrSibling,
 }
+
+/// What fills a new cache mount's directory before it is put in place (`Store::cache_mount`).
+pub type Fill<'a> = &'a dyn Fn(&Path) -> Result<()>;
 
 /// A snapshot's exported layer blob.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -578,13 +586,15 @@ impl Store {
     }
 
     /// The directory of a cache mount and, unless `reserve` is `No`, the open lock file that reserves it
-    /// until dropped, and whether this call created it. Created (with `mode`, `uid`, `gid`) on first use.
-    /// Blocks while a locked cache is busy.
+    /// until dropped, and whether this call created it. Created (with `mode`, `uid`, `gid`) on first use,
+    /// and then given to `fill` before anyone can see it: a concurrent user of a shared cache finds it
+    /// whole or not at all. Blocks while a locked cache is busy.
     pub fn cache_mount(
         &self,
         id: &str,
         reserve: Reserve,
         owner: (u32, u32, u32),
+        fill: Option<Fill<'_>>,
     ) -> Result<(PathBuf, Option<fs::File>, bool)> {
         let base = Digest::of(id.as_bytes());
         let caches = self.root.join("caches");
@@ -631,10 +641,23 @@ impl Store {
             fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(owner.0))
                 .map_err(fail)?;
             std::os::unix::fs::chown(&new, Some(owner.1), Some(owner.2)).map_err(fail)?;
+            if let Some(fill) = fill {
+                fill(&new)?;
+            }
             // Another build may have created it meanwhile; either directory is as good.
             let _ = fs::rename(&new, &dir);
         }
         Ok((dir, lock, fresh))
+    }
+
+    /// The directory of cache mount `id` (its first instance, which `private` siblings only stand in
+    /// for while it is busy), if a step has made it.
+    pub fn cache_mount_dir(&self, id: &str) -> Option<PathBuf> {
+        let dir = self
+            .root
+            .join("caches")
+            .join(Digest::of(id.as_bytes()).hex());
+        dir.is_dir().then_some(dir)
     }
 
     fn cache_path(&self, key: &Digest) -> PathBuf {
@@ -691,6 +714,16 @@ impl Store {
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Removes a blob (a no-op when it is not there).
+    pub fn remove_blob(&self, digest: &Digest) -> Result<()> {
+        match fs::remove_file(self.blob_path(digest)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Diagnostic::io(format!("cannot remove blob {digest}"), e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Stores `bytes` as a blob and returns its digest.
@@ -830,7 +863,9 @@ mod tests {
     fn an_aborted_transaction_leaves_nothing() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path(), Access::Shared).unwrap();
-        let (cache, _, _) = store.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        let (cache, _, _) = store
+            .cache_mount("c", Reserve::No, (0o755, 0, 0), None)
+            .unwrap();
         fs::write(cache.join("kept"), "x").unwrap();
         store.begin().unwrap();
         store.note_cache(&cache).unwrap();
@@ -850,7 +885,9 @@ mod tests {
         let live = Store::open(root.path(), Access::Shared).unwrap();
         live.begin().unwrap();
         staged_step(&live, "step-live");
-        let (cache, _, _) = live.cache_mount("c", Reserve::No, (0o755, 0, 0)).unwrap();
+        let (cache, _, _) = live
+            .cache_mount("c", Reserve::No, (0o755, 0, 0), None)
+            .unwrap();
         // A dead build's transaction: its directory and cache list, with no lock held.
         let dead = root.path().join("tmp/txn-dead");
         fs::create_dir_all(dead.join("snapshots/step-dead")).unwrap();

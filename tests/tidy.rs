@@ -20,9 +20,9 @@ const FOUNDATIONS: &str = "<foundations>";
 const ANY: &str = "<any>";
 
 /// The foundations: no stage owns them, every module may use them, they use only each other.
-const FOUNDATION_MODULES: [&str; 11] = [
+const FOUNDATION_MODULES: [&str; 14] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress", "layer",
-    "paths", "ignore",
+    "paths", "ignore", "sign", "platform", "lock",
 ];
 
 /// The parts of `src/frontend/` that are modules of their own: the two front ends, and `convert`,
@@ -41,11 +41,17 @@ const TABLE: &[(&str, &[&str])] = &[
     ("store", &[FOUNDATIONS]),
     ("oci", &[FOUNDATIONS]),
     ("registry", &[FOUNDATIONS]),
+    // Image signatures: the key, the payload, the `.sig` manifest pushed through `registry`.
+    ("sign", &[FOUNDATIONS]),
     ("progress", &[FOUNDATIONS]),
     ("layer", &[FOUNDATIONS]),
     // Go's `path` helpers, and `.dockerignore` matching.
     ("paths", &[FOUNDATIONS]),
     ("ignore", &[FOUNDATIONS]),
+    // Target platforms, spelled and normalized as containerd does.
+    ("platform", &[FOUNDATIONS]),
+    // `kiln.lock`: the format of what a build's floating inputs resolved to.
+    ("lock", &[FOUNDATIONS]),
     // The IR, which every front end lowers to.
     ("graph", &[FOUNDATIONS]),
     // The front ends: source text to IR. They never use each other; what both mean lives in
@@ -80,10 +86,20 @@ const TABLE: &[(&str, &[&str])] = &[
     ("exec", &[FOUNDATIONS, "graph", "solve"]),
     ("remote", &[FOUNDATIONS, "graph", "solve"]),
     ("export", &[FOUNDATIONS, "graph", "solve"]),
+    // SBOM and provenance of a built image, from its layers and the solved graph.
+    ("attest", &[FOUNDATIONS, "graph", "solve"]),
     // A validated build run through the stages after the front ends; the driver makes the request.
     (
         "pipeline",
-        &[FOUNDATIONS, "graph", "solve", "exec", "remote", "export"],
+        &[
+            FOUNDATIONS,
+            "graph",
+            "solve",
+            "exec",
+            "remote",
+            "export",
+            "attest",
+        ],
     ),
     // The driver wires everything together.
     ("cli", &[ANY]),
@@ -94,7 +110,9 @@ const TABLE: &[(&str, &[&str])] = &[
 
 /// Invariant "the IR knows no front end": the modules from the IR on, which must not know which
 /// front end a program came from.
-const AFTER_FRONT_ENDS: [&str; 6] = ["graph", "solve", "exec", "remote", "export", "pipeline"];
+const AFTER_FRONT_ENDS: [&str; 7] = [
+    "graph", "solve", "exec", "remote", "export", "attest", "pipeline",
+];
 
 /// Invariant "front ends and graph do no IO": the modules it covers.
 const NO_IO: [&str; 5] = [

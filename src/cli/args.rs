@@ -40,6 +40,9 @@ pub(super) enum Command {
     Du(StoreArgs),
     /// Free space in the store: least recently used results first, never anything a build is using.
     Prune(PruneArgs),
+    /// Pin every registry base image (per platform) to its manifest digest in `kiln.lock`, for
+    /// `kiln build --locked`.
+    Lock(LockArgs),
     /// Run as a remote execution worker: take RUN steps leased by a REAPI server (Bots API) and run
     /// them in namespaces, like a local build does.
     Worker(WorkerArgs),
@@ -134,6 +137,10 @@ pub(super) enum ImageCommand {
         /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
         #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
         insecure_registries: Vec<String>,
+        /// Sign the pushed image as cosign does (`key=PATH`: a cosign.key, with its password in
+        /// COSIGN_PASSWORD, or a PEM EC P-256 private key).
+        #[arg(long = "sign", value_name = "key=PATH")]
+        sign: Option<String>,
         #[command(flatten)]
         store: StoreArgs,
     },
@@ -177,12 +184,55 @@ pub(super) struct CompileArgs {
     /// Add a named context: `NAME=DIR` or `NAME=oci-layout://DIR[:TAG]`.
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub(super) build_contexts: Vec<String>,
+    /// The platform to build for, as buildx spells it: `linux/arm64`, `linux/arm/v7`, `arm64`
+    /// (default: linux/amd64). Steps for a foreign architecture run under binfmt_misc emulation.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub(super) platforms: Vec<String>,
+}
+
+#[derive(Args)]
+pub(super) struct LockArgs {
+    #[command(flatten)]
+    pub(super) compile: CompileArgs,
+    /// Resolve the inputs again (only the base image NAME, as the build writes it, when given) instead
+    /// of keeping what the lock holds.
+    #[arg(long, value_name = "NAME", num_args = 0..=1)]
+    pub(super) update: Option<Option<String>>,
+    /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub(super) insecure_registries: Vec<String>,
+    #[command(flatten)]
+    pub(super) mirrors: MirrorArgs,
+    /// A secret, as `kiln build` takes it: the `GIT_AUTH_TOKEN`/`GIT_AUTH_HEADER` secrets (also
+    /// `.<host>`-scoped) log in to private git repositories whose refs are locked.
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    pub(super) secrets: Vec<String>,
+    /// An SSH agent, as `kiln build` takes it: `default` logs in to `ssh://` and `git@host:` repositories
+    /// whose refs are locked.
+    #[arg(long = "ssh", value_name = "default|ID=SOCKET|ID=KEYFILE")]
+    pub(super) ssh: Vec<String>,
+}
+
+/// Registry mirrors, for every command that pulls or resolves images.
+#[derive(Args, Clone, Default)]
+pub(super) struct MirrorArgs {
+    /// Pull REGISTRY's images from this mirror first (buildkitd's `[registry."docker.io"] mirrors`):
+    /// `docker.io=mirror.internal:5000`. Repeatable; mirrors are asked in order, then the registry.
+    /// Images keep their names; what a mirror serves is checked against the same digests.
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=HOST[:PORT]")]
+    pub(super) mirrors: Vec<String>,
+    /// Never ask a registry that has mirrors (here or in registries.toml) itself: a pull its mirrors
+    /// cannot serve fails.
+    #[arg(long = "registry-mirror-only")]
+    pub(super) mirror_only: bool,
 }
 
 #[derive(Args)]
 pub(super) struct BuildCmd {
     #[command(flatten)]
     pub(super) compile: CompileArgs,
+    #[command(flatten)]
+    pub(super) buildx: super::buildx::BuildxArgs,
     /// A secret for the build: `id=ID[,src=PATH|,env=VAR]` (also docker's `type=file|env`).
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub(super) secrets: Vec<String>,
@@ -205,6 +255,21 @@ pub(super) struct BuildCmd {
     /// Push the image to the registry of every `-t` name (like `-o type=registry`).
     #[arg(long)]
     pub(super) push: bool,
+    /// Attach an attestation to the image, as buildx: `type=sbom` (SPDX) or
+    /// `type=provenance[,mode=min|max][,builder-id=URI]` (SLSA v1); `disabled=true` turns one off.
+    #[arg(long = "attest", value_name = "type=sbom|provenance[,...]")]
+    pub(super) attest: Vec<String>,
+    /// Shorthand for `--attest type=sbom`: `true`, `false`, or that attestation's keys.
+    #[arg(long = "sbom", value_name = "true|false")]
+    pub(super) sbom: Option<String>,
+    /// Shorthand for `--attest type=provenance`: `true`, `false`, or that attestation's keys
+    /// (`mode=max`).
+    #[arg(long = "provenance", value_name = "true|false|mode=min|max")]
+    pub(super) provenance: Option<String>,
+    /// Sign every pushed image as cosign does, for cosign and skopeo's `sigstoreSigned` policy
+    /// (`key=PATH`: a cosign.key, with its password in COSIGN_PASSWORD, or a PEM EC P-256 private key).
+    #[arg(long = "sign", value_name = "key=PATH")]
+    pub(super) sign: Option<String>,
     /// Allow steps an entitlement: `network.host` (`RUN --network=host`) or `security.insecure`
     /// (`RUN --security=insecure`, no sandbox). Repeatable; also comma-separated.
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
@@ -212,12 +277,23 @@ pub(super) struct BuildCmd {
     /// Talk plain HTTP to this registry (`HOST` or `HOST:PORT`); loopback registries always get it.
     #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
     pub(super) insecure_registries: Vec<String>,
+    #[command(flatten)]
+    pub(super) mirrors: MirrorArgs,
+    /// Build only with the base images `kiln.lock` (in the context directory) pins: one it lacks, or
+    /// whose tag now names another image, is an error (see `kiln lock`).
+    #[arg(long)]
+    pub(super) locked: bool,
+    /// `--locked`, every step without network (`--network none`; `--allow network.host` refused) and
+    /// SOURCE_DATE_EPOCH 0 unless set: the image is a function of its locked inputs.
+    #[arg(long)]
+    pub(super) hermetic: bool,
     /// How image layers are compressed.
     #[arg(long, value_enum, default_value = "gzip")]
     pub(super) compression: CompressionArg,
     /// Export the build cache: `type=registry,ref=HOST/REPO:TAG[,mode=min|max]` or
     /// `type=local,dest=DIR[,mode=min|max]` (an OCI layout directory). `mode=min` (the default) keeps the
-    /// records of the exported image's own steps, `mode=max` those of every stage.
+    /// records of the exported image's own steps, `mode=max` those of every stage. `cache-mounts=true`
+    /// also exports the contents of every cache mount the build uses (`export=true` on a mount: that one).
     #[arg(long = "cache-to", value_name = "type=registry,ref=HOST/REPO:TAG")]
     pub(super) cache_to: Vec<String>,
     /// Import a build cache: `type=registry,ref=HOST/REPO:TAG` (or just `HOST/REPO:TAG`) or
@@ -237,22 +313,67 @@ pub(super) struct BuildCmd {
     /// The store directory (default: $KILN_STORE, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long)]
     pub(super) store: Option<PathBuf>,
-    /// Run RUN steps on a REAPI server's workers (`grpc://HOST:PORT`), answering them from its
-    /// ActionCache first. Steps that mount a secret, an SSH agent or anything else run here.
+    /// Run RUN steps on a REAPI server's workers (`grpc://HOST:PORT`, or `grpcs://` for TLS), answering them from its
+    /// ActionCache first. Steps that mount a secret or an SSH agent (unless `--remote-secrets=allow`) or
+    /// anything else run here.
     #[arg(long, value_name = "URL", conflicts_with = "remote_cache")]
     pub(super) remote_executor: Option<String>,
-    /// Use a REAPI server (`grpc://HOST:PORT`) as a shared cache only: hits come from its ActionCache,
+    /// Use a REAPI server (`grpc://HOST:PORT`, or `grpcs://` for TLS) as a shared cache only: hits come from its ActionCache,
     /// misses run here and are uploaded.
     #[arg(long, value_name = "URL")]
     pub(super) remote_cache: Option<String>,
     /// The REAPI instance name on the remote server.
     #[arg(long, value_name = "NAME", default_value = "")]
     pub(super) remote_instance_name: String,
+    #[command(flatten)]
+    pub(super) remote_auth: RemoteAuthArgs,
+    /// Whether a RUN step that mounts secrets or SSH agents (and nothing else) may run on a remote
+    /// worker: `deny` (it runs here) or `allow` (the worker that leased it receives the values from this
+    /// build over mutual TLS, never through the REAPI server, and its agent requests are relayed back to
+    /// this build's agent over the same channel). `allow` needs `--remote-executor` and
+    /// `--remote-tls-ca/--remote-tls-cert/--remote-tls-key`.
+    #[arg(long, value_enum, value_name = "allow|deny", default_value = "deny")]
+    pub(super) remote_secrets: RemoteSecrets,
+    /// With `--remote-secrets=allow`: where this build serves its remote steps' secrets (`HOST:PORT`,
+    /// an address the workers reach; port 0 picks a free one). Default `127.0.0.1:0`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(super) remote_secrets_listen: Option<String>,
+    /// The most a remote step may take, queueing and retries included (`90s`, `5m`, `1h`); its remote
+    /// operation is cancelled when it is up. Default: no limit.
+    #[arg(long, value_name = "DURATION")]
+    pub(super) remote_timeout: Option<String>,
+    /// `false`: take no result from the remote ActionCache and have the worker run each remote step
+    /// again (`--no-cache` implies it).
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub(super) remote_accept_cached: Option<bool>,
+    /// When a RUN step fails: `fail`, or `shell` to open /bin/sh on this terminal in the step's sandbox,
+    /// over the files it left (buildx: `debug --on=error`); the build fails when the shell exits.
+    #[arg(long = "on-error", value_enum, default_value = "fail")]
+    pub(super) on_error: OnError,
+    /// With `--on-error=shell`: mount the failed step's secrets and SSH agents in the shell too.
+    #[arg(long)]
+    pub(super) debug_secrets: bool,
+    /// After the build, rebuild whenever a file it selects changes (sources, `.dockerignore`, the
+    /// context files its steps read), until Ctrl-C.
+    #[arg(long)]
+    pub(super) watch: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum RemoteSecrets {
+    Deny,
+    Allow,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(super) enum OnError {
+    Fail,
+    Shell,
 }
 
 #[derive(Args)]
 pub(super) struct WorkerArgs {
-    /// The REAPI server whose Bots service leases the work: `grpc://HOST:PORT`.
+    /// The REAPI server whose Bots service leases the work: `grpc://HOST:PORT`, or `grpcs://` for TLS.
     #[arg(long, value_name = "URL")]
     pub(super) server: String,
     /// The REAPI instance name.
@@ -261,6 +382,57 @@ pub(super) struct WorkerArgs {
     /// Where to keep unpacked inputs and step directories (default: a temporary directory).
     #[arg(long, value_name = "DIR")]
     pub(super) work_dir: Option<PathBuf>,
+    /// How many leased steps to run at once.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(super) concurrency: u32,
+    /// Keep the unpacked input snapshots under this size (`500MB`, `10GB`), pruning the least
+    /// recently used after each job (never one a running step uses); default: no bound.
+    #[arg(long, value_name = "SIZE")]
+    pub(super) max_cache_size: Option<String>,
+    /// With `grpcs://`: the CA certificate (PEM) the server's certificate is checked against (default:
+    /// the system's roots). With `--tls-cert` and `--tls-key`, also the CA that must have signed a
+    /// build's secret endpoint: the identity this worker receives secrets with, over mutual TLS (without
+    /// all three it refuses steps that mount secrets).
+    #[arg(long, value_name = "PATH")]
+    pub(super) tls_ca: Option<PathBuf>,
+    /// With `grpcs://`: this worker's client certificate (PEM), for a server that requires mutual TLS.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub(super) tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub(super) tls_key: Option<PathBuf>,
+    /// A header sent on every call, `NAME=VALUE` (for example `authorization=Bearer TOKEN`); repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub(super) header: Vec<String>,
+    /// A credential helper (Bazel's protocol: run with `get`, `{"uri": ...}` on stdin, headers as JSON
+    /// on stdout) whose headers are sent on every call.
+    #[arg(long, value_name = "PATH")]
+    pub(super) credential_helper: Option<PathBuf>,
+}
+
+/// How `kiln build` authenticates to and encrypts its link with a REAPI server.
+#[derive(Args)]
+pub(super) struct RemoteAuthArgs {
+    /// With a `grpcs://` remote: the CA certificate (PEM) the server's certificate is checked against
+    /// (default: the system's roots). With `--remote-secrets=allow`, also the CA that must have signed
+    /// a worker's certificate.
+    #[arg(long, value_name = "PATH")]
+    pub(super) remote_tls_ca: Option<PathBuf>,
+    /// With a `grpcs://` remote: a client certificate (PEM), for a server that requires mutual TLS.
+    /// With `--remote-secrets=allow`, also the certificate workers check the secret endpoint against.
+    #[arg(long, value_name = "PATH", requires = "remote_tls_key")]
+    pub(super) remote_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--remote-tls-cert`.
+    #[arg(long, value_name = "PATH", requires = "remote_tls_cert")]
+    pub(super) remote_tls_key: Option<PathBuf>,
+    /// A header sent on every remote call, `NAME=VALUE` (for example `authorization=Bearer TOKEN`);
+    /// repeatable. Its value is never shown.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub(super) remote_header: Vec<String>,
+    /// A credential helper for the remote (Bazel's protocol: run with `get`, `{"uri": ...}` on stdin,
+    /// headers as JSON on stdout) whose headers are sent on every call.
+    #[arg(long, value_name = "PATH")]
+    pub(super) remote_credential_helper: Option<PathBuf>,
 }
 
 #[derive(Args)]

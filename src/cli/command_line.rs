@@ -10,11 +10,37 @@ pub(super) struct CommandLine {
     args: Vec<(usize, String)>,
 }
 
+/// Flags whose value is `NAME=VALUE` with a credential for the value.
+const HEADER_FLAGS: [&str; 2] = ["--remote-header", "--header"];
+
+/// `NAME=VALUE` as the command line shows it: `NAME=***` (all of it `***` without a `=`: it may be a
+/// bare token).
+pub(super) fn redact_header(arg: &str) -> String {
+    match arg.split_once('=') {
+        Some((name, _)) => format!("{name}=***"),
+        None => "***".to_string(),
+    }
+}
+
 impl CommandLine {
     pub(super) fn capture() -> CommandLine {
         let mut text = String::from("kiln");
         let mut args = Vec::new();
+        let mut header_next = false;
         for a in std::env::args().skip(1) {
+            // A header's value is a credential: the text errors are shown against never holds it.
+            let a = if header_next {
+                redact_header(&a)
+            } else {
+                match HEADER_FLAGS
+                    .iter()
+                    .find_map(|f| a.strip_prefix(f)?.strip_prefix('='))
+                {
+                    Some(v) => format!("{}={}", &a[..a.len() - v.len() - 1], redact_header(v)),
+                    None => a,
+                }
+            };
+            header_next = HEADER_FLAGS.contains(&a.as_str());
             text.push(' ');
             args.push((text.len(), a.clone()));
             text.push_str(&a);

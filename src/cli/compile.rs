@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::absolute;
 use super::args::CompileArgs;
 use super::command_line::CommandLine;
-use crate::diag::{Diagnostic, Result, SourceFile, Span};
+use crate::diag::{Diagnostic, Result, Span};
 use crate::frontend::LowerOptions;
 use crate::graph::{Dag, NamedContext};
 
@@ -17,6 +17,11 @@ pub(super) struct Compiled {
     pub(super) contexts: BTreeMap<String, NamedContext>,
     /// The secret checks' findings (for a Dockerfile only when building): `kiln build` refuses on errors.
     pub(super) secret_findings: crate::frontend::dockerfile::lints::Report,
+    /// The front end (`dockerfile` or `build`) and the source file with the digest of its bytes, for
+    /// the provenance (labels name many files, so none).
+    pub(super) source: (&'static str, Option<(String, crate::digest::Digest)>),
+    /// With several `--platform`s: the platform of each root, in order (one root per platform).
+    pub(super) platforms: Vec<crate::platform::Platform>,
 }
 
 /// How a command compiles.
@@ -80,7 +85,22 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
     let df = read_dockerfile(&path)?;
     let mut opts = lower_options(args, cl, mode, context)?;
     opts.excludes = dockerignore(context, &path)?;
-    let program = crate::frontend::dockerfile::lower::lower(&df, &opts)?;
+    let mut program = crate::frontend::dockerfile::lower::lower(&df, &opts)?;
+    let platforms = target_platforms(args, cl)?;
+    if platforms.len() > 1 {
+        // One sub-graph per platform in one graph: a stage for the build machine is the same node in
+        // each, so it is built once.
+        program = crate::graph::Program::default();
+        opts.multi_platform = true;
+        for p in &platforms {
+            opts.platform = p.clone();
+            let mut one = crate::frontend::dockerfile::lower::lower(&df, &opts)?;
+            for r in &mut one.roots {
+                r.name = format!("{} ({p})", r.name);
+            }
+            program.append(one);
+        }
+    }
     let findings = if mode.lenient() {
         Vec::new()
     } else {
@@ -88,10 +108,18 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
         let build_args = lint_build_args(cl, &args.build_args)?;
         crate::frontend::dockerfile::lints::secret_checks(&df, build_args)?.findings
     };
+    pin_downloads(&mut program, mode)?;
+    let digest = crate::digest::Digest::of(df.file.text.as_bytes());
     Ok(Compiled {
         graph: Dag::new(&program),
         contexts: opts.contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report { findings },
+        source: ("dockerfile", Some((df.file.name.clone(), digest))),
+        platforms: if platforms.len() > 1 {
+            platforms
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -127,14 +155,47 @@ fn warn_unused_build_args(
     }
 }
 
+/// Reads and parses a Dockerfile (`-`: standard input, as `docker build -f -` reads it).
 pub(super) fn read_dockerfile(
     path: &Path,
 ) -> Result<crate::frontend::dockerfile::syntax::ast::Dockerfile> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Diagnostic::input(format!("cannot read Dockerfile {}: {e}", path.display()))
-            .help("name it with `-f PATH`, or put a `Dockerfile` in the context directory")
-    })?;
-    crate::frontend::dockerfile::syntax::parse(SourceFile::new(path.display().to_string(), text))
+    crate::frontend::dockerfile::syntax::parse(crate::load::read_dockerfile(path)?)
+}
+
+/// `--platform`: the platforms asked for, normalized as buildx does, each once (linux/amd64 when none
+/// is). Several are built from a Dockerfile or a `.build` file; monorepo labels take one.
+fn target_platforms(
+    args: &CompileArgs,
+    cl: &CommandLine,
+) -> Result<Vec<crate::platform::Platform>> {
+    let mut found: Vec<crate::platform::Platform> = Vec::new();
+    for value in &args.platforms {
+        let mut start = 0;
+        for part in value.split(',') {
+            let span = Span::new(start, start + part.len());
+            start += part.len() + 1;
+            let p = crate::platform::Platform::parse(part).map_err(|e| {
+                cl.error(value, span, format!("invalid platform `{part}`: {e}"))
+                    .help("write `--platform linux/arm64` (buildx spelling: os/arch[/variant])")
+            })?;
+            let labels = args
+                .inputs
+                .iter()
+                .any(|i| i.starts_with("//") || i.starts_with(':'));
+            if !found.is_empty() && !found.contains(&p) && labels {
+                return Err(cl
+                    .error(value, span, "monorepo labels are built for one platform at a time")
+                    .help("run one build per platform, or build a Dockerfile or `.build` file for several"));
+            }
+            if !found.contains(&p) {
+                found.push(p);
+            }
+        }
+    }
+    if found.is_empty() {
+        found.push(crate::platform::Platform::amd64());
+    }
+    Ok(found)
 }
 
 /// What every front end takes from the command line: build args, named contexts, the target.
@@ -157,6 +218,8 @@ fn lower_options(
             .map(|t| crate::diag::Located::new(&cl.file, cl.span_of(t))),
         ..LowerOptions::default()
     };
+    opts.platform = target_platforms(args, cl)?.swap_remove(0);
+    opts.build_platform = crate::platform::Platform::host();
     for a in &args.build_args {
         match a.split_once('=') {
             Some((k, v)) if !k.is_empty() => {
@@ -256,18 +319,141 @@ fn compile_build_file(
             .map(String::from)
             .collect()
     });
-    let mut notes = Vec::new();
-    let compiled = crate::compile(
-        crate::Source::Buildfile {
-            path: &path,
-            targets: targets.as_deref(),
-            params: &opts.params,
-            notes: &mut notes,
-        },
-        &opts.lower,
-    );
+    let mut platforms = target_platforms(args, cl)?;
+    let lower = |opts: &mut crate::frontend::buildfile::lower::EvalOptions,
+                 platforms: &[crate::platform::Platform]| {
+        lower_build_file(opts, &path, targets.as_deref(), platforms)
+    };
+    // A target's own platforms are read from a lowering that pulls no base, so a base is pulled only
+    // for the platforms built (an arm64-only one for a target declaring arm64). The command line's
+    // `--platform` replaces them, as `docker buildx bake --set TARGET.platform=...` does a bake file's.
+    let mut first = None;
+    if args.platforms.is_empty() {
+        let mut probe = opts.clone();
+        probe.lower.image_env = crate::load::image_env(None);
+        let lowered = lower(&mut probe, &platforms)?;
+        match declared_platforms(&lowered.0.program.roots)? {
+            Some(declared) if declared != platforms => platforms = declared,
+            // Compiling only, the probe pulled nothing a build would: it is the program.
+            _ if mode.lenient() => first = Some(lowered),
+            _ => {}
+        }
+    }
+    let (mut compiled, notes) = match first {
+        Some(lowered) => lowered,
+        None => lower(&mut opts, &platforms)?,
+    };
+    // Notes are the program's, the same for every platform: shown once.
     notes.iter().for_each(crate::diag::print_note);
-    Ok(with_packages(compiled?, opts.lower.contexts))
+    if platforms.len() > 1 {
+        if compiled.program.roots.len() != platforms.len() {
+            return Err(Diagnostic::input(format!(
+                "{} targets are selected, and several platforms make one image index of one target",
+                compiled.program.roots.len() / platforms.len()
+            ))
+            .help("select one target with --target"));
+        }
+        for (r, p) in compiled.program.roots.iter_mut().zip(&platforms) {
+            r.name = format!("{} ({p})", r.name);
+        }
+    }
+    let mut compiled = with_packages(compiled, opts.lower.contexts, mode)?;
+    if platforms.len() > 1 {
+        compiled.platforms = platforms;
+    }
+    // The file was read whole by the compile above; its bytes are read again only for their digest.
+    let digest = std::fs::read(&path)
+        .map_err(|e| Diagnostic::io(format!("cannot read {}", path.display()), e))?;
+    compiled.source = (
+        "build",
+        Some((
+            path.display().to_string(),
+            crate::digest::Digest::of(&digest),
+        )),
+    );
+    Ok(compiled)
+}
+
+/// One lowering of a `.build` file per platform, appended into one program, with the notes of the
+/// first (every lowering makes the same ones).
+fn lower_build_file(
+    opts: &mut crate::frontend::buildfile::lower::EvalOptions,
+    path: &Path,
+    targets: Option<&[String]>,
+    platforms: &[crate::platform::Platform],
+) -> Result<(crate::Compiled, Vec<crate::diag::Note>)> {
+    let mut all: Option<(crate::Compiled, Vec<crate::diag::Note>)> = None;
+    for p in platforms {
+        opts.lower.platform = p.clone();
+        opts.lower.multi_platform = platforms.len() > 1;
+        let mut notes = Vec::new();
+        let one = crate::compile(
+            crate::Source::Buildfile {
+                path,
+                targets,
+                params: &opts.params,
+                notes: &mut notes,
+            },
+            &opts.lower,
+        );
+        match &mut all {
+            None => all = Some((one?, notes)),
+            Some((all, _)) => all.program.append(one?.program),
+        }
+    }
+    Ok(all.expect("at least one platform"))
+}
+
+/// The platforms the selected targets declare (`for [...]`), if any does. Every selected target must
+/// then declare the same ones: they are built as one, and several platforms make one target's index.
+fn declared_platforms(
+    roots: &[crate::graph::Root],
+) -> Result<Option<Vec<crate::platform::Platform>>> {
+    let Some(first) = roots.iter().find(|r| r.platforms_at.is_some()) else {
+        return Ok(None);
+    };
+    let at = first.platforms_at.clone().expect("declared");
+    let list = |r: &crate::graph::Root| {
+        let names: Vec<String> = r.platforms.iter().map(|p| p.to_string()).collect();
+        names.join(", ")
+    };
+    for other in roots.iter().filter(|r| r.name != first.name) {
+        let message = if other.platforms_at.is_none() {
+            format!(
+                "target `{}` is built for {}, and `{}`, selected with it, declares no platforms",
+                first.name,
+                list(first),
+                other.name
+            )
+        } else if other.platforms != first.platforms {
+            format!(
+                "targets `{}` ({}) and `{}` ({}) are selected together and declare different platforms",
+                first.name,
+                list(first),
+                other.name,
+                list(other)
+            )
+        } else if first.platforms.len() > 1 {
+            format!(
+                "{} targets are selected, and several platforms make one image index of one target",
+                roots.len()
+            )
+        } else {
+            continue;
+        };
+        let mut d = Diagnostic::input(message).label(at, "declared here");
+        if let Some(o) = other
+            .platforms_at
+            .clone()
+            .filter(|_| other.platforms != first.platforms)
+        {
+            d = d.label(o, "and here");
+        }
+        return Err(
+            d.help("select one target with --target, or name the platforms with --platform")
+        );
+    }
+    Ok(Some(first.platforms.clone()))
 }
 
 /// Monorepo labels: `//pkg:target`, `//pkg` (all its targets), `//pkg/...`, `//...`, `:target`.
@@ -288,24 +474,46 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
         &opts.lower,
     );
     notes.iter().for_each(crate::diag::print_note);
-    Ok(with_packages(compiled?, opts.lower.contexts))
+    let compiled = compiled?;
+    // Labels take one platform, so a target's own are honoured only when they are that one.
+    if args.platforms.is_empty()
+        && let Some(r) = compiled
+            .program
+            .roots
+            .iter()
+            .find(|r| r.platforms_at.is_some() && r.platforms != [opts.lower.platform.clone()])
+    {
+        let names: Vec<String> = r.platforms.iter().map(|p| p.to_string()).collect();
+        return Err(Diagnostic::input(format!(
+            "monorepo labels are built for one platform at a time, and `{}` declares {}",
+            r.name,
+            names.join(", ")
+        ))
+        .label(r.platforms_at.clone().expect("declared"), "declared here")
+        .help("build its file with `kiln build -f FILE`, or choose one platform with --platform"));
+    }
+    with_packages(compiled, opts.lower.contexts, mode)
 }
 
 /// A `.build` program's graph, with its package directories added to the command line's contexts.
 fn with_packages(
-    compiled: crate::Compiled,
+    mut compiled: crate::Compiled,
     mut contexts: BTreeMap<String, NamedContext>,
-) -> Compiled {
+    mode: &Mode,
+) -> Result<Compiled> {
+    pin_downloads(&mut compiled.program, mode)?;
     for (name, dir) in compiled.packages {
         contexts.insert(name, NamedContext::Dir(dir));
     }
-    Compiled {
+    Ok(Compiled {
         graph: crate::plan(&compiled.program),
         contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report {
             findings: compiled.findings,
         },
-    }
+        source: ("build", None),
+        platforms: Vec::new(),
+    })
 }
 
 pub(super) fn monorepo_root() -> Result<PathBuf> {
@@ -347,4 +555,54 @@ pub(super) fn lint_build_args(
         build_args.push(crate::frontend::dockerfile::lints::BuildArg { key, value, at });
     }
     Ok(build_args)
+}
+
+/// `kiln build --locked`: every `ADD <url>` download or git source without a `--checksum` takes the
+/// lock's (a content digest; a commit) as if it were given, so the fetch refuses other content or another
+/// commit (at its line); one the lock lacks is refused here.
+fn pin_downloads(program: &mut crate::graph::Program, mode: &Mode) -> Result<()> {
+    let Mode::Build(pulls) = mode else {
+        return Ok(());
+    };
+    let Some(lock) = pulls.lock() else {
+        return Ok(());
+    };
+    for n in &mut program.nodes {
+        let crate::graph::op::Op::Remote { url, checksum, .. } = &mut n.op else {
+            continue;
+        };
+        if checksum.is_some() {
+            continue;
+        }
+        let key = crate::graph::remote::redacted(url);
+        let pinned = match crate::graph::remote::kind(url) {
+            Some(crate::graph::remote::RemoteKind::Http) => {
+                lock.urls.get(&key).map(|p| p.digest.to_string())
+            }
+            Some(crate::graph::remote::RemoteKind::Git) => {
+                let reference = crate::graph::remote::GitRef::parse(url).reference;
+                if reference.is_some_and(|r| crate::lock::is_commit(&r)) {
+                    continue;
+                }
+                lock.gits.get(&key).map(|c| c.id.clone())
+            }
+            None => continue,
+        };
+        match pinned {
+            Some(p) => *checksum = Some(p),
+            None => {
+                let d = Diagnostic::input(format!(
+                    "`{}` is not in {}",
+                    crate::graph::remote::redacted(url),
+                    crate::lock::FILE_NAME
+                ))
+                .help("run `kiln lock` to add it, then build with --locked again");
+                return Err(match &n.at {
+                    Some(at) => d.label(at.clone(), "this download"),
+                    None => d,
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -178,6 +178,8 @@ pub(super) fn parse_ssh(cl: &CommandLine, value: &str) -> Result<(String, SshSou
 struct CacheSpec {
     kind: String,
     fields: BTreeMap<String, String>,
+    /// Where each field's value is in the flag's value, for errors about it.
+    spans: BTreeMap<String, Span>,
 }
 
 impl CacheSpec {
@@ -208,18 +210,21 @@ fn parse_cache_spec(
         return Ok(CacheSpec {
             kind: "registry".into(),
             fields: BTreeMap::from([("ref".to_string(), value.to_string())]),
+            spans: BTreeMap::new(),
         });
     }
     let parsed = crate::options::parse(value)
         .map_err(|e| cl.error(value, e.span, e.message).help(e.help))?;
     let mut kind = None;
     let mut fields = BTreeMap::new();
+    let mut spans = BTreeMap::new();
     for f in &parsed {
         let v = f.value.clone().unwrap_or_default();
         if f.key == "type" {
             kind = Some((v, f.span));
         } else {
             fields.insert(f.key.clone(), v);
+            spans.insert(f.key.clone(), f.value_span());
         }
     }
     // buildx reads a spec without a type as a registry cache.
@@ -268,7 +273,11 @@ fn parse_cache_spec(
             });
         }
     }
-    Ok(CacheSpec { kind, fields })
+    Ok(CacheSpec {
+        kind,
+        fields,
+        spans,
+    })
 }
 
 /// The `ref` of a registry cache, checked as an image name.
@@ -322,8 +331,11 @@ pub(super) fn parse_cache_to(
         flag,
         value,
         &[
-            ("registry", &["ref", "mode", "ignore-error"]),
-            ("local", &["dest", "mode", "tag", "ignore-error"]),
+            ("registry", &["ref", "mode", "ignore-error", "cache-mounts"]),
+            (
+                "local",
+                &["dest", "mode", "tag", "ignore-error", "cache-mounts"],
+            ),
         ],
     )?;
     let mode = match spec.fields.get("mode").map(String::as_str) {
@@ -352,7 +364,19 @@ pub(super) fn parse_cache_to(
             tag: spec.tag(),
         },
     };
-    Ok((CacheTo { dest, mode }, ignore))
+    // kiln's own key: every cache mount's contents go with the cache (`export=true` picks single mounts).
+    let mounts = match spec.fields.get("cache-mounts") {
+        None => false,
+        Some(v) => crate::options::parse_bool(Some(v)).ok_or_else(|| {
+            cl.error(
+                value,
+                spec.spans["cache-mounts"],
+                format!("invalid value `{v}` for `cache-mounts`"),
+            )
+            .help("`cache-mounts=true` exports the contents of every cache mount the build uses; use `true` or `false`")
+        })?,
+    };
+    Ok((CacheTo { dest, mode, mounts }, ignore))
 }
 
 /// `--cache-from` (buildx's spelling).
@@ -375,4 +399,52 @@ pub(super) fn parse_cache_from(
             tag: spec.tag(),
         },
     })
+}
+
+/// `--registry-mirror REGISTRY=HOST[:PORT]` (repeatable) and `--registry-mirror-only`.
+fn parse_mirrors(
+    cl: &CommandLine,
+    args: &super::args::MirrorArgs,
+) -> Result<crate::registry::Mirrors> {
+    let mut mirrors = crate::registry::Mirrors::default();
+    mirrors.only = args.mirror_only;
+    for spec in &args.mirrors {
+        mirrors.add(spec).map_err(|e| {
+            let at = Span::new(e.at.start, e.at.end);
+            cl.error(spec, at, format!("bad --registry-mirror: {}", e.why))
+                .help(e.hint)
+        })?;
+    }
+    Ok(mirrors)
+}
+
+/// How to reach registries: `--insecure-registry`, the mirror flags, then `registries.toml`.
+pub(super) fn registry_options(
+    cl: &CommandLine,
+    insecure: &[String],
+    mirrors: &super::args::MirrorArgs,
+) -> Result<crate::registry::Options> {
+    let mut opts = crate::registry::Options {
+        insecure: insecure.to_vec(),
+        mirrors: parse_mirrors(cl, mirrors)?,
+        ..crate::registry::Options::default()
+    };
+    opts.read_config()?;
+    if mirrors.mirror_only && opts.mirrors.is_empty() {
+        let paths: Vec<String> = crate::registry::config_paths()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        return Err(cl
+            .error(
+                "--registry-mirror-only",
+                Span::default(),
+                "--registry-mirror-only, but no registry has a mirror",
+            )
+            .help(format!(
+                "give `--registry-mirror REGISTRY=HOST[:PORT]`, or list mirrors in {}",
+                paths.join(" or ")
+            )));
+    }
+    Ok(opts)
 }

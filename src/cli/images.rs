@@ -121,8 +121,10 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             name,
             new_name,
             insecure_registries,
+            sign,
             store,
         } => {
+            let key = super::sign::parse_sign(&cl, sign.as_deref(), true)?;
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
             let image = crate::export::stored_image(&store, &named)?;
@@ -134,16 +136,23 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let tmp = store.temp_dir("push-")?;
             let dir = tmp.path().join("layout");
             crate::export::push_layout(&store, &image, &dir)?;
-            let registry = crate::registry::Options {
-                insecure: insecure_registries,
-                ..crate::registry::Options::default()
-            };
+            let registry = super::flags::registry_options(
+                &cl,
+                &insecure_registries,
+                &super::args::MirrorArgs::default(),
+            )?;
             let pushed = crate::registry::push(&dir, Some("latest"), target, &registry)?;
             progress::stderr(&format!(
                 "pushed {name} to {target}, manifest {}\n",
                 pushed.digest
             ));
             progress::stdout(&format!("{}\n", pushed.digest));
+            if let Some(key) = key {
+                for note in crate::sign::sign_pushed(&key, &dir, target, &pushed.digest, &registry)?
+                {
+                    progress::stderr(&format!("{note}\n"));
+                }
+            }
             Ok(())
         }
     }

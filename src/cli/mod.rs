@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 
 mod args;
+mod attest;
+mod buildx;
+mod call;
 mod check;
 mod command_line;
 mod compile;
@@ -20,16 +23,28 @@ mod flags;
 mod fmt;
 mod graph;
 mod images;
+mod lock;
 mod outputs;
 mod query;
+mod remote_auth;
 mod request;
+mod sign;
+mod stdin;
+mod step_flags;
 mod store;
+mod watch;
 mod worker;
 
 use args::{Cli, Command};
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    let color = std::io::stderr().is_terminal();
+    let argv: Vec<String> = std::env::args().collect();
+    if let Err(d) = buildx::refuse_unsupported(&argv) {
+        crate::progress::stderr(&crate::diag::render(&d, color));
+        return d.category.exit_code();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -37,7 +52,6 @@ pub fn main() -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let color = std::io::stderr().is_terminal();
     let result = match cli.command {
         Command::Build(args) => request::run(*args),
         Command::Graph(args) => graph::run(args),
@@ -50,6 +64,7 @@ pub fn main() -> i32 {
         Command::Image(args) => images::run(args),
         Command::Du(args) => store::du(args),
         Command::Prune(args) => store::prune(args),
+        Command::Lock(args) => lock::run(args),
         Command::Worker(args) => worker::run(args),
     };
     match result {

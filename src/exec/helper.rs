@@ -69,6 +69,12 @@ pub enum Request {
         mounts: Vec<Mount>,
         /// A private dir for bind sources and their writable overlays.
         mount_dir: PathBuf,
+        /// A debug shell: the process gets a pty of the sandbox's own, relayed to kiln's terminal (fd 3).
+        #[serde(default)]
+        tty: bool,
+        /// `--add-host`, `--shm-size`, `--ulimit`.
+        #[serde(default)]
+        sandbox: crate::solve::Sandbox,
     },
     Copy {
         fs: Overlay,
@@ -270,6 +276,8 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
             secret_dir,
             mut mounts,
             mount_dir,
+            tty,
+            sandbox,
         } => {
             // The environment as bytes that are wiped when dropped: secret env values join it below.
             let mut env: Vec<Zeroizing<Vec<u8>>> = env
@@ -282,7 +290,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 let (_, created) = rootfs::mkdir_all(&root, dir, None)?;
                 stubs.extend(created.into_iter().map(|path| Stub { path, dir: true }));
             }
-            setup_dev(&root)?;
+            setup_dev(&root, &super::limits::shm_options(&sandbox))?;
             // Parents before children, so a mount inside another mount lands on top of it.
             mounts.sort_by(|a, b| a.target().cmp(b.target()));
             for (i, m) in mounts.iter().enumerate() {
@@ -327,7 +335,7 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 }
             }
             drop(values);
-            etc_files(&root, &network, &net_dir, stubs)?;
+            etc_files(&root, &network, &net_dir, &sandbox, stubs)?;
             if network.own_namespace() {
                 net::loopback_up();
             }
@@ -335,7 +343,20 @@ fn serve(req: Request, secrets: SecretValues, stubs: &mut Vec<Stub>) -> Result<i
                 net::wait_for_stack()?;
             }
             let _ = sethostname(net::HOSTNAME);
-            run_pid1(&root, &args, &env, &cwd, &user, insecure)
+            super::limits::apply_ulimits(&sandbox.ulimits)?;
+            let pty = if tty {
+                Some(super::debug::open_pty(&root)?)
+            } else {
+                None
+            };
+            let process = Process {
+                args: &args,
+                env: &env,
+                cwd: &cwd,
+                user: &user,
+                insecure,
+            };
+            run_pid1(&root, &process, pty)
         }
     }
 }
@@ -450,7 +471,7 @@ fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(),
 /// /dev/shm. The tmpfs is `nodev`, so a node the step makes there (it has CAP_MKNOD) does not open; the
 /// devices it may use are the host's own nodes, each bound in (its own mount, without `nodev`), which also
 /// works in a user namespace, where device nodes cannot be created.
-fn setup_dev(root: &Path) -> Result<(), String> {
+fn setup_dev(root: &Path, shm_options: &str) -> Result<(), String> {
     let dev = root.join("dev");
     mount(
         Some("tmpfs"),
@@ -488,7 +509,7 @@ fn setup_dev(root: &Path) -> Result<(), String> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(shm_options),
     )
     .map_err(errno("cannot mount /dev/shm"))
 }
@@ -725,11 +746,17 @@ fn mount_secret(
 /// Mounts the generated `/etc/resolv.conf` and `/etc/hosts` read-only over the image's (or over stubs that
 /// leave the layer). Best effort where the image's own path cannot hold a mount (a link out of the root,
 /// a directory): the step then sees what the image has.
-fn etc_files(root: &Path, network: &Net, dir: &Path, stubs: &mut Vec<Stub>) -> Result<(), String> {
+fn etc_files(
+    root: &Path,
+    network: &Net,
+    dir: &Path,
+    sandbox: &crate::solve::Sandbox,
+    stubs: &mut Vec<Stub>,
+) -> Result<(), String> {
     let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     for (name, text) in [
         ("resolv.conf", net::resolv_conf(&host, network)),
-        ("hosts", net::hosts()),
+        ("hosts", super::limits::hosts(sandbox)),
     ] {
         let file = dir.join(name);
         std::fs::write(&file, text).map_err(|e| format!("cannot write /etc/{name}: {e}"))?;
@@ -743,22 +770,30 @@ fn etc_files(root: &Path, network: &Net, dir: &Path, stubs: &mut Vec<Stub>) -> R
     Ok(())
 }
 
+/// The step's process: what it runs, and as whom, where and how confined.
+struct Process<'a> {
+    args: &'a [String],
+    env: &'a [Zeroizing<Vec<u8>>],
+    cwd: &'a str,
+    user: &'a str,
+    insecure: bool,
+}
+
 /// Forks the step's init (pid 1 of the new pid namespace), which pivots into the root and execs the
-/// command. When it exits the kernel kills everything else in the namespace.
+/// command. When it exits the kernel kills everything else in the namespace. With a `pty` (a debug
+/// shell) the helper relays it to kiln's terminal meanwhile.
 fn run_pid1(
     root: &Path,
-    args: &[String],
-    env: &[Zeroizing<Vec<u8>>],
-    cwd: &str,
-    user: &str,
-    insecure: bool,
+    process: &Process<'_>,
+    pty: Option<super::debug::Pty>,
 ) -> Result<i32, String> {
     let _ = std::io::stdout().flush();
     // SAFETY: this process is single-threaded (the helper never starts a runtime), so the child may
     // allocate and run ordinary Rust code before exec.
     match unsafe { fork() }.map_err(errno("cannot fork"))? {
         ForkResult::Child => {
-            let code = match child(root, args, env, cwd, user, insecure) {
+            let slave = pty.as_ref().map(|p| &p.slave);
+            let code = match child(root, process, slave) {
                 Ok(never) => match never {},
                 Err(e) => {
                     let _ = writeln!(std::io::stdout(), "kiln: {e}");
@@ -766,6 +801,12 @@ fn run_pid1(
                 }
             };
             std::process::exit(code)
+        }
+        ForkResult::Parent { child } if pty.is_some() => {
+            let super::debug::Pty { master, slave } = pty.expect("checked");
+            // The shell's exit must close the last slave for the relay to see it.
+            drop(slave);
+            super::debug::relay(master, child)
         }
         ForkResult::Parent { child } => loop {
             match waitpid(child, None) {
@@ -783,13 +824,21 @@ enum Never {}
 
 fn child(
     root: &Path,
-    args: &[String],
-    env: &[Zeroizing<Vec<u8>>],
-    cwd: &str,
-    user: &str,
-    insecure: bool,
+    process: &Process<'_>,
+    slave: Option<&std::os::fd::OwnedFd>,
 ) -> Result<Never, String> {
+    let Process {
+        args,
+        env,
+        cwd,
+        user,
+        insecure,
+    } = *process;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(errno("prctl"))?;
+    close_inherited(slave.map(std::os::fd::AsRawFd::as_raw_fd))?;
+    if let Some(slave) = slave {
+        super::debug::attach(slave)?;
+    }
     super::sandbox::mount_proc_sys(root, insecure)?;
     chdir(root).map_err(errno("chdir"))?;
     pivot_root(".", ".").map_err(errno("pivot_root"))?;
@@ -844,6 +893,23 @@ fn child(
     let err =
         nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
     Err(format!("cannot run {}: {err}", args[0]))
+}
+
+/// Closes every descriptor beyond stdin, stdout and stderr (and `keep`, a debug shell's terminal) before
+/// the step runs. kiln's own are close-on-exec, but one kiln inherited from whoever started it (a CI
+/// runner's pipe or socket, a `<(...)` of the shell) is not, and would reach the step's untrusted code;
+/// runc, under BuildKit, passes a step only those three as well.
+fn close_inherited(keep: Option<std::os::fd::RawFd>) -> Result<(), String> {
+    let open: Vec<std::os::fd::RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| format!("cannot list the descriptors to close: {e}"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    // The listing's own descriptor is closed already; closing it again fails harmlessly.
+    for fd in open.into_iter().filter(|fd| *fd > 2 && Some(*fd) != keep) {
+        let _ = nix::unistd::close(fd);
+    }
+    Ok(())
 }
 
 fn setgroups_denied() -> bool {

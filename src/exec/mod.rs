@@ -4,7 +4,11 @@
 //!
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 
+pub mod binfmt;
+pub mod credential;
+pub mod debug;
 pub mod helper;
+pub mod limits;
 pub mod net;
 pub mod remount;
 pub mod rootfs;
@@ -44,11 +48,11 @@ impl Namespaces {
     }
 }
 
-/// Directories the helper needs beside the step's upper/work dirs (all inside the step's temp dir).
-fn overlay(fs: &Layers) -> Result<Overlay> {
-    let base = fs.upper.parent().unwrap_or(Path::new("/")).to_path_buf();
-    let target = base.join("rootfs");
-    let empty = base.join("empty");
+/// Directories the helper needs beside the step's upper/work dirs, in `aux` (the step's temp dir, or a
+/// directory of the debug shell's own there).
+fn overlay(fs: &Layers, aux: &Path) -> Result<Overlay> {
+    let target = aux.join("rootfs");
+    let empty = aux.join("empty");
     for d in [&target, &empty] {
         std::fs::create_dir_all(d).map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
     }
@@ -61,131 +65,167 @@ fn overlay(fs: &Layers) -> Result<Overlay> {
     })
 }
 
+/// Where a step's helper keeps its private directories: beside its upper dir.
+fn step_dir(fs: &Layers) -> PathBuf {
+    fs.upper.parent().unwrap_or(Path::new("/")).to_path_buf()
+}
+
 impl RunExit for Namespaces {
     async fn run_exit(&self, step: RunStep, logs: LogSink) -> Result<i32> {
-        let fs = overlay(&step.fs)?;
-        let upper = fs.upper.clone();
-        let secret_dir = upper.parent().unwrap_or(Path::new("/")).join("secrets");
-        std::fs::create_dir_all(&secret_dir)
-            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
-        let mut values: Vec<&[u8]> = Vec::new();
-        let mut specs = Vec::new();
-        for (m, v) in &step.secrets {
-            if let Some(v) = v {
-                values.push(v.expose());
-            }
-            specs.push(SecretSpec {
-                target: m.target.clone(),
-                env: m.env.clone(),
-                mode: m.mode,
-                uid: m.uid,
-                gid: m.gid,
-                present: v.is_some(),
-            });
-        }
-        let mount_dir = upper.parent().unwrap_or(Path::new("/")).join("mounts");
-        // Agent proxies live as long as this call: dropping them stops forwarding.
-        let mut proxies = Vec::new();
-        let mut sockets = Vec::new();
-        for (n, m) in step.mounts.iter().enumerate() {
-            if let StepMount::Ssh {
-                target,
-                agent,
-                mode,
-                uid,
-                gid,
-            } = m
-            {
-                let path = upper
-                    .parent()
-                    .unwrap_or(Path::new("/"))
-                    .join(format!("ssh-{n}.sock"));
-                proxies.push(ssh::Proxy::start(&path, agent, *mode, (*uid, *gid))?);
-                sockets.push(helper::Mount::Socket {
-                    target: target.clone(),
-                    path,
-                });
-            }
-        }
-        let mounts = step
-            .mounts
-            .into_iter()
-            .filter_map(|m| {
-                Some(match m {
-                    StepMount::Ssh { .. } => return None,
-                    StepMount::Cache {
+        let aux = step_dir(&step.fs);
+        run_in(step, &aux, Some(logs), None).await
+    }
+}
+
+/// A step's mounts as the helper takes them. In a debug shell (`discard`) a cache mount's writes go to a
+/// throw-away layer, as a writable bind's do: the session must leave nothing behind.
+fn helper_mounts(mounts: Vec<StepMount>, discard: bool) -> Vec<helper::Mount> {
+    let layers = |from| match from {
+        CopySource::Dir(d) => (Some(d), Vec::new()),
+        CopySource::Layers(l) => (None, l),
+    };
+    mounts
+        .into_iter()
+        .filter_map(|m| {
+            Some(match m {
+                StepMount::Ssh { .. } => return None,
+                StepMount::Cache {
+                    target,
+                    dir,
+                    readonly,
+                    ..
+                } if discard => helper::Mount::Bind {
+                    target,
+                    source_dir: Some(crate::solve::context::HostDir {
+                        path: dir,
+                        excludes: Vec::new(),
+                    }),
+                    source_layers: Vec::new(),
+                    source: "/".into(),
+                    readwrite: !readonly,
+                },
+                StepMount::Cache {
+                    target,
+                    dir,
+                    readonly,
+                    seed,
+                } => helper::Mount::Cache {
+                    target,
+                    dir,
+                    readonly,
+                    seed: seed.map(|(from, source)| {
+                        let (d, l) = layers(from);
+                        (d, l, source)
+                    }),
+                },
+                StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
+                StepMount::Bind {
+                    target,
+                    from,
+                    source,
+                    readwrite,
+                } => {
+                    let (source_dir, source_layers) = layers(from);
+                    helper::Mount::Bind {
                         target,
-                        dir,
-                        readonly,
-                        seed,
-                    } => helper::Mount::Cache {
-                        target,
-                        dir,
-                        readonly,
-                        seed: seed.map(|(from, source)| match from {
-                            CopySource::Dir(d) => (Some(d), Vec::new(), source),
-                            CopySource::Layers(l) => (None, l, source),
-                        }),
-                    },
-                    StepMount::Tmpfs { target, size } => helper::Mount::Tmpfs { target, size },
-                    StepMount::Bind {
-                        target,
-                        from,
+                        source_dir,
+                        source_layers,
                         source,
                         readwrite,
-                    } => {
-                        let (source_dir, source_layers) = match from {
-                            CopySource::Dir(d) => (Some(d), Vec::new()),
-                            CopySource::Layers(l) => (None, l),
-                        };
-                        helper::Mount::Bind {
-                            target,
-                            source_dir,
-                            source_layers,
-                            source,
-                            readwrite,
-                        }
                     }
-                })
+                }
             })
-            .chain(sockets)
-            .collect();
-        let net_dir = upper.parent().unwrap_or(Path::new("/")).join("net");
-        std::fs::create_dir_all(&net_dir)
-            .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
-        let (network, stack) = match step.network {
-            Network::None => (net::Net::None, None),
-            Network::Host => (net::Net::Host, None),
-            Network::Default => (
-                net::Net::Own,
-                Some(net::Launch {
-                    stack: net::find_stack()?,
-                    log: net_dir.join("stack.log"),
-                }),
-            ),
-        };
-        let req = Request::Run {
-            fs,
-            args: step.args,
-            env: step.env,
-            cwd: step.cwd,
-            user: step.user,
-            network,
-            net_dir,
-            insecure: step.insecure,
-            secrets: specs,
-            secret_dir,
-            mounts,
-            mount_dir,
-        };
-        let status = call_helper(&req, &values, Some(logs), stack.as_ref()).await?;
-        drop(proxies);
-        remove_stubs(&upper, &status);
-        if let Some(e) = status.error {
-            return Err(Diagnostic::env(format!("cannot run the step: {e}")));
+        })
+        .collect()
+}
+
+/// Runs a RUN step's process through the helper, its private directories in `aux`: its output to `logs`,
+/// or, given the caller's terminal, interactively on a terminal of the sandbox's own (`debug`).
+async fn run_in(
+    step: RunStep,
+    aux: &Path,
+    logs: Option<LogSink>,
+    tty: Option<&std::fs::File>,
+) -> Result<i32> {
+    let fs = overlay(&step.fs, aux)?;
+    let upper = fs.upper.clone();
+    let secret_dir = aux.join("secrets");
+    std::fs::create_dir_all(&secret_dir).map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+    let mut values: Vec<&[u8]> = Vec::new();
+    let mut specs = Vec::new();
+    for (m, v) in &step.secrets {
+        if let Some(v) = v {
+            values.push(v.expose());
         }
-        Ok(status.exit)
+        specs.push(SecretSpec {
+            target: m.target.clone(),
+            env: m.env.clone(),
+            mode: m.mode,
+            uid: m.uid,
+            gid: m.gid,
+            present: v.is_some(),
+        });
     }
+    let mount_dir = aux.join("mounts");
+    // Agent proxies live as long as this call: dropping them stops forwarding.
+    let mut proxies = Vec::new();
+    let mut sockets = Vec::new();
+    for (n, m) in step.mounts.iter().enumerate() {
+        if let StepMount::Ssh {
+            target,
+            id: _,
+            agent,
+            mode,
+            uid,
+            gid,
+        } = m
+        {
+            let path = aux.join(format!("ssh-{n}.sock"));
+            proxies.push(ssh::Proxy::start(&path, agent, *mode, (*uid, *gid))?);
+            sockets.push(helper::Mount::Socket {
+                target: target.clone(),
+                path,
+            });
+        }
+    }
+    let mut mounts = helper_mounts(step.mounts, tty.is_some());
+    mounts.extend(sockets);
+    let net_dir = aux.join("net");
+    std::fs::create_dir_all(&net_dir).map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
+    let (network, stack) = match step.network {
+        Network::None => (net::Net::None, None),
+        Network::Host => (net::Net::Host, None),
+        Network::Default => (
+            net::Net::Own,
+            Some(net::Launch {
+                stack: net::find_stack()?,
+                log: net_dir.join("stack.log"),
+            }),
+        ),
+    };
+    let req = Request::Run {
+        fs,
+        args: step.args,
+        env: step.env,
+        cwd: step.cwd,
+        user: step.user,
+        network,
+        net_dir,
+        insecure: step.insecure,
+        secrets: specs,
+        secret_dir,
+        mounts,
+        mount_dir,
+        tty: tty.is_some(),
+        sandbox: step.sandbox,
+    };
+    let status = call_helper(&req, &values, logs, stack.as_ref(), tty).await?;
+    drop(proxies);
+    remove_stubs(&upper, &status);
+    if let Some(e) = status.error {
+        return Err(Diagnostic::env(format!("cannot run the step: {e}")));
+    }
+    Ok(status.exit)
 }
 
 impl Executor for Namespaces {
@@ -218,7 +258,7 @@ impl Executor for Namespaces {
             .map_err(|e| Diagnostic::env(format!("copy task failed: {e}")))?
             .map_err(|e| Diagnostic::input(format!("COPY failed: {e}")));
         }
-        let fs = overlay(&step.fs)?;
+        let fs = overlay(&step.fs, &step_dir(&step.fs))?;
         let source_mount = fs.target.with_file_name("source");
         std::fs::create_dir_all(&source_mount)
             .map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
@@ -233,7 +273,7 @@ impl Executor for Namespaces {
             source_mount,
             op: step.op,
         };
-        let status = call_helper(&req, &[], None, None).await?;
+        let status = call_helper(&req, &[], None, None, None).await?;
         match status.error {
             // COPY errors are about the user's paths (a missing source, a file where a dir must be).
             Some(e) => Err(Diagnostic::input(format!("COPY failed: {e}"))),
@@ -242,7 +282,7 @@ impl Executor for Namespaces {
     }
 
     async fn mkdir(&self, fs: Layers, path: String, user: Option<String>) -> Result<()> {
-        let fs = overlay(&fs)?;
+        let fs = overlay(&fs, &step_dir(&fs))?;
         let status = call_helper(
             &Request::Mkdir {
                 fs,
@@ -250,6 +290,7 @@ impl Executor for Namespaces {
                 user,
             },
             &[],
+            None,
             None,
             None,
         )
@@ -260,6 +301,15 @@ impl Executor for Namespaces {
             ))),
             None => Ok(()),
         }
+    }
+
+    async fn shell(&self, step: RunStep) -> Result<()> {
+        let aux = step_dir(&step.fs).join("debug");
+        let terminal = debug::Terminal::open()?;
+        let raw = terminal.raw()?;
+        let ran = run_in(step, &aux, None, Some(terminal.file())).await;
+        drop(raw);
+        ran.map(drop)
     }
 
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
@@ -311,6 +361,7 @@ async fn call_helper(
     secrets: &[&[u8]],
     logs: Option<LogSink>,
     stack: Option<&net::Launch>,
+    tty: Option<&std::fs::File>,
 ) -> Result<Status> {
     let exe = std::env::current_exe()
         .map_err(|e| Diagnostic::io("cannot find the kiln executable", e))?;
@@ -321,14 +372,21 @@ async fn call_helper(
         .stderr(Stdio::piped())
         .env_clear()
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, and unshare, which affects only
-    // the child). If kiln dies, the helper dies, and the step's init (whose own death signal is tied to the
+    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, dup2, and unshare, which
+    // affects only the child). If kiln dies, the helper dies, and the step's init (whose own death signal is tied to the
     // helper) and its pid namespace with it.
     let own_netns = stack.is_some();
+    let tty = tty.map(std::os::fd::AsRawFd::as_raw_fd);
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)?;
+            // The caller's terminal, for a debug shell, as the helper's fd 3 (dup2 clears close-on-exec).
+            if let Some(fd) = tty
+                && nix::libc::dup2(fd, debug::TERMINAL_FD) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if own_netns {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(std::io::Error::from)?;

@@ -1,5 +1,6 @@
 //! SSH agent forwarding: a per-step socket that relays connections to an agent on the host, or that kiln
-//! answers itself with keys loaded from `--ssh id=KEYFILE` (a minimal agent: list identities, sign).
+//! answers itself with keys loaded from `--ssh id=KEYFILE` (a minimal agent); either way only listing
+//! identities and signing pass (`secret::agent`).
 //!
 //! The step never sees the host's agent path or any key: it gets a fresh socket (with the mount's mode and
 //! owner) inside its own work directory, and the socket stops answering when the step ends.
@@ -7,8 +8,7 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 
 use crate::diag::{Diagnostic, Result};
 use crate::secret::SshSource;
@@ -36,17 +36,7 @@ impl Proxy {
             while let Ok((mut client, _)) = listener.accept().await {
                 let agent = agent.clone();
                 tokio::spawn(async move {
-                    match agent {
-                        SshSource::Socket(path) => {
-                            if let Ok(mut upstream) = UnixStream::connect(&path).await {
-                                let _ =
-                                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                            }
-                        }
-                        SshSource::Keys(keys) => {
-                            let _ = serve(&mut client, &keys).await;
-                        }
-                    }
+                    let _ = crate::secret::agent::serve(&mut client, &agent).await;
                 });
             }
         });
@@ -54,75 +44,6 @@ impl Proxy {
             task,
             path: path.to_path_buf(),
         })
-    }
-}
-
-// The SSH agent protocol (draft-miller-ssh-agent): u32-length-framed messages, strings u32-prefixed.
-const FAILURE: u8 = 5;
-const REQUEST_IDENTITIES: u8 = 11;
-const IDENTITIES_ANSWER: u8 = 12;
-const SIGN_REQUEST: u8 = 13;
-const SIGN_RESPONSE: u8 = 14;
-
-/// Answers one client until it hangs up: identities and signatures, nothing else (no key can be added,
-/// removed or exported through this socket).
-async fn serve(client: &mut UnixStream, keys: &[ssh_key::PrivateKey]) -> std::io::Result<()> {
-    loop {
-        let len = match client.read_u32().await {
-            Ok(n) => n as usize,
-            Err(_) => return Ok(()),
-        };
-        if len > 256 * 1024 {
-            return Ok(());
-        }
-        let mut msg = vec![0u8; len];
-        client.read_exact(&mut msg).await?;
-        let reply = answer(&msg, keys).unwrap_or_else(|| vec![FAILURE]);
-        client.write_u32(reply.len() as u32).await?;
-        client.write_all(&reply).await?;
-    }
-}
-
-fn put_string(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
-    out.extend_from_slice(bytes);
-}
-
-fn take_string<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = u32::from_be_bytes(buf.get(..4)?.try_into().ok()?) as usize;
-    let s = buf.get(4..4 + len)?;
-    *buf = &buf[4 + len..];
-    Some(s)
-}
-
-fn answer(msg: &[u8], keys: &[ssh_key::PrivateKey]) -> Option<Vec<u8>> {
-    use signature::Signer as _;
-    use ssh_encoding::Encode as _;
-    match *msg.first()? {
-        REQUEST_IDENTITIES => {
-            let mut out = vec![IDENTITIES_ANSWER];
-            out.extend_from_slice(&(keys.len() as u32).to_be_bytes());
-            for key in keys {
-                put_string(&mut out, &key.public_key().to_bytes().ok()?);
-                put_string(&mut out, key.comment().as_bytes());
-            }
-            Some(out)
-        }
-        SIGN_REQUEST => {
-            let mut rest = &msg[1..];
-            let blob = take_string(&mut rest)?;
-            let data = take_string(&mut rest)?;
-            let key = keys
-                .iter()
-                .find(|k| k.public_key().to_bytes().is_ok_and(|b| b == blob))?;
-            let sig: ssh_key::Signature = key.try_sign(data).ok()?;
-            let mut encoded = Vec::new();
-            sig.encode(&mut encoded).ok()?;
-            let mut out = vec![SIGN_RESPONSE];
-            put_string(&mut out, &encoded);
-            Some(out)
-        }
-        _ => None,
     }
 }
 

@@ -46,6 +46,8 @@ pub enum Dest {
 pub struct CacheTo {
     pub dest: Dest,
     pub mode: Mode,
+    /// `cache-mounts=true`: the contents of every cache mount the build uses go with the cache.
+    pub mounts: bool,
 }
 
 impl std::fmt::Display for Dest {
@@ -65,6 +67,10 @@ pub struct Written {
     pub manifest: String,
     /// Records left out because a layer lacks the leak guard's verdict.
     pub withheld: usize,
+    /// Cache mounts whose contents went out.
+    pub mounts: usize,
+    /// Why each selected cache mount that stayed home did.
+    pub mount_warnings: Vec<String>,
 }
 
 /// The records `mode` selects from a finished build, with the secret ids each node's step mounted.
@@ -120,13 +126,15 @@ pub fn export(
     let (records, withheld) = safe_records(graph, summary, to.mode);
     let layers = layer_blobs(store, &records, imported, settings)?;
     scan_layers(store, scanner, &layers)?;
+    let mounts = super::cache_mounts::export(store, graph, to.mounts, imported, scanner)?;
     let config = CacheConfig {
         domain: crate::solve::CACHE_DOMAIN.to_string(),
         layers: layers.clone(),
         records,
+        mounts: mounts.records,
     };
     let (config_digest, config_len) = put_config(store, scanner, &config)?;
-    let blobs = sorted_blobs(&layers);
+    let blobs = sorted_blobs(&config);
     let manifest = manifest(&blobs, &config_digest, config_len)?;
     let mut files: Vec<(String, PathBuf)> = blobs
         .iter()
@@ -139,6 +147,8 @@ pub fn export(
         layers: blobs.len(),
         manifest: digest,
         withheld,
+        mounts: config.mounts.len(),
+        mount_warnings: mounts.warnings,
     })
 }
 
@@ -270,10 +280,16 @@ fn put_config(
     Ok((config_digest, config_bytes.len()))
 }
 
-/// The layers' blobs in a stable order (by digest), each once.
-fn sorted_blobs(layers: &BTreeMap<String, Option<LayerBlob>>) -> Vec<&LayerBlob> {
+/// The blobs of the layers and of the cache mounts' groups in a stable order (by digest), each once.
+fn sorted_blobs(config: &CacheConfig) -> Vec<&LayerBlob> {
     let mut blobs: HashMap<Digest, &LayerBlob> = HashMap::new();
-    for b in layers.values().flatten() {
+    let groups = config.mounts.values().flat_map(|m| &m.groups);
+    for b in config
+        .layers
+        .values()
+        .flatten()
+        .chain(groups.map(|g| &g.blob))
+    {
         blobs.entry(b.digest.clone()).or_insert(b);
     }
     let mut blobs: Vec<&LayerBlob> = blobs.into_values().collect();

@@ -2,9 +2,12 @@
 //! and is written out as an OCI image layout (directory or tar), a docker-archive, or as its final
 //! filesystem (a directory or a tar).
 
+pub mod attach;
 pub mod cache;
+pub mod cache_mounts;
 pub mod daemon;
 pub mod docker;
+pub mod index;
 pub mod local;
 pub mod record;
 
@@ -47,6 +50,16 @@ pub enum Output {
 }
 
 impl Output {
+    /// The output's type as `-o type=` names it, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Output::Oci { .. } => "oci",
+            Output::Docker { .. } | Output::Load { .. } => "docker",
+            Output::Local { .. } => "local",
+            Output::Tar { .. } => "tar",
+        }
+    }
+
     /// Where the output goes, for messages.
     pub fn destination(&self) -> String {
         match self {
@@ -59,8 +72,50 @@ impl Output {
     }
 }
 
+/// The placeholder in an output's `dest` that makes it one output per target: `dest=out/{target}`.
+pub const TARGET_PLACEHOLDER: &str = "{target}";
+
+impl Output {
+    /// Whether `dest` has the `{target}` placeholder, so each target gets its own destination.
+    pub fn per_target(&self) -> bool {
+        match self {
+            Output::Oci { dest, .. }
+            | Output::Docker { dest, .. }
+            | Output::Local { dest }
+            | Output::Tar { dest } => dest.to_string_lossy().contains(TARGET_PLACEHOLDER),
+            Output::Load { .. } => false,
+        }
+    }
+
+    /// This output for the target `label`: `{target}` in `dest` becomes the label as a relative path
+    /// (`//services/api:image` → `services/api/image`, as Bazel lays out its outputs).
+    pub fn for_target(&self, label: &str) -> Output {
+        let path = label.trim_start_matches("//").replace(':', "/");
+        let path = path.trim_start_matches('/');
+        let sub = |dest: &PathBuf| {
+            PathBuf::from(dest.to_string_lossy().replace(TARGET_PLACEHOLDER, path))
+        };
+        match self {
+            Output::Oci { dest, tar, name } => Output::Oci {
+                dest: sub(dest),
+                tar: *tar,
+                name: name.clone(),
+            },
+            Output::Docker { dest, name } => Output::Docker {
+                dest: sub(dest),
+                name: name.clone(),
+            },
+            Output::Local { dest } => Output::Local { dest: sub(dest) },
+            Output::Tar { dest } => Output::Tar { dest: sub(dest) },
+            Output::Load { endpoint } => Output::Load {
+                endpoint: endpoint.clone(),
+            },
+        }
+    }
+}
+
 /// How image outputs are made: `SOURCE_DATE_EPOCH` and the layer codec.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub epoch: Option<i64>,
     pub codec: layer::Codec,
@@ -71,6 +126,11 @@ pub struct Settings {
     /// `force-compression=true`: a base image layer compressed otherwise than `codec` is compressed
     /// anew instead of being reused as it came.
     pub force: bool,
+    /// `--annotation KEY=VALUE` (and `manifest:KEY=VALUE`): the image manifest's annotations.
+    pub manifest_annotations: std::collections::BTreeMap<String, String>,
+    /// `--annotation manifest-descriptor:KEY=VALUE`: annotations of the manifest's descriptor in an
+    /// OCI layout's `index.json`.
+    pub descriptor_annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a file output is written to stdout (buildx's `dest=-`).
@@ -173,8 +233,19 @@ pub fn export_image(
                 .and_then(|n| crate::registry::ImageName::parse(n).ok())
                 .map(|n| n.to_string());
             let files = image_files(store, image);
+            let described: Vec<String> = image
+                .descriptor_annotations
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let described = described.join("\n");
+            let referrers: Vec<&str> = image.referrers.iter().map(|a| a.digest.as_str()).collect();
+            let referrers = referrers.join(",");
             if *tar {
-                let key = record_key("oci-tar", &[manifest.as_str(), &layout_tag]);
+                let key = record_key(
+                    "oci-tar",
+                    &[manifest.as_str(), &layout_tag, &referrers, &described],
+                );
                 write_file_output(store, dest, &key, |dest| {
                     let tmp = store.temp_dir("export-")?;
                     let dir = tmp.path().join("layout");
@@ -186,14 +257,19 @@ pub fn export_image(
                         &image.manifest,
                         Some(&layout_tag),
                         full_name.as_deref(),
+                        &image.descriptor_annotations,
                         &files,
                         &crate::oci::file_holds,
                     )
                     .map_err(|e| Diagnostic::io("cannot write OCI layout", e))?;
+                    attach::add_to_layout(&dir, &manifest, &image.referrers)?;
                     write_atomically(dest, |f| crate::oci::write_layout_tar(&dir, f))
                 })?
             } else {
-                let key = record_key("oci", &[manifest.as_str(), &layout_tag]);
+                let key = record_key(
+                    "oci",
+                    &[manifest.as_str(), &layout_tag, &referrers, &described],
+                );
                 let named = (layout_tag.as_str(), full_name.as_deref());
                 write_layout_output(store, dest, &key, image, named, &files)?
             }
@@ -290,6 +366,8 @@ pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<I
         config,
         config_digest,
         manifest: manifest_bytes,
+        descriptor_annotations: Vec::new(),
+        referrers: Vec::new(),
     })
 }
 
@@ -424,8 +502,10 @@ fn write_layout_output(
     let dest = record::absolute(dest);
     let manifest_hex = Digest::of(&image.manifest);
     let mut written: Vec<PathBuf> = vec![dest.join("oci-layout"), dest.join("index.json")];
+    let referrer_blobs = image.referrers.iter().flat_map(|a| &a.blobs);
     for digest in files
         .iter()
+        .chain(referrer_blobs)
         .map(|(d, _)| d.as_str())
         .chain([manifest_hex.as_str()])
     {
@@ -441,8 +521,17 @@ fn write_layout_output(
     let keep = |path: &Path, digest: &str| {
         trusted.iter().any(|t| t == path) || crate::oci::file_holds(path, digest)
     };
-    crate::oci::write_layout_keeping(&dest, &image.manifest, Some(tag), full_name, files, &keep)
-        .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e))?;
+    crate::oci::write_layout_keeping(
+        &dest,
+        &image.manifest,
+        Some(tag),
+        full_name,
+        &image.descriptor_annotations,
+        files,
+        &keep,
+    )
+    .map_err(|e| Diagnostic::io(format!("cannot write OCI layout {}", dest.display()), e))?;
+    attach::add_to_layout(&dest, &manifest_hex, &image.referrers)?;
     record::remember(store, &dest, key, &written)?;
     Ok(false)
 }
@@ -466,6 +555,10 @@ pub struct Image {
     pub config: Vec<u8>,
     pub config_digest: Digest,
     pub manifest: Vec<u8>,
+    /// What an OCI layout's descriptor of the manifest carries besides its names.
+    pub descriptor_annotations: Vec<(String, String)>,
+    /// Documents attached to the image as OCI referrers (attestations), written into OCI layouts with it.
+    pub referrers: Vec<attach::Artifact>,
 }
 
 fn build_image(
@@ -543,6 +636,12 @@ fn build_image(
         .layers(layer_descs)
         .build()
         .map_err(|e| Diagnostic::env(format!("cannot build the manifest: {e}")))?;
+    let mut manifest = manifest;
+    if !settings.manifest_annotations.is_empty() {
+        manifest.set_annotations(Some(
+            settings.manifest_annotations.clone().into_iter().collect(),
+        ));
+    }
     let manifest = canonical_json(&manifest)?;
     store.put_blob(&manifest)?;
     Ok(Image {
@@ -551,6 +650,12 @@ fn build_image(
         config: config_bytes,
         config_digest,
         manifest,
+        descriptor_annotations: settings
+            .descriptor_annotations
+            .clone()
+            .into_iter()
+            .collect(),
+        referrers: Vec::new(),
     })
 }
 
@@ -758,6 +863,28 @@ fn canonical_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::secret::SecretValue;
+
+    /// `{target}` becomes the label as a relative path, whatever kind of label it is.
+    #[test]
+    fn a_per_target_dest_takes_the_label_as_a_path() {
+        let out = Output::Oci {
+            dest: "out/{target}.tar".into(),
+            tar: true,
+            name: None,
+        };
+        assert!(out.per_target());
+        for (label, dest) in [
+            ("//services/api:image", "out/services/api/image.tar"),
+            ("//:app", "out/app.tar"),
+            ("build", "out/build.tar"),
+        ] {
+            let Output::Oci { dest: got, .. } = out.for_target(label) else {
+                panic!("an OCI output stays one");
+            };
+            assert_eq!(got, PathBuf::from(dest), "{label}");
+        }
+        assert!(!Output::Local { dest: "out".into() }.per_target());
+    }
 
     fn scanner(value: &str) -> LeakScanner {
         let v = SecretValue::new(zeroize::Zeroizing::new(value.as_bytes().to_vec()));

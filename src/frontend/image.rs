@@ -33,6 +33,9 @@ pub(crate) struct ImageState {
     pub(crate) config: ConfigOp,
     /// Whether this stage itself set CMD (a parent stage's CMD does not count, as in BuildKit).
     pub(crate) cmd_set: bool,
+    /// The platform its steps run as and its config names, as the graph records it (`None`:
+    /// linux/amd64).
+    pub(crate) platform: Option<String>,
 }
 
 impl ImageState {
@@ -51,7 +54,14 @@ impl ImageState {
             shell: None,
             config: ConfigOp::default(),
             cmd_set: false,
+            platform: None,
         }
+    }
+
+    /// Makes the image one for `platform`: its steps run as it, its config names it.
+    pub(crate) fn set_platform(&mut self, platform: &crate::platform::Platform) {
+        self.platform = platform.in_graph();
+        self.config.platform = self.platform.clone();
     }
 
     /// What `$name` means here: the build state's variables, then the base image's ENV.
@@ -182,6 +192,26 @@ pub fn builtin_arg(name: &str) -> Option<&'static str> {
         "TARGETOS" | "BUILDOS" => "linux",
         "TARGETARCH" | "BUILDARCH" => "amd64",
         "TARGETVARIANT" | "BUILDVARIANT" => "",
+        _ => return None,
+    })
+}
+
+/// BuildKit's automatic platform args for a build for `target` on `build`: `TARGETARCH` is the
+/// platform asked for with `--platform`, whatever platform the stage reading it is for.
+pub fn platform_arg(
+    name: &str,
+    target: &crate::platform::Platform,
+    build: &crate::platform::Platform,
+) -> Option<String> {
+    let (p, field) = name
+        .strip_prefix("TARGET")
+        .map(|f| (target, f))
+        .or_else(|| name.strip_prefix("BUILD").map(|f| (build, f)))?;
+    Some(match field {
+        "PLATFORM" => p.to_string(),
+        "OS" => p.os.clone(),
+        "ARCH" => p.arch.clone(),
+        "VARIANT" => p.variant.clone(),
         _ => return None,
     })
 }

@@ -26,7 +26,9 @@ use crate::graph::NamedContext;
 #[derive(Clone, Default)]
 pub struct ImageEnv(Option<std::sync::Arc<ImageEnvFn>>);
 
-type ImageEnvFn = dyn Fn(&str) -> crate::diag::Result<Option<BaseConfig>> + Send + Sync;
+type ImageEnvFn = dyn Fn(&str, &crate::platform::Platform) -> crate::diag::Result<Option<BaseConfig>>
+    + Send
+    + Sync;
 
 /// What lowering needs of a base image's config.
 #[derive(Clone, Debug, Default)]
@@ -40,14 +42,23 @@ pub struct BaseConfig {
 
 impl ImageEnv {
     pub fn new(
-        f: impl Fn(&str) -> crate::diag::Result<Option<BaseConfig>> + Send + Sync + 'static,
+        f: impl Fn(&str, &crate::platform::Platform) -> crate::diag::Result<Option<BaseConfig>>
+        + Send
+        + Sync
+        + 'static,
     ) -> ImageEnv {
         ImageEnv(Some(std::sync::Arc::new(f)))
     }
-    /// The config of `reference`; an error is placed at `at`, where the reference is written.
-    pub fn get(&self, reference: &str, at: Located) -> crate::diag::Result<BaseConfig> {
+    /// The config of `reference` for `platform`; an error is placed at `at`, where the reference is
+    /// written.
+    pub fn get(
+        &self,
+        reference: &str,
+        platform: &crate::platform::Platform,
+        at: Located,
+    ) -> crate::diag::Result<BaseConfig> {
         let known = match &self.0 {
-            Some(f) => f(reference).map_err(|d| d.label(at, "this base image"))?,
+            Some(f) => f(reference, platform).map_err(|d| d.label(at, "this base image"))?,
             None => None,
         };
         Ok(match known {
@@ -99,6 +110,13 @@ pub struct LowerOptions {
     /// Where each `--param NAME=...` was given, for the error when no module declares NAME.
     pub params_at: BTreeMap<String, Located>,
     pub image_env: ImageEnv,
+    /// `--platform`: what the stages are built for unless a `FROM --platform` says otherwise
+    /// (`TARGETPLATFORM`).
+    pub platform: crate::platform::Platform,
+    /// The machine building (`BUILDPLATFORM`).
+    pub build_platform: crate::platform::Platform,
+    /// Several platforms are built: step names say which platform each is for (not in any digest).
+    pub multi_platform: bool,
 }
 
 pub use crate::paths::{clean as clean_path, join as join_path};

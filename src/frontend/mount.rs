@@ -77,6 +77,8 @@ fn options_of(kind: &str) -> &'static [&'static str] {
             "ro",
             "rw",
             "readwrite",
+            // kiln's own: `--cache-to` carries this cache's contents.
+            "export",
         ],
         "bind" => &[
             "type",
@@ -361,6 +363,7 @@ fn cache(r: &Reader, target: String, readonly: bool) -> Result<Parsed, Error> {
         gid: r.number("gid", 0, 10)?,
         readonly,
         seed: None,
+        export: r.flag(&["export"])?.unwrap_or(false),
     };
     Ok(match seed {
         Some(from) => Parsed::SeededCache {
@@ -425,6 +428,21 @@ mod tests {
             (id.as_str(), sharing, mode, readonly),
             ("/root/.cache", Sharing::Shared, 0o755, false)
         );
+    }
+
+    #[test]
+    fn cache_export_is_a_flag() {
+        let export = |text: &str| match parse(text, "/").unwrap() {
+            Parsed::Other(RunMount::Cache { export, .. }) => export,
+            other => panic!("a cache mount, not {other:?}"),
+        };
+        assert!(!export("type=cache,target=/c"));
+        assert!(export("type=cache,target=/c,export=true"));
+        assert!(export("type=cache,target=/c,export"));
+        let text = "type=cache,target=/c,export=yes";
+        let e = parse(text, "/").unwrap_err();
+        assert_eq!(&text[e.span.start..e.span.end], "yes");
+        assert_eq!(e.help, "use `true` or `false`");
     }
 
     #[test]

@@ -29,6 +29,23 @@ pub fn expand_raw(
     lexer.run(word).map(|(s, _)| s)
 }
 
+/// `${VAR#pattern}` (`suffix: false`) or `${VAR%pattern}` (`suffix: true`) applied to `value`; `longest`
+/// is the doubled form (`##`, `%%`). The `.build` functions `trim_prefix`/`trim_suffix` are this, so a
+/// converted Dockerfile trims exactly as BuildKit does.
+pub fn trim_pattern(
+    value: &str,
+    pattern: &str,
+    suffix: bool,
+    longest: bool,
+) -> Result<String, String> {
+    let glob = Glob::compile(pattern).map_err(|e| format!("invalid pattern `{pattern}`: {e}"))?;
+    Ok(if suffix {
+        glob.trim_suffix(value, longest)
+    } else {
+        glob.trim_prefix(value, longest)
+    })
+}
+
 /// The switches of BuildKit's lexer that its heredoc detection uses (`RawQuotes`, `RawEscapes`,
 /// `SkipUnsetEnv`); all off is the ordinary behaviour of [`expand_word`] and [`expand_words`].
 #[derive(Clone, Copy, Debug, Default)]

@@ -43,6 +43,8 @@ pub struct Dag {
     pub dag: StableDiGraph<Node, usize>,
     /// The selected outputs, in the order selected: (name, node).
     pub roots: Vec<(String, NodeIndex)>,
+    /// Each root's declared references (`Root::tags`), by root name; absent when it declares none.
+    pub tags: HashMap<String, Vec<String>>,
 }
 
 /// A secret a root needs, with the first place that mounts it.
@@ -103,7 +105,13 @@ impl Dag {
             .iter()
             .map(|r| (r.name.clone(), index_of[r.node].expect("roots are needed")))
             .collect();
-        Dag { dag, roots }
+        let tags = program
+            .roots
+            .iter()
+            .filter(|r| !r.tags.is_empty())
+            .map(|r| (r.name.clone(), r.tags.clone()))
+            .collect();
+        Dag { dag, roots, tags }
     }
 
     /// A node's inputs in order.
@@ -201,7 +209,11 @@ impl Dag {
             out.push('\n');
         }
         for (name, root) in &self.roots {
-            let _ = writeln!(out, "root {name}: {}", self.dag[*root].digest);
+            let _ = write!(out, "root {name}: {}", self.dag[*root].digest);
+            if let Some(tags) = self.tags.get(name) {
+                let _ = write!(out, "  tagged {}", tags.join(", "));
+            }
+            out.push('\n');
         }
         out
     }
@@ -244,6 +256,9 @@ impl Dag {
             digest: &'a Digest,
             secrets: Vec<SecretNeed>,
             ssh: Vec<SecretNeed>,
+            /// The names it declares (`tagged [...]`), when it declares any.
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            tags: &'a [String],
         }
         #[derive(Serialize)]
         struct JsonGraph<'a> {
@@ -261,6 +276,7 @@ impl Dag {
                     digest: &self.dag[*n].digest,
                     secrets: self.needs_of(*n, false),
                     ssh: self.needs_of(*n, true),
+                    tags: self.tags.get(name).map_or(&[], Vec::as_slice),
                 })
                 .collect(),
             nodes: self

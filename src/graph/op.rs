@@ -17,7 +17,12 @@ pub enum Op {
     Scratch,
     /// A base image by reference, as written (`busybox:1.36`, `oci-layout://dir:tag`). No inputs.
     /// Compiling never resolves it; building pins it to a manifest digest.
-    Image { reference: String },
+    Image {
+        reference: String,
+        /// The platform whose entry of an image index is taken (`None`: linux/amd64).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
+    },
     /// A local directory given to the build (`context` for the main one, or a `--build-context` name).
     /// Its contents are never read at compile time; only the files a step selects enter that step's key.
     Context {
@@ -93,6 +98,9 @@ pub struct RunOp {
     pub secrets: Vec<SecretMount>,
     /// Cache, bind and tmpfs mounts, in the order written.
     pub mounts: Vec<RunMount>,
+    /// The platform the command runs as (`None`: linux/amd64); a foreign one runs under emulation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 /// `RUN --mount` kinds other than secrets. `input` fields index the Run node's inputs (0 is the rootfs).
@@ -111,6 +119,10 @@ pub enum RunMount {
         /// `from=`/`source=`: what a new cache starts with (BuildKit keeps one cache per id and seed).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         seed: Option<CacheSeed>,
+        /// `export=true`: `--cache-to` carries its contents (as `cache-mounts=true` does for every
+        /// cache mount). Not in the definition: it changes what leaves the machine, not what the step does.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        export: bool,
     },
     /// A path of another filesystem (a stage, an image or a context); writes are discarded.
     Bind {
@@ -250,6 +262,9 @@ pub struct ConfigOp {
     /// `ArgsEscaped`, which stays even when a later ENTRYPOINT drops the CMD.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub args_escaped: bool,
+    /// The stage's platform (`None`: linux/amd64): the config's `os`, `architecture` and `variant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
 }
 
 impl ConfigOp {
@@ -296,6 +311,10 @@ impl ConfigOp {
         // Only configs that set a CMD have it, which keeps every other digest.
         if c.args_escaped {
             e.str("args_escaped");
+        }
+        // Only a stage for another platform than linux/amd64 says so, which keeps every earlier digest.
+        if let Some(p) = &c.platform {
+            e.str("platform").str(p);
         }
     }
 }
@@ -350,8 +369,15 @@ impl Op {
         e.str(self.kind());
         match self {
             Op::Scratch => {}
-            Op::Image { reference } => {
+            Op::Image {
+                reference,
+                platform,
+            } => {
                 e.str(reference);
+                // Only another platform than linux/amd64 says so, which keeps every earlier digest.
+                if let Some(p) = platform {
+                    e.str("platform").str(p);
+                }
             }
             Op::Context { name, excludes } => {
                 e.str(name).strs(excludes);
@@ -394,6 +420,7 @@ impl Op {
                             gid,
                             readonly,
                             seed,
+                            ..
                         } => {
                             e.str("cache").str(target).str(id).str(sharing.as_str());
                             e.u64((*mode).into())
@@ -435,6 +462,9 @@ impl Op {
                             e.u64((*mode).into()).u64((*uid).into()).u64((*gid).into());
                         }
                     };
+                }
+                if let Some(p) = &r.platform {
+                    e.str("platform").str(p);
                 }
             }
             Op::Copy(c) => {

@@ -23,10 +23,18 @@ pub struct Node {
 }
 
 /// A selected output of the program: a stage of a Dockerfile, a target of a .build file.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Root {
     pub name: String,
     pub node: NodeId,
+    /// The references the target declares (`.build`'s `tagged [...]`): where `--push`, `--load` and
+    /// `-o` put it when the command line names none. Never hashed.
+    pub tags: Vec<String>,
+    /// The platforms the target declares (`.build`'s `for [...]`), normalized, each once: what it is
+    /// built for when the command line names none. Never hashed.
+    pub platforms: Vec<crate::platform::Platform>,
+    /// Where they are declared, for an error about them.
+    pub platforms_at: Option<crate::diag::Located>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -36,6 +44,22 @@ pub struct Program {
 }
 
 impl Program {
+    /// Adds `other`'s nodes and roots after this program's (its node ids shifted past them), so two
+    /// lowerings become one program; building its DAG merges the nodes they have in common.
+    pub fn append(&mut self, other: Program) {
+        let offset = self.nodes.len();
+        for mut n in other.nodes {
+            for i in &mut n.inputs {
+                *i += offset;
+            }
+            self.nodes.push(n);
+        }
+        self.roots.extend(other.roots.into_iter().map(|r| Root {
+            node: r.node + offset,
+            ..r
+        }));
+    }
+
     pub fn push(
         &mut self,
         op: Op,

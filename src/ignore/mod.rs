@@ -358,7 +358,9 @@ fn without_trailing_glob(p: &str) -> &str {
 pub(crate) fn load(context: &Path, dockerfile: &Path) -> diag::Result<(Patterns, Option<PathBuf>)> {
     let mut specific = dockerfile.as_os_str().to_owned();
     specific.push(".dockerignore");
-    for candidate in [PathBuf::from(specific), context.join(".dockerignore")] {
+    // A Dockerfile read from stdin (`-f -`) has no file beside which to look.
+    let specific = (dockerfile != Path::new("-")).then(|| PathBuf::from(specific));
+    for candidate in specific.into_iter().chain([context.join(".dockerignore")]) {
         let bytes = match fs::read(&candidate) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

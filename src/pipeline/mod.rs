@@ -12,8 +12,14 @@ use crate::graph::{Dag, NamedContext};
 use crate::progress;
 use crate::secret::{SecretStore, SshSource};
 
+mod attest;
+mod interrupt;
 mod leak;
+mod report;
 mod run;
+mod summary;
+
+pub use report::Report;
 
 pub(crate) use run::execute;
 
@@ -21,6 +27,9 @@ pub(crate) use run::execute;
 pub struct BuildRequest {
     /// The compiled graph: one root per selected target.
     pub graph: Dag,
+    /// With several `--platform`s, the platform of each root, in order: the roots are the images of
+    /// one image index.
+    pub platforms: Vec<crate::platform::Platform>,
     /// The directories and images the graph's contexts name (`context`, `--build-context`, packages).
     pub contexts: BTreeMap<String, NamedContext>,
     /// `--secret`.
@@ -33,11 +42,15 @@ pub struct BuildRequest {
     pub outputs: Vec<crate::export::Output>,
     /// Where to push the image: `-o type=registry` names and, with `--push`, the `-t` names.
     pub pushes: Vec<String>,
+    /// `--push` without `-t`: each image goes to the tags its target declares (`.build`'s
+    /// `tagged [...]`); one that declares none is built and not pushed.
+    pub push_declared: bool,
     /// The `-t` names: the first is recorded in an OCI layout's index, all of them in a docker-archive
     /// and a `--load`.
     pub tags: Vec<String>,
-    /// Keep the image in the store under the `-t` names (`-t` without an output or a push, as buildx
-    /// keeps it in its builder), for `kiln images` and `kiln image export|push`.
+    /// Nothing else to do with the images: keep each in the store under its names (the `-t` names, as
+    /// buildx keeps it in its builder, or its target's declared tags), for `kiln images` and
+    /// `kiln image export|push`.
     pub keep_named: bool,
     /// `--cache-to`, each with whether a failure is only a warning (`ignore-error=true`).
     pub cache_to: Vec<(crate::export::cache::CacheTo, bool)>,
@@ -52,6 +65,22 @@ pub struct BuildRequest {
     pub store: PathBuf,
     /// `--remote-executor` or `--remote-cache`.
     pub remote: Option<Remote>,
+    /// `--label`: image config labels over the build's own.
+    pub labels: BTreeMap<String, String>,
+    /// `--iidfile`, `--metadata-file`, `-q`.
+    pub report: Report,
+    /// `--no-cache-filter`: the nodes of the stages or targets named, which run even on a cache hit.
+    pub no_cache_for: std::collections::HashSet<petgraph::stable_graph::NodeIndex>,
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`: what every RUN step gets.
+    pub sandbox: crate::solve::Sandbox,
+    /// `--attest`, `--sbom`, `--provenance`: what to attach to each image.
+    pub attest: crate::attest::Request,
+    /// What the build was asked to do, for the provenance (its times are filled in by the build).
+    pub invocation: crate::attest::provenance::Invocation,
+    /// `--sign`: the key every pushed image is signed with.
+    pub sign: Option<crate::sign::SigningKey>,
+    /// `--on-error=shell`: a shell in the sandbox of a RUN step that fails.
+    pub debug: Option<crate::solve::DebugShell>,
 }
 
 /// A REAPI server to run steps on, or to use as a shared cache.
@@ -62,4 +91,81 @@ pub struct Remote {
     pub instance: String,
     /// `--remote-executor` (run steps there), not `--remote-cache` (look results up there).
     pub execute: bool,
+    /// `--remote-timeout`.
+    pub timeout: Option<std::time::Duration>,
+    /// `--remote-accept-cached` (`--no-cache` turns it off).
+    pub accept_cached: bool,
+    /// TLS and headers (`--remote-tls-*`, `--remote-header`).
+    pub(crate) connect: crate::remote::Connect,
+    /// `--remote-credential-helper`: run before the build connects, and again before its headers expire.
+    pub credential_helper: Option<PathBuf>,
+    /// `--remote-secrets=allow`: steps that mount secrets run there too, their values served over
+    /// this channel.
+    pub secrets: Option<SecretChannel>,
+}
+
+/// The endpoint a build serves its remote steps' secrets on, and its TLS identity (PEM files).
+pub struct SecretChannel {
+    /// `HOST:PORT` to listen on and to tell workers.
+    pub listen: String,
+    /// The CA a worker's certificate must be signed by.
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// A credential helper's headers for `url`, and when they expire. For the build's remote and
+/// `kiln worker` (which renews them).
+pub(crate) fn helper_headers(
+    helper: &std::path::Path,
+    url: &str,
+) -> crate::diag::Result<(Vec<crate::remote::Header>, Option<std::time::SystemTime>)> {
+    let answer = crate::exec::credential::get(helper, url)?;
+    let mut headers = Vec::new();
+    for (name, value) in answer.headers {
+        headers.push(crate::remote::Header::new(&name, value).map_err(|m| {
+            crate::diag::Diagnostic::env(format!(
+                "credential helper `{}` answered a bad header: {m}",
+                helper.display()
+            ))
+        })?);
+    }
+    Ok((headers, answer.expires))
+}
+
+/// Runs the credential helper again before its headers expire (30 s ahead; every 30 minutes when it
+/// does not say, as Bazel's default `--credential_helper_cache_duration`), for as long as the build or
+/// the worker runs. A failed renewal keeps the old headers and is retried a minute later.
+pub(crate) async fn renew_credentials(
+    server: crate::remote::Server,
+    helper: std::path::PathBuf,
+    url: String,
+    mut expires: Option<std::time::SystemTime>,
+) {
+    use std::time::{Duration, SystemTime};
+    loop {
+        let wait = match expires {
+            Some(t) => t
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+                .saturating_sub(Duration::from_secs(30)),
+            None => Duration::from_secs(30 * 60),
+        };
+        tokio::time::sleep(wait.max(Duration::from_secs(5))).await;
+        let (h, u) = (helper.clone(), url.clone());
+        match tokio::task::spawn_blocking(move || helper_headers(&h, &u)).await {
+            Ok(Ok((headers, until))) => {
+                server.renew_headers(headers);
+                expires = until;
+            }
+            Ok(Err(d)) => {
+                crate::progress::line(&format!(
+                    "kiln: cannot renew the remote's credentials: {}",
+                    d.message
+                ));
+                expires = Some(SystemTime::now() + Duration::from_secs(90));
+            }
+            Err(_) => return,
+        }
+    }
 }

@@ -20,6 +20,13 @@ pub struct Options {
     /// asked of its registry once per build, so every use of it (its config while compiling, its layers
     /// while building, a `COPY --from` of it) sees one manifest. Clones share it.
     pub pulled: Pulled,
+    /// `--registry-mirror`: where pulls ask first.
+    pub mirrors: super::Mirrors,
+    /// Registries spoken to over HTTPS without verifying their certificate (`insecure = true` in
+    /// registries.toml, as buildkitd spells it).
+    pub skip_verify: Vec<String>,
+    /// By registry, PEM CAs trusted besides the system's (`ca = [...]` in registries.toml).
+    pub ca: std::collections::BTreeMap<String, Vec<Vec<u8>>>,
 }
 
 /// See [`Options::pulled`].

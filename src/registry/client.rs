@@ -27,7 +27,12 @@ pub(crate) fn install_crypto() {
 /// A client and credentials for one registry and one operation.
 pub(super) struct Session {
     pub(super) client: Client,
+    /// The image as the build names it, for messages.
     pub(super) name: ImageName,
+    /// What requests ask for: `name`, or `name` on a mirror's host.
+    pub(super) endpoint: ImageName,
+    /// The mirror asked, if this session is with one.
+    pub(super) mirror: Option<String>,
     pub(super) creds: Credentials,
     /// `pull` or `push`, for messages.
     action: &'static str,
@@ -42,15 +47,44 @@ impl Session {
         opts: &Options,
         op: RegistryOperation,
     ) -> Result<Session> {
+        Session::open_at(name, None, opts, op).await
+    }
+
+    /// A session with `mirror` (a mirror of `name`'s registry) instead of the registry itself: its
+    /// credentials and plain-HTTP rule are the mirror's own, as a mirror is another server.
+    pub(super) async fn open_at(
+        name: ImageName,
+        mirror: Option<String>,
+        opts: &Options,
+        op: RegistryOperation,
+    ) -> Result<Session> {
         install_crypto();
-        let creds = credentials(&name, opts)?;
-        let plain_http = opts.plain_http(&name.registry);
+        let endpoint = match &mirror {
+            Some(host) => ImageName {
+                registry: host.clone(),
+                ..name.clone()
+            },
+            None => name.clone(),
+        };
+        let creds = credentials(&endpoint, opts)?;
+        let plain_http = opts.plain_http(&endpoint.registry);
         let protocol = if plain_http {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         };
         let config = ClientConfig {
+            accept_invalid_certificates: opts.skip_verify.contains(&endpoint.registry),
+            extra_root_certificates: opts
+                .ca
+                .get(&endpoint.registry)
+                .into_iter()
+                .flatten()
+                .map(|pem| oci_client::client::Certificate {
+                    encoding: oci_client::client::CertificateEncoding::Pem,
+                    data: pem.clone(),
+                })
+                .collect(),
             protocol,
             connect_timeout: Some(Duration::from_secs(30)),
             read_timeout: Some(Duration::from_secs(300)),
@@ -65,6 +99,8 @@ impl Session {
         let session = Session {
             client,
             name,
+            endpoint,
+            mirror,
             creds,
             action,
             plain_http,
@@ -72,7 +108,7 @@ impl Session {
         };
         // Authenticate once up front, so a wrong password is reported as such rather than as the first
         // request that happened to be refused.
-        let reference = session.name.oci();
+        let reference = session.endpoint.oci();
         session
             .retry("authenticate", || {
                 session.client.auth(&reference, &session.creds.auth, op)
@@ -104,8 +140,11 @@ impl Session {
 
     /// Turns a client error into a diagnostic that says which registry, which image and what to do.
     fn error(&self, what: &str, e: &OciDistributionError, tries: u32) -> Diagnostic {
-        let registry = &self.name.registry;
-        let head = format!("cannot {} `{}`", self.action, self.name);
+        let registry = &self.endpoint.registry;
+        let head = match &self.mirror {
+            Some(m) => format!("cannot {} `{}` from its mirror {m}", self.action, self.name),
+            None => format!("cannot {} `{}`", self.action, self.name),
+        };
         let config = &self.config_shown;
         let status = status_of(e);
         let d = if status == Some(401)
@@ -129,18 +168,7 @@ impl Session {
                 "{head}: {registry} denies access to {}",
                 self.name.repository
             ))
-        } else if status == Some(404)
-            || matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
-            || registry_code(
-                e,
-                &[
-                    "MANIFEST_UNKNOWN",
-                    "NAME_UNKNOWN",
-                    "NOT_FOUND",
-                    "BLOB_UNKNOWN",
-                ],
-            )
-        {
+        } else if not_found(e) {
             Diagnostic::input(format!("{head}: not found on {registry} ({what})"))
         } else if let OciDistributionError::RequestError(re) = e
             && re.is_connect()
@@ -194,6 +222,21 @@ fn status_of(e: &OciDistributionError) -> Option<u16> {
         OciDistributionError::RequestError(re) => re.status().map(|s| s.as_u16()),
         _ => None,
     }
+}
+
+/// The registry has no such manifest, blob or repository.
+pub(super) fn not_found(e: &OciDistributionError) -> bool {
+    status_of(e) == Some(404)
+        || matches!(e, OciDistributionError::ImageManifestNotFoundError(_))
+        || registry_code(
+            e,
+            &[
+                "MANIFEST_UNKNOWN",
+                "NAME_UNKNOWN",
+                "NOT_FOUND",
+                "BLOB_UNKNOWN",
+            ],
+        )
 }
 
 fn registry_code(e: &OciDistributionError, codes: &[&str]) -> bool {

@@ -6,19 +6,27 @@
 //! content. Transient failures (refused or reset connections, timeouts, 5xx, 429) are retried with
 //! backoff; anything else is a `Diagnostic` naming the registry and the reference, and never a credential.
 
+mod artifact;
 mod auth;
 mod client;
+mod config;
+mod mirror;
 mod pull;
 mod push;
 mod reference;
+mod referrers;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use artifact::{Artifact, attach};
 pub use auth::{Options, Pulled};
 pub(crate) use client::install_crypto;
-pub(crate) use pull::{fetch_blobs, fetch_manifest, pull};
-pub(crate) use push::{push, push_manifest};
+pub use config::config_paths;
+pub use mirror::{MirrorError, Mirrors};
+pub(crate) use pull::{fetch_blobs, fetch_manifest, pull, resolve_digest};
+pub(crate) use push::{push, push_all, push_index, push_manifest};
 pub(crate) use reference::{ImageName, valid_component};
+pub(crate) use referrers::push_referrer;
 
 use std::time::Duration;
 
@@ -26,7 +34,7 @@ pub(super) const DOCKER_HUB: &str = "docker.io";
 /// The key docker itself files Docker Hub credentials under in config.json.
 pub(super) const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
 pub(super) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(super) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests and indexes kiln understands; schema-1 manifests are refused by not asking for them.

@@ -18,9 +18,10 @@ use super::reference::ImageName;
 use super::{ACCEPT, DOCKER_LIST, MAX_INDEX_DEPTH, OCI_INDEX, PARALLEL_DOWNLOADS};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
+use crate::platform::Platform;
 use crate::store::Store;
 
-/// Pulls `reference` (linux/amd64 from an index) into an OCI layout under `<store>/images/` and returns
+/// Pulls `reference` (the `platform` entry of an index) into an OCI layout under `<store>/images/` and returns
 /// the layout's path, for `oci::read_image`.
 ///
 /// Layouts are keyed by the image manifest's digest, so a layout never changes once renamed into place
@@ -29,28 +30,43 @@ use crate::store::Store;
 ///
 /// An image this build pulled before is not asked for again (see `Options::pulled`), nor is one pinned
 /// by a digest (of its manifest, or of the index it was chosen from) whose layout the store holds.
-pub(crate) fn pull(store: &Store, reference: &str, opts: &Options) -> Result<PathBuf> {
-    if let Some(layout) = opts.pulled.get(reference) {
+pub(crate) fn pull(
+    store: &Store,
+    reference: &str,
+    platform: &Platform,
+    opts: &Options,
+) -> Result<PathBuf> {
+    // linux/amd64 keeps the plain reference as its key, which other readers of the record look up.
+    let key = match platform.in_graph() {
+        None => reference.to_string(),
+        Some(p) => format!("{reference} for {p}"),
+    };
+    if let Some(layout) = opts.pulled.get(&key) {
         return Ok(layout);
     }
     let name = ImageName::parse(reference)?;
     let pinned = name.digest.as_deref().and_then(Digest::parse);
     let images = store.root().join("images");
+    // A pinned index resolves to one image per platform, so the link that remembers it says which.
+    let link_name = |d: &Digest| match platform.in_graph() {
+        None => d.hex().to_string(),
+        Some(p) => format!("{}.{}", d.hex(), p.replace('/', "-")),
+    };
     let kept = pinned
         .as_ref()
-        .map(|d| images.join(d.hex()))
+        .map(|d| images.join(link_name(d)))
         .filter(|dir| dir.join("index.json").is_file());
     let layout = match kept {
         Some(dir) => dir,
         None => {
-            let layout = block_on(pull_async(store, name, opts))?;
+            let layout = block_on(pull_async(store, name, platform, opts))?;
             if let Some(d) = &pinned {
-                link_index(&images, d, &layout);
+                link_index(&images, &link_name(d), &layout);
             }
             layout
         }
     };
-    opts.pulled.insert(reference, layout.clone());
+    opts.pulled.insert(&key, layout.clone());
     Ok(layout)
 }
 
@@ -58,18 +74,22 @@ pub(crate) fn pull(store: &Store, reference: &str, opts: &Options) -> Result<Pat
 /// by the index's digest finds that layout next time without asking the registry (an index names its
 /// images by digest, so what it resolves to never changes). Best effort: without it, the registry is
 /// asked again.
-fn link_index(images: &Path, index: &Digest, layout: &Path) {
+fn link_index(images: &Path, link: &str, layout: &Path) {
     let Some(target) = layout.file_name() else {
         return;
     };
-    if target.to_string_lossy() != index.hex() {
-        let _ = std::os::unix::fs::symlink(target, images.join(index.hex()));
+    if target.to_string_lossy() != link {
+        let _ = std::os::unix::fs::symlink(target, images.join(link));
     }
 }
 
-async fn pull_async(store: &Store, name: ImageName, opts: &Options) -> Result<PathBuf> {
-    let s = Session::open(name, opts, RegistryOperation::Pull).await?;
-    let (manifest, digest) = resolve(&s).await?;
+async fn pull_async(
+    store: &Store,
+    name: ImageName,
+    platform: &Platform,
+    opts: &Options,
+) -> Result<PathBuf> {
+    let (s, manifest, digest) = open_resolved(name, platform, opts).await?;
     let images = store.root().join("images");
     let dest = images.join(Digest::parse(&digest).expect("checked by resolve").hex());
     if dest.join("index.json").is_file() {
@@ -111,10 +131,61 @@ async fn pull_async(store: &Store, name: ImageName, opts: &Options) -> Result<Pa
     Ok(dest)
 }
 
-/// Fetches the manifest `s.name` points at, following an index to its linux/amd64 image. Returns the
+/// A session with the first of `name`'s mirrors that serves its manifest for `platform` (else with its
+/// registry), that manifest and its digest. The rest of a pull (the blobs) asks the same server, since a
+/// manifest's blobs are where the manifest is.
+async fn open_resolved(
+    name: ImageName,
+    platform: &Platform,
+    opts: &Options,
+) -> Result<(Session, Bytes, String)> {
+    let mut failed = Vec::new();
+    for host in opts.mirrors.hosts(&name) {
+        let attempt = async {
+            let s =
+                Session::open_at(name.clone(), host.clone(), opts, RegistryOperation::Pull).await?;
+            let (bytes, digest) = resolve(&s, platform).await?;
+            Ok::<_, Diagnostic>((s, bytes, digest))
+        };
+        match attempt.await {
+            Ok(found) => {
+                mirror_notes(&name, host.as_deref(), &failed);
+                return Ok(found);
+            }
+            Err(e) => failed.push((host, e)),
+        }
+    }
+    Err(all_failed(failed))
+}
+
+/// A pull that a mirror could not serve but another server could says so once: a mirror that is down
+/// or incomplete is worth knowing about, though the build goes on.
+fn mirror_notes(name: &ImageName, served: Option<&str>, failed: &[(Option<String>, Diagnostic)]) {
+    let by = served.unwrap_or(&name.registry);
+    for (_, e) in failed {
+        crate::progress::stderr(&format!("warning: {}; pulled it from {by}\n", e.message));
+    }
+}
+
+/// The error of a pull no server could serve: the registry's own when it was asked (the mirrors' follow
+/// as help), else the last mirror's.
+fn all_failed(mut failed: Vec<(Option<String>, Diagnostic)>) -> Diagnostic {
+    let (_, last) = failed.pop().expect("a registry always has a server to ask");
+    let mirrors: Vec<String> = failed.into_iter().map(|(_, e)| e.message).collect();
+    if mirrors.is_empty() {
+        return last;
+    }
+    let help = match &last.help {
+        Some(h) => format!("{h}; before that: {}", mirrors.join("; ")),
+        None => format!("before that: {}", mirrors.join("; ")),
+    };
+    last.help(help)
+}
+
+/// Fetches the manifest `s.name` points at, following an index to its `platform` image. Returns the
 /// manifest bytes and their (verified) digest.
-async fn resolve(s: &Session) -> Result<(Bytes, String)> {
-    let mut reference = s.name.oci();
+async fn resolve(s: &Session, platform: &Platform) -> Result<(Bytes, String)> {
+    let mut reference = s.endpoint.oci();
     let mut expected = s.name.digest.clone();
     for _ in 0..MAX_INDEX_DEPTH {
         let (bytes, _) = s
@@ -129,7 +200,7 @@ async fn resolve(s: &Session) -> Result<(Bytes, String)> {
         {
             return Err(Diagnostic::env(format!(
                 "cannot pull `{}`: {} sent a manifest whose digest is {digest}, not {want}",
-                s.name, s.name.registry
+                s.name, s.endpoint.registry
             )));
         }
         let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -148,13 +219,18 @@ async fn resolve(s: &Session) -> Result<(Bytes, String)> {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64")
+            .find(|m| {
+                let p = &m["platform"];
+                let field = |k: &str| p[k].as_str().unwrap_or_default();
+                platform.matches(field("os"), field("architecture"), field("variant"))
+            })
             .and_then(|m| m["digest"].as_str())
             .ok_or_else(|| {
                 Diagnostic::input(format!(
-                    "cannot pull `{}`: its image index has no linux/amd64 image",
+                    "cannot pull `{}`: its image index has no {platform} image",
                     s.name
                 ))
+                .help("choose another image or tag, or another --platform")
             })?;
         if Digest::parse(chosen).is_none() {
             return Err(Diagnostic::env(format!(
@@ -162,7 +238,7 @@ async fn resolve(s: &Session) -> Result<(Bytes, String)> {
                 s.name
             )));
         }
-        reference = s.name.with_digest(chosen);
+        reference = s.endpoint.with_digest(chosen);
         expected = Some(chosen.to_string());
     }
     Err(Diagnostic::env(format!(
@@ -221,7 +297,7 @@ async fn download(
     desc: &OciDescriptor,
     part: &Path,
 ) -> std::result::Result<(), OciDistributionError> {
-    let mut stream = s.client.pull_blob_stream(&s.name.oci(), desc).await?;
+    let mut stream = s.client.pull_blob_stream(&s.endpoint.oci(), desc).await?;
     let mut file = tokio::fs::File::create(part).await?;
     let mut hasher = Sha256::new();
     let mut written: u64 = 0;
@@ -254,9 +330,22 @@ async fn download(
 pub(crate) fn fetch_manifest(reference: &str, opts: &Options) -> Result<Vec<u8>> {
     let name = ImageName::parse(reference)?;
     block_on(async {
-        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
-        let (bytes, _) = resolve(&s).await?;
+        let (_, bytes, _) = open_resolved(name, &Platform::amd64(), opts).await?;
         Ok(bytes.to_vec())
+    })
+}
+
+/// The digest of the image manifest `reference` names for `platform` (an index followed to that
+/// platform's entry), asked of the registry without fetching any blob: what `kiln lock` pins.
+pub(crate) fn resolve_digest(
+    reference: &str,
+    platform: &Platform,
+    opts: &Options,
+) -> Result<Digest> {
+    let name = ImageName::parse(reference)?;
+    block_on(async {
+        let (_, _, digest) = open_resolved(name, platform, opts).await?;
+        Ok(Digest::parse(&digest).expect("checked by resolve"))
     })
 }
 
@@ -277,26 +366,46 @@ pub(crate) fn fetch_blobs(
     }
     let name = ImageName::parse(reference)?;
     block_on(async {
-        let s = Session::open(name, opts, RegistryOperation::Pull).await?;
-        futures_util::stream::iter(missing.into_iter().map(|(digest, size)| {
-            let s = &s;
-            async move {
-                let desc = OciDescriptor {
-                    digest: digest.to_string(),
-                    size: *size as i64,
-                    ..OciDescriptor::default()
-                };
-                let tmp = store.temp_dir("blob-")?;
-                let part = tmp.path().join("blob");
-                s.retry(&format!("blob {digest}"), || download(s, &desc, &part))
-                    .await?;
-                store.adopt_blob(&part, digest)?;
-                Ok::<(), Diagnostic>(())
+        let mut failed = Vec::new();
+        for host in opts.mirrors.hosts(&name) {
+            match fetch_blobs_from(store, name.clone(), host.clone(), &missing, opts).await {
+                Ok(()) => {
+                    mirror_notes(&name, host.as_deref(), &failed);
+                    return Ok(());
+                }
+                Err(e) => failed.push((host, e)),
             }
-        }))
-        .buffer_unordered(PARALLEL_DOWNLOADS)
-        .try_collect::<Vec<()>>()
-        .await?;
-        Ok(())
+        }
+        Err(all_failed(failed))
     })
+}
+
+async fn fetch_blobs_from(
+    store: &Store,
+    name: ImageName,
+    mirror: Option<String>,
+    missing: &[&(Digest, u64)],
+    opts: &Options,
+) -> Result<()> {
+    let s = Session::open_at(name, mirror, opts, RegistryOperation::Pull).await?;
+    futures_util::stream::iter(missing.iter().map(|(digest, size)| {
+        let s = &s;
+        async move {
+            let desc = OciDescriptor {
+                digest: digest.to_string(),
+                size: *size as i64,
+                ..OciDescriptor::default()
+            };
+            let tmp = store.temp_dir("blob-")?;
+            let part = tmp.path().join("blob");
+            s.retry(&format!("blob {digest}"), || download(s, &desc, &part))
+                .await?;
+            store.adopt_blob(&part, digest)?;
+            Ok::<(), Diagnostic>(())
+        }
+    }))
+    .buffer_unordered(PARALLEL_DOWNLOADS)
+    .try_collect::<Vec<()>>()
+    .await?;
+    Ok(())
 }

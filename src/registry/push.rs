@@ -1,6 +1,8 @@
 //! Pushing: a layout's image, or any manifest and its blobs, sending only what the registry lacks.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use oci_client::RegistryOperation;
@@ -22,6 +24,61 @@ pub(crate) struct Pushed {
     pub digest: String,
     /// The tag already named this manifest, so nothing was uploaded.
     pub unchanged: bool,
+    /// Blobs sent, and blobs mounted from another repository of the registry that an earlier push of
+    /// the same batch had sent them to.
+    pub uploaded: usize,
+    pub mounted: usize,
+}
+
+/// Which repository of a registry holds each blob pushed so far, shared by the pushes of one batch. A
+/// blob's slot is locked while it is being checked or sent, so that images sharing a layer send it once:
+/// the first sends it, the others wait, then mount it from there.
+#[derive(Default)]
+struct Sent {
+    slots: std::sync::Mutex<HashMap<(String, String), Slot>>,
+}
+
+/// The repository a blob was sent to, if it was.
+type Slot = Arc<tokio::sync::Mutex<Option<String>>>;
+
+impl Sent {
+    fn slot(&self, registry: &str, digest: &str) -> Slot {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .entry((registry.to_string(), digest.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Pushes each `(layout, reference)` as [`push`] does, `parallel` at a time, in two rounds: every
+/// image's blobs first, each blob sent once for the batch (later repositories mount it; a registry that
+/// cannot mount is sent it again), then the manifests, so that a batch that fails while uploading names
+/// nothing new. Results come in the order of `jobs`; the first failure is the error.
+pub(crate) fn push_all(
+    jobs: &[(PathBuf, String)],
+    opts: &Options,
+    parallel: usize,
+) -> Result<Vec<Pushed>> {
+    use futures_util::StreamExt as _;
+    let sent = Sent::default();
+    block_on(async {
+        let staging = jobs.iter().map(|(layout, reference)| async {
+            let (name, blobs, manifest, digest) = read_layout(layout, Some("latest"), reference)?;
+            stage(name, layout, blobs, manifest, digest, opts, &sent).await
+        });
+        let staged: Vec<Result<Staged>> = futures_util::stream::iter(staging)
+            .buffered(parallel.max(1))
+            .collect()
+            .await;
+        let staged = staged.into_iter().collect::<Result<Vec<_>>>()?;
+        let pushed: Vec<Result<Pushed>> =
+            futures_util::stream::iter(staged.into_iter().map(finish))
+                .buffered(parallel.max(1))
+                .collect()
+                .await;
+        pushed.into_iter().collect()
+    })
 }
 
 /// Pushes the manifest `manifest` and every blob it names (config and layers, read from the OCI layout
@@ -33,6 +90,43 @@ pub(crate) fn push_manifest(
     reference: &str,
     opts: &Options,
 ) -> Result<String> {
+    let name = tag_reference(reference)?;
+    let blobs = manifest_blobs(&manifest, reference)?;
+    let digest = Digest::of(&manifest).to_string();
+    push_one((name, blobs, manifest, digest), layout, opts).map(|p| p.digest)
+}
+
+/// Pushes an image index to `reference`: each image's blobs (from `layout`) and manifest, by digest,
+/// then the index under the reference's tag.
+pub(crate) fn push_index(
+    layout: &Path,
+    manifests: &[Vec<u8>],
+    index: Vec<u8>,
+    reference: &str,
+    opts: &Options,
+) -> Result<Pushed> {
+    let name = tag_reference(reference)?;
+    for manifest in manifests {
+        let blobs = manifest_blobs(manifest, reference)?;
+        let digest = Digest::of(manifest).to_string();
+        let mut by_digest = name.clone();
+        by_digest.tag = None;
+        by_digest.digest = Some(digest.clone());
+        block_on(push_async(
+            by_digest,
+            layout,
+            blobs,
+            manifest.clone(),
+            digest,
+            opts,
+        ))?;
+    }
+    let digest = Digest::of(&index).to_string();
+    block_on(push_async(name, layout, Vec::new(), index, digest, opts))
+}
+
+/// A reference to push to: it names a tag, never a digest.
+fn tag_reference(reference: &str) -> Result<ImageName> {
     let name = ImageName::parse(reference)?;
     if name.digest.is_some() {
         return Err(Diagnostic::input(format!(
@@ -40,22 +134,22 @@ pub(crate) fn push_manifest(
         ))
         .help("drop the `@sha256:...` part"));
     }
-    let json: Value = serde_json::from_slice(&manifest)
+    Ok(name)
+}
+
+/// The blobs a manifest names (its config, then its layers), each with its size.
+fn manifest_blobs(manifest: &[u8], reference: &str) -> Result<Vec<(String, u64)>> {
+    let json: Value = serde_json::from_slice(manifest)
         .map_err(|e| Diagnostic::env(format!("cannot push `{reference}`: bad manifest: {e}")))?;
-    let mut blobs = Vec::new();
-    for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten())
-    {
-        match (d["digest"].as_str(), d["size"].as_u64()) {
-            (Some(digest), Some(size)) => blobs.push((digest.to_string(), size)),
-            _ => {
-                return Err(Diagnostic::env(format!(
-                    "cannot push `{reference}`: the manifest has a descriptor without digest or size"
-                )));
-            }
-        }
-    }
-    let digest = Digest::of(&manifest).to_string();
-    block_on(push_async(name, layout, blobs, manifest, digest, opts)).map(|p| p.digest)
+    std::iter::once(&json["config"])
+        .chain(json["layers"].as_array().into_iter().flatten())
+        .map(|d| match (d["digest"].as_str(), d["size"].as_u64()) {
+            (Some(digest), Some(size)) => Ok((digest.to_string(), size)),
+            _ => Err(Diagnostic::env(format!(
+                "cannot push `{reference}`: the manifest has a descriptor without digest or size"
+            ))),
+        })
+        .collect()
 }
 
 /// Pushes the image tagged `tag` in the OCI layout at `layout` to `reference`: the blobs the registry
@@ -66,6 +160,23 @@ pub(crate) fn push(
     reference: &str,
     opts: &Options,
 ) -> Result<Pushed> {
+    push_one(read_layout(layout, tag, reference)?, layout, opts)
+}
+
+/// One push on its own: its blobs, then its manifest.
+fn push_one(prepared: Prepared, layout: &Path, opts: &Options) -> Result<Pushed> {
+    let (name, blobs, manifest, digest) = prepared;
+    block_on(async {
+        let sent = Sent::default();
+        finish(stage(name, layout, blobs, manifest, digest, opts, &sent).await?).await
+    })
+}
+
+/// What pushing the image tagged `tag` in `layout` to `reference` takes: the parsed name, the blobs
+/// (config and layers, with sizes), the manifest and its digest.
+type Prepared = (ImageName, Vec<(String, u64)>, Vec<u8>, String);
+
+fn read_layout(layout: &Path, tag: Option<&str>, reference: &str) -> Result<Prepared> {
     let name = ImageName::parse(reference)?;
     if name.digest.is_some() {
         return Err(Diagnostic::input(format!(
@@ -87,17 +198,11 @@ pub(crate) fn push(
     for l in image.manifest.layers() {
         blobs.push((l.digest().to_string(), l.size()));
     }
-    block_on(push_async(
-        name,
-        layout,
-        blobs,
-        manifest,
-        image.manifest_digest,
-        opts,
-    ))
+    Ok((name, blobs, manifest, image.manifest_digest))
 }
 
-async fn push_async(
+/// One manifest and its blobs pushed on their own (an attestation's artifact, pushed by digest).
+pub(super) async fn push_async(
     name: ImageName,
     layout: &Path,
     blobs: Vec<(String, u64)>,
@@ -105,13 +210,56 @@ async fn push_async(
     manifest_digest: String,
     opts: &Options,
 ) -> Result<Pushed> {
+    let sent = Sent::default();
+    finish(stage(name, layout, blobs, manifest, manifest_digest, opts, &sent).await?).await
+}
+
+/// A push whose blobs are all in the registry, its manifest not put yet.
+struct Staged {
+    s: Session,
+    manifest: Vec<u8>,
+    manifest_digest: String,
+    uploaded: usize,
+    mounted: usize,
+}
+
+/// Sends the blobs the registry lacks (mounting those `sent` says another repository of it has).
+async fn stage(
+    name: ImageName,
+    layout: &Path,
+    blobs: Vec<(String, u64)>,
+    manifest: Vec<u8>,
+    manifest_digest: String,
+    opts: &Options,
+    sent: &Sent,
+) -> Result<Staged> {
     let s = Session::open(name, opts, RegistryOperation::Push).await?;
     let reference = s.name.oci();
+    let (mut uploaded, mut mounted) = (0, 0);
     for (digest, size) in &blobs {
+        let slot = sent.slot(&s.name.registry, digest);
+        let mut holder = slot.lock().await;
+        if let Some(from) = holder.as_ref().filter(|r| **r != s.name.repository) {
+            let source = ImageName {
+                repository: from.clone(),
+                ..s.name.clone()
+            }
+            .oci();
+            // A registry that will not mount answers otherwise than 201: the blob is sent below.
+            if s.client
+                .mount_blob(&reference, &source, digest)
+                .await
+                .is_ok()
+            {
+                mounted += 1;
+                continue;
+            }
+        }
         let what = format!("blob {digest}");
         if s.retry(&what, || s.client.blob_exists(&reference, digest))
             .await?
         {
+            holder.get_or_insert_with(|| s.name.repository.clone());
             continue;
         }
         let path = crate::oci::blob_path(layout, digest)
@@ -123,7 +271,28 @@ async fn push_async(
                 .await
         })
         .await?;
+        uploaded += 1;
+        *holder = Some(s.name.repository.clone());
     }
+    Ok(Staged {
+        s,
+        manifest,
+        manifest_digest,
+        uploaded,
+        mounted,
+    })
+}
+
+/// Puts a staged push's manifest, unless the tag already names it.
+async fn finish(staged: Staged) -> Result<Pushed> {
+    let Staged {
+        s,
+        manifest,
+        manifest_digest,
+        uploaded,
+        mounted,
+    } = staged;
+    let reference = s.name.oci();
     let json: Value = serde_json::from_slice(&manifest).map_err(|e| {
         Diagnostic::env(format!(
             "cannot push `{}`: the manifest is not JSON: {e}",
@@ -152,6 +321,8 @@ async fn push_async(
         return Ok(Pushed {
             digest: manifest_digest,
             unchanged: true,
+            uploaded,
+            mounted,
         });
     }
     let body = Bytes::from(manifest);
@@ -164,6 +335,8 @@ async fn push_async(
     Ok(Pushed {
         digest: manifest_digest,
         unchanged: false,
+        uploaded,
+        mounted,
     })
 }
 

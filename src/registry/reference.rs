@@ -205,7 +205,7 @@ pub(crate) fn valid_component(c: &str) -> bool {
 }
 
 /// `host`, `host:port` or `[ipv6]:port`.
-fn valid_host(host: &str) -> bool {
+pub(super) fn valid_host(host: &str) -> bool {
     let (name, port) = if let Some(v6) = host.strip_prefix('[') {
         match v6.split_once(']') {
             Some((addr, rest)) => {

@@ -183,3 +183,95 @@ fn transient_errors_are_the_retryable_ones() {
     let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
     assert!(transient(&OciDistributionError::IoError(reset)));
 }
+
+/// Mirrors are asked in the order given, then the registry, unless mirrors only; a registry without a
+/// mirror is asked alone, and Docker Hub's other spellings mirror the same registry.
+#[test]
+fn mirrors_come_first_and_the_registry_last() {
+    use super::Mirrors;
+    let mut m = Mirrors::default();
+    m.add("docker.io=m1.lan:5000").unwrap();
+    m.add("index.docker.io=m2.lan").unwrap();
+    m.add("docker.io=m1.lan:5000").unwrap();
+    let hub = ImageName::parse("busybox").unwrap();
+    let other = ImageName::parse("ghcr.io/o/x").unwrap();
+    assert_eq!(
+        m.hosts(&hub),
+        [
+            Some("m1.lan:5000".to_string()),
+            Some("m2.lan".to_string()),
+            None
+        ]
+    );
+    assert_eq!(m.hosts(&other), [None]);
+    m.only = true;
+    assert_eq!(
+        m.hosts(&hub),
+        [Some("m1.lan:5000".to_string()), Some("m2.lan".to_string())]
+    );
+    assert_eq!(m.hosts(&other), [None]);
+    let at = |spec: &str| {
+        let e = Mirrors::default().add(spec).unwrap_err();
+        (spec[e.at.clone()].to_string(), e.why)
+    };
+    assert_eq!(at("docker.io=https://m.lan").0, "https://m.lan");
+    assert_eq!(at("bad_host=m.lan").0, "bad_host");
+    assert!(at("m.lan").1.contains("names no registry"));
+    assert!(at("docker.io=").1.contains("names no mirror"));
+}
+
+/// registries.toml in buildkitd.toml's shape: mirrors, `http`, `insecure`, kiln's `mirror-only`; a key
+/// kiln does not read is an error located in the file.
+#[test]
+fn registries_toml_reads_buildkitd_s_registry_tables() {
+    let mut opts = Options::default();
+    opts.apply_config(
+        std::path::Path::new("registries.toml"),
+        "[registry.\"docker.io\"]\nmirrors = [\"m.lan:5000\"]\nmirror-only = true\n\n[registry.\"m.lan:5000\"]\nhttp = true\n\n[registry.\"tls.lan\"]\ninsecure = true\n",
+    )
+    .unwrap();
+    let hub = ImageName::parse("busybox").unwrap();
+    assert_eq!(opts.mirrors.hosts(&hub), [Some("m.lan:5000".to_string())]);
+    assert!(opts.plain_http("m.lan:5000"));
+    assert_eq!(opts.skip_verify, ["tls.lan"]);
+
+    let text = "[registry.\"docker.io\"]\nmirrors = [\"m.lan\"]\nca = []\nkeypair = []\n";
+    let e = Options::default()
+        .apply_config(std::path::Path::new("registries.toml"), text)
+        .unwrap_err();
+    assert!(
+        e.message.contains("unknown field `keypair`"),
+        "{}",
+        e.message
+    );
+    let at = e.location().unwrap();
+    assert_eq!(&text[at.span.start..at.span.end], "keypair");
+
+    let e = Options::default()
+        .apply_config(
+            std::path::Path::new("registries.toml"),
+            "[registry.\"docker.io\"]\nmirror-only = true\n",
+        )
+        .unwrap_err();
+    assert!(e.message.contains("names no mirrors"), "{}", e.message);
+    let e = Options::default()
+        .apply_config(
+            std::path::Path::new("registries.toml"),
+            "[registry.\"docker.io\"]\nmirrors = [\"http://m.lan\"]\n",
+        )
+        .unwrap_err();
+    assert!(e.message.contains("not a URL"), "{}", e.message);
+    let e = Options::default()
+        .apply_config(
+            std::path::Path::new("registries.toml"),
+            "[registry.\"r.lan\"]\nca = [\"/nonexistent/ca.pem\"]\n",
+        )
+        .unwrap_err();
+    assert!(
+        e.message.contains(
+            "cannot read the CA /nonexistent/ca.pem that registries.toml names for r.lan"
+        ),
+        "{}",
+        e.message
+    );
+}

@@ -6,7 +6,6 @@
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use bazel_remote_apis::google::rpc::Status;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct BotSession {
@@ -76,6 +75,17 @@ pub(crate) struct Worker {
     pub devices: Vec<Device>,
     #[prost(message, repeated, tag = "2")]
     pub properties: Vec<Property>,
+    /// Settings of the bot, such as `capacity` (how many leases it runs at once, in BuildGrid).
+    #[prost(message, repeated, tag = "3")]
+    pub configs: Vec<Config>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Config {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -113,17 +123,21 @@ pub(crate) struct UpdateBotSessionRequest {
 /// A client of the Bots service.
 #[derive(Clone)]
 pub(crate) struct BotsClient {
-    grpc: tonic::client::Grpc<Channel>,
+    grpc: tonic::client::Grpc<super::connect::Transport>,
 }
 
 impl BotsClient {
-    pub(crate) fn new(channel: Channel) -> BotsClient {
+    pub(crate) fn new(channel: super::connect::Transport) -> BotsClient {
         BotsClient {
             grpc: tonic::client::Grpc::new(channel),
         }
     }
 
-    async fn unary<Q, R>(&mut self, method: &'static str, req: Q) -> Result<R, tonic::Status>
+    async fn unary<Q, R>(
+        &mut self,
+        method: &'static str,
+        req: tonic::Request<Q>,
+    ) -> Result<R, tonic::Status>
     where
         Q: prost::Message + Send + Sync + 'static,
         R: prost::Message + Default + Send + Sync + 'static,
@@ -134,16 +148,12 @@ impl BotsClient {
             .map_err(|e| tonic::Status::unavailable(format!("service not ready: {e}")))?;
         let codec = tonic_prost::ProstCodec::<Q, R>::default();
         let path = PathAndQuery::from_static(method);
-        Ok(self
-            .grpc
-            .unary(tonic::Request::new(req), path, codec)
-            .await?
-            .into_inner())
+        Ok(self.grpc.unary(req, path, codec).await?.into_inner())
     }
 
     pub(crate) async fn create_bot_session(
         &mut self,
-        req: CreateBotSessionRequest,
+        req: tonic::Request<CreateBotSessionRequest>,
     ) -> Result<BotSession, tonic::Status> {
         self.unary(
             "/google.devtools.remoteworkers.v1test2.Bots/CreateBotSession",
@@ -154,7 +164,7 @@ impl BotsClient {
 
     pub(crate) async fn update_bot_session(
         &mut self,
-        req: UpdateBotSessionRequest,
+        req: tonic::Request<UpdateBotSessionRequest>,
     ) -> Result<BotSession, tonic::Status> {
         self.unary(
             "/google.devtools.remoteworkers.v1test2.Bots/UpdateBotSession",

@@ -4,25 +4,45 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 
+use super::operation::{CancelOnDrop, Running};
+use super::secrets::Endpoint;
 use super::server::Server;
 use super::{
     OUTPUT, STEP_FILE, StepSpec, digest_of, key_action, message_blob, network_name, tar_snapshot,
 };
 use crate::diag::{Diagnostic, Result};
 use crate::graph::op::Network;
-use crate::solve::{CopyStep, Executor, Layers, LogSink, RunStep, exit_error};
+use crate::progress::Placement;
+use crate::secret::SecretValue;
+use crate::solve::{
+    CopyStep, Executor, Layers, LogSink, RunStep, StatusSink, StepMount, exit_error,
+};
 
 /// Whether a step may leave the machine: only one with no mounts at all and no entitlement. A secret or
 /// an SSH agent must never reach an Action or the CAS, and cache, bind and tmpfs mounts live on this host;
 /// `--allow network.host` and `--allow security.insecure` were granted by this build's user for this
 /// machine, not for a worker's.
 pub(crate) fn remotable(step: &RunStep) -> bool {
-    step.secrets.is_empty()
-        && step.mounts.is_empty()
+    step.secrets.is_empty() && step.mounts.is_empty() && confined(step)
+}
+
+/// Whether a step that mounts secrets or SSH agents may run on a worker under `--remote-secrets=allow`:
+/// those are its only mounts (values go out of band, agent connections are relayed back to this
+/// machine's agent).
+pub(crate) fn remotable_with_secrets(step: &RunStep) -> bool {
+    let ssh = |m: &StepMount| matches!(m, StepMount::Ssh { .. });
+    (!step.secrets.is_empty() || !step.mounts.is_empty())
+        && step.mounts.iter().all(ssh)
+        && confined(step)
+}
+
+fn confined(step: &RunStep) -> bool {
+    // What the command line sets for steps (hosts, /dev/shm, limits) has no place in an Action.
+    step.sandbox == crate::solve::Sandbox::default()
         && step.network != Network::Host
         && !step.insecure
 }
@@ -39,6 +59,17 @@ pub(crate) enum Mode {
     Read,
 }
 
+/// What the command line asks of the remote side beyond its address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    /// `--remote-timeout`: the most a remote step may take, from its first lookup to its result
+    /// (queueing and retries included); its operation is cancelled when it is up.
+    pub timeout: Option<std::time::Duration>,
+    /// `false` with `--no-cache` or `--remote-accept-cached=false`: no ActionCache lookup, and
+    /// Execute with `skip_cache_lookup`, so the step runs again on a worker.
+    pub accept_cached: bool,
+}
+
 /// The REAPI executor: RUN steps go through the server, everything else (and every step with a mount)
 /// runs on the local executor `L`.
 pub(crate) struct Remote<L> {
@@ -47,9 +78,12 @@ pub(crate) struct Remote<L> {
     ids: crate::layer::Ids,
     server: Server,
     mode: Mode,
+    options: Options,
     /// Snapshot path → digest of its tar: snapshots are immutable, so each is tarred at most once per
     /// build just to learn its digest.
     digests: Mutex<HashMap<PathBuf, re::Digest>>,
+    /// `--remote-secrets=allow`: the endpoint that hands remote steps their secrets.
+    secrets: Option<Endpoint>,
 }
 
 /// One blob of an Action's inputs, in memory or in a file.
@@ -59,14 +93,106 @@ enum Blob {
 }
 
 impl<L: Executor> Remote<L> {
-    pub(crate) fn new(server: Server, mode: Mode, local: L, ids: crate::layer::Ids) -> Remote<L> {
+    pub(crate) fn new(
+        server: Server,
+        mode: Mode,
+        options: Options,
+        local: L,
+        ids: crate::layer::Ids,
+    ) -> Remote<L> {
         Remote {
             local,
             ids,
             server,
             mode,
+            options,
             digests: Mutex::new(HashMap::new()),
+            secrets: None,
         }
+    }
+
+    /// Steps whose only mounts are secrets run remotely too, their values served by `endpoint`.
+    pub(crate) fn with_secret_channel(mut self, endpoint: Endpoint) -> Remote<L> {
+        self.secrets = Some(endpoint);
+        self
+    }
+
+    /// A step with secrets on a worker: its values go out of band (see `secrets`), the Action carries a
+    /// nonce for this execution and is never cached by the server. The result is found under the step's
+    /// cache key like any other, but never filed there: a build given secrets uploads no cache entry
+    /// (see `Mode::Read`).
+    async fn run_with_secrets(
+        &self,
+        step: RunStep,
+        logs: LogSink,
+        channel: &Endpoint,
+        status: &StatusSink,
+    ) -> Result<()> {
+        if self.apply_keyed(&step, &logs, status).await? {
+            return Ok(());
+        }
+        let mut values: Vec<(String, SecretValue)> = Vec::new();
+        for (m, v) in &step.secrets {
+            if let Some(v) = v
+                && !values.iter().any(|(id, _)| id == &m.id)
+            {
+                let copy = SecretValue::new(zeroize::Zeroizing::new(v.expose().to_vec()));
+                values.push((m.id.clone(), copy));
+            }
+        }
+        let mut agents = Vec::new();
+        let mut ssh = Vec::new();
+        for m in &step.mounts {
+            if let StepMount::Ssh {
+                id,
+                target,
+                agent,
+                mode,
+                uid,
+                gid,
+            } = m
+            {
+                agents.push((id.clone(), agent.clone()));
+                ssh.push(super::SshSpec {
+                    id: id.clone(),
+                    target: target.clone(),
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                });
+            }
+        }
+        let registration = channel.register(values, agents)?;
+        let spec = StepSpec {
+            version: 2,
+            args: step.args.clone(),
+            env: step.env.clone(),
+            cwd: step.cwd.clone(),
+            user: step.user.clone(),
+            network: network_name(step.network).to_string(),
+            secrets: step.secrets.iter().map(|(m, _)| m.clone()).collect(),
+            secret_endpoint: Some(channel.addr()),
+            nonce: Some(registration.nonce.clone()),
+            ssh,
+        };
+        let (action, blobs, scratch) = self.prepare(&step, &spec, true).await?;
+        let result = match self.execute(&action, &blobs, &scratch, status).await {
+            Ok(r) => r,
+            Err(e) if !channel.taken(&registration) => {
+                let refused = channel.refusals();
+                if refused.is_empty() {
+                    return Err(e);
+                }
+                return Err(e.help(format!(
+                    "the secrets were never sent: this build's secret endpoint refused {}",
+                    refused.join("; ")
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        drop(registration);
+        self.apply(&result, &step.args, &step.fs, &scratch, &logs)
+            .await
     }
 
     /// The digest of a snapshot's tar, tarring it into `scratch` when not known yet.
@@ -180,14 +306,14 @@ impl<L: Executor> Remote<L> {
         .map_err(|e| Diagnostic::io("cannot unpack the remote result", e))
     }
 
-    async fn run_remote(&self, step: RunStep, logs: LogSink) -> Result<()> {
+    async fn run_remote(&self, step: RunStep, logs: LogSink, status: &StatusSink) -> Result<()> {
         // First by kiln's cache key: no input needs tarring, and a result is found even when an input
         // layer was rebuilt with other bytes (a new directory's mtime) but the same meaning.
         let keyed = step.key.as_ref().map(key_action);
-        if self.apply_keyed(&step, &logs).await? {
+        if self.apply_keyed(&step, &logs, status).await? {
             return Ok(());
         }
-        let result = self.run_action(step, logs.clone()).await?;
+        let result = self.run_action(step, logs.clone(), status).await?;
         if let (Some((digest, blobs)), Some(result)) = (keyed, result)
             && let Err(e) = self.file_under_key(&digest, blobs, result).await
         {
@@ -198,21 +324,31 @@ impl<L: Executor> Remote<L> {
 
     /// `Mode::Read`: a result filed under the step's cache key (which covers no secret value and no
     /// input bytes), else the step runs here.
-    async fn run_read(&self, step: RunStep, logs: LogSink) -> Result<()> {
-        if self.apply_keyed(&step, &logs).await? {
+    async fn run_read(&self, step: RunStep, logs: LogSink, status: &StatusSink) -> Result<()> {
+        if self.apply_keyed(&step, &logs, status).await? {
             return Ok(());
         }
+        status(Placement::Local);
         self.local.run(step, logs).await
     }
 
     /// Applies the successful result filed under the step's cache key, if the server has one whose
     /// blobs are all there; `false` when it has none.
-    async fn apply_keyed(&self, step: &RunStep, logs: &LogSink) -> Result<bool> {
+    async fn apply_keyed(
+        &self,
+        step: &RunStep,
+        logs: &LogSink,
+        status: &StatusSink,
+    ) -> Result<bool> {
+        if !self.options.accept_cached {
+            return Ok(false);
+        }
         if let Some((digest, _)) = step.key.as_ref().map(key_action)
             && let Some(result) = self.server.get_action_result(&digest).await?
             && result.exit_code == 0
             && self.complete(&result).await?
         {
+            status(Placement::RemoteCached);
             let scratch = self.scratch(&step.fs)?;
             self.apply(&result, &step.args, &step.fs, &scratch, logs)
                 .await?;
@@ -249,15 +385,74 @@ impl<L: Executor> Remote<L> {
     }
 
     /// Runs the step as a content-addressed Action (ActionCache first); returns the successful result.
-    async fn run_action(&self, step: RunStep, logs: LogSink) -> Result<Option<re::ActionResult>> {
-        let scratch = step
-            .fs
-            .upper
-            .parent()
-            .unwrap_or(Path::new("/"))
-            .join("remote");
-        std::fs::create_dir_all(&scratch)
-            .map_err(|e| Diagnostic::io("cannot prepare a remote step", e))?;
+    async fn run_action(
+        &self,
+        step: RunStep,
+        logs: LogSink,
+        status: &StatusSink,
+    ) -> Result<Option<re::ActionResult>> {
+        let spec = StepSpec {
+            version: 1,
+            args: step.args.clone(),
+            env: step.env.clone(),
+            cwd: step.cwd.clone(),
+            user: step.user.clone(),
+            network: network_name(step.network).to_string(),
+            secrets: Vec::new(),
+            secret_endpoint: None,
+            nonce: None,
+            ssh: Vec::new(),
+        };
+        let (action_digest, blobs, scratch) = self.prepare(&step, &spec, false).await?;
+        if self.options.accept_cached
+            && let Some(result) = self.server.get_action_result(&action_digest).await?
+            && result.exit_code == 0
+            && self.complete(&result).await?
+        {
+            status(Placement::RemoteCached);
+            self.apply(&result, &step.args, &step.fs, &scratch, &logs)
+                .await?;
+            return Ok(Some(result));
+        }
+        match self.mode {
+            Mode::Execute => {
+                let result = self
+                    .execute(&action_digest, &blobs, &scratch, status)
+                    .await?;
+                self.apply(&result, &step.args, &step.fs, &scratch, &logs)
+                    .await?;
+                Ok(Some(result))
+            }
+            Mode::Read => {
+                status(Placement::Local);
+                self.local.run(step, logs).await?;
+                Ok(None)
+            }
+            Mode::Cache => {
+                status(Placement::Local);
+                let upper = step.fs.upper.clone();
+                self.local.run(step, logs.clone()).await?;
+                match self.publish(&upper, &scratch, &blobs, &action_digest).await {
+                    Ok(result) => Ok(Some(result)),
+                    Err(e) => {
+                        // A cache that cannot take a result costs a rebuild elsewhere, not this build.
+                        logs(format!("kiln: not cached remotely: {}\n", e.message).as_bytes());
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Action of a step described by `spec`: its digest, every blob it needs, and the step's scratch
+    /// directory.
+    async fn prepare(
+        &self,
+        step: &RunStep,
+        spec: &StepSpec,
+        do_not_cache: bool,
+    ) -> Result<(re::Digest, Vec<(re::Digest, Blob)>, PathBuf)> {
+        let scratch = self.scratch(&step.fs)?;
         let mut blobs: Vec<(re::Digest, Blob)> = Vec::new();
         let mut files = Vec::new();
         for (i, lower) in step.fs.lowers.iter().enumerate() {
@@ -273,15 +468,7 @@ impl<L: Executor> Remote<L> {
             });
             blobs.push((d, Blob::Snapshot(lower.clone())));
         }
-        let spec = StepSpec {
-            version: 1,
-            args: step.args.clone(),
-            env: step.env.clone(),
-            cwd: step.cwd.clone(),
-            user: step.user.clone(),
-            network: network_name(step.network).to_string(),
-        };
-        let spec_bytes = serde_json::to_vec(&spec).expect("specs serialize");
+        let spec_bytes = serde_json::to_vec(spec).expect("specs serialize");
         let spec_digest = digest_of(&spec_bytes);
         files.push(re::FileNode {
             name: STEP_FILE.to_string(),
@@ -317,65 +504,78 @@ impl<L: Executor> Remote<L> {
         let (action_digest, action) = message_blob(&re::Action {
             command_digest: Some(command_digest),
             input_root_digest: Some(root_digest),
+            do_not_cache,
             ..Default::default()
         });
         blobs.push((action_digest.clone(), Blob::Bytes(action)));
+        Ok((action_digest, blobs, scratch))
+    }
 
-        if let Some(result) = self.server.get_action_result(&action_digest).await?
-            && result.exit_code == 0
-            && self.complete(&result).await?
+    /// Uploads what the server lacks of an Action's blobs and has a worker execute it.
+    async fn execute(
+        &self,
+        action_digest: &re::Digest,
+        blobs: &[(re::Digest, Blob)],
+        scratch: &Path,
+        status: &StatusSink,
+    ) -> Result<re::ActionResult> {
+        let missing = self
+            .server
+            .find_missing(blobs.iter().map(|(d, _)| d.clone()).collect())
+            .await?;
+        for (d, blob) in blobs {
+            if missing.contains(d) {
+                self.upload(d, blob, scratch).await?;
+            }
+        }
+        // Cancelled if this future is dropped (the build interrupted, a sibling failed, the timeout
+        // up) while the operation runs.
+        let cancel = CancelOnDrop {
+            server: self.server.clone(),
+            running: Running::default(),
+        };
+        let skip = !self.options.accept_cached;
+        let resp = self
+            .server
+            .execute(action_digest, skip, &cancel.running, &**status)
+            .await?;
+        if resp.cached_result {
+            status(Placement::RemoteCached);
+        }
+        if let Some(st) = &resp.status
+            && st.code != 0
         {
-            self.apply(&result, &step.args, &step.fs, &scratch, &logs)
-                .await?;
-            return Ok(Some(result));
+            return Err(Diagnostic::env(format!(
+                "remote execution failed at {}: {} (code {})",
+                self.server.url, st.message, st.code
+            )));
         }
-        match self.mode {
-            Mode::Execute => {
-                let missing = self
-                    .server
-                    .find_missing(blobs.iter().map(|(d, _)| d.clone()).collect())
-                    .await?;
-                for (d, blob) in &blobs {
-                    if missing.contains(d) {
-                        self.upload(d, blob, &scratch).await?;
-                    }
-                }
-                let resp = self.server.execute(&action_digest).await?;
-                if let Some(st) = &resp.status
-                    && st.code != 0
-                {
-                    return Err(Diagnostic::env(format!(
-                        "remote execution failed at {}: {} (code {})",
-                        self.server.url, st.message, st.code
-                    )));
-                }
-                let result = resp.result.ok_or_else(|| {
-                    Diagnostic::env(format!(
-                        "remote execution at {} returned no result",
-                        self.server.url
-                    ))
-                })?;
-                self.apply(&result, &step.args, &step.fs, &scratch, &logs)
-                    .await?;
-                Ok(Some(result))
+        resp.result.ok_or_else(|| {
+            Diagnostic::env(format!(
+                "remote execution at {} returned no result",
+                self.server.url
+            ))
+        })
+    }
+
+    /// The error of a remote step `--remote-timeout` ended, saying what it was waiting for.
+    fn timed_out(&self, limit: std::time::Duration, last: Option<Placement>) -> Diagnostic {
+        let was = match last {
+            Some(Placement::Queued) => "it was still queued: no worker took it".to_string(),
+            Some(Placement::Remote { worker: Some(w) }) => format!("it was running on {w}"),
+            Some(Placement::Remote { worker: None }) => {
+                "it was running on the remote executor".to_string()
             }
-            Mode::Read => {
-                self.local.run(step, logs).await?;
-                Ok(None)
-            }
-            Mode::Cache => {
-                let upper = step.fs.upper.clone();
-                self.local.run(step, logs.clone()).await?;
-                match self.publish(&upper, &scratch, &blobs, &action_digest).await {
-                    Ok(result) => Ok(Some(result)),
-                    Err(e) => {
-                        // A cache that cannot take a result costs a rebuild elsewhere, not this build.
-                        logs(format!("kiln: not cached remotely: {}\n", e.message).as_bytes());
-                        Ok(None)
-                    }
-                }
-            }
-        }
+            _ => "it was still being prepared (lookups and uploads)".to_string(),
+        };
+        Diagnostic::env(format!(
+            "the remote step did not finish within {} (--remote-timeout): {was}; its remote operation was cancelled",
+            humanize(limit)
+        ))
+        .help(format!(
+            "check that a worker is connected to {} and takes work, or raise --remote-timeout",
+            self.server.url
+        ))
     }
 
     /// Uploads a locally built result and records it in the ActionCache.
@@ -422,12 +622,49 @@ impl<L: Executor> Remote<L> {
 
 impl<L: Executor> Executor for Remote<L> {
     async fn run(&self, step: RunStep, logs: LogSink) -> Result<()> {
-        if self.mode == Mode::Read && remotable(&step) {
-            self.run_read(step, logs).await
-        } else if remotable(&step) {
-            self.run_remote(step, logs).await
-        } else {
-            self.local.run(step, logs).await
+        self.run_placed(step, logs, Arc::new(|_| {})).await
+    }
+
+    async fn run_placed(&self, step: RunStep, logs: LogSink, status: StatusSink) -> Result<()> {
+        let channel = self
+            .secrets
+            .as_ref()
+            .filter(|_| remotable_with_secrets(&step));
+        if channel.is_none() && !remotable(&step) {
+            status(Placement::Local);
+            return self.local.run(step, logs).await;
+        }
+        // A build that only reads the remote (given secrets) runs its misses here, and a local step is
+        // not the timeout's to end; a step whose secrets go to a worker is remote.
+        let limit = self
+            .options
+            .timeout
+            .filter(|_| self.mode == Mode::Execute || channel.is_some());
+        // The last placement, for the timeout's message.
+        let last = Arc::new(Mutex::new(None::<Placement>));
+        let status: StatusSink = {
+            let last = last.clone();
+            Arc::new(move |p: Placement| {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(p.clone());
+                status(p);
+            })
+        };
+        let running = async {
+            match (channel, self.mode) {
+                (Some(channel), _) => self.run_with_secrets(step, logs, channel, &status).await,
+                (None, Mode::Read) => self.run_read(step, logs, &status).await,
+                (None, _) => self.run_remote(step, logs, &status).await,
+            }
+        };
+        let Some(limit) = limit else {
+            return running.await;
+        };
+        // Dropping `running` cancels the step's operation, if it has one.
+        match tokio::time::timeout(limit, running).await {
+            Ok(r) => r,
+            Err(_) => {
+                Err(self.timed_out(limit, last.lock().unwrap_or_else(|e| e.into_inner()).take()))
+            }
         }
     }
 
@@ -441,5 +678,25 @@ impl<L: Executor> Executor for Remote<L> {
 
     fn unpack(&self, blob: &Path, media_type: &str, dest: &Path) -> Result<()> {
         self.local.unpack(blob, media_type, dest)
+    }
+
+    /// With `--remote-cache` a step that fails ran here (a debug shell refuses `--remote-executor`), so
+    /// its shell opens here too.
+    async fn shell(&self, step: RunStep) -> Result<()> {
+        self.local.shell(step).await
+    }
+}
+
+/// A duration as the user wrote one: `10s`, `1m30s`, `250ms`.
+fn humanize(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    match (s / 60, s % 60) {
+        (0, s) => format!("{s}s"),
+        (m, 0) => format!("{m}m"),
+        (m, s) => format!("{m}m{s}s"),
     }
 }

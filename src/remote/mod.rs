@@ -12,7 +12,10 @@
 //! blob that FindMissingBlobs uploads once for every step and machine that builds on it.
 //!
 //! REAPI has no secret channel: a step that mounts a secret or an SSH agent (or any other mount: cache,
-//! bind, tmpfs) always runs locally, so no secret value ever enters an Action, a Command or the CAS.
+//! bind, tmpfs) runs locally, so no secret value ever enters an Action, a Command or the CAS. With
+//! `--remote-secrets=allow` a step whose only mounts are secrets and SSH agents runs remotely, its
+//! values sent out of band to the worker that leased it over mutual TLS, and its agent connections
+//! relayed back over the same channel (`secrets`); `step.json` names only their ids.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -24,14 +27,21 @@ use sha2::{Digest as _, Sha256};
 use crate::graph::op::Network;
 
 pub(crate) mod bots;
+mod connect;
 mod executor;
+mod layers;
+mod operation;
+pub(crate) mod secrets;
 mod server;
+mod session;
 #[cfg(test)]
 mod tests;
 pub(crate) mod worker;
 
-pub(crate) use executor::{Mode, Remote};
-pub(crate) use server::{Server, parse_url};
+pub(crate) use connect::{Connect, Header, parse_url};
+pub(crate) use executor::{Mode, Options, Remote};
+pub(crate) use server::Server;
+pub(crate) use session::Stop;
 
 /// The name of the step's description in the input root.
 pub(crate) const STEP_FILE: &str = "step.json";
@@ -48,6 +58,30 @@ pub(crate) struct StepSpec {
     pub cwd: String,
     pub user: String,
     pub network: String,
+    /// Version 2 only: the secret mounts (ids and options, never a value), where the worker fetches
+    /// their values, and the nonce that names this one execution there. Absent from version 1, so the
+    /// digests of steps without secrets are unchanged, and a worker that knows only version 1 refuses a
+    /// step it could not run as written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::graph::op::SecretMount>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Version 2 only: the SSH agents the step mounts (never a key): each connection the step makes to
+    /// one is relayed to the build's agent through the same endpoint, under the same nonce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh: Vec<SshSpec>,
+}
+
+/// An SSH agent mount of a remote step: the `--ssh` id, and the socket's place, mode and owner.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct SshSpec {
+    pub id: String,
+    pub target: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 pub(crate) fn digest_of(bytes: &[u8]) -> re::Digest {

@@ -1,4 +1,5 @@
-//! A REAPI server as kiln uses it: the CAS (batch calls and ByteStream), the ActionCache and Execute.
+//! A REAPI server as kiln uses it: the CAS (batch calls and ByteStream) and the ActionCache (Execute is
+//! in `operation.rs`).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -6,12 +7,11 @@ use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
-use bazel_remote_apis::google::longrunning::operation;
 use futures_util::StreamExt as _;
-use prost::Message as _;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
-use tonic::transport::{Channel, Endpoint};
+
+use super::connect::{Connect, Transport};
 
 use crate::diag::{Diagnostic, Result};
 
@@ -23,48 +23,40 @@ const CHUNK: usize = 1 << 20;
 pub(crate) struct Server {
     pub url: String,
     pub instance: String,
-    pub(super) channel: Channel,
-}
-
-/// Parses `grpc://HOST:PORT` (REAPI's plaintext scheme, as in Bazel's `--remote_executor`).
-pub(crate) fn parse_url(url: &str) -> std::result::Result<String, String> {
-    let Some(rest) = url.strip_prefix("grpc://") else {
-        return Err(if url.starts_with("grpcs://") {
-            "TLS (`grpcs://`) is not supported yet; use `grpc://` (behind a TLS-terminating proxy if the link is not trusted)".into()
-        } else {
-            "the address must look like `grpc://HOST:PORT`".into()
-        });
-    };
-    let hostport = rest.trim_end_matches('/');
-    let Some((host, port)) = hostport.rsplit_once(':') else {
-        return Err("the address needs a port: `grpc://HOST:PORT`".into());
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() || hostport.contains('/') {
-        return Err("the address must look like `grpc://HOST:PORT`".into());
-    }
-    Ok(format!("http://{hostport}"))
+    pub(super) channel: Transport,
+    auth: super::connect::Auth,
+    /// How it was set up, and how its TLS options are spelled (`--remote-tls-` or `--tls-`), to explain
+    /// a refused link.
+    connect: Connect,
+    flags: String,
 }
 
 impl Server {
-    /// A lazily connected channel: nothing is dialled until the first call (`check` makes one).
-    pub(crate) fn new(url: &str, instance: &str) -> Result<Server> {
-        let http = parse_url(url).map_err(|m| {
-            Diagnostic::input(format!("bad remote address `{url}`: {m}"))
-                .help("for example `--remote-executor grpc://127.0.0.1:50051`")
-        })?;
-        let channel = Endpoint::from_shared(http)
-            .map_err(|e| Diagnostic::input(format!("bad remote address `{url}`: {e}")))?
-            .connect_timeout(Duration::from_secs(10))
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .connect_lazy();
+    /// A lazily connected channel: nothing is dialled until the first call (`check` makes one). `flags`
+    /// is how the TLS options are spelled where they were given (`--remote-tls-` or `--tls-`).
+    pub(crate) fn new(url: &str, instance: &str, connect: &Connect, flags: &str) -> Result<Server> {
+        let (channel, auth) = connect.channel(url, flags)?;
         Ok(Server {
             url: url.to_string(),
             instance: instance.to_string(),
             channel,
+            auth,
+            connect: connect.clone(),
+            flags: flags.to_string(),
         })
     }
 
     pub(super) fn error(&self, what: &str, s: tonic::Status) -> Diagnostic {
+        let closed = || {
+            (self.url.starts_with("grpcs://"))
+                .then(|| super::connect::closed_reason(&self.connect, &s, &self.flags))
+                .flatten()
+        };
+        if let Some((why, hint)) = super::connect::security_reason(&s, &self.flags).or_else(closed)
+        {
+            return Diagnostic::env(format!("remote {what} failed at {}: {why}", self.url))
+                .help(hint);
+        }
         let mut d = Diagnostic::env(format!(
             "remote {what} failed at {}: {} ({:?})",
             self.url,
@@ -75,6 +67,21 @@ impl Server {
             d = d.help("check that the REAPI server is running and that the address is right");
         }
         d
+    }
+
+    /// The same server over a new connection, with the same headers (a credential helper's latest
+    /// included): for a call made on another runtime than the one this connection lives on, which may
+    /// be shutting down (cancelling a dropped step's operation).
+    pub(crate) fn reconnect(&self) -> Result<Server> {
+        let server = Server::new(&self.url, &self.instance, &self.connect, &self.flags)?;
+        server.renew_headers(self.auth.renewed());
+        Ok(server)
+    }
+
+    /// Replaces the headers a credential helper gave (kept apart from `--remote-header`'s) for the
+    /// calls from now on.
+    pub(crate) fn renew_headers(&self, headers: Vec<super::Header>) {
+        self.auth.renew(headers);
     }
 
     /// Asks the server for its capabilities: a clear error now rather than in the middle of a build.
@@ -96,13 +103,13 @@ impl Server {
 
     fn cas(
         &self,
-    ) -> re::content_addressable_storage_client::ContentAddressableStorageClient<Channel> {
+    ) -> re::content_addressable_storage_client::ContentAddressableStorageClient<Transport> {
         re::content_addressable_storage_client::ContentAddressableStorageClient::new(
             self.channel.clone(),
         )
     }
 
-    fn bytestream(&self) -> bs::byte_stream_client::ByteStreamClient<Channel> {
+    fn bytestream(&self) -> bs::byte_stream_client::ByteStreamClient<Transport> {
         bs::byte_stream_client::ByteStreamClient::new(self.channel.clone())
     }
 
@@ -324,64 +331,6 @@ impl Server {
         .await
         .map_err(|s| self.error("UpdateActionResult", s))?;
         Ok(())
-    }
-
-    /// Executes an Action and waits for it (following the operation through WaitExecution if the
-    /// stream ends early).
-    pub(crate) async fn execute(&self, action: &re::Digest) -> Result<re::ExecuteResponse> {
-        let mut c = re::execution_client::ExecutionClient::new(self.channel.clone());
-        let mut stream = c
-            .execute(re::ExecuteRequest {
-                instance_name: self.instance.clone(),
-                action_digest: Some(action.clone()),
-                skip_cache_lookup: false,
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.error("Execute", s))?
-            .into_inner();
-        let mut name = String::new();
-        loop {
-            match stream.message().await {
-                Ok(Some(op)) => {
-                    name = op.name.clone();
-                    if op.done {
-                        return match op.result {
-                            Some(operation::Result::Response(any)) => {
-                                re::ExecuteResponse::decode(any.value.as_slice()).map_err(|e| {
-                                    Diagnostic::env(format!(
-                                        "remote Execute at {} answered garbage: {e}",
-                                        self.url
-                                    ))
-                                })
-                            }
-                            Some(operation::Result::Error(st)) => Err(Diagnostic::env(format!(
-                                "remote execution failed at {}: {} (code {})",
-                                self.url, st.message, st.code
-                            ))),
-                            None => Err(Diagnostic::env(format!(
-                                "remote execution at {} finished without a result",
-                                self.url
-                            ))),
-                        };
-                    }
-                }
-                Ok(None) | Err(_) if !name.is_empty() => {
-                    stream = c
-                        .wait_execution(re::WaitExecutionRequest { name: name.clone() })
-                        .await
-                        .map_err(|s| self.error("WaitExecution", s))?
-                        .into_inner();
-                }
-                Ok(None) => {
-                    return Err(Diagnostic::env(format!(
-                        "remote Execute at {} ended without an operation",
-                        self.url
-                    )));
-                }
-                Err(s) => return Err(self.error("Execute", s)),
-            }
-        }
     }
 }
 

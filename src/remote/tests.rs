@@ -3,8 +3,8 @@
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, symlink};
 use std::path::PathBuf;
 
+use super::connect::{Address, Header, parse_url};
 use super::executor::remotable;
-use super::server::parse_url;
 use super::{key_action, tar_snapshot};
 use crate::graph::op::Network;
 use crate::solve::RunStep;
@@ -28,11 +28,35 @@ fn steps_with_an_entitlement_run_locally() {
         secrets: Vec::new(),
         mounts: Vec::new(),
         key: None,
+        sandbox: Default::default(),
     };
     assert!(remotable(&step(Network::Default, false)));
     assert!(remotable(&step(Network::None, false)));
     assert!(!remotable(&step(Network::Host, false)));
     assert!(!remotable(&step(Network::Default, true)));
+
+    // An SSH agent goes to a worker only under `--remote-secrets=allow`, and only with no other mount.
+    let ssh = || crate::solve::StepMount::Ssh {
+        id: "default".into(),
+        target: "/run/buildkit/ssh_agent.0".into(),
+        agent: crate::secret::SshSource::Socket(PathBuf::from("/agent.sock")),
+        mode: 0o600,
+        uid: 0,
+        gid: 0,
+    };
+    let mut with_agent = step(Network::Default, false);
+    with_agent.mounts.push(ssh());
+    assert!(!remotable(&with_agent));
+    assert!(super::executor::remotable_with_secrets(&with_agent));
+    with_agent.mounts.push(crate::solve::StepMount::Tmpfs {
+        target: "/tmp".into(),
+        size: None,
+    });
+    assert!(!super::executor::remotable_with_secrets(&with_agent));
+    assert!(!super::executor::remotable_with_secrets(&step(
+        Network::Default,
+        false
+    )));
 }
 
 /// What a worker sends back is what the client commits: a snapshot survives the trip through its
@@ -89,11 +113,18 @@ fn a_snapshot_round_trips_through_its_tar() {
 #[test]
 fn addresses_and_key_actions() {
     assert_eq!(
-        parse_url("grpc://10.0.0.1:8980").unwrap(),
+        parse_url("grpc://10.0.0.1:8980").unwrap().uri,
         "http://10.0.0.1:8980"
     );
     assert_eq!(
-        parse_url("grpc://[::1]:8980/").unwrap(),
+        parse_url("grpcs://reapi.example.com:443").unwrap(),
+        Address {
+            uri: "https://reapi.example.com:443".into(),
+            tls: true
+        }
+    );
+    assert_eq!(
+        parse_url("grpc://[::1]:8980/").unwrap().uri,
         "http://[::1]:8980"
     );
     for bad in [
@@ -102,6 +133,8 @@ fn addresses_and_key_actions() {
         "grpc://:1",
         "grpc://h:99999",
         "grpc://h:1/x",
+        "grpcs://host",
+        "https://h:1",
     ] {
         assert!(parse_url(bad).is_err(), "{bad}");
     }
@@ -109,4 +142,154 @@ fn addresses_and_key_actions() {
     let k2 = crate::digest::Digest::of(b"two");
     assert_eq!(key_action(&k1).0, key_action(&k1).0);
     assert_ne!(key_action(&k1).0, key_action(&k2).0);
+}
+
+/// A header's value is a credential: no Debug of it, or of what holds it, shows the value, and a bad
+/// header's error does not quote it.
+#[test]
+fn header_values_never_show() {
+    let h = Header::parse("Authorization=Bearer tok-5ecret").unwrap();
+    assert_eq!(format!("{h:?}"), "authorization: <redacted>");
+    let connect = super::Connect {
+        headers: vec![h],
+        ..Default::default()
+    };
+    assert!(!format!("{connect:?}").contains("tok-5ecret"));
+    for bad in [
+        "novalue",
+        "=tok-5ecret",
+        "grpc-timeout=tok-5ecret",
+        "x=tok-5ecret\n",
+        "a b=tok-5ecret",
+    ] {
+        let (range, message) = Header::parse(bad).unwrap_err();
+        assert!(!message.contains("tok-5ecret"), "{message}");
+        assert!(!bad[range].contains("tok-5ecret"), "{bad}");
+    }
+}
+
+/// The secret channel hands an execution's values once, to a worker the CA vouches for, and only for
+/// its nonce; refusals are final (not retried elsewhere), and nothing is sent to a stranger.
+#[tokio::test]
+async fn the_secret_channel_sends_each_execution_once_to_a_vouched_worker() {
+    use super::secrets::{Endpoint, TlsFiles, agent, client_config, fetch};
+    use crate::diag::Category;
+    use crate::secret::SecretValue;
+    use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+    let dir = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/remote-secrets-certs.sh"
+        ))
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let p = |n: &str| dir.path().join(n);
+    let files = |who: &str| {
+        (
+            p("ca.pem"),
+            p(&format!("{who}.pem")),
+            p(&format!("{who}.key")),
+        )
+    };
+    let config = |who: &str| {
+        let (ca, cert, key) = files(who);
+        client_config(&TlsFiles {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        })
+        .unwrap()
+    };
+    let (ca, cert, key) = files("build");
+    let endpoint = Endpoint::start(
+        "127.0.0.1:0",
+        &TlsFiles {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        },
+    )
+    .await
+    .unwrap();
+    let value = || SecretValue::new(zeroize::Zeroizing::new(b"s3cr3t-value".to_vec()));
+    let addr = endpoint.addr();
+
+    // A stranger gets nothing, and the execution's values stay for the right worker.
+    let registration = endpoint
+        .register(vec![("tok".into(), value())], Vec::new())
+        .unwrap();
+    let e = fetch(config("stranger"), &addr, &registration.nonce)
+        .await
+        .err()
+        .expect("a stranger is refused");
+    assert_eq!(e.category, Category::Build, "{}", e.message);
+    assert!(!endpoint.taken(&registration));
+    assert!(endpoint.refusals()[0].contains("TLS handshake refused"));
+
+    let got = fetch(config("worker"), &addr, &registration.nonce)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, "tok");
+    assert_eq!(got[0].1.expose(), b"s3cr3t-value");
+    assert!(endpoint.taken(&registration));
+    // Once only.
+    let e = fetch(config("worker"), &addr, &registration.nonce)
+        .await
+        .err()
+        .expect("a nonce works once");
+    assert_eq!(e.category, Category::Build, "{}", e.message);
+
+    // A withdrawn registration (its step ended) serves nothing.
+    let withdrawn = endpoint
+        .register(vec![("tok".into(), value())], Vec::new())
+        .unwrap();
+    let nonce = withdrawn.nonce.clone();
+    drop(withdrawn);
+    assert!(fetch(config("worker"), &addr, &nonce).await.is_err());
+
+    // An agent is relayed for every connection while its execution is registered, then no more.
+    let key = ssh_key::PrivateKey::from(ssh_key::private::Ed25519Keypair::from_seed(&[7; 32]));
+    let keys = crate::secret::SshSource::Keys(std::sync::Arc::new(vec![key]));
+    let lent = endpoint
+        .register(Vec::new(), vec![("default".into(), keys)])
+        .unwrap();
+    async fn ask(tls: &mut (impl AsyncRead + AsyncWrite + Unpin), msg: &[u8]) -> Vec<u8> {
+        tls.write_u32(msg.len() as u32).await.unwrap();
+        tls.write_all(msg).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut reply = vec![0; tls.read_u32().await.unwrap() as usize];
+        tls.read_exact(&mut reply).await.unwrap();
+        reply
+    }
+    for _ in 0..2 {
+        let mut tls = agent(config("worker"), &addr, &lent.nonce, "default")
+            .await
+            .unwrap();
+        // Identities answered (one key); adding one refused.
+        assert_eq!(ask(&mut tls, &[11]).await[..5], [12, 0, 0, 0, 1]);
+        assert_eq!(ask(&mut tls, &[17]).await, [5]);
+    }
+    let closed = async |id: &str, nonce: &str| {
+        let mut tls = agent(config("worker"), &addr, nonce, id).await.unwrap();
+        tls.write_all(&[0, 0, 0, 1, 11]).await.unwrap();
+        tls.flush().await.unwrap();
+        tls.read_u32().await.is_err()
+    };
+    assert!(
+        closed("deploy", &lent.nonce).await,
+        "an agent it does not forward"
+    );
+    let nonce = lent.nonce.clone();
+    drop(lent);
+    assert!(closed("default", &nonce).await, "a withdrawn execution");
+    // Nothing listening: a connection failure, which another worker may retry.
+    drop(endpoint);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let e = fetch(config("worker"), &addr, &nonce).await.err().unwrap();
+    assert_eq!(e.category, Category::Environment, "{}", e.message);
 }

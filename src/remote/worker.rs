@@ -1,45 +1,57 @@
 //! `kiln worker`: a REAPI worker for any server that leases work over the Bots API (BuildGrid, and the
-//! servers that speak the same protocol). It takes one lease at a time, fetches the Action, its Command
-//! and input root from the CAS, unpacks the input snapshots (kept by digest, so a base image is unpacked
-//! once per worker), runs the step through kiln's namespace executor over an overlay of them, and
-//! reports an ActionResult whose `upper.tar` is the step's layer. Each action it runs is logged to
-//! stderr, with its digest and command.
+//! servers that speak the same protocol). For each lease (up to `--concurrency` at once; the session
+//! itself is `session.rs`) it fetches the Action, its Command and input root from the CAS, unpacks the
+//! input snapshots (kept by digest in `layers.rs`, so a base image is unpacked once per worker), runs the
+//! step through kiln's namespace executor over an overlay of them, and reports an ActionResult whose
+//! `upper.tar` is the step's layer. Its log (stderr) has a timestamped line for each action it starts
+//! and finishes, with the action's digest and command.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Instant, SystemTime};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::protobuf::Any;
-use bazel_remote_apis::google::rpc::Status;
 use prost::Message as _;
 
-use super::bots::{
-    BotSession, BotStatus, BotsClient, CreateBotSessionRequest, LeaseState, UpdateBotSessionRequest,
-};
+use super::layers::{Held, LayerCache};
 use super::{OUTPUT, STEP_FILE, Server, StepSpec, digest_of, network_from_name, tar_snapshot};
 use crate::diag::{Diagnostic, Result};
-use crate::solve::{Layers, LogSink, RunExit, RunStep, abbreviate};
+use crate::graph::op::SecretMount;
+use crate::secret::{LeakScanner, Scrubber, SecretValue};
+use crate::solve::{Layers, LogSink, RunExit, RunStep, StepMount, abbreviate};
 
 const ACTION_TYPE: &str = "build.bazel.remote.execution.v2.Action";
 const DIGEST_TYPE: &str = "build.bazel.remote.execution.v2.Digest";
-const RESULT_TYPE: &str = "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult";
-/// How often a busy worker tells the server it is alive (BuildGrid drops silent bots after a timeout).
-const KEEPALIVE: Duration = Duration::from_secs(10);
 
 pub(crate) struct Worker<E> {
-    server: Server,
-    bot_id: String,
-    /// Unpacked input snapshots (`layers/<sha256>`), step dirs and downloads (`tmp/`).
+    pub(super) server: Server,
+    pub(super) bot_id: String,
+    /// How many leases it runs at once.
+    pub(super) capacity: usize,
+    /// Step dirs and downloads (`tmp/`); the unpacked snapshots are `cache`'s (`layers/`).
     work: PathBuf,
+    cache: LayerCache,
     /// Runs the leased steps.
     exec: E,
     /// The namespace `exec` runs in, for unpacking input snapshots.
     ids: crate::layer::Ids,
+    /// `--tls-ca/--tls-cert/--tls-key`: the identity this worker receives a step's secrets with; without
+    /// it, a step with secrets is refused.
+    secrets_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-fn log(line: &str) {
-    crate::progress::line(&format!("kiln worker: {line}"));
+/// A line of the worker's log, after the time (RFC 3339, UTC, milliseconds) it is written.
+pub(super) fn log(line: &str) {
+    crate::progress::line(&format!(
+        "{} kiln worker: {line}",
+        timestamp(SystemTime::now())
+    ));
+}
+
+fn timestamp(t: SystemTime) -> String {
+    let t = jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 impl<E: RunExit> Worker<E> {
@@ -48,155 +60,71 @@ impl<E: RunExit> Worker<E> {
         work: PathBuf,
         exec: E,
         ids: crate::layer::Ids,
+        capacity: usize,
+        max_cache_size: Option<u64>,
     ) -> Result<Worker<E>> {
+        let prepare = |e| Diagnostic::io("cannot prepare the worker's directory", e);
+        // What a worker killed mid-step left in `tmp/` belongs to no job now.
+        if work.join("tmp").is_dir() {
+            std::fs::remove_dir_all(work.join("tmp")).map_err(prepare)?;
+        }
         for d in ["layers", "tmp"] {
-            std::fs::create_dir_all(work.join(d))
-                .map_err(|e| Diagnostic::io("cannot prepare the worker's directory", e))?;
+            std::fs::create_dir_all(work.join(d)).map_err(prepare)?;
         }
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         Ok(Worker {
             server,
             bot_id: format!("kiln-{}-{}", host.trim(), std::process::id()),
+            capacity: capacity.max(1),
+            cache: LayerCache::new(work.join("layers"), work.join("tmp"), max_cache_size),
             work,
             exec,
             ids,
+            secrets_tls: None,
         })
     }
 
-    /// Serves leases until stopped. A lost session (the server restarted, the network broke) is logged
-    /// and replaced by a new one; the server requeues what the old one held.
-    pub(crate) async fn serve(self) -> Result<()> {
-        let me = Arc::new(self);
-        let mut delay = Duration::from_secs(1);
-        loop {
-            let started = Instant::now();
-            let e = me.clone().session().await;
-            log(&format!("session lost: {}; reconnecting", e.message));
-            if started.elapsed() > Duration::from_secs(60) {
-                delay = Duration::from_secs(1);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(30));
+    /// Receives the secrets of the steps that mount them as a TLS client with this identity.
+    pub(crate) fn with_secret_tls(mut self, config: Arc<rustls::ClientConfig>) -> Worker<E> {
+        self.secrets_tls = Some(config);
+        self
+    }
+
+    /// Prunes the snapshot cache to its bound (after each job).
+    pub(super) fn prune_cache(&self) {
+        match self.cache.prune() {
+            Ok(Some(p)) if p.removed > 0 => log(&format!(
+                "pruned {} cached snapshot(s), {} bytes; {} bytes kept",
+                p.removed, p.freed, p.kept
+            )),
+            Ok(_) => {}
+            Err(e) => log(&format!("cannot prune the snapshot cache: {e}")),
         }
     }
 
-    /// One bot session, until it fails.
-    async fn session(self: Arc<Self>) -> Diagnostic {
-        match self.session_inner().await {
-            Ok(never) => match never {},
-            Err(e) => e,
-        }
-    }
-
-    async fn session_inner(self: &Arc<Self>) -> Result<std::convert::Infallible> {
-        let me = self;
-        let mut bots = BotsClient::new(me.server.channel.clone());
-        let mut session = bots
-            .create_bot_session(CreateBotSessionRequest {
-                parent: me.server.instance.clone(),
-                bot_session: Some(BotSession {
-                    bot_id: me.bot_id.clone(),
-                    status: BotStatus::Ok as i32,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(|s| me.server.error("CreateBotSession", s))?;
-        log(&format!(
-            "connected to {} as {} (session {})",
-            me.server.url, me.bot_id, session.name
-        ));
-        // Leases this worker has reported, in case a server repeats one.
-        let mut done: Vec<String> = Vec::new();
-        loop {
-            // A new lease arrives PENDING, or already ACTIVE (BuildGrid marks it so on assignment).
-            let pending = session.leases.iter().position(|l| {
-                (l.state == LeaseState::Pending as i32 || l.state == LeaseState::Active as i32)
-                    && !done.contains(&l.id)
-            });
-            let Some(i) = pending else {
-                // Nothing to do: the server holds this call until it has a lease (or a timeout).
-                session = me.update(&mut bots, session).await?;
-                continue;
-            };
-            session.leases[i].state = LeaseState::Active as i32;
-            let lease = session.leases[i].clone();
-            let worker = Arc::clone(me);
-            let mut task = tokio::spawn(async move { worker.run_lease(lease.payload).await });
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut task => break r.map_err(|e| Diagnostic::env(format!("the action task failed: {e}")))?,
-                    _ = tokio::time::sleep(KEEPALIVE) => {
-                        // Keep-alive with the lease still active; the answer carries nothing new for a
-                        // bot at capacity.
-                        let answer = match me.update(&mut bots, session.clone()).await {
-                            Ok(a) => a,
-                            Err(e) => {
-                                // The server will requeue the lease: stop the step (its helper dies
-                                // with the task).
-                                task.abort();
-                                return Err(e);
-                            }
-                        };
-                        session.name = answer.name;
-                        session.expire_time = answer.expire_time;
-                    }
-                }
-            };
-            let lease = &mut session.leases[i];
-            done.push(lease.id.clone());
-            if done.len() > 1000 {
-                done.remove(0);
-            }
-            lease.state = LeaseState::Completed as i32;
-            match outcome {
-                Ok(result) => {
-                    lease.status = Some(Status::default());
-                    lease.result = Some(Any {
-                        type_url: RESULT_TYPE.to_string(),
-                        value: result.encode_to_vec(),
-                    });
-                }
-                Err(e) => {
-                    log(&format!("action failed to run: {}", e.message));
-                    lease.status = Some(Status {
-                        code: tonic::Code::Internal as i32,
-                        message: e.message,
-                        ..Default::default()
-                    });
-                    lease.result = None;
-                }
-            }
-            session = me.update(&mut bots, session).await?;
-        }
-    }
-
-    async fn update(&self, bots: &mut BotsClient, session: BotSession) -> Result<BotSession> {
-        bots.update_bot_session(UpdateBotSessionRequest {
-            name: session.name.clone(),
-            bot_session: Some(session),
-        })
-        .await
-        .map_err(|s| self.server.error("UpdateBotSession", s))
-    }
-
-    async fn run_lease(&self, payload: Option<Any>) -> Result<re::ActionResult> {
+    /// The Action a lease names (inline, or by digest in the CAS), with its digest.
+    async fn lease_action(&self, payload: Option<Any>) -> Result<(re::Digest, re::Action)> {
         let payload =
             payload.ok_or_else(|| Diagnostic::env("the lease carries no action".to_string()))?;
         let bad = |e: prost::DecodeError| Diagnostic::env(format!("a bad lease payload: {e}"));
-        let (action_digest, action) = if payload.type_url.ends_with(ACTION_TYPE) {
+        if payload.type_url.ends_with(ACTION_TYPE) {
             let a = re::Action::decode(payload.value.as_slice()).map_err(bad)?;
-            (digest_of(&payload.value), a)
+            Ok((digest_of(&payload.value), a))
         } else if payload.type_url.ends_with(DIGEST_TYPE) {
             let d = re::Digest::decode(payload.value.as_slice()).map_err(bad)?;
             let bytes = self.server.read_bytes(&d).await?;
-            (d, re::Action::decode(bytes.as_slice()).map_err(bad)?)
+            Ok((d, re::Action::decode(bytes.as_slice()).map_err(bad)?))
         } else {
-            return Err(Diagnostic::env(format!(
+            Err(Diagnostic::env(format!(
                 "a lease payload of unknown type `{}`",
                 payload.type_url
-            )));
-        };
+            )))
+        }
+    }
+
+    pub(super) async fn run_lease(&self, payload: Option<Any>) -> Result<re::ActionResult> {
+        let (action_digest, action) = self.lease_action(payload).await?;
+        let bad = |e: prost::DecodeError| Diagnostic::env(format!("a bad lease payload: {e}"));
         let started = Instant::now();
         let fetch = async |d: &Option<re::Digest>| -> Result<Vec<u8>> {
             let d = d
@@ -219,7 +147,7 @@ impl<E: RunExit> Worker<E> {
             })?;
         let spec: StepSpec = serde_json::from_slice(&fetch(&spec_node.digest).await?)
             .map_err(|e| Diagnostic::env(format!("a bad `{STEP_FILE}`: {e}")))?;
-        if spec.version != 1 || spec.args != command.arguments {
+        if !matches!(spec.version, 1 | 2) || spec.args != command.arguments {
             return Err(Diagnostic::env(format!(
                 "`{STEP_FILE}` does not match the action's command"
             )));
@@ -232,7 +160,11 @@ impl<E: RunExit> Worker<E> {
             action_digest.size_bytes,
             abbreviate(&spec.args.join(" "))
         ));
+        // Before any input is fetched: a worker that cannot receive the secrets refuses at once.
+        let secrets = self.receive(&spec).await?;
         let mut lowers = Vec::new();
+        // Held until the step's result is uploaded: pruning never takes a snapshot a job uses.
+        let mut held = Vec::new();
         let mut layers: Vec<&re::FileNode> =
             root.files.iter().filter(|f| f.name != STEP_FILE).collect();
         layers.sort_by(|a, b| a.name.cmp(&b.name));
@@ -241,7 +173,9 @@ impl<E: RunExit> Worker<E> {
                 .digest
                 .as_ref()
                 .ok_or_else(|| Diagnostic::env("an input without a digest".to_string()))?;
-            lowers.push(self.layer(d).await?);
+            let h = self.layer(d).await?;
+            lowers.push(h.path.clone());
+            held.push(h);
         }
         let step_dir = tempfile::tempdir_in(self.work.join("tmp"))
             .map_err(|e| Diagnostic::io("cannot make a step directory", e))?;
@@ -251,6 +185,8 @@ impl<E: RunExit> Worker<E> {
             std::fs::create_dir(d)
                 .map_err(|e| Diagnostic::io("cannot make a step directory", e))?;
         }
+        // Relaying for as long as the step runs; dropped (closed) with the lease.
+        let (mounts, _relays) = self.agents(&spec, step_dir.path())?;
         let output = Arc::new(Mutex::new(Vec::new()));
         let sink_out = output.clone();
         let sink: LogSink = Arc::new(move |chunk: &[u8]| {
@@ -259,6 +195,9 @@ impl<E: RunExit> Worker<E> {
                 .expect("not poisoned")
                 .extend_from_slice(chunk)
         });
+        // The leak guard and the scrubber keep copies of the values; the step's own are zeroized when
+        // it drops them, these when the lease ends.
+        let guard = (!secrets.is_empty()).then(|| guard_of(&secrets));
         let exit = self
             .exec
             .run_exit(
@@ -274,9 +213,10 @@ impl<E: RunExit> Worker<E> {
                     user: spec.user,
                     network,
                     insecure: false,
-                    secrets: Vec::new(),
-                    mounts: Vec::new(),
+                    secrets,
+                    mounts,
                     key: None,
+                    sandbox: Default::default(),
                 },
                 sink,
             )
@@ -285,7 +225,14 @@ impl<E: RunExit> Worker<E> {
             exit_code: exit,
             ..Default::default()
         };
-        let stdout = std::mem::take(&mut *output.lock().expect("not poisoned"));
+        let mut stdout = std::mem::take(&mut *output.lock().expect("not poisoned"));
+        if let Some(guard) = &guard {
+            // The output goes to the CAS, where no secret may go: scrubbed as a local build's log is.
+            stdout = guard.1.scrub(&stdout);
+            if exit == 0 {
+                check_leaks(guard.0.clone(), &upper).await?;
+            }
+        }
         if !stdout.is_empty() {
             let d = digest_of(&stdout);
             self.server.upload_bytes(&d, stdout).await?;
@@ -313,14 +260,124 @@ impl<E: RunExit> Worker<E> {
             action_digest.size_bytes,
             started.elapsed().as_secs_f64()
         ));
+        drop(held);
         Ok(result)
     }
 
+    /// The secrets a step mounts, fetched from the build's endpoint (see `secrets`); none for a step
+    /// without.
+    async fn receive(&self, spec: &StepSpec) -> Result<Vec<(SecretMount, Option<SecretValue>)>> {
+        if spec.version == 1 || (spec.secrets.is_empty() && spec.ssh.is_empty()) {
+            return Ok(Vec::new());
+        }
+        let (config, addr, nonce) = self.channel(spec)?;
+        if spec.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = spec.secrets.iter().map(|m| m.id.as_str()).collect();
+        log(&format!("receiving secrets {} from {addr}", ids.join(", ")));
+        let mut values = super::secrets::fetch(config.clone(), addr, nonce).await?;
+        let mut out = Vec::new();
+        for m in &spec.secrets {
+            let value = match values.iter().position(|(id, _)| id == &m.id) {
+                // A secret mounted twice is sent once.
+                Some(i) if spec.secrets.iter().filter(|o| o.id == m.id).count() > 1 => Some(
+                    SecretValue::new(zeroize::Zeroizing::new(values[i].1.expose().to_vec())),
+                ),
+                Some(i) => Some(values.remove(i).1),
+                None => None,
+            };
+            if value.is_none() && m.required {
+                return Err(Diagnostic::build(format!(
+                    "the build sent no value for the required secret `{}`",
+                    m.id
+                )));
+            }
+            out.push((m.clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// The build's channel a step with secrets or SSH agents needs: this worker's TLS identity, the
+    /// endpoint and the nonce.
+    fn channel<'s>(
+        &'s self,
+        spec: &'s StepSpec,
+    ) -> Result<(&'s Arc<rustls::ClientConfig>, &'s str, &'s str)> {
+        let Some(config) = &self.secrets_tls else {
+            return Err(Diagnostic::build(
+                "this worker refuses to receive secrets or ssh agents: it has no TLS client identity to receive them over mutual TLS; start it with --tls-ca, --tls-cert and --tls-key".to_string(),
+            ));
+        };
+        let (Some(addr), Some(nonce)) = (&spec.secret_endpoint, &spec.nonce) else {
+            return Err(Diagnostic::env(format!(
+                "`{STEP_FILE}` mounts secrets or ssh agents but names no endpoint to reach them at"
+            )));
+        };
+        Ok((config, addr, nonce))
+    }
+
+    /// The step's SSH agent mounts: for each, a socket in `dir` whose every connection is relayed to the
+    /// build's agent over the channel (the executor gives the step its own socket in front of it). No
+    /// key ever reaches this machine: only agent requests and their answers pass.
+    fn agents(
+        &self,
+        spec: &StepSpec,
+        dir: &std::path::Path,
+    ) -> Result<(Vec<StepMount>, Vec<Relay>)> {
+        if spec.ssh.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let (config, addr, nonce) = self.channel(spec)?;
+        let ids: Vec<&str> = spec.ssh.iter().map(|m| m.id.as_str()).collect();
+        log(&format!(
+            "forwarding ssh agents {} from {addr}",
+            ids.join(", ")
+        ));
+        let (mut mounts, mut relays) = (Vec::new(), Vec::new());
+        for (n, m) in spec.ssh.iter().enumerate() {
+            let path = dir.join(format!("agent-{n}.sock"));
+            let listener = tokio::net::UnixListener::bind(&path)
+                .map_err(|e| Diagnostic::io("cannot make the step's ssh agent relay", e))?;
+            let (config, addr, nonce, id) = (
+                config.clone(),
+                addr.to_string(),
+                nonce.to_string(),
+                m.id.clone(),
+            );
+            relays.push(Relay(tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let (config, addr, nonce, id) =
+                        (config.clone(), addr.clone(), nonce.clone(), id.clone());
+                    tokio::spawn(async move {
+                        match super::secrets::agent(config, &addr, &nonce, &id).await {
+                            Ok(mut tls) => {
+                                let _ = tokio::io::copy_bidirectional(&mut client, &mut tls).await;
+                            }
+                            // The step sees its agent hang up; the log says why.
+                            Err(e) => log(&e.message),
+                        }
+                    });
+                }
+            })));
+            mounts.push(StepMount::Ssh {
+                id: m.id.clone(),
+                target: m.target.clone(),
+                agent: crate::secret::SshSource::Socket(path),
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+            });
+        }
+        Ok((mounts, relays))
+    }
+
     /// The unpacked snapshot of a layer tar, downloaded and unpacked on first use.
-    async fn layer(&self, d: &re::Digest) -> Result<PathBuf> {
-        let dir = self.work.join("layers").join(&d.hash);
+    async fn layer(&self, d: &re::Digest) -> Result<Held<'_>> {
+        let held = self.cache.hold(&d.hash);
+        let dir = held.path.clone();
         if dir.is_dir() {
-            return Ok(dir);
+            return Ok(held);
         }
         let tmp = tempfile::tempdir_in(self.work.join("tmp"))
             .map_err(|e| Diagnostic::io("cannot make a download directory", e))?;
@@ -340,8 +397,66 @@ impl<E: RunExit> Worker<E> {
         .await
         .map_err(|e| Diagnostic::env(format!("unpacking an input failed: {e}")))?
         .map_err(|e| Diagnostic::io("cannot unpack an input snapshot", e))?;
-        std::fs::rename(&unpacked, &dir)
-            .map_err(|e| Diagnostic::io("cannot keep an input snapshot", e))?;
-        Ok(dir)
+        if let Err(e) = std::fs::rename(&unpacked, &dir) {
+            // Another job (`--concurrency`) unpacked the same snapshot first: use that one.
+            if !dir.is_dir() {
+                return Err(Diagnostic::io("cannot keep an input snapshot", e));
+            }
+        }
+        Ok(held)
+    }
+}
+
+/// A step's agent relay: stops accepting when dropped.
+struct Relay(tokio::task::JoinHandle<()>);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The leak guard and the log scrubber for a step's secrets.
+fn guard_of(secrets: &[(SecretMount, Option<SecretValue>)]) -> (Arc<LeakScanner>, Scrubber) {
+    let values = || {
+        secrets
+            .iter()
+            .filter_map(|(m, v)| Some((m.id.as_str(), v.as_ref()?)))
+    };
+    (
+        Arc::new(LeakScanner::new(values())),
+        Scrubber::new(values().map(|(_, v)| v)),
+    )
+}
+
+/// The leak guard on a step's changes before they are uploaded: a finding fails the action, with
+/// nothing of it in the CAS.
+async fn check_leaks(guard: Arc<LeakScanner>, upper: &std::path::Path) -> Result<()> {
+    let upper = upper.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || guard.scan_tree(&upper))
+        .await
+        .map_err(|e| Diagnostic::env(format!("leak scan failed: {e}")))?
+        .map_err(|e| Diagnostic::io("cannot scan the step's changes for secrets", e))?;
+    match found {
+        Some((leak, path)) => Err(Diagnostic::build(format!(
+            "secret `{}` leaked: this step wrote it ({}) into the image at /{}; the worker uploaded nothing",
+            leak.id,
+            leak.encoding.as_str(),
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn log_times_are_rfc3339_utc_with_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_042);
+        assert_eq!(super::timestamp(t), "2023-11-14T22:13:20.042Z");
+        let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400 + 86_399);
+        assert_eq!(super::timestamp(leap), "2000-02-29T23:59:59.000Z");
     }
 }

@@ -205,12 +205,30 @@ pub(super) fn image_config(rec: &CacheRecord, op: &ConfigOp, epoch: Option<i64>)
         "config": Value::Object(cfg),
         "history": history,
     });
+    set_platform(&mut image, op, base);
     match (&op.author, base["author"].as_str()) {
         (Some(a), _) => image["author"] = json!(a),
         (None, Some(a)) => image["author"] = json!(a),
         (None, None) => {}
     }
     image
+}
+
+/// A stage for another platform than linux/amd64 names it (a scratch stage has no base to say so);
+/// otherwise the config keeps the base image's, which the import checked is the platform built for.
+fn set_platform(image: &mut Value, op: &ConfigOp, base: &Value) {
+    let Some(p) = &op.platform else {
+        if let Some(v) = base["variant"].as_str() {
+            image["variant"] = json!(v);
+        }
+        return;
+    };
+    let p = crate::platform::Platform::from_graph(Some(p));
+    image["architecture"] = json!(p.arch);
+    image["os"] = json!(p.os);
+    if !p.variant.is_empty() {
+        image["variant"] = json!(p.variant);
+    }
 }
 
 pub(super) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
@@ -226,25 +244,8 @@ pub(super) fn set_env(env: &mut Vec<String>, key: &str, value: &str) {
 
 /// RFC 3339 UTC time of Unix seconds.
 fn timestamp(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 #[cfg(test)]

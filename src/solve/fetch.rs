@@ -119,6 +119,13 @@ impl<E: Executor> Shared<E> {
             }
         };
         let dir = lay_out(&self.store, &name, &fetched).map_err(|d| self.located(n, d))?;
+        self.resolve(
+            n,
+            super::Resolved::Download {
+                url: remote::redacted(url),
+                blob: fetched.blob.clone(),
+            },
+        );
         let mut key = Encoder::new(CACHE_DOMAIN);
         key.str("remote").str(&name).digest(&fetched.blob);
         key.u64(fetched.modified.map_or(0, |m| m + 1));
@@ -260,7 +267,7 @@ async fn fetch(
             "checksum mismatch for `{shown}`: expected {want}, got {}:{got}",
             want.algorithm
         ))
-        .help("the server sent other content than --checksum pins; check the URL, or update the checksum if the new content is trusted"));
+        .help("the server sent other content than --checksum (or, for a --locked build, kiln.lock) pins; check the URL, or update the checksum (`kiln lock --update URL`) if the new content is trusted"));
     }
     if !store.blob_path(&blob).is_file() {
         store.adopt_blob(&part, &blob)?;

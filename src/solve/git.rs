@@ -79,7 +79,7 @@ impl<E: Executor> Shared<E> {
                 remote::redacted(url_shown),
                 c.1
             ))
-            .help("the ref points at another commit than --checksum pins")),
+            .help("the ref points at another commit than --checksum (or, for a --locked build, kiln.lock) pins; `kiln lock --update URL` takes the new one")),
             _ => Ok(c),
         });
         let (dir, commit, subdir) = match cloned {
@@ -97,6 +97,13 @@ impl<E: Executor> Shared<E> {
             id,
             elapsed: started.elapsed(),
         });
+        self.resolve(
+            n,
+            super::Resolved::Git {
+                url: remote::redacted(url_shown),
+                commit: commit.clone(),
+            },
+        );
         let mut key = Encoder::new(CACHE_DOMAIN);
         key.str("git")
             .str(&commit)
@@ -155,6 +162,27 @@ fn clone(
     ));
     publish(&work, &dir)?;
     Ok((dir, commit, subdir))
+}
+
+/// The commit `url`'s ref (`#ref`, else the remote's HEAD) names now, for `kiln lock`: fetched as `ADD`
+/// fetches it (with the same `GIT_AUTH_*` secrets and `default` SSH agent), into a scratch directory
+/// removed after.
+pub(crate) fn resolve_commit(
+    url: &str,
+    secrets: &SecretStore,
+    ssh: Option<SshSource>,
+) -> Result<String> {
+    crate::registry::install_crypto();
+    let git = GitRef::parse(url);
+    let scratch = tempfile::tempdir()
+        .map_err(|e| Diagnostic::io("cannot make a directory to fetch into", e))?;
+    let access = Access {
+        header: auth_header(secrets, url)?,
+        ssh,
+    };
+    let work = scratch.path().join("tree");
+    let (commit, _) = fetch_tree(&git.repo, git.reference.as_deref(), &work, &access)?;
+    Ok(commit)
 }
 
 /// Fetches `repo` at `reference` (a ref name, a full commit id, or the remote's HEAD) into `work` and

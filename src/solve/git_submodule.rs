@@ -61,6 +61,11 @@ pub(super) fn gitlinks(repo: &gix::Repository) -> std::result::Result<Vec<Gitlin
         let (Some(path), Some(url)) = (section.value("path"), section.value("url")) else {
             return Err(format!("submodule `{name}` has no path or no url"));
         };
+        // `update = none`: `git submodule update --init` (BuildKit's) leaves it an empty directory and
+        // never fetches its URL.
+        if section.value("update").is_some_and(|u| **u == *b"none") {
+            continue;
+        }
         let path = path.to_string();
         let Ok(Some(link)) = tree.lookup_entry_by_path(&path) else {
             continue;

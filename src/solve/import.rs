@@ -15,6 +15,7 @@ use super::schedule::{Output, Shared};
 use super::{Executor, shared_cache};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::{Digest, Encoder};
+use crate::platform::Platform;
 use crate::progress::{Event, Vertex};
 use crate::store::{CacheRecord, LayerBlob, Store};
 
@@ -25,6 +26,7 @@ impl<E: Executor> Shared<E> {
         &self,
         n: NodeIndex,
         reference: &str,
+        platform: Platform,
         jobs: Arc<Semaphore>,
     ) -> Result<(Digest, Output, Option<bool>)> {
         let node = &self.graph.dag[n];
@@ -39,11 +41,13 @@ impl<E: Executor> Shared<E> {
         let started = Instant::now();
         let reporter = self.reporter.clone();
         let _permit = jobs.acquire().await.expect("semaphore open");
-        let (rec, fresh) = tokio::task::spawn_blocking(move || {
+        let written = reference.clone();
+        let (rec, fresh, manifest) = tokio::task::spawn_blocking(move || {
             import_image(
                 &store,
                 &*exec,
                 &reference,
+                &platform,
                 no_cache,
                 &registry,
                 remote.as_deref(),
@@ -52,6 +56,13 @@ impl<E: Executor> Shared<E> {
         .await
         .map_err(|e| Diagnostic::env(format!("image import task failed: {e}")))?
         .map_err(|d| self.located(n, d))?;
+        self.resolve(
+            n,
+            super::Resolved::Image {
+                reference: written,
+                manifest,
+            },
+        );
         let vertex = Vertex {
             id,
             name,
@@ -73,26 +84,38 @@ impl<E: Executor> Shared<E> {
 
 /// Resolves an image reference to a local OCI layout (pulling registry images into the store) and imports
 /// its layers as snapshots.
-/// Returns the record and whether anything had to be unpacked.
+/// Returns the record, whether anything had to be unpacked, and the manifest digest it was pinned to.
 fn import_image<E: Executor>(
     store: &Store,
     exec: &E,
     reference: &str,
+    platform: &Platform,
     no_cache: bool,
     registry: &crate::registry::Options,
     remote: Option<&shared_cache::Imported>,
-) -> Result<(CacheRecord, bool)> {
+) -> Result<(CacheRecord, bool, Digest)> {
     // A registry image is pulled into a layout in the store first; from there on both kinds are alike.
     let (dir, tag) = match reference.strip_prefix("oci-layout://") {
         Some(rest) => {
             let (dir, tag) = crate::oci::split_layout_ref(rest);
             (PathBuf::from(dir), tag)
         }
-        None => (crate::registry::pull(store, reference, registry)?, None),
+        None => (
+            crate::registry::pull(store, reference, platform, registry)?,
+            None,
+        ),
     };
     let dir = dir.as_path();
-    let image = crate::oci::read_image(dir, tag)
-        .map_err(|e| Diagnostic::input(format!("cannot read base image `{reference}`: {e}")))?;
+    let image = crate::oci::read_image_for(dir, tag, platform).map_err(|e| {
+        let d = Diagnostic::input(format!("cannot read base image `{reference}`: {e}"));
+        if e.kind() != std::io::ErrorKind::Unsupported {
+            return d;
+        }
+        d.help(format!(
+            "build with `--platform` naming a platform the image has, or use a base image (or an \
+             image index) for {platform}"
+        ))
+    })?;
     let manifest = Digest::parse(&image.manifest_digest)
         .ok_or_else(|| Diagnostic::env(format!("bad manifest digest in {}", dir.display())))?;
     let mut key = Encoder::new(CACHE_DOMAIN);
@@ -100,12 +123,12 @@ fn import_image<E: Executor>(
     let key = key.finish();
     // `--no-cache` re-reads the image; layers stay shared by diff id, so nothing is unpacked twice.
     if !no_cache && let Some(rec) = store.cache_get(&key) {
-        return Ok((rec, false));
+        return Ok((rec, false, manifest));
     }
     // A shared cache that has the image answers without unpacking anything: layers are unpacked from
     // it only when a step runs on them.
     if !no_cache && let Some(rec) = remote.and_then(|r| r.get(&key, &[])) {
-        return Ok((rec, false));
+        return Ok((rec, false, manifest));
     }
     // The raw config, not oci-spec's typed one: Docker's extensions (`Healthcheck`, `OnBuild`, `Shell`)
     // are inherited by the stage and would be lost in the round trip. `read_image` verified its digest.
@@ -175,5 +198,5 @@ fn import_image<E: Executor>(
         secrets: vec![],
     };
     store.cache_put(&rec)?;
-    Ok((rec, true))
+    Ok((rec, true, manifest))
 }

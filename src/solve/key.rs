@@ -49,10 +49,17 @@ impl<E: Executor> Shared<E> {
         inputs: &[(Digest, Output)],
     ) -> Result<()> {
         let node = &self.graph.dag[n];
-        let selections: Vec<(HostDir, Vec<String>, Vec<String>, &str)> = match &node.op {
+        type Selection<'a> = (usize, HostDir, Vec<String>, Vec<String>, &'a str);
+        let selections: Vec<Selection<'_>> = match &node.op {
             Op::Copy(c) => match inputs.get(1) {
                 Some((_, Output::Dir(dir))) => {
-                    vec![(dir.clone(), c.sources.clone(), c.excludes.clone(), "COPY")]
+                    vec![(
+                        1,
+                        dir.clone(),
+                        c.sources.clone(),
+                        c.excludes.clone(),
+                        "COPY",
+                    )]
                 }
                 _ => vec![],
             },
@@ -61,9 +68,13 @@ impl<E: Executor> Shared<E> {
                 .iter()
                 .filter_map(|m| match m {
                     RunMount::Bind { input, source, .. } => match inputs.get(*input) {
-                        Some((_, Output::Dir(dir))) => {
-                            Some((dir.clone(), vec![source.clone()], Vec::new(), "bind mount"))
-                        }
+                        Some((_, Output::Dir(dir))) => Some((
+                            *input,
+                            dir.clone(),
+                            vec![source.clone()],
+                            Vec::new(),
+                            "bind mount",
+                        )),
                         _ => None,
                     },
                     _ => None,
@@ -71,7 +82,7 @@ impl<E: Executor> Shared<E> {
                 .collect(),
             _ => vec![],
         };
-        for (dir, sources, excludes, what) in selections {
+        for (position, dir, sources, excludes, what) in selections {
             let cache = self.stat_cache(&dir.path);
             let digest = tokio::task::spawn_blocking(move || {
                 let d =
@@ -88,9 +99,32 @@ impl<E: Executor> Shared<E> {
                         .help("check the path; it is relative to the build context directory"),
                 )
             })?;
+            if let Some(context) = self.context_input(n, position) {
+                self.resolve(
+                    n,
+                    super::Resolved::Files {
+                        context,
+                        digest: digest.clone(),
+                    },
+                );
+            }
             key.str(&digest);
         }
         Ok(())
+    }
+
+    /// The name of the context directory that is input `position` of node `n`, if it is one (not a
+    /// download, a clone or a heredoc, which are inputs of their own).
+    fn context_input(&self, n: NodeIndex, position: usize) -> Option<String> {
+        use petgraph::visit::EdgeRef as _;
+        let dag = &self.graph.dag;
+        let edge = dag
+            .edges_directed(n, petgraph::Direction::Incoming)
+            .find(|e| *e.weight() == position)?;
+        match &dag[edge.source()].op {
+            Op::Context { name, .. } => Some(name.clone()),
+            _ => None,
+        }
     }
 
     /// The cached result of a step's key: from the store, else from a shared cache (`None` under

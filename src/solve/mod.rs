@@ -9,6 +9,7 @@
 
 mod config;
 pub mod context;
+mod debug;
 mod executor;
 mod fetch;
 mod git;
@@ -30,11 +31,15 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub use crate::oci::split_layout_ref;
-pub use executor::{CopySource, CopyStep, Executor, Layers, LogSink, RunExit, RunStep, StepMount};
+pub use executor::{
+    CopySource, CopyStep, DebugShell, Executor, Layers, LogSink, RunExit, RunStep, Sandbox,
+    StatusSink, StepMount, Ulimit,
+};
 pub(crate) use executor::{abbreviate, exit_error};
+pub(crate) use git::resolve_commit;
 pub use key::CACHE_DOMAIN;
 pub use preflight::{all_secrets, preflight};
-pub use schedule::{Output, SolveOptions, Summary};
+pub use schedule::{Output, Resolved, SolveOptions, Summary};
 
 use crate::diag::Result;
 use crate::graph::Dag;
@@ -54,6 +59,10 @@ pub async fn solve<E: Executor>(
     preflight(&graph, &secrets, &opts.ssh, &opts.allow)?;
     let jobs = Arc::new(Semaphore::new(opts.jobs.max(1)));
     let scanner = Arc::new(all_secrets(&secrets)?);
+    let reporter: Arc<dyn Reporter> = match opts.debug {
+        Some(_) => Arc::new(debug::Gate::new(reporter)),
+        None => reporter,
+    };
     let shared = Arc::new(schedule::Shared {
         graph: graph.clone(),
         store,
@@ -66,6 +75,8 @@ pub async fn solve<E: Executor>(
         stat_caches: Default::default(),
         pending: Default::default(),
         late_runs: Default::default(),
+        late_hits: Default::default(),
+        resolved: Default::default(),
     });
     schedule::run(graph, shared, jobs).await
 }

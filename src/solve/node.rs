@@ -25,7 +25,10 @@ impl<E: Executor> Shared<E> {
         jobs: Arc<Semaphore>,
     ) -> Result<(Digest, Output, Option<bool>)> {
         let node = &self.graph.dag[n];
-        let key = super::key::node_key(&node.op, &inputs);
+        let mut key = super::key::node_key(&node.op, &inputs);
+        if let Op::Run(r) = &node.op {
+            self.opts.sandbox.key(r.network, &mut key);
+        }
         match &node.op {
             Op::Scratch => {
                 let key = key.finish();
@@ -68,9 +71,27 @@ impl<E: Executor> Shared<E> {
                 };
                 Ok((key.finish(), Output::Dir(dir), None))
             }
-            Op::Image { reference } => self.image_node(n, reference, jobs).await,
+            Op::Image {
+                reference,
+                platform,
+            } => {
+                let platform = crate::platform::Platform::from_graph(platform.as_deref());
+                self.image_node(n, reference, platform, jobs).await
+            }
             Op::Config(c) => self.config_node(n, key.finish(), inputs, c).await,
-            Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. } => self.step(n, key, inputs, jobs).await,
+            Op::Run(_) | Op::Copy(_) | Op::Mkdir { .. } => {
+                let (key, out, ran) = self.step(n, key, inputs, jobs).await?;
+                // `--no-cache-filter`: a step of a stage named runs now, not only once something needs
+                // it, so the stage runs again even where every consumer of it hits the cache. (Counted
+                // as a late run, like any put-off step that ran.)
+                if ran.is_none()
+                    && self.opts.no_cache_for.contains(&n)
+                    && let Some(out) = self.demand(&key).await?
+                {
+                    return Ok((key, out, None));
+                }
+                Ok((key, out, ran))
+            }
         }
     }
 }

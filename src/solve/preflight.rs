@@ -58,7 +58,7 @@ pub fn preflight(
             return Err(d);
         }
         // Registry images are pulled when solved; here only their names are checked, without the network.
-        if let Op::Image { reference } = &graph.dag[n].op
+        if let Op::Image { reference, .. } = &graph.dag[n].op
             && !reference.starts_with("oci-layout://")
             && let Err(mut d) = crate::registry::ImageName::parse(reference)
         {
@@ -127,7 +127,11 @@ pub fn all_secrets(secrets: &SecretStore) -> Result<LeakScanner> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(LeakScanner::new(
-        values.iter().flatten().map(|(id, v)| (id.as_str(), v)),
+        values
+            .iter()
+            .flatten()
+            .map(|(id, v)| (id.as_str(), v))
+            .chain(secrets.guarded()),
     ))
 }
 

@@ -27,6 +27,10 @@ pub(super) struct Ran {
     /// Writable cache mounts: they outlive the step, so the leak guard must look there too.
     pub(super) caches: Vec<(String, PathBuf)>,
     pub(super) verdicts: Vec<SecretVerdict>,
+    /// With `--on-error=shell`, what to open if the step failed.
+    pub(super) shell: Option<RunStep>,
+    /// Whether a remote cache had the result, so that the step counts as cached, not run.
+    pub(super) remote_hit: bool,
 }
 
 impl Ran {
@@ -38,6 +42,8 @@ impl Ran {
             held: Vec::new(),
             caches: Vec::new(),
             verdicts: Vec::new(),
+            shell: None,
+            remote_hit: false,
         }
     }
 }
@@ -112,7 +118,19 @@ impl<E: Executor> Shared<E> {
             let (stream, log) = (stream.clone(), log.clone());
             Arc::new(move |chunk: &[u8]| log(stream.push(chunk)))
         };
-        let result = self.exec.run(step, sink).await;
+        let shell = self.shell_step(&step, r)?;
+        let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let status: super::StatusSink = {
+            let (reporter, hit) = (self.reporter.clone(), hit.clone());
+            Arc::new(move |placement| {
+                hit.store(
+                    placement == crate::progress::Placement::RemoteCached,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                reporter.event(Event::Status { id, placement });
+            })
+        };
+        let result = self.exec.run_placed(step, sink, status).await;
         log(stream.finish());
         Ok(Ran {
             result,
@@ -120,6 +138,8 @@ impl<E: Executor> Shared<E> {
             held,
             caches,
             verdicts,
+            shell,
+            remote_hit: hit.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -175,11 +195,12 @@ impl<E: Executor> Shared<E> {
             env,
             cwd,
             user,
-            network: r.network,
+            network: self.opts.sandbox.network_of(r.network),
             insecure: r.insecure,
             secrets,
             mounts: Vec::new(),
             key: None,
+            sandbox: self.opts.sandbox.clone(),
         })
     }
 
@@ -217,6 +238,7 @@ impl<E: Executor> Shared<E> {
                     gid,
                     readonly,
                     seed,
+                    ..
                 } => {
                     let reserve = match sharing {
                         Sharing::Shared => Reserve::No,
@@ -230,12 +252,16 @@ impl<E: Executor> Shared<E> {
                         None => id.clone(),
                     };
                     let (store, owner) = (self.store.clone(), (*mode, *uid, *gid));
-                    let (dir, lock, fresh) =
-                        tokio::task::spawn_blocking(move || store.cache_mount(&id, reserve, owner))
-                            .await
-                            .map_err(|e| {
-                                Diagnostic::env(format!("cache mount task failed: {e}"))
-                            })??;
+                    // A new cache starts with what `--cache-from` exported of it (only now, when a step
+                    // that uses it runs); one with local contents keeps them (see `seeder`).
+                    let seeder = self.seeder(seed.is_none().then(|| id.clone()));
+                    let (dir, lock, fresh) = tokio::task::spawn_blocking(move || {
+                        let fill =
+                            |dir: &std::path::Path| seeder.as_ref().map_or(Ok(()), |f| f(dir));
+                        store.cache_mount(&id, reserve, owner, Some(&fill))
+                    })
+                    .await
+                    .map_err(|e| Diagnostic::env(format!("cache mount task failed: {e}")))??;
                     held.extend(lock);
                     StepMount::Cache {
                         target: target.clone(),
@@ -282,6 +308,7 @@ impl<E: Executor> Shared<E> {
                         continue;
                     };
                     StepMount::Ssh {
+                        id: id.clone(),
                         target: target
                             .clone()
                             .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{n}")),
@@ -295,4 +322,53 @@ impl<E: Executor> Shared<E> {
         }
         Ok((mounts, held))
     }
+}
+
+/// Fills a new cache mount's directory (see `Shared::seeder`).
+type Seeder = Box<dyn Fn(&std::path::Path) -> Result<()> + Send>;
+
+impl<E: Executor> Shared<E> {
+    /// What fills cache mount `id` when it is created: its contents from a `--cache-from` cache that
+    /// exported them, if any. A seed that cannot be read is a warning and leaves the cache empty, as a
+    /// cache that cannot be read leaves a build slower, not failed. A cache that already exists here is
+    /// never filled: its local contents are the newer (this machine's last run), and merging another
+    /// machine's files into them could mix two states of one tool's cache.
+    fn seeder(&self, id: Option<String>) -> Option<Seeder> {
+        let id = id?;
+        let imported = self.opts.cache_from.clone()?;
+        imported.mount(&id)?;
+        let (store, exec, reporter) =
+            (self.store.clone(), self.exec.clone(), self.reporter.clone());
+        Some(Box::new(move |dir: &std::path::Path| {
+            match imported.seed_mount(&store, &*exec, &id, dir) {
+                Ok(_) => {
+                    reporter.event(Event::Note(format!(
+                        "cache mount `{id}` seeded from the imported cache"
+                    )));
+                    Ok(())
+                }
+                Err(e) => {
+                    reporter.event(Event::Note(format!(
+                        "warning: cache mount `{id}` not seeded from the imported cache: {}",
+                        e.message
+                    )));
+                    empty_dir(dir)
+                }
+            }
+        }))
+    }
+}
+
+/// Removes everything inside `dir`, keeping `dir`.
+fn empty_dir(dir: &std::path::Path) -> Result<()> {
+    let fail = |e| Diagnostic::io(format!("cannot empty {}", dir.display()), e);
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let path = entry.map_err(fail)?.path();
+        if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path).map_err(fail)?;
+        } else {
+            std::fs::remove_file(&path).map_err(fail)?;
+        }
+    }
+    Ok(())
 }

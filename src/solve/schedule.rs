@@ -36,6 +36,10 @@ pub enum Output {
 pub struct SolveOptions {
     pub jobs: usize,
     pub no_cache: bool,
+    /// `--network`, `--add-host`, `--shm-size`, `--ulimit`: what every RUN step gets.
+    pub sandbox: super::Sandbox,
+    /// `--no-cache-filter`: the steps that run even when the cache holds their result.
+    pub no_cache_for: std::collections::HashSet<NodeIndex>,
     /// The main context directory and the named ones from `--build-context`.
     pub contexts: BTreeMap<String, NamedContext>,
     /// `SOURCE_DATE_EPOCH`, used for `created` times.
@@ -48,12 +52,35 @@ pub struct SolveOptions {
     pub cache_from: Option<Arc<shared_cache::Imported>>,
     /// `--allow`: the entitlements this build grants its steps.
     pub allow: Vec<Entitlement>,
+    /// `--on-error=shell`: what to open in a RUN step that fails.
+    pub debug: Option<super::executor::DebugShell>,
+    /// The platforms (as RUN ops name them) whose steps cannot run on this machine, and why (no
+    /// emulator): a RUN step of one of them fails when it is about to run, so a build whose steps of
+    /// that platform the cache answers needs no emulator.
+    pub unrunnable: HashMap<Option<String>, Diagnostic>,
 }
 
 pub struct Summary {
     pub outputs: HashMap<NodeIndex, Output>,
     pub executed: usize,
     pub cached: usize,
+    /// What each source node resolved to when it was solved (an image's manifest, a download's blob, a
+    /// git commit, the files a step selected from a context): the build's inputs by digest, for its
+    /// provenance.
+    pub resolved: HashMap<NodeIndex, Vec<Resolved>>,
+}
+
+/// An input a node resolved to, by digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// A base image: its reference as written and the manifest it was pinned to.
+    Image { reference: String, manifest: Digest },
+    /// An `ADD <url>` download: the URL without userinfo and the blob fetched.
+    Download { url: String, blob: Digest },
+    /// An `ADD <git url>`: the URL without userinfo and the commit checked out.
+    Git { url: String, commit: String },
+    /// The files a step selected from a context directory (`COPY`, a bind mount), by content.
+    Files { context: String, digest: String },
 }
 
 pub(super) struct Shared<E> {
@@ -73,6 +100,10 @@ pub(super) struct Shared<E> {
     pub(super) pending: std::sync::Mutex<HashMap<Digest, Arc<Pending>>>,
     /// How many of those ran in the end.
     pub(super) late_runs: std::sync::atomic::AtomicUsize,
+    /// How many of those another build on the store ran meanwhile.
+    pub(super) late_hits: std::sync::atomic::AtomicUsize,
+    /// What source nodes resolved to (see `Summary::resolved`).
+    pub(super) resolved: std::sync::Mutex<HashMap<NodeIndex, Vec<Resolved>>>,
 }
 
 /// A step put off: what it needs to run, and its result once it has.
@@ -170,7 +201,8 @@ pub(super) async fn run<E: Executor>(
     Ok(Summary {
         outputs,
         executed: book.executed + shared.late_runs.load(std::sync::atomic::Ordering::Relaxed),
-        cached: book.cached,
+        cached: book.cached + shared.late_hits.load(std::sync::atomic::Ordering::Relaxed),
+        resolved: std::mem::take(&mut *shared.resolved.lock().expect("resolved lock")),
     })
 }
 
@@ -248,6 +280,15 @@ impl<E: Executor> Shared<E> {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Records what node `n` resolved to, for the build's provenance.
+    pub(super) fn resolve(&self, n: NodeIndex, r: Resolved) {
+        let mut resolved = self.resolved.lock().expect("resolved lock");
+        let entry = resolved.entry(n).or_default();
+        if !entry.contains(&r) {
+            entry.push(r);
+        }
+    }
+
     pub(super) fn at(&self, n: NodeIndex) -> Option<Located> {
         self.graph.dag[n].at.clone()
     }
@@ -277,7 +318,11 @@ impl<E: Executor> Shared<E> {
             digest: node.digest.to_string(),
             at: node.at.as_ref().map(|a| a.to_string()),
         };
-        if let Some(rec) = self.cached(&key, &node.op) {
+        let cached = match self.opts.no_cache_for.contains(&n) {
+            true => None,
+            false => self.cached(&key, &node.op),
+        };
+        if let Some(rec) = cached {
             self.reporter.event(Event::Cached(vertex));
             return Ok((key, Output::Fs(rec), Some(false)));
         }
@@ -335,11 +380,15 @@ impl<E: Executor> Shared<E> {
                     .await
                     .map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))
                     .and_then(|r| r);
-                    let (_, out, _) = ran.inspect_err(|e| {
+                    let (_, out, ran) = ran.inspect_err(|e| {
                         *p.failed.lock().expect("failed lock") = Some(e.clone());
                     })?;
-                    this.late_runs
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // A step another build ran while this one waited for it is a hit after all.
+                    let count = match ran {
+                        Some(false) => &this.late_hits,
+                        _ => &this.late_runs,
+                    };
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(out)
                 })
                 .await?;

@@ -35,6 +35,27 @@ pub struct CacheConfig {
     /// Every snapshot the records name: its layer blob, or `None` for an empty layer (which has no blob).
     pub layers: std::collections::BTreeMap<String, Option<LayerBlob>>,
     pub records: Vec<CacheRecord>,
+    /// Exported cache mounts' contents, by mount id (`cache-mounts=true`, or `export=true` on a mount).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub mounts: std::collections::BTreeMap<String, MountRecord>,
+}
+
+/// A cache mount's contents as exported: its files split into groups by a stable function of their
+/// path, each group one gzip layer blob, so a changed file changes only its group's blob.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub groups: Vec<MountGroup>,
+}
+
+/// One group of a cache mount's files: `dirs` (every directory, and nothing else), `gNN` (the small
+/// files whose path hashes to NN) or `file-<hash of the path>` (one large file).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountGroup {
+    pub name: String,
+    pub blob: LayerBlob,
+    /// Each file of the group by path: a regular file's content digest, or `symlink:` and its target.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
 }
 
 /// Where a cache is read from.
@@ -63,6 +84,8 @@ pub struct Imported {
     /// Snapshot → its blob (`None`: empty) and the source that has it.
     layers: HashMap<String, (Option<LayerBlob>, usize)>,
     registry: crate::registry::Options,
+    /// Exported cache mounts by id, and the source that has their blobs.
+    mounts: HashMap<String, (MountRecord, usize)>,
     /// Records handed out as hits, so the driver can keep the materialized ones in the local store.
     hits: Mutex<HashSet<Digest>>,
     /// One lock per snapshot being materialized, so two steps needing it unpack it once.
@@ -121,6 +144,17 @@ impl Imported {
                     dropped += 1;
                 }
             }
+            for (id, mount) in config.mounts {
+                if mount
+                    .groups
+                    .iter()
+                    .all(|g| valid_blob(&g.blob) && valid_group(&g.name))
+                {
+                    imported.mounts.entry(id).or_insert((mount, index));
+                } else {
+                    dropped += 1;
+                }
+            }
             if dropped > 0 {
                 warn(format!(
                     "cache {source}: {dropped} malformed records ignored"
@@ -159,14 +193,66 @@ impl Imported {
 
     /// Brings the blob of an imported layer into the store (a no-op when it is there).
     pub fn fetch(&self, store: &Store, blob: &LayerBlob, snapshot: &str) -> Result<PathBuf> {
+        let (_, source) = self.layers.get(snapshot).ok_or_else(|| {
+            Diagnostic::env(format!("snapshot {snapshot} is in no imported cache"))
+        })?;
+        self.fetch_from(store, blob, *source)
+    }
+
+    /// The exported contents of cache mount `id`, if a cache has them.
+    pub fn mount(&self, id: &str) -> Option<&MountRecord> {
+        self.mounts.get(id).map(|(m, _)| m)
+    }
+
+    /// Brings every blob of imported cache mount `id` into the store; returns its record.
+    pub fn fetch_mount(&self, store: &Store, id: &str) -> Result<Option<MountRecord>> {
+        let Some((mount, source)) = self.mounts.get(id) else {
+            return Ok(None);
+        };
+        let missing: Vec<(Digest, u64)> = mount
+            .groups
+            .iter()
+            .filter(|g| !store.blob_path(&g.blob.digest).is_file())
+            .map(|g| (g.blob.digest.clone(), g.blob.size))
+            .collect();
+        if let (Source::Registry(reference), false) = (&self.sources[*source], missing.is_empty()) {
+            crate::registry::fetch_blobs(store, reference, &missing, &self.registry)?;
+        }
+        for g in &mount.groups {
+            self.fetch_from(store, &g.blob, *source)?;
+        }
+        Ok(Some(mount.clone()))
+    }
+
+    /// Fills the new, empty directory `dest` of cache mount `id` with its imported contents: the files'
+    /// groups, then the directories (whose times the files would otherwise bump). Each blob's diff id is
+    /// checked against the cache's word for it. Returns whether a cache had the mount.
+    pub fn seed_mount<E: Executor>(
+        &self,
+        store: &Store,
+        exec: &E,
+        id: &str,
+        dest: &Path,
+    ) -> Result<bool> {
+        let Some(mount) = self.fetch_mount(store, id)? else {
+            return Ok(false);
+        };
+        let (dirs, files): (Vec<&MountGroup>, Vec<&MountGroup>) =
+            mount.groups.iter().partition(|g| g.name == "dirs");
+        for g in files.into_iter().chain(dirs) {
+            let path = store.blob_path(&g.blob.digest);
+            check_diff_id(&path, &g.blob)?;
+            exec.unpack(&path, &g.blob.media_type, dest)?;
+        }
+        Ok(true)
+    }
+
+    fn fetch_from(&self, store: &Store, blob: &LayerBlob, source: usize) -> Result<PathBuf> {
         let path = store.blob_path(&blob.digest);
         if path.is_file() {
             return Ok(path);
         }
-        let (_, source) = self.layers.get(snapshot).ok_or_else(|| {
-            Diagnostic::env(format!("snapshot {snapshot} is in no imported cache"))
-        })?;
-        match &self.sources[*source] {
+        match &self.sources[source] {
             Source::Registry(reference) => crate::registry::fetch_blobs(
                 store,
                 reference,
@@ -239,16 +325,7 @@ impl Imported {
                 .map_err(|e| Diagnostic::io("cannot create a snapshot", e))?;
             if let Some(blob) = blob {
                 let path = self.fetch(store, blob, snapshot)?;
-                let diff_id = diff_id(&path, &blob.media_type).map_err(|e| {
-                    Diagnostic::env(format!("cannot read cached layer {}: {e}", blob.digest))
-                })?;
-                if diff_id != blob.diff_id {
-                    return Err(Diagnostic::env(format!(
-                        "cached layer {} is not what its cache says: its diff id is {diff_id}, not {}",
-                        blob.digest, blob.diff_id
-                    ))
-                    .help("the cache is corrupt; rebuild without --cache-from, or export it again"));
-                }
+                check_diff_id(&path, blob)?;
                 exec.unpack(&path, &blob.media_type, &dest)?;
                 store.commit_snapshot(&dest, snapshot)?;
                 if store.layer_blob(snapshot).is_none() {
@@ -283,6 +360,35 @@ impl Imported {
         }
         Ok(kept)
     }
+}
+
+/// A cached blob's uncompressed tar must be the one its cache names.
+fn check_diff_id(path: &Path, blob: &LayerBlob) -> Result<()> {
+    let diff_id = diff_id(path, &blob.media_type)
+        .map_err(|e| Diagnostic::env(format!("cannot read cached layer {}: {e}", blob.digest)))?;
+    if diff_id != blob.diff_id {
+        return Err(Diagnostic::env(format!(
+            "cached layer {} is not what its cache says: its diff id is {diff_id}, not {}",
+            blob.digest, blob.diff_id
+        ))
+        .help("the cache is corrupt; rebuild without --cache-from, or export it again"));
+    }
+    Ok(())
+}
+
+/// A cache mount group's name is one kiln writes: `dirs`, `gNN`, or `file-` and a hex digest.
+fn valid_group(name: &str) -> bool {
+    let hex = |h: &str| {
+        h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    name == "dirs"
+        || name
+            .strip_prefix('g')
+            .is_some_and(|h| h.len() == 2 && hex(h))
+        || name
+            .strip_prefix("file-")
+            .is_some_and(|h| h.len() == 64 && hex(h))
 }
 
 /// Snapshot names are the store's own (`layer-<diff id hex>`, `step-<key hex>`): a cache from elsewhere

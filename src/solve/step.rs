@@ -14,12 +14,12 @@ use super::executor::{CopySource, CopyStep, Layers};
 use super::key::mounted_ids;
 use super::run::Ran;
 use super::schedule::{Output, Shared};
-use crate::diag::{Diagnostic, Result};
+use crate::diag::{Category, Diagnostic, Result};
 use crate::digest::Digest;
 use crate::graph::Op;
 use crate::graph::op::{CopyOp, RunMount};
 use crate::progress::{Event, Vertex};
-use crate::store::{CacheRecord, SecretVerdict};
+use crate::store::{CacheRecord, KeyLock, SecretVerdict};
 
 impl<E: Executor> Shared<E> {
     /// Runs a step that missed the cache and commits its result.
@@ -44,9 +44,30 @@ impl<E: Executor> Shared<E> {
         let Output::Fs(base) = &inputs[0].1 else {
             unreachable!("steps run over a filesystem")
         };
+        // Held until the result is staged: another build on this store that misses the same key waits
+        // here, then takes the result from the cache.
+        let _key_lock = match self.lock_key(n, &key, &node.op).await? {
+            Claim::Run(lock) => lock,
+            Claim::Hit(rec) => {
+                self.reporter.event(Event::Cached(vertex));
+                return Ok((key, Output::Fs(rec), Some(false)));
+            }
+        };
         let _permit = jobs.acquire().await.expect("semaphore open");
         let started = Instant::now();
         self.reporter.event(Event::Started(vertex));
+        // A foreign step with no emulator here fails now that it must run, not before the build: one
+        // the cache answers needs none.
+        if let Op::Run(r) = &node.op
+            && let Some(refused) = self.opts.unrunnable.get(&r.platform)
+        {
+            let platform = crate::platform::Platform::from_graph(r.platform.as_deref());
+            let mut d = refused.clone();
+            if let Some(at) = self.at(n) {
+                d = d.label(at, format!("this step runs as {platform}"));
+            }
+            return Err(self.failed(n, id, started, d));
+        }
         // Inputs that came from a shared cache get their files now, and only now that a step needs them.
         if let Err(e) = self
             .materialize(needed_layers(&node.op, base, &inputs))
@@ -83,10 +104,17 @@ impl<E: Executor> Shared<E> {
             held: _held,
             caches,
             verdicts,
+            shell,
+            remote_hit,
         } = ran;
         if let Err(mut e) = result {
             e.message = scrubber.scrub_str(&e.message);
-            return Err(self.failed(n, id, started, e));
+            let e = self.failed(n, id, started, e);
+            // A command that ran and failed; the shell sees the upper dir it left, still in `work`.
+            if let (Some(shell), Category::Build) = (shell, e.category) {
+                self.open_shell(id, shell).await;
+            }
+            return Err(e);
         }
         if let Some((leak, place)) = super::leak::scan(guard, upper.clone(), caches).await? {
             let message = format!(
@@ -105,7 +133,24 @@ impl<E: Executor> Shared<E> {
                 format!("{message}; nothing was exported, and nothing this build made was kept");
             return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
         }
-        self.commit(key, base, &upper, verdicts, id, started)
+        let (key, output, _) = self.commit(key, base, &upper, verdicts, id, started)?;
+        // A remote cache's result ran nowhere for this build: the summary counts it as cached.
+        Ok((key, output, Some(!remote_hit)))
+    }
+
+    /// Waits for the key's lock in the store; a result another build made meanwhile is a hit (except
+    /// for a step `--no-cache-filter` runs again).
+    async fn lock_key(&self, n: NodeIndex, key: &Digest, op: &Op) -> Result<Claim> {
+        loop {
+            if let Some(lock) = self.store.try_lock_key(key)? {
+                let forced = self.opts.no_cache_for.contains(&n);
+                return Ok(match self.cached(key, op).filter(|_| !forced) {
+                    Some(rec) => Claim::Hit(rec),
+                    None => Claim::Run(lock),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// Reports a step's failure and locates its error at the step.
@@ -209,6 +254,13 @@ impl<E: Executor> Shared<E> {
         });
         Ok((key, Output::Fs(rec), Some(true)))
     }
+}
+
+/// What waiting for a key's lock gave: the lock, to run the step under, or the result of a build that
+/// ran it meanwhile.
+enum Claim {
+    Run(KeyLock),
+    Hit(CacheRecord),
 }
 
 /// The snapshots a step reads: its base's, and those of the filesystems it copies from or bind-mounts.

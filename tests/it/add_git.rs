@@ -15,13 +15,13 @@ use tempfile::TempDir;
 use crate::support::{Kiln, context, repo, tempdir, unpack, write};
 
 /// The git server, killed when dropped, and the repositories it serves.
-struct GitServer {
+pub(crate) struct GitServer {
     child: Child,
     port: u16,
-    root: TempDir,
+    pub(crate) root: TempDir,
     /// The commit of the tag `v1` (the first commit) and of `main` (the second).
-    v1: String,
-    main: String,
+    pub(crate) v1: String,
+    pub(crate) main: String,
 }
 
 impl Drop for GitServer {
@@ -31,7 +31,7 @@ impl Drop for GitServer {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -51,12 +51,12 @@ impl GitServer {
     /// `repo.git`: a first commit (tag `v1`: `a.txt` "one", `sub/b.txt`, an executable `run.sh`, a
     /// symlink `link` to `a.txt`), then a second on `main` and branch `other` (`a.txt` "two", a symlink
     /// `escape` to `/etc`).
-    fn start() -> GitServer {
+    pub(crate) fn start() -> GitServer {
         GitServer::serve(None)
     }
 
     /// The same repository, served only to requests with one of these `Authorization` values.
-    fn private(accepted: &[&str]) -> GitServer {
+    pub(crate) fn private(accepted: &[&str]) -> GitServer {
         GitServer::serve(Some(accepted))
     }
 
@@ -112,7 +112,7 @@ impl GitServer {
         }
     }
 
-    fn url(&self, fragment: &str) -> String {
+    pub(crate) fn url(&self, fragment: &str) -> String {
         format!("http://127.0.0.1:{}/repo.git{fragment}", self.port)
     }
 
@@ -142,22 +142,30 @@ impl GitServer {
     fn add_superproject(&self, name: &str, path: &str, url: &str, commit: &str) {
         self.add_repo(name, |w| {
             write(&w.join("top.txt"), "top\n");
-            write(
-                &w.join(".gitmodules"),
-                format!("[submodule \"m\"]\n\tpath = {path}\n\turl = {url}\n"),
-            );
-            git(w, &["add", "-A"]);
-            git(
+            gitlink(
                 w,
-                &[
-                    "update-index",
-                    "--add",
-                    "--cacheinfo",
-                    &format!("160000,{commit},{path}"),
-                ],
+                format!("[submodule \"m\"]\n\tpath = {path}\n\turl = {url}\n"),
+                commit,
+                path,
             );
         });
     }
+}
+
+/// In the work tree `w` of a repository being made: commits `.gitmodules` as given and a gitlink at
+/// `path` to `commit`, the two halves of a submodule.
+fn gitlink(w: &Path, modules: impl AsRef<[u8]>, commit: &str, path: &str) {
+    write(&w.join(".gitmodules"), modules);
+    git(w, &["add", "-A"]);
+    git(
+        w,
+        &[
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{commit},{path}"),
+        ],
+    );
 }
 
 fn build(kiln: Kiln, ctx: &Path, dest: &Path) -> crate::support::Output {
@@ -166,6 +174,33 @@ fn build(kiln: Kiln, ctx: &Path, dest: &Path) -> crate::support::Output {
         .arg(format!("type=oci,dest={}", dest.display()))
         .arg(ctx)
         .run()
+}
+
+/// The provenance lists each clone as `git+URL@COMMIT` with the commit checked out.
+#[test]
+fn provenance_lists_git_sources_by_commit() {
+    let server = GitServer::start();
+    let dockerfile = format!(
+        "FROM base\nADD {tag} /tag/\nADD {head} /head\n",
+        tag = server.url("#v1"),
+        head = server.url(""),
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    build(Kiln::new().arg("--provenance=true"), ctx.path(), &dest).success();
+    let statement = crate::attest::provenance_of(&dest);
+    let deps = statement["predicate"]["buildDefinition"]["resolvedDependencies"].clone();
+    for commit in [&server.v1, &server.main] {
+        let uri = format!("git+{}@{commit}", server.url(""));
+        assert!(
+            deps.as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["uri"] == uri.as_str() && d["digest"]["gitCommit"] == commit.as_str()),
+            "no {uri} in {deps}"
+        );
+    }
 }
 
 #[test]
@@ -373,19 +408,11 @@ fn add_git_checks_out_submodules() {
     });
     let lib = server.add_repo("lib", |w| {
         write(&w.join("lib.txt"), "lib\n");
-        write(
-            &w.join(".gitmodules"),
-            "[submodule \"deep\"]\n\tpath = deep\n\turl = ../deep.git\n",
-        );
-        git(w, &["add", "-A"]);
-        git(
+        gitlink(
             w,
-            &[
-                "update-index",
-                "--add",
-                "--cacheinfo",
-                &format!("160000,{deep},deep"),
-            ],
+            "[submodule \"deep\"]\n\tpath = deep\n\turl = ../deep.git\n",
+            &deep,
+            "deep",
         );
     });
     server.add_superproject("super", "vendor/lib", "../lib.git", &lib);
@@ -450,19 +477,36 @@ fn add_git_checks_out_submodules() {
     }
     assert!(!pwned.exists(), "the ext:: helper ran");
 
+    // `update = none`: git leaves the submodule's directory empty and never fetches its URL, so even
+    // one kiln would refuse to fetch does not matter.
+    server.add_repo("skipped", |w| {
+        write(&w.join("top.txt"), "top\n");
+        gitlink(
+            w,
+            "[submodule \"m\"]\n\tpath = x\n\turl = file:///etc\n\tupdate = none\n",
+            &lib,
+            "x",
+        );
+    });
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM base\nADD {} /src\n", at("skipped")),
+    )]);
+    build(Kiln::new(), ctx.path(), &dest).success();
+    let image = unpack(&dest);
+    assert_eq!(
+        std::fs::read_to_string(image.rootfs.join("src/top.txt")).unwrap(),
+        "top\n"
+    );
+    let x = image.rootfs.join("src/x");
+    assert!(
+        x.is_dir() && std::fs::read_dir(&x).unwrap().next().is_none(),
+        "an `update = none` submodule is an empty directory"
+    );
+
     // A .gitmodules entry without a url, and a chain of submodules deeper than kiln follows.
     server.add_repo("nourl", |w| {
-        write(&w.join(".gitmodules"), "[submodule \"m\"]\n\tpath = x\n");
-        git(w, &["add", "-A"]);
-        git(
-            w,
-            &[
-                "update-index",
-                "--add",
-                "--cacheinfo",
-                &format!("160000,{lib},x"),
-            ],
-        );
+        gitlink(w, "[submodule \"m\"]\n\tpath = x\n", &lib, "x");
     });
     let mut below = deep;
     for level in 0..9 {

@@ -38,14 +38,14 @@ const QUERY_TOKEN: &str = "qu3ry-s3cret-Zr4";
 /// with basic auth `USER:TOKEN`, `/bad304/NAME` with a 304 about another ETag to any `If-None-Match`;
 /// anything else is a 404. Counts the requests per path, and the 304s
 /// among them as `304 PATH`.
-struct Server {
+pub(crate) struct Server {
     port: u16,
     root: TempDir,
     hits: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Server {
-    fn start() -> Server {
+    pub(crate) fn start() -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         let port = listener.local_addr().unwrap().port();
         let root = tempdir("http-");
@@ -60,12 +60,12 @@ impl Server {
         Server { port, root, hits }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// Puts a file on the server, dated `mtime` seconds after the epoch.
-    fn put(&self, name: &str, bytes: &[u8], mtime: u64) {
+    pub(crate) fn put(&self, name: &str, bytes: &[u8], mtime: u64) {
         let path = self.root.path().join(name);
         write(&path, bytes);
         let t = UNIX_EPOCH + Duration::from_secs(mtime);
@@ -194,6 +194,44 @@ fn build(kiln: Kiln, ctx: &Path, dest: &Path) -> crate::support::Output {
 
 fn meta(root: &Path, p: &str) -> std::fs::Metadata {
     std::fs::symlink_metadata(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// The provenance lists each download by the digest of what was fetched, its URL without credentials.
+#[test]
+fn provenance_lists_downloads_by_digest_without_credentials() {
+    let server = Server::start();
+    server.put("hello.txt", b"hello over http\n", 1_000_000_000);
+    let secret_url = format!(
+        "http://{USER}:{TOKEN}@127.0.0.1:{}/auth/hello.txt?sig={QUERY_TOKEN}",
+        server.port
+    );
+    let hello = server.url("/files/hello.txt");
+    let dockerfile = format!("FROM base\nADD {hello} /opt/\nADD {secret_url} /opt/auth/\n");
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    let out_dir = tempdir("out-");
+    let dest = out_dir.path().join("image");
+    build(Kiln::new().arg("--provenance=true"), ctx.path(), &dest).success();
+    let statement = crate::attest::provenance_of(&dest);
+    let deps = &statement["predicate"]["buildDefinition"]["resolvedDependencies"];
+    let digest = |uri: &str| {
+        deps.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["uri"] == uri)
+            .unwrap_or_else(|| panic!("no {uri} in {deps}"))["digest"]["sha256"]
+            .clone()
+    };
+    let sum = sha256(b"hello over http\n");
+    assert_eq!(digest(&hello), sum.trim_start_matches("sha256:"));
+    let shown = format!("http://127.0.0.1:{}/auth/hello.txt?sig=***", server.port);
+    assert_eq!(digest(&shown), sum.trim_start_matches("sha256:"));
+    let text = statement.to_string();
+    for secret in [TOKEN, QUERY_TOKEN] {
+        assert!(
+            !text.contains(secret),
+            "the provenance shows {secret}:\n{text}"
+        );
+    }
 }
 
 #[test]

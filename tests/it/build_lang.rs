@@ -493,6 +493,31 @@ fn convert_dockerfile(dir: &Path) -> (std::path::PathBuf, String) {
     (converted, source)
 }
 
+/// Builds the conversion and the Dockerfile of `ctx` with `BASE` the busybox base and `arg`, into
+/// `build` and `docker` under the returned directory, in one store (the second build is the first's
+/// graph, so it runs nothing); what each printed.
+fn build_both(ctx: &Path, converted: &Path, arg: &str) -> (tempfile::TempDir, String, String) {
+    let out = tempdir("out-");
+    let store = tempdir("store-");
+    let build = |file: &Path, dest: &Path| {
+        Kiln::build_in(store.path())
+            .arg("--build-arg")
+            .arg(format!("BASE=oci-layout://{}", base_image().display()))
+            .args(["--build-arg", arg, "-f"])
+            .arg(file)
+            .arg("-o")
+            .arg(format!("type=oci,dest={}", dest.display()))
+            .arg(ctx)
+            .run()
+            .success()
+            .stdout
+            .clone()
+    };
+    let from_build = build(converted, &out.path().join("build"));
+    let from_dockerfile = build(&ctx.join("Dockerfile"), &out.path().join("docker"));
+    (out, from_build, from_dockerfile)
+}
+
 /// `kiln convert` keeps the build args a FROM reads as params: `ARG BASE`, `ARG V=16`,
 /// `FROM "${BASE}:${V}"` once converted to `image("${BASE}:${V}")` takes `--build-arg BASE=...` and
 /// `V=...` and builds on the busybox base, giving the Dockerfile's own image (it used to fold into
@@ -508,25 +533,7 @@ fn converted_from_keeps_its_build_args_and_builds() {
         source.contains("image(\"${BASE}:${V}\")"),
         "the FROM stays an expression of the params:\n{source}"
     );
-    let out = tempdir("out-");
-    // One store, as the secrets example: the second build is the first's graph, so it runs nothing.
-    let store = tempdir("store-");
-    let build = |file: &Path, dest: &Path| {
-        Kiln::build_in(store.path())
-            .arg("--build-arg")
-            .arg(format!("BASE=oci-layout://{}", base_image().display()))
-            .args(["--build-arg", "V=latest", "-f"])
-            .arg(file)
-            .arg("-o")
-            .arg(format!("type=oci,dest={}", dest.display()))
-            .arg(ctx.path())
-            .run()
-            .success()
-            .stdout
-            .clone()
-    };
-    let from_build = build(&converted, &out.path().join("build"));
-    let from_dockerfile = build(&ctx.path().join("Dockerfile"), &out.path().join("docker"));
+    let (out, from_build, from_dockerfile) = build_both(ctx.path(), &converted, "V=latest");
     assert_eq!(from_build, from_dockerfile, "one image both ways");
     let image = unpack(&out.path().join("build"));
     assert_eq!(
@@ -537,5 +544,28 @@ fn converted_from_keeps_its_build_args_and_builds() {
     assert!(
         image.rootfs.join("bin/busybox").exists(),
         "the image is built on the base BASE and V name (`V=16` would name none)"
+    );
+}
+
+/// `${TAG#v}` and `${SUFFIX:+...}` in a FROM convert to `trim_prefix` and a choice on the param, so
+/// `--build-arg TAG=vlatest` still picks the image: the conversion and the Dockerfile build the same
+/// image on the base (the conversion used to fold both into their defaults).
+#[test]
+fn converted_from_trims_build_args_as_the_dockerfile_does() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG BASE\nARG TAG=v0\nARG SUFFIX\nFROM ${BASE}:${TAG#v}${SUFFIX:+-$SUFFIX}\nRUN echo built > /v\n",
+    )]);
+    let (converted, source) = convert_dockerfile(ctx.path());
+    assert!(
+        source.contains("trim_prefix(\"${TAG}\", \"v\")") && source.contains("SUFFIX"),
+        "the FROM stays an expression of the params:\n{source}"
+    );
+    let (out, from_build, from_dockerfile) = build_both(ctx.path(), &converted, "TAG=vlatest");
+    assert_eq!(from_build, from_dockerfile, "one image both ways");
+    let image = unpack(&out.path().join("build"));
+    assert!(
+        image.rootfs.join("bin/busybox").exists(),
+        "built on the base `TAG=vlatest` names once trimmed"
     );
 }

@@ -339,7 +339,7 @@ fn step_lines(out: &Output) -> Vec<&str> {
         .collect()
 }
 
-/// The step's exit code from kiln's `... did not complete successfully: exit code N`.
+/// The step's exit code from kiln's `... did not complete successfully: exit code: N`.
 fn step_exit_code(out: &Output) -> Option<i32> {
     if out.code == Some(0) {
         return Some(0);

@@ -20,15 +20,16 @@ CMD [\"/bin/busybox\", \"cat\", \"/loaded\"]
 const DOCKER: &str = "/usr/bin/docker";
 
 /// A private dockerd, stopped when the test ends (pass or fail).
-struct Dockerd {
+pub(crate) struct Dockerd {
     dir: tempfile::TempDir,
 }
 
 impl Dockerd {
-    fn start() -> Option<Dockerd> {
+    pub(crate) fn start() -> Option<Dockerd> {
         if !Path::new("/usr/sbin/dockerd").is_file() || !Path::new(DOCKER).is_file() {
-            eprintln!(
-                "note: --load into dockerd skipped: docker.io is not installed (apt-get install docker.io)"
+            crate::support::skip_without(
+                "--load into dockerd",
+                "docker.io is not installed (apt-get install docker.io)",
             );
             return None;
         }
@@ -38,11 +39,11 @@ impl Dockerd {
         Some(Dockerd { dir })
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("unix://{}", self.dir.path().join("docker.sock").display())
     }
 
-    fn docker(&self, args: &[&str]) -> String {
+    pub(crate) fn docker(&self, args: &[&str]) -> String {
         let out = Command::new(DOCKER)
             .args(args)
             .env("DOCKER_HOST", self.host())
@@ -261,8 +262,9 @@ struct Podman {
 impl Podman {
     fn start() -> Option<Podman> {
         if Command::new("podman").arg("--version").output().is_err() {
-            eprintln!(
-                "note: --load into podman skipped: podman is not installed (apt-get install podman)"
+            crate::support::skip_without(
+                "--load into podman",
+                "podman is not installed (apt-get install podman)",
             );
             return None;
         }

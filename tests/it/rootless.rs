@@ -16,13 +16,13 @@ use crate::support::{
 };
 
 /// A user with a subordinate id range: kiln maps 65536 ids.
-const RANGED: &str = "kiln-rootless";
+pub(crate) const RANGED: &str = "kiln-rootless";
 /// A user without one: kiln falls back to mapping its own id only.
 const SINGLE: &str = "kiln-rootless1";
 const RANGE: &str = "200000-265535";
 
 /// One unprivileged user, created on first use.
-struct User {
+pub(crate) struct User {
     name: &'static str,
     uid: u32,
     gid: u32,
@@ -30,7 +30,7 @@ struct User {
 
 /// Creates the user (and its range, or makes sure it has none) once per test process; useradd and
 /// /etc/subuid edits are not safe to run concurrently.
-fn user(name: &'static str, ranged: bool) -> User {
+pub(crate) fn user(name: &'static str, ranged: bool) -> User {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     assert!(
@@ -86,7 +86,7 @@ fn user(name: &'static str, ranged: bool) -> User {
 
 impl User {
     /// `setpriv` execs (where `runuser` would fork), so a signal to the child reaches kiln itself.
-    fn wrapper(&self) -> Vec<String> {
+    pub(crate) fn wrapper(&self) -> Vec<String> {
         vec![
             "setpriv".into(),
             format!("--reuid={}", self.name),
@@ -102,12 +102,12 @@ impl User {
         c
     }
 
-    fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         PathBuf::from(format!("/home/{}", self.name))
     }
 
     /// Gives `path` and everything under it to this user.
-    fn own(&self, path: &Path) {
+    pub(crate) fn own(&self, path: &Path) {
         for e in walkdir::WalkDir::new(path) {
             let e = e.unwrap();
             std::os::unix::fs::lchown(e.path(), Some(self.uid), Some(self.gid)).unwrap();
@@ -123,7 +123,7 @@ impl User {
     }
 
     /// A kiln binary this user can execute: cargo's own when its directories are traversable, else a copy.
-    fn kiln_binary(&self) -> PathBuf {
+    pub(crate) fn kiln_binary(&self) -> PathBuf {
         let cargo = PathBuf::from(env!("CARGO_BIN_EXE_kiln"));
         if self.can(&["-x", cargo.to_str().unwrap()]) {
             return cargo;

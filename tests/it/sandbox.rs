@@ -308,3 +308,44 @@ RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox ls -d /proc /dev /sys && /
     top.sort();
     assert_eq!(top, ["bin", "made"], "{}", out.stderr);
 }
+
+/// A descriptor kiln inherits without close-on-exec (a CI runner's pipe, a `<(...)`) never reaches a
+/// step: the step sees stdin, stdout and stderr only, as runc gives them under BuildKit.
+#[test]
+fn a_step_inherits_no_descriptor_beyond_its_stdio() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN for f in /proc/self/fd/*; do echo \"f\"ds ${f##*/}; done\n",
+    )]);
+    let scratch = tempdir("fds-");
+    let open = scratch.path().join("open");
+    std::fs::write(&open, "").unwrap();
+    let out = Kiln::new()
+        .with_base()
+        .wrapped(&[
+            "sh",
+            "-c",
+            &format!(
+                "exec 7<{} 9>>{}; exec \"$0\" \"$@\"",
+                open.display(),
+                open.display()
+            ),
+        ])
+        .args(["--no-cache", "--progress", "plain"])
+        .arg(ctx.path())
+        .run();
+    out.success();
+    // The shell's own descriptors: 3 is the directory its glob reads, 10 to 19 what it saves.
+    let fds = tagged(&out, "fds");
+    assert!(!fds.is_empty(), "{}", out.stderr);
+    assert!(
+        fds.iter()
+            .all(|fd| ["0", "1", "2", "3"].contains(&fd.as_str())
+                || fd.parse::<u32>().is_ok_and(|n| (10..20).contains(&n))),
+        "the step holds an inherited descriptor: {fds:?}"
+    );
+    assert!(
+        !fds.contains(&"7".to_string()) && !fds.contains(&"9".to_string()),
+        "{fds:?}"
+    );
+}

@@ -10,7 +10,7 @@ use crate::support::{Kiln, context, files_under, leaks, tempdir, tool, unpack};
 pub(crate) struct Agent {
     child: Child,
     pub(crate) socket: std::path::PathBuf,
-    fingerprint: String,
+    pub(crate) fingerprint: String,
     pub(crate) private_key: Vec<u8>,
     /// The key's public half, as an `authorized_keys` line.
     pub(crate) public_key: String,
@@ -84,13 +84,20 @@ impl Drop for Agent {
 
 /// The host's `ssh-add` and the libraries it links, laid out as a root filesystem under `tools/`.
 pub(crate) fn ssh_add_tree(ctx: &Path) {
-    let binary = Path::new("/usr/bin/ssh-add");
-    let mut files = vec![binary.to_path_buf()];
-    let ldd = tool("ldd", &[binary.to_str().unwrap()]);
-    for line in ldd.lines() {
-        if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
-            files.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.into()));
-            files.push(path.into());
+    tools_tree(ctx, &["/usr/bin/ssh-add"]);
+}
+
+/// The host's `binaries` and the libraries they link, laid out as a root filesystem under `tools/`.
+pub(crate) fn tools_tree(ctx: &Path, binaries: &[&str]) {
+    let mut files = Vec::new();
+    for binary in binaries {
+        files.push(Path::new(binary).to_path_buf());
+        let ldd = tool("ldd", &[binary]);
+        for line in ldd.lines() {
+            if let Some(path) = line.split_whitespace().find(|w| w.starts_with('/')) {
+                files.push(std::fs::canonicalize(path).unwrap_or_else(|_| path.into()));
+                files.push(path.into());
+            }
         }
     }
     for f in files {
@@ -107,6 +114,7 @@ fn agent_is_forwarded_and_no_key_enters_the_image() {
         "Dockerfile",
         "FROM base
 COPY tools/ /
+RUN --mount=type=ssh ! ssh-add -D
 RUN --mount=type=ssh ssh-add -l && test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0
 RUN --mount=type=ssh,id=deploy,target=/tmp/agent.sock,uid=1000,mode=0600 test \"$(stat -c '%u %a' /tmp/agent.sock)\" = '1000 600'
 USER appuser

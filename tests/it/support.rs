@@ -114,6 +114,20 @@ impl Kiln {
     }
 
     pub(crate) fn run(&self) -> Output {
+        let out = self
+            .command()
+            .output()
+            .expect("cannot start the kiln binary");
+        Output {
+            command: format!("kiln {}", shown(&self.args)),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The command `run` runs, for a test that needs its own stdio (a terminal).
+    pub(crate) fn command(&self) -> Command {
         let kiln = self
             .program
             .clone()
@@ -133,13 +147,7 @@ impl Kiln {
         if let Some(d) = &self.cwd {
             cmd.current_dir(d);
         }
-        let out = cmd.output().expect("cannot start the kiln binary");
-        Output {
-            command: format!("kiln {}", shown(&self.args)),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        cmd
     }
 }
 
@@ -339,6 +347,84 @@ pub(crate) fn base_image() -> &'static Path {
         );
         dest
     })
+}
+
+/// The busybox base for linux/arm64, made offline from Debian's `busybox-static:arm64` (see
+/// `tests/fixtures/make-foreign-base-image.sh`). Reproducible, so it is kept under the target directory
+/// across test runs (about 1 MB) and made again only when missing.
+pub(crate) fn arm64_base_image() -> &'static Path {
+    static BASE: OnceLock<PathBuf> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("base-image-arm64");
+        if dest.join("index.json").is_file() {
+            return dest;
+        }
+        // Made beside it and renamed into place, so concurrent test processes never see half of it.
+        let staging = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let made = staging.path().join("layout");
+        let out = Command::new("bash")
+            .arg(repo().join("tests/fixtures/make-foreign-base-image.sh"))
+            .arg(&made)
+            .arg("arm64")
+            .output()
+            .expect("cannot run bash");
+        assert!(
+            out.status.success(),
+            "tests/fixtures/make-foreign-base-image.sh failed (has scripts/setup.sh run?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::rename(&made, &dest);
+        dest
+    })
+}
+
+/// An image index holding the amd64 and arm64 busybox bases, as a multi-platform image on a registry
+/// is: `index.json` names one index, which names one image per platform.
+pub(crate) fn multi_platform_base() -> TempDir {
+    use sha2::Digest as _;
+    let dir = tempdir("multi-base-");
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let mut manifests = Vec::new();
+    for (layout, arch) in [(base_image(), "amd64"), (arm64_base_image(), "arm64")] {
+        for e in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), blobs.join(e.file_name())).unwrap();
+        }
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let mut entry = index["manifests"][0].clone();
+        entry.as_object_mut().unwrap().remove("annotations");
+        entry["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        manifests.push(entry);
+    }
+    let inner = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&inner));
+    write(&blobs.join(&digest), &inner);
+    let outer = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"),
+            "size": inner.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "latest"},
+        }],
+    });
+    write(
+        &dir.path().join("index.json"),
+        serde_json::to_vec(&outer).unwrap(),
+    );
+    write(
+        &dir.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    );
+    dir
 }
 
 /// A copy of the busybox base whose image config `edit` changed (its `config` object: User, WorkingDir,
@@ -712,8 +798,9 @@ pub(crate) fn start_registries(
         .output()
         .is_err()
     {
-        eprintln!(
-            "note: {what} skipped: docker-registry is not installed (apt-get install docker-registry apache2-utils)"
+        skip_without(
+            what,
+            "docker-registry is not installed (apt-get install docker-registry apache2-utils)",
         );
         return None;
     }
@@ -741,6 +828,34 @@ pub(crate) fn start_registries(
         })
         .collect();
     Some((dir, addrs))
+}
+
+/// A rendered error with its wrapped lines joined again: the renderer breaks a long message at a space
+/// and continues it on a `  | ` line, where it breaks depending on how long the paths in it are.
+pub(crate) fn unwrapped(rendered: &str) -> String {
+    rendered.replace("\n  | ", " ")
+}
+
+/// Asserts that kiln stopped a step instead of waiting for it: less than half the step's own `sleep` has
+/// passed since `since`. A statement about whether kiln waited, never about how fast it stops; a loaded
+/// two-core machine can take many seconds to tear sandboxes down.
+pub(crate) fn assert_did_not_wait(since: std::time::Instant, step_sleep_secs: u64) {
+    let waited = since.elapsed();
+    eprintln!("kiln stopped the step after {waited:?}");
+    assert!(
+        waited < std::time::Duration::from_secs(step_sleep_secs / 2),
+        "kiln took {waited:?}: it waited for the {step_sleep_secs} s step instead of stopping it"
+    );
+}
+
+/// A test that needs a tool the setup script installs, without it: skipped with a note, except under the
+/// README's test command (`scripts/test.sh` sets `KILN_TESTS_REQUIRE_ALL=1`), where a skip would be a test
+/// that cannot fail.
+pub(crate) fn skip_without(what: &str, missing: &str) {
+    if std::env::var_os("KILN_TESTS_REQUIRE_ALL").is_some() {
+        panic!("{what} cannot run: {missing} (scripts/setup.sh installs it)");
+    }
+    eprintln!("note: {what} skipped: {missing}");
 }
 
 #[cfg(test)]

@@ -220,6 +220,9 @@ impl<'a> Converter<'a> {
                     name,
                     ty: TypeExpr::named("Image"),
                     value,
+                    // A Dockerfile's names and platforms come from the command line, never the file.
+                    tags: None,
+                    platforms: None,
                 }
             } else {
                 ItemKind::Let(Let {
@@ -277,12 +280,18 @@ impl<'a> Converter<'a> {
             unreachable!("stages start with FROM")
         };
         let reference = self.meta_expand(&image.text);
+        let platform = self.stage_platform(from)?;
         let mut e = if let Some(j) = self
             .stages
             .iter()
             .take(self.stages.len())
             .position(|s| s.alias.as_deref() == Some(reference.to_ascii_lowercase().as_str()))
         {
+            if let (Some(_), Some(f)) = (&platform, from.flag("platform")) {
+                return Err(self
+                    .error(f.value_span, "`.build` has no platform for a stage built on another stage")
+                    .help("drop --platform here (the stage keeps its parent's platform), or give it to the parent's FROM"));
+            }
             let from = |k: usize| {
                 Expr::call(
                     Expr::name("from"),
@@ -331,7 +340,7 @@ impl<'a> Converter<'a> {
             Expr::call(
                 Expr::name("image"),
                 vec![self.image_ref(&image.text)],
-                vec![],
+                platform.map(|p| ("platform", p)).into_iter().collect(),
             )
         };
         let body = self.stages[i].body.clone();
@@ -366,6 +375,22 @@ impl<'a> Converter<'a> {
 
     fn words(&self, raws: &[String]) -> Expr {
         Expr::list(raws.iter().map(|r| self.word(r)).collect())
+    }
+
+    /// `FROM --platform=`: `$BUILDPLATFORM` is `build_platform()`, `$TARGETPLATFORM` (or nothing) the
+    /// default, anything else the words as written (`$PLATFORM` through the params).
+    fn stage_platform(&self, from: &Instruction) -> Result<Option<Expr>> {
+        let Some(f) = from.flag("platform") else {
+            return Ok(None);
+        };
+        let value = f.value.clone().unwrap_or_default();
+        Ok(match value.trim_matches(['"', '\'']) {
+            "" | "$TARGETPLATFORM" | "${TARGETPLATFORM}" => None,
+            "$BUILDPLATFORM" | "${BUILDPLATFORM}" => {
+                Some(Expr::call(Expr::name("build_platform"), vec![], vec![]))
+            }
+            _ => Some(self.image_ref(&value)),
+        })
     }
 
     fn flag(&self, ins: &Instruction, name: &str) -> Option<String> {
@@ -547,6 +572,9 @@ impl<'a> Converter<'a> {
                 }
                 if let Some(src) = o.get(&["source", "src"]) {
                     named.push(("source", s(&src)));
+                }
+                if let Some(export) = o.boolean(&["export"])? {
+                    named.push(("export", bool_expr(export)));
                 }
                 Expr::call(Expr::name("cache"), vec![s(&t)], named)
             }

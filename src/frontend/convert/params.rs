@@ -11,9 +11,9 @@ impl Converter<'_> {
     pub(super) fn param_expr(&self, text: &str) -> Option<Expr> {
         const MARK: char = '\u{1}';
         let param = |n: &str| self.params.iter().any(|(k, _)| k == n);
-        // `${NAME:-word}` and `${NAME-word}` with a plain word become markers first, so the lexer
-        // below resolves only quotes, escapes and plain references.
-        let mut defaults: Vec<(String, bool, String)> = Vec::new();
+        // `${NAME<modifier>word}` with a plain word becomes a marker first, so the lexer below
+        // resolves only quotes, escapes and plain references.
+        let mut defaults: Vec<(String, Modifier, Expr)> = Vec::new();
         let mut marked = String::new();
         let mut rest = text;
         while let Some(at) = rest.find("${") {
@@ -28,15 +28,21 @@ impl Converter<'_> {
             if modifier.is_empty() || !param(name) {
                 marked.push_str(&rest[at..at + 2 + n + close + 1]);
             } else {
-                let (colon, word) = match modifier.strip_prefix(":-") {
-                    Some(w) => (true, w),
-                    None => (false, modifier.strip_prefix('-')?),
-                };
-                if word.contains(['$', '\'', '"', self.df.escape]) {
+                let (how, word) = Modifier::read(modifier)?;
+                // The word may read params itself (`${S:+-$S}`), but not through braces: the brace
+                // found above would not be its own.
+                if word.contains(['\'', '"', self.df.escape])
+                    || (word.contains('$') && word.contains('{'))
+                {
                     return None;
                 }
+                let word = if word.contains('$') {
+                    self.param_expr(word)?
+                } else {
+                    s(word)
+                };
                 marked.push_str(&format!("{MARK}{}{MARK}", defaults.len()));
-                defaults.push((name.to_string(), colon, word.to_string()));
+                defaults.push((name.to_string(), how, word));
             }
             rest = &tail[close + 1..];
         }
@@ -65,23 +71,11 @@ impl Converter<'_> {
             } else if let Some(name) = piece.strip_prefix('=') {
                 parts.push(StrPart::Interp(Expr::name(&ident_for(name))));
             } else {
-                let (name, colon, word) = &defaults[piece.parse::<usize>().ok()?];
-                let value = Expr::name(&ident_for(name));
-                let unset = if *colon {
-                    binary(BinOp::Eq, interpolated(value.clone()), s(""))
-                } else {
-                    binary(BinOp::Eq, value.clone(), Expr::new(ExprKind::None))
-                };
+                let (name, how, word) = &defaults[piece.parse::<usize>().ok()?];
                 if !parts.is_empty() {
                     pieces.push(string_of(std::mem::take(&mut parts)));
                 }
-                pieces.push(Expr::new(ExprKind::Paren(Box::new(Expr::new(
-                    ExprKind::If {
-                        cond: Box::new(unset),
-                        then: Box::new(s(word)),
-                        other: Box::new(interpolated(value)),
-                    },
-                )))));
+                pieces.push(how.apply(Expr::name(&ident_for(name)), word.clone()));
             }
         }
         if !parts.is_empty() || pieces.is_empty() {
@@ -93,6 +87,94 @@ impl Converter<'_> {
             return Some(std::mem::replace(&mut **inner, Expr::new(ExprKind::None)));
         }
         pieces.into_iter().reduce(|a, b| binary(BinOp::Add, a, b))
+    }
+}
+
+/// What a `${NAME<modifier>word}` does with the variable's value, BuildKit's lexer's forms.
+enum Modifier {
+    /// `:-` (`colon`: an empty value counts as unset) and `-`: the word when unset.
+    Default { colon: bool },
+    /// `:+` and `+`: the word when set, else empty.
+    Alternative { colon: bool },
+    /// `#`/`##` (`suffix: false`) and `%`/`%%`: the value without a prefix/suffix matching the word.
+    Trim { suffix: bool, longest: bool },
+}
+
+impl Modifier {
+    /// The modifier and its word, from the text between the name and the closing brace.
+    fn read(modifier: &str) -> Option<(Modifier, &str)> {
+        let forms: [(&str, Modifier); 8] = [
+            (":-", Modifier::Default { colon: true }),
+            ("-", Modifier::Default { colon: false }),
+            (":+", Modifier::Alternative { colon: true }),
+            ("+", Modifier::Alternative { colon: false }),
+            (
+                "##",
+                Modifier::Trim {
+                    suffix: false,
+                    longest: true,
+                },
+            ),
+            (
+                "#",
+                Modifier::Trim {
+                    suffix: false,
+                    longest: false,
+                },
+            ),
+            (
+                "%%",
+                Modifier::Trim {
+                    suffix: true,
+                    longest: true,
+                },
+            ),
+            (
+                "%",
+                Modifier::Trim {
+                    suffix: true,
+                    longest: false,
+                },
+            ),
+        ];
+        forms
+            .into_iter()
+            .find_map(|(prefix, how)| modifier.strip_prefix(prefix).map(|word| (how, word)))
+    }
+
+    /// The `.build` expression of the modified value (a `String?` param, as BuildKit's lexer reads it).
+    fn apply(&self, value: Expr, word: Expr) -> Expr {
+        let unset = |colon: bool| {
+            if colon {
+                binary(BinOp::Eq, interpolated(value.clone()), s(""))
+            } else {
+                binary(BinOp::Eq, value.clone(), Expr::new(ExprKind::None))
+            }
+        };
+        let choose = |cond: Expr, then: Expr, other: Expr| {
+            Expr::new(ExprKind::Paren(Box::new(Expr::new(ExprKind::If {
+                cond: Box::new(cond),
+                then: Box::new(then),
+                other: Box::new(other),
+            }))))
+        };
+        match *self {
+            Modifier::Default { colon } => choose(unset(colon), word, interpolated(value)),
+            Modifier::Alternative { colon } => choose(unset(colon), s(""), word),
+            Modifier::Trim { suffix, longest } => {
+                let function = if suffix { "trim_suffix" } else { "trim_prefix" };
+                let named = if longest {
+                    vec![("longest", Expr::new(ExprKind::Bool(true)))]
+                } else {
+                    Vec::new()
+                };
+                Expr::call(
+                    Expr::name(function),
+                    vec![interpolated(value.clone()), word],
+                    named,
+                )
+            }
+        }
     }
 }
 

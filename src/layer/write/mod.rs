@@ -58,9 +58,53 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
         builder: Builder::new(out),
         epoch,
         links: HashMap::new(),
+        part: None,
     };
     walker.walk_dir(snapshot, &[])?;
     walker.builder.into_inner()
+}
+
+/// Which entries of a tree one part of it holds, when a tree is split into several tars (a cache
+/// mount's contents, exported in groups so that a changed file changes only its group's blob).
+#[derive(Clone, Copy)]
+pub struct Part<'a> {
+    /// The part that holds the directories (and nothing else): their metadata changes whenever a child
+    /// is added, so they travel apart from the files' groups.
+    pub dirs: bool,
+    /// Whether a non-directory (its path relative to the root, and its metadata) is in this part.
+    pub takes: &'a (dyn Fn(&[u8], &Metadata) -> bool + Sync),
+}
+
+/// `write_layer` for one part of `tree` (no whiteouts are expected in a plain directory). Hard links are
+/// written as files, since the first name of a linked file may be in another part.
+pub fn write_part<W: Write>(tree: &Path, out: W, part: Part<'_>) -> io::Result<W> {
+    let mut walker = Walker {
+        builder: Builder::new(out),
+        epoch: None,
+        links: HashMap::new(),
+        part: Some(part),
+    };
+    walker.walk_dir(tree, &[])?;
+    walker.builder.into_inner()
+}
+
+/// `layer_digests` of one part of `tree`, gzip-compressed as an image layer is.
+pub fn part_digests(tree: &Path, part: Part<'_>, out: impl Write) -> io::Result<LayerInfo> {
+    let compressed = HashingWriter::new(out);
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(compressed, Compression::new(6));
+    let uncompressed = write_part(tree, HashingWriter::new(gz), part)?;
+    let (diff_id, tar_size, gz) = uncompressed.finish();
+    let mut compressed = gz.finish()?;
+    compressed.inner.flush()?;
+    let (digest, size, _) = compressed.finish();
+    Ok(LayerInfo {
+        diff_id,
+        digest,
+        size,
+        tar_size,
+    })
 }
 
 /// How layer blobs are compressed (`--compression`).
@@ -222,14 +266,16 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-struct Walker<W: Write> {
+struct Walker<'a, W: Write> {
     builder: Builder<W>,
     epoch: Option<i64>,
     /// (dev, ino) of multiply-linked files already written, to the archive name used.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// Only this part of the tree (`write_part`); `None`: all of it.
+    part: Option<Part<'a>>,
 }
 
-impl<W: Write> Walker<W> {
+impl<W: Write> Walker<'_, W> {
     fn walk_dir(&mut self, dir: &Path, prefix: &[u8]) -> io::Result<()> {
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(|e| annotate(e, "cannot list", dir))?
@@ -263,6 +309,13 @@ impl<W: Write> Walker<W> {
             ));
         }
 
+        if let Some(part) = self.part
+            && !ft.is_dir()
+            && (part.dirs || !(part.takes)(rel, &meta))
+        {
+            return Ok(());
+        }
+
         if ft.is_char_device() && meta.rdev() == 0 {
             let mut wh = parent_of(rel).to_vec();
             wh.extend_from_slice(WHITEOUT_PREFIX);
@@ -273,6 +326,9 @@ impl<W: Write> Walker<W> {
         if ft.is_dir() {
             let mut dir_name = rel.to_vec();
             dir_name.push(b'/');
+            if self.part.is_some_and(|p| !p.dirs) {
+                return self.walk_dir(path, &dir_name);
+            }
             let mut header = self.base_header(&meta, EntryType::Directory);
             let pax = self.xattr_records(path)?;
             self.append(&mut header, &dir_name, None, pax, 0, io::empty())?;
@@ -285,7 +341,7 @@ impl<W: Write> Walker<W> {
         }
 
         // Overlay may share one inode among whiteouts, so only real content is linked.
-        if meta.nlink() > 1 {
+        if meta.nlink() > 1 && self.part.is_none() {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key).cloned() {
                 let mut header = self.base_header(&meta, EntryType::Link);

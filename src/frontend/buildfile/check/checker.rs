@@ -239,7 +239,13 @@ impl Checker<'_> {
                 self.define(&l.name.name, l.name.span, Binding::Value { ty: t, origin })?;
             }
             ItemKind::Fn(f) => self.function(f)?,
-            ItemKind::Target { name, ty, value } => {
+            ItemKind::Target {
+                name,
+                ty,
+                value,
+                tags,
+                platforms,
+            } => {
                 let want = resolve_type(&self.file, ty)?;
                 let (t, origin) = self.expr(value)?;
                 if t.is_handle() || want.is_handle() {
@@ -253,9 +259,56 @@ impl Checker<'_> {
                     value.span,
                     &format!("target `{}`", name.name),
                 )?;
+                if let Some(tags) = tags {
+                    self.tags(&name.name, &want, tags)?;
+                }
+                if let Some(platforms) = platforms {
+                    self.platforms(&name.name, &want, platforms)?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// `tagged [...]`: names only an Image has, each a string (lowering checks that it is a reference).
+    fn tags(&mut self, target: &str, ty: &Ty, tags: &Expr) -> Result<()> {
+        if *ty != Ty::Image {
+            return Err(Diagnostic::at(
+                &self.file,
+                tags.span,
+                format!("target `{target}` is a {ty}, and only an Image has tags"),
+            )
+            .help("a Dir is written with `-o type=local`; tag the Image target that copies it"));
+        }
+        let (t, origin) = self.expr(tags)?;
+        self.expect(
+            &t,
+            &origin,
+            &Ty::List(Box::new(Ty::String)),
+            tags.span,
+            &format!("the tags of target `{target}`"),
+        )
+    }
+
+    /// `for [...]`: the platforms only an Image is built for, each a string (lowering normalizes it).
+    fn platforms(&mut self, target: &str, ty: &Ty, platforms: &Expr) -> Result<()> {
+        if *ty != Ty::Image {
+            // kiln writes one platform's files to a directory, so a Dir for several has no output.
+            return Err(Diagnostic::at(
+                &self.file,
+                platforms.span,
+                format!("target `{target}` is a {ty}, and only an Image declares its platforms"),
+            )
+            .help("build the Dir with `--platform`, or declare the platforms of the Image that copies it"));
+        }
+        let (t, origin) = self.expr(platforms)?;
+        self.expect(
+            &t,
+            &origin,
+            &Ty::List(Box::new(Ty::String)),
+            platforms.span,
+            &format!("the platforms of target `{target}`"),
+        )
     }
 
     fn at(&self, span: Span) -> Located {

@@ -58,9 +58,21 @@ const COPY_PARAMS: &[Param] = &[
 pub static FUNCTIONS: &[Builtin] = &[
     Builtin {
         name: "image",
-        params: &[req("ref", S)],
+        params: &[req("ref", S), opt("platform", S)],
         ret: Ty::Image,
-        doc: "an image by reference, or a target by label (`//pkg:name`, `:name`)",
+        doc: "an image by reference (for `platform`, default the one built for), or a target by label (`//pkg:name`, `:name`)",
+    },
+    Builtin {
+        name: "platform",
+        params: &[],
+        ret: Ty::String,
+        doc: "the platform the build is for (`--platform`, like TARGETPLATFORM): `linux/arm64`",
+    },
+    Builtin {
+        name: "build_platform",
+        params: &[],
+        ret: Ty::String,
+        doc: "the platform of the machine building (like BUILDPLATFORM): `linux/amd64`",
     },
     Builtin {
         name: "scratch",
@@ -116,10 +128,12 @@ pub static FUNCTIONS: &[Builtin] = &[
             opt("readonly", B),
             opt("from", Want::Source),
             opt("source", S),
+            opt("export", B),
         ],
         ret: Ty::Cache,
         doc: "a cache mount kept in the store across builds (sharing: shared, private or locked); a new one \
-              starts as a copy of `source` (default `/`) of `from`",
+              starts as a copy of `source` (default `/`) of `from`; `export: true` makes `--cache-to` carry \
+              its contents",
     },
     Builtin {
         name: "bind",
@@ -143,6 +157,20 @@ pub static FUNCTIONS: &[Builtin] = &[
         params: &[req("items", Want::List(&STRING)), req("sep", S)],
         ret: Ty::String,
         doc: "the items joined with `sep`",
+    },
+    Builtin {
+        name: "trim_prefix",
+        params: &[req("value", S), req("pattern", S), opt("longest", B)],
+        ret: Ty::String,
+        doc: "`value` without its shortest (`longest: true`: longest) prefix matching the shell pattern \
+              (`*`, `?`), as a Dockerfile's `${VALUE#pattern}` (`##`)",
+    },
+    Builtin {
+        name: "trim_suffix",
+        params: &[req("value", S), req("pattern", S), opt("longest", B)],
+        ret: Ty::String,
+        doc: "`value` without its shortest (`longest: true`: longest) suffix matching the shell pattern \
+              (`*`, `?`), as a Dockerfile's `${VALUE%pattern}` (`%%`)",
     },
     Builtin {
         name: "print",

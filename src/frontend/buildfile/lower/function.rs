@@ -15,8 +15,11 @@ impl Evaluator<'_> {
     ) -> Result<Value> {
         let arg_span = |i: usize| args.get(i).map_or(span, |a| a.value.span);
         Ok(match name {
+            "platform" => Value::Str(self.opts.lower.platform.to_string()),
+            "build_platform" => Value::Str(self.opts.lower.build_platform.to_string()),
             "image" => {
                 let r = v[0].str().to_string();
+                let platform = self.image_platform(v.get(1), arg_span(1))?;
                 if r.starts_with("//") || r.starts_with(':') {
                     return self.label_image(&r, arg_span(0));
                 }
@@ -28,12 +31,12 @@ impl Evaluator<'_> {
                 let (leaf, resolved) = match self.opts.lower.contexts.get(&r) {
                     Some(NamedContext::Image(to)) => {
                         let to = to.clone();
-                        (self.image_leaf(&to, arg_span(0)), to)
+                        (self.image_leaf(&to, arg_span(0), &platform), to)
                     }
-                    _ => (self.image_leaf(&r, arg_span(0)), r.clone()),
+                    _ => (self.image_leaf(&r, arg_span(0), &platform), r.clone()),
                 };
                 let at = crate::diag::Located::new(&self.file(), arg_span(0));
-                let env = self.opts.lower.image_env.get(&resolved, at)?;
+                let env = self.opts.lower.image_env.get(&resolved, &platform, at)?;
                 if !env.onbuild.is_empty() {
                     // A Dockerfile built on it would run them first; `.build` has no instructions to
                     // run them as, and building without them would give another image.
@@ -47,13 +50,14 @@ impl Evaluator<'_> {
                         )
                         .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
                 }
-                Value::Image(Box::new(self.new_image(leaf, env)))
+                Value::Image(Box::new(self.new_image(leaf, env, &platform)))
             }
             "dir" => return self.label_dir(v[0].str(), arg_span(0)),
             "scratch" => {
-                let leaf = self.image_leaf("scratch", span);
+                let platform = self.opts.lower.platform.clone();
+                let leaf = self.image_leaf("scratch", span, &platform);
                 let base = crate::frontend::BaseConfig::scratch();
-                Value::Image(Box::new(self.new_image(leaf, base)))
+                Value::Image(Box::new(self.new_image(leaf, base, &platform)))
             }
             "from" => match &v[0] {
                 Value::Image(img) => {
@@ -118,6 +122,7 @@ impl Evaluator<'_> {
                         gid: opt_int(&v[5], 0),
                         readonly: v[6].bool(),
                         seed,
+                        export: v[9].bool(),
                     }),
                     span,
                 )
@@ -144,17 +149,41 @@ impl Evaluator<'_> {
                 }),
                 span,
             ),
-            "join" => Value::Str(v[0].strs().join(v[1].str())),
+            "join" | "trim_prefix" | "trim_suffix" | "print" => {
+                return self.text_function(name, span, &v, arg_span(1));
+            }
+            other => unreachable!("builtin {other} is checked"),
+        })
+    }
+
+    /// The text helpers: `join`, `print`, and the shell-pattern trims a converted `${X#p}`/`${X%p}` calls.
+    fn text_function(
+        &mut self,
+        name: &str,
+        span: Span,
+        v: &[Value],
+        pattern_span: Span,
+    ) -> Result<Value> {
+        match name {
+            "join" => return Ok(Value::Str(v[0].strs().join(v[1].str()))),
             "print" => {
                 let at = self.at(span).expect("located");
                 self.loader.note(Note {
                     at,
                     message: v[0].str().to_string(),
                 });
-                v[0].clone()
+                return Ok(v[0].clone());
             }
-            other => unreachable!("builtin {other} is checked"),
-        })
+            _ => {}
+        }
+        let suffix = name == "trim_suffix";
+        crate::frontend::shell::trim_pattern(v[0].str(), v[1].str(), suffix, v[2].bool())
+            .map(Value::Str)
+            .map_err(|e| {
+                self.err(pattern_span, e).help(
+                    "a pattern is text with `*` (any run of characters), `?` (one character) and `\\` escapes",
+                )
+            })
     }
 
     /// `context(".")`: the build context (or, in a monorepo package, the package's directory);
@@ -312,5 +341,17 @@ impl Evaluator<'_> {
             },
         };
         Value::Mount(Box::new(MountValue::Secret(m)), span)
+    }
+
+    /// `image(..., platform: P)`: P normalized, else the platform built for.
+    fn image_platform(&self, given: Option<&Value>, at: Span) -> Result<crate::platform::Platform> {
+        match given.and_then(Value::opt_str) {
+            Some(p) => crate::platform::Platform::parse(&p).map_err(|e| {
+                self.err(at, format!("invalid platform `{p}`: {e}")).help(
+                    "write os/arch[/variant], such as `linux/arm64`, or `platform()` for the one built for",
+                )
+            }),
+            None => Ok(self.opts.lower.platform.clone()),
+        }
     }
 }

@@ -3,7 +3,7 @@
 use super::{
     Arg, CopyOp, Entitlement, Evaluator, Healthcheck, Img, Inherit, NodeId, Op, Result, Span,
     Value, arg_history, builtin_arg, command, expose_ports, healthcheck_history, join_path,
-    json_list, parse_duration, set, shell, step_name,
+    json_list, parse_duration, platform_arg, set, shell, step_name,
 };
 
 impl Evaluator<'_> {
@@ -26,7 +26,12 @@ impl Evaluator<'_> {
         let mut inputs = vec![img.fs];
         inputs.extend(extra);
         let at = self.at(span);
-        let name = step_name(&op);
+        let mut name = step_name(&op);
+        if self.opts.lower.multi_platform {
+            // Which platform each step is for, as a Dockerfile's steps say when several are built.
+            let p = crate::platform::Platform::from_graph(img.platform.as_deref());
+            name = format!("[{p}] {name}");
+        }
         img.fs = self.program.push(op, inputs, name, at);
         img.history(created_by, true);
     }
@@ -192,7 +197,10 @@ impl Evaluator<'_> {
                             self.lint_value("ARG", k, s, at)?;
                             Some(self.expand(img, s, at)?)
                         }
-                        _ => builtin_arg(k).map(String::from),
+                        _ => builtin_arg(k).and_then(|_| {
+                            let o = &self.opts.lower;
+                            platform_arg(k, &o.platform, &o.build_platform)
+                        }),
                     },
                 };
                 img.set_arg(k, value.clone());
@@ -293,7 +301,7 @@ impl Evaluator<'_> {
         if method == "file" {
             return Value::File { node: img.fs, path };
         }
-        let scratch = self.image_leaf("scratch", span);
+        let scratch = self.image_leaf("scratch", span, &crate::platform::Platform::amd64());
         let at = self.at(span);
         let node = self.program.push(
             Op::Copy(CopyOp {

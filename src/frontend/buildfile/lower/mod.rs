@@ -24,7 +24,7 @@ use crate::frontend::buildfile::syntax::{
 };
 use crate::frontend::image::{
     ImageState, arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history,
-    json_list, parse_duration, run_history, set,
+    json_list, parse_duration, platform_arg, run_history, set,
 };
 use crate::frontend::lint::Finding;
 use crate::frontend::shell;
@@ -59,6 +59,8 @@ enum MountValue {
         readonly: bool,
         /// `from:` and `source:`: what a new cache starts with.
         seed: Option<(NodeId, String)>,
+        /// `export: true`: `--cache-to` carries its contents.
+        export: bool,
     },
     Bind {
         from: NodeId,
@@ -253,8 +255,119 @@ impl<'s> Evaluator<'s> {
     /// Evaluates target `name` of `module` and adds it as a root named `label`.
     fn add_root(&mut self, module: usize, name: &str, label: String) -> Result<NodeId> {
         let node = self.target_node(module, name, None)?;
-        self.program.roots.push(Root { name: label, node });
+        let tags = self.tags(module, name)?;
+        let (platforms, platforms_at) = self.platforms(module, name)?;
+        self.program.roots.push(Root {
+            name: label,
+            node,
+            tags,
+            platforms,
+            platforms_at,
+        });
         Ok(node)
+    }
+
+    /// A target's `tagged [...]` (`tags: true`) or `for [...]` clause and its value, evaluated in the
+    /// target's module; `None` when the target has no such clause.
+    fn clause(&mut self, module: usize, name: &str, tags: bool) -> Result<Option<(Expr, Value)>> {
+        let expr = self
+            .loader
+            .module(module)
+            .items
+            .iter()
+            .find_map(|i| match &i.kind {
+                ItemKind::Target {
+                    name: n,
+                    tags: t,
+                    platforms: p,
+                    ..
+                } if n.name == name => {
+                    if tags {
+                        t.clone()
+                    } else {
+                        p.clone()
+                    }
+                }
+                _ => None,
+            });
+        let Some(expr) = expr else {
+            return Ok(None);
+        };
+        let saved_module = std::mem::replace(&mut self.module, module);
+        let saved_scopes = std::mem::take(&mut self.scopes);
+        let value = self.eval(&expr);
+        self.module = saved_module;
+        self.scopes = saved_scopes;
+        Ok(Some((expr, value?)))
+    }
+
+    /// A target's `for [...]`: its platforms normalized, each once, and where they are declared.
+    fn platforms(
+        &mut self,
+        module: usize,
+        name: &str,
+    ) -> Result<(Vec<crate::platform::Platform>, Option<Located>)> {
+        let Some((expr, value)) = self.clause(module, name, false)? else {
+            return Ok((Vec::new(), None));
+        };
+        let file = self.loader.module(module).file.clone();
+        let Value::List(items) = value else {
+            return Err(self.err(expr.span, "platforms must be a list of strings"));
+        };
+        if items.is_empty() {
+            return Err(Diagnostic::at(
+                &file,
+                expr.span,
+                format!("target `{name}` declares no platforms"),
+            )
+            .help("name at least one, such as `for [\"linux/amd64\"]`, or drop the clause"));
+        }
+        let spans = element_spans(&expr, items.len());
+        let mut platforms = Vec::new();
+        for (item, span) in items.iter().zip(spans) {
+            let text = item.str();
+            let p = crate::platform::Platform::parse(text).map_err(|e| {
+                Diagnostic::at(
+                    &file,
+                    span,
+                    format!("target `{name}`: invalid platform `{text}`: {e}"),
+                )
+                .help("write os/arch[/variant], such as `linux/arm64` (buildx spelling)")
+            })?;
+            if !platforms.contains(&p) {
+                platforms.push(p);
+            }
+        }
+        Ok((platforms, Some(Located::new(&file, expr.span))))
+    }
+
+    /// A target's `tagged [...]`, evaluated in its module, each checked as a reference a push can name.
+    fn tags(&mut self, module: usize, name: &str) -> Result<Vec<String>> {
+        let Some((expr, value)) = self.clause(module, name, true)? else {
+            return Ok(Vec::new());
+        };
+        let Value::List(items) = value else {
+            return Err(self.err(expr.span, "tags must be a list of strings"));
+        };
+        let spans = element_spans(&expr, items.len());
+        let file = self.loader.module(module).file.clone();
+        let mut tags = Vec::new();
+        for (item, span) in items.iter().zip(spans) {
+            let tag = item.str();
+            let bad = |message: String, help: String| {
+                Diagnostic::at(&file, span, format!("target `{name}`: {message}")).help(help)
+            };
+            let parsed = crate::registry::ImageName::parse(tag)
+                .map_err(|d| bad(d.message, d.help.unwrap_or_default()))?;
+            if parsed.digest.is_some() {
+                return Err(bad(
+                    format!("tag `{tag}` names a digest; a push needs a tag"),
+                    "drop the `@sha256:...` part: `HOST/NAME:TAG`".into(),
+                ));
+            }
+            tags.push(tag.to_string());
+        }
+        Ok(tags)
     }
 
     fn file(&self) -> Arc<SourceFile> {
@@ -547,17 +660,28 @@ impl<'s> Evaluator<'s> {
         id
     }
 
-    fn image_leaf(&mut self, reference: &str, span: Span) -> NodeId {
+    fn image_leaf(
+        &mut self,
+        reference: &str,
+        span: Span,
+        platform: &crate::platform::Platform,
+    ) -> NodeId {
         let at = self.at(span);
         if reference == "scratch" {
             return self.leaf("image:scratch".into(), Op::Scratch, "scratch".into(), at);
         }
+        let platform = platform.in_graph();
+        let name = match &platform {
+            Some(p) => format!("FROM {reference} ({p})"),
+            None => format!("FROM {reference}"),
+        };
         self.leaf(
-            format!("image:{reference}"),
+            format!("image:{reference} {platform:?}"),
             Op::Image {
                 reference: reference.to_string(),
+                platform,
             },
-            format!("FROM {reference}"),
+            name,
             at,
         )
     }
@@ -579,8 +703,15 @@ impl<'s> Evaluator<'s> {
         )
     }
 
-    fn new_image(&self, fs: NodeId, base: crate::frontend::BaseConfig) -> Img {
-        ImageState::new(fs, base)
+    fn new_image(
+        &self,
+        fs: NodeId,
+        base: crate::frontend::BaseConfig,
+        platform: &crate::platform::Platform,
+    ) -> Img {
+        let mut img = ImageState::new(fs, base);
+        img.set_platform(platform);
+        img
     }
 }
 
@@ -685,4 +816,13 @@ pub fn lower_targets(
         contexts: ev.contexts,
         deps: ev.deps,
     })
+}
+
+/// Where each of a clause's `n` values is written: a list written out points at the bad element, a
+/// list from elsewhere at the whole expression.
+fn element_spans(expr: &Expr, n: usize) -> Vec<Span> {
+    match &expr.kind {
+        ExprKind::List(es) if es.len() == n => es.iter().map(|e| e.span).collect(),
+        _ => vec![expr.span; n],
+    }
 }

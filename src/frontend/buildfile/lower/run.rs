@@ -35,6 +35,7 @@ impl Evaluator<'_> {
             insecure,
             secrets,
             mounts,
+            platform: img.platform.clone(),
         });
         self.push_fs(img, op, extra, created_by, span);
         Ok(())
@@ -113,6 +114,7 @@ impl Evaluator<'_> {
                     gid,
                     readonly,
                     seed,
+                    export,
                 } => {
                     let t = target(&Some(t))?.ok_or_else(|| {
                         self.err(mspan, "a cache mount needs a target")
@@ -144,6 +146,7 @@ impl Evaluator<'_> {
                         gid,
                         readonly,
                         seed,
+                        export,
                     });
                 }
                 MountValue::Bind {

@@ -235,11 +235,48 @@ impl Printer<'_> {
                 self.comments_before(f.block.end, 1);
                 self.out.push('}');
             }
-            ItemKind::Target { name, ty, value } => {
+            ItemKind::Target {
+                name,
+                ty,
+                value,
+                tags,
+                platforms,
+            } => {
+                let start = self.out.len();
                 self.out
                     .push_str(&format!("target {}: {} = ", name.name, ty));
                 self.expr(value, 0);
+                let mut before = value.span.end;
+                for (keyword, list) in [("tagged", tags), ("for", platforms)] {
+                    if let Some(list) = list {
+                        self.clause(start, before, keyword, list);
+                        before = list.span.end;
+                    }
+                }
             }
+        }
+    }
+
+    /// A target's `tagged [...]` or `for [...]`, after the text from `before`. Under a value that took
+    /// several lines, after a comment, or when it does not fit beside the value, the clause gets a
+    /// line of its own (and so does any clause after it).
+    fn clause(&mut self, start: usize, before: usize, keyword: &str, list: &Expr) {
+        let commented = self.has_comment_in(Span::new(before, list.span.start));
+        let beside = keyword.len() + 2 + self.width_of(&flat(list));
+        if commented || self.out[start..].contains('\n') || self.column() + beside > WIDTH {
+            self.comments_before(list.span.start, 1);
+            if !self.out.ends_with('\n') {
+                self.out.push('\n');
+            }
+            self.indent(1);
+            self.out.push_str(keyword);
+            self.out.push(' ');
+            self.expr(list, 1);
+        } else {
+            self.out.push(' ');
+            self.out.push_str(keyword);
+            self.out.push(' ');
+            self.expr(list, 0);
         }
     }
 
@@ -541,6 +578,57 @@ target image: Image = scratch()
         assert!(
             once.starts_with("# top comment\nimport \"//lib/apt.build\" as apt\n"),
             "{once}"
+        );
+    }
+
+    #[test]
+    fn tags_follow_a_flat_value_and_get_their_own_line_under_a_chain_or_a_comment() {
+        let src = r#"target a: Image = scratch() tagged ["r.example/a:1"]
+target b: Image = scratch().workdir("/app").run("make all && make install && make check").user("app") tagged ["r.example/b:${v}", "r.example/b:latest"]
+target c: Image = scratch()
+  # the release names
+  tagged ["r.example/c:1"]
+"#;
+        let once = format(src);
+        assert_eq!(once, format(&once), "\n{once}");
+        assert_eq!(
+            once,
+            r#"target a: Image = scratch() tagged ["r.example/a:1"]
+
+target b: Image = scratch()
+  .workdir("/app")
+  .run("make all && make install && make check")
+  .user("app")
+  tagged ["r.example/b:${v}", "r.example/b:latest"]
+
+target c: Image = scratch()
+  # the release names
+  tagged ["r.example/c:1"]
+"#
+        );
+    }
+
+    #[test]
+    fn platforms_follow_the_tags_and_take_a_line_of_their_own_when_the_tags_did() {
+        let src = r#"target a: Image = scratch()   for [ "linux/amd64","linux/arm64" ]
+target b: Image = scratch() tagged ["r.example/b:1"] for ["linux/arm64"]
+target c: Image = scratch().workdir("/app").run("make all && make install && make check").user("app") tagged ["r.example/c:1"] for ["linux/amd64", "linux/arm64"]
+"#;
+        let once = format(src);
+        assert_eq!(once, format(&once), "\n{once}");
+        assert_eq!(
+            once,
+            r#"target a: Image = scratch() for ["linux/amd64", "linux/arm64"]
+
+target b: Image = scratch() tagged ["r.example/b:1"] for ["linux/arm64"]
+
+target c: Image = scratch()
+  .workdir("/app")
+  .run("make all && make install && make check")
+  .user("app")
+  tagged ["r.example/c:1"]
+  for ["linux/amd64", "linux/arm64"]
+"#
         );
     }
 

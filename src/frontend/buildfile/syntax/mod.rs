@@ -64,11 +64,15 @@ pub enum ItemKind {
     },
     Let(Let),
     Fn(FnDef),
-    /// `target image: Image = ...`: a name that `kiln build` can select.
+    /// `target image: Image = ...`: a name that `kiln build` can select; `... tagged [...]` names the
+    /// image (the list of references it is pushed, loaded and written as); `... for [...]` the
+    /// platforms it is built for unless the command line names some.
     Target {
         name: Ident,
         ty: TypeExpr,
         value: Expr,
+        tags: Option<Expr>,
+        platforms: Option<Expr>,
     },
 }
 

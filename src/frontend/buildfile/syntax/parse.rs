@@ -147,7 +147,22 @@ fn item(cx: &Cx, p: Pair<Rule>) -> Result<Item> {
             let name = cx.ident(inner.next().expect("name"));
             let ty = ty(cx, inner.next().expect("type"));
             let value = expr(cx, inner.next().expect("value"))?;
-            ItemKind::Target { name, ty, value }
+            // `tagged` and `for` are tokens of their own, each followed by its list.
+            let (mut tags, mut platforms) = (None, None);
+            while let Some(keyword) = inner.next() {
+                let list = Some(expr(cx, inner.next().expect("a clause's list"))?);
+                match keyword.as_rule() {
+                    Rule::tagged => tags = list,
+                    _ => platforms = list,
+                }
+            }
+            ItemKind::Target {
+                name,
+                ty,
+                value,
+                tags,
+                platforms,
+            }
         }
         r => unreachable!("item {r:?}"),
     };

@@ -8,7 +8,7 @@
 
 mod buildkit;
 pub mod secrets;
-mod words;
+pub(crate) mod words;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;

@@ -187,14 +187,18 @@ impl Lowerer<'_> {
         }
         match self.named_context(value).cloned() {
             Some(NamedContext::Dir(_)) => return Ok(self.context_leaf(value)),
-            Some(NamedContext::Image(r)) => return Ok(self.image_leaf(&r, span)),
+            Some(NamedContext::Image(r)) => {
+                let platform = self.opts.platform.clone();
+                return Ok(self.image_leaf(&r, span, &platform));
+            }
             None => {}
         }
         // As in BuildKit, a name that is no stage, index or named context is an image reference
         // (`--from=composer` is `docker.io/library/composer:latest`), pulled like a FROM base.
         let Err(invalid) = crate::registry::ImageName::parse(value) else {
             let r = value.to_string();
-            return Ok(self.image_leaf(&r, span));
+            let platform = self.opts.platform.clone();
+            return Ok(self.image_leaf(&r, span, &platform));
         };
         let names: Vec<&str> = self
             .decls

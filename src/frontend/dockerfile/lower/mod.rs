@@ -18,7 +18,7 @@ use crate::frontend::dockerfile::syntax::ast::{
 };
 use crate::frontend::image::{
     ImageState, arg_history, builtin_arg, copy_history, expose_ports, healthcheck_history,
-    json_list, parse_duration, run_history, set,
+    json_list, parse_duration, platform_arg, run_history, set,
 };
 use crate::frontend::mount::{self, Parsed};
 use crate::frontend::shell;
@@ -29,6 +29,7 @@ use crate::graph::op::{
     SecretMount,
 };
 use crate::graph::{NamedContext, NodeId, Program, Root};
+use crate::platform::Platform;
 
 const DEFAULT_SHELL: [&str; 2] = ["/bin/sh", "-c"];
 /// The image-config and variable state of a stage while its instructions are lowered.
@@ -157,6 +158,8 @@ pub fn lower(df: &Dockerfile, opts: &LowerOptions) -> Result<Program> {
     let root = Root {
         name: finished.state.name.clone(),
         node: finished.config,
+        // A Dockerfile names its image and platforms only on the command line (`-t`, `--platform`).
+        ..Default::default()
     };
     l.program.roots.push(root);
     Ok(l.program)
@@ -180,7 +183,7 @@ impl<'a> Lowerer<'a> {
     }
 
     /// A global (pre-FROM) ARG, or one of BuildKit's automatic platform args, which are global without
-    /// being declared. kiln builds for linux/amd64 on linux/amd64.
+    /// being declared: `TARGET*` the `--platform` built for, `BUILD*` the machine building.
     fn meta_lookup(&self, name: &str) -> Option<String> {
         if let Some((_, v)) = self.meta_args.iter().rev().find(|(k, _)| k == name) {
             return v.clone();
@@ -193,7 +196,7 @@ impl<'a> Lowerer<'a> {
         {
             return Some(v.clone());
         }
-        builtin_arg(name).map(String::from)
+        platform_arg(name, &self.opts.platform, &self.opts.build_platform)
     }
 
     fn expand(&self, word: &Word, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
@@ -331,19 +334,25 @@ impl<'a> Lowerer<'a> {
         })
     }
 
-    fn image_leaf(&mut self, reference: &str, at: Span) -> NodeId {
-        let key = format!("image:{reference}");
+    fn image_leaf(&mut self, reference: &str, at: Span, platform: &Platform) -> NodeId {
+        let platform = platform.in_graph();
+        let key = format!("image:{reference} {platform:?}");
         if let Some(&id) = self.leaves.get(&key) {
             return id;
         }
         let (op, name) = if reference == "scratch" {
             (Op::Scratch, "scratch".to_string())
         } else {
+            let name = match &platform {
+                Some(p) => format!("FROM {reference} ({p})"),
+                None => format!("FROM {reference}"),
+            };
             (
                 Op::Image {
                     reference: reference.to_string(),
+                    platform,
                 },
-                format!("FROM {reference}"),
+                name,
             )
         };
         let at = self.at(at);
@@ -382,7 +391,7 @@ impl<'a> Lowerer<'a> {
         alias: Option<&Word>,
     ) -> Result<Stage> {
         self.reject_flags(ins, &["platform"])?;
-        self.check_platform(ins)?;
+        let asked = self.stage_platform(ins)?;
         let mut reference = self.expand(image, &|n| self.meta_lookup(n))?;
         if reference.is_empty() && self.opts.lenient {
             // Compile-only: the reference stays as written, an unresolved leaf like any image.
@@ -395,14 +404,22 @@ impl<'a> Lowerer<'a> {
         }
         let alias = alias.map(|a| a.text.to_ascii_lowercase());
         let name = alias.clone().unwrap_or_else(|| format!("stage-{index}"));
-        let steps = 1 + self.steps_after(ins);
+        let steps = self.steps_after(ins);
+        // As BuildKit counts: the FROM is step 1 only when it pulls an image (not `scratch`, not an
+        // earlier stage); then each ADD, COPY, RUN and WORKDIR.
+        let from_stage = self.stage_by_name(&reference)?.is_some();
+        let numbered_from = usize::from(!from_stage && reference != "scratch");
         let mut stage = if let Some(parent) = self.stage_by_name(&reference)? {
             // FROM an earlier stage continues from its filesystem and config.
             // Its history stays: the parent's layers are in this image, and each needs its entry.
             let mut s = parent.state.clone();
             s.image.begin_stage();
+            if let Some(p) = asked {
+                s.image.set_platform(&p);
+            }
             s
         } else {
+            let platform = asked.unwrap_or_else(|| self.opts.platform.clone());
             let named = self.named_context(&reference);
             let resolved = match named {
                 Some(NamedContext::Image(r)) => r.clone(),
@@ -411,7 +428,7 @@ impl<'a> Lowerer<'a> {
             let leaf = match named {
                 Some(NamedContext::Image(r)) => {
                     let r = r.clone();
-                    self.image_leaf(&r, image.span)
+                    self.image_leaf(&r, image.span, &platform)
                 }
                 Some(NamedContext::Dir(_)) => {
                     return Err(self
@@ -421,14 +438,16 @@ impl<'a> Lowerer<'a> {
                         )
                         .help("use `--build-context NAME=oci-layout://DIR` for a base image"));
                 }
-                None => self.image_leaf(&reference, image.span),
+                None => self.image_leaf(&reference, image.span, &platform),
             };
-            let base = self
-                .opts
-                .image_env
-                .get(&resolved, Located::new(self.file(), image.span))?;
+            let base = self.opts.image_env.get(
+                &resolved,
+                &platform,
+                Located::new(self.file(), image.span),
+            )?;
             let onbuild = base.onbuild.clone();
             let mut image_state = ImageState::new(leaf, base);
+            image_state.set_platform(&platform);
             image_state.config.base_onbuild = onbuild.clone();
             Stage {
                 name: String::new(),
@@ -442,27 +461,25 @@ impl<'a> Lowerer<'a> {
         };
         stage.name = name;
         stage.alias = alias;
-        stage.step = 1;
-        stage.steps = steps;
+        stage.step = numbered_from;
+        stage.steps = numbered_from + steps;
         Ok(stage)
     }
 
-    /// `FROM --platform=`: kiln builds for linux/amd64 only (multi-platform builds are to come), so a
-    /// value meaning that platform is honoured as it is, and any other is refused rather than ignored.
-    fn check_platform(&self, ins: &Instruction) -> Result<()> {
-        for f in ins.flags.iter().filter(|f| f.name == "platform") {
-            let v = self.expand_flag(f, &|n| self.meta_lookup(n))?;
-            // An empty value (an unset build arg) means the default platform, as in BuildKit.
-            if v.is_empty() || is_build_platform(&v) {
-                continue;
-            }
-            return Err(self
-                .error(f.value_span, format!("kiln cannot build for platform `{v}` yet"))
-                .help(
-                    "kiln builds for linux/amd64 only: drop --platform, or write `--platform=$BUILDPLATFORM` or `linux/amd64`",
-                ));
+    /// `FROM --platform=`: the platform the stage is for, normalized as buildx does (`None`: not given,
+    /// or empty, as an unset build arg leaves it, which BuildKit takes as the default).
+    fn stage_platform(&self, ins: &Instruction) -> Result<Option<Platform>> {
+        let Some(f) = ins.flags.iter().rfind(|f| f.name == "platform") else {
+            return Ok(None);
+        };
+        let v = self.expand_flag(f, &|n| self.meta_lookup(n))?;
+        if v.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        Platform::parse(&v).map(Some).map_err(|e| {
+            self.error(f.value_span, format!("invalid platform `{v}`: {e}"))
+                .help("write os/arch[/variant], such as `--platform=linux/arm64` or `--platform=$BUILDPLATFORM`")
+        })
     }
 
     /// How many instructions of this stage follow its FROM (for `[stage k/n]` names).
@@ -498,7 +515,18 @@ impl<'a> Lowerer<'a> {
     fn step_name(&self, stage: &mut Stage, ins: &Instruction) -> String {
         stage.step += 1;
         let text = instruction_text(self.file(), ins);
-        format!("[{} {}/{}] {}", stage.name, stage.step, stage.steps, text)
+        // As BuildKit names steps when several platforms are built: each with its stage's platform.
+        let platform = match self.opts.multi_platform {
+            true => {
+                let p = Platform::from_graph(stage.image.platform.as_deref());
+                format!("{p}{} ", cross_suffix(&p, &stage.image))
+            }
+            false => String::new(),
+        };
+        format!(
+            "[{platform}{} {}/{}] {}",
+            stage.name, stage.step, stage.steps, text
+        )
     }
 
     fn push_fs(
@@ -543,23 +571,61 @@ fn command_args(c: &Command, shell: Option<&[String]>) -> Vec<String> {
     }
 }
 
-/// Whether a platform string means linux/amd64, normalised as containerd's `platforms.Parse` does
-/// (case-insensitive; `x86_64` and `x86-64` are `amd64`, whose only variant is `v1`).
-fn is_build_platform(p: &str) -> bool {
-    let p = p.to_ascii_lowercase();
-    let mut parts = p.split('/');
-    let (os, arch, variant) = (parts.next(), parts.next(), parts.next());
-    parts.next().is_none()
-        && os == Some("linux")
-        && matches!(arch, Some("amd64" | "x86_64" | "x86-64"))
-        && matches!(variant, None | Some("v1"))
+/// BuildKit's `formatTargetPlatform`: a stage whose variables name a target platform (an `ARG
+/// TARGETPLATFORM` or `TARGETARCH`, ...) of another architecture than its own is shown as
+/// `linux/amd64->arm64`, a cross-compiling stage.
+fn cross_suffix(base: &Platform, image: &crate::frontend::image::ImageState) -> String {
+    let mut target = None::<Platform>;
+    let mut field = |name: &str, set: &dyn Fn(&mut Platform, String)| {
+        if let Some(v) = image.lookup(name) {
+            let t = target.get_or_insert_with(|| Platform {
+                os: String::new(),
+                arch: String::new(),
+                variant: String::new(),
+            });
+            set(t, v);
+        }
+    };
+    field("TARGETPLATFORM", &|t, v| {
+        if let Ok(p) = Platform::parse(&v) {
+            *t = p;
+        }
+    });
+    field("TARGETOS", &|t, v| t.os = v);
+    field("TARGETARCH", &|t, v| t.arch = v);
+    field("TARGETVARIANT", &|t, v| t.variant = v);
+    let Some(mut t) = target else {
+        return String::new();
+    };
+    if t.os.is_empty() {
+        t.os.clone_from(&base.os);
+    }
+    if t.arch.is_empty() {
+        t.arch.clone_from(&base.arch);
+    }
+    let Ok(t) = Platform::parse(&t.to_string()) else {
+        return String::new();
+    };
+    if t.os != base.os {
+        return format!("->{t}");
+    }
+    if t.arch == base.arch {
+        return String::new();
+    }
+    match t.variant.is_empty() {
+        true => format!("->{}", t.arch),
+        false => format!("->{}/{}", t.arch, t.variant),
+    }
 }
 
 /// Whether an instruction is a numbered step in progress names (`[stage k/n]`).
 fn is_step(ins: &Instruction) -> bool {
     matches!(
         ins.kind,
-        InstructionKind::Run(_) | InstructionKind::Copy { .. } | InstructionKind::Workdir(_)
+        InstructionKind::Run(_)
+            | InstructionKind::Copy { .. }
+            | InstructionKind::Add { .. }
+            | InstructionKind::Workdir(_)
     )
 }
 
@@ -571,27 +637,6 @@ fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_linux_amd64_is_the_build_platform() {
-        for p in [
-            "linux/amd64",
-            "Linux/AMD64",
-            "linux/x86_64",
-            "linux/amd64/v1",
-        ] {
-            assert!(is_build_platform(p), "{p}");
-        }
-        for p in [
-            "linux/arm64",
-            "linux",
-            "windows/amd64",
-            "linux/amd64/v3",
-            "linux/amd64/v1/x",
-        ] {
-            assert!(!is_build_platform(p), "{p}");
-        }
-    }
 
     #[test]
     fn join_path_normalises() {

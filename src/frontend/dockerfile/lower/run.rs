@@ -191,6 +191,7 @@ impl Lowerer<'_> {
             insecure,
             secrets,
             mounts,
+            platform: stage.image.platform.clone(),
         });
         self.push_fs(stage, ins, op, extra_inputs, created_by);
         self.program.nodes[stage.image.fs].asks = asks;
