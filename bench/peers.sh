@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # kiln against its peers, BuildKit (the one embedded in Debian's dockerd) and buildah, in the same run:
-# every workload (secret, multistage, copyheavy, ssh) in every scenario (cold, warm, touch, edit), tools
-# alternating within each cell, on the same base image bytes and the same contexts. Prints a markdown table
-# of medians and kiln's ratio to the faster peer; raw times, logs and versions go to $WORK/results/<time>/.
-# See bench/README.md.
+# every workload in every scenario (cold, warm, touch, edit), tools alternating within each cell, on the
+# same base image bytes and the same contexts, and each cold cell's floor (the same RUN commands run
+# directly, bench/peers/floor/). Prints markdown tables of medians, kiln's ratio to the faster peer and its
+# overhead over the floor; raw times, logs and versions go to $WORK/results/<time>/. See bench/README.md.
 #
 # Run as root on Debian, from a clone of this repository (after scripts/setup.sh, or not: this script
-# installs what it needs, idempotently). Only Debian's package mirror is contacted (apt, debootstrap).
+# installs what it needs, idempotently). Only Debian's package mirror is contacted (apt, debootstrap, and
+# once, for the apt workload, the .debs of its local repository).
 #
 # Usage: bench/peers.sh
 # Environment:
 #   RUNS=5                                      timed runs per tool and cell
-#   WORKLOADS="secret multistage copyheavy ssh" a subset, in order
+#   WORKLOADS="secret multistage copyheavy ssh" a subset, in order, of those and: steps apt monorepo
 #   TOOLS="kiln buildkit buildah"               a subset
+#   FLOOR=1                                     0: no floor column
+#   MONOREPO_TARGETS=10000                      the monorepo workload's size
+#   APT_PORT=8790                               the apt repository's port on 127.0.0.1
+#   APT_PACKAGES="python3 python3-pip python3-venv"  what the apt workload installs
 #   WORK=/var/tmp/kiln-peers                    inputs, stores, daemons' state, results
 #   SSH_PORT=2222                               the throw-away sshd's port on 127.0.0.1
 #   BUILD_TIMEOUT=900                           seconds before a build counts as failed
@@ -23,10 +28,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 peers=$here/peers
 
-export WORK=${WORK:-/var/tmp/kiln-peers} RUNS=${RUNS:-5} SSH_PORT=${SSH_PORT:-2222}
+export WORK=${WORK:-/var/tmp/kiln-peers} RUNS=${RUNS:-5} SSH_PORT=${SSH_PORT:-2222} FLOOR=${FLOOR:-1}
+export MONOREPO_TARGETS=${MONOREPO_TARGETS:-10000} APT_PORT=${APT_PORT:-8790}
+export APT_PACKAGES=${APT_PACKAGES:-python3 python3-pip python3-venv}
 export WORKLOADS=${WORKLOADS:-secret multistage copyheavy ssh} TOOLS=${TOOLS:-kiln buildkit buildah}
 for w in $WORKLOADS; do
-  case $w in secret | multistage | copyheavy | ssh) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
+  case $w in secret | multistage | copyheavy | ssh | steps | apt | monorepo) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
 done
 for t in $TOOLS; do
   case $t in kiln | buildkit | buildah) ;; *) echo "peers.sh: unknown tool $t (kiln, buildkit, buildah)" >&2; exit 2 ;; esac
@@ -45,6 +52,7 @@ peer_packages=(python3 skopeo busybox-static)
 has buildah "$TOOLS" && peer_packages+=(buildah)
 # docker.io brings dockerd, containerd and runc; dockerd's BuildKit is the peer.
 has buildkit "$TOOLS" && peer_packages+=(docker.io)
+has apt "$WORKLOADS" && peer_packages+=(debootstrap apt-utils)
 missing=()
 for p in "${peer_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -62,7 +70,7 @@ export KILN=${KILN:-$root/target/release/kiln}
 
 # ---- cleanup of what runs under $WORK (registry, sshd, dockerd), on any exit
 mkdir -p "$WORK"
-py=
+py='' http=''
 cleanup() {
   local rc=$?
   # The timed part runs in the background so that a signal reaches this trap at once; stop it first
@@ -72,6 +80,7 @@ cleanup() {
   if [ -d "$WORK/buildah/root" ] && command -v buildah >/dev/null; then
     buildah --root "$WORK/buildah/root" --runroot "$WORK/buildah/runroot" --storage-driver overlay rm -a >/dev/null 2>&1 || true
   fi
+  if [ -n "$http" ]; then kill -TERM "$http" 2>/dev/null || true; fi
   if [ "${KEEP_DAEMONS:-}" != 1 ]; then
     "$peers/start-dockerd.sh" "$WORK/dockerd" stop >/dev/null 2>&1 || true
     "$peers/start-sshd.sh" "$WORK/ssh" stop >/dev/null 2>&1 || true
@@ -97,7 +106,7 @@ if has ssh "$WORKLOADS"; then
   hash=$(sha256sum tests/fixtures/make-git-image.sh | cut -c1-16)
   DEBIAN_OCI=$WORK/cache/git-image-$hash
   if [ ! -f "$DEBIAN_OCI/index.json" ]; then
-    rm -rf "$WORK/cache"; mkdir -p "$WORK/cache"
+    rm -rf "$WORK"/cache/git-image-*; mkdir -p "$WORK/cache"
     if [ -f "target/tmp/git-image-$hash/index.json" ]; then
       cp -a "target/tmp/git-image-$hash" "$DEBIAN_OCI.tmp"
     else
@@ -109,6 +118,30 @@ if has ssh "$WORKLOADS"; then
   export DEBIAN_OCI
 else
   export DEBIAN_OCI=
+fi
+
+# The apt workload's Debian minbase and the local repository of the .debs its RUN installs
+# (peers/make-apt-image.sh), cached under the hash of the scripts and the package list.
+export APT_OCI=
+if has apt "$WORKLOADS"; then
+  hash=$(cat "$peers/make-apt-image.sh" "$peers/pack-rootfs.py" <(echo "$APT_PACKAGES") | sha256sum | cut -c1-16)
+  APT_OCI=$WORK/cache/apt-image-$hash APT_REPO=$WORK/cache/apt-repo-$hash
+  if [ ! -f "$APT_OCI/index.json" ] || [ ! -f "$APT_REPO/Release" ]; then
+    rm -rf "$WORK"/cache/apt-image-* "$WORK"/cache/apt-repo-*; mkdir -p "$WORK/cache"
+    echo "making the apt workload's Debian base and repository (debootstrap, a few minutes)" >&2
+    # shellcheck disable=SC2086 # a list of package names
+    "$peers/make-apt-image.sh" "$APT_OCI.tmp" "$APT_REPO" $APT_PACKAGES >&2
+    mv "$APT_OCI.tmp" "$APT_OCI"
+  fi
+  # Loopback only; every tool's step reaches it through the host's network.
+  python3 -m http.server --bind 127.0.0.1 --directory "$APT_REPO" "$APT_PORT" >"$WORK/apt-http.log" 2>&1 &
+  http=$!
+  for _ in $(seq 50); do
+    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+      "http://127.0.0.1:$APT_PORT/Release" 2>/dev/null && break
+    sleep 0.1
+  done
+  kill -0 "$http" || { echo "peers.sh: the apt repository's server did not start (port $APT_PORT)" >&2; exit 1; }
 fi
 
 # The same image bytes for the peers: docker cannot read an OCI layout, so both layouts are pushed as
@@ -130,6 +163,7 @@ if has buildkit "$TOOLS" || has buildah "$TOOLS"; then
   }
   push "$BUSYBOX_OCI" busybox
   [ -z "$DEBIAN_OCI" ] || push "$DEBIAN_OCI" debian
+  [ -z "$APT_OCI" ] || push "$APT_OCI" apt
 fi
 
 if has ssh "$WORKLOADS"; then
@@ -143,7 +177,8 @@ if has buildkit "$TOOLS"; then
 fi
 
 # ---- the timed part
-export RESULTS=$WORK/results/$(date +%Y%m%d-%H%M%S)
+RESULTS=$WORK/results/$(date +%Y%m%d-%H%M%S)
+export RESULTS
 export DOCKERFILES=$peers/dockerfiles
 mkdir -p "$RESULTS"
 ln -sfn "$RESULTS" "$WORK/results/latest"
@@ -157,7 +192,8 @@ ln -sfn "$RESULTS" "$WORK/results/latest"
   for p in buildah docker.io containerd runc docker-registry skopeo busybox-static; do
     echo "$p: $(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || echo 'not installed')"
   done
-  echo "RUNS=$RUNS WORKLOADS=$WORKLOADS TOOLS=$TOOLS"
+  echo "RUNS=$RUNS WORKLOADS=$WORKLOADS TOOLS=$TOOLS FLOOR=$FLOOR MONOREPO_TARGETS=$MONOREPO_TARGETS"
+  echo "APT_PACKAGES=$APT_PACKAGES"
 } > "$RESULTS/env.txt"
 rc=0
 python3 "$peers/run.py" &
