@@ -88,6 +88,9 @@ class Kiln:
     def before(self, case, scenario, log):
         pass
 
+    def flaky(self, log, start):
+        return False
+
     def cmd(self, case, no_cache):
         c = CASES[case]
         return [self.bin, "build", "--progress", "quiet", "--store", self.store,
@@ -123,6 +126,14 @@ class BuildKit:
         if scenario == "cold":
             run_logged(self.d("image", "prune", "-f"), log, "prune (untimed)", self.env)
 
+    @staticmethod
+    def flaky(log, start):
+        """Under load, dockerd's runc now and then fails to start a step (`stat /bin/sh: no such file or
+        directory`): such a build is tried again, up to four times, and only the last try is timed."""
+        with open(log, "rb") as f:
+            f.seek(start)
+            return b"runc run failed: unable to start container process" in f.read()
+
     def cmd(self, case, no_cache):
         c = CASES[case]
         # This dockerd has no bridge: every RUN needs a network mode.
@@ -157,6 +168,9 @@ class Buildah:
     def before(self, case, scenario, log):
         if scenario == "cold":
             run_logged(self.g + ["rmi", "--prune"], log, "prune (untimed)")
+
+    def flaky(self, log, start):
+        return False
 
     def cmd(self, case, no_cache):
         c = CASES[case]
@@ -202,6 +216,9 @@ class Floor:
 
     def cmd(self, case, no_cache):
         return self.script(case, "timed")
+
+    def flaky(self, log, start):
+        return False
 
     def version(self):
         return out(["unshare", "--version"])
@@ -252,8 +269,14 @@ def build(t, case, scenario, what, no_cache):
         t.before(case, scenario, log)
     except Failed:
         return 0.0, False
-    os.sync()
-    return run_logged(t.cmd(case, no_cache), log, what, t.env)[:2]
+    for attempt in range(1, 5):
+        os.sync()
+        start = os.path.getsize(log) if os.path.exists(log) else 0
+        secs, ok, _ = run_logged(t.cmd(case, no_cache), log, what, t.env)
+        if ok or not t.flaky(log, start):
+            return secs, ok
+        print(f"{case} {what}: {t.name} failed to start a step; again ({attempt})", flush=True)
+    return secs, ok
 
 
 def run_case(case):
