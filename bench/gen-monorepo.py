@@ -45,7 +45,7 @@ target lib: Image = common.compile(deps, "lib{i}", context("src"))
 
 target build: Image = lib
   .copy(image("{prev}"), ["/out"], "/prev/")
-  .run("ls /prev > /out/prev-{i}.txt")
+  .run("ls -a /prev > /out/prev-{i}.txt")
 
 target test: Image = from(build).run("test -s /out/prev-{i}.txt")
 
