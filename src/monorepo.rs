@@ -59,8 +59,11 @@ pub(crate) fn expand_labels(
 ) -> Result<Selected> {
     let root = session.root.clone().expect("labels need a root");
     let mut selected: Selected = Vec::new();
-    let push = |s: &mut Selected, m: usize, t: String| {
-        if !s.iter().any(|(om, ot)| *om == m && *ot == t) {
+    // Each target once, in the order first named: a set beside the list keeps `//...` on thousands of
+    // targets linear.
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |s: &mut Selected, m: usize, t: String| {
+        if seen.insert((m, t.clone())) {
             s.push((m, t));
         }
     };

@@ -31,7 +31,8 @@ pub const ROOT_MARKER: &str = "kiln.toml";
 
 /// A loaded, checked module.
 pub struct Loaded {
-    pub module: Module,
+    /// Shared, so evaluation can hold a module's items while it evaluates them (no copies of the tree).
+    pub module: std::sync::Arc<Module>,
     pub iface: Interface,
     /// Import alias → module index.
     pub imports: HashMap<String, usize>,
@@ -46,6 +47,11 @@ pub struct Loaded {
 pub struct Session {
     pub modules: Vec<Loaded>,
     by_path: HashMap<PathBuf, usize>,
+    /// The same modules by the path they were asked for, before canonicalizing: each file is imported
+    /// by many packages, and canonicalizing walks every component of its path.
+    by_given: HashMap<PathBuf, usize>,
+    /// Packages by label (`//a/b`), loaded once each (most packages are named by many labels).
+    by_package: HashMap<String, usize>,
     /// The monorepo root (the directory holding `kiln.toml`), if any.
     pub root: Option<PathBuf>,
     /// The files being loaded, outermost first, each with the import that asked for it (none for the
@@ -62,6 +68,8 @@ impl Session {
         Session {
             modules: Vec::new(),
             by_path: HashMap::new(),
+            by_given: HashMap::new(),
+            by_package: HashMap::new(),
             root,
             loading: Vec::new(),
             findings: Vec::new(),
@@ -102,6 +110,15 @@ impl Session {
 
     /// Loads (once) the file at `path`, its imports first, and checks it.
     pub fn load(&mut self, path: &Path, from: Option<Located>) -> Result<usize> {
+        if let Some(&i) = self.by_given.get(path) {
+            return Ok(i);
+        }
+        let i = self.load_canonical(path, from)?;
+        self.by_given.insert(path.to_path_buf(), i);
+        Ok(i)
+    }
+
+    fn load_canonical(&mut self, path: &Path, from: Option<Located>) -> Result<usize> {
         let key = if path.starts_with("@std") {
             path.to_path_buf()
         } else {
@@ -164,7 +181,7 @@ impl Session {
         let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
         let package = self.package_of(&dir);
         self.modules.push(Loaded {
-            module,
+            module: std::sync::Arc::new(module),
             iface,
             imports,
             dir,
@@ -245,6 +262,9 @@ impl Session {
             }
             .help("labels like //pkg:target are resolved from the directory holding kiln.toml"));
         };
+        if let Some(&i) = self.by_package.get(package) {
+            return Ok(i);
+        }
         let rel = package.strip_prefix("//").unwrap_or(package);
         // A label names a directory inside the monorepo, never one above or beside it.
         if rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
@@ -264,7 +284,9 @@ impl Session {
             }
             .help(format!("expected {}", path.display())));
         }
-        self.load(&path, from)
+        let i = self.load(&path, from)?;
+        self.by_package.insert(package.to_string(), i);
+        Ok(i)
     }
 }
 
@@ -283,7 +305,7 @@ fn display_name(path: &Path, root: Option<&Path>) -> String {
 }
 
 impl Loader for Session {
-    fn module(&self, index: usize) -> &Module {
+    fn module(&self, index: usize) -> &std::sync::Arc<Module> {
         &self.modules[index].module
     }
 

@@ -153,13 +153,13 @@ impl Evaluator<'_> {
     }
 
     fn user_call(&mut self, module: usize, name: &str, at: Span, args: &[Arg]) -> Result<Value> {
-        let def: FnDef = self
-            .loader
-            .module(module)
+        // The module is shared: the function is evaluated in place, never copied.
+        let source = self.loader.module(module).clone();
+        let def: &FnDef = source
             .items
             .iter()
             .find_map(|i| match &i.kind {
-                ItemKind::Fn(f) if f.name.name == name => Some(f.clone()),
+                ItemKind::Fn(f) if f.name.name == name => Some(f),
                 _ => None,
             })
             .expect("checked");

@@ -157,7 +157,7 @@ pub type PackageContexts = BTreeMap<String, PathBuf>;
 /// findings and `print(...)` notes go.
 pub trait Loader {
     /// The parsed module at `index`.
-    fn module(&self, index: usize) -> &Module;
+    fn module(&self, index: usize) -> &Arc<Module>;
     /// What the type checker found in the module at `index`.
     fn interface(&self, index: usize) -> &Interface;
     /// The directory `context(".")` means for the module at `index`.
@@ -476,27 +476,23 @@ impl<'s> Evaluator<'s> {
         let saved_module = self.module;
         let saved_scopes = std::mem::take(&mut self.scopes);
         self.module = module;
-        let item = self
-            .loader
-            .module(module)
-            .items
-            .iter()
-            .find(|i| match &i.kind {
-                ItemKind::Let(l) => l.name.name == name,
-                ItemKind::Target { name: n, .. }
-                | ItemKind::Param { name: n, .. }
-                | ItemKind::Secret { name: n, .. }
-                | ItemKind::Ssh { name: n, .. } => n.name == name,
-                _ => false,
-            })
-            .cloned();
-        let result = match item.map(|i| i.kind) {
+        // The module is shared: its items are evaluated in place, never copied.
+        let source = self.loader.module(module).clone();
+        let item = source.items.iter().find(|i| match &i.kind {
+            ItemKind::Let(l) => l.name.name == name,
+            ItemKind::Target { name: n, .. }
+            | ItemKind::Param { name: n, .. }
+            | ItemKind::Secret { name: n, .. }
+            | ItemKind::Ssh { name: n, .. } => n.name == name,
+            _ => false,
+        });
+        let result = match item.map(|i| &i.kind) {
             Some(ItemKind::Let(l)) => self.eval(&l.value),
             Some(ItemKind::Target { value, name: n, .. }) => {
                 let label = self.label(module, &n.name);
                 self.deps.entry(label.clone()).or_default();
                 self.current.push(label.clone());
-                let v = self.eval(&value);
+                let v = self.eval(value);
                 self.current.pop();
                 // Steps of a target show its name in progress output.
                 if let Ok(Value::Image(img)) = &v {
@@ -508,12 +504,16 @@ impl<'s> Evaluator<'s> {
                 name: n,
                 ty,
                 default,
-            }) => self.param(&n.name, n.span, &ty, default.as_ref()),
+            }) => self.param(&n.name, n.span, ty, default.as_ref()),
             Some(ItemKind::Secret { name: n, id }) => Ok(Value::Secret(
-                id.and_then(|i| i.as_plain_str()).unwrap_or(n.name),
+                id.as_ref()
+                    .and_then(|i| i.as_plain_str())
+                    .unwrap_or_else(|| n.name.clone()),
             )),
             Some(ItemKind::Ssh { name: n, id }) => Ok(Value::Ssh(
-                id.and_then(|i| i.as_plain_str()).unwrap_or(n.name),
+                id.as_ref()
+                    .and_then(|i| i.as_plain_str())
+                    .unwrap_or_else(|| n.name.clone()),
             )),
             _ => Err(self.err(use_at, format!("unknown name `{name}`"))),
         };
