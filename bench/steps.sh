@@ -15,6 +15,7 @@
 #   STEPS=100                  chained `RUN true` steps
 #   FILES=50000                small files written by one RUN (0: skip that case)
 #   CASES="steps files"        a subset
+#   RUN_FLAGS=                 flags for every RUN (e.g. --network=none: no network stack per step)
 #   WORK=/var/tmp/kiln-steps   base image, store, root filesystem, Dockerfiles (removed at the start)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,6 +23,7 @@ root=$(dirname "$here")
 KILN=${KILN:-$root/target/release/kiln}
 RUNS=${RUNS:-5} STEPS=${STEPS:-100} FILES=${FILES:-50000} CASES=${CASES:-steps files}
 WORK=${WORK:-/var/tmp/kiln-steps}
+RUN_FLAGS=${RUN_FLAGS:-}
 if [ "$(id -u)" != 0 ]; then
   echo "steps.sh: run as root (kiln's steps and the floor's namespaces need it)" >&2
   exit 1
@@ -46,13 +48,13 @@ dockerfile() { # NAME RUN-LINES...
   printf '%s\n' "$@" >>"$f"
 }
 runs=()
-for _ in $(seq "$STEPS"); do runs+=("RUN true"); done
+for _ in $(seq "$STEPS"); do runs+=("RUN $RUN_FLAGS true"); done
 dockerfile steps "${runs[@]}"
-dockerfile one "RUN true"
+dockerfile one "RUN $RUN_FLAGS true"
 # FILES files of 16-20 bytes in directories of 1,000, written by busybox's shell.
 write="mkdir /data && cd /data && n=0 && while [ \$n -lt $FILES ]; do d=\$((n / 1000)); \
 [ -d \$d ] || mkdir \$d; echo \"file \$n\" > \$d/\$n; n=\$((n + 1)); done"
-dockerfile files "RUN $write"
+dockerfile files "RUN $RUN_FLAGS $write"
 
 now() { date +%s%N; }
 kiln() { # DOCKERFILE

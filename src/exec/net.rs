@@ -219,11 +219,29 @@ impl Running {
         let Some(fd) = self.ready.take() else {
             return Ok(());
         };
-        let read = tokio::task::spawn_blocking(move || {
+        let read_byte = |fd: OwnedFd| {
             let mut byte = [0u8; 1];
             std::fs::File::from(fd).read_exact(&mut byte).is_ok()
-        });
-        if let Ok(Ok(true)) = tokio::time::timeout(READY_TIMEOUT, read).await {
+        };
+        // A stack made ahead has long said its word (or died): read it here, without a thread's
+        // round trip on the step's path.
+        let said = {
+            let mut polled = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&fd),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut polled, nix::poll::PollTimeout::ZERO).is_ok_and(|n| n > 0)
+        };
+        let up = if said {
+            read_byte(fd)
+        } else {
+            let read = tokio::task::spawn_blocking(move || read_byte(fd));
+            matches!(
+                tokio::time::timeout(READY_TIMEOUT, read).await,
+                Ok(Ok(true))
+            )
+        };
+        if up {
             return Ok(());
         }
         let mut log = String::new();
