@@ -32,8 +32,11 @@ use serde::{Deserialize, Serialize};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 
+mod durable;
+mod empty;
 mod keylock;
 mod names;
+pub use durable::Durable;
 pub use keylock::KeyLock;
 pub use names::NamedImage;
 
@@ -46,6 +49,8 @@ pub struct Store {
     /// lock (prune takes it exclusively), so one look per snapshot per build is enough: a cached rebuild of
     /// a deep chain checks each layer once, not once per record that lists it.
     present: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Whether each snapshot looked at so far holds nothing (see `empty`); snapshots never change.
+    empty: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The open transaction of a build given secrets: its steps' results are staged here, not committed.
     txn: std::sync::Mutex<Option<Txn>>,
 }
@@ -204,6 +209,7 @@ impl Store {
             root,
             _lock: lock,
             present: Default::default(),
+            empty: Default::default(),
             txn: Default::default(),
         };
         store.recover();
@@ -567,6 +573,19 @@ impl Store {
 
     /// Moves a finished snapshot into place. If another build committed the same id first, ours is dropped.
     pub fn commit_snapshot(&self, from: &Path, id: &str) -> Result<PathBuf> {
+        let to = self.place_snapshot(from, id)?;
+        sync_dir(&self.root.join("snapshots"));
+        Ok(to)
+    }
+
+    /// Whether a transaction is open (see `Txn`).
+    pub fn in_transaction(&self) -> bool {
+        self.txn.lock().expect("txn lock").is_some()
+    }
+
+    /// `commit_snapshot` without the fsync of `snapshots/`, which the caller makes before anything
+    /// names the snapshot durably.
+    fn place_snapshot(&self, from: &Path, id: &str) -> Result<PathBuf> {
         let to = self.snapshot_path(id);
         if to.exists() {
             let _ = fs::remove_dir_all(from);
@@ -581,7 +600,6 @@ impl Store {
             }
             return Err(Diagnostic::io(format!("cannot commit snapshot {id}"), e));
         }
-        sync_dir(&self.root.join("snapshots"));
         Ok(to)
     }
 

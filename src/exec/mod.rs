@@ -40,11 +40,14 @@ use helper::{Overlay, Request, SecretSpec, Status};
 
 /// The executor that runs steps in Linux namespaces. Needs root, real or of a user namespace (`userns`).
 #[derive(Default)]
-pub struct Namespaces;
+pub struct Namespaces {
+    /// The next step's network namespace and stack, made ahead (see `net::Spare`).
+    spare: net::Spare,
+}
 
 impl Namespaces {
     pub fn new() -> Namespaces {
-        Namespaces
+        Namespaces::default()
     }
 }
 
@@ -73,7 +76,7 @@ fn step_dir(fs: &Layers) -> PathBuf {
 impl RunExit for Namespaces {
     async fn run_exit(&self, step: RunStep, logs: LogSink) -> Result<i32> {
         let aux = step_dir(&step.fs);
-        run_in(step, &aux, Some(logs), None).await
+        run_in(step, &aux, Some(logs), None, &self.spare).await
     }
 }
 
@@ -146,6 +149,7 @@ async fn run_in(
     aux: &Path,
     logs: Option<LogSink>,
     tty: Option<&std::fs::File>,
+    spare: &net::Spare,
 ) -> Result<i32> {
     let fs = overlay(&step.fs, aux)?;
     let upper = fs.upper.clone();
@@ -192,16 +196,15 @@ async fn run_in(
     mounts.extend(sockets);
     let net_dir = aux.join("net");
     std::fs::create_dir_all(&net_dir).map_err(|e| Diagnostic::io("cannot prepare a step", e))?;
-    let (network, stack) = match step.network {
+    let (network, mut stack) = match step.network {
         Network::None => (net::Net::None, None),
         Network::Host => (net::Net::Host, None),
-        Network::Default => (
-            net::Net::Own,
-            Some(net::Launch {
+        Network::Default => {
+            let launch = net::Launch {
                 stack: net::find_stack()?,
-                log: net_dir.join("stack.log"),
-            }),
-        ),
+            };
+            (net::Net::Own, Some(spare.take(&launch).await?))
+        }
     };
     let req = Request::Run {
         fs,
@@ -219,7 +222,7 @@ async fn run_in(
         tty: tty.is_some(),
         sandbox: step.sandbox,
     };
-    let status = call_helper(&req, &values, logs, stack.as_ref(), tty).await?;
+    let status = call_helper(&req, &values, logs, stack.as_mut(), tty).await?;
     drop(proxies);
     remove_stubs(&upper, &status);
     if let Some(e) = status.error {
@@ -307,7 +310,7 @@ impl Executor for Namespaces {
         let aux = step_dir(&step.fs).join("debug");
         let terminal = debug::Terminal::open()?;
         let raw = terminal.raw()?;
-        let ran = run_in(step, &aux, None, Some(terminal.file())).await;
+        let ran = run_in(step, &aux, None, Some(terminal.file()), &self.spare).await;
         drop(raw);
         ran.map(drop)
     }
@@ -354,13 +357,13 @@ fn direct_copy(fs: &Layers, op: &crate::graph::op::CopyOp) -> bool {
 
 /// Spawns the helper, sends the request (and the secret values, length-prefixed after it, never in the
 /// JSON), streams the step's output to `logs`, and returns the helper's status. With a `stack`, the helper
-/// is born in a new network namespace, the stack is started on it at once (concurrently with the helper's
-/// mounts), and one byte after the request tells the helper whether it came up.
+/// is born in the stack's network namespace (the stack is starting on it, or up already), and one byte
+/// after the request tells the helper whether it came up.
 async fn call_helper(
     req: &Request,
     secrets: &[&[u8]],
     logs: Option<LogSink>,
-    stack: Option<&net::Launch>,
+    stack: Option<&mut net::Prepared>,
     tty: Option<&std::fs::File>,
 ) -> Result<Status> {
     let exe = std::env::current_exe()
@@ -372,10 +375,12 @@ async fn call_helper(
         .stderr(Stdio::piped())
         .env_clear()
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, dup2, and unshare, which
+    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, dup2, and setns, which
     // affects only the child). If kiln dies, the helper dies, and the step's init (whose own death signal is tied to the
     // helper) and its pid namespace with it.
-    let own_netns = stack.is_some();
+    let netns = stack
+        .as_ref()
+        .map(|s| std::os::fd::AsRawFd::as_raw_fd(&s.ns));
     let tty = tty.map(std::os::fd::AsRawFd::as_raw_fd);
     unsafe {
         cmd.pre_exec(move || {
@@ -387,9 +392,10 @@ async fn call_helper(
             {
                 return Err(std::io::Error::last_os_error());
             }
-            if own_netns {
-                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
+            if let Some(ns) = netns
+                && nix::libc::setns(ns, nix::libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -397,11 +403,8 @@ async fn call_helper(
     let mut child = cmd
         .spawn()
         .map_err(|e| Diagnostic::io("cannot start the executor helper", e))?;
-    // Killed (and reaped by tokio) when dropped, after the helper has ended.
-    let mut running = match (stack, child.id()) {
-        (Some(s), Some(pid)) => Some(s.start(pid)?),
-        _ => None,
-    };
+    // The stack is killed (and reaped by tokio) when the caller drops it, after the helper has ended.
+    let running = stack.map(|s| &mut s.running);
     let mut stack_error = None;
     let json = serde_json::to_vec(req).expect("requests serialize");
     let mut input = Zeroizing::new(Vec::new());
@@ -414,7 +417,7 @@ async fn call_helper(
     let mut stdin = child.stdin.take().expect("piped stdin");
     let mut stdout = child.stdout.take().expect("piped stdout");
     let mut stderr = child.stderr.take().expect("piped stderr");
-    let (running_ref, stack_error_ref) = (running.as_mut(), &mut stack_error);
+    let (running_ref, stack_error_ref) = (running, &mut stack_error);
     let write = async move {
         let r = stdin.write_all(&input).await;
         if let Some(running) = running_ref {
@@ -458,7 +461,6 @@ async fn call_helper(
         .wait()
         .await
         .map_err(|e| Diagnostic::io("waiting for the executor helper", e))?;
-    drop(running);
     if let Some(e) = stack_error {
         return Err(e);
     }

@@ -77,6 +77,7 @@ pub async fn solve<E: Executor>(
         late_runs: Default::default(),
         late_hits: Default::default(),
         resolved: Default::default(),
+        durable: Default::default(),
     });
     schedule::run(graph, shared, jobs).await
 }

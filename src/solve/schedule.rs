@@ -104,6 +104,27 @@ pub(super) struct Shared<E> {
     pub(super) late_hits: std::sync::atomic::AtomicUsize,
     /// What source nodes resolved to (see `Summary::resolved`).
     pub(super) resolved: std::sync::Mutex<HashMap<NodeIndex, Vec<Resolved>>>,
+    /// The committed steps whose snapshots and records are still being made durable.
+    pub(super) durable: std::sync::Mutex<Vec<crate::store::Durable>>,
+}
+
+impl<E> Shared<E> {
+    /// Waits until every committed step is on disk; the first store error, if any.
+    async fn durable(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.durable.lock().expect("durable lock"));
+        if pending.is_empty() {
+            return Ok(());
+        }
+        // Every one is waited for, also after an error: none may outlive the solve.
+        tokio::task::spawn_blocking(move || {
+            pending
+                .into_iter()
+                .map(crate::store::Durable::wait)
+                .fold(Ok(()), Result::and)
+        })
+        .await
+        .map_err(|e| Diagnostic::env(format!("a store write task failed: {e}")))?
+    }
 }
 
 /// A step put off: what it needs to run, and its result once it has.
@@ -184,8 +205,10 @@ pub(super) async fn run<E: Executor>(
         // Dropping the set aborts the siblings; their executors kill what they started.
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+        let _ = shared.durable().await;
         return Err(e);
     }
+    shared.durable().await?;
     // Put-off steps that ran report their real result; those nothing needed have none.
     let pending = std::mem::take(&mut *shared.pending.lock().expect("pending lock"));
     let outputs = book

@@ -133,7 +133,8 @@ impl<E: Executor> Shared<E> {
                 format!("{message}; nothing was exported, and nothing this build made was kept");
             return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
         }
-        let (key, output, _) = self.commit(key, base, &upper, verdicts, id, started)?;
+        let (key, output, _) =
+            self.commit(key, base, &upper, verdicts, (id, started), _key_lock)?;
         // A remote cache's result ran nowhere for this build: the summary counts it as cached.
         Ok((key, output, Some(!remote_hit)))
     }
@@ -187,9 +188,11 @@ impl<E: Executor> Shared<E> {
                 .map_err(|e| Diagnostic::io("cannot create a step directory", e))?;
         }
         let fs = Layers {
+            // Empty layers change nothing in the merged view; each would only lengthen every lookup.
             lowers: base
                 .layers
                 .iter()
+                .filter(|l| !self.store.snapshot_is_empty(l))
                 .map(|l| self.store.snapshot_path(l))
                 .collect(),
             upper: upper.clone(),
@@ -223,18 +226,18 @@ impl<E: Executor> Shared<E> {
             .await
     }
 
-    /// Stages the step's changes as a snapshot and its record in the build's transaction.
+    /// Stages the step's changes as a snapshot and its record in the build's transaction, or commits
+    /// them, the fsyncs on a thread the build joins before it ends (`store::Durable`), holding `lock`.
     fn commit(
         &self,
         key: Digest,
         base: &CacheRecord,
         upper: &Path,
         verdicts: Vec<SecretVerdict>,
-        id: usize,
-        started: Instant,
+        (id, started): (usize, Instant),
+        lock: KeyLock,
     ) -> Result<(Digest, Output, Option<bool>)> {
         let snapshot = format!("step-{}", key.hex());
-        self.store.stage_snapshot(upper, &snapshot)?;
         let mut layers = base.layers.clone();
         layers.push(snapshot);
         let mut times = base.times.clone();
@@ -247,7 +250,9 @@ impl<E: Executor> Shared<E> {
             base: base.base.clone(),
             secrets: verdicts,
         };
-        self.store.stage_record(&rec)?;
+        if let Some(durable) = self.store.commit_step(upper, rec.clone(), Some(lock))? {
+            self.durable.lock().expect("durable lock").push(durable);
+        }
         self.reporter.event(Event::Done {
             id,
             elapsed: started.elapsed(),

@@ -130,7 +130,7 @@ pub fn layer_digests(
     snapshot: &Path,
     epoch: Option<i64>,
     codec: Codec,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> io::Result<LayerInfo> {
     layer_digests_threaded(snapshot, epoch, codec, 1, out)
 }
@@ -145,7 +145,7 @@ pub fn layer_digests_threaded(
     epoch: Option<i64>,
     codec: Codec,
     threads: usize,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> io::Result<LayerInfo> {
     layer_digests_leveled(snapshot, epoch, (codec, None), threads, out)
 }
@@ -156,10 +156,14 @@ pub fn layer_digests_leveled(
     epoch: Option<i64>,
     (codec, level): (Codec, Option<i32>),
     threads: usize,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> io::Result<LayerInfo> {
     let compressed = HashingWriter::new(out);
     let (diff_id, tar_size, mut compressed) = match codec {
+        Codec::Gzip if threads > 1 => {
+            let level = Compression::new(level.map_or(6, |l| l.clamp(0, 9).unsigned_abs()));
+            gzip_beside(compressed, level, |tar| write_layer(snapshot, tar, epoch))?
+        }
         Codec::Gzip => {
             // A fixed mtime and no file name keep the gzip header identical across runs.
             let gz = GzBuilder::new().mtime(0).write(
@@ -186,6 +190,105 @@ pub fn layer_digests_leveled(
         size,
         tar_size,
     })
+}
+
+/// The tar (written by `tar` through SHA-256 for the diff id) on this thread, gzip and the blob's SHA-256
+/// on another, so that walking the tree (a few syscalls per file) and compressing overlap. The
+/// compressor is handed the tar's writes one by one, exactly as on one thread (the deflate stream
+/// depends on how its input is split), so the blob's bytes are the same. Returns the diff id, the tar's
+/// size and the compressed side.
+fn gzip_beside<W: Write + Send>(
+    compressed: HashingWriter<W>,
+    level: Compression,
+    tar: impl FnOnce(HashingWriter<ChunkSender>) -> io::Result<HashingWriter<ChunkSender>>,
+) -> io::Result<(String, u64, HashingWriter<W>)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+    std::thread::scope(|scope| {
+        let gz = scope.spawn(move || -> io::Result<HashingWriter<W>> {
+            let mut gz = GzBuilder::new().mtime(0).write(compressed, level);
+            for chunk in rx {
+                let mut start = 0;
+                for &end in &chunk.ends {
+                    gz.write_all(&chunk.bytes[start..end])?;
+                    start = end;
+                }
+            }
+            gz.finish()
+        });
+        let written = tar(HashingWriter::new(ChunkSender::new(tx))).and_then(|h| {
+            let (diff_id, size, mut sender) = h.finish();
+            sender.flush()?;
+            Ok((diff_id, size))
+        });
+        // The sender is gone (dropped with the tar's writer), so the compressor ends either way; its own
+        // error is the cause of a broken channel on this side.
+        let compressed = gz
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the layer compressor thread panicked")));
+        let (diff_id, size) = match (written, &compressed) {
+            (Err(_), Err(e)) => return Err(io::Error::new(e.kind(), e.to_string())),
+            (written, _) => written?,
+        };
+        Ok((diff_id, size, compressed?))
+    })
+}
+
+/// Writes handed over together: their bytes one after the other, and where each ends.
+struct Chunk {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// A writer that hands its writes to another thread about `CHUNK` bytes at a time.
+struct ChunkSender {
+    tx: std::sync::mpsc::SyncSender<Chunk>,
+    chunk: Chunk,
+}
+
+/// Large enough that the channel costs nothing per byte, small enough to keep both threads busy.
+const CHUNK: usize = 256 * 1024;
+
+impl ChunkSender {
+    fn new(tx: std::sync::mpsc::SyncSender<Chunk>) -> ChunkSender {
+        ChunkSender {
+            tx,
+            chunk: Chunk::new(),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.chunk, Chunk::new());
+        self.tx
+            .send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the layer compressor stopped"))
+    }
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        Chunk {
+            bytes: Vec::with_capacity(CHUNK),
+            ends: Vec::new(),
+        }
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.chunk.bytes.extend_from_slice(buf);
+        self.chunk.ends.push(self.chunk.bytes.len());
+        if self.chunk.bytes.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.chunk.ends.is_empty() {
+            return Ok(());
+        }
+        self.send()
+    }
 }
 
 /// `jobs`, with 0 meaning one per core.

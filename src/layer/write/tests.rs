@@ -345,6 +345,52 @@ fn zstd_blobs_do_not_depend_on_the_number_of_threads() {
     assert!(bytes.len() < plain.len() / 2, "{} bytes", bytes.len());
 }
 
+/// gzip beside the walk (on a thread of its own) writes the very bytes gzip on one thread does, for a
+/// tree of many small files and one past several of the hand-over chunks; and an error of the output
+/// reaches the caller.
+#[test]
+fn gzip_on_its_own_thread_gives_the_same_blob() {
+    let tmp = tempfile::tempdir().unwrap();
+    for d in 0..5 {
+        std::fs::create_dir(tmp.path().join(d.to_string())).unwrap();
+        for f in 0..300 {
+            write(
+                &tmp.path().join(format!("{d}/{f}")),
+                format!("file {d}/{f}").as_bytes(),
+                0o644,
+            );
+        }
+    }
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    write(&tmp.path().join("big"), &big, 0o600);
+    let blob = |threads| {
+        let mut out = Vec::new();
+        let info =
+            layer_digests_threaded(tmp.path(), None, Codec::Gzip, threads, &mut out).unwrap();
+        (info, out)
+    };
+    let (one, bytes) = blob(1);
+    let (two, bytes2) = blob(2);
+    assert_eq!(two, one);
+    assert!(bytes2 == bytes, "the blobs differ");
+    assert_eq!(
+        one.digest,
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    );
+
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::Error::new(io::ErrorKind::StorageFull, "disk full"))
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let err = layer_digests_threaded(tmp.path(), None, Codec::Gzip, 2, Full).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
+}
+
 #[test]
 fn digests_are_reproducible_and_epoch_clamps() {
     let tmp = tempfile::tempdir().unwrap();

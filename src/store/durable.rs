@@ -1,0 +1,115 @@
+//! Committing a step's result without waiting for the disk on the step's path. The snapshot is renamed
+//! into place at once (the next step mounts it); the fsyncs that make it and the step's record durable
+//! run on a thread of their own, in the order a crash needs (the snapshots directory, then the record:
+//! temp file, fsync, rename, fsync of `cache/`), while the build goes on. A chain of cheap steps then
+//! pays no fsync between its steps, and the fsyncs of steps that finish close together share the
+//! journal's commits. The step's key lock is held until its record is on disk, so a concurrent build
+//! that waits for the key finds the record; the build joins every such thread before it ends.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::{CacheRecord, KeyLock, Store, sync_dir};
+use crate::diag::{Diagnostic, Result};
+
+/// The durable half of a step's commit, running: join it before the build ends.
+pub struct Durable(std::thread::JoinHandle<Result<()>>);
+
+impl Durable {
+    /// Waits for the fsyncs and the record's write; their error, if any.
+    pub fn wait(self) -> Result<()> {
+        self.0
+            .join()
+            .unwrap_or_else(|_| Err(Diagnostic::env("a store write thread panicked")))
+    }
+}
+
+impl Store {
+    /// Puts a step's snapshot (`from`, named `rec`'s last layer) in place and writes its record. In a
+    /// transaction both are staged (nothing touches the disk's durable state) and `None` is returned;
+    /// otherwise the snapshot is in place on return and the returned thread makes both durable,
+    /// holding `lock` until then.
+    pub fn commit_step(
+        self: &Arc<Self>,
+        from: &Path,
+        rec: CacheRecord,
+        lock: Option<KeyLock>,
+    ) -> Result<Option<Durable>> {
+        let id = rec.layers.last().cloned().unwrap_or_default();
+        if self.in_transaction() {
+            self.stage_snapshot(from, &id)?;
+            self.stage_record(&rec)?;
+            return Ok(None);
+        }
+        self.place_snapshot(from, &id)?;
+        let store = self.clone();
+        let thread = std::thread::Builder::new()
+            .name("kiln-commit".into())
+            .spawn(move || {
+                sync_dir(&store.root.join("snapshots"));
+                let written = store.cache_put(&rec);
+                drop(lock);
+                written
+            })
+            .map_err(|e| Diagnostic::io("cannot start a store write", e))?;
+        Ok(Some(Durable(thread)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::store::Access;
+
+    fn step(store: &Store, key: &Digest) -> (std::path::PathBuf, CacheRecord) {
+        let upper = store.root.join("tmp").join(format!("upper-{}", key.hex()));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("made"), b"by the step").unwrap();
+        let rec = CacheRecord {
+            key: key.clone(),
+            layers: vec![format!("step-{}", key.hex())],
+            times: vec![0],
+            base: serde_json::Value::Null.into(),
+            secrets: Vec::new(),
+        };
+        (upper, rec)
+    }
+
+    /// The snapshot is in place at once; the record, once the thread is joined, and the key's lock is
+    /// held until then, so a build waiting for the key finds the record when it gets the lock.
+    #[test]
+    fn a_committed_step_is_in_place_at_once_and_its_record_once_joined() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(root.path(), Access::Shared).unwrap());
+        let other = Store::open(root.path(), Access::Shared).unwrap();
+        let key = Digest::of(b"a step");
+        let (upper, rec) = step(&store, &key);
+        let lock = store.try_lock_key(&key).unwrap().expect("free");
+        let durable = store.commit_step(&upper, rec.clone(), Some(lock)).unwrap();
+        assert!(store.snapshot_path(&rec.layers[0]).join("made").is_file());
+        durable.expect("no transaction: a thread").wait().unwrap();
+        assert!(other.try_lock_key(&key).unwrap().is_some(), "released");
+        assert_eq!(other.cache_get(&key).map(|r| r.layers), Some(rec.layers));
+    }
+
+    /// In a transaction nothing is left to do: both are staged, and nothing reaches the store's index.
+    #[test]
+    fn in_a_transaction_a_step_is_staged() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(root.path(), Access::Shared).unwrap());
+        store.begin().unwrap();
+        let key = Digest::of(b"a staged step");
+        let (upper, rec) = step(&store, &key);
+        assert!(
+            store
+                .commit_step(&upper, rec.clone(), None)
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.is_staged(&rec.layers[0]));
+        let other = Store::open(root.path(), Access::Shared).unwrap();
+        assert!(other.cache_get(&key).is_none());
+        assert!(store.cache_get(&key).is_some());
+    }
+}
