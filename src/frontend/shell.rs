@@ -13,7 +13,16 @@ pub fn expand_word(
     escape: char,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
+    if plain(word, escape) {
+        return Ok(word.to_string());
+    }
     Lexer::new(word, escape, lookup).run(word).map(|(s, _)| s)
+}
+
+/// Whether the lexer would hand `word` back unchanged: no variable, quote or escape in it. Most words of
+/// a real Dockerfile are such (paths, image names, `KEY=value` parts), and this saves lexing them.
+fn plain(word: &str, escape: char) -> bool {
+    !word.contains(['$', '\'', '"', escape])
 }
 
 /// Expands variables but keeps quotes and escapes as written: how BuildKit expands the body of a COPY
@@ -75,6 +84,14 @@ pub fn expand_words(
     escape: char,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<String>, String> {
+    // `<<` keeps the blanks after it in its field, so only a word without `<` splits as plain text does.
+    if plain(word, escape) && !word.contains('<') {
+        return Ok(word
+            .split(char::is_whitespace)
+            .filter(|f| !f.is_empty())
+            .map(String::from)
+            .collect());
+    }
     Lexer::new(word, escape, lookup).run(word).map(|(_, w)| w)
 }
 
