@@ -720,6 +720,27 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    /// The shortcut for plain words gives what the lexer gives, and is not taken for any other word.
+    #[test]
+    fn plain_words_expand_as_the_lexer_does() {
+        let none = |_: &str| None;
+        let lexed = |w: &str, e: char| Lexer::new(w, e, &none).run(w);
+        let words = ["/usr/local/bin", "  a b\tc\u{a0}d  ", "key=value", ""];
+        for (w, e) in words
+            .map(|w| (w, '\\'))
+            .into_iter()
+            .chain([("C:\\dir", '`')])
+        {
+            assert!(plain(w, e), "{w:?}");
+            assert_eq!(expand_word(w, e, &none), lexed(w, e).map(|(s, _)| s));
+            assert_eq!(expand_words(w, e, &none), lexed(w, e).map(|(_, f)| f));
+        }
+        for w in ["$X", "'a'", "\"a\"", "a\\ b"] {
+            assert!(!plain(w, '\\'), "{w:?}");
+        }
+        assert!(!plain("a` b", '`'));
+    }
+
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
             .iter()
