@@ -16,7 +16,15 @@ impl Digest {
         Digest::from_hasher(Sha256::new_with_prefix(bytes))
     }
     pub fn from_hasher(h: Sha256) -> Digest {
-        Digest(format!("sha256:{}", hex::encode(h.finalize())))
+        // By hand rather than `format!` and `hex::encode`: graph building makes one per node.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(71);
+        s.push_str("sha256:");
+        for b in h.finalize() {
+            s.push(char::from(HEX[usize::from(b >> 4)]));
+            s.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        Digest(s)
     }
     /// Accepts only `sha256:` followed by 64 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Digest> {

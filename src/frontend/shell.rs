@@ -13,7 +13,16 @@ pub fn expand_word(
     escape: char,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
+    if plain(word, escape) {
+        return Ok(word.to_string());
+    }
     Lexer::new(word, escape, lookup).run(word).map(|(s, _)| s)
+}
+
+/// Whether the lexer would hand `word` back unchanged: no variable, quote or escape in it. Most words of
+/// a real Dockerfile are such (paths, image names, `KEY=value` parts), and this saves lexing them.
+fn plain(word: &str, escape: char) -> bool {
+    !word.contains(['$', '\'', '"', escape])
 }
 
 /// Expands variables but keeps quotes and escapes as written: how BuildKit expands the body of a COPY
@@ -75,6 +84,14 @@ pub fn expand_words(
     escape: char,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<String>, String> {
+    // `<<` keeps the blanks after it in its field, so only a word without `<` splits as plain text does.
+    if plain(word, escape) && !word.contains('<') {
+        return Ok(word
+            .split(char::is_whitespace)
+            .filter(|f| !f.is_empty())
+            .map(String::from)
+            .collect());
+    }
     Lexer::new(word, escape, lookup).run(word).map(|(_, w)| w)
 }
 
@@ -702,6 +719,27 @@ fn expand_template(template: &str, matched: &[char]) -> String {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// The shortcut for plain words gives what the lexer gives, and is not taken for any other word.
+    #[test]
+    fn plain_words_expand_as_the_lexer_does() {
+        let none = |_: &str| None;
+        let lexed = |w: &str, e: char| Lexer::new(w, e, &none).run(w);
+        let words = ["/usr/local/bin", "  a b\tc\u{a0}d  ", "key=value", ""];
+        for (w, e) in words
+            .map(|w| (w, '\\'))
+            .into_iter()
+            .chain([("C:\\dir", '`')])
+        {
+            assert!(plain(w, e), "{w:?}");
+            assert_eq!(expand_word(w, e, &none), lexed(w, e).map(|(s, _)| s));
+            assert_eq!(expand_words(w, e, &none), lexed(w, e).map(|(_, f)| f));
+        }
+        for w in ["$X", "'a'", "\"a\"", "a\\ b"] {
+            assert!(!plain(w, '\\'), "{w:?}");
+        }
+        assert!(!plain("a` b", '`'));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

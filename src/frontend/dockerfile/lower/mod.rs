@@ -326,6 +326,9 @@ impl<'a> Lowerer<'a> {
     /// The `--build-context` standing for an image reference: the one named as written, else, as in
     /// BuildKit, the one named by the reference's familiar form (`FROM busybox:latest` finds `busybox`).
     fn named_context(&self, reference: &str) -> Option<&NamedContext> {
+        if self.opts.contexts.is_empty() {
+            return None;
+        }
         self.opts.contexts.get(reference).or_else(|| {
             let key = crate::registry::ImageName::parse(reference)
                 .ok()?
@@ -633,6 +636,9 @@ fn is_step(ins: &Instruction) -> bool {
 fn instruction_text(file: &SourceFile, ins: &Instruction) -> String {
     ins.text(file)
 }
+
+#[cfg(test)]
+mod pinned;
 
 #[cfg(test)]
 mod tests {

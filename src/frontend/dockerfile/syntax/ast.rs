@@ -224,12 +224,18 @@ impl Instruction {
     /// The instruction's source text on one line (continuations joined, comments dropped).
     pub fn text(&self, file: &SourceFile) -> String {
         let text = file.text.get(self.span.start..self.span.end).unwrap_or("");
-        let one_line: Vec<&str> = text
+        let mut one_line = String::with_capacity(text.len());
+        for l in text
             .lines()
             .map(|l| l.trim().trim_end_matches('\\').trim())
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .collect();
-        one_line.join(" ")
+        {
+            if !one_line.is_empty() {
+                one_line.push(' ');
+            }
+            one_line.push_str(l);
+        }
+        one_line
     }
 }
 

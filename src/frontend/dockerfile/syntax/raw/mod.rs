@@ -172,6 +172,9 @@ pub fn dump(ast: &Ast) -> String {
 
 /// Go's `strings.ToLower`: one character at a time, each mapped to one character.
 pub fn go_lower(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
     s.chars()
         .map(|c| match c {
             // Rust lower-cases U+0130 to two characters; Go's simple mapping gives `i`.
