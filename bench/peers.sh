@@ -26,7 +26,7 @@ peers=$here/peers
 export WORK=${WORK:-/var/tmp/kiln-peers} RUNS=${RUNS:-5} SSH_PORT=${SSH_PORT:-2222}
 export WORKLOADS=${WORKLOADS:-secret multistage copyheavy ssh} TOOLS=${TOOLS:-kiln buildkit buildah}
 for w in $WORKLOADS; do
-  case $w in secret | multistage | copyheavy | ssh) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
+  case $w in secret | multistage | copyheavy | ssh | pull | push) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
 done
 for t in $TOOLS; do
   case $t in kiln | buildkit | buildah) ;; *) echo "peers.sh: unknown tool $t (kiln, buildkit, buildah)" >&2; exit 2 ;; esac
@@ -131,6 +131,11 @@ if has buildkit "$TOOLS" || has buildah "$TOOLS"; then
   push "$BUSYBOX_OCI" busybox
   [ -z "$DEBIAN_OCI" ] || push "$DEBIAN_OCI" debian
 fi
+# The pull and push workloads' big image (bench/peers/bigimage.sh): made once, pushed as bench/big, bench/big2.
+if has pull "$WORKLOADS" || has push "$WORKLOADS"; then
+  # shellcheck source=peers/bigimage.sh
+  source "$peers/bigimage.sh"
+fi
 
 if has ssh "$WORKLOADS"; then
   SSH_AUTH_SOCK=$("$peers/start-sshd.sh" "$WORK/ssh")
@@ -164,6 +169,12 @@ python3 "$peers/run.py" &
 py=$!
 wait "$py" || rc=$?
 py=
+if has pull "$WORKLOADS" || has push "$WORKLOADS"; then
+  ROOT=$root python3 "$peers/pullpush.py" > "$RESULTS/pullpush.md" & py=$!
+  wait "$py" || rc=$?
+  py=
+  cat "$RESULTS/pullpush.md"
+fi
 echo "load at end: $(cat /proc/loadavg)" >> "$RESULTS/env.txt"
 echo "results: $RESULTS (env.txt, times.tsv, summary.tsv, table.md, results.json, logs/)"
 exit $rc

@@ -21,7 +21,8 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 env = os.environ
 WORK = env["WORK"]
 RUNS = int(env.get("RUNS", "5"))
-WORKLOADS = env.get("WORKLOADS", "secret multistage copyheavy ssh").split()
+WORKLOADS = [w for w in env.get("WORKLOADS", "secret multistage copyheavy ssh").split()
+             if w not in ("pull", "push")]  # bench/peers/pullpush.py runs those
 TOOLS = env.get("TOOLS", "kiln buildkit buildah").split()
 RESULTS = env["RESULTS"]
 DOCKERFILES = env["DOCKERFILES"]
