@@ -14,7 +14,7 @@ push, of `FROM $REG/bench/big:1` + `RUN echo app > /app` built beforehand (untim
   held    to a fresh registry whose repository already holds the base (skopeo copied it there);
   mount   to a new repository of $REG, which holds the base in bench/big (cross-repository mount).
 
-Environment: WORK RUNS KILN REG DKD RESULTS TOOLS (kiln buildkit buildah; the floor always runs), ROOT
+Environment: WORK RUNS (PUSH_RUNS for push, default RUNS) KILN REG DKD RESULTS TOOLS (kiln buildkit buildah; the floor always runs), ROOT
 (the repository clone). Appends raw times to $RESULTS/pullpush.tsv and prints a markdown table.
 """
 import json
@@ -29,6 +29,8 @@ import urllib.request
 env = os.environ
 WORK, KILN, REG, RESULTS, ROOT = env["WORK"], env["KILN"], env["REG"], env["RESULTS"], env["ROOT"]
 RUNS = int(env.get("RUNS", "5"))
+# A push to an empty registry takes BuildKit minutes (it compresses every layer again): fewer runs.
+RUNS_OF = {"pull": RUNS, "push": int(env.get("PUSH_RUNS", RUNS))}
 TOOLS = env.get("TOOLS", "kiln buildkit buildah").split()
 WORKLOADS = [w for w in env.get("WORKLOADS", "pull push").split() if w in ("pull", "push")]
 DOCKER = ["/usr/bin/docker"]
@@ -212,7 +214,7 @@ def main():
         for cell in CELLS[workload]:
             scenario = cell[0]
             who = tools + (["floor"] if workload == "pull" else [])
-            for i in range(RUNS):
+            for i in range(RUNS_OF[workload]):
                 # Tools alternate within a cell, as in run.py, so load drifts hit them alike.
                 for tool in who:
                     if workload == "pull":
