@@ -12,7 +12,7 @@
 # Usage: bench/peers.sh
 # Environment:
 #   RUNS=5                                      timed runs per tool and cell
-#   WORKLOADS="secret multistage copyheavy ssh" a subset, in order, of those and: steps apt monorepo
+#   WORKLOADS="secret multistage copyheavy ssh" a subset, in order, of those and: steps apt monorepo pull push
 #   TOOLS="kiln buildkit buildah"               a subset
 #   FLOOR=1                                     0: no floor column
 #   MONOREPO_TARGETS=10000                      the monorepo workload's size
@@ -33,7 +33,7 @@ export MONOREPO_TARGETS=${MONOREPO_TARGETS:-10000} APT_PORT=${APT_PORT:-8790}
 export APT_PACKAGES=${APT_PACKAGES:-python3 python3-pip python3-venv}
 export WORKLOADS=${WORKLOADS:-secret multistage copyheavy ssh} TOOLS=${TOOLS:-kiln buildkit buildah}
 for w in $WORKLOADS; do
-  case $w in secret | multistage | copyheavy | ssh | steps | apt | monorepo) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
+  case $w in secret | multistage | copyheavy | ssh | steps | apt | monorepo | pull | push) ;; *) echo "peers.sh: unknown workload $w" >&2; exit 2 ;; esac
 done
 for t in $TOOLS; do
   case $t in kiln | buildkit | buildah) ;; *) echo "peers.sh: unknown tool $t (kiln, buildkit, buildah)" >&2; exit 2 ;; esac
@@ -165,6 +165,11 @@ if has buildkit "$TOOLS" || has buildah "$TOOLS"; then
   [ -z "$DEBIAN_OCI" ] || push "$DEBIAN_OCI" debian
   [ -z "$APT_OCI" ] || push "$APT_OCI" apt
 fi
+# The pull and push workloads' big image (bench/peers/bigimage.sh): made once, pushed as bench/big, bench/big2.
+if has pull "$WORKLOADS" || has push "$WORKLOADS"; then
+  # shellcheck source=peers/bigimage.sh
+  source "$peers/bigimage.sh"
+fi
 
 if has ssh "$WORKLOADS"; then
   SSH_AUTH_SOCK=$("$peers/start-sshd.sh" "$WORK/ssh")
@@ -200,6 +205,12 @@ python3 "$peers/run.py" &
 py=$!
 wait "$py" || rc=$?
 py=
+if has pull "$WORKLOADS" || has push "$WORKLOADS"; then
+  ROOT=$root python3 "$peers/pullpush.py" > "$RESULTS/pullpush.md" & py=$!
+  wait "$py" || rc=$?
+  py=
+  cat "$RESULTS/pullpush.md"
+fi
 echo "load at end: $(cat /proc/loadavg)" >> "$RESULTS/env.txt"
 echo "results: $RESULTS (env.txt, times.tsv, summary.tsv, table.md, results.json, logs/)"
 exit $rc

@@ -765,6 +765,19 @@ impl Store {
         Ok(path)
     }
 
+    /// Moves a blob that was pulled (hashed against its digest as it streamed) into the blob store
+    /// without an fsync of its own. Safe because nothing trusts such a blob blindly after a crash: the
+    /// snapshots unpacked from it are not fsynced either (the store's crash model is a killed process,
+    /// whose page-cache writes survive, not a power cut), and a pulled blob is hashed again when it leaves
+    /// the store (a push hashes it as it uploads). Per blob, a sync of a 500 MB pull waits for the disk
+    /// to write everything before the next step may start.
+    pub fn adopt_pulled_blob(&self, file: &Path, digest: &Digest) -> Result<PathBuf> {
+        let path = self.blob_path(digest);
+        fs::rename(file, &path)
+            .map_err(|e| Diagnostic::io(format!("cannot store blob {digest}"), e))?;
+        Ok(path)
+    }
+
     /// Copies a blob whose digest the caller has verified into the store (a no-op when present).
     pub fn import_blob(&self, file: &Path, digest: &Digest) -> Result<PathBuf> {
         let path = self.blob_path(digest);
@@ -788,6 +801,12 @@ impl Store {
             )));
         }
         Ok(bytes)
+    }
+
+    /// The snapshot id of a base image's layer: named by its diff id, so images sharing a layer share
+    /// its snapshot, whichever registry or layout they came from.
+    pub fn base_layer_id(diff_id: &Digest) -> String {
+        format!("layer-{}", diff_id.hex())
     }
 
     pub fn layer_blob(&self, snapshot: &str) -> Option<LayerBlob> {

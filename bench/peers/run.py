@@ -26,7 +26,8 @@ from common import RESULTS, RUNS, TIMES, WORK, Failed, env, loadavg, log_path, o
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-WORKLOADS = env.get("WORKLOADS", "secret multistage copyheavy ssh").split()
+WORKLOADS = [w for w in env.get("WORKLOADS", "secret multistage copyheavy ssh").split()
+             if w not in ("pull", "push")]  # bench/peers/pullpush.py runs those
 TOOLS = env.get("TOOLS", "kiln buildkit buildah").split()
 DOCKERFILES = env["DOCKERFILES"]
 SSH_PORT = env.get("SSH_PORT", "2222")

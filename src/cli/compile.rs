@@ -31,7 +31,7 @@ pub(super) enum Mode {
     Lenient,
     /// `kiln build`: strict, and base images' configs are pulled through the build's store and
     /// registry options, so lowering sees the image the build imports.
-    Build(crate::load::Pulls),
+    Build(Box<crate::load::Pulls>),
 }
 
 impl Mode {
@@ -208,7 +208,7 @@ fn lower_options(
     let mut opts = LowerOptions {
         image_env: crate::load::image_env(match mode {
             Mode::Lenient => None,
-            Mode::Build(pulls) => Some(pulls.clone()),
+            Mode::Build(pulls) => Some((**pulls).clone()),
         }),
         lenient: mode.lenient(),
         target: args.target.clone(),

@@ -136,11 +136,12 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let tmp = store.temp_dir("push-")?;
             let dir = tmp.path().join("layout");
             crate::export::push_layout(&store, &image, &dir)?;
-            let registry = super::flags::registry_options(
+            let mut registry = super::flags::registry_options(
                 &cl,
                 &insecure_registries,
                 &super::args::MirrorArgs::default(),
             )?;
+            registry.sources = Some(crate::registry::sources_dir(store.root()));
             let pushed = crate::registry::push(&dir, Some("latest"), target, &registry)?;
             progress::stderr(&format!(
                 "pushed {name} to {target}, manifest {}\n",

@@ -51,7 +51,10 @@ impl BuildRequest {
         let flags = Flags::parse(cmd, cl)?;
         let debug = debug_shell(cmd, cl)?;
         let remote = remote(cmd, cl)?;
-        let registry = super::flags::registry_options(cl, &cmd.insecure_registries, &cmd.mirrors)?;
+        let mut registry =
+            super::flags::registry_options(cl, &cmd.insecure_registries, &cmd.mirrors)?;
+        // A build's pulls unpack each layer as it arrives, as the executor would have later.
+        registry.unpack = Some(crate::exec::userns::layer_ids);
         // Before any thread starts: an unprivileged kiln becomes root of its own user namespace here.
         crate::exec::userns::enter()?;
         let (manifest_annotations, descriptor_annotations) =
@@ -360,7 +363,7 @@ fn compile_checked(
 ) -> Result<Compiled> {
     let stdin = super::stdin::stdin_context(&cmd.compile, cl, store)?;
     let args = stdin.as_ref().unwrap_or(&cmd.compile);
-    let compiled = compile(args, cl, &Mode::Build(pulls.clone()))?;
+    let compiled = compile(args, cl, &Mode::Build(Box::new(pulls.clone())))?;
     // What `kiln check` knows, the build enforces, before any step runs (`# check=skip=` opts out).
     progress::stderr(&compiled.secret_findings.render_for_build());
     if let Some(refusal) = compiled.secret_findings.refusal() {

@@ -15,7 +15,7 @@ mod write;
 use std::io;
 use std::path::Path;
 
-pub use read::{Ids, open_blob, unpack_layer};
+pub use read::{Ids, decompress, open_blob, unpack_layer};
 pub use write::{
     Codec, LayerInfo, Part, cores, layer_digests, layer_digests_leveled, layer_digests_threaded,
     parallel_map, part_digests, write_layer, write_part,

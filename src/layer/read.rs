@@ -26,9 +26,19 @@ const XATTR_PAX_PREFIX: &[u8] = b"SCHILY.xattr.";
 
 /// Opens a layer blob as a stream of uncompressed tar bytes, chosen by its media type.
 pub fn open_blob(path: &Path, media_type: &str) -> io::Result<Box<dyn Read>> {
+    let file = File::open(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
+    decompress(BufReader::new(file), media_type)
+}
+
+/// The uncompressed tar bytes of a layer blob read from `blob`, chosen by its media type (gzip, zstd or
+/// none); anything else is `Unsupported`. Used on files and on blobs as they stream from a registry.
+pub fn decompress<'a, R: io::BufRead + 'a>(
+    blob: R,
+    media_type: &str,
+) -> io::Result<Box<dyn Read + 'a>> {
     if media_type.ends_with("+zstd") {
-        let file = std::fs::File::open(path)?;
-        return Ok(Box::new(zstd::stream::read::Decoder::new(file)?));
+        return Ok(Box::new(zstd::stream::read::Decoder::with_buffer(blob)?));
     }
     let gzip = media_type.ends_with("+gzip") || media_type.ends_with(".gzip");
     let plain = media_type.ends_with(".tar") || media_type.ends_with("+tar");
@@ -38,14 +48,11 @@ pub fn open_blob(path: &Path, media_type: &str) -> io::Result<Box<dyn Read>> {
             format!("unsupported layer media type `{media_type}`"),
         ));
     }
-    let file = File::open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display())))?;
-    let reader = BufReader::new(file);
     Ok(if gzip {
         // Some tools write layers as several concatenated gzip members.
-        Box::new(MultiGzDecoder::new(reader))
+        Box::new(MultiGzDecoder::new(blob))
     } else {
-        Box::new(reader)
+        Box::new(blob)
     })
 }
 

@@ -623,7 +623,11 @@ impl Build {
         if jobs.is_empty() {
             return Ok(());
         }
-        let pushed = crate::registry::push_all(&jobs, &self.registry, PUSHES_AT_ONCE)?;
+        let registry = crate::registry::Options {
+            sources: Some(crate::registry::sources_dir(store.root())),
+            ..self.registry.clone()
+        };
+        let pushed = crate::registry::push_all(&jobs, &registry, PUSHES_AT_ONCE)?;
         for (((root, label), (dir, name)), p) in whose.into_iter().zip(&jobs).zip(pushed) {
             let digest = p.digest;
             reporter.event(Event::Note(if p.unchanged {

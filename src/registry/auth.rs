@@ -27,6 +27,12 @@ pub struct Options {
     pub skip_verify: Vec<String>,
     /// By registry, PEM CAs trusted besides the system's (`ca = [...]` in registries.toml).
     pub ca: std::collections::BTreeMap<String, Vec<Vec<u8>>>,
+    /// Set for a build: a pull unpacks each layer into its snapshot as it downloads, for a user namespace
+    /// with the ids this returns (asked when the pull runs, after rootless kiln entered its namespace).
+    pub unpack: Option<fn() -> crate::layer::Ids>,
+    /// The store's record of where pulled blobs came from (`registry::sources_dir`): a push mounts a
+    /// blob from the repository of the same registry it was pulled from instead of sending it.
+    pub sources: Option<PathBuf>,
 }
 
 /// See [`Options::pulled`].

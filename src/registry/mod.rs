@@ -15,6 +15,8 @@ mod pull;
 mod push;
 mod reference;
 mod referrers;
+mod sources;
+mod stream;
 #[cfg(test)]
 mod tests;
 
@@ -27,6 +29,7 @@ pub(crate) use pull::{fetch_blobs, fetch_manifest, pull, resolve_digest};
 pub(crate) use push::{push, push_all, push_index, push_manifest};
 pub(crate) use reference::{ImageName, valid_component};
 pub(crate) use referrers::push_referrer;
+pub(crate) use sources::dir as sources_dir;
 
 use std::time::Duration;
 
@@ -49,3 +52,6 @@ pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 pub(super) const UPLOAD_CHUNK: usize = 4 << 20;
 /// Layers fetched at once: enough to fill a link, few enough not to upset a registry's rate limits.
 pub(super) const PARALLEL_DOWNLOADS: usize = 3;
+/// Blobs of one image sent at once: a big image's layers share the link instead of queueing behind each
+/// other, and a registry's rate limits are not upset.
+pub(super) const PARALLEL_UPLOADS: usize = 3;

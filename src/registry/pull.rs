@@ -18,6 +18,7 @@ use super::reference::ImageName;
 use super::{ACCEPT, DOCKER_LIST, MAX_INDEX_DEPTH, OCI_INDEX, PARALLEL_DOWNLOADS};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
+use crate::layer::Ids;
 use crate::platform::Platform;
 use crate::store::Store;
 
@@ -101,9 +102,10 @@ async fn pull_async(
             s.name
         ))
     })?;
-    let mut wanted = vec![descriptor(&json["config"], &s, &digest)?];
+    let config = descriptor(&json["config"], &s, &digest)?;
+    let mut layers = Vec::new();
     for layer in json["layers"].as_array().into_iter().flatten() {
-        wanted.push(descriptor(layer, &s, &digest)?);
+        layers.push(descriptor(layer, &s, &digest)?);
     }
 
     let tmp = store.temp_dir("pull-")?;
@@ -111,7 +113,19 @@ async fn pull_async(
     let blob_dir = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blob_dir)
         .map_err(|e| Diagnostic::io("cannot create a pull directory", e))?;
-    futures_util::stream::iter(wanted.iter().map(|d| fetch_blob(&s, store, d, &blob_dir)))
+    // The config first: its diff ids name the snapshots the layers unpack into as they arrive.
+    fetch_blob(&s, store, &config, &blob_dir).await?;
+    let unpack = opts
+        .unpack
+        .and_then(|ids| Some((ids(), diff_ids(store, &config, layers.len())?)));
+    // The biggest layers start first, so that the last to finish is not a big one started late.
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(layers[i].size));
+    let fetches = order.into_iter().map(|i| {
+        let into = unpack.as_ref().map(|(ids, diffs)| (*ids, &diffs[i]));
+        fetch_layer(&s, store, &layers[i], into, &blob_dir)
+    });
+    futures_util::stream::iter(fetches)
         .buffer_unordered(PARALLEL_DOWNLOADS)
         .try_collect::<Vec<()>>()
         .await?;
@@ -264,8 +278,42 @@ pub(super) fn descriptor(v: &Value, s: &Session, manifest: &str) -> Result<OciDe
     }
 }
 
+/// The diff ids of the image whose config (in the store) is `config`, one per layer; `None` when the
+/// config does not list one per layer (the import reports that, from the layout).
+fn diff_ids(store: &Store, config: &OciDescriptor, layers: usize) -> Option<Vec<Digest>> {
+    let digest = Digest::parse(&config.digest)?;
+    let json: Value = serde_json::from_slice(&store.read_blob(&digest).ok()?).ok()?;
+    let ids = json["rootfs"]["diff_ids"]
+        .as_array()?
+        .iter()
+        .map(|d| d.as_str().and_then(Digest::parse))
+        .collect::<Option<Vec<Digest>>>()?;
+    (ids.len() == layers).then_some(ids)
+}
+
+/// Puts one layer into the layout as `fetch_blob` does; with `into` (the user namespace's ids and the
+/// layer's diff id), a layer whose blob and snapshot the store lacks is unpacked while it downloads.
+async fn fetch_layer(
+    s: &Session,
+    store: &Store,
+    desc: &OciDescriptor,
+    into: Option<(Ids, &Digest)>,
+    blob_dir: &Path,
+) -> Result<()> {
+    let digest = Digest::parse(&desc.digest).expect("checked by descriptor");
+    let streamable = crate::layer::decompress(&[][..], &desc.media_type).is_ok();
+    if let Some((ids, diff_id)) = into.filter(|_| streamable)
+        && !store.blob_path(&digest).is_file()
+        && !store.snapshot_path(&Store::base_layer_id(diff_id)).is_dir()
+    {
+        super::stream::fetch_unpacked(s, store, desc, diff_id, ids).await?;
+    }
+    fetch_blob(s, store, desc, blob_dir).await
+}
+
 /// Puts one blob into the layout: linked from the store when there, else downloaded (hashed and
-/// size-checked as it streams) into the store first.
+/// size-checked as it streams) into the store first. Either way, the store notes that the blob is in
+/// this session's repository (for pushes that can mount it).
 async fn fetch_blob(
     s: &Session,
     store: &Store,
@@ -281,6 +329,13 @@ async fn fetch_blob(
             .await?;
         store.adopt_blob(&part, &digest)?;
     }
+    let sources = super::sources::dir(store.root());
+    super::sources::note(
+        &sources,
+        &digest,
+        &s.endpoint.registry,
+        &s.endpoint.repository,
+    );
     let dest = blob_dir.join(digest.hex());
     // A hard link costs no space; the store and the layout are on one filesystem unless moved by hand.
     if std::fs::hard_link(&in_store, &dest).is_err() {
@@ -314,7 +369,8 @@ async fn download(
         hasher.update(&chunk);
         file.write_all(&chunk).await?;
     }
-    file.sync_all().await?;
+    // No sync here: `Store::adopt_blob` syncs the file before renaming it into place.
+    file.flush().await?;
     let actual = Digest::from_hasher(hasher);
     if written != want || actual.as_str() != desc.digest {
         return Err(OciDistributionError::GenericError(Some(format!(

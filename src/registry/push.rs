@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt as _;
 use super::auth::Options;
 use super::client::{Session, block_on};
 use super::reference::ImageName;
-use super::{OCI_MANIFEST, UPLOAD_CHUNK};
+use super::{OCI_MANIFEST, PARALLEL_UPLOADS, UPLOAD_CHUNK};
 use crate::diag::{Diagnostic, Result};
 use crate::digest::Digest;
 
@@ -223,7 +223,8 @@ struct Staged {
     mounted: usize,
 }
 
-/// Sends the blobs the registry lacks (mounting those `sent` says another repository of it has).
+/// Sends the blobs the registry lacks, `PARALLEL_UPLOADS` at a time (mounting those another repository
+/// of it has: one this batch sent them to, or the one they were pulled from).
 async fn stage(
     name: ImageName,
     layout: &Path,
@@ -233,54 +234,95 @@ async fn stage(
     opts: &Options,
     sent: &Sent,
 ) -> Result<Staged> {
+    use futures_util::{StreamExt as _, TryStreamExt as _};
     let s = Session::open(name, opts, RegistryOperation::Push).await?;
-    let reference = s.name.oci();
-    let (mut uploaded, mut mounted) = (0, 0);
-    for (digest, size) in &blobs {
-        let slot = sent.slot(&s.name.registry, digest);
-        let mut holder = slot.lock().await;
-        if let Some(from) = holder.as_ref().filter(|r| **r != s.name.repository) {
-            let source = ImageName {
-                repository: from.clone(),
-                ..s.name.clone()
-            }
-            .oci();
-            // A registry that will not mount answers otherwise than 201: the blob is sent below.
-            if s.client
-                .mount_blob(&reference, &source, digest)
-                .await
-                .is_ok()
-            {
-                mounted += 1;
-                continue;
-            }
-        }
-        let what = format!("blob {digest}");
-        if s.retry(&what, || s.client.blob_exists(&reference, digest))
-            .await?
-        {
-            holder.get_or_insert_with(|| s.name.repository.clone());
-            continue;
-        }
-        let path = crate::oci::blob_path(layout, digest)
-            .map_err(|e| Diagnostic::env(format!("cannot push `{}`: {e}", s.name)))?;
-        s.retry(&what, || async {
-            let stream = upload_stream(path.clone(), digest.clone()).await?;
-            s.client
-                .push_blob_stream(&reference, stream, digest, Some(*size))
-                .await
-        })
-        .await?;
-        uploaded += 1;
-        *holder = Some(s.name.repository.clone());
-    }
+    let sources = opts.sources.as_deref();
+    let outcomes: Vec<Outcome> = futures_util::stream::iter(
+        blobs
+            .iter()
+            .map(|(digest, size)| send_blob(&s, layout, digest, *size, sources, sent)),
+    )
+    .buffer_unordered(PARALLEL_UPLOADS)
+    .try_collect()
+    .await?;
+    let count = |o: Outcome| outcomes.iter().filter(|x| **x == o).count();
     Ok(Staged {
-        s,
         manifest,
         manifest_digest,
-        uploaded,
-        mounted,
+        uploaded: count(Outcome::Uploaded),
+        mounted: count(Outcome::Mounted),
+        s,
     })
+}
+
+/// What became of one blob of a push.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    There,
+    Mounted,
+    Uploaded,
+}
+
+/// One blob: mounted from the repository this batch sent it to, else left alone when the repository
+/// has it (HEAD), else mounted from the repository it was pulled from, else sent.
+async fn send_blob(
+    s: &Session,
+    layout: &Path,
+    digest: &String,
+    size: u64,
+    sources: Option<&Path>,
+    sent: &Sent,
+) -> Result<Outcome> {
+    let reference = s.name.oci();
+    let slot = sent.slot(&s.name.registry, digest);
+    let mut holder = slot.lock().await;
+    let batch = holder.clone().filter(|r| *r != s.name.repository);
+    if let Some(from) = batch
+        && mount(s, &from, digest).await
+    {
+        return Ok(Outcome::Mounted);
+    }
+    let what = format!("blob {digest}");
+    if s.retry(&what, || s.client.blob_exists(&reference, digest))
+        .await?
+    {
+        holder.get_or_insert_with(|| s.name.repository.clone());
+        return Ok(Outcome::There);
+    }
+    let pulled_from = sources
+        .and_then(|dir| super::sources::repository_on(dir, digest, &s.name.registry))
+        .filter(|r| *r != s.name.repository);
+    if let Some(from) = pulled_from
+        && mount(s, &from, digest).await
+    {
+        *holder = Some(s.name.repository.clone());
+        return Ok(Outcome::Mounted);
+    }
+    let path = crate::oci::blob_path(layout, digest)
+        .map_err(|e| Diagnostic::env(format!("cannot push `{}`: {e}", s.name)))?;
+    s.retry(&what, || async {
+        let stream = upload_stream(path.clone(), digest.clone()).await?;
+        s.client
+            .push_blob_stream(&reference, stream, digest, Some(size))
+            .await
+    })
+    .await?;
+    *holder = Some(s.name.repository.clone());
+    Ok(Outcome::Uploaded)
+}
+
+/// Asks the registry to mount `digest` from its repository `from` into the session's. A registry that
+/// will not (it answers otherwise than 201) has the blob sent instead.
+async fn mount(s: &Session, from: &str, digest: &str) -> bool {
+    let source = ImageName {
+        repository: from.to_string(),
+        ..s.name.clone()
+    }
+    .oci();
+    s.client
+        .mount_blob(&s.name.oci(), &source, digest)
+        .await
+        .is_ok()
 }
 
 /// Puts a staged push's manifest, unless the tag already names it.

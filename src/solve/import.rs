@@ -148,7 +148,7 @@ fn import_image<E: Executor>(
     for (desc, diff_id) in image.manifest.layers().iter().zip(&diff_ids) {
         let diff = Digest::parse(diff_id)
             .ok_or_else(|| Diagnostic::input(format!("bad diff id `{diff_id}`")))?;
-        let snapshot = format!("layer-{}", diff.hex());
+        let snapshot = Store::base_layer_id(&diff);
         let digest = Digest::parse(desc.digest().as_ref())
             .ok_or_else(|| Diagnostic::input(format!("bad layer digest `{}`", desc.digest())))?;
         let have_snapshot = store.snapshot_path(&snapshot).is_dir();

@@ -41,6 +41,7 @@ mod platform_attest;
 mod progress;
 mod registry;
 mod registry_base;
+mod registry_pull;
 mod release;
 mod remote;
 mod remote_faults;
