@@ -124,7 +124,7 @@ fi
 # (peers/make-apt-image.sh), cached under the hash of the scripts and the package list.
 export APT_OCI=
 if has apt "$WORKLOADS"; then
-  hash=$(cat "$peers/make-apt-image.sh" "$peers/pack-rootfs.py" <(echo "$APT_PACKAGES") | sha256sum | cut -c1-16)
+  hash=$(cat "$peers/make-apt-image.sh" tests/fixtures/pack-rootfs.py <(echo "$APT_PACKAGES") | sha256sum | cut -c1-16)
   APT_OCI=$WORK/cache/apt-image-$hash APT_REPO=$WORK/cache/apt-repo-$hash
   if [ ! -f "$APT_OCI/index.json" ] || [ ! -f "$APT_REPO/Release" ]; then
     rm -rf "$WORK"/cache/apt-image-* "$WORK"/cache/apt-repo-*; mkdir -p "$WORK/cache"

@@ -49,4 +49,7 @@ echo "$repo: $(find "$repo" -name '*.deb' | wc -l) packages, $(du -sh "$repo" | 
 rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/* "$r"/debootstrap "$r"/var/log/*
 : > "$r/etc/apt/sources.list"
 rm -f "$r"/etc/apt/sources.list.d/* "$r/etc/resolv.conf"
-python3 "$(dirname "$0")/pack-rootfs.py" "$r" "$dest" "make-apt-image.sh debootstrap --variant=minbase $suite"
+# Packed as the tests pack their Debian images (tests/fixtures/pack-rootfs.py), tag `latest`.
+python3 "$(dirname "$0")/../../tests/fixtures/pack-rootfs.py" "$dest" latest "$r" "$(dpkg --print-architecture)" \
+  '["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]' /bin/sh \
+  "make-apt-image.sh debootstrap --variant=minbase $suite"
