@@ -246,9 +246,10 @@ fn parse_lower_digest(bencher: divan::Bencher, corpus_name: &str) {
 }
 
 /// A generated monorepo (bench/gen-monorepo.py) of 2,000 targets: load and check every package, evaluate
-/// every target, build the graph and print it, as `kiln graph //...` does.
-#[divan::bench(sample_count = 10)]
-fn monorepo_2000_targets(bencher: divan::Bencher) {
+/// every target, build the graph and print it, as `kiln graph //...` does; with no evaluation cache
+/// (`cached: false`), and with one a previous run filled (every unit replayed).
+#[divan::bench(sample_count = 10, args = [false, true])]
+fn monorepo_2000_targets(bencher: divan::Bencher, cached: bool) {
     let dir = tempfile::tempdir().expect("temp dir");
     let root = dir.path().join("repo");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/gen-monorepo.py");
@@ -267,7 +268,8 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
     };
     let params = Default::default();
     let all = vec!["//...".to_string()];
-    bencher.counter(ItemsCount::new(2000usize)).bench(|| {
+    let cache = dir.path().join("evalcache");
+    let run = || {
         let mut notes = Vec::new();
         let source = kiln::Source::Labels {
             root: &root,
@@ -275,9 +277,12 @@ fn monorepo_2000_targets(bencher: divan::Bencher) {
             labels: &all,
             params: &params,
             notes: &mut notes,
+            eval_cache: cached.then(|| cache.clone()),
         };
         let compiled = kiln::compile(source, &opts).expect("compiles");
         let graph = kiln::plan(&compiled.program);
         graph.render_text().len()
-    });
+    };
+    run();
+    bencher.counter(ItemsCount::new(2000usize)).bench(run);
 }

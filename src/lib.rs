@@ -82,6 +82,8 @@ pub enum Source<'a> {
         /// Where the program's `print(...)` notes go, in order, also when compiling fails (the caller
         /// shows them).
         notes: &'a mut Vec<diag::Note>,
+        /// The workspace's evaluation cache file (`load::EvalCache::path_in`); `None`: none.
+        eval_cache: Option<std::path::PathBuf>,
     },
 }
 
@@ -146,10 +148,22 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             labels,
             params,
             notes,
+            eval_cache,
         } => {
             let mut session = Session::new(Some(root.to_path_buf()));
-            let selected = monorepo::expand_labels(&mut session, cwd, labels)?;
-            let lowered = load::lower_targets(&mut session, &selected, &build_options(params));
+            if let Some(path) = eval_cache {
+                session = session.with_cache(path);
+            }
+            let selected = monorepo::expand_labels(&mut session, cwd, labels);
+            let lowered = selected
+                .and_then(|s| load::lower_targets(&mut session, &s, &build_options(params)));
+            session.save_cache();
+            if std::env::var_os("KILN_EVAL_STATS").is_some() {
+                let (replayed, evaluated) = session.stats;
+                progress::stderr(&format!(
+                    "evaluation: {replayed} units replayed from the cache, {evaluated} evaluated\n"
+                ));
+            }
             notes.append(&mut session.notes);
             unknown_params(&session, params, opts)?;
             if !opts.lenient {
@@ -173,16 +187,12 @@ fn unknown_params(
     params: &std::collections::BTreeMap<String, String>,
     opts: &frontend::LowerOptions,
 ) -> diag::Result<()> {
-    use frontend::buildfile::syntax::ItemKind;
     let declared: std::collections::BTreeSet<&str> = session
         .modules
         .iter()
         .filter(|m| !m.path.starts_with("@std"))
-        .flat_map(|m| &m.module.items)
-        .filter_map(|i| match &i.kind {
-            ItemKind::Param { name, .. } => Some(name.name.as_str()),
-            _ => None,
-        })
+        .flat_map(|m| &m.summary.params)
+        .map(String::as_str)
         .collect();
     let Some(name) = params.keys().find(|k| !declared.contains(k.as_str())) else {
         return Ok(());
@@ -210,7 +220,6 @@ fn unknown_params(
 /// loaded module and is no quoted key in one (as `.arg({"NAME": ...})` writes it). Generous on purpose:
 /// a name in quotes anywhere counts as read, so the warning is never wrong, only sometimes missing.
 fn warn_unused_build_args(session: &load::Session, opts: &frontend::LowerOptions) {
-    use frontend::buildfile::syntax::ItemKind;
     let modules: Vec<_> = session
         .modules
         .iter()
@@ -222,11 +231,7 @@ fn warn_unused_build_args(session: &load::Session, opts: &frontend::LowerOptions
         .map(String::as_str)
         .filter(|k| {
             !modules.iter().any(|m| {
-                m.module
-                    .items
-                    .iter()
-                    .any(|i| matches!(&i.kind, ItemKind::Param { name, .. } if name.name == *k))
-                    || m.module.file.text.contains(&format!("\"{k}\""))
+                m.summary.params.iter().any(|p| p == k) || m.file.text.contains(&format!("\"{k}\""))
             })
         })
         .filter(|k| !frontend::image::predefined_arg(k))

@@ -406,6 +406,8 @@ impl Store {
         let _ = fs::create_dir_all(self.root.join("tmp"));
         // Pulled image layouts hard-link store blobs; a later pull rebuilds them from the registry.
         let _ = fs::remove_dir_all(self.root.join("images"));
+        // `.build` evaluation caches (load::EvalCache): the next compile of a workspace rebuilds its own.
+        let _ = fs::remove_dir_all(self.root.join("evalcache"));
         // Oldest first: cache records by last use, cache mounts by last write.
         let mut entries: Vec<(std::time::SystemTime, PathBuf)> = ["cache", "caches"]
             .iter()

@@ -463,6 +463,11 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
     let root = monorepo_root()?;
     let opts = build_options(args, cl, mode, &root)?;
     let mut notes = Vec::new();
+    // In the store the build uses; compile-only commands use the default store's.
+    let store = match mode {
+        Mode::Build(pulls) => pulls.store_root().to_path_buf(),
+        Mode::Lenient => crate::store::Store::default_root(),
+    };
     let compiled = crate::compile(
         crate::Source::Labels {
             root: &root,
@@ -470,6 +475,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
             labels: &args.inputs,
             params: &opts.params,
             notes: &mut notes,
+            eval_cache: Some(crate::load::EvalCache::path_in(&store, &root)),
         },
         &opts.lower,
     );

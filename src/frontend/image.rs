@@ -7,7 +7,7 @@ use crate::graph::NodeId;
 use crate::graph::op::{ConfigOp, Healthcheck, HistoryEntry, Inherit};
 
 /// An image under construction: the state a Dockerfile stage and a `.build` `Image` value both carry.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ImageState {
     pub(crate) fs: NodeId,
     /// ENV set so far (or inherited from a parent stage), in order of first setting.

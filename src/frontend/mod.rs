@@ -31,7 +31,7 @@ type ImageEnvFn = dyn Fn(&str, &crate::platform::Platform) -> crate::diag::Resul
     + Sync;
 
 /// What lowering needs of a base image's config.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BaseConfig {
     pub env: Vec<(String, String)>,
     /// The image's WorkingDir, when it names one.

@@ -8,7 +8,9 @@
 use super::op::{Network, RunOp};
 use crate::diag::Located;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Entitlement {
     /// The host's network namespace (`RUN --network=host`).
     NetworkHost,

@@ -5,11 +5,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
+use super::evalcache::{EvalCache, FileSummary};
 use crate::diag::{Diagnostic, Located, Note, Result, SourceFile};
+use crate::digest::Digest;
 use crate::frontend::buildfile::check::Interface;
 use crate::frontend::buildfile::lower::{
-    EvalOptions, Loader, Lowered, PackageContexts, lower_module, lower_targets as lower_roots,
+    EvalOptions, Loader, Lowered, PackageContexts, UnitRecord, lower_module,
+    lower_targets as lower_roots,
 };
 use crate::frontend::buildfile::syntax::{ItemKind, Module};
 use crate::frontend::lint::Finding;
@@ -31,9 +35,15 @@ pub const ROOT_MARKER: &str = "kiln.toml";
 
 /// A loaded, checked module.
 pub struct Loaded {
-    /// Shared, so evaluation can hold a module's items while it evaluates them (no copies of the tree).
-    pub module: std::sync::Arc<Module>,
-    pub iface: Interface,
+    /// The parsed module (shared, so evaluation can hold its items while it evaluates them) and what
+    /// the checker found. Parsed when loaded, unless the evaluation cache knows the module passed the
+    /// checker (same text, same imports): then when something first needs its source.
+    parsed: OnceLock<(Arc<Module>, Interface)>,
+    pub file: Arc<SourceFile>,
+    /// Its imports, targets and params, known without parsing.
+    pub summary: Arc<FileSummary>,
+    /// The digest of its path, text and imports' keys: what evaluation results are cached under.
+    pub key: Digest,
     /// Import alias → module index.
     pub imports: HashMap<String, usize>,
     /// The directory `context(".")` means, and the package label (`//services/api`) in a monorepo.
@@ -61,6 +71,12 @@ pub struct Session {
     pub findings: Vec<crate::frontend::lint::Finding>,
     /// The program's `print(...)` notes, in the order evaluation reached them, for the driver to show.
     pub notes: Vec<Note>,
+    /// The workspace's evaluation cache, when the driver opened one.
+    cache: Option<EvalCache>,
+    /// Modules by file name (`SourceFile::name`), for cached records that name them.
+    by_name: HashMap<String, usize>,
+    /// Units replayed and evaluated by the last evaluation.
+    pub stats: (usize, usize),
 }
 
 impl Session {
@@ -74,7 +90,46 @@ impl Session {
             loading: Vec::new(),
             findings: Vec::new(),
             notes: Vec::new(),
+            cache: None,
+            by_name: HashMap::new(),
+            stats: (0, 0),
         }
+    }
+
+    /// Keeps evaluation results in (and takes them from) the cache file at `path`.
+    pub fn with_cache(mut self, path: PathBuf) -> Session {
+        self.cache = Some(EvalCache::open(path));
+        self
+    }
+
+    /// Writes back what this session added to its evaluation cache.
+    pub fn save_cache(&mut self) {
+        if let Some(c) = self.cache.take() {
+            c.save();
+        }
+    }
+
+    /// The module at `index`, parsed and checked (now, if the cache had spared that so far).
+    pub fn parsed(&self, index: usize) -> &(Arc<Module>, Interface) {
+        let m = &self.modules[index];
+        m.parsed.get_or_init(|| {
+            let parsed = crate::frontend::buildfile::syntax::parse(&m.file);
+            let deps: Vec<(String, usize, &Interface)> = m
+                .imports
+                .iter()
+                .map(|(a, &i)| (a.clone(), i, &self.parsed(i).1))
+                .collect();
+            // The cache says this text with these imports parsed and checked; should it not (a cache
+            // written by another version of kiln), the module is empty and the checker's error is
+            // shown when the program is checked again without the cache.
+            match parsed.and_then(|module| {
+                let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
+                Ok((Arc::new(module), iface))
+            }) {
+                Ok(p) => p,
+                Err(_) => empty_module(&m.file),
+            }
+        })
     }
 
     /// The error for a file imported while it is being loaded: the path from it back to itself
@@ -154,35 +209,55 @@ impl Session {
                 .map_err(|e| Diagnostic::io(format!("cannot read {}", key.display()), e))?;
             (display_name(&key, self.root.as_deref()), text)
         };
+        let digest = Digest::of(text.as_bytes());
         let file = SourceFile::new(name, text);
-        let module = crate::frontend::buildfile::syntax::parse(&file)?;
+        let known = self.cache.as_ref().and_then(|c| c.summary(&digest));
+        let (summary, mut parsed) = match known {
+            Some(s) => (s, None),
+            None => {
+                let module = crate::frontend::buildfile::syntax::parse(&file)?;
+                plain_imports(&module)?;
+                (Arc::new(summarize(&module)), Some(module))
+            }
+        };
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
         self.loading.push((key.clone(), from));
         let mut imports = HashMap::new();
-        for item in &module.items {
-            if let ItemKind::Import { path: p, alias } = &item.kind {
-                let at = Located::new(&file, p.span);
-                let Some(spec) = p.as_plain_str() else {
-                    return Err(
-                        Diagnostic::at(&file, p.span, "an import path is a plain string")
-                            .help("write `import \"//lib/x.build\" as x`"),
-                    );
-                };
-                let target = self.resolve_import(&spec, &dir, &at)?;
-                let idx = self.load(&target, Some(at))?;
-                imports.insert(alias.name.clone(), idx);
-            }
+        let mut h = crate::digest::Encoder::new("kiln/module/v1");
+        h.str(&key.to_string_lossy()).digest(&digest);
+        for (alias, spec, span) in &summary.imports {
+            let at = Located::new(&file, *span);
+            let target = self.resolve_import(spec, &dir, &at)?;
+            let idx = self.load(&target, Some(at))?;
+            h.str(alias).digest(&self.modules[idx].key);
+            imports.insert(alias.clone(), idx);
         }
         self.loading.pop();
-        let deps: Vec<(String, usize, &Interface)> = imports
-            .iter()
-            .map(|(a, &i)| (a.clone(), i, &self.modules[i].iface))
-            .collect();
-        let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
+        let module_key = h.finish();
+        let lazy = parsed.is_none() && self.cache.as_ref().is_some_and(|c| c.checked(&module_key));
+        let cell = OnceLock::new();
+        if !lazy {
+            let module = match parsed.take() {
+                Some(m) => m,
+                None => crate::frontend::buildfile::syntax::parse(&file)?,
+            };
+            let deps: Vec<(String, usize, &Interface)> = imports
+                .iter()
+                .map(|(a, &i)| (a.clone(), i, &self.parsed(i).1))
+                .collect();
+            let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
+            let _ = cell.set((Arc::new(module), iface));
+            if let Some(c) = &mut self.cache {
+                c.add_module(digest, summary.clone(), module_key.clone());
+            }
+        }
         let package = self.package_of(&dir);
+        self.by_name.insert(file.name.clone(), self.modules.len());
         self.modules.push(Loaded {
-            module: std::sync::Arc::new(module),
-            iface,
+            parsed: cell,
+            file,
+            summary,
+            key: module_key,
             imports,
             dir,
             package,
@@ -223,13 +298,10 @@ impl Session {
     /// The names of the targets of the module at `module`, in file order.
     pub fn targets(&self, module: usize) -> Vec<String> {
         self.modules[module]
-            .module
-            .items
+            .summary
+            .targets
             .iter()
-            .filter_map(|i| match &i.kind {
-                ItemKind::Target { name, .. } => Some(name.name.clone()),
-                _ => None,
-            })
+            .map(|(t, _)| t.clone())
             .collect()
     }
 
@@ -304,13 +376,127 @@ fn display_name(path: &Path, root: Option<&Path>) -> String {
     path.to_string_lossy().to_string()
 }
 
+/// Refuses an import whose path is not a plain string (it must be known before anything is evaluated).
+fn plain_imports(module: &Module) -> Result<()> {
+    for item in &module.items {
+        if let ItemKind::Import { path: p, .. } = &item.kind
+            && p.as_plain_str().is_none()
+        {
+            return Err(
+                Diagnostic::at(&module.file, p.span, "an import path is a plain string")
+                    .help("write `import \"//lib/x.build\" as x`"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What loading needs of a parsed module.
+fn summarize(module: &Module) -> FileSummary {
+    let mut s = FileSummary::default();
+    for item in &module.items {
+        match &item.kind {
+            ItemKind::Import { path, alias } => s.imports.push((
+                alias.name.clone(),
+                // Not a plain string: the error is the checker's, when the module is checked.
+                path.as_plain_str().unwrap_or_default(),
+                path.span,
+            )),
+            ItemKind::Target {
+                name,
+                tags,
+                platforms,
+                ..
+            } => s
+                .targets
+                .push((name.name.clone(), tags.is_some() || platforms.is_some())),
+            ItemKind::Param { name, .. } => s.params.push(name.name.clone()),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn empty_module(file: &Arc<SourceFile>) -> (Arc<Module>, Interface) {
+    let module = Module {
+        file: file.clone(),
+        items: Vec::new(),
+        comments: Vec::new(),
+    };
+    let iface = crate::frontend::buildfile::check::check(&module, &[]).unwrap_or_default();
+    (Arc::new(module), iface)
+}
+
 impl Loader for Session {
-    fn module(&self, index: usize) -> &std::sync::Arc<Module> {
-        &self.modules[index].module
+    fn module(&self, index: usize) -> &Arc<Module> {
+        &self.parsed(index).0
     }
 
     fn interface(&self, index: usize) -> &Interface {
-        &self.modules[index].iface
+        &self.parsed(index).1
+    }
+
+    fn file(&self, index: usize) -> &Arc<SourceFile> {
+        &self.modules[index].file
+    }
+
+    fn is_target(&self, index: usize, name: &str) -> bool {
+        self.modules[index]
+            .summary
+            .targets
+            .iter()
+            .any(|(t, _)| t == name)
+    }
+
+    fn targets(&self, index: usize) -> Vec<String> {
+        Session::targets(self, index)
+    }
+
+    fn has_clauses(&self, index: usize, name: &str) -> bool {
+        self.modules[index]
+            .summary
+            .targets
+            .iter()
+            .any(|(t, c)| t == name && *c)
+    }
+
+    fn caching(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    fn module_key(&self, index: usize) -> Option<Digest> {
+        Some(self.modules[index].key.clone())
+    }
+
+    fn cached_unit(&self, key: &Digest) -> Option<UnitRecord> {
+        self.cache.as_ref()?.unit(key)
+    }
+
+    fn keep_unit(&mut self, key: Digest, record: &UnitRecord) {
+        if let Some(c) = &mut self.cache {
+            c.keep_unit(key, record);
+        }
+    }
+
+    fn module_by_name(&mut self, name: &str) -> Result<usize> {
+        if let Some(&i) = self.by_name.get(name) {
+            return Ok(i);
+        }
+        let path = match (&self.root, Path::new(name)) {
+            (_, p) if p.is_absolute() || name.starts_with("@std/") => p.to_path_buf(),
+            (Some(root), p) => root.join(p),
+            (None, p) => p.to_path_buf(),
+        };
+        self.load(&path, None)
+    }
+
+    fn file_named(&self, name: &str) -> Option<Arc<SourceFile>> {
+        let &i = self.by_name.get(name)?;
+        Some(self.modules[i].file.clone())
+    }
+
+    fn eval_stats(&mut self, replayed: usize, evaluated: usize) {
+        self.stats = (replayed, evaluated);
     }
 
     fn dir(&self, index: usize) -> &Path {
@@ -337,8 +523,8 @@ impl Loader for Session {
         &mut self.findings
     }
 
-    fn note(&mut self, note: Note) {
-        self.notes.push(note);
+    fn notes(&mut self) -> &mut Vec<Note> {
+        &mut self.notes
     }
 }
 

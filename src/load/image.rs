@@ -28,6 +28,11 @@ pub struct Pulls {
 }
 
 impl Pulls {
+    /// The store the build pulls into (its evaluation cache lives there too).
+    pub fn store_root(&self) -> &std::path::Path {
+        self.store.root()
+    }
+
     pub fn new(store: Arc<Store>, registry: crate::registry::Options) -> Pulls {
         Pulls {
             store,

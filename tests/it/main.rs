@@ -21,6 +21,7 @@ mod dir_targets;
 mod dockerignore;
 mod errors;
 mod escape;
+mod evalcache;
 mod example;
 mod from_image;
 mod graph;

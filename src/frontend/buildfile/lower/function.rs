@@ -17,41 +17,7 @@ impl Evaluator<'_> {
         Ok(match name {
             "platform" => Value::Str(self.opts.lower.platform.to_string()),
             "build_platform" => Value::Str(self.opts.lower.build_platform.to_string()),
-            "image" => {
-                let r = v[0].str().to_string();
-                let platform = self.image_platform(v.get(1), arg_span(1))?;
-                if r.starts_with("//") || r.starts_with(':') {
-                    return self.label_image(&r, arg_span(0));
-                }
-                if r.is_empty() {
-                    return Err(self
-                        .err(arg_span(0), "image() names an empty reference")
-                        .help("give a reference such as `debian:bookworm`, or `scratch()`"));
-                }
-                let (leaf, resolved) = match self.opts.lower.contexts.get(&r) {
-                    Some(NamedContext::Image(to)) => {
-                        let to = to.clone();
-                        (self.image_leaf(&to, arg_span(0), &platform), to)
-                    }
-                    _ => (self.image_leaf(&r, arg_span(0), &platform), r.clone()),
-                };
-                let at = crate::diag::Located::new(&self.file(), arg_span(0));
-                let env = self.opts.lower.image_env.get(&resolved, &platform, at)?;
-                if !env.onbuild.is_empty() {
-                    // A Dockerfile built on it would run them first; `.build` has no instructions to
-                    // run them as, and building without them would give another image.
-                    return Err(self
-                        .err(
-                            arg_span(0),
-                            format!(
-                                "`{r}` has ONBUILD triggers ({}), which a `.build` program cannot run",
-                                env.onbuild.join("; ")
-                            ),
-                        )
-                        .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
-                }
-                Value::Image(Box::new(self.new_image(leaf, env, &platform)))
-            }
+            "image" => return self.image_function(&v, arg_span(0), arg_span(1)),
             "dir" => return self.label_dir(v[0].str(), arg_span(0)),
             "scratch" => {
                 let platform = self.opts.lower.platform.clone();
@@ -157,6 +123,48 @@ impl Evaluator<'_> {
     }
 
     /// The text helpers: `join`, `print`, and the shell-pattern trims a converted `${X#p}`/`${X%p}` calls.
+    /// `image(reference)`: a base image (its config resolved when building), or a target's by label.
+    fn image_function(&mut self, v: &[Value], span: Span, platform_span: Span) -> Result<Value> {
+        let r = v[0].str().to_string();
+        let platform = self.image_platform(v.get(1), platform_span)?;
+        if r.starts_with("//") || r.starts_with(':') {
+            return self.label_image(&r, span);
+        }
+        if r.is_empty() {
+            return Err(self
+                .err(span, "image() names an empty reference")
+                .help("give a reference such as `debian:bookworm`, or `scratch()`"));
+        }
+        let (leaf, resolved) = match self.opts.lower.contexts.get(&r) {
+            Some(NamedContext::Image(to)) => {
+                let to = to.clone();
+                (self.image_leaf(&to, span, &platform), to)
+            }
+            _ => (self.image_leaf(&r, span, &platform), r.clone()),
+        };
+        let at = crate::diag::Located::new(&self.file(), span);
+        let env = self
+            .opts
+            .lower
+            .image_env
+            .get(&resolved, &platform, at.clone())?;
+        self.record_base(&resolved, &platform, &at, &env);
+        if !env.onbuild.is_empty() {
+            // A Dockerfile built on it would run them first; `.build` has no instructions to
+            // run them as, and building without them would give another image.
+            return Err(self
+                .err(
+                    span,
+                    format!(
+                        "`{r}` has ONBUILD triggers ({}), which a `.build` program cannot run",
+                        env.onbuild.join("; ")
+                    ),
+                )
+                .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
+        }
+        Ok(Value::Image(Box::new(self.new_image(leaf, env, &platform))))
+    }
+
     fn text_function(
         &mut self,
         name: &str,
@@ -168,10 +176,12 @@ impl Evaluator<'_> {
             "join" => return Ok(Value::Str(v[0].strs().join(v[1].str()))),
             "print" => {
                 let at = self.at(span).expect("located");
-                self.loader.note(Note {
+                let note = Note {
                     at,
                     message: v[0].str().to_string(),
-                });
+                };
+                self.record_note(&note);
+                self.loader.notes().push(note);
                 return Ok(v[0].clone());
             }
             _ => {}
@@ -209,11 +219,14 @@ impl Evaluator<'_> {
                 format!("{package}/{}", p.trim_start_matches("./")),
             ),
         };
-        if !self.loader.is_dir(&dir) {
+        let is_dir = self.loader.is_dir(&dir);
+        self.record_is_dir(&dir, is_dir);
+        if !is_dir {
             return Err(self
                 .err(span, format!("`{}` is not a directory", dir.display()))
                 .help("context() names a directory relative to the package"));
         }
+        self.record_context(&name, &dir);
         self.contexts.insert(name.clone(), dir);
         Ok(self.context_leaf(&name))
     }
@@ -285,8 +298,7 @@ impl Evaluator<'_> {
 
     pub(super) fn inline_node(&mut self, files: Vec<(String, String)>, span: Span) -> NodeId {
         let at = self.at(span);
-        self.program
-            .push(Op::Inline { files }, vec![], "inline files".into(), at)
+        self.push(Op::Inline { files }, vec![], "inline files".into(), at)
     }
 
     pub(super) fn remote_node(
@@ -298,7 +310,7 @@ impl Evaluator<'_> {
     ) -> NodeId {
         let at = self.at(span);
         let name = format!("fetch {}", crate::graph::remote::redacted(&url));
-        self.program.push(
+        self.push(
             Op::Remote {
                 url,
                 checksum,

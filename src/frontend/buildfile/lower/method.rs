@@ -32,7 +32,7 @@ impl Evaluator<'_> {
             let p = crate::platform::Platform::from_graph(img.platform.as_deref());
             name = format!("[{p}] {name}");
         }
-        img.fs = self.program.push(op, inputs, name, at);
+        img.fs = self.push(op, inputs, name, at);
         img.history(created_by, true);
     }
 
@@ -303,7 +303,7 @@ impl Evaluator<'_> {
         }
         let scratch = self.image_leaf("scratch", span, &crate::platform::Platform::amd64());
         let at = self.at(span);
-        let node = self.program.push(
+        let node = self.push(
             Op::Copy(CopyOp {
                 sources: vec![path.clone()],
                 dest: "/".into(),

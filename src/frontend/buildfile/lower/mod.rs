@@ -12,12 +12,16 @@ mod eval;
 mod function;
 mod method;
 mod run;
+mod unit;
+
+pub use unit::UnitRecord;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Located, Note, Result, SourceFile, Span, suggest};
+use crate::digest::Digest;
 use crate::frontend::buildfile::check::{self as types, Interface, Ty, Use};
 use crate::frontend::buildfile::syntax::{
     Arg, BinOp, Expr, ExprKind, FnDef, ItemKind, Module, StrPart,
@@ -38,7 +42,7 @@ use crate::graph::{NamedContext, NodeId, Program, Root};
 /// The state of an image under construction: a Dockerfile stage's state.
 type Img = ImageState;
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum MountValue {
     Secret(SecretMount),
     Ssh {
@@ -74,7 +78,7 @@ enum MountValue {
     },
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Value {
     Str(String),
     Int(u64),
@@ -171,8 +175,43 @@ pub trait Loader {
     fn is_dir(&self, path: &Path) -> bool;
     /// What the secret checks found in the steps evaluated so far (`kiln build` refuses on errors).
     fn findings(&mut self) -> &mut Vec<Finding>;
-    /// A `print(...)` of the program, shown as it is evaluated.
-    fn note(&mut self, note: Note);
+    /// The program's `print(...)` notes so far, in order (the driver shows them).
+    fn notes(&mut self) -> &mut Vec<Note>;
+    /// The source file of the module at `index` (read, not necessarily parsed).
+    fn file(&self, index: usize) -> &Arc<SourceFile>;
+    /// Whether the module at `index` has a target `name` (known without parsing a cached module).
+    fn is_target(&self, index: usize, name: &str) -> bool;
+    /// Its targets' names, in file order.
+    fn targets(&self, index: usize) -> Vec<String>;
+    /// Whether evaluation results are kept between runs (see `unit`).
+    fn caching(&self) -> bool {
+        false
+    }
+    /// The digest of the module at `index` as evaluation sees it (its path, text and imports' digests);
+    /// `None`: its globals are not cached.
+    fn module_key(&self, _index: usize) -> Option<Digest> {
+        None
+    }
+    /// The record a previous run kept for unit `key`.
+    fn cached_unit(&self, _key: &Digest) -> Option<UnitRecord> {
+        None
+    }
+    /// Keeps the record of unit `key` for later runs.
+    fn keep_unit(&mut self, _key: Digest, _record: &UnitRecord) {}
+    /// The module whose file is named `name` (as `SourceFile::name` says), loaded if need be.
+    fn module_by_name(&mut self, _name: &str) -> Result<usize> {
+        Err(Diagnostic::input("no module cache"))
+    }
+    /// The loaded module's file named `name`.
+    fn file_named(&self, _name: &str) -> Option<Arc<SourceFile>> {
+        None
+    }
+    /// Whether target `name` of the module at `index` may have a `tagged` or `for` clause.
+    fn has_clauses(&self, _index: usize, _name: &str) -> bool {
+        true
+    }
+    /// Units replayed and evaluated by the last evaluation (for `KILN_EVAL_STATS`).
+    fn eval_stats(&mut self, _replayed: usize, _evaluated: usize) {}
 }
 
 pub struct Evaluator<'s> {
@@ -194,10 +233,13 @@ pub struct Evaluator<'s> {
     pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
     /// The targets being evaluated, innermost last.
     current: Vec<String>,
+    /// Recording and replaying units (see `unit`).
+    units: unit::Units,
 }
 
 impl<'s> Evaluator<'s> {
     fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Evaluator<'s> {
+        let units = unit::Units::new(loader.caching().then(|| unit::options_digest(opts)));
         Evaluator {
             loader,
             opts,
@@ -210,7 +252,14 @@ impl<'s> Evaluator<'s> {
             scopes: Vec::new(),
             deps: BTreeMap::new(),
             current: Vec::new(),
+            units,
         }
+    }
+
+    /// Tells the loader how many units were replayed and evaluated.
+    fn report(&mut self) {
+        let (r, e) = (self.units.replayed, self.units.evaluated);
+        self.loader.eval_stats(r, e);
     }
 
     /// `//pkg:name` in a monorepo, `name` otherwise.
@@ -219,24 +268,12 @@ impl<'s> Evaluator<'s> {
     }
 
     fn is_target(&self, module: usize, name: &str) -> bool {
-        self.loader
-            .module(module)
-            .items
-            .iter()
-            .any(|i| matches!(&i.kind, ItemKind::Target { name: n, .. } if n.name == name))
+        self.loader.is_target(module, name)
     }
 
     /// The names of the targets of a module, in file order.
     fn targets(&self, module: usize) -> Vec<String> {
-        self.loader
-            .module(module)
-            .items
-            .iter()
-            .filter_map(|i| match &i.kind {
-                ItemKind::Target { name, .. } => Some(name.name.clone()),
-                _ => None,
-            })
-            .collect()
+        self.loader.targets(module)
     }
 
     /// Adds each `(module, target)` of `roots` as a root named by its label; a diagnostic that points
@@ -270,6 +307,9 @@ impl<'s> Evaluator<'s> {
     /// A target's `tagged [...]` (`tags: true`) or `for [...]` clause and its value, evaluated in the
     /// target's module; `None` when the target has no such clause.
     fn clause(&mut self, module: usize, name: &str, tags: bool) -> Result<Option<(Expr, Value)>> {
+        if !self.loader.has_clauses(module, name) {
+            return Ok(None);
+        }
         let expr = self
             .loader
             .module(module)
@@ -310,7 +350,7 @@ impl<'s> Evaluator<'s> {
         let Some((expr, value)) = self.clause(module, name, false)? else {
             return Ok((Vec::new(), None));
         };
-        let file = self.loader.module(module).file.clone();
+        let file = self.loader.file(module).clone();
         let Value::List(items) = value else {
             return Err(self.err(expr.span, "platforms must be a list of strings"));
         };
@@ -350,7 +390,7 @@ impl<'s> Evaluator<'s> {
             return Err(self.err(expr.span, "tags must be a list of strings"));
         };
         let spans = element_spans(&expr, items.len());
-        let file = self.loader.module(module).file.clone();
+        let file = self.loader.file(module).clone();
         let mut tags = Vec::new();
         for (item, span) in items.iter().zip(spans) {
             let tag = item.str();
@@ -371,7 +411,7 @@ impl<'s> Evaluator<'s> {
     }
 
     fn file(&self) -> Arc<SourceFile> {
-        self.loader.module(self.module).file.clone()
+        self.loader.file(self.module).clone()
     }
 
     fn err(&self, span: Span, msg: impl Into<String>) -> Diagnostic {
@@ -386,7 +426,7 @@ impl<'s> Evaluator<'s> {
     fn target_node(&mut self, module: usize, name: &str, from: Option<Located>) -> Result<NodeId> {
         if !self.is_target(module, name) {
             let targets = self.targets(module);
-            let file = &self.loader.module(module).file;
+            let file = self.loader.file(module);
             let mut d = Diagnostic::input(format!("no target `{name}` in {}", file.name));
             if let Some(at) = from {
                 d = d.label(at, "");
@@ -412,7 +452,7 @@ impl<'s> Evaluator<'s> {
             Op::Context { .. } | Op::Inline { .. } | Op::Remote { .. }
         ) {
             let scratch = self.leaf("image:scratch".into(), Op::Scratch, "scratch".into(), None);
-            self.program.push(
+            self.push(
                 Op::Copy(CopyOp {
                     sources: vec![".".into()],
                     dest: "/".into(),
@@ -430,7 +470,7 @@ impl<'s> Evaluator<'s> {
         } else {
             dir
         };
-        Ok(self.program.push(
+        Ok(self.push(
             Op::Config(Box::default()),
             vec![fs],
             format!("{name} (directory)"),
@@ -444,7 +484,7 @@ impl<'s> Evaluator<'s> {
         config.env = img.env.clone();
         config.cwd = img.config_cwd.clone();
         config.user = img.user.clone();
-        self.program.push(
+        self.push(
             Op::Config(Box::new(config)),
             vec![img.fs],
             "image config".into(),
@@ -466,7 +506,9 @@ impl<'s> Evaluator<'s> {
                 .insert(label.clone());
         }
         if let Some(v) = self.globals.get(&key) {
-            return Ok(v.clone());
+            let v = v.clone();
+            self.record_call(module, name, use_at);
+            return Ok(v);
         }
         let used_at = (use_at != Span::default()).then(|| Located::new(&self.file(), use_at));
         if let Some(start) = self.busy.iter().position(|(k, _)| *k == key) {
@@ -476,6 +518,53 @@ impl<'s> Evaluator<'s> {
         let saved_module = self.module;
         let saved_scopes = std::mem::take(&mut self.scopes);
         self.module = module;
+        if let Some(label) = &target_label {
+            self.deps.entry(label.clone()).or_default();
+            self.current.push(label.clone());
+        }
+        let result = self.unit_value(module, name, use_at);
+        if target_label.is_some() {
+            self.current.pop();
+        }
+        // Steps of a target show its name in progress output.
+        if let (Some(label), Ok(Value::Image(img))) = (&target_label, &result) {
+            self.name_steps(img.fs, label);
+        }
+        self.module = saved_module;
+        self.scopes = saved_scopes;
+        self.busy.pop();
+        let v = result?;
+        self.globals.insert(key, v.clone());
+        self.record_call(module, name, use_at);
+        Ok(v)
+    }
+
+    /// A global's value: replayed from a previous run's record when nothing it read has changed, else
+    /// evaluated (and recorded).
+    fn unit_value(&mut self, module: usize, name: &str, use_at: Span) -> Result<Value> {
+        let unit = self.unit_key(module, name);
+        let orphans = self.units.orphans.len();
+        if let Some(u) = &unit
+            && let Some(record) = self.loader.cached_unit(u)
+            && let Some(v) = self.replay(module, name, &record)?
+        {
+            return Ok(v);
+        }
+        if let Some(u) = unit.clone() {
+            self.begin_unit(u, module, name);
+        }
+        let v = self.evaluate_global(module, name, use_at);
+        if unit.is_some() {
+            self.end_unit(v.as_ref().ok());
+        }
+        // What a stopped replay of this unit left and its evaluation did not reuse is garbage.
+        let keep = orphans.min(self.units.orphans.len());
+        self.units.orphans.truncate(keep);
+        v
+    }
+
+    /// Evaluates global `name` of `module` (the current module) from its source.
+    fn evaluate_global(&mut self, module: usize, name: &str, use_at: Span) -> Result<Value> {
         // The module is shared: its items are evaluated in place, never copied.
         let source = self.loader.module(module).clone();
         let item = source.items.iter().find(|i| match &i.kind {
@@ -486,20 +575,9 @@ impl<'s> Evaluator<'s> {
             | ItemKind::Ssh { name: n, .. } => n.name == name,
             _ => false,
         });
-        let result = match item.map(|i| &i.kind) {
+        match item.map(|i| &i.kind) {
             Some(ItemKind::Let(l)) => self.eval(&l.value),
-            Some(ItemKind::Target { value, name: n, .. }) => {
-                let label = self.label(module, &n.name);
-                self.deps.entry(label.clone()).or_default();
-                self.current.push(label.clone());
-                let v = self.eval(value);
-                self.current.pop();
-                // Steps of a target show its name in progress output.
-                if let Ok(Value::Image(img)) = &v {
-                    self.name_steps(img.fs, &label);
-                }
-                v
-            }
+            Some(ItemKind::Target { value, .. }) => self.eval(value),
             Some(ItemKind::Param {
                 name: n,
                 ty,
@@ -516,13 +594,7 @@ impl<'s> Evaluator<'s> {
                     .unwrap_or_else(|| n.name.clone()),
             )),
             _ => Err(self.err(use_at, format!("unknown name `{name}`"))),
-        };
-        self.module = saved_module;
-        self.scopes = saved_scopes;
-        self.busy.pop();
-        let v = result?;
-        self.globals.insert(key, v.clone());
-        Ok(v)
+        }
     }
 
     /// The error for a global used while it is being evaluated: the path from it back to itself
@@ -652,11 +724,15 @@ impl<'s> Evaluator<'s> {
     }
 
     fn leaf(&mut self, key: String, op: Op, name: String, at: Option<Located>) -> NodeId {
-        if let Some(&id) = self.leaves.get(&key) {
-            return id;
-        }
-        let id = self.program.push(op, vec![], name, at);
-        self.leaves.insert(key, id);
+        let id = match self.leaves.get(&key) {
+            Some(&id) => id,
+            None => {
+                let id = self.program.push(op, vec![], name, at);
+                self.leaves.insert(key.clone(), id);
+                id
+            }
+        };
+        self.record_leaf(&key, id);
         id
     }
 
@@ -780,7 +856,7 @@ pub fn lower_module(
         None => match all.last() {
             Some(t) => vec![t.clone()],
             None => {
-                let file = &ev.loader.module(idx).file;
+                let file = ev.loader.file(idx);
                 return Err(
                     Diagnostic::input(format!("{} defines no target", file.name))
                         .help("add one: `target image: Image = image(\"busybox\").run(\"...\")`"),
@@ -810,7 +886,9 @@ pub fn lower_targets(
     opts: &EvalOptions,
 ) -> Result<Lowered> {
     let mut ev = Evaluator::new(loader, opts);
-    ev.add_roots(roots, None)?;
+    let added = ev.add_roots(roots, None);
+    ev.report();
+    added?;
     Ok(Lowered {
         program: ev.program,
         contexts: ev.contexts,

@@ -280,17 +280,31 @@ impl Evaluator<'_> {
     /// Records a secret check's finding, unless the file's `# check=` comments skip it (once per place:
     /// a helper called twice makes one finding).
     pub(super) fn lint(&mut self, span: Span, rule: &str, message: String) -> Result<()> {
-        let file = self.file();
-        let Some(f) = crate::frontend::lint::program_finding(&file, span, rule, message)? else {
-            return Ok(());
+        let at = crate::diag::Located::new(&self.file(), span);
+        self.record_lint(at.clone(), rule, &message);
+        self.add_finding(&at, rule, message).map(|_| ())
+    }
+
+    /// Adds the finding `rule` at `at` unless one is there already; where it went in the list.
+    pub(super) fn add_finding(
+        &mut self,
+        at: &crate::diag::Located,
+        rule: &str,
+        message: String,
+    ) -> Result<Option<usize>> {
+        let Some(f) = crate::frontend::lint::program_finding(&at.file, at.span, rule, message)?
+        else {
+            return Ok(None);
         };
-        let seen = self.loader.findings().iter().any(|o| {
+        let findings = self.loader.findings();
+        let seen = findings.iter().any(|o| {
             o.rule == f.rule && o.at.span == f.at.span && Arc::ptr_eq(&o.at.file, &f.at.file)
         });
-        if !seen {
-            self.loader.findings().push(f);
+        if seen {
+            return Ok(None);
         }
-        Ok(())
+        findings.push(f);
+        Ok(Some(findings.len() - 1))
     }
 }
 
