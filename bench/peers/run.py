@@ -47,6 +47,7 @@ CASES = {
     "multistage": dict(ctx=SMALL, input=STAMP, base="busybox"),
     "copyheavy": dict(ctx=f"{WORK}/ctx-copyheavy", input=f"{WORK}/ctx-copyheavy/small/d10/f10.bin", base="busybox"),
     "ssh": dict(ctx=SMALL, input=STAMP, base="debian", net="host",
+                kiln_args=["--network", "host", "--allow", "network.host"],
                 args=["--ssh", "default", "--build-arg", f"SSH_PORT={SSH_PORT}"]),
     "steps-chain": dict(ctx=SMALL, input=STAMP, base="busybox", scenarios=["cold", "warm"], steps=100),
     "steps-files": dict(ctx=SMALL, input=STAMP, base="busybox", scenarios=["cold", "warm"]),
