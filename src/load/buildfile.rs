@@ -119,9 +119,9 @@ impl Session {
                 .iter()
                 .map(|(a, &i)| (a.clone(), i, &self.parsed(i).1))
                 .collect();
-            // The cache says this text with these imports parsed and checked; should it not (a cache
-            // written by another version of kiln), the module is empty and the checker's error is
-            // shown when the program is checked again without the cache.
+            // The cache (written by this very kiln binary) says this text with these imports parsed
+            // and checked, and both are functions of them: this cannot fail. Should it, the module is
+            // empty, and evaluating it reports its names as unknown rather than panicking.
             match parsed.and_then(|module| {
                 let iface = crate::frontend::buildfile::check::check(&module, &deps)?;
                 Ok((Arc::new(module), iface))
@@ -398,7 +398,7 @@ fn summarize(module: &Module) -> FileSummary {
         match &item.kind {
             ItemKind::Import { path, alias } => s.imports.push((
                 alias.name.clone(),
-                // Not a plain string: the error is the checker's, when the module is checked.
+                // Always a plain string: `plain_imports` refused the others.
                 path.as_plain_str().unwrap_or_default(),
                 path.span,
             )),

@@ -41,6 +41,9 @@ pub struct FileSummary {
 
 #[derive(Default, Serialize, Deserialize)]
 struct Entries {
+    /// The kiln that wrote them (`kiln_identity`): another kiln may check or evaluate differently, so
+    /// its entries are not used.
+    kiln: String,
     /// How many times the file was written: an entry's `Cell` holds the last one that used it.
     generation: u64,
     files: HashMap<Digest, (Arc<FileSummary>, Cell<u64>)>,
@@ -73,10 +76,19 @@ impl EvalCache {
 
     /// Reads the cache at `path`; a missing, torn or corrupt file is an empty cache.
     pub fn open(path: PathBuf) -> EvalCache {
+        EvalCache::open_as(path, kiln_identity())
+    }
+
+    /// Reads the cache at `path` for the kiln identified by `kiln`.
+    fn open_as(path: PathBuf, kiln: String) -> EvalCache {
         let entries = std::fs::read(&path)
             .ok()
             .and_then(|bytes| decode(&bytes))
-            .unwrap_or_default();
+            .filter(|e| e.kiln == kiln)
+            .unwrap_or_else(|| Entries {
+                kiln,
+                ..Entries::default()
+            });
         EvalCache {
             path,
             entries,
@@ -191,6 +203,26 @@ impl<W: std::io::Write> std::io::Write for Summed<W> {
     }
 }
 
+/// This kiln binary: its version and the file's identity (size, modification time, inode), so that
+/// rebuilding or upgrading kiln starts an empty cache rather than trusting what another build of the
+/// checker and evaluator wrote.
+fn kiln_identity() -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    let exe = std::env::current_exe().and_then(std::fs::metadata);
+    match exe {
+        Ok(m) => format!(
+            "{} {} {}.{} {}",
+            env!("CARGO_PKG_VERSION"),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        // Unknown: a value no other run has, so nothing is trusted.
+        Err(_) => format!("unknown {:?}", std::time::SystemTime::now()),
+    }
+}
+
 fn decode(bytes: &[u8]) -> Option<Entries> {
     let body = bytes.strip_prefix(MAGIC)?;
     let split = body.len().checked_sub(32)?;
@@ -226,6 +258,17 @@ mod tests {
         flipped[MAGIC.len() + 3] ^= 1;
         std::fs::write(&path, &flipped).unwrap();
         assert!(!EvalCache::open(path).checked(&Digest::of(b"key")));
+    }
+
+    #[test]
+    fn another_kilns_entries_are_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let mut c = EvalCache::open_as(path.clone(), "kiln a".into());
+        c.add_module(Digest::of(b"text"), Arc::default(), Digest::of(b"key"));
+        c.save();
+        assert!(!EvalCache::open_as(path.clone(), "kiln b".into()).checked(&Digest::of(b"key")));
+        assert!(EvalCache::open_as(path, "kiln a".into()).checked(&Digest::of(b"key")));
     }
 
     #[test]
