@@ -2,11 +2,12 @@
 //! where it went (written, loaded, pushed, kept), how many of its steps ran or came from the cache, and
 //! when it was ready. Shown at the end of the build (an event of its own in `--progress json`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use petgraph::stable_graph::NodeIndex;
+use petgraph::visit::NodeIndexable as _;
 use serde_json::json;
 
 use crate::graph::Dag;
@@ -53,14 +54,29 @@ impl Recorder {
     /// The summary of `targets` (by root, in the graph's order), as an event.
     pub(super) fn summary(&self, graph: &Dag, targets: &HashMap<NodeIndex, Target>) -> Event {
         let books = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        // Each node's entry in the books, looked up once: the walks below then touch no string.
+        let mut done = vec![None; graph.dag.node_bound()];
+        for n in graph.dag.node_indices() {
+            done[n.index()] = books.done.get(&graph.dag[n].digest.to_string()).copied();
+        }
+        let mut walk = Walk {
+            seen: vec![0; graph.dag.node_bound()],
+            round: 0,
+        };
         let mut lines = vec![format!("built {} targets:", graph.roots.len())];
         let mut rows = Vec::new();
         for (label, root) in &graph.roots {
-            let steps = steps_of(graph, *root);
-            let mine = || books.done.iter().filter(|(d, _)| steps.contains(*d));
-            let ran = mine().filter(|(_, (_, r))| *r).count();
-            let cached = mine().filter(|(_, (_, r))| !*r).count();
-            let ready = mine().map(|(_, (t, _))| *t).max().unwrap_or_default();
+            let (mut ran, mut cached, mut ready) = (0, 0, Duration::ZERO);
+            walk.each_above(graph, *root, |n| {
+                if let Some((t, r)) = done[n.index()] {
+                    if r {
+                        ran += 1;
+                    } else {
+                        cached += 1;
+                    }
+                    ready = ready.max(t);
+                }
+            });
             let empty = Target::default();
             let t = targets.get(root).unwrap_or(&empty);
             let mut went = Vec::new();
@@ -109,18 +125,31 @@ impl Recorder {
     }
 }
 
-/// The definition digests of every step `root` needs.
-fn steps_of(graph: &Dag, root: NodeIndex) -> HashSet<String> {
-    let mut seen = HashSet::new();
-    let mut digests = HashSet::new();
-    let mut stack = vec![root];
-    while let Some(n) = stack.pop() {
-        if seen.insert(n) {
-            digests.insert(graph.dag[n].digest.to_string());
-            stack.extend(graph.inputs(n));
+/// Walks what a root needs, once per node, with a mark per node instead of a set per root: a summary
+/// of thousands of targets over a shared graph walks it once per target.
+struct Walk {
+    /// The round in which each node was last seen.
+    seen: Vec<u32>,
+    round: u32,
+}
+
+impl Walk {
+    /// Calls `f` on `root` and every node it depends on, each once.
+    fn each_above(&mut self, graph: &Dag, root: NodeIndex, mut f: impl FnMut(NodeIndex)) {
+        self.round += 1;
+        let mut stack = vec![root];
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut self.seen[n.index()], self.round) == self.round {
+                continue;
+            }
+            f(n);
+            stack.extend(
+                graph
+                    .dag
+                    .neighbors_directed(n, petgraph::Direction::Incoming),
+            );
         }
     }
-    digests
 }
 
 impl Reporter for Recorder {
@@ -152,5 +181,57 @@ impl Reporter for Recorder {
 
     fn pause(&self, paused: bool) {
         self.inner.pause(paused);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::{Op, Program, Root};
+
+    fn mkdir(p: &mut Program, path: &str, inputs: Vec<usize>) -> usize {
+        let op = Op::Mkdir {
+            path: path.into(),
+            user: None,
+        };
+        p.push(op, inputs, path.into(), None)
+    }
+
+    /// A diamond under two roots: each root's walk sees each node it needs once, and a second root's
+    /// walk is not cut short by the first's marks.
+    #[test]
+    fn each_root_walks_what_it_needs_once() {
+        let mut p = Program::default();
+        let base = p.push(Op::Scratch, vec![], "scratch".into(), None);
+        let left = mkdir(&mut p, "/left", vec![base]);
+        let right = mkdir(&mut p, "/right", vec![base]);
+        let top = p.push(
+            Op::Config(Box::default()),
+            vec![left, right],
+            "config".into(),
+            None,
+        );
+        for (name, node) in [("top", top), ("left", left)] {
+            p.roots.push(Root {
+                name: name.into(),
+                node,
+                ..Root::default()
+            });
+        }
+        let graph = Dag::new(&p);
+        let mut walk = Walk {
+            seen: vec![0; graph.dag.node_bound()],
+            round: 0,
+        };
+        let counts: Vec<usize> = graph
+            .roots
+            .iter()
+            .map(|(_, root)| {
+                let mut n = 0;
+                walk.each_above(&graph, *root, |_| n += 1);
+                n
+            })
+            .collect();
+        assert_eq!(counts, [4, 2]);
     }
 }
