@@ -62,6 +62,12 @@ fn chain(targets: usize) -> tempfile::TempDir {
     dir
 }
 
+/// Rewrites the file at `path` through `f`.
+fn rewrite(path: &Path, f: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(text)).unwrap();
+}
+
 #[test]
 fn a_second_graph_replays_every_unit_and_prints_the_same_graph() {
     let copy = copy_dir(&repo().join("examples/monorepo"));
@@ -113,7 +119,7 @@ fn an_edit_reevaluates_the_package_and_only_what_its_change_reaches() {
     // The library every package but //base imports: all else is evaluated again.
     let lib = dir.join("lib/common.build");
     let text = std::fs::read_to_string(&lib).unwrap();
-    std::fs::write(&lib, text.replace("cat *.txt", "cat *.txt | sort")).unwrap();
+    rewrite(&lib, |t| t.replace("cat *.txt", "cat *.txt | sort"));
     let out = graph(dir, store.path(), &["//..."]);
     assert_eq!(stats(&out), (1, total - 1), "{}", out.stderr);
     assert_eq!(shown(&out), shown(&cold(dir, &["//..."])));
@@ -162,17 +168,13 @@ fn what_evaluation_read_is_checked_before_a_record_is_replayed() {
 fn notes_are_shown_when_their_units_are_replayed() {
     let repo_dir = chain(10);
     let dir = repo_dir.path();
-    let build = dir.join("pkg/p1/BUILD.build");
-    let text = std::fs::read_to_string(&build).unwrap();
-    std::fs::write(
-        &build,
+    rewrite(&dir.join("pkg/p1/BUILD.build"), |text| {
         text.replace(
             "target deps: Image = ",
             "let shown = print(\"level ${level}\")\n\ntarget deps: Image = ",
         )
-        .replace("{\"LEVEL\": level}", "{\"LEVEL\": shown}"),
-    )
-    .unwrap();
+        .replace("{\"LEVEL\": level}", "{\"LEVEL\": shown}")
+    });
     let store = tempdir("store-");
     let first = graph(dir, store.path(), &["//..."]);
     assert!(first.stderr.contains("level 1"), "{}", first.stderr);
@@ -207,15 +209,11 @@ fn a_corrupt_cache_file_is_ignored_and_replaced() {
 fn a_url_token_is_never_written_to_the_cache() {
     let repo_dir = chain(10);
     let dir = repo_dir.path();
-    let build = dir.join("pkg/p1/BUILD.build");
-    let text = std::fs::read_to_string(&build).unwrap();
-    std::fs::write(
-        &build,
+    rewrite(&dir.join("pkg/p1/BUILD.build"), |text| {
         format!(
             "{text}\ntarget fetched: Image = scratch().add(url(\"https://deploy:s3cr3t-t0ken@example.com/a.tgz\"), [], \"/a.tgz\")\n"
-        ),
-    )
-    .unwrap();
+        )
+    });
     let store = tempdir("store-");
     let first = graph(dir, store.path(), &["//..."]);
     let second = graph(dir, store.path(), &["//..."]);
