@@ -46,9 +46,23 @@ impl Store {
         let dir = self.root.join("names");
         fs::create_dir_all(&dir)
             .map_err(|e| Diagnostic::io(format!("cannot create {}", dir.display()), e))?;
+        let path = self.name_path(&image.name);
+        // The name already holds this very image: the record stays as it is, with the time the name was
+        // first given to it, and a rebuild with `-t` writes and syncs nothing.
+        let held = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<NamedImage>(&b).ok());
+        if let Some(held) = held
+            && (NamedImage {
+                created: held.created,
+                ..image.clone()
+            }) == held
+        {
+            return Ok(());
+        }
         let bytes = serde_json::to_vec(image)
             .map_err(|e| Diagnostic::env(format!("cannot encode an image name: {e}")))?;
-        atomic_write(&self.name_path(&image.name), &bytes)
+        atomic_write(&path, &bytes)
     }
 
     /// The image kept under `name`, if its record and manifest are there.
@@ -128,5 +142,44 @@ mod tests {
         assert!(!store.remove_name("kiln/app:1.0").unwrap());
         store.prune(0).unwrap();
         assert!(!store.blob_path(&config).exists() && !store.blob_path(&manifest).exists());
+    }
+
+    /// Naming the same image again keeps the record (and when the name was first given); another
+    /// image under the name replaces it.
+    #[test]
+    fn naming_the_same_image_again_writes_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), Access::Exclusive).unwrap();
+        let manifest = store.put_blob(b"{\"manifest\":1}").unwrap();
+        let image = NamedImage {
+            name: "kiln/app:1.0".into(),
+            manifest,
+            blobs: Vec::new(),
+            size: 14,
+            created: 1,
+            tar_sizes: Vec::new(),
+            epoch: None,
+        };
+        store.put_name(&image).unwrap();
+        let path = store.name_path("kiln/app:1.0");
+        // A write goes through a new file and a rename: a new inode.
+        use std::os::unix::fs::MetadataExt as _;
+        let written = fs::metadata(&path).unwrap().ino();
+        store
+            .put_name(&NamedImage {
+                created: 2,
+                ..image.clone()
+            })
+            .unwrap();
+        assert_eq!(store.named("kiln/app:1.0"), Some(image.clone()));
+        assert_eq!(fs::metadata(&path).unwrap().ino(), written);
+        let other = NamedImage {
+            manifest: store.put_blob(b"{\"manifest\":2}").unwrap(),
+            created: 3,
+            ..image
+        };
+        store.put_name(&other).unwrap();
+        assert_ne!(fs::metadata(&path).unwrap().ino(), written);
+        assert_eq!(store.named("kiln/app:1.0"), Some(other));
     }
 }
