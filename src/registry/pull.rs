@@ -125,10 +125,14 @@ async fn pull_async(
         let into = unpack.as_ref().map(|(ids, diffs)| (*ids, &diffs[i]));
         fetch_layer(&s, store, &layers[i], into, &blob_dir)
     });
+    // Every fetch ends before the first error is returned: a fetch dropped halfway would leave its
+    // unpacking thread writing into a temporary directory that is being removed.
     futures_util::stream::iter(fetches)
         .buffer_unordered(PARALLEL_DOWNLOADS)
-        .try_collect::<Vec<()>>()
-        .await?;
+        .collect::<Vec<Result<()>>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>>>()?;
     crate::oci::write_layout(&layout, &manifest, None, &[])
         .map_err(|e| Diagnostic::env(format!("cannot write the layout of `{}`: {e}", s.name)))?;
     std::fs::create_dir_all(&images)
