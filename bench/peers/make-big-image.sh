@@ -11,14 +11,8 @@
 # Environment: KILN_DEBIAN_SUITE, KILN_DEBIAN_MIRROR override the host's suite and mirror.
 set -euo pipefail
 dest=${1:?usage: make-big-image.sh DEST}
-suite=${KILN_DEBIAN_SUITE:-$(. /etc/os-release && echo "${VERSION_CODENAME:-}")}
-suite=${suite:-bookworm}
-if [ -z "${KILN_DEBIAN_MIRROR:-}" ]; then
-  KILN_DEBIAN_MIRROR=$(cat /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list /etc/apt/sources.list 2>/dev/null |
-    grep -v '^\s*#' | grep -oE 'https?://[^ ]+/debian/?( |$)' | head -n1 | tr -d ' ' || true)
-fi
-mirror=${KILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
-arch=$(dpkg --print-architecture)
+# shellcheck source=SCRIPTDIR/../../tests/fixtures/debian-mirror.sh
+source "$(dirname "$0")/../../tests/fixtures/debian-mirror.sh"
 
 work=$(mktemp -d "$(dirname "$dest")/.big-image-work.XXXXXX")
 cleanup() {
