@@ -3,7 +3,8 @@
 //!
 //! Layout under the store root:
 //! - `blobs/sha256/<hex>`: compressed layers, image configs and manifests, named by their digest;
-//! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices);
+//! - `snapshots/<id>/`: one layer's filesystem in overlayfs upper-dir form (whiteouts as 0/0 devices),
+//!   `layer-<diff id>` for an image's layer, `step-<key>[-<n>]` for a step's (see `new_snapshot_name`);
 //! - `layers/<id>.json`: the original blob of a snapshot (a base image's or a shared cache's layer);
 //!   `layers/<id>@[<epoch>][+zstd].json`: a blob kiln made of it with those settings, once computed;
 //! - `cache/<hex>.json`: a cache key's result (the snapshots of every layer, the base image config, the
@@ -571,6 +572,22 @@ impl Store {
             return txn.dir.as_path().join("snapshots").join(id);
         }
         self.root.join("snapshots").join(id)
+    }
+
+    /// The name for a step's new snapshot: `base` (`step-<key>`), or, when a snapshot of that name
+    /// exists (the step ran again: `--no-cache`, or its record went while the snapshot stayed),
+    /// `base-2`, `base-3`...: the new content is this build's result (a step that reads the clock or the
+    /// network gives other bytes), and the old snapshot stays whole for the records built on top of it
+    /// until prune finds nothing naming it. Deleting it in its place would also cost the build the time
+    /// of removing every file of the layer. Names are taken under the step's key lock.
+    pub fn new_snapshot_name(&self, base: &str) -> String {
+        let mut name = base.to_string();
+        let mut n = 1;
+        while self.snapshot_path(&name).exists() {
+            n += 1;
+            name = format!("{base}-{n}");
+        }
+        name
     }
 
     /// Moves a finished snapshot into place. If another build committed the same id first, ours is dropped.

@@ -391,17 +391,24 @@ fn valid_group(name: &str) -> bool {
             .is_some_and(|h| h.len() == 64 && hex(h))
 }
 
-/// Snapshot names are the store's own (`layer-<diff id hex>`, `step-<key hex>`): a cache from elsewhere
-/// must not name a path.
+/// Snapshot names are the store's own (`layer-<diff id hex>`, `step-<key hex>[-<n>]`): a cache from
+/// elsewhere must not name a path.
 fn valid_snapshot(name: &str) -> bool {
-    let hex = name
-        .strip_prefix("layer-")
-        .or_else(|| name.strip_prefix("step-"));
-    hex.is_some_and(|h| {
+    let hex = |h: &str| {
         h.len() == 64
             && h.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
+    };
+    let rerun =
+        |n: &str| !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
+    if let Some(h) = name.strip_prefix("layer-") {
+        return hex(h);
+    }
+    name.strip_prefix("step-")
+        .is_some_and(|rest| match rest.split_once('-') {
+            Some((h, n)) => hex(h) && rerun(n),
+            None => hex(rest),
+        })
 }
 
 fn valid_blob(b: &LayerBlob) -> bool {
@@ -542,7 +549,12 @@ mod tests {
         let hex = "0123456789abcdef".repeat(4);
         assert!(valid_snapshot(&format!("step-{hex}")));
         assert!(valid_snapshot(&format!("layer-{hex}")));
+        assert!(valid_snapshot(&format!("step-{hex}-2")));
         for bad in [
+            format!("step-{hex}-"),
+            format!("step-{hex}-02"),
+            format!("step-{hex}-2/.."),
+            format!("layer-{hex}-2"),
             "../../etc".to_string(),
             format!("step-{hex}/.."),
             format!("step-{}", hex.to_uppercase()),

@@ -237,7 +237,7 @@ impl<E: Executor> Shared<E> {
         (id, started): (usize, Instant),
         lock: KeyLock,
     ) -> Result<(Digest, Output, Option<bool>)> {
-        let snapshot = format!("step-{}", key.hex());
+        let snapshot = self.store.new_snapshot_name(&format!("step-{}", key.hex()));
         let mut layers = base.layers.clone();
         layers.push(snapshot);
         let mut times = base.times.clone();

@@ -142,6 +142,40 @@ fn no_cache_runs_everything() {
     assert!(cached.is_empty(), "not run: {cached:#?}\n{}", out.stderr);
 }
 
+/// `--no-cache` runs the steps again and their new output is the build's result, as BuildKit's: a step that
+/// reads the clock or the network is how one refreshes an image. The next cached build returns that newest
+/// output, and the steps after it stand on it.
+#[test]
+fn no_cache_output_is_the_new_run_and_the_cache_keeps_it() {
+    let ctx = crate::support::context(&[(
+        "Dockerfile",
+        "FROM base\nRUN head -c 16 /dev/urandom | od -A n -x > /stamp\nRUN cp /stamp /copy\n",
+    )]);
+    let store = tempdir("store-");
+    let dest = tempdir("out-");
+    let build = |name: &str, flags: &[&str]| {
+        let out = dest.path().join(name);
+        Kiln::build_in(store.path())
+            .with_base()
+            .args(flags)
+            .arg("-o")
+            .arg(format!("type=local,dest={}", out.display()))
+            .arg(ctx.path())
+            .run()
+            .success();
+        let stamp = std::fs::read_to_string(out.join("stamp")).unwrap();
+        let copy = std::fs::read_to_string(out.join("copy")).unwrap();
+        assert_eq!(stamp, copy, "the second step stands on the first's output");
+        stamp
+    };
+    let first = build("first", &[]);
+    let second = build("second", &["--no-cache"]);
+    let third = build("third", &["--no-cache"]);
+    assert_ne!(first, second, "--no-cache gave the cached output");
+    assert_ne!(second, third, "--no-cache gave the cached output");
+    assert_eq!(build("cached", &[]), third);
+}
+
 /// A base image layout is input: a layer blob whose bytes do not match its digest is refused before any
 /// step runs. Once a layer is in the store (unpacked from bytes that did match), later builds use the
 /// store's verified copy and never read the layout's blob again, so damage to it afterwards changes nothing.
