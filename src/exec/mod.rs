@@ -224,6 +224,13 @@ async fn run_in(
     };
     let status = call_helper(&req, &values, logs, stack.as_mut(), tty).await?;
     drop(proxies);
+    if let Some(stack) = stack
+        && status.error.is_none()
+        && !step.insecure
+        && tty.is_none()
+    {
+        spare.give_back(stack);
+    }
     remove_stubs(&upper, &status);
     if let Some(e) = status.error {
         return Err(Diagnostic::env(format!("cannot run the step: {e}")));

@@ -110,7 +110,7 @@ pub struct Launch {
 /// A step's running stack, kiln's child (so tokio reaps it, also after it is dropped and killed: the
 /// machine's init need not). Dropping it kills the stack.
 pub struct Running {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     ready: Option<OwnedFd>,
     /// The stack's output (an unlinked temp file), quoted when it fails.
     log: std::fs::File,
@@ -205,7 +205,7 @@ impl Launch {
         })?;
         drop(ready_w);
         Ok(Running {
-            _child: child,
+            child,
             ready: Some(ready_r),
             log,
         })
@@ -213,6 +213,11 @@ impl Launch {
 }
 
 impl Running {
+    /// Whether the stack is still running (an idle one may have died meanwhile).
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits until the stack has configured the namespace's interface and route; a stack that exits
     /// first (or hangs) is an error that quotes its output.
     pub async fn ready(&mut self) -> Result<()> {
@@ -259,25 +264,45 @@ impl Running {
     }
 }
 
-/// The namespace and stack of the next step that gets a network of its own, being made while the
-/// current steps run. A step takes the one made for it (the first makes its own) and starts the next
-/// one's. Each is used by one step only, exactly as one made when the step starts; the last is killed
-/// when the executor is dropped.
+/// The network namespaces (each with its stack) of the steps that get a network of their own. A step
+/// takes an idle one, or else the one made ahead for it (the first step makes its own) and starts the
+/// next one's, so parallel steps never wait for a stack. A step that ends cleanly gives its namespace back
+/// for a later step, as BuildKit's pool of network namespaces does: nothing a confined step can do
+/// outlives it there. Its processes die with its pid namespace (and with them its sockets), and changing
+/// addresses, routes, filters or the namespace's sysctls needs `CAP_NET_ADMIN` (and a writable
+/// `/proc/sys`), which a confined step never has; `insecure` steps do, and their namespaces are not given
+/// back. A chain of steps then starts two stacks, not one per step (a stack's exec, sandbox, seccomp filter
+/// and tap device, and a namespace's set-up and teardown, cost ~3 ms of CPU each time). Everything left is
+/// killed when the executor is dropped.
 #[derive(Default)]
-pub struct Spare(std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Prepared>>>>);
+pub struct Spare {
+    ahead: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<Prepared>>>>,
+    idle: std::sync::Mutex<Vec<Prepared>>,
+}
 
 impl Spare {
-    /// A fresh namespace and stack for a step, and the next one's started.
+    /// A namespace and stack for a step: an idle one whose stack still runs, else a fresh one (and the
+    /// next one's started).
     pub async fn take(&self, launch: &Launch) -> Result<Prepared> {
+        while let Some(mut idle) = self.idle.lock().expect("idle lock").pop() {
+            if idle.running.alive() {
+                return Ok(idle);
+            }
+        }
         let made = |launch: &Launch| {
             let launch = launch.clone();
             tokio::task::spawn_blocking(move || launch.prepare())
         };
-        let ours = self.0.lock().expect("spare lock").take();
+        let ours = self.ahead.lock().expect("spare lock").take();
         let ours = ours.unwrap_or_else(|| made(launch));
-        *self.0.lock().expect("spare lock") = Some(made(launch));
+        *self.ahead.lock().expect("spare lock") = Some(made(launch));
         ours.await
             .map_err(|e| Diagnostic::env(format!("network set-up task failed: {e}")))?
+    }
+
+    /// Keeps the namespace of a confined step that has ended, every process of it gone, for a later step.
+    pub fn give_back(&self, prepared: Prepared) {
+        self.idle.lock().expect("idle lock").push(prepared);
     }
 }
 

@@ -154,9 +154,8 @@ impl Drop for OtherAddress {
     }
 }
 
-/// Live slirp4netns processes whose step is gone: the last-but-one argument is the pid of the helper whose
-/// namespace it serves. Waits up to 2 s for them to end, then kills (so they do not outlive the test run)
-/// and returns any left.
+/// Live slirp4netns processes whose kiln is gone (the namespace argument names it). Waits up to 2 s for
+/// them to end, then kills (so they do not outlive the test run) and returns any left.
 pub(crate) fn stray_network_stacks() -> Vec<i32> {
     let stray = || -> Vec<i32> {
         std::fs::read_dir("/proc")
@@ -173,7 +172,14 @@ pub(crate) fn stray_network_stacks() -> Vec<i32> {
                     .map(|a| String::from_utf8_lossy(a).into_owned())
                     .collect();
                 let stack = args.first().is_some_and(|a| a.ends_with("slirp4netns"));
-                let target = args.iter().rev().nth(2).and_then(|a| a.parse::<i32>().ok());
+                // `/proc/<kiln's pid>/fd/<n>`: the namespace, through the descriptor of the kiln that made it.
+                let target = args.iter().rev().nth(1).and_then(|a| {
+                    a.strip_prefix("/proc/")?
+                        .split('/')
+                        .next()?
+                        .parse::<i32>()
+                        .ok()
+                });
                 stack && target.is_some_and(|t| !Path::new(&format!("/proc/{t}")).exists())
             })
             .collect()
@@ -191,6 +197,35 @@ pub(crate) fn stray_network_stacks() -> Vec<i32> {
         );
     }
     left
+}
+
+/// A step's network namespace serves later steps of the build once the step has ended (as BuildKit's pool
+/// of namespaces does), so nothing a step does there may reach the next: a listener it leaves running dies
+/// with its pid namespace, and it cannot add an address or a route (no `CAP_NET_ADMIN`).
+#[test]
+fn a_step_leaves_nothing_in_its_network_for_the_next() {
+    let out = build(
+        "FROM base
+RUN echo netns=$(readlink /proc/self/ns/net) \\
+ && (nc -ll -p 7070 -e echo left-behind &) && sleep 0.3 \\
+ && timeout 3 nc 127.0.0.1 7070 </dev/null | grep -q left-behind \\
+ && if ip addr add 10.9.9.9/32 dev lo; then echo 'added an address'; exit 1; fi \\
+ && if ip route add 10.8.0.0/16 via 10.0.2.2; then echo 'added a route'; exit 1; fi
+RUN echo netns=$(readlink /proc/self/ns/net) \\
+ && if timeout 3 nc 127.0.0.1 7070 </dev/null | grep left-behind; then echo 'reached a listener'; exit 1; fi \\
+ && ! ip -o addr | grep 10.9.9.9 && ! ip route | grep 10.8.0.0
+",
+    );
+    out.success();
+    let namespaces: Vec<String> = step_lines(&out)
+        .into_iter()
+        .filter(|l| l.starts_with("netns="))
+        .collect();
+    assert_eq!(namespaces.len(), 2, "{}", out.stderr);
+    assert_eq!(
+        namespaces[0], namespaces[1],
+        "the second step did not get the first one's namespace back"
+    );
 }
 
 /// The step has an interface of its own besides the loopback, and the server on the host's 127.0.0.1 sees
