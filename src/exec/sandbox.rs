@@ -203,7 +203,7 @@ fn mask(root: &Path, path: &str) -> Result<(), String> {
 /// The confinement the step's init applies to itself last, while still root: built first (it
 /// allocates), applied just before the switch to the step's user.
 pub struct Confinement {
-    filters: Vec<seccompiler::BpfProgram>,
+    filters: Vec<super::seccomp::Filter>,
 }
 
 impl Confinement {
