@@ -148,14 +148,11 @@ pub struct Stub {
 
 /// Entry point of the helper process. Never returns.
 pub fn main() -> ! {
-    // The prctl flag kiln set for itself survives fork and exec: the step's programs get the machine's
-    // own huge-page policy back.
-    let _ = nix::sys::prctl::set_thp_disable(false);
     // runc's umask: what a step creates, and what the helper unpacks or copies without an explicit mode,
     // must not depend on the umask of whoever started kiln.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
     let mut stubs = Vec::new();
-    let status = match read_request() {
+    let status = match join_parent().and_then(|()| read_request()) {
         Ok((req, secrets)) => match serve(req, secrets, &mut stubs) {
             Ok(exit) => Status {
                 exit,
@@ -177,6 +174,30 @@ pub fn main() -> ! {
     let line = serde_json::to_string(&status).unwrap_or_else(|_| "{\"exit\":125}".into());
     let _ = writeln!(std::io::stderr(), "{line}");
     std::process::exit(0)
+}
+
+/// What kiln's spawn left to the helper itself, so that the spawn needs no code between fork and exec
+/// (and can share kiln's memory until the exec instead of copying its page tables). Arguments: kiln's
+/// pid, then the network namespace to join (a `/proc/<kiln>/fd/<n>` path), if any. The helper dies with
+/// kiln (a parent-death signal, and a check that kiln did not die before it was set), and is born into
+/// the step's network namespace before anything else (it is one thread: `setns` moves all of it).
+fn join_parent() -> Result<(), String> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    let parent = args
+        .first()
+        .and_then(|a| a.to_str()?.parse::<i32>().ok())
+        .ok_or("bad request: no parent pid")?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(errno("prctl"))?;
+    if nix::unistd::getppid().as_raw() != parent {
+        std::process::exit(125);
+    }
+    if let Some(path) = args.get(1) {
+        let ns = std::fs::File::open(path)
+            .map_err(|e| format!("cannot open the step's network namespace: {e}"))?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(errno("cannot join the step's network namespace"))?;
+    }
+    Ok(())
 }
 
 /// Secret values in request order, each wiped when dropped.
@@ -890,6 +911,9 @@ fn child(
     if !env.iter().any(|e| e.starts_with(b"HOME=")) {
         cenv.push(cstring(format!("HOME={home}").as_bytes())?);
     }
+    // The prctl flag kiln set for itself survives fork and exec: the helper keeps it (its allocations
+    // would each fault in a zeroed 2 MiB page), the step's programs get the machine's own policy back.
+    let _ = nix::sys::prctl::set_thp_disable(false);
     let err =
         nix::unistd::execve(&cstring(program.as_os_str().as_bytes())?, &cargs, &cenv).unwrap_err();
     Err(format!("cannot run {}: {err}", args[0]))

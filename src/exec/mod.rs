@@ -364,7 +364,7 @@ fn direct_copy(fs: &Layers, op: &crate::graph::op::CopyOp) -> bool {
 
 /// Spawns the helper, sends the request (and the secret values, length-prefixed after it, never in the
 /// JSON), streams the step's output to `logs`, and returns the helper's status. With a `stack`, the helper
-/// is born in the stack's network namespace (the stack is starting on it, or up already), and one byte
+/// joins the stack's network namespace (the stack is starting on it, or up already), and one byte
 /// after the request tells the helper whether it came up.
 async fn call_helper(
     req: &Request,
@@ -376,36 +376,34 @@ async fn call_helper(
     let exe = std::env::current_exe()
         .map_err(|e| Diagnostic::io("cannot find the kiln executable", e))?;
     let mut cmd = tokio::process::Command::new(exe);
+    let kiln = std::process::id();
     cmd.arg(helper::HELPER_ARG)
+        .arg(kiln.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_clear()
         .kill_on_drop(true);
-    // SAFETY: only async-signal-safe syscalls between fork and exec (prctl, dup2, and setns, which
-    // affects only the child). If kiln dies, the helper dies, and the step's init (whose own death signal is tied to the
-    // helper) and its pid namespace with it.
-    let netns = stack
-        .as_ref()
-        .map(|s| std::os::fd::AsRawFd::as_raw_fd(&s.ns));
-    let tty = tty.map(std::os::fd::AsRawFd::as_raw_fd);
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)?;
-            // The caller's terminal, for a debug shell, as the helper's fd 3 (dup2 clears close-on-exec).
-            if let Some(fd) = tty
-                && nix::libc::dup2(fd, debug::TERMINAL_FD) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if let Some(ns) = netns
-                && nix::libc::setns(ns, nix::libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    // The helper joins the stack's namespace itself, and sets its own parent-death signal (see
+    // `helper::join_parent`): without code to run between fork and exec, the spawn is a vfork, which
+    // does not copy kiln's page tables.
+    if let Some(s) = &stack {
+        cmd.arg(format!(
+            "/proc/{kiln}/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&s.ns)
+        ));
+    }
+    if let Some(fd) = tty.map(std::os::fd::AsRawFd::as_raw_fd) {
+        // SAFETY: only dup2, async-signal-safe, between fork and exec. The caller's terminal, for a
+        // debug shell, becomes the helper's fd 3 (dup2 clears close-on-exec).
+        unsafe {
+            cmd.pre_exec(move || {
+                if nix::libc::dup2(fd, debug::TERMINAL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = cmd
         .spawn()

@@ -4,7 +4,7 @@
 //! stack's gateway address does not lead to it (`--disable-host-loopback`), and the step's own 127.0.0.1
 //! is its own. `--network=none` has only the loopback; `--network=host` keeps the host's namespace.
 //!
-//! How: the helper is born in a new network namespace (kiln's `pre_exec`), and kiln starts slirp4netns on
+//! How: the helper joins a new network namespace first thing (`helper::join_parent`), and kiln starts slirp4netns on
 //! it at once, from kiln's own namespace (the host's, also in rootless mode, where kiln only has a user
 //! namespace of its own). The helper mounts the step meanwhile and waits for the stack only just before
 //! the step runs. The stack is kiln's child, not the helper's: killing it closes its tap device, which
@@ -120,7 +120,7 @@ pub struct Running {
 /// (see `Spare`), so that the stack's start-up (exec, its own sandbox and seccomp filter, the tap
 /// device: 10-60 ms on a busy machine) runs while the previous step does, not before this one.
 pub struct Prepared {
-    /// The namespace, which the step's helper joins as it starts (kiln's `pre_exec`).
+    /// The namespace, which the step's helper joins as it starts (through kiln's descriptor).
     pub ns: OwnedFd,
     pub running: Running,
 }

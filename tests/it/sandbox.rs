@@ -86,6 +86,18 @@ RUN grep ^Cap /proc/self/status | sed 's/^/user /'
 
 /// System calls outside Docker's profile (or needing a capability outside its set) fail with EPERM;
 /// `chroot` (CAP_SYS_CHROOT) and `mknod` (CAP_MKNOD) are in it.
+/// kiln turns transparent huge pages off for itself (it runs for milliseconds); the programs of a step get
+/// the machine's own policy back, as under any other builder.
+#[test]
+fn a_step_gets_the_machines_huge_page_policy() {
+    let out = build(
+        "FROM base\nRUN grep THP_enabled /proc/self/status | sed 's/^/thp /'\n",
+        &[],
+    );
+    out.success();
+    assert_eq!(tagged(&out, "thp"), ["THP_enabled:\t1"], "{}", out.stderr);
+}
+
 #[test]
 fn syscalls_the_profile_denies_fail_with_eperm() {
     let out = build(
