@@ -135,6 +135,10 @@ impl<E: Executor> Shared<E> {
         }
         let (key, output, _) =
             self.commit(key, base, &upper, verdicts, (id, started), _key_lock)?;
+        // What is left of the work dir (the overlay's work dir, mount points) goes on a blocking thread:
+        // the steps waiting for this one need not wait for the unlinks. The runtime finishes such tasks
+        // before the build returns.
+        drop(tokio::task::spawn_blocking(move || drop(work)));
         // A remote cache's result ran nowhere for this build: the summary counts it as cached.
         Ok((key, output, Some(!remote_hit)))
     }
