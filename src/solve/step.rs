@@ -133,8 +133,21 @@ impl<E: Executor> Shared<E> {
                 format!("{message}; nothing was exported, and nothing this build made was kept");
             return Err(self.leak_error(n, &mounted_ids(&node.op), &leak.id, message));
         }
-        let (key, output, _) =
-            self.commit(key, base, &upper, verdicts, (id, started), _key_lock)?;
+        // A COPY from the context and a mkdir make the same files from the same layers every time.
+        let fixed = match &node.op {
+            Op::Mkdir { .. } => true,
+            Op::Copy(_) => matches!(inputs[1].1, Output::Dir(_)),
+            _ => false,
+        };
+        let snapshot = self.snapshot_name(&key, base, fixed);
+        let (key, output, _) = self.commit(
+            (key, snapshot),
+            base,
+            &upper,
+            verdicts,
+            (id, started),
+            _key_lock,
+        )?;
         // What is left of the work dir (the overlay's work dir, mount points) goes on a blocking thread:
         // the steps waiting for this one need not wait for the unlinks. The runtime finishes such tasks
         // before the build returns.
@@ -230,18 +243,38 @@ impl<E: Executor> Shared<E> {
             .await
     }
 
+    /// The name of a step's new snapshot. A step run again (`--no-cache`, or a record gone while its
+    /// snapshot stayed) makes a new one, as its output may differ: a RUN reads the clock and the network,
+    /// a COPY `--from` copies what its source now holds. Not a `fixed` step (a COPY from the context, a
+    /// mkdir) on the very layers its existing snapshot was made on: the same key then means the same
+    /// files, and the existing snapshot serves, with the layer blob made of it once.
+    fn snapshot_name(&self, key: &Digest, base: &CacheRecord, fixed: bool) -> String {
+        let name = format!("step-{}", key.hex());
+        let same = || {
+            self.store.cache_get(key).is_some_and(|old| {
+                old.layers
+                    .split_last()
+                    .is_some_and(|(last, below)| *last == name && below == base.layers.as_slice())
+            })
+        };
+        if fixed && same() {
+            name
+        } else {
+            self.store.new_snapshot_name(&name)
+        }
+    }
+
     /// Stages the step's changes as a snapshot and its record in the build's transaction, or commits
     /// them, the fsyncs on a thread the build joins before it ends (`store::Durable`), holding `lock`.
     fn commit(
         &self,
-        key: Digest,
+        (key, snapshot): (Digest, String),
         base: &CacheRecord,
         upper: &Path,
         verdicts: Vec<SecretVerdict>,
         (id, started): (usize, Instant),
         lock: KeyLock,
     ) -> Result<(Digest, Output, Option<bool>)> {
-        let snapshot = self.store.new_snapshot_name(&format!("step-{}", key.hex()));
         let mut layers = base.layers.clone();
         layers.push(snapshot);
         let mut times = base.times.clone();

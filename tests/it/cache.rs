@@ -143,13 +143,14 @@ fn no_cache_runs_everything() {
 }
 
 /// `--no-cache` runs the steps again and their new output is the build's result, as BuildKit's: a step that
-/// reads the clock or the network is how one refreshes an image. The next cached build returns that newest
-/// output, and the steps after it stand on it.
+/// reads the clock or the network is how one refreshes an image. A `COPY --from` copies the stage's new
+/// output, the steps after stand on it, and the next cached build returns that newest output.
 #[test]
 fn no_cache_output_is_the_new_run_and_the_cache_keeps_it() {
     let ctx = crate::support::context(&[(
         "Dockerfile",
-        "FROM base\nRUN head -c 16 /dev/urandom | od -A n -x > /stamp\nRUN cp /stamp /copy\n",
+        "FROM base AS gen\nRUN head -c 16 /dev/urandom | od -A n -x > /stamp\n\
+         FROM base\nCOPY --from=gen /stamp /stamp\nRUN cp /stamp /copy\n",
     )]);
     let store = tempdir("store-");
     let dest = tempdir("out-");
