@@ -5,6 +5,7 @@
 //! This is the only module allowed to use `unsafe`, spawn processes or make mount syscalls.
 
 pub mod binfmt;
+pub mod bpf;
 pub mod credential;
 pub mod debug;
 pub mod helper;
