@@ -12,9 +12,8 @@ pub const BPF_JSET: u16 = 0x45;
 pub const BPF_JA: u16 = 0x05;
 pub const BPF_RET_K: u16 = 0x06;
 
-/// The assembler: conditional jumps name labels; each becomes a short conditional
-/// jump to an unconditional (32-bit) one where the target is beyond the 255 instructions a conditional
-/// jump reaches.
+/// The assembler: jumps name labels, resolved by `finish`; a conditional jump whose target is beyond the
+/// 255 instructions it reaches goes through an unconditional (32-bit) one.
 #[derive(Default)]
 pub struct Asm {
     code: Vec<(u16, u32, Target, Target)>,
@@ -95,7 +94,7 @@ impl Asm {
             match self.labels.get(l) {
                 Some(&to) if to > from => Ok(Some(to)),
                 _ => Err(format!(
-                    "seccomp filter: no label {l} after instruction {from}"
+                    "BPF program: no label {l} after instruction {from}"
                 )),
             }
         };
@@ -130,7 +129,7 @@ impl Asm {
         for (i, (code, k, yes, no)) in self.code.iter().enumerate() {
             let next = pos[i] + 1;
             if *code == BPF_JA {
-                let to = label(yes, i)?.ok_or("seccomp filter: a jump without a target")?;
+                let to = label(yes, i)?.ok_or("BPF program: a jump without a target")?;
                 out.push(insn(BPF_JA, 0, 0, (pos[to] - next) as u32));
                 continue;
             }
@@ -150,14 +149,14 @@ impl Asm {
                     }
                     Some(to) => pos[to] - next,
                 };
-                u8::try_from(off).map_err(|_| "seccomp filter: a jump too far".to_string())
+                u8::try_from(off).map_err(|_| "BPF program: a jump too far".to_string())
             };
             let jt = offset(yes, far[i][0])?;
             let jf = offset(no, far[i][1])?;
             out.push(insn(*code, jt, jf, *k));
             for (j, t) in [yes, no].into_iter().enumerate() {
                 if far[i][j] {
-                    let to = label(t, i)?.ok_or("seccomp filter: a jump without a target")?;
+                    let to = label(t, i)?.ok_or("BPF program: a jump without a target")?;
                     out.push(insn(BPF_JA, 0, 0, (pos[to] - (out.len() + 1)) as u32));
                 }
             }

@@ -368,7 +368,7 @@ pub fn filters() -> Result<Vec<Filter>, String> {
         // The table holds x86_64 numbers; a filter for another architecture would kill every step.
         return Err("kiln's seccomp profile is defined for x86_64 only".into());
     }
-    use nix::libc::{EPERM, SYS_clone, SYS_clone3, SYS_personality, SYS_socket};
+    use nix::libc::{SYS_clone, SYS_clone3, SYS_personality, SYS_socket};
     let deny = RET_ERRNO | DENIED;
     let mut a = Asm::default();
     a.load(ARCH);
@@ -410,7 +410,7 @@ pub fn filters() -> Result<Vec<Filter>, String> {
     a.label("allow");
     a.ret(RET_ALLOW);
     a.label("deny");
-    a.ret(RET_ERRNO | EPERM as u32);
+    a.ret(deny);
     Ok(vec![a.finish()?])
 }
 
