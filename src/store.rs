@@ -291,6 +291,10 @@ impl Store {
         let Some(txn) = self.txn.lock().expect("txn lock").take() else {
             return Ok(());
         };
+        if !txn.snapshots.is_empty() {
+            // The staged steps' overlays were volatile (see `durable`).
+            sync_fs(txn.dir.as_path())?;
+        }
         for id in &txn.snapshots {
             self.commit_snapshot(&txn.dir.as_path().join("snapshots").join(id), id)?;
         }
@@ -865,6 +869,16 @@ fn du(path: &Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
+}
+
+/// Writes out everything of the filesystem holding `path` (`syncfs`): the files a step wrote through
+/// its `volatile` overlay, before a record names them. A write the disk refused is an error, so no
+/// record points at files that may not be there after a crash.
+fn sync_fs(path: &Path) -> Result<()> {
+    let fail =
+        |e: std::io::Error| Diagnostic::io(format!("cannot write {} to disk", path.display()), e);
+    let dir = fs::File::open(path).map_err(fail)?;
+    nix::unistd::syncfs(&dir).map_err(|e| fail(e.into()))
 }
 
 fn sync_dir(dir: &Path) {

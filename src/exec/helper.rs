@@ -447,22 +447,37 @@ fn overlay_options() -> &'static str {
     }
 }
 
+/// The step's overlay is `volatile` where the kernel has it (5.10): its unmount, when the step's mount
+/// namespace goes, then does not write the whole upper filesystem out (`syncfs`: 0.65 s after a step
+/// that wrote 50,000 files) on the step's path; the store syncs a step's snapshot before its record
+/// says it exists (`Store::commit_step`). A kernel without it refuses the option, and the mount is made
+/// again without.
 fn mount_overlay(fs: &Overlay) -> Result<(), String> {
-    let rest = format!(
-        ",upperdir={},workdir={}{}",
-        fs.upper.display(),
-        fs.work.display(),
-        overlay_options()
-    );
-    mount_lowers(
-        &fs.lowers,
-        &fs.empty,
-        &rest,
-        &fs.target,
-        // A step has CAP_MKNOD (Docker's default set) and no device cgroup: a node it makes must not open.
-        MsFlags::MS_NODEV,
-        "cannot mount the overlay filesystem",
-    )
+    let rest = |volatile: &str| {
+        format!(
+            ",upperdir={},workdir={}{}{volatile}",
+            fs.upper.display(),
+            fs.work.display(),
+            overlay_options()
+        )
+    };
+    let mount_with = |rest: &str| {
+        mount_lowers(
+            &fs.lowers,
+            &fs.empty,
+            rest,
+            &fs.target,
+            // A step has CAP_MKNOD (Docker's default set) and no device cgroup: a node it makes must
+            // not open.
+            MsFlags::MS_NODEV,
+            "cannot mount the overlay filesystem",
+        )
+    };
+    // A volatile mount leaves `work/incompat/volatile` in its work dir, and overlayfs refuses the dir
+    // again while it is there (after a crash the upper dir may be torn). The debug shell mounts a failed
+    // step's dirs a second time, on the same boot, with nothing lost: the mark goes first.
+    let _ = std::fs::remove_dir_all(fs.work.join("work/incompat/volatile"));
+    mount_with(&rest(",volatile")).or_else(|_| mount_with(&rest("")))
 }
 
 fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
@@ -697,22 +712,29 @@ fn setup_mount(
                 for d in [&upper, &work, &merged] {
                     std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
                 }
-                let data = format!(
-                    "lowerdir={}:{},upperdir={},workdir={}{}",
-                    src.display(),
-                    empty.display(),
-                    upper.display(),
-                    work.display(),
-                    overlay_options()
-                );
-                mount(
-                    Some("overlay"),
-                    &merged,
-                    Some("overlay"),
-                    MsFlags::empty(),
-                    Some(data.as_str()),
-                )
-                .map_err(errno("cannot mount a writable bind"))?;
+                let data = |volatile: &str| {
+                    format!(
+                        "lowerdir={}:{},upperdir={},workdir={}{}{volatile}",
+                        src.display(),
+                        empty.display(),
+                        upper.display(),
+                        work.display(),
+                        overlay_options()
+                    )
+                };
+                let mount_with = |data: String| {
+                    mount(
+                        Some("overlay"),
+                        &merged,
+                        Some("overlay"),
+                        MsFlags::empty(),
+                        Some(data.as_str()),
+                    )
+                };
+                // Thrown away, so never worth a sync (see `mount_overlay`).
+                mount_with(data(",volatile"))
+                    .or_else(|_| mount_with(data("")))
+                    .map_err(errno("cannot mount a writable bind"))?;
                 merged
             } else if *readwrite {
                 let copy = scratch.join("file");

@@ -190,6 +190,7 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
         imported.keep_hits(&b.store)?;
     }
     b.export_caches(&summary, &cache_to, &scanner)?;
+    summary.settle()?;
     if b.graph.roots.len() > 1 {
         b.reporter.event(recorder.summary(&b.graph, &targets));
     }

@@ -68,6 +68,20 @@ pub struct Summary {
     /// git commit, the files a step selected from a context): the build's inputs by digest, for its
     /// provenance.
     pub resolved: HashMap<NodeIndex, Vec<Resolved>>,
+    /// The steps this build committed whose snapshots and records are still being made durable: the
+    /// build joins them (`settle`) after its exports, which need only the snapshots, so the last
+    /// step's sync overlaps them.
+    pub durable: Vec<crate::store::Durable>,
+}
+
+impl Summary {
+    /// Waits until every step this build committed is on disk; the first store error, if any.
+    pub fn settle(&mut self) -> Result<()> {
+        std::mem::take(&mut self.durable)
+            .into_iter()
+            .map(crate::store::Durable::wait)
+            .fold(Ok(()), Result::and)
+    }
 }
 
 /// An input a node resolved to, by digest.
@@ -208,7 +222,6 @@ pub(super) async fn run<E: Executor>(
         let _ = shared.durable().await;
         return Err(e);
     }
-    shared.durable().await?;
     // Put-off steps that ran report their real result; those nothing needed have none.
     let pending = std::mem::take(&mut *shared.pending.lock().expect("pending lock"));
     let outputs = book
@@ -226,6 +239,7 @@ pub(super) async fn run<E: Executor>(
         executed: book.executed + shared.late_runs.load(std::sync::atomic::Ordering::Relaxed),
         cached: book.cached + shared.late_hits.load(std::sync::atomic::Ordering::Relaxed),
         resolved: std::mem::take(&mut *shared.resolved.lock().expect("resolved lock")),
+        durable: std::mem::take(&mut *shared.durable.lock().expect("durable lock")),
     })
 }
 

@@ -1,26 +1,43 @@
 //! Committing a step's result without waiting for the disk on the step's path. The snapshot is renamed
-//! into place at once (the next step mounts it); the fsyncs that make it and the step's record durable
-//! run on a thread of their own, in the order a crash needs (the snapshots directory, then the record:
+//! into place at once (the next step mounts it); what makes it and the step's record durable runs on a
+//! thread of their own, in the order a crash needs (the snapshot's files, written through a `volatile`
+//! overlay that did not sync them when it went: `syncfs`; the snapshots directory; then the record:
 //! temp file, fsync, rename, fsync of `cache/`), while the build goes on. A chain of cheap steps then
-//! pays no fsync between its steps, and the fsyncs of steps that finish close together share the
-//! journal's commits. The step's key lock is held until its record is on disk, so a concurrent build
-//! that waits for the key finds the record; the build joins every such thread before it ends.
+//! pays no sync between its steps, the syncs of steps that finish close together share the disk's
+//! flushes, and the last step's overlaps the export. The step's key lock is held until its record is on
+//! disk, so a concurrent build that waits for the key finds the record; the build joins every such
+//! thread before it ends (`Durable` joins when dropped, so none outlives a build that failed later).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{CacheRecord, KeyLock, Store, sync_dir};
+use super::{CacheRecord, KeyLock, Store, sync_dir, sync_fs};
 use crate::diag::{Diagnostic, Result};
 
 /// The durable half of a step's commit, running: join it before the build ends.
-pub struct Durable(std::thread::JoinHandle<Result<()>>);
+pub struct Durable(Option<std::thread::JoinHandle<Result<()>>>);
 
 impl Durable {
-    /// Waits for the fsyncs and the record's write; their error, if any.
-    pub fn wait(self) -> Result<()> {
-        self.0
+    /// Waits for the syncs and the record's write; their error, if any.
+    pub fn wait(mut self) -> Result<()> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<()> {
+        let Some(thread) = self.0.take() else {
+            return Ok(());
+        };
+        thread
             .join()
             .unwrap_or_else(|_| Err(Diagnostic::env("a store write thread panicked")))
+    }
+}
+
+impl Drop for Durable {
+    /// A build that fails after its steps ran still waits here (its own error is the one reported): the
+    /// steps keep their records, and no store write outlives the build.
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -41,18 +58,19 @@ impl Store {
             self.stage_record(&rec)?;
             return Ok(None);
         }
-        self.place_snapshot(from, &id)?;
+        let placed = self.place_snapshot(from, &id)?;
         let store = self.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-commit".into())
             .spawn(move || {
+                sync_fs(&placed)?;
                 sync_dir(&store.root.join("snapshots"));
                 let written = store.cache_put(&rec);
                 drop(lock);
                 written
             })
             .map_err(|e| Diagnostic::io("cannot start a store write", e))?;
-        Ok(Some(Durable(thread)))
+        Ok(Some(Durable(Some(thread))))
     }
 }
 

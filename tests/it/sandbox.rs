@@ -98,6 +98,31 @@ fn a_step_gets_the_machines_huge_page_policy() {
     assert_eq!(tagged(&out, "thp"), ["THP_enabled:\t1"], "{}", out.stderr);
 }
 
+/// A step's root is a `volatile` overlay: its unmount, when the step ends, does not write the whole
+/// disk out on the build's path (the store syncs a snapshot before its record names it, off that path);
+/// what the step wrote is the next step's all the same.
+#[test]
+fn a_steps_root_is_a_volatile_overlay_that_keeps_what_it_wrote() {
+    let out = build(
+        "FROM base
+RUN echo kept > /made && awk '$5 == \"/\" { print \"root \" $NF }' /proc/self/mountinfo
+RUN sed 's/^/made /' /made
+",
+        &[],
+    );
+    out.success();
+    let root = tagged(&out, "root");
+    assert!(
+        // Kernels from 6.6 show the option as `fsync=volatile`.
+        root.iter().any(|o| o
+            .split(',')
+            .any(|o| o == "volatile" || o == "fsync=volatile")),
+        "{root:?}\n{}",
+        out.stderr
+    );
+    assert_eq!(tagged(&out, "made"), ["kept"], "{}", out.stderr);
+}
+
 #[test]
 fn syscalls_the_profile_denies_fail_with_eperm() {
     let out = build(
