@@ -249,3 +249,8 @@ fn warn_unused_build_args(session: &load::Session, opts: &frontend::LowerOptions
 pub fn plan(program: &graph::Program) -> graph::Dag {
     graph::Dag::new(program)
 }
+
+/// `plan`, taking the program (its ops move into the graph).
+pub fn plan_owned(program: graph::Program) -> graph::Dag {
+    graph::Dag::from_program(program)
+}

@@ -512,7 +512,7 @@ fn with_packages(
         contexts.insert(name, NamedContext::Dir(dir));
     }
     Ok(Compiled {
-        graph: crate::plan(&compiled.program),
+        graph: crate::plan_owned(compiled.program),
         contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report {
             findings: compiled.findings,

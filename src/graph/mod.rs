@@ -58,6 +58,12 @@ pub struct SecretNeed {
 impl Dag {
     /// Builds the DAG of everything the program's roots need. Unreachable stages are left out.
     pub fn new(program: &Program) -> Dag {
+        Dag::from_program(program.clone())
+    }
+
+    /// `new`, taking the program: its ops move into the graph rather than being copied (a monorepo's
+    /// program has tens of thousands).
+    pub fn from_program(program: Program) -> Dag {
         let mut needed = vec![false; program.nodes.len()];
         let mut stack: Vec<usize> = program.roots.iter().map(|r| r.node).collect();
         while let Some(n) = stack.pop() {
@@ -68,7 +74,7 @@ impl Dag {
         let mut dag = StableDiGraph::new();
         let mut by_digest: HashMap<Digest, NodeIndex> = HashMap::new();
         let mut index_of: Vec<Option<NodeIndex>> = vec![None; program.nodes.len()];
-        for (i, node) in program.nodes.iter().enumerate() {
+        for (i, node) in program.nodes.into_iter().enumerate() {
             if !needed[i] {
                 continue;
             }
@@ -87,11 +93,11 @@ impl Dag {
             let digest = enc.finish();
             let idx = *by_digest.entry(digest.clone()).or_insert_with(|| {
                 let idx = dag.add_node(Node {
-                    op: node.op.clone(),
+                    op: node.op,
                     digest,
-                    name: node.name.clone(),
-                    at: node.at.clone(),
-                    asks: node.asks.clone(),
+                    name: node.name,
+                    at: node.at,
+                    asks: node.asks,
                 });
                 for (pos, &input) in inputs.iter().enumerate() {
                     dag.add_edge(input, idx, pos);
@@ -107,9 +113,9 @@ impl Dag {
             .collect();
         let tags = program
             .roots
-            .iter()
+            .into_iter()
             .filter(|r| !r.tags.is_empty())
-            .map(|r| (r.name.clone(), r.tags.clone()))
+            .map(|r| (r.name, r.tags))
             .collect();
         Dag { dag, roots, tags }
     }

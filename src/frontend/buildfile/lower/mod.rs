@@ -546,7 +546,7 @@ impl<'s> Evaluator<'s> {
         let orphans = self.units.orphans.len();
         if let Some(u) = &unit
             && let Some(record) = self.loader.cached_unit(u)
-            && let Some(v) = self.replay(module, name, &record)?
+            && let Some(v) = self.replay(module, name, record)?
         {
             return Ok(v);
         }

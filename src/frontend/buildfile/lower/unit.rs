@@ -410,11 +410,12 @@ impl Evaluator<'_> {
 
     /// Replays `record` as unit `key`: its value, or `None` when something it read has changed (the
     /// nodes it had pushed are left as orphans for the fresh evaluation to reuse).
+    /// Takes the record: its ops and value move into the program, never copied.
     pub(super) fn replay(
         &mut self,
         module: usize,
         name: &str,
-        record: &UnitRecord,
+        mut record: UnitRecord,
     ) -> Result<Option<Value>> {
         let mut st = Replay {
             files: Vec::new(),
@@ -427,16 +428,17 @@ impl Evaluator<'_> {
         // What the replay does is the record's, not the recording's of whoever uses this global: a
         // marker takes it (the globals it uses record their own).
         self.begin_unit(Digest::of(b"replay"), module, name);
-        let replayed = self.replay_events(record, &mut st);
+        let events = std::mem::take(&mut record.events);
+        let replayed = self.replay_events(&record, events, &mut st);
         self.units.recording.pop();
         if let Err(Stale) = replayed? {
             self.undo_replay(st);
             return Ok(None);
         }
-        let mut value = record.value.clone();
+        let mut value = std::mem::replace(&mut record.value, Value::None);
         let mut stale = false;
         value.map_nodes(
-            &mut |r| match self.resolve(record, r, &st.slots, &mut st.resolved) {
+            &mut |r| match self.resolve(&record, r, &st.slots, &mut st.resolved) {
                 Ok(id) => id,
                 Err(Stale) => {
                     stale = true;
@@ -449,7 +451,7 @@ impl Evaluator<'_> {
             return Ok(None);
         }
         self.units.replayed += 1;
-        self.finish_unit(module, name, record.fingerprint.clone(), st.slots);
+        self.finish_unit(module, name, record.fingerprint, st.slots);
         Ok(Some(value))
     }
 
@@ -468,10 +470,11 @@ impl Evaluator<'_> {
     fn replay_events(
         &mut self,
         record: &UnitRecord,
+        events: Vec<Event>,
         st: &mut Replay,
     ) -> Result<std::result::Result<(), Stale>> {
         st.files = vec![None; record.files.len()];
-        for ev in &record.events {
+        for ev in events {
             let outcome = match ev {
                 Event::Node {
                     op,
@@ -479,9 +482,9 @@ impl Evaluator<'_> {
                     name,
                     at,
                     asks,
-                } => self.replay_node(record, st, (op, inputs, name), at.as_ref(), asks),
+                } => self.replay_node(record, st, (op, &inputs, name), at.as_ref(), &asks),
                 Event::Leaf { key, op, name, at } => {
-                    self.replay_leaf(record, st, key, op, name, at)
+                    self.replay_leaf(record, st, key, op, name, &at)
                 }
                 Event::Call {
                     module,
@@ -489,27 +492,24 @@ impl Evaluator<'_> {
                     use_at,
                     fingerprint,
                 } => {
-                    let Ok(m) = self.loader.module_by_name(module) else {
+                    let Ok(m) = self.loader.module_by_name(&module) else {
                         return Ok(Err(Stale));
                     };
-                    self.global(m, name, *use_at)?;
-                    let done = self.units.done.get(&(m, name.clone()));
-                    match done.map(|d| &d.fingerprint) == Some(fingerprint) {
+                    self.global(m, &name, use_at)?;
+                    let done = self.units.done.get(&(m, name));
+                    match done.map(|d| &d.fingerprint) == Some(&fingerprint) {
                         true => Ok(()),
                         false => Err(Stale),
                     }
                 }
-                Event::Note { at, message } => self.file_at(record, st, at).map(|at| {
+                Event::Note { at, message } => self.file_at(record, st, &at).map(|at| {
                     let notes = self.loader.notes();
-                    notes.push(Note {
-                        at,
-                        message: message.clone(),
-                    });
+                    notes.push(Note { at, message });
                     st.notes.push(notes.len() - 1);
                 }),
-                Event::Lint { at, rule, message } => match self.file_at(record, st, at) {
+                Event::Lint { at, rule, message } => match self.file_at(record, st, &at) {
                     Ok(at) => {
-                        if let Some(i) = self.add_finding(&at, rule, message.clone())? {
+                        if let Some(i) = self.add_finding(&at, &rule, message)? {
                             st.findings.push(i);
                         }
                         Ok(())
@@ -517,10 +517,10 @@ impl Evaluator<'_> {
                     Err(s) => Err(s),
                 },
                 Event::Context { name, dir } => {
-                    self.contexts.insert(name.clone(), dir.clone());
+                    self.contexts.insert(name, dir);
                     Ok(())
                 }
-                Event::IsDir { path, is } => match self.loader.is_dir(path) == *is {
+                Event::IsDir { path, is } => match self.loader.is_dir(&path) == is {
                     true => Ok(()),
                     false => Err(Stale),
                 },
@@ -529,7 +529,7 @@ impl Evaluator<'_> {
                     platform,
                     at,
                     config,
-                } => self.replay_base(record, st, reference, platform, at, config),
+                } => self.replay_base(record, st, &reference, &platform, &at, &config),
             };
             if let Err(s) = outcome {
                 return Ok(Err(s));
@@ -558,7 +558,7 @@ impl Evaluator<'_> {
         &mut self,
         record: &UnitRecord,
         st: &mut Replay,
-        (op, inputs, name): (&Op, &[u32], &String),
+        (op, inputs, name): (Op, &[u32], String),
         at: Option<&At>,
         asks: &[(Entitlement, At)],
     ) -> std::result::Result<(), Stale> {
@@ -571,7 +571,7 @@ impl Evaluator<'_> {
         for (e, a) in asks {
             located.push((*e, self.file_at(record, st, a)?));
         }
-        let id = self.program.push(op.clone(), ids, name.clone(), at);
+        let id = self.program.push(op, ids, name, at);
         self.program.nodes[id].asks = located;
         st.slots.push(id);
         st.pushed.push(id);
@@ -582,24 +582,24 @@ impl Evaluator<'_> {
         &mut self,
         record: &UnitRecord,
         st: &mut Replay,
-        key: &String,
-        op: &Op,
-        name: &str,
+        key: String,
+        op: Op,
+        name: String,
         at: &Option<At>,
     ) -> std::result::Result<(), Stale> {
         let at = at
             .as_ref()
             .map(|a| self.file_at(record, st, a))
             .transpose()?;
-        let id = match self.leaves.get(key) {
+        let id = match self.leaves.get(&key) {
             Some(&id) => id,
             None => {
-                let id = self.program.push(op.clone(), vec![], name.to_string(), at);
+                let id = self.program.push(op, vec![], name, at);
                 self.leaves.insert(key.clone(), id);
                 id
             }
         };
-        self.units.leaf_key.entry(id).or_insert_with(|| key.clone());
+        self.units.leaf_key.entry(id).or_insert(key);
         st.slots.push(id);
         Ok(())
     }
