@@ -84,14 +84,15 @@ pub(crate) fn expand_labels(
             if rel.split('/').any(|c| c == "..") || (!rel.is_empty() && !dir.ends_with('/')) {
                 return Err(bad());
             }
-            let base = root.join(rel);
+            // Canonical, so everything the walk finds below it is too: the walk follows no links.
+            let base = std::fs::canonicalize(root.join(rel)).unwrap_or_else(|_| root.join(rel));
             let found = packages_under(&base);
             if found.is_empty() {
                 return Err(Diagnostic::input(format!("no packages under `{input}`"))
                     .help(format!("a package is a directory with a {PACKAGE_FILE}")));
             }
             for p in found {
-                let m = session.load(&p.join(PACKAGE_FILE), None)?;
+                let m = session.load_found(&p.join(PACKAGE_FILE))?;
                 for t in session.targets(m) {
                     push(&mut selected, m, t);
                 }

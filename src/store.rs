@@ -715,8 +715,10 @@ impl Store {
         }
         let mut file = fs::File::open(self.cache_path(key)).ok()?;
         let meta = file.metadata().ok()?;
-        let mut bytes = Vec::with_capacity(meta.len() as usize + 1);
-        file.read_to_end(&mut bytes).ok()?;
+        // A record is written whole and renamed into place, never changed in place: the size read
+        // from its inode is all of it, so one read does (a cached build reads thousands).
+        let mut bytes = vec![0; usize::try_from(meta.len()).ok()?];
+        file.read_exact(&mut bytes).ok()?;
         let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
         let usable = rec.key == *key && rec.layers.iter().all(|l| self.snapshot_exists(l));
         if usable {

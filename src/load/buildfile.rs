@@ -173,6 +173,18 @@ impl Session {
         Ok(i)
     }
 
+    /// `load` of a path that is already canonical: a file found by walking down from a canonical
+    /// directory without following links (`monorepo::packages_under`), which spares thousands of
+    /// packages a `realpath` each.
+    pub fn load_found(&mut self, path: &Path) -> Result<usize> {
+        if let Some(&i) = self.by_given.get(path) {
+            return Ok(i);
+        }
+        let i = self.load_key(path.to_path_buf(), None)?;
+        self.by_given.insert(path.to_path_buf(), i);
+        Ok(i)
+    }
+
     fn load_canonical(&mut self, path: &Path, from: Option<Located>) -> Result<usize> {
         let key = if path.starts_with("@std") {
             path.to_path_buf()
@@ -186,6 +198,11 @@ impl Session {
                 .help("check the path; `//` paths start at the directory holding kiln.toml")
             })?
         };
+        self.load_key(key, from)
+    }
+
+    /// Loads the module whose canonical path (or `@std/` name) is `key`.
+    fn load_key(&mut self, key: PathBuf, from: Option<Located>) -> Result<usize> {
         if let Some(&i) = self.by_path.get(&key) {
             return Ok(i);
         }
