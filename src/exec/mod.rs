@@ -385,6 +385,13 @@ async fn call_helper(
         .stderr(Stdio::piped())
         .env_clear()
         .kill_on_drop(true);
+    if tty.is_none() {
+        // A process group of its own: a Ctrl-C on kiln's terminal reaches kiln, which stops the
+        // build and its steps, and not the helper too, whose death would race that as a failed step.
+        // A debug shell's helper stays in the foreground group: it reads kiln's terminal, which a
+        // background group may not (SIGTTIN).
+        cmd.process_group(0);
+    }
     // The helper joins the stack's namespace itself, and sets its own parent-death signal (see
     // `helper::join_parent`): without code to run between fork and exec, the spawn is a vfork, which
     // does not copy kiln's page tables.

@@ -178,7 +178,9 @@ impl Launch {
         .stdout(out)
         .stderr(err)
         .env_clear()
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        // Out of kiln's process group, as the helper is: a Ctrl-C on the terminal is kiln's to handle.
+        .process_group(0);
         let fd = ready_w.as_raw_fd();
         // SAFETY: only async-signal-safe calls between fork and exec: prctl, dup2, fcntl. The stack dies
         // with kiln, and gets the ready pipe as fd 3 (dup2 clears close-on-exec; fcntl when it is 3 already).
