@@ -477,7 +477,13 @@ fn mount_overlay(fs: &Overlay) -> Result<(), String> {
     // again while it is there (after a crash the upper dir may be torn). The debug shell mounts a failed
     // step's dirs a second time, on the same boot, with nothing lost: the mark goes first.
     let _ = std::fs::remove_dir_all(fs.work.join("work/incompat/volatile"));
-    mount_with(&rest(",volatile")).or_else(|_| mount_with(&rest("")))
+    volatile_first(|volatile| mount_with(&rest(volatile)))
+}
+
+/// An overlay mount tried `volatile` first (`mount` is given the option's text), then without it, on a
+/// kernel that refuses it.
+fn volatile_first<T, E>(mount: impl Fn(&str) -> Result<T, E>) -> Result<T, E> {
+    mount(",volatile").or_else(|_| mount(""))
 }
 
 fn mount_readonly(lowers: &[PathBuf], empty: &Path, target: &Path) -> Result<(), String> {
@@ -722,19 +728,17 @@ fn setup_mount(
                         overlay_options()
                     )
                 };
-                let mount_with = |data: String| {
+                // Thrown away, so never worth a sync (see `mount_overlay`).
+                volatile_first(|volatile| {
                     mount(
                         Some("overlay"),
                         &merged,
                         Some("overlay"),
                         MsFlags::empty(),
-                        Some(data.as_str()),
+                        Some(data(volatile).as_str()),
                     )
-                };
-                // Thrown away, so never worth a sync (see `mount_overlay`).
-                mount_with(data(",volatile"))
-                    .or_else(|_| mount_with(data("")))
-                    .map_err(errno("cannot mount a writable bind"))?;
+                })
+                .map_err(errno("cannot mount a writable bind"))?;
                 merged
             } else if *readwrite {
                 let copy = scratch.join("file");

@@ -77,10 +77,7 @@ pub struct Summary {
 impl Summary {
     /// Waits until every step this build committed is on disk; the first store error, if any.
     pub fn settle(&mut self) -> Result<()> {
-        std::mem::take(&mut self.durable)
-            .into_iter()
-            .map(crate::store::Durable::wait)
-            .fold(Ok(()), Result::and)
+        crate::store::Durable::wait_all(std::mem::take(&mut self.durable))
     }
 }
 
@@ -130,14 +127,9 @@ impl<E> Shared<E> {
             return Ok(());
         }
         // Every one is waited for, also after an error: none may outlive the solve.
-        tokio::task::spawn_blocking(move || {
-            pending
-                .into_iter()
-                .map(crate::store::Durable::wait)
-                .fold(Ok(()), Result::and)
-        })
-        .await
-        .map_err(|e| Diagnostic::env(format!("a store write task failed: {e}")))?
+        tokio::task::spawn_blocking(move || crate::store::Durable::wait_all(pending))
+            .await
+            .map_err(|e| Diagnostic::env(format!("a store write task failed: {e}")))?
     }
 }
 

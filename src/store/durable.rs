@@ -23,6 +23,11 @@ impl Durable {
         self.join()
     }
 
+    /// Waits for every one of `all`, also after an error: the first error, if any.
+    pub fn wait_all(all: Vec<Durable>) -> Result<()> {
+        all.into_iter().map(Durable::wait).fold(Ok(()), Result::and)
+    }
+
     fn join(&mut self) -> Result<()> {
         let Some(thread) = self.0.take() else {
             return Ok(());
