@@ -6,28 +6,25 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::support::{Kiln, context, leaks_under, start_registries, tempdir, write};
 
-/// The registry of this test module (the open one of `start-registry.sh`'s pair), and its storage.
+/// A registry of one test (the open one of `start-registry.sh`'s pair), and its storage. Each test
+/// starts its own: the incremental test counts the blobs that appear in the storage during one build,
+/// and another test pushing to the same registry meanwhile would add blobs it did not cause.
 struct Registry {
     addr: String,
     data: PathBuf,
 }
 
-fn registry() -> Option<&'static Registry> {
-    static REG: OnceLock<Option<Registry>> = OnceLock::new();
-    REG.get_or_init(|| {
-        let (dir, addrs) = start_registries("cache mount tests", &[], &["open"])?;
-        Some(Registry {
-            addr: addrs[0].clone(),
-            data: dir.join("open-data"),
-        })
+fn registry() -> Option<Registry> {
+    let (dir, addrs) = start_registries("cache mount tests", &[], &["open"])?;
+    Some(Registry {
+        addr: addrs[0].clone(),
+        data: dir.join("open-data"),
     })
-    .as_ref()
 }
 
 impl Registry {
