@@ -63,10 +63,9 @@ pub struct Store {
 /// the file objects (`files/`) its COPY steps made that nothing links any more. Later steps of the same
 /// build find staged results through `snapshot_path` and `cache_get` as if they were committed.
 struct Txn {
-    /// `tmp/txn-*`, removed when the transaction is dropped (committed or not).
-    dir: PathBuf,
-    /// Held while the build runs: a transaction whose lock is free belongs to a dead build.
-    _lock: fs::File,
+    /// `tmp/txn-*`, made when the build first stages a snapshot, a work dir or a cache mount: a fully
+    /// cached build makes none (making and removing it was a fifth of such a build's time).
+    dir: Option<TxnDir>,
     snapshots: std::collections::HashSet<String>,
     /// In staging order, so inputs are committed before what was built on them.
     records: Vec<CacheRecord>,
@@ -134,9 +133,36 @@ pub enum Verdict {
     NotGiven,
 }
 
-impl Drop for Txn {
+/// A transaction's directory, removed when the transaction is dropped (committed or not).
+struct TxnDir {
+    path: PathBuf,
+    /// Held while the build runs: a transaction whose lock is free belongs to a dead build.
+    _lock: fs::File,
+}
+
+impl Drop for TxnDir {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+impl Txn {
+    /// The transaction's directory, made on first use.
+    fn dir(&mut self, store: &Store) -> Result<&Path> {
+        if self.dir.is_none() {
+            self.dir = Some(store.new_txn_dir()?);
+        }
+        Ok(self
+            .dir
+            .as_ref()
+            .map(|d| d.path.as_path())
+            .expect("made above"))
+    }
+
+    /// Where staged snapshot `id` is (a staged snapshot means the directory exists).
+    fn snapshot(&self, id: &str) -> Option<PathBuf> {
+        let dir = self.dir.as_ref().filter(|_| self.snapshots.contains(id))?;
+        Some(dir.path.join("snapshots").join(id))
     }
 }
 
@@ -255,7 +281,16 @@ impl Store {
     }
 
     /// Starts staging this build's results (see `Txn`).
-    pub fn begin(&self) -> Result<()> {
+    pub fn begin(&self) {
+        *self.txn.lock().expect("txn lock") = Some(Txn {
+            dir: None,
+            snapshots: Default::default(),
+            records: Vec::new(),
+            caches: Vec::new(),
+        });
+    }
+
+    fn new_txn_dir(&self) -> Result<TxnDir> {
         // Made and locked under another name, then renamed: `recover` never sees a transaction whose
         // lock is not yet held.
         let fresh = self.temp_dir("new-txn-")?;
@@ -274,14 +309,10 @@ impl Store {
             .join(name.replacen("new-txn-", "txn-", 1));
         fs::rename(fresh.path(), &dir).map_err(fail)?;
         let _ = fresh.keep();
-        *self.txn.lock().expect("txn lock") = Some(Txn {
-            dir,
+        Ok(TxnDir {
+            path: dir,
             _lock: lock,
-            snapshots: Default::default(),
-            records: Vec::new(),
-            caches: Vec::new(),
-        });
-        Ok(())
+        })
     }
 
     /// Moves everything the build staged into place: snapshots first, then the records (a record is
@@ -291,12 +322,13 @@ impl Store {
         let Some(txn) = self.txn.lock().expect("txn lock").take() else {
             return Ok(());
         };
-        if !txn.snapshots.is_empty() {
+        if let Some(dir) = txn.dir.as_ref().filter(|_| !txn.snapshots.is_empty()) {
             // The staged steps' overlays were volatile (see `durable`).
-            sync_fs(txn.dir.as_path())?;
+            sync_fs(&dir.path)?;
         }
         for id in &txn.snapshots {
-            self.commit_snapshot(&txn.dir.as_path().join("snapshots").join(id), id)?;
+            let staged = txn.snapshot(id).expect("a staged snapshot's directory");
+            self.commit_snapshot(&staged, id)?;
         }
         for rec in &txn.records {
             self.cache_put(rec)?;
@@ -344,7 +376,7 @@ impl Store {
             .filter_map(|c| c.file_name())
             .map(|n| format!("{}\n", n.to_string_lossy()))
             .collect();
-        atomic_write(&txn.dir.as_path().join("caches"), names.as_bytes())
+        atomic_write(&txn.dir(self)?.join("caches"), names.as_bytes())
     }
 
     /// Whether snapshot `id` is staged by this build: made by one of its steps, and scanned then for
@@ -364,7 +396,7 @@ impl Store {
             drop(guard);
             return self.commit_snapshot(from, id);
         };
-        let to = txn.dir.as_path().join("snapshots").join(id);
+        let to = txn.dir(self)?.join("snapshots").join(id);
         if !txn.snapshots.contains(id) {
             fs::rename(from, &to)
                 .map_err(|e| Diagnostic::io(format!("cannot stage snapshot {id}"), e))?;
@@ -557,23 +589,27 @@ impl Store {
     /// A step's work directory: inside the open transaction, so a build that dies mid-step leaves its
     /// changes where the next open of the store removes them (see `recover`); else under `tmp/`.
     pub fn work_dir(&self, prefix: &str) -> Result<tempfile::TempDir> {
-        let txn = self.txn.lock().expect("txn lock");
-        let Some(txn) = txn.as_ref() else {
+        let mut txn = self.txn.lock().expect("txn lock");
+        let Some(txn) = txn.as_mut() else {
             drop(txn);
             return self.temp_dir(prefix);
         };
         tempfile::Builder::new()
             .prefix(prefix)
-            .tempdir_in(txn.dir.as_path())
+            .tempdir_in(txn.dir(self)?)
             .map_err(|e| Diagnostic::io("cannot create a work directory in the store", e))
     }
 
     /// Where snapshot `id` is: staged by this build's transaction, or in the store.
     pub fn snapshot_path(&self, id: &str) -> PathBuf {
-        if let Some(txn) = &*self.txn.lock().expect("txn lock")
-            && txn.snapshots.contains(id)
+        if let Some(staged) = self
+            .txn
+            .lock()
+            .expect("txn lock")
+            .as_ref()
+            .and_then(|t| t.snapshot(id))
         {
-            return txn.dir.as_path().join("snapshots").join(id);
+            return staged;
         }
         self.root.join("snapshots").join(id)
     }
@@ -917,7 +953,7 @@ mod tests {
     fn a_transaction_is_kept_only_when_committed() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path(), Access::Shared).unwrap();
-        store.begin().unwrap();
+        store.begin();
         staged_step(&store, "step-a");
         assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
         assert!(store.snapshot_path("step-a").join("f").is_file());
@@ -930,6 +966,33 @@ mod tests {
         assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
     }
 
+    /// A build that stages nothing (every step cached) makes no transaction directory; one that
+    /// stages only records keeps them in memory until commit.
+    #[test]
+    fn a_transaction_makes_its_directory_only_when_something_is_staged() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path(), Access::Shared).unwrap();
+        let tmp_entries = || fs::read_dir(root.path().join("tmp")).unwrap().count();
+        store.begin();
+        store.stage_record(&record("step-r", &[])).unwrap();
+        assert!(store.cache_get(&Digest::of(b"step-r")).is_some());
+        assert_eq!(tmp_entries(), 0);
+        store.commit().unwrap();
+        assert_eq!(tmp_entries(), 0);
+        assert_eq!(store.usage().records, 1);
+        store.begin();
+        let work = store.work_dir("step-").unwrap();
+        assert!(work.path().starts_with(root.path().join("tmp")));
+        assert_eq!(
+            tmp_entries(),
+            1,
+            "the transaction's directory holds the work dir"
+        );
+        drop(work);
+        store.abort();
+        assert_eq!(tmp_entries(), 0);
+    }
+
     /// An aborted transaction leaves nothing, and takes the cache mounts its steps wrote with it.
     #[test]
     fn an_aborted_transaction_leaves_nothing() {
@@ -939,7 +1002,7 @@ mod tests {
             .cache_mount("c", Reserve::No, (0o755, 0, 0), None)
             .unwrap();
         fs::write(cache.join("kept"), "x").unwrap();
-        store.begin().unwrap();
+        store.begin();
         store.note_cache(&cache).unwrap();
         staged_step(&store, "step-a");
         store.abort();
@@ -955,7 +1018,7 @@ mod tests {
     fn a_dead_builds_transaction_is_removed_on_open() {
         let root = tempfile::tempdir().unwrap();
         let live = Store::open(root.path(), Access::Shared).unwrap();
-        live.begin().unwrap();
+        live.begin();
         staged_step(&live, "step-live");
         let (cache, _, _) = live
             .cache_mount("c", Reserve::No, (0o755, 0, 0), None)

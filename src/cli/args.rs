@@ -307,9 +307,9 @@ pub(super) struct BuildCmd {
     /// (one event per line) or `quiet`.
     #[arg(long, value_enum, default_value = "auto", overrides_with = "progress")]
     pub(super) progress: ProgressMode,
-    /// How many steps may run at once.
-    #[arg(long, default_value_t = default_jobs())]
-    pub(super) jobs: usize,
+    /// How many steps may run at once [default: the number of cores, at least 4].
+    #[arg(long)]
+    pub(super) jobs: Option<usize>,
     /// The store directory (default: $KILN_STORE, else $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long)]
     pub(super) store: Option<PathBuf>,
@@ -494,8 +494,7 @@ pub(super) enum GraphFormat {
     Json,
 }
 
-fn default_jobs() -> usize {
-    std::thread::available_parallelism()
-        .map_or(4, |n| n.get())
-        .max(4)
+/// Counted when a build needs it, not for every command line parsed (it reads cgroup files).
+pub(super) fn default_jobs() -> usize {
+    crate::layer::cores(0).max(4)
 }

@@ -65,17 +65,18 @@ impl BuildRequest {
                 CompressionArg::Gzip => crate::layer::Codec::Gzip,
                 CompressionArg::Zstd => crate::layer::Codec::Zstd,
             }),
-            jobs: cmd.jobs,
+            jobs: cmd.jobs.unwrap_or_else(super::args::default_jobs),
             level: flags.layers.level,
             force: flags.layers.force.unwrap_or(false),
             manifest_annotations,
             descriptor_annotations,
         };
-        let store = cmd
+        let store_root = cmd
             .store
             .clone()
             .unwrap_or_else(crate::store::Store::default_root);
-        let mut pulls = crate::load::Pulls::new(crate::load::open_store(&store)?, registry.clone());
+        let store = crate::load::open_store(&store_root)?;
+        let mut pulls = crate::load::Pulls::new(store.clone(), registry.clone());
         if cmd.locked || cmd.hermetic {
             let flag = if cmd.hermetic {
                 "--hermetic"
@@ -84,7 +85,7 @@ impl BuildRequest {
             };
             pulls = pulls.locked(super::lock::read_for_build(&cmd.compile, cl, flag)?);
         }
-        let compiled = compile_checked(cmd, cl, &pulls, &store)?;
+        let compiled = compile_checked(cmd, cl, &pulls, &store_root)?;
         let mut ssh = BTreeMap::new();
         for s in &cmd.ssh {
             let (id, socket) = parse_ssh(cl, s)?;

@@ -61,8 +61,8 @@ pub struct BuildRequest {
     pub settings: crate::export::Settings,
     pub no_cache: bool,
     pub progress: progress::Mode,
-    /// The store directory.
-    pub store: PathBuf,
+    /// The store, opened once for the pulls lowering made and the build.
+    pub store: std::sync::Arc<crate::store::Store>,
     /// `--remote-executor` or `--remote-cache`.
     pub remote: Option<Remote>,
     /// `--label`: image config labels over the build's own.

@@ -82,13 +82,12 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
     let secrets = Arc::new(secrets);
     crate::solve::preflight(&graph, &secrets, &ssh, &allow)?;
     let unrunnable = crate::exec::binfmt::unrunnable(&graph);
-    let store = Arc::new(Store::open(&store, crate::store::Access::Shared)?);
     // A build given secrets is a transaction: what its steps make is staged and kept only once every
     // leak check has passed (`store::Txn`).
     // Values guarded like secrets (the `--sign` key) make one too.
     let given_secrets = secrets.ids().next().is_some() || secrets.guarded().next().is_some();
     if given_secrets {
-        store.begin()?;
+        store.begin();
     }
     let recorder = Arc::new(Recorder::new(Arc::from(progress::reporter(progress))));
     let reporter: Arc<dyn progress::Reporter> = recorder.clone();
@@ -226,6 +225,7 @@ impl Build {
     ) -> Result<crate::solve::Summary> {
         let (graph, store, reporter) = (&self.graph, &self.store, &self.reporter);
         let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(crate::layer::cores(0))
             .enable_all()
             .build()
             .map_err(|e| Diagnostic::io("cannot start the scheduler", e))?;

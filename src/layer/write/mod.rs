@@ -291,10 +291,11 @@ impl Write for ChunkSender {
     }
 }
 
-/// `jobs`, with 0 meaning one per core.
+/// `jobs`, with 0 meaning one per core (counted once: it reads the cgroup's quota files).
 pub fn cores(jobs: usize) -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     match jobs {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        0 => *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from)),
         n => n,
     }
 }
