@@ -159,7 +159,9 @@ pub(super) fn label(
     }
     for (name, root) in &graph.roots {
         match summary.outputs.get_mut(root) {
-            Some(crate::solve::Output::Image { config, .. }) => apply_labels(config, labels),
+            Some(crate::solve::Output::Image { config, .. }) => {
+                apply_labels(config.get_mut(), labels)
+            }
             _ => return Err(not_an_image(name, "--label")),
         }
     }
@@ -188,7 +190,7 @@ pub(super) fn describe(
         let Some(crate::solve::Output::Image { layers, config }) = summary.outputs.get(root) else {
             return Err(not_an_image(target, "--iidfile, --metadata-file or -q"));
         };
-        let image = crate::export::image(store, layers, config, settings)?;
+        let image = crate::export::image(store, layers, config.get(), settings)?;
         described.push((
             target.clone(),
             Described {

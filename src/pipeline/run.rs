@@ -345,11 +345,15 @@ impl Build {
                     .materialize(store, executor, layers)
                     .inspect_err(|_| store.abort())?;
             }
-            match crate::export::guard(store, layers, config, scanner) {
+            if scanner.is_empty() {
+                // Nothing to look for: the config need not even be made.
+                continue;
+            }
+            match crate::export::guard(store, layers, config.get(), scanner) {
                 Ok(None) => {}
                 Ok(Some(found)) => {
                     store.abort();
-                    return Err(leak_error(graph, summary, *root, config, found));
+                    return Err(leak_error(graph, summary, *root, config.get(), found));
                 }
                 Err(e) => {
                     store.abort();
@@ -389,12 +393,12 @@ impl Build {
                 continue;
             };
             let names = self.names(tags, name);
-            let mut image = crate::export::image(store, layers, config, &self.settings)?;
+            let mut image = crate::export::image(store, layers, config.get(), &self.settings)?;
             let subject = super::attest::Subject {
                 root: *root,
                 name: names.first().copied().unwrap_or(name),
                 layers,
-                config,
+                config: config.get(),
             };
             attesting.attach(store, graph, summary, &subject, &mut image, reporter)?;
             attested.insert(*root, image);
@@ -421,7 +425,8 @@ impl Build {
             let names = self.names(tags, name);
             for out in outputs {
                 let out = &out.for_target(name);
-                let exported = self.export_one(attested.get(root), out, layers, config, &names)?;
+                let exported =
+                    self.export_one(attested.get(root), out, layers, config.get(), &names)?;
                 report_export(reporter, name, out, &exported, self.quiet);
                 let target = targets.entry(*root).or_default();
                 target.written.push(out.destination());
@@ -487,7 +492,7 @@ impl Build {
             };
             let image = match attested.remove(root) {
                 Some(image) => image,
-                None => crate::export::image(store, layers, config, &self.settings)?,
+                None => crate::export::image(store, layers, config.get(), &self.settings)?,
             };
             targets.entry(*root).or_default().digest =
                 Some(crate::digest::Digest::of(&image.manifest).to_string());
@@ -612,9 +617,13 @@ impl Build {
                     let subject = crate::digest::Digest::of(&image.manifest);
                     crate::export::attach::add_to_layout(&dir, &subject, &image.referrers)?;
                 }
-                None => {
-                    crate::export::export_for_push(store, layers, config, &dir, &self.settings)?
-                }
+                None => crate::export::export_for_push(
+                    store,
+                    layers,
+                    config.get(),
+                    &dir,
+                    &self.settings,
+                )?,
             }
             for r in refs {
                 jobs.push((dir.clone(), r));
@@ -681,7 +690,7 @@ impl Build {
             if names.is_empty() {
                 continue;
             }
-            let image = crate::export::image(store, layers, config, &self.settings)?;
+            let image = crate::export::image(store, layers, config.get(), &self.settings)?;
             for name in names {
                 let record = crate::export::named(&image, name, self.settings.epoch);
                 store.put_name(&record)?;

@@ -31,6 +31,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 pub use crate::oci::split_layout_ref;
+pub use config::ImageConfig;
 pub use executor::{
     CopySource, CopyStep, DebugShell, Executor, Layers, LogSink, RunExit, RunStep, Sandbox,
     StatusSink, StepMount, Ulimit,

@@ -30,7 +30,10 @@ pub enum Output {
     /// A host directory (a build context).
     Dir(HostDir),
     /// A finished image: layers plus the full OCI image config JSON (without `rootfs`).
-    Image { layers: Vec<String>, config: Value },
+    Image {
+        layers: Vec<String>,
+        config: super::config::ImageConfig,
+    },
 }
 
 pub struct SolveOptions {
