@@ -54,6 +54,9 @@ pub struct Store {
     empty: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The open transaction of a build given secrets: its steps' results are staged here, not committed.
     txn: std::sync::Mutex<Option<Txn>>,
+    /// The base configs of the records read so far, by their JSON text: the records of a stage each
+    /// carry the same one, which is then parsed and held once (see `cache_get`).
+    bases: std::sync::Mutex<std::collections::HashMap<Box<str>, std::sync::Arc<serde_json::Value>>>,
 }
 
 /// A build's staged results. A build given secrets keeps every step's snapshot and record in a private
@@ -114,6 +117,19 @@ pub struct CacheRecord {
     /// mounted secret. Travels with the record into shared caches (see `solve::shared_cache`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretVerdict>,
+}
+
+/// A record as read from its file, its base config not parsed yet (see `Store::cache_get`).
+#[derive(Deserialize)]
+struct RecordText<'a> {
+    key: Digest,
+    layers: Vec<String>,
+    #[serde(default)]
+    times: Vec<i64>,
+    #[serde(borrow)]
+    base: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    secrets: Vec<SecretVerdict>,
 }
 
 /// What the leak guard found when a step that mounted secret `id` was committed.
@@ -237,6 +253,7 @@ impl Store {
             _lock: lock,
             present: Default::default(),
             empty: Default::default(),
+            bases: Default::default(),
             txn: Default::default(),
         };
         store.recover();
@@ -755,7 +772,7 @@ impl Store {
         // from its inode is all of it, so one read does (a cached build reads thousands).
         let mut bytes = vec![0; usize::try_from(meta.len()).ok()?];
         file.read_exact(&mut bytes).ok()?;
-        let rec: CacheRecord = serde_json::from_slice(&bytes).ok()?;
+        let rec = self.parse_record(&bytes)?;
         let usable = rec.key == *key && rec.layers.iter().all(|l| self.snapshot_exists(l));
         if usable {
             // The record's time is its last use: prune removes the least recently used first. An hour's
@@ -767,6 +784,29 @@ impl Store {
             }
         }
         usable.then_some(rec)
+    }
+
+    /// A record from its JSON, its base config shared with every record read before that has the same
+    /// one (a cached build of a monorepo reads thousands of records and a handful of bases).
+    fn parse_record(&self, bytes: &[u8]) -> Option<CacheRecord> {
+        let text: RecordText = serde_json::from_slice(bytes).ok()?;
+        let mut bases = self.bases.lock().expect("base config lock");
+        let base = match bases.get(text.base.get()) {
+            Some(base) => base.clone(),
+            None => {
+                let base: std::sync::Arc<serde_json::Value> =
+                    std::sync::Arc::new(serde_json::from_str(text.base.get()).ok()?);
+                bases.insert(text.base.get().into(), base.clone());
+                base
+            }
+        };
+        Some(CacheRecord {
+            key: text.key,
+            layers: text.layers,
+            times: text.times,
+            base,
+            secrets: text.secrets,
+        })
     }
 
     fn snapshot_exists(&self, id: &str) -> bool {
@@ -926,112 +966,4 @@ fn sync_dir(dir: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(key: &str, layers: &[&str]) -> CacheRecord {
-        CacheRecord {
-            key: Digest::of(key.as_bytes()),
-            layers: layers.iter().map(|l| l.to_string()).collect(),
-            times: vec![0; layers.len()],
-            base: serde_json::Value::Null.into(),
-            secrets: Vec::new(),
-        }
-    }
-
-    fn staged_step(store: &Store, id: &str) {
-        let work = store.work_dir("step-").unwrap();
-        let upper = work.path().join("upper");
-        fs::create_dir(&upper).unwrap();
-        fs::write(upper.join("f"), id).unwrap();
-        store.stage_snapshot(&upper, id).unwrap();
-        store.stage_record(&record(id, &[id])).unwrap();
-    }
-
-    /// Staged results serve the build that made them, and reach the store only on commit.
-    #[test]
-    fn a_transaction_is_kept_only_when_committed() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path(), Access::Shared).unwrap();
-        store.begin();
-        staged_step(&store, "step-a");
-        assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
-        assert!(store.snapshot_path("step-a").join("f").is_file());
-        assert_eq!(store.usage().records, 0);
-        assert_eq!(store.usage().snapshot_count, 0);
-        store.commit().unwrap();
-        assert_eq!(store.usage().records, 1);
-        assert!(root.path().join("snapshots/step-a/f").is_file());
-        assert_eq!(store.usage().tmp, 0);
-        assert!(store.cache_get(&Digest::of(b"step-a")).is_some());
-    }
-
-    /// A build that stages nothing (every step cached) makes no transaction directory; one that
-    /// stages only records keeps them in memory until commit.
-    #[test]
-    fn a_transaction_makes_its_directory_only_when_something_is_staged() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path(), Access::Shared).unwrap();
-        let tmp_entries = || fs::read_dir(root.path().join("tmp")).unwrap().count();
-        store.begin();
-        store.stage_record(&record("step-r", &[])).unwrap();
-        assert!(store.cache_get(&Digest::of(b"step-r")).is_some());
-        assert_eq!(tmp_entries(), 0);
-        store.commit().unwrap();
-        assert_eq!(tmp_entries(), 0);
-        assert_eq!(store.usage().records, 1);
-        store.begin();
-        let work = store.work_dir("step-").unwrap();
-        assert!(work.path().starts_with(root.path().join("tmp")));
-        assert_eq!(
-            tmp_entries(),
-            1,
-            "the transaction's directory holds the work dir"
-        );
-        drop(work);
-        store.abort();
-        assert_eq!(tmp_entries(), 0);
-    }
-
-    /// An aborted transaction leaves nothing, and takes the cache mounts its steps wrote with it.
-    #[test]
-    fn an_aborted_transaction_leaves_nothing() {
-        let root = tempfile::tempdir().unwrap();
-        let store = Store::open(root.path(), Access::Shared).unwrap();
-        let (cache, _, _) = store
-            .cache_mount("c", Reserve::No, (0o755, 0, 0), None)
-            .unwrap();
-        fs::write(cache.join("kept"), "x").unwrap();
-        store.begin();
-        store.note_cache(&cache).unwrap();
-        staged_step(&store, "step-a");
-        store.abort();
-        assert!(store.cache_get(&Digest::of(b"step-a")).is_none());
-        assert!(!cache.exists());
-        let usage = store.usage();
-        assert_eq!((usage.records, usage.snapshot_count, usage.tmp), (0, 0, 0));
-    }
-
-    /// A build that died mid-transaction: the next open removes what it staged and the caches it wrote;
-    /// a live build's transaction is left alone.
-    #[test]
-    fn a_dead_builds_transaction_is_removed_on_open() {
-        let root = tempfile::tempdir().unwrap();
-        let live = Store::open(root.path(), Access::Shared).unwrap();
-        live.begin();
-        staged_step(&live, "step-live");
-        let (cache, _, _) = live
-            .cache_mount("c", Reserve::No, (0o755, 0, 0), None)
-            .unwrap();
-        // A dead build's transaction: its directory and cache list, with no lock held.
-        let dead = root.path().join("tmp/txn-dead");
-        fs::create_dir_all(dead.join("snapshots/step-dead")).unwrap();
-        fs::write(dead.join("lock"), "").unwrap();
-        let name = cache.file_name().unwrap().to_string_lossy().into_owned();
-        fs::write(dead.join("caches"), format!("{name}\n")).unwrap();
-        drop(Store::open(root.path(), Access::Shared).unwrap());
-        assert!(!dead.exists());
-        assert!(!cache.exists());
-        assert!(live.snapshot_path("step-live").join("f").is_file());
-    }
-}
+mod tests;
