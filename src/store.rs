@@ -49,7 +49,7 @@ pub struct Store {
     /// Snapshots seen to exist during this open. Nothing removes a snapshot while a build holds the shared
     /// lock (prune takes it exclusively), so one look per snapshot per build is enough: a cached rebuild of
     /// a deep chain checks each layer once, not once per record that lists it.
-    present: std::sync::Mutex<std::collections::HashSet<String>>,
+    present: std::sync::Mutex<Present>,
     /// Whether each snapshot looked at so far holds nothing (see `empty`); snapshots never change.
     empty: std::sync::Mutex<std::collections::HashMap<String, bool>>,
     /// The open transaction of a build given secrets: its steps' results are staged here, not committed.
@@ -118,6 +118,21 @@ pub struct CacheRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<SecretVerdict>,
 }
+
+/// The snapshots known to exist, and how they were learnt (see `Store::snapshot_exists`).
+#[derive(Default)]
+struct Present {
+    ids: std::collections::HashSet<String>,
+    /// Snapshots looked up one by one so far.
+    looks: u32,
+    /// Whether `snapshots/` was listed whole.
+    listed: bool,
+}
+
+/// After this many lookups of single snapshots a build lists `snapshots/` once instead: a cached build of
+/// a monorepo checks 10,000 snapshots, one `getdents` pass is cheaper than as many `stat`s, and a
+/// small build of a big store never pays for the listing.
+const LIST_AFTER: u32 = 256;
 
 /// A record as read from its file, its base config not parsed yet (see `Store::cache_get`).
 #[derive(Deserialize)]
@@ -816,12 +831,29 @@ impl Store {
         }
         drop(staged);
         let mut present = self.present.lock().expect("snapshot set lock");
-        if present.contains(id) {
+        if present.ids.contains(id) {
             return true;
         }
+        if !present.listed && present.looks >= LIST_AFTER {
+            present.listed = true;
+            let listing = fs::read_dir(self.root.join("snapshots"))
+                .into_iter()
+                .flatten();
+            present.ids.extend(
+                listing
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+            if present.ids.contains(id) {
+                return true;
+            }
+        }
+        // Not listed yet, or made since the listing (by another build).
+        present.looks += 1;
         let exists = self.snapshot_path(id).is_dir();
         if exists {
-            present.insert(id.to_owned());
+            present.ids.insert(id.to_owned());
         }
         exists
     }

@@ -139,3 +139,27 @@ fn a_dead_builds_transaction_is_removed_on_open() {
     assert!(!cache.exists());
     assert!(live.snapshot_path("step-live").join("f").is_file());
 }
+
+/// Past `LIST_AFTER` lookups the store lists `snapshots/` once: records are still usable exactly when
+/// their snapshots exist, including a snapshot made after the listing.
+#[test]
+fn many_records_are_checked_against_one_listing_of_the_snapshots() {
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path(), Access::Shared).unwrap();
+    let n = LIST_AFTER as usize + 50;
+    for i in 0..n {
+        let id = format!("step-{i}");
+        fs::create_dir(root.path().join("snapshots").join(&id)).unwrap();
+        store.cache_put(&record(&id, &[&id])).unwrap();
+    }
+    store.cache_put(&record("lost", &["step-lost"])).unwrap();
+    let get = |k: &str| store.cache_get(&Digest::of(k.as_bytes()));
+    for i in 0..n {
+        assert!(get(&format!("step-{i}")).is_some(), "step-{i}");
+    }
+    assert!(store.present.lock().unwrap().listed);
+    assert!(get("lost").is_none());
+    fs::create_dir(root.path().join("snapshots/step-late")).unwrap();
+    store.cache_put(&record("late", &["step-late"])).unwrap();
+    assert!(get("late").is_some());
+}
