@@ -602,11 +602,12 @@ impl Store {
     }
 
     /// Where the stat cache of a context directory lives (see `solve::statcache`): named by a digest of
-    /// the directory's absolute path, so each context has its own.
+    /// the directory's absolute path, so each context has its own. The path is made absolute without
+    /// resolving links (a monorepo build has thousands of contexts, and `canonicalize` costs a
+    /// `readlink` per component): a directory reached by two names has two caches, each checked
+    /// against the files' own stat data, so neither can answer for the other's files.
     pub fn stat_cache_path(&self, context: &Path) -> PathBuf {
-        let abs = context
-            .canonicalize()
-            .unwrap_or_else(|_| context.to_path_buf());
+        let abs = std::path::absolute(context).unwrap_or_else(|_| context.to_path_buf());
         let name = Digest::of(abs.as_os_str().as_encoded_bytes());
         self.root.join("statcache").join(name.hex())
     }
