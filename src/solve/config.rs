@@ -6,66 +6,11 @@ use std::sync::Arc;
 use petgraph::stable_graph::NodeIndex;
 use serde_json::{Value, json};
 
-use super::Executor;
-use super::schedule::{Output, Shared};
-use crate::diag::{Diagnostic, Result};
-use crate::digest::Digest;
 use crate::graph::op::{ConfigOp, Inherit};
 use crate::store::CacheRecord;
 
 pub(super) const DEFAULT_PATH: &str =
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-impl<E: Executor> Shared<E> {
-    /// A stage's image: its filesystem (run now if it was put off) with the config of `op` on top.
-    pub(super) async fn config_node(
-        self: &Arc<Self>,
-        n: NodeIndex,
-        key: Digest,
-        mut inputs: Vec<(Digest, Output)>,
-        c: &ConfigOp,
-    ) -> Result<(Digest, Output, Option<bool>)> {
-        if let Some(real) = self.demand(&inputs[0].0).await? {
-            inputs[0].1 = real;
-        }
-        let Output::Fs(rec) = &inputs[0].1 else {
-            unreachable!("config consumes a filesystem")
-        };
-        // The stage ran the triggers its base image had when compiling (a `.build` image with triggers
-        // is refused then); an image with others now, a layout rewritten meanwhile, would quietly give
-        // a different image.
-        let triggers: Vec<&str> = rec.base["config"]["OnBuild"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str())
-            .collect();
-        if !triggers.is_empty() && triggers != c.base_onbuild {
-            return Err(Diagnostic::input(format!(
-                "the base image of stage `{}` has ONBUILD triggers ({}) that the stage did not run",
-                self.graph.dag[n]
-                    .name
-                    .trim_start_matches('[')
-                    .split(']')
-                    .next()
-                    .unwrap_or(""),
-                triggers.join("; ")
-            ))
-            .help("the image changed after the build read its config; build again"));
-        }
-        let layers = rec.layers.clone();
-        let Output::Fs(rec) = inputs.swap_remove(0).1 else {
-            unreachable!("matched above")
-        };
-        let config = ImageConfig::later(Recipe {
-            rec,
-            graph: self.graph.clone(),
-            node: n,
-            epoch: self.opts.epoch,
-        });
-        Ok((key, Output::Image { layers, config }, None))
-    }
-}
 
 /// An image's config, made when something first reads it: a build that exports nothing (`kiln build
 /// //...` over a monorepo's 10,000 cached targets) never makes one, and that was a tenth of its time.
@@ -84,10 +29,21 @@ struct Recipe {
 }
 
 impl ImageConfig {
-    fn later(recipe: Recipe) -> ImageConfig {
+    /// The config of the image that config node `node` makes of the filesystem `rec`.
+    pub(super) fn later(
+        rec: CacheRecord,
+        graph: Arc<crate::graph::Dag>,
+        node: NodeIndex,
+        epoch: Option<i64>,
+    ) -> ImageConfig {
         ImageConfig {
             made: std::sync::OnceLock::new(),
-            recipe: Arc::new(recipe),
+            recipe: Arc::new(Recipe {
+                rec,
+                graph,
+                node,
+                epoch,
+            }),
         }
     }
 

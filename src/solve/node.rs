@@ -1,5 +1,6 @@
 //! Solving one node: its cache key's start, then by kind: the nodes that are not steps (scratch, inline
-//! files, contexts) answer here; images, configs and steps go to their own files.
+//! files, contexts, a stage's image with its config to be made) answer here; imported images and steps
+//! go to their own files.
 
 use std::sync::Arc;
 
@@ -8,6 +9,7 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::Executor;
+use super::config::ImageConfig;
 use super::context::{self, HostDir};
 use super::schedule::{Output, Shared};
 use crate::diag::{Diagnostic, Result};
@@ -142,4 +144,50 @@ fn write_inline(
     };
     write().map_err(|e| Diagnostic::io("cannot write a heredoc file", e))?;
     Ok(dir)
+}
+
+impl<E: Executor> Shared<E> {
+    /// A stage's image: its filesystem (run now if it was put off) with the config of `op` on top.
+    pub(super) async fn config_node(
+        self: &Arc<Self>,
+        n: NodeIndex,
+        key: Digest,
+        mut inputs: Vec<(Digest, Output)>,
+        c: &crate::graph::op::ConfigOp,
+    ) -> Result<(Digest, Output, Option<bool>)> {
+        if let Some(real) = self.demand(&inputs[0].0).await? {
+            inputs[0].1 = real;
+        }
+        let Output::Fs(rec) = &inputs[0].1 else {
+            unreachable!("config consumes a filesystem")
+        };
+        // The stage ran the triggers its base image had when compiling (a `.build` image with triggers
+        // is refused then); an image with others now, a layout rewritten meanwhile, would quietly give
+        // a different image.
+        let triggers: Vec<&str> = rec.base["config"]["OnBuild"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str())
+            .collect();
+        if !triggers.is_empty() && triggers != c.base_onbuild {
+            return Err(Diagnostic::input(format!(
+                "the base image of stage `{}` has ONBUILD triggers ({}) that the stage did not run",
+                self.graph.dag[n]
+                    .name
+                    .trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or(""),
+                triggers.join("; ")
+            ))
+            .help("the image changed after the build read its config; build again"));
+        }
+        let layers = rec.layers.clone();
+        let Output::Fs(rec) = inputs.swap_remove(0).1 else {
+            unreachable!("matched above")
+        };
+        let config = ImageConfig::later(rec, self.graph.clone(), n, self.opts.epoch);
+        Ok((key, Output::Image { layers, config }, None))
+    }
 }

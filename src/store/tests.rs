@@ -1,5 +1,6 @@
 //! The store's own tests: transactions, records and their recovery.
 
+use super::records::LIST_AFTER;
 use super::*;
 
 fn record(key: &str, layers: &[&str]) -> CacheRecord {
