@@ -91,8 +91,10 @@ pub(crate) fn expand_labels(
                 return Err(Diagnostic::input(format!("no packages under `{input}`"))
                     .help(format!("a package is a directory with a {PACKAGE_FILE}")));
             }
-            for p in found {
-                let m = session.load_found(&p.join(PACKAGE_FILE))?;
+            let files: Vec<PathBuf> = found.iter().map(|p| p.join(PACKAGE_FILE)).collect();
+            session.read_ahead(&files);
+            for file in &files {
+                let m = session.load_found(file)?;
                 for t in session.targets(m) {
                     push(&mut selected, m, t);
                 }

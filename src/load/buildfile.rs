@@ -77,6 +77,15 @@ pub struct Session {
     by_name: HashMap<String, usize>,
     /// Units replayed and evaluated by the last evaluation.
     pub stats: (usize, usize),
+    /// Files read (and parsed, when the cache has no summary of them) ahead of their load, by path.
+    ahead: HashMap<PathBuf, Ahead>,
+}
+
+/// A file read ahead of its load (see `Session::read_ahead`), with its parse when one was needed.
+struct Ahead {
+    file: Arc<SourceFile>,
+    digest: Digest,
+    parsed: Option<Result<Module>>,
 }
 
 impl Session {
@@ -93,6 +102,7 @@ impl Session {
             cache: None,
             by_name: HashMap::new(),
             stats: (0, 0),
+            ahead: HashMap::new(),
         }
     }
 
@@ -173,6 +183,49 @@ impl Session {
         Ok(i)
     }
 
+    /// Reads `paths` (canonical, as `load_found` takes them), and parses those the evaluation cache has
+    /// no summary of, on two threads, before they are loaded one by one: a cold `kiln graph //...`
+    /// parses thousands of files. What went wrong with one (a parse error) is reported when its load
+    /// comes, so errors come in the order they always did; a file that cannot be read is left to it.
+    pub fn read_ahead(&mut self, paths: &[PathBuf]) {
+        let root = self.root.clone();
+        let read = |p: &PathBuf| -> Option<(Arc<SourceFile>, Digest)> {
+            let text = std::fs::read_to_string(p).ok()?;
+            let digest = Digest::of(text.as_bytes());
+            Some((
+                SourceFile::new(display_name(p, root.as_deref()), text),
+                digest,
+            ))
+        };
+        let files: Vec<(&PathBuf, Arc<SourceFile>, Digest)> = on_two_threads(paths, read)
+            .into_iter()
+            .zip(paths)
+            .filter_map(|(read, path)| read.map(|(file, digest)| (path, file, digest)))
+            .collect();
+        let cache = self.cache.as_ref();
+        let unparsed: Vec<bool> = files
+            .iter()
+            .map(|(_, _, d)| cache.and_then(|c| c.summary(d)).is_none())
+            .collect();
+        let to_parse: Vec<&Arc<SourceFile>> = files
+            .iter()
+            .zip(&unparsed)
+            .filter(|(_, u)| **u)
+            .map(|((_, file, _), _)| file)
+            .collect();
+        let mut parsed =
+            on_two_threads(&to_parse, |f| crate::frontend::buildfile::syntax::parse(f)).into_iter();
+        for ((path, file, digest), unparsed) in files.into_iter().zip(unparsed) {
+            let parsed = if unparsed { parsed.next() } else { None };
+            let ahead = Ahead {
+                file,
+                digest,
+                parsed,
+            };
+            self.ahead.insert(path.clone(), ahead);
+        }
+    }
+
     /// `load` of a path that is already canonical: a file found by walking down from a canonical
     /// directory without following links (`monorepo::packages_under`), which spares thousands of
     /// packages a `realpath` each.
@@ -209,6 +262,33 @@ impl Session {
         if let Some(start) = self.loading.iter().position(|(k, _)| *k == key) {
             return Err(self.import_cycle(start, from));
         }
+        let (file, digest, parsed) = match self.ahead.remove(&key) {
+            Some(a) => (a.file, a.digest, a.parsed),
+            None => {
+                let (file, digest) = self.read_module(&key, &from)?;
+                (file, digest, None)
+            }
+        };
+        let known = match parsed {
+            Some(_) => None,
+            None => self.cache.as_ref().and_then(|c| c.summary(&digest)),
+        };
+        let (summary, mut parsed) = match (known, parsed) {
+            (Some(s), _) => (s, None),
+            (None, parsed) => {
+                let module = match parsed {
+                    Some(p) => p?,
+                    None => crate::frontend::buildfile::syntax::parse(&file)?,
+                };
+                plain_imports(&module)?;
+                (Arc::new(summarize(&module)), Some(module))
+            }
+        };
+        self.load_module(key, from, file, digest, summary, parsed.take())
+    }
+
+    /// The text of module `key` (a file, or an `@std/` module), as a source file, and its digest.
+    fn read_module(&self, key: &Path, from: &Option<Located>) -> Result<(Arc<SourceFile>, Digest)> {
         let (name, text) = if let Ok(rest) = key.strip_prefix("@std") {
             let n = rest.to_string_lossy().to_string();
             let Some((_, text)) = STD.iter().find(|(f, _)| *f == n) else {
@@ -222,21 +302,25 @@ impl Session {
             };
             (format!("@std/{n}"), text.to_string())
         } else {
-            let text = std::fs::read_to_string(&key)
+            let text = std::fs::read_to_string(key)
                 .map_err(|e| Diagnostic::io(format!("cannot read {}", key.display()), e))?;
-            (display_name(&key, self.root.as_deref()), text)
+            (display_name(key, self.root.as_deref()), text)
         };
         let digest = Digest::of(text.as_bytes());
-        let file = SourceFile::new(name, text);
-        let known = self.cache.as_ref().and_then(|c| c.summary(&digest));
-        let (summary, mut parsed) = match known {
-            Some(s) => (s, None),
-            None => {
-                let module = crate::frontend::buildfile::syntax::parse(&file)?;
-                plain_imports(&module)?;
-                (Arc::new(summarize(&module)), Some(module))
-            }
-        };
+        Ok((SourceFile::new(name, text), digest))
+    }
+
+    /// Loads module `key` from its text (`file`, `digest`) and summary (with its parse when that was
+    /// needed): its imports first, then its type check unless the cache vouches for it.
+    fn load_module(
+        &mut self,
+        key: PathBuf,
+        from: Option<Located>,
+        file: Arc<SourceFile>,
+        digest: Digest,
+        summary: Arc<FileSummary>,
+        mut parsed: Option<Module>,
+    ) -> Result<usize> {
         let dir = key.parent().map(Path::to_path_buf).unwrap_or_default();
         self.loading.push((key.clone(), from));
         let mut imports = HashMap::new();
@@ -566,4 +650,15 @@ pub fn lower_targets(
     opts: &EvalOptions,
 ) -> Result<Lowered> {
     lower_roots(session, selected, opts)
+}
+
+/// `f` over every item, the items split between two threads, results in the items' order.
+fn on_two_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let (a, b) = items.split_at(items.len() / 2);
+    std::thread::scope(|s| {
+        let second = s.spawn(|| b.iter().map(&f).collect::<Vec<R>>());
+        let mut out: Vec<R> = a.iter().map(&f).collect();
+        out.extend(second.join().expect("a reading thread panicked"));
+        out
+    })
 }
