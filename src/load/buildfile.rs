@@ -184,7 +184,7 @@ impl Session {
     }
 
     /// Reads `paths` (canonical, as `load_found` takes them), and parses those the evaluation cache has
-    /// no summary of, on two threads, before they are loaded one by one: a cold `kiln graph //...`
+    /// no summary of, on every core, before they are loaded one by one: a cold `kiln graph //...`
     /// parses thousands of files. What went wrong with one (a parse error) is reported when its load
     /// comes, so errors come in the order they always did; a file that cannot be read is left to it.
     pub fn read_ahead(&mut self, paths: &[PathBuf]) {
@@ -197,11 +197,12 @@ impl Session {
                 digest,
             ))
         };
-        let files: Vec<(&PathBuf, Arc<SourceFile>, Digest)> = on_two_threads(paths, read)
-            .into_iter()
-            .zip(paths)
-            .filter_map(|(read, path)| read.map(|(file, digest)| (path, file, digest)))
-            .collect();
+        let files: Vec<(&PathBuf, Arc<SourceFile>, Digest)> =
+            crate::layer::parallel_map(paths, 0, read)
+                .into_iter()
+                .zip(paths)
+                .filter_map(|(read, path)| read.map(|(file, digest)| (path, file, digest)))
+                .collect();
         let cache = self.cache.as_ref();
         let unparsed: Vec<bool> = files
             .iter()
@@ -213,8 +214,8 @@ impl Session {
             .filter(|(_, u)| **u)
             .map(|((_, file, _), _)| file)
             .collect();
-        let mut parsed =
-            on_two_threads(&to_parse, |f| crate::frontend::buildfile::syntax::parse(f)).into_iter();
+        let parse = |f: &&Arc<SourceFile>| crate::frontend::buildfile::syntax::parse(f);
+        let mut parsed = crate::layer::parallel_map(&to_parse, 0, parse).into_iter();
         for ((path, file, digest), unparsed) in files.into_iter().zip(unparsed) {
             let parsed = if unparsed { parsed.next() } else { None };
             let ahead = Ahead {
@@ -650,15 +651,4 @@ pub fn lower_targets(
     opts: &EvalOptions,
 ) -> Result<Lowered> {
     lower_roots(session, selected, opts)
-}
-
-/// `f` over every item, the items split between two threads, results in the items' order.
-fn on_two_threads<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let (a, b) = items.split_at(items.len() / 2);
-    std::thread::scope(|s| {
-        let second = s.spawn(|| b.iter().map(&f).collect::<Vec<R>>());
-        let mut out: Vec<R> = a.iter().map(&f).collect();
-        out.extend(second.join().expect("a reading thread panicked"));
-        out
-    })
 }
