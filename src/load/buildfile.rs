@@ -274,7 +274,7 @@ impl Session {
             Some(_) => None,
             None => self.cache.as_ref().and_then(|c| c.summary(&digest)),
         };
-        let (summary, mut parsed) = match (known, parsed) {
+        let (summary, parsed) = match (known, parsed) {
             (Some(s), _) => (s, None),
             (None, parsed) => {
                 let module = match parsed {
@@ -285,7 +285,7 @@ impl Session {
                 (Arc::new(summarize(&module)), Some(module))
             }
         };
-        self.load_module(key, from, file, digest, summary, parsed.take())
+        self.load_module(key, from, file, digest, summary, parsed)
     }
 
     /// The text of module `key` (a file, or an `@std/` module), as a source file, and its digest.
