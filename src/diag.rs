@@ -113,7 +113,7 @@ impl fmt::Display for Note {
 
 /// Shows a note on stderr, one line: `file:line:col: message`.
 pub fn print_note(note: &Note) {
-    eprintln!("{note}");
+    crate::progress::stderr(&format!("{note}\n"));
 }
 
 #[derive(Clone, Debug)]

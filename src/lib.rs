@@ -26,6 +26,7 @@ pub mod export;
 pub mod frontend;
 pub mod graph;
 mod ignore;
+mod inputs;
 pub mod layer;
 pub mod load;
 mod lock;

@@ -58,6 +58,7 @@ pub(crate) struct Commit {
 impl Lock {
     /// Reads `path`; `Ok(None)` when there is no such file.
     pub(crate) fn read(path: &Path) -> Result<Option<Lock>> {
+        crate::inputs::file(path);
         match std::fs::read_to_string(path) {
             Ok(text) => Lock::parse(&text).map(Some).map_err(|e| {
                 e.help(format!(

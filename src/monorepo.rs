@@ -32,6 +32,13 @@ pub(crate) fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     for entry in walker {
         let entry =
             entry.map_err(|e| Diagnostic::input(format!("cannot list {}: {e}", dir.display())))?;
+        // A package added or removed below changes a directory listed here.
+        if entry.file_type().is_dir()
+            && crate::inputs::on()
+            && let Ok(meta) = entry.metadata()
+        {
+            crate::inputs::entry(entry.path(), &meta);
+        }
         if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "build") {
             out.push(entry.path().to_path_buf());
         }

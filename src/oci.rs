@@ -67,6 +67,9 @@ fn read_image_as(
     platform: Option<&crate::platform::Platform>,
 ) -> io::Result<ImageRef> {
     let header = layout.join("oci-layout");
+    // Blobs are named by their digests; which image a tag names is in these two files.
+    crate::inputs::file(&header);
+    crate::inputs::file(&layout.join("index.json"));
     let header_bytes = match fs::read(&header) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

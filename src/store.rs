@@ -450,6 +450,13 @@ impl Store {
         let _ = fs::remove_dir_all(self.root.join("images"));
         // `.build` evaluation caches (load::EvalCache): the next compile of a workspace rebuilds its own.
         let _ = fs::remove_dir_all(self.root.join("evalcache"));
+        // Memos of no-op builds stand for results that may go now (`cli/memo.rs`).
+        fs::remove_dir_all(self.root.join("memo"))
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| Diagnostic::io("cannot remove the build memos", e))?;
         // Oldest first: cache records by last use, cache mounts by last write.
         let mut entries: Vec<(std::time::SystemTime, PathBuf)> = ["cache", "caches"]
             .iter()
@@ -583,6 +590,12 @@ impl Store {
         let abs = std::path::absolute(context).unwrap_or_else(|_| context.to_path_buf());
         let name = Digest::of(abs.as_os_str().as_encoded_bytes());
         self.root.join("statcache").join(name.hex())
+    }
+
+    /// Where `kiln build`'s memo of the command line whose digest is `key` lives, in the store at
+    /// `root` (looked up before the store is opened). Prune removes them all before any result.
+    pub fn memo_path(root: &Path, key: &Digest) -> PathBuf {
+        root.join("memo").join(key.hex())
     }
 
     /// Immutable file objects that snapshots hard-link instead of holding copies: a context file copied

@@ -20,9 +20,9 @@ const FOUNDATIONS: &str = "<foundations>";
 const ANY: &str = "<any>";
 
 /// The foundations: no stage owns them, every module may use them, they use only each other.
-const FOUNDATION_MODULES: [&str; 14] = [
+const FOUNDATION_MODULES: [&str; 15] = [
     "diag", "digest", "options", "secret", "store", "oci", "registry", "progress", "layer",
-    "paths", "ignore", "sign", "platform", "lock",
+    "paths", "ignore", "sign", "platform", "lock", "inputs",
 ];
 
 /// The parts of `src/frontend/` that are modules of their own: the two front ends, and `convert`,
@@ -52,6 +52,8 @@ const TABLE: &[(&str, &[&str])] = &[
     ("platform", &[FOUNDATIONS]),
     // `kiln.lock`: the format of what a build's floating inputs resolved to.
     ("lock", &[FOUNDATIONS]),
+    // The host paths a command read, with their stat data: what a build's memo checks.
+    ("inputs", &[FOUNDATIONS]),
     // The IR, which every front end lowers to.
     ("graph", &[FOUNDATIONS]),
     // The front ends: source text to IR. They never use each other; what both mean lives in

@@ -2,7 +2,10 @@
 bench/gen-monorepo.py with MONOREPO_TARGETS targets (default 10,000), its base `busybox` given as the
 test busybox layout (`--build-context busybox=oci-layout://...`). After one untimed full build:
 
-  build cached   `kiln build //...` with every step in the store
+  build cached   `kiln build //...` with every step in the store (the first run writes the build's memo,
+                 the others are answered from it: see src/cli/memo.rs)
+  build comment  `kiln build //...` after a comment-only edit of the middle package's BUILD file: no step
+                 runs, but the memo no longer holds, so everything is compiled and every record read
   graph cold     `kiln graph //...` with an empty store (nothing evaluated before)
   graph comment  `kiln graph //...` after a comment-only edit of the middle package's BUILD file
   graph command  `kiln graph //...` after a changed command in the middle package (every package after it
@@ -15,7 +18,7 @@ import os, re, shutil, statistics, subprocess, sys, time
 from common import RUNS, WORK, Failed, env, log_path, loadavg, record, run_logged
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SCENARIOS = ["build cached", "graph cold", "graph comment", "graph command"]
+SCENARIOS = ["build cached", "build comment", "graph cold", "graph comment", "graph command"]
 
 
 def run():
@@ -40,14 +43,15 @@ def run():
     if not ok:
         raise Failed(log)
     print(f"monorepo   {n} targets: full build {secs:.0f} s (untimed, load {loadavg()})", flush=True)
-    edits = {"graph comment": lambda i: orig + f"# edit {i}\n",
+    comment = lambda i: orig + f"# edit {i}\n"
+    edits = {"build comment": comment, "graph comment": comment,
              "graph command": lambda i: re.sub(r'echo deps (\d+) >', rf'echo deps \1 v{i} >', orig, count=1)}
     rows, lines = [], []
     for scenario in SCENARIOS:
         times, peak = [], 0.0
-        cmd, st = (build, store) if scenario == "build cached" else (graph, gstore)
+        cmd, st = (build, store) if scenario.startswith("build") else (graph, gstore)
         if scenario in edits:  # the previous evaluation in the store
-            run_logged(graph, log, f"{scenario} warm-up", {"KILN_STORE": st}, cwd=repo)
+            run_logged(cmd, log, f"{scenario} warm-up", {"KILN_STORE": st}, cwd=repo)
         for i in range(1, RUNS + 1):
             if scenario == "graph cold":
                 shutil.rmtree(gstore, ignore_errors=True)

@@ -24,6 +24,7 @@ mod fmt;
 mod graph;
 mod images;
 mod lock;
+mod memo;
 mod outputs;
 mod query;
 mod remote_auth;

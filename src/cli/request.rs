@@ -40,8 +40,21 @@ pub(super) fn run(cmd: BuildCmd) -> Result<()> {
     if call.method != super::call::Method::Build {
         return super::call::run(&cmd, &cl, &call);
     }
-    let request = BuildRequest::from_command(&cmd, &cl)?;
-    crate::build(request).map(drop)
+    let memo = super::memo::path(&cmd);
+    if let Some(path) = &memo
+        && super::memo::replay(path, progress_mode(cmd.progress))
+    {
+        return Ok(());
+    }
+    // Dropped on any error: the recording stops with no memo.
+    let recording = memo.map(super::memo::Recording::start);
+    let mut request = BuildRequest::from_command(&cmd, &cl)?;
+    let recording = recording.and_then(|r| r.keep_for(&mut request));
+    let summary = crate::build(request)?;
+    if let Some(r) = recording {
+        r.finish(&summary);
+    }
+    Ok(())
 }
 
 impl BuildRequest {
@@ -171,6 +184,7 @@ impl BuildRequest {
             invocation,
             sign: flags.sign,
             debug,
+            transcript: None,
         })
     }
 }

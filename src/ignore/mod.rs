@@ -361,6 +361,7 @@ pub(crate) fn load(context: &Path, dockerfile: &Path) -> diag::Result<(Patterns,
     // A Dockerfile read from stdin (`-f -`) has no file beside which to look.
     let specific = (dockerfile != Path::new("-")).then(|| PathBuf::from(specific));
     for candidate in specific.into_iter().chain([context.join(".dockerignore")]) {
+        crate::inputs::file(&candidate);
         let bytes = match fs::read(&candidate) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,

@@ -169,7 +169,11 @@ impl Session {
     pub fn find_root(dir: &Path) -> Option<PathBuf> {
         let dir = std::fs::canonicalize(dir).ok()?;
         dir.ancestors()
-            .find(|d| d.join(ROOT_MARKER).is_file())
+            .find(|d| {
+                let marker = d.join(ROOT_MARKER);
+                crate::inputs::file(&marker);
+                marker.is_file()
+            })
             .map(Path::to_path_buf)
     }
 
@@ -190,6 +194,7 @@ impl Session {
     pub fn read_ahead(&mut self, paths: &[PathBuf]) {
         let root = self.root.clone();
         let read = |p: &PathBuf| -> Option<(Arc<SourceFile>, Digest)> {
+            crate::inputs::file(p);
             let text = std::fs::read_to_string(p).ok()?;
             let digest = Digest::of(text.as_bytes());
             Some((
@@ -243,6 +248,8 @@ impl Session {
         let key = if path.starts_with("@std") {
             path.to_path_buf()
         } else {
+            // The name as imported: a link retargeted makes another canonical path.
+            crate::inputs::file(path);
             std::fs::canonicalize(path).map_err(|e| {
                 let d = Diagnostic::input(format!("cannot read `{}`: {e}", path.display()));
                 match &from {
@@ -303,6 +310,7 @@ impl Session {
             };
             (format!("@std/{n}"), text.to_string())
         } else {
+            crate::inputs::file(key);
             let text = std::fs::read_to_string(key)
                 .map_err(|e| Diagnostic::io(format!("cannot read {}", key.display()), e))?;
             (display_name(key, self.root.as_deref()), text)
@@ -618,6 +626,7 @@ impl Loader for Session {
     }
 
     fn is_dir(&self, path: &Path) -> bool {
+        crate::inputs::file(path);
         path.is_dir()
     }
 

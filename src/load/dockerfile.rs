@@ -9,9 +9,11 @@ use crate::diag::{Diagnostic, Result, SourceFile};
 /// Reads the Dockerfile at `path` (`-`: standard input) into a `SourceFile` named by the path.
 pub fn read_dockerfile(path: &Path) -> Result<Arc<SourceFile>> {
     let text = if path == Path::new("-") {
+        crate::inputs::taint();
         let mut text = String::new();
         std::io::stdin().read_to_string(&mut text).map(|_| text)
     } else {
+        crate::inputs::file(path);
         std::fs::read_to_string(path)
     }
     .map_err(|e| {

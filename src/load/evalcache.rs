@@ -206,7 +206,7 @@ impl<W: std::io::Write> std::io::Write for Summed<W> {
 /// This kiln binary: its version and the file's identity (size, modification time, inode), so that
 /// rebuilding or upgrading kiln starts an empty cache rather than trusting what another build of the
 /// checker and evaluator wrote.
-fn kiln_identity() -> String {
+pub fn kiln_identity() -> String {
     use std::os::unix::fs::MetadataExt as _;
     let exe = std::env::current_exe().and_then(std::fs::metadata);
     match exe {

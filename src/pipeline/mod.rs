@@ -81,6 +81,62 @@ pub struct BuildRequest {
     pub sign: Option<crate::sign::SigningKey>,
     /// `--on-error=shell`: a shell in the sandbox of a RUN step that fails.
     pub debug: Option<crate::solve::DebugShell>,
+    /// Where a copy of the build's progress events goes (`kiln build`'s memo of a no-op build).
+    pub transcript: Option<progress::Transcript>,
+}
+
+impl BuildRequest {
+    /// Whether the build leaves nothing but its results in the store (names included) and was given
+    /// nothing a memo of it could check: no output, push, cache export or report, no secret, SSH agent
+    /// or remote. Only such a build may be answered from `kiln build`'s memo when nothing it read has
+    /// changed. Every field is named, so that a new one must be decided here.
+    pub fn only_stores(&self) -> bool {
+        let BuildRequest {
+            graph: _,
+            platforms: _,
+            contexts: _,
+            secrets,
+            ssh,
+            allow: _,
+            outputs,
+            pushes,
+            push_declared,
+            tags: _,
+            keep_named: _,
+            cache_to,
+            cache_from,
+            registry: _,
+            settings: _,
+            no_cache,
+            progress: _,
+            store: _,
+            remote,
+            labels: _,
+            report,
+            no_cache_for,
+            sandbox: _,
+            attest,
+            invocation: _,
+            sign,
+            debug,
+            transcript: _,
+        } = self;
+        secrets.ids().next().is_none()
+            && secrets.guarded().next().is_none()
+            && ssh.is_empty()
+            && outputs.is_empty()
+            && pushes.is_empty()
+            && !push_declared
+            && cache_to.is_empty()
+            && cache_from.is_empty()
+            && !no_cache
+            && remote.is_none()
+            && !report.wanted()
+            && no_cache_for.is_empty()
+            && attest.is_empty()
+            && sign.is_none()
+            && debug.is_none()
+    }
 }
 
 /// A REAPI server to run steps on, or to use as a shared cache.

@@ -75,6 +75,7 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
         mut invocation,
         sign,
         debug,
+        transcript,
     } = req;
     report.clear()?;
     invocation.started = super::attest::now();
@@ -89,7 +90,7 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
     if given_secrets {
         store.begin();
     }
-    let recorder = Arc::new(Recorder::new(Arc::from(progress::reporter(progress))));
+    let recorder = Arc::new(Recorder::new(progress, transcript));
     let reporter: Arc<dyn progress::Reporter> = recorder.clone();
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));

@@ -40,14 +40,21 @@ pub(super) struct Recorder {
     inner: Arc<dyn Reporter>,
     start: Instant,
     books: Mutex<Books>,
+    /// Where a copy of every event goes, when the driver asked for one.
+    transcript: Option<crate::progress::Transcript>,
 }
 
 impl Recorder {
-    pub(super) fn new(inner: Arc<dyn Reporter>) -> Recorder {
+    /// Shows the events as `mode` asks, keeping a copy in `transcript` when given.
+    pub(super) fn new(
+        mode: crate::progress::Mode,
+        transcript: Option<crate::progress::Transcript>,
+    ) -> Recorder {
         Recorder {
-            inner,
+            inner: Arc::from(crate::progress::reporter(mode)),
             start: Instant::now(),
             books: Mutex::new(Books::default()),
+            transcript,
         }
     }
 
@@ -171,6 +178,9 @@ impl Reporter for Recorder {
                 }
                 _ => {}
             }
+        }
+        if let Some(t) = &self.transcript {
+            t.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone());
         }
         self.inner.event(e);
     }

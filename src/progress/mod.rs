@@ -6,7 +6,7 @@
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 mod live;
 mod plain;
@@ -16,7 +16,7 @@ pub use live::Live;
 pub use plain::{Json, Plain, Quiet};
 
 /// A step as progress shows it. `id` numbers steps in the order they are first reported.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Vertex {
     pub id: usize,
     pub name: String,
@@ -26,7 +26,7 @@ pub struct Vertex {
     pub at: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Event {
     /// A step starts running (its log lines are timed from here).
     Started(Vertex),
@@ -63,7 +63,7 @@ pub enum Event {
 
 /// Where a step ran: here, on a remote executor (queued, then on a worker), or not at all because a
 /// remote cache had its result.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Placement {
     Local,
     Queued,
@@ -128,10 +128,30 @@ pub fn stdout_copy(from: &mut impl std::io::Read) -> std::io::Result<u64> {
 }
 
 /// Writes text for the user to stderr outside a build's progress view (a rendered diagnostic, a lint
-/// report's warnings), as `eprint!` does.
+/// report's warnings, a program's `print(...)` notes), as `eprint!` does.
 pub fn stderr(text: &str) {
+    if let Some(kept) = KEPT_STDERR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+    {
+        kept.push_str(text);
+    }
     eprint!("{text}");
 }
+
+/// What [`stderr`] wrote since [`keep_stderr`], for a build's memo to show again.
+static KEPT_STDERR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Starts keeping a copy of what [`stderr`] writes (`true`), or stops and returns it (`false`).
+pub fn keep_stderr(on: bool) -> Option<String> {
+    let mut kept = KEPT_STDERR.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::replace(&mut *kept, on.then(String::new))
+}
+
+/// The events a build reported, in order: a fully cached build's, which its memo replays when nothing
+/// changed (`cli/memo.rs`).
+pub type Transcript = std::sync::Arc<std::sync::Mutex<Vec<Event>>>;
 
 pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
     match mode {

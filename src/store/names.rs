@@ -34,7 +34,8 @@ pub struct NamedImage {
 }
 
 impl Store {
-    fn name_path(&self, name: &str) -> PathBuf {
+    /// The record of `name` (whether or not there is one).
+    pub fn name_path(&self, name: &str) -> PathBuf {
         self.root
             .join("names")
             .join(format!("{}.json", Digest::of(name.as_bytes()).hex()))

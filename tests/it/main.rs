@@ -31,6 +31,7 @@ mod leak_matrix;
 mod load;
 mod lock;
 mod lock_monorepo;
+mod memo;
 mod messages;
 mod mounts;
 mod onbuild;

@@ -168,7 +168,7 @@ pub(crate) enum StepState {
     Started,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Step {
     pub name: String,
     pub state: StepState,

@@ -1,0 +1,241 @@
+//! `kiln build`'s memo of a no-op build. A build that ran no step, left nothing but its results in the
+//! store (and the names it keeps images under) and was given nothing a memo could not check
+//! (`BuildRequest::only_stores`) writes, in the store, what it read (each path's stat data as it was
+//! read: source files, the directories a `//...` pattern listed, every entry of the contexts its steps
+//! copy from, the OCI layouts of its bases, the store's records of its names: `inputs`) and what it
+//! showed (its progress events and notes). The same command
+//! line, run again from the same directory by the same kiln, finds the memo, stats those paths, and
+//! when none changed shows the same thing without compiling or solving anything: a cached build of a
+//! monorepo of 10,000 targets reads one file and stats its packages, where it would evaluate them all
+//! and read every step's record. Any change, or any doubt, is a full build (which writes a new memo).
+//!
+//! Not memoised: a build that fetches something each time (a registry tag, a download, a git source),
+//! whose command line reads the environment (`--build-arg NAME`), or whose Dockerfile comes from stdin.
+//! `kiln store prune` removes every memo before it removes results; a memo older than an hour is not
+//! used either, so the full build it stands for refreshes the records' last-use times prune goes by.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::args::BuildCmd;
+use crate::digest::Encoder;
+use crate::graph::NamedContext;
+use crate::graph::op::Op;
+use crate::inputs::Input;
+use crate::pipeline::BuildRequest;
+use crate::progress::{self, Event};
+
+/// How long a memo answers for its build (see the module's comment).
+const FRESH: Duration = Duration::from_secs(3600);
+
+#[derive(Serialize, Deserialize)]
+struct Memo {
+    inputs: Vec<Input>,
+    /// What compiling wrote to stderr (notes, warnings), then the build's progress events.
+    stderr: String,
+    events: Vec<Event>,
+}
+
+/// The memo file of a command line, when a build so asked may have one.
+pub(super) fn path(cmd: &BuildCmd) -> Option<PathBuf> {
+    // `--build-arg NAME` takes its value from the environment, which no memo records.
+    if cmd.compile.build_args.iter().any(|a| !a.contains('=')) {
+        return None;
+    }
+    let cwd = std::env::current_dir().ok()?;
+    let mut key = Encoder::new("kiln/build-memo/v1");
+    key.str(&crate::load::kiln_identity())
+        .str(&nix::unistd::geteuid().to_string())
+        .str(&cwd.to_string_lossy())
+        .str(&std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default());
+    for arg in std::env::args_os().skip(1) {
+        key.str(&arg.to_string_lossy());
+    }
+    let store = cmd
+        .store
+        .clone()
+        .unwrap_or_else(crate::store::Store::default_root);
+    Some(crate::store::Store::memo_path(&store, &key.finish()))
+}
+
+/// Shows the memo at `path` when nothing it read has changed; whether it did.
+pub(super) fn replay(path: &Path, mode: progress::Mode) -> bool {
+    let Some(memo) = read(path) else {
+        return false;
+    };
+    let unchanged = crate::layer::parallel_map(&memo.inputs, 0, Input::unchanged);
+    if !unchanged.into_iter().all(|u| u) {
+        return false;
+    }
+    progress::stderr(&memo.stderr);
+    let reporter = progress::reporter(mode);
+    for e in memo.events {
+        reporter.event(e);
+    }
+    reporter.event(Event::Note(format!(
+        "nothing this build reads changed since it last ran ({} paths checked): its steps were not looked up again",
+        memo.inputs.len()
+    )));
+    reporter.finish();
+    true
+}
+
+fn read(path: &Path) -> Option<Memo> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta
+        .modified()
+        .ok()?
+        .elapsed()
+        .map_or(true, |age| age > FRESH)
+    {
+        return None;
+    }
+    rmp_serde::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+/// A build that may leave a memo: what it reads is being recorded.
+pub(super) struct Recording {
+    path: PathBuf,
+    /// When recording started (seconds since the epoch): see `inputs::settled`.
+    started: i64,
+    transcript: progress::Transcript,
+}
+
+impl Recording {
+    /// Starts recording what the build reads and writes to stderr.
+    pub(super) fn start(path: PathBuf) -> Recording {
+        crate::inputs::start();
+        progress::keep_stderr(true);
+        let started = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Recording {
+            path,
+            started,
+            transcript: Default::default(),
+        }
+    }
+
+    /// Keeps recording if `request`, as compiled, may be memoised: records every entry of the contexts
+    /// its steps read (before any step reads them, so an edit during the build is seen next time) and
+    /// asks for its progress events.
+    pub(super) fn keep_for(self, request: &mut BuildRequest) -> Option<Recording> {
+        if !request.only_stores() || !self.record_sources(request) {
+            return None;
+        }
+        // The names the images are kept under: one changed by anything else is given back by a build.
+        let declared = request.graph.tags.values().flatten();
+        for name in request.tags.iter().chain(declared) {
+            crate::inputs::file(&request.store.name_path(name));
+        }
+        request.transcript = Some(self.transcript.clone());
+        Some(self)
+    }
+
+    /// Records the sources the graph reads; false when one of them cannot be recorded.
+    fn record_sources(&self, request: &BuildRequest) -> bool {
+        let mut walked = std::collections::HashSet::new();
+        for n in request.graph.dag.node_indices() {
+            match &request.graph.dag[n].op {
+                // Fetched again by every build (a tag may move) or not from the host at all.
+                Op::Remote { .. } => return false,
+                Op::Image { reference, .. }
+                    if !reference.starts_with("oci-layout://")
+                        && !reference.contains("@sha256:") =>
+                {
+                    return false;
+                }
+                Op::Context { name, excludes } => match request.contexts.get(name) {
+                    Some(NamedContext::Dir(dir)) => {
+                        if walked.insert((dir, excludes)) && !record_tree(dir, excludes) {
+                            return false;
+                        }
+                    }
+                    Some(NamedContext::Image(_)) => {}
+                    None => return false,
+                },
+                _ => {}
+            }
+        }
+        true
+    }
+
+    /// After the build: writes the memo if no step ran and every input was settled before it started.
+    pub(super) fn finish(self, summary: &crate::solve::Summary) {
+        let stderr = progress::keep_stderr(false).unwrap_or_default();
+        let Some(inputs) = crate::inputs::stop() else {
+            return;
+        };
+        if summary.executed != 0 || !crate::inputs::settled(&inputs, self.started - 1) {
+            return;
+        }
+        let events =
+            std::mem::take(&mut *self.transcript.lock().unwrap_or_else(|p| p.into_inner()));
+        if events
+            .iter()
+            .any(|e| !matches!(e, Event::Cached(_) | Event::Note(_) | Event::Summary { .. }))
+        {
+            return;
+        }
+        let memo = Memo {
+            inputs,
+            stderr,
+            events,
+        };
+        // A memo is only ever a shortcut: one that cannot be written is no error.
+        if let Ok(bytes) = rmp_serde::to_vec(&memo)
+            && let Some(dir) = self.path.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            let _ = crate::store::atomic_write(&self.path, &bytes);
+            sweep(dir);
+        }
+    }
+}
+
+/// A recording dropped unfinished (the build failed, or may not be memoised) stops with no memo.
+impl Drop for Recording {
+    fn drop(&mut self) {
+        progress::keep_stderr(false);
+        crate::inputs::stop();
+    }
+}
+
+/// Removes the memos too old to be used (other command lines'), so they do not pile up in the store.
+fn sweep(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > FRESH);
+        if stale {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Records every entry of the context `dir` (less what its `.dockerignore` hides), as COPY's selection
+/// walks it: an added, removed or edited file changes an entry or its directory.
+fn record_tree(dir: &Path, excludes: &[String]) -> bool {
+    // A context named through a link is walked where it leads (as COPY reads it); the link's target,
+    // recorded through it, changes if the link is pointed elsewhere.
+    crate::inputs::file(dir);
+    let Ok(real) = std::fs::canonicalize(dir) else {
+        return false;
+    };
+    let host = crate::solve::context::HostDir {
+        path: real.clone(),
+        excludes: excludes.to_vec(),
+    };
+    let Ok(walked) = host.tree().and_then(|t| t.entries_with_meta(&real)) else {
+        return false;
+    };
+    for w in walked {
+        crate::inputs::entry(&w.path, &w.meta);
+    }
+    true
+}

@@ -1,0 +1,202 @@
+//! The host files and directories a command read, each with the stat data it had just before it was
+//! read: what lets `kiln build` answer a build whose inputs are all unchanged from its memo of the last
+//! one (`cli/memo.rs`) without compiling or solving anything.
+//!
+//! Recording is off unless a build that may leave a memo turns it on; the readers (`load`, the monorepo
+//! walk, `.dockerignore`, OCI layouts) report every path they look at, found or not, before reading it.
+//! A file changed while or after it was read then no longer has the recorded stat data, so the memo is
+//! not used. Whatever cannot be recorded (standard input) taints the recording: no memo.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+static ON: AtomicBool = AtomicBool::new(false);
+static RECORDED: Mutex<Recording> = Mutex::new(Recording {
+    inputs: Vec::new(),
+    tainted: false,
+});
+
+struct Recording {
+    inputs: Vec<Input>,
+    tainted: bool,
+}
+
+/// A path as it was seen: absent, or its stat data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Input {
+    pub(crate) path: PathBuf,
+    /// Through a final symbolic link (a file read), or of the link itself (an entry of a walk).
+    pub(crate) follow: bool,
+    pub(crate) seen: Option<Stat>,
+}
+
+/// What changes when a file or directory does: a content edit (size, times), a replacement (inode), an
+/// entry added to or removed from a directory (its times), a `chmod` (mode, ctime). The ctime cannot
+/// be set back by a user, so an edit that keeps size and mtime is still seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Stat {
+    dev: u64,
+    ino: u64,
+    mode: u32,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stat {
+    pub(crate) fn of(m: &std::fs::Metadata) -> Stat {
+        Stat {
+            dev: m.dev(),
+            ino: m.ino(),
+            mode: m.mode(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    /// The later of its modification and change times, in seconds.
+    fn newest(&self) -> i64 {
+        self.mtime.0.max(self.ctime.0)
+    }
+}
+
+impl Input {
+    /// `path` as it is now.
+    pub(crate) fn now(path: &Path, follow: bool) -> Input {
+        let meta = if follow {
+            std::fs::metadata(path)
+        } else {
+            std::fs::symlink_metadata(path)
+        };
+        Input {
+            path: path.to_path_buf(),
+            follow,
+            seen: meta.ok().map(|m| Stat::of(&m)),
+        }
+    }
+
+    /// Whether the path still looks as it did.
+    pub(crate) fn unchanged(&self) -> bool {
+        Input::now(&self.path, self.follow).seen == self.seen
+    }
+}
+
+/// Starts recording (what an earlier recording held is dropped).
+pub(crate) fn start() {
+    let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    r.inputs.clear();
+    r.tainted = false;
+    ON.store(true, Ordering::Release);
+}
+
+/// Stops recording: what was read, or `None` when something could not be recorded.
+pub(crate) fn stop() -> Option<Vec<Input>> {
+    ON.store(false, Ordering::Release);
+    let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    let inputs = std::mem::take(&mut r.inputs);
+    (!std::mem::take(&mut r.tainted)).then_some(inputs)
+}
+
+fn push(input: Input) {
+    RECORDED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .inputs
+        .push(input);
+}
+
+/// Whether a recording is on (for a reader whose stat data would cost something to get).
+pub(crate) fn on() -> bool {
+    ON.load(Ordering::Acquire)
+}
+
+/// A file about to be read, or looked for (links followed).
+pub(crate) fn file(path: &Path) {
+    if ON.load(Ordering::Acquire) {
+        push(Input::now(path, true));
+    }
+}
+
+/// A directory about to be listed, or an entry a walk found (links not followed).
+pub(crate) fn entry(path: &Path, meta: &std::fs::Metadata) {
+    if ON.load(Ordering::Acquire) {
+        push(Input {
+            path: path.to_path_buf(),
+            follow: false,
+            seen: Some(Stat::of(meta)),
+        });
+    }
+}
+
+/// An input that has no path (standard input): the command's result depends on something no memo
+/// can check.
+pub(crate) fn taint() {
+    if ON.load(Ordering::Acquire) {
+        RECORDED.lock().unwrap_or_else(|p| p.into_inner()).tainted = true;
+    }
+}
+
+/// Whether every input was last changed before `before` (seconds since the epoch). One changed in the
+/// same tick as it was recorded could change again within that tick and keep its times, so inputs
+/// that young are not trusted (git's "racily clean" files).
+pub(crate) fn settled(inputs: &[Input], before: i64) -> bool {
+    inputs
+        .iter()
+        .filter_map(|i| i.seen.as_ref())
+        .all(|s| s.newest() < before)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_input_changes_with_an_edit_a_replacement_or_its_appearance() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        let absent = Input::now(&f, true);
+        assert_eq!(absent.seen, None);
+        std::fs::write(&f, "a").unwrap();
+        assert!(!absent.unchanged());
+        let seen = Input::now(&f, true);
+        assert!(seen.unchanged());
+        // Same size, mtime put back: the ctime still moves.
+        let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, "b").unwrap();
+        std::fs::File::open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(!seen.unchanged());
+        let dir_seen = Input::now(dir.path(), false);
+        std::fs::write(dir.path().join("g"), "").unwrap();
+        assert!(
+            !dir_seen.unchanged(),
+            "an entry added changes its directory"
+        );
+    }
+
+    // The one test that records (the recording is the process's): others only read inputs.
+    #[test]
+    fn a_recording_is_tainted_by_what_has_no_path() {
+        let probe = Path::new("/nonexistent/kiln-inputs-test");
+        start();
+        file(probe);
+        taint();
+        assert_eq!(stop(), None);
+        start();
+        file(probe);
+        let got = stop().unwrap();
+        assert!(got.iter().any(|i| i.path == probe && i.seen.is_none()));
+        // Off: nothing is kept.
+        file(probe);
+        start();
+        assert!(stop().unwrap().iter().all(|i| i.path != probe));
+    }
+}
