@@ -94,12 +94,39 @@ pub(crate) fn start() {
     ON.store(true, Ordering::Release);
 }
 
-/// Stops recording: what was read, or `None` when something could not be recorded.
+/// Stops recording: what was read, each path as it was seen once (a path seen changed stays twice),
+/// or `None` when something could not be recorded.
 pub(crate) fn stop() -> Option<Vec<Input>> {
     ON.store(false, Ordering::Release);
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-    let inputs = std::mem::take(&mut r.inputs);
+    let mut inputs = std::mem::take(&mut r.inputs);
+    inputs.sort_unstable_by(|a, b| (&a.path, a.follow).cmp(&(&b.path, b.follow)));
+    inputs.dedup();
     (!std::mem::take(&mut r.tainted)).then_some(inputs)
+}
+
+/// Whether every input still looks as it did: checked on every core, stopping at the first change.
+pub(crate) fn all_unchanged(inputs: &[Input]) -> bool {
+    let changed = AtomicBool::new(false);
+    let threads = crate::layer::cores(0)
+        .min(inputs.len().div_ceil(256))
+        .max(1);
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let changed = &changed;
+            s.spawn(move || {
+                for input in inputs.iter().skip(t).step_by(threads) {
+                    if changed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if !input.unchanged() {
+                        changed.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    !changed.into_inner()
 }
 
 fn push(input: Input) {

@@ -33,6 +33,14 @@ const FRESH: Duration = Duration::from_secs(3600);
 #[derive(Serialize, Deserialize)]
 struct Memo {
     inputs: Vec<Input>,
+    /// `Shown`, encoded: decoded only once every input is found unchanged (a memo of thousands of
+    /// steps is mostly events, and a build whose memo no longer holds should not pay for them).
+    #[serde(with = "serde_bytes")]
+    shown: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Shown {
     /// What compiling wrote to stderr (notes, warnings), then the build's progress events.
     stderr: String,
     events: Vec<Event>,
@@ -65,13 +73,15 @@ pub(super) fn replay(path: &Path, mode: progress::Mode) -> bool {
     let Some(memo) = read(path) else {
         return false;
     };
-    let unchanged = crate::layer::parallel_map(&memo.inputs, 0, Input::unchanged);
-    if !unchanged.into_iter().all(|u| u) {
+    if !crate::inputs::all_unchanged(&memo.inputs) {
         return false;
     }
-    progress::stderr(&memo.stderr);
+    let Ok(shown) = rmp_serde::from_slice::<Shown>(&memo.shown) else {
+        return false;
+    };
+    progress::stderr(&shown.stderr);
     let reporter = progress::reporter(mode);
-    for e in memo.events {
+    for e in shown.events {
         reporter.event(e);
     }
     reporter.event(Event::Note(format!(
@@ -136,7 +146,7 @@ impl Recording {
 
     /// Records the sources the graph reads; false when one of them cannot be recorded.
     fn record_sources(&self, request: &BuildRequest) -> bool {
-        let mut walked = std::collections::HashSet::new();
+        let mut trees = std::collections::BTreeSet::new();
         for n in request.graph.dag.node_indices() {
             match &request.graph.dag[n].op {
                 // Fetched again by every build (a tag may move) or not from the host at all.
@@ -149,9 +159,7 @@ impl Recording {
                 }
                 Op::Context { name, excludes } => match request.contexts.get(name) {
                     Some(NamedContext::Dir(dir)) => {
-                        if walked.insert((dir, excludes)) && !record_tree(dir, excludes) {
-                            return false;
-                        }
+                        trees.insert((dir, excludes));
                     }
                     Some(NamedContext::Image(_)) => {}
                     None => return false,
@@ -159,7 +167,15 @@ impl Recording {
                 _ => {}
             }
         }
-        true
+        let trees: Vec<_> = trees.into_iter().collect();
+        // A few contexts are each walked on every core; a monorepo's thousands, one per core.
+        let many = trees.len() >= crate::layer::cores(0);
+        let jobs = if many { 0 } else { 1 };
+        crate::layer::parallel_map(&trees, jobs, |(dir, excludes)| {
+            record_tree(dir, excludes, !many)
+        })
+        .into_iter()
+        .all(|recorded| recorded)
     }
 
     /// After the build: writes the memo if no step ran and every input was settled before it started.
@@ -179,13 +195,11 @@ impl Recording {
         {
             return;
         }
-        let memo = Memo {
-            inputs,
-            stderr,
-            events,
+        let Ok(shown) = rmp_serde::to_vec(&Shown { stderr, events }) else {
+            return;
         };
         // A memo is only ever a shortcut: one that cannot be written is no error.
-        if let Ok(bytes) = rmp_serde::to_vec(&memo)
+        if let Ok(bytes) = rmp_serde::to_vec(&Memo { inputs, shown })
             && let Some(dir) = self.path.parent()
             && std::fs::create_dir_all(dir).is_ok()
         {
@@ -220,22 +234,44 @@ fn sweep(dir: &Path) {
 
 /// Records every entry of the context `dir` (less what its `.dockerignore` hides), as COPY's selection
 /// walks it: an added, removed or edited file changes an entry or its directory.
-fn record_tree(dir: &Path, excludes: &[String]) -> bool {
+fn record_tree(dir: &Path, excludes: &[String], on_every_core: bool) -> bool {
     // A context named through a link is walked where it leads (as COPY reads it); the link's target,
     // recorded through it, changes if the link is pointed elsewhere.
-    crate::inputs::file(dir);
-    let Ok(real) = std::fs::canonicalize(dir) else {
-        return false;
+    let real = match dir.symlink_metadata() {
+        // The walk records the directory itself.
+        Ok(m) if m.is_dir() => dir.to_path_buf(),
+        _ => {
+            crate::inputs::file(dir);
+            match std::fs::canonicalize(dir) {
+                Ok(real) => real,
+                Err(_) => return false,
+            }
+        }
     };
     let host = crate::solve::context::HostDir {
         path: real.clone(),
         excludes: excludes.to_vec(),
     };
-    let Ok(walked) = host.tree().and_then(|t| t.entries_with_meta(&real)) else {
+    let Ok(tree) = host.tree() else {
         return false;
     };
-    for w in walked {
-        crate::inputs::entry(&w.path, &w.meta);
+    if on_every_core {
+        let Ok(walked) = tree.entries_with_meta(&real) else {
+            return false;
+        };
+        walked
+            .iter()
+            .for_each(|w| crate::inputs::entry(&w.path, &w.meta));
+        return true;
     }
-    true
+    let Ok(entries) = tree.entries(&real) else {
+        return false;
+    };
+    entries.iter().all(|e| match e.metadata() {
+        Ok(meta) => {
+            crate::inputs::entry(e.path(), &meta);
+            true
+        }
+        Err(_) => false,
+    })
 }
