@@ -3,16 +3,16 @@
 //! (`BuildRequest::only_stores`) writes, in the store, what it read (each path's stat data as it was
 //! read: source files, the directories a `//...` pattern listed, every entry of the contexts its steps
 //! copy from, the OCI layouts of its bases, the store's records of its names: `inputs`) and what it
-//! showed (its progress events and notes). The same command
-//! line, run again from the same directory by the same kiln, finds the memo, stats those paths, and
-//! when none changed shows the same thing without compiling or solving anything: a cached build of a
-//! monorepo of 10,000 targets reads one file and stats its packages, where it would evaluate them all
-//! and read every step's record. Any change, or any doubt, is a full build (which writes a new memo).
+//! showed (its progress events and notes). The same command line, run again from the same directory by
+//! the same kiln, finds the memo, stats those paths, and when none changed shows the same thing without
+//! compiling or solving anything: a cached build of a monorepo of 10,000 targets reads one file and
+//! stats its packages, where it would evaluate them all and read every step's record. Any change, or
+//! any doubt, is a full build (which writes a new memo).
 //!
 //! Not memoised: a build that fetches something each time (a registry tag, a download, a git source),
 //! whose command line reads the environment (`--build-arg NAME`), or whose Dockerfile comes from stdin.
-//! `kiln store prune` removes every memo before it removes results; a memo older than an hour is not
-//! used either, so the full build it stands for refreshes the records' last-use times prune goes by.
+//! `kiln prune` removes every memo before it removes results; a memo older than an hour is not used
+//! either, so the full build it stands for refreshes the records' last-use times prune goes by.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -48,8 +48,11 @@ struct Shown {
 
 /// The memo file of a command line, when a build so asked may have one.
 pub(super) fn path(cmd: &BuildCmd) -> Option<PathBuf> {
-    // `--build-arg NAME` takes its value from the environment, which no memo records.
-    if cmd.compile.build_args.iter().any(|a| !a.contains('=')) {
+    // `--build-arg NAME` takes its value from the environment, which no memo records; a run asked for
+    // evaluation statistics wants an evaluation.
+    if cmd.compile.build_args.iter().any(|a| !a.contains('='))
+        || std::env::var_os("KILN_EVAL_STATS").is_some()
+    {
         return None;
     }
     let cwd = std::env::current_dir().ok()?;
