@@ -96,6 +96,8 @@ pub struct Compiled {
     /// What the secret checks found while evaluating a `.build` program (a Dockerfile's are the lints'
     /// business: `frontend::dockerfile::lints`).
     pub findings: Vec<frontend::dockerfile::lints::Finding>,
+    /// The monorepo's evaluation cache being written back; dropping it waits for the write.
+    pub saving: Option<load::Saving>,
 }
 
 /// Compiles source into a program: parse, check and lower, with the options the command line gives
@@ -114,6 +116,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 program: frontend::dockerfile::lower::lower(&df, opts)?,
                 packages: Default::default(),
                 findings: Vec::new(),
+                saving: None,
             })
         }
         Source::Buildfile {
@@ -141,6 +144,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 program,
                 packages,
                 findings: session.findings,
+                saving: None,
             })
         }
         Source::Labels {
@@ -158,7 +162,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             let selected = monorepo::expand_labels(&mut session, cwd, labels);
             let lowered = selected
                 .and_then(|s| load::lower_targets(&mut session, &s, &build_options(params)));
-            session.save_cache();
+            let saving = session.save_cache();
             if std::env::var_os("KILN_EVAL_STATS").is_some() {
                 let (replayed, evaluated) = session.stats;
                 progress::stderr(&format!(
@@ -175,6 +179,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 program: lowered.program,
                 packages: lowered.contexts,
                 findings: session.findings,
+                saving: Some(saving),
             })
         }
     }

@@ -22,6 +22,8 @@ pub(super) struct Compiled {
     pub(super) source: (&'static str, Option<(String, crate::digest::Digest)>),
     /// With several `--platform`s: the platform of each root, in order (one root per platform).
     pub(super) platforms: Vec<crate::platform::Platform>,
+    /// The evaluation cache being written meanwhile (monorepo labels); dropping it waits for it.
+    pub(super) _saving: Option<crate::load::Saving>,
 }
 
 /// How a command compiles.
@@ -120,6 +122,7 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
         } else {
             Vec::new()
         },
+        _saving: None,
     })
 }
 
@@ -519,6 +522,7 @@ fn with_packages(
         },
         source: ("build", None),
         platforms: Vec::new(),
+        _saving: compiled.saving,
     })
 }
 

@@ -112,11 +112,15 @@ impl Session {
         self
     }
 
-    /// Writes back what this session added to its evaluation cache.
-    pub fn save_cache(&mut self) {
-        if let Some(c) = self.cache.take() {
-            c.save();
-        }
+    /// Writes back what this session added to its evaluation cache, on a thread of its own: a cold
+    /// `kiln graph //...` of a big monorepo writes megabytes while it builds and prints the graph.
+    pub fn save_cache(&mut self) -> Saving {
+        Saving(
+            self.cache
+                .take()
+                .filter(EvalCache::dirty)
+                .map(|c| std::thread::spawn(move || c.save())),
+        )
     }
 
     /// The module at `index`, parsed and checked (now, if the cache had spared that so far).
@@ -469,6 +473,19 @@ impl Session {
         let i = self.load(&path, from)?;
         self.by_package.insert(package.to_string(), i);
         Ok(i)
+    }
+}
+
+/// An evaluation cache being written: waited for when dropped, so a command never ends with it half
+/// written (the file would only be missed, never wrong: it is written whole and renamed).
+#[must_use]
+pub struct Saving(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Saving {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            let _ = t.join();
+        }
     }
 }
 

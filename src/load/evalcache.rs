@@ -147,6 +147,11 @@ impl EvalCache {
         self.dirty = true;
     }
 
+    /// Whether anything was added since it was read.
+    pub fn dirty(&self) -> bool {
+        self.dirty
+    }
+
     /// Writes the cache back if anything was added. Failures are ignored: the cache only saves work.
     pub fn save(mut self) {
         if !self.dirty {

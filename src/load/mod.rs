@@ -11,7 +11,9 @@ mod git;
 mod image;
 
 pub use crate::frontend::buildfile::lower::{EvalOptions, Lowered, PackageContexts};
-pub use buildfile::{Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Session, lower_file, lower_targets};
+pub use buildfile::{
+    Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Saving, Session, lower_file, lower_targets,
+};
 pub use dockerfile::read_dockerfile;
 pub use evalcache::{EvalCache, FileSummary, kiln_identity};
 pub(crate) use git::GitRepo;
