@@ -31,12 +31,8 @@ struct Record {
 #[derive(Serialize, Deserialize, PartialEq, Eq, Clone, Debug)]
 struct FileStat {
     path: PathBuf,
-    dev: u64,
-    ino: u64,
-    mode: u32,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    #[serde(flatten)]
+    stat: crate::inputs::Stat,
 }
 
 impl FileStat {
@@ -44,12 +40,7 @@ impl FileStat {
         let m = std::fs::symlink_metadata(path).ok()?;
         Some(FileStat {
             path: path.to_path_buf(),
-            dev: m.dev(),
-            ino: m.ino(),
-            mode: m.mode(),
-            size: m.len(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
+            stat: crate::inputs::Stat::of(&m),
         })
     }
 }
