@@ -179,10 +179,15 @@ impl Reporter for Recorder {
                 _ => {}
             }
         }
-        if let Some(t) = &self.transcript {
-            t.lock().unwrap_or_else(|p| p.into_inner()).push(e.clone());
+        match &self.transcript {
+            // Kept and shown under one lock: the copy is in the order shown.
+            Some(t) => {
+                let mut kept = t.lock().unwrap_or_else(|p| p.into_inner());
+                kept.push(e.clone());
+                self.inner.event(e);
+            }
+            None => self.inner.event(e),
         }
-        self.inner.event(e);
     }
 
     fn finish(&self) {

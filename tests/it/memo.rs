@@ -1,7 +1,8 @@
 //! `kiln build`'s memo of a no-op build: a build that ran no step and wrote nothing outside the store is
 //! shown again, without compiling or looking anything up, while nothing it read has changed; every kind
-//! of change (a source file, a context's files, a new package, the command line, a prune) is a full
-//! build again, and builds with outputs, secrets or stdin are never answered from a memo.
+//! of change (a source file, a context's files, a new package, the command line, a kept name, a prune)
+//! is a full build again, and builds with outputs, secrets, stdin or build args from the environment
+//! are never answered from a memo.
 
 use std::path::Path;
 use std::time::Duration;
@@ -137,7 +138,12 @@ fn a_monorepo_build_is_shown_from_its_memo_until_anything_it_reads_changes() {
 }
 
 fn dockerfile_build(ctx: &Path, store: &Path, extra: &[&str]) -> Output {
-    Kiln::build_in(store).with_base().args(extra).arg(ctx).run()
+    Kiln::build_in(store)
+        .env("KILN_MEMO_TEST", "1")
+        .with_base()
+        .args(extra)
+        .arg(ctx)
+        .run()
 }
 
 const DOCKERFILE: &str = "FROM base\nCOPY app.txt /app.txt\nRUN cat /app.txt > /copy.txt\n";
@@ -186,7 +192,9 @@ fn builds_that_write_outputs_or_take_secrets_or_stdin_are_never_memoised() {
     let secret = out.path().join("token");
     write(&secret, "not-a-real-token");
     let secret_arg = format!("id=token,src={}", secret.display());
-    let runs: [&[&str]; 2] = [&["-o", &dest_arg], &["--secret", &secret_arg]];
+    // `--build-arg NAME` takes its value from the environment, which a memo does not record.
+    let from_env: &[&str] = &["--build-arg", "KILN_MEMO_TEST"];
+    let runs: [&[&str]; 3] = [&["-o", &dest_arg], &["--secret", &secret_arg], from_env];
     for extra in runs {
         dockerfile_build(ctx.path(), store.path(), extra).success();
         settle();
