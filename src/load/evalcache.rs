@@ -8,24 +8,32 @@
 //! what a `.build` program computes (commands, paths, image config), never a secret's value, which is
 //! not known when compiling.
 //!
-//! The file is written through a temp file and a rename, and ends with a SHA-256 of everything before
-//! it: a torn or corrupt file reads as an empty cache, never as wrong records. Entries not used by the
-//! last `KEEP_RUNS` runs that wrote the file are dropped then.
+//! Reading it costs a command less than it looks: the file is read and decoded on a thread of its own
+//! while the command finds its BUILD files, and that thread then decodes the unit records ahead of the
+//! evaluation, in the order the last run asked for them (the file keeps them in that order). The
+//! evaluation takes a record the thread has decoded, or decodes it itself when it got there first.
+//!
+//! The file is written through a temp file and a rename, and ends with a CRC-32 of everything before
+//! it: a torn or corrupt file reads as an empty cache, never as wrong records (the store is the
+//! user's own; the check is against accidents, not tampering). Entries not used by the last
+//! `KEEP_RUNS` runs that wrote the file are dropped then.
 
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::io::Write as _;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use crate::diag::Span;
 use crate::digest::Digest;
 use crate::frontend::buildfile::lower::UnitRecord;
 
-const MAGIC: &[u8] = b"kiln-evalcache-v1\n";
+const MAGIC: &[u8] = b"kiln-evalcache-v2\n";
 /// An entry no run used in this many writes of the file is dropped.
 const KEEP_RUNS: u64 = 16;
 
@@ -39,31 +47,76 @@ pub struct FileSummary {
     pub params: Vec<String>,
 }
 
-#[derive(Default, Serialize, Deserialize)]
-struct Entries {
+/// The file's layout. Unit records stay encoded (borrowed from the file's bytes when read), and come in
+/// the order the writing run asked for them.
+#[derive(Serialize, Deserialize)]
+struct Wire<'a> {
     /// The kiln that wrote them (`kiln_identity`): another kiln may check or evaluate differently, so
     /// its entries are not used.
     kiln: String,
-    /// How many times the file was written: an entry's `Cell` holds the last one that used it.
+    /// How many times the file was written; each entry says the last write whose run used it.
+    generation: u64,
+    files: Vec<(Cow<'a, Digest>, Arc<FileSummary>, u64)>,
+    checked: Vec<(Cow<'a, Digest>, u64)>,
+    #[serde(borrow)]
+    units: Vec<WireUnit<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireUnit<'a> {
+    key: Cow<'a, Digest>,
+    #[serde(with = "serde_bytes", borrow)]
+    record: &'a [u8],
+    used: u64,
+}
+
+/// The cache as a command holds it.
+#[derive(Default)]
+struct Entries {
+    kiln: String,
     generation: u64,
     files: HashMap<Digest, (Arc<FileSummary>, Cell<u64>)>,
     checked: HashMap<Digest, Cell<u64>>,
-    units: HashMap<Digest, Stored>,
+    units: HashMap<Digest, Unit>,
+    /// The bytes of the file read, which unit records point into.
+    read: Arc<Vec<u8>>,
+    /// How many units this run asked for so far.
+    asked: Cell<u32>,
 }
 
-/// A unit's record, encoded: decoded only when a run replays it, so a command reads the file in one
-/// copy and a cold run holds bytes rather than trees.
-#[derive(Serialize, Deserialize)]
-struct Stored {
-    #[serde(with = "serde_bytes")]
-    record: Vec<u8>,
+/// A unit's record, encoded: decoded only when a run replays it (or ahead of that).
+struct Unit {
+    record: Encoded,
     used: Cell<u64>,
+    /// When this run first asked for it (`u32::MAX`: not yet), which orders the file written.
+    asked: Cell<u32>,
+    ahead: Option<Arc<Mutex<Ahead>>>,
+}
+
+enum Encoded {
+    /// Bytes of the file read.
+    Read(Range<usize>),
+    /// Added by this run.
+    New(Vec<u8>),
+}
+
+/// A record the reading thread decodes ahead of the evaluation.
+enum Ahead {
+    Pending,
+    /// Decoded (none: it does not decode, written by another version of kiln).
+    Decoded(Option<UnitRecord>),
+    /// The evaluation took it, or decoded it itself.
+    Taken,
 }
 
 /// A workspace's evaluation cache, open for one command.
 pub struct EvalCache {
     path: PathBuf,
-    entries: Entries,
+    kiln: String,
+    entries: OnceCell<Entries>,
+    reading: RefCell<Option<mpsc::Receiver<Entries>>>,
+    /// Tells the reading thread to stop decoding ahead.
+    done: Arc<AtomicBool>,
     dirty: bool,
 }
 
@@ -74,41 +127,59 @@ impl EvalCache {
         store.join("evalcache").join(name.hex())
     }
 
-    /// Reads the cache at `path`; a missing, torn or corrupt file is an empty cache.
+    /// Starts reading the cache at `path`; a missing, torn or corrupt file is an empty cache.
     pub fn open(path: PathBuf) -> EvalCache {
         EvalCache::open_as(path, kiln_identity())
     }
 
-    /// Reads the cache at `path` for the kiln identified by `kiln`.
+    /// Starts reading the cache at `path` for the kiln identified by `kiln`.
     fn open_as(path: PathBuf, kiln: String) -> EvalCache {
-        let entries = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| decode(&bytes))
-            .filter(|e| e.kiln == kiln)
-            .unwrap_or_else(|| Entries {
-                kiln,
-                ..Entries::default()
-            });
+        let (tx, rx) = mpsc::channel();
+        let done = Arc::new(AtomicBool::new(false));
+        let (p, k, d) = (path.clone(), kiln.clone(), done.clone());
+        // Should no thread start, the sender is dropped with the closure and the cache reads as empty.
+        let _ = std::thread::Builder::new()
+            .name("evalcache".into())
+            .spawn(move || read_ahead(&p, &k, &tx, &d));
         EvalCache {
             path,
-            entries,
+            kiln,
+            entries: OnceCell::new(),
+            reading: RefCell::new(Some(rx)),
+            done,
             dirty: false,
         }
     }
 
+    /// The entries, once the reading thread has them.
+    fn entries(&self) -> &Entries {
+        self.entries.get_or_init(|| {
+            let read = self.reading.take().and_then(|rx| rx.recv().ok());
+            read.unwrap_or_else(|| Entries {
+                kiln: self.kiln.clone(),
+                ..Entries::default()
+            })
+        })
+    }
+
+    fn entries_mut(&mut self) -> &mut Entries {
+        self.entries();
+        self.entries.get_mut().expect("initialised just above")
+    }
+
     fn now(&self) -> u64 {
-        self.entries.generation + 1
+        self.entries().generation + 1
     }
 
     pub fn summary(&self, text: &Digest) -> Option<Arc<FileSummary>> {
-        let (s, used) = self.entries.files.get(text)?;
+        let (s, used) = self.entries().files.get(text)?;
         used.set(self.now());
         Some(s.clone())
     }
 
     /// Whether the module `key` (a file and its imports) passed the type checker before.
     pub fn checked(&self, key: &Digest) -> bool {
-        let Some(used) = self.entries.checked.get(key) else {
+        let Some(used) = self.entries().checked.get(key) else {
             return false;
         };
         used.set(self.now());
@@ -118,20 +189,31 @@ impl EvalCache {
     /// Remembers a file's summary and that module `key` passed the checker.
     pub fn add_module(&mut self, text: Digest, summary: Arc<FileSummary>, key: Digest) {
         let now = Cell::new(self.now());
-        self.entries
-            .files
-            .entry(text)
-            .or_insert((summary, now.clone()));
-        self.entries.checked.insert(key, now);
+        let e = self.entries_mut();
+        e.files.entry(text).or_insert((summary, now.clone()));
+        e.checked.insert(key, now);
         self.dirty = true;
     }
 
     /// The record of unit `key`; one that does not decode (written by another version of kiln) is
     /// none.
     pub fn unit(&self, key: &Digest) -> Option<UnitRecord> {
-        let stored = self.entries.units.get(key)?;
-        let record = rmp_serde::from_slice(&stored.record).ok()?;
-        stored.used.set(self.now());
+        let e = self.entries();
+        let unit = e.units.get(key)?;
+        let ahead = unit.ahead.as_ref().map(|slot| {
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::replace(&mut *slot, Ahead::Taken)
+        });
+        let record = match ahead {
+            Some(Ahead::Decoded(record)) => record,
+            _ => decode_unit(e.bytes(&unit.record)),
+        }?;
+        unit.used.set(self.now());
+        if unit.asked.get() == u32::MAX {
+            unit.asked.set(e.ask());
+        }
         Some(record)
     }
 
@@ -139,11 +221,15 @@ impl EvalCache {
         let Ok(bytes) = rmp_serde::to_vec_named(record) else {
             return;
         };
-        let stored = Stored {
-            record: bytes,
-            used: Cell::new(self.now()),
+        let now = self.now();
+        let e = self.entries_mut();
+        let unit = Unit {
+            record: Encoded::New(bytes),
+            used: Cell::new(now),
+            asked: Cell::new(e.ask()),
+            ahead: None,
         };
-        self.entries.units.insert(key, stored);
+        e.units.insert(key, unit);
         self.dirty = true;
     }
 
@@ -154,46 +240,173 @@ impl EvalCache {
 
     /// Writes the cache back if anything was added. Failures are ignored: the cache only saves work.
     pub fn save(mut self) {
+        self.done.store(true, Ordering::Relaxed);
         if !self.dirty {
             return;
         }
         let now = self.now();
-        let e = &mut self.entries;
-        e.generation = now;
-        let keep = |used: &Cell<u64>| used.get() + KEEP_RUNS > now;
-        e.files.retain(|_, (_, used)| keep(used));
-        e.checked.retain(|_, used| keep(used));
-        e.units.retain(|_, stored| keep(&stored.used));
-        let Some(dir) = self.path.parent() else {
+        let Some(e) = self.entries.take() else {
             return;
         };
-        let _ = std::fs::create_dir_all(dir);
-        // Streamed through the checksum into the file: no copy of the whole cache in memory.
-        let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) else {
+        let keep = |used: u64| used + KEEP_RUNS > now;
+        let mut units: Vec<_> = e.units.iter().filter(|(_, u)| keep(u.used.get())).collect();
+        units.sort_by(|(ka, a), (kb, b)| (a.asked.get(), ka).cmp(&(b.asked.get(), kb)));
+        let wire = Wire {
+            kiln: e.kiln.clone(),
+            generation: now,
+            files: (e.files.iter())
+                .filter(|(_, (_, used))| keep(used.get()))
+                .map(|(d, (s, used))| (Cow::Borrowed(d), s.clone(), used.get()))
+                .collect(),
+            checked: (e.checked.iter())
+                .filter(|(_, used)| keep(used.get()))
+                .map(|(d, used)| (Cow::Borrowed(d), used.get()))
+                .collect(),
+            units: (units.into_iter())
+                .map(|(key, u)| WireUnit {
+                    key: Cow::Borrowed(key),
+                    record: e.bytes(&u.record),
+                    used: u.used.get(),
+                })
+                .collect(),
+        };
+        write(&self.path, &wire);
+    }
+}
+
+impl Drop for EvalCache {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Entries {
+    fn bytes<'a>(&'a self, record: &'a Encoded) -> &'a [u8] {
+        match record {
+            Encoded::Read(range) => self.read.get(range.clone()).unwrap_or_default(),
+            Encoded::New(bytes) => bytes,
+        }
+    }
+
+    /// The next place in the order this run asks for units.
+    fn ask(&self) -> u32 {
+        let n = self.asked.get();
+        self.asked.set(n + 1);
+        n
+    }
+}
+
+/// The reading thread: reads the file, hands its entries over, then decodes the unit records in the
+/// file's order until done or told to stop.
+fn read_ahead(path: &Path, kiln: &str, tx: &mpsc::Sender<Entries>, done: &AtomicBool) {
+    let Some((entries, queue)) = read(path, kiln) else {
+        return;
+    };
+    let read = entries.read.clone();
+    if tx.send(entries).is_err() {
+        return;
+    }
+    for (range, slot) in queue {
+        if done.load(Ordering::Relaxed) {
             return;
-        };
-        let mut out = Summed {
-            inner: std::io::BufWriter::new(tmp),
-            sum: Sha256::new(),
-        };
-        let written = out.write_all(MAGIC).is_ok()
-            && rmp_serde::encode::write_named(&mut out, &self.entries).is_ok();
-        let sum = out.sum.finalize();
-        // A rename without fsync: after a crash the file is old, new or torn, and a torn one fails its
-        // checksum and reads as empty.
-        if written
-            && out.inner.write_all(&sum).is_ok()
-            && let Ok(tmp) = out.inner.into_inner()
-        {
-            let _ = tmp.persist(&self.path);
+        }
+        let mut slot = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*slot, Ahead::Pending) {
+            *slot = Ahead::Decoded(decode_unit(&read[range]));
         }
     }
 }
 
-/// Writes through, hashing what it writes.
+/// The entries of the file at `path` if it is whole and `kiln` wrote it, and the records to decode
+/// ahead, in order.
+type Queue = Vec<(Range<usize>, Arc<Mutex<Ahead>>)>;
+
+fn read(path: &Path, kiln: &str) -> Option<(Entries, Queue)> {
+    let bytes = std::fs::read(path).ok()?;
+    let payload = checked(&bytes)?;
+    let wire: Wire = rmp_serde::from_slice(payload).ok()?;
+    if wire.kiln != kiln {
+        return None;
+    }
+    let base = bytes.as_ptr() as usize;
+    let mut queue = Vec::with_capacity(wire.units.len());
+    let mut units = HashMap::with_capacity(wire.units.len());
+    for u in wire.units {
+        // Borrowed from `bytes` by the decoder, so the offset is in range; checked all the same.
+        let start = (u.record.as_ptr() as usize).checked_sub(base)?;
+        let range = start..start + u.record.len();
+        bytes.get(range.clone())?;
+        let slot = Arc::new(Mutex::new(Ahead::Pending));
+        queue.push((range.clone(), slot.clone()));
+        let unit = Unit {
+            record: Encoded::Read(range),
+            used: Cell::new(u.used),
+            asked: Cell::new(u32::MAX),
+            ahead: Some(slot),
+        };
+        units.insert(u.key.into_owned(), unit);
+    }
+    let entries = Entries {
+        kiln: wire.kiln,
+        generation: wire.generation,
+        files: (wire.files.into_iter())
+            .map(|(d, s, used)| (d.into_owned(), (s, Cell::new(used))))
+            .collect(),
+        checked: (wire.checked.into_iter())
+            .map(|(d, used)| (d.into_owned(), Cell::new(used)))
+            .collect(),
+        units,
+        read: Arc::new(bytes),
+        asked: Cell::new(0),
+    };
+    Some((entries, queue))
+}
+
+fn decode_unit(bytes: &[u8]) -> Option<UnitRecord> {
+    rmp_serde::from_slice(bytes).ok()
+}
+
+/// The payload of a whole file: after the magic, before the CRC-32 of everything before it.
+fn checked(bytes: &[u8]) -> Option<&[u8]> {
+    let split = bytes.len().checked_sub(4)?;
+    let (body, sum) = bytes.split_at(split);
+    let payload = body.strip_prefix(MAGIC)?;
+    (crc32fast::hash(body).to_le_bytes() == sum).then_some(payload)
+}
+
+/// Writes `wire` to `path` through a temp file and a rename, streamed through the checksum: no copy of
+/// the whole cache in memory.
+fn write(path: &Path, wire: &Wire) {
+    let Some(dir) = path.parent() else {
+        return;
+    };
+    let _ = std::fs::create_dir_all(dir);
+    let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) else {
+        return;
+    };
+    let mut out = Summed {
+        inner: std::io::BufWriter::new(tmp),
+        sum: crc32fast::Hasher::new(),
+    };
+    let written =
+        out.write_all(MAGIC).is_ok() && rmp_serde::encode::write_named(&mut out, wire).is_ok();
+    let sum = out.sum.finalize();
+    // A rename without fsync: after a crash the file is old, new or torn, and a torn one fails its
+    // checksum and reads as empty.
+    if written
+        && out.inner.write_all(&sum.to_le_bytes()).is_ok()
+        && let Ok(tmp) = out.inner.into_inner()
+    {
+        let _ = tmp.persist(path);
+    }
+}
+
+/// Writes through, summing what it writes.
 struct Summed<W> {
     inner: W,
-    sum: Sha256,
+    sum: crc32fast::Hasher,
 }
 
 impl<W: std::io::Write> std::io::Write for Summed<W> {
@@ -226,16 +439,6 @@ pub fn kiln_identity() -> String {
         // Unknown: a value no other run has, so nothing is trusted.
         Err(_) => format!("unknown {:?}", std::time::SystemTime::now()),
     }
-}
-
-fn decode(bytes: &[u8]) -> Option<Entries> {
-    let body = bytes.strip_prefix(MAGIC)?;
-    let split = body.len().checked_sub(32)?;
-    let (payload, sum) = body.split_at(split);
-    if Sha256::digest(&bytes[..MAGIC.len() + split]).as_slice() != sum {
-        return None;
-    }
-    rmp_serde::from_slice(payload).ok()
 }
 
 #[cfg(test)]
