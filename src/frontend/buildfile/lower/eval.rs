@@ -112,7 +112,13 @@ impl Evaluator<'_> {
                     Value::Image(img) => {
                         // A step's location is its own `.method(...)`, not the start of the chain.
                         let at = Span::new(name.span.start.saturating_sub(1), e.span.end);
-                        self.image_method(*img, &name.name, at, vals, args)
+                        self.image_method(
+                            std::sync::Arc::unwrap_or_clone(img),
+                            &name.name,
+                            at,
+                            vals,
+                            args,
+                        )
                     }
                     Value::Secret(id) => Ok(self.secret_mount(id, &name.name, &vals, e.span)),
                     Value::Ssh(id) => Ok(Value::Mount(

@@ -23,12 +23,12 @@ impl Evaluator<'_> {
                 let platform = self.opts.lower.platform.clone();
                 let leaf = self.image_leaf("scratch", span, &platform);
                 let base = crate::frontend::BaseConfig::scratch();
-                Value::Image(Box::new(self.new_image(leaf, base, &platform)))
+                Value::Image(std::sync::Arc::new(self.new_image(leaf, base, &platform)))
             }
             "from" => match &v[0] {
                 Value::Image(img) => {
                     let mut img = img.clone();
-                    img.begin_stage();
+                    std::sync::Arc::make_mut(&mut img).begin_stage();
                     Value::Image(img)
                 }
                 _ => unreachable!("checked"),
@@ -162,7 +162,9 @@ impl Evaluator<'_> {
                 )
                 .help("build on it from a Dockerfile, which runs them, or write what they do as methods of the image"));
         }
-        Ok(Value::Image(Box::new(self.new_image(leaf, env, &platform))))
+        Ok(Value::Image(std::sync::Arc::new(
+            self.new_image(leaf, env, &platform),
+        )))
     }
 
     fn text_function(

@@ -131,7 +131,7 @@ impl Evaluator<'_> {
             "dir" | "file" => return Ok(self.dir_or_file(&img, method, &v, span)),
             other => unreachable!("method {other} is checked"),
         }
-        Ok(Value::Image(Box::new(img)))
+        Ok(Value::Image(std::sync::Arc::new(img)))
     }
 
     /// Where a `.run(...)` call asks for entitlements: its `network:` or `security:` argument (by name, or

@@ -86,7 +86,7 @@ enum Value {
     None,
     List(Vec<Value>),
     Map(Vec<(String, Value)>),
-    Image(Box<Img>),
+    Image(Arc<Img>),
     /// A node whose root is the directory.
     Dir(NodeId),
     File {

@@ -850,7 +850,12 @@ impl Value {
     /// Applies `f` to every node id the value holds.
     pub(super) fn map_nodes(&mut self, f: &mut impl FnMut(NodeId) -> NodeId) {
         match self {
-            Value::Image(img) => img.fs = f(img.fs),
+            Value::Image(img) => {
+                let fs = f(img.fs);
+                if fs != img.fs {
+                    Arc::make_mut(img).fs = fs;
+                }
+            }
             Value::Dir(n) => *n = f(*n),
             Value::File { node, .. } => *node = f(*node),
             Value::List(items) => items.iter_mut().for_each(|v| v.map_nodes(f)),
