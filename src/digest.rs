@@ -18,13 +18,12 @@ impl Digest {
     pub fn from_hasher(h: Sha256) -> Digest {
         // By hand rather than `format!` and `hex::encode`: graph building makes one per node.
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(71);
-        s.push_str("sha256:");
+        let mut s = Vec::with_capacity(71);
+        s.extend_from_slice(b"sha256:");
         for b in h.finalize() {
-            s.push(char::from(HEX[usize::from(b >> 4)]));
-            s.push(char::from(HEX[usize::from(b & 15)]));
+            s.extend_from_slice(&[HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
-        Digest(s)
+        Digest(String::from_utf8(s).expect("hex digits are ASCII"))
     }
     /// Accepts only `sha256:` followed by 64 lower-case hex digits.
     pub fn parse(s: &str) -> Option<Digest> {

@@ -71,8 +71,14 @@ impl Dag {
                 stack.extend(&program.nodes[n].inputs);
             }
         }
-        let mut dag = StableDiGraph::new();
-        let mut by_digest: HashMap<Digest, NodeIndex> = HashMap::new();
+        // Sized once: a monorepo's program has tens of thousands of nodes.
+        let count = needed.iter().filter(|&&n| n).count();
+        let edges = (program.nodes.iter().zip(&needed))
+            .filter(|(_, n)| **n)
+            .map(|(node, _)| node.inputs.len())
+            .sum();
+        let mut dag = StableDiGraph::with_capacity(count, edges);
+        let mut by_digest: HashMap<Digest, NodeIndex> = HashMap::with_capacity(count);
         let mut index_of: Vec<Option<NodeIndex>> = vec![None; program.nodes.len()];
         for (i, node) in program.nodes.into_iter().enumerate() {
             if !needed[i] {
