@@ -60,7 +60,7 @@ impl Stat {
     }
 
     /// The later of its modification and change times, in seconds.
-    fn newest(&self) -> i64 {
+    pub(crate) fn newest(&self) -> i64 {
         self.mtime.0.max(self.ctime.0)
     }
 }

@@ -21,35 +21,12 @@ pub(crate) type Selected = Vec<(usize, String)>;
 /// Every `.build` file at or below `dir`, sorted. Hidden directories and the usual build-output folders
 /// (`target`, `node_modules`) are not entered.
 pub(crate) fn build_files_under(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let walker = walkdir::WalkDir::new(dir)
-        .sort_by_file_name()
-        .into_iter()
-        .filter_entry(|e| {
-            let name = e.file_name().to_string_lossy();
-            e.depth() == 0 || !(name.starts_with('.') || name == "target" || name == "node_modules")
-        });
-    for entry in walker {
-        let entry =
-            entry.map_err(|e| Diagnostic::input(format!("cannot list {}: {e}", dir.display())))?;
-        // A package added or removed below changes a directory listed here.
-        if entry.file_type().is_dir()
-            && crate::inputs::on()
-            && let Ok(meta) = entry.metadata()
-        {
-            crate::inputs::entry(entry.path(), &meta);
-        }
-        if entry.file_type().is_file() && entry.path().extension().is_some_and(|e| e == "build") {
-            out.push(entry.path().to_path_buf());
-        }
-    }
-    Ok(out)
+    crate::load::build_files_under(dir, None)
 }
 
-/// Every package directory at or below `dir` (directories holding a BUILD.build), sorted.
-pub(crate) fn packages_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = build_files_under(dir)
-        .unwrap_or_default()
+/// The package directories (those holding a BUILD.build) of `build_files`, sorted.
+fn package_dirs(build_files: Vec<PathBuf>) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = build_files
         .into_iter()
         .filter(|f| f.file_name().is_some_and(|n| n == PACKAGE_FILE))
         .filter_map(|f| f.parent().map(Path::to_path_buf))
@@ -93,7 +70,7 @@ pub(crate) fn expand_labels(
             }
             // Canonical, so everything the walk finds below it is too: the walk follows no links.
             let base = std::fs::canonicalize(root.join(rel)).unwrap_or_else(|_| root.join(rel));
-            let found = packages_under(&base);
+            let found = package_dirs(session.build_files_under(&base).unwrap_or_default());
             if found.is_empty() {
                 return Err(Diagnostic::input(format!("no packages under `{input}`"))
                     .help(format!("a package is a directory with a {PACKAGE_FILE}")));

@@ -123,6 +123,12 @@ impl Session {
         )
     }
 
+    /// Every `.build` file at or below `dir` (`load::build_files_under`), with the directory listings
+    /// the evaluation cache kept.
+    pub(crate) fn build_files_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
+        super::walk::build_files_under(dir, self.cache.as_mut())
+    }
+
     /// The module at `index`, parsed and checked (now, if the cache had spared that so far).
     pub fn parsed(&self, index: usize) -> &(Arc<Module>, Interface) {
         let m = &self.modules[index];
@@ -237,7 +243,7 @@ impl Session {
     }
 
     /// `load` of a path that is already canonical: a file found by walking down from a canonical
-    /// directory without following links (`monorepo::packages_under`), which spares thousands of
+    /// directory without following links (`load::build_files_under`), which spares thousands of
     /// packages a `realpath` each.
     pub fn load_found(&mut self, path: &Path) -> Result<usize> {
         if let Some(&i) = self.by_given.get(path) {

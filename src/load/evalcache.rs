@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::diag::Span;
 use crate::digest::Digest;
 use crate::frontend::buildfile::lower::UnitRecord;
+use crate::inputs::Stat;
 
-const MAGIC: &[u8] = b"kiln-evalcache-v2\n";
+const MAGIC: &[u8] = b"kiln-evalcache-v3\n";
 /// An entry no run used in this many writes of the file is dropped.
 const KEEP_RUNS: u64 = 16;
 
@@ -60,6 +61,24 @@ struct Wire<'a> {
     checked: Vec<(Cow<'a, Digest>, u64)>,
     #[serde(borrow)]
     units: Vec<WireUnit<'a>>,
+}
+
+/// The directory listings, in a file of their own (`<cache>.dirs`): the walk that finds the packages
+/// needs them first, before the rest of the cache is read.
+#[derive(Default, Serialize, Deserialize)]
+struct DirsWire<'a> {
+    kiln: Cow<'a, str>,
+    generation: u64,
+    #[serde(borrow)]
+    dirs: Vec<(Cow<'a, str>, Cow<'a, Listed>, u64)>,
+}
+
+/// A directory's listing for `load::walk`, with the stat data it had when listed. Only directories
+/// and names that are UTF-8 are kept.
+#[derive(Clone, Serialize, Deserialize)]
+struct Listed {
+    stat: Stat,
+    entries: Vec<(String, bool)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -118,6 +137,15 @@ pub struct EvalCache {
     /// Tells the reading thread to stop decoding ahead.
     done: Arc<AtomicBool>,
     dirty: bool,
+    dirs: OnceCell<Dirs>,
+}
+
+/// The directory listings as a command holds them.
+#[derive(Default)]
+struct Dirs {
+    generation: u64,
+    listed: HashMap<String, (Listed, Cell<u64>)>,
+    dirty: bool,
 }
 
 impl EvalCache {
@@ -148,7 +176,33 @@ impl EvalCache {
             reading: RefCell::new(Some(rx)),
             done,
             dirty: false,
+            dirs: OnceCell::new(),
         }
+    }
+
+    fn dirs_path(&self) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(".dirs");
+        name.into()
+    }
+
+    /// The directory listings, read now (a small file) if not yet.
+    fn dirs(&self) -> &Dirs {
+        self.dirs.get_or_init(|| {
+            let bytes = std::fs::read(self.dirs_path()).unwrap_or_default();
+            let wire = checked(&bytes).and_then(|p| rmp_serde::from_slice::<DirsWire>(p).ok());
+            let Some(wire) = wire.filter(|w| w.kiln == self.kiln) else {
+                return Dirs::default();
+            };
+            let listed = (wire.dirs.into_iter())
+                .map(|(d, l, used)| (d.into_owned(), (l.into_owned(), Cell::new(used))))
+                .collect();
+            Dirs {
+                generation: wire.generation,
+                listed,
+                dirty: false,
+            }
+        })
     }
 
     /// The entries, once the reading thread has them.
@@ -233,14 +287,44 @@ impl EvalCache {
         self.dirty = true;
     }
 
+    /// The listing of directory `dir` if it was kept with stat data `stat`.
+    pub(crate) fn listing(&self, dir: &Path, stat: &Stat) -> Option<super::walk::Listing> {
+        let dirs = self.dirs();
+        let (listed, used) = dirs.listed.get(dir.to_str()?)?;
+        if listed.stat != *stat {
+            return None;
+        }
+        used.set(dirs.generation + 1);
+        let entries = listed.entries.iter();
+        Some(entries.map(|(n, d)| (n.into(), *d)).collect())
+    }
+
+    pub(crate) fn keep_listing(&mut self, dir: &Path, stat: Stat, listing: &super::walk::Listing) {
+        let entries: Option<Vec<(String, bool)>> = (listing.iter())
+            .map(|(n, d)| Some((n.to_str()?.to_string(), *d)))
+            .collect();
+        let (Some(dir), Some(entries)) = (dir.to_str(), entries) else {
+            return;
+        };
+        self.dirs();
+        let dirs = self.dirs.get_mut().expect("read just above");
+        let now = Cell::new(dirs.generation + 1);
+        let listed = Listed { stat, entries };
+        dirs.listed.insert(dir.to_string(), (listed, now));
+        dirs.dirty = true;
+    }
+
     /// Whether anything was added since it was read.
     pub fn dirty(&self) -> bool {
-        self.dirty
+        self.dirty || self.dirs.get().is_some_and(|d| d.dirty)
     }
 
     /// Writes the cache back if anything was added. Failures are ignored: the cache only saves work.
     pub fn save(mut self) {
         self.done.store(true, Ordering::Relaxed);
+        if let Some(dirs) = self.dirs.take().filter(|d| d.dirty) {
+            save_dirs(&self.dirs_path(), &self.kiln, dirs);
+        }
         if !self.dirty {
             return;
         }
@@ -376,9 +460,22 @@ fn checked(bytes: &[u8]) -> Option<&[u8]> {
     (crc32fast::hash(body).to_le_bytes() == sum).then_some(payload)
 }
 
+fn save_dirs(path: &Path, kiln: &str, dirs: Dirs) {
+    let now = dirs.generation + 1;
+    let wire = DirsWire {
+        kiln: Cow::Borrowed(kiln),
+        generation: now,
+        dirs: (dirs.listed.iter())
+            .filter(|(_, (_, used))| used.get() + KEEP_RUNS > now)
+            .map(|(d, (l, used))| (Cow::Borrowed(d.as_str()), Cow::Borrowed(l), used.get()))
+            .collect(),
+    };
+    write(path, &wire);
+}
+
 /// Writes `wire` to `path` through a temp file and a rename, streamed through the checksum: no copy of
 /// the whole cache in memory.
-fn write(path: &Path, wire: &Wire) {
+fn write(path: &Path, wire: &impl Serialize) {
     let Some(dir) = path.parent() else {
         return;
     };

@@ -9,6 +9,7 @@ mod dockerfile;
 mod evalcache;
 mod git;
 mod image;
+mod walk;
 
 pub use crate::frontend::buildfile::lower::{EvalOptions, Lowered, PackageContexts};
 pub use buildfile::{
@@ -18,3 +19,4 @@ pub use dockerfile::read_dockerfile;
 pub use evalcache::{EvalCache, FileSummary, kiln_identity};
 pub(crate) use git::GitRepo;
 pub use image::{Pulls, image_env, open_store};
+pub(crate) use walk::build_files_under;
