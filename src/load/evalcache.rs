@@ -73,6 +73,10 @@ struct DirsWire<'a> {
     dirs: Vec<(Cow<'a, str>, Cow<'a, Listed>, u64)>,
 }
 
+/// What a directory holds for `load::walk`: subdirectories to enter (`true`) and `.build` files, sorted
+/// by name.
+pub(crate) type Listing = Vec<(std::ffi::OsString, bool)>;
+
 /// A directory's listing for `load::walk`, with the stat data it had when listed. Only directories
 /// and names that are UTF-8 are kept.
 #[derive(Clone, Serialize, Deserialize)]
@@ -288,7 +292,7 @@ impl EvalCache {
     }
 
     /// The listing of directory `dir` if it was kept with stat data `stat`.
-    pub(crate) fn listing(&self, dir: &Path, stat: &Stat) -> Option<super::walk::Listing> {
+    pub(crate) fn listing(&self, dir: &Path, stat: &Stat) -> Option<Listing> {
         let dirs = self.dirs();
         let (listed, used) = dirs.listed.get(dir.to_str()?)?;
         if listed.stat != *stat {
@@ -299,7 +303,7 @@ impl EvalCache {
         Some(entries.map(|(n, d)| (n.into(), *d)).collect())
     }
 
-    pub(crate) fn keep_listing(&mut self, dir: &Path, stat: Stat, listing: &super::walk::Listing) {
+    pub(crate) fn keep_listing(&mut self, dir: &Path, stat: Stat, listing: &Listing) {
         let entries: Option<Vec<(String, bool)>> = (listing.iter())
             .map(|(n, d)| Some((n.to_str()?.to_string(), *d)))
             .collect();

@@ -4,16 +4,11 @@
 //! data, and a directory whose stat data are unchanged is not listed again (adding, removing or
 //! renaming an entry changes a directory's modification time, as git's untracked cache relies on).
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::evalcache::EvalCache;
+use super::evalcache::{EvalCache, Listing};
 use crate::diag::{Diagnostic, Result};
 use crate::inputs::Stat;
-
-/// What a directory holds for the walk: subdirectories to enter (`true`) and `.build` files, sorted by
-/// name.
-pub(crate) type Listing = Vec<(OsString, bool)>;
 
 /// Every `.build` file at or below `dir`, in the order of a walk that takes each directory's names
 /// sorted. Hidden directories and the usual build-output folders (`target`, `node_modules`) are not
