@@ -590,14 +590,23 @@ impl Layout {
 }
 
 /// Every regular file under `dir` with its bytes, gzip streams decompressed (symlinks are not followed).
+/// An entry that is gone, or no longer a regular file, by the time it is read is left out: a step whose
+/// build was just killed may still be being torn down, and overlayfs replaces a removed file by a
+/// whiteout (a character device, which cannot be opened) in one rename. Such an entry holds no bytes.
 pub(crate) fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let regular = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
     walkdir::WalkDir::new(dir)
         .into_iter()
-        .map(|e| e.expect("a readable tree"))
+        .filter_map(|e| match e {
+            Ok(e) => Some(e),
+            Err(err) if err.path().is_some_and(|p| !p.exists()) => None,
+            Err(err) => panic!("a readable tree: {err}"),
+        })
         .filter(|e| e.file_type().is_file())
-        .map(|e| {
-            let bytes = std::fs::read(e.path()).expect("a readable file");
-            (e.path().to_path_buf(), maybe_gunzip(bytes))
+        .filter_map(|e| match std::fs::read(e.path()) {
+            Ok(bytes) => Some((e.path().to_path_buf(), maybe_gunzip(bytes))),
+            Err(_) if !regular(e.path()) => None,
+            Err(err) => panic!("a readable file: {}: {err}", e.path().display()),
         })
         .collect()
 }
