@@ -86,6 +86,12 @@ impl Input {
     }
 }
 
+/// Now, in seconds since the epoch (the unit `settled` compares in).
+pub(crate) fn epoch_secs() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Starts recording (what an earlier recording held is dropped).
 pub(crate) fn start() {
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());

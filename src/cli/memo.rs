@@ -15,7 +15,7 @@
 //! either, so the full build it stands for refreshes the records' last-use times prune goes by.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,12 +121,9 @@ impl Recording {
     pub(super) fn start(path: PathBuf) -> Recording {
         crate::inputs::start();
         progress::keep_stderr(true);
-        let started = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         Recording {
             path,
-            started,
+            started: crate::inputs::epoch_secs(),
             transcript: Default::default(),
         }
     }

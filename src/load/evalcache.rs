@@ -93,10 +93,9 @@ struct WireUnit<'a> {
     used: u64,
 }
 
-/// The cache as a command holds it.
+/// The cache as a command holds it (written by this kiln: `read` refuses another's).
 #[derive(Default)]
 struct Entries {
-    kiln: String,
     generation: u64,
     files: HashMap<Digest, (Arc<FileSummary>, Cell<u64>)>,
     checked: HashMap<Digest, Cell<u64>>,
@@ -213,10 +212,7 @@ impl EvalCache {
     fn entries(&self) -> &Entries {
         self.entries.get_or_init(|| {
             let read = self.reading.take().and_then(|rx| rx.recv().ok());
-            read.unwrap_or_else(|| Entries {
-                kiln: self.kiln.clone(),
-                ..Entries::default()
-            })
+            read.unwrap_or_default()
         })
     }
 
@@ -340,7 +336,7 @@ impl EvalCache {
         let mut units: Vec<_> = e.units.iter().filter(|(_, u)| keep(u.used.get())).collect();
         units.sort_by(|(ka, a), (kb, b)| (a.asked.get(), ka).cmp(&(b.asked.get(), kb)));
         let wire = Wire {
-            kiln: e.kiln.clone(),
+            kiln: self.kiln.clone(),
             generation: now,
             files: (e.files.iter())
                 .filter(|(_, (_, used))| keep(used.get()))
@@ -437,7 +433,6 @@ fn read(path: &Path, kiln: &str) -> Option<(Entries, Queue)> {
         units.insert(u.key.into_owned(), unit);
     }
     let entries = Entries {
-        kiln: wire.kiln,
         generation: wire.generation,
         files: (wire.files.into_iter())
             .map(|(d, s, used)| (d.into_owned(), (s, Cell::new(used))))

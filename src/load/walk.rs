@@ -14,10 +14,9 @@ use crate::inputs::Stat;
 /// sorted. Hidden directories and the usual build-output folders (`target`, `node_modules`) are not
 /// entered, and no link is followed below `dir`. Listings come from `cache` where it has them.
 pub(crate) fn build_files_under(dir: &Path, cache: Option<&mut EvalCache>) -> Result<Vec<PathBuf>> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     // A directory changed in the second it is listed may change again and keep its times: its
     // listing is not kept (git's "racily clean" entries).
-    walk(dir, cache, now.map_or(0, |d| d.as_secs() as i64 - 1))
+    walk(dir, cache, crate::inputs::epoch_secs() - 1)
 }
 
 /// `build_files_under`, keeping the listings of directories last changed before `settled_before`.
@@ -41,19 +40,24 @@ impl Walk<'_> {
     fn dir(&mut self, dir: &Path) -> Result<()> {
         let cannot =
             |e: std::io::Error| Diagnostic::input(format!("cannot list {}: {e}", dir.display()));
-        // Followed: `dir` itself may be a link (below it, only real directories are entered).
-        let meta = std::fs::metadata(dir).map_err(cannot)?;
-        // A package added or removed below changes a directory listed here.
-        if crate::inputs::on() {
-            crate::inputs::entry(dir, &meta);
-        }
-        let stat = Stat::of(&meta);
-        let kept = self.cache.as_deref().and_then(|c| c.listing(dir, &stat));
-        let listing = match kept {
+        // Stat data only for those who compare them: the cache, and a recording of what is read.
+        let stat = if self.cache.is_some() || crate::inputs::on() {
+            // Followed: `dir` itself may be a link (below it, only real directories are entered).
+            let meta = std::fs::metadata(dir).map_err(cannot)?;
+            // A package added or removed below changes a directory listed here.
+            if crate::inputs::on() {
+                crate::inputs::entry(dir, &meta);
+            }
+            Some(Stat::of(&meta))
+        } else {
+            None
+        };
+        let kept = (self.cache.as_deref()).zip(stat.as_ref());
+        let listing = match kept.and_then(|(c, stat)| c.listing(dir, stat)) {
             Some(listing) => listing,
             None => {
                 let listing = list(dir).map_err(cannot)?;
-                if let Some(cache) = self.cache.as_deref_mut()
+                if let (Some(cache), Some(stat)) = (self.cache.as_deref_mut(), stat)
                     && stat.newest() < self.settled_before
                 {
                     cache.keep_listing(dir, stat, &listing);
