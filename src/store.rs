@@ -40,7 +40,7 @@ mod names;
 mod records;
 pub use durable::Durable;
 pub use keylock::KeyLock;
-pub use names::NamedImage;
+pub use names::{Leaves, NamedImage};
 
 pub struct Store {
     root: PathBuf,

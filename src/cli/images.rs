@@ -22,9 +22,14 @@ fn open(args: &StoreArgs) -> Result<Store> {
     Store::open(&root, Access::Shared)
 }
 
-/// `kiln images`: name, manifest digest, size and age of every kept image, as `docker images` lists them.
+/// `kiln images`: name, image ID, size and age of every kept image, as `docker images` lists them. The
+/// ID is the config's digest, as docker's is: the manifest changes when the kept layers are compressed
+/// on their way out (`export::kept`), the config does not.
 pub(super) fn list(args: StoreArgs) -> Result<()> {
-    let mut out = format!("{:<40} {:<19} {:>10}  CREATED\n", "NAME", "DIGEST", "SIZE");
+    let mut out = format!(
+        "{:<40} {:<19} {:>10}  CREATED\n",
+        "NAME", "IMAGE ID", "SIZE"
+    );
     if args.store.is_none() && !Store::default_root().exists() {
         // A machine that never built has no store, and no images.
         progress::stdout(&out);
@@ -35,10 +40,12 @@ pub(super) fn list(args: StoreArgs) -> Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     for image in store.names() {
+        // A record's first blob is its config.
+        let id = image.blobs.first().unwrap_or(&image.manifest).as_str();
         out.push_str(&format!(
             "{:<40} {:<19} {:>10}  {}\n",
             image.name,
-            &image.manifest.as_str()[..19.min(image.manifest.as_str().len())],
+            &id[..19.min(id.len())],
             super::store::human(image.size),
             ago(now.saturating_sub(image.created))
         ));
@@ -95,11 +102,26 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             }
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
-            let image = crate::export::stored_image(&store, &named)?;
+            let kept = crate::export::stored_image(&store, &named)?;
+            // An OCI layout is an image leaving the store: its layers as a build with that output
+            // compresses them. A docker-archive and a daemon take the layers' tars as they are kept.
+            let oci = parsed.iter().any(|o| matches!(o, Output::Oci { .. }));
+            let leaving = match oci {
+                true => Some(crate::export::kept::leaving(
+                    &store,
+                    crate::export::stored_image(&store, &named)?,
+                    &named,
+                )?),
+                false => None,
+            };
             for output in &parsed {
+                let image = match (output, &leaving) {
+                    (Output::Oci { .. }, Some(leaving)) => leaving,
+                    _ => &kept,
+                };
                 let exported = crate::export::export_image(
                     &store,
-                    &image,
+                    image,
                     output,
                     &[name.as_str()],
                     named.epoch,
@@ -113,7 +135,8 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
                     note = format!("loaded {name} into {dest}: {}", exported.loaded.join("; "));
                 }
                 progress::stderr(&format!("{note}\n"));
-                progress::stdout(&format!("{}\n", named.manifest));
+                let manifest = exported.manifest.as_ref().unwrap_or(&named.manifest);
+                progress::stdout(&format!("{manifest}\n"));
             }
             Ok(())
         }
@@ -128,6 +151,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
             let image = crate::export::stored_image(&store, &named)?;
+            let image = crate::export::kept::leaving(&store, image, &named)?;
             let target = new_name.as_deref().unwrap_or(&name);
             crate::registry::ImageName::parse(target).map_err(|d| {
                 cl.error(target, Span::default(), d.message)

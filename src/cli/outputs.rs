@@ -251,24 +251,26 @@ fn check_keys(cl: &CommandLine, value: &str, fields: &[Field], kind: &str) -> Re
     Ok(())
 }
 
-/// `compression=`: gzip or zstd (BuildKit also knows `uncompressed` and `estargz`, which kiln does not write).
+/// `compression=`: gzip, zstd or uncompressed (BuildKit also knows `estargz`, which kiln does not write).
 fn codec(cl: &CommandLine, value: &str, f: Option<&Field>) -> Result<Option<Codec>> {
     let Some(f) = f else { return Ok(None) };
+    let kinds = "compression types are `gzip`, `zstd` and `uncompressed`";
     match f.value.as_deref().unwrap_or("") {
         "gzip" => Ok(Some(Codec::Gzip)),
         "zstd" => Ok(Some(Codec::Zstd)),
-        v @ ("uncompressed" | "estargz") => Err(cl
+        "uncompressed" => Ok(Some(Codec::Uncompressed)),
+        "estargz" => Err(cl
             .error(
                 value,
                 f.value_span(),
-                format!("kiln does not write `{v}` layers"),
+                "kiln does not write `estargz` layers",
             )
-            .help("compression types are `gzip` and `zstd`")),
+            .help(kinds)),
         v => {
             let d = cl.error(value, f.value_span(), format!("unknown compression `{v}`"));
-            Err(match suggest(v, ["gzip", "zstd"]) {
+            Err(match suggest(v, ["gzip", "zstd", "uncompressed"]) {
                 Some(s) => d.help(format!("did you mean `{s}`?")),
-                None => d.help("compression types are `gzip` and `zstd`"),
+                None => d.help(kinds),
             })
         }
     }
@@ -282,6 +284,15 @@ fn level(
     codec: Option<Codec>,
 ) -> Result<Option<i32>> {
     let Some(f) = f else { return Ok(None) };
+    if codec == Some(Codec::Uncompressed) {
+        return Err(cl
+            .error(
+                value,
+                f.value_span(),
+                "an uncompressed layer has no compression level",
+            )
+            .help("leave out `compression-level=`, or choose `compression=gzip` or `zstd`"));
+    }
     let max = if codec == Some(Codec::Zstd) { 22 } else { 9 };
     let text = f.value.as_deref().unwrap_or("");
     match text.parse::<i32>() {

@@ -8,6 +8,7 @@ pub mod cache_mounts;
 pub mod daemon;
 pub mod docker;
 pub mod index;
+pub mod kept;
 pub mod local;
 pub mod record;
 
@@ -319,6 +320,7 @@ pub fn named(image: &Image, name: &str, epoch: Option<i64>) -> crate::store::Nam
         created,
         tar_sizes: image.blobs.iter().map(|b| b.tar_size).collect(),
         epoch,
+        leaves: None,
     }
 }
 
@@ -607,42 +609,12 @@ fn build_image(
     let config = finish_config(config, &blobs)?;
     let config_bytes = canonical_json(&config)?;
     let config_digest = store.put_blob(&config_bytes)?;
-    let descriptor = |media: MediaType, digest: &Digest, size: u64| -> Result<Descriptor> {
-        let d = oci_spec::image::Digest::try_from(digest.as_str())
-            .map_err(|e| Diagnostic::env(format!("bad digest {digest}: {e}")))?;
-        DescriptorBuilder::default()
-            .media_type(media)
-            .digest(d)
-            .size(size)
-            .build()
-            .map_err(|e| Diagnostic::env(format!("cannot build a descriptor: {e}")))
-    };
-    let mut layer_descs = Vec::new();
-    for b in &blobs {
-        layer_descs.push(descriptor(
-            MediaType::from(b.media_type.as_str()),
-            &b.digest,
-            b.size,
-        )?);
-    }
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(descriptor(
-            MediaType::ImageConfig,
-            &config_digest,
-            config_bytes.len() as u64,
-        )?)
-        .layers(layer_descs)
-        .build()
-        .map_err(|e| Diagnostic::env(format!("cannot build the manifest: {e}")))?;
-    let mut manifest = manifest;
-    if !settings.manifest_annotations.is_empty() {
-        manifest.set_annotations(Some(
-            settings.manifest_annotations.clone().into_iter().collect(),
-        ));
-    }
-    let manifest = canonical_json(&manifest)?;
+    let manifest = manifest_bytes(
+        &config_digest,
+        config_bytes.len() as u64,
+        &blobs,
+        &settings.manifest_annotations,
+    )?;
     store.put_blob(&manifest)?;
     Ok(Image {
         blobs,
@@ -657,6 +629,48 @@ fn build_image(
             .collect(),
         referrers: Vec::new(),
     })
+}
+
+/// The image manifest naming the config and the layer blobs (canonical JSON: equal content, equal digest).
+fn manifest_bytes(
+    config_digest: &Digest,
+    config_size: u64,
+    blobs: &[LayerBlob],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
+    let descriptor = |media: MediaType, digest: &Digest, size: u64| -> Result<Descriptor> {
+        let d = oci_spec::image::Digest::try_from(digest.as_str())
+            .map_err(|e| Diagnostic::env(format!("bad digest {digest}: {e}")))?;
+        DescriptorBuilder::default()
+            .media_type(media)
+            .digest(d)
+            .size(size)
+            .build()
+            .map_err(|e| Diagnostic::env(format!("cannot build a descriptor: {e}")))
+    };
+    let mut layer_descs = Vec::new();
+    for b in blobs {
+        layer_descs.push(descriptor(
+            MediaType::from(b.media_type.as_str()),
+            &b.digest,
+            b.size,
+        )?);
+    }
+    let mut manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(
+            MediaType::ImageConfig,
+            config_digest,
+            config_size,
+        )?)
+        .layers(layer_descs)
+        .build()
+        .map_err(|e| Diagnostic::env(format!("cannot build the manifest: {e}")))?;
+    if !annotations.is_empty() {
+        manifest.set_annotations(Some(annotations.clone().into_iter().collect()));
+    }
+    canonical_json(&manifest)
 }
 
 /// Writes a file through a temp file beside it, so `dest` holds either nothing or the whole output.
@@ -789,8 +803,10 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
         Some(t) => format!("{snapshot}@{t}"),
         None => format!("{snapshot}@"),
     };
-    if settings.codec == layer::Codec::Zstd {
-        key.push_str("+zstd");
+    match settings.codec {
+        layer::Codec::Gzip => {}
+        layer::Codec::Zstd => key.push_str("+zstd"),
+        layer::Codec::Uncompressed => key.push_str("+tar"),
     }
     if let Some(level) = settings.level {
         key.push_str(&format!("+level{level}"));

@@ -691,13 +691,15 @@ impl Build {
             if names.is_empty() {
                 continue;
             }
-            let image = crate::export::image(store, layers, config.get(), &self.settings)?;
+            let (image, leaves) =
+                crate::export::kept::keep(store, layers, config.get(), &self.settings)?;
             for name in names {
-                let record = crate::export::named(&image, name, self.settings.epoch);
+                let mut record = crate::export::named(&image, name, self.settings.epoch);
+                record.leaves = leaves.clone();
                 store.put_name(&record)?;
                 reporter.event(Event::Note(format!(
-                    "warning: no output specified (--load, --push or -o); the image is kept in kiln's store as {name}, manifest {}: see `kiln images`, `kiln image export {name} -o ...`",
-                    record.manifest
+                    "warning: no output specified (--load, --push or -o); the image is kept in kiln's store as {name}, image ID {}: see `kiln images`, `kiln image export {name} -o ...`",
+                    image.config_digest
                 )));
                 let target = targets.entry(*root).or_default();
                 target.kept.push(name.to_string());

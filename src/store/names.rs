@@ -19,7 +19,7 @@ pub struct NamedImage {
     pub manifest: Digest,
     /// The config and layer blobs the manifest names, kept by garbage collection while the name exists.
     pub blobs: Vec<Digest>,
-    /// Manifest, config and layer blobs, in bytes (compressed, as a registry would hold them).
+    /// Manifest, config and layer blobs, in bytes, as the store holds them.
     pub size: u64,
     /// When the name was given, in seconds since the epoch.
     pub created: u64,
@@ -31,6 +31,22 @@ pub struct NamedImage {
     /// writes the bytes the build would have written.
     #[serde(default)]
     pub epoch: Option<i64>,
+    /// The layers kiln keeps uncompressed for this image and how they leave the store compressed
+    /// (`export::kept`). `None` in records of earlier kilns, whose layers were all compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<Leaves>,
+}
+
+/// How the uncompressed layers of a kept image are compressed when it leaves the store: as the build
+/// that kept it would have compressed them for an output.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Leaves {
+    /// The layers, by their position in the manifest.
+    pub layers: Vec<usize>,
+    /// `gzip` or `zstd`.
+    pub codec: String,
+    /// `compression-level=`, if the build gave one.
+    pub level: Option<i32>,
 }
 
 impl Store {
@@ -130,6 +146,7 @@ mod tests {
             size: 28,
             created: 1,
             tar_sizes: Vec::new(),
+            leaves: None,
             epoch: None,
         };
         store.put_name(&image).unwrap();
@@ -159,6 +176,7 @@ mod tests {
             size: 14,
             created: 1,
             tar_sizes: Vec::new(),
+            leaves: None,
             epoch: None,
         };
         store.put_name(&image).unwrap();

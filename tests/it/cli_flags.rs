@@ -162,6 +162,49 @@ fn output_compression_keys_are_honoured() {
         l[1].1, z[1].1,
         "compression-level=19 gave the default's bytes"
     );
+
+    // `compression=uncompressed` (BuildKit's spelling): the layer is its tar, digest and diff id alike,
+    // and umoci unpacks it.
+    build_oci(
+        &format!(
+            "type=oci,dest={},compression=uncompressed",
+            out("u").display()
+        ),
+        store.path(),
+    );
+    let u = layers(&out("u"));
+    assert_eq!(u[0].0, gzip, "{u:?}");
+    assert_eq!(u[1].0, "application/vnd.oci.image.layer.v1.tar", "{u:?}");
+    let blob = out("u")
+        .join("blobs/sha256")
+        .join(&u[1].1["sha256:".len()..]);
+    let tar = std::fs::read(&blob).unwrap();
+    use sha2::Digest as _;
+    assert_eq!(
+        u[1].1,
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&tar)))
+    );
+    assert!(
+        tar.len() >= 1024 && tar.len() % 512 == 0,
+        "{} bytes",
+        tar.len()
+    );
+    let bundle = dir.path().join("bundle");
+    tool(
+        "umoci",
+        &[
+            "raw",
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", out("u").display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("app/hello")).unwrap(),
+        "hi\n"
+    );
 }
 
 #[test]

@@ -216,20 +216,14 @@ fn load_into_docker_engine() {
 
     // A layer blob damaged in the store: the archive cannot be made, that is what the error says, and
     // the daemon is left without the image.
-    let layout = tempdir("layout-");
-    Kiln::bare()
-        .args(["image", "export", "kiln-load/kept:3", "-o"])
-        .arg(format!("type=oci,dest={}", layout.path().display()))
-        .arg("--store")
-        .arg(store.path())
-        .run()
-        .success();
-    let manifest = crate::support::Layout::new(layout.path()).manifest();
-    let top = manifest["layers"].as_array().unwrap().last().unwrap()["digest"]
+    let manifest = kept_manifest(store.path(), "kiln-load/kept:3");
+    let top = manifest["layers"].as_array().unwrap().last().unwrap();
+    // The build's own layer is kept as its tar: a daemon load takes it as it is.
+    assert_eq!(top["mediaType"], "application/vnd.oci.image.layer.v1.tar");
+    let top = top["digest"]
         .as_str()
         .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+        .trim_start_matches("sha256:");
     let blob = store.path().join("blobs/sha256").join(top);
     let bytes = std::fs::read(&blob).unwrap();
     std::fs::write(&blob, &bytes[..bytes.len() / 2]).unwrap();
@@ -368,6 +362,24 @@ fn load_into_podman_service() {
     assert!(loaded.contains("docker.io/kiln-load/oci:1.0"), "{loaded}");
 }
 
+/// The manifest of the image kept in `store` as `name`, as the store's record of the name points at it.
+fn kept_manifest(store: &Path, name: &str) -> serde_json::Value {
+    let record = std::fs::read_dir(store.join("names"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.unwrap().path()).unwrap())
+                .unwrap()
+        })
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no record of {name}"));
+    let digest = record["manifest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    serde_json::from_slice(&std::fs::read(store.join("blobs/sha256").join(digest)).unwrap())
+        .unwrap()
+}
+
 /// The manifest digest of `name` in the OCI layout at `dir`, as skopeo reads it.
 fn skopeo_digest(dir: &Path, name: &str) -> String {
     let inspect = tool(
@@ -400,10 +412,21 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
         out.stdout
     };
     let listed = images(store.path());
+    let kept = kept_manifest(store.path(), name);
+    // `kiln images` shows the image ID, the config's digest, as `docker images` does.
+    let id = kept["config"]["digest"].as_str().unwrap();
     assert!(
-        listed.contains(name) && listed.contains("sha256:"),
+        listed.contains(name) && listed.contains(&id[..19]),
         "{listed}"
     );
+    assert!(
+        out.stderr.contains(&format!("image ID {id}")),
+        "{}",
+        out.stderr
+    );
+    // The build's own layer is kept uncompressed; the OCI layout below has it compressed.
+    let own = kept["layers"].as_array().unwrap().last().unwrap();
+    assert_eq!(own["mediaType"], "application/vnd.oci.image.layer.v1.tar");
 
     // `kiln image export` writes the digest a direct `-o type=oci` build of the same input gives.
     let dir = tempdir("out-");
@@ -524,6 +547,24 @@ fn a_kept_image_is_pushed_by_name() {
     let json: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(json["Digest"].as_str().unwrap(), out.stdout.trim());
     assert_eq!(json["Labels"]["org.example.loaded"], "yes");
+    // The layers the store kept as tars left compressed.
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{target}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let types: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap())
+        .collect();
+    assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
 }
 
 #[test]

@@ -25,6 +25,24 @@ fn inspect_digest(reference: &str) -> String {
     v["Digest"].as_str().expect("a digest").to_string()
 }
 
+/// The config digest (docker's image ID) of the image at `reference` in a registry, as skopeo reads it.
+fn inspect_config_digest(reference: &str) -> String {
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    );
+    let v: Value = serde_json::from_str(&raw).expect("skopeo inspect --raw prints the manifest");
+    v["config"]["digest"]
+        .as_str()
+        .expect("a config")
+        .to_string()
+}
+
 /// The manifest skopeo finds in an OCI layout, and the ref name the layout's index gives it.
 fn layout_image(dir: &Path) -> (String, String) {
     let out = tool("skopeo", &["inspect", &format!("oci:{}", dir.display())]);
@@ -169,7 +187,7 @@ fn the_monorepo_pushes_every_tagged_image_in_one_command() {
     assert_eq!(base["skipped"], "not pushed: no tags declared", "{base}");
 
     // With no output and no push, each tagged image is kept in the store under its tags, as `-t` keeps
-    // one, with the digest it was pushed with.
+    // one, with the image ID (config digest) it was pushed with.
     let kept = Kiln::build_in(store.path())
         .current_dir(mono.path())
         .args(["//...", "--param", &format!("registry={registry}")])
@@ -183,8 +201,9 @@ fn the_monorepo_pushes_every_tagged_image_in_one_command() {
         .run();
     listed.success();
     for service in SERVICES {
-        // `kiln images` shows a digest's first 12 hex digits.
-        let digest = inspect_digest(&format!("{registry}/{service}:latest"))[..19].to_string();
+        // `kiln images` shows an image ID's first 12 hex digits.
+        let digest =
+            inspect_config_digest(&format!("{registry}/{service}:latest"))[..19].to_string();
         for tag in ["1.0", "latest"] {
             let name = format!("{registry}/{service}:{tag}");
             assert!(
@@ -197,6 +216,17 @@ fn the_monorepo_pushes_every_tagged_image_in_one_command() {
             );
         }
     }
+    // The store keeps the build's own layers uncompressed; pushed by name, the kept image leaves with
+    // them compressed as the build's push compressed them: the very manifest `--push` sent.
+    let api = format!("{registry}/api:1.0");
+    let again = format!("{registry}/api:again");
+    let pushed = Kiln::bare()
+        .args(["image", "push", &api, &again, "--store"])
+        .arg(store.path())
+        .run();
+    pushed.success();
+    assert_eq!(pushed.stdout.trim(), inspect_digest(&api));
+    assert_eq!(inspect_digest(&again), inspect_digest(&api));
     assert!(
         !kept
             .stderr

@@ -89,30 +89,19 @@ pub fn write_part<W: Write>(tree: &Path, out: W, part: Part<'_>) -> io::Result<W
 }
 
 /// `layer_digests` of one part of `tree`, gzip-compressed as an image layer is.
-pub fn part_digests(tree: &Path, part: Part<'_>, out: impl Write) -> io::Result<LayerInfo> {
-    let compressed = HashingWriter::new(out);
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .write(compressed, Compression::new(6));
-    let uncompressed = write_part(tree, HashingWriter::new(gz), part)?;
-    let (diff_id, tar_size, gz) = uncompressed.finish();
-    let mut compressed = gz.finish()?;
-    compressed.inner.flush()?;
-    let (digest, size, _) = compressed.finish();
-    Ok(LayerInfo {
-        diff_id,
-        digest,
-        size,
-        tar_size,
-    })
+pub fn part_digests(tree: &Path, part: Part<'_>, out: impl Write + Send) -> io::Result<LayerInfo> {
+    let tar = |w: &mut dyn Write| write_part(tree, w, part).map(drop);
+    compress(tar, (Codec::Gzip, None), 1, out)
 }
 
-/// How layer blobs are compressed (`--compression`).
+/// How layer blobs are compressed (`--compression`, `compression=`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Codec {
     #[default]
     Gzip,
     Zstd,
+    /// The tar itself: its digest is its diff id.
+    Uncompressed,
 }
 
 impl Codec {
@@ -120,6 +109,7 @@ impl Codec {
         match self {
             Codec::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             Codec::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Codec::Uncompressed => "application/vnd.oci.image.layer.v1.tar",
         }
     }
 }
@@ -154,32 +144,65 @@ pub fn layer_digests_threaded(
 pub fn layer_digests_leveled(
     snapshot: &Path,
     epoch: Option<i64>,
+    codec: (Codec, Option<i32>),
+    threads: usize,
+    out: impl Write + Send,
+) -> io::Result<LayerInfo> {
+    let tar = |w: &mut dyn Write| write_layer(snapshot, w, epoch).map(drop);
+    compress(tar, codec, threads, out)
+}
+
+/// The blob of a layer tar read from `tar` (one kiln wrote uncompressed earlier): the same bytes
+/// `layer_digests_leveled` gives for the tree that tar holds, as neither compressor's output depends on
+/// how its input is split into writes (a test holds kiln to that).
+pub fn compress_tar(
+    tar: &mut dyn Read,
+    codec: (Codec, Option<i32>),
+    threads: usize,
+    out: impl Write + Send,
+) -> io::Result<LayerInfo> {
+    compress(|w| io::copy(tar, w).map(drop), codec, threads, out)
+}
+
+/// What `tar` writes, through SHA-256 (the diff id), the compressor and SHA-256 again (the blob's digest)
+/// into `out`.
+fn compress(
+    tar: impl FnOnce(&mut dyn Write) -> io::Result<()>,
     (codec, level): (Codec, Option<i32>),
     threads: usize,
     out: impl Write + Send,
 ) -> io::Result<LayerInfo> {
+    let gzip_level = || Compression::new(level.map_or(6, |l| l.clamp(0, 9).unsigned_abs()));
     let compressed = HashingWriter::new(out);
     let (diff_id, tar_size, mut compressed) = match codec {
-        Codec::Gzip if threads > 1 => {
-            let level = Compression::new(level.map_or(6, |l| l.clamp(0, 9).unsigned_abs()));
-            gzip_beside(compressed, level, |tar| write_layer(snapshot, tar, epoch))?
+        Codec::Uncompressed => {
+            let mut plain = compressed;
+            tar(&mut plain)?;
+            let (diff_id, tar_size, mut out) = plain.finish();
+            out.flush()?;
+            return Ok(LayerInfo {
+                digest: diff_id.clone(),
+                diff_id,
+                size: tar_size,
+                tar_size,
+            });
         }
+        Codec::Gzip if threads > 1 => gzip_beside(compressed, gzip_level(), tar)?,
         Codec::Gzip => {
             // A fixed mtime and no file name keep the gzip header identical across runs.
-            let gz = GzBuilder::new().mtime(0).write(
-                compressed,
-                Compression::new(level.map_or(6, |l| l.clamp(0, 9).unsigned_abs())),
-            );
-            let uncompressed = write_layer(snapshot, HashingWriter::new(gz), epoch)?;
+            let gz = GzBuilder::new().mtime(0).write(compressed, gzip_level());
+            let mut uncompressed = HashingWriter::new(Blocks::new(gz));
+            tar(&mut uncompressed)?;
             let (diff_id, tar_size, gz) = uncompressed.finish();
-            (diff_id, tar_size, gz.finish()?)
+            (diff_id, tar_size, gz.finish()?.finish()?)
         }
         Codec::Zstd => {
             let mut zst = zstd::stream::write::Encoder::new(compressed, level.unwrap_or(3))?;
             zst.multithread(u32::try_from(threads.max(1)).unwrap_or(u32::MAX))?;
-            let uncompressed = write_layer(snapshot, HashingWriter::new(zst), epoch)?;
+            let mut uncompressed = HashingWriter::new(Blocks::new(zst));
+            tar(&mut uncompressed)?;
             let (diff_id, tar_size, zst) = uncompressed.finish();
-            (diff_id, tar_size, zst.finish()?)
+            (diff_id, tar_size, zst.finish()?.finish()?)
         }
     };
     compressed.inner.flush()?;
@@ -194,32 +217,29 @@ pub fn layer_digests_leveled(
 
 /// The tar (written by `tar` through SHA-256 for the diff id) on this thread, gzip and the blob's SHA-256
 /// on another, so that walking the tree (a few syscalls per file) and compressing overlap. The
-/// compressor is handed the tar's writes one by one, exactly as on one thread (the deflate stream
-/// depends on how its input is split), so the blob's bytes are the same. Returns the diff id, the tar's
-/// size and the compressed side.
+/// compressor gets the same blocks as on one thread, so the blob's bytes are the same. Returns the diff
+/// id, the tar's size and the compressed side.
 fn gzip_beside<W: Write + Send>(
     compressed: HashingWriter<W>,
     level: Compression,
-    tar: impl FnOnce(HashingWriter<ChunkSender>) -> io::Result<HashingWriter<ChunkSender>>,
+    tar: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<(String, u64, HashingWriter<W>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(8);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
     std::thread::scope(|scope| {
         let gz = scope.spawn(move || -> io::Result<HashingWriter<W>> {
             let mut gz = GzBuilder::new().mtime(0).write(compressed, level);
-            for chunk in rx {
-                let mut start = 0;
-                for &end in &chunk.ends {
-                    gz.write_all(&chunk.bytes[start..end])?;
-                    start = end;
-                }
+            for block in rx {
+                gz.write_all(&block)?;
             }
             gz.finish()
         });
-        let written = tar(HashingWriter::new(ChunkSender::new(tx))).and_then(|h| {
-            let (diff_id, size, mut sender) = h.finish();
-            sender.flush()?;
+        let written = (|| -> io::Result<(String, u64)> {
+            let mut h = HashingWriter::new(Blocks::new(BlockSender(tx)));
+            tar(&mut h)?;
+            let (diff_id, size, blocks) = h.finish();
+            blocks.finish()?;
             Ok((diff_id, size))
-        });
+        })();
         // The sender is gone (dropped with the tar's writer), so the compressor ends either way; its own
         // error is the cause of a broken channel on this side.
         let compressed = gz
@@ -233,61 +253,76 @@ fn gzip_beside<W: Write + Send>(
     })
 }
 
-/// Writes handed over together: their bytes one after the other, and where each ends.
-struct Chunk {
-    bytes: Vec<u8>,
-    ends: Vec<usize>,
+/// How much input a compressor is given at a time (the last block of a tar is shorter). Part of every
+/// blob's bytes: changing it changes every layer digest kiln writes.
+const BLOCK: usize = 128 * 1024;
+
+/// Hands a compressor its input in blocks of exactly `BLOCK` bytes, however the writes came: gzip's
+/// output depends on how its input is split, and a blob must depend on the tar's bytes alone, not on
+/// the writes of the tar writer (or of a tar file being read back) that made them.
+struct Blocks<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
 }
 
-/// A writer that hands its writes to another thread about `CHUNK` bytes at a time.
-struct ChunkSender {
-    tx: std::sync::mpsc::SyncSender<Chunk>,
-    chunk: Chunk,
-}
-
-/// Large enough that the channel costs nothing per byte, small enough to keep both threads busy.
-const CHUNK: usize = 256 * 1024;
-
-impl ChunkSender {
-    fn new(tx: std::sync::mpsc::SyncSender<Chunk>) -> ChunkSender {
-        ChunkSender {
-            tx,
-            chunk: Chunk::new(),
+impl<W: Write> Blocks<W> {
+    fn new(inner: W) -> Blocks<W> {
+        Blocks {
+            inner,
+            buf: Vec::with_capacity(BLOCK),
         }
     }
 
-    fn send(&mut self) -> io::Result<()> {
-        let chunk = std::mem::replace(&mut self.chunk, Chunk::new());
-        self.tx
-            .send(chunk)
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the layer compressor stopped"))
+    /// Hands over the last, short block.
+    fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() {
+            self.inner.write_all(&self.buf)?;
+        }
+        Ok(self.inner)
     }
 }
 
-impl Chunk {
-    fn new() -> Chunk {
-        Chunk {
-            bytes: Vec::with_capacity(CHUNK),
-            ends: Vec::new(),
+impl<W: Write> Write for Blocks<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut rest = data;
+        if !self.buf.is_empty() {
+            let take = (BLOCK - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.buf.len() < BLOCK {
+                return Ok(data.len());
+            }
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
         }
+        let whole = rest.len() - rest.len() % BLOCK;
+        for block in rest[..whole].chunks(BLOCK) {
+            self.inner.write_all(block)?;
+        }
+        self.buf.extend_from_slice(&rest[whole..]);
+        Ok(data.len())
+    }
+
+    /// Nothing: a compressor's flush would end a deflate block, so the blob would depend on when
+    /// flushes came. `finish` hands everything over.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
-impl Write for ChunkSender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.chunk.bytes.extend_from_slice(buf);
-        self.chunk.ends.push(self.chunk.bytes.len());
-        if self.chunk.bytes.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(buf.len())
+/// Hands each block to the compressor's thread.
+struct BlockSender(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl Write for BlockSender {
+    fn write(&mut self, block: &[u8]) -> io::Result<usize> {
+        self.0.send(block.to_vec()).map_err(|_| {
+            io::Error::new(io::ErrorKind::BrokenPipe, "the layer compressor stopped")
+        })?;
+        Ok(block.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.chunk.ends.is_empty() {
-            return Ok(());
-        }
-        self.send()
+        Ok(())
     }
 }
 

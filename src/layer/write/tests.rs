@@ -391,6 +391,59 @@ fn gzip_on_its_own_thread_gives_the_same_blob() {
     assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
 }
 
+/// A layer kept uncompressed and compressed later, read in writes of any size, gives the very blob the
+/// tree gives when compressed as it is walked: with gzip on one thread or beside the walk, and with zstd.
+/// Kept images rely on it (`export::kept`: an image kept under a name leaves the store with the digest a
+/// direct build gives).
+#[test]
+fn a_tar_compressed_later_gives_the_same_blob_whatever_its_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut noise = vec![0u8; 700_000];
+    for b in noise.iter_mut() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        *b = seed as u8;
+    }
+    write(&tmp.path().join("noise.bin"), &noise, 0o644);
+    let text: String = (0..40_000).map(|i| format!("line {i} of text\n")).collect();
+    write(&tmp.path().join("text.txt"), text.as_bytes(), 0o644);
+    for f in 0..200 {
+        write(
+            &tmp.path().join(format!("small-{f}")),
+            &noise[f..f * 3],
+            0o600,
+        );
+    }
+    let mut tar = Vec::new();
+    let plain = layer_digests(tmp.path(), None, Codec::Uncompressed, &mut tar).unwrap();
+    assert_eq!(plain.digest, plain.diff_id);
+    assert_eq!(plain.size, tar.len() as u64);
+    /// Hands out at most `n` bytes a read.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    for (codec, threads) in [(Codec::Gzip, 1), (Codec::Gzip, 2), (Codec::Zstd, 2)] {
+        let mut walked = Vec::new();
+        let info = layer_digests_threaded(tmp.path(), None, codec, threads, &mut walked).unwrap();
+        assert_eq!(info.diff_id, plain.diff_id);
+        for n in [4097, 65_536, 1 << 20, 7] {
+            let mut later = Vec::new();
+            let again =
+                compress_tar(&mut Trickle(&tar, n), (codec, None), threads, &mut later).unwrap();
+            assert_eq!(again, info, "{codec:?} on {threads} threads, reads of {n}");
+            assert!(later == walked, "{codec:?}, reads of {n}: the blobs differ");
+        }
+    }
+}
+
 #[test]
 fn digests_are_reproducible_and_epoch_clamps() {
     let tmp = tempfile::tempdir().unwrap();

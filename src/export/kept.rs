@@ -1,0 +1,152 @@
+//! Images kept in the store under a name (`kiln build -t NAME` with no output). Their own layers stay
+//! uncompressed there, as docker's and podman's local stores keep theirs: nothing is compressed that may
+//! never leave the machine, and a rebuilt 170 MB layer costs its tar, not seconds of gzip. When the image
+//! leaves the store (a push, an OCI layout) those layers are compressed as the build would have
+//! compressed them for that output, so it leaves with the manifest a build with the output gives: the
+//! compressors are fed the tar in fixed blocks (`layer::compress_tar`), so a blob depends on the tar's
+//! bytes alone. A docker-archive or a daemon load takes the tars as they are.
+
+use serde_json::Value;
+
+use super::{Image, Settings, build_image, manifest_bytes};
+use crate::diag::{Diagnostic, Result};
+use crate::layer::{self, Codec};
+use crate::store::{LayerBlob, Leaves, NamedImage, Store};
+
+/// The image of `layers` and `config` as the store keeps it under a name, and which of its layers leave
+/// it compressed. A base image's layers are kept as they came (a build with an output reuses them so
+/// too); with `force-compression` or an uncompressed codec asked for, every layer is as the build's
+/// settings say.
+pub fn keep(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    settings: &Settings,
+) -> Result<(Image, Option<Leaves>)> {
+    let Some(codec) = codec_name(settings.codec).filter(|_| !settings.force) else {
+        return Ok((build_image(store, layers, config, settings)?, None));
+    };
+    let plain = Settings {
+        codec: Codec::Uncompressed,
+        level: None,
+        ..settings.clone()
+    };
+    let image = build_image(store, layers, config, &plain)?;
+    let own: Vec<usize> = (layers.iter().zip(&image.blobs).enumerate())
+        .filter(|(_, (snapshot, blob))| {
+            blob.media_type == Codec::Uncompressed.media_type()
+                && store.layer_blob(snapshot).map(|b| b.digest) != Some(blob.digest.clone())
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let leaves = (!own.is_empty()).then(|| Leaves {
+        layers: own,
+        codec: codec.to_string(),
+        level: settings.level,
+    });
+    Ok((image, leaves))
+}
+
+/// The kept image `image` (read back for `named`) as it leaves the store: the layers kiln kept
+/// uncompressed are compressed (once: the blob is kept for the next time), and the manifest names them.
+pub fn leaving(store: &Store, image: Image, named: &NamedImage) -> Result<Image> {
+    let Some(leaves) = &named.leaves else {
+        return Ok(image);
+    };
+    let codec = match leaves.codec.as_str() {
+        "gzip" => Codec::Gzip,
+        "zstd" => Codec::Zstd,
+        other => {
+            return Err(Diagnostic::env(format!(
+                "the stored image {} is to leave as `{other}`, which this kiln does not write",
+                named.name
+            )));
+        }
+    };
+    let mut blobs = image.blobs.clone();
+    for &i in &leaves.layers {
+        let Some(blob) = blobs.get_mut(i) else {
+            return Err(Diagnostic::env(format!(
+                "the stored image {} has no layer {i}",
+                named.name
+            )));
+        };
+        *blob = compressed(store, blob, (codec, leaves.level))?;
+    }
+    let manifest: Value = serde_json::from_slice(&image.manifest).map_err(|_| {
+        Diagnostic::env(format!(
+            "the stored image {} has a bad manifest",
+            named.name
+        ))
+    })?;
+    let annotations = serde_json::from_value(manifest["annotations"].clone()).unwrap_or_default();
+    let config_size = image.config.len() as u64;
+    let manifest = manifest_bytes(&image.config_digest, config_size, &blobs, &annotations)?;
+    store.put_blob(&manifest)?;
+    Ok(Image {
+        blobs,
+        manifest,
+        ..image
+    })
+}
+
+fn codec_name(codec: Codec) -> Option<&'static str> {
+    match codec {
+        Codec::Gzip => Some("gzip"),
+        Codec::Zstd => Some("zstd"),
+        Codec::Uncompressed => None,
+    }
+}
+
+/// The compressed blob of the uncompressed layer `blob`, from the store if made before.
+fn compressed(
+    store: &Store,
+    blob: &LayerBlob,
+    (codec, level): (Codec, Option<i32>),
+) -> Result<LayerBlob> {
+    let mut key = format!(
+        "tar-{}+{}",
+        blob.digest.hex(),
+        codec_name(codec).unwrap_or("tar")
+    );
+    if let Some(level) = level {
+        key.push_str(&format!("+level{level}"));
+    }
+    if let Some(made) = store.layer_blob(&key) {
+        return Ok(made);
+    }
+    let source = store.blob_path(&blob.digest);
+    let damaged = |e| Diagnostic::io(format!("cannot read the stored layer {}", blob.digest), e);
+    let mut tar =
+        std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&source).map_err(damaged)?);
+    let tmp = store.temp_dir("layer-")?;
+    let out = tmp.path().join("layer");
+    let file =
+        std::fs::File::create(&out).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
+    let threads = layer::cores(0).min(super::ZSTD_WORKERS);
+    let info = layer::compress_tar(
+        &mut tar,
+        (codec, level),
+        threads,
+        std::io::BufWriter::new(file),
+    )
+    .map_err(damaged)?;
+    if info.diff_id != blob.diff_id.as_str() {
+        return Err(Diagnostic::env(format!(
+            "the stored layer {} is damaged: its tar's digest is {}",
+            blob.digest, info.diff_id
+        ))
+        .help("build the image again (`kiln build -t NAME ...`)"));
+    }
+    let bad = |d: &str| Diagnostic::env(format!("layer writer produced a bad digest `{d}`"));
+    let made = LayerBlob {
+        diff_id: blob.diff_id.clone(),
+        digest: crate::digest::Digest::parse(&info.digest).ok_or_else(|| bad(&info.digest))?,
+        size: info.size,
+        media_type: codec.media_type().to_string(),
+        tar_size: Some(info.tar_size),
+    };
+    store.adopt_blob(&out, &made.digest)?;
+    store.put_layer_blob(&key, &made)?;
+    Ok(made)
+}
