@@ -185,8 +185,24 @@ pub fn export(
         }
         Output::Oci { .. } | Output::Docker { .. } | Output::Load { .. } => {}
     }
-    let image = build_image(store, layers, config, settings)?;
+    let image = build_image(store, layers, config, &for_output(output, settings))?;
     export_image(store, &image, output, names, epoch)
+}
+
+/// The settings an output's blobs are made with. A docker-archive holds each layer as its tar, as
+/// `docker save` writes it, and a daemon load reads that archive: a compressed blob would only be
+/// decompressed again, so the build's own layers are kept as tars (`force-compression` aside).
+fn for_output<'a>(output: &Output, settings: &'a Settings) -> std::borrow::Cow<'a, Settings> {
+    match output {
+        Output::Docker { .. } | Output::Load { .. } if !settings.force => {
+            std::borrow::Cow::Owned(Settings {
+                codec: layer::Codec::Uncompressed,
+                level: None,
+                ..settings.clone()
+            })
+        }
+        _ => std::borrow::Cow::Borrowed(settings),
+    }
 }
 
 /// Writes an image whose blobs are all in the store (just built, or kept under a name) to an image

@@ -431,7 +431,10 @@ impl Build {
                 report_export(reporter, name, out, &exported, self.quiet);
                 let target = targets.entry(*root).or_default();
                 target.written.push(out.destination());
-                if let Some(m) = exported.manifest {
+                // A docker-archive's manifest (its layers as tars) is nowhere a user can read it
+                // back; an OCI layout's is the digest to report.
+                let oci = matches!(out, crate::export::Output::Oci { .. });
+                if let Some(m) = exported.manifest.filter(|_| oci || target.digest.is_none()) {
                     target.digest = Some(m.to_string());
                 }
             }

@@ -205,6 +205,37 @@ fn output_compression_keys_are_honoured() {
         std::fs::read_to_string(bundle.join("app/hello")).unwrap(),
         "hi\n"
     );
+
+    // A docker-archive holds its layers as tars: the build's own layer is never compressed for one,
+    // so the store's only blob of it is its tar, named by its diff id (a fresh store: nothing else
+    // made a blob of it).
+    let fresh = tempdir("store-");
+    let archive = out("image.tar");
+    build_oci(
+        &format!("type=docker,dest={}", archive.display()),
+        fresh.path(),
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&tool(
+        "tar",
+        &["-xOf", archive.to_str().unwrap(), "manifest.json"],
+    ))
+    .unwrap();
+    let top = manifest[0]["Layers"].as_array().unwrap().last().unwrap();
+    let diff_id = top.as_str().unwrap().trim_end_matches("/layer.tar");
+    let blobs: Vec<String> = std::fs::read_dir(fresh.path().join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        blobs.iter().any(|b| b == diff_id),
+        "{diff_id} not in {blobs:?}"
+    );
+    let gzipped = blobs.iter().filter(|b| {
+        let bytes = std::fs::read(fresh.path().join("blobs/sha256").join(b)).unwrap();
+        bytes.starts_with(&[0x1f, 0x8b])
+    });
+    // The base image's own gzip layer is all the store holds compressed.
+    assert_eq!(gzipped.count(), 1, "{blobs:?}");
 }
 
 #[test]
