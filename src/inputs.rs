@@ -3,9 +3,12 @@
 //! one (`cli/memo.rs`) without compiling or solving anything.
 //!
 //! Recording is off unless a build that may leave a memo turns it on; the readers (`load`, the monorepo
-//! walk, `.dockerignore`, OCI layouts) report every path they look at, found or not, before reading it.
-//! A file changed while or after it was read then no longer has the recorded stat data, so the memo is
-//! not used. Whatever cannot be recorded (standard input) taints the recording: no memo.
+//! walk, `.dockerignore`, OCI layouts, COPY's walk of a whole context) report every path they look at,
+//! found or not, before reading it. A file changed while or after it was read then no longer has the
+//! recorded stat data, so the memo is not used. The contexts no COPY walked whole are walked for the
+//! memo after the build: a file changed after the build read it is then newer than the build's start,
+//! and no memo is written (`settled`). Whatever cannot be recorded (standard input) taints the
+//! recording: no memo.
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
@@ -18,11 +21,15 @@ static ON: AtomicBool = AtomicBool::new(false);
 static RECORDED: Mutex<Recording> = Mutex::new(Recording {
     inputs: Vec::new(),
     tainted: false,
+    trees: Vec::new(),
 });
 
 struct Recording {
     inputs: Vec<Input>,
     tainted: bool,
+    /// Trees (a root and the `.dockerignore` patterns that hide parts of it) the recording wants every
+    /// entry of, and whether a reader's walk recorded them already (`tree`).
+    trees: Vec<(PathBuf, Vec<String>, bool)>,
 }
 
 /// A path as it was seen: absent, or its stat data.
@@ -97,6 +104,7 @@ pub(crate) fn start() {
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     r.inputs.clear();
     r.tainted = false;
+    r.trees.clear();
     ON.store(true, Ordering::Release);
 }
 
@@ -108,6 +116,7 @@ pub(crate) fn stop() -> Option<Vec<Input>> {
     let mut inputs = std::mem::take(&mut r.inputs);
     inputs.sort_unstable_by(|a, b| (&a.path, a.follow).cmp(&(&b.path, b.follow)));
     inputs.dedup();
+    r.trees.clear();
     (!std::mem::take(&mut r.tainted)).then_some(inputs)
 }
 
@@ -164,6 +173,54 @@ pub(crate) fn entry(path: &Path, meta: &std::fs::Metadata) {
             seen: Some(Stat::of(meta)),
         });
     }
+}
+
+/// The recording wants every entry of these trees (`root`, less what its `.dockerignore` patterns hide).
+pub(crate) fn want_trees(trees: &[(PathBuf, Vec<String>)]) {
+    let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    r.trees = trees
+        .iter()
+        .map(|(p, e)| (p.clone(), e.clone(), false))
+        .collect();
+}
+
+/// Every entry of the tree at `root` (less what `excludes` hides), each with the stat data a walk found
+/// before anything was read: recorded if the recording wants that tree, which is then not walked again
+/// for it (COPY's selection of a whole context walks just what the memo would).
+pub(crate) fn tree<'a>(
+    root: &Path,
+    excludes: &[String],
+    entries: impl IntoIterator<Item = (&'a Path, &'a std::fs::Metadata)>,
+) {
+    if !ON.load(Ordering::Acquire) {
+        return;
+    }
+    let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(i) = (r.trees.iter()).position(|(p, e, done)| !done && p == root && e == excludes)
+    else {
+        return;
+    };
+    r.trees[i].2 = true;
+    for (path, meta) in entries {
+        r.inputs.push(Input {
+            path: path.to_path_buf(),
+            follow: false,
+            seen: Some(Stat::of(meta)),
+        });
+    }
+}
+
+/// Whether a reader's walk recorded every entry of the tree at `root` less `excludes`.
+pub(crate) fn tree_recorded(root: &Path, excludes: &[String]) -> bool {
+    let r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    (r.trees.iter()).any(|(p, e, done)| *done && p == root && e == excludes)
+}
+
+/// Whether everything recorded so far was last changed before `before` (see `settled`), and nothing
+/// tainted the recording.
+pub(crate) fn settled_so_far(before: i64) -> bool {
+    let r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    !r.tainted && settled(&r.inputs, before)
 }
 
 /// An input that has no path (standard input): the command's result depends on something no memo

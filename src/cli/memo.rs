@@ -114,6 +114,8 @@ pub(super) struct Recording {
     /// When recording started (seconds since the epoch): see `inputs::settled`.
     started: i64,
     transcript: progress::Transcript,
+    /// The contexts the build's steps read (a directory and its `.dockerignore` patterns).
+    trees: Vec<(PathBuf, Vec<String>)>,
 }
 
 impl Recording {
@@ -125,16 +127,19 @@ impl Recording {
             path,
             started: crate::inputs::epoch_secs(),
             transcript: Default::default(),
+            trees: Vec::new(),
         }
     }
 
-    /// Keeps recording if `request`, as compiled, may be memoised: records every entry of the contexts
-    /// its steps read (before any step reads them, so an edit during the build is seen next time) and
-    /// asks for its progress events.
-    pub(super) fn keep_for(self, request: &mut BuildRequest) -> Option<Recording> {
-        if !request.only_stores() || !self.record_sources(request) {
+    /// Keeps recording if `request`, as compiled, may be memoised: notes the contexts its steps read
+    /// (their entries are recorded as COPY walks them, or at the end: `record_trees`) and asks for its
+    /// progress events.
+    pub(super) fn keep_for(mut self, request: &mut BuildRequest) -> Option<Recording> {
+        if !request.only_stores() {
             return None;
         }
+        self.trees = sources(request)?;
+        crate::inputs::want_trees(&self.trees);
         // The names the images are kept under: one changed by anything else is given back by a build.
         let declared = request.graph.tags.values().flatten();
         for name in request.tags.iter().chain(declared) {
@@ -144,47 +149,11 @@ impl Recording {
         Some(self)
     }
 
-    /// Records the sources the graph reads; false when one of them cannot be recorded.
-    fn record_sources(&self, request: &BuildRequest) -> bool {
-        let mut trees = std::collections::BTreeSet::new();
-        for n in request.graph.dag.node_indices() {
-            match &request.graph.dag[n].op {
-                // Fetched again by every build (a tag may move) or not from the host at all.
-                Op::Remote { .. } => return false,
-                Op::Image { reference, .. }
-                    if !reference.starts_with("oci-layout://")
-                        && !reference.contains("@sha256:") =>
-                {
-                    return false;
-                }
-                Op::Context { name, excludes } => match request.contexts.get(name) {
-                    Some(NamedContext::Dir(dir)) => {
-                        trees.insert((dir, excludes));
-                    }
-                    Some(NamedContext::Image(_)) => {}
-                    None => return false,
-                },
-                _ => {}
-            }
-        }
-        let trees: Vec<_> = trees.into_iter().collect();
-        // A few contexts are each walked on every core; a monorepo's thousands, one per core.
-        let many = trees.len() >= crate::layer::cores(0);
-        let jobs = if many { 0 } else { 1 };
-        crate::layer::parallel_map(&trees, jobs, |(dir, excludes)| {
-            record_tree(dir, excludes, !many)
-        })
-        .into_iter()
-        .all(|recorded| recorded)
-    }
-
     /// After the build: writes the memo if no step ran and every input was settled before it started.
     pub(super) fn finish(self, summary: &crate::solve::Summary) {
         let stderr = progress::keep_stderr(false).unwrap_or_default();
-        let Some(inputs) = crate::inputs::stop() else {
-            return;
-        };
-        if summary.executed != 0 || !crate::inputs::settled(&inputs, self.started - 1) {
+        // What makes a memo impossible is seen before the contexts are walked for one.
+        if summary.executed != 0 || !crate::inputs::settled_so_far(self.started - 1) {
             return;
         }
         let events =
@@ -193,6 +162,15 @@ impl Recording {
             .iter()
             .any(|e| !matches!(e, Event::Cached(_) | Event::Note(_) | Event::Summary { .. }))
         {
+            return;
+        }
+        if !record_trees(&self.trees) {
+            return;
+        }
+        let Some(inputs) = crate::inputs::stop() else {
+            return;
+        };
+        if !crate::inputs::settled(&inputs, self.started - 1) {
             return;
         }
         let Ok(shown) = rmp_serde::to_vec(&Shown { stderr, events }) else {
@@ -207,6 +185,48 @@ impl Recording {
             sweep(dir);
         }
     }
+}
+
+/// The contexts `request`'s graph reads, or `None` when it reads a source no memo can check.
+fn sources(request: &BuildRequest) -> Option<Vec<(PathBuf, Vec<String>)>> {
+    let mut trees = std::collections::BTreeSet::new();
+    for n in request.graph.dag.node_indices() {
+        match &request.graph.dag[n].op {
+            // Fetched again by every build (a tag may move) or not from the host at all.
+            Op::Remote { .. } => return None,
+            Op::Image { reference, .. }
+                if !reference.starts_with("oci-layout://") && !reference.contains("@sha256:") =>
+            {
+                return None;
+            }
+            Op::Context { name, excludes } => match request.contexts.get(name) {
+                Some(NamedContext::Dir(dir)) => {
+                    trees.insert((dir.clone(), excludes.clone()));
+                }
+                Some(NamedContext::Image(_)) => {}
+                None => return None,
+            },
+            _ => {}
+        }
+    }
+    Some(trees.into_iter().collect())
+}
+
+/// Records every entry of the contexts no COPY walked whole during the build; false when one cannot
+/// be. Walked after the build read them: a file changed since is newer than the build's start, and no
+/// memo is written (`inputs::settled`).
+fn record_trees(trees: &[(PathBuf, Vec<String>)]) -> bool {
+    let left: Vec<_> = (trees.iter())
+        .filter(|(dir, excludes)| !crate::inputs::tree_recorded(dir, excludes))
+        .collect();
+    // A few contexts are each walked on every core; a monorepo's thousands, one per core.
+    let many = left.len() >= crate::layer::cores(0);
+    let jobs = if many { 0 } else { 1 };
+    crate::layer::parallel_map(&left, jobs, |(dir, excludes)| {
+        record_tree(dir, excludes, !many)
+    })
+    .into_iter()
+    .all(|recorded| recorded)
 }
 
 /// A recording dropped unfinished (the build failed, or may not be memoised) stops with no memo.

@@ -27,6 +27,7 @@ impl HostDir {
             root: self.path.clone(),
             ignore,
             exclude: Patterns::default(),
+            host: Some(self.excludes.clone()),
         })
     }
 }
@@ -37,6 +38,8 @@ pub struct Tree {
     ignore: Patterns,
     /// `COPY --exclude` patterns, matched against paths relative to each copied source.
     exclude: Patterns,
+    /// A directory of the host: its `.dockerignore` patterns (`inputs::tree` records its walk).
+    host: Option<Vec<String>>,
 }
 
 impl Tree {
@@ -46,6 +49,7 @@ impl Tree {
             root: root.to_path_buf(),
             ignore: Patterns::default(),
             exclude: Patterns::default(),
+            host: None,
         }
     }
 
@@ -128,6 +132,20 @@ impl Tree {
             out.push(entry);
         }
         Ok(out)
+    }
+
+    /// A walk of the whole of a host directory, with nothing but its `.dockerignore` left out, is what
+    /// a build's memo records of it (`inputs::tree`): recorded here, it is not walked again.
+    fn record(&self, start: &Path, walked: &[Walked]) {
+        let whole = *start == self.root && self.exclude.is_empty();
+        let real_dir = walked.first().is_some_and(|w| w.meta.is_dir());
+        if let Some(excludes) = self.host.as_ref().filter(|_| whole && real_dir) {
+            crate::inputs::tree(
+                &self.root,
+                excludes,
+                walked.iter().map(|w| (w.path.as_path(), &w.meta)),
+            );
+        }
     }
 
     /// What `entries` yields, with each entry's metadata (not following links) and its path relative to
@@ -405,10 +423,11 @@ pub fn selection_digest(
             let top = root.join(&rel);
             // A source that is a symlink is followed (inside the tree), as docker does for COPY sources.
             let start = resolve_source(root, &rel)?;
-            for entry in tree
+            let walked = tree
                 .entries_with_meta(&start)
-                .map_err(|e| format!("{e} (under {})", top.display()))?
-            {
+                .map_err(|e| format!("{e} (under {})", top.display()))?;
+            tree.record(&start, &walked);
+            for entry in walked {
                 let meta = &entry.meta;
                 h.update(entry.below.as_os_str().as_encoded_bytes());
                 h.update([0]);

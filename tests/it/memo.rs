@@ -182,6 +182,43 @@ fn a_dockerfile_build_is_memoised_per_context_and_dockerfile() {
     assert!(!from_memo(&build()));
 }
 
+/// `COPY .` walks the whole context for its cache key, and that walk is what the memo records of it
+/// (it is not walked again): an entry edited, added or touched anywhere in it still means a build.
+#[test]
+fn a_context_copied_whole_is_memoised_until_any_entry_changes() {
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY . /src/\n"),
+        ("a.txt", "one\n"),
+        ("sub/b.txt", "two\n"),
+    ]);
+    let store = tempdir("store-");
+    let build = || dockerfile_build(ctx.path(), store.path(), &[]);
+    build().success();
+    memoised(build);
+
+    write(&ctx.path().join("sub/b.txt"), "three\n");
+    let edited = build();
+    assert!(!from_memo(&edited));
+    assert_eq!(edited.summary().0, 1, "{}", edited.stderr);
+
+    memoised(build);
+    write(&ctx.path().join("sub/c.txt"), "new\n");
+    let added = build();
+    assert!(!from_memo(&added));
+    assert_eq!(added.summary().0, 1, "{}", added.stderr);
+
+    // Touched only: the memo no longer holds, and the build finds every step cached.
+    memoised(build);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(ctx.path().join("a.txt"))
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now()).unwrap();
+    let touched = build();
+    assert!(!from_memo(&touched));
+    assert_eq!(touched.summary().0, 0, "{}", touched.stderr);
+}
+
 #[test]
 fn builds_that_write_outputs_or_take_secrets_or_stdin_are_never_memoised() {
     let ctx = context(&[("Dockerfile", DOCKERFILE), ("app.txt", "one\n")]);
