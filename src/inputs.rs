@@ -114,10 +114,25 @@ pub(crate) fn stop() -> Option<Vec<Input>> {
     ON.store(false, Ordering::Release);
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     let mut inputs = std::mem::take(&mut r.inputs);
-    inputs.sort_unstable_by(|a, b| (&a.path, a.follow).cmp(&(&b.path, b.follow)));
+    // By bytes, not by components: the order only has to bring a path's records together.
+    fn bytes(i: &Input) -> (&[u8], bool) {
+        (i.path.as_os_str().as_encoded_bytes(), i.follow)
+    }
+    inputs.sort_unstable_by(|a, b| bytes(a).cmp(&bytes(b)));
     inputs.dedup();
     r.trees.clear();
     (!std::mem::take(&mut r.tainted)).then_some(inputs)
+}
+
+/// Stops recording and drops what was recorded (no memo will come of it).
+pub(crate) fn abandon() {
+    ON.store(false, Ordering::Release);
+    let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
+    let dropped = std::mem::take(&mut r.inputs);
+    r.trees.clear();
+    r.tainted = false;
+    drop(r);
+    drop(dropped);
 }
 
 /// Whether every input still looks as it did: checked on every core, stopping at the first change.

@@ -233,7 +233,7 @@ fn record_trees(trees: &[(PathBuf, Vec<String>)]) -> bool {
 impl Drop for Recording {
     fn drop(&mut self) {
         progress::keep_stderr(false);
-        crate::inputs::stop();
+        crate::inputs::abandon();
     }
 }
 
