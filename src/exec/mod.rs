@@ -204,7 +204,10 @@ async fn run_in(
             let launch = net::Launch {
                 stack: net::find_stack()?,
             };
-            (net::Net::Own, Some(spare.take(&launch).await?))
+            (
+                net::Net::Own,
+                Some(spare.take(&launch, step.more_runs).await?),
+            )
         }
     };
     let req = Request::Run {

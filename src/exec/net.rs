@@ -267,8 +267,9 @@ impl Running {
 }
 
 /// The network namespaces (each with its stack) of the steps that get a network of their own. A step
-/// takes an idle one, or else the one made ahead for it (the first step makes its own) and starts the
-/// next one's, so parallel steps never wait for a stack. A step that ends cleanly gives its namespace back
+/// takes an idle one, or else the one made ahead for it (the first step makes its own) and, when the
+/// scheduler says another RUN may still run (`RunStep::more_runs`), starts the next one's, so parallel
+/// and chained steps never wait for a stack, and the build's last step makes none for nothing. A step that ends cleanly gives its namespace back
 /// for a later step, as BuildKit's pool of network namespaces does: nothing a confined step can do
 /// outlives it there. Its processes die with its pid namespace (and with them its sockets), and changing
 /// addresses, routes, filters or the namespace's sysctls needs `CAP_NET_ADMIN` (and a writable
@@ -283,9 +284,9 @@ pub struct Spare {
 }
 
 impl Spare {
-    /// A namespace and stack for a step: an idle one whose stack still runs, else a fresh one (and the
-    /// next one's started).
-    pub async fn take(&self, launch: &Launch) -> Result<Prepared> {
+    /// A namespace and stack for a step: an idle one whose stack still runs, else a fresh one (and, when
+    /// `more` steps may come, the next one's started).
+    pub async fn take(&self, launch: &Launch, more: bool) -> Result<Prepared> {
         while let Some(mut idle) = self.idle.lock().expect("idle lock").pop() {
             if idle.running.alive() {
                 return Ok(idle);
@@ -297,7 +298,9 @@ impl Spare {
         };
         let ours = self.ahead.lock().expect("spare lock").take();
         let ours = ours.unwrap_or_else(|| made(launch));
-        *self.ahead.lock().expect("spare lock") = Some(made(launch));
+        if more {
+            *self.ahead.lock().expect("spare lock") = Some(made(launch));
+        }
         ours.await
             .map_err(|e| Diagnostic::env(format!("network set-up task failed: {e}")))?
     }

@@ -29,6 +29,7 @@ fn steps_with_an_entitlement_run_locally() {
         mounts: Vec::new(),
         key: None,
         sandbox: Default::default(),
+        more_runs: false,
     };
     assert!(remotable(&step(Network::Default, false)));
     assert!(remotable(&step(Network::None, false)));

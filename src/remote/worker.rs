@@ -217,6 +217,8 @@ impl<E: RunExit> Worker<E> {
                     mounts,
                     key: None,
                     sandbox: Default::default(),
+                    // A worker runs the steps of many builds: the next one may come at any time.
+                    more_runs: true,
                 },
                 sink,
             )

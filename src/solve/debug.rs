@@ -89,6 +89,7 @@ impl<E: Executor> Shared<E> {
             mounts,
             key: None,
             sandbox: step.sandbox.clone(),
+            more_runs: false,
         }))
     }
 

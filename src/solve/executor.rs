@@ -41,6 +41,9 @@ pub struct RunStep {
     pub key: Option<Digest>,
     /// What the build's command line sets for every RUN step (`--add-host`, `--shm-size`, `--ulimit`).
     pub sandbox: Sandbox,
+    /// Whether another RUN of the build may run after this one starts: only then is a network stack
+    /// started ahead for it (`exec::net::Spare`).
+    pub more_runs: bool,
 }
 
 /// What `kiln build`'s command line sets for every RUN step, as buildx's flags of the same names do:

@@ -76,6 +76,11 @@ pub async fn solve<E: Executor>(
         stat_caches: Default::default(),
         pending: Default::default(),
         late_runs: Default::default(),
+        runs_left: std::sync::atomic::AtomicUsize::new(
+            (graph.dag.node_weights())
+                .filter(|n| matches!(n.op, crate::graph::op::Op::Run(_)))
+                .count(),
+        ),
         late_hits: Default::default(),
         resolved: Default::default(),
         durable: Default::default(),

@@ -201,6 +201,7 @@ impl<E: Executor> Shared<E> {
             mounts: Vec::new(),
             key: None,
             sandbox: self.opts.sandbox.clone(),
+            more_runs: self.run_starts(),
         })
     }
 

@@ -114,6 +114,8 @@ pub(super) struct Shared<E> {
     pub(super) pending: std::sync::Mutex<HashMap<Digest, Arc<Pending>>>,
     /// How many of those ran in the end.
     pub(super) late_runs: std::sync::atomic::AtomicUsize,
+    /// The RUN nodes neither found in the cache nor started yet (see `run_starts`).
+    pub(super) runs_left: std::sync::atomic::AtomicUsize,
     /// How many of those another build on the store ran meanwhile.
     pub(super) late_hits: std::sync::atomic::AtomicUsize,
     /// What source nodes resolved to (see `Summary::resolved`).
@@ -197,7 +199,7 @@ pub(super) async fn run<E: Executor>(
                     continue;
                 }
             };
-            if let Err(e) = book.done(&graph, n, result) {
+            if let Err(e) = book.done(&graph, n, result, &shared.runs_left) {
                 break 'run Some(e);
             }
         }
@@ -206,7 +208,7 @@ pub(super) async fn run<E: Executor>(
         };
         let (n, result) =
             joined.map_err(|e| Diagnostic::env(format!("a build task failed: {e}")))?;
-        if let Err(e) = book.done(&graph, n, result) {
+        if let Err(e) = book.done(&graph, n, result, &shared.runs_left) {
             break Some(e);
         }
     };
@@ -236,6 +238,13 @@ pub(super) async fn run<E: Executor>(
         resolved: std::mem::take(&mut *shared.resolved.lock().expect("resolved lock")),
         durable: std::mem::take(&mut *shared.durable.lock().expect("durable lock")),
     })
+}
+
+/// One less of `count` (never below zero): how many are left.
+fn take_one(count: &std::sync::atomic::AtomicUsize) -> usize {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = count.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    before.unwrap_or(0).saturating_sub(1)
 }
 
 /// The scheduler's books: finished nodes' outputs, how many inputs each waiting node still lacks, the
@@ -274,17 +283,24 @@ impl Book {
         }
     }
 
-    /// Records a finished node and releases the consumers that waited only for it.
+    /// Records a finished node and releases the consumers that waited only for it. A RUN found in the
+    /// cache is one less that may run (`runs_left`).
     fn done(
         &mut self,
         graph: &Dag,
         n: NodeIndex,
         result: Result<(Digest, Output, Option<bool>)>,
+        runs_left: &std::sync::atomic::AtomicUsize,
     ) -> Result<()> {
         let (key, output, ran) = result?;
         match ran {
             Some(true) => self.executed += 1,
-            Some(false) => self.cached += 1,
+            Some(false) => {
+                self.cached += 1;
+                if matches!(graph.dag[n].op, crate::graph::op::Op::Run(_)) {
+                    take_one(runs_left);
+                }
+            }
             None => {}
         }
         self.outputs.insert(n, (key, output));
@@ -307,6 +323,12 @@ impl Book {
 }
 
 impl<E: Executor> Shared<E> {
+    /// A RUN step starts: whether another may still run after it (one put off and never needed counts
+    /// as one that may).
+    pub(super) fn run_starts(&self) -> bool {
+        take_one(&self.runs_left) > 0
+    }
+
     pub(super) fn next_id(&self) -> usize {
         self.step_ids
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
