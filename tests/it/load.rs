@@ -548,22 +548,8 @@ fn a_kept_image_is_pushed_by_name() {
     assert_eq!(json["Digest"].as_str().unwrap(), out.stdout.trim());
     assert_eq!(json["Labels"]["org.example.loaded"], "yes");
     // The layers the store kept as tars left compressed.
-    let raw = tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{target}"),
-        ],
-    );
-    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let types: Vec<&str> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["mediaType"].as_str().unwrap())
-        .collect();
+    let manifest = serde_json::from_str(&crate::support::registry_raw(&target)).unwrap();
+    let types = crate::support::layer_media_types(&manifest);
     assert!(types.iter().all(|t| t.ends_with("tar+gzip")), "{types:?}");
 }
 

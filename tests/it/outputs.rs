@@ -151,15 +151,10 @@ fn zstd_layers() {
         ],
     );
     let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
-    let types: Vec<&str> = manifest["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["mediaType"].as_str().unwrap())
-        .collect();
+    let types = crate::support::layer_media_types(&manifest);
     assert_eq!(
-        types.last(),
-        Some(&"application/vnd.oci.image.layer.v1.tar+zstd"),
+        types.last().map(String::as_str),
+        Some("application/vnd.oci.image.layer.v1.tar+zstd"),
         "{types:?}"
     );
     tool(

@@ -27,15 +27,7 @@ fn inspect_digest(reference: &str) -> String {
 
 /// The config digest (docker's image ID) of the image at `reference` in a registry, as skopeo reads it.
 fn inspect_config_digest(reference: &str) -> String {
-    let raw = tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-    );
+    let raw = crate::support::registry_raw(reference);
     let v: Value = serde_json::from_str(&raw).expect("skopeo inspect --raw prints the manifest");
     v["config"]["digest"]
         .as_str()

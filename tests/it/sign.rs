@@ -242,15 +242,7 @@ fn build_and_push(store: &Path, run: &str, args: &[&str]) -> crate::support::Out
 
 /// The signature manifest of `reference`'s manifest, as the registry serves it.
 fn signature_manifest(reference: &str) -> Value {
-    let raw = tool(
-        "skopeo",
-        &[
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-            &format!("docker://{reference}"),
-        ],
-    );
+    let raw = crate::support::registry_raw(reference);
     let digest = format!("{:x}", sha2::Sha256::digest(raw.as_bytes()));
     let (repo, _) = reference.rsplit_once(':').unwrap();
     let sig = tool(

@@ -517,6 +517,30 @@ pub(crate) fn unpack(layout: &Path) -> Unpacked {
 
 /// Runs a judge tool; panics with its stderr unless it succeeds; returns its stdout.
 #[track_caller]
+/// The manifest (or index) a registry serves for `reference` (`docker://` without TLS), as skopeo reads
+/// it, byte for byte.
+pub(crate) fn registry_raw(reference: &str) -> String {
+    tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ],
+    )
+}
+
+/// The media types of a manifest's layers, bottom first.
+pub(crate) fn layer_media_types(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["layers"]
+        .as_array()
+        .expect("a manifest's layers")
+        .iter()
+        .map(|l| l["mediaType"].as_str().expect("a media type").to_string())
+        .collect()
+}
+
 pub(crate) fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
