@@ -107,11 +107,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             // compresses them. A docker-archive and a daemon take the layers' tars as they are kept.
             let oci = parsed.iter().any(|o| matches!(o, Output::Oci { .. }));
             let leaving = match oci {
-                true => Some(crate::export::kept::leaving(
-                    &store,
-                    crate::export::stored_image(&store, &named)?,
-                    &named,
-                )?),
+                true => Some(crate::export::kept::leaving(&store, kept.clone(), &named)?),
                 false => None,
             };
             for output in &parsed {

@@ -116,7 +116,12 @@ fn compressed(
         return Ok(made);
     }
     let source = store.blob_path(&blob.digest);
-    let damaged = |e| Diagnostic::io(format!("cannot read the stored layer {}", blob.digest), e);
+    let damaged = |e| {
+        Diagnostic::io(
+            format!("cannot compress the stored layer {}", blob.digest),
+            e,
+        )
+    };
     let mut tar =
         std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&source).map_err(damaged)?);
     let tmp = store.temp_dir("layer-")?;

@@ -566,6 +566,7 @@ pub fn ref_name(name: Option<&str>) -> String {
 }
 
 /// An image's blobs, all in the store: layers, config and manifest.
+#[derive(Clone)]
 pub struct Image {
     /// The layers, bottom first, with the snapshots they came from.
     pub blobs: Vec<LayerBlob>,
