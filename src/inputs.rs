@@ -10,6 +10,7 @@
 //! and no memo is written (`settled`). Whatever cannot be recorded (standard input) taints the
 //! recording: no memo.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -21,15 +22,15 @@ static ON: AtomicBool = AtomicBool::new(false);
 static RECORDED: Mutex<Recording> = Mutex::new(Recording {
     inputs: Vec::new(),
     tainted: false,
-    trees: Vec::new(),
+    trees: None,
 });
 
 struct Recording {
     inputs: Vec<Input>,
     tainted: bool,
     /// Trees (a root and the `.dockerignore` patterns that hide parts of it) the recording wants every
-    /// entry of, and whether a reader's walk recorded them already (`tree`).
-    trees: Vec<(PathBuf, Vec<String>, bool)>,
+    /// entry of, and whether a reader's walk recorded them already (`tree`). A monorepo has thousands.
+    trees: Option<HashMap<(PathBuf, Vec<String>), bool>>,
 }
 
 /// A path as it was seen: absent, or its stat data.
@@ -104,7 +105,7 @@ pub(crate) fn start() {
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     r.inputs.clear();
     r.tainted = false;
-    r.trees.clear();
+    r.trees = None;
     ON.store(true, Ordering::Release);
 }
 
@@ -120,7 +121,7 @@ pub(crate) fn stop() -> Option<Vec<Input>> {
     }
     inputs.sort_unstable_by(|a, b| bytes(a).cmp(&bytes(b)));
     inputs.dedup();
-    r.trees.clear();
+    r.trees = None;
     (!std::mem::take(&mut r.tainted)).then_some(inputs)
 }
 
@@ -129,7 +130,7 @@ pub(crate) fn abandon() {
     ON.store(false, Ordering::Release);
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     let dropped = std::mem::take(&mut r.inputs);
-    r.trees.clear();
+    r.trees = None;
     r.tainted = false;
     drop(r);
     drop(dropped);
@@ -193,10 +194,7 @@ pub(crate) fn entry(path: &Path, meta: &std::fs::Metadata) {
 /// The recording wants every entry of these trees (`root`, less what its `.dockerignore` patterns hide).
 pub(crate) fn want_trees(trees: &[(PathBuf, Vec<String>)]) {
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-    r.trees = trees
-        .iter()
-        .map(|(p, e)| (p.clone(), e.clone(), false))
-        .collect();
+    r.trees = Some(trees.iter().map(|t| (t.clone(), false)).collect());
 }
 
 /// Every entry of the tree at `root` (less what `excludes` hides), each with the stat data a walk found
@@ -211,11 +209,11 @@ pub(crate) fn tree<'a>(
         return;
     }
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(i) = (r.trees.iter()).position(|(p, e, done)| !done && p == root && e == excludes)
-    else {
-        return;
-    };
-    r.trees[i].2 = true;
+    let key = (root.to_path_buf(), excludes.to_vec());
+    match r.trees.as_mut().and_then(|t| t.get_mut(&key)) {
+        Some(done) if !*done => *done = true,
+        _ => return,
+    }
     for (path, meta) in entries {
         r.inputs.push(Input {
             path: path.to_path_buf(),
@@ -228,7 +226,8 @@ pub(crate) fn tree<'a>(
 /// Whether a reader's walk recorded every entry of the tree at `root` less `excludes`.
 pub(crate) fn tree_recorded(root: &Path, excludes: &[String]) -> bool {
     let r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-    (r.trees.iter()).any(|(p, e, done)| *done && p == root && e == excludes)
+    let key = (root.to_path_buf(), excludes.to_vec());
+    r.trees.as_ref().and_then(|t| t.get(&key)) == Some(&true)
 }
 
 /// Whether everything recorded so far was last changed before `before` (see `settled`), and nothing
