@@ -20,8 +20,5 @@ pub(super) fn run(args: GraphArgs) -> Result<()> {
         }
     };
     progress::stdout(&out);
-    // The process ends here: the graph (a monorepo's is tens of thousands of nodes) is freed on a
-    // thread of its own rather than before the exit.
-    std::thread::spawn(move || drop(compiled));
     Ok(())
 }
