@@ -820,9 +820,12 @@ fn blob_key(snapshot: &str, settings: &Settings) -> String {
         Some(t) => format!("{snapshot}@{t}"),
         None => format!("{snapshot}@"),
     };
+    // A compressed blob's record says its compressor was fed fixed blocks (`layer::write::Blocks`): one
+    // an earlier kiln compressed from the tar writer's own writes holds other bytes for the same tar,
+    // and is not taken for one (an image must not depend on the store's history).
     match settings.codec {
-        layer::Codec::Gzip => {}
-        layer::Codec::Zstd => key.push_str("+zstd"),
+        layer::Codec::Gzip => key.push_str("+blocks"),
+        layer::Codec::Zstd => key.push_str("+zstd+blocks"),
         layer::Codec::Uncompressed => key.push_str("+tar"),
     }
     if let Some(level) = settings.level {
