@@ -26,12 +26,7 @@ pub fn keep(
     let Some(codec) = codec_name(settings.codec).filter(|_| !settings.force) else {
         return Ok((build_image(store, layers, config, settings)?, None));
     };
-    let plain = Settings {
-        codec: Codec::Uncompressed,
-        level: None,
-        ..settings.clone()
-    };
-    let image = build_image(store, layers, config, &plain)?;
+    let image = build_image(store, layers, config, &settings.as_tars())?;
     let own: Vec<usize> = (layers.iter().zip(&image.blobs).enumerate())
         .filter(|(_, (snapshot, blob))| {
             blob.media_type == Codec::Uncompressed.media_type()

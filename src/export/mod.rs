@@ -134,6 +134,17 @@ pub struct Settings {
     pub descriptor_annotations: std::collections::BTreeMap<String, String>,
 }
 
+impl Settings {
+    /// The same settings with the build's own layers kept as their tars (no codec, no level).
+    fn as_tars(&self) -> Settings {
+        Settings {
+            codec: layer::Codec::Uncompressed,
+            level: None,
+            ..self.clone()
+        }
+    }
+}
+
 /// Where a file output is written to stdout (buildx's `dest=-`).
 pub fn is_stdout(dest: &Path) -> bool {
     dest.as_os_str() == "-"
@@ -195,11 +206,7 @@ pub fn export(
 fn for_output<'a>(output: &Output, settings: &'a Settings) -> std::borrow::Cow<'a, Settings> {
     match output {
         Output::Docker { .. } | Output::Load { .. } if !settings.force => {
-            std::borrow::Cow::Owned(Settings {
-                codec: layer::Codec::Uncompressed,
-                level: None,
-                ..settings.clone()
-            })
+            std::borrow::Cow::Owned(settings.as_tars())
         }
         _ => std::borrow::Cow::Borrowed(settings),
     }
