@@ -11,6 +11,13 @@
 //!
 //! Not memoised: a build that fetches something each time (a registry tag, a download, a git source),
 //! whose command line reads the environment (`--build-arg NAME`), or whose Dockerfile comes from stdin.
+//!
+//! A build given secrets is memoised without them: no cache key holds a secret's value (so an edited
+//! secret changes no image) and the memo records neither a value nor its file's stat data. What does
+//! depend on the values, the leak guard and the warnings about them, is done again each time the memo
+//! is used: the secrets are read and the images the build made searched for them (`Guarded`); one
+//! found is a full build, which refuses the image. Nothing a secret's value could be found in (the
+//! events, the notes, the paths read) is written into a memo.
 //! `kiln prune` removes every memo before it removes results; a memo older than an hour is not used
 //! either, so the full build it stands for refreshes the records' last-use times prune goes by.
 
@@ -20,12 +27,15 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::args::BuildCmd;
+use super::command_line::CommandLine;
 use crate::digest::Encoder;
 use crate::graph::NamedContext;
 use crate::graph::op::Op;
 use crate::inputs::Input;
 use crate::pipeline::BuildRequest;
 use crate::progress::{self, Event};
+use crate::secret::{LeakScanner, SecretStore};
+use crate::store::{Access, Store};
 
 /// How long a memo answers for its build (see the module's comment).
 const FRESH: Duration = Duration::from_secs(3600);
@@ -37,6 +47,17 @@ struct Memo {
     /// steps is mostly events, and a build whose memo no longer holds should not pay for them).
     #[serde(with = "serde_bytes")]
     shown: Vec<u8>,
+    /// For a build given secrets, the images its leak guard searched, to be searched again for the
+    /// secrets' values as they are each time the memo is used.
+    guarded: Option<Vec<Guarded>>,
+}
+
+/// An image a build given secrets made: its own layers' snapshots and its config (JSON), what the
+/// build's leak guard searches (`export::guard`).
+#[derive(Serialize, Deserialize)]
+struct Guarded {
+    layers: Vec<String>,
+    config: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -56,7 +77,7 @@ pub(super) fn path(cmd: &BuildCmd) -> Option<PathBuf> {
         return None;
     }
     let cwd = std::env::current_dir().ok()?;
-    let mut key = Encoder::new("kiln/build-memo/v1");
+    let mut key = Encoder::new("kiln/build-memo/v2");
     key.str(&crate::load::kiln_identity())
         .str(&nix::unistd::geteuid().to_string())
         .str(&cwd.to_string_lossy())
@@ -64,26 +85,39 @@ pub(super) fn path(cmd: &BuildCmd) -> Option<PathBuf> {
     for arg in std::env::args_os().skip(1) {
         key.str(&arg.to_string_lossy());
     }
-    let store = cmd
-        .store
-        .clone()
-        .unwrap_or_else(crate::store::Store::default_root);
-    Some(crate::store::Store::memo_path(&store, &key.finish()))
+    Some(Store::memo_path(&store_root(cmd), &key.finish()))
 }
 
-/// Shows the memo at `path` when nothing it read has changed; whether it did.
-pub(super) fn replay(path: &Path, mode: progress::Mode) -> bool {
+fn store_root(cmd: &BuildCmd) -> PathBuf {
+    cmd.store.clone().unwrap_or_else(Store::default_root)
+}
+
+/// Shows the memo at `path` when nothing it read has changed (and, for a build given secrets, no image
+/// it made holds one's value as it is now); whether it did.
+pub(super) fn replay(path: &Path, cmd: &BuildCmd, cl: &CommandLine, mode: progress::Mode) -> bool {
     let Some(memo) = read(path) else {
         return false;
     };
     if !crate::inputs::all_unchanged(&memo.inputs) {
         return false;
     }
+    let secrets = match &memo.guarded {
+        Some(images) => match guard_again(path, images, cmd, cl) {
+            Some(secrets) => Some(secrets),
+            None => return false,
+        },
+        None if cmd.secrets.is_empty() => None,
+        None => return false,
+    };
     let Ok(shown) = rmp_serde::from_slice::<Shown>(&memo.shown) else {
         return false;
     };
     progress::stderr(&shown.stderr);
     let reporter = progress::reporter(mode);
+    let notes = secrets.as_ref().map(crate::pipeline::secret_notes);
+    for note in notes.into_iter().flatten() {
+        reporter.event(Event::Note(note));
+    }
     for e in shown.events {
         reporter.event(e);
     }
@@ -93,6 +127,36 @@ pub(super) fn replay(path: &Path, mode: progress::Mode) -> bool {
     )));
     reporter.finish();
     true
+}
+
+/// The secrets `cmd` names, read now, when no image in `images` holds any of their values; `None` (a full
+/// build, which says why) when one does, or a secret cannot be read.
+fn guard_again(
+    path: &Path,
+    images: &[Guarded],
+    cmd: &BuildCmd,
+    cl: &CommandLine,
+) -> Option<SecretStore> {
+    let mut secrets = SecretStore::default();
+    for s in &cmd.secrets {
+        let (id, source) = super::flags::parse_secret(cl, s).ok()?;
+        secrets.insert(id, source);
+    }
+    let scanner = crate::solve::all_secrets(&secrets).ok()?;
+    // Shared, as a build holds it: no prune removes a snapshot while it is searched.
+    let store = Store::open(&store_root(cmd), Access::Shared).ok()?;
+    for image in images {
+        let config = serde_json::from_str(&image.config).ok()?;
+        if !matches!(
+            crate::export::guard(&store, &image.layers, &config, &scanner),
+            Ok(None)
+        ) {
+            // The full build refuses the image: this memo must not stand for it again.
+            let _ = std::fs::remove_file(path);
+            return None;
+        }
+    }
+    Some(secrets)
 }
 
 fn read(path: &Path) -> Option<Memo> {
@@ -116,6 +180,16 @@ pub(super) struct Recording {
     transcript: progress::Transcript,
     /// The contexts the build's steps read (a directory and its `.dockerignore` patterns).
     trees: Vec<(PathBuf, Vec<String>)>,
+    /// For a build given secrets.
+    secrets: Option<Secrets>,
+}
+
+/// What a memo of a build given secrets needs: its images (`Guarded`), what its leak guard looks for
+/// (the memo must hold none of it) and its notes about the secrets (shown anew when the memo is used).
+struct Secrets {
+    roots: Vec<petgraph::stable_graph::NodeIndex>,
+    scanner: LeakScanner,
+    notes: Vec<String>,
 }
 
 impl Recording {
@@ -128,6 +202,7 @@ impl Recording {
             started: crate::inputs::epoch_secs(),
             transcript: Default::default(),
             trees: Vec::new(),
+            secrets: None,
         }
     }
 
@@ -139,6 +214,13 @@ impl Recording {
             return None;
         }
         self.trees = sources(request)?;
+        if request.secrets.ids().next().is_some() {
+            self.secrets = Some(Secrets {
+                roots: request.graph.roots.iter().map(|(_, n)| *n).collect(),
+                scanner: crate::solve::all_secrets(&request.secrets).ok()?,
+                notes: crate::pipeline::secret_notes(&request.secrets),
+            });
+        }
         crate::inputs::want_trees(&self.trees);
         // The names the images are kept under: one changed by anything else is given back by a build.
         let declared = request.graph.tags.values().flatten();
@@ -156,7 +238,7 @@ impl Recording {
         if summary.executed != 0 || !crate::inputs::settled_so_far(self.started - 1) {
             return;
         }
-        let events =
+        let mut events =
             std::mem::take(&mut *self.transcript.lock().unwrap_or_else(|p| p.into_inner()));
         if events
             .iter()
@@ -164,6 +246,16 @@ impl Recording {
         {
             return;
         }
+        if let Some(s) = &self.secrets {
+            events.retain(|e| !matches!(e, Event::Note(n) if s.notes.contains(n)));
+        }
+        let guarded = match &self.secrets {
+            Some(s) => match guarded(s, summary) {
+                Some(images) => Some(images),
+                None => return,
+            },
+            None => None,
+        };
         if !record_trees(&self.trees) {
             return;
         }
@@ -173,11 +265,22 @@ impl Recording {
         if !crate::inputs::settled(&inputs, self.started - 1) {
             return;
         }
-        let Ok(shown) = rmp_serde::to_vec(&Shown { stderr, events }) else {
+        let shown = Shown { stderr, events };
+        if let Some(s) = &self.secrets
+            && holds_a_secret(&s.scanner, &inputs, &shown, guarded.as_deref())
+        {
+            return;
+        }
+        let Ok(shown) = rmp_serde::to_vec(&shown) else {
             return;
         };
+        let memo = Memo {
+            inputs,
+            shown,
+            guarded,
+        };
         // A memo is only ever a shortcut: one that cannot be written is no error.
-        if let Ok(bytes) = rmp_serde::to_vec(&Memo { inputs, shown })
+        if let Ok(bytes) = rmp_serde::to_vec(&memo)
             && let Some(dir) = self.path.parent()
             && std::fs::create_dir_all(dir).is_ok()
         {
@@ -185,6 +288,38 @@ impl Recording {
             sweep(dir);
         }
     }
+}
+
+/// The images a build given secrets made, as its leak guard searched them.
+fn guarded(secrets: &Secrets, summary: &crate::solve::Summary) -> Option<Vec<Guarded>> {
+    let images = secrets
+        .roots
+        .iter()
+        .filter_map(|root| match summary.outputs.get(root) {
+            Some(crate::solve::Output::Image { layers, config }) => Some((layers, config)),
+            _ => None,
+        });
+    images
+        .map(|(layers, config)| {
+            Some(Guarded {
+                layers: crate::export::guarded_layers(layers).cloned().collect(),
+                config: serde_json::to_string(config.get()).ok()?,
+            })
+        })
+        .collect()
+}
+
+/// Whether anything a memo would hold holds a secret's value, in any encoding the leak guard knows.
+fn holds_a_secret(
+    scanner: &LeakScanner,
+    inputs: &[Input],
+    shown: &Shown,
+    guarded: Option<&[Guarded]>,
+) -> bool {
+    let Ok(doc) = serde_json::to_value((inputs, shown, guarded)) else {
+        return true;
+    };
+    crate::export::scan_json(scanner, &doc).is_some()
 }
 
 /// The contexts `request`'s graph reads, or `None` when it reads a source no memo can check.

@@ -42,7 +42,7 @@ pub(super) fn run(cmd: BuildCmd) -> Result<()> {
     }
     let memo = super::memo::path(&cmd);
     if let Some(path) = &memo
-        && super::memo::replay(path, progress_mode(cmd.progress))
+        && super::memo::replay(path, &cmd, &cl, progress_mode(cmd.progress))
     {
         return Ok(());
     }

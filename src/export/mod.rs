@@ -747,10 +747,7 @@ pub fn guard(
     if let Some((leak, at)) = scan_json(scanner, config) {
         return Ok(Some(Found::Config { leak, at }));
     }
-    for snapshot in layers
-        .iter()
-        .filter(|l| !l.starts_with("layer-") && !store.is_staged(l))
-    {
+    for snapshot in guarded_layers(layers).filter(|l| !store.is_staged(l)) {
         let found = scanner
             .scan_tree(&store.snapshot_path(snapshot))
             .map_err(|e| Diagnostic::io(format!("cannot scan snapshot {snapshot}"), e))?;
@@ -763,6 +760,11 @@ pub fn guard(
         }
     }
     Ok(None)
+}
+
+/// The layers of an image the leak guard searches: the build's own snapshots, not a base image's blobs.
+pub fn guarded_layers(layers: &[String]) -> impl Iterator<Item = &String> {
+    layers.iter().filter(|l| !l.starts_with("layer-"))
 }
 
 /// Searches every string of a JSON document, keys included, as the text it stands for: the JSON encoding

@@ -87,9 +87,11 @@ pub struct BuildRequest {
 
 impl BuildRequest {
     /// Whether the build leaves nothing but its results in the store (names included) and was given
-    /// nothing a memo of it could check: no output, push, cache export or report, no secret, SSH agent
-    /// or remote. Only such a build may be answered from `kiln build`'s memo when nothing it read has
-    /// changed. Every field is named, so that a new one must be decided here.
+    /// nothing a memo of it could not check: no output, push, cache export or report, no SSH agent,
+    /// remote or value guarded like a secret (the `--sign` key). Secrets may be given: no cache key
+    /// holds their values, and the memo searches its images for them again each time it is used. Only
+    /// such a build may be answered from `kiln build`'s memo when nothing it read has changed. Every
+    /// field is named, so that a new one must be decided here.
     pub fn only_stores(&self) -> bool {
         let BuildRequest {
             graph: _,
@@ -121,8 +123,7 @@ impl BuildRequest {
             debug,
             transcript: _,
         } = self;
-        secrets.ids().next().is_none()
-            && secrets.guarded().next().is_none()
+        secrets.guarded().next().is_none()
             && ssh.is_empty()
             && outputs.is_empty()
             && pushes.is_empty()
@@ -137,6 +138,14 @@ impl BuildRequest {
             && sign.is_none()
             && debug.is_none()
     }
+}
+
+/// What a build shows about its secrets before its steps (one too short to search for), each time it
+/// runs: `kiln build`'s memo shows these anew, from the secrets as they are then.
+pub(crate) fn secret_notes(secrets: &SecretStore) -> Vec<String> {
+    (secrets.warnings().into_iter())
+        .map(|w| format!("warning: {w}"))
+        .collect()
 }
 
 /// A REAPI server to run steps on, or to use as a shared cache.

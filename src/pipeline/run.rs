@@ -95,8 +95,8 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
     if let Some(note) = crate::exec::userns::note() {
         reporter.event(Event::Note(note.to_string()));
     }
-    for warning in secrets.warnings() {
-        reporter.event(Event::Note(format!("warning: {warning}")));
+    for note in super::secret_notes(&secrets) {
+        reporter.event(Event::Note(note));
     }
     let imported = import_caches(&store, &cache_from, &registry, &*reporter);
     let b = Build {

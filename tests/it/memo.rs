@@ -1,13 +1,16 @@
 //! `kiln build`'s memo of a no-op build: a build that ran no step and wrote nothing outside the store is
 //! shown again, without compiling or looking anything up, while nothing it read has changed; every kind
 //! of change (a source file, a context's files, a new package, the command line, a kept name, a prune)
-//! is a full build again, and builds with outputs, secrets, stdin or build args from the environment
-//! are never answered from a memo.
+//! is a full build again, and builds with outputs, stdin or build args from the environment are never
+//! answered from a memo. A build given a secret is, and its images are searched again for the secret
+//! as it is each time.
 
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{Kiln, Output, base_image, context, copy_dir, repo, tempdir, write};
+use crate::support::{
+    Kiln, Output, base_image, context, copy_dir, files_under, leaks, repo, tempdir, write,
+};
 
 /// The note a build answered from its memo ends with.
 const MEMO: &str = "its steps were not looked up again";
@@ -219,19 +222,76 @@ fn a_context_copied_whole_is_memoised_until_any_entry_changes() {
     assert_eq!(touched.summary().0, 0, "{}", touched.stderr);
 }
 
+/// No cache key holds a secret's value, so a build given one is memoised without it (nor its file's
+/// stat data): a touched or edited secret is still answered from the memo. What depends on the value is
+/// done again each time: the images are searched for it (a value one of them now holds is a full build,
+/// which refuses it) and a value too short to search for is warned about.
 #[test]
-fn builds_that_write_outputs_or_take_secrets_or_stdin_are_never_memoised() {
+fn a_build_given_a_secret_is_memoised_and_its_images_searched_for_the_secret_each_time() {
+    // Written by a step, not in its command (which the image's history would hold).
+    const PUBLIC: &str = "words-any-layer-may-hold";
+    let dockerfile = "FROM base\nRUN --mount=type=secret,id=token wc -c < /run/secrets/token > /len\n\
+         RUN echo words-any-layer-may-$(echo hold) > /public.txt\n";
+    let ctx = context(&[("Dockerfile", dockerfile)]);
+    let store = tempdir("store-");
+    let out = tempdir("out-");
+    let secret = out.path().join("token");
+    write(&secret, "first-token-value");
+    let arg = format!("id=token,src={}", secret.display());
+    let build = || dockerfile_build(ctx.path(), store.path(), &["--secret", &arg]);
+    build().success();
+    memoised(build);
+
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&secret)
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now()).unwrap();
+    assert!(from_memo(&build()), "a touched secret");
+    write(&secret, "second-token-value");
+    let edited = build();
+    assert!(from_memo(&edited), "an edited secret: {}", edited.stderr);
+    assert!(!edited.stderr.contains("too short"), "{}", edited.stderr);
+    write(&secret, "ab");
+    let short = build();
+    assert!(from_memo(&short), "{}", short.stderr);
+    assert!(
+        short.stderr.contains("secret `token` is shorter than"),
+        "{}",
+        short.stderr
+    );
+    // No memo, nor anything else in the store, holds a value the build was given.
+    for value in ["first-token-value", "second-token-value"] {
+        let found = leaks(&files_under(store.path()), value.as_bytes());
+        assert!(found.is_empty(), "{value} in {found:?}");
+    }
+
+    // A value an image now holds: the build, not its memo, refuses the image, every time.
+    write(&secret, PUBLIC);
+    for _ in 0..2 {
+        let refused = build();
+        refused.expect_code(1);
+        assert!(!refused.stderr.contains(MEMO), "{}", refused.stderr);
+        assert!(
+            refused
+                .stderr
+                .contains("secret `token` is in the image (raw) at /public.txt"),
+            "{}",
+            refused.stderr
+        );
+    }
+}
+
+#[test]
+fn builds_that_write_outputs_or_read_stdin_are_never_memoised() {
     let ctx = context(&[("Dockerfile", DOCKERFILE), ("app.txt", "one\n")]);
     let store = tempdir("store-");
     let out = tempdir("out-");
     let dest = out.path().join("image.tar");
     let dest_arg = format!("type=oci,dest={}", dest.display());
-    let secret = out.path().join("token");
-    write(&secret, "not-a-real-token");
-    let secret_arg = format!("id=token,src={}", secret.display());
     // `--build-arg NAME` takes its value from the environment, which a memo does not record.
     let from_env: &[&str] = &["--build-arg", "KILN_MEMO_TEST"];
-    let runs: [&[&str]; 3] = [&["-o", &dest_arg], &["--secret", &secret_arg], from_env];
+    let runs: [&[&str]; 2] = [&["-o", &dest_arg], from_env];
     for extra in runs {
         dockerfile_build(ctx.path(), store.path(), extra).success();
         settle();
