@@ -21,12 +21,15 @@ use serde::{Deserialize, Serialize};
 static ON: AtomicBool = AtomicBool::new(false);
 static RECORDED: Mutex<Recording> = Mutex::new(Recording {
     inputs: Vec::new(),
+    contents: Vec::new(),
     tainted: false,
     trees: None,
 });
 
 struct Recording {
     inputs: Vec<Input>,
+    /// The content digests of the context files COPY read (`content`).
+    contents: Vec<(PathBuf, [u8; 32])>,
     tainted: bool,
     /// Trees (a root and the `.dockerignore` patterns that hide parts of it) the recording wants every
     /// entry of, and whether a reader's walk recorded them already (`tree`). A monorepo has thousands.
@@ -92,6 +95,13 @@ impl Input {
     pub(crate) fn unchanged(&self) -> bool {
         Input::now(&self.path, self.follow).seen == self.seen
     }
+
+    /// Whether it was, and `now` is, a regular file of the same mode and size: what a file only touched,
+    /// or rewritten with what it held, keeps.
+    pub(crate) fn same_kind(&self, now: &std::fs::Metadata) -> bool {
+        // The mode holds the file's type: the same mode is a regular file then too.
+        (self.seen).is_some_and(|s| now.is_file() && (s.mode, s.size) == (now.mode(), now.size()))
+    }
 }
 
 /// Now, in seconds since the epoch (the unit `settled` compares in).
@@ -104,6 +114,7 @@ pub(crate) fn epoch_secs() -> i64 {
 pub(crate) fn start() {
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     r.inputs.clear();
+    r.contents.clear();
     r.tainted = false;
     r.trees = None;
     ON.store(true, Ordering::Release);
@@ -129,35 +140,45 @@ pub(crate) fn stop() -> Option<Vec<Input>> {
 pub(crate) fn abandon() {
     ON.store(false, Ordering::Release);
     let mut r = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
-    let dropped = std::mem::take(&mut r.inputs);
+    let dropped = (
+        std::mem::take(&mut r.inputs),
+        std::mem::take(&mut r.contents),
+    );
     r.trees = None;
     r.tainted = false;
     drop(r);
     drop(dropped);
 }
 
-/// Whether every input still looks as it did: checked on every core, stopping at the first change.
-pub(crate) fn all_unchanged(inputs: &[Input]) -> bool {
-    let changed = AtomicBool::new(false);
+/// The inputs that no longer look as they did (their indices), or `None` when more than `most` do:
+/// checked on every core, stopping once too many are found.
+pub(crate) fn changed(inputs: &[Input], most: usize) -> Option<Vec<usize>> {
+    let found = Mutex::new(Vec::new());
+    let too_many = AtomicBool::new(false);
     let threads = crate::layer::cores(0)
         .min(inputs.len().div_ceil(256))
         .max(1);
     std::thread::scope(|s| {
         for t in 0..threads {
-            let changed = &changed;
+            let (found, too_many) = (&found, &too_many);
             s.spawn(move || {
-                for input in inputs.iter().skip(t).step_by(threads) {
-                    if changed.load(Ordering::Relaxed) {
+                for (i, input) in inputs.iter().enumerate().skip(t).step_by(threads) {
+                    if too_many.load(Ordering::Relaxed) {
                         return;
                     }
                     if !input.unchanged() {
-                        changed.store(true, Ordering::Relaxed);
+                        let mut found = found.lock().unwrap_or_else(|p| p.into_inner());
+                        found.push(i);
+                        if found.len() > most {
+                            too_many.store(true, Ordering::Relaxed);
+                        }
                     }
                 }
             });
         }
     });
-    !changed.into_inner()
+    let found = found.into_inner().unwrap_or_else(|p| p.into_inner());
+    (!too_many.into_inner()).then_some(found)
 }
 
 fn push(input: Input) {
@@ -178,6 +199,20 @@ pub(crate) fn file(path: &Path) {
     if ON.load(Ordering::Acquire) {
         push(Input::now(path, true));
     }
+}
+
+/// The content digest of a context file COPY read (what its cache key holds): a file whose stat data
+/// changed with its content still this is no change to the build (`cli/memo.rs`).
+pub(crate) fn content(path: &Path, digest: [u8; 32]) {
+    if ON.load(Ordering::Acquire) {
+        (RECORDED.lock().unwrap_or_else(|p| p.into_inner()).contents)
+            .push((path.to_path_buf(), digest));
+    }
+}
+
+/// Takes the content digests recorded so far.
+pub(crate) fn take_contents() -> Vec<(PathBuf, [u8; 32])> {
+    std::mem::take(&mut RECORDED.lock().unwrap_or_else(|p| p.into_inner()).contents)
 }
 
 /// A directory about to be listed, or an entry a walk found (links not followed).

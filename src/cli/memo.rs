@@ -47,10 +47,24 @@ struct Memo {
     /// steps is mostly events, and a build whose memo no longer holds should not pay for them).
     #[serde(with = "serde_bytes")]
     shown: Vec<u8>,
+    /// The content digests of the context files the build's COPY steps read (`Contents`, encoded:
+    /// decoded only when some input changed).
+    #[serde(with = "serde_bytes")]
+    contents: Vec<u8>,
     /// For a build given secrets, the images its leak guard searched, to be searched again for the
     /// secrets' values as they are each time the memo is used.
     guarded: Option<Vec<Guarded>>,
 }
+
+/// Context files by path, each with the digest of what the build read of it.
+type Contents = Vec<(PathBuf, [u8; 32])>;
+
+/// How many changed files a memo may check by content, and how many bytes it may read for it: a file
+/// touched, or rewritten with what it held, is no change to a COPY (its cache key holds contents, not
+/// times), and a few such files are cheaper to read than a build is to run; a checkout that touched
+/// the whole tree is a full build (whose memo then holds the new stat data).
+const MOST_REREAD: usize = 64;
+const MOST_REREAD_BYTES: u64 = 64 << 20;
 
 /// An image a build given secrets made: its own layers' snapshots and its config (JSON), what the
 /// build's leak guard searches (`export::guard`).
@@ -98,7 +112,7 @@ pub(super) fn replay(path: &Path, cmd: &BuildCmd, cl: &CommandLine, mode: progre
     let Some(memo) = read(path) else {
         return false;
     };
-    if !crate::inputs::all_unchanged(&memo.inputs) {
+    if !still_holds(&memo) {
         return false;
     }
     let secrets = match &memo.guarded {
@@ -127,6 +141,51 @@ pub(super) fn replay(path: &Path, cmd: &BuildCmd, cl: &CommandLine, mode: progre
     )));
     reporter.finish();
     true
+}
+
+/// Whether every input looks as it did, or is a context file whose content is still what the build
+/// read.
+fn still_holds(memo: &Memo) -> bool {
+    let Some(changed) = crate::inputs::changed(&memo.inputs, MOST_REREAD) else {
+        return false;
+    };
+    if changed.is_empty() {
+        return true;
+    }
+    let Ok(contents) = rmp_serde::from_slice::<Contents>(&memo.contents) else {
+        return false;
+    };
+    let contents: std::collections::HashMap<&Path, &[u8; 32]> =
+        contents.iter().map(|(p, d)| (p.as_path(), d)).collect();
+    let mut budget = MOST_REREAD_BYTES;
+    changed.into_iter().all(|i| {
+        let input = &memo.inputs[i];
+        contents
+            .get(input.path.as_path())
+            .is_some_and(|digest| same_content(input, digest, &mut budget))
+    })
+}
+
+/// Whether the file `input` names is still a regular file of the same mode and size whose content has
+/// `digest`, read within `budget` bytes.
+fn same_content(input: &Input, digest: &[u8; 32], budget: &mut u64) -> bool {
+    let Ok(mut file) = std::fs::File::open(&input.path) else {
+        return false;
+    };
+    // Of the link itself for an entry of a walk: a file replaced by a link is a change.
+    let now = if input.follow {
+        file.metadata()
+    } else {
+        std::fs::symlink_metadata(&input.path)
+    };
+    let Ok(now) = now else {
+        return false;
+    };
+    if !input.same_kind(&now) || now.len() > *budget {
+        return false;
+    }
+    *budget -= now.len();
+    crate::solve::statcache::content_digest(&mut file).is_ok_and(|d| d == *digest)
 }
 
 /// The secrets `cmd` names, read now, when no image in `images` holds any of their values; `None` (a full
@@ -259,9 +318,12 @@ impl Recording {
         if !record_trees(&self.trees) {
             return;
         }
+        let mut contents = crate::inputs::take_contents();
         let Some(inputs) = crate::inputs::stop() else {
             return;
         };
+        contents.sort_unstable();
+        contents.dedup();
         if !crate::inputs::settled(&inputs, self.started - 1) {
             return;
         }
@@ -274,9 +336,13 @@ impl Recording {
         let Ok(shown) = rmp_serde::to_vec(&shown) else {
             return;
         };
+        let Ok(contents) = rmp_serde::to_vec(&contents) else {
+            return;
+        };
         let memo = Memo {
             inputs,
             shown,
+            contents,
             guarded,
         };
         // A memo is only ever a shortcut: one that cannot be written is no error.

@@ -440,6 +440,7 @@ pub fn selection_digest(
                     let digest = cache
                         .digest(&entry.path, rel, meta)
                         .map_err(|e| format!("cannot read {}: {e}", entry.path.display()))?;
+                    crate::inputs::content(&entry.path, digest);
                     h.update(digest);
                 } else if ft.is_symlink() {
                     h.update(b"l");

@@ -28,6 +28,20 @@ const MAGIC: &[u8] = b"kiln-statcache-v1\n";
 /// file timestamps are coarser than its clock, so a write in the same tick would leave the stat unchanged.
 const RACY: Duration = Duration::from_secs(2);
 
+/// The SHA-256 of what is left to read of `f`: a context file's digest, as COPY's cache key holds it.
+pub fn content_digest(f: &mut fs::File) -> std::io::Result<[u8; 32]> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
 /// What must be unchanged for a stored digest to be reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stat {
@@ -119,16 +133,7 @@ impl StatCache {
             return Ok(*d);
         }
         let mut f = fs::File::open(path)?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = f.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let digest: [u8; 32] = h.finalize().into();
+        let digest = content_digest(&mut f)?;
         // Remembered only if the file stood still while it was read and is old enough not to be racy.
         let after = Stat::of(&f.metadata()?);
         let now = SystemTime::now()

@@ -186,7 +186,8 @@ fn a_dockerfile_build_is_memoised_per_context_and_dockerfile() {
 }
 
 /// `COPY .` walks the whole context for its cache key, and that walk is what the memo records of it
-/// (it is not walked again): an entry edited, added or touched anywhere in it still means a build.
+/// (it is not walked again): an entry edited, added or chmodded anywhere in it still means a build; one
+/// only touched does not.
 #[test]
 fn a_context_copied_whole_is_memoised_until_any_entry_changes() {
     let ctx = context(&[
@@ -210,16 +211,29 @@ fn a_context_copied_whole_is_memoised_until_any_entry_changes() {
     assert!(!from_memo(&added));
     assert_eq!(added.summary().0, 1, "{}", added.stderr);
 
-    // Touched only: the memo no longer holds, and the build finds every step cached.
+    // Touched, or rewritten with what it held: what COPY read (its cache key holds contents, not
+    // times) is unchanged, and the memo, reading the file again, still answers.
     memoised(build);
-    let file = std::fs::File::options()
-        .write(true)
-        .open(ctx.path().join("a.txt"))
-        .unwrap();
+    let a = ctx.path().join("a.txt");
+    let file = std::fs::File::options().write(true).open(&a).unwrap();
     file.set_modified(std::time::SystemTime::now()).unwrap();
     let touched = build();
-    assert!(!from_memo(&touched));
-    assert_eq!(touched.summary().0, 0, "{}", touched.stderr);
+    assert!(from_memo(&touched), "{}", touched.stderr);
+    write(&a, "one\n");
+    assert!(from_memo(&build()));
+    // The same size and mode, other bytes: a build.
+    write(&a, "uno\n");
+    let rewritten = build();
+    assert!(!from_memo(&rewritten));
+    assert_eq!(rewritten.summary().0, 1, "{}", rewritten.stderr);
+    // A file made executable: a build, which finds its step cached no more.
+    memoised(build);
+    let mut mode = std::fs::metadata(&a).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+    std::fs::set_permissions(&a, mode).unwrap();
+    let chmodded = build();
+    assert!(!from_memo(&chmodded));
+    assert_eq!(chmodded.summary().0, 1, "{}", chmodded.stderr);
 }
 
 /// No cache key holds a secret's value, so a build given one is memoised without it (nor its file's
