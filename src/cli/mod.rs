@@ -68,6 +68,13 @@ pub fn main() -> i32 {
         Command::Lock(args) => lock::run(args),
         Command::Worker(args) => worker::run(args),
     };
+    let result = result.and_then(|()| match crate::progress::stdout_error() {
+        Some(e) => Err(crate::diag::Diagnostic::io(
+            "cannot write the result to stdout",
+            e,
+        )),
+        None => Ok(()),
+    });
     match result {
         Ok(()) => 0,
         Err(d) => {

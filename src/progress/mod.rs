@@ -112,10 +112,32 @@ pub enum Mode {
     Quiet,
 }
 
-/// Writes a command's result to stdout (a digest, a rendered graph, a file name), as `print!` does: the
-/// driver prints only through here and [`stderr`], so what reaches each stream is decided in one module.
+/// Writes a command's result to stdout (a digest, a rendered graph, a file name): the driver prints only
+/// through here and [`stderr`], so what reaches each stream is decided in one module. A write that fails
+/// is not retried, nor is anything written after it; the command ends as it would have, then the failure
+/// is reported (`stdout_error`).
 pub fn stdout(text: &str) {
-    print!("{text}");
+    use std::io::Write as _;
+    let mut failed = STDOUT_FAILED.lock().unwrap_or_else(|p| p.into_inner());
+    if failed.is_some() {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        *failed = Some(e);
+    }
+}
+
+static STDOUT_FAILED: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
+
+/// Why writing to stdout failed, if it did. A reader that went away (`kiln graph //... | head`) is
+/// no failure: it wanted no more, as with the tools that die of `SIGPIPE` there, but quietly.
+pub fn stdout_error() -> Option<std::io::Error> {
+    let failed = STDOUT_FAILED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    failed.filter(|e| e.kind() != std::io::ErrorKind::BrokenPipe)
 }
 
 /// Copies a command's binary result to stdout (a tar for `-o -`), flushed, for a pipe to read.

@@ -146,3 +146,36 @@ fn works_offline_without_a_store() {
     );
     assert_eq!(image["inputs"], serde_json::json!([]), "a leaf: {image:#}");
 }
+
+/// A reader that stops early (`kiln graph | head`) ends the command quietly, with its own status; a
+/// stdout that cannot be written (a full disk) is an error that says so.
+#[test]
+fn a_reader_that_stops_early_is_no_error_and_a_full_stdout_is_one() {
+    use std::io::Read as _;
+    // Far more than a pipe holds, so kiln is still writing when the reader goes.
+    let runs: String = (0..3000).map(|i| format!("RUN echo {i}\n")).collect();
+    let ctx = context(&[("Dockerfile", &format!("FROM scratch\n{runs}"))]);
+    let mut cmd = Kiln::graph().arg(ctx.path()).command();
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut head = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+
+    let full = std::fs::File::options()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut cmd = Kiln::graph().arg(ctx.path()).command();
+    let out = cmd.stdout(full).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot write the result to stdout: No space left on device"),
+        "{stderr}"
+    );
+}
