@@ -150,8 +150,10 @@ pub fn stdout_copy(from: &mut impl std::io::Read) -> std::io::Result<u64> {
 }
 
 /// Writes text for the user to stderr outside a build's progress view (a rendered diagnostic, a lint
-/// report's warnings, a program's `print(...)` notes), as `eprint!` does.
+/// report's warnings, a program's `print(...)` notes). A stderr nobody reads any more (`2>&1 | head`)
+/// is no reason to stop a build: what cannot be written is dropped, as the progress views drop it.
 pub fn stderr(text: &str) {
+    use std::io::Write as _;
     if let Some(kept) = KEPT_STDERR
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -159,7 +161,7 @@ pub fn stderr(text: &str) {
     {
         kept.push_str(text);
     }
-    eprint!("{text}");
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// What [`stderr`] wrote since [`keep_stderr`], for a build's memo to show again.
@@ -187,7 +189,8 @@ pub fn reporter(mode: Mode) -> Box<dyn Reporter> {
 
 /// One line on stderr beside any build's progress view: `kiln worker`'s log of the actions it runs.
 pub(crate) fn line(text: &str) {
-    eprintln!("{text}");
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 /// A unit test's note on stdout, about a check it skips on this machine.

@@ -1,5 +1,6 @@
 //! `--progress json`: every line is a JSON event, every step is covered from start to finish (or cached),
-//! each with its digest and source location, and a secret printed by a step shows as `***`.
+//! each with its digest and source location, and a secret printed by a step shows as `***`. A stderr
+//! nobody reads stops nothing.
 
 use std::collections::BTreeSet;
 
@@ -457,4 +458,34 @@ fn ctrl_c_on_a_terminal_clears_the_live_view() {
     let cleared = after.find("\x1b[2K").expect("the live view is cleared");
     let error = after.find("interrupted").expect("the error");
     assert!(cleared < error, "{after:?}");
+}
+
+/// `kiln build . 2>&1 | head -1`: the reader goes, the build goes on to the end (a write to stderr that
+/// fails, here the warning about an unused build arg and every progress line, is dropped, never a
+/// panic), and its image is kept.
+#[test]
+fn a_build_whose_stderr_reader_went_away_still_finishes() {
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM base\nRUN echo one && echo two\nRUN printf '%s\\n' $(seq 1 2000)\n",
+    )]);
+    let kiln = Kiln::new();
+    let mut cmd = kiln
+        .clone()
+        .with_base()
+        .args(["-t", "gone/reader", "--build-arg", "NOT_USED=1"])
+        .arg(ctx.path())
+        .command();
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let images = Kiln::bare()
+        .args(["images", "--store"])
+        .arg(kiln.store())
+        .run();
+    images.success();
+    assert!(images.stdout.contains("gone/reader"), "{}", images.stdout);
 }
