@@ -87,11 +87,10 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
                 .map(|o| file_output(&cl, o))
                 .collect::<Result<Vec<_>>>()?;
             if load {
-                parsed.push(Output::Load {
-                    endpoint: crate::export::daemon::endpoint()?,
-                });
+                let endpoint = crate::export::daemon::endpoint()?;
+                parsed.push((Output::Load { endpoint }, Default::default()));
             }
-            for o in &parsed {
+            for (o, _) in &parsed {
                 if let Output::Load { endpoint } = o {
                     crate::export::daemon::check(endpoint)?;
                 }
@@ -103,21 +102,18 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
             let kept = crate::export::stored_image(&store, &named)?;
-            // An OCI layout is an image leaving the store: its layers as a build with that output
-            // compresses them. A docker-archive and a daemon take the layers' tars as they are kept.
-            let oci = parsed.iter().any(|o| matches!(o, Output::Oci { .. }));
-            let leaving = match oci {
-                true => Some(crate::export::kept::leaving(&store, kept.clone(), &named)?),
-                false => None,
-            };
-            for output in &parsed {
-                let image = match (output, &leaving) {
-                    (Output::Oci { .. }, Some(leaving)) => leaving,
-                    _ => &kept,
+            for (output, asked) in &parsed {
+                // An OCI layout is an image leaving the store: its layers as a build with that output
+                // compresses them. A docker-archive and a daemon take the layers' tars as they are kept.
+                let image = match output {
+                    Output::Oci { .. } => {
+                        crate::export::kept::leaving(&store, kept.clone(), &named, *asked)?
+                    }
+                    _ => kept.clone(),
                 };
                 let exported = crate::export::export_image(
                     &store,
-                    image,
+                    &image,
                     output,
                     &[name.as_str()],
                     named.epoch,
@@ -147,7 +143,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
             let image = crate::export::stored_image(&store, &named)?;
-            let image = crate::export::kept::leaving(&store, image, &named)?;
+            let image = crate::export::kept::leaving(&store, image, &named, Default::default())?;
             let target = new_name.as_deref().unwrap_or(&name);
             crate::registry::ImageName::parse(target).map_err(|d| {
                 cl.error(target, Span::default(), d.message)
@@ -200,9 +196,16 @@ fn unknown(cl: &CommandLine, store: &Store, name: &str) -> Diagnostic {
 }
 
 /// An `-o` of `kiln image export`: a file, directory or daemon output (a push is `kiln image push`).
-fn file_output(cl: &CommandLine, value: &str) -> Result<Output> {
-    match outputs::parse(cl, value, &[])?.target {
-        Target::File(out) => Ok(out),
+/// An `-o` of `kiln image export`, with what it asks of the layers' compression.
+fn file_output(cl: &CommandLine, value: &str) -> Result<(Output, crate::export::kept::Asked)> {
+    let parsed = outputs::parse(cl, value, &[])?;
+    let asked = crate::export::kept::Asked {
+        codec: parsed.layers.codec,
+        level: parsed.layers.level,
+        force: parsed.layers.force.unwrap_or(false),
+    };
+    match parsed.target {
+        Target::File(out) => Ok((out, asked)),
         Target::Push(_) | Target::Store => Err(cl
             .error(
                 value,

@@ -42,31 +42,49 @@ pub fn keep(
     Ok((image, leaves))
 }
 
+/// What an output asks of a kept image's layers as it leaves the store (`-o type=oci,compression=...,
+/// compression-level=...,force-compression=...`); what it leaves unset is as the build that kept the
+/// image would have written it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Asked {
+    pub codec: Option<Codec>,
+    pub level: Option<i32>,
+    pub force: bool,
+}
+
 /// The kept image `image` (read back for `named`) as it leaves the store: the layers kiln kept
-/// uncompressed are compressed (once: the blob is kept for the next time), and the manifest names them.
-pub fn leaving(store: &Store, image: Image, named: &NamedImage) -> Result<Image> {
-    let Some(leaves) = &named.leaves else {
+/// uncompressed are compressed as `asked`, else as the build would have (once: the blob is kept for the
+/// next time), and with `force` every other layer compressed otherwise too, as BuildKit's
+/// `force-compression` does; the manifest names them.
+pub fn leaving(store: &Store, image: Image, named: &NamedImage, asked: Asked) -> Result<Image> {
+    let built = match &named.leaves {
+        Some(leaves) => Some((stored_codec(&leaves.codec, named)?, leaves.level)),
+        None => None,
+    };
+    let Some(codec) = asked.codec.or(built.map(|(c, _)| c)) else {
         return Ok(image);
     };
-    let codec = match leaves.codec.as_str() {
-        "gzip" => Codec::Gzip,
-        "zstd" => Codec::Zstd,
-        other => {
-            return Err(Diagnostic::env(format!(
-                "the stored image {} is to leave as `{other}`, which this kiln does not write",
-                named.name
-            )));
-        }
+    // A level goes with the codec it was given for.
+    let level = match asked.codec {
+        Some(_) => asked.level,
+        None => asked.level.or(built.and_then(|(_, l)| l)),
     };
+    let own = named.leaves.as_ref().map_or(&[][..], |l| &l.layers[..]);
+    if let Some(&i) = own.iter().find(|&&i| i >= image.blobs.len()) {
+        return Err(Diagnostic::env(format!(
+            "the stored image {} has no layer {i}",
+            named.name
+        )));
+    }
     let mut blobs = image.blobs.clone();
-    for &i in &leaves.layers {
-        let Some(blob) = blobs.get_mut(i) else {
-            return Err(Diagnostic::env(format!(
-                "the stored image {} has no layer {i}",
-                named.name
-            )));
-        };
-        *blob = compressed(store, blob, (codec, leaves.level))?;
+    for (i, blob) in blobs.iter_mut().enumerate() {
+        let convert = own.contains(&i) || asked.force;
+        if convert && blob.media_type != codec.media_type() {
+            *blob = compressed(store, blob, (codec, level))?;
+        }
+    }
+    if blobs == image.blobs {
+        return Ok(image);
     }
     let manifest: Value = serde_json::from_slice(&image.manifest).map_err(|_| {
         Diagnostic::env(format!(
@@ -85,6 +103,18 @@ pub fn leaving(store: &Store, image: Image, named: &NamedImage) -> Result<Image>
     })
 }
 
+/// The codec a kept image's record says its own layers leave in.
+fn stored_codec(name: &str, named: &NamedImage) -> Result<Codec> {
+    match name {
+        "gzip" => Ok(Codec::Gzip),
+        "zstd" => Ok(Codec::Zstd),
+        other => Err(Diagnostic::env(format!(
+            "the stored image {} is to leave as `{other}`, which this kiln does not write",
+            named.name
+        ))),
+    }
+}
+
 fn codec_name(codec: Codec) -> Option<&'static str> {
     match codec {
         Codec::Gzip => Some("gzip"),
@@ -93,7 +123,8 @@ fn codec_name(codec: Codec) -> Option<&'static str> {
     }
 }
 
-/// The compressed blob of the uncompressed layer `blob`, from the store if made before.
+/// The layer `blob` compressed as `codec` (from whatever it is compressed with now: the build's own
+/// layers are kept as tars, a base image's come as they were pulled), from the store if made before.
 fn compressed(
     store: &Store,
     blob: &LayerBlob,
@@ -117,8 +148,21 @@ fn compressed(
             e,
         )
     };
-    let mut tar =
+    let stored =
         std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&source).map_err(damaged)?);
+    let mut tar: Box<dyn std::io::Read> = match blob.media_type.rsplit_once('.').map(|(_, k)| k) {
+        Some("tar") => Box::new(stored),
+        Some("tar+gzip" | "gzip") => Box::new(flate2::read::MultiGzDecoder::new(stored)),
+        Some("tar+zstd" | "zstd") => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(stored).map_err(damaged)?)
+        }
+        _ => {
+            return Err(Diagnostic::env(format!(
+                "the stored layer {} is `{}`, which kiln cannot recompress",
+                blob.digest, blob.media_type
+            )));
+        }
+    };
     let tmp = store.temp_dir("layer-")?;
     let out = tmp.path().join("layer");
     let file =

@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{Kiln, context, repo, start_registries, tempdir, tool, write};
+use crate::support::{
+    Kiln, context, layer_media_types, repo, start_registries, tempdir, tool, write,
+};
 
 const DOCKERFILE: &str = "FROM base
 ENV GREETING=hello-from-kiln
@@ -460,6 +462,48 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
     .success();
     let digest = skopeo_digest(&direct, name);
     assert_eq!(skopeo_digest(&exported, name), digest);
+    // What the output asks of compression is honoured, as the direct build honours it; with
+    // `force-compression` the base image's layer is compressed so too.
+    for asked in [
+        "compression=zstd,compression-level=5",
+        "force-compression=true",
+    ] {
+        let (exported, direct) = (dir.path().join("asked"), dir.path().join("asked-direct"));
+        let _ = (
+            std::fs::remove_dir_all(&exported),
+            std::fs::remove_dir_all(&direct),
+        );
+        export(
+            store.path(),
+            format!("type=oci,dest={},{asked}", exported.display()),
+        )
+        .success();
+        let output = format!("type=oci,dest={},{asked}", direct.display());
+        build(fresh.path(), &["-t", name, "-o", &output], &epoch).success();
+        let raw = tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                &format!("oci:{}:{name}", exported.display()),
+            ],
+        );
+        let types = layer_media_types(&serde_json::from_str(&raw).unwrap());
+        let compressed = if asked.contains("zstd") {
+            "+zstd"
+        } else {
+            "+gzip"
+        };
+        assert!(
+            types.last().unwrap().ends_with(compressed),
+            "{asked}: {types:?}"
+        );
+        if asked.contains("force") {
+            assert!(types.iter().all(|t| t.ends_with(compressed)), "{types:?}");
+        } else {
+            assert_eq!(skopeo_digest(&exported, name), skopeo_digest(&direct, name));
+        }
+    }
     // The layout's entry is named `kiln-kept/app:1.0`; `oci-layout://DIR:TAG` still finds it by its tag.
     let on_top = context(&[("Dockerfile", "FROM kept\nRUN /bin/busybox cat /loaded\n")]);
     Kiln::build_in(store.path())
