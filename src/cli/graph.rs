@@ -2,7 +2,7 @@
 
 use super::args::{GraphArgs, GraphFormat};
 use super::command_line::CommandLine;
-use super::compile::compile;
+use super::compile::{Compiled, compile};
 use crate::diag::Result;
 use crate::progress;
 
@@ -20,5 +20,10 @@ pub(super) fn run(args: GraphArgs) -> Result<()> {
         }
     };
     progress::stdout(&out);
+    // The process ends next: freeing a monorepo's graph node by node (about 8 ms for 26,000 nodes)
+    // is left to a thread the end does not wait for. The evaluation cache's save is waited for here.
+    let Compiled { graph, _saving, .. } = compiled;
+    std::thread::spawn(move || drop(graph));
+    drop(_saving);
     Ok(())
 }

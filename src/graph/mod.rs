@@ -197,23 +197,31 @@ impl Dag {
 
     /// One line per node: digest prefix, operation, inputs, name and source location.
     pub fn render_text(&self) -> String {
+        let order = self.topo_order();
+        // Pieces pushed, not formatted, and one buffer for every node's inputs: a monorepo's graph is
+        // tens of thousands of lines.
         let mut out = String::new();
-        for n in self.topo_order() {
+        let mut inputs = Vec::new();
+        for n in order {
             let node = &self.dag[n];
-            let inputs: Vec<&str> = self
-                .inputs(n)
-                .iter()
-                .map(|&i| self.dag[i].digest.short())
-                .collect();
-            let _ = write!(
-                out,
-                "{}  {:<7} {}",
-                node.digest.short(),
-                node.op.kind(),
-                node.name
+            let kind = node.op.kind();
+            out.push_str(node.digest.short());
+            out.push_str("  ");
+            out.push_str(kind);
+            out.extend(std::iter::repeat_n(
+                ' ',
+                8usize.saturating_sub(kind.len()).max(1),
+            ));
+            out.push_str(&node.name);
+            inputs.clear();
+            inputs.extend(
+                (self.dag.edges_directed(n, Direction::Incoming))
+                    .map(|e| (*e.weight(), e.source())),
             );
-            if !inputs.is_empty() {
-                let _ = write!(out, "  <- {}", inputs.join(", "));
+            inputs.sort_unstable();
+            for (i, &(_, input)) in inputs.iter().enumerate() {
+                out.push_str(if i == 0 { "  <- " } else { ", " });
+                out.push_str(self.dag[input].digest.short());
             }
             if let Some(at) = &node.at {
                 let _ = write!(out, "  ({at})");
