@@ -9,5 +9,7 @@ fn main() {
     {
         kiln::exec::helper::main();
     }
-    std::process::exit(kiln::cli::main());
+    let code = kiln::cli::main();
+    kiln::progress::flush();
+    kiln::exec::end_process(code)
 }

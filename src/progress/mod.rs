@@ -130,6 +130,14 @@ pub fn stdout(text: &str) {
 
 static STDOUT_FAILED: std::sync::Mutex<Option<std::io::Error>> = std::sync::Mutex::new(None);
 
+/// Flushes what was written to stdout and stderr, before the process ends without `exit`'s flushing
+/// (`exec::end_process`).
+pub fn flush() {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
 /// Why writing to stdout failed, if it did. A reader that went away (`kiln graph //... | head`) is
 /// no failure: it wanted no more, as with the tools that die of `SIGPIPE` there, but quietly.
 pub fn stdout_error() -> Option<std::io::Error> {
