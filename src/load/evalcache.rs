@@ -17,6 +17,13 @@
 //! it: a torn or corrupt file reads as an empty cache, never as wrong records (the store is the
 //! user's own; the check is against accidents, not tampering). Entries not used by the last
 //! `KEEP_RUNS` runs that wrote the file are dropped then.
+//!
+//! A run that adds a few entries to a big file (an edit in a monorepo: a package's units against tens
+//! of thousands) appends them to a journal beside it (`<cache>.log`, frames each with their own CRC-32
+//! and the generation of the file they extend) instead of rewriting the file, which cost a `graph` after
+//! an edit more than the rest of its work. The file is rewritten, and the journal removed, once the
+//! journal grows past an eighth of it. Entries a journal added are kept then only if that run used
+//! them (an edited package's earlier units are not carried forward), and `KEEP_RUNS` counts rewrites.
 
 use std::borrow::Cow;
 use std::cell::{Cell, OnceCell, RefCell};
@@ -37,6 +44,11 @@ use crate::inputs::Stat;
 const MAGIC: &[u8] = b"kiln-evalcache-v3\n";
 /// An entry no run used in this many writes of the file is dropped.
 const KEEP_RUNS: u64 = 16;
+/// The journal is folded into the file once it is this fraction of it (and past `JOURNAL_MIN`).
+const JOURNAL_SHARE: u64 = 8;
+const JOURNAL_MIN: u64 = 256 << 10;
+/// When an entry a journal added was last used, until this run uses it: never (generations start at 1).
+const JOURNALED: u64 = 0;
 
 /// What loading a module needs of its file without parsing it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -104,6 +116,18 @@ struct Entries {
     read: Arc<Vec<u8>>,
     /// How many units this run asked for so far.
     asked: Cell<u32>,
+    /// The sizes of the file and of its journal as read (none: no file of this kiln's was read).
+    sizes: Option<(u64, u64)>,
+    /// What this run added, for the journal.
+    added: Added,
+}
+
+/// The keys of the entries a run added.
+#[derive(Default)]
+struct Added {
+    files: Vec<Digest>,
+    checked: Vec<Digest>,
+    units: Vec<Digest>,
 }
 
 /// A unit's record, encoded: decoded only when a run replays it (or ahead of that).
@@ -141,6 +165,8 @@ pub struct EvalCache {
     done: Arc<AtomicBool>,
     dirty: bool,
     dirs: OnceCell<Dirs>,
+    /// Whether a save may append to the journal (tests turn it off).
+    journal: bool,
 }
 
 /// The directory listings as a command holds them.
@@ -180,6 +206,7 @@ impl EvalCache {
             done,
             dirty: false,
             dirs: OnceCell::new(),
+            journal: true,
         }
     }
 
@@ -244,8 +271,15 @@ impl EvalCache {
     pub fn add_module(&mut self, text: Digest, summary: Arc<FileSummary>, key: Digest) {
         let now = Cell::new(self.now());
         let e = self.entries_mut();
-        e.files.entry(text).or_insert((summary, now.clone()));
-        e.checked.insert(key, now);
+        // Only a run that read a file may journal what it adds (`sizes`).
+        let journaled = e.sizes.is_some();
+        if !e.files.contains_key(&text) {
+            e.files.insert(text.clone(), (summary, now.clone()));
+            e.added.files.extend(journaled.then_some(text));
+        }
+        if e.checked.insert(key.clone(), now).is_none() {
+            e.added.checked.extend(journaled.then_some(key));
+        }
         self.dirty = true;
     }
 
@@ -283,7 +317,11 @@ impl EvalCache {
             asked: Cell::new(e.ask()),
             ahead: None,
         };
-        e.units.insert(key, unit);
+        // A record replacing one that no longer replays is journaled too.
+        let journaled = e.sizes.is_some();
+        if e.units.insert(key.clone(), unit).is_none() || !e.added.units.contains(&key) {
+            e.added.units.extend(journaled.then_some(key));
+        }
         self.dirty = true;
     }
 
@@ -332,7 +370,10 @@ impl EvalCache {
         let Some(e) = self.entries.take() else {
             return;
         };
-        let keep = |used: u64| used + KEEP_RUNS > now;
+        if self.journal && journal(&journal_of(&self.path), &self.kiln, &e) {
+            return;
+        }
+        let keep = |used: u64| used != JOURNALED && used + KEEP_RUNS > now;
         let mut units: Vec<_> = e.units.iter().filter(|(_, u)| keep(u.used.get())).collect();
         units.sort_by(|(ka, a), (kb, b)| (a.asked.get(), ka).cmp(&(b.asked.get(), kb)));
         let wire = Wire {
@@ -354,7 +395,10 @@ impl EvalCache {
                 })
                 .collect(),
         };
-        write(&self.path, &wire);
+        if write(&self.path, &wire) {
+            // Its frames extend the file just replaced: they would be skipped, and need not be read.
+            let _ = std::fs::remove_file(journal_of(&self.path));
+        }
     }
 }
 
@@ -432,7 +476,7 @@ fn read(path: &Path, kiln: &str) -> Option<(Entries, Queue)> {
         };
         units.insert(u.key.into_owned(), unit);
     }
-    let entries = Entries {
+    let mut entries = Entries {
         generation: wire.generation,
         files: (wire.files.into_iter())
             .map(|(d, s, used)| (d.into_owned(), (s, Cell::new(used))))
@@ -441,10 +485,125 @@ fn read(path: &Path, kiln: &str) -> Option<(Entries, Queue)> {
             .map(|(d, used)| (d.into_owned(), Cell::new(used)))
             .collect(),
         units,
+        sizes: Some((bytes.len() as u64, 0)),
         read: Arc::new(bytes),
         asked: Cell::new(0),
+        added: Added::default(),
     };
+    read_journal(&journal_of(path), kiln, &mut entries);
     Some((entries, queue))
+}
+
+/// The journal beside the cache file at `path`.
+fn journal_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(".log");
+    name.into()
+}
+
+/// Adds the entries of the journal's frames that extend the file read: a frame another kiln wrote, or
+/// one that extends an earlier file, is skipped; a torn one ends the journal (and the next save
+/// rewrites the file). Its entries count as never used (`JOURNALED`): a rewrite keeps those its own
+/// run used.
+fn read_journal(path: &Path, kiln: &str, e: &mut Entries) {
+    let Ok(bytes) = std::fs::read(path) else {
+        return;
+    };
+    let mut rest = &bytes[..];
+    let mut torn = false;
+    while !rest.is_empty() {
+        let Some((body, after)) = frame(rest) else {
+            torn = true;
+            break;
+        };
+        rest = after;
+        let Ok(wire) = rmp_serde::from_slice::<Wire>(body) else {
+            continue;
+        };
+        if wire.kiln != kiln || wire.generation != e.generation {
+            continue;
+        }
+        for (d, summary, _) in wire.files {
+            (e.files.entry(d.into_owned())).or_insert((summary, Cell::new(JOURNALED)));
+        }
+        for (d, _) in wire.checked {
+            e.checked
+                .entry(d.into_owned())
+                .or_insert(Cell::new(JOURNALED));
+        }
+        // A later record of a unit replaces an earlier one (it was made when that one no longer replayed).
+        for u in wire.units {
+            let unit = Unit {
+                record: Encoded::New(u.record.to_vec()),
+                used: Cell::new(JOURNALED),
+                asked: Cell::new(u32::MAX),
+                ahead: None,
+            };
+            e.units.insert(u.key.into_owned(), unit);
+        }
+    }
+    let journal = if torn { u64::MAX } else { bytes.len() as u64 };
+    e.sizes = e.sizes.map(|(file, _)| (file, journal));
+}
+
+/// The body of the frame `bytes` starts with (its length, the body, the body's CRC-32) and what
+/// follows it; `None` when it is torn or corrupt.
+fn frame(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = usize::try_from(len).ok()?.checked_add(8)?;
+    let body = bytes.get(8..end)?;
+    let sum = bytes.get(end..end.checked_add(4)?)?;
+    (crc32fast::hash(body).to_le_bytes() == sum).then(|| (body, &bytes[end + 4..]))
+}
+
+/// Appends what this run added to the journal of the file it read, unless the journal would then
+/// outgrow its share of the file; whether it did.
+fn journal(path: &Path, kiln: &str, e: &Entries) -> bool {
+    let Some((file, journal)) = e.sizes else {
+        return false;
+    };
+    let a = &e.added;
+    let wire = Wire {
+        kiln: kiln.to_string(),
+        generation: e.generation,
+        files: (a.files.iter())
+            .filter_map(|d| {
+                e.files
+                    .get(d)
+                    .map(|(s, _)| (Cow::Borrowed(d), s.clone(), 0))
+            })
+            .collect(),
+        checked: a.checked.iter().map(|d| (Cow::Borrowed(d), 0)).collect(),
+        units: (a.units.iter())
+            .filter_map(|k| {
+                let u = e.units.get(k)?;
+                let record = e.bytes(&u.record);
+                Some(WireUnit {
+                    key: Cow::Borrowed(k),
+                    record,
+                    used: 0,
+                })
+            })
+            .collect(),
+    };
+    let Ok(body) = rmp_serde::to_vec_named(&wire) else {
+        return false;
+    };
+    let framed = body.len() as u64 + 12;
+    if journal.saturating_add(framed) > (file / JOURNAL_SHARE).max(JOURNAL_MIN) {
+        return false;
+    }
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    // One write with O_APPEND: frames of runs that save at once do not interleave.
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(&out));
+    appended.is_ok()
 }
 
 fn decode_unit(bytes: &[u8]) -> Option<UnitRecord> {
@@ -473,14 +632,14 @@ fn save_dirs(path: &Path, kiln: &str, dirs: Dirs) {
 }
 
 /// Writes `wire` to `path` through a temp file and a rename, streamed through the checksum: no copy of
-/// the whole cache in memory.
-fn write(path: &Path, wire: &impl Serialize) {
+/// the whole cache in memory. Whether it was written.
+fn write(path: &Path, wire: &impl Serialize) -> bool {
     let Some(dir) = path.parent() else {
-        return;
+        return false;
     };
     let _ = std::fs::create_dir_all(dir);
     let Ok(tmp) = tempfile::NamedTempFile::new_in(dir) else {
-        return;
+        return false;
     };
     let mut out = Summed {
         inner: std::io::BufWriter::new(tmp),
@@ -491,12 +650,12 @@ fn write(path: &Path, wire: &impl Serialize) {
     let sum = out.sum.finalize();
     // A rename without fsync: after a crash the file is old, new or torn, and a torn one fails its
     // checksum and reads as empty.
-    if written
+    written
         && out.inner.write_all(&sum.to_le_bytes()).is_ok()
-        && let Ok(tmp) = out.inner.into_inner()
-    {
-        let _ = tmp.persist(path);
-    }
+        && out
+            .inner
+            .into_inner()
+            .is_ok_and(|tmp| tmp.persist(path).is_ok())
 }
 
 /// Writes through, summing what it writes.
@@ -575,6 +734,13 @@ mod tests {
         assert!(EvalCache::open_as(path, "kiln a".into()).checked(&Digest::of(b"key")));
     }
 
+    /// The cache at `path`, rewritten by every save (no journal).
+    fn rewritten(path: &Path) -> EvalCache {
+        let mut c = EvalCache::open(path.to_path_buf());
+        c.journal = false;
+        c
+    }
+
     #[test]
     fn entries_no_run_uses_age_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -583,7 +749,7 @@ mod tests {
         c.add_module(Digest::of(b"old"), Arc::default(), Digest::of(b"old-key"));
         c.save();
         for i in 0..KEEP_RUNS {
-            let mut c = EvalCache::open(path.clone());
+            let mut c = rewritten(&path);
             let text = format!("new {i}");
             c.add_module(
                 Digest::of(text.as_bytes()),
@@ -595,5 +761,65 @@ mod tests {
         let c = EvalCache::open(path);
         assert!(!c.checked(&Digest::of(b"old-key")));
         assert!(c.checked(&Digest::of(b"k")));
+    }
+
+    fn add(c: &mut EvalCache, name: &str) {
+        let text = Digest::of(name.as_bytes());
+        c.add_module(
+            text,
+            Arc::default(),
+            Digest::of(format!("{name} key").as_bytes()),
+        );
+    }
+
+    fn has(c: &EvalCache, name: &str) -> bool {
+        c.checked(&Digest::of(format!("{name} key").as_bytes()))
+    }
+
+    #[test]
+    fn a_few_additions_are_journaled_and_folded_in_when_the_file_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let log = journal_of(&path);
+        let mut c = EvalCache::open(path.clone());
+        add(&mut c, "a");
+        c.save();
+        assert!(!log.exists());
+        let file = std::fs::read(&path).unwrap();
+        let mut c = EvalCache::open(path.clone());
+        add(&mut c, "b");
+        c.save();
+        // The file is as it was; the addition is in the journal, and read with it.
+        assert_eq!(std::fs::read(&path).unwrap(), file);
+        assert!(log.exists());
+        let c = EvalCache::open(path.clone());
+        assert!(has(&c, "a") && has(&c, "b"));
+        drop(c);
+
+        // A torn frame ends the journal (what it held is not read) and the next save rewrites the file.
+        let bytes = std::fs::read(&log).unwrap();
+        std::fs::write(&log, &bytes[..bytes.len() - 3]).unwrap();
+        let mut c = EvalCache::open(path.clone());
+        assert!(has(&c, "a") && !has(&c, "b"));
+        add(&mut c, "c");
+        c.save();
+        assert!(!log.exists());
+        let c = EvalCache::open(path.clone());
+        assert!(has(&c, "a") && has(&c, "c"));
+        drop(c);
+
+        // A rewrite keeps what the journal added only if its own run used it.
+        let mut c = EvalCache::open(path.clone());
+        add(&mut c, "d");
+        add(&mut c, "e");
+        c.save();
+        let mut c = rewritten(&path);
+        assert!(has(&c, "d"));
+        add(&mut c, "f");
+        c.save();
+        assert!(!log.exists());
+        let c = EvalCache::open(path);
+        assert!(has(&c, "a") && has(&c, "d") && has(&c, "f"));
+        assert!(!has(&c, "e"));
     }
 }

@@ -219,6 +219,16 @@ fn a_url_token_is_never_written_to_the_cache() {
     let second = graph(dir, store.path(), &["//..."]);
     assert_eq!(shown(&first), shown(&second));
     assert_eq!(stats(&second).1, 1, "{}", second.stderr);
+    // An edit elsewhere: what it adds goes to the cache's journal, which holds no token either.
+    rewrite(&dir.join("pkg/p0/BUILD.build"), |text| {
+        format!("{text}# edited\n")
+    });
+    graph(dir, store.path(), &["//..."]);
+    let journals = walkdir::WalkDir::new(store.path().join("evalcache")).into_iter();
+    let journaled = journals
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "log"));
+    assert!(journaled, "the edit was not journaled");
     for entry in walkdir::WalkDir::new(store.path()) {
         let entry = entry.unwrap();
         if entry.file_type().is_file() {
