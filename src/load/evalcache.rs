@@ -30,6 +30,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::io::Write as _;
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
@@ -598,9 +599,11 @@ fn journal(path: &Path, kiln: &str, e: &Entries) -> bool {
     out.extend_from_slice(&body);
     out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
     // One write with O_APPEND: frames of runs that save at once do not interleave.
+    // Private, as the file is (a temp file's mode).
     let appended = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(&out));
     appended.is_ok()
