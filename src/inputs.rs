@@ -96,6 +96,14 @@ impl Input {
         Input::now(&self.path, self.follow).seen == self.seen
     }
 
+    /// Whether it is an entry of a walk (links not followed) that was a regular file.
+    pub(crate) fn walked_file(&self) -> bool {
+        // `S_IFMT` and `S_IFREG`: the type bits of a mode, and those of a regular file.
+        const TYPE: u32 = 0o170000;
+        const REGULAR: u32 = 0o100000;
+        !self.follow && (self.seen).is_some_and(|s| s.mode & TYPE == REGULAR)
+    }
+
     /// Whether it was, and `now` is, a regular file of the same mode and size: what a file only touched,
     /// or rewritten with what it held, keeps.
     pub(crate) fn same_kind(&self, now: &std::fs::Metadata) -> bool {
@@ -150,9 +158,13 @@ pub(crate) fn abandon() {
     drop(dropped);
 }
 
-/// The inputs that no longer look as they did (their indices), or `None` when more than `most` do:
-/// checked on every core, stopping once too many are found.
-pub(crate) fn changed(inputs: &[Input], most: usize) -> Option<Vec<usize>> {
+/// The inputs that no longer look as they did (their indices), or `None` when more than `most` do or
+/// one is not `excusable`: checked on every core, stopping at once then.
+pub(crate) fn changed(
+    inputs: &[Input],
+    most: usize,
+    excusable: impl Fn(&Input) -> bool + Sync,
+) -> Option<Vec<usize>> {
     let found = Mutex::new(Vec::new());
     let too_many = AtomicBool::new(false);
     let threads = crate::layer::cores(0)
@@ -160,7 +172,7 @@ pub(crate) fn changed(inputs: &[Input], most: usize) -> Option<Vec<usize>> {
         .max(1);
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (found, too_many) = (&found, &too_many);
+            let (found, too_many, excusable) = (&found, &too_many, &excusable);
             s.spawn(move || {
                 for (i, input) in inputs.iter().enumerate().skip(t).step_by(threads) {
                     if too_many.load(Ordering::Relaxed) {
@@ -169,7 +181,7 @@ pub(crate) fn changed(inputs: &[Input], most: usize) -> Option<Vec<usize>> {
                     if !input.unchanged() {
                         let mut found = found.lock().unwrap_or_else(|p| p.into_inner());
                         found.push(i);
-                        if found.len() > most {
+                        if found.len() > most || !excusable(input) {
                             too_many.store(true, Ordering::Relaxed);
                         }
                     }
@@ -318,6 +330,38 @@ mod tests {
         assert!(
             !dir_seen.unchanged(),
             "an entry added changes its directory"
+        );
+    }
+
+    #[test]
+    fn changes_are_listed_until_one_cannot_be_excused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        let walked = |p: &Path| {
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            Input {
+                path: p.to_path_buf(),
+                follow: false,
+                seen: Some(Stat::of(&meta)),
+            }
+        };
+        let inputs = [walked(&a), Input::now(&b, true), walked(dir.path())];
+        assert!(inputs[0].walked_file() && !inputs[1].walked_file() && !inputs[2].walked_file());
+        assert_eq!(changed(&inputs, 8, Input::walked_file), Some(vec![]));
+        std::fs::write(&a, "A").unwrap();
+        assert_eq!(changed(&inputs, 8, Input::walked_file), Some(vec![0]));
+        assert_eq!(
+            changed(&inputs, 0, Input::walked_file),
+            None,
+            "more than `most`"
+        );
+        std::fs::write(&b, "B").unwrap();
+        assert_eq!(
+            changed(&inputs, 8, Input::walked_file),
+            None,
+            "a file read changed"
         );
     }
 

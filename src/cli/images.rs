@@ -195,8 +195,8 @@ fn unknown(cl: &CommandLine, store: &Store, name: &str) -> Diagnostic {
     }
 }
 
-/// An `-o` of `kiln image export`: a file, directory or daemon output (a push is `kiln image push`).
-/// An `-o` of `kiln image export`, with what it asks of the layers' compression.
+/// An `-o` of `kiln image export`: a file, directory or daemon output (a push is `kiln image push`), with
+/// what it asks of the layers' compression.
 fn file_output(cl: &CommandLine, value: &str) -> Result<(Output, crate::export::kept::Asked)> {
     let parsed = outputs::parse(cl, value, &[])?;
     let asked = crate::export::kept::Asked {

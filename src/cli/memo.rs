@@ -11,6 +11,12 @@
 //!
 //! Not memoised: a build that fetches something each time (a registry tag, a download, a git source),
 //! whose command line reads the environment (`--build-arg NAME`), or whose Dockerfile comes from stdin.
+//! `kiln prune` removes every memo before it removes results; a memo older than an hour is not used
+//! either, so the full build it stands for refreshes the records' last-use times prune goes by.
+//!
+//! A context file COPY read whose stat data changed while its type, mode and size did not (touched, or
+//! rewritten with the same bytes) is read again and compared with the digest COPY's cache key held:
+//! the same content is no change to the build (`still_holds`).
 //!
 //! A build given secrets is memoised without them: no cache key holds a secret's value (so an edited
 //! secret changes no image) and the memo records neither a value nor its file's stat data. What does
@@ -18,8 +24,6 @@
 //! is used: the secrets are read and the images the build made searched for them (`Guarded`); one
 //! found is a full build, which refuses the image. Nothing a secret's value could be found in (the
 //! events, the notes, the paths read) is written into a memo.
-//! `kiln prune` removes every memo before it removes results; a memo older than an hour is not used
-//! either, so the full build it stands for refreshes the records' last-use times prune goes by.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,7 +150,10 @@ pub(super) fn replay(path: &Path, cmd: &BuildCmd, cl: &CommandLine, mode: progre
 /// Whether every input looks as it did, or is a context file whose content is still what the build
 /// read.
 fn still_holds(memo: &Memo) -> bool {
-    let Some(changed) = crate::inputs::changed(&memo.inputs, MOST_REREAD) else {
+    // Only a file a walk found can be excused: any other change (a source file read, a directory)
+    // ends the check at once.
+    let Some(changed) = crate::inputs::changed(&memo.inputs, MOST_REREAD, Input::walked_file)
+    else {
         return false;
     };
     if changed.is_empty() {
