@@ -150,19 +150,7 @@ fn compressed(
     };
     let stored =
         std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&source).map_err(damaged)?);
-    let mut tar: Box<dyn std::io::Read> = match blob.media_type.rsplit_once('.').map(|(_, k)| k) {
-        Some("tar") => Box::new(stored),
-        Some("tar+gzip" | "gzip") => Box::new(flate2::read::MultiGzDecoder::new(stored)),
-        Some("tar+zstd" | "zstd") => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(stored).map_err(damaged)?)
-        }
-        _ => {
-            return Err(Diagnostic::env(format!(
-                "the stored layer {} is `{}`, which kiln cannot recompress",
-                blob.digest, blob.media_type
-            )));
-        }
-    };
+    let mut tar = layer::decompress(stored, &blob.media_type).map_err(damaged)?;
     let tmp = store.temp_dir("layer-")?;
     let out = tmp.path().join("layer");
     let file =
