@@ -128,13 +128,18 @@ impl Dag {
 
     /// A node's inputs in order.
     pub fn inputs(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut edges: Vec<(usize, NodeIndex)> = self
-            .dag
-            .edges_directed(n, Direction::Incoming)
-            .map(|e| (*e.weight(), e.source()))
-            .collect();
-        edges.sort();
+        let mut edges = Vec::new();
+        self.inputs_into(n, &mut edges);
         edges.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// `n`'s inputs in order, each with its position, into `edges` (cleared first): a caller that walks
+    /// every node reuses one buffer.
+    fn inputs_into(&self, n: NodeIndex, edges: &mut Vec<(usize, NodeIndex)>) {
+        edges.clear();
+        let incoming = self.dag.edges_directed(n, Direction::Incoming);
+        edges.extend(incoming.map(|e| (*e.weight(), e.source())));
+        edges.sort_unstable();
     }
 
     pub fn consumers(&self, n: NodeIndex) -> Vec<NodeIndex> {
@@ -213,12 +218,7 @@ impl Dag {
                 8usize.saturating_sub(kind.len()).max(1),
             ));
             out.push_str(&node.name);
-            inputs.clear();
-            inputs.extend(
-                (self.dag.edges_directed(n, Direction::Incoming))
-                    .map(|e| (*e.weight(), e.source())),
-            );
-            inputs.sort_unstable();
+            self.inputs_into(n, &mut inputs);
             for (i, &(_, input)) in inputs.iter().enumerate() {
                 out.push_str(if i == 0 { "  <- " } else { ", " });
                 out.push_str(self.dag[input].digest.short());
