@@ -278,6 +278,7 @@ fn monorepo_2000_targets(bencher: divan::Bencher, cached: bool) {
             params: &params,
             notes: &mut notes,
             eval_cache: cached.then(|| cache.clone()),
+            trace: false,
         };
         let compiled = kiln::compile(source, &opts).expect("compiles");
         let graph = kiln::plan(&compiled.program);

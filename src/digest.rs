@@ -62,6 +62,8 @@ pub struct Encoder {
     /// Small fields are gathered here and hashed in one call: hashing many few-byte slices one call
     /// each costs more than the hashing itself (the same bytes reach the hasher either way).
     buf: Vec<u8>,
+    /// A copy of what is encoded since `keep` (`kept`), when asked.
+    kept: Option<Vec<u8>>,
 }
 
 /// Fields longer than this are hashed straight from the caller's slice (file contents), never copied.
@@ -73,11 +75,17 @@ impl Encoder {
         let mut e = Encoder {
             hasher: Sha256::new(),
             buf: Vec::with_capacity(512),
+            kept: None,
         };
         e.str(domain);
         e
     }
     fn raw(&mut self, tag: u8, bytes: &[u8]) -> &mut Self {
+        if let Some(k) = &mut self.kept {
+            k.push(tag);
+            k.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            k.extend_from_slice(bytes);
+        }
         self.buf.push(tag);
         self.buf
             .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -127,12 +135,130 @@ impl Encoder {
         self
     }
     pub fn digest(&mut self, d: &Digest) -> &mut Self {
-        self.raw(b'd', d.as_str().as_bytes())
+        self.digest_text(d.as_str())
+    }
+    /// `digest` of a digest kept as its text (`sha256:<hex>`).
+    pub fn digest_text(&mut self, d: &str) -> &mut Self {
+        self.raw(b'd', d.as_bytes())
+    }
+    /// `new`, keeping a copy of everything encoded, domain included (`kept`).
+    pub fn new_kept(domain: &str) -> Encoder {
+        let mut e = Encoder {
+            hasher: Sha256::new(),
+            buf: Vec::with_capacity(512),
+            kept: Some(Vec::new()),
+        };
+        e.str(domain);
+        e
+    }
+    /// The bytes `fill` encodes, without a domain: what follows a `Midstate`.
+    pub fn bytes_of(fill: impl FnOnce(&mut Encoder)) -> Vec<u8> {
+        let mut e = Encoder {
+            hasher: Sha256::new(),
+            buf: Vec::new(),
+            kept: Some(Vec::new()),
+        };
+        fill(&mut e);
+        e.kept()
+    }
+    /// What a `new_kept` encoder encoded so far: a `Midstate` of it hashes the rest later.
+    pub fn kept(&mut self) -> Vec<u8> {
+        self.kept.take().unwrap_or_default()
     }
     pub fn finish(mut self) -> Digest {
         self.hasher.update(&self.buf);
         Digest::from_hasher(self.hasher)
     }
+}
+
+/// SHA-256 part-way through a message: the state after its whole 64-byte blocks (32 bytes, big
+/// endian), the length so far (8 bytes, little endian) and the bytes after those blocks, as one byte
+/// string. What a digest keeps to be finished later with other inputs, without its message's start
+/// (a graph node's op, then its inputs' digests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Midstate(Vec<u8>);
+
+/// SHA-256's initial state (FIPS 180-4, 5.3.3).
+const H0: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+impl Midstate {
+    /// The state after `prefix`.
+    pub fn of(prefix: &[u8]) -> Midstate {
+        let whole = prefix.len() / 64 * 64;
+        let mut state = H0;
+        compress(&mut state, &prefix[..whole]);
+        let mut bytes = Vec::with_capacity(40 + prefix.len() - whole);
+        bytes.extend(state.iter().flat_map(|w| w.to_be_bytes()));
+        bytes.extend_from_slice(&(prefix.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&prefix[whole..]);
+        Midstate(bytes)
+    }
+
+    /// Its byte string (`finish_bytes` takes it back).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// `finish` of a midstate's byte string; `None` when it is not one.
+    pub fn finish_bytes(bytes: &[u8], rest: &[u8]) -> Option<Digest> {
+        let (state, more) = bytes.split_first_chunk::<32>()?;
+        let (len, tail) = more.split_first_chunk::<8>()?;
+        if tail.len() >= 64 {
+            return None;
+        }
+        let mut words = [0u32; 8];
+        for (w, b) in words.iter_mut().zip(state.chunks_exact(4)) {
+            *w = u32::from_be_bytes(b.try_into().expect("four bytes"));
+        }
+        Some(finish(words, u64::from_le_bytes(*len), tail, rest))
+    }
+
+    /// The digest of the prefix followed by `rest`.
+    pub fn finish(&self, rest: &[u8]) -> Digest {
+        Midstate::finish_bytes(&self.0, rest).expect("made by `of`")
+    }
+}
+
+/// SHA-256's last blocks: the bytes after the whole blocks so far, `rest`, and the padding (a 1 bit,
+/// zeros, the length in bits).
+fn finish(mut state: [u32; 8], len: u64, tail: &[u8], rest: &[u8]) -> Digest {
+    let mut last = Vec::with_capacity(tail.len() + rest.len() + 72);
+    last.extend_from_slice(tail);
+    last.extend_from_slice(rest);
+    let bits = (len + rest.len() as u64) * 8;
+    last.push(0x80);
+    while last.len() % 64 != 56 {
+        last.push(0);
+    }
+    last.extend_from_slice(&bits.to_be_bytes());
+    compress(&mut state, &last);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in state.iter().flat_map(|w| w.to_be_bytes()) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    Digest(s)
+}
+
+/// Runs SHA-256's compression over `bytes`, whole 64-byte blocks.
+fn compress(state: &mut [u32; 8], bytes: &[u8]) {
+    use sha2::digest::generic_array::GenericArray;
+    let blocks: Vec<GenericArray<u8, _>> = bytes
+        .chunks_exact(64)
+        .map(GenericArray::clone_from_slice)
+        .collect();
+    sha2::compress256(state, &blocks);
 }
 
 #[cfg(test)]
@@ -166,6 +292,23 @@ mod tests {
             h.update(field);
         }
         assert_eq!(e.finish(), Digest::from_hasher(h));
+    }
+
+    #[test]
+    fn a_midstate_finishes_as_the_whole_message_hashes() {
+        let message: Vec<u8> = (0..300u32).map(|i| (i * 7 % 251) as u8).collect();
+        for split in [0, 1, 55, 56, 63, 64, 65, 119, 120, 128, 200, 300] {
+            for end in [split, split + 1, split + 8, (split + 64).min(300), 300] {
+                let end = end.min(300);
+                let (prefix, rest) = message[..end].split_at(split.min(end));
+                let mid = Midstate::of(prefix);
+                assert_eq!(
+                    mid.finish(rest),
+                    Digest::of(&message[..end]),
+                    "{split} {end}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub enum Source<'a> {
         notes: &'a mut Vec<diag::Note>,
         /// The workspace's evaluation cache file (`load::EvalCache::path_in`); `None`: none.
         eval_cache: Option<std::path::PathBuf>,
+        /// Whether to keep what each unit did (`Compiled::traced`), for `kiln graph`'s reuse.
+        trace: bool,
     },
 }
 
@@ -98,6 +100,18 @@ pub struct Compiled {
     pub findings: Vec<frontend::dockerfile::lints::Finding>,
     /// The monorepo's evaluation cache being written back; dropping it waits for the write.
     pub saving: Option<load::Saving>,
+    /// What each unit did, the modules loaded and the walks made, when asked (`Source::Labels`).
+    pub traced: Option<Box<Traced>>,
+}
+
+/// What a traced compile of monorepo labels did (see `Source::Labels`).
+pub struct Traced {
+    pub trace: load::Trace,
+    pub modules: Vec<load::ModuleFile>,
+    pub(crate) walked: Vec<(std::path::PathBuf, Vec<std::path::PathBuf>, load::Entered)>,
+    /// Units replayed and evaluated.
+    pub stats: (usize, usize),
+    pub notes: usize,
 }
 
 /// Compiles source into a program: parse, check and lower, with the options the command line gives
@@ -117,6 +131,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 packages: Default::default(),
                 findings: Vec::new(),
                 saving: None,
+                traced: None,
             })
         }
         Source::Buildfile {
@@ -145,6 +160,7 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
                 packages,
                 findings: session.findings,
                 saving: None,
+                traced: None,
             })
         }
         Source::Labels {
@@ -154,8 +170,10 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             params,
             notes,
             eval_cache,
+            trace,
         } => {
             let mut session = Session::new(Some(root.to_path_buf()));
+            session.trace = trace;
             if let Some(path) = eval_cache {
                 session = session.with_cache(path);
             }
@@ -174,12 +192,22 @@ pub fn compile(source: Source<'_>, opts: &frontend::LowerOptions) -> diag::Resul
             if !opts.lenient {
                 warn_unused_build_args(&session, opts);
             }
-            let lowered = lowered?;
+            let mut lowered = lowered?;
+            let traced = trace.then(|| {
+                Box::new(Traced {
+                    trace: std::mem::take(&mut lowered.trace),
+                    modules: session.module_files(),
+                    walked: std::mem::take(&mut session.walked),
+                    stats: session.stats,
+                    notes: notes.len() + session.findings.len(),
+                })
+            });
             Ok(Compiled {
                 program: lowered.program,
                 packages: lowered.contexts,
                 findings: session.findings,
                 saving: Some(saving),
+                traced,
             })
         }
     }

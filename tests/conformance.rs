@@ -664,6 +664,7 @@ fn realworld_dockerfiles_lower_to_graphs() {
         match kiln::compile(kiln::Source::Dockerfile(file(&name, &text)), &opts) {
             Ok(compiled) => {
                 assert_eq!(kiln::plan(&compiled.program).roots.len(), 1);
+                midstates_finish_as_digests(compiled.program);
                 lowered += 1;
             }
             Err(e) => problems.push(format!("{name}: {}", e.message)),
@@ -857,4 +858,18 @@ fn realworld_conversions_keep_build_args_as_params() {
     );
     assert!(same >= 43, "only {same}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// What `kiln graph` keeps of a node to hash it again (its digest's state after its op, `Dag::
+/// from_program_kept`) gives the node's digest once finished with its inputs' digests.
+fn midstates_finish_as_digests(program: kiln::graph::Program) {
+    use kiln::graph::Dag;
+    let (dag, _, midstates) = Dag::from_program_kept(program);
+    for n in dag.dag.node_indices() {
+        let inputs: Vec<&str> = (dag.inputs(n).iter())
+            .map(|&i| dag.dag[i].digest.as_str())
+            .collect();
+        let digest = Dag::node_digest(midstates[n.index()].as_bytes(), &inputs);
+        assert_eq!(digest.as_ref(), Some(&dag.dag[n].digest));
+    }
 }

@@ -24,7 +24,18 @@ pub(super) struct Compiled {
     pub(super) platforms: Vec<crate::platform::Platform>,
     /// The evaluation cache being written meanwhile (monorepo labels); dropping it waits for it.
     pub(super) _saving: Option<crate::load::Saving>,
+    /// What a compile of monorepo labels for `kiln graph` did, for its reuse (`last_graph`): the
+    /// trace, and the graph node of each program node with each graph node's op encoded.
+    pub(super) traced: Option<Traced>,
 }
+
+/// A traced compile (`crate::Traced`), the graph node each program node became, and each graph node's
+/// digest state after its op (`Dag::from_program_kept`).
+pub(super) type Traced = (
+    Box<crate::Traced>,
+    Vec<Option<petgraph::stable_graph::NodeIndex>>,
+    Vec<crate::digest::Midstate>,
+);
 
 /// How a command compiles.
 pub(super) enum Mode {
@@ -123,6 +134,7 @@ pub(super) fn compile(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Resu
             Vec::new()
         },
         _saving: None,
+        traced: None,
     })
 }
 
@@ -479,6 +491,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
             params: &opts.params,
             notes: &mut notes,
             eval_cache: Some(crate::load::EvalCache::path_in(&store, &root)),
+            trace: mode.lenient(),
         },
         &opts.lower,
     );
@@ -514,8 +527,17 @@ fn with_packages(
     for (name, dir) in compiled.packages {
         contexts.insert(name, NamedContext::Dir(dir));
     }
+    // Kept only when it can be reused (see `last_graph::keep`): a cold cache's run keeps nothing.
+    let keepable = |t: &crate::Traced| t.stats.0 > 0 && t.notes == 0 && t.trace.uncached == 0;
+    let (graph, traced) = match compiled.traced.filter(|t| keepable(t)) {
+        Some(t) => {
+            let (graph, index_of, ops) = Dag::from_program_kept(compiled.program);
+            (graph, Some((t, index_of, ops)))
+        }
+        None => (crate::plan_owned(compiled.program), None),
+    };
     Ok(Compiled {
-        graph: crate::plan_owned(compiled.program),
+        graph,
         contexts,
         secret_findings: crate::frontend::dockerfile::lints::Report {
             findings: compiled.findings,
@@ -523,6 +545,7 @@ fn with_packages(
         source: ("build", None),
         platforms: Vec::new(),
         _saving: compiled.saving,
+        traced,
     })
 }
 
@@ -615,4 +638,34 @@ fn pin_downloads(program: &mut crate::graph::Program, mode: &Mode) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// What `kiln graph` of monorepo labels asks of its last graph (`last_graph`): the evaluation cache's
+/// file, the key of what was asked, the monorepo root and the evaluation options; `None` for other
+/// inputs.
+pub(super) fn last_graph(
+    args: &CompileArgs,
+    cl: &CommandLine,
+) -> Result<
+    Option<(
+        PathBuf,
+        crate::digest::Digest,
+        PathBuf,
+        crate::load::EvalOptions,
+    )>,
+> {
+    if !args
+        .inputs
+        .iter()
+        .any(|i| i.starts_with("//") || i.starts_with(':'))
+    {
+        return Ok(None);
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| Diagnostic::io("cannot read the current directory", e))?;
+    let root = monorepo_root()?;
+    let opts = build_options(args, cl, &Mode::Lenient, &root)?;
+    let cache = crate::load::EvalCache::path_in(&crate::store::Store::default_root(), &root);
+    let key = super::last_graph::key(&root, &cwd, &args.inputs, &opts);
+    Ok(Some((cache, key, root, opts)))
 }

@@ -23,6 +23,7 @@ mod flags;
 mod fmt;
 mod graph;
 mod images;
+mod last_graph;
 mod lock;
 mod memo;
 mod outputs;

@@ -21,7 +21,7 @@ use petgraph::visit::{EdgeRef, IntoEdgeReferences};
 use serde::Serialize;
 
 use crate::diag::Located;
-use crate::digest::{Digest, Encoder};
+use crate::digest::{Digest, Encoder, Midstate};
 
 use op::RunMount;
 pub use op::{DEF_DOMAIN, Op};
@@ -64,6 +64,17 @@ impl Dag {
     /// `new`, taking the program: its ops move into the graph rather than being copied (a monorepo's
     /// program has tens of thousands).
     pub fn from_program(program: Program) -> Dag {
+        Dag::build(program, false).0
+    }
+
+    /// `from_program`, also giving the graph node each program node became and, by graph node, its
+    /// digest's state after its op (`node_digest` finishes it): what `kiln graph` keeps of its last
+    /// graph.
+    pub fn from_program_kept(program: Program) -> (Dag, Vec<Option<NodeIndex>>, Vec<Midstate>) {
+        Dag::build(program, true)
+    }
+
+    fn build(program: Program, keep: bool) -> (Dag, Vec<Option<NodeIndex>>, Vec<Midstate>) {
         let mut needed = vec![false; program.nodes.len()];
         let mut stack: Vec<usize> = program.roots.iter().map(|r| r.node).collect();
         while let Some(n) = stack.pop() {
@@ -80,6 +91,7 @@ impl Dag {
         let mut dag = StableDiGraph::with_capacity(count, edges);
         let mut by_digest: HashMap<Digest, NodeIndex> = HashMap::with_capacity(count);
         let mut index_of: Vec<Option<NodeIndex>> = vec![None; program.nodes.len()];
+        let mut encodings = Vec::new();
         for (i, node) in program.nodes.into_iter().enumerate() {
             if !needed[i] {
                 continue;
@@ -89,8 +101,12 @@ impl Dag {
                 .iter()
                 .map(|&j| index_of[j].expect("inputs precede their consumers"))
                 .collect();
-            let mut enc = Encoder::new(DEF_DOMAIN);
+            let mut enc = match keep {
+                true => Encoder::new_kept(DEF_DOMAIN),
+                false => Encoder::new(DEF_DOMAIN),
+            };
             node.op.encode(&mut enc);
+            let encoding = enc.kept();
             enc.list(inputs.len());
             for &input in &inputs {
                 let d: &Node = &dag[input];
@@ -98,6 +114,9 @@ impl Dag {
             }
             let digest = enc.finish();
             let idx = *by_digest.entry(digest.clone()).or_insert_with(|| {
+                if keep {
+                    encodings.push(Midstate::of(&encoding));
+                }
                 let idx = dag.add_node(Node {
                     op: node.op,
                     digest,
@@ -123,7 +142,26 @@ impl Dag {
             .filter(|r| !r.tags.is_empty())
             .map(|r| (r.name, r.tags))
             .collect();
-        Dag { dag, roots, tags }
+        (Dag { dag, roots, tags }, index_of, encodings)
+    }
+
+    /// The digest of a node whose digest's state after its op is `op` (`op_midstate`'s bytes) and
+    /// whose inputs have the digests `inputs` (as text), in order; `None` when `op` is no midstate.
+    pub fn node_digest(op: &[u8], inputs: &[&str]) -> Option<Digest> {
+        let rest = Encoder::bytes_of(|e| {
+            e.list(inputs.len());
+            for d in inputs {
+                e.digest_text(d);
+            }
+        });
+        Midstate::finish_bytes(op, &rest)
+    }
+
+    /// A node digest's state after `op` (`node_digest` finishes it).
+    pub fn op_midstate(op: &Op) -> Midstate {
+        let mut enc = Encoder::new_kept(DEF_DOMAIN);
+        op.encode(&mut enc);
+        Midstate::of(&enc.kept())
     }
 
     /// A node's inputs in order.

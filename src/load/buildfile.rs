@@ -79,6 +79,22 @@ pub struct Session {
     pub stats: (usize, usize),
     /// Files read (and parsed, when the cache has no summary of them) ahead of their load, by path.
     ahead: HashMap<PathBuf, Ahead>,
+    /// Whether evaluation keeps a trace of each unit (`lower::Trace`), for `kiln graph`'s reuse.
+    pub trace: bool,
+    /// What each `//dir/...` pattern's walk found: its directory, the `.build` files, and the
+    /// directories it entered.
+    pub(crate) walked: Vec<(PathBuf, Vec<PathBuf>, super::walk::Entered)>,
+}
+
+/// A loaded module's file as `kiln graph`'s reuse of its last graph checks it: the file's name and
+/// path, the digest of its text, the names of the modules it imports, and its targets.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ModuleFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub digest: Digest,
+    pub imports: Vec<String>,
+    pub targets: Vec<String>,
 }
 
 /// A file read ahead of its load (see `Session::read_ahead`), with its parse when one was needed.
@@ -103,7 +119,36 @@ impl Session {
             by_name: HashMap::new(),
             stats: (0, 0),
             ahead: HashMap::new(),
+            trace: false,
+            walked: Vec::new(),
         }
+    }
+
+    /// Keeps evaluation results in the cache file at `path`, for a run that replays few of them (see
+    /// `EvalCache::few`).
+    pub fn with_cache_for_few(self, path: PathBuf) -> Session {
+        let session = self.with_cache(path);
+        if let Some(c) = &session.cache {
+            c.few();
+        }
+        session
+    }
+
+    /// Every module loaded so far (`@std` ones left out: they come with kiln).
+    pub fn module_files(&self) -> Vec<ModuleFile> {
+        let user = self.modules.iter().filter(|m| !m.path.starts_with("@std"));
+        user.map(|m| ModuleFile {
+            name: m.file.name.clone(),
+            path: m.path.clone(),
+            digest: Digest::of(m.file.text.as_bytes()),
+            imports: m
+                .imports
+                .values()
+                .map(|&i| self.modules[i].file.name.clone())
+                .collect(),
+            targets: m.summary.targets.iter().map(|(t, _)| t.clone()).collect(),
+        })
+        .collect()
     }
 
     /// Keeps evaluation results in (and takes them from) the cache file at `path`.
@@ -127,6 +172,11 @@ impl Session {
     /// the evaluation cache kept.
     pub(crate) fn build_files_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
         super::walk::build_files_under(dir, self.cache.as_mut())
+    }
+
+    /// `build_files_under`, with the directories entered and their stat data.
+    pub(crate) fn walk_dirs(&mut self, dir: &Path) -> Result<(Vec<PathBuf>, super::walk::Entered)> {
+        super::walk::walk_dirs(dir, self.cache.as_mut())
     }
 
     /// The module at `index`, parsed and checked (now, if the cache had spared that so far).
@@ -630,6 +680,10 @@ impl Loader for Session {
 
     fn eval_stats(&mut self, replayed: usize, evaluated: usize) {
         self.stats = (replayed, evaluated);
+    }
+
+    fn traced(&self) -> bool {
+        self.trace
     }
 
     fn dir(&self, index: usize) -> &Path {

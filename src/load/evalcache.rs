@@ -211,6 +211,12 @@ impl EvalCache {
         }
     }
 
+    /// Tells the reading thread not to decode records ahead: a run that replays few of them (`kiln
+    /// graph` after an edit, redoing only what it reached) decodes those itself.
+    pub fn few(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+
     fn dirs_path(&self) -> PathBuf {
         let mut name = self.path.clone().into_os_string();
         name.push(".dirs");

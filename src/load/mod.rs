@@ -11,12 +11,14 @@ mod git;
 mod image;
 mod walk;
 
-pub use crate::frontend::buildfile::lower::{EvalOptions, Lowered, PackageContexts};
+pub use crate::frontend::buildfile::lower::{
+    EvalOptions, Finished, Lowered, PackageContexts, Targeted, Trace, options_digest,
+};
 pub use buildfile::{
-    Loaded, PACKAGE_FILE, ROOT_MARKER, STD, Saving, Session, lower_file, lower_targets,
+    Loaded, ModuleFile, PACKAGE_FILE, ROOT_MARKER, STD, Saving, Session, lower_file, lower_targets,
 };
 pub use dockerfile::read_dockerfile;
 pub use evalcache::{EvalCache, FileSummary, kiln_identity};
 pub(crate) use git::GitRepo;
 pub use image::{Pulls, image_env, open_store};
-pub(crate) use walk::build_files_under;
+pub(crate) use walk::{Entered, build_files_under};

@@ -14,26 +14,43 @@ use crate::inputs::Stat;
 /// sorted. Hidden directories and the usual build-output folders (`target`, `node_modules`) are not
 /// entered, and no link is followed below `dir`. Listings come from `cache` where it has them.
 pub(crate) fn build_files_under(dir: &Path, cache: Option<&mut EvalCache>) -> Result<Vec<PathBuf>> {
+    walk_dirs(dir, cache).map(|(files, _)| files)
+}
+
+/// The directories a walk entered, each with its stat data when it was taken (with a cache).
+pub(crate) type Entered = Vec<(PathBuf, Option<Stat>)>;
+
+/// `build_files_under`, with the directories the walk entered.
+pub(crate) fn walk_dirs(
+    dir: &Path,
+    cache: Option<&mut EvalCache>,
+) -> Result<(Vec<PathBuf>, Entered)> {
     // A directory changed in the second it is listed may change again and keep its times: its
     // listing is not kept (git's "racily clean" entries).
     walk(dir, cache, crate::inputs::epoch_secs() - 1)
 }
 
-/// `build_files_under`, keeping the listings of directories last changed before `settled_before`.
-fn walk(dir: &Path, cache: Option<&mut EvalCache>, settled_before: i64) -> Result<Vec<PathBuf>> {
+/// `walk_dirs`, keeping the listings of directories last changed before `settled_before`.
+fn walk(
+    dir: &Path,
+    cache: Option<&mut EvalCache>,
+    settled_before: i64,
+) -> Result<(Vec<PathBuf>, Entered)> {
     let mut walk = Walk {
         cache,
         settled_before,
         out: Vec::new(),
+        entered: Vec::new(),
     };
     walk.dir(dir)?;
-    Ok(walk.out)
+    Ok((walk.out, walk.entered))
 }
 
 struct Walk<'a> {
     cache: Option<&'a mut EvalCache>,
     settled_before: i64,
     out: Vec<PathBuf>,
+    entered: Entered,
 }
 
 impl Walk<'_> {
@@ -52,6 +69,7 @@ impl Walk<'_> {
         } else {
             None
         };
+        self.entered.push((dir.to_path_buf(), stat));
         let kept = (self.cache.as_deref()).zip(stat.as_ref());
         let listing = match kept.and_then(|(c, stat)| c.listing(dir, stat)) {
             Some(listing) => listing,
@@ -147,8 +165,8 @@ mod tests {
         let store = tempfile::tempdir().unwrap();
         let path = store.path().join("cache");
         let walked =
-            |cache: &mut EvalCache| names(root, walk(root, Some(cache), i64::MAX).unwrap());
-        let fresh = || names(root, walk(root, None, i64::MAX).unwrap());
+            |cache: &mut EvalCache| names(root, walk(root, Some(cache), i64::MAX).unwrap().0);
+        let fresh = || names(root, walk(root, None, i64::MAX).unwrap().0);
         let expected = [
             "a/BUILD.build",
             "a/b/lib.build",

@@ -27,6 +27,7 @@ mod from_image;
 mod graph;
 mod instructions;
 mod isolation;
+mod last_graph;
 mod leak_matrix;
 mod load;
 mod lock;

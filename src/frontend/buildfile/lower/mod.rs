@@ -14,7 +14,7 @@ mod method;
 mod run;
 mod unit;
 
-pub use unit::UnitRecord;
+pub use unit::{Finished, Trace, UnitRecord, options_digest};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -212,6 +212,10 @@ pub trait Loader {
     }
     /// Units replayed and evaluated by the last evaluation (for `KILN_EVAL_STATS`).
     fn eval_stats(&mut self, _replayed: usize, _evaluated: usize) {}
+    /// Whether evaluation keeps a `Trace` of what each unit did.
+    fn traced(&self) -> bool {
+        false
+    }
 }
 
 pub struct Evaluator<'s> {
@@ -239,7 +243,8 @@ pub struct Evaluator<'s> {
 
 impl<'s> Evaluator<'s> {
     fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Evaluator<'s> {
-        let units = unit::Units::new(loader.caching().then(|| unit::options_digest(opts)));
+        let mut units = unit::Units::new(loader.caching().then(|| unit::options_digest(opts)));
+        units.traced = loader.traced().then(Vec::new);
         Evaluator {
             loader,
             opts,
@@ -876,6 +881,8 @@ pub struct Lowered {
     pub contexts: PackageContexts,
     /// Target label → the targets its value was built from (for `kiln query`).
     pub deps: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// What each unit did, when the loader asked for it (`Loader::traced`).
+    pub trace: Trace,
 }
 
 /// Evaluates each `(module, target)` of `roots`, in order, into one program whose roots are those
@@ -889,6 +896,7 @@ pub fn lower_targets(
     let added = ev.add_roots(roots, None);
     ev.report();
     added?;
+    let trace = ev.units.trace();
     let Evaluator {
         program,
         contexts,
@@ -905,7 +913,43 @@ pub fn lower_targets(
         program,
         contexts,
         deps,
+        trace,
     })
+}
+
+/// An evaluation of chosen globals only, with the run's cache: what `kiln graph` redoes after an edit
+/// when it reuses its last graph for the rest. The globals they use are replayed (or evaluated) as
+/// in a full run.
+pub struct Targeted<'s>(Evaluator<'s>);
+
+impl<'s> Targeted<'s> {
+    pub fn new(loader: &'s mut dyn Loader, opts: &'s EvalOptions) -> Targeted<'s> {
+        let mut ev = Evaluator::new(loader, opts);
+        ev.units.traced = Some(Vec::new());
+        Targeted(ev)
+    }
+
+    /// Evaluates (or replays) global `name` of the module whose file is named `module`: its
+    /// fingerprint, or `None` when it is not cached.
+    pub fn unit(&mut self, module: &str, name: &str) -> Result<Option<Digest>> {
+        let m = self.0.loader.module_by_name(module)?;
+        self.0.global(m, name, Span::default())?;
+        Ok(self.0.units.fingerprint(m, name))
+    }
+
+    /// Adds target `name` of the module whose file is named `module` as a root, named by its label.
+    pub fn root(&mut self, module: &str, name: &str) -> Result<()> {
+        let m = self.0.loader.module_by_name(module)?;
+        let label = self.0.label(m, name);
+        self.0.add_root(m, name, label).map(|_| ())
+    }
+
+    /// The program made, and what each unit did.
+    pub fn finish(mut self) -> (Program, Trace) {
+        self.0.report();
+        let trace = self.0.units.trace();
+        (self.0.program, trace)
+    }
 }
 
 /// Where each of a clause's `n` values is written: a list written out points at the bad element, a

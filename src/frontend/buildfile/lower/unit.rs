@@ -145,6 +145,27 @@ enum Raw {
     },
 }
 
+/// What a traced run did, unit by unit, in the order the units finished: what `kiln graph` keeps of
+/// its last graph to redo only the units an edit reaches.
+#[derive(Default)]
+pub struct Trace {
+    pub units: Vec<Finished>,
+    /// The key of each leaf node (an image, scratch, a context), which is the same node wherever used.
+    pub leaf_key: HashMap<NodeId, String>,
+    /// Units that could not be recorded: their fingerprints differ from run to run.
+    pub uncached: u64,
+}
+
+/// A unit of a traced run: its module's file name, its name, its fingerprint, the nodes it made or
+/// reused by slot, and the globals it used.
+pub struct Finished {
+    pub module: String,
+    pub name: String,
+    pub fingerprint: Digest,
+    pub slots: Vec<NodeId>,
+    pub calls: Vec<(String, String)>,
+}
+
 /// A unit evaluated or replayed in this run.
 pub(super) struct Done {
     pub(super) fingerprint: Digest,
@@ -172,6 +193,8 @@ pub(super) struct Units {
     pub(super) evaluated: usize,
     /// Units that could not be recorded so far (each gets a fingerprint of its own).
     uncached: u64,
+    /// The units finished so far, when the run is traced.
+    pub(super) traced: Option<Vec<Finished>>,
 }
 
 impl Units {
@@ -179,6 +202,21 @@ impl Units {
         Units {
             options,
             ..Units::default()
+        }
+    }
+
+    /// The fingerprint of global `name` of `module`, once it is done.
+    pub(super) fn fingerprint(&self, module: usize, name: &str) -> Option<Digest> {
+        let done = self.done.get(&(module, name.to_string()));
+        done.map(|d| d.fingerprint.clone())
+    }
+
+    /// What the run did, when it was traced.
+    pub(super) fn trace(&mut self) -> Trace {
+        Trace {
+            units: self.traced.take().unwrap_or_default(),
+            leaf_key: std::mem::take(&mut self.leaf_key),
+            uncached: self.uncached,
         }
     }
 }
@@ -196,6 +234,8 @@ struct Replay {
     resolved: Vec<Option<NodeId>>,
     notes: Vec<usize>,
     findings: Vec<usize>,
+    /// The globals it used (module, name).
+    calls: Vec<(usize, String)>,
 }
 
 impl Evaluator<'_> {
@@ -356,13 +396,37 @@ impl Evaluator<'_> {
                 h.finish()
             }
         };
-        self.finish_unit(rec.module, &rec.name, fingerprint, rec.slots);
+        let calls = rec.events.iter().filter_map(|e| match e {
+            Raw::Call { module, name, .. } if self.units.traced.is_some() => {
+                Some((*module, name.clone()))
+            }
+            _ => None,
+        });
+        let calls = calls.collect();
+        self.finish_unit((rec.module, &rec.name), fingerprint, rec.slots, calls);
         if let Some(record) = record {
             self.loader.keep_unit(key, &record);
         }
     }
 
-    fn finish_unit(&mut self, module: usize, name: &str, fingerprint: Digest, slots: Vec<NodeId>) {
+    /// Marks a unit done; `calls`: the globals it used.
+    fn finish_unit(
+        &mut self,
+        (module, name): (usize, &str),
+        fingerprint: Digest,
+        slots: Vec<NodeId>,
+        calls: Vec<(usize, String)>,
+    ) {
+        if let Some(traced) = &mut self.units.traced {
+            let file = |m: usize| self.loader.file(m).name.clone();
+            traced.push(Finished {
+                module: file(module),
+                name: name.to_string(),
+                fingerprint: fingerprint.clone(),
+                slots: slots.clone(),
+                calls: calls.into_iter().map(|(m, n)| (file(m), n)).collect(),
+            });
+        }
         for (i, &id) in slots.iter().enumerate() {
             self.units
                 .owner
@@ -424,6 +488,7 @@ impl Evaluator<'_> {
             resolved: vec![None; record.refs.len()],
             notes: Vec::new(),
             findings: Vec::new(),
+            calls: Vec::new(),
         };
         // What the replay does is the record's, not the recording's of whoever uses this global: a
         // marker takes it (the globals it uses record their own).
@@ -451,7 +516,7 @@ impl Evaluator<'_> {
             return Ok(None);
         }
         self.units.replayed += 1;
-        self.finish_unit(module, name, record.fingerprint, st.slots);
+        self.finish_unit((module, name), record.fingerprint, st.slots, st.calls);
         Ok(Some(value))
     }
 
@@ -496,7 +561,10 @@ impl Evaluator<'_> {
                         return Ok(Err(Stale));
                     };
                     self.global(m, &name, use_at)?;
-                    let done = self.units.done.get(&(m, name));
+                    let done = self.units.done.get(&(m, name.clone()));
+                    if self.units.traced.is_some() {
+                        st.calls.push((m, name));
+                    }
                     match done.map(|d| &d.fingerprint) == Some(&fingerprint) {
                         true => Ok(()),
                         false => Err(Stale),
@@ -881,7 +949,7 @@ impl Value {
 
 /// What of the options evaluation can read, as one digest (every unit key covers it). Where the command
 /// line gave them (for error carets) is left out.
-pub(super) fn options_digest(opts: &super::EvalOptions) -> Digest {
+pub fn options_digest(opts: &super::EvalOptions) -> Digest {
     let l = &opts.lower;
     let mut h = Encoder::new("kiln/eval-options/v1");
     h.str(&format!(
