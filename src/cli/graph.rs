@@ -8,6 +8,7 @@ use crate::diag::Result;
 use crate::progress;
 
 pub(super) fn run(args: GraphArgs) -> Result<()> {
+    let started = crate::inputs::epoch_secs();
     let cl = CommandLine::capture();
     let asked = match (args.format, args.digest) {
         (GraphFormat::Text, _) | (_, true) => super::compile::last_graph(&args.compile, &cl)?,
@@ -15,6 +16,7 @@ pub(super) fn run(args: GraphArgs) -> Result<()> {
     };
     if let Some((cache, key, root, opts)) = &asked {
         let ask = last_graph::Ask {
+            started,
             cache,
             key: key.clone(),
             root,
@@ -51,7 +53,7 @@ pub(super) fn run(args: GraphArgs) -> Result<()> {
     let keeping = match (asked, traced) {
         (Some((cache, key, ..)), Some((traced, index_of, ops))) => {
             Some(std::thread::spawn(move || {
-                last_graph::keep(&cache, &key, &graph, &traced, (&index_of, &ops));
+                last_graph::keep(started, &cache, &key, &graph, &traced, (&index_of, &ops));
                 drop((graph, traced, index_of, ops));
             }))
         }

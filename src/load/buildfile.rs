@@ -169,12 +169,7 @@ impl Session {
     }
 
     /// Every `.build` file at or below `dir` (`load::build_files_under`), with the directory listings
-    /// the evaluation cache kept.
-    pub(crate) fn build_files_under(&mut self, dir: &Path) -> Result<Vec<PathBuf>> {
-        super::walk::build_files_under(dir, self.cache.as_mut())
-    }
-
-    /// `build_files_under`, with the directories entered and their stat data.
+    /// the evaluation cache kept, and the directories entered with their stat data.
     pub(crate) fn walk_dirs(&mut self, dir: &Path) -> Result<(Vec<PathBuf>, super::walk::Entered)> {
         super::walk::walk_dirs(dir, self.cache.as_mut())
     }

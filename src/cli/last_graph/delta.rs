@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::kept::{Kept, KeptFile, Node, Unit};
+use super::kept::{Kept, KeptFile, Node, Unit, Walked};
 
 /// The indices of what changed since the kept graph's file was written.
 #[derive(Default)]
@@ -21,6 +21,8 @@ pub(super) struct Touched {
     pub(super) units: BTreeSet<u32>,
     pub(super) files: BTreeSet<u32>,
     pub(super) roots: BTreeSet<u32>,
+    /// The walks' directories' stat data.
+    pub(super) walked: bool,
 }
 
 /// The delta as read, borrowing the file's bytes.
@@ -35,6 +37,7 @@ struct Delta<'a> {
     units: Vec<(u32, Unit<'a>)>,
     files: Vec<(u32, KeptFile)>,
     roots: Vec<(u32, Option<Vec<String>>)>,
+    walked: Option<Vec<Walked>>,
 }
 
 /// The delta as written, borrowing the kept graph (the same layout as `Delta`).
@@ -46,6 +49,7 @@ struct Out<'k> {
     units: Vec<(u32, &'k Unit<'k>)>,
     files: Vec<(u32, &'k KeptFile)>,
     roots: Vec<(u32, &'k Option<Vec<String>>)>,
+    walked: Option<&'k [Walked]>,
 }
 
 pub(super) fn delta_of(path: &Path) -> PathBuf {
@@ -82,7 +86,8 @@ impl<'a> Kept<'a> {
                 .all(|(i, _)| (*i as usize) < self.files.len())
             && d.roots
                 .iter()
-                .all(|(i, _)| (*i as usize) < self.roots.len());
+                .all(|(i, _)| (*i as usize) < self.roots.len())
+            && (d.walked.as_ref()).is_none_or(|w| w.len() == self.walked.len());
         if !fits {
             return;
         }
@@ -106,13 +111,19 @@ impl<'a> Kept<'a> {
             self.roots[i as usize].tags = tags;
             self.touched.roots.insert(i);
         }
+        if let Some(walked) = d.walked {
+            self.walked = walked;
+            self.touched.walked = true;
+        }
     }
 
     /// Writes what changed: the delta beside the graph's file at `path`, or the whole graph (and no
     /// delta) when the delta would pass a quarter of it or no file was read.
     pub(super) fn save(&self, path: &Path, file_len: usize) {
         let t = &self.touched;
-        let delta_len = t.digests.len() * 80 + t.nodes.len() * 256 + t.units.len() * 160;
+        let walked = (self.walked.iter()).map(|w| w.entered.len() * 80 + w.files.len() * 64);
+        let walked = if t.walked { walked.sum() } else { 0 };
+        let delta_len = t.digests.len() * 80 + t.nodes.len() * 256 + t.units.len() * 160 + walked;
         let Some(base) = self.crc.filter(|_| delta_len < file_len / 4) else {
             self.write(path);
             let _ = std::fs::remove_file(delta_of(path));
@@ -143,6 +154,7 @@ impl<'a> Kept<'a> {
                 .iter()
                 .map(|&i| (i, &self.roots[i as usize].tags))
                 .collect(),
+            walked: t.walked.then_some(&self.walked[..]),
         };
         write_checked(&delta_of(path), &out);
     }

@@ -141,10 +141,15 @@ pub(super) fn path_of(cache: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The stat data of `path` when it is old enough to vouch for what it holds.
-pub(super) fn settled(path: &Path) -> Option<Stat> {
-    let stat = Stat::of(&std::fs::metadata(path).ok()?);
-    (stat.newest() + RACY_SECS < crate::inputs::epoch_secs()).then_some(stat)
+/// The stat data of `path`.
+pub(super) fn stat(path: &Path) -> Option<Stat> {
+    std::fs::metadata(path).ok().map(|m| Stat::of(&m))
+}
+
+/// `stat` when it vouches for what was read since `started` (the run's start, in seconds): the file
+/// was last changed well before, so not after it was read.
+pub(super) fn settled(stat: Option<Stat>, started: i64) -> Option<Stat> {
+    stat.filter(|s| s.newest() + RACY_SECS < started)
 }
 
 impl<'a> Kept<'a> {
@@ -184,6 +189,7 @@ impl<'a> Kept<'a> {
     /// The graph a full run made, with what its trace says of each unit; `None` when a unit used one
     /// the trace does not hold.
     pub(super) fn make(
+        started: i64,
         key: &'a Digest,
         dag: &'a Dag,
         traced: &'a crate::Traced,
@@ -193,17 +199,14 @@ impl<'a> Kept<'a> {
         let trace = &traced.trace;
         let files = traced.modules.iter().map(|m| KeptFile {
             module: m.clone(),
-            stat: settled(&m.path),
+            stat: settled(stat(&m.path), started),
         });
-        let walked = traced.walked.iter().map(|(dir, files, entered)| {
-            let settled = |s: &Stat| s.newest() + RACY_SECS < crate::inputs::epoch_secs();
-            Walked {
-                dir: dir.clone(),
-                files: files.clone(),
-                entered: (entered.iter())
-                    .map(|(d, s)| (d.clone(), s.filter(settled)))
-                    .collect(),
-            }
+        let walked = traced.walked.iter().map(|(dir, files, entered)| Walked {
+            dir: dir.clone(),
+            files: files.clone(),
+            entered: (entered.iter())
+                .map(|(d, s)| (d.clone(), settled(*s, started)))
+                .collect(),
         });
         let mut nodes: Vec<Node<'a>> = (dag.dag.node_indices().zip(ops))
             .map(|(n, op)| {

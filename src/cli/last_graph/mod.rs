@@ -47,6 +47,7 @@ pub(super) fn key(root: &Path, cwd: &Path, labels: &[String], opts: &EvalOptions
 /// Keeps the graph a full run compiled (one whose evaluation replayed units, noted nothing and
 /// recorded every unit: `compile` traces only those).
 pub(super) fn keep(
+    started: i64,
     cache: &Path,
     key: &Digest,
     dag: &Dag,
@@ -54,7 +55,7 @@ pub(super) fn keep(
     (index_of, ops): (&[Option<NodeIndex>], &[crate::digest::Midstate]),
 ) {
     forget(cache);
-    if let Some(kept) = Kept::make(key, dag, traced, index_of, ops) {
+    if let Some(kept) = Kept::make(started, key, dag, traced, index_of, ops) {
         kept.write(&kept::path_of(cache));
     }
 }
@@ -68,6 +69,8 @@ pub(super) fn forget(cache: &Path) {
 
 /// What a run compiling `labels` asks of the kept graph.
 pub(super) struct Ask<'a> {
+    /// When the run started, in seconds (see `kept::settled`).
+    pub(super) started: i64,
     pub(super) cache: &'a Path,
     pub(super) key: Digest,
     pub(super) root: &'a Path,
@@ -100,7 +103,7 @@ pub(super) fn reuse(ask: &Ask<'_>, show: &mut dyn FnMut(&str)) -> bool {
     // The evaluation cache is read on a thread of its own from here, while the kept graph is checked.
     let session = Session::new(Some(ask.root.to_path_buf()));
     let mut session = session.with_cache_for_few(ask.cache.to_path_buf());
-    match brought_up_to_date(&mut kept, &mut session, ask.opts) {
+    match brought_up_to_date(&mut kept, &mut session, ask) {
         Ok(changed) => {
             let (replayed, evaluated) = session.stats;
             note(format!(
@@ -126,31 +129,40 @@ pub(super) fn reuse(ask: &Ask<'_>, show: &mut dyn FnMut(&str)) -> bool {
 fn brought_up_to_date(
     kept: &mut Kept<'_>,
     session: &mut Session,
-    opts: &EvalOptions,
+    ask: &Ask<'_>,
 ) -> Result<bool, Why> {
-    let walked = kept.walked.iter().all(|w| {
-        let same =
-            |(d, s): &(std::path::PathBuf, Option<Stat>)| s.is_some() && kept::settled(d) == *s;
-        w.entered.iter().all(same)
-            || session.build_files_under(&w.dir).ok().as_ref() == Some(&w.files)
-    });
-    if !walked {
-        return Err("a package was added or removed");
+    for w in &mut kept.walked {
+        let same = |(d, s): &(std::path::PathBuf, Option<Stat>)| s.is_some() && kept::stat(d) == *s;
+        if w.entered.iter().all(same) {
+            continue;
+        }
+        // A directory changed (an editor's save by rename changes its package's): walked again.
+        let (files, entered) = session.walk_dirs(&w.dir).map_err(|_| "a walk failed")?;
+        if files != w.files {
+            return Err("a package was added or removed");
+        }
+        let entered = entered
+            .into_iter()
+            .map(|(d, s)| (d, kept::settled(s, ask.started)));
+        w.entered = entered.collect();
+        kept.touched.walked = true;
     }
-    let (changed, touched) = changed_files(kept).ok_or("a module's file cannot be read")?;
+    let (changed, touched) =
+        changed_files(kept, ask.started).ok_or("a module's file cannot be read")?;
     if !changed.is_empty() {
-        redo::redo(kept, session, opts, &changed)?;
+        redo::redo(kept, session, ask.opts, &changed)?;
     }
-    Ok(touched)
+    Ok(touched || kept.touched.walked)
 }
 
 /// The modules whose text changed (by file name), and whether any file's kept stat data did (then
 /// brought up to date).
-fn changed_files(kept: &mut Kept<'_>) -> Option<(BTreeSet<String>, bool)> {
+fn changed_files(kept: &mut Kept<'_>, started: i64) -> Option<(BTreeSet<String>, bool)> {
     let mut changed = BTreeSet::new();
     let mut touched = false;
     for (i, f) in kept.files.iter_mut().enumerate() {
-        let stat = std::fs::metadata(&f.module.path).ok().map(|s| Stat::of(&s));
+        // Taken before the file is read: a change after it is one the next run sees.
+        let stat = kept::stat(&f.module.path);
         if f.stat.is_some() && stat == f.stat {
             continue;
         }
@@ -161,7 +173,7 @@ fn changed_files(kept: &mut Kept<'_>) -> Option<(BTreeSet<String>, bool)> {
             changed.insert(f.module.name.clone());
             f.module.digest = digest;
         }
-        f.stat = kept::settled(&f.module.path);
+        f.stat = kept::settled(stat, started);
     }
     Some((changed, touched))
 }
