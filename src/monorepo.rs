@@ -71,7 +71,9 @@ pub(crate) fn expand_labels(
             // Canonical, so everything the walk finds below it is too: the walk follows no links.
             let base = std::fs::canonicalize(root.join(rel)).unwrap_or_else(|_| root.join(rel));
             let (walked, entered) = session.walk_dirs(&base).unwrap_or_default();
-            session.walked.push((base.clone(), walked.clone(), entered));
+            if session.trace {
+                session.walked.push((base.clone(), walked.clone(), entered));
+            }
             let found = package_dirs(walked);
             if found.is_empty() {
                 return Err(Diagnostic::input(format!("no packages under `{input}`"))

@@ -483,6 +483,7 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
         Mode::Build(pulls) => pulls.store_root().to_path_buf(),
         Mode::Lenient => crate::store::Store::default_root(),
     };
+    let cache = crate::load::EvalCache::path_in(&store, &root);
     let compiled = crate::compile(
         crate::Source::Labels {
             root: &root,
@@ -490,8 +491,10 @@ fn compile_labels(args: &CompileArgs, cl: &CommandLine, mode: &Mode) -> Result<C
             labels: &args.inputs,
             params: &opts.params,
             notes: &mut notes,
-            eval_cache: Some(crate::load::EvalCache::path_in(&store, &root)),
-            trace: mode.lenient(),
+            eval_cache: Some(cache.clone()),
+            // For `kiln graph` to keep its graph, which it does only when the evaluation cache had
+            // something to replay: a cold run (no cache file yet) spends no memory on a trace.
+            trace: mode.lenient() && cache.exists(),
         },
         &opts.lower,
     );
