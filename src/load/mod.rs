@@ -21,4 +21,4 @@ pub use dockerfile::read_dockerfile;
 pub use evalcache::{EvalCache, FileSummary, kiln_identity};
 pub(crate) use git::GitRepo;
 pub use image::{Pulls, image_env, open_store};
-pub(crate) use walk::{Entered, build_files_under};
+pub(crate) use walk::{Entered, build_files_under, listing_sum};

@@ -17,8 +17,9 @@ pub(crate) fn build_files_under(dir: &Path, cache: Option<&mut EvalCache>) -> Re
     walk_dirs(dir, cache).map(|(files, _)| files)
 }
 
-/// The directories a walk entered, each with its stat data when it was taken (with a cache).
-pub(crate) type Entered = Vec<(PathBuf, Option<Stat>)>;
+/// The directories a walk entered, each with its stat data when it was taken (with a cache) and
+/// the CRC-32 of its listing (`listing_sum`).
+pub(crate) type Entered = Vec<(PathBuf, Option<Stat>, u32)>;
 
 /// `build_files_under`, with the directories the walk entered.
 pub(crate) fn walk_dirs(
@@ -69,7 +70,6 @@ impl Walk<'_> {
         } else {
             None
         };
-        self.entered.push((dir.to_path_buf(), stat));
         let kept = (self.cache.as_deref()).zip(stat.as_ref());
         let listing = match kept.and_then(|(c, stat)| c.listing(dir, stat)) {
             Some(listing) => listing,
@@ -83,6 +83,7 @@ impl Walk<'_> {
                 listing
             }
         };
+        self.entered.push((dir.to_path_buf(), stat, sum(&listing)));
         for (name, is_dir) in listing {
             let path = dir.join(name);
             if is_dir {
@@ -93,6 +94,21 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// The CRC-32 of what a walk takes from `dir` (its subdirectories and `.build` files), which changes
+/// when a package could have been added or removed there.
+pub(crate) fn listing_sum(dir: &Path) -> std::io::Result<u32> {
+    list(dir).map(|l| sum(&l))
+}
+
+fn sum(listing: &Listing) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (name, is_dir) in listing {
+        h.update(name.as_encoded_bytes());
+        h.update(&[0, u8::from(*is_dir)]);
+    }
+    h.finalize()
 }
 
 fn list(dir: &Path) -> std::io::Result<Listing> {

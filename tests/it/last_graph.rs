@@ -243,3 +243,30 @@ fn a_torn_or_foreign_last_graph_is_not_used() {
     assert_eq!(reused(&out), Err(foreign.into()), "{}", out.stderr);
     assert_eq!(shown(&out), cold(dir, &args));
 }
+
+/// A directory a package names that went away is the error a cold run reports, though no module
+/// changed; back in place, the last graph is used again.
+#[test]
+fn a_directory_a_package_names_is_checked_though_no_module_changed() {
+    let repo_dir = chain(20);
+    let dir = repo_dir.path();
+    let store = tempdir("store-");
+    warmed(dir, store.path(), &["//..."]);
+    let run = |store: &Path| {
+        let out = Kiln::graph()
+            .current_dir(dir)
+            .env("KILN_STORE", store)
+            .arg("//...")
+            .run();
+        out.expect_code(2);
+        out.stderr
+    };
+    std::fs::rename(dir.join("pkg/p2/src"), dir.join("pkg/p2/moved")).unwrap();
+    let warm = run(store.path());
+    assert!(warm.contains("is not a directory"), "{warm}");
+    assert_eq!(warm, run(tempdir("cold-store-").path()));
+    std::fs::rename(dir.join("pkg/p2/moved"), dir.join("pkg/p2/src")).unwrap();
+    let out = graph(dir, store.path(), &["//..."]);
+    assert_eq!(reused(&out), Ok(()), "{}", out.stderr);
+    assert_eq!(shown(&out), cold(dir, &["//..."]));
+}

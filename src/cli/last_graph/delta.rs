@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::kept::{Kept, KeptFile, Node, Unit, Walked};
+use super::kept::{Kept, KeptFile, Node, Unit};
+use crate::inputs::Stat;
 
 /// The indices of what changed since the kept graph's file was written.
 #[derive(Default)]
@@ -21,8 +22,9 @@ pub(super) struct Touched {
     pub(super) units: BTreeSet<u32>,
     pub(super) files: BTreeSet<u32>,
     pub(super) roots: BTreeSet<u32>,
-    /// The walks' directories' stat data.
-    pub(super) walked: bool,
+    /// The walks' directories whose stat data changed (walk, directory), and the directory checks.
+    pub(super) entered: BTreeSet<(u32, u32)>,
+    pub(super) dirs: bool,
 }
 
 /// The delta as read, borrowing the file's bytes.
@@ -37,7 +39,8 @@ struct Delta<'a> {
     units: Vec<(u32, Unit<'a>)>,
     files: Vec<(u32, KeptFile)>,
     roots: Vec<(u32, Option<Vec<String>>)>,
-    walked: Option<Vec<Walked>>,
+    entered: Vec<(u32, u32, Option<Stat>)>,
+    dirs: Option<Vec<(PathBuf, bool)>>,
 }
 
 /// The delta as written, borrowing the kept graph (the same layout as `Delta`).
@@ -49,7 +52,8 @@ struct Out<'k> {
     units: Vec<(u32, &'k Unit<'k>)>,
     files: Vec<(u32, &'k KeptFile)>,
     roots: Vec<(u32, &'k Option<Vec<String>>)>,
-    walked: Option<&'k [Walked]>,
+    entered: Vec<(u32, u32, Option<Stat>)>,
+    dirs: Option<&'k [(PathBuf, bool)]>,
 }
 
 pub(super) fn delta_of(path: &Path) -> PathBuf {
@@ -87,7 +91,9 @@ impl<'a> Kept<'a> {
             && d.roots
                 .iter()
                 .all(|(i, _)| (*i as usize) < self.roots.len())
-            && (d.walked.as_ref()).is_none_or(|w| w.len() == self.walked.len());
+            && d.entered.iter().all(|&(i, j, _)| {
+                (self.walked.get(i as usize)).is_some_and(|w| (j as usize) < w.entered.len())
+            });
         if !fits {
             return;
         }
@@ -111,9 +117,13 @@ impl<'a> Kept<'a> {
             self.roots[i as usize].tags = tags;
             self.touched.roots.insert(i);
         }
-        if let Some(walked) = d.walked {
-            self.walked = walked;
-            self.touched.walked = true;
+        for (i, j, stat) in d.entered {
+            self.walked[i as usize].entered[j as usize].1 = stat;
+            self.touched.entered.insert((i, j));
+        }
+        if let Some(dirs) = d.dirs {
+            self.dirs = dirs;
+            self.touched.dirs = true;
         }
     }
 
@@ -121,8 +131,7 @@ impl<'a> Kept<'a> {
     /// delta) when the delta would pass a quarter of it or no file was read.
     pub(super) fn save(&self, path: &Path, file_len: usize) {
         let t = &self.touched;
-        let walked = (self.walked.iter()).map(|w| w.entered.len() * 80 + w.files.len() * 64);
-        let walked = if t.walked { walked.sum() } else { 0 };
+        let walked = t.entered.len() * 64 + if t.dirs { self.dirs.len() * 64 } else { 0 };
         let delta_len = t.digests.len() * 80 + t.nodes.len() * 256 + t.units.len() * 160 + walked;
         let Some(base) = self.crc.filter(|_| delta_len < file_len / 4) else {
             self.write(path);
@@ -154,7 +163,10 @@ impl<'a> Kept<'a> {
                 .iter()
                 .map(|&i| (i, &self.roots[i as usize].tags))
                 .collect(),
-            walked: t.walked.then_some(&self.walked[..]),
+            entered: (t.entered.iter())
+                .map(|&(i, j)| (i, j, self.walked[i as usize].entered[j as usize].1))
+                .collect(),
+            dirs: t.dirs.then_some(&self.dirs[..]),
         };
         write_checked(&delta_of(path), &out);
     }

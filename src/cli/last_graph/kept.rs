@@ -32,6 +32,8 @@ pub(super) struct Kept<'a> {
     pub(super) key: Cow<'a, str>,
     pub(super) files: Vec<KeptFile>,
     pub(super) walked: Vec<Walked>,
+    /// The directories evaluation checked (`context(...)`), and whether each was one.
+    pub(super) dirs: Vec<(PathBuf, bool)>,
     #[serde(borrow)]
     pub(super) units: Vec<Unit<'a>>,
     #[serde(borrow)]
@@ -55,12 +57,12 @@ pub(super) struct KeptFile {
 }
 
 /// A `//dir/...` pattern's walk: its directory, the `.build` files found, and the directories entered
-/// with their stat data (none when too young to vouch for the listing).
+/// with their stat data (none when too young to vouch for the listing) and their listings' CRC-32.
 #[derive(Serialize, Deserialize)]
 pub(super) struct Walked {
     pub(super) dir: PathBuf,
     pub(super) files: Vec<PathBuf>,
-    pub(super) entered: Vec<(PathBuf, Option<Stat>)>,
+    pub(super) entered: Vec<(PathBuf, Option<Stat>, u32)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -205,7 +207,7 @@ impl<'a> Kept<'a> {
             dir: dir.clone(),
             files: files.clone(),
             entered: (entered.iter())
-                .map(|(d, s)| (d.clone(), settled(*s, started)))
+                .map(|(d, s, sum)| (d.clone(), settled(*s, started), *sum))
                 .collect(),
         });
         let mut nodes: Vec<Node<'a>> = (dag.dag.node_indices().zip(ops))
@@ -244,6 +246,7 @@ impl<'a> Kept<'a> {
             key: Cow::Borrowed(key.as_str()),
             files: files.collect(),
             walked: walked.collect(),
+            dirs: checked(trace.dirs.clone()),
             units,
             nodes,
             order,
@@ -252,6 +255,13 @@ impl<'a> Kept<'a> {
             touched: Touched::default(),
         })
     }
+}
+
+/// Directory checks, each once.
+pub(super) fn checked(mut dirs: Vec<(PathBuf, bool)>) -> Vec<(PathBuf, bool)> {
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// The trace's units as kept, and the unit and slot of each program node a unit made.

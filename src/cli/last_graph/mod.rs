@@ -1,9 +1,10 @@
 //! `kiln graph` of monorepo labels after an edit, without evaluating or hashing what the edit cannot
 //! reach. A run that compiled the whole graph keeps it beside the evaluation cache (`<cache>.graph`,
-//! `kept.rs`): every node with its digest, op encoding, inputs and text; every unit (a global of a
-//! module) with its fingerprint, the graph nodes it made by slot and the units it used; the modules'
-//! files and the directories the package walk entered, with their stat data. The next run checks
-//! those; when only some files changed, it evaluates the units of the changed modules (and of the
+//! `kept.rs`): every node with its digest, its digest's state after its op, inputs and text; every
+//! unit (a global of a module) with its fingerprint, the graph nodes it made by slot and the units it
+//! used; the modules' files and the directories the package walk entered, with their stat data, and
+//! the directories evaluation checked. The next run checks those; when only some module files
+//! changed, it evaluates the units of the changed modules (and of the
 //! modules importing them) through the evaluation cache, then the units that used a unit whose
 //! fingerprint changed, and so on (early cut-off), maps what they made onto the kept nodes, hashes
 //! again only the nodes downstream of a changed op, and prints the graph as a full run would
@@ -25,7 +26,6 @@ use petgraph::stable_graph::NodeIndex;
 
 use crate::digest::{Digest, Encoder};
 use crate::graph::Dag;
-use crate::inputs::Stat;
 use crate::load::{EvalOptions, Session};
 use kept::Kept;
 
@@ -131,28 +131,32 @@ fn brought_up_to_date(
     session: &mut Session,
     ask: &Ask<'_>,
 ) -> Result<bool, Why> {
-    for w in &mut kept.walked {
-        let same = |(d, s): &(std::path::PathBuf, Option<Stat>)| s.is_some() && kept::stat(d) == *s;
-        if w.entered.iter().all(same) {
-            continue;
+    for (i, w) in kept.walked.iter_mut().enumerate() {
+        for (j, (dir, kept_stat, sum)) in w.entered.iter_mut().enumerate() {
+            let stat = kept::stat(dir);
+            if kept_stat.is_some() && stat == *kept_stat {
+                continue;
+            }
+            // Changed (an editor's save by rename changes its package's): listed again, and the
+            // same subdirectories and `.build` files are the same packages.
+            let added = "a package was added or removed";
+            if crate::load::listing_sum(dir).map_err(|_| added)? != *sum {
+                return Err(added);
+            }
+            *kept_stat = kept::settled(stat, ask.started);
+            kept.touched.entered.insert((i as u32, j as u32));
         }
-        // A directory changed (an editor's save by rename changes its package's): walked again.
-        let (files, entered) = session.walk_dirs(&w.dir).map_err(|_| "a walk failed")?;
-        if files != w.files {
-            return Err("a package was added or removed");
-        }
-        let entered = entered
-            .into_iter()
-            .map(|(d, s)| (d, kept::settled(s, ask.started)));
-        w.entered = entered.collect();
-        kept.touched.walked = true;
+    }
+    // Replayed units check again the directories they checked; those not replayed, here.
+    if kept.dirs.iter().any(|(d, is)| d.is_dir() != *is) {
+        return Err("a directory a package names was added or removed");
     }
     let (changed, touched) =
         changed_files(kept, ask.started).ok_or("a module's file cannot be read")?;
     if !changed.is_empty() {
         redo::redo(kept, session, ask.opts, &changed)?;
     }
-    Ok(touched || kept.touched.walked)
+    Ok(touched || !kept.touched.entered.is_empty() || kept.touched.dirs)
 }
 
 /// The modules whose text changed (by file name), and whether any file's kept stat data did (then

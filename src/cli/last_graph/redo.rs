@@ -44,6 +44,12 @@ pub(super) fn redo(
         return Err("a target declares its platforms");
     }
     let ops = splice(kept, &program, &trace)?;
+    // What the units evaluated again checked, for the next run to check.
+    let dirs = super::kept::checked([&kept.dirs[..], &trace.dirs[..]].concat());
+    if dirs != kept.dirs {
+        kept.dirs = dirs;
+        kept.touched.dirs = true;
+    }
     rehash(kept, &ops)?;
     for m in session.module_files() {
         let i = (kept.files.iter()).position(|f| f.module.name == m.name);

@@ -154,6 +154,9 @@ pub struct Trace {
     pub leaf_key: HashMap<NodeId, String>,
     /// Units that could not be recorded: their fingerprints differ from run to run.
     pub uncached: u64,
+    /// Every directory check evaluation made or a replay checked again: the path, and whether it was
+    /// a directory.
+    pub dirs: Vec<(std::path::PathBuf, bool)>,
 }
 
 /// A unit of a traced run: its module's file name, its name, its fingerprint, the nodes it made or
@@ -195,6 +198,8 @@ pub(super) struct Units {
     uncached: u64,
     /// The units finished so far, when the run is traced.
     pub(super) traced: Option<Vec<Finished>>,
+    /// The directory checks so far, when the run is traced (`Trace::dirs`).
+    dirs: Vec<(std::path::PathBuf, bool)>,
 }
 
 impl Units {
@@ -217,6 +222,7 @@ impl Units {
             units: self.traced.take().unwrap_or_default(),
             leaf_key: std::mem::take(&mut self.leaf_key),
             uncached: self.uncached,
+            dirs: std::mem::take(&mut self.dirs),
         }
     }
 }
@@ -315,6 +321,9 @@ impl Evaluator<'_> {
     }
 
     pub(super) fn record_is_dir(&mut self, path: &std::path::Path, is: bool) {
+        if self.units.traced.is_some() {
+            self.units.dirs.push((path.to_path_buf(), is));
+        }
         if let Some(r) = self.units.recording.last_mut() {
             r.events.push(Raw::IsDir(path.to_path_buf(), is));
         }
@@ -589,6 +598,10 @@ impl Evaluator<'_> {
                     Ok(())
                 }
                 Event::IsDir { path, is } => match self.loader.is_dir(&path) == is {
+                    true if self.units.traced.is_some() => {
+                        self.units.dirs.push((path, is));
+                        Ok(())
+                    }
                     true => Ok(()),
                     false => Err(Stale),
                 },
