@@ -187,9 +187,11 @@ fn splice(kept: &mut Kept<'_>, program: &Program, trace: &Trace) -> Result<Vec<u
     }
     let mut ops = Vec::new();
     for (p, u, s) in made {
-        let d = to_graph[p]
-            .filter(|&d| d != OUTSIDE)
-            .ok_or("a node no root needs")?;
+        // A node no root needs is in no graph, and one that now needs it has an input the kept
+        // graph does not know.
+        let Some(d) = to_graph[p].filter(|&d| d != OUTSIDE) else {
+            continue;
+        };
         let k = &kept.nodes[d as usize];
         let named = k.first == Some((u, s)) || k.merged == 1;
         apply(kept, (&program.nodes[p], d), &to_graph, named, &mut ops)?;
