@@ -5,18 +5,9 @@
 
 use std::path::Path;
 
-use crate::support::{Kiln, Output, copy_dir, repo, tempdir};
-
-fn graph(dir: &Path, store: &Path, args: &[&str]) -> Output {
-    let out = Kiln::graph()
-        .current_dir(dir)
-        .env("KILN_STORE", store)
-        .env("KILN_EVAL_STATS", "1")
-        .args(args)
-        .run();
-    out.success();
-    out
-}
+use crate::support::{
+    Output, chain, copy_dir, graph_refused, graph_with_stats as graph, repo, tempdir,
+};
 
 /// What a run with an empty cache prints.
 fn cold(dir: &Path, args: &[&str]) -> Output {
@@ -46,20 +37,6 @@ fn shown(out: &Output) -> (String, String) {
         .map(|l| format!("{l}\n"))
         .collect();
     (out.stdout.clone(), stderr)
-}
-
-/// A chain of packages as `bench/gen-monorepo.py` writes them: each builds on the one before.
-fn chain(targets: usize) -> tempfile::TempDir {
-    let dir = tempdir("chain-");
-    let status = std::process::Command::new("python3")
-        .arg(repo().join("bench/gen-monorepo.py"))
-        .arg(dir.path())
-        .arg(targets.to_string())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("python3");
-    assert!(status.success());
-    dir
 }
 
 /// Rewrites the file at `path` through `f`.
@@ -150,15 +127,7 @@ fn what_evaluation_read_is_checked_before_a_record_is_replayed() {
     assert_ne!(with_param.stdout, plain.stdout);
 
     std::fs::rename(dir.join("pkg/p2/src"), dir.join("pkg/p2/moved")).unwrap();
-    let run = |store: &Path| {
-        let out = Kiln::graph()
-            .current_dir(dir)
-            .env("KILN_STORE", store)
-            .arg("//...")
-            .run();
-        out.expect_code(2);
-        out.stderr
-    };
+    let run = |store: &Path| graph_refused(dir, store, &["//..."]);
     let warm = run(store.path());
     assert!(warm.contains("is not a directory"), "{warm}");
     assert_eq!(warm, run(tempdir("cold-store-").path()));

@@ -6,18 +6,7 @@
 
 use std::path::Path;
 
-use crate::support::{Kiln, Output, repo, tempdir};
-
-fn graph(dir: &Path, store: &Path, args: &[&str]) -> Output {
-    let out = Kiln::graph()
-        .current_dir(dir)
-        .env("KILN_STORE", store)
-        .env("KILN_EVAL_STATS", "1")
-        .args(args)
-        .run();
-    out.success();
-    out
-}
+use crate::support::{Output, chain, graph_refused, graph_with_stats as graph, tempdir};
 
 /// What a run on an empty store prints (stdout and stderr, the statistics left out).
 fn cold(dir: &Path, args: &[&str]) -> (String, String) {
@@ -52,20 +41,6 @@ fn evaluated(out: &Output) -> usize {
         .filter_map(|n| n.parse().ok())
         .collect();
     numbers[1]
-}
-
-/// A chain of packages as `bench/gen-monorepo.py` writes them: each builds on the one before.
-fn chain(targets: usize) -> tempfile::TempDir {
-    let dir = tempdir("chain-");
-    let status = std::process::Command::new("python3")
-        .arg(repo().join("bench/gen-monorepo.py"))
-        .arg(dir.path())
-        .arg(targets.to_string())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("python3");
-    assert!(status.success());
-    dir
 }
 
 fn edit(dir: &Path, rel: &str, from: &str, to: &str) {
@@ -252,15 +227,7 @@ fn a_directory_a_package_names_is_checked_though_no_module_changed() {
     let dir = repo_dir.path();
     let store = tempdir("store-");
     warmed(dir, store.path(), &["//..."]);
-    let run = |store: &Path| {
-        let out = Kiln::graph()
-            .current_dir(dir)
-            .env("KILN_STORE", store)
-            .arg("//...")
-            .run();
-        out.expect_code(2);
-        out.stderr
-    };
+    let run = |store: &Path| graph_refused(dir, store, &["//..."]);
     std::fs::rename(dir.join("pkg/p2/src"), dir.join("pkg/p2/moved")).unwrap();
     let warm = run(store.path());
     assert!(warm.contains("is not a directory"), "{warm}");

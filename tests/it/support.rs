@@ -303,6 +303,45 @@ pub(crate) fn write(path: &Path, contents: impl AsRef<[u8]>) {
         .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
+/// `kiln graph ARGS` in `dir` on the store `store`, with `KILN_EVAL_STATS=1` (which says what was
+/// replayed, evaluated, and whether the last graph was reused), expected to succeed.
+pub(crate) fn graph_with_stats(dir: &Path, store: &Path, args: &[&str]) -> Output {
+    let out = Kiln::graph()
+        .current_dir(dir)
+        .env("KILN_STORE", store)
+        .env("KILN_EVAL_STATS", "1")
+        .args(args)
+        .run();
+    out.success();
+    out
+}
+
+/// `kiln graph ARGS` in `dir` on the store `store`, expected to be refused as bad input (exit 2):
+/// what it said.
+pub(crate) fn graph_refused(dir: &Path, store: &Path, args: &[&str]) -> String {
+    let out = Kiln::graph()
+        .current_dir(dir)
+        .env("KILN_STORE", store)
+        .args(args)
+        .run();
+    out.expect_code(2);
+    out.stderr
+}
+
+/// A chain of packages as `bench/gen-monorepo.py` writes them: each builds on the one before.
+pub(crate) fn chain(targets: usize) -> TempDir {
+    let dir = tempdir("chain-");
+    let status = std::process::Command::new("python3")
+        .arg(repo().join("bench/gen-monorepo.py"))
+        .arg(dir.path())
+        .arg(targets.to_string())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    dir
+}
+
 /// A copy of `src` (a flat directory, like the example) in a fresh temp dir, for tests that edit it.
 pub(crate) fn copy_dir(src: &Path) -> TempDir {
     let dir = tempdir("ctx-");
