@@ -4,28 +4,12 @@
 //! the delta removed, once the delta would pass a quarter of it.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::kept::{Kept, KeptFile, Node, Unit};
+use super::kept::{Kept, KeptFile, Node, Unit, write_checked};
 use crate::inputs::Stat;
-
-/// The indices of what changed since the kept graph's file was written.
-#[derive(Default)]
-pub(super) struct Touched {
-    /// Nodes whose digest alone changed, and nodes that changed otherwise.
-    pub(super) digests: BTreeSet<u32>,
-    pub(super) nodes: BTreeSet<u32>,
-    pub(super) units: BTreeSet<u32>,
-    pub(super) files: BTreeSet<u32>,
-    pub(super) roots: BTreeSet<u32>,
-    /// The walks' directories whose stat data changed (walk, directory), and the directory checks.
-    pub(super) entered: BTreeSet<(u32, u32)>,
-    pub(super) dirs: bool,
-}
 
 /// The delta as read, borrowing the file's bytes.
 #[derive(Deserialize)]
@@ -169,21 +153,5 @@ impl<'a> Kept<'a> {
             dirs: t.dirs.then_some(&self.dirs[..]),
         };
         write_checked(&delta_of(path), &out);
-    }
-}
-
-/// Writes `value` with a CRC-32 of it at the end, through a temp file and a rename; errors are
-/// ignored (it is only a cache).
-pub(super) fn write_checked(path: &Path, value: &impl Serialize) {
-    let Ok(mut bytes) = rmp_serde::to_vec(value) else {
-        return;
-    };
-    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else {
-        return;
-    };
-    if tmp.write_all(&bytes).is_ok() {
-        let _ = tmp.persist(path);
     }
 }

@@ -4,13 +4,13 @@
 //! file is no kept graph). It is a cache: no fsync, since a lost write costs only a full run.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use petgraph::stable_graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 
-use super::delta::Touched;
 use crate::digest::{Digest, Midstate};
 use crate::graph::Dag;
 use crate::inputs::Stat;
@@ -185,7 +185,7 @@ impl<'a> Kept<'a> {
 
     /// Writes it whole to `path`.
     pub(super) fn write(&self, path: &Path) {
-        super::delta::write_checked(path, self);
+        write_checked(path, self);
     }
 
     /// The graph a full run made, with what its trace says of each unit; `None` when a unit used one
@@ -295,4 +295,34 @@ fn units<'a>(trace: &'a crate::load::Trace, index_of: &[Option<NodeIndex>]) -> O
         });
     }
     Some((units, first_of))
+}
+
+/// The indices of what changed since the kept graph's file was written.
+#[derive(Default)]
+pub(super) struct Touched {
+    /// Nodes whose digest alone changed, and nodes that changed otherwise.
+    pub(super) digests: BTreeSet<u32>,
+    pub(super) nodes: BTreeSet<u32>,
+    pub(super) units: BTreeSet<u32>,
+    pub(super) files: BTreeSet<u32>,
+    pub(super) roots: BTreeSet<u32>,
+    /// The walks' directories whose stat data changed (walk, directory), and the directory checks.
+    pub(super) entered: BTreeSet<(u32, u32)>,
+    pub(super) dirs: bool,
+}
+
+/// Writes `value` with a CRC-32 of it at the end, through a temp file and a rename; errors are
+/// ignored (it is only a cache).
+pub(super) fn write_checked(path: &Path, value: &impl Serialize) {
+    let Ok(mut bytes) = rmp_serde::to_vec(value) else {
+        return;
+    };
+    bytes.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else {
+        return;
+    };
+    if tmp.write_all(&bytes).is_ok() {
+        let _ = tmp.persist(path);
+    }
 }
