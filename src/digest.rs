@@ -38,7 +38,7 @@ impl Digest {
         &self.0["sha256:".len()..]
     }
     pub fn short(&self) -> &str {
-        &self.hex()[..12]
+        short(&self.0)
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -54,6 +54,12 @@ impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+/// The first 12 hex digits of a digest's text (`sha256:<hex>`), as a graph shows it.
+pub fn short(text: &str) -> &str {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    hex.get(..12).unwrap_or(hex)
 }
 
 /// Builds the canonical encoding. Each call appends a one-byte tag and, for variable data, a length.

@@ -247,31 +247,15 @@ impl Dag {
         let mut inputs = Vec::new();
         for n in order {
             let node = &self.dag[n];
-            let kind = node.op.kind();
-            out.push_str(node.digest.short());
-            out.push_str("  ");
-            out.push_str(kind);
-            out.extend(std::iter::repeat_n(
-                ' ',
-                8usize.saturating_sub(kind.len()).max(1),
-            ));
-            out.push_str(&node.name);
             self.inputs_into(n, &mut inputs);
-            for (i, &(_, input)) in inputs.iter().enumerate() {
-                out.push_str(if i == 0 { "  <- " } else { ", " });
-                out.push_str(self.dag[input].digest.short());
-            }
-            if let Some(at) = &node.at {
-                let _ = write!(out, "  ({at})");
-            }
-            out.push('\n');
+            let digests = inputs.iter().map(|&(_, i)| self.dag[i].digest.as_str());
+            let at = node.at.as_ref().map(|a| a as &dyn std::fmt::Display);
+            let line = (node.digest.as_str(), node.op.kind(), node.name.as_str());
+            push_node_line(&mut out, line, digests, at);
         }
         for (name, root) in &self.roots {
-            let _ = write!(out, "root {name}: {}", self.dag[*root].digest);
-            if let Some(tags) = self.tags.get(name) {
-                let _ = write!(out, "  tagged {}", tags.join(", "));
-            }
-            out.push('\n');
+            let tags = self.tags.get(name).map(Vec::as_slice);
+            push_root_line(&mut out, name, self.dag[*root].digest.as_str(), tags);
         }
         out
     }
@@ -365,6 +349,42 @@ impl Dag {
             .map(|(_, n)| format!("{}\n", self.dag[*n].digest))
             .collect()
     }
+}
+
+/// A node's line of the text view: its digest's first digits, its kind, its name, its inputs' digests
+/// (all as text) and where it is written. `kiln graph`'s reuse of its last graph writes it too.
+pub fn push_node_line<'a>(
+    out: &mut String,
+    (digest, kind, name): (&str, &str, &str),
+    inputs: impl Iterator<Item = &'a str>,
+    at: Option<&dyn std::fmt::Display>,
+) {
+    // Pieces pushed, not formatted: a monorepo's graph is tens of thousands of lines.
+    out.push_str(crate::digest::short(digest));
+    out.push_str("  ");
+    out.push_str(kind);
+    out.extend(std::iter::repeat_n(
+        ' ',
+        8usize.saturating_sub(kind.len()).max(1),
+    ));
+    out.push_str(name);
+    for (i, input) in inputs.enumerate() {
+        out.push_str(if i == 0 { "  <- " } else { ", " });
+        out.push_str(crate::digest::short(input));
+    }
+    if let Some(at) = at {
+        let _ = write!(out, "  ({at})");
+    }
+    out.push('\n');
+}
+
+/// A root's line of the text view: its name, its digest, the names it is tagged with.
+pub fn push_root_line(out: &mut String, name: &str, digest: &str, tags: Option<&[String]>) {
+    let _ = write!(out, "root {name}: {digest}");
+    if let Some(tags) = tags {
+        let _ = write!(out, "  tagged {}", tags.join(", "));
+    }
+    out.push('\n');
 }
 
 fn escape_dot(s: &str) -> String {

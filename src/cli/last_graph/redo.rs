@@ -295,46 +295,19 @@ fn rehash(kept: &mut Kept<'_>, ops: &[u32]) -> Result<(), Why> {
     }
 }
 
-/// The first 12 hex digits of a digest's text, as `Digest::short` gives them.
-fn short(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    hex.get(..12).unwrap_or(hex)
-}
-
 /// The graph as `Dag::render_text` writes it.
 pub(super) fn render(kept: &Kept<'_>) -> String {
     let mut out = String::with_capacity(kept.nodes.len() * 128);
     for &d in &kept.order {
         let node = &kept.nodes[d as usize];
-        out.push_str(short(&node.digest));
-        out.push_str("  ");
-        out.push_str(&node.kind);
-        out.extend(std::iter::repeat_n(
-            ' ',
-            8usize.saturating_sub(node.kind.len()).max(1),
-        ));
-        out.push_str(&node.name);
-        for (i, input) in ids(&node.inputs).enumerate() {
-            out.push_str(if i == 0 { "  <- " } else { ", " });
-            out.push_str(short(&kept.nodes[input as usize].digest));
-        }
-        if let Some(at) = &node.at {
-            out.push_str("  (");
-            out.push_str(at);
-            out.push(')');
-        }
-        out.push('\n');
+        let inputs = ids(&node.inputs).map(|i| kept.nodes[i as usize].digest.as_ref());
+        let at = node.at.as_ref().map(|a| a as &dyn std::fmt::Display);
+        let line = (node.digest.as_ref(), node.kind.as_ref(), node.name.as_ref());
+        crate::graph::push_node_line(&mut out, line, inputs, at);
     }
     for r in &kept.roots {
-        out.push_str("root ");
-        out.push_str(&r.name);
-        out.push_str(": ");
-        out.push_str(&kept.nodes[r.node as usize].digest);
-        if let Some(tags) = &r.tags {
-            out.push_str("  tagged ");
-            out.push_str(&tags.join(", "));
-        }
-        out.push('\n');
+        let digest = &kept.nodes[r.node as usize].digest;
+        crate::graph::push_root_line(&mut out, &r.name, digest, r.tags.as_deref());
     }
     out
 }
