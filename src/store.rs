@@ -506,9 +506,11 @@ impl Store {
             .flatten()
             .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
             .collect();
+        let named = self.named_snapshots();
         let live: std::collections::HashSet<&str> = records
             .iter()
             .flat_map(|r| r.layers.iter().map(String::as_str))
+            .chain(named.iter().map(String::as_str))
             .collect();
         for e in fs::read_dir(self.root.join("snapshots"))
             .into_iter()
@@ -836,9 +838,15 @@ impl Store {
     }
 
     pub fn layer_blob(&self, snapshot: &str) -> Option<LayerBlob> {
-        let bytes = fs::read(self.root.join("layers").join(format!("{snapshot}.json"))).ok()?;
-        let info: LayerBlob = serde_json::from_slice(&bytes).ok()?;
+        let info = self.layer_record(snapshot)?;
         self.blob_path(&info.digest).is_file().then_some(info)
+    }
+
+    /// The layer record under `key`, whether or not its blob was written (a kept image's layer is
+    /// recorded by its digests alone until it leaves the store: `NamedImage::snapshots`).
+    pub fn layer_record(&self, key: &str) -> Option<LayerBlob> {
+        let bytes = fs::read(self.root.join("layers").join(format!("{key}.json"))).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn put_layer_blob(&self, snapshot: &str, info: &LayerBlob) -> Result<()> {

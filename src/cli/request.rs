@@ -83,6 +83,7 @@ impl BuildRequest {
             force: flags.layers.force.unwrap_or(false),
             manifest_annotations,
             descriptor_annotations,
+            unwritten: false,
         };
         let store_root = cmd
             .store

@@ -1,10 +1,12 @@
 //! Images kept in the store under a name (`kiln build -t NAME` with no output). Their own layers stay
-//! uncompressed there, as docker's and podman's local stores keep theirs: nothing is compressed that may
-//! never leave the machine, and a rebuilt 170 MB layer costs its tar, not seconds of gzip. When the image
-//! leaves the store (a push, an OCI layout) those layers are compressed as the build would have
-//! compressed them for that output, so it leaves with the manifest a build with the output gives: the
-//! compressors are fed the tar in fixed blocks (`layer::compress_tar`), so a blob depends on the tar's
-//! bytes alone. A docker-archive or a daemon load takes the tars as they are.
+//! uncompressed there, and unwritten: as docker's and podman's local stores keep a layer as its
+//! directory, kiln keeps the layer's snapshot and the digest of its tar, read once (a rebuilt 170 MB
+//! layer costs reading it, not writing its tar nor seconds of gzip). When the image leaves the store its
+//! tars are written from the snapshots (`stored_image`, checked against the kept digests) and, for a
+//! push or an OCI layout, compressed as the build would have compressed them for that output, so it
+//! leaves with the manifest a build with the output gives: the compressors are fed the tar in fixed
+//! blocks (`layer::compress_tar`), so a blob depends on the tar's bytes alone. A docker-archive or a
+//! daemon load takes the tars as they are.
 
 use serde_json::Value;
 
@@ -13,20 +15,39 @@ use crate::diag::{Diagnostic, Result};
 use crate::layer::{self, Codec};
 use crate::store::{LayerBlob, Leaves, NamedImage, Store};
 
+/// An image as the store keeps it under a name.
+pub struct Kept {
+    pub image: Image,
+    /// Which of its layers leave the store compressed, and how.
+    pub leaves: Option<Leaves>,
+    /// By manifest position, the snapshot of each layer whose tar is not written (`NamedImage::snapshots`).
+    pub snapshots: Vec<Option<String>>,
+}
+
 /// The image of `layers` and `config` as the store keeps it under a name, and which of its layers leave
 /// it compressed. A base image's layers are kept as they came (a build with an output reuses them so
-/// too); with `force-compression` or an uncompressed codec asked for, every layer is as the build's
-/// settings say.
-pub fn keep(
-    store: &Store,
-    layers: &[String],
-    config: &Value,
-    settings: &Settings,
-) -> Result<(Image, Option<Leaves>)> {
+/// too); the build's own are kept as their snapshots and digests, their tars written when they leave;
+/// with `force-compression` or an uncompressed codec asked for, every layer is as the build's settings
+/// say.
+pub fn keep(store: &Store, layers: &[String], config: &Value, settings: &Settings) -> Result<Kept> {
     let Some(codec) = codec_name(settings.codec).filter(|_| !settings.force) else {
-        return Ok((build_image(store, layers, config, settings)?, None));
+        let image = build_image(store, layers, config, settings)?;
+        return Ok(Kept {
+            image,
+            leaves: None,
+            snapshots: Vec::new(),
+        });
     };
-    let image = build_image(store, layers, config, &settings.as_tars())?;
+    let image = build_image(store, layers, config, &settings.as_kept())?;
+    let snapshots: Vec<Option<String>> = (layers.iter().zip(&image.blobs))
+        .map(|(snapshot, blob)| {
+            (!store.blob_path(&blob.digest).is_file()).then(|| snapshot.clone())
+        })
+        .collect();
+    let snapshots = match snapshots.iter().any(Option::is_some) {
+        true => snapshots,
+        false => Vec::new(),
+    };
     let own: Vec<usize> = (layers.iter().zip(&image.blobs).enumerate())
         .filter(|(_, (snapshot, blob))| {
             blob.media_type == Codec::Uncompressed.media_type()
@@ -39,7 +60,11 @@ pub fn keep(
         codec: codec.to_string(),
         level: settings.level,
     });
-    Ok((image, leaves))
+    Ok(Kept {
+        image,
+        leaves,
+        snapshots,
+    })
 }
 
 /// What an output asks of a kept image's layers as it leaves the store (`-o type=oci,compression=...,

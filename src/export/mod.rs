@@ -132,6 +132,10 @@ pub struct Settings {
     /// `--annotation manifest-descriptor:KEY=VALUE`: annotations of the manifest's descriptor in an
     /// OCI layout's `index.json`.
     pub descriptor_annotations: std::collections::BTreeMap<String, String>,
+    /// The build's own uncompressed layers are recorded by their digests alone and their tars left
+    /// unwritten, to be made from their snapshots when they leave the store (an image kept under a name:
+    /// `NamedImage::snapshots`).
+    pub unwritten: bool,
 }
 
 impl Settings {
@@ -141,6 +145,14 @@ impl Settings {
             codec: layer::Codec::Uncompressed,
             level: None,
             ..self.clone()
+        }
+    }
+
+    /// `as_tars`, the tars left unwritten until they leave the store (an image kept under a name).
+    fn as_kept(&self) -> Settings {
+        Settings {
+            unwritten: true,
+            ..self.as_tars()
         }
     }
 }
@@ -344,6 +356,7 @@ pub fn named(image: &Image, name: &str, epoch: Option<i64>) -> crate::store::Nam
         tar_sizes: image.blobs.iter().map(|b| b.tar_size).collect(),
         epoch,
         leaves: None,
+        snapshots: Vec::new(),
     }
 }
 
@@ -374,16 +387,20 @@ pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<I
         let (Some(digest), Some(diff_id)) = (digest, diff_id) else {
             return Err(bad("a layer without a digest"));
         };
-        if !store.blob_path(&digest).is_file() {
-            return Err(bad(&format!("lost its layer {digest}")));
-        }
-        blobs.push(LayerBlob {
+        let blob = LayerBlob {
             diff_id,
             digest,
             size: d["size"].as_u64().unwrap_or(0),
             media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
             tar_size: named.tar_sizes.get(i).copied().flatten(),
-        });
+        };
+        if !store.blob_path(&blob.digest).is_file() {
+            match named.snapshots.get(i).cloned().flatten() {
+                Some(snapshot) => write_kept_layer(store, &snapshot, &blob, named)?,
+                None => return Err(bad(&format!("lost its layer {}", blob.digest))),
+            }
+        }
+        blobs.push(blob);
     }
     Ok(Image {
         blobs,
@@ -394,6 +411,47 @@ pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<I
         descriptor_annotations: Vec::new(),
         referrers: Vec::new(),
     })
+}
+
+/// Writes the tar of a kept image's layer that the store holds as `snapshot` alone, as the build that
+/// kept it would have written it (its `SOURCE_DATE_EPOCH`), checked against the digest it was kept with.
+fn write_kept_layer(
+    store: &Store,
+    snapshot: &str,
+    blob: &LayerBlob,
+    named: &crate::store::NamedImage,
+) -> Result<()> {
+    let lost = || {
+        Diagnostic::env(format!(
+            "the stored image {} lost its layer {}",
+            named.name, blob.digest
+        ))
+        .help("build the image again (`kiln build -t NAME ...`)")
+    };
+    let path = store.snapshot_path(snapshot);
+    if blob.media_type != layer::Codec::Uncompressed.media_type() || !path.is_dir() {
+        return Err(lost());
+    }
+    let tmp = store.temp_dir("layer-")?;
+    let out = tmp.path().join("layer.tar");
+    let file =
+        std::fs::File::create(&out).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
+    let info = layer::layer_digests(
+        &path,
+        named.epoch,
+        layer::Codec::Uncompressed,
+        std::io::BufWriter::new(file),
+    )
+    .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
+    if info.digest != blob.digest.as_str() {
+        return Err(Diagnostic::env(format!(
+            "the stored layer {} of {} is damaged: its tar's digest is {}",
+            blob.digest, named.name, info.digest
+        ))
+        .help("build the image again (`kiln build -t NAME ...`)"));
+    }
+    store.adopt_blob(&out, &blob.digest)?;
+    Ok(())
 }
 
 /// Writes `image` as an OCI layout at `dir` (a fresh directory) for a push; see `export_for_push`.
@@ -849,6 +907,12 @@ fn cached_blob(store: &Store, snapshot: &str, settings: &Settings) -> Option<Lay
         .layer_blob(snapshot)
         .filter(|b| !settings.force || b.media_type == settings.codec.media_type())
         .or_else(|| store.layer_blob(&blob_key(snapshot, settings)))
+        .or_else(|| {
+            settings
+                .unwritten
+                .then(|| store.layer_record(&blob_key(snapshot, settings)))
+                .flatten()
+        })
 }
 
 /// Makes the blob of one snapshot by streaming it through tar, SHA-256 and the compressor once.
@@ -859,6 +923,18 @@ fn make_blob(
     threads: usize,
 ) -> Result<LayerBlob> {
     let key = blob_key(snapshot, settings);
+    if settings.unwritten {
+        let info = layer::layer_digests(
+            &store.snapshot_path(snapshot),
+            settings.epoch,
+            layer::Codec::Uncompressed,
+            std::io::sink(),
+        )
+        .map_err(|e| Diagnostic::io(format!("cannot read the layer of {snapshot}"), e))?;
+        let blob = layer_blob_of(info, settings)?;
+        store.put_layer_blob(&key, &blob)?;
+        return Ok(blob);
+    }
     let tmp = store.temp_dir("layer-")?;
     let gz = tmp.path().join("layer.tar.gz");
     let file =
@@ -871,17 +947,21 @@ fn make_blob(
         std::io::BufWriter::new(file),
     )
     .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
+    let blob = layer_blob_of(info, settings)?;
+    store.adopt_blob(&gz, &blob.digest)?;
+    store.put_layer_blob(&key, &blob)?;
+    Ok(blob)
+}
+
+fn layer_blob_of(info: layer::LayerInfo, settings: &Settings) -> Result<LayerBlob> {
     let bad = |d: &str| Diagnostic::env(format!("layer writer produced a bad digest `{d}`"));
-    let blob = LayerBlob {
+    Ok(LayerBlob {
         diff_id: Digest::parse(&info.diff_id).ok_or_else(|| bad(&info.diff_id))?,
         digest: Digest::parse(&info.digest).ok_or_else(|| bad(&info.digest))?,
         size: info.size,
         media_type: settings.codec.media_type().to_string(),
         tar_size: Some(info.tar_size),
-    };
-    store.adopt_blob(&gz, &blob.digest)?;
-    store.put_layer_blob(&key, &blob)?;
-    Ok(blob)
+    })
 }
 
 /// Adds `rootfs` (every layer, empty ones included), then checks the result against the OCI config

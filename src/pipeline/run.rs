@@ -694,11 +694,12 @@ impl Build {
             if names.is_empty() {
                 continue;
             }
-            let (image, leaves) =
-                crate::export::kept::keep(store, layers, config.get(), &self.settings)?;
+            let made = crate::export::kept::keep(store, layers, config.get(), &self.settings)?;
+            let image = &made.image;
             for name in names {
-                let mut record = crate::export::named(&image, name, self.settings.epoch);
-                record.leaves = leaves.clone();
+                let mut record = crate::export::named(image, name, self.settings.epoch);
+                record.leaves = made.leaves.clone();
+                record.snapshots = made.snapshots.clone();
                 store.put_name(&record)?;
                 reporter.event(Event::Note(format!(
                     "warning: no output specified (--load, --push or -o); the image is kept in kiln's store as {name}, image ID {}: see `kiln images`, `kiln image export {name} -o ...`",

@@ -35,6 +35,12 @@ pub struct NamedImage {
     /// (`export::kept`). `None` in records of earlier kilns, whose layers were all compressed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaves: Option<Leaves>,
+    /// By manifest position, the snapshot a layer's blob is made from when it leaves the store (`None`:
+    /// the blob is in the store). A layer the build made is kept as its snapshot and its digests, as
+    /// docker's and podman's stores keep a layer as its directory: a rebuilt 170 MB layer costs reading
+    /// it once for its digest, not writing its tar. Garbage collection keeps these snapshots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Option<String>>,
 }
 
 /// How the uncompressed layers of a kept image are compressed when it leaves the store: as the build
@@ -116,6 +122,14 @@ impl Store {
     }
 
     /// The hex digests of every blob a named image needs, manifests included.
+    /// The snapshots named images' unwritten layers are made from.
+    pub(super) fn named_snapshots(&self) -> std::collections::HashSet<String> {
+        self.names()
+            .into_iter()
+            .flat_map(|n| n.snapshots.into_iter().flatten())
+            .collect()
+    }
+
     pub(super) fn named_blobs(&self) -> std::collections::HashSet<String> {
         self.names()
             .iter()
@@ -146,6 +160,7 @@ mod tests {
             size: 28,
             created: 1,
             tar_sizes: Vec::new(),
+            snapshots: Vec::new(),
             leaves: None,
             epoch: None,
         };
@@ -176,6 +191,7 @@ mod tests {
             size: 14,
             created: 1,
             tar_sizes: Vec::new(),
+            snapshots: Vec::new(),
             leaves: None,
             epoch: None,
         };

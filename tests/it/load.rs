@@ -566,6 +566,107 @@ fn a_tag_without_an_output_keeps_the_image_in_the_store() {
     );
 }
 
+/// The build's own layer of a kept image is held as its snapshot and digests: no tar is written until
+/// the image leaves the store, then the tar made from the snapshot is the one the build would have
+/// written (the digest a direct build gives); a prune keeps the snapshot while the name holds it, and a
+/// snapshot changed behind the store's back is refused, not exported under the old digest.
+#[test]
+fn a_kept_layer_is_written_only_when_it_leaves() {
+    let store = tempdir("store-");
+    let name = "kiln-kept/unwritten:1";
+    let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
+    build(store.path(), &["-t", name], &epoch).success();
+    let own = |name: &str| {
+        let kept = kept_manifest(store.path(), name);
+        let digest = kept["layers"].as_array().unwrap().last().unwrap()["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        store.path().join("blobs/sha256").join(digest)
+    };
+    assert!(!own(name).exists(), "the kept layer's tar was written");
+    Kiln::bare()
+        .args(["prune", "-f", "--keep-storage", "0", "--store"])
+        .arg(store.path())
+        .run()
+        .success();
+    let dir = tempdir("out-");
+    let export = |name: &str, dest: &Path| {
+        Kiln::bare()
+            .args(["image", "export", name, "-o"])
+            .arg(format!("type=oci,dest={}", dest.display()))
+            .arg("--store")
+            .arg(store.path())
+            .run()
+    };
+    export(name, &dir.path().join("exported")).success();
+    assert!(own(name).is_file(), "the layer left without its tar kept");
+    let direct = dir.path().join("direct");
+    let output = format!("type=oci,dest={}", direct.display());
+    build(
+        tempdir("store-").path(),
+        &["-t", name, "-o", &output],
+        &epoch,
+    )
+    .success();
+    assert_eq!(
+        skopeo_digest(&dir.path().join("exported"), name),
+        skopeo_digest(&direct, name)
+    );
+
+    // Another image, its layer's snapshot changed in the store before it leaves.
+    let other = "kiln-kept/changed:1";
+    let ctx = context(&[("Dockerfile", "FROM base\nRUN echo changed > /changed\n")]);
+    Kiln::build_in(store.path())
+        .with_base()
+        .args(["-t", other])
+        .arg(ctx.path())
+        .run()
+        .success();
+    let record = std::fs::read_dir(store.path().join("names"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.unwrap().path()).unwrap())
+                .unwrap()
+        })
+        .find(|r| r["name"] == other)
+        .unwrap();
+    let snapshot = record["snapshots"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string();
+    let snapshot = store.path().join("snapshots").join(snapshot);
+    std::fs::write(snapshot.join("changed"), "tampered\n").unwrap();
+    let refused = export(other, &dir.path().join("tampered"));
+    refused.expect_code(1);
+    assert!(
+        refused.stderr.contains("is damaged") && !own(other).exists(),
+        "{}",
+        refused.stderr
+    );
+
+    // Once no name holds it, a prune removes the snapshot.
+    Kiln::bare()
+        .args(["image", "rm", other, "--store"])
+        .arg(store.path())
+        .run()
+        .success();
+    Kiln::bare()
+        .args(["prune", "-f", "--keep-storage", "0", "--store"])
+        .arg(store.path())
+        .run()
+        .success();
+    assert!(
+        !snapshot.exists(),
+        "a snapshot no name holds outlived a prune"
+    );
+}
+
 #[test]
 fn a_kept_image_is_pushed_by_name() {
     let Some((_dir, addrs)) = start_registries("kiln image push", &[], &["open"]) else {
