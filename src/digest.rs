@@ -259,12 +259,70 @@ fn finish(mut state: [u32; 8], len: u64, tail: &[u8], rest: &[u8]) -> Digest {
 
 /// Runs SHA-256's compression over `bytes`, whole 64-byte blocks.
 fn compress(state: &mut [u32; 8], bytes: &[u8]) {
-    use sha2::digest::generic_array::GenericArray;
-    let blocks: Vec<GenericArray<u8, _>> = bytes
-        .chunks_exact(64)
-        .map(GenericArray::clone_from_slice)
-        .collect();
-    sha2::compress256(state, &blocks);
+    let (blocks, rest) = bytes.as_chunks::<64>();
+    debug_assert!(rest.is_empty(), "whole blocks only");
+    sha2_blocks::block_api::compress256(state, blocks);
+}
+
+/// SHA-256 over a stream whose state can be taken wherever the bytes so far are whole 64-byte blocks,
+/// and resumed there later: a layer tar's digest, resumed where an earlier tar sharing its first
+/// entries left off (`layer::TarIndex`).
+#[derive(Clone)]
+pub struct Resumable {
+    state: [u32; 8],
+    /// Bytes hashed so far, `tail` included.
+    len: u64,
+    /// The bytes after the last whole block (fewer than 64).
+    tail: Vec<u8>,
+}
+
+impl Default for Resumable {
+    fn default() -> Resumable {
+        Resumable::resumed(H0, 0)
+    }
+}
+
+impl Resumable {
+    /// Hashing goes on from `state`, the state after `len` bytes (a multiple of 64).
+    pub fn resumed(state: [u32; 8], len: u64) -> Resumable {
+        debug_assert!(len.is_multiple_of(64), "a state between blocks");
+        Resumable {
+            state,
+            len,
+            tail: Vec::with_capacity(64),
+        }
+    }
+
+    /// The state after the bytes so far, when they are whole blocks.
+    pub fn state(&self) -> Option<[u32; 8]> {
+        self.tail.is_empty().then_some(self.state)
+    }
+
+    /// How many bytes were hashed (from the message's start, resumed ones included).
+    pub fn hashed(&self) -> u64 {
+        self.len
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if !self.tail.is_empty() {
+            let take = (64 - self.tail.len()).min(bytes.len());
+            self.tail.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.tail.len() < 64 {
+                return;
+            }
+            compress(&mut self.state, &self.tail);
+            self.tail.clear();
+        }
+        let whole = bytes.len() / 64 * 64;
+        compress(&mut self.state, &bytes[..whole]);
+        self.tail.extend_from_slice(&bytes[whole..]);
+    }
+
+    pub fn finish(self) -> Digest {
+        finish(self.state, self.len, &self.tail, &[])
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +371,30 @@ mod tests {
                     Digest::of(&message[..end]),
                     "{split} {end}"
                 );
+            }
+        }
+    }
+
+    /// Written in pieces of every size, and resumed from the state at any block boundary, the stream
+    /// hashes as the whole message does.
+    #[test]
+    fn a_resumed_stream_hashes_as_the_whole_message() {
+        let message: Vec<u8> = (0..1000u32).map(|i| (i * 13 % 251) as u8).collect();
+        for piece in [1, 7, 63, 64, 65, 200, 1000] {
+            let mut h = Resumable::default();
+            let mut states = vec![(0, h.state().unwrap())];
+            for chunk in message.chunks(piece) {
+                h.update(chunk);
+                if let Some(state) = h.state() {
+                    states.push((h.hashed(), state));
+                }
+            }
+            assert_eq!(h.hashed(), 1000);
+            assert_eq!(h.clone().finish(), Digest::of(&message), "{piece}");
+            for (len, state) in states {
+                let mut resumed = Resumable::resumed(state, len);
+                resumed.update(&message[len as usize..]);
+                assert_eq!(resumed.finish(), Digest::of(&message), "{piece} {len}");
             }
         }
     }

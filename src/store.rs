@@ -849,6 +849,23 @@ impl Store {
         serde_json::from_slice(&bytes).ok()
     }
 
+    /// The bytes kept beside the layer record `key` (`layer::TarIndex`), if any.
+    pub fn layer_index(&self, key: &str) -> Option<Vec<u8>> {
+        fs::read(self.root.join("layers").join(format!("{key}.idx"))).ok()
+    }
+
+    /// Keeps `bytes` beside the layer record `key`: renamed into place, not synced, as what only saves
+    /// work may be lost (its reader checks it).
+    pub fn put_layer_index(&self, key: &str, bytes: &[u8]) -> Result<()> {
+        let dir = self.root.join("layers");
+        let fail = |e| Diagnostic::io("cannot keep a layer's index", e);
+        let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(fail)?;
+        std::io::Write::write_all(&mut tmp, bytes).map_err(fail)?;
+        tmp.persist(dir.join(format!("{key}.idx")))
+            .map_err(|e| fail(e.error))?;
+        Ok(())
+    }
+
     pub fn put_layer_blob(&self, snapshot: &str, info: &LayerBlob) -> Result<()> {
         let bytes = serde_json::to_vec(info).expect("layer records serialize");
         atomic_write(

@@ -101,7 +101,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             }
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
-            let kept = crate::export::stored_image(&store, &named)?;
+            let kept = crate::export::kept::stored_image(&store, &named)?;
             for (output, asked) in &parsed {
                 // An OCI layout is an image leaving the store: its layers as a build with that output
                 // compresses them. A docker-archive and a daemon take the layers' tars as they are kept.
@@ -142,7 +142,7 @@ pub(super) fn run(args: ImageArgs) -> Result<()> {
             let key = super::sign::parse_sign(&cl, sign.as_deref(), true)?;
             let store = open(&store)?;
             let named = find(&cl, &store, &name)?;
-            let image = crate::export::stored_image(&store, &named)?;
+            let image = crate::export::kept::stored_image(&store, &named)?;
             let image = crate::export::kept::leaving(&store, image, &named, Default::default())?;
             let target = new_name.as_deref().unwrap_or(&name);
             crate::registry::ImageName::parse(target).map_err(|d| {

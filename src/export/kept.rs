@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::{Image, Settings, build_image, manifest_bytes};
 use crate::diag::{Diagnostic, Result};
+use crate::digest::Digest;
 use crate::layer::{self, Codec};
 use crate::store::{LayerBlob, Leaves, NamedImage, Store};
 
@@ -29,7 +30,16 @@ pub struct Kept {
 /// too); the build's own are kept as their snapshots and digests, their tars written when they leave;
 /// with `force-compression` or an uncompressed codec asked for, every layer is as the build's settings
 /// say.
-pub fn keep(store: &Store, layers: &[String], config: &Value, settings: &Settings) -> Result<Kept> {
+///
+/// `earlier` are the snapshots of the image the name held before, by position: a layer's digest resumes
+/// from its earlier one's wherever their tars begin alike (`layer::TarIndex`).
+pub fn keep(
+    store: &Store,
+    layers: &[String],
+    config: &Value,
+    settings: &Settings,
+    earlier: &[Option<String>],
+) -> Result<Kept> {
     let Some(codec) = codec_name(settings.codec).filter(|_| !settings.force) else {
         let image = build_image(store, layers, config, settings)?;
         return Ok(Kept {
@@ -38,7 +48,9 @@ pub fn keep(store: &Store, layers: &[String], config: &Value, settings: &Setting
             snapshots: Vec::new(),
         });
     };
-    let image = build_image(store, layers, config, &settings.as_kept())?;
+    let kept = settings.as_kept();
+    digest_unwritten(store, layers, &kept, earlier)?;
+    let image = build_image(store, layers, config, &kept)?;
     let snapshots: Vec<Option<String>> = (layers.iter().zip(&image.blobs))
         .map(|(snapshot, blob)| {
             (!store.blob_path(&blob.digest).is_file()).then(|| snapshot.clone())
@@ -65,6 +77,34 @@ pub fn keep(store: &Store, layers: &[String], config: &Value, settings: &Setting
         leaves,
         snapshots,
     })
+}
+
+/// Records the digests of the layers whose tars are not in the store, hashing each without writing it
+/// (in parallel, up to `jobs`), and keeps each one's index for the next build of the name.
+fn digest_unwritten(
+    store: &Store,
+    layers: &[String],
+    settings: &Settings,
+    earlier: &[Option<String>],
+) -> Result<()> {
+    let missing: Vec<(&String, Option<&String>)> = (layers.iter().enumerate())
+        .filter(|(_, s)| super::cached_blob(store, s, settings).is_none())
+        .map(|(i, s)| (s, earlier.get(i).and_then(Option::as_ref)))
+        .collect();
+    let at_once = layer::cores(settings.jobs).min(missing.len()).max(1);
+    let done = layer::parallel_map(&missing, at_once, |(snapshot, earlier)| {
+        let index = earlier
+            .filter(|e| store.snapshot_path(e).is_dir())
+            .and_then(|e| store.layer_index(&super::blob_key(e, settings)))
+            .and_then(|bytes| layer::TarIndex::from_bytes(&bytes));
+        let path = store.snapshot_path(snapshot);
+        let (info, made) = layer::layer_digest_indexed(&path, settings.epoch, index.as_ref())
+            .map_err(|e| Diagnostic::io(format!("cannot read the layer of {snapshot}"), e))?;
+        let key = super::blob_key(snapshot, settings);
+        store.put_layer_blob(&key, &super::layer_blob_of(info, settings)?)?;
+        store.put_layer_index(&key, &made.to_bytes())
+    });
+    done.into_iter().collect()
 }
 
 /// What an output asks of a kept image's layers as it leaves the store (`-o type=oci,compression=...,
@@ -206,4 +246,98 @@ fn compressed(
     store.adopt_blob(&out, &made.digest)?;
     store.put_layer_blob(&key, &made)?;
     Ok(made)
+}
+
+/// An image kept in the store, read back from its manifest and config blobs (each checked against its
+/// digest), so it is exported with the very digest it was built with.
+pub fn stored_image(store: &Store, named: &NamedImage) -> Result<Image> {
+    let manifest = &named.manifest;
+    let manifest_bytes = store.read_blob(manifest)?;
+    let bad = |what: &str| Diagnostic::env(format!("the stored image {manifest} has {what}"));
+    let m: Value =
+        serde_json::from_slice(&manifest_bytes).map_err(|_| bad("a manifest that is not JSON"))?;
+    let config_digest = m["config"]["digest"]
+        .as_str()
+        .and_then(Digest::parse)
+        .ok_or_else(|| bad("no config digest"))?;
+    let config = store.read_blob(&config_digest)?;
+    let c: Value = serde_json::from_slice(&config).map_err(|_| bad("a config that is not JSON"))?;
+    let empty = Vec::new();
+    let descriptors = m["layers"].as_array().unwrap_or(&empty);
+    let diff_ids = c["rootfs"]["diff_ids"].as_array().unwrap_or(&empty);
+    if descriptors.len() != diff_ids.len() {
+        return Err(bad("as many diff ids as layers"));
+    }
+    let mut blobs = Vec::new();
+    for (i, (d, diff_id)) in descriptors.iter().zip(diff_ids).enumerate() {
+        let digest = d["digest"].as_str().and_then(Digest::parse);
+        let diff_id = diff_id.as_str().and_then(Digest::parse);
+        let (Some(digest), Some(diff_id)) = (digest, diff_id) else {
+            return Err(bad("a layer without a digest"));
+        };
+        let blob = LayerBlob {
+            diff_id,
+            digest,
+            size: d["size"].as_u64().unwrap_or(0),
+            media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
+            tar_size: named.tar_sizes.get(i).copied().flatten(),
+        };
+        if !store.blob_path(&blob.digest).is_file() {
+            match named.snapshots.get(i).cloned().flatten() {
+                Some(snapshot) => write_kept_layer(store, &snapshot, &blob, named)?,
+                None => return Err(bad(&format!("lost its layer {}", blob.digest))),
+            }
+        }
+        blobs.push(blob);
+    }
+    Ok(Image {
+        blobs,
+        snapshots: Vec::new(),
+        config,
+        config_digest,
+        manifest: manifest_bytes,
+        descriptor_annotations: Vec::new(),
+        referrers: Vec::new(),
+    })
+}
+
+/// Writes the tar of a kept image's layer that the store holds as `snapshot` alone, as the build that
+/// kept it would have written it (its `SOURCE_DATE_EPOCH`), checked against the digest it was kept with.
+fn write_kept_layer(
+    store: &Store,
+    snapshot: &str,
+    blob: &LayerBlob,
+    named: &NamedImage,
+) -> Result<()> {
+    let lost = || {
+        Diagnostic::env(format!(
+            "the stored image {} lost its layer {}",
+            named.name, blob.digest
+        ))
+        .help("build the image again (`kiln build -t NAME ...`)")
+    };
+    let path = store.snapshot_path(snapshot);
+    if blob.media_type != layer::Codec::Uncompressed.media_type() || !path.is_dir() {
+        return Err(lost());
+    }
+    let tmp = store.temp_dir("layer-")?;
+    let out = tmp.path().join("layer.tar");
+    let file =
+        std::fs::File::create(&out).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
+    let info = layer::layer_digests(
+        &path,
+        named.epoch,
+        layer::Codec::Uncompressed,
+        std::io::BufWriter::new(file),
+    )
+    .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
+    if info.digest != blob.digest.as_str() {
+        return Err(Diagnostic::env(format!(
+            "the stored layer {} of {} is damaged: its tar's digest is {}",
+            blob.digest, named.name, info.digest
+        ))
+        .help("build the image again (`kiln build -t NAME ...`)"));
+    }
+    store.adopt_blob(&out, &blob.digest)?;
+    Ok(())
 }

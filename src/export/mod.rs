@@ -360,100 +360,6 @@ pub fn named(image: &Image, name: &str, epoch: Option<i64>) -> crate::store::Nam
     }
 }
 
-/// An image kept in the store, read back from its manifest and config blobs (each checked against its
-/// digest), so it is exported with the very digest it was built with.
-pub fn stored_image(store: &Store, named: &crate::store::NamedImage) -> Result<Image> {
-    let manifest = &named.manifest;
-    let manifest_bytes = store.read_blob(manifest)?;
-    let bad = |what: &str| Diagnostic::env(format!("the stored image {manifest} has {what}"));
-    let m: Value =
-        serde_json::from_slice(&manifest_bytes).map_err(|_| bad("a manifest that is not JSON"))?;
-    let config_digest = m["config"]["digest"]
-        .as_str()
-        .and_then(Digest::parse)
-        .ok_or_else(|| bad("no config digest"))?;
-    let config = store.read_blob(&config_digest)?;
-    let c: Value = serde_json::from_slice(&config).map_err(|_| bad("a config that is not JSON"))?;
-    let empty = Vec::new();
-    let descriptors = m["layers"].as_array().unwrap_or(&empty);
-    let diff_ids = c["rootfs"]["diff_ids"].as_array().unwrap_or(&empty);
-    if descriptors.len() != diff_ids.len() {
-        return Err(bad("as many diff ids as layers"));
-    }
-    let mut blobs = Vec::new();
-    for (i, (d, diff_id)) in descriptors.iter().zip(diff_ids).enumerate() {
-        let digest = d["digest"].as_str().and_then(Digest::parse);
-        let diff_id = diff_id.as_str().and_then(Digest::parse);
-        let (Some(digest), Some(diff_id)) = (digest, diff_id) else {
-            return Err(bad("a layer without a digest"));
-        };
-        let blob = LayerBlob {
-            diff_id,
-            digest,
-            size: d["size"].as_u64().unwrap_or(0),
-            media_type: d["mediaType"].as_str().unwrap_or_default().to_string(),
-            tar_size: named.tar_sizes.get(i).copied().flatten(),
-        };
-        if !store.blob_path(&blob.digest).is_file() {
-            match named.snapshots.get(i).cloned().flatten() {
-                Some(snapshot) => write_kept_layer(store, &snapshot, &blob, named)?,
-                None => return Err(bad(&format!("lost its layer {}", blob.digest))),
-            }
-        }
-        blobs.push(blob);
-    }
-    Ok(Image {
-        blobs,
-        snapshots: Vec::new(),
-        config,
-        config_digest,
-        manifest: manifest_bytes,
-        descriptor_annotations: Vec::new(),
-        referrers: Vec::new(),
-    })
-}
-
-/// Writes the tar of a kept image's layer that the store holds as `snapshot` alone, as the build that
-/// kept it would have written it (its `SOURCE_DATE_EPOCH`), checked against the digest it was kept with.
-fn write_kept_layer(
-    store: &Store,
-    snapshot: &str,
-    blob: &LayerBlob,
-    named: &crate::store::NamedImage,
-) -> Result<()> {
-    let lost = || {
-        Diagnostic::env(format!(
-            "the stored image {} lost its layer {}",
-            named.name, blob.digest
-        ))
-        .help("build the image again (`kiln build -t NAME ...`)")
-    };
-    let path = store.snapshot_path(snapshot);
-    if blob.media_type != layer::Codec::Uncompressed.media_type() || !path.is_dir() {
-        return Err(lost());
-    }
-    let tmp = store.temp_dir("layer-")?;
-    let out = tmp.path().join("layer.tar");
-    let file =
-        std::fs::File::create(&out).map_err(|e| Diagnostic::io("cannot create a layer blob", e))?;
-    let info = layer::layer_digests(
-        &path,
-        named.epoch,
-        layer::Codec::Uncompressed,
-        std::io::BufWriter::new(file),
-    )
-    .map_err(|e| Diagnostic::io(format!("cannot write the layer of {snapshot}"), e))?;
-    if info.digest != blob.digest.as_str() {
-        return Err(Diagnostic::env(format!(
-            "the stored layer {} of {} is damaged: its tar's digest is {}",
-            blob.digest, named.name, info.digest
-        ))
-        .help("build the image again (`kiln build -t NAME ...`)"));
-    }
-    store.adopt_blob(&out, &blob.digest)?;
-    Ok(())
-}
-
 /// Writes `image` as an OCI layout at `dir` (a fresh directory) for a push; see `export_for_push`.
 pub fn push_layout(store: &Store, image: &Image, dir: &Path) -> Result<()> {
     let files = image_files(store, image);
@@ -923,18 +829,6 @@ fn make_blob(
     threads: usize,
 ) -> Result<LayerBlob> {
     let key = blob_key(snapshot, settings);
-    if settings.unwritten {
-        let info = layer::layer_digests(
-            &store.snapshot_path(snapshot),
-            settings.epoch,
-            layer::Codec::Uncompressed,
-            std::io::sink(),
-        )
-        .map_err(|e| Diagnostic::io(format!("cannot read the layer of {snapshot}"), e))?;
-        let blob = layer_blob_of(info, settings)?;
-        store.put_layer_blob(&key, &blob)?;
-        return Ok(blob);
-    }
     let tmp = store.temp_dir("layer-")?;
     let gz = tmp.path().join("layer.tar.gz");
     let file =
@@ -953,7 +847,7 @@ fn make_blob(
     Ok(blob)
 }
 
-fn layer_blob_of(info: layer::LayerInfo, settings: &Settings) -> Result<LayerBlob> {
+pub(super) fn layer_blob_of(info: layer::LayerInfo, settings: &Settings) -> Result<LayerBlob> {
     let bad = |d: &str| Diagnostic::env(format!("layer writer produced a bad digest `{d}`"));
     Ok(LayerBlob {
         diff_id: Digest::parse(&info.diff_id).ok_or_else(|| bad(&info.diff_id))?,

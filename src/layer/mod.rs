@@ -17,8 +17,9 @@ use std::path::Path;
 
 pub use read::{Ids, decompress, open_blob, unpack_layer};
 pub use write::{
-    Codec, LayerInfo, Part, compress_tar, cores, layer_digests, layer_digests_leveled,
-    layer_digests_threaded, parallel_map, part_digests, write_layer, write_part,
+    Codec, LayerInfo, Part, TarIndex, compress_tar, cores, layer_digest_indexed, layer_digests,
+    layer_digests_leveled, layer_digests_threaded, parallel_map, part_digests, write_layer,
+    write_part,
 };
 
 /// Every xattr under these prefixes is overlayfs bookkeeping (root mode's and rootless mode's),

@@ -694,7 +694,13 @@ impl Build {
             if names.is_empty() {
                 continue;
             }
-            let made = crate::export::kept::keep(store, layers, config.get(), &self.settings)?;
+            // A layer rebuilt for the same name is hashed from where it first differs.
+            let earlier = store
+                .named(names[0])
+                .map(|n| n.snapshots)
+                .unwrap_or_default();
+            let made =
+                crate::export::kept::keep(store, layers, config.get(), &self.settings, &earlier)?;
             let image = &made.image;
             for name in names {
                 let mut record = crate::export::named(image, name, self.settings.epoch);

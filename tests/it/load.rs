@@ -667,6 +667,44 @@ fn a_kept_layer_is_written_only_when_it_leaves() {
     );
 }
 
+/// A name rebuilt after an edit keeps the digest a fresh build gives: with `SOURCE_DATE_EPOCH` the COPY
+/// layer's tar begins as the one it replaces, and its digest resumes from that one's past the entries
+/// they share; the layer written as it leaves is checked against it.
+#[test]
+fn a_rebuilt_kept_layer_has_the_digest_a_fresh_build_gives() {
+    let store = tempdir("store-");
+    let name = "kiln-kept/rebuilt:1";
+    let epoch = [("SOURCE_DATE_EPOCH", "1700000000")];
+    let ctx = context(&[
+        ("Dockerfile", "FROM base\nCOPY . /data/\n"),
+        ("a/first", "first\n"),
+        ("z/last", "last\n"),
+    ]);
+    let build = |store: &Path, extra: &[&str]| {
+        let mut k = Kiln::build_in(store).with_base().args(["-t", name]);
+        k = k.args(extra.iter().copied()).env(epoch[0].0, epoch[0].1);
+        k.arg(ctx.path()).run().success();
+    };
+    build(store.path(), &[]);
+    let dir = tempdir("out-");
+    for (n, content) in ["edited\n", "edited again, longer\n"].iter().enumerate() {
+        write(&ctx.path().join("z/last"), content);
+        build(store.path(), &[]);
+        let exported = dir.path().join(format!("exported{n}"));
+        Kiln::bare()
+            .args(["image", "export", name, "-o"])
+            .arg(format!("type=oci,dest={}", exported.display()))
+            .arg("--store")
+            .arg(store.path())
+            .run()
+            .success();
+        let direct = dir.path().join(format!("direct{n}"));
+        let output = format!("type=oci,dest={}", direct.display());
+        build(tempdir("store-").path(), &["-o", &output]);
+        assert_eq!(skopeo_digest(&exported, name), skopeo_digest(&direct, name));
+    }
+}
+
 #[test]
 fn a_kept_image_is_pushed_by_name() {
     let Some((_dir, addrs)) = start_registries("kiln image push", &[], &["open"]) else {

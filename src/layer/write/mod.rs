@@ -20,6 +20,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
+mod index;
+
+pub use index::TarIndex;
+
 use super::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, is_opaque};
 
 /// Largest values the ustar octal fields hold; past them the value also goes into PAX.
@@ -55,13 +59,52 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
         ));
     }
     let mut walker = Walker {
-        builder: Builder::new(out),
+        builder: Builder::new(Plain(out)),
         epoch,
         links: HashMap::new(),
         part: None,
+        index: None,
     };
     walker.walk_dir(snapshot, &[])?;
-    walker.builder.into_inner()
+    Ok(walker.builder.into_inner()?.0)
+}
+
+/// The uncompressed layer tar of `snapshot`, as `write_layer` writes it, hashed but not written: its
+/// `LayerInfo` and its index. With the index of an earlier tar whose snapshot still exists, the entries
+/// both begin with are neither read nor hashed again (`index`).
+pub fn layer_digest_indexed(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    earlier: Option<&TarIndex>,
+) -> io::Result<(LayerInfo, TarIndex)> {
+    let meta = fs::symlink_metadata(snapshot)
+        .map_err(|e| annotate(e, "cannot read snapshot", snapshot))?;
+    if !meta.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("snapshot {} is not a directory", snapshot.display()),
+        ));
+    }
+    let mut walker = Walker {
+        builder: Builder::new(index::Hashing::default()),
+        epoch,
+        links: HashMap::new(),
+        part: None,
+        index: Some(index::Indexer::new(earlier)),
+    };
+    walker.walk_dir(snapshot, &[])?;
+    let indexer = walker.index.take().expect("an indexed walk");
+    let made = indexer.finish(&mut walker.builder.get_mut().0);
+    let hashed = walker.builder.into_inner()?.0;
+    let tar_size = hashed.hashed();
+    let diff_id = hashed.finish().to_string();
+    let info = LayerInfo {
+        digest: diff_id.clone(),
+        diff_id,
+        size: tar_size,
+        tar_size,
+    };
+    Ok((info, made))
 }
 
 /// Which entries of a tree one part of it holds, when a tree is split into several tars (a cache
@@ -79,13 +122,14 @@ pub struct Part<'a> {
 /// written as files, since the first name of a linked file may be in another part.
 pub fn write_part<W: Write>(tree: &Path, out: W, part: Part<'_>) -> io::Result<W> {
     let mut walker = Walker {
-        builder: Builder::new(out),
+        builder: Builder::new(Plain(out)),
         epoch: None,
         links: HashMap::new(),
         part: Some(part),
+        index: None,
     };
     walker.walk_dir(tree, &[])?;
-    walker.builder.into_inner()
+    Ok(walker.builder.into_inner()?.0)
 }
 
 /// `layer_digests` of one part of `tree`, gzip-compressed as an image layer is.
@@ -405,16 +449,56 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-struct Walker<'a, W: Write> {
-    builder: Builder<W>,
+/// Where a walk writes its tar: any writer (`Plain`), or SHA-256 whose state an indexed walk reads and
+/// sets at entry starts (`index::Hashing`).
+trait Sink: Write {
+    fn hasher(&mut self) -> Option<&mut crate::digest::Resumable> {
+        None
+    }
+}
+
+struct Plain<W>(W);
+
+impl<W: Write> Write for Plain<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl<W: Write> Sink for Plain<W> {}
+
+impl Sink for index::Hashing {
+    fn hasher(&mut self) -> Option<&mut crate::digest::Resumable> {
+        Some(&mut self.0)
+    }
+}
+
+/// What follows an entry's header: nothing, or a regular file's content, opened only to be written.
+enum Content<'p> {
+    None,
+    File(&'p Path, &'p Metadata),
+}
+
+struct Walker<'a, S: Sink> {
+    builder: Builder<S>,
     epoch: Option<i64>,
     /// (dev, ino) of multiply-linked files already written, to the archive name used.
     links: HashMap<(u64, u64), Vec<u8>>,
     /// Only this part of the tree (`write_part`); `None`: all of it.
     part: Option<Part<'a>>,
+    /// An indexed walk's (`layer_digest_indexed`) books; the sink is then `index::Hashing`.
+    index: Option<index::Indexer<'a>>,
 }
 
-impl<W: Write> Walker<'_, W> {
+impl<S: Sink> Walker<'_, S> {
     fn walk_dir(&mut self, dir: &Path, prefix: &[u8]) -> io::Result<()> {
         let mut names: Vec<OsString> = fs::read_dir(dir)
             .map_err(|e| annotate(e, "cannot list", dir))?
@@ -470,7 +554,7 @@ impl<W: Write> Walker<'_, W> {
             }
             let mut header = self.base_header(&meta, EntryType::Directory);
             let pax = self.xattr_records(path)?;
-            self.append(&mut header, &dir_name, None, pax, 0, io::empty())?;
+            self.append(&mut header, &dir_name, None, pax, Content::None)?;
             if is_opaque(path).map_err(|e| annotate(e, "cannot read xattrs of", path))? {
                 let mut marker = dir_name.clone();
                 marker.extend_from_slice(OPAQUE_MARKER);
@@ -484,7 +568,7 @@ impl<W: Write> Walker<'_, W> {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key).cloned() {
                 let mut header = self.base_header(&meta, EntryType::Link);
-                return self.append(&mut header, rel, Some(&first), Vec::new(), 0, io::empty());
+                return self.append(&mut header, rel, Some(&first), Vec::new(), Content::None);
             }
             self.links.insert(key, rel.to_vec());
         }
@@ -492,19 +576,12 @@ impl<W: Write> Walker<'_, W> {
         let pax = self.xattr_records(path)?;
         if ft.is_file() {
             let mut header = self.base_header(&meta, EntryType::Regular);
-            let size = meta.len();
-            let file = File::open(path).map_err(|e| annotate(e, "cannot open", path))?;
-            let mut reader = ExactReader {
-                inner: file.take(size),
-                remaining: size,
-                path,
-            };
-            self.append(&mut header, rel, None, pax, size, &mut reader)
+            self.append(&mut header, rel, None, pax, Content::File(path, &meta))
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(|e| annotate(e, "cannot read link", path))?;
             let mut header = self.base_header(&meta, EntryType::Symlink);
             let target = target.as_os_str().as_bytes();
-            self.append(&mut header, rel, Some(target), pax, 0, io::empty())
+            self.append(&mut header, rel, Some(target), pax, Content::None)
         } else if ft.is_char_device() || ft.is_block_device() {
             let kind = if ft.is_char_device() {
                 EntryType::Char
@@ -518,10 +595,10 @@ impl<W: Write> Walker<'_, W> {
             let minor = u32::try_from(nix::sys::stat::minor(dev)).map_err(too_big)?;
             header.set_device_major(major)?;
             header.set_device_minor(minor)?;
-            self.append(&mut header, rel, None, pax, 0, io::empty())
+            self.append(&mut header, rel, None, pax, Content::None)
         } else if ft.is_fifo() {
             let mut header = self.base_header(&meta, EntryType::Fifo);
-            self.append(&mut header, rel, None, pax, 0, io::empty())
+            self.append(&mut header, rel, None, pax, Content::None)
         } else {
             // Sockets have no tar representation and never survive a restart anyway.
             Ok(())
@@ -557,7 +634,7 @@ impl<W: Write> Walker<'_, W> {
         header.set_gid(0);
         let mtime = self.epoch.map_or(0, |e| u64::try_from(e).unwrap_or(0));
         header.set_mtime(mtime);
-        self.append(&mut header, name, None, Vec::new(), 0, io::empty())
+        self.append(&mut header, name, None, Vec::new(), Content::None)
     }
 
     fn xattr_records(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -595,9 +672,12 @@ impl<W: Write> Walker<'_, W> {
         name: &[u8],
         link: Option<&[u8]>,
         mut pax: Vec<(Vec<u8>, Vec<u8>)>,
-        size: u64,
-        data: impl Read,
+        content: Content<'_>,
     ) -> io::Result<()> {
+        let size = match content {
+            Content::File(_, meta) => meta.len(),
+            Content::None => 0,
+        };
         let mut leading = Vec::new();
         let ustar = header
             .as_ustar_mut()
@@ -630,52 +710,97 @@ impl<W: Write> Walker<'_, W> {
             }
         }
         leading.append(&mut pax);
-        if !leading.is_empty() {
-            self.append_pax(name, &leading)?;
-        }
         header.set_cksum();
-        self.builder.append(header, data)
+        let pax = match leading.is_empty() {
+            true => None,
+            false => Some(pax_entry(name, &leading)?),
+        };
+        if self.indexed_skip(header, &leading, pax.as_ref(), &content) {
+            return Ok(());
+        }
+        if let Some((pax_header, body)) = pax {
+            self.builder.append(&pax_header, body.as_slice())?;
+        }
+        let Content::File(path, _) = content else {
+            return self.builder.append(header, io::empty());
+        };
+        let file = File::open(path).map_err(|e| annotate(e, "cannot open", path))?;
+        let reader = ExactReader {
+            inner: file.take(size),
+            remaining: size,
+            path,
+        };
+        self.builder.append(header, reader)
     }
 
-    fn append_pax(&mut self, name: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
-        let mut body = Vec::new();
-        for (key, value) in records {
-            // The length prefix counts its own digits, so grow it until it fits itself.
-            let rest = key.len() + value.len() + 3;
-            let mut len = rest + 1;
-            while len.to_string().len() + rest != len {
-                len = len.to_string().len() + rest;
-            }
-            body.extend_from_slice(len.to_string().as_bytes());
-            body.push(b' ');
-            body.extend_from_slice(key);
-            body.push(b'=');
-            body.extend_from_slice(value);
-            body.push(b'\n');
-        }
-        let mut header = Header::new_ustar();
-        header.set_entry_type(EntryType::XHeader);
-        header.set_mode(0o644);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header.set_size(body.len() as u64);
-        let base = name
-            .strip_suffix(b"/")
-            .unwrap_or(name)
-            .rsplit(|&b| b == b'/')
-            .next()
-            .unwrap_or_default();
-        let mut pax_name = b"PaxHeaders/".to_vec();
-        pax_name.extend_from_slice(base);
-        pax_name.truncate(USTAR_NAME_LEN);
-        let ustar = header
-            .as_ustar_mut()
-            .ok_or_else(|| io::Error::other("ustar header expected"))?;
-        ustar.name[..pax_name.len()].copy_from_slice(&pax_name);
-        header.set_cksum();
-        self.builder.append(&header, body.as_slice())
+    /// In an indexed walk: whether the entry is skipped, the earlier tar holding it where this one
+    /// would (`index::Indexer::entry`).
+    fn indexed_skip(
+        &mut self,
+        header: &Header,
+        records: &[(Vec<u8>, Vec<u8>)],
+        pax: Option<&(Header, Vec<u8>)>,
+        content: &Content<'_>,
+    ) -> bool {
+        let Some(ix) = self.index.as_mut() else {
+            return false;
+        };
+        let Some(hasher) = self.builder.get_mut().hasher() else {
+            return false;
+        };
+        let blocks = |n: u64| 512 + n.div_ceil(512) * 512;
+        let (inode, size) = match content {
+            Content::File(_, meta) => (Some((meta.dev(), meta.ino())), meta.len()),
+            Content::None => (None, 0),
+        };
+        let len = blocks(size) + pax.map_or(0, |(_, body)| blocks(body.len() as u64));
+        ix.entry(
+            index::entry_key(header.as_bytes(), records, inode),
+            len,
+            hasher,
+        )
     }
+}
+
+/// The PAX extended header carrying `records` for the entry `name`, and its body.
+fn pax_entry(name: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> io::Result<(Header, Vec<u8>)> {
+    let mut body = Vec::new();
+    for (key, value) in records {
+        // The length prefix counts its own digits, so grow it until it fits itself.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + 1;
+        while len.to_string().len() + rest != len {
+            len = len.to_string().len() + rest;
+        }
+        body.extend_from_slice(len.to_string().as_bytes());
+        body.push(b' ');
+        body.extend_from_slice(key);
+        body.push(b'=');
+        body.extend_from_slice(value);
+        body.push(b'\n');
+    }
+    let mut header = Header::new_ustar();
+    header.set_entry_type(EntryType::XHeader);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_size(body.len() as u64);
+    let base = name
+        .strip_suffix(b"/")
+        .unwrap_or(name)
+        .rsplit(|&b| b == b'/')
+        .next()
+        .unwrap_or_default();
+    let mut pax_name = b"PaxHeaders/".to_vec();
+    pax_name.extend_from_slice(base);
+    pax_name.truncate(USTAR_NAME_LEN);
+    let ustar = header
+        .as_ustar_mut()
+        .ok_or_else(|| io::Error::other("ustar header expected"))?;
+    ustar.name[..pax_name.len()].copy_from_slice(&pax_name);
+    header.set_cksum();
+    Ok((header, body))
 }
 
 /// Splits a name into ustar (prefix, name) fields, or None when only PAX can hold it.

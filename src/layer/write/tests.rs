@@ -666,3 +666,119 @@ fn long_names_and_pax_records() {
         crate::progress::test_note("note: /usr/bin/tar absent, GNU tar check skipped");
     }
 }
+
+/// `tree` with every file hard-linked from `from` (the same inodes, as kiln's COPY links its file
+/// objects), directories made anew with the same modes and times.
+fn link_tree(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap();
+    let mut names: Vec<_> = fs::read_dir(from).unwrap().map(|e| e.unwrap()).collect();
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let meta = fs::symlink_metadata(&src).unwrap();
+        if meta.is_dir() {
+            link_tree(&src, &dst);
+        } else if meta.is_file() {
+            fs::hard_link(&src, &dst).unwrap();
+        }
+    }
+    fs::set_permissions(to, fs::symlink_metadata(from).unwrap().permissions()).unwrap();
+    set_time(to, T);
+}
+
+/// A tree of plain files and directories (what a COPY makes), times pinned.
+fn copy_tree(root: &Path, files: &[(&str, &[u8])]) {
+    for (name, content) in files {
+        let path = root.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        write(&path, content, 0o644);
+        set_time(&path, T);
+    }
+    for dir in ["", "a", "b"] {
+        set_time(&root.join(dir), T);
+    }
+}
+
+fn tar_digest(tree: &Path, epoch: Option<i64>) -> String {
+    layer_digests(tree, epoch, Codec::Uncompressed, io::sink())
+        .unwrap()
+        .diff_id
+}
+
+/// A tar's digest resumed from an earlier tar's index is the digest of the whole tar, whatever changed:
+/// a file late in the tar, the first one, one added or removed at the end, nothing, the epoch.
+#[test]
+fn an_indexed_digest_resumes_from_the_entries_an_earlier_tar_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let big = vec![7u8; 300_000];
+    copy_tree(
+        &first,
+        &[
+            ("a/big", &big),
+            ("a/small", b"small"),
+            ("b/late", b"late"),
+            ("b/z", b"z"),
+        ],
+    );
+    let (info, index) = layer_digest_indexed(&first, None, None).unwrap();
+    assert_eq!(info.diff_id, tar_digest(&first, None));
+    assert_eq!(
+        info.tar_size,
+        write_layer(&first, Vec::new(), None).unwrap().len() as u64
+    );
+    // A changed file is a new inode, as a COPY writes one; the others stay links to the first tree's.
+    let replace = |t: &Path, name: &str, content: &[u8]| {
+        let _ = fs::remove_file(t.join(name));
+        write(&t.join(name), content, 0o644);
+        set_time(&t.join(name), T);
+    };
+    type Edit<'a> = &'a dyn Fn(&Path);
+    let edits: [(&str, Edit); 6] = [
+        ("nothing", &|_| {}),
+        ("a late file", &|t| replace(t, "b/late", b"later")),
+        ("the first file", &|t| replace(t, "a/big", b"new")),
+        ("a file added", &|t| replace(t, "b/zz", b"added")),
+        ("the last file removed", &|t| {
+            fs::remove_file(t.join("b/z")).unwrap()
+        }),
+        ("a directory's time", &|_| {}),
+    ];
+    for (n, (what, edit)) in edits.into_iter().enumerate() {
+        let next = dir.path().join(format!("next{n}"));
+        link_tree(&first, &next);
+        edit(&next);
+        for sub in ["", "a", "b"] {
+            set_time(&next.join(sub), T);
+        }
+        if what == "a directory's time" {
+            set_time(&next.join("b"), T + 1);
+        }
+        for epoch in [None, Some(T - 10)] {
+            let (resumed, _) = layer_digest_indexed(&next, epoch, Some(&index)).unwrap();
+            assert_eq!(
+                resumed.diff_id,
+                tar_digest(&next, epoch),
+                "{what}, {epoch:?}"
+            );
+        }
+    }
+}
+
+/// Entries the earlier tar holds are not read again: content changed in place under the same inode
+/// (which kiln's immutable file objects never are) still hashes as it was, which is how this shows.
+#[test]
+fn an_indexed_digest_does_not_read_the_shared_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    copy_tree(&first, &[("a/x", b"before"), ("b/y", b"y")]);
+    let (was, index) = layer_digest_indexed(&first, None, None).unwrap();
+    let next = dir.path().join("next");
+    link_tree(&first, &next);
+    fs::write(first.join("a/x"), b"after!").unwrap();
+    set_time(&first.join("a/x"), T);
+    let (resumed, again) = layer_digest_indexed(&next, None, Some(&index)).unwrap();
+    assert_eq!(resumed.diff_id, was.diff_id);
+    assert_eq!(again, index);
+    assert_ne!(tar_digest(&next, None), was.diff_id);
+}
