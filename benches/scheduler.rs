@@ -77,6 +77,7 @@ fn solve(
                 allow: Vec::new(),
                 debug: None,
                 unrunnable: Default::default(),
+                committed: None,
             },
         ))
         .expect("the graph solves")

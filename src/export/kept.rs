@@ -93,18 +93,46 @@ fn digest_unwritten(
         .collect();
     let at_once = layer::cores(settings.jobs).min(missing.len()).max(1);
     let done = layer::parallel_map(&missing, at_once, |(snapshot, earlier)| {
-        let index = earlier
-            .filter(|e| store.snapshot_path(e).is_dir())
-            .and_then(|e| store.layer_index(&super::blob_key(e, settings)))
-            .and_then(|bytes| layer::TarIndex::from_bytes(&bytes));
-        let path = store.snapshot_path(snapshot);
-        let (info, made) = layer::layer_digest_indexed(&path, settings.epoch, index.as_ref())
-            .map_err(|e| Diagnostic::io(format!("cannot read the layer of {snapshot}"), e))?;
-        let key = super::blob_key(snapshot, settings);
-        store.put_layer_blob(&key, &super::layer_blob_of(info, settings)?)?;
-        store.put_layer_index(&key, &made.to_bytes())
+        digest_layer(store, snapshot, settings, *earlier)
     });
     done.into_iter().collect()
+}
+
+/// The digest `keep` records for the build's own layer `snapshot`, taken as soon as the step that made
+/// it committed (`pipeline`), so that hashing it overlaps the steps after it. Nothing when the image
+/// would not keep the layer unwritten, or it has its digest already.
+pub fn digest_early(
+    store: &Store,
+    snapshot: &str,
+    settings: &Settings,
+    earlier: Option<&String>,
+) -> Result<()> {
+    if codec_name(settings.codec).is_none() || settings.force {
+        return Ok(());
+    }
+    let kept = settings.as_kept();
+    match super::cached_blob(store, snapshot, &kept) {
+        Some(_) => Ok(()),
+        None => digest_layer(store, snapshot, &kept, earlier),
+    }
+}
+
+fn digest_layer(
+    store: &Store,
+    snapshot: &str,
+    settings: &Settings,
+    earlier: Option<&String>,
+) -> Result<()> {
+    let index = earlier
+        .filter(|e| store.snapshot_path(e).is_dir())
+        .and_then(|e| store.layer_index(&super::blob_key(e, settings)))
+        .and_then(|bytes| layer::TarIndex::from_bytes(&bytes));
+    let path = store.snapshot_path(snapshot);
+    let (info, made) = layer::layer_digest_indexed(&path, settings.epoch, index.as_ref())
+        .map_err(|e| Diagnostic::io(format!("cannot read the layer of {snapshot}"), e))?;
+    let key = super::blob_key(snapshot, settings);
+    store.put_layer_blob(&key, &super::layer_blob_of(info, settings)?)?;
+    store.put_layer_index(&key, &made.to_bytes())
 }
 
 /// What an output asks of a kept image's layers as it leaves the store (`-o type=oci,compression=...,

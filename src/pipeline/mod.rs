@@ -13,6 +13,7 @@ use crate::progress;
 use crate::secret::{SecretStore, SshSource};
 
 mod attest;
+mod early;
 mod interrupt;
 mod leak;
 mod report;

@@ -28,6 +28,23 @@ struct Sent<'a> {
     tags: &'a [String],
 }
 
+/// The remote server and what the build does there. A build given secrets only reads it: uploading
+/// would publish its steps' results before its leak checks have passed (the inputs of a remote step
+/// included).
+fn remote_mode(
+    remote: Option<&super::Remote>,
+    given_secrets: bool,
+) -> Option<(&super::Remote, crate::remote::Mode)> {
+    remote.map(|r| {
+        let mode = match r.execute {
+            _ if given_secrets => crate::remote::Mode::Read,
+            true => crate::remote::Mode::Execute,
+            false => crate::remote::Mode::Cache,
+        };
+        (r, mode)
+    })
+}
+
 /// What the steps of one build share.
 struct Build {
     graph: Arc<Dag>,
@@ -111,6 +128,7 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
         quiet: report.print_id,
         sign,
     };
+    let early = keep_named.then(|| b.early(&tags)).flatten();
     let solve_opts = crate::solve::SolveOptions {
         jobs: b.settings.jobs,
         no_cache,
@@ -124,18 +142,9 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
         allow,
         debug,
         unrunnable,
+        committed: early.as_ref().map(super::early::Early::hook),
     };
-    let remote = remote.as_ref().map(|r| {
-        // A build given secrets only reads the remote: uploading would publish its steps' results
-        // before its leak checks have passed (the inputs of a remote step included).
-        let mode = match r.execute {
-            _ if given_secrets => crate::remote::Mode::Read,
-            true => crate::remote::Mode::Execute,
-            false => crate::remote::Mode::Cache,
-        };
-        (r, mode)
-    });
-    let mut summary = b.solve(solve_opts, remote)?;
+    let mut summary = b.solve(solve_opts, remote_mode(remote.as_ref(), given_secrets))?;
     super::report::label(&b.graph, &mut summary, &labels)?;
     let scanner = crate::solve::all_secrets(&b.secrets).inspect_err(|_| b.store.abort())?;
     b.guard(&summary, &scanner)?;
@@ -178,6 +187,9 @@ pub(crate) fn execute(req: BuildRequest) -> Result<crate::solve::Summary> {
             None => super::report::describe(&b.graph, &b.store, &b.settings, &summary, &given)?,
         };
         report.write(&described)?;
+    }
+    if let Some(early) = &early {
+        early.join();
     }
     let kept = keep_named && b.keep_named(&summary, &tags, &mut targets)?;
     if !kept && outputs.is_empty() && pushes.is_empty() && !push_declared {
@@ -363,6 +375,17 @@ impl Build {
             }
         }
         Ok(())
+    }
+
+    /// An image kept under a name has its own layers hashed as their steps commit (`early.rs`).
+    fn early(&self, tags: &[String]) -> Option<Arc<super::early::Early>> {
+        let names = |label: &str| {
+            self.names(tags, label)
+                .into_iter()
+                .map(String::from)
+                .collect()
+        };
+        super::early::Early::new(&self.graph, &self.store, &self.settings, names)
     }
 
     /// The names of the image of root `label`: the `-t` names, else the ones it declares.

@@ -40,7 +40,7 @@ pub(crate) use executor::{abbreviate, exit_error};
 pub(crate) use git::resolve_commit;
 pub use key::CACHE_DOMAIN;
 pub use preflight::{all_secrets, preflight};
-pub use schedule::{Output, Resolved, SolveOptions, Summary};
+pub use schedule::{Committed, Output, Resolved, SolveOptions, Summary};
 
 use crate::diag::Result;
 use crate::graph::Dag;

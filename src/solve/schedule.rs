@@ -61,7 +61,13 @@ pub struct SolveOptions {
     /// emulator): a RUN step of one of them fails when it is about to run, so a build whose steps of
     /// that platform the cache answers needs no emulator.
     pub unrunnable: HashMap<Option<String>, Diagnostic>,
+    /// Told of each step whose snapshot was committed (not staged in a transaction), as soon as it is.
+    pub committed: Option<Committed>,
 }
+
+/// What the solve tells of a committed step and its snapshot: the driver starts the digest of a kept
+/// image's layer there, beside the steps still to run.
+pub type Committed = Arc<dyn Fn(NodeIndex, &str) + Send + Sync>;
 
 pub struct Summary {
     pub outputs: HashMap<NodeIndex, Output>,

@@ -148,6 +148,12 @@ impl<E: Executor> Shared<E> {
             (id, started),
             _key_lock,
         )?;
+        if let (Some(told), Output::Fs(rec)) = (&self.opts.committed, &output)
+            && !self.store.in_transaction()
+            && let Some(snapshot) = rec.layers.last()
+        {
+            told(n, snapshot);
+        }
         // What is left of the work dir (the overlay's work dir, mount points) goes on a blocking thread:
         // the steps waiting for this one need not wait for the unlinks. The runtime finishes such tasks
         // before the build returns.
