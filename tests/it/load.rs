@@ -586,11 +586,14 @@ fn a_kept_layer_is_written_only_when_it_leaves() {
         store.path().join("blobs/sha256").join(digest)
     };
     assert!(!own(name).exists(), "the kept layer's tar was written");
-    Kiln::bare()
-        .args(["prune", "-f", "--keep-storage", "0", "--store"])
-        .arg(store.path())
-        .run()
-        .success();
+    let prune = || {
+        Kiln::bare()
+            .args(["prune", "-f", "--keep-storage", "0", "--store"])
+            .arg(store.path())
+            .run()
+            .success();
+    };
+    prune();
     let dir = tempdir("out-");
     let export = |name: &str, dest: &Path| {
         Kiln::bare()
@@ -656,11 +659,7 @@ fn a_kept_layer_is_written_only_when_it_leaves() {
         .arg(store.path())
         .run()
         .success();
-    Kiln::bare()
-        .args(["prune", "-f", "--keep-storage", "0", "--store"])
-        .arg(store.path())
-        .run()
-        .success();
+    prune();
     assert!(
         !snapshot.exists(),
         "a snapshot no name holds outlived a prune"

@@ -50,14 +50,7 @@ pub struct LayerInfo {
 /// With `epoch` set, every mtime is clamped to at most `epoch` (SOURCE_DATE_EPOCH) and
 /// whiteout entries carry `epoch`; without it whiteouts carry 0.
 pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io::Result<W> {
-    let meta = fs::symlink_metadata(snapshot)
-        .map_err(|e| annotate(e, "cannot read snapshot", snapshot))?;
-    if !meta.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("snapshot {} is not a directory", snapshot.display()),
-        ));
-    }
+    check_snapshot(snapshot)?;
     let mut walker = Walker {
         builder: Builder::new(Plain(out)),
         epoch,
@@ -69,14 +62,8 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
     Ok(walker.builder.into_inner()?.0)
 }
 
-/// The uncompressed layer tar of `snapshot`, as `write_layer` writes it, hashed but not written: its
-/// `LayerInfo` and its index. With the index of an earlier tar whose snapshot still exists, the entries
-/// both begin with are neither read nor hashed again (`index`).
-pub fn layer_digest_indexed(
-    snapshot: &Path,
-    epoch: Option<i64>,
-    earlier: Option<&TarIndex>,
-) -> io::Result<(LayerInfo, TarIndex)> {
+/// Refuses a snapshot that is not a directory.
+fn check_snapshot(snapshot: &Path) -> io::Result<()> {
     let meta = fs::symlink_metadata(snapshot)
         .map_err(|e| annotate(e, "cannot read snapshot", snapshot))?;
     if !meta.is_dir() {
@@ -85,6 +72,18 @@ pub fn layer_digest_indexed(
             format!("snapshot {} is not a directory", snapshot.display()),
         ));
     }
+    Ok(())
+}
+
+/// The uncompressed layer tar of `snapshot`, as `write_layer` writes it, hashed but not written: its
+/// `LayerInfo` and its index. With the index of an earlier tar whose snapshot still exists, the entries
+/// both begin with are neither read nor hashed again (`index`).
+pub fn layer_digest_indexed(
+    snapshot: &Path,
+    epoch: Option<i64>,
+    earlier: Option<&TarIndex>,
+) -> io::Result<(LayerInfo, TarIndex)> {
+    check_snapshot(snapshot)?;
     let mut walker = Walker {
         builder: Builder::new(index::Hashing::default()),
         epoch,
