@@ -40,7 +40,7 @@ pub fn keep(
     settings: &Settings,
     earlier: &[Option<String>],
 ) -> Result<Kept> {
-    let Some(codec) = codec_name(settings.codec).filter(|_| !settings.force) else {
+    let Some(codec) = leaving_codec(settings) else {
         let image = build_image(store, layers, config, settings)?;
         return Ok(Kept {
             image,
@@ -107,7 +107,7 @@ pub fn digest_early(
     settings: &Settings,
     earlier: Option<&String>,
 ) -> Result<()> {
-    if codec_name(settings.codec).is_none() || settings.force {
+    if leaving_codec(settings).is_none() {
         return Ok(());
     }
     let kept = settings.as_kept();
@@ -206,6 +206,12 @@ fn stored_codec(name: &str, named: &NamedImage) -> Result<Codec> {
             named.name
         ))),
     }
+}
+
+/// The codec the build's own layers leave the store in, when the store keeps them as tars (unwritten):
+/// `None` when the build asks for every layer as it is to be stored (`force-compression`, no codec).
+fn leaving_codec(settings: &Settings) -> Option<&'static str> {
+    codec_name(settings.codec).filter(|_| !settings.force)
 }
 
 fn codec_name(codec: Codec) -> Option<&'static str> {
