@@ -327,9 +327,20 @@ pub fn copy_tree(
     objects: Option<&Objects>,
 ) -> Result<(), String> {
     let mut linked = std::collections::HashMap::new();
+    // Directories known to be in `dest`, and those of them this copy made: nothing else is in a directory
+    // it made, so an entry there is written without first looking for what it would replace (two
+    // look-ups a file saved on a context of thousands of files).
+    let mut known = std::collections::HashSet::new();
+    let mut made = std::collections::HashSet::new();
+    let to = Place {
+        owner,
+        chmod,
+        objects,
+    };
     for entry in tree.entries(from)?.into_iter().filter(|e| e.depth() > 0) {
         let rel = entry.path().strip_prefix(from).map_err(|e| e.to_string())?;
-        if let Some(parent) = rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        if !parent.as_os_str().is_empty() && !known.contains(parent) {
             // A directory entered only for re-included children is made here, without its other files,
             // with its own mode and owner as BuildKit's copier makes it (never the process's umask).
             let mut sofar = PathBuf::new();
@@ -337,22 +348,30 @@ pub fn copy_tree(
                 sofar.push(c);
                 if !dest.join(&sofar).exists() {
                     copy_entry(&from.join(&sofar), &dest.join(&sofar), owner, chmod, None)?;
+                    made.insert(sofar.clone());
                 }
+                known.insert(sofar.clone());
             }
         }
         let target = dest.join(rel);
+        let fresh = made.contains(parent);
         // Files hard-linked to each other in the source stay linked, as BuildKit's fsutil copy keeps them.
         let meta = entry.metadata().map_err(|e| e.to_string())?;
         let inode = (meta.is_file() && meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
         if let Some(first) = inode.and_then(|i| linked.get(&i)) {
-            if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+            if !fresh && fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
                 fs::remove_file(&target).map_err(|e| e.to_string())?;
             }
             fs::hard_link(first, &target)
                 .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
             continue;
         }
-        copy_entry(entry.path(), &target, owner, chmod, objects)?;
+        if to.entry(entry.path(), &meta, &target, fresh)? {
+            made.insert(rel.to_owned());
+        }
+        if meta.is_dir() {
+            known.insert(rel.to_owned());
+        }
         if let Some(i) = inode {
             linked.insert(i, target);
         }
@@ -382,55 +401,86 @@ fn copy_entry(
 ) -> Result<(), String> {
     let meta =
         fs::symlink_metadata(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    let ft = meta.file_type();
-    if ft.is_fifo() || ft.is_socket() {
-        // BuildKit's copier (fsutil) has no case for pipes and sockets and leaves them out without a
-        // word, from a context and from a stage alike.
-        return Ok(());
-    }
-    let existing = fs::symlink_metadata(dest).ok();
-    if let Some(m) = &existing
-        && !(m.is_dir() && ft.is_dir())
-    {
-        if m.is_dir() {
-            fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
+    let to = Place {
+        owner,
+        chmod,
+        objects,
+    };
+    to.entry(src, &meta, dest, false).map(drop)
+}
+
+/// How a copy's entries are written: their owner, mode and the store's objects to link files to.
+struct Place<'a> {
+    owner: Option<(u32, u32)>,
+    chmod: Option<u32>,
+    objects: Option<&'a Objects>,
+}
+
+impl Place<'_> {
+    /// Writes `src` (whose metadata is `meta`) at `dest`; `fresh`: nothing is there (its directory was
+    /// just made). True when it made a directory.
+    fn entry(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dest: &Path,
+        fresh: bool,
+    ) -> Result<bool, String> {
+        let ft = meta.file_type();
+        if ft.is_fifo() || ft.is_socket() {
+            // BuildKit's copier (fsutil) has no case for pipes and sockets and leaves them out without a
+            // word, from a context and from a stage alike.
+            return Ok(false);
+        }
+        let existing = if fresh {
+            None
         } else {
-            fs::remove_file(dest).map_err(|e| e.to_string())?;
-        }
-    }
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());
-    if ft.is_dir() {
-        if existing.as_ref().is_none_or(|m| !m.is_dir()) {
-            fs::create_dir(dest).map_err(fail)?;
-        }
-    } else if ft.is_symlink() {
-        let target = fs::read_link(src).map_err(fail)?;
-        std::os::unix::fs::symlink(target, dest).map_err(fail)?;
-    } else if ft.is_file() {
-        // A linked object already has its owner, mode and time; touching them would change every link.
-        if let Some(o) = objects
-            && chmod.is_none()
-            && owner == Some((0, 0))
-            && o.link(src, &meta, dest)?
+            fs::symlink_metadata(dest).ok()
+        };
+        if let Some(m) = &existing
+            && !(m.is_dir() && ft.is_dir())
         {
-            return Ok(());
+            if m.is_dir() {
+                fs::remove_dir_all(dest).map_err(|e| e.to_string())?;
+            } else {
+                fs::remove_file(dest).map_err(|e| e.to_string())?;
+            }
         }
-        fs::copy(src, dest).map_err(fail)?;
-    } else {
-        return Err(format!(
-            "cannot copy {}: not a file, directory or symlink",
-            src.display()
-        ));
+        let fail = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());
+        let mut made = false;
+        if ft.is_dir() {
+            if existing.as_ref().is_none_or(|m| !m.is_dir()) {
+                fs::create_dir(dest).map_err(fail)?;
+                made = true;
+            }
+        } else if ft.is_symlink() {
+            let target = fs::read_link(src).map_err(fail)?;
+            std::os::unix::fs::symlink(target, dest).map_err(fail)?;
+        } else if ft.is_file() {
+            // A linked object already has its owner, mode and time; touching them would change every link.
+            if let Some(o) = self.objects
+                && self.chmod.is_none()
+                && self.owner == Some((0, 0))
+                && o.link(src, meta, dest)?
+            {
+                return Ok(false);
+            }
+            fs::copy(src, dest).map_err(fail)?;
+        } else {
+            return Err(format!(
+                "cannot copy {}: not a file, directory or symlink",
+                src.display()
+            ));
+        }
+        let (u, g) = self.owner.unwrap_or((meta.uid(), meta.gid()));
+        std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
+        if !ft.is_symlink() {
+            let mode = self.chmod.unwrap_or(meta.permissions().mode() & 0o7777);
+            fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;
+            set_mtime(dest, filetime_of(meta)).map_err(fail)?;
+        }
+        Ok(made)
     }
-    let (u, g) = owner.unwrap_or((meta.uid(), meta.gid()));
-    std::os::unix::fs::lchown(dest, Some(u), Some(g)).map_err(fail)?;
-    if !ft.is_symlink() {
-        let mode = chmod.unwrap_or(meta.permissions().mode() & 0o7777);
-        fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(fail)?;
-        let mtime = filetime_of(&meta);
-        set_mtime(dest, mtime).map_err(fail)?;
-    }
-    Ok(())
 }
 
 /// The store's file objects for a COPY from a context written straight into a fresh snapshot: an unchanged
@@ -467,6 +517,12 @@ impl Objects {
             return Ok(false);
         }
         let object = self.dir.join(&name);
+        // Linked at once when the object is there (an unchanged file of a context copied before).
+        match fs::hard_link(&object, dest) {
+            Ok(()) => return Ok(true),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Ok(false),
+            Err(_) => {}
+        }
         if fs::symlink_metadata(&object).is_err() {
             let fail = |e: std::io::Error| format!("cannot store {}: {e}", src.display());
             let _ = fs::create_dir_all(&self.dir);
