@@ -7,8 +7,7 @@
 //! every header field is chosen here, so two runs over the same tree give the same bytes.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -20,11 +19,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{Builder, EntryType, Header};
 
+mod fetch;
 mod index;
 
 pub use index::TarIndex;
 
-use super::{OPAQUE_MARKER, OVERLAY_XATTR_PREFIXES, WHITEOUT_PREFIX, is_opaque};
+use super::{OPAQUE_MARKER, WHITEOUT_PREFIX};
 
 /// Largest values the ustar octal fields hold; past them the value also goes into PAX.
 const USTAR_MAX_ID: u64 = 0o7_777_777;
@@ -58,7 +58,7 @@ pub fn write_layer<W: Write>(snapshot: &Path, out: W, epoch: Option<i64>) -> io:
         part: None,
         index: None,
     };
-    walker.walk_dir(snapshot, &[])?;
+    walker.walk(snapshot)?;
     Ok(walker.builder.into_inner()?.0)
 }
 
@@ -91,7 +91,7 @@ pub fn layer_digest_indexed(
         part: None,
         index: Some(index::Indexer::new(earlier)),
     };
-    walker.walk_dir(snapshot, &[])?;
+    walker.walk(snapshot)?;
     let indexer = walker.index.take().expect("an indexed walk");
     let made = indexer.finish(&mut walker.builder.get_mut().0);
     let hashed = walker.builder.into_inner()?.0;
@@ -127,7 +127,7 @@ pub fn write_part<W: Write>(tree: &Path, out: W, part: Part<'_>) -> io::Result<W
         part: Some(part),
         index: None,
     };
-    walker.walk_dir(tree, &[])?;
+    walker.walk(tree)?;
     Ok(walker.builder.into_inner()?.0)
 }
 
@@ -480,10 +480,11 @@ impl Sink for index::Hashing {
     }
 }
 
-/// What follows an entry's header: nothing, or a regular file's content, opened only to be written.
+/// What follows an entry's header: nothing, or a regular file's content (read already when small,
+/// otherwise opened only to be written).
 enum Content<'p> {
     None,
-    File(&'p Path, &'p Metadata),
+    File(&'p Path, &'p Metadata, Option<&'p [u8]>),
 }
 
 struct Walker<'a, S: Sink> {
@@ -498,26 +499,18 @@ struct Walker<'a, S: Sink> {
 }
 
 impl<S: Sink> Walker<'_, S> {
-    fn walk_dir(&mut self, dir: &Path, prefix: &[u8]) -> io::Result<()> {
-        let mut names: Vec<OsString> = fs::read_dir(dir)
-            .map_err(|e| annotate(e, "cannot list", dir))?
-            .map(|entry| entry.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()
-            .map_err(|e| annotate(e, "cannot list", dir))?;
-        // Byte order, not locale order: the archive must not depend on the host.
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let path = dir.join(&name);
-            let mut rel = prefix.to_vec();
-            rel.extend_from_slice(name.as_bytes());
-            self.entry(&path, &rel, name.as_bytes())?;
-        }
-        Ok(())
+    /// Archives the tree at `root`, its file-system half on threads of their own (`fetch`).
+    fn walk(&mut self, root: &Path) -> io::Result<()> {
+        // A part leaves most files out: reading them ahead would be wasted.
+        let contents = self.part.is_none();
+        fetch::in_order(root, contents, |f| self.entry(f))
     }
 
-    fn entry(&mut self, path: &Path, rel: &[u8], name: &[u8]) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path).map_err(|e| annotate(e, "cannot stat", path))?;
+    fn entry(&mut self, f: fetch::Fetched) -> io::Result<()> {
+        let path = f.path.as_path();
+        let meta = f.meta?;
         let ft = meta.file_type();
+        let (rel, name) = (&f.rel[..], &f.rel[f.name_at..]);
 
         if name.starts_with(WHITEOUT_PREFIX) {
             // A reader would take it for a deletion marker; OCI has no way to escape it.
@@ -546,20 +539,20 @@ impl<S: Sink> Walker<'_, S> {
         }
 
         if ft.is_dir() {
+            // Its children follow it in the walk.
+            if self.part.is_some_and(|p| !p.dirs) {
+                return Ok(());
+            }
             let mut dir_name = rel.to_vec();
             dir_name.push(b'/');
-            if self.part.is_some_and(|p| !p.dirs) {
-                return self.walk_dir(path, &dir_name);
-            }
             let mut header = self.base_header(&meta, EntryType::Directory);
-            let pax = self.xattr_records(path)?;
-            self.append(&mut header, &dir_name, None, pax, Content::None)?;
-            if is_opaque(path).map_err(|e| annotate(e, "cannot read xattrs of", path))? {
+            self.append(&mut header, &dir_name, None, f.xattrs?, Content::None)?;
+            if f.opaque? {
                 let mut marker = dir_name.clone();
                 marker.extend_from_slice(OPAQUE_MARKER);
                 self.marker(&marker)?;
             }
-            return self.walk_dir(path, &dir_name);
+            return Ok(());
         }
 
         // Overlay may share one inode among whiteouts, so only real content is linked.
@@ -572,12 +565,14 @@ impl<S: Sink> Walker<'_, S> {
             self.links.insert(key, rel.to_vec());
         }
 
-        let pax = self.xattr_records(path)?;
+        let pax = f.xattrs?;
         if ft.is_file() {
             let mut header = self.base_header(&meta, EntryType::Regular);
-            self.append(&mut header, rel, None, pax, Content::File(path, &meta))
+            let data = f.data.transpose()?;
+            let content = Content::File(path, &meta, data.as_deref());
+            self.append(&mut header, rel, None, pax, content)
         } else if ft.is_symlink() {
-            let target = fs::read_link(path).map_err(|e| annotate(e, "cannot read link", path))?;
+            let target = f.target?;
             let mut header = self.base_header(&meta, EntryType::Symlink);
             let target = target.as_os_str().as_bytes();
             self.append(&mut header, rel, Some(target), pax, Content::None)
@@ -636,34 +631,6 @@ impl<S: Sink> Walker<'_, S> {
         self.append(&mut header, name, None, Vec::new(), Content::None)
     }
 
-    fn xattr_records(&self, path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut names: Vec<OsString> = match xattr::list(path) {
-            Ok(list) => list.collect(),
-            // Filesystems without xattr support simply have none to export.
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(annotate(e, "cannot list xattrs of", path)),
-        };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        let mut records = Vec::new();
-        for name in names {
-            if OVERLAY_XATTR_PREFIXES
-                .iter()
-                .any(|p| name.as_bytes().starts_with(p))
-            {
-                continue;
-            }
-            // A racing removal leaves None; skipping it is the same as not having listed it.
-            if let Some(value) =
-                xattr::get(path, &name).map_err(|e| annotate(e, "cannot read xattrs of", path))?
-            {
-                let mut key = b"SCHILY.xattr.".to_vec();
-                key.extend_from_slice(name.as_bytes());
-                records.push((key, value));
-            }
-        }
-        Ok(records)
-    }
-
     /// Fills name/link/size (moving whatever ustar can't hold into PAX records) and appends.
     fn append(
         &mut self,
@@ -674,7 +641,7 @@ impl<S: Sink> Walker<'_, S> {
         content: Content<'_>,
     ) -> io::Result<()> {
         let size = match content {
-            Content::File(_, meta) => meta.len(),
+            Content::File(_, meta, _) => meta.len(),
             Content::None => 0,
         };
         let mut leading = Vec::new();
@@ -720,10 +687,13 @@ impl<S: Sink> Walker<'_, S> {
         if let Some((pax_header, body)) = pax {
             self.builder.append(&pax_header, body.as_slice())?;
         }
-        let Content::File(path, _) = content else {
+        let Content::File(path, _, data) = content else {
             return self.builder.append(header, io::empty());
         };
-        let file = File::open(path).map_err(|e| annotate(e, "cannot open", path))?;
+        if let Some(data) = data {
+            return self.builder.append(header, data);
+        }
+        let file = fetch::open(path)?;
         let reader = ExactReader {
             inner: file.take(size),
             remaining: size,
@@ -749,7 +719,7 @@ impl<S: Sink> Walker<'_, S> {
         };
         let blocks = |n: u64| 512 + n.div_ceil(512) * 512;
         let (inode, size) = match content {
-            Content::File(_, meta) => (Some((meta.dev(), meta.ino())), meta.len()),
+            Content::File(_, meta, _) => (Some((meta.dev(), meta.ino())), meta.len()),
             Content::None => (None, 0),
         };
         let len = blocks(size) + pax.map_or(0, |(_, body)| blocks(body.len() as u64));

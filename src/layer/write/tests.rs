@@ -530,6 +530,84 @@ fn reserved_names_are_refused() {
     assert!(err.to_string().contains(".wh.sneaky"), "{err}");
 }
 
+/// A tree of several hundred entries, dealt to the readers in many batches: the archive still lists
+/// them in byte order, each directory before its children, each file with its own bytes (small ones
+/// read ahead, a large one streamed).
+#[test]
+fn a_walk_of_many_batches_keeps_archive_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    for d in ["b", "a", "a/z", "a/y", "c"] {
+        fs::create_dir(tmp.path().join(d)).unwrap();
+    }
+    for d in ["a", "a/y", "a/z", "b", "c"] {
+        for i in (0..90).rev() {
+            write(
+                &tmp.path().join(format!("{d}/f{i:02}")),
+                format!("{d} {i}").as_bytes(),
+                0o644,
+            );
+        }
+    }
+    let big = vec![7u8; 100 * 1024];
+    write(&tmp.path().join("b/big"), &big, 0o644);
+    let mut walk = vec![PathBuf::new()];
+    while let Some(dir) = walk.pop() {
+        let mut names: Vec<_> = fs::read_dir(tmp.path().join(&dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        for n in names.iter().rev() {
+            let rel = dir.join(n);
+            if tmp.path().join(&rel).is_dir() {
+                walk.push(rel);
+            }
+        }
+        expected.extend(names.iter().map(|n| dir.join(n)));
+    }
+    // The walk above is breadth-ish; archive order is depth-first: sort by path components.
+    expected.sort_by(|a, b| a.components().cmp(b.components()));
+    let bytes = write_layer(tmp.path(), Vec::new(), None).unwrap();
+    let names: Vec<String> = list_tar(&bytes).into_iter().map(|(n, _)| n).collect();
+    let want: Vec<String> = expected
+        .iter()
+        .map(|p| {
+            let s = p.to_string_lossy().into_owned();
+            if tmp.path().join(p).is_dir() {
+                s + "/"
+            } else {
+                s
+            }
+        })
+        .collect();
+    assert_eq!(names, want);
+    let mut archive = tar::Archive::new(bytes.as_slice());
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = String::from_utf8(e.path_bytes().into_owned()).unwrap();
+        if name.ends_with('/') {
+            continue;
+        }
+        let mut got = Vec::new();
+        io::Read::read_to_end(&mut e, &mut got).unwrap();
+        assert_eq!(got, fs::read(tmp.path().join(&name)).unwrap(), "{name}");
+    }
+}
+
+/// A refused entry far into the walk (in a later batch than the first) still fails the walk, naming it.
+#[test]
+fn a_refused_entry_deep_in_the_walk_fails_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    for i in 0..300 {
+        write(&tmp.path().join(format!("f{i:03}")), b"x", 0o644);
+    }
+    fs::create_dir(tmp.path().join("z")).unwrap();
+    write(&tmp.path().join("z/.wh.sneaky"), b"", 0o644);
+    let err = write_layer(tmp.path(), Vec::new(), None).unwrap_err();
+    assert!(err.to_string().contains("z/.wh.sneaky"), "{err}");
+}
+
 fn run(cmd: &str, args: &[&str]) -> bool {
     std::process::Command::new(cmd)
         .args(args)
