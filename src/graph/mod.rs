@@ -12,7 +12,7 @@ pub mod op;
 pub mod program;
 pub mod remote;
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::fmt::Write as _;
 
 use petgraph::Direction;

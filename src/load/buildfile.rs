@@ -3,7 +3,7 @@
 //! module is read, parsed and type-checked once; the evaluator (`frontend::buildfile::lower`) gets them
 //! through its `Loader` trait and never touches a file itself.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 

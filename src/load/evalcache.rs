@@ -25,9 +25,9 @@
 //! journal grows past an eighth of it. Entries a journal added are kept then only if that run used
 //! them (an edited package's earlier units are not carried forward), and `KEEP_RUNS` counts rewrites.
 
+use foldhash::{HashMap, HashMapExt as _};
 use std::borrow::Cow;
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
 use std::io::Write as _;
 use std::ops::Range;
 use std::os::unix::fs::OpenOptionsExt as _;

@@ -195,7 +195,7 @@ impl Evaluator<'_> {
         // evaluated in the function's own module and frame: never in the caller's.
         let saved = self.module;
         self.module = module;
-        self.scopes.push(HashMap::new());
+        self.scopes.push(HashMap::default());
         let result = (|| {
             for (p, v) in def.params.iter().zip(vals) {
                 let v = match (v, &p.default) {

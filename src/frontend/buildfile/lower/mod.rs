@@ -16,7 +16,9 @@ mod unit;
 
 pub use unit::{Finished, Trace, UnitRecord, options_digest};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::{HashMap, HashMapExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

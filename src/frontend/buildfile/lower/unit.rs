@@ -14,7 +14,7 @@
 //! slot, or leaf key), not the owners' content: a unit whose record comes out the same after one of
 //! its inputs changed cuts the re-evaluation off there (Buck2's and Bazel's early cut-off).
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
