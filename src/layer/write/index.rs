@@ -141,6 +141,11 @@ impl<'a> Indexer<'a> {
         }
     }
 
+    /// Whether it resumes from an earlier tar (whose shared entries are then not read at all).
+    pub(super) fn resumes(&self) -> bool {
+        self.earlier.is_some()
+    }
+
     /// At the start of an entry of `len` bytes: `true` when the earlier tar holds it at this very
     /// offset (it is neither read nor hashed); else the hasher is made ready for it, resumed from the
     /// earlier tar's state here if every entry before matched.

@@ -501,8 +501,10 @@ struct Walker<'a, S: Sink> {
 impl<S: Sink> Walker<'_, S> {
     /// Archives the tree at `root`, its file-system half on threads of their own (`fetch`).
     fn walk(&mut self, root: &Path) -> io::Result<()> {
-        // A part leaves most files out: reading them ahead would be wasted.
-        let contents = self.part.is_none();
+        // A part leaves most files out, a resumed digest most files' contents: reading them ahead
+        // would be wasted.
+        let resumes = self.index.as_ref().is_some_and(index::Indexer::resumes);
+        let contents = self.part.is_none() && !resumes;
         fetch::in_order(root, contents, |f| self.entry(f))
     }
 
