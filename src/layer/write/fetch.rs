@@ -65,7 +65,7 @@ pub(super) fn in_order(
     contents: bool,
     mut each: impl FnMut(Fetched) -> io::Result<()>,
 ) -> io::Result<()> {
-    let readers = std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4));
+    let readers = super::cores(0).clamp(1, 4);
     std::thread::scope(|s| {
         let mut deal = Vec::new();
         let mut back = Vec::new();
