@@ -40,8 +40,8 @@ pub(super) struct Fetched {
     pub xattrs: io::Result<Records>,
     /// Directories: whether overlay marked it opaque.
     pub opaque: io::Result<bool>,
-    /// Symlinks: the target.
-    pub target: io::Result<PathBuf>,
+    /// Symlinks: the target (nothing for any other kind).
+    pub target: Option<io::Result<PathBuf>>,
     /// Small regular files (when contents are read ahead): exactly `meta.len()` bytes.
     pub data: Option<io::Result<Vec<u8>>>,
 }
@@ -189,19 +189,15 @@ fn read(job: Job, contents: bool) -> io::Result<Option<Fetched>> {
 fn one(path: PathBuf, rel: Vec<u8>, name_at: usize, contents: bool) -> Fetched {
     let meta = fs::symlink_metadata(&path).map_err(|e| annotate(e, "cannot stat", &path));
     let kind = meta.as_ref().map(Metadata::file_type).ok();
-    let unused = || Err(io::Error::other("not read"));
     let opaque = match kind {
         Some(k) if k.is_dir() => {
             is_opaque(&path).map_err(|e| annotate(e, "cannot read xattrs of", &path))
         }
         _ => Ok(false),
     };
-    let target = match kind {
-        Some(k) if k.is_symlink() => {
-            fs::read_link(&path).map_err(|e| annotate(e, "cannot read link", &path))
-        }
-        _ => unused(),
-    };
+    let target = kind
+        .filter(|k| k.is_symlink())
+        .map(|_| fs::read_link(&path).map_err(|e| annotate(e, "cannot read link", &path)));
     let data = match &meta {
         Ok(m) if contents && m.is_file() && m.len() <= SMALL => Some(read_whole(&path, m.len())),
         _ => None,

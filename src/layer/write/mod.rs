@@ -574,7 +574,7 @@ impl<S: Sink> Walker<'_, S> {
             let content = Content::File(path, &meta, data.as_deref());
             self.append(&mut header, rel, None, pax, content)
         } else if ft.is_symlink() {
-            let target = f.target?;
+            let target = f.target.unwrap_or_else(|| fs::read_link(path))?;
             let mut header = self.base_header(&meta, EntryType::Symlink);
             let target = target.as_os_str().as_bytes();
             self.append(&mut header, rel, Some(target), pax, Content::None)
