@@ -54,7 +54,12 @@ pub use pipeline::{BuildRequest, Remote, Report, SecretChannel};
 /// An unprivileged caller must have entered its user namespace (`exec::userns::enter`) before any
 /// thread started; the request's construction from the command line does.
 pub fn build(request: BuildRequest) -> diag::Result<solve::Summary> {
-    pipeline::execute(request)
+    let built = pipeline::execute(request);
+    // What the build's steps wrote reaches the disk after it, not on its path (`store::unsynced`).
+    for root in store::unsynced::marked_stores() {
+        exec::start_detached(&[store::unsynced::SYNC_ARG.as_ref(), root.as_os_str()]);
+    }
+    built
 }
 
 /// What [`compile`] reads.

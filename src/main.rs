@@ -9,6 +9,14 @@ fn main() {
     {
         kiln::exec::helper::main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == kiln::store::unsynced::SYNC_ARG)
+    {
+        let root = std::env::args_os().nth(2).unwrap_or_default();
+        let ok = kiln::store::unsynced::confirm(std::path::Path::new(&root)).is_ok();
+        kiln::exec::end_process(if ok { 0 } else { 1 });
+    }
     let code = kiln::cli::main();
     kiln::progress::flush();
     kiln::exec::end_process(code)

@@ -15,6 +15,8 @@
 //! - `caches/<hex>[-n]/`: the directories of `RUN --mount=type=cache` mounts, by id (plus a lock file each,
 //!   and `<hex>.export.json`, what the last `--cache-to` made of its files: see `export::cache_mounts`);
 //! - `names/<hex>.json`: images kept under a name, by the SHA-256 of the name (see `names`);
+//! - `unsynced/<snapshot id>`: a step's snapshot placed before its files were known to be on disk, and
+//!   the boot that wrote it (see `unsynced`);
 //! - `locks/<hex>`: the lock of a cache key whose step a build is running (see `keylock`), so that a
 //!   concurrent build waits for that result instead of running the step too;
 //! - `tmp/`: work in progress. Everything is built there and renamed into place, so a crash leaves at most
@@ -38,6 +40,7 @@ mod empty;
 mod keylock;
 mod names;
 mod records;
+pub mod unsynced;
 pub use durable::Durable;
 pub use keylock::KeyLock;
 pub use names::{Leaves, NamedImage};
@@ -244,6 +247,7 @@ impl Store {
             bases: Default::default(),
             txn: Default::default(),
         };
+        store.drop_unconfirmed();
         store.recover();
         Ok(store)
     }

@@ -116,7 +116,11 @@ pub(super) fn replay(path: &Path, cmd: &BuildCmd, cl: &CommandLine, mode: progre
     let Some(memo) = read(path) else {
         return false;
     };
-    if !still_holds(&memo) {
+    // The store's next open removes what a crash may have cost (`store::unsynced`): the build that
+    // opens it finds what is left.
+    if crate::store::unsynced::unconfirmed_of_an_earlier_boot(&store_root(cmd))
+        || !still_holds(&memo)
+    {
         return false;
     }
     let secrets = match &memo.guarded {

@@ -449,9 +449,9 @@ fn overlay_options() -> &'static str {
 
 /// The step's overlay is `volatile` where the kernel has it (5.10): its unmount, when the step's mount
 /// namespace goes, then does not write the whole upper filesystem out (`syncfs`: 0.65 s after a step
-/// that wrote 50,000 files) on the step's path; the store syncs a step's snapshot before its record
-/// says it exists (`Store::commit_step`). A kernel without it refuses the option, and the mount is made
-/// again without.
+/// that wrote 50,000 files) on the step's path; the store syncs a step's snapshot after the build, and
+/// marks it until then (`store::unsynced`). A kernel without it refuses the option, and the mount is
+/// made again without.
 fn mount_overlay(fs: &Overlay) -> Result<(), String> {
     let rest = |volatile: &str| {
         format!(

@@ -35,6 +35,22 @@ pub fn end_process(code: i32) -> ! {
     unsafe { nix::libc::_exit(code) }
 }
 
+/// Starts kiln again with `args`, detached (its own process group, no standard streams): work that must
+/// not hold up the command that asked for it (`store::unsynced`). Best effort: it is not waited for.
+pub fn start_detached(args: &[&std::ffi::OsStr]) {
+    use std::os::unix::process::CommandExt as _;
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let _ = std::process::Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+}
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 

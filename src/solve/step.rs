@@ -239,6 +239,8 @@ impl<E: Executor> Shared<E> {
             CopySource::Dir(d) => Some((self.store.files_dir(), self.stat_cache(&d.path))),
             CopySource::Layers(_) => None,
         };
+        // Held until the copy is over: only then may a `syncfs` confirm the objects it made.
+        let _objects = files.as_ref().and_then(|_| self.store.mark_objects());
         self.exec
             .copy(CopyStep {
                 fs,

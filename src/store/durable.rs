@@ -1,12 +1,13 @@
-//! Committing a step's result without waiting for the disk on the step's path. The snapshot is renamed
-//! into place at once (the next step mounts it); what makes it and the step's record durable runs on a
-//! thread of their own, in the order a crash needs (the snapshot's files, written through a `volatile`
-//! overlay that did not sync them when it went: `syncfs`; the snapshots directory; then the record:
-//! temp file, fsync, rename, fsync of `cache/`), while the build goes on. A chain of cheap steps then
-//! pays no sync between its steps, the syncs of steps that finish close together share the disk's
-//! flushes, and the last step's overlaps the export. The step's key lock is held until its record is on
-//! disk, so a concurrent build that waits for the key finds the record; the build joins every such
-//! thread before it ends (`Durable` joins when dropped, so none outlives a build that failed later).
+//! Committing a step's result without waiting for the disk on the step's path. The snapshot is marked
+//! as not yet on disk (`unsynced`) and renamed into place at once (the next step mounts it); the record
+//! is written on a thread of its own, in the order a crash needs (the mark on disk; then the record:
+//! temp file, fsync, rename, fsync of `cache/`), while the build goes on. The snapshot's files, written
+//! through a `volatile` overlay that did not sync them, reach the disk when `kiln __sync-store` runs after
+//! the command, or the mark has the snapshot removed after a crash. Where no mark can be made the thread
+//! syncs the snapshot (`syncfs`, then the snapshots directory) before the record, as it always did. The
+//! step's key lock is held until its record is on disk, so a concurrent build that waits for the key finds
+//! the record; the build joins every such thread before it ends (`Durable` joins when dropped, so none
+//! outlives a build that failed later).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,13 +64,19 @@ impl Store {
             self.stage_record(&rec)?;
             return Ok(None);
         }
+        // Marked before it is placed, so no crash can leave it in place unmarked (`unsynced`).
+        let marked = !self.snapshot_path(&id).exists() && self.mark_unsynced(&id);
         let placed = self.place_snapshot(from, &id)?;
         let store = self.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-commit".into())
             .spawn(move || {
-                sync_fs(&placed)?;
-                sync_dir(&store.root.join("snapshots"));
+                if marked {
+                    store.sync_markers()?;
+                } else {
+                    sync_fs(&placed)?;
+                    sync_dir(&store.root.join("snapshots"));
+                }
                 let written = store.cache_put(&rec);
                 drop(lock);
                 written

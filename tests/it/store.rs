@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Kiln, base_image, repo, tempdir};
+use crate::support::{Kiln, StepState, base_image, repo, tempdir};
 
 const EPOCH: &str = "1700000000";
 
@@ -255,4 +255,68 @@ fn read_only_commands_do_not_create_a_store() {
     out.success();
     assert!(out.stdout.contains("total"), "{}", out.stdout);
     assert!(!dir.path().join("cache/kiln").exists());
+}
+
+/// A step's snapshot is placed before its files are known to be on disk: a mark says so until the
+/// `syncfs` kiln starts as the build ends removes it (`store::unsynced`). A mark of an earlier boot (the
+/// machine went down before that sync) makes the next build run the step again, also where the build was
+/// memoised, and the image it keeps then leaves the store whole (umoci unpacks it).
+#[test]
+fn a_step_a_crash_may_have_cut_runs_again() {
+    let ctx = crate::support::context(&[("Dockerfile", "FROM base\nRUN seq 1000 > /numbers\n")]);
+    let store = tempdir("store-");
+    let marks = store.path().join("unsynced");
+    let build = || {
+        Kiln::build_in(store.path())
+            .with_base()
+            .args(["-t", "crash/cut:latest"])
+            .arg(ctx.path())
+            .run()
+    };
+    let first = build();
+    first.success();
+    assert_eq!(first.step("seq 1000").state, StepState::Done);
+    let confirmed = (0..600).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_dir(&marks).is_ok_and(|mut d| d.next().is_none())
+    });
+    assert!(confirmed, "the marks outlived the build by a minute");
+
+    // Memoised: a cached build writes the memo (once its inputs are two seconds old), the next uses it.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(build().summary().0, 0);
+    assert!(
+        build()
+            .stderr
+            .contains("its steps were not looked up again")
+    );
+
+    let step = std::fs::read_dir(store.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .find(|n| n.starts_with("step-"))
+        .expect("the step's snapshot");
+    std::fs::write(marks.join(&step), "an-earlier-boot").unwrap();
+    let again = build();
+    again.success();
+    assert_eq!(
+        again.step("seq 1000").state,
+        StepState::Done,
+        "{}",
+        again.stderr
+    );
+
+    let out = tempdir("out-");
+    let layout = out.path().join("layout");
+    Kiln::bare()
+        .args(["image", "export", "crash/cut:latest", "-o"])
+        .arg(format!("type=oci,dest={}", layout.display()))
+        .arg("--store")
+        .arg(store.path())
+        .run()
+        .success();
+    let image = crate::support::unpack_ref(&layout, "crash/cut:latest");
+    let numbers = std::fs::read_to_string(image.rootfs.join("numbers")).unwrap();
+    assert_eq!(numbers.lines().count(), 1000);
 }

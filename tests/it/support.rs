@@ -535,11 +535,16 @@ pub(crate) struct Unpacked {
 
 /// Unpacks `layout:latest` with umoci, an independent OCI implementation.
 pub(crate) fn unpack(layout: &Path) -> Unpacked {
+    unpack_ref(layout, "latest")
+}
+
+/// Unpacks the image `layout` holds under `name` with umoci.
+pub(crate) fn unpack_ref(layout: &Path, name: &str) -> Unpacked {
     let dir = tempdir("unpack-");
     let bundle = dir.path().join("bundle");
     let out = Command::new("umoci")
         .args(["unpack", "--image"])
-        .arg(format!("{}:latest", layout.display()))
+        .arg(format!("{}:{name}", layout.display()))
         .arg(&bundle)
         .output()
         .expect("cannot run umoci");
