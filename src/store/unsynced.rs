@@ -169,7 +169,7 @@ impl Store {
     }
 
     /// Removes snapshot `id` and the layer records made of it (their digests describe its old bytes).
-    fn drop_snapshot(&self, id: &str) {
+    pub(super) fn drop_snapshot(&self, id: &str) {
         let path = self.snapshot_path(id);
         // Renamed away first: a half-removed snapshot is never seen under its name.
         if let Ok(gone) = tempfile::Builder::new()
@@ -389,5 +389,33 @@ mod tests {
                 );
             }
         });
+    }
+
+    /// A step's snapshot left in place without its record (its build died between the two, maybe
+    /// before its files reached the disk) is not trusted by the next commit of the step: replaced.
+    #[test]
+    fn a_snapshot_left_without_its_record_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(root.path(), Access::Shared).unwrap());
+        let key = Digest::of(b"left");
+        let id = format!("step-{}", key.hex());
+        let left = store.snapshot_path(&id);
+        fs::create_dir_all(&left).unwrap();
+        fs::write(left.join("made"), "").unwrap();
+        let upper = store.root.join("tmp").join("upper");
+        fs::create_dir_all(&upper).unwrap();
+        fs::write(upper.join("made"), "whole").unwrap();
+        let rec = CacheRecord {
+            key: key.clone(),
+            layers: vec![id.clone()],
+            times: vec![0],
+            base: serde_json::Value::Null.into(),
+            secrets: Vec::new(),
+        };
+        let lock = store.try_lock_key(&key).unwrap().expect("free");
+        let durable = store.commit_step(&upper, rec, Some(lock)).unwrap();
+        durable.expect("a thread").wait().unwrap();
+        assert_eq!(fs::read_to_string(left.join("made")).unwrap(), "whole");
+        assert!(store.cache_get(&key).is_some());
     }
 }
