@@ -64,15 +64,16 @@ impl Store {
             self.stage_record(&rec)?;
             return Ok(None);
         }
-        if lock.is_some() && self.snapshot_path(&id).exists() && self.cache_get(&rec.key).is_none()
-        {
+        let mut in_place = self.snapshot_path(&id).exists();
+        if in_place && lock.is_some() && self.cache_get(&rec.key).is_none() {
             // Under the key's lock a build that placed it would have written its record first: this one
             // was left by a build that died between the two, and its files may never have reached the
             // disk. Ours replaces it.
             self.drop_snapshot(&id);
+            in_place = false;
         }
         // Marked before it is placed: the record, which makes it trusted, waits for the mark on disk.
-        let marked = !self.snapshot_path(&id).exists() && self.mark_unsynced(&id);
+        let marked = !in_place && self.mark_unsynced(&id);
         let placed = self.place_snapshot(from, &id)?;
         let store = self.clone();
         let thread = std::thread::Builder::new()

@@ -245,19 +245,25 @@ mod tests {
     use crate::store::{Access, CacheRecord};
     use std::sync::Arc;
 
-    fn commit(store: &Arc<Store>, name: &str) -> (String, CacheRecord) {
+    /// The record of a one-layer step: its key and its snapshot's id.
+    fn record(name: &str) -> (Digest, String, CacheRecord) {
         let key = Digest::of(name.as_bytes());
         let id = format!("step-{}", key.hex());
-        let upper = store.root.join("tmp").join(name);
-        fs::create_dir_all(&upper).unwrap();
-        fs::write(upper.join("made"), name).unwrap();
         let rec = CacheRecord {
-            key,
+            key: key.clone(),
             layers: vec![id.clone()],
             times: vec![0],
             base: serde_json::Value::Null.into(),
             secrets: Vec::new(),
         };
+        (key, id, rec)
+    }
+
+    fn commit(store: &Arc<Store>, name: &str) -> (String, CacheRecord) {
+        let (_, id, rec) = record(name);
+        let upper = store.root.join("tmp").join(name);
+        fs::create_dir_all(&upper).unwrap();
+        fs::write(upper.join("made"), name).unwrap();
         let durable = store.commit_step(&upper, rec.clone(), None).unwrap();
         durable.expect("no transaction: a thread").wait().unwrap();
         (id, rec)
@@ -397,21 +403,13 @@ mod tests {
     fn a_snapshot_left_without_its_record_is_replaced() {
         let root = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(root.path(), Access::Shared).unwrap());
-        let key = Digest::of(b"left");
-        let id = format!("step-{}", key.hex());
+        let (key, id, rec) = record("left");
         let left = store.snapshot_path(&id);
         fs::create_dir_all(&left).unwrap();
         fs::write(left.join("made"), "").unwrap();
         let upper = store.root.join("tmp").join("upper");
         fs::create_dir_all(&upper).unwrap();
         fs::write(upper.join("made"), "whole").unwrap();
-        let rec = CacheRecord {
-            key: key.clone(),
-            layers: vec![id.clone()],
-            times: vec![0],
-            base: serde_json::Value::Null.into(),
-            secrets: Vec::new(),
-        };
         let lock = store.try_lock_key(&key).unwrap().expect("free");
         let durable = store.commit_step(&upper, rec, Some(lock)).unwrap();
         durable.expect("a thread").wait().unwrap();
