@@ -43,12 +43,15 @@ const MAKING: &str = " making";
 /// The prefix of the marks of file objects (no snapshot has such a name).
 const OBJECTS: &str = "objects-";
 
-/// Whether the marker at `path` was written in this boot; `ready`: and may be confirmed.
-fn of_this_boot(path: &Path, boot: &str, ready: bool) -> bool {
-    fs::read_to_string(path).is_ok_and(|b| match b.strip_prefix(boot) {
-        Some(rest) => rest.is_empty() || (!ready && rest == MAKING),
-        None => false,
-    })
+/// Whether the marker at `path` was written in this boot and may be confirmed.
+fn ready_in_this_boot(path: &Path, boot: &str) -> bool {
+    fs::read_to_string(path).is_ok_and(|b| b == boot)
+}
+
+/// Whether the marker at `path` holds another boot's id (or nothing: written just before a crash). One
+/// that cannot be read is not: a confirmation removed it between the listing and the read.
+fn of_another_boot(path: &Path, boot: &str) -> bool {
+    fs::read_to_string(path).is_ok_and(|b| b != boot && b.strip_suffix(MAKING) != Some(boot))
 }
 
 /// A number for each mark of objects this process makes (with its pid, a name no live process shares;
@@ -143,7 +146,7 @@ impl Store {
         };
         let mut dropped = false;
         for e in entries.flatten() {
-            if of_this_boot(&e.path(), boot, false) {
+            if !of_another_boot(&e.path(), boot) {
                 continue;
             }
             if let Some(id) = e.file_name().to_str()
@@ -201,9 +204,7 @@ pub fn unconfirmed_of_an_earlier_boot(root: &Path) -> bool {
         return false;
     };
     let boot = boot_id().unwrap_or_default();
-    entries
-        .flatten()
-        .any(|e| !of_this_boot(&e.path(), boot, false))
+    entries.flatten().any(|e| of_another_boot(&e.path(), boot))
 }
 
 /// `kiln __sync-store <root>`: one `syncfs` of the store's filesystem, then the removal of every marker of
@@ -219,7 +220,7 @@ pub fn confirm(root: &Path) -> Result<()> {
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| of_this_boot(p, boot, true))
+        .filter(|p| ready_in_this_boot(p, boot))
         .collect();
     if listed.is_empty() {
         return Ok(());
@@ -369,8 +370,9 @@ mod tests {
         assert!(store.cache_get(&rec.key).is_some());
     }
 
-    /// Marks are written whole: opens of the store while this boot's marks are being written (another
-    /// build's, or the same build's second open) never take one for another boot's and drop anything.
+    /// Marks are written whole, and one a confirmation removes meanwhile is gone, not foreign: opens of the
+    /// store beside this boot's marks being written and confirmed (another build's, the same build's
+    /// second open, the sync after a build) never take one for another boot's and drop anything.
     #[test]
     fn an_open_beside_marks_being_written_drops_nothing() {
         let root = tempfile::tempdir().unwrap();
@@ -383,6 +385,7 @@ mod tests {
             s.spawn(|| {
                 for _ in 0..300 {
                     drop(store.mark_objects());
+                    confirm(&store.root).unwrap();
                 }
                 writing.store(false, std::sync::atomic::Ordering::Relaxed);
             });
